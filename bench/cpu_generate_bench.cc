@@ -1,0 +1,150 @@
+// CPU prefill and decode throughput for one sequence, against the memory
+// bound measured in the same run.
+//
+//   build/bin/cpu_generate_bench --models synthetic:tiny,../shared/models/stories260K.gguf
+//
+// Decode is memory-bound: each step reads every weight once, so the fastest a
+// step can be is weight_bytes / copy_bandwidth, where copy_bandwidth is what
+// memcpy achieves on this machine right now (bytes read + written per second
+// over a buffer much larger than the caches). The result reports decode
+// tokens/s and its ratio to that bound (1.0 would be perfect).
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <iostream>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_split.h"
+#include "engine/generate.h"
+#include "kernels/backend.h"
+#include "model/llama.h"
+#include "model/loader.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Best-of-N memcpy over 512 MiB: read bandwidth (bytes of source per second)
+// as the decode bound's denominator, since weights are only read.
+double MeasureCopyBandwidth() {
+  const size_t bytes = size_t{512} << 20;
+  std::vector<char> src(bytes, 1), dst(bytes, 0);
+  double best = 0;
+  for (int i = 0; i < 5; ++i) {
+    const auto t0 = Clock::now();
+    std::memcpy(dst.data(), src.data(), bytes);
+    const double s = Seconds(Clock::now() - t0);
+    best = std::max(best, bytes / s);
+    src[i] = dst[bytes - 1 - i];  // keep the copies observable
+  }
+  return best;
+}
+
+// Bytes one decode step reads: every weight except the embedding table, of
+// which only one row is read (unless it doubles as the output matrix).
+size_t DecodeWeightBytes(const tandem::model::LlamaWeights& w) {
+  size_t total = tandem::model::WeightBytes(w);
+  if (w.output.data != w.token_embd.data) {
+    total -= tandem::DTypeBytes(w.token_embd.dtype, w.token_embd.rows * w.token_embd.cols);
+  }
+  return total;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"CPU prefill/decode throughput against the memory-bandwidth bound"};
+  std::string models = "synthetic:tiny," TANDEM_DEFAULT_SHARED "/models/stories260K.gguf";
+  int prompt_tokens = 128;
+  int decode_tokens = 128;
+  int threads = 0;
+  int repeats = 3;
+  app.add_option("--models", models, "Comma-separated model specs")->capture_default_str();
+  app.add_option("--prompt-tokens", prompt_tokens, "Prompt length for prefill")->capture_default_str();
+  app.add_option("--decode-tokens", decode_tokens, "Tokens to decode")->capture_default_str();
+  app.add_option("--threads", threads, "CPU threads (0 = all)")->capture_default_str();
+  app.add_option("--repeats", repeats, "Runs per model; the best is reported")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  nlohmann::json out;
+  out["machine"] = {{"hardware_threads", std::thread::hardware_concurrency()}};
+  const double bandwidth = MeasureCopyBandwidth();
+  out["copy_bandwidth_bytes_per_s"] = bandwidth;
+  out["results"] = nlohmann::json::array();
+  for (const std::string& spec : std::vector<std::string>(absl::StrSplit(models, ',', absl::SkipEmpty()))) {
+    auto m = tandem::model::LoadModel(spec);
+    if (!m.ok()) {
+      std::cerr << "skipping " << spec << ": " << m.status() << "\n";
+      continue;
+    }
+    auto backend = tandem::kernels::CreateCpuBackend({.num_threads = threads});
+    auto llama = tandem::model::LlamaModel::Create((*m)->config, (*m)->weights, backend.get());
+    if (!llama.ok()) {
+      std::cerr << "skipping " << spec << ": " << llama.status() << "\n";
+      continue;
+    }
+    // A prompt of exactly prompt_tokens tokens: BOS then arbitrary ids.
+    const int32_t vocab = (*m)->config.vocab_size;
+    std::vector<int32_t> prompt(prompt_tokens);
+    for (int i = 0; i < prompt_tokens; ++i) prompt[i] = i == 0 ? 1 : 3 + (i * 7919) % (vocab - 3);
+    const int32_t total = prompt_tokens + decode_tokens;
+    tandem::kernels::KvCacheView kv;
+    kv.layout = (*m)->config.KvLayoutFor(16);
+    kv.num_blocks = (total + 15) / 16;
+    void* mem = *backend->Allocate(kv.num_blocks * kv.layout.BlockBytes());
+    kv.base = static_cast<float*>(mem);
+    std::vector<int32_t> table(kv.num_blocks);
+    std::iota(table.begin(), table.end(), 0);
+    std::vector<float> logits(vocab);
+    double best_prefill = 1e30, best_decode = 1e30;
+    for (int rep = 0; rep < repeats; ++rep) {
+      std::vector<int32_t> positions(prompt_tokens);
+      std::iota(positions.begin(), positions.end(), 0);
+      tandem::kernels::AttentionSequence seq{0, prompt_tokens, prompt_tokens, table};
+      int32_t last = prompt_tokens - 1;
+      tandem::model::ForwardBatch batch{prompt, positions, positions, {&seq, 1}, {&last, 1}};
+      auto t0 = Clock::now();
+      if (auto s = (*llama)->Forward(batch, kv, logits.data()); !s.ok()) {
+        std::cerr << s << "\n";
+        return 1;
+      }
+      best_prefill = std::min(best_prefill, Seconds(Clock::now() - t0));
+      int32_t token = tandem::engine::Argmax(logits);
+      t0 = Clock::now();
+      for (int32_t pos = prompt_tokens; pos < total; ++pos) {
+        tandem::kernels::AttentionSequence d{0, 1, pos + 1, table};
+        int32_t zero = 0;
+        tandem::model::ForwardBatch step{{&token, 1}, {&pos, 1}, {&pos, 1}, {&d, 1}, {&zero, 1}};
+        if (auto s = (*llama)->Forward(step, kv, logits.data()); !s.ok()) {
+          std::cerr << s << "\n";
+          return 1;
+        }
+        token = tandem::engine::Argmax(logits);
+      }
+      best_decode = std::min(best_decode, Seconds(Clock::now() - t0));
+    }
+    backend->Free(mem);
+    const size_t weight_bytes = DecodeWeightBytes((*m)->weights);
+    const double decode_tps = decode_tokens / best_decode;
+    const double bound_tps = bandwidth / static_cast<double>(weight_bytes);
+    out["results"].push_back({
+        {"model", spec},
+        {"prompt_tokens", prompt_tokens},
+        {"decode_tokens", decode_tokens},
+        {"prefill_tokens_per_s", prompt_tokens / best_prefill},
+        {"decode_tokens_per_s", decode_tps},
+        {"decode_weight_bytes_per_token", weight_bytes},
+        {"decode_bound_tokens_per_s", bound_tps},
+        {"decode_ratio_to_bound", decode_tps / bound_tps},
+    });
+  }
+  std::cout << out.dump(2) << "\n";
+  return 0;
+}

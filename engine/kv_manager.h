@@ -1,0 +1,177 @@
+// Per-sequence block tables over a BlockPool, with prefix reuse.
+//
+//   ASSIGN_OR_RETURN(auto kv, KvManager::Create({.model_id = "stories260K"}, pool.get()));
+//   ASSIGN_OR_RETURN(int32_t cached, kv->StartSequence(seq, prompt));  // reused prefix
+//   RETURN_IF_ERROR(kv->EnsureCapacity(seq, prompt.size()));           // blocks for the rest
+//   ... run the model on prompt[cached:], writing KV at kv->Slot(seq, pos) ...
+//   kv->CommitFullBlocks(seq, prompt, prompt.size());  // full blocks join the prefix cache
+//   ... decode: EnsureCapacity(seq, n + 1), compute, CommitFullBlocks(seq, tokens, n + 1) ...
+//   kv->FreeSequence(seq);                              // finished, cancelled or preempted
+//
+// A sequence's block table maps token position p to block BlockTable(seq)[p /
+// block_size] at offset p % block_size. A sequence holds one pool reference on
+// each block of its table; blocks shared through the prefix cache are held by
+// several sequences at once and are never written again (only full,
+// committed blocks are shared, and a sequence only writes positions past its
+// reused prefix).
+//
+// StartSequence reuses the longest prefix of the prompt whose full blocks are
+// in the pool's prefix cache (chained hashes, tokens compared), but always
+// leaves at least one prompt token to compute so the model produces logits
+// for the next token: at most floor((prompt_len - 1) / block_size) blocks are
+// reused.
+//
+// Admission and preemption: BlocksToAdmit(prompt, n) is exactly how much
+// num_free_blocks() of the pool drops if the sequence is started and grown to n
+// tokens now; BlocksNeeded(seq, n) is the same for a running sequence. A
+// scheduler compares those with pool->num_free_blocks(), and preempts by
+// FreeSequence (the sequence's committed blocks stay cached, so restarting it
+// later reuses them unless they were evicted meanwhile).
+//
+// Misuse that would corrupt the bookkeeping (Slot past the table, committing
+// tokens past the table, an unknown sequence where one is required) aborts
+// the process with a message.
+//
+// Thread safety: none, by design; owned by the engine thread, like the pool.
+// The pool is borrowed and must outlive the manager.
+#ifndef TANDEM_ENGINE_KV_MANAGER_H_
+#define TANDEM_ENGINE_KV_MANAGER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/block_hash.h"
+#include "engine/block_pool.h"
+
+namespace tandem::engine {
+
+class KvManager {
+ public:
+  struct Options {
+    // Names the model in every block hash (see common/block_hash.h); must be
+    // the same string the router and the store use for this model.
+    // Default: empty, which Create rejects.
+    std::string model_id;
+
+    // Tokens per block; 0 means the pool's. If set it must equal the pool's.
+    // Default: 0.
+    int32_t block_size = 0;
+  };
+
+  struct Stats {
+    int64_t sequences_started = 0;
+    int64_t prompt_tokens = 0;         // summed over StartSequence calls
+    int64_t cached_prompt_tokens = 0;  // of those, reused from the prefix cache
+  };
+
+  // What StartSequence would reuse for a prompt right now.
+  struct PrefixMatch {
+    int32_t cached_tokens = 0;     // = cached_blocks * block_size
+    int32_t cached_blocks = 0;
+    // Of the cached blocks, those now unreferenced (evictable): reusing them
+    // takes them out of the pool's num_free_blocks().
+    int32_t evictable_blocks = 0;
+  };
+
+  // `pool` is borrowed and must outlive the manager. InvalidArgument on an
+  // empty model_id or a block_size that differs from the pool's.
+  static absl::StatusOr<std::unique_ptr<KvManager>> Create(const Options& options,
+                                                           BlockPool* pool);
+
+  KvManager(const KvManager&) = delete;
+  KvManager& operator=(const KvManager&) = delete;
+  // Releases the blocks of every sequence still registered.
+  ~KvManager();
+
+  // Registers `seq_id` and gives it the longest cached prefix of
+  // `prompt_tokens` (see the header comment); returns the number of prompt
+  // tokens whose KV is already there (a multiple of block_size, < prompt
+  // length). Takes no free blocks: call EnsureCapacity next.
+  // AlreadyExists if seq_id is registered; InvalidArgument on an empty prompt.
+  absl::StatusOr<int32_t> StartSequence(int64_t seq_id, absl::Span<const int32_t> prompt_tokens);
+
+  // Grows seq_id's table to cover positions [0, total_tokens). Never shrinks.
+  // ResourceExhausted, with nothing allocated or evicted, if the pool has
+  // fewer than BlocksNeeded(seq_id, total_tokens) free + evictable blocks.
+  // NotFound for an unknown seq_id; InvalidArgument for total_tokens < 0.
+  absl::Status EnsureCapacity(int64_t seq_id, int32_t total_tokens);
+
+  // Registers in the prefix cache every full block of seq_id that is not yet
+  // registered and whose KV has been computed: blocks wholly inside
+  // all_tokens[0, num_computed_tokens). `all_tokens` is the sequence's tokens
+  // so far (prompt then generated), at least num_computed_tokens long, and
+  // must start with the prompt given to StartSequence. Blocks whose hash
+  // another block already holds stay private to this sequence.
+  // REQUIRES: seq_id registered; its table covers those blocks.
+  void CommitFullBlocks(int64_t seq_id, absl::Span<const int32_t> all_tokens,
+                        int32_t num_computed_tokens);
+
+  // The block ids of seq_id's table in position order; empty if unknown. The
+  // span is invalidated by the next non-const call for this sequence.
+  absl::Span<const int32_t> BlockTable(int64_t seq_id) const;
+
+  // The KV slot of `position`: block * block_size + position % block_size.
+  // REQUIRES: seq_id registered; 0 <= position < its table's capacity.
+  int32_t Slot(int64_t seq_id, int32_t position) const;
+
+  // Releases every block of seq_id (last block first, so that a sequence's
+  // tail is evicted before its more shareable prefix) and forgets it. No-op
+  // for an unknown seq_id.
+  void FreeSequence(int64_t seq_id);
+
+  bool HasSequence(int64_t seq_id) const { return seqs_.contains(seq_id); }
+  int32_t num_sequences() const { return static_cast<int32_t>(seqs_.size()); }
+  int32_t block_size() const { return block_size_; }
+
+  // ceil(tokens / block_size).
+  int32_t BlocksForTokens(int32_t tokens) const;
+
+  // Blocks EnsureCapacity(seq_id, total_tokens) would allocate (0 if the table
+  // already covers them). REQUIRES: seq_id registered.
+  int32_t BlocksNeeded(int64_t seq_id, int32_t total_tokens) const;
+
+  // What StartSequence(…, prompt_tokens) would reuse now. No side effects.
+  PrefixMatch MatchPrefix(absl::Span<const int32_t> prompt_tokens) const;
+
+  // How much the pool's num_free_blocks() would drop if a sequence with this
+  // prompt were started now and grown to `total_tokens` (>= prompt length).
+  // No side effects.
+  int32_t BlocksToAdmit(absl::Span<const int32_t> prompt_tokens, int32_t total_tokens) const;
+
+  const Stats& stats() const { return stats_; }
+  const BlockPool& pool() const { return *pool_; }
+
+  // The pool's invariants, plus: every block's refcount equals the number of
+  // sequence tables holding it (cached unreferenced blocks: 0); a block held
+  // by several tables is cached; no table holds a block twice; each table's
+  // committed blocks that are cached are cached under the sequence's chained
+  // hash. Assumes this manager is the pool's only user taking references.
+  absl::Status CheckInvariants() const;
+
+ private:
+  struct Sequence {
+    std::vector<int32_t> blocks;
+    // Chained hashes of blocks [0, hashes.size()), the ones already reused or
+    // committed; CommitFullBlocks continues the chain from hashes.back().
+    std::vector<BlockHash> hashes;
+  };
+
+  KvManager(const Options& options, BlockPool* pool, int32_t block_size);
+
+  const std::string model_id_;
+  const int32_t block_size_;
+  const BlockHash seed_;
+  BlockPool* const pool_;  // borrowed
+  absl::flat_hash_map<int64_t, Sequence> seqs_;
+  Stats stats_;
+};
+
+}  // namespace tandem::engine
+
+#endif  // TANDEM_ENGINE_KV_MANAGER_H_

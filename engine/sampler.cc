@@ -1,0 +1,106 @@
+#include "engine/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "absl/strings/str_format.h"
+
+namespace tandem::engine {
+namespace {
+
+uint64_t SplitMix64(uint64_t& x) {
+  uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+inline uint64_t Rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+}  // namespace
+
+absl::Status SamplingParams::Validate() const {
+  if (!(temperature >= 0.0f) || !std::isfinite(temperature)) {
+    return absl::InvalidArgumentError(absl::StrFormat("temperature must be >= 0, got %g", temperature));
+  }
+  if (top_k < 0) return absl::InvalidArgumentError(absl::StrFormat("top_k must be >= 0, got %d", top_k));
+  if (!(top_p > 0.0f && top_p <= 1.0f)) {
+    return absl::InvalidArgumentError(absl::StrFormat("top_p must be in (0, 1], got %g", top_p));
+  }
+  return absl::OkStatus();
+}
+
+int32_t Argmax(absl::Span<const float> values) {
+  int32_t best = 0;
+  for (size_t i = 1; i < values.size(); ++i) {
+    if (values[i] > values[best]) best = static_cast<int32_t>(i);
+  }
+  return best;
+}
+
+Sampler::Sampler(const SamplingParams& params) : params_(params) {
+  uint64_t s = params.seed.has_value() ? *params.seed : std::random_device{}() * 0x100000001ull ^ std::random_device{}();
+  for (uint64_t& word : state_) word = SplitMix64(s);
+}
+
+double Sampler::NextUniform() {
+  // xoshiro256** (Blackman & Vigna).
+  const uint64_t result = Rotl(state_[1] * 5, 7) * 9;
+  const uint64_t t = state_[1] << 17;
+  state_[2] ^= state_[0];
+  state_[3] ^= state_[1];
+  state_[1] ^= state_[2];
+  state_[0] ^= state_[3];
+  state_[2] ^= t;
+  state_[3] = Rotl(state_[3], 45);
+  return static_cast<double>(result >> 11) * 0x1.0p-53;
+}
+
+int32_t Sampler::Sample(absl::Span<const float> logits) {
+  if (params_.temperature == 0.0f || params_.top_k == 1) return Argmax(logits);
+  const int32_t n = static_cast<int32_t>(logits.size());
+  order_.resize(n);
+  std::iota(order_.begin(), order_.end(), 0);
+  // Most likely first; ties by id so the order is total and portable.
+  auto more_likely = [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  };
+  int32_t keep = n;
+  if (params_.top_k > 0 && params_.top_k < n) {
+    keep = params_.top_k;
+    std::partial_sort(order_.begin(), order_.begin() + keep, order_.end(), more_likely);
+  } else {
+    std::sort(order_.begin(), order_.end(), more_likely);
+  }
+  probs_.resize(keep);
+  const double max_logit = logits[order_[0]];
+  double sum = 0;
+  for (int32_t i = 0; i < keep; ++i) {
+    probs_[i] = std::exp((logits[order_[i]] - max_logit) / params_.temperature);
+    sum += probs_[i];
+  }
+  if (params_.top_p < 1.0f) {
+    double cumulative = 0;
+    int32_t cut = keep;
+    for (int32_t i = 0; i < keep; ++i) {
+      cumulative += probs_[i] / sum;
+      if (cumulative >= params_.top_p) {
+        cut = i + 1;
+        break;
+      }
+    }
+    keep = cut;
+    sum = 0;
+    for (int32_t i = 0; i < keep; ++i) sum += probs_[i];
+  }
+  double r = NextUniform() * sum;
+  for (int32_t i = 0; i < keep; ++i) {
+    r -= probs_[i];
+    if (r < 0) return order_[i];
+  }
+  return order_[keep - 1];
+}
+
+}  // namespace tandem::engine

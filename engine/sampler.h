@@ -1,0 +1,59 @@
+// Token sampling from logits: greedy, temperature, top-k, top-p, with a seed.
+//
+//   Sampler sampler(SamplingParams{.temperature = 0.8f, .top_p = 0.95f, .seed = 42});
+//   int32_t next = sampler.Sample(logits);
+//
+// Temperature 0 is greedy (argmax; the lowest id wins a tie, as llama.cpp's
+// greedy sampler). With a seed the sequence of draws is reproducible on every
+// machine: the generator (xoshiro256**) and the float conversion are written
+// out here rather than taken from <random>, whose distributions differ between
+// standard libraries.
+#ifndef TANDEM_ENGINE_SAMPLER_H_
+#define TANDEM_ENGINE_SAMPLER_H_
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+
+namespace tandem::engine {
+
+struct SamplingParams {
+  // Default: 0 (greedy). Must be >= 0.
+  float temperature = 0.0f;
+  // Keep only the k most likely tokens. Default: 0 (off).
+  int32_t top_k = 0;
+  // Keep the smallest set of most likely tokens whose probability reaches p.
+  // Default: 1 (off). Must be in (0, 1].
+  float top_p = 1.0f;
+  // Seed for reproducible sampling. Default: unset (a random seed).
+  std::optional<uint64_t> seed;
+
+  // InvalidArgument naming the field when out of range.
+  absl::Status Validate() const;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params);
+
+  // REQUIRES: logits non-empty.
+  int32_t Sample(absl::Span<const float> logits);
+
+ private:
+  double NextUniform();  // in [0, 1)
+
+  SamplingParams params_;
+  uint64_t state_[4];
+  std::vector<int32_t> order_;  // scratch
+  std::vector<double> probs_;   // scratch
+};
+
+// Index of the largest value; the lowest index wins ties.
+int32_t Argmax(absl::Span<const float> values);
+
+}  // namespace tandem::engine
+
+#endif  // TANDEM_ENGINE_SAMPLER_H_

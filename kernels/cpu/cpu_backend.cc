@@ -1,0 +1,318 @@
+// The CPU backend: the reference every other backend is checked against, and
+// a usable backend in its own right (multi-threaded, vectorisable loops).
+//
+// Every reduction uses a fixed order that depends only on the reduced vector's
+// length (8 interleaved partial sums combined pairwise, then the tail), so a
+// row's result never depends on batch composition or thread count.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "common/thread_pool.h"
+#include "kernels/backend.h"
+
+namespace tandem::kernels {
+namespace {
+
+constexpr int kLanes = 8;
+
+inline float CombineLanes(const float* acc) {
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+inline float DotF32(const float* a, const float* b, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) acc[l] += a[i + l] * b[i + l];
+  }
+  float tail = 0;
+  for (; i < n; ++i) tail += a[i] * b[i];
+  return CombineLanes(acc) + tail;
+}
+
+inline float DotBF16(const float* a, const uint16_t* b, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) acc[l] += a[i + l] * BF16ToFloat(b[i + l]);
+  }
+  float tail = 0;
+  for (; i < n; ++i) tail += a[i] * BF16ToFloat(b[i]);
+  return CombineLanes(acc) + tail;
+}
+
+inline float DotF16(const float* a, const uint16_t* b, int64_t n) {
+  float acc[kLanes] = {};
+  float wb[kLanes];
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) wb[l] = HalfToFloat(b[i + l]);
+    for (int l = 0; l < kLanes; ++l) acc[l] += a[i + l] * wb[l];
+  }
+  float tail = 0;
+  for (; i < n; ++i) tail += a[i] * HalfToFloat(b[i]);
+  return CombineLanes(acc) + tail;
+}
+
+// Q8_0 row: n / 32 blocks of {f16 scale, int8 q[32]}.
+inline float DotQ8_0(const float* a, const uint8_t* b, int64_t n) {
+  float total = 0;
+  for (int64_t blk = 0; blk < n / kQ8_0BlockElements; ++blk) {
+    const uint8_t* p = b + blk * kQ8_0BlockBytes;
+    uint16_t scale_bits;
+    std::memcpy(&scale_bits, p, 2);
+    const int8_t* q = reinterpret_cast<const int8_t*>(p + 2);
+    const float* x = a + blk * kQ8_0BlockElements;
+    float acc[kLanes] = {};
+    for (int i = 0; i < kQ8_0BlockElements; i += kLanes) {
+      for (int l = 0; l < kLanes; ++l) acc[l] += x[i + l] * static_cast<float>(q[i + l]);
+    }
+    total += HalfToFloat(scale_bits) * CombineLanes(acc);
+  }
+  return total;
+}
+
+// Dequantises row `r` of `w` into out[0, w.cols).
+void DequantizeRow(const Weight& w, int64_t r, float* out) {
+  const int64_t n = w.cols;
+  const uint8_t* base = static_cast<const uint8_t*>(w.data) + DTypeBytes(w.dtype, n) * r;
+  switch (w.dtype) {
+    case DType::kF32:
+      std::memcpy(out, base, n * sizeof(float));
+      break;
+    case DType::kF16: {
+      const uint16_t* p = reinterpret_cast<const uint16_t*>(base);
+      for (int64_t i = 0; i < n; ++i) out[i] = HalfToFloat(p[i]);
+      break;
+    }
+    case DType::kBF16: {
+      const uint16_t* p = reinterpret_cast<const uint16_t*>(base);
+      for (int64_t i = 0; i < n; ++i) out[i] = BF16ToFloat(p[i]);
+      break;
+    }
+    case DType::kQ8_0:
+      for (int64_t blk = 0; blk < n / kQ8_0BlockElements; ++blk) {
+        const uint8_t* p = base + blk * kQ8_0BlockBytes;
+        uint16_t scale_bits;
+        std::memcpy(&scale_bits, p, 2);
+        const float d = HalfToFloat(scale_bits);
+        const int8_t* q = reinterpret_cast<const int8_t*>(p + 2);
+        for (int i = 0; i < kQ8_0BlockElements; ++i) {
+          out[blk * kQ8_0BlockElements + i] = d * static_cast<float>(q[i]);
+        }
+      }
+      break;
+  }
+}
+
+inline float RowDot(const float* x, const Weight& w, int64_t o) {
+  const int64_t n = w.cols;
+  const uint8_t* row = static_cast<const uint8_t*>(w.data) + DTypeBytes(w.dtype, n) * o;
+  switch (w.dtype) {
+    case DType::kF32: return DotF32(x, reinterpret_cast<const float*>(row), n);
+    case DType::kF16: return DotF16(x, reinterpret_cast<const uint16_t*>(row), n);
+    case DType::kBF16: return DotBF16(x, reinterpret_cast<const uint16_t*>(row), n);
+    case DType::kQ8_0: return DotQ8_0(x, row, n);
+  }
+  return 0;
+}
+
+// Below this many multiply-adds an op runs on the calling thread: waking
+// workers costs more than it saves.
+constexpr int64_t kParallelThreshold = 1 << 15;
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(const CpuBackendOptions& options)
+      : pool_(ThreadPool::Options{.num_threads = options.num_threads}) {}
+
+  std::string_view name() const override { return "cpu"; }
+  bool SupportsWeightType(DType) const override { return true; }
+
+  absl::StatusOr<void*> Allocate(size_t bytes) override {
+    void* p = std::calloc(1, std::max<size_t>(bytes, 1));
+    if (p == nullptr) {
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("cpu backend: cannot allocate %d bytes", bytes));
+    }
+    return p;
+  }
+  void Free(void* ptr) override { std::free(ptr); }
+  void CopyToHost(const void* src, size_t bytes, void* dst) override {
+    std::memcpy(dst, src, bytes);
+  }
+  void CopyFromHost(const void* src, size_t bytes, void* dst) override {
+    std::memcpy(dst, src, bytes);
+  }
+
+  void Copy(const void* src, size_t bytes, void* dst) override { std::memcpy(dst, src, bytes); }
+
+  absl::StatusOr<Weight> PrepareWeight(const Weight& host) override {
+    if (host.dtype == DType::kQ8_0 && host.cols % kQ8_0BlockElements != 0) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "cpu backend: Q8_0 weight row of %d elements is not a multiple of 32", host.cols));
+    }
+    return host;  // host memory is this backend's memory
+  }
+
+  void Embed(const Weight& table, absl::Span<const int32_t> ids, float* out) override {
+    for (size_t r = 0; r < ids.size(); ++r) DequantizeRow(table, ids[r], out + r * table.cols);
+  }
+
+  void RmsNorm(const float* x, int64_t rows, const Weight& weight, float eps,
+               float* out) override {
+    const int64_t n = weight.cols;
+    std::vector<float> w(n);
+    DequantizeRow(weight, 0, w.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = x + r * n;
+      float* yr = out + r * n;
+      // Double accumulation, as llama.cpp's ggml_compute_forward_rms_norm.
+      double sum = 0;
+      for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(xr[i] * xr[i]);
+      const float mean = static_cast<float>(sum / n);
+      const float scale = 1.0f / std::sqrt(mean + eps);
+      for (int64_t i = 0; i < n; ++i) yr[i] = xr[i] * scale * w[i];
+    }
+  }
+
+  void MatMul(const float* x, int64_t rows, const Weight& w, float* out) override {
+    const int64_t out_cols = w.rows;
+    constexpr int64_t kChunk = 16;  // weight rows per work item
+    const int64_t chunks = (out_cols + kChunk - 1) / kChunk;
+    auto run_chunk = [&](int64_t c) {
+      const int64_t o_end = std::min(out_cols, (c + 1) * kChunk);
+      for (int64_t o = c * kChunk; o < o_end; ++o) {
+        for (int64_t r = 0; r < rows; ++r) {
+          out[r * out_cols + o] = RowDot(x + r * w.cols, w, o);
+        }
+      }
+    };
+    if (rows * out_cols * w.cols < kParallelThreshold) {
+      for (int64_t c = 0; c < chunks; ++c) run_chunk(c);
+    } else {
+      pool_.ParallelFor(chunks, run_chunk);
+    }
+  }
+
+  void Rope(float* x, int64_t rows, int32_t num_heads, int32_t head_dim, int32_t rope_dims,
+            absl::Span<const int32_t> positions, float freq_base, RopeStyle style) override {
+    // theta_i computed as llama.cpp's ggml_rope_cache_init does: an iterated
+    // float product, so angles agree with the reference to the last bit.
+    const float theta_scale = std::pow(freq_base, -2.0f / static_cast<float>(rope_dims));
+    std::vector<float> cos_sin(rope_dims);
+    for (int64_t r = 0; r < rows; ++r) {
+      float theta = static_cast<float>(positions[r]);
+      for (int32_t i = 0; i < rope_dims; i += 2) {
+        cos_sin[i] = std::cos(theta);
+        cos_sin[i + 1] = std::sin(theta);
+        theta *= theta_scale;
+      }
+      for (int32_t h = 0; h < num_heads; ++h) {
+        float* v = x + (r * num_heads + h) * head_dim;
+        for (int32_t i = 0; i < rope_dims; i += 2) {
+          const float c = cos_sin[i];
+          const float s = cos_sin[i + 1];
+          const int32_t a = style == RopeStyle::kNormal ? i : i / 2;
+          const int32_t b = style == RopeStyle::kNormal ? i + 1 : i / 2 + rope_dims / 2;
+          const float x0 = v[a];
+          const float x1 = v[b];
+          v[a] = x0 * c - x1 * s;
+          v[b] = x0 * s + x1 * c;
+        }
+      }
+    }
+  }
+
+  void WriteKv(const KvCacheView& kv, int32_t layer, const float* k, const float* v,
+               absl::Span<const int32_t> slots) override {
+    const KvLayout& l = kv.layout;
+    const int64_t stride = l.TokenStride();
+    for (size_t r = 0; r < slots.size(); ++r) {
+      float* block = kv.Block(slots[r] / l.block_size);
+      const int32_t t = slots[r] % l.block_size;
+      std::memcpy(block + l.Offset(layer, 0, t), k + r * stride, stride * sizeof(float));
+      std::memcpy(block + l.Offset(layer, 1, t), v + r * stride, stride * sizeof(float));
+    }
+  }
+
+  void PagedAttention(const float* q, const KvCacheView& kv, int32_t layer, int32_t num_heads,
+                      absl::Span<const AttentionSequence> seqs, float scale,
+                      float* out) override {
+    const KvLayout& l = kv.layout;
+    const int32_t head_dim = l.head_dim;
+    const int32_t group = num_heads / l.num_kv_heads;
+    // Work items: (sequence, query row, head), flattened.
+    std::vector<std::pair<int32_t, int32_t>> rows;  // (seq index, row within seq)
+    int64_t cost = 0;
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      for (int32_t j = 0; j < seqs[s].num_queries; ++j) rows.emplace_back(s, j);
+      cost += int64_t{seqs[s].num_queries} * seqs[s].context_len * num_heads * head_dim;
+    }
+    auto run = [&](int64_t item) {
+      const auto [s, j] = rows[item / num_heads];
+      const int32_t h = static_cast<int32_t>(item % num_heads);
+      const AttentionSequence& seq = seqs[s];
+      const int32_t pos = seq.context_len - seq.num_queries + j;
+      const int32_t n_ctx = pos + 1;
+      const int32_t kv_head = h / group;
+      const int64_t row = seq.query_start + j;
+      const float* qv = q + (row * num_heads + h) * head_dim;
+      thread_local std::vector<float> scores;
+      scores.resize(n_ctx);
+      float max_score = -INFINITY;
+      for (int32_t p = 0; p < n_ctx; ++p) {
+        const float* block = kv.Block(seq.block_table[p / l.block_size]);
+        const float* kp = block + l.Offset(layer, 0, p % l.block_size) + kv_head * head_dim;
+        scores[p] = DotF32(qv, kp, head_dim) * scale;
+        max_score = std::max(max_score, scores[p]);
+      }
+      double sum = 0;
+      for (int32_t p = 0; p < n_ctx; ++p) {
+        scores[p] = std::exp(scores[p] - max_score);
+        sum += scores[p];
+      }
+      const float inv = static_cast<float>(1.0 / sum);
+      float* o = out + (row * num_heads + h) * head_dim;
+      std::fill(o, o + head_dim, 0.0f);
+      for (int32_t p = 0; p < n_ctx; ++p) {
+        const float* block = kv.Block(seq.block_table[p / l.block_size]);
+        const float* vp = block + l.Offset(layer, 1, p % l.block_size) + kv_head * head_dim;
+        const float w = scores[p] * inv;
+        for (int32_t d = 0; d < head_dim; ++d) o[d] += w * vp[d];
+      }
+    };
+    const int64_t items = static_cast<int64_t>(rows.size()) * num_heads;
+    if (cost < kParallelThreshold) {
+      for (int64_t i = 0; i < items; ++i) run(i);
+    } else {
+      pool_.ParallelFor(items, run);
+    }
+  }
+
+  void SwiGlu(const float* gate, const float* up, int64_t n, float* out) override {
+    for (int64_t i = 0; i < n; ++i) {
+      const float g = gate[i];
+      out[i] = g / (1.0f + std::exp(-g)) * up[i];
+    }
+  }
+
+  void Add(float* x, const float* y, int64_t n) override {
+    for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+  }
+
+ private:
+  ThreadPool pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> CreateCpuBackend(const CpuBackendOptions& options) {
+  return std::make_unique<CpuBackend>(options);
+}
+
+}  // namespace tandem::kernels

@@ -1,0 +1,48 @@
+// The hyper-parameters of a Llama-family model, read from GGUF metadata or
+// given by a synthetic preset.
+#ifndef TANDEM_MODEL_MODEL_CONFIG_H_
+#define TANDEM_MODEL_MODEL_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "model/gguf.h"
+
+namespace tandem::model {
+
+struct ModelConfig {
+  std::string architecture = "llama";
+  // Names the model wherever KV crosses a process (block hashes, KV events):
+  // the GGUF's general.name plus its shape, or "synthetic:<preset>".
+  std::string model_id;
+  int32_t vocab_size = 0;
+  int32_t dim = 0;          // embedding_length
+  int32_t num_layers = 0;   // block_count
+  int32_t num_heads = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;     // dim / num_heads
+  int32_t ffn_dim = 0;      // feed_forward_length
+  int32_t rope_dims = 0;    // rope.dimension_count; Default: head_dim
+  float rope_freq_base = 10000.0f;  // rope.freq_base; llama.cpp's default
+  float rms_eps = 1e-5f;            // attention.layer_norm_rms_epsilon
+  int32_t context_length = 2048;
+  kernels::RopeStyle rope_style = kernels::RopeStyle::kNormal;
+
+  // Checks the numbers are positive and consistent (heads divide dim, kv heads
+  // divide heads, rope dims even and <= head_dim).
+  absl::Status Validate() const;
+  kernels::KvLayout KvLayoutFor(int32_t block_size) const {
+    return kernels::KvLayout{num_layers, num_kv_heads, head_dim, block_size};
+  }
+};
+
+// Reads `general.architecture` (must be "llama") and the `llama.*` keys.
+// Missing required keys give NotFound naming the key; absent optional keys take
+// llama.cpp's defaults.
+absl::StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& gguf);
+
+}  // namespace tandem::model
+
+#endif  // TANDEM_MODEL_MODEL_CONFIG_H_

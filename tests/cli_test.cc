@@ -1,0 +1,91 @@
+// End to end through the real `tandem` binary: flags, JSON output, errors.
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+struct Result {
+  int exit_code;
+  std::string out;  // stdout and stderr
+};
+
+Result RunTandem(const std::string& args, bool with_stderr = false) {
+  const std::string cmd = absl::StrCat(TANDEM_BINARY, " ", args, with_stderr ? " 2>&1" : " 2>/dev/null");
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+TEST(CliTest, HelpListsEverySubcommand) {
+  Result r = RunTandem("--help");
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* cmd : {"generate", "router", "prefill", "decode", "store", "up", "bench"}) {
+    EXPECT_NE(r.out.find(cmd), std::string::npos) << cmd;
+  }
+  EXPECT_NE(r.out.find("not yet available"), std::string::npos);
+  EXPECT_EQ(RunTandem("generate --help").exit_code, 0);
+}
+
+TEST(CliTest, GenerateJsonOnDefaultModel) {
+  Result r = RunTandem("generate --prompt 'the little dog' --max-tokens 7 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["prompt_token_ids"][0], 1);  // BOS
+  EXPECT_EQ(j["generated_token_ids"].size(), 7u);
+  EXPECT_EQ(j["finish_reason"], "length");
+  EXPECT_TRUE(j["text"].is_string());
+  // Greedy is deterministic.
+  EXPECT_EQ(RunTandem("generate --prompt 'the little dog' --max-tokens 7 --json").out, r.out);
+}
+
+TEST(CliTest, SeededSamplingIsReproducible) {
+  const std::string args = "generate --max-tokens 12 --temperature 1.0 --top-p 0.9 --top-k 40 --json --seed ";
+  EXPECT_EQ(RunTandem(args + "5").out, RunTandem(args + "5").out);
+  EXPECT_NE(RunTandem(args + "5").out, RunTandem(args + "6").out);
+}
+
+TEST(CliTest, SyntheticModelSaysSo) {
+  Result r = RunTandem("generate --max-tokens 2", /*with_stderr=*/true);
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("synthetic"), std::string::npos);
+  EXPECT_NE(r.out.find("--model"), std::string::npos);
+}
+
+TEST(CliTest, BadInputGivesClearErrors) {
+  Result r = RunTandem("generate --model /no/such.gguf", true);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("/no/such.gguf"), std::string::npos);
+  r = RunTandem("generate --model synthetic:nope", true);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("unknown synthetic model"), std::string::npos);
+  r = RunTandem("generate --max-tokens 5000", true);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("context length"), std::string::npos);
+  EXPECT_NE(RunTandem("generate --top-p 2").exit_code, 0);
+  EXPECT_NE(RunTandem("generate --no-such-flag").exit_code, 0);
+  EXPECT_EQ(RunTandem("router").exit_code, 2);
+}
+
+TEST(CliTest, Stories260KGreedyText) {
+  const std::string model = TANDEM_SHARED_DIR "/models/stories260K.gguf";
+  if (!std::ifstream(model)) GTEST_SKIP() << model << " absent";
+  Result r = RunTandem("generate --model " + model + " --prompt 'Once upon a time' --max-tokens 10 --json");
+  ASSERT_EQ(r.exit_code, 0);
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["prompt_token_ids"], nlohmann::json({1, 403, 407, 261, 378}));
+  EXPECT_EQ(j["text"], ", there was a little girl named Lily");
+}
+
+}  // namespace
