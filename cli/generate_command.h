@@ -20,6 +20,14 @@ struct GenerateFlags {
   std::optional<uint64_t> seed;
   bool json = false;
   int32_t threads = 0;
+  // Batch mode: one JSON object per line ({"prompt": ..., optional
+  // "max_tokens", "temperature", "top_k", "top_p", "seed"}), run concurrently
+  // through one engine; one JSON line out per prompt, in input order.
+  std::string prompts_file;
+  int32_t block_size = 16;
+  int32_t kv_cache_mb = 256;
+  int32_t max_running = 64;
+  int32_t max_step_tokens = 512;
 };
 
 // Adds the flags to `cmd` and makes it run RunGenerate.

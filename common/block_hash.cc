@@ -1,10 +1,10 @@
 #include "common/block_hash.h"
 
+#include <xxhash.h>
+
 #include <bit>
 #include <cstring>
 #include <string>
-
-#include <xxhash.h>
 
 namespace tandem {
 namespace {
@@ -12,8 +12,8 @@ namespace {
 // Appends the bytes of HashBlock's input (see the layout in block_hash.h) to
 // `buf`, which is cleared first. Reusing one buffer across a chain keeps
 // HashFullBlocks to one allocation.
-void AssembleBlockInput(BlockHash prev, std::string_view model_id,
-                        absl::Span<const int32_t> tokens, std::string& buf) {
+void AssembleBlockInput(BlockHash prev, std::string_view model_id, absl::Span<const int32_t> tokens,
+                        std::string& buf) {
   buf.clear();
   buf.reserve(sizeof(uint64_t) + model_id.size() + tokens.size() * sizeof(int32_t));
   for (int i = 0; i < 8; ++i) {
@@ -40,15 +40,13 @@ BlockHash ModelSeed(std::string_view model_id) {
   return XXH3_64bits(buf.data(), buf.size());
 }
 
-BlockHash HashBlock(BlockHash prev, std::string_view model_id,
-                    absl::Span<const int32_t> tokens) {
+BlockHash HashBlock(BlockHash prev, std::string_view model_id, absl::Span<const int32_t> tokens) {
   std::string buf;
   AssembleBlockInput(prev, model_id, tokens, buf);
   return XXH3_64bits(buf.data(), buf.size());
 }
 
-std::vector<BlockHash> HashFullBlocks(std::string_view model_id,
-                                      absl::Span<const int32_t> tokens,
+std::vector<BlockHash> HashFullBlocks(std::string_view model_id, absl::Span<const int32_t> tokens,
                                       int32_t block_size) {
   std::vector<BlockHash> hashes;
   if (block_size <= 0) return hashes;

@@ -51,15 +51,13 @@ BlockHash ModelSeed(std::string_view model_id);
 
 // h_i from h_{i-1} (`prev`) and the tokens of block i. `tokens` is normally
 // exactly block_size long; the function itself accepts any length.
-BlockHash HashBlock(BlockHash prev, std::string_view model_id,
-                    absl::Span<const int32_t> tokens);
+BlockHash HashBlock(BlockHash prev, std::string_view model_id, absl::Span<const int32_t> tokens);
 
 // The chained hashes of every full block of `tokens`, starting from
 // ModelSeed(model_id): result[i] names tokens [i*block_size, (i+1)*block_size).
 // A trailing partial block is not hashed. REQUIRES: block_size > 0 (returns an
 // empty vector otherwise).
-std::vector<BlockHash> HashFullBlocks(std::string_view model_id,
-                                      absl::Span<const int32_t> tokens,
+std::vector<BlockHash> HashFullBlocks(std::string_view model_id, absl::Span<const int32_t> tokens,
                                       int32_t block_size);
 
 }  // namespace tandem

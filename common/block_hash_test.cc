@@ -1,11 +1,11 @@
 #include "common/block_hash.h"
 
+#include <xxhash.h>
+
 #include <cstdint>
 #include <numeric>
 #include <string>
 #include <vector>
-
-#include <xxhash.h>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

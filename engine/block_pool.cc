@@ -10,13 +10,13 @@
 
 // Aborts on caller bugs that would corrupt the bookkeeping (see the header).
 // Local until common/ grows a shared CHECK (Debian's Abseil has no absl/log).
-#define TANDEM_POOL_CHECK(cond, ...)                                             \
-  do {                                                                           \
-    if (!(cond)) {                                                               \
-      std::fprintf(stderr, "%s:%d: BlockPool check failed: %s: %s\n", __FILE__, \
-                   __LINE__, #cond, absl::StrCat(__VA_ARGS__).c_str());          \
-      std::abort();                                                              \
-    }                                                                            \
+#define TANDEM_POOL_CHECK(cond, ...)                                                             \
+  do {                                                                                           \
+    if (!(cond)) {                                                                               \
+      std::fprintf(stderr, "%s:%d: BlockPool check failed: %s: %s\n", __FILE__, __LINE__, #cond, \
+                   absl::StrCat(__VA_ARGS__).c_str());                                           \
+      std::abort();                                                                              \
+    }                                                                                            \
   } while (0)
 
 namespace tandem::engine {
@@ -32,9 +32,9 @@ absl::StatusOr<std::unique_ptr<BlockPool>> BlockPool::Create(const Options& opti
   }
   if (int64_t{options.num_blocks} * options.block_size > std::numeric_limits<int32_t>::max()) {
     // Slots (block * block_size + offset) are int32_t.
-    return absl::InvalidArgumentError(absl::StrCat(
-        "BlockPool: num_blocks * block_size overflows int32: ", options.num_blocks, " * ",
-        options.block_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat("BlockPool: num_blocks * block_size overflows int32: ", options.num_blocks,
+                     " * ", options.block_size));
   }
   return std::unique_ptr<BlockPool>(new BlockPool(options));
 }
@@ -146,8 +146,8 @@ void BlockPool::Release(int32_t block) {
 bool BlockPool::Commit(int32_t block, BlockHash hash, absl::Span<const int32_t> tokens) {
   TANDEM_POOL_CHECK(block >= 0 && block < num_blocks_, "block id ", block, " out of range");
   TANDEM_POOL_CHECK(refcount_[block] > 0, "Commit of unreferenced block ", block);
-  TANDEM_POOL_CHECK(static_cast<int32_t>(tokens.size()) == block_size_, "Commit of ",
-                    tokens.size(), " tokens into a block of ", block_size_);
+  TANDEM_POOL_CHECK(static_cast<int32_t>(tokens.size()) == block_size_, "Commit of ", tokens.size(),
+                    " tokens into a block of ", block_size_);
   if (cached_[block]) {
     TANDEM_POOL_CHECK(hash_[block] == hash, "block ", block, " re-committed under hash ", hash,
                       ", already registered as ", hash_[block]);
@@ -223,8 +223,8 @@ absl::Status BlockPool::CheckInvariants() const {
       return absl::InternalError(absl::StrCat("LRU list holds out-of-range id ", b));
     }
     if (lru_prev_[b] != prev) {
-      return absl::InternalError(absl::StrCat("LRU back link of block ", b, " is ",
-                                              lru_prev_[b], ", expected ", prev));
+      return absl::InternalError(
+          absl::StrCat("LRU back link of block ", b, " is ", lru_prev_[b], ", expected ", prev));
     }
     if (on_lru[b]) return absl::InternalError(absl::StrCat("block ", b, " twice on LRU list"));
     on_lru[b] = 1;
@@ -232,8 +232,8 @@ absl::Status BlockPool::CheckInvariants() const {
     if (++lru_len > num_blocks_) return absl::InternalError("LRU list is longer than the pool");
   }
   if (lru_prev_[sentinel] != last) {
-    return absl::InternalError(absl::StrCat("LRU tail is ", lru_prev_[sentinel],
-                                            ", the walk ended at ", last));
+    return absl::InternalError(
+        absl::StrCat("LRU tail is ", lru_prev_[sentinel], ", the walk ended at ", last));
   }
   if (lru_len != num_evictable_) {
     return absl::InternalError(
@@ -248,11 +248,9 @@ absl::Status BlockPool::CheckInvariants() const {
     const bool is_referenced = rc > 0;
     const bool is_evictable = on_lru[b];
     if (static_cast<int>(is_free) + is_referenced + is_evictable != 1) {
-      return absl::InternalError(absl::StrCat("block ", b, " is free=", is_free,
-                                              " referenced=", is_referenced,
-                                              " evictable=", is_evictable,
-                                              " (exactly one expected), cached=",
-                                              static_cast<bool>(cached_[b])));
+      return absl::InternalError(absl::StrCat(
+          "block ", b, " is free=", is_free, " referenced=", is_referenced, " evictable=",
+          is_evictable, " (exactly one expected), cached=", static_cast<bool>(cached_[b])));
     }
     if (is_free && cached_[b]) {
       return absl::InternalError(absl::StrCat("free block ", b, " is still cached"));

@@ -4,13 +4,13 @@
 //   options.num_blocks = BlockPool::BlocksForBudget(kv_bytes, layout);
 //   options.block_size = layout.block_size;
 //   options.on_evict = [&](const EvictedBlock& b) { dram_tier.Offer(b); };
-//   ASSIGN_OR_RETURN(std::unique_ptr<BlockPool> pool, BlockPool::Create(options));
+//   TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<BlockPool> pool, BlockPool::Create(options));
 //
 //   if (std::optional<int32_t> hit = pool->Lookup(hash, tokens)) { ... reuse *hit ... }
-//   ASSIGN_OR_RETURN(int32_t block, pool->Allocate());   // refcount 1
+//   TANDEM_ASSIGN_OR_RETURN(int32_t block, pool->Allocate());  // refcount 1
 //   ... compute the block's KV ...
-//   pool->Commit(block, hash, tokens);                    // now findable by hash
-//   pool->Release(block);                                 // refcount 0: cached, LRU
+//   pool->Commit(block, hash, tokens);  // now findable by hash
+//   pool->Release(block);               // refcount 0: cached, on the LRU
 //
 // The pool does bookkeeping only: block ids 0..num_blocks-1, their reference
 // counts, which full blocks are registered under which BlockHash, and the LRU
@@ -190,13 +190,13 @@ class BlockPool {
   const std::function<absl::Span<const uint8_t>(int32_t)> block_bytes_;
 
   std::vector<int32_t> refcount_;
-  std::vector<bool> cached_;          // registered in cache_
-  std::vector<BlockHash> hash_;       // valid where cached_
-  std::vector<int32_t> tokens_;       // [block][block_size], valid where cached_
-  std::vector<int32_t> free_;         // stack of free block ids
-  std::vector<int32_t> lru_prev_;     // size num_blocks_ + 1 (sentinel last)
+  std::vector<bool> cached_;       // registered in cache_
+  std::vector<BlockHash> hash_;    // valid where cached_
+  std::vector<int32_t> tokens_;    // [block][block_size], valid where cached_
+  std::vector<int32_t> free_;      // stack of free block ids
+  std::vector<int32_t> lru_prev_;  // size num_blocks_ + 1 (sentinel last)
   std::vector<int32_t> lru_next_;
-  int32_t num_evictable_ = 0;         // length of the LRU list
+  int32_t num_evictable_ = 0;  // length of the LRU list
   absl::flat_hash_map<BlockHash, int32_t> cache_;
   Stats stats_;
 };

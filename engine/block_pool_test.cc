@@ -14,8 +14,8 @@ namespace tandem::engine {
 namespace {
 
 using ::tandem::testing::StatusIs;
-using ::testing::ElementsAre;
 using ::testing::_;
+using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -195,8 +195,7 @@ TEST(BlockPoolTest, HashCollisionWithDifferentTokensMisses) {
   std::vector<int32_t> longer = Tokens(100);
   longer.push_back(0);
   EXPECT_EQ(pool->Lookup(kCollidingHash, longer), std::nullopt);
-  EXPECT_EQ(pool->Lookup(kCollidingHash, absl::MakeConstSpan(Tokens(100)).first(2)),
-            std::nullopt);
+  EXPECT_EQ(pool->Lookup(kCollidingHash, absl::MakeConstSpan(Tokens(100)).first(2)), std::nullopt);
   EXPECT_THAT(pool->Lookup(kCollidingHash, Tokens(100)), Optional(b));
   EXPECT_THAT(pool->CheckInvariants(), IsOk());
 }
@@ -255,8 +254,8 @@ TEST(BlockPoolTest, EvictsLeastRecentlyReleasedCachedBlockOnlyWhenNoFreeBlock) {
   EXPECT_EQ(evicted[0].hash, 100u);
   EXPECT_EQ(evicted[0].block_id, a);
   EXPECT_THAT(evicted[0].tokens, ElementsAreArray(Tokens(100)));
-  EXPECT_THAT(evicted[0].bytes,
-              ElementsAreArray(absl::MakeConstSpan(kv).subspan(a * kBytesPerBlock, kBytesPerBlock)));
+  EXPECT_THAT(evicted[0].bytes, ElementsAreArray(absl::MakeConstSpan(kv).subspan(a * kBytesPerBlock,
+                                                                                 kBytesPerBlock)));
   EXPECT_FALSE(pool->Contains(100));
   EXPECT_EQ(pool->HashOf(a), std::nullopt);
   EXPECT_EQ(pool->RefCount(a), 1);
@@ -284,8 +283,8 @@ TEST(BlockPoolTest, EvictionWithoutBlockBytesGivesEmptyBytes) {
   std::vector<Evicted> evicted;
   BlockPool::Options options;
   options.on_evict = [&](const EvictedBlock& e) {
-    evicted.push_back({e.hash, e.block_id, {e.tokens.begin(), e.tokens.end()},
-                       {e.bytes.begin(), e.bytes.end()}});
+    evicted.push_back(
+        {e.hash, e.block_id, {e.tokens.begin(), e.tokens.end()}, {e.bytes.begin(), e.bytes.end()}});
   };
   auto pool = MakePool(1, options);
   ASSERT_OK_AND_ASSIGN(int32_t b, pool->Allocate());

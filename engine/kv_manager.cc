@@ -11,13 +11,13 @@
 
 // Aborts on caller bugs that would corrupt the bookkeeping (see the header).
 // Local until common/ grows a shared CHECK (Debian's Abseil has no absl/log).
-#define TANDEM_KV_CHECK(cond, ...)                                               \
-  do {                                                                           \
-    if (!(cond)) {                                                               \
-      std::fprintf(stderr, "%s:%d: KvManager check failed: %s: %s\n", __FILE__,  \
-                   __LINE__, #cond, absl::StrCat(__VA_ARGS__).c_str());          \
-      std::abort();                                                              \
-    }                                                                            \
+#define TANDEM_KV_CHECK(cond, ...)                                                               \
+  do {                                                                                           \
+    if (!(cond)) {                                                                               \
+      std::fprintf(stderr, "%s:%d: KvManager check failed: %s: %s\n", __FILE__, __LINE__, #cond, \
+                   absl::StrCat(__VA_ARGS__).c_str());                                           \
+      std::abort();                                                                              \
+    }                                                                                            \
   } while (0)
 
 namespace tandem::engine {
@@ -156,14 +156,13 @@ void KvManager::CommitFullBlocks(int64_t seq_id, absl::Span<const int32_t> all_t
                                  int32_t num_computed_tokens) {
   const auto it = seqs_.find(seq_id);
   TANDEM_KV_CHECK(it != seqs_.end(), "CommitFullBlocks: unknown sequence ", seq_id);
-  TANDEM_KV_CHECK(num_computed_tokens >= 0 &&
-                      static_cast<size_t>(num_computed_tokens) <= all_tokens.size(),
-                  "CommitFullBlocks: ", num_computed_tokens, " computed tokens of ",
-                  all_tokens.size());
+  TANDEM_KV_CHECK(
+      num_computed_tokens >= 0 && static_cast<size_t>(num_computed_tokens) <= all_tokens.size(),
+      "CommitFullBlocks: ", num_computed_tokens, " computed tokens of ", all_tokens.size());
   Sequence& seq = it->second;
   const size_t full = static_cast<size_t>(num_computed_tokens / block_size_);
-  TANDEM_KV_CHECK(full <= seq.blocks.size(), "CommitFullBlocks: sequence ", seq_id, " has ",
-                  full, " computed full blocks but a table of ", seq.blocks.size());
+  TANDEM_KV_CHECK(full <= seq.blocks.size(), "CommitFullBlocks: sequence ", seq_id, " has ", full,
+                  " computed full blocks but a table of ", seq.blocks.size());
   BlockHash prev = seq.hashes.empty() ? seed_ : seq.hashes.back();
   for (size_t i = seq.hashes.size(); i < full; ++i) {
     const absl::Span<const int32_t> tokens = all_tokens.subspan(i * block_size_, block_size_);
@@ -185,8 +184,8 @@ int32_t KvManager::Slot(int64_t seq_id, int32_t position) const {
   TANDEM_KV_CHECK(it != seqs_.end(), "Slot: unknown sequence ", seq_id);
   const std::vector<int32_t>& blocks = it->second.blocks;
   TANDEM_KV_CHECK(position >= 0 && position / block_size_ < static_cast<int32_t>(blocks.size()),
-                  "Slot: position ", position, " outside sequence ", seq_id, "'s ",
-                  blocks.size(), " blocks");
+                  "Slot: position ", position, " outside sequence ", seq_id, "'s ", blocks.size(),
+                  " blocks");
   return blocks[position / block_size_] * block_size_ + position % block_size_;
 }
 
@@ -227,8 +226,7 @@ absl::Status KvManager::CheckInvariants() const {
         if (*cached != seq.hashes[i]) {
           return absl::InternalError(absl::StrCat("sequence ", id, " block ", i, " (id ", b,
                                                   ") is cached as ", *cached,
-                                                  ", the sequence's chain says ",
-                                                  seq.hashes[i]));
+                                                  ", the sequence's chain says ", seq.hashes[i]));
         }
       }
     }

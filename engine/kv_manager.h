@@ -1,12 +1,12 @@
 // Per-sequence block tables over a BlockPool, with prefix reuse.
 //
-//   ASSIGN_OR_RETURN(auto kv, KvManager::Create({.model_id = "stories260K"}, pool.get()));
-//   ASSIGN_OR_RETURN(int32_t cached, kv->StartSequence(seq, prompt));  // reused prefix
-//   RETURN_IF_ERROR(kv->EnsureCapacity(seq, prompt.size()));           // blocks for the rest
+//   TANDEM_ASSIGN_OR_RETURN(auto kv, KvManager::Create({.model_id = "stories260K"}, pool));
+//   TANDEM_ASSIGN_OR_RETURN(int32_t cached, kv->StartSequence(seq, prompt));  // reused prefix
+//   TANDEM_RETURN_IF_ERROR(kv->EnsureCapacity(seq, prompt.size()));  // blocks for the rest
 //   ... run the model on prompt[cached:], writing KV at kv->Slot(seq, pos) ...
 //   kv->CommitFullBlocks(seq, prompt, prompt.size());  // full blocks join the prefix cache
 //   ... decode: EnsureCapacity(seq, n + 1), compute, CommitFullBlocks(seq, tokens, n + 1) ...
-//   kv->FreeSequence(seq);                              // finished, cancelled or preempted
+//   kv->FreeSequence(seq);  // finished, cancelled or preempted
 //
 // A sequence's block table maps token position p to block BlockTable(seq)[p /
 // block_size] at offset p % block_size. A sequence holds one pool reference on
@@ -72,7 +72,7 @@ class KvManager {
 
   // What StartSequence would reuse for a prompt right now.
   struct PrefixMatch {
-    int32_t cached_tokens = 0;     // = cached_blocks * block_size
+    int32_t cached_tokens = 0;  // = cached_blocks * block_size
     int32_t cached_blocks = 0;
     // Of the cached blocks, those now unreferenced (evictable): reusing them
     // takes them out of the pool's num_free_blocks().
@@ -81,8 +81,7 @@ class KvManager {
 
   // `pool` is borrowed and must outlive the manager. InvalidArgument on an
   // empty model_id or a block_size that differs from the pool's.
-  static absl::StatusOr<std::unique_ptr<KvManager>> Create(const Options& options,
-                                                           BlockPool* pool);
+  static absl::StatusOr<std::unique_ptr<KvManager>> Create(const Options& options, BlockPool* pool);
 
   KvManager(const KvManager&) = delete;
   KvManager& operator=(const KvManager&) = delete;

@@ -91,8 +91,8 @@ TEST_F(KvManagerTest, CreateValidatesOptions) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("block_size")));
   EXPECT_THAT(KvManager::Create({.model_id = kModel}, nullptr),
               StatusIs(absl::StatusCode::kInvalidArgument, _));
-  ASSERT_OK_AND_ASSIGN(auto kv,
-                       KvManager::Create({.model_id = kModel, .block_size = kBlockSize}, pool.get()));
+  ASSERT_OK_AND_ASSIGN(
+      auto kv, KvManager::Create({.model_id = kModel, .block_size = kBlockSize}, pool.get()));
   EXPECT_EQ(kv->block_size(), kBlockSize);
 }
 
@@ -199,7 +199,8 @@ TEST_F(KvManagerTest, DecodeCommitsBlocksAsTheyFill) {
   std::vector<int32_t> tokens = Iota(kBlockSize + 2, 50);
   EXPECT_EQ(Prefill(1, tokens), 0);
   EXPECT_EQ(pool_->num_cached_blocks(), 1);
-  const std::vector<BlockHash> expected = HashFullBlocks(kModel, Iota(3 * kBlockSize, 50), kBlockSize);
+  const std::vector<BlockHash> expected =
+      HashFullBlocks(kModel, Iota(3 * kBlockSize, 50), kBlockSize);
   while (tokens.size() < 3 * kBlockSize) {
     tokens.push_back(static_cast<int32_t>(50 + tokens.size()));
     ASSERT_THAT(kv_->EnsureCapacity(1, static_cast<int32_t>(tokens.size())), IsOk());
@@ -408,7 +409,8 @@ void AppendToken(SimSequence& s, int32_t token) {
 TEST_P(KvManagerPropertyTest, RandomWorkloadKeepsEveryInvariant) {
   const PropertyParams params = GetParam();
   uint64_t seed = params.seed;
-  if (const char* env = std::getenv("TANDEM_KV_PROPERTY_SEED")) seed = std::strtoull(env, nullptr, 10);
+  if (const char* env = std::getenv("TANDEM_KV_PROPERTY_SEED"))
+    seed = std::strtoull(env, nullptr, 10);
   SCOPED_TRACE(::testing::Message() << "seed=" << seed << " num_blocks=" << params.num_blocks
                                     << " lookup_evictable=" << params.lookup_evictable
                                     << " max_active=" << params.max_active
@@ -495,7 +497,8 @@ TEST_P(KvManagerPropertyTest, RandomWorkloadKeepsEveryInvariant) {
         prompt = prefixes[uniform(0, static_cast<int64_t>(prefixes.size()) - 1)];
       }
       const int64_t suffix = uniform(1, 2 * kBlockSize + 3);
-      for (int64_t i = 0; i < suffix; ++i) prompt.push_back(static_cast<int32_t>(uniform(0, kVocab - 1)));
+      for (int64_t i = 0; i < suffix; ++i)
+        prompt.push_back(static_cast<int32_t>(uniform(0, kVocab - 1)));
       if (prompt.size() > 12 * kBlockSize) prompt.resize(12 * kBlockSize);
       for (int32_t t : prompt) AppendToken(s, t);
       s.prompt_len = static_cast<int32_t>(prompt.size());
@@ -511,10 +514,9 @@ TEST_P(KvManagerPropertyTest, RandomWorkloadKeepsEveryInvariant) {
       // The reused prefix is the longest one the cache holds (capped).
       const std::vector<BlockHash> hashes = HashFullBlocks(kModel, prompt, kBlockSize);
       size_t longest = 0;
-      while (longest < hashes.size() &&
-             pool->Contains(hashes[longest]) &&
-             pool->Peek(hashes[longest], absl::MakeConstSpan(prompt).subspan(
-                                             longest * kBlockSize, kBlockSize))) {
+      while (longest < hashes.size() && pool->Contains(hashes[longest]) &&
+             pool->Peek(hashes[longest],
+                        absl::MakeConstSpan(prompt).subspan(longest * kBlockSize, kBlockSize))) {
         ++longest;
       }
       ASSERT_EQ(static_cast<size_t>(cached / kBlockSize),
@@ -610,23 +612,25 @@ TEST_P(KvManagerPropertyTest, RandomWorkloadKeepsEveryInvariant) {
   EXPECT_GT(reused_tokens, 0);
   EXPECT_GT(completed, 0);
   EXPECT_GT(cancelled, 0);
-  std::printf("seed %llu: %lld completed, %lld cancelled, %lld admissions and %lld decodes "
-              "refused, %lld evictions, %lld prompt tokens reused\n",
-              static_cast<unsigned long long>(seed), static_cast<long long>(completed),
-              static_cast<long long>(cancelled), static_cast<long long>(exhausted_admissions),
-              static_cast<long long>(exhausted_decodes), static_cast<long long>(evictions_seen),
-              static_cast<long long>(reused_tokens));
+  std::printf(
+      "seed %llu: %lld completed, %lld cancelled, %lld admissions and %lld decodes "
+      "refused, %lld evictions, %lld prompt tokens reused\n",
+      static_cast<unsigned long long>(seed), static_cast<long long>(completed),
+      static_cast<long long>(cancelled), static_cast<long long>(exhausted_admissions),
+      static_cast<long long>(exhausted_decodes), static_cast<long long>(evictions_seen),
+      static_cast<long long>(reused_tokens));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Seeds, KvManagerPropertyTest,
-    ::testing::Values(PropertyParams{1, 24, true, 6}, PropertyParams{20240607, 24, false, 6},
-                      PropertyParams{77, 12, true, 4}, PropertyParams{4242, 48, false, 12}),
-    [](const ::testing::TestParamInfo<PropertyParams>& info) {
-      return "seed" + std::to_string(info.param.seed) + "_blocks" +
-             std::to_string(info.param.num_blocks) +
-             (info.param.lookup_evictable ? "_lookup" : "_peek");
-    });
+INSTANTIATE_TEST_SUITE_P(Seeds, KvManagerPropertyTest,
+                         ::testing::Values(PropertyParams{1, 24, true, 6},
+                                           PropertyParams{20240607, 24, false, 6},
+                                           PropertyParams{77, 12, true, 4},
+                                           PropertyParams{4242, 48, false, 12}),
+                         [](const ::testing::TestParamInfo<PropertyParams>& info) {
+                           return "seed" + std::to_string(info.param.seed) + "_blocks" +
+                                  std::to_string(info.param.num_blocks) +
+                                  (info.param.lookup_evictable ? "_lookup" : "_peek");
+                         });
 
 }  // namespace
 }  // namespace tandem::engine

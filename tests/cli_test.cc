@@ -4,7 +4,9 @@
 #include <array>
 #include <cstdio>
 #include <fstream>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -86,6 +88,49 @@ TEST(CliTest, Stories260KGreedyText) {
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["prompt_token_ids"], nlohmann::json({1, 403, 407, 261, 378}));
   EXPECT_EQ(j["text"], ", there was a little girl named Lily");
+}
+
+}  // namespace
+
+namespace {
+
+TEST(CliTest, PromptsFileRunsConcurrentlyInInputOrder) {
+  const std::string path = ::testing::TempDir() + "/prompts.jsonl";
+  {
+    std::ofstream f(path);
+    f << R"({"prompt": "once upon a time there was a little dog and a big cat", "max_tokens": 6})" << "\n"
+      << R"({"prompt": "once upon a time there was a little dog and a big cat who", "max_tokens": 3})" << "\n"
+      << "\n"
+      << R"({"prompt": "the sun", "temperature": 0.9, "seed": 4, "top_k": 20})" << "\n";
+  }
+  // One sequence at a time, so the second prompt finds the first's blocks cached.
+  Result r = RunTandem("generate --prompts-file " + path + " --max-tokens 5 --block-size 4 --max-running 1 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(r.out);
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0]["generated_token_ids"].size(), 6u);
+  EXPECT_EQ(lines[1]["generated_token_ids"].size(), 3u);
+  EXPECT_EQ(lines[2]["generated_token_ids"].size(), 5u);  // the flag's default
+  EXPECT_EQ(lines[0]["cached_tokens"], 0);
+  EXPECT_GT(lines[1]["cached_tokens"].get<int>(), 0);
+  EXPECT_EQ(lines[1]["cached_tokens"].get<int>() % 4, 0);
+  // Same greedy tokens as a single-prompt run.
+  Result alone = RunTandem(
+      "generate --prompt 'once upon a time there was a little dog and a big cat who' --max-tokens 3 --json");
+  EXPECT_EQ(nlohmann::json::parse(alone.out)["generated_token_ids"], lines[1]["generated_token_ids"]);
+}
+
+TEST(CliTest, PromptsFileErrorsNameTheLine) {
+  const std::string path = ::testing::TempDir() + "/bad.jsonl";
+  {
+    std::ofstream f(path);
+    f << R"({"prompt": "ok"})" << "\n" << R"({"prompt": 5})" << "\n";
+  }
+  Result r = RunTandem("generate --prompts-file " + path, true);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find(":2:"), std::string::npos) << r.out;
 }
 
 }  // namespace

@@ -45,12 +45,12 @@ MATCHER_P(StatusIs, code, "status code " + ::testing::PrintToString(code)) {
 // Prints the failing Status (RocksDB's test macros do the same).
 #define EXPECT_OK(expr)                                              \
   do {                                                               \
-    const absl::Status& tandem_s_ = ::tandem::testing::GetStatus(expr); \
+    const absl::Status tandem_s_ = ::tandem::testing::GetStatus(expr); \
     EXPECT_TRUE(tandem_s_.ok()) << tandem_s_.ToString();             \
   } while (0)
 #define ASSERT_OK(expr)                                              \
   do {                                                               \
-    const absl::Status& tandem_s_ = ::tandem::testing::GetStatus(expr); \
+    const absl::Status tandem_s_ = ::tandem::testing::GetStatus(expr); \
     ASSERT_TRUE(tandem_s_.ok()) << tandem_s_.ToString();             \
   } while (0)
 

@@ -1,0 +1,320 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+
+namespace tandem::engine {
+
+const char* SequenceEndName(SequenceEnd end) {
+  switch (end) {
+    case SequenceEnd::kNone: return "none";
+    case SequenceEnd::kLength: return "length";
+    case SequenceEnd::kStop: return "stop";
+    case SequenceEnd::kCancelled: return "cancelled";
+    case SequenceEnd::kError: return "error";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options,
+                                                       model::LlamaModel* llama,
+                                                       kernels::Backend* backend,
+                                                       const model::Tokenizer* tokenizer) {
+  if (options.block_size < 1 || options.max_running < 1 || options.max_step_tokens < 1 ||
+      options.max_prefill_chunk < 0 || options.num_blocks < 0) {
+    return absl::InvalidArgumentError(
+        "engine: block_size, max_running and max_step_tokens must be >= 1; "
+        "max_prefill_chunk and num_blocks >= 0");
+  }
+  std::unique_ptr<Engine> e(new Engine(options, llama, backend, tokenizer));
+  const kernels::KvLayout layout = llama->config().KvLayoutFor(options.block_size);
+  const int32_t num_blocks = options.num_blocks > 0
+                                 ? options.num_blocks
+                                 : BlockPool::BlocksForBudget(options.kv_cache_bytes, layout);
+  if (num_blocks < 1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "engine: kv_cache_bytes %d holds no block of %d bytes", options.kv_cache_bytes,
+        layout.BlockBytes()));
+  }
+  TANDEM_ASSIGN_OR_RETURN(e->kv_memory_, backend->Allocate(num_blocks * layout.BlockBytes()));
+  e->kv_view_ = kernels::KvCacheView{static_cast<float*>(e->kv_memory_), layout, num_blocks};
+  BlockPool::Options pool_options;
+  pool_options.num_blocks = num_blocks;
+  pool_options.block_size = options.block_size;
+  Engine* raw = e.get();
+  pool_options.block_bytes = [raw](int32_t block) {
+    return absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(raw->kv_view_.Block(block)),
+                                     raw->kv_view_.layout.BlockBytes());
+  };
+  TANDEM_ASSIGN_OR_RETURN(e->pool_, BlockPool::Create(pool_options));
+  TANDEM_ASSIGN_OR_RETURN(e->kv_, KvManager::Create({.model_id = llama->config().model_id,
+                                                     .block_size = options.block_size},
+                                                    e->pool_.get()));
+  e->logits_.resize(static_cast<size_t>(llama->config().vocab_size));
+  return e;
+}
+
+Engine::~Engine() {
+  kv_.reset();  // releases every sequence's blocks before the pool goes
+  pool_.reset();
+  if (kv_memory_ != nullptr) backend_->Free(kv_memory_);
+}
+
+absl::Status Engine::Add(EngineRequest request) {
+  const model::ModelConfig& config = llama_->config();
+  if (request.prompt_tokens.empty()) return absl::InvalidArgumentError("prompt_tokens is empty");
+  for (int32_t t : request.prompt_tokens) {
+    if (t < 0 || t >= config.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "prompt_tokens: id %d outside the vocabulary of %d", t, config.vocab_size));
+    }
+  }
+  if (request.max_tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrFormat("max_tokens must be >= 1, got %d", request.max_tokens));
+  }
+  TANDEM_RETURN_IF_ERROR(request.sampling.Validate());
+  const int64_t total = static_cast<int64_t>(request.prompt_tokens.size()) + request.max_tokens - 1;
+  if (total > config.context_length) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "prompt of %d tokens plus max_tokens %d exceeds the model's context length %d",
+        request.prompt_tokens.size(), request.max_tokens, config.context_length));
+  }
+  const int64_t blocks = (total + options_.block_size - 1) / options_.block_size;
+  if (blocks > kv_view_.num_blocks) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "request needs %d KV blocks but the pool has %d", blocks, kv_view_.num_blocks));
+  }
+  if (sequences_.contains(request.id)) {
+    return absl::AlreadyExistsError(absl::StrFormat("request id %d is already live", request.id));
+  }
+  auto seq = std::make_unique<Sequence>();
+  seq->tokens = request.prompt_tokens;
+  seq->sampler = std::make_unique<Sampler>(request.sampling);
+  seq->request = std::move(request);
+  const int64_t id = seq->request.id;
+  sequences_.emplace(id, std::move(seq));
+  waiting_.push_back(id);
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Cancel(int64_t id) {
+  auto it = sequences_.find(id);
+  if (it == sequences_.end()) return absl::NotFoundError(absl::StrFormat("no live request %d", id));
+  SequenceUpdate u;
+  u.id = id;
+  u.end = SequenceEnd::kCancelled;
+  u.cached_tokens = std::max(it->second->cached_tokens, 0);
+  kv_->FreeSequence(id);  // no-op when waiting
+  running_.erase(std::remove(running_.begin(), running_.end(), id), running_.end());
+  waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), id), waiting_.end());
+  sequences_.erase(it);
+  pending_.push_back(std::move(u));
+  return absl::OkStatus();
+}
+
+void Engine::Preempt(int64_t id) {
+  kv_->FreeSequence(id);
+  sequences_.at(id)->num_computed = 0;
+  running_.erase(std::remove(running_.begin(), running_.end(), id), running_.end());
+  waiting_.push_front(id);
+  ++stats_.preemptions;
+}
+
+void Engine::Finish(int64_t id, SequenceEnd end, absl::Status error,
+                    std::vector<SequenceUpdate>* out) {
+  kv_->FreeSequence(id);
+  running_.erase(std::remove(running_.begin(), running_.end(), id), running_.end());
+  for (SequenceUpdate& u : *out) {
+    if (u.id == id && u.end == SequenceEnd::kNone) {
+      u.end = end;
+      u.error = std::move(error);
+      break;
+    }
+  }
+  sequences_.erase(id);
+}
+
+absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
+  std::vector<SequenceUpdate> out = std::move(pending_);
+  pending_.clear();
+  struct Planned {
+    int64_t id;
+    int32_t rows;
+  };
+  std::vector<Planned> plan;
+  int32_t budget = options_.max_step_tokens;
+  const int32_t chunk_limit =
+      options_.max_prefill_chunk > 0 ? options_.max_prefill_chunk : options_.max_step_tokens;
+  auto is_planned = [&](int64_t id) {
+    return std::any_of(plan.begin(), plan.end(), [&](const Planned& p) { return p.id == id; });
+  };
+
+  // Phases 1 and 2: running sequences, decodes first, then prefill chunks.
+  for (int phase = 0; phase < 2 && budget > 0; ++phase) {
+    for (size_t i = 0; i < running_.size() && budget > 0;) {
+      const int64_t id = running_[i];
+      Sequence& seq = *sequences_.at(id);
+      const int32_t pending = static_cast<int32_t>(seq.tokens.size()) - seq.num_computed;
+      if ((phase == 0) != (pending == 1) || is_planned(id)) {
+        ++i;
+        continue;
+      }
+      const int32_t n = std::min({pending, budget, chunk_limit});
+      bool self_preempted = false;
+      bool scheduled = true;
+      while (kv_->BlocksNeeded(id, seq.num_computed + n) > pool_->num_free_blocks()) {
+        // Free room by preempting the most recently admitted sequence not yet
+        // in this step (possibly this one).
+        int64_t victim = -1;
+        for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+          if (!is_planned(*it)) {
+            victim = *it;
+            break;
+          }
+        }
+        if (victim == -1) {
+          scheduled = false;  // everything else is in this step; wait for it
+          break;
+        }
+        const size_t victim_index =
+            std::find(running_.begin(), running_.end(), victim) - running_.begin();
+        Preempt(victim);
+        if (victim == id) {
+          self_preempted = true;
+          break;
+        }
+        if (victim_index < i) --i;  // keep i on this sequence
+
+      }
+      if (self_preempted) continue;  // running_[i] is now the next sequence
+      if (!scheduled) {
+        ++i;
+        continue;
+      }
+      if (absl::Status s = kv_->EnsureCapacity(id, seq.num_computed + n); !s.ok()) {
+        return s;  // cannot happen after the check above: a broken invariant
+      }
+      plan.push_back({id, n});
+      budget -= n;
+      ++i;
+    }
+  }
+
+  // Phase 3: admit waiting requests in arrival order.
+  while (!waiting_.empty() && budget > 0 &&
+         static_cast<int32_t>(running_.size()) < options_.max_running) {
+    const int64_t id = waiting_.front();
+    Sequence& seq = *sequences_.at(id);
+    const KvManager::PrefixMatch match = kv_->MatchPrefix(seq.tokens);
+    const int32_t pending = static_cast<int32_t>(seq.tokens.size()) - match.cached_tokens;
+    const int32_t n = std::min({pending, budget, chunk_limit});
+    if (kv_->BlocksToAdmit(seq.tokens, match.cached_tokens + n) > pool_->num_free_blocks()) {
+      break;  // FCFS: nobody overtakes the head of the queue
+    }
+    TANDEM_ASSIGN_OR_RETURN(const int32_t cached, kv_->StartSequence(id, seq.tokens));
+    if (absl::Status s = kv_->EnsureCapacity(id, cached + n); !s.ok()) {
+      kv_->FreeSequence(id);
+      return s;  // BlocksToAdmit said it fits: a broken invariant
+    }
+    if (seq.cached_tokens < 0) {
+      seq.cached_tokens = cached;
+      stats_.cached_prompt_tokens += cached;
+    }
+    seq.num_computed = cached;
+    waiting_.pop_front();
+    running_.push_back(id);
+    plan.push_back({id, std::min(n, static_cast<int32_t>(seq.tokens.size()) - cached)});
+    budget -= plan.back().rows;
+  }
+
+  if (plan.empty()) return out;
+
+  // Build the batch.
+  step_tokens_.clear();
+  step_positions_.clear();
+  step_slots_.clear();
+  step_logit_rows_.clear();
+  step_seqs_.clear();
+  std::vector<int64_t> sampled_ids;
+  for (const Planned& p : plan) {
+    Sequence& seq = *sequences_.at(p.id);
+    const int32_t start = static_cast<int32_t>(step_tokens_.size());
+    for (int32_t j = 0; j < p.rows; ++j) {
+      const int32_t pos = seq.num_computed + j;
+      step_tokens_.push_back(seq.tokens[pos]);
+      step_positions_.push_back(pos);
+      step_slots_.push_back(kv_->Slot(p.id, pos));
+    }
+    step_seqs_.push_back({start, p.rows, seq.num_computed + p.rows, kv_->BlockTable(p.id)});
+    if (seq.num_computed + p.rows == static_cast<int32_t>(seq.tokens.size())) {
+      step_logit_rows_.push_back(start + p.rows - 1);
+      sampled_ids.push_back(p.id);
+    }
+  }
+  const int32_t vocab = llama_->config().vocab_size;
+  logits_.resize(static_cast<size_t>(vocab) * std::max<size_t>(1, step_logit_rows_.size()));
+  model::ForwardBatch batch{step_tokens_, step_positions_, step_slots_, step_seqs_,
+                            step_logit_rows_};
+  TANDEM_RETURN_IF_ERROR(llama_->Forward(batch, kv_view_, logits_.data()));
+  ++stats_.steps;
+
+  // Book-keep computed tokens and publish full blocks to the prefix cache.
+  for (const Planned& p : plan) {
+    Sequence& seq = *sequences_.at(p.id);
+    const int32_t prompt_len = static_cast<int32_t>(seq.request.prompt_tokens.size());
+    const int32_t prompt_rows = std::clamp(prompt_len - seq.num_computed, 0, p.rows);
+    stats_.prompt_tokens_computed += prompt_rows;
+    stats_.decode_tokens_computed += p.rows - prompt_rows;
+    seq.num_computed += p.rows;
+    kv_->CommitFullBlocks(p.id, seq.tokens, seq.num_computed);
+  }
+  // Sample.
+  for (size_t i = 0; i < sampled_ids.size(); ++i) {
+    const int64_t id = sampled_ids[i];
+    Sequence& seq = *sequences_.at(id);
+    const int32_t next =
+        seq.sampler->Sample(absl::MakeConstSpan(logits_).subspan(i * vocab, vocab));
+    SequenceUpdate u;
+    u.id = id;
+    u.cached_tokens = seq.cached_tokens;
+    out.push_back(u);
+    if (seq.request.stop_at_eos && tokenizer_->IsEndOfGeneration(next)) {
+      Finish(id, SequenceEnd::kStop, absl::OkStatus(), &out);
+      continue;
+    }
+    out.back().new_tokens.push_back(next);
+    seq.tokens.push_back(next);
+    if (++seq.num_generated >= seq.request.max_tokens) {
+      Finish(id, SequenceEnd::kLength, absl::OkStatus(), &out);
+    }
+  }
+  return out;
+}
+
+absl::Status Engine::CheckInvariants() const {
+  TANDEM_RETURN_IF_ERROR(kv_->CheckInvariants());
+  if (kv_->num_sequences() != static_cast<int32_t>(running_.size())) {
+    return absl::InternalError(absl::StrFormat("engine: %d block tables for %d running sequences",
+                                               kv_->num_sequences(), running_.size()));
+  }
+  for (int64_t id : running_) {
+    const Sequence& seq = *sequences_.at(id);
+    const int64_t covered = int64_t{kv_->BlockTable(id).size()} * options_.block_size;
+    if (!kv_->HasSequence(id) || covered < seq.num_computed) {
+      return absl::InternalError(absl::StrFormat("engine: running sequence %d lacks blocks", id));
+    }
+  }
+  for (int64_t id : waiting_) {
+    if (kv_->HasSequence(id)) {
+      return absl::InternalError(absl::StrFormat("engine: waiting sequence %d holds blocks", id));
+    }
+  }
+  if (sequences_.size() != running_.size() + waiting_.size()) {
+    return absl::InternalError("engine: sequences neither running nor waiting");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tandem::engine

@@ -1,0 +1,180 @@
+// The batched inference engine both kinds of worker run: a paged KV pool with
+// a prefix cache, and a scheduler doing continuous batching with chunked
+// prefill, FCFS admission and preemption by recomputation.
+//
+//   TANDEM_ASSIGN_OR_RETURN(auto engine, Engine::Create(options, llama.get(), backend.get(), tok));
+//   TANDEM_RETURN_IF_ERROR(engine->Add({.id = 1, .prompt_tokens = ids, .max_tokens = 32}));
+//   while (engine->HasWork()) {
+//     TANDEM_ASSIGN_OR_RETURN(std::vector<SequenceUpdate> updates, engine->Step());
+//     ... stream updates[i].new_tokens; a finished update ends its request ...
+//   }
+//
+// Each Step runs one forward pass over a batch built as follows, within
+// `max_step_tokens` rows:
+//   1. every running sequence with one pending token (decode) gets its row,
+//      oldest first; when the pool cannot give one of them a block, the most
+//      recently admitted running sequence is preempted (its blocks freed, its
+//      tokens kept, and it goes back to the front of the queue to be
+//      recomputed);
+//   2. running sequences still in prefill get the next chunk of their prompt;
+//   3. waiting requests are admitted in arrival order while the running count,
+//      the token budget and the pool allow; a prompt's cached prefix (full
+//      blocks found by chained hash) is reused and not recomputed.
+//
+// Batch invariance: the kernels compute each row independently of the rest of
+// the batch, and a chunked or recomputed prefill writes the same KV as a
+// one-shot prefill, so a greedy sequence produces the same tokens alone, in any
+// batch, with or without its prefix cached, and after preemption.
+//
+// Thread safety: none; one thread (the engine thread) owns the engine, its
+// backend and model.
+#ifndef TANDEM_ENGINE_ENGINE_H_
+#define TANDEM_ENGINE_ENGINE_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "engine/block_pool.h"
+#include "engine/generate.h"
+#include "engine/kv_manager.h"
+#include "engine/sampler.h"
+#include "kernels/backend.h"
+#include "model/llama.h"
+#include "model/tokenizer.h"
+
+namespace tandem::engine {
+
+struct EngineOptions {
+  // Tokens per KV block. Default: 16.
+  int32_t block_size = 16;
+  // Bytes of KV cache; the pool holds as many blocks as fit. Ignored when
+  // num_blocks is set. Default: 256 MiB.
+  size_t kv_cache_bytes = size_t{256} << 20;
+  // Exact number of KV blocks (tests, tight pools). Default: 0 (use bytes).
+  int32_t num_blocks = 0;
+  // Most sequences in the running batch. Default: 64.
+  int32_t max_running = 64;
+  // Most token rows in one forward pass (decode rows plus prefill chunks).
+  // Default: 512.
+  int32_t max_step_tokens = 512;
+  // Most prompt tokens of one sequence per step (chunked prefill); 0 means
+  // max_step_tokens. Default: 0.
+  int32_t max_prefill_chunk = 0;
+};
+
+struct EngineRequest {
+  int64_t id = 0;  // unique among live requests
+  std::vector<int32_t> prompt_tokens;
+  // Default: 64. Must be >= 1.
+  int32_t max_tokens = 64;
+  SamplingParams sampling;
+  // Default: true.
+  bool stop_at_eos = true;
+};
+
+enum class SequenceEnd { kNone, kLength, kStop, kCancelled, kError };
+const char* SequenceEndName(SequenceEnd end);  // "length", "stop", "cancelled", "error"
+
+// What one Step did for one request.
+struct SequenceUpdate {
+  int64_t id = 0;
+  std::vector<int32_t> new_tokens;  // sampled this step (0 or 1)
+  SequenceEnd end = SequenceEnd::kNone;
+  absl::Status error;  // set when end == kError
+  // Prompt tokens whose KV came from the prefix cache at first admission.
+  int32_t cached_tokens = 0;
+};
+
+struct EngineStats {
+  int64_t steps = 0;
+  int64_t prompt_tokens_computed = 0;  // forward rows for prompt positions
+  int64_t decode_tokens_computed = 0;  // forward rows past the prompt
+  int64_t cached_prompt_tokens = 0;    // prompt tokens skipped via prefix cache
+  int64_t preemptions = 0;
+};
+
+class Engine {
+ public:
+  // Borrowed: llama, backend and tokenizer must outlive the engine.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options,
+                                                        model::LlamaModel* llama,
+                                                        kernels::Backend* backend,
+                                                        const model::Tokenizer* tokenizer);
+  ~Engine();
+
+  // Queues a request. InvalidArgument for an empty prompt, a token id outside
+  // the vocabulary, prompt + max_tokens beyond the context length, bad
+  // sampling parameters, or a prompt that could never fit in the KV pool;
+  // AlreadyExists for a live id.
+  absl::Status Add(EngineRequest request);
+
+  // Ends a request now, freeing its blocks; its next Step update says
+  // kCancelled. NotFound for an unknown id.
+  absl::Status Cancel(int64_t id);
+
+  bool HasWork() const { return !waiting_.empty() || !running_.empty() || !pending_.empty(); }
+
+  // Runs one step (see the header comment). An error Status means the
+  // backend failed and the engine cannot go on; per-request failures come
+  // back as kError updates.
+  absl::StatusOr<std::vector<SequenceUpdate>> Step();
+
+  const EngineStats& stats() const { return stats_; }
+  const KvManager& kv_manager() const { return *kv_; }
+  int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
+  int32_t num_waiting() const { return static_cast<int32_t>(waiting_.size()); }
+
+  // Pool and block-table invariants plus the engine's own: every running
+  // sequence has a table covering its computed tokens; waiting ones hold none.
+  absl::Status CheckInvariants() const;
+
+ private:
+  struct Sequence {
+    EngineRequest request;
+    std::vector<int32_t> tokens;  // prompt then generated
+    int32_t num_generated = 0;
+    int32_t num_computed = 0;  // tokens whose KV is in this sequence's blocks
+    int32_t cached_tokens = -1;  // at first admission; -1 before
+    std::unique_ptr<Sampler> sampler;
+  };
+
+  Engine(const EngineOptions& options, model::LlamaModel* llama, kernels::Backend* backend,
+         const model::Tokenizer* tokenizer)
+      : options_(options), llama_(llama), backend_(backend), tokenizer_(tokenizer) {}
+
+  // Frees `id`'s blocks and puts it back at the head of the queue.
+  void Preempt(int64_t id);
+  // Admits `seq` if the pool can hold its first chunk; returns rows scheduled.
+  bool TryAdmit(Sequence& seq, int32_t budget, int32_t* rows);
+  void Finish(int64_t id, SequenceEnd end, absl::Status error, std::vector<SequenceUpdate>* out);
+
+  const EngineOptions options_;
+  model::LlamaModel* const llama_;
+  kernels::Backend* const backend_;
+  const model::Tokenizer* const tokenizer_;
+
+  void* kv_memory_ = nullptr;
+  kernels::KvCacheView kv_view_;
+  std::unique_ptr<BlockPool> pool_;
+  std::unique_ptr<KvManager> kv_;
+
+  absl::flat_hash_map<int64_t, std::unique_ptr<Sequence>> sequences_;
+  std::deque<int64_t> waiting_;  // FCFS; preempted sequences go to the front
+  std::vector<int64_t> running_;  // in admission order
+  std::vector<SequenceUpdate> pending_;  // cancellations to report next Step
+  EngineStats stats_;
+
+  // Per-step scratch.
+  std::vector<int32_t> step_tokens_, step_positions_, step_slots_, step_logit_rows_;
+  std::vector<kernels::AttentionSequence> step_seqs_;
+  std::vector<float> logits_;
+};
+
+}  // namespace tandem::engine
+
+#endif  // TANDEM_ENGINE_ENGINE_H_

@@ -1,0 +1,286 @@
+#include "engine/engine.h"
+
+#include <fstream>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/generate.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "model/loader.h"
+#include "nlohmann/json.hpp"
+#include "tests/testing/status_matchers.h"
+
+namespace tandem::engine {
+namespace {
+
+using ::tandem::testing::StatusIs;
+
+struct Outcome {
+  std::vector<int32_t> tokens;
+  SequenceEnd end = SequenceEnd::kNone;
+  int32_t cached_tokens = 0;
+};
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void Load(const std::string& spec) {
+    auto m = model::LoadModel(spec);
+    ASSERT_OK(m);
+    model_ = std::move(*m);
+    backend_ = kernels::CreateCpuBackend({.num_threads = 2});
+    auto l = model::LlamaModel::Create(model_->config, model_->weights, backend_.get());
+    ASSERT_OK(l);
+    llama_ = std::move(*l);
+  }
+
+  std::unique_ptr<Engine> MakeEngine(EngineOptions options) {
+    auto e = Engine::Create(options, llama_.get(), backend_.get(), model_->tokenizer.get());
+    EXPECT_OK(e);
+    return e.ok() ? std::move(*e) : nullptr;
+  }
+
+  // Steps until idle, checking invariants after every step.
+  std::map<int64_t, Outcome> RunAll(Engine& engine) {
+    std::map<int64_t, Outcome> out;
+    while (engine.HasWork()) {
+      auto updates = engine.Step();
+      EXPECT_OK(updates);
+      if (!updates.ok()) break;
+      EXPECT_OK(engine.CheckInvariants());
+      for (const SequenceUpdate& u : *updates) {
+        Outcome& o = out[u.id];
+        o.tokens.insert(o.tokens.end(), u.new_tokens.begin(), u.new_tokens.end());
+        if (u.end != SequenceEnd::kNone) o.end = u.end;
+        o.cached_tokens = u.cached_tokens;
+      }
+    }
+    return out;
+  }
+
+  // The reference: the sequence run alone by the single-sequence path.
+  std::vector<int32_t> Alone(const std::string& prompt, int32_t max_tokens) {
+    GenerateRequest r;
+    r.prompt = prompt;
+    r.max_tokens = max_tokens;
+    auto g = GenerateOne(*llama_, *backend_, *model_->tokenizer, r);
+    EXPECT_OK(g);
+    return g.ok() ? g->generated_token_ids : std::vector<int32_t>{};
+  }
+
+  std::unique_ptr<model::LoadedModel> model_;
+  std::unique_ptr<kernels::Backend> backend_;
+  std::unique_ptr<model::LlamaModel> llama_;
+};
+
+std::vector<std::string> PromptVariations(const std::vector<std::string>& base, size_t n) {
+  static const char* kSuffixes[] = {"", " there", " a little", ". One day", ", she", " and the",
+                                    " big dog", " in the park", " Tom and", " happy"};
+  std::vector<std::string> prompts = base;
+  for (size_t i = 0; prompts.size() < n; ++i) {
+    prompts.push_back(base[i % base.size()] + kSuffixes[1 + i % 9] +
+                      std::string(i / base.size() % 3, '!'));
+  }
+  return prompts;
+}
+
+TEST_F(EngineTest, BatchOf32MatchesEachAloneAndTheReference) {
+  const std::string model = TANDEM_SHARED_DIR "/models/stories260K.gguf";
+  const std::string ref = TANDEM_SHARED_DIR "/data/reference/stories260K_greedy.jsonl";
+  if (!std::ifstream(model) || !std::ifstream(ref)) GTEST_SKIP() << "shared data absent";
+  Load(model);
+  std::vector<nlohmann::json> records;
+  std::ifstream in(ref);
+  for (std::string line; std::getline(in, line);) records.push_back(nlohmann::json::parse(line));
+  std::vector<std::string> base;
+  for (const auto& r : records) base.push_back(r["prompt"]);
+  const std::vector<std::string> prompts = PromptVariations(base, 36);
+  // A small step budget forces chunked prefill mixed with decodes.
+  auto engine = MakeEngine({.max_running = 64, .max_step_tokens = 48, .max_prefill_chunk = 7});
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_OK(engine->Add({.id = static_cast<int64_t>(i),
+                           .prompt_tokens = model_->tokenizer->Encode(prompts[i], true),
+                           .max_tokens = 48}));
+  }
+  std::map<int64_t, Outcome> out = RunAll(*engine);
+  ASSERT_EQ(out.size(), prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(out[i].tokens, Alone(prompts[i], 48)) << "prompt " << i << ": " << prompts[i];
+    if (i < records.size()) {
+      EXPECT_EQ(out[i].tokens, records[i]["generated_token_ids"].get<std::vector<int32_t>>());
+    }
+  }
+}
+
+TEST_F(EngineTest, SyntheticBatchMatchesEachAlone) {
+  Load("synthetic:tiny");
+  const std::vector<std::string> prompts =
+      PromptVariations({"once upon a time", "the little dog", "she saw a big red ball"}, 33);
+  auto engine = MakeEngine({.block_size = 4, .max_step_tokens = 40, .max_prefill_chunk = 5});
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_OK(engine->Add({.id = static_cast<int64_t>(i),
+                           .prompt_tokens = model_->tokenizer->Encode(prompts[i], true),
+                           .max_tokens = 20,
+                           .stop_at_eos = false}));
+  }
+  std::map<int64_t, Outcome> out = RunAll(*engine);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    GenerateRequest r{.prompt = prompts[i], .max_tokens = 20, .stop_at_eos = false};
+    ASSERT_OK_AND_ASSIGN(GenerateResult alone, GenerateOne(*llama_, *backend_, *model_->tokenizer, r));
+    EXPECT_EQ(out[i].tokens, alone.generated_token_ids) << prompts[i];
+    EXPECT_EQ(out[i].end, SequenceEnd::kLength);
+  }
+}
+
+TEST_F(EngineTest, PrefixCacheComputesOnlyUncachedTokens) {
+  Load("synthetic:tiny");
+  std::mt19937 rng(5);
+  std::vector<int32_t> first(200);
+  for (int32_t& t : first) t = 3 + rng() % (model_->config.vocab_size - 3);
+  first[0] = 1;
+  std::vector<int32_t> second(first.begin(), first.begin() + 180);  // 90% shared
+  for (int i = 0; i < 20; ++i) second.push_back(3 + rng() % 200);
+
+  auto engine = MakeEngine({.block_size = 16});
+  ASSERT_OK(engine->Add({.id = 1, .prompt_tokens = first, .max_tokens = 4, .stop_at_eos = false}));
+  RunAll(*engine);
+  const EngineStats before = engine->stats();
+  EXPECT_EQ(before.prompt_tokens_computed, 200);
+  ASSERT_OK(engine->Add({.id = 2, .prompt_tokens = second, .max_tokens = 8, .stop_at_eos = false}));
+  std::map<int64_t, Outcome> out = RunAll(*engine);
+  const int32_t cached = 180 / 16 * 16;  // full shared blocks
+  EXPECT_EQ(out[2].cached_tokens, cached);
+  EXPECT_EQ(engine->stats().cached_prompt_tokens - before.cached_prompt_tokens, cached);
+  EXPECT_EQ(engine->stats().prompt_tokens_computed - before.prompt_tokens_computed, 200 - cached);
+
+  // Same output as without the cache: a fresh engine.
+  auto fresh = MakeEngine({.block_size = 16});
+  ASSERT_OK(fresh->Add({.id = 2, .prompt_tokens = second, .max_tokens = 8, .stop_at_eos = false}));
+  std::map<int64_t, Outcome> uncached = RunAll(*fresh);
+  EXPECT_EQ(uncached[2].cached_tokens, 0);
+  EXPECT_EQ(fresh->stats().prompt_tokens_computed, 200);
+  EXPECT_EQ(out[2].tokens, uncached[2].tokens);
+}
+
+TEST_F(EngineTest, PreemptionLeavesOutputsUnchanged) {
+  Load("synthetic:tiny");
+  const std::vector<std::string> prompts =
+      PromptVariations({"once upon a time there was", "the little dog and the cat"}, 10);
+  auto run = [&](EngineOptions options, EngineStats* stats) {
+    auto engine = MakeEngine(options);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_OK(engine->Add({.id = static_cast<int64_t>(i),
+                             .prompt_tokens = model_->tokenizer->Encode(prompts[i], true),
+                             .max_tokens = 24,
+                             .stop_at_eos = false}));
+    }
+    auto out = RunAll(*engine);
+    *stats = engine->stats();
+    return out;
+  };
+  EngineStats roomy_stats, tight_stats;
+  auto roomy = run({.block_size = 4, .num_blocks = 1024}, &roomy_stats);
+  // 14 blocks of 4 tokens: two sequences of ~45 tokens cannot both grow.
+  auto tight = run({.block_size = 4, .num_blocks = 14}, &tight_stats);
+  EXPECT_EQ(roomy_stats.preemptions, 0);
+  EXPECT_GT(tight_stats.preemptions, 0);
+  for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(tight[i].tokens, roomy[i].tokens) << i;
+}
+
+TEST_F(EngineTest, CancellationFreesBlocksAtOnce) {
+  Load("synthetic:tiny");
+  auto engine = MakeEngine({.block_size = 4, .num_blocks = 64});
+  ASSERT_OK(engine->Add({.id = 7, .prompt_tokens = {1, 5, 6, 7, 8, 9, 10, 11, 12}, .max_tokens = 30}));
+  ASSERT_OK(engine->Step().status());
+  EXPECT_LT(engine->kv_manager().pool().num_free_blocks(), 64);
+  ASSERT_OK(engine->Cancel(7));
+  EXPECT_EQ(engine->kv_manager().pool().num_free_blocks(), 64);
+  EXPECT_OK(engine->CheckInvariants());
+  ASSERT_OK_AND_ASSIGN(auto updates, engine->Step());
+  ASSERT_EQ(updates.size(), 1u);
+  EXPECT_EQ(updates[0].end, SequenceEnd::kCancelled);
+  EXPECT_FALSE(engine->HasWork());
+  EXPECT_THAT(engine->Cancel(7), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(EngineTest, BadRequestsAreRejected) {
+  Load("synthetic:tiny");
+  auto engine = MakeEngine({.block_size = 4, .num_blocks = 8});
+  EXPECT_THAT(engine->Add({.id = 1, .prompt_tokens = {}}), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(engine->Add({.id = 1, .prompt_tokens = {1, 100000}}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(engine->Add({.id = 1, .prompt_tokens = {1, 2}, .max_tokens = 100}),
+              StatusIs(absl::StatusCode::kInvalidArgument));  // 26 blocks > 8
+  EXPECT_THAT(engine->Add({.id = 1, .prompt_tokens = {1}, .max_tokens = 1 << 20}),
+              StatusIs(absl::StatusCode::kInvalidArgument));  // context length
+  EXPECT_THAT(engine->Add({.id = 1, .prompt_tokens = {1}, .sampling = {.top_p = 2}}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  ASSERT_OK(engine->Add({.id = 1, .prompt_tokens = {1}, .max_tokens = 2}));
+  EXPECT_THAT(engine->Add({.id = 1, .prompt_tokens = {1}, .max_tokens = 2}),
+              StatusIs(absl::StatusCode::kAlreadyExists));
+}
+
+// ≥ 10,000 arrivals, with cancellations and completions interleaved, on a
+// pool small enough that eviction and preemption happen; invariants after
+// every step, and every block back at the end.
+TEST_F(EngineTest, RandomizedArrivalsCancellationsCompletions) {
+  Load("synthetic:tiny");
+  const uint64_t seed = 20261123;
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  auto engine = MakeEngine({.block_size = 4, .num_blocks = 40, .max_running = 12,
+                            .max_step_tokens = 24, .max_prefill_chunk = 6});
+  std::vector<std::vector<int32_t>> prefixes(6);
+  for (auto& p : prefixes) {
+    p.push_back(1);
+    for (int i = 0; i < 12; ++i) p.push_back(3 + rng() % 300);
+  }
+  constexpr int kArrivals = 10000;
+  int arrived = 0, cancelled = 0, completed = 0;
+  std::vector<int64_t> live;
+  int64_t steps = 0;
+  while (arrived < kArrivals || engine->HasWork()) {
+    const int burst = arrived < kArrivals ? static_cast<int>(rng() % 4) : 0;
+    for (int b = 0; b < burst && arrived < kArrivals; ++b) {
+      std::vector<int32_t> prompt = prefixes[rng() % prefixes.size()];
+      prompt.resize(1 + rng() % prompt.size());
+      for (int extra = rng() % 4; extra > 0; --extra) prompt.push_back(3 + rng() % 300);
+      const int64_t id = arrived++;
+      ASSERT_OK(engine->Add({.id = id, .prompt_tokens = prompt,
+                             .max_tokens = static_cast<int32_t>(1 + rng() % 3),
+                             .stop_at_eos = false}));
+      live.push_back(id);
+    }
+    if (!live.empty() && rng() % 5 == 0) {
+      const size_t k = rng() % live.size();
+      ASSERT_OK(engine->Cancel(live[k]));
+      live.erase(live.begin() + k);
+      ASSERT_OK(engine->CheckInvariants());
+    }
+    ASSERT_OK_AND_ASSIGN(auto updates, engine->Step());
+    ++steps;
+    ASSERT_OK(engine->CheckInvariants());
+    for (const SequenceUpdate& u : updates) {
+      if (u.end == SequenceEnd::kNone) continue;
+      if (u.end == SequenceEnd::kCancelled) {
+        ++cancelled;
+      } else {
+        ++completed;
+        live.erase(std::remove(live.begin(), live.end(), u.id), live.end());
+      }
+    }
+  }
+  EXPECT_EQ(arrived, kArrivals);
+  EXPECT_EQ(cancelled + completed, kArrivals);
+  EXPECT_GT(cancelled, 100);
+  EXPECT_GT(engine->stats().cached_prompt_tokens, 0);
+  EXPECT_GT(engine->kv_manager().pool().stats().evictions, 0);
+  EXPECT_EQ(engine->kv_manager().pool().num_free_blocks(), 40);
+  EXPECT_EQ(engine->kv_manager().num_sequences(), 0);
+}
+
+}  // namespace
+}  // namespace tandem::engine
