@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "absl/strings/str_format.h"
+#include "cli/remote_generate.h"
 #include "common/status_macros.h"
 #include "engine/engine.h"
 #include "engine/generate.h"
@@ -55,7 +56,14 @@ void RegisterGenerate(CLI::App* cmd, GenerateFlags* f) {
   cmd->add_option("--max-step-tokens", f->max_step_tokens, "Most tokens in one forward pass")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd->callback([f] {
+  cmd->add_option("--remote", f->remote,
+                  "Send the request to a cluster's router at HOST:PORT instead of running the model "
+                  "here (local-only flags are ignored; --prompts-file is not supported)");
+  cmd->add_option("--timeout-s", f->timeout_s, "With --remote: give up after this many seconds")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->callback([cmd, f] {
+    f->model_given = cmd->count("--model") > 0;
     const int code = RunGenerate(*f);
     if (code != 0) throw CLI::RuntimeError(code);
   });
@@ -164,6 +172,7 @@ int RunPromptsFile(const GenerateFlags& f, model::LoadedModel& m, kernels::Backe
 }  // namespace
 
 int RunGenerate(const GenerateFlags& f) {
+  if (!f.remote.empty()) return RunRemoteGenerate(f);
   auto loaded = model::LoadModel(f.model);
   if (!loaded.ok()) {
     std::cerr << "tandem generate: cannot load model '" << f.model << "': " << loaded.status().message() << "\n";

@@ -28,6 +28,13 @@ struct GenerateFlags {
   int32_t kv_cache_mb = 256;
   int32_t max_running = 64;
   int32_t max_step_tokens = 512;
+  // Remote mode (cli/remote_generate.h): the router's host:port; empty = run
+  // the model locally.
+  std::string remote;
+  // Remote mode: deadline of the whole call, seconds.
+  int32_t timeout_s = 300;
+  // Whether --model was given (remote mode sends it only then).
+  bool model_given = false;
 };
 
 // Adds the flags to `cmd` and makes it run RunGenerate.

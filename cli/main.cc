@@ -1,12 +1,15 @@
 // The one `tandem` binary. Subcommands:
 //   generate   run a model locally and print the continuation
-//   router, prefill, decode, store, up, bench   (coming; see `tandem --help`)
+//   router, prefill, decode, up   the disaggregated cluster
+//   store, bench                 (coming; see `tandem --help`)
 #include <iostream>
 
 #include "CLI/CLI.hpp"
 #include "absl/debugging/failure_signal_handler.h"
 #include "absl/debugging/symbolize.h"
 #include "cli/generate_command.h"
+#include "cli/server_commands.h"
+#include "cli/up_command.h"
 
 namespace {
 
@@ -16,11 +19,7 @@ struct PlannedCommand {
   const char* description;
 };
 constexpr PlannedCommand kPlanned[] = {
-    {"router", "KV-aware router: gRPC and OpenAI HTTP front for a cluster"},
-    {"prefill", "Prefill worker: computes prompt KV and sends it to decode workers over UCX"},
-    {"decode", "Decode worker: receives KV and streams tokens"},
     {"store", "Shared KV store server (DRAM + SSD tiers)"},
-    {"up", "Start a local cluster (router, prefill and decode workers) in one command"},
     {"bench", "Replay a load trace against a cluster and report TTFT/TPOT"},
 };
 
@@ -38,6 +37,23 @@ int main(int argc, char** argv) {
   tandem::cli::RegisterGenerate(
       app.add_subcommand("generate", "Generate text from a prompt with a local model (CPU)"),
       &generate_flags);
+
+  tandem::cli::UpFlags up_flags;
+  tandem::cli::RegisterUp(
+      app.add_subcommand("up", "Start a local cluster (router, prefill and decode workers) in one command"),
+      &up_flags);
+
+  tandem::cli::RouterFlags router_flags;
+  tandem::cli::RegisterRouter(
+      app.add_subcommand("router", "Router: the cluster's gRPC front; routes requests to workers"),
+      &router_flags);
+  tandem::cli::WorkerFlags prefill_flags, decode_flags;
+  tandem::cli::RegisterPrefill(
+      app.add_subcommand("prefill", "Prefill worker: computes prompt KV and writes it to decode workers over UCX"),
+      &prefill_flags);
+  tandem::cli::RegisterDecode(
+      app.add_subcommand("decode", "Decode worker: receives KV (or prefills itself) and streams tokens"),
+      &decode_flags);
 
   for (const PlannedCommand& p : kPlanned) {
     CLI::App* cmd = app.add_subcommand(p.name, std::string("[not yet available] ") + p.description);

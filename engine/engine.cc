@@ -109,6 +109,7 @@ absl::Status Engine::Cancel(int64_t id) {
   kv_->FreeSequence(id);  // no-op when waiting
   running_.erase(std::remove(running_.begin(), running_.end(), id), running_.end());
   waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), id), waiting_.end());
+  reserved_.erase(std::remove(reserved_.begin(), reserved_.end(), id), reserved_.end());
   sequences_.erase(it);
   pending_.push_back(std::move(u));
   return absl::OkStatus();
@@ -124,16 +125,90 @@ void Engine::Preempt(int64_t id) {
 
 void Engine::Finish(int64_t id, SequenceEnd end, absl::Status error,
                     std::vector<SequenceUpdate>* out) {
-  kv_->FreeSequence(id);
   running_.erase(std::remove(running_.begin(), running_.end(), id), running_.end());
+  const bool hold = sequences_.at(id)->request.hold_blocks_on_finish;
   for (SequenceUpdate& u : *out) {
     if (u.id == id && u.end == SequenceEnd::kNone) {
       u.end = end;
       u.error = std::move(error);
+      if (hold) {
+        const absl::Span<const int32_t> table = kv_->BlockTable(id);
+        u.held_blocks.assign(table.begin(), table.end());
+      }
       break;
     }
   }
+  if (hold) {
+    reserved_.push_back(id);  // blocks stay until ReleaseReserved
+    return;
+  }
+  kv_->FreeSequence(id);
   sequences_.erase(id);
+}
+
+absl::StatusOr<KvReservation> Engine::Reserve(EngineRequest request) {
+  const int64_t id = request.id;
+  TANDEM_RETURN_IF_ERROR(Add(std::move(request)));
+  // Add queued it; take it back out of the queue and give it blocks now.
+  waiting_.pop_back();
+  Sequence& seq = *sequences_.at(id);
+  const int32_t prompt_len = static_cast<int32_t>(seq.tokens.size());
+  if (kv_->BlocksToAdmit(seq.tokens, prompt_len) > pool_->num_free_blocks()) {
+    sequences_.erase(id);
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "KV pool full: %d free blocks, prompt of %d tokens needs more", pool_->num_free_blocks(),
+        prompt_len));
+  }
+  absl::StatusOr<int32_t> cached = kv_->StartSequence(id, seq.tokens);
+  absl::Status grown = cached.ok() ? kv_->EnsureCapacity(id, prompt_len) : cached.status();
+  if (!grown.ok()) {
+    kv_->FreeSequence(id);
+    sequences_.erase(id);
+    return grown;
+  }
+  seq.cached_tokens = *cached;
+  stats_.cached_prompt_tokens += *cached;
+  reserved_.push_back(id);
+  KvReservation r;
+  const absl::Span<const int32_t> table = kv_->BlockTable(id);
+  r.block_ids.assign(table.begin(), table.end());
+  r.cached_tokens = *cached;
+  return r;
+}
+
+absl::Status Engine::Activate(int64_t id, int32_t first_token) {
+  auto it = std::find(reserved_.begin(), reserved_.end(), id);
+  if (it == reserved_.end() || !kv_->HasSequence(id)) {
+    return absl::NotFoundError(absl::StrFormat("no reservation %d", id));
+  }
+  Sequence& seq = *sequences_.at(id);
+  if (first_token < 0 || first_token >= llama_->config().vocab_size) {
+    return absl::InvalidArgumentError(absl::StrFormat("first_token %d outside the vocabulary", first_token));
+  }
+  reserved_.erase(it);
+  seq.num_computed = static_cast<int32_t>(seq.tokens.size());
+  kv_->CommitFullBlocks(id, seq.tokens, seq.num_computed);
+  seq.sampler->Advance(1);  // the prefill worker drew the first token
+  seq.tokens.push_back(first_token);
+  seq.num_generated = 1;
+  running_.push_back(id);
+  if (seq.num_generated >= seq.request.max_tokens) {
+    SequenceUpdate u;
+    u.id = id;
+    u.cached_tokens = seq.cached_tokens;
+    pending_.push_back(u);
+    Finish(id, SequenceEnd::kLength, absl::OkStatus(), &pending_);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::ReleaseReserved(int64_t id) {
+  auto it = std::find(reserved_.begin(), reserved_.end(), id);
+  if (it == reserved_.end()) return absl::NotFoundError(absl::StrFormat("no reservation %d", id));
+  reserved_.erase(it);
+  kv_->FreeSequence(id);
+  sequences_.erase(id);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
@@ -293,9 +368,19 @@ absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
   return out;
 }
 
+int64_t Engine::QueuedPrefillTokens() const {
+  int64_t total = 0;
+  for (int64_t id : waiting_) total += sequences_.at(id)->tokens.size();
+  for (int64_t id : running_) {
+    const Sequence& seq = *sequences_.at(id);
+    total += std::max<int64_t>(0, static_cast<int64_t>(seq.tokens.size()) - seq.num_computed - 1);
+  }
+  return total;
+}
+
 absl::Status Engine::CheckInvariants() const {
   TANDEM_RETURN_IF_ERROR(kv_->CheckInvariants());
-  if (kv_->num_sequences() != static_cast<int32_t>(running_.size())) {
+  if (kv_->num_sequences() != static_cast<int32_t>(running_.size() + reserved_.size())) {
     return absl::InternalError(absl::StrFormat("engine: %d block tables for %d running sequences",
                                                kv_->num_sequences(), running_.size()));
   }
@@ -311,7 +396,7 @@ absl::Status Engine::CheckInvariants() const {
       return absl::InternalError(absl::StrFormat("engine: waiting sequence %d holds blocks", id));
     }
   }
-  if (sequences_.size() != running_.size() + waiting_.size()) {
+  if (sequences_.size() != running_.size() + waiting_.size() + reserved_.size()) {
     return absl::InternalError("engine: sequences neither running nor waiting");
   }
   return absl::OkStatus();

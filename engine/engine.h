@@ -75,6 +75,16 @@ struct EngineRequest {
   SamplingParams sampling;
   // Default: true.
   bool stop_at_eos = true;
+  // Prefill workers: when the request finishes, keep its blocks (the KV they
+  // must send) until ReleaseHeld(id); the final update carries the block
+  // table in held_blocks. Default: false.
+  bool hold_blocks_on_finish = false;
+};
+
+// Blocks reserved for a prompt whose KV another process will write.
+struct KvReservation {
+  std::vector<int32_t> block_ids;  // cover the prompt, in position order
+  int32_t cached_tokens = 0;       // leading tokens whose KV this pool already holds
 };
 
 enum class SequenceEnd { kNone, kLength, kStop, kCancelled, kError };
@@ -88,6 +98,8 @@ struct SequenceUpdate {
   absl::Status error;  // set when end == kError
   // Prompt tokens whose KV came from the prefix cache at first admission.
   int32_t cached_tokens = 0;
+  // hold_blocks_on_finish requests: the held block table, on the final update.
+  std::vector<int32_t> held_blocks;
 };
 
 struct EngineStats {
@@ -118,6 +130,27 @@ class Engine {
   absl::Status Cancel(int64_t id);
 
   bool HasWork() const { return !waiting_.empty() || !running_.empty() || !pending_.empty(); }
+
+  // Disaggregated decode: reserves blocks for `prompt_tokens` (reusing this
+  // pool's cached prefix) so another process can write the rest of their KV.
+  // The sequence is neither waiting nor running until Activate. Validation
+  // as Add; ResourceExhausted when the pool cannot hold the prompt now.
+  absl::StatusOr<KvReservation> Reserve(EngineRequest request);
+  // The reserved prompt's KV is in place and `first_token` was sampled
+  // elsewhere (consuming one draw of a seeded sampler): the sequence joins the
+  // running batch and decodes from there. NotFound for an unknown reservation.
+  absl::Status Activate(int64_t id, int32_t first_token);
+  // Drops a reservation (or a held request) and frees its blocks. NotFound
+  // when there is none.
+  absl::Status ReleaseReserved(int64_t id);
+  int32_t num_reserved() const { return static_cast<int32_t>(reserved_.size()); }
+  // Prompt tokens waiting to be computed (queued requests and unfinished
+  // prefills): the queue-wait term of a TTFT estimate.
+  int64_t QueuedPrefillTokens() const;
+
+  // The KV pool's memory (backend memory) and layout, for registration with
+  // the transfer engine.
+  const kernels::KvCacheView& kv_view() const { return kv_view_; }
 
   // Runs one step (see the header comment). An error Status means the
   // backend failed and the engine cannot go on; per-request failures come
@@ -166,6 +199,8 @@ class Engine {
   absl::flat_hash_map<int64_t, std::unique_ptr<Sequence>> sequences_;
   std::deque<int64_t> waiting_;  // FCFS; preempted sequences go to the front
   std::vector<int64_t> running_;  // in admission order
+  // Reserved for a remote prefill, or finished but held for sending.
+  std::vector<int64_t> reserved_;
   std::vector<SequenceUpdate> pending_;  // cancellations to report next Step
   EngineStats stats_;
 

@@ -58,6 +58,11 @@ double Sampler::NextUniform() {
   return static_cast<double>(result >> 11) * 0x1.0p-53;
 }
 
+void Sampler::Advance(int32_t samples) {
+  if (params_.temperature == 0.0f || params_.top_k == 1) return;  // greedy draws nothing
+  for (int32_t i = 0; i < samples; ++i) NextUniform();
+}
+
 int32_t Sampler::Sample(absl::Span<const float> logits) {
   if (params_.temperature == 0.0f || params_.top_k == 1) return Argmax(logits);
   const int32_t n = static_cast<int32_t>(logits.size());

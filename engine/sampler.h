@@ -42,6 +42,11 @@ class Sampler {
   // REQUIRES: logits non-empty.
   int32_t Sample(absl::Span<const float> logits);
 
+  // Consumes the random draws of `samples` Sample calls made elsewhere (a
+  // prefill worker sampled the first token), so a seeded sequence continues
+  // exactly as it would have in one process.
+  void Advance(int32_t samples);
+
  private:
   double NextUniform();  // in [0, 1)
 

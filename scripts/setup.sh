@@ -8,7 +8,9 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build ccache pkg-config git
   libabsl-dev libxxhash-dev nlohmann-json3-dev libcli11-dev
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libgtest-dev libgmock-dev libbenchmark-dev
+  libucx-dev ucx-utils        # transfer/ (UCX data plane) and ucx_perftest for bench
   clang libclang-rt-14-dev   # libFuzzer target (tests/fuzz), optional at build time
 )
 

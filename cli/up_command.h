@@ -1,0 +1,169 @@
+// `tandem up`: a whole local cluster (router, prefill and decode workers) in
+// one command, each a child process of this binary.
+//
+//   tandem up --model synthetic:tiny --prefill 1 --decode 1 --port 0
+//
+// stdout carries one JSON line per event, flushed as it happens:
+//   - each child's ready line as the child prints it once it serves
+//     ({"role":"router","pid":N,"grpc":"host:port",...}), router first;
+//   - {"event":"ready","router":"host:port"} once every child is ready;
+//   - {"event":"exited","role":"decode","pid":N,"status":"signal 9"} for each
+//     child that dies while the cluster serves. A dead worker is not
+//     restarted (the router takes it out of rotation); a dead router stops
+//     the cluster (exit 1).
+// Everything else (children's stderr included) goes to stderr.
+// SIGINT/SIGTERM: SIGTERM to every child, SIGKILL to any still alive after
+// 5 s, all reaped, exit 0. Children get PR_SET_PDEATHSIG(SIGTERM), so they do
+// not outlive `up` even when it is SIGKILLed.
+//
+// The Supervisor below is the process-management half, usable with any argv
+// (tests drive it with /bin/sh children).
+#ifndef TANDEM_CLI_UP_COMMAND_H_
+#define TANDEM_CLI_UP_COMMAND_H_
+
+#include <signal.h>
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "nlohmann/json.hpp"
+
+namespace tandem::cli {
+
+struct UpFlags {
+  std::string model = "synthetic:tiny";
+  int32_t prefill = 1;  // prefill workers
+  int32_t decode = 1;   // decode workers
+  int32_t port = 50051;  // router gRPC port; 0 = ephemeral
+  std::string host = "127.0.0.1";
+  int32_t threads = 1;  // CPU threads per worker
+  int32_t ready_timeout_s = 60;
+};
+
+// Adds the flags to `cmd` and makes it run RunUp.
+void RegisterUp(CLI::App* cmd, UpFlags* flags);
+
+// Returns the process exit code: 0 after a clean stop on SIGINT/SIGTERM, 1 a
+// runtime error (a child failed to start or the router died; on stderr).
+int RunUp(const UpFlags& flags);
+
+// ---------------------------------------------------------------------------
+// Internals, exposed for tests.
+
+// Parses a child's ready line: a JSON object with "grpc" (a string) and, when
+// present, "role" equal to `role`. Fills in "role" and "pid" when the line
+// lacks them; keeps every field it has.
+//   NotFound: not a JSON object at all (a stray line, not a ready line).
+//   InvalidArgument: a JSON object that breaks the contract.
+absl::StatusOr<nlohmann::ordered_json> ParseReadyLine(std::string_view line, std::string_view role,
+                                                      pid_t pid);
+
+// "exit 1", "signal 9", from a waitpid status.
+std::string DescribeWaitStatus(int status);
+
+// An address a client can dial for a server that reports `address`: a
+// wildcard host (0.0.0.0, ::, [::]) becomes the loopback address.
+std::string DialableAddress(std::string_view address);
+
+struct ChildSpec {
+  // "router", "prefill" or "decode": the role its ready line must name.
+  std::string role;
+  // For messages: "router", "prefill 0", "decode 1".
+  std::string name;
+  // Executable and arguments; argv[0] is what ps shows.
+  std::string executable;
+  std::vector<std::string> argv;
+  // When an essential child dies after startup, Watch returns an error.
+  bool essential = false;
+};
+
+// Owns a set of child processes: spawns them with stdout on a pipe, waits for
+// their ready lines, reports their deaths, stops and reaps them.
+//
+// Signals: Create blocks SIGINT, SIGTERM and SIGCHLD in the calling thread
+// and reads them through a signalfd; the destructor restores the mask. So the
+// process must not have other threads that could take those signals, and
+// every call must come from the thread that called Create (children get
+// PR_SET_PDEATHSIG, which fires when the thread that forked them exits).
+// Children start with an empty signal mask and default dispositions.
+// Not thread-safe.
+class Supervisor {
+ public:
+  struct Options {
+    // Ready lines and events, one JSON line each, flushed. Borrowed; must
+    // outlive the Supervisor. Default: std::cout.
+    std::ostream* out = nullptr;
+    // Prefix of stderr messages. Default: "tandem up".
+    std::string log_prefix = "tandem up";
+    // How long Stop waits after SIGTERM before SIGKILL. Default: 5 s.
+    absl::Duration stop_timeout = absl::Seconds(5);
+  };
+
+  static absl::StatusOr<std::unique_ptr<Supervisor>> Create(const Options& options);
+  // Stops (as Stop) and reaps any child still running; restores the signal
+  // mask.
+  ~Supervisor();
+  Supervisor(const Supervisor&) = delete;
+  Supervisor& operator=(const Supervisor&) = delete;
+
+  // Spawns every child in `specs` at once and waits until each has printed
+  // its ready line, printing each line (ParseReadyLine) as it arrives.
+  // Returns the lines in `specs` order.
+  //   Cancelled: SIGINT or SIGTERM arrived (children left running; call Stop).
+  //   DeadlineExceeded: `deadline` passed; the message names who is not ready.
+  //   Unavailable / InvalidArgument / Internal: a child exited, printed a bad
+  //   ready line, or could not be spawned; the message names it.
+  absl::StatusOr<std::vector<nlohmann::ordered_json>> StartAndWaitReady(
+      const std::vector<ChildSpec>& specs, absl::Time deadline);
+
+  // Serves: reports each child death ({"event":"exited",...} on out, a line
+  // on stderr) and forwards stray stdout lines from children to stderr.
+  //   Ok: SIGINT or SIGTERM arrived.
+  //   DeadlineExceeded: `deadline` passed (tests; the server runs forever).
+  //   Unavailable: an essential child died (already reported).
+  absl::Status Watch(absl::Time deadline = absl::InfiniteFuture());
+
+  // SIGTERM to every live child, waits up to stop_timeout for them to exit,
+  // SIGKILL to the rest, reaps all. Another SIGINT/SIGTERM meanwhile skips
+  // the rest of the wait. Returns once every child is reaped.
+  void Stop();
+
+  // Pids of children not yet reaped.
+  std::vector<pid_t> live_pids() const;
+
+ private:
+  struct Child;
+  explicit Supervisor(const Options& options);
+
+  absl::Status Spawn(const ChildSpec& spec);
+  // Waits for a signal or child output until `deadline`; returns true when
+  // SIGINT/SIGTERM arrived. Reaps exited children (Child::exited) and splits
+  // output into lines (Child::lines).
+  bool PollOnce(absl::Time deadline);
+  void ReadOutput(Child& c);
+  void ReapExited();
+  // Passes lines a child printed besides its ready line on to stderr.
+  void ForwardStrayLines(Child& c);
+  void PrintLine(const nlohmann::ordered_json& j);
+
+  Options options_;
+  int signal_fd_ = -1;
+  int dev_null_ = -1;
+  bool mask_saved_ = false;
+  int stop_signals_ = 0;  // SIGINT/SIGTERM received so far
+  sigset_t old_mask_;
+  std::vector<std::unique_ptr<Child>> children_;
+};
+
+}  // namespace tandem::cli
+
+#endif  // TANDEM_CLI_UP_COMMAND_H_

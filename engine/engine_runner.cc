@@ -1,0 +1,147 @@
+#include "engine/engine_runner.h"
+
+namespace tandem::engine {
+
+EngineRunner::EngineRunner(Engine* engine, Options options)
+    : engine_(engine), options_(std::move(options)) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+EngineRunner::~EngineRunner() { Stop(); }
+
+void EngineRunner::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+absl::Status EngineRunner::Run(std::function<absl::Status(Engine&)> fn, absl::Time deadline) {
+  auto cmd = std::make_shared<Command>();
+  cmd->fn = std::move(fn);
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("engine is stopping");
+  commands_.push_back(cmd);
+  const bool done = mu_.AwaitWithDeadline(absl::Condition(&cmd->done), deadline);
+  if (!done) {
+    cmd->abandoned = true;  // the engine thread skips it
+    return absl::DeadlineExceededError("engine thread did not run the command in time");
+  }
+  return cmd->result;
+}
+
+absl::Status EngineRunner::Submit(EngineRequest request, Listener listener, absl::Time deadline) {
+  const int64_t id = request.id;
+  return Run(
+      [this, id, request = std::move(request), listener = std::move(listener)](Engine& e) mutable {
+        absl::Status s = e.Add(std::move(request));
+        if (s.ok()) listeners_[id] = std::move(listener);
+        return s;
+      },
+      deadline);
+}
+
+absl::Status EngineRunner::ListenAndRun(int64_t id, Listener listener,
+                                        std::function<absl::Status(Engine&)> fn,
+                                        absl::Time deadline) {
+  return Run(
+      [this, id, listener = std::move(listener), fn = std::move(fn)](Engine& e) mutable {
+        listeners_[id] = std::move(listener);
+        absl::Status s = fn(e);
+        if (!s.ok()) listeners_.erase(id);
+        return s;
+      },
+      deadline);
+}
+
+EngineLoad EngineRunner::load() const {
+  absl::MutexLock lock(&mu_);
+  return load_;
+}
+
+void EngineRunner::Dispatch(const std::vector<SequenceUpdate>& updates) {
+  for (const SequenceUpdate& u : updates) {
+    auto it = listeners_.find(u.id);
+    if (it == listeners_.end()) continue;
+    it->second(u);
+    if (u.end != SequenceEnd::kNone) listeners_.erase(it);
+  }
+}
+
+void EngineRunner::FailAll(const absl::Status& status) {
+  for (auto& [id, listener] : listeners_) {
+    SequenceUpdate u;
+    u.id = id;
+    u.end = SequenceEnd::kError;
+    u.error = status;
+    listener(u);
+  }
+  listeners_.clear();
+}
+
+void EngineRunner::Loop() {
+  absl::Time next_tick = absl::Now() + options_.tick;
+  for (;;) {
+    std::deque<std::shared_ptr<Command>> batch;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!engine_->HasWork()) {
+        // Idle: sleep until a command, a stop, or the next tick.
+        mu_.AwaitWithDeadline(
+            absl::Condition(
+                +[](EngineRunner* r) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                  return r->stopping_ || !r->commands_.empty();
+                },
+                this),
+            next_tick);
+      }
+      if (stopping_) break;
+      batch.swap(commands_);
+    }
+    for (const std::shared_ptr<Command>& cmd : batch) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (cmd->abandoned) continue;
+      }
+      absl::Status result = cmd->fn(*engine_);
+      absl::MutexLock lock(&mu_);
+      cmd->result = std::move(result);
+      cmd->done = true;
+    }
+    if (options_.on_tick && absl::Now() >= next_tick) {
+      options_.on_tick(*engine_);
+      next_tick = absl::Now() + options_.tick;
+    } else if (absl::Now() >= next_tick) {
+      next_tick = absl::Now() + options_.tick;
+    }
+    if (engine_->HasWork()) {
+      absl::StatusOr<std::vector<SequenceUpdate>> updates = engine_->Step();
+      if (!updates.ok()) {
+        FailAll(updates.status());
+      } else {
+        Dispatch(*updates);
+      }
+    }
+    EngineLoad load;
+    load.running = engine_->num_running();
+    load.waiting = engine_->num_waiting();
+    load.reserved = engine_->num_reserved();
+    load.total_blocks = engine_->kv_manager().pool().num_blocks();
+    load.free_blocks = engine_->kv_manager().pool().num_free_blocks();
+    load.used_blocks = load.total_blocks - load.free_blocks;
+    load.queued_prefill_tokens = engine_->QueuedPrefillTokens();
+    load.stats = engine_->stats();
+    absl::MutexLock lock(&mu_);
+    load_ = load;
+  }
+  FailAll(absl::UnavailableError("engine stopped"));
+  absl::MutexLock lock(&mu_);
+  for (const std::shared_ptr<Command>& cmd : commands_) {
+    cmd->result = absl::UnavailableError("engine stopped");
+    cmd->done = true;
+  }
+  commands_.clear();
+}
+
+}  // namespace tandem::engine

@@ -1,0 +1,132 @@
+// Runs an Engine on its own thread (the engine thread) for servers: gRPC
+// handlers submit work from any thread; the engine thread owns the engine,
+// steps it while there is work, and hands each request's updates to that
+// request's listener.
+//
+//   EngineRunner runner(engine.get(), {});
+//   runner.Submit(request, [&](const SequenceUpdate& u) { queue.Push(u); }, deadline);
+//   ...
+//   runner.Stop();   // also done by the destructor
+//
+// Listeners run on the engine thread: they must be quick and never block
+// (push to a queue). Every wait on the engine thread has a deadline.
+#ifndef TANDEM_ENGINE_ENGINE_RUNNER_H_
+#define TANDEM_ENGINE_ENGINE_RUNNER_H_
+
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "engine/engine.h"
+
+namespace tandem::engine {
+
+// A snapshot of the engine's load, refreshed after every engine-thread loop.
+struct EngineLoad {
+  int32_t running = 0;
+  int32_t waiting = 0;
+  int32_t reserved = 0;
+  int32_t free_blocks = 0;
+  int32_t total_blocks = 0;
+  int32_t used_blocks = 0;  // total - free (free counts evictable cached blocks)
+  int64_t queued_prefill_tokens = 0;
+  EngineStats stats;
+};
+
+// A request's updates, handed from the engine thread (Push, from a
+// listener) to the thread serving the request (Pop). Shared by both, so
+// either may go first.
+class UpdateQueue {
+ public:
+  void Push(const SequenceUpdate& u) {
+    absl::MutexLock lock(&mu_);
+    updates_.push_back(u);
+  }
+  // The next update, or nullopt when none arrived by `deadline`.
+  std::optional<SequenceUpdate> Pop(absl::Time deadline) {
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithDeadline(absl::Condition(
+                              +[](std::deque<SequenceUpdate>* q) { return !q->empty(); }, &updates_),
+                          deadline);
+    if (updates_.empty()) return std::nullopt;
+    SequenceUpdate u = std::move(updates_.front());
+    updates_.pop_front();
+    return u;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::deque<SequenceUpdate> updates_ ABSL_GUARDED_BY(mu_);
+};
+
+class EngineRunner {
+ public:
+  using Listener = std::function<void(const SequenceUpdate&)>;
+
+  struct Options {
+    // Called on the engine thread about every tick (reservation expiry).
+    // Default: none.
+    std::function<void(Engine&)> on_tick;
+    // Default: 100 ms.
+    absl::Duration tick = absl::Milliseconds(100);
+  };
+
+  // `engine` is borrowed and must outlive the runner. Starts the thread.
+  EngineRunner(Engine* engine, Options options);
+  ~EngineRunner();
+  EngineRunner(const EngineRunner&) = delete;
+  EngineRunner& operator=(const EngineRunner&) = delete;
+
+  // Stops the engine thread (pending requests get a kError update). Idempotent.
+  void Stop();
+
+  // Runs `fn` on the engine thread and waits for it. DeadlineExceeded if the
+  // engine thread did not run it in time (it then never runs); Unavailable
+  // after Stop.
+  absl::Status Run(std::function<absl::Status(Engine&)> fn, absl::Time deadline);
+
+  // Adds `request` and routes its updates to `listener` (the last one has
+  // end != kNone).
+  absl::Status Submit(EngineRequest request, Listener listener, absl::Time deadline);
+
+  // Routes updates of an existing (e.g. reserved) request to `listener`,
+  // then runs `fn` (e.g. Activate) — atomically on the engine thread.
+  absl::Status ListenAndRun(int64_t id, Listener listener,
+                            std::function<absl::Status(Engine&)> fn, absl::Time deadline);
+
+  EngineLoad load() const;
+
+ private:
+  struct Command {
+    std::function<absl::Status(Engine&)> fn;
+    absl::Status result;
+    bool done = false;
+    bool abandoned = false;
+  };
+
+  void Loop();
+  void Dispatch(const std::vector<SequenceUpdate>& updates);
+  void FailAll(const absl::Status& status);
+
+  Engine* const engine_;
+  const Options options_;
+  // Listeners are touched only on the engine thread.
+  absl::flat_hash_map<int64_t, Listener> listeners_;
+
+  mutable absl::Mutex mu_;
+  std::deque<std::shared_ptr<Command>> commands_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  EngineLoad load_ ABSL_GUARDED_BY(mu_);
+  std::thread thread_;
+};
+
+}  // namespace tandem::engine
+
+#endif  // TANDEM_ENGINE_ENGINE_RUNNER_H_

@@ -1,0 +1,99 @@
+#include "router/worker_registry.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+
+namespace tandem::router {
+
+using tandem::v1::WorkerRole;
+
+absl::Status WorkerRegistry::Register(const tandem::v1::RegisterRequest& r) {
+  if (r.worker_id().empty()) return absl::InvalidArgumentError("worker_id is empty");
+  if (r.address().empty()) return absl::InvalidArgumentError("address is empty");
+  if (r.role() != tandem::v1::WORKER_ROLE_PREFILL && r.role() != tandem::v1::WORKER_ROLE_DECODE) {
+    return absl::InvalidArgumentError("role must be WORKER_ROLE_PREFILL or WORKER_ROLE_DECODE");
+  }
+  if (r.model_id() != options_.model_id) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "model_id: worker serves '%s' but this router serves '%s'", r.model_id(), options_.model_id));
+  }
+  Entry e;
+  e.handle.id = r.worker_id();
+  e.handle.role = r.role();
+  e.handle.address = r.address();
+  auto channel = grpc::CreateChannel(r.address(), grpc::InsecureChannelCredentials());
+  if (r.role() == tandem::v1::WORKER_ROLE_DECODE) {
+    e.handle.decode = std::shared_ptr<tandem::v1::DecodeWorker::Stub>(tandem::v1::DecodeWorker::NewStub(channel));
+  } else {
+    e.handle.prefill = std::shared_ptr<tandem::v1::PrefillWorker::Stub>(tandem::v1::PrefillWorker::NewStub(channel));
+  }
+  e.last_heartbeat = absl::Now();
+  e.load = r.load();
+  absl::MutexLock lock(&mu_);
+  if (!workers_.contains(r.worker_id())) order_.push_back(r.worker_id());
+  workers_[r.worker_id()] = std::move(e);
+  return absl::OkStatus();
+}
+
+bool WorkerRegistry::Heartbeat(const tandem::v1::HeartbeatRequest& r) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(r.worker_id());
+  if (it == workers_.end()) return false;
+  it->second.last_heartbeat = absl::Now();
+  it->second.failed = false;
+  it->second.load = r.load();
+  return true;
+}
+
+bool WorkerRegistry::Healthy(const Entry& e, absl::Time now) const {
+  return !e.failed && now - e.last_heartbeat <= options_.heartbeat_interval * options_.misses_allowed;
+}
+
+absl::StatusOr<WorkerHandle> WorkerRegistry::Pick(WorkerRole role,
+                                                  const std::vector<std::string>& exclude) {
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  const size_t n = order_.size();
+  size_t& cursor = next_[static_cast<int>(role) % 3];
+  for (size_t k = 0; k < n; ++k) {
+    const std::string& id = order_[(cursor + k) % n];
+    const Entry& e = workers_.at(id);
+    if (e.handle.role != role || !Healthy(e, now)) continue;
+    if (std::find(exclude.begin(), exclude.end(), id) != exclude.end()) continue;
+    cursor = (cursor + k + 1) % n;
+    return e.handle;
+  }
+  return absl::UnavailableError(absl::StrFormat(
+      "no healthy %s worker", role == tandem::v1::WORKER_ROLE_DECODE ? "decode" : "prefill"));
+}
+
+bool WorkerRegistry::HasHealthy(WorkerRole role) {
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, e] : workers_) {
+    if (e.handle.role == role && Healthy(e, now)) return true;
+  }
+  return false;
+}
+
+void WorkerRegistry::MarkFailed(const std::string& worker_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(worker_id);
+  if (it != workers_.end()) it->second.failed = true;
+}
+
+std::vector<WorkerRegistry::WorkerInfo> WorkerRegistry::List() {
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  std::vector<WorkerInfo> out;
+  for (const std::string& id : order_) {
+    const Entry& e = workers_.at(id);
+    out.push_back({id, e.handle.role, e.handle.address, Healthy(e, now), e.load});
+  }
+  return out;
+}
+
+}  // namespace tandem::router
