@@ -31,19 +31,18 @@ const char* FinishReasonName(v1::FinishReason r) {
 
 // One clear line for a failed call.
 std::string DescribeError(const GenerateFlags& f, const grpc::Status& s) {
-  const std::string code =
-      absl::StatusCodeToString(static_cast<absl::StatusCode>(s.error_code()));
+  const std::string code = absl::StatusCodeToString(static_cast<absl::StatusCode>(s.error_code()));
   const std::string detail = code + (s.error_message().empty() ? "" : ": " + s.error_message());
   switch (s.error_code()) {
     case grpc::StatusCode::UNAVAILABLE:
       return "cannot generate through " + f.remote + " (" + detail +
              "); is a router (tandem up / tandem router) serving there?";
     case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return "no complete answer from " + f.remote + " within --timeout-s " +
-             std::to_string(f.timeout_s) + " s (" + detail + ")";
+      return "no complete answer from " + f.remote + " within --timeout-s " + std::to_string(f.timeout_s) +
+             " s (" + detail + ")";
     case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return "the cluster at " + f.remote + " rejected the request to protect its latency targets; retry later (" +
-             detail + ")";
+      return "the cluster at " + f.remote +
+             " rejected the request to protect its latency targets; retry later (" + detail + ")";
     case grpc::StatusCode::INVALID_ARGUMENT:
       return "the router at " + f.remote + " rejected the request: " + s.error_message();
     default:
@@ -107,8 +106,8 @@ int RunRemoteGenerate(const GenerateFlags& f) {
   }
   if (f.json) {
     nlohmann::ordered_json j;  // keys in the order local generate prints them
-    j["prompt_token_ids"] = std::vector<int32_t>(summary->prompt_token_ids().begin(),
-                                                 summary->prompt_token_ids().end());
+    j["prompt_token_ids"] =
+        std::vector<int32_t>(summary->prompt_token_ids().begin(), summary->prompt_token_ids().end());
     j["generated_token_ids"] = generated;
     j["text"] = text;
     j["finish_reason"] = FinishReasonName(summary->finish_reason());

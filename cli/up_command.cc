@@ -23,20 +23,16 @@
 namespace tandem::cli {
 
 void RegisterUp(CLI::App* cmd, UpFlags* f) {
-  cmd->add_option("--model", f->model,
-                  "Model every process serves: a GGUF path or synthetic:NAME")
+  cmd->add_option("--model", f->model, "Model every process serves: a GGUF path or synthetic:NAME")
       ->capture_default_str();
   cmd->add_option("--prefill", f->prefill, "Prefill workers (0: decode workers prefill too)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--decode", f->decode, "Decode workers")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+  cmd->add_option("--decode", f->decode, "Decode workers")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--port", f->port, "Router gRPC port; 0 picks a free one (printed when ready)")
       ->capture_default_str()
       ->check(CLI::Range(0, 65535));
-  cmd->add_option("--host", f->host, "Address the router and workers listen on")
-      ->capture_default_str();
+  cmd->add_option("--host", f->host, "Address the router and workers listen on")->capture_default_str();
   cmd->add_option("--threads", f->threads, "CPU threads per worker; 0 = one per core")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
@@ -107,8 +103,8 @@ std::string ErrnoMessage(const char* what) { return absl::StrCat(what, ": ", std
 struct Supervisor::Child {
   ChildSpec spec;
   pid_t pid = -1;
-  int stdout_fd = -1;       // read end of the child's stdout; -1 after EOF
-  std::string partial;      // bytes after the last newline
+  int stdout_fd = -1;             // read end of the child's stdout; -1 after EOF
+  std::string partial;            // bytes after the last newline
   std::deque<std::string> lines;  // complete lines not yet handled
   bool ready = false;
   bool reaped = false;
@@ -281,8 +277,8 @@ bool Supervisor::PollOnce(absl::Time deadline) {
   int timeout_ms = -1;
   if (deadline != absl::InfiniteFuture()) {
     const absl::Duration left = std::max(deadline - absl::Now(), absl::ZeroDuration());
-    timeout_ms = static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1))),
-                                                    INT_MAX));
+    timeout_ms = static_cast<int>(
+        std::min<int64_t>(absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1))), INT_MAX));
   }
   const int n = poll(fds.data(), fds.size(), timeout_ms);
   if (n <= 0) return false;  // timeout or EINTR: the caller re-checks its state
@@ -354,10 +350,9 @@ absl::StatusOr<std::vector<nlohmann::ordered_json>> Supervisor::StartAndWaitRead
     for (auto& c : children_) {
       if (c->reaped && !c->exit_handled) {
         c->exit_handled = true;
-        return absl::UnavailableError(absl::StrFormat("%s exited (%s) %s", c->Describe(),
-                                                      DescribeWaitStatus(c->wait_status),
-                                                      c->ready ? "while the cluster was starting"
-                                                               : "before it was ready"));
+        return absl::UnavailableError(
+            absl::StrFormat("%s exited (%s) %s", c->Describe(), DescribeWaitStatus(c->wait_status),
+                            c->ready ? "while the cluster was starting" : "before it was ready"));
       }
     }
     if (not_ready == 0) return ready_lines;
@@ -475,12 +470,12 @@ int RunUp(const UpFlags& f) {
     return 1;
   };
 
-  ChildSpec router{.role = "router",
-                   .name = "router",
-                   .executable = exe,
-                   .argv = {self, "router", "--host", f.host, "--port", absl::StrCat(f.port), "--model",
-                            f.model},
-                   .essential = true};
+  ChildSpec router{
+      .role = "router",
+      .name = "router",
+      .executable = exe,
+      .argv = {self, "router", "--host", f.host, "--port", absl::StrCat(f.port), "--model", f.model},
+      .essential = true};
   auto router_ready = sup.StartAndWaitReady({router}, deadline);
   if (!router_ready.ok()) return fail(router_ready.status());
   const std::string router_address = DialableAddress((*router_ready)[0]["grpc"].get<std::string>());
@@ -492,8 +487,8 @@ int RunUp(const UpFlags& f) {
       workers.push_back({.role = role,
                          .name = absl::StrCat(role, " ", i),
                          .executable = exe,
-                         .argv = {self, role, "--router", router_address, "--model", f.model, "--host", f.host,
-                                  "--port", "0", "--threads", absl::StrCat(f.threads)}});
+                         .argv = {self, role, "--router", router_address, "--model", f.model, "--host",
+                                  f.host, "--port", "0", "--threads", absl::StrCat(f.threads)}});
     }
   }
   auto workers_ready = sup.StartAndWaitReady(workers, deadline);

@@ -41,8 +41,8 @@ namespace tandem::cli {
 
 struct UpFlags {
   std::string model = "synthetic:tiny";
-  int32_t prefill = 1;  // prefill workers
-  int32_t decode = 1;   // decode workers
+  int32_t prefill = 1;   // prefill workers
+  int32_t decode = 1;    // decode workers
   int32_t port = 50051;  // router gRPC port; 0 = ephemeral
   std::string host = "127.0.0.1";
   int32_t threads = 1;  // CPU threads per worker
@@ -122,8 +122,8 @@ class Supervisor {
   //   DeadlineExceeded: `deadline` passed; the message names who is not ready.
   //   Unavailable / InvalidArgument / Internal: a child exited, printed a bad
   //   ready line, or could not be spawned; the message names it.
-  absl::StatusOr<std::vector<nlohmann::ordered_json>> StartAndWaitReady(
-      const std::vector<ChildSpec>& specs, absl::Time deadline);
+  absl::StatusOr<std::vector<nlohmann::ordered_json>> StartAndWaitReady(const std::vector<ChildSpec>& specs,
+                                                                        absl::Time deadline);
 
   // Serves: reports each child death ({"event":"exited",...} on out, a line
   // on stderr) and forwards stray stdout lines from children to stderr.

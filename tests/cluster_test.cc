@@ -19,6 +19,8 @@
 #include "model/llama.h"
 #include "model/loader.h"
 #include "nlohmann/json.hpp"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "tandem/v1/tandem.grpc.pb.h"
 #include "tandem/v1/worker.grpc.pb.h"
 #include "tests/testing/status_matchers.h"
@@ -113,6 +115,7 @@ class Cluster {
   }
 
   std::vector<Worker>& workers() { return workers_; }
+  const std::string& router_address() const { return router_address_; }
   tandem::v1::Tandem::Stub* stub() { return stub_.get(); }
 
  private:
@@ -234,6 +237,49 @@ TEST(ClusterTest, InvalidRequestsNameTheField) {
   for (int i = 0; i < 17; ++i) req.add_stop("x");
   s = call(req);
   EXPECT_NE(s.error_message().find("stop"), std::string::npos);
+}
+
+// Generic gRPC tools must be able to find and probe every server: the
+// standard health service answers SERVING and reflection lists the API.
+TEST(ClusterTest, HealthAndReflectionForGenericClients) {
+  Cluster cluster;
+  ASSERT_NO_FATAL_FAILURE(cluster.Start("synthetic:tiny", 1, 1));
+  std::vector<std::pair<std::string, std::string>> servers = {{cluster.router_address(), "tandem.v1.Tandem"}};
+  for (const Worker& w : cluster.workers()) {
+    servers.push_back({w.address, w.role == "decode" ? "tandem.v1.DecodeWorker" : "tandem.v1.PrefillWorker"});
+  }
+  for (const auto& [address, service] : servers) {
+    auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+    {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+      grpc::health::v1::HealthCheckRequest req;
+      grpc::health::v1::HealthCheckResponse resp;
+      grpc::Status s = grpc::health::v1::Health::NewStub(channel)->Check(&ctx, req, &resp);
+      ASSERT_TRUE(s.ok()) << address << ": " << s.error_message();
+      EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+    }
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    auto stream = grpc::reflection::v1alpha::ServerReflection::NewStub(channel)->ServerReflectionInfo(&ctx);
+    grpc::reflection::v1alpha::ServerReflectionRequest list;
+    list.set_list_services("");
+    ASSERT_TRUE(stream->Write(list));
+    grpc::reflection::v1alpha::ServerReflectionResponse resp;
+    ASSERT_TRUE(stream->Read(&resp));
+    std::set<std::string> names;
+    for (const auto& s : resp.list_services_response().service()) names.insert(s.name());
+    EXPECT_TRUE(names.contains(service)) << address;
+    EXPECT_TRUE(names.contains("grpc.health.v1.Health")) << address;
+    // The descriptors themselves, which is what lets a tool build requests.
+    grpc::reflection::v1alpha::ServerReflectionRequest symbol;
+    symbol.set_file_containing_symbol(service);
+    ASSERT_TRUE(stream->Write(symbol));
+    ASSERT_TRUE(stream->Read(&resp));
+    EXPECT_GT(resp.file_descriptor_response().file_descriptor_proto_size(), 0) << address;
+    stream->WritesDone();
+    EXPECT_TRUE(stream->Finish().ok());
+  }
 }
 
 TEST(ClusterTest, DecodeWorkerKilledMidStream) {

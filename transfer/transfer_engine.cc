@@ -954,11 +954,15 @@ void TransferEngine::Impl::DropPeer(Peer* peer, const absl::Status& status) {
   for (auto& [packed, rkey] : peer->rkeys) ucp_rkey_destroy(rkey);
   peer->rkeys.clear();
   for (auto& s : ops) {
-    if (getenv("TT_DEBUG")) fprintf(stderr, "DropPeer: op %lu has %zu requests left after close (flush %p)\n", (unsigned long)s->seq, s->requests.size(), s->flush_request);
     s->peer = nullptr;
-    // A forced close completes every request at once; should one survive, the
-    // write stays unfinished until UCX releases it, since the caller's buffer
-    // may not be reused before then.
+    // A forced close completes the requests of an endpoint with error
+    // handling. On the shared-memory endpoint (no error handling) UCX 1.13
+    // leaves a rendezvous send to a dead peer pending forever: release it
+    // (ucp_request_free: no callback will follow). Its endpoint is gone, so
+    // nothing reads the caller's buffer for it any more.
+    for (void* r : s->requests) ucp_request_free(r);
+    s->requests.clear();
+    s->flush_request = nullptr;
     MaybeFinish(s.get());
   }
   peer->ops.clear();
