@@ -233,9 +233,52 @@ int FreePort() {
 
 size_t BytesPerPoint(const std::string& transport, WriteOp op, size_t budget_mib) {
   // Puts over TCP are emulated by UCX 1.13 at well under 0.1 GB/s.
-  if (transport == "tcp" && op == WriteOp::kPut) return std::max<size_t>(budget_mib / 16, 16) * kMiB;
+  if (transport == "tcp" && op == WriteOp::kPut) return std::max<size_t>(budget_mib / 32, 16) * kMiB;
   if (transport == "tcp") return std::max<size_t>(budget_mib / 2, 32) * kMiB;
   return budget_mib * kMiB;
+}
+
+// ---------------------------------------------------------------------------
+// ucx_perftest.
+
+std::optional<double> ParsePerftestGbps(const std::string& output) {
+  std::istringstream in(output);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Final:", 0) != 0) continue;
+    std::vector<std::string> fields = absl::StrSplit(line, ' ', absl::SkipWhitespace());
+    // Final: iters p50 avg overall | bw-avg bw-overall (MiB/s) | msgrate-avg msgrate-overall
+    double mibps = 0;
+    if (fields.size() >= 7 && absl::SimpleAtod(fields[6], &mibps)) return mibps * kMiB / 1e9;
+  }
+  return std::nullopt;
+}
+
+std::optional<double> RunPerftest(const std::string& transport, WriteOp op, size_t size,
+                                  size_t total_bytes) {
+  std::string tls = transport == "default" ? "" : transport;
+  long iters = std::max<long>(8, static_cast<long>(total_bytes / size));
+  long warmup = std::max<long>(2, iters / 10);
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    std::string port = std::to_string(FreePort());
+    std::unique_ptr<Process> server = Spawn({"ucx_perftest", "-p", port}, tls, false,
+                                            /*capture_stdout=*/true, /*quiet_stderr=*/true);
+    if (server == nullptr) return std::nullopt;
+    absl::SleepFor(absl::Milliseconds(150 * (attempt + 1)));
+    std::unique_ptr<Process> client = Spawn(
+        {"ucx_perftest", "127.0.0.1", "-p", port, "-t",
+         op == WriteOp::kPut ? "ucp_put_bw" : "ucp_am_bw", "-s", std::to_string(size), "-n",
+         std::to_string(iters), "-w", std::to_string(warmup)},
+        tls, false, /*capture_stdout=*/true, /*quiet_stderr=*/true);
+    if (client == nullptr) return std::nullopt;
+    absl::Time deadline = absl::Now() + absl::Seconds(60);
+    std::string out = client->ReadOutput(deadline);
+    client->Wait(deadline);
+    server->Wait(absl::Now() + absl::Seconds(2));
+    std::optional<double> gbps = ParsePerftestGbps(out);
+    if (gbps.has_value()) return gbps;
+  }
+  return std::nullopt;
 }
 
 // ---------------------------------------------------------------------------
@@ -283,7 +326,9 @@ std::optional<Point> TimeWrites(TransferEngine& engine, const RemoteRegion& remo
                                 size_t block, int batch, size_t total_bytes, absl::Duration cap) {
   std::vector<uint8_t> source(block * batch);
   for (size_t i = 0; i < source.size(); ++i) source[i] = static_cast<uint8_t>(i * 131 + 7);
-  size_t slots = remote.bytes / block;
+  // Like ucx_perftest, every Write goes to the same `batch` blocks of the
+  // region (a decode worker's receive buffers, reused).
+  size_t slots = std::max<size_t>(1, std::min<size_t>(batch, remote.bytes / block));
   size_t next_slot = 0;
   auto one_write = [&]() -> bool {
     std::vector<WriteRequest> writes;
@@ -311,8 +356,8 @@ std::optional<Point> TimeWrites(TransferEngine& engine, const RemoteRegion& remo
 }
 
 int RunSender(const std::string& transport, const std::vector<size_t>& sizes, int batch,
-              size_t budget_mib, double cap_s) {
-  size_t region_bytes = *std::max_element(sizes.begin(), sizes.end()) * batch * 2;
+              size_t budget_mib, double cap_s, int trials, bool perftest) {
+  size_t region_bytes = *std::max_element(sizes.begin(), sizes.end()) * batch;
   std::unique_ptr<Process> receiver =
       Spawn({SelfExe(), "--role", "receiver", "--region-bytes", std::to_string(region_bytes)},
             transport == "default" ? "" : transport, /*with_fds=*/true, /*capture_stdout=*/false);
@@ -351,21 +396,40 @@ int RunSender(const std::string& transport, const std::vector<size_t>& sizes, in
         // Heap-registered memory only at one size: it shows why kAuto avoids
         // puts into it; the main table is UCX-allocated memory.
         if (std::string(memory) == "registered" && size != sizes[sizes.size() / 2]) continue;
-        size_t total = BytesPerPoint(transport, op, budget_mib);
-        if (std::string(memory) == "registered") total /= 4;
-        std::optional<Point> p = TimeWrites(**engine, remote, op, size, batch, total,
-                                            absl::Seconds(cap_s));
+        bool allocated_memory = std::string(memory) == "allocated";
+        size_t total = BytesPerPoint(transport, op, budget_mib) / trials;
+        if (!allocated_memory) total /= 4;
         json j;
         j["memory"] = memory;
         j["op"] = std::string(WriteOpName(op));
         j["size_bytes"] = size;
-        if (p.has_value()) {
-          j["gbps"] = p->gbps;
-          j["bytes"] = p->bytes;
-          j["write_calls"] = p->write_calls;
-          j["ms_per_write"] = p->seconds * 1e3 / p->write_calls;
+        // Trials alternate Tandem and ucx_perftest so that both see the same
+        // machine (this VM is shared); the best of each is reported.
+        std::optional<Point> best;
+        std::optional<double> best_perftest;
+        bool failed = false;
+        for (int t = 0; t < trials && !failed; ++t) {
+          std::optional<Point> p = TimeWrites(**engine, remote, op, size, batch, total,
+                                              absl::Seconds(cap_s));
+          if (!p.has_value()) failed = true;
+          if (p.has_value() && (!best.has_value() || p->gbps > best->gbps)) best = p;
+          if (perftest && allocated_memory) {
+            std::optional<double> pt = RunPerftest(transport, op, size, total);
+            if (pt.has_value() && (!best_perftest.has_value() || *pt > *best_perftest)) {
+              best_perftest = pt;
+            }
+          }
+        }
+        if (best.has_value() && !failed) {
+          j["tandem_gbps"] = best->gbps;
+          j["bytes_per_trial"] = best->bytes;
+          j["ms_per_write"] = best->seconds * 1e3 / best->write_calls;
         } else {
           j["error"] = "write failed";
+        }
+        if (best_perftest.has_value()) {
+          j["perftest_gbps"] = *best_perftest;
+          if (best.has_value()) j["ratio"] = best->gbps / *best_perftest;
         }
         points.push_back(j);
       }
@@ -376,49 +440,6 @@ int RunSender(const std::string& transport, const std::vector<size_t>& sizes, in
   engine->reset();
   receiver->Kill();
   return 0;
-}
-
-// ---------------------------------------------------------------------------
-// ucx_perftest.
-
-std::optional<double> ParsePerftestGbps(const std::string& output) {
-  std::istringstream in(output);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("Final:", 0) != 0) continue;
-    std::vector<std::string> fields = absl::StrSplit(line, ' ', absl::SkipWhitespace());
-    // Final: iters p50 avg overall | bw-avg bw-overall (MiB/s) | msgrate-avg msgrate-overall
-    double mibps = 0;
-    if (fields.size() >= 7 && absl::SimpleAtod(fields[6], &mibps)) return mibps * kMiB / 1e9;
-  }
-  return std::nullopt;
-}
-
-std::optional<double> RunPerftest(const std::string& transport, WriteOp op, size_t size,
-                                  size_t total_bytes) {
-  std::string tls = transport == "default" ? "" : transport;
-  long iters = std::max<long>(8, static_cast<long>(total_bytes / size));
-  long warmup = std::max<long>(2, iters / 10);
-  for (int attempt = 0; attempt < 3; ++attempt) {
-    std::string port = std::to_string(FreePort());
-    std::unique_ptr<Process> server = Spawn({"ucx_perftest", "-p", port}, tls, false,
-                                            /*capture_stdout=*/true, /*quiet_stderr=*/true);
-    if (server == nullptr) return std::nullopt;
-    absl::SleepFor(absl::Milliseconds(150 * (attempt + 1)));
-    std::unique_ptr<Process> client = Spawn(
-        {"ucx_perftest", "127.0.0.1", "-p", port, "-t",
-         op == WriteOp::kPut ? "ucp_put_bw" : "ucp_am_bw", "-s", std::to_string(size), "-n",
-         std::to_string(iters), "-w", std::to_string(warmup)},
-        tls, false, /*capture_stdout=*/true, /*quiet_stderr=*/true);
-    if (client == nullptr) return std::nullopt;
-    absl::Time deadline = absl::Now() + absl::Seconds(60);
-    std::string out = client->ReadOutput(deadline);
-    client->Wait(deadline);
-    server->Wait(absl::Now() + absl::Seconds(2));
-    std::optional<double> gbps = ParsePerftestGbps(out);
-    if (gbps.has_value()) return gbps;
-  }
-  return std::nullopt;
 }
 
 // ---------------------------------------------------------------------------
@@ -443,6 +464,7 @@ int main(int argc, char** argv) {
   size_t budget_mib = 512;
   double cap_s = 2.0;
   bool perftest = true;
+  int trials = 3;
   size_t region_bytes = 0;
   std::string transport_arg = "default";
   app.add_option("--sizes-mib", sizes_mib, "Block sizes in MiB, comma-separated")
@@ -456,19 +478,23 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--max-seconds-per-point", cap_s, "Stop a Tandem point after this long")
       ->capture_default_str();
-  app.add_flag("!--no-perftest", perftest, "Skip the ucx_perftest runs");
+  app.add_flag("--perftest,!--no-perftest", perftest, "Run ucx_perftest alongside (default)");
+  app.add_option("--trials", trials, "Trials per point (Tandem and perftest alternate); best kept")
+      ->capture_default_str();
   app.add_option("--role", role, "Internal: main, sender or receiver");
   app.add_option("--region-bytes", region_bytes, "Internal (receiver)");
   app.add_option("--transport", transport_arg, "Internal (sender)");
   CLI11_PARSE(app, argc, argv);
 
   std::vector<size_t> sizes = ParseSizes(sizes_mib);
-  if (sizes.empty() || batch < 1) {
+  if (sizes.empty() || batch < 1 || trials < 1) {
     std::cerr << "need sizes and a positive batch\n";
     return 2;
   }
   if (role == "receiver") return RunReceiver(region_bytes);
-  if (role == "sender") return RunSender(transport_arg, sizes, batch, budget_mib, cap_s);
+  if (role == "sender") {
+    return RunSender(transport_arg, sizes, batch, budget_mib, cap_s, trials, perftest);
+  }
 
   auto start = Clock::now();
   json results = json::array();
@@ -478,7 +504,8 @@ int main(int argc, char** argv) {
     std::unique_ptr<Process> sender =
         Spawn({SelfExe(), "--role", "sender", "--transport", transport, "--sizes-mib", sizes_mib,
                "--batch", std::to_string(batch), "--budget-mib", std::to_string(budget_mib),
-               "--max-seconds-per-point", std::to_string(cap_s)},
+               "--max-seconds-per-point", std::to_string(cap_s), "--trials",
+               std::to_string(trials), perftest ? "--perftest" : "--no-perftest"},
               transport == "default" ? "" : transport, false, /*capture_stdout=*/true);
     if (sender == nullptr) return 1;
     absl::Time deadline = absl::Now() + absl::Seconds(300);
@@ -495,24 +522,6 @@ int main(int argc, char** argv) {
     for (const json& p : sender_json["points"]) {
       json r = p;
       r["transport"] = transport;
-      if (!p.contains("gbps")) {
-        results.push_back(r);
-        continue;
-      }
-      WriteOp op = p["op"] == "put" ? WriteOp::kPut : WriteOp::kActiveMessage;
-      size_t size = p["size_bytes"];
-      r["tandem_gbps"] = p["gbps"];
-      r.erase("gbps");
-      if (perftest && p["memory"] == "allocated") {
-        std::optional<double> pt =
-            RunPerftest(transport, op, size, BytesPerPoint(transport, op, budget_mib));
-        if (pt.has_value()) {
-          r["perftest_gbps"] = *pt;
-          r["ratio"] = double(p["gbps"]) / *pt;
-        } else {
-          r["perftest_gbps"] = nullptr;
-        }
-      }
       results.push_back(r);
     }
   }
