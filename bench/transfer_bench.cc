@@ -257,8 +257,8 @@ std::optional<double> ParsePerftestGbps(const std::string& output) {
 std::optional<double> RunPerftest(const std::string& transport, WriteOp op, size_t size,
                                   size_t total_bytes) {
   std::string tls = transport == "default" ? "" : transport;
-  long iters = std::max<long>(8, static_cast<long>(total_bytes / size));
-  long warmup = std::max<long>(2, iters / 10);
+  long iters = std::max<long>(2, static_cast<long>(total_bytes / size));
+  long warmup = std::max<long>(1, iters / 10);
   for (int attempt = 0; attempt < 3; ++attempt) {
     std::string port = std::to_string(FreePort());
     std::unique_ptr<Process> server = Spawn({"ucx_perftest", "-p", port}, tls, false,
@@ -322,8 +322,11 @@ struct Point {
   double seconds = 0;
 };
 
+// Times Write calls of `batch` blocks until `total_bytes` (at least one call)
+// or `cap`; with `warm_up`, one untimed call first (connection, caches).
 std::optional<Point> TimeWrites(TransferEngine& engine, const RemoteRegion& remote, WriteOp op,
-                                size_t block, int batch, size_t total_bytes, absl::Duration cap) {
+                                size_t block, int batch, size_t total_bytes, absl::Duration cap,
+                                bool warm_up) {
   std::vector<uint8_t> source(block * batch);
   for (size_t i = 0; i < source.size(); ++i) source[i] = static_cast<uint8_t>(i * 131 + 7);
   // Like ucx_perftest, every Write goes to the same `batch` blocks of the
@@ -340,15 +343,15 @@ std::optional<Point> TimeWrites(TransferEngine& engine, const RemoteRegion& remo
     if (!s.ok()) std::cerr << "sender: " << s << "\n";
     return s.ok();
   };
-  if (!one_write()) return std::nullopt;  // warm-up: connection, registration caches
+  if (warm_up && !one_write()) return std::nullopt;
   Point p;
   auto start = Clock::now();
   absl::Time stop = absl::Now() + cap;
-  while (p.bytes < total_bytes || p.write_calls < 2) {
+  while (p.bytes < total_bytes || p.write_calls < 1) {
     if (!one_write()) return std::nullopt;
     p.bytes += block * batch;
     ++p.write_calls;
-    if (absl::Now() >= stop && p.write_calls >= 2) break;
+    if (absl::Now() >= stop) break;
   }
   p.seconds = Seconds(Clock::now() - start);
   p.gbps = p.bytes / p.seconds / 1e9;
@@ -410,7 +413,7 @@ int RunSender(const std::string& transport, const std::vector<size_t>& sizes, in
         bool failed = false;
         for (int t = 0; t < trials && !failed; ++t) {
           std::optional<Point> p = TimeWrites(**engine, remote, op, size, batch, total,
-                                              absl::Seconds(cap_s));
+                                              absl::Seconds(cap_s), /*warm_up=*/t == 0);
           if (!p.has_value()) failed = true;
           if (p.has_value() && (!best.has_value() || p->gbps > best->gbps)) best = p;
           if (perftest && allocated_memory) {
