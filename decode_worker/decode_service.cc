@@ -26,6 +26,18 @@ engine::SamplingParams FromProto(const tandem::v1::SamplingParams& p) {
 
 constexpr absl::Duration kEngineCallTimeout = absl::Seconds(10);
 
+// ReserveRequest and DecodeRequest carry the same request fields.
+template <typename Proto>
+engine::EngineRequest ToEngineRequest(int64_t id, const Proto& r) {
+  engine::EngineRequest req;
+  req.id = id;
+  req.prompt_tokens.assign(r.prompt_token_ids().begin(), r.prompt_token_ids().end());
+  req.max_tokens = r.max_tokens();
+  req.sampling = FromProto(r.sampling());
+  req.stop_at_eos = r.stop_at_eos();
+  return req;
+}
+
 }  // namespace
 
 grpc::Status DecodeService::Reserve(grpc::ServerContext*, const tandem::v1::ReserveRequest* r,
@@ -41,12 +53,7 @@ grpc::Status DecodeService::Reserve(grpc::ServerContext*, const tandem::v1::Rese
     }
     id = next_engine_id_++;
   }
-  engine::EngineRequest req;
-  req.id = id;
-  req.prompt_tokens.assign(r->prompt_token_ids().begin(), r->prompt_token_ids().end());
-  req.max_tokens = r->max_tokens();
-  req.sampling = FromProto(r->sampling());
-  req.stop_at_eos = r->stop_at_eos();
+  engine::EngineRequest req = ToEngineRequest(id, *r);
   engine::KvReservation reservation;
   absl::Status s = runner_->Run(
       [&](engine::Engine& e) -> absl::Status {
@@ -150,13 +157,7 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const tandem::v
       absl::MutexLock lock(&mu_);
       id = next_engine_id_++;
     }
-    engine::EngineRequest req;
-    req.id = id;
-    req.prompt_tokens.assign(r->prompt_token_ids().begin(), r->prompt_token_ids().end());
-    req.max_tokens = r->max_tokens();
-    req.sampling = FromProto(r->sampling());
-    req.stop_at_eos = r->stop_at_eos();
-    absl::Status s = runner_->Submit(std::move(req), listener, absl::Now() + kEngineCallTimeout);
+    absl::Status s = runner_->Submit(ToEngineRequest(id, *r), listener, absl::Now() + kEngineCallTimeout);
     if (!s.ok()) return ToGrpc(s);
   }
 

@@ -163,6 +163,14 @@ grpc::Status GenerateService::Generate(grpc::ServerContext* context, const Gener
         if (s.error_code() == grpc::StatusCode::ABORTED) {  // the transfer to decode failed
           registry_->MarkFailed(decode->id);
           decode_failed = true;
+          // Best effort: if the decode worker is alive after all, give its
+          // blocks back now rather than at the reservation's TTL.
+          grpc::ClientContext release_ctx;
+          SetDeadline(&release_ctx, absl::Now() + absl::Seconds(1));
+          tandem::v1::ReleaseRequest release;
+          release.set_request_id(request_id);
+          tandem::v1::ReleaseResponse ignored;
+          (void)decode->decode->Release(&release_ctx, release, &ignored);
           break;
         }
         if (!WorkerGone(s)) {

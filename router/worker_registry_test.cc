@@ -1,0 +1,86 @@
+#include "router/worker_registry.h"
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/status_matchers.h"
+
+namespace tandem::router {
+namespace {
+
+using ::tandem::testing::StatusIs;
+using tandem::v1::WORKER_ROLE_DECODE;
+using tandem::v1::WORKER_ROLE_PREFILL;
+
+tandem::v1::RegisterRequest Worker(const std::string& id, tandem::v1::WorkerRole role,
+                                   const std::string& model = "m") {
+  tandem::v1::RegisterRequest r;
+  r.set_worker_id(id);
+  r.set_role(role);
+  r.set_address("127.0.0.1:1");  // never dialled: channels connect lazily
+  r.set_model_id(model);
+  return r;
+}
+
+TEST(WorkerRegistryTest, RoundRobinPerRoleSkippingExcluded) {
+  WorkerRegistry reg({.heartbeat_interval = absl::Seconds(10), .model_id = "m"});
+  ASSERT_OK(reg.Register(Worker("d1", WORKER_ROLE_DECODE)));
+  ASSERT_OK(reg.Register(Worker("p1", WORKER_ROLE_PREFILL)));
+  ASSERT_OK(reg.Register(Worker("d2", WORKER_ROLE_DECODE)));
+  std::vector<std::string> picks;
+  for (int i = 0; i < 4; ++i) picks.push_back(reg.Pick(WORKER_ROLE_DECODE)->id);
+  EXPECT_EQ(picks, (std::vector<std::string>{"d1", "d2", "d1", "d2"}));
+  EXPECT_EQ(reg.Pick(WORKER_ROLE_PREFILL)->id, "p1");
+  EXPECT_EQ(reg.Pick(WORKER_ROLE_DECODE, {"d1"})->id, "d2");
+  EXPECT_THAT(reg.Pick(WORKER_ROLE_DECODE, {"d1", "d2"}).status(),
+              StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST(WorkerRegistryTest, MissedHeartbeatDeadlineTakesWorkerOutUntilItBeats) {
+  // Deadline = 50 ms x 2 misses.
+  WorkerRegistry reg({.heartbeat_interval = absl::Milliseconds(50), .misses_allowed = 2, .model_id = "m"});
+  ASSERT_OK(reg.Register(Worker("d1", WORKER_ROLE_DECODE)));
+  ASSERT_OK(reg.Register(Worker("d2", WORKER_ROLE_DECODE)));
+  // Let d1's deadline pass (a simulated silent worker), then d2 beats.
+  absl::SleepFor(absl::Milliseconds(150));
+  tandem::v1::HeartbeatRequest beat;
+  beat.set_worker_id("d2");
+  ASSERT_TRUE(reg.Heartbeat(beat));
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(reg.Pick(WORKER_ROLE_DECODE)->id, "d2");
+  tandem::v1::HeartbeatRequest hb;
+  hb.set_worker_id("d1");
+  ASSERT_TRUE(reg.Heartbeat(hb));  // back in rotation
+  std::set<std::string> seen;
+  for (int i = 0; i < 4; ++i) seen.insert(reg.Pick(WORKER_ROLE_DECODE)->id);
+  EXPECT_EQ(seen.size(), 2u);
+}
+
+TEST(WorkerRegistryTest, FailedWorkerLeavesRotationUntilNextHeartbeat) {
+  WorkerRegistry reg({.heartbeat_interval = absl::Seconds(10), .model_id = "m"});
+  ASSERT_OK(reg.Register(Worker("d1", WORKER_ROLE_DECODE)));
+  reg.MarkFailed("d1");
+  EXPECT_FALSE(reg.HasHealthy(WORKER_ROLE_DECODE));
+  tandem::v1::HeartbeatRequest hb;
+  hb.set_worker_id("d1");
+  EXPECT_TRUE(reg.Heartbeat(hb));
+  EXPECT_TRUE(reg.HasHealthy(WORKER_ROLE_DECODE));
+  hb.set_worker_id("unknown");
+  EXPECT_FALSE(reg.Heartbeat(hb));  // tells the worker to register again
+}
+
+TEST(WorkerRegistryTest, RegistrationErrorsNameTheField) {
+  WorkerRegistry reg({.model_id = "m"});
+  EXPECT_THAT(reg.Register(Worker("", WORKER_ROLE_DECODE)),
+              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("worker_id")));
+  EXPECT_THAT(reg.Register(Worker("x", tandem::v1::WORKER_ROLE_UNSPECIFIED)),
+              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("role")));
+  EXPECT_THAT(reg.Register(Worker("x", WORKER_ROLE_DECODE, "other")),
+              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("model_id")));
+}
+
+}  // namespace
+}  // namespace tandem::router
