@@ -1,21 +1,27 @@
 // KV transfer throughput: TransferEngine::Write between two processes against
-// ucx_perftest on the same transports, in one run.
+// ucx_perftest on the same transports, in one run (JSON on stdout).
 //
-//   build/bin/transfer_bench                       # JSON on stdout
-//   build/bin/transfer_bench --sizes-mib 4 --transports tcp
+//   build/bin/transfer_bench                       # 1, 4, 16 MiB; default + tcp
+//   build/bin/transfer_bench --sizes-mib 4 --transports tcp --trials 5
 //
 // For each transport setting ("default": UCX's choice, shared memory on one
 // host; "tcp": UCX_TLS=tcp) the benchmark re-executes itself as a sender with
-// that UCX_TLS, and the sender forks (fork + exec) a receiver with the same
+// that UCX_TLS, and the sender starts (fork + exec) a receiver with the same
 // environment. The receiver allocates its region with TransferEngine::Allocate
 // (UCX-allocated memory, as ucx_perftest uses) and also registers ordinary
-// heap memory. The sender times Write calls of `--batch` blocks each (one KV
-// block = one WriteRequest; a Write returns only after the receiver has
-// confirmed every byte) for kPut and kActiveMessage and each block size.
-// The matching ucx_perftest run (ucp_put_bw / ucp_am_bw, same size, same
-// UCX_TLS, server and client as two processes on 127.0.0.1) moves the same
-// number of bytes. The ratio is tandem / perftest. GB/s are 1e9 bytes/s
-// (ucx_perftest's MB/s are MiB/s and are converted).
+// heap memory (reported at the middle size only). The sender times Write calls
+// of `--batch` blocks (WriteRequests) each, for kPut and kActiveMessage and
+// each block size; a Write returns only after the receiver confirmed every
+// byte. Like ucx_perftest, every request copies the same source block to the
+// same remote block (--distinct-blocks spreads them), so that both measure the
+// transport rather than the cache.
+//
+// Each point runs `--trials` times, alternating a Tandem trial with a
+// ucx_perftest trial (server `ucx_perftest -p PORT`, client
+// `ucx_perftest 127.0.0.1 -p PORT -t ucp_put_bw|ucp_am_bw -s SIZE -n N`, same
+// UCX_TLS, same bytes), and keeps the best of each: the machine may be shared.
+// ratio = tandem / perftest. GB/s are 1e9 bytes/s (ucx_perftest's MB/s are
+// MiB/s and are converted).
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -81,7 +87,8 @@ bool ReadAll(int fd, void* data, size_t n, absl::Time deadline) {
   char* p = static_cast<char*>(data);
   while (n > 0) {
     pollfd pfd{fd, POLLIN, 0};
-    int ms = static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
+    int ms =
+        static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
     if (poll(&pfd, 1, ms) <= 0) return false;
     ssize_t r = ::read(fd, p, n);
     if (r <= 0) return false;
@@ -146,7 +153,8 @@ struct Process {
     char buf[4096];
     while (out >= 0) {
       pollfd pfd{out, POLLIN, 0};
-      int ms = static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
+      int ms =
+          static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
       if (poll(&pfd, 1, ms) <= 0) break;
       ssize_t r = ::read(out, buf, sizeof(buf));
       if (r <= 0) break;
@@ -233,7 +241,8 @@ int FreePort() {
 
 size_t BytesPerPoint(const std::string& transport, WriteOp op, size_t budget_mib) {
   // Puts over TCP are emulated by UCX 1.13 at well under 0.1 GB/s.
-  if (transport == "tcp" && op == WriteOp::kPut) return std::max<size_t>(budget_mib / 32, 16) * kMiB;
+  if (transport == "tcp" && op == WriteOp::kPut)
+    return std::max<size_t>(budget_mib / 32, 16) * kMiB;
   if (transport == "tcp") return std::max<size_t>(budget_mib / 2, 32) * kMiB;
   return budget_mib * kMiB;
 }
@@ -265,11 +274,11 @@ std::optional<double> RunPerftest(const std::string& transport, WriteOp op, size
                                             /*capture_stdout=*/true, /*quiet_stderr=*/true);
     if (server == nullptr) return std::nullopt;
     absl::SleepFor(absl::Milliseconds(150 * (attempt + 1)));
-    std::unique_ptr<Process> client = Spawn(
-        {"ucx_perftest", "127.0.0.1", "-p", port, "-t",
-         op == WriteOp::kPut ? "ucp_put_bw" : "ucp_am_bw", "-s", std::to_string(size), "-n",
-         std::to_string(iters), "-w", std::to_string(warmup)},
-        tls, false, /*capture_stdout=*/true, /*quiet_stderr=*/true);
+    std::unique_ptr<Process> client =
+        Spawn({"ucx_perftest", "127.0.0.1", "-p", port, "-t",
+               op == WriteOp::kPut ? "ucp_put_bw" : "ucp_am_bw", "-s", std::to_string(size), "-n",
+               std::to_string(iters), "-w", std::to_string(warmup)},
+              tls, false, /*capture_stdout=*/true, /*quiet_stderr=*/true);
     if (client == nullptr) return std::nullopt;
     absl::Time deadline = absl::Now() + absl::Seconds(60);
     std::string out = client->ReadOutput(deadline);
@@ -326,18 +335,19 @@ struct Point {
 // or `cap`; with `warm_up`, one untimed call first (connection, caches).
 std::optional<Point> TimeWrites(TransferEngine& engine, const RemoteRegion& remote, WriteOp op,
                                 size_t block, int batch, size_t total_bytes, absl::Duration cap,
-                                bool warm_up) {
-  std::vector<uint8_t> source(block * batch);
+                                bool warm_up, bool distinct_blocks) {
+  // ucx_perftest sends one buffer to one remote buffer over and over; by
+  // default so does this (every request of every Write: block 0 to block 0),
+  // so that both measure the transport and not the cache. With
+  // distinct_blocks, request b goes from source block b to remote block b.
+  int blocks = distinct_blocks ? batch : 1;
+  std::vector<uint8_t> source(block * blocks);
   for (size_t i = 0; i < source.size(); ++i) source[i] = static_cast<uint8_t>(i * 131 + 7);
-  // Like ucx_perftest, every Write goes to the same `batch` blocks of the
-  // region (a decode worker's receive buffers, reused).
-  size_t slots = std::max<size_t>(1, std::min<size_t>(batch, remote.bytes / block));
-  size_t next_slot = 0;
   auto one_write = [&]() -> bool {
     std::vector<WriteRequest> writes;
     for (int b = 0; b < batch; ++b) {
-      writes.push_back({source.data() + b * block, (next_slot % slots) * block, block});
-      ++next_slot;
+      size_t i = b % blocks;
+      writes.push_back({source.data() + i * block, i * block, block});
     }
     absl::Status s = engine.Write(remote, writes, absl::Now() + absl::Seconds(30), op);
     if (!s.ok()) std::cerr << "sender: " << s << "\n";
@@ -359,7 +369,7 @@ std::optional<Point> TimeWrites(TransferEngine& engine, const RemoteRegion& remo
 }
 
 int RunSender(const std::string& transport, const std::vector<size_t>& sizes, int batch,
-              size_t budget_mib, double cap_s, int trials, bool perftest) {
+              size_t budget_mib, double cap_s, int trials, bool perftest, bool distinct) {
   size_t region_bytes = *std::max_element(sizes.begin(), sizes.end()) * batch;
   std::unique_ptr<Process> receiver =
       Spawn({SelfExe(), "--role", "receiver", "--region-bytes", std::to_string(region_bytes)},
@@ -413,7 +423,7 @@ int RunSender(const std::string& transport, const std::vector<size_t>& sizes, in
         bool failed = false;
         for (int t = 0; t < trials && !failed; ++t) {
           std::optional<Point> p = TimeWrites(**engine, remote, op, size, batch, total,
-                                              absl::Seconds(cap_s), /*warm_up=*/t == 0);
+                                              absl::Seconds(cap_s), /*warm_up=*/t == 0, distinct);
           if (!p.has_value()) failed = true;
           if (p.has_value() && (!best.has_value() || p->gbps > best->gbps)) best = p;
           if (perftest && allocated_memory) {
@@ -467,7 +477,8 @@ int main(int argc, char** argv) {
   size_t budget_mib = 512;
   double cap_s = 2.0;
   bool perftest = true;
-  int trials = 3;
+  int trials = 5;
+  bool distinct = false;
   size_t region_bytes = 0;
   std::string transport_arg = "default";
   app.add_option("--sizes-mib", sizes_mib, "Block sizes in MiB, comma-separated")
@@ -484,6 +495,9 @@ int main(int argc, char** argv) {
   app.add_flag("--perftest,!--no-perftest", perftest, "Run ucx_perftest alongside (default)");
   app.add_option("--trials", trials, "Trials per point (Tandem and perftest alternate); best kept")
       ->capture_default_str();
+  app.add_flag("--distinct-blocks", distinct,
+               "Each request of a Write uses its own source and remote block (working set "
+               "batch x size) instead of ucx_perftest's one buffer pair");
   app.add_option("--role", role, "Internal: main, sender or receiver");
   app.add_option("--region-bytes", region_bytes, "Internal (receiver)");
   app.add_option("--transport", transport_arg, "Internal (sender)");
@@ -496,7 +510,7 @@ int main(int argc, char** argv) {
   }
   if (role == "receiver") return RunReceiver(region_bytes);
   if (role == "sender") {
-    return RunSender(transport_arg, sizes, batch, budget_mib, cap_s, trials, perftest);
+    return RunSender(transport_arg, sizes, batch, budget_mib, cap_s, trials, perftest, distinct);
   }
 
   auto start = Clock::now();
@@ -504,12 +518,12 @@ int main(int argc, char** argv) {
   json settings = json::array();
   for (absl::string_view t : absl::StrSplit(transports, ',', absl::SkipEmpty())) {
     std::string transport(t);
-    std::unique_ptr<Process> sender =
-        Spawn({SelfExe(), "--role", "sender", "--transport", transport, "--sizes-mib", sizes_mib,
-               "--batch", std::to_string(batch), "--budget-mib", std::to_string(budget_mib),
-               "--max-seconds-per-point", std::to_string(cap_s), "--trials",
-               std::to_string(trials), perftest ? "--perftest" : "--no-perftest"},
-              transport == "default" ? "" : transport, false, /*capture_stdout=*/true);
+    std::unique_ptr<Process> sender = Spawn(
+        {SelfExe(), "--role", "sender", "--transport", transport, "--sizes-mib", sizes_mib,
+         "--batch", std::to_string(batch), "--budget-mib", std::to_string(budget_mib),
+         "--max-seconds-per-point", std::to_string(cap_s), "--trials", std::to_string(trials),
+         perftest ? "--perftest" : "--no-perftest", distinct ? "--distinct-blocks" : "--perftest"},
+        transport == "default" ? "" : transport, false, /*capture_stdout=*/true);
     if (sender == nullptr) return 1;
     absl::Time deadline = absl::Now() + absl::Seconds(300);
     std::string out = sender->ReadOutput(deadline);
@@ -532,6 +546,7 @@ int main(int argc, char** argv) {
   report["benchmark"] = "transfer_bench";
   report["unit"] = "GB/s = 1e9 bytes/s";
   report["batch_blocks_per_write"] = batch;
+  report["distinct_blocks"] = distinct;
   report["settings"] = settings;
   report["results"] = results;
   report["elapsed_s"] = Seconds(Clock::now() - start);

@@ -107,8 +107,8 @@ constexpr absl::Duration kGracefulCloseTimeout = absl::Seconds(1);
 
 absl::Status FromUcs(ucs_status_t status, absl::string_view what) {
   if (status == UCS_OK) return absl::OkStatus();
-  std::string message = absl::StrCat(what, ": ", ucs_status_string(status), " (ucs ",
-                                     static_cast<int>(status), ")");
+  std::string message =
+      absl::StrCat(what, ": ", ucs_status_string(status), " (ucs ", static_cast<int>(status), ")");
   switch (status) {
     case UCS_ERR_NO_MEMORY:
     case UCS_ERR_NO_RESOURCE:
@@ -233,8 +233,9 @@ std::string PeerLabel(const RemoteRegion& remote) {
 
 int PollTimeoutMs(absl::Duration d) {
   if (d <= absl::ZeroDuration()) return 0;
-  return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(absl::Ceil(d, absl::Milliseconds(1))),
-                                            absl::ToInt64Milliseconds(kHousekeepingPeriod)));
+  return static_cast<int>(
+      std::min<int64_t>(absl::ToInt64Milliseconds(absl::Ceil(d, absl::Milliseconds(1))),
+                        absl::ToInt64Milliseconds(kHousekeepingPeriod)));
 }
 
 }  // namespace
@@ -457,7 +458,7 @@ class TransferEngine::Impl {
   // Immutable after Start() returns OK.
   std::thread thread_;
   std::string address_;
-  ucp_worker_h worker_ = nullptr;
+  ucp_worker_h worker_ = nullptr;  // set once under mu_ in Setup(), then read-only
   uint64_t sender_id_ = 0;
   uint64_t host_id_ = 0;
 
@@ -483,9 +484,10 @@ class TransferEngine::Impl {
   uint64_t next_seq_ = 1;
   absl::flat_hash_map<uint32_t, Region> regions_;
   absl::flat_hash_map<std::string, std::unique_ptr<Peer>> peers_;
-  // Dropped peers, freed at the next housekeeping pass (UCX may still name
-  // them in a callback during the current one).
+  // Dropped peers, kept for a housekeeping period in case UCX still names
+  // one in a callback.
   std::vector<std::unique_ptr<Peer>> retired_peers_;
+  std::vector<std::unique_ptr<Peer>> retired_peers_old_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<WriteState>> writes_;  // by seq
   absl::flat_hash_map<BatchKey, InboundBatch> inbound_;
   absl::flat_hash_set<RndvRecv*> rndv_recvs_;
@@ -499,8 +501,7 @@ class TransferEngine::Impl {
 
 absl::Status TransferEngine::Impl::Start() {
   thread_ = std::thread([this] { ThreadMain(); });
-  if (!setup_done_.WaitForNotificationWithTimeout(options_.default_timeout +
-                                                  absl::Seconds(5))) {
+  if (!setup_done_.WaitForNotificationWithTimeout(options_.default_timeout + absl::Seconds(5))) {
     // ucp_init does not take this long; the thread is joined in Stop().
     return absl::DeadlineExceededError(
         absl::StrCat("transfer engine '", options_.name, "': UCX setup did not finish"));
@@ -598,16 +599,15 @@ absl::Status TransferEngine::Impl::Setup() {
                                    absl::StrCat("UCX_TLS=", options_.transports)));
   }
   if (options_.keepalive_interval > absl::ZeroDuration()) {
-    std::string value =
-        absl::StrCat(std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.keepalive_interval)),
-                     "ms");
+    std::string value = absl::StrCat(
+        std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.keepalive_interval)), "ms");
     TANDEM_RETURN_IF_ERROR(FromUcs(ucp_config_modify(config, "KEEPALIVE_INTERVAL", value.c_str()),
                                    "UCX_KEEPALIVE_INTERVAL"));
   }
 
   ucp_params_t params{};
-  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED |
-                      UCP_PARAM_FIELD_NAME;
+  params.field_mask =
+      UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED | UCP_PARAM_FIELD_NAME;
   params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
   params.mt_workers_shared = 0;
   params.name = options_.name.c_str();
@@ -622,10 +622,12 @@ absl::Status TransferEngine::Impl::Setup() {
   wparams.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE | UCP_WORKER_PARAM_FIELD_NAME;
   wparams.thread_mode = UCS_THREAD_MODE_SINGLE;
   wparams.name = options_.name.c_str();
-  st = ucp_worker_create(context_, &wparams, &worker_);
-  if (st != UCS_OK) {
-    worker_ = nullptr;
-    return FromUcs(st, "ucp_worker_create");
+  ucp_worker_h worker = nullptr;
+  st = ucp_worker_create(context_, &wparams, &worker);
+  if (st != UCS_OK) return FromUcs(st, "ucp_worker_create");
+  {
+    absl::MutexLock lock(&mu_);  // Stop() may read it if Start() gave up waiting
+    worker_ = worker;
   }
 
   struct Handler {
@@ -654,8 +656,8 @@ absl::Status TransferEngine::Impl::Setup() {
     hp.flags = UCP_AM_FLAG_WHOLE_MSG;
     hp.cb = h.cb;
     hp.arg = this;
-    TANDEM_RETURN_IF_ERROR(FromUcs(ucp_worker_set_am_recv_handler(worker_, &hp),
-                                   "ucp_worker_set_am_recv_handler"));
+    TANDEM_RETURN_IF_ERROR(
+        FromUcs(ucp_worker_set_am_recv_handler(worker_, &hp), "ucp_worker_set_am_recv_handler"));
   }
 
   TANDEM_RETURN_IF_ERROR(FromUcs(ucp_worker_get_efd(worker_, &efd_), "ucp_worker_get_efd"));
@@ -690,7 +692,9 @@ void TransferEngine::Impl::Loop() {
     absl::Time now = absl::Now();
     ExpireWrites(now);
     if (now >= next_housekeeping_) {
-      retired_peers_.clear();
+      // Two generations: a peer is freed one to two periods after its drop.
+      retired_peers_old_.clear();
+      retired_peers_old_.swap(retired_peers_);
       ExpireInboundBatches(now);
       ReapCloseRequests();
       next_housekeeping_ = now + kHousekeepingPeriod;
@@ -702,9 +706,9 @@ void TransferEngine::Impl::Loop() {
     ucs_status_t st = ucp_worker_arm(worker_);
     if (st == UCS_ERR_BUSY) continue;  // events arrived meanwhile: progress again
     if (HasTasks()) continue;
-    int timeout_ms = st == UCS_OK ? PollTimeoutMs(std::min(NextDeadline(), next_housekeeping_) -
-                                                  absl::Now())
-                                  : 1;  // arm failed (never seen): poll gently
+    int timeout_ms = st == UCS_OK
+                         ? PollTimeoutMs(std::min(NextDeadline(), next_housekeeping_) - absl::Now())
+                         : 1;  // arm failed (never seen): poll gently
     pollfd pfd{efd_, POLLIN, 0};
     poll(&pfd, 1, timeout_ms);
   }
@@ -767,6 +771,7 @@ void TransferEngine::Impl::Teardown() {
     accepting_ = false;
   }
   if (worker_ != nullptr) RunTasks();
+  if (worker_ != nullptr) HandleFailedPeers();
   // Writes still in flight (the destructor's REQUIRES forbids them, but a
   // caller that broke the contract must not hang): fail them.
   std::vector<std::shared_ptr<WriteState>> left;
@@ -805,22 +810,25 @@ void TransferEngine::Impl::Teardown() {
     for (auto& [seq, s] : writes_) left.push_back(s);
     for (auto& s : left) {
       if (s->status.ok()) s->status = absl::CancelledError("transfer engine destroyed");
+      for (void* r : s->requests) ucp_request_free(r);  // no callback after this
       s->requests.clear();
       MaybeFinish(s.get());
     }
   }
-  peers_.clear();
-  retired_peers_.clear();
-  for (auto& [id, region] : regions_) {
-    if (region.memh != nullptr) ucp_mem_unmap(context_, region.memh);
-  }
-  regions_.clear();
-  inbound_.clear();
   {
     absl::MutexLock lock(&mu_);
     torn_down_ = true;
   }
   if (worker_ != nullptr) ucp_worker_destroy(worker_);
+  // Peers (error-callback arguments) and regions outlive the worker.
+  peers_.clear();
+  retired_peers_.clear();
+  retired_peers_old_.clear();
+  for (auto& [id, region] : regions_) {
+    if (region.memh != nullptr) ucp_mem_unmap(context_, region.memh);
+  }
+  regions_.clear();
+  inbound_.clear();
   for (RndvRecv* r : rndv_recvs_) delete r;
   rndv_recvs_.clear();
   for (AckMessage* a : acks_in_flight_) delete a;
@@ -842,8 +850,8 @@ absl::StatusOr<RegisteredRegion> TransferEngine::Impl::DoRegister(void* base, si
   mp.length = bytes;
   mp.flags = allocate ? UCP_MEM_MAP_ALLOCATE : 0;
   ucp_mem_h memh = nullptr;
-  TANDEM_RETURN_IF_ERROR(FromUcs(ucp_mem_map(context_, &mp, &memh),
-                                 absl::StrCat("ucp_mem_map of ", bytes, " bytes")));
+  TANDEM_RETURN_IF_ERROR(
+      FromUcs(ucp_mem_map(context_, &mp, &memh), absl::StrCat("ucp_mem_map of ", bytes, " bytes")));
   absl::Cleanup unmap = [this, memh] { ucp_mem_unmap(context_, memh); };
 
   ucp_mem_attr_t attr{};
@@ -909,8 +917,8 @@ absl::StatusOr<TransferEngine::Impl::Region*> TransferEngine::Impl::FindRegionRa
 
 absl::Status TransferEngine::Impl::PeerError(const Peer& peer, ucs_status_t status,
                                              absl::string_view what) const {
-  return absl::UnavailableError(absl::StrCat("peer ", peer.label, ": ", what, ": ",
-                                             ucs_status_string(status)));
+  return absl::UnavailableError(
+      absl::StrCat("peer ", peer.label, ": ", what, ": ", ucs_status_string(status)));
 }
 
 void TransferEngine::Impl::ErrorCallback(void* arg, ucp_ep_h ep, ucs_status_t status) {
@@ -1020,15 +1028,15 @@ absl::StatusOr<TransferEngine::Impl::Peer*> TransferEngine::Impl::GetOrConnect(
 
   if (options_.shared_memory_fast_path && local_has_shm_ && header.host_id == host_id_) {
     ucp_ep_params_t shm_params{};
-    shm_params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+    shm_params.field_mask =
+        UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
     shm_params.address = ucx_address;
     shm_params.err_mode = UCP_ERR_HANDLING_MODE_NONE;
     ucp_ep_h shm_ep = nullptr;
     if (ucp_ep_create(worker_, &shm_params, &shm_ep) == UCS_OK) {
       std::vector<std::string> tls = EndpointTransports(shm_ep);
-      bool shm = std::any_of(tls.begin(), tls.end(), [](const std::string& tl) {
-        return IsSharedMemoryTransport(tl);
-      });
+      bool shm = std::any_of(tls.begin(), tls.end(),
+                             [](const std::string& tl) { return IsSharedMemoryTransport(tl); });
       if (shm) {
         peer->data_ep = shm_ep;
       } else {
@@ -1041,8 +1049,8 @@ absl::StatusOr<TransferEngine::Impl::Peer*> TransferEngine::Impl::GetOrConnect(
   std::vector<std::string> tls = EndpointTransports(peer->data_ep);
   peer->transports = absl::StrJoin(tls, ",");
   peer->data_is_shm = peer->data_ep != peer->ctl_ep;
-  peer->data_has_rdma =
-      std::any_of(tls.begin(), tls.end(), [](const std::string& tl) { return IsRdmaTransport(tl); });
+  peer->data_has_rdma = std::any_of(tls.begin(), tls.end(),
+                                    [](const std::string& tl) { return IsRdmaTransport(tl); });
 
   Peer* raw = peer.get();
   peers_.emplace(address, std::move(peer));
@@ -1087,8 +1095,8 @@ absl::StatusOr<std::string> TransferEngine::Impl::DoDataTransports(const RemoteR
 // Writes (sender side).
 
 absl::Status TransferEngine::Impl::Write(const RemoteRegion& remote,
-                                         absl::Span<const WriteRequest> writes,
-                                         absl::Time deadline, WriteOp op) {
+                                         absl::Span<const WriteRequest> writes, absl::Time deadline,
+                                         WriteOp op) {
   if (OnProgressThread()) {
     return absl::FailedPreconditionError("Write called on the transfer progress thread");
   }
@@ -1170,7 +1178,7 @@ void TransferEngine::Impl::StartWrite(std::shared_ptr<WriteState> state) {
   s->peer = *peer;
   s->peer->ops.insert(s);
   ucp_rkey_h rkey = nullptr;
-  WriteOp op = s->requested == WriteOp::kAuto ? options_.op : s->requested;
+  WriteOp op = s->requested;
   if (op != WriteOp::kActiveMessage) {
     absl::StatusOr<ucp_rkey_h> r = GetRkey(s->peer, s->remote.packed_rkey);
     if (!r.ok()) {
@@ -1206,8 +1214,7 @@ void TransferEngine::Impl::Track(WriteState* s, ucs_status_ptr_t ptr, absl::stri
   }
   if (UCS_PTR_IS_ERR(ptr)) {
     ucs_status_t st = UCS_PTR_STATUS(ptr);
-    Fail(s, s->peer != nullptr ? PeerError(*s->peer, st, what)
-                               : FromUcs(st, what));
+    Fail(s, s->peer != nullptr ? PeerError(*s->peer, st, what) : FromUcs(st, what));
     return;
   }
   s->requests.insert(ptr);
@@ -1223,8 +1230,8 @@ void TransferEngine::Impl::OnRequestDone(WriteState* s, void* request, ucs_statu
   ucp_request_free(request);
   if (status != UCS_OK) {
     if (s->status.ok()) {
-      s->status = s->peer != nullptr ? PeerError(*s->peer, status, "write")
-                                     : FromUcs(status, "write");
+      s->status =
+          s->peer != nullptr ? PeerError(*s->peer, status, "write") : FromUcs(status, "write");
     }
   } else if (was_flush && s->status.ok()) {
     SendFence(s);
@@ -1239,8 +1246,9 @@ void TransferEngine::Impl::IssuePuts(WriteState* s, ucp_rkey_h rkey) {
   param.user_data = s;
   s->records.reserve(s->writes.size());
   for (const WriteRequest& w : s->writes) {
-    Track(s, ucp_put_nbx(s->peer->data_ep, w.local, w.bytes, s->remote.base_address + w.remote_offset,
-                         rkey, &param),
+    Track(s,
+          ucp_put_nbx(s->peer->data_ep, w.local, w.bytes, s->remote.base_address + w.remote_offset,
+                      rkey, &param),
           "ucp_put_nbx");
     if (!s->status.ok()) return;
     s->records.push_back(PutRecord{s->remote.region_id, 0, w.remote_offset, w.bytes});
@@ -1260,9 +1268,11 @@ void TransferEngine::Impl::IssueActiveMessages(WriteState* s) {
   s->headers.resize(s->writes.size());
   for (size_t i = 0; i < s->writes.size(); ++i) {
     const WriteRequest& w = s->writes[i];
-    s->headers[i] = DataHeader{kWireMagic, s->remote.region_id, sender_id_, s->seq, w.remote_offset};
-    Track(s, ucp_am_send_nbx(s->peer->data_ep, kAmData, &s->headers[i], sizeof(DataHeader), w.local,
-                             w.bytes, &param),
+    s->headers[i] =
+        DataHeader{kWireMagic, s->remote.region_id, sender_id_, s->seq, w.remote_offset};
+    Track(s,
+          ucp_am_send_nbx(s->peer->data_ep, kAmData, &s->headers[i], sizeof(DataHeader), w.local,
+                          w.bytes, &param),
           "ucp_am_send_nbx");
     if (!s->status.ok()) return;
   }
@@ -1283,8 +1293,9 @@ void TransferEngine::Impl::SendFence(WriteState* s) {
   param.cb.send = &Impl::SendCallback;
   param.user_data = s;
   param.flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
-  Track(s, ucp_am_send_nbx(s->peer->data_ep, kAmFence, &s->fence, sizeof(FenceHeader),
-                           s->records.data(), s->records.size() * sizeof(PutRecord), &param),
+  Track(s,
+        ucp_am_send_nbx(s->peer->data_ep, kAmFence, &s->fence, sizeof(FenceHeader),
+                        s->records.data(), s->records.size() * sizeof(PutRecord), &param),
         "fence ucp_am_send_nbx");
 }
 
@@ -1315,15 +1326,15 @@ void TransferEngine::Impl::ExpireWrites(absl::Time now) {
   }
   for (auto& s : expired) {
     if (s->finished) continue;
-    Fail(s.get(), absl::DeadlineExceededError(absl::StrCat(
-                      "write of ", s->total_bytes, " bytes to peer ", s->label, " (",
-                      WriteOpName(s->op), ") not complete by its deadline")));
+    Fail(s.get(), absl::DeadlineExceededError(
+                      absl::StrCat("write of ", s->total_bytes, " bytes to peer ", s->label, " (",
+                                   WriteOpName(s->op), ") not complete by its deadline")));
     if (s->finished) continue;
     if (s->peer != nullptr) {
       // Never leave UCX working on the caller's buffers: reset the connection.
-      DropPeer(s->peer, absl::UnavailableError(absl::StrCat(
-                            "peer ", s->label,
-                            ": connection reset because a write to it timed out")));
+      DropPeer(s->peer,
+               absl::UnavailableError(absl::StrCat(
+                   "peer ", s->label, ": connection reset because a write to it timed out")));
     }
   }
 }
@@ -1384,8 +1395,7 @@ void TransferEngine::Impl::OnRndvDone(RndvRecv* recv, ucs_status_t status) {
   auto it = regions_.find(recv->region_id);
   if (it != regions_.end()) --it->second.inflight;
   if (status == UCS_OK) {
-    Landed(recv->key, recv->region_id, recv->offset, recv->bytes, absl::OkStatus(),
-           recv->reply_ep);
+    Landed(recv->key, recv->region_id, recv->offset, recv->bytes, absl::OkStatus(), recv->reply_ep);
   } else {
     // The sender failed or cancelled; its endpoint may be gone, so no reply.
     auto b = inbound_.find(recv->key);
@@ -1463,10 +1473,9 @@ void TransferEngine::Impl::AckSentCallback(void* request, ucs_status_t, void* us
 
 void TransferEngine::Impl::SendAck(ucp_ep_h reply_ep, const BatchKey& key,
                                    const absl::Status& status) {
-  auto* ack = new AckMessage{this,
-                             AckHeader{kWireMagic, static_cast<int32_t>(status.code()), key.first,
-                                       key.second},
-                             std::string(status.message())};
+  auto* ack = new AckMessage{
+      this, AckHeader{kWireMagic, static_cast<int32_t>(status.code()), key.first, key.second},
+      std::string(status.message())};
   ucp_request_param_t param{};
   param.op_attr_mask =
       UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
@@ -1506,9 +1515,8 @@ ucs_status_t TransferEngine::Impl::OnAck(const void* header, size_t header_lengt
 }
 
 void TransferEngine::Impl::ExpireInboundBatches(absl::Time now) {
-  absl::erase_if(inbound_, [now](const auto& entry) {
-    return now - entry.second.touched > kInboundBatchTtl;
-  });
+  absl::erase_if(
+      inbound_, [now](const auto& entry) { return now - entry.second.touched > kInboundBatchTtl; });
 }
 
 // ---------------------------------------------------------------------------
@@ -1649,8 +1657,8 @@ absl::StatusOr<RemoteRegion> DecodeRemoteRegion(absl::string_view in) {
   RemoteRegion r;
   uint64_t magic = 0, id = 0, base = 0, bytes = 0;
   if (!GetU64(in, magic) || magic != kRegionCodecMagic || !GetBytes(in, r.worker_address) ||
-      !GetU64(in, id) || !GetU64(in, base) || !GetU64(in, bytes) ||
-      !GetBytes(in, r.packed_rkey) || !GetBytes(in, r.peer_name) || !in.empty()) {
+      !GetU64(in, id) || !GetU64(in, base) || !GetU64(in, bytes) || !GetBytes(in, r.packed_rkey) ||
+      !GetBytes(in, r.peer_name) || !in.empty()) {
     return absl::InvalidArgumentError("malformed encoded RemoteRegion");
   }
   r.region_id = static_cast<uint32_t>(id);

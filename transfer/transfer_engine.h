@@ -88,15 +88,19 @@ enum class MemoryKind {
 enum class WriteOp {
   // Chosen per connection and region (see TransferEngine::ChooseOp):
   //   kPut when the peer's memory is one-sided writable at full speed: the
-  //     region is a UCX-allocated shared-memory segment on this host (the put
-  //     is one memcpy into the mapped segment), or the connection has an RDMA
-  //     transport (rc/dc: the NIC writes, the peer's CPU idles);
-  //   kActiveMessage otherwise: over TCP UCX 1.13 has no put transport and
-  //     emulates puts in software (measured 0.07-0.08 GB/s for 4 MiB puts
-  //     against 1.3 GB/s for active messages, ucx_perftest and this engine
-  //     alike); over shared memory into ordinary (non-segment) memory a put is
-  //     emulated as well, while an active message uses rendezvous with a CMA
-  //     single copy into the final place.
+  //     region is a UCX-allocated shared-memory segment on this host
+  //     (ucp_rkey_ptr succeeds; the put is one memcpy into the mapped
+  //     segment), or the connection has an RDMA transport (rc/dc: the NIC
+  //     writes, the peer's CPU idles);
+  //   kActiveMessage otherwise. Over TCP, UCX 1.13 has no put transport and
+  //     emulates puts with messages that the peer's thread must serve:
+  //     measured 0.4-0.6 GB/s (ucx_perftest, whose passive side barely
+  //     progresses: 0.02-0.8) against 0.8-2.9 GB/s for active messages. Over
+  //     shared memory into ordinary (Register'ed, not Allocate'd) memory, puts
+  //     are emulated the same way and swing from 0.07 to 14 GB/s with the
+  //     peer thread's scheduling, while an active message is a rendezvous
+  //     whose bytes the peer pulls with one CMA copy (2.5-10 GB/s).
+  //   Figures: bench/transfer_bench.cc, docs/PERFORMANCE.md.
   kAuto,
   // ucp_put_nbx into the registered remote region (one-sided), then
   // ucp_ep_flush_nbx.
@@ -208,7 +212,9 @@ class TransferEngine {
 
   // Fails whatever is still in flight, closes every connection, unmaps every
   // region, destroys the worker and the context, and joins the progress
-  // thread. REQUIRES: no other thread is inside a method of this engine.
+  // thread: at least ~20 ms (connection setups in flight finish first; UCX
+  // 1.13 aborts the process if it purges one), at most ~3 s when peers do not
+  // answer. REQUIRES: no other thread is inside a method of this engine.
   ~TransferEngine();
 
   TransferEngine(const TransferEngine&) = delete;
