@@ -1,0 +1,128 @@
+#include "engine/engine_runner.h"
+
+#include <atomic>
+#include <map>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "model/loader.h"
+#include "tests/testing/status_matchers.h"
+
+namespace tandem::engine {
+namespace {
+
+using ::tandem::testing::StatusIs;
+
+class EngineRunnerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = *model::LoadModel("synthetic:tiny");
+    backend_ = kernels::CreateCpuBackend({.num_threads = 1});
+    llama_ = *model::LlamaModel::Create(model_->config, model_->weights, backend_.get());
+    engine_ = *Engine::Create({.block_size = 4, .num_blocks = 256}, llama_.get(), backend_.get(),
+                              model_->tokenizer.get());
+  }
+
+  std::unique_ptr<model::LoadedModel> model_;
+  std::unique_ptr<kernels::Backend> backend_;
+  std::unique_ptr<model::LlamaModel> llama_;
+  std::unique_ptr<Engine> engine_;
+};
+
+// Requests submitted from many threads at once each get their own updates,
+// in order, ending once, with the tokens a lone run gives.
+TEST_F(EngineRunnerTest, ConcurrentSubmittersGetTheirOwnOrderedUpdates) {
+  EngineRunner runner(engine_.get(), {});
+  constexpr int kThreads = 4, kPerThread = 6;
+  std::vector<std::vector<int32_t>> tokens(kThreads * kPerThread);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        const int64_t id = t * kPerThread + i;
+        auto queue = std::make_shared<UpdateQueue>();
+        EngineRequest req{.id = id,
+                          .prompt_tokens = {1, static_cast<int32_t>(10 + id), 20, 30},
+                          .max_tokens = 5,
+                          .stop_at_eos = false};
+        ASSERT_OK(runner.Submit(req, [queue](const SequenceUpdate& u) { queue->Push(u); },
+                                absl::Now() + absl::Seconds(10)));
+        for (;;) {
+          std::optional<SequenceUpdate> u = queue->Pop(absl::Now() + absl::Seconds(10));
+          ASSERT_TRUE(u.has_value()) << "no update within the deadline";
+          ASSERT_EQ(u->id, id);
+          tokens[id].insert(tokens[id].end(), u->new_tokens.begin(), u->new_tokens.end());
+          if (u->end != SequenceEnd::kNone) {
+            EXPECT_EQ(u->end, SequenceEnd::kLength);
+            break;
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  runner.Stop();
+  for (int64_t id = 0; id < kThreads * kPerThread; ++id) {
+    EXPECT_EQ(tokens[id].size(), 5u) << id;
+  }
+  // Same tokens as a lone run of the same prompt (batch invariance through
+  // the runner).
+  const std::vector<int32_t> prompt = {1, 10, 20, 30};
+  auto engine = *Engine::Create({.block_size = 4, .num_blocks = 64}, llama_.get(), backend_.get(),
+                                model_->tokenizer.get());
+  ASSERT_OK(engine->Add({.id = 0, .prompt_tokens = prompt, .max_tokens = 5, .stop_at_eos = false}));
+  std::vector<int32_t> lone;
+  while (engine->HasWork()) {
+    absl::StatusOr<std::vector<SequenceUpdate>> updates = engine->Step();
+    ASSERT_OK(updates);
+    for (const SequenceUpdate& u : *updates) lone.insert(lone.end(), u.new_tokens.begin(), u.new_tokens.end());
+  }
+  EXPECT_EQ(tokens[0], lone);
+}
+
+TEST_F(EngineRunnerTest, RunExecutesOnTheEngineThreadAndReportsLoad) {
+  EngineRunner runner(engine_.get(), {});
+  std::thread::id engine_thread;
+  ASSERT_OK(runner.Run(
+      [&](Engine& e) {
+        engine_thread = std::this_thread::get_id();
+        return absl::OkStatus();
+      },
+      absl::Now() + absl::Seconds(5)));
+  EXPECT_NE(engine_thread, std::this_thread::get_id());
+  EXPECT_THAT(runner.Run([](Engine&) { return absl::InternalError("boom"); }, absl::Now() + absl::Seconds(5)),
+              StatusIs(absl::StatusCode::kInternal));
+  EXPECT_EQ(runner.load().total_blocks, 256);
+}
+
+TEST_F(EngineRunnerTest, StopFailsLiveRequestsAndRefusesNewWork) {
+  auto runner = std::make_unique<EngineRunner>(engine_.get(), EngineRunner::Options{});
+  auto queue = std::make_shared<UpdateQueue>();
+  // Long enough that it is still running when Stop comes.
+  ASSERT_OK(runner->Submit({.id = 1, .prompt_tokens = {1, 2, 3}, .max_tokens = 1000, .stop_at_eos = false},
+                           [queue](const SequenceUpdate& u) { queue->Push(u); },
+                           absl::Now() + absl::Seconds(5)));
+  runner->Stop();
+  SequenceEnd last = SequenceEnd::kNone;
+  while (std::optional<SequenceUpdate> u = queue->Pop(absl::Now() + absl::Milliseconds(100))) {
+    last = u->end;
+  }
+  EXPECT_TRUE(last == SequenceEnd::kError || last == SequenceEnd::kLength);
+  EXPECT_THAT(runner->Run([](Engine&) { return absl::OkStatus(); }, absl::Now() + absl::Seconds(1)),
+              StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST_F(EngineRunnerTest, TickRunsOnTheEngineThread) {
+  std::atomic<int> ticks{0};
+  EngineRunner runner(engine_.get(), {.on_tick = [&](Engine&) { ++ticks; }, .tick = absl::Milliseconds(5)});
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (ticks.load() < 3 && absl::Now() < deadline) {
+    ASSERT_OK(runner.Run([](Engine&) { return absl::OkStatus(); }, deadline));
+  }
+  EXPECT_GE(ticks.load(), 3);
+}
+
+}  // namespace
+}  // namespace tandem::engine
