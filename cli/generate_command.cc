@@ -62,6 +62,10 @@ void RegisterGenerate(CLI::App* cmd, GenerateFlags* f) {
   cmd->add_option("--timeout-s", f->timeout_s, "With --remote: give up after this many seconds")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--tls-ca", f->tls_ca, "With --remote: connect with TLS, verifying the router against this PEM CA");
+  cmd->add_option("--tls-cert", f->tls_cert,
+                  "With --remote: PEM client certificate for a router that requires mutual TLS");
+  cmd->add_option("--tls-key", f->tls_key, "With --remote: PEM private key of --tls-cert");
   cmd->callback([cmd, f] {
     f->model_given = cmd->count("--model") > 0;
     const int code = RunGenerate(*f);

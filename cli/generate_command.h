@@ -33,6 +33,12 @@ struct GenerateFlags {
   std::string remote;
   // Remote mode: deadline of the whole call, seconds.
   int32_t timeout_s = 300;
+  // Remote mode, TLS (all PEM files; empty: off): the CA that signs the
+  // router's certificate (setting it turns TLS on), and this client's
+  // certificate and key for a router that requires mutual TLS.
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
   // Whether --model was given (remote mode sends it only then).
   bool model_given = false;
 };

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "cli/server_commands.h"
 #include "nlohmann/json.hpp"
 #include "tandem/v1/tandem.grpc.pb.h"
 #include "tandem/v1/tandem.pb.h"
@@ -69,8 +70,20 @@ int RunRemoteGenerate(const GenerateFlags& f) {
   // default would reject every cluster serving anything else.
   if (f.model_given) request.set_model(f.model);
 
-  std::unique_ptr<v1::Tandem::Stub> stub =
-      v1::Tandem::NewStub(grpc::CreateChannel(f.remote, grpc::InsecureChannelCredentials()));
+  if (f.tls_cert.empty() != f.tls_key.empty()) {
+    std::cerr << kPrefix << ": --tls-cert and --tls-key go together\n";
+    return 2;
+  }
+  const TlsFlags tls{.enabled = !f.tls_ca.empty() || !f.tls_cert.empty(),
+                     .cert_file = f.tls_cert,
+                     .key_file = f.tls_key,
+                     .ca_file = f.tls_ca};
+  absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(tls);
+  if (!channels.ok()) {
+    std::cerr << kPrefix << ": " << channels.status().message() << "\n";
+    return 2;
+  }
+  std::unique_ptr<v1::Tandem::Stub> stub = v1::Tandem::NewStub((*channels)(f.remote));
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(f.timeout_s));
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub->Generate(&context, request);

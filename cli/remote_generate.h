@@ -4,7 +4,8 @@
 // arrives), or with --json one line {"prompt_token_ids", "generated_token_ids",
 // "text", "finish_reason"}. Local-only flags (--threads, --block-size,
 // --kv-cache-mb, --max-running, --max-step-tokens) are ignored; --prompts-file
-// is not supported remotely (usage error).
+// is not supported remotely (usage error). --tls-ca (and --tls-cert/--tls-key
+// for mutual TLS) connect with TLS.
 #ifndef TANDEM_CLI_REMOTE_GENERATE_H_
 #define TANDEM_CLI_REMOTE_GENERATE_H_
 

@@ -4,15 +4,20 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <thread>
+#include <tuple>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 #include "decode_worker/decode_service.h"
 #include "engine/engine.h"
 #include "engine/engine_runner.h"
+#include "google/protobuf/util/json_util.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -54,19 +59,285 @@ void PrintReady(const nlohmann::json& line) {
   std::cout << line.dump() << std::endl;  // endl: flush, `tandem up` is reading
 }
 
+// Listens on host:port only (never on other addresses).
 std::unique_ptr<grpc::Server> StartServer(const std::string& host, int32_t port,
+                                          std::shared_ptr<grpc::ServerCredentials> credentials,
                                           const std::vector<grpc::Service*>& services,
                                           int* bound_port) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(absl::StrFormat("%s:%d", host, port), grpc::InsecureServerCredentials(),
-                           bound_port);
+  builder.AddListeningPort(absl::StrFormat("%s:%d", host, port), std::move(credentials), bound_port);
   for (grpc::Service* s : services) builder.RegisterService(s);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server != nullptr) server->GetHealthCheckService()->SetServingStatus(true);
   return server;
 }
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, const std::string& what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrFormat("%s: cannot read '%s'", what, path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// The merge of a config file into flags: a value the file sets replaces the
+// flag's default unless the flag was given on the command line.
+class Merger {
+ public:
+  explicit Merger(const CLI::App& cmd) : cmd_(cmd) {}
+
+  template <typename T>
+  void Set(const char* flag, bool present, const T& value, T* out) const {
+    if (present && cmd_.count(flag) == 0) *out = value;
+  }
+
+ private:
+  const CLI::App& cmd_;
+};
+
+// `name` is the config field ("router.port"), `flag` the flag ("--port").
+absl::Status CheckRange(const std::string& source, const char* name, const char* flag, int64_t value,
+                        int64_t lo, int64_t hi) {
+  if (value >= lo && value <= hi) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat("%s: %s (%s) is %d; must be in [%d, %d]", source, name,
+                                                    flag, value, lo, hi));
+}
+
+// Where a merged value may have come from, for messages.
+std::string Source(const std::string& config) {
+  return config.empty() ? "flags" : absl::StrCat("flags or --config ", config);
+}
+
+void MergeTls(const Merger& m, const tandem::v1::TlsConfig& c, TlsFlags* t) {
+  m.Set("--tls-cert", c.has_cert_file(), c.cert_file(), &t->cert_file);
+  m.Set("--tls-key", c.has_key_file(), c.key_file(), &t->key_file);
+  m.Set("--tls-ca", c.has_ca_file(), c.ca_file(), &t->ca_file);
+  if (c.has_enabled()) t->enabled = c.enabled();
+  if (c.has_require_client_auth()) t->require_client_auth = c.require_client_auth();
+  if (c.has_server_name()) t->server_name = c.server_name();
+}
+
+absl::Status ValidateTls(const std::string& source, TlsFlags* t) {
+  if (!t->cert_file.empty()) t->enabled = true;
+  if (!t->enabled) return absl::OkStatus();
+  if (t->cert_file.empty() || t->key_file.empty()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: TLS is enabled but tls.cert_file (--tls-cert) and tls.key_file (--tls-key) are not both set",
+        source));
+  }
+  return absl::OkStatus();
+}
+
+tandem::v1::TlsConfig TlsProto(const TlsFlags& t) {
+  tandem::v1::TlsConfig c;
+  c.set_enabled(t.enabled);
+  c.set_cert_file(t.cert_file);
+  c.set_key_file(t.key_file);
+  c.set_ca_file(t.ca_file);
+  c.set_require_client_auth(t.require_client_auth);
+  c.set_server_name(t.server_name);
+  return c;
+}
+
+std::string ToJson(const tandem::v1::ClusterConfig& c) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(c, &out, options);
+  return out;
+}
+
+// Applies --config to `f` (flags given on the command line win) and
+// validates the result.
+absl::Status ResolveRouterFlags(const CLI::App& cmd, RouterFlags* f) {
+  if (!f->config.empty()) {
+    absl::StatusOr<tandem::v1::ClusterConfig> config = LoadClusterConfig(f->config);
+    if (!config.ok()) return config.status();
+    const Merger m(cmd);
+    const tandem::v1::RouterConfig& r = config->router();
+    m.Set("--host", r.has_host(), r.host(), &f->host);
+    m.Set("--port", r.has_port(), r.port(), &f->port);
+    m.Set("--model", r.has_model(), r.model(), &f->model);
+    m.Set("--heartbeat-ms", r.has_heartbeat_ms(), r.heartbeat_ms(), &f->heartbeat_ms);
+    m.Set("--heartbeat-misses", r.has_heartbeat_misses(), r.heartbeat_misses(), &f->heartbeat_misses);
+    m.Set("--policy", r.has_policy(), r.policy(), &f->policy);
+    MergeTls(m, config->tls(), &f->tls);
+  }
+  const std::string source = Source(f->config);
+  if (f->host.empty()) return absl::InvalidArgumentError(source + ": router.host (--host) is empty");
+  for (absl::Status s : {CheckRange(source, "router.port", "--port", f->port, 0, 65535),
+                         CheckRange(source, "router.heartbeat_ms", "--heartbeat-ms", f->heartbeat_ms, 1, 3600000),
+                         CheckRange(source, "router.heartbeat_misses", "--heartbeat-misses", f->heartbeat_misses,
+                                    1, 1000)}) {
+    if (!s.ok()) return s;
+  }
+  if (f->policy != "round_robin") {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: router.policy (--policy) is '%s'; must be one of: round_robin", source, f->policy));
+  }
+  return ValidateTls(source, &f->tls);
+}
+
+absl::Status ResolveWorkerFlags(const CLI::App& cmd, WorkerFlags* f) {
+  if (!f->config.empty()) {
+    absl::StatusOr<tandem::v1::ClusterConfig> config = LoadClusterConfig(f->config);
+    if (!config.ok()) return config.status();
+    const Merger m(cmd);
+    const tandem::v1::WorkerConfig& w = config->worker();
+    m.Set("--router", w.has_router(), w.router(), &f->router);
+    m.Set("--host", w.has_host(), w.host(), &f->host);
+    m.Set("--port", w.has_port(), w.port(), &f->port);
+    m.Set("--model", w.has_model(), w.model(), &f->model);
+    m.Set("--threads", w.has_threads(), w.threads(), &f->threads);
+    m.Set("--block-size", w.has_block_size(), w.block_size(), &f->block_size);
+    m.Set("--kv-cache-mb", w.has_kv_cache_mb(), w.kv_cache_mb(), &f->kv_cache_mb);
+    m.Set("--max-running", w.has_max_running(), w.max_running(), &f->max_running);
+    m.Set("--max-step-tokens", w.has_max_step_tokens(), w.max_step_tokens(), &f->max_step_tokens);
+    MergeTls(m, config->tls(), &f->tls);
+  }
+  const std::string source = Source(f->config);
+  if (f->host.empty()) return absl::InvalidArgumentError(source + ": worker.host (--host) is empty");
+  if (f->router.empty()) return absl::InvalidArgumentError(source + ": worker.router (--router) is empty");
+  for (absl::Status s : {CheckRange(source, "worker.port", "--port", f->port, 0, 65535),
+                         CheckRange(source, "worker.threads", "--threads", f->threads, 0, 4096),
+                         CheckRange(source, "worker.block_size", "--block-size", f->block_size, 1, 1 << 16),
+                         CheckRange(source, "worker.kv_cache_mb", "--kv-cache-mb", f->kv_cache_mb, 1, 1 << 30),
+                         CheckRange(source, "worker.max_running", "--max-running", f->max_running, 1, 1 << 20),
+                         CheckRange(source, "worker.max_step_tokens", "--max-step-tokens", f->max_step_tokens,
+                                    1, 1 << 24)}) {
+    if (!s.ok()) return s;
+  }
+  return ValidateTls(source, &f->tls);
+}
+
+tandem::v1::ClusterConfig EffectiveConfig(const RouterFlags& f) {
+  tandem::v1::ClusterConfig c;
+  tandem::v1::RouterConfig* r = c.mutable_router();
+  r->set_host(f.host);
+  r->set_port(f.port);
+  r->set_model(f.model);
+  r->set_heartbeat_ms(f.heartbeat_ms);
+  r->set_heartbeat_misses(f.heartbeat_misses);
+  r->set_policy(f.policy);
+  *c.mutable_tls() = TlsProto(f.tls);
+  return c;
+}
+
+tandem::v1::ClusterConfig EffectiveConfig(const WorkerFlags& f) {
+  tandem::v1::ClusterConfig c;
+  tandem::v1::WorkerConfig* w = c.mutable_worker();
+  w->set_router(f.router);
+  w->set_host(f.host);
+  w->set_port(f.port);
+  w->set_model(f.model);
+  w->set_threads(f.threads);
+  w->set_block_size(f.block_size);
+  w->set_kv_cache_mb(f.kv_cache_mb);
+  w->set_max_running(f.max_running);
+  w->set_max_step_tokens(f.max_step_tokens);
+  *c.mutable_tls() = TlsProto(f.tls);
+  return c;
+}
+
+// The subcommand's callback: resolve, then dry-run or serve.
+template <typename Flags, typename Resolve, typename Run>
+void RunCommand(const CLI::App* cmd, Flags* f, const std::string& name, Resolve resolve, Run run) {
+  if (absl::Status s = resolve(*cmd, f); !s.ok()) {
+    std::cerr << "tandem " << name << ": " << s.message() << "\n";
+    throw CLI::RuntimeError(2);
+  }
+  if (f->dry_run) {
+    std::cout << ToJson(EffectiveConfig(*f)) << std::endl;
+    return;
+  }
+  const int code = run(*f);
+  if (code != 0) throw CLI::RuntimeError(code);
+}
+
+void AddConfigFlags(CLI::App* cmd, std::string* config, bool* dry_run) {
+  cmd->add_option("--config", *config,
+                  "Cluster configuration, JSON in the tandem.v1.ClusterConfig schema "
+                  "(proto/tandem/v1/config.proto); flags given here override it");
+  cmd->add_flag("--dry-run", *dry_run,
+                "Validate flags and --config, print the effective configuration as JSON, exit without serving");
+}
+
+}  // namespace
+
+absl::StatusOr<tandem::v1::ClusterConfig> LoadClusterConfig(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadFile(path, "--config");
+  if (!text.ok()) return text.status();
+  tandem::v1::ClusterConfig config;
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = false;
+  const auto status = google::protobuf::util::JsonStringToMessage(*text, &config, options);
+  if (!status.ok()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--config %s: not a valid tandem.v1.ClusterConfig (proto/tandem/v1/config.proto): %s", path,
+        std::string(status.message())));
+  }
+  return config;
+}
+
+void AddTlsFlags(CLI::App* cmd, TlsFlags* t) {
+  cmd->add_option("--tls-cert", t->cert_file,
+                  "PEM certificate chain: turns on TLS; also this process's client certificate");
+  cmd->add_option("--tls-key", t->key_file, "PEM private key of --tls-cert");
+  cmd->add_option("--tls-ca", t->ca_file,
+                  "PEM CA bundle: verifies peers, and requires client certificates (mutual TLS)");
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const TlsFlags& t) {
+  if (!t.enabled) return grpc::InsecureServerCredentials();
+  absl::StatusOr<std::string> cert = ReadFile(t.cert_file, "tls.cert_file (--tls-cert)");
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = ReadFile(t.key_file, "tls.key_file (--tls-key)");
+  if (!key.ok()) return key.status();
+  std::string ca;
+  if (!t.ca_file.empty()) {
+    absl::StatusOr<std::string> read = ReadFile(t.ca_file, "tls.ca_file (--tls-ca)");
+    if (!read.ok()) return read.status();
+    ca = *std::move(read);
+  }
+  grpc_ssl_client_certificate_request_type request = GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE;
+  if (!ca.empty()) {
+    request = t.require_client_auth ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                    : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  grpc::SslServerCredentialsOptions options(request);
+  options.pem_root_certs = ca;
+  options.pem_key_cert_pairs.push_back({*key, *cert});
+  return grpc::SslServerCredentials(options);
+}
+
+absl::StatusOr<ChannelFactory> MakeChannelFactory(const TlsFlags& t) {
+  if (!t.enabled) {
+    return ChannelFactory([](const std::string& target) {
+      return grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+    });
+  }
+  grpc::SslCredentialsOptions options;
+  for (auto [path, what, out] :
+       {std::tuple{&t.ca_file, "tls.ca_file (--tls-ca)", &options.pem_root_certs},
+        std::tuple{&t.cert_file, "tls.cert_file (--tls-cert)", &options.pem_cert_chain},
+        std::tuple{&t.key_file, "tls.key_file (--tls-key)", &options.pem_private_key}}) {
+    if (path->empty()) continue;
+    absl::StatusOr<std::string> read = ReadFile(*path, what);
+    if (!read.ok()) return read.status();
+    *out = *std::move(read);
+  }
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::SslCredentials(options);
+  const std::string server_name = t.server_name;
+  return ChannelFactory([credentials, server_name](const std::string& target) {
+    grpc::ChannelArguments args;
+    if (!server_name.empty()) args.SetSslTargetNameOverride(server_name);
+    return grpc::CreateCustomChannel(target, credentials, args);
+  });
+}
+
+namespace {
 
 }  // namespace
 
@@ -85,10 +356,9 @@ void RegisterRouter(CLI::App* cmd, RouterFlags* f) {
   cmd->add_option("--policy", f->policy, "Routing policy")
       ->capture_default_str()
       ->check(CLI::IsMember({"round_robin"}));
-  cmd->callback([f] {
-    const int code = RunRouter(*f);
-    if (code != 0) throw CLI::RuntimeError(code);
-  });
+  AddTlsFlags(cmd, &f->tls);
+  AddConfigFlags(cmd, &f->config, &f->dry_run);
+  cmd->callback([cmd, f] { RunCommand(cmd, f, "router", ResolveRouterFlags, RunRouter); });
 }
 
 static void AddWorkerFlags(CLI::App* cmd, WorkerFlags* f) {
@@ -112,21 +382,21 @@ static void AddWorkerFlags(CLI::App* cmd, WorkerFlags* f) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_option("--worker-id", f->worker_id, "Worker id (default: ROLE-HOST-PID)");
+  AddTlsFlags(cmd, &f->tls);
+  AddConfigFlags(cmd, &f->config, &f->dry_run);
 }
 
 void RegisterPrefill(CLI::App* cmd, WorkerFlags* f) {
   AddWorkerFlags(cmd, f);
-  cmd->callback([f] {
-    const int code = RunWorker(*f, "prefill");
-    if (code != 0) throw CLI::RuntimeError(code);
+  cmd->callback([cmd, f] {
+    RunCommand(cmd, f, "prefill", ResolveWorkerFlags, [](const WorkerFlags& w) { return RunWorker(w, "prefill"); });
   });
 }
 
 void RegisterDecode(CLI::App* cmd, WorkerFlags* f) {
   AddWorkerFlags(cmd, f);
-  cmd->callback([f] {
-    const int code = RunWorker(*f, "decode");
-    if (code != 0) throw CLI::RuntimeError(code);
+  cmd->callback([cmd, f] {
+    RunCommand(cmd, f, "decode", ResolveWorkerFlags, [](const WorkerFlags& w) { return RunWorker(w, "decode"); });
   });
 }
 
@@ -137,13 +407,22 @@ int RunRouter(const RouterFlags& f) {
     std::cerr << "tandem router: cannot load model '" << f.model << "': " << model.status().message() << "\n";
     return 1;
   }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(f.tls);
+  absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(f.tls);
+  if (!credentials.ok() || !channels.ok()) {
+    std::cerr << "tandem router: "
+              << (credentials.ok() ? channels.status() : credentials.status()).message() << "\n";
+    return 1;
+  }
   router::WorkerRegistry registry({.heartbeat_interval = absl::Milliseconds(f.heartbeat_ms),
                                    .misses_allowed = f.heartbeat_misses,
-                                   .model_id = (*model)->config.model_id});
+                                   .model_id = (*model)->config.model_id,
+                                   .channel_factory = *channels});
   router::GenerateService generate({}, model->get(), &registry);
   router::RegistryService registry_service(&registry);
   int port = 0;
-  std::unique_ptr<grpc::Server> server = StartServer(f.host, f.port, {&generate, &registry_service}, &port);
+  std::unique_ptr<grpc::Server> server =
+      StartServer(f.host, f.port, *credentials, {&generate, &registry_service}, &port);
   if (server == nullptr || port == 0) {
     std::cerr << "tandem router: cannot listen on " << f.host << ":" << f.port << "\n";
     return 1;
@@ -151,6 +430,7 @@ int RunRouter(const RouterFlags& f) {
   PrintReady({{"role", "router"},
               {"pid", getpid()},
               {"grpc", absl::StrFormat("%s:%d", f.host, port)},
+              {"tls", f.tls.enabled},
               {"model", (*model)->config.model_id}});
   const int sig = WaitForTermination(signals);
   std::cerr << "tandem router: signal " << sig << ", shutting down\n";
@@ -161,6 +441,12 @@ int RunRouter(const RouterFlags& f) {
 int RunWorker(const WorkerFlags& f, const std::string& role) {
   const sigset_t signals = BlockTerminationSignals();
   const std::string tag = "tandem " + role + ": ";
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(f.tls);
+  absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(f.tls);
+  if (!credentials.ok() || !channels.ok()) {
+    std::cerr << tag << (credentials.ok() ? channels.status() : credentials.status()).message() << "\n";
+    return 1;
+  }
   auto model = model::LoadModel(f.model);
   if (!model.ok()) {
     std::cerr << tag << "cannot load model '" << f.model << "': " << model.status().message() << "\n";
@@ -237,7 +523,7 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
       absl::Now() + absl::Seconds(10));
 
   int port = 0;
-  std::unique_ptr<grpc::Server> server = StartServer(f.host, f.port, {service}, &port);
+  std::unique_ptr<grpc::Server> server = StartServer(f.host, f.port, *credentials, {service}, &port);
   if (server == nullptr || port == 0) {
     std::cerr << tag << "cannot listen on " << f.host << ":" << f.port << "\n";
     return 1;
@@ -245,7 +531,7 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
   const std::string address = absl::StrFormat("%s:%d", f.host, port);
 
   // Register with the router (retrying until it answers), then heartbeat.
-  auto channel = grpc::CreateChannel(f.router, grpc::InsecureChannelCredentials());
+  auto channel = (*channels)(f.router);
   auto registry = tandem::v1::WorkerRegistry::NewStub(channel);
   auto load_proto = [&] {
     const engine::EngineLoad l = runner->load();
@@ -303,6 +589,7 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
               {"grpc", address},
               {"worker_id", worker_id},
               {"router", f.router},
+              {"tls", f.tls.enabled},
               {"model", config.model_id},
               {"kv_blocks", kv.num_blocks}});
   const int sig = WaitForTermination(signals);

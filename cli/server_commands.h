@@ -2,15 +2,46 @@
 // processes. Each prints one JSON line to stdout when it is serving (workers:
 // once registered with the router) — {"role":..., "pid":..., "grpc":"host:port",
 // ...} — and stops cleanly on SIGINT/SIGTERM.
+//
+// Configuration: flags, over an optional `--config FILE` (JSON in the
+// tandem.v1.ClusterConfig schema, proto/tandem/v1/config.proto), over the
+// defaults below. A flag given on the command line wins over the file.
+// `--dry-run` parses and validates flags and file, prints the effective
+// configuration as one ClusterConfig JSON line and exits 0 without serving
+// (the Helm chart's tests use it to check the chart's arguments).
+//
+// TLS (off by default): `--tls-cert`/`--tls-key` serve TLS on the one gRPC
+// port; `--tls-ca` also requires clients to present a certificate signed by
+// that CA (mutual TLS). The same files secure this process's outgoing
+// channels (worker -> router, router -> workers).
 #ifndef TANDEM_CLI_SERVER_COMMANDS_H_
 #define TANDEM_CLI_SERVER_COMMANDS_H_
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/security/server_credentials.h"
+#include "tandem/v1/config.pb.h"
 
 namespace tandem::cli {
+
+// TLS settings shared by every process (tandem.v1.TlsConfig).
+struct TlsFlags {
+  // Serve and dial with TLS. Implied by cert_file.
+  bool enabled = false;
+  std::string cert_file;  // PEM chain: served, and presented as client cert
+  std::string key_file;   // PEM key of cert_file
+  std::string ca_file;    // PEM CA bundle peers must chain to (empty: system roots)
+  // With ca_file: refuse clients without a CA-signed certificate.
+  bool require_client_auth = true;
+  // Name checked in servers' certificates instead of the dialed host.
+  std::string server_name;
+};
 
 struct RouterFlags {
   std::string host = "127.0.0.1";
@@ -19,6 +50,9 @@ struct RouterFlags {
   int32_t heartbeat_ms = 500;
   int32_t heartbeat_misses = 3;
   std::string policy = "round_robin";
+  TlsFlags tls;
+  std::string config;    // --config FILE; empty: none
+  bool dry_run = false;  // --dry-run
 };
 
 struct WorkerFlags {
@@ -32,11 +66,34 @@ struct WorkerFlags {
   int32_t max_running = 64;
   int32_t max_step_tokens = 512;
   std::string worker_id;  // default: role-host-pid
+  TlsFlags tls;
+  std::string config;    // --config FILE; empty: none
+  bool dry_run = false;  // --dry-run
 };
 
 void RegisterRouter(CLI::App* cmd, RouterFlags* flags);
 void RegisterPrefill(CLI::App* cmd, WorkerFlags* flags);
 void RegisterDecode(CLI::App* cmd, WorkerFlags* flags);
+
+// Reads a ClusterConfig from the JSON file at `path`. InvalidArgument naming
+// the file and the offending field (unknown field, wrong type); NotFound when
+// the file cannot be read.
+absl::StatusOr<tandem::v1::ClusterConfig> LoadClusterConfig(const std::string& path);
+
+// Adds --tls-cert, --tls-key, --tls-ca to `cmd`.
+void AddTlsFlags(CLI::App* cmd, TlsFlags* tls);
+
+// Credentials for a server from `tls` (insecure when !tls.enabled); reads the
+// files now. InvalidArgument/NotFound name the file that failed.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const TlsFlags& tls);
+
+// Creates a channel to "host:port".
+using ChannelFactory = std::function<std::shared_ptr<grpc::Channel>(const std::string& target)>;
+// A factory for channels secured by `tls` (plaintext when !tls.enabled): the
+// server is verified against ca_file (or the system roots) and, when
+// cert_file is set, this process presents it as its client certificate.
+// Reads the files now.
+absl::StatusOr<ChannelFactory> MakeChannelFactory(const TlsFlags& tls);
 
 int RunRouter(const RouterFlags& flags);
 // `role` is "prefill" or "decode".

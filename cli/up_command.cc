@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "cli/server_commands.h"
 #include "common/status_macros.h"
 
 namespace tandem::cli {
@@ -40,7 +41,26 @@ void RegisterUp(CLI::App* cmd, UpFlags* f) {
                   "Give up (and stop everything, exit 1) if the cluster is not ready after this long")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd->callback([f] {
+  cmd->add_option("--config", f->config,
+                  "Cluster configuration (tandem.v1.ClusterConfig JSON), passed to every process");
+  cmd->add_option("--tls-cert", f->tls_cert, "PEM certificate for every process (turns on TLS)");
+  cmd->add_option("--tls-key", f->tls_key, "PEM private key of --tls-cert");
+  cmd->add_option("--tls-ca", f->tls_ca, "PEM CA bundle: mutual TLS between the processes");
+  cmd->callback([cmd, f] {
+    if (!f->config.empty()) {
+      absl::StatusOr<tandem::v1::ClusterConfig> config = LoadClusterConfig(f->config);
+      if (!config.ok()) {
+        std::cerr << "tandem up: " << config.status().message() << "\n";
+        throw CLI::RuntimeError(2);
+      }
+      const auto set = [cmd](const char* flag, bool present, const auto& value, auto* out) {
+        if (present && cmd->count(flag) == 0) *out = value;
+      };
+      set("--host", config->router().has_host(), config->router().host(), &f->host);
+      set("--port", config->router().has_port(), config->router().port(), &f->port);
+      set("--model", config->router().has_model(), config->router().model(), &f->model);
+      set("--threads", config->worker().has_threads(), config->worker().threads(), &f->threads);
+    }
     const int code = RunUp(*f);
     if (code != 0) throw CLI::RuntimeError(code);
   });
@@ -470,12 +490,21 @@ int RunUp(const UpFlags& f) {
     return 1;
   };
 
+  // Flags every child gets besides its own.
+  std::vector<std::string> common;
+  for (const auto& [flag, value] : {std::pair{"--config", &f.config}, std::pair{"--tls-cert", &f.tls_cert},
+                                    std::pair{"--tls-key", &f.tls_key}, std::pair{"--tls-ca", &f.tls_ca}}) {
+    if (value->empty()) continue;
+    common.push_back(flag);
+    common.push_back(*value);
+  }
   ChildSpec router{
       .role = "router",
       .name = "router",
       .executable = exe,
       .argv = {self, "router", "--host", f.host, "--port", absl::StrCat(f.port), "--model", f.model},
       .essential = true};
+  router.argv.insert(router.argv.end(), common.begin(), common.end());
   auto router_ready = sup.StartAndWaitReady({router}, deadline);
   if (!router_ready.ok()) return fail(router_ready.status());
   const std::string router_address = DialableAddress((*router_ready)[0]["grpc"].get<std::string>());
@@ -489,6 +518,7 @@ int RunUp(const UpFlags& f) {
                          .executable = exe,
                          .argv = {self, role, "--router", router_address, "--model", f.model, "--host",
                                   f.host, "--port", "0", "--threads", absl::StrCat(f.threads)}});
+      workers.back().argv.insert(workers.back().argv.end(), common.begin(), common.end());
     }
   }
   auto workers_ready = sup.StartAndWaitReady(workers, deadline);

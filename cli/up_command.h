@@ -47,9 +47,15 @@ struct UpFlags {
   std::string host = "127.0.0.1";
   int32_t threads = 1;  // CPU threads per worker
   int32_t ready_timeout_s = 60;
+  // --config FILE (tandem.v1.ClusterConfig JSON): passed to every child; its
+  // router.host/port/model and worker.threads also set the flags above that
+  // were not given on the command line. Workers always get --port 0.
+  std::string config;
+  // --tls-cert/--tls-key/--tls-ca, passed to every child (cli/server_commands.h).
+  std::string tls_cert, tls_key, tls_ca;
 };
 
-// Adds the flags to `cmd` and makes it run RunUp.
+// Adds the flags to `cmd` and makes it run RunUp (after applying --config).
 void RegisterUp(CLI::App* cmd, UpFlags* flags);
 
 // Returns the process exit code: 0 after a clean stop on SIGINT/SIGTERM, 1 a

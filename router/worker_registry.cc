@@ -24,7 +24,9 @@ absl::Status WorkerRegistry::Register(const tandem::v1::RegisterRequest& r) {
   e.handle.id = r.worker_id();
   e.handle.role = r.role();
   e.handle.address = r.address();
-  auto channel = grpc::CreateChannel(r.address(), grpc::InsecureChannelCredentials());
+  std::shared_ptr<grpc::Channel> channel =
+      options_.channel_factory ? options_.channel_factory(r.address())
+                               : grpc::CreateChannel(r.address(), grpc::InsecureChannelCredentials());
   if (r.role() == tandem::v1::WORKER_ROLE_DECODE) {
     e.handle.decode = std::shared_ptr<tandem::v1::DecodeWorker::Stub>(tandem::v1::DecodeWorker::NewStub(channel));
   } else {

