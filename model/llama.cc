@@ -41,6 +41,23 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const ModelConfig
     TANDEM_ASSIGN_OR_RETURN(l.w_gate, prepare(hl.w_gate));
     TANDEM_ASSIGN_OR_RETURN(l.w_up, prepare(hl.w_up));
     TANDEM_ASSIGN_OR_RETURN(l.w_down, prepare(hl.w_down));
+    // Attention biases (Qwen2): F32 vectors added after the projections.
+    const int64_t widths[3] = {int64_t{config.num_heads} * config.head_dim,
+                               int64_t{config.num_kv_heads} * config.head_dim,
+                               int64_t{config.num_kv_heads} * config.head_dim};
+    const kernels::Weight* host_bias[3] = {&hl.bq, &hl.bk, &hl.bv};
+    kernels::Weight* bias[3] = {&l.bq, &l.bk, &l.bv};
+    for (int i = 0; i < 3; ++i) {
+      if (host_bias[i]->data == nullptr) {
+        if (config.attention_bias) return absl::InvalidArgumentError("llama: attention bias missing");
+        continue;
+      }
+      if (host_bias[i]->dtype != DType::kF32 || host_bias[i]->rows != 1 ||
+          host_bias[i]->cols != widths[i]) {
+        return absl::InvalidArgumentError("llama: attention bias must be an F32 vector of the projection width");
+      }
+      TANDEM_ASSIGN_OR_RETURN(*bias[i], prepare(*host_bias[i]));
+    }
     w.layers.push_back(l);
   }
   return m;
@@ -144,6 +161,14 @@ absl::Status LlamaModel::Forward(const ForwardBatch& b, const kernels::KvCacheVi
     be.MatMul(xb_, rows, l.wq, q_);
     be.MatMul(xb_, rows, l.wk, k_);
     be.MatMul(xb_, rows, l.wv, v_);
+    if (l.bq.data != nullptr) {
+      const int64_t kv_dim = int64_t{c.num_kv_heads} * c.head_dim;
+      for (int64_t r = 0; r < rows; ++r) {
+        be.Add(q_ + r * q_dim, static_cast<const float*>(l.bq.data), q_dim);
+        be.Add(k_ + r * kv_dim, static_cast<const float*>(l.bk.data), kv_dim);
+        be.Add(v_ + r * kv_dim, static_cast<const float*>(l.bv.data), kv_dim);
+      }
+    }
     be.Rope(q_, rows, c.num_heads, c.head_dim, c.rope_dims, b.positions, c.rope_freq_base,
             c.rope_style);
     be.Rope(k_, rows, c.num_kv_heads, c.head_dim, c.rope_dims, b.positions, c.rope_freq_base,

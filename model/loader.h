@@ -1,4 +1,21 @@
-// Loads a model by name: a GGUF path or "synthetic:<preset>".
+// Loads a model by name: a GGUF path, a Hugging Face checkpoint directory or
+// "synthetic:<preset>".
+//
+// Specs:
+//   PATH.gguf                      GGUF file (weights and tokenizer)
+//   DIR                            config.json + model.safetensors or
+//                                  model.safetensors.index.json + shards
+//                                  (Llama, Mistral, Qwen2; see hf_config.h).
+//                                  The weights load, but tokenizer.json is not
+//                                  supported yet, so LoadModel(DIR) returns
+//                                  Unimplemented; LoadHfCheckpoint loads the
+//                                  weights alone.
+//   synthetic:tiny | llama-1b | llama-8b | qwen2-0.5b
+//                                  built-in random-weight presets
+//   synthetic:config=PATH/config.json
+//                                  random weights in the shape of a real
+//                                  config.json, with the built-in vocabulary
+//                                  padded to its vocab_size (synthetic.h)
 //
 //   TANDEM_ASSIGN_OR_RETURN(auto model, LoadModel("synthetic:tiny"));
 //   model->tokenizer->Encode("Hello", true);
@@ -8,10 +25,12 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "model/gguf.h"
 #include "model/model_config.h"
+#include "model/safetensors.h"
 #include "model/synthetic.h"
 #include "model/tokenizer.h"
 #include "model/weights.h"
@@ -30,13 +49,20 @@ struct LoadedModel {
   // Owners of the weight memory (one of them is set).
   std::unique_ptr<GgufFile> gguf;
   std::unique_ptr<SyntheticModel> synthetic_model;
+  std::unique_ptr<SafetensorsCheckpoint> safetensors;
+  std::vector<float> bias_storage;  // F32 copies of attention biases (safetensors)
 };
 
-// `spec` is "synthetic:<preset>" or a path to a .gguf file. Errors name the
+// `spec` is one of the specs above. Errors name the
 // problem: NotFound for a missing file or unknown preset, InvalidArgument for
 // a malformed file, Unimplemented for an unsupported architecture, tensor type
 // or tokenizer.
 absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(std::string_view spec);
+
+// Loads a Hugging Face checkpoint directory's config and weights, without a
+// tokenizer (tokenizer is null). Unimplemented for a config whose
+// rope_scaling the forward pass does not apply yet (llama3).
+absl::StatusOr<std::unique_ptr<LoadedModel>> LoadHfCheckpoint(std::string_view dir);
 
 }  // namespace tandem::model
 

@@ -12,6 +12,18 @@
 
 namespace tandem::model {
 
+// Llama 3 style RoPE frequency scaling (config.json "rope_scaling" with
+// rope_type "llama3"). Recorded from config.json; the forward pass does not
+// apply it yet, so LoadModel refuses real weights that need it.
+struct RopeScaling {
+  enum class Type { kNone, kLlama3 };
+  Type type = Type::kNone;
+  float factor = 1.0f;
+  float low_freq_factor = 1.0f;
+  float high_freq_factor = 1.0f;
+  int32_t original_max_position_embeddings = 0;
+};
+
 struct ModelConfig {
   std::string architecture = "llama";
   // Names the model wherever KV crosses a process (block hashes, KV events):
@@ -29,6 +41,11 @@ struct ModelConfig {
   float rms_eps = 1e-5f;            // attention.layer_norm_rms_epsilon
   int32_t context_length = 2048;
   kernels::RopeStyle rope_style = kernels::RopeStyle::kNormal;
+  // Biases on the q, k and v projections (Qwen2). Default: false.
+  bool attention_bias = false;
+  // Output head shares token_embd (informational; weights.output aliases it).
+  bool tied_embeddings = false;
+  RopeScaling rope_scaling;
 
   // Checks the numbers are positive and consistent (heads divide dim, kv heads
   // divide heads, rope dims even and <= head_dim).

@@ -1,7 +1,17 @@
 // Built-in synthetic models: deterministic random-weight Llamas of a named
 // shape, so Tandem runs with no download. `synthetic:tiny` is the default for
 // the demo and tests; `llama-1b` and `llama-8b` have the dimensions of Llama
-// 3.2 1B and Llama 3 8B (BF16 weights) for speed work and are never loaded in CI.
+// 3.2 1B and Llama 3 8B (BF16 weights) for speed work and are never loaded in
+// CI; `qwen2-0.5b` has Qwen2.5 0.5B's (q/k/v biases, NeoX RoPE).
+//
+// `config=PATH/config.json` takes the shape from a Hugging Face config.json
+// (see hf_config.h): a real Llama/Mistral/Qwen2 shape with random weights,
+// of the config's torch_dtype (float32, float16; anything else BF16), and the
+// built-in vocabulary padded with unused tokens to the config's vocab_size.
+// Its model_id hashes the config file's bytes. A config's llama3
+// rope_scaling is recorded in the ModelConfig but not applied (no kernel
+// does yet); with random weights no output is wrong for it, and LoadModel
+// refuses real weights that need it.
 //
 // The weights are random: the text they produce is gibberish. Real output
 // needs a real model (--model PATH.gguf).
@@ -28,12 +38,20 @@ struct SyntheticModel {
   std::vector<uint8_t> storage;      // every weight, owned
 };
 
-// Names of the presets: "tiny", "llama-1b", "llama-8b".
+// Names of the presets: "tiny", "llama-1b", "llama-8b", "qwen2-0.5b".
 std::vector<std::string> SyntheticPresets();
 
-// Builds preset `name` (without the "synthetic:" prefix). The same name gives
-// bit-identical weights on every machine. NotFound lists the presets.
+// Builds preset `name` (without the "synthetic:" prefix), or "config=PATH".
+// The same name gives bit-identical weights on every machine. NotFound lists
+// the presets.
 absl::StatusOr<std::unique_ptr<SyntheticModel>> CreateSyntheticModel(std::string_view name);
+
+// Random weights of `dtype` (F32, F16 or BF16; biases always F32) in the
+// shape of `config`. config.vocab_size 0 means the built-in vocabulary;
+// otherwise it must be at least the built-in vocabulary's size, which is
+// padded to it. Keeps config.model_id.
+absl::StatusOr<std::unique_ptr<SyntheticModel>> CreateSyntheticModelFromConfig(const ModelConfig& config,
+                                                                               DType dtype);
 
 }  // namespace tandem::model
 

@@ -9,6 +9,7 @@
 #include "kernels/backend.h"
 #include "model/gguf.h"
 #include "model/model_config.h"
+#include "model/safetensors.h"
 
 namespace tandem::model {
 
@@ -22,6 +23,11 @@ struct LayerWeights {
   kernels::Weight w_gate;     // [ffn_dim][dim]
   kernels::Weight w_up;       // [ffn_dim][dim]
   kernels::Weight w_down;     // [dim][ffn_dim]
+  // Projection biases (config.attention_bias), F32 vectors; data == nullptr
+  // when the model has none.
+  kernels::Weight bq;         // [num_heads * head_dim]
+  kernels::Weight bk;         // [num_kv_heads * head_dim]
+  kernels::Weight bv;         // [num_kv_heads * head_dim]
 };
 
 struct LlamaWeights {
@@ -35,6 +41,18 @@ struct LlamaWeights {
 // checking each exists with the shape `config` implies. A missing output.weight
 // means tied embeddings. Errors name the tensor.
 absl::StatusOr<LlamaWeights> LlamaWeightsFromGguf(const GgufFile& gguf, const ModelConfig& config);
+
+// Maps Hugging Face tensors (model.embed_tokens.weight,
+// model.layers.N.self_attn.q_proj.weight, mlp.gate_proj, input_layernorm,
+// model.norm.weight, lm_head.weight, ...) to weights, checking each exists
+// with shape [out, in] (or [n] for norms and biases) and a usable dtype. No
+// lm_head.weight, or config.tied_embeddings, means tied embeddings. With
+// config.attention_bias the q/k/v biases are required; biases are converted
+// to F32 into `bias_storage` (which must outlive the result). Errors name the
+// tensor.
+absl::StatusOr<LlamaWeights> LlamaWeightsFromSafetensors(const SafetensorsCheckpoint& ckpt,
+                                                         const ModelConfig& config,
+                                                         std::vector<float>* bias_storage);
 
 // Bytes of every weight (a tied output counted once): what one decode step
 // must read from memory.
