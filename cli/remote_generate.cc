@@ -129,6 +129,12 @@ int RunRemoteGenerate(const GenerateFlags& f) {
     if (!prompt_printed) std::cout << f.prompt;
     std::cout << "\n";
   }
+  std::cout << std::flush;
+  if (summary->model().starts_with("synthetic:")) {
+    std::cerr << "note: the cluster serves " << summary->model()
+              << ", synthetic random weights, so its text is gibberish. For a real model start the "
+                 "cluster with --model PATH.gguf (e.g. tandem up --model ../shared/models/stories260K.gguf).\n";
+  }
   return 0;
 }
 

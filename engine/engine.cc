@@ -386,7 +386,7 @@ absl::Status Engine::CheckInvariants() const {
   }
   for (int64_t id : running_) {
     const Sequence& seq = *sequences_.at(id);
-    const int64_t covered = int64_t{kv_->BlockTable(id).size()} * options_.block_size;
+    const int64_t covered = static_cast<int64_t>(kv_->BlockTable(id).size()) * options_.block_size;
     if (!kv_->HasSequence(id) || covered < seq.num_computed) {
       return absl::InternalError(absl::StrFormat("engine: running sequence %d lacks blocks", id));
     }

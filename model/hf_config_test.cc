@@ -188,12 +188,6 @@ OJson TinyConfig(const std::string& arch, int32_t vocab_size) {
           {"hidden_act", "silu"},     {"torch_dtype", "float32"}};
 }
 
-int32_t TinyVocabSize() {
-  auto m = LoadModel("synthetic:tiny");
-  EXPECT_OK(m);
-  return (*m)->config.vocab_size;
-}
-
 struct NamedWeight {
   std::string name;
   kernels::Weight w;

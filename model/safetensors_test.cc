@@ -90,7 +90,9 @@ void ExpectSame(const SafetensorsTensor* got, const Tensor& want) {
   EXPECT_EQ(got->dtype_name, want.dtype);
   EXPECT_EQ(got->shape, want.shape);
   ASSERT_EQ(got->size_bytes, want.data.size());
-  if (!want.data.empty()) EXPECT_EQ(std::memcmp(got->data, want.data.data(), want.data.size()), 0);
+  if (!want.data.empty()) {
+    EXPECT_EQ(std::memcmp(got->data, want.data.data(), want.data.size()), 0);
+  }
 }
 
 TEST(SafetensorsTest, SingleFileRoundTrips) {
