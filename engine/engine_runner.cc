@@ -82,11 +82,14 @@ void EngineRunner::FailAll(const absl::Status& status) {
 
 void EngineRunner::Loop() {
   absl::Time next_tick = absl::Now() + options_.tick;
+  // True when the last Step could schedule nothing (e.g. every block is held
+  // by reservations): wait for a command or the tick instead of spinning.
+  bool stalled = false;
   for (;;) {
     std::deque<std::shared_ptr<Command>> batch;
     {
       absl::MutexLock lock(&mu_);
-      if (!engine_->HasWork()) {
+      if (!engine_->HasWork() || stalled) {
         // Idle: sleep until a command, a stop, or the next tick.
         mu_.AwaitWithDeadline(
             absl::Condition(
@@ -115,11 +118,14 @@ void EngineRunner::Loop() {
     } else if (absl::Now() >= next_tick) {
       next_tick = absl::Now() + options_.tick;
     }
+    stalled = false;
     if (engine_->HasWork()) {
+      const int64_t steps_before = engine_->stats().steps;
       absl::StatusOr<std::vector<SequenceUpdate>> updates = engine_->Step();
       if (!updates.ok()) {
         FailAll(updates.status());
       } else {
+        stalled = updates->empty() && engine_->stats().steps == steps_before;
         Dispatch(*updates);
       }
     }

@@ -126,3 +126,37 @@ TEST_F(EngineRunnerTest, TickRunsOnTheEngineThread) {
 
 }  // namespace
 }  // namespace tandem::engine
+
+namespace tandem::engine {
+namespace {
+
+// Every block held by reservations: a queued request waits (the engine
+// thread idles instead of spinning) and runs once the reservation is released.
+TEST_F(EngineRunnerTest, RequestWaitsForReservedBlocksThenRuns) {
+  auto engine = *Engine::Create({.block_size = 4, .num_blocks = 8}, llama_.get(), backend_.get(),
+                                model_->tokenizer.get());
+  EngineRunner runner(engine.get(), {});
+  std::vector<int32_t> prompt(28, 5);  // 7 of the 8 blocks
+  prompt[0] = 1;
+  ASSERT_OK(runner.Run(
+      [&](Engine& e) { return e.Reserve({.id = 100, .prompt_tokens = prompt, .max_tokens = 4}).status(); },
+      absl::Now() + absl::Seconds(5)));
+  auto queue = std::make_shared<UpdateQueue>();
+  ASSERT_OK(runner.Submit({.id = 1, .prompt_tokens = {1, 6, 7, 8, 9, 10}, .max_tokens = 3, .stop_at_eos = false},
+                          [queue](const SequenceUpdate& u) { queue->Push(u); }, absl::Now() + absl::Seconds(5)));
+  // Two blocks needed, one free: nothing can run yet.
+  EXPECT_FALSE(queue->Pop(absl::Now() + absl::Milliseconds(300)).has_value());
+  EXPECT_EQ(runner.load().waiting, 1);
+  ASSERT_OK(runner.Run([](Engine& e) { return e.ReleaseReserved(100); }, absl::Now() + absl::Seconds(5)));
+  int32_t tokens = 0;
+  for (;;) {
+    std::optional<SequenceUpdate> u = queue->Pop(absl::Now() + absl::Seconds(10));
+    ASSERT_TRUE(u.has_value());
+    tokens += static_cast<int32_t>(u->new_tokens.size());
+    if (u->end != SequenceEnd::kNone) break;
+  }
+  EXPECT_EQ(tokens, 3);
+}
+
+}  // namespace
+}  // namespace tandem::engine
