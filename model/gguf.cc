@@ -15,10 +15,8 @@
 // anything is reserved for them.
 #include "model/gguf.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include "common/mapped_file.h"
+
 
 #include <bit>
 #include <cerrno>
@@ -383,35 +381,11 @@ std::string_view GgufTypeName(GgufType type) {
 }
 
 absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("gguf: cannot open ", path));
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return absl::ErrnoToStatus(err, absl::StrCat("gguf: cannot stat ", path));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat("gguf: ", path, " is not a regular file"));
-  }
+  TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> mapping, MappedFile::Open(path, "gguf"));
   auto file = absl::WrapUnique(new GgufFile());
-  const size_t size = static_cast<size_t>(st.st_size);
-  // mmap rejects a zero length; an empty file is left unmapped and fails to
-  // parse like any other truncated file.
-  if (size > 0) {
-    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      const int err = errno;
-      ::close(fd);
-      return absl::ErrnoToStatus(err, absl::StrCat("gguf: cannot mmap ", path));
-    }
-    file->mapped_ = p;
-    file->mapped_size_ = size;
-    file->bytes_ = static_cast<const uint8_t*>(p);
-    file->size_ = size;
-  }
-  ::close(fd);  // The mapping stays valid without the descriptor.
+  file->bytes_ = mapping->data();
+  file->size_ = mapping->size();
+  file->mapping_ = std::move(mapping);
   if (absl::Status s = file->Parse(); !s.ok()) return Annotate(s, path);
   return file;
 }
@@ -426,9 +400,7 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::FromBuffer(std::string_view 
   return file;
 }
 
-GgufFile::~GgufFile() {
-  if (mapped_ != nullptr) ::munmap(mapped_, mapped_size_);
-}
+GgufFile::~GgufFile() = default;
 
 absl::Status GgufFile::Parse() {
   Reader r(bytes_, size_);

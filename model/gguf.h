@@ -31,6 +31,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/dtype.h"
+#include "common/mapped_file.h"
 
 namespace tandem::model {
 
@@ -128,12 +129,11 @@ class GgufFile {
   GgufFile() = default;
   absl::Status Parse();
 
-  // The bytes of the file: either a mapping (mapped_ != nullptr) or owned_.
+  // The bytes of the file: either a mapping (mapping_ set) or owned_.
   // owned_ is an exactly sized heap block (not a std::string, whose capacity
   // slack and small-string buffer would hide off-by-one reads from ASan when
   // fuzzing FromBuffer).
-  void* mapped_ = nullptr;
-  size_t mapped_size_ = 0;
+  std::unique_ptr<MappedFile> mapping_;
   std::unique_ptr<uint8_t[]> owned_;
   const uint8_t* bytes_ = nullptr;
   size_t size_ = 0;

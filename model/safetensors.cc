@@ -1,9 +1,6 @@
 #include "model/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -178,38 +175,14 @@ std::optional<DType> SafetensorsDType(std::string_view name) {
   return std::nullopt;
 }
 
-SafetensorsFile::~SafetensorsFile() {
-  if (mapped_ != nullptr) ::munmap(mapped_, mapped_size_);
-}
+SafetensorsFile::~SafetensorsFile() = default;
 
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("safetensors: cannot open ", path));
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return absl::ErrnoToStatus(err, absl::StrCat("safetensors: cannot stat ", path));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat("safetensors: ", path, " is not a regular file"));
-  }
+  TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> mapping, MappedFile::Open(path, "safetensors"));
   auto file = absl::WrapUnique(new SafetensorsFile());
-  const size_t size = static_cast<size_t>(st.st_size);
-  if (size > 0) {  // mmap rejects a zero length; an empty file fails to parse.
-    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      const int err = errno;
-      ::close(fd);
-      return absl::ErrnoToStatus(err, absl::StrCat("safetensors: cannot mmap ", path));
-    }
-    file->mapped_ = p;
-    file->mapped_size_ = size;
-    file->bytes_ = static_cast<const uint8_t*>(p);
-    file->size_ = size;
-  }
-  ::close(fd);
+  file->bytes_ = mapping->data();
+  file->size_ = mapping->size();
+  file->mapping_ = std::move(mapping);
   if (absl::Status s = file->Parse(); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat(path, ": ", s.message()));
   }

@@ -48,6 +48,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "common/mapped_file.h"
 #include "common/dtype.h"
 
 namespace tandem::model {
@@ -94,10 +95,9 @@ class SafetensorsFile {
   SafetensorsFile() = default;
   absl::Status Parse();
 
-  // Either a mapping (mapped_ != nullptr) or owned_, exactly sized so ASan
+  // Either a mapping (mapping_ set) or owned_, exactly sized so ASan
   // sees off-by-one reads when fuzzing FromBuffer.
-  void* mapped_ = nullptr;
-  size_t mapped_size_ = 0;
+  std::unique_ptr<MappedFile> mapping_;
   std::unique_ptr<uint8_t[]> owned_;
   const uint8_t* bytes_ = nullptr;
   size_t size_ = 0;
