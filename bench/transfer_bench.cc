@@ -49,6 +49,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
+#include "transfer/pipe_messages.h"
 #include "transfer/transfer_engine.h"
 
 extern char** environ;
@@ -58,6 +59,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 using tandem::transfer::MemoryKind;
+using tandem::transfer::ReceiveMessage;
+using tandem::transfer::SendMessage;
 using tandem::transfer::RegisteredRegion;
 using tandem::transfer::RemoteRegion;
 using tandem::transfer::TransferEngine;
@@ -71,44 +74,6 @@ double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 
 // ---------------------------------------------------------------------------
 // Processes and pipes.
-
-bool WriteAll(int fd, const void* data, size_t n) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w <= 0) return false;
-    p += w;
-    n -= w;
-  }
-  return true;
-}
-
-bool ReadAll(int fd, void* data, size_t n, absl::Time deadline) {
-  char* p = static_cast<char*>(data);
-  while (n > 0) {
-    pollfd pfd{fd, POLLIN, 0};
-    int ms =
-        static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
-    if (poll(&pfd, 1, ms) <= 0) return false;
-    ssize_t r = ::read(fd, p, n);
-    if (r <= 0) return false;
-    p += r;
-    n -= r;
-  }
-  return true;
-}
-
-bool SendMessage(int fd, const std::string& m) {
-  uint64_t n = m.size();
-  return WriteAll(fd, &n, sizeof(n)) && WriteAll(fd, m.data(), m.size());
-}
-
-bool ReceiveMessage(int fd, std::string& m, absl::Time deadline) {
-  uint64_t n = 0;
-  if (!ReadAll(fd, &n, sizeof(n), deadline) || n > (1 << 20)) return false;
-  m.resize(n);
-  return ReadAll(fd, m.data(), n, deadline);
-}
 
 // A child process with its stdout (and, for our own children, fds 3 and 4)
 // connected to pipes.

@@ -21,6 +21,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
+#include "transfer/pipe_messages.h"
 #include "transfer/transfer_engine.h"
 
 extern char** environ;
@@ -68,45 +69,6 @@ std::unique_ptr<TransferEngine> MakeEngine(const std::string& name,
 // (parent -> child).
 
 constexpr char kRoleEnv[] = "TANDEM_TRANSFER_TEST_CHILD";
-
-bool WriteAll(int fd, const void* data, size_t n) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w <= 0) return false;
-    p += w;
-    n -= w;
-  }
-  return true;
-}
-
-// Reads exactly n bytes, waiting at most until `deadline`.
-bool ReadAll(int fd, void* data, size_t n, absl::Time deadline) {
-  char* p = static_cast<char*>(data);
-  while (n > 0) {
-    pollfd pfd{fd, POLLIN, 0};
-    int ms =
-        static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
-    if (poll(&pfd, 1, ms) <= 0) return false;
-    ssize_t r = ::read(fd, p, n);
-    if (r <= 0) return false;
-    p += r;
-    n -= r;
-  }
-  return true;
-}
-
-bool SendMessage(int fd, const std::string& m) {
-  uint64_t n = m.size();
-  return WriteAll(fd, &n, sizeof(n)) && WriteAll(fd, m.data(), m.size());
-}
-
-bool ReceiveMessage(int fd, std::string& m, absl::Time deadline) {
-  uint64_t n = 0;
-  if (!ReadAll(fd, &n, sizeof(n), deadline) || n > (1 << 20)) return false;
-  m.resize(n);
-  return ReadAll(fd, m.data(), n, deadline);
-}
 
 struct Child {
   pid_t pid = -1;
