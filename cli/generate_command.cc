@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "absl/strings/str_format.h"
+#include "cli/engine_flags.h"
 #include "cli/remote_generate.h"
 #include "common/status_macros.h"
 #include "engine/engine.h"
@@ -44,18 +45,7 @@ void RegisterGenerate(CLI::App* cmd, GenerateFlags* f) {
                   "JSONL file of prompts ({\"prompt\": ..., optional max_tokens, temperature, "
                   "top_k, top_p, seed}) run concurrently; prints one JSON line per prompt")
       ->check(CLI::ExistingFile);
-  cmd->add_option("--block-size", f->block_size, "Tokens per KV block")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--kv-cache-mb", f->kv_cache_mb, "KV cache size in MiB")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--max-running", f->max_running, "Most sequences in the running batch")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--max-step-tokens", f->max_step_tokens, "Most tokens in one forward pass")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+  AddEngineFlags(cmd, &f->block_size, &f->kv_cache_mb, &f->max_running, &f->max_step_tokens);
   cmd->add_option("--remote", f->remote,
                   "Send the request to a cluster's router at HOST:PORT instead of running the model "
                   "here (local-only flags are ignored; --prompts-file is not supported)");

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
+#include "cli/engine_flags.h"
 #include "decode_worker/decode_service.h"
 #include "engine/engine.h"
 #include "engine/engine_runner.h"
@@ -369,18 +370,7 @@ static void AddWorkerFlags(CLI::App* cmd, WorkerFlags* f) {
       ->capture_default_str();
   cmd->add_option("--threads", f->threads, "CPU threads for the engine (0: one per core)")
       ->capture_default_str();
-  cmd->add_option("--block-size", f->block_size, "Tokens per KV block (same on every worker)")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--kv-cache-mb", f->kv_cache_mb, "KV cache size in MiB")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--max-running", f->max_running, "Most sequences in the running batch")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--max-step-tokens", f->max_step_tokens, "Most tokens in one forward pass")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+  AddEngineFlags(cmd, &f->block_size, &f->kv_cache_mb, &f->max_running, &f->max_step_tokens, "Tokens per KV block (same on every worker)");
   cmd->add_option("--worker-id", f->worker_id, "Worker id (default: ROLE-HOST-PID)");
   AddTlsFlags(cmd, &f->tls);
   AddConfigFlags(cmd, &f->config, &f->dry_run);
