@@ -33,6 +33,7 @@
 #include "router/router_service.h"
 #include "router/worker_registry.h"
 #include "transfer/transfer_engine.h"
+#include "worker_common/worker_status.h"
 
 namespace tandem::cli {
 namespace {
@@ -523,17 +524,8 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
   // Register with the router (retrying until it answers), then heartbeat.
   auto channel = (*channels)(f.router);
   auto registry = tandem::v1::WorkerRegistry::NewStub(channel);
-  auto load_proto = [&] {
-    const engine::EngineLoad l = runner->load();
-    tandem::v1::WorkerLoad p;
-    p.set_running(l.running);
-    p.set_waiting(l.waiting);
-    p.set_free_blocks(l.free_blocks);
-    p.set_total_blocks(l.total_blocks);
-    p.set_used_blocks(l.used_blocks);
-    p.set_queued_prefill_tokens(l.queued_prefill_tokens);
-    return p;
-  };
+  auto load_proto = [&] { return worker_common::ToWorkerLoad(runner->load()); };
+
   tandem::v1::RegisterRequest reg;
   reg.set_worker_id(worker_id);
   reg.set_role(role == "decode" ? tandem::v1::WORKER_ROLE_DECODE : tandem::v1::WORKER_ROLE_PREFILL);

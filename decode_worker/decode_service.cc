@@ -3,17 +3,14 @@
 #include <memory>
 
 #include "absl/strings/str_format.h"
+#include "proto/grpc_status.h"
+#include "worker_common/worker_status.h"
 #include "model/text_stream.h"
 
 namespace tandem::decode_worker {
 namespace {
 
 using tandem::v1::GenerateResponse;
-
-grpc::Status ToGrpc(const absl::Status& s) {
-  if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
 
 engine::SamplingParams FromProto(const tandem::v1::SamplingParams& p) {
   engine::SamplingParams s;
@@ -212,18 +209,8 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const tandem::v
 
 grpc::Status DecodeService::Status(grpc::ServerContext*, const tandem::v1::WorkerStatusRequest*,
                                    tandem::v1::WorkerStatus* response) {
-  const engine::EngineLoad load = runner_->load();
-  response->set_worker_id(options_.worker_id);
-  response->set_role(tandem::v1::WORKER_ROLE_DECODE);
-  response->set_model_id(options_.model_id);
-  tandem::v1::WorkerLoad* l = response->mutable_load();
-  l->set_running(load.running);
-  l->set_waiting(load.waiting);
-  l->set_free_blocks(load.free_blocks);
-  l->set_total_blocks(load.total_blocks);
-  l->set_used_blocks(load.used_blocks);
-  l->set_queued_prefill_tokens(load.queued_prefill_tokens);
-  response->set_reservations(load.reserved);
+  *response = worker_common::ToWorkerStatus(options_.worker_id, tandem::v1::WORKER_ROLE_DECODE,
+                                            options_.model_id, runner_->load());
   return grpc::Status::OK;
 }
 

@@ -4,14 +4,11 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "proto/grpc_status.h"
+#include "worker_common/worker_status.h"
 
 namespace tandem::prefill_worker {
 namespace {
-
-grpc::Status ToGrpc(const absl::Status& s) {
-  if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
 
 constexpr absl::Duration kEngineCallTimeout = absl::Seconds(10);
 
@@ -118,18 +115,8 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const tandem:
 
 grpc::Status PrefillService::Status(grpc::ServerContext*, const tandem::v1::WorkerStatusRequest*,
                                     tandem::v1::WorkerStatus* response) {
-  const engine::EngineLoad load = runner_->load();
-  response->set_worker_id(options_.worker_id);
-  response->set_role(tandem::v1::WORKER_ROLE_PREFILL);
-  response->set_model_id(options_.model_id);
-  tandem::v1::WorkerLoad* l = response->mutable_load();
-  l->set_running(load.running);
-  l->set_waiting(load.waiting);
-  l->set_free_blocks(load.free_blocks);
-  l->set_total_blocks(load.total_blocks);
-  l->set_used_blocks(load.used_blocks);
-  l->set_queued_prefill_tokens(load.queued_prefill_tokens);
-  response->set_reservations(load.reserved);
+  *response = worker_common::ToWorkerStatus(options_.worker_id, tandem::v1::WORKER_ROLE_PREFILL,
+                                            options_.model_id, runner_->load());
   return grpc::Status::OK;
 }
 

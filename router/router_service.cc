@@ -32,16 +32,6 @@ void SetDeadline(grpc::ClientContext* ctx, absl::Time deadline) {
 
 }  // namespace
 
-grpc::Status ToGrpc(const absl::Status& s) {
-  if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
-
-absl::Status FromGrpc(const grpc::Status& s) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-}
-
 grpc::Status GenerateService::Generate(grpc::ServerContext* context, const GenerateRequest* req,
                                        grpc::ServerWriter<GenerateResponse>* writer) {
   const absl::Time start = absl::Now();

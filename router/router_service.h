@@ -20,6 +20,7 @@
 #include <string>
 
 #include "model/loader.h"
+#include "proto/grpc_status.h"
 #include "router/worker_registry.h"
 #include "tandem/v1/tandem.grpc.pb.h"
 #include "tandem/v1/worker.grpc.pb.h"
@@ -69,9 +70,6 @@ class RegistryService final : public tandem::v1::WorkerRegistry::Service {
   WorkerRegistry* const registry_;
 };
 
-// absl::Status <-> grpc::Status, at the edge.
-grpc::Status ToGrpc(const absl::Status& s);
-absl::Status FromGrpc(const grpc::Status& s);
 
 }  // namespace tandem::router
 
