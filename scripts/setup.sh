@@ -13,6 +13,12 @@ packages=(
   libucx-dev ucx-utils        # transfer/ (UCX data plane) and ucx_perftest for bench
   clang libclang-rt-14-dev   # libFuzzer target (tests/fuzz), optional at build time
   openssl iproute2           # tests/deploy_test (TLS certs), tests/netns_test (ip netns)
+  libboost-dev               # router/ HTTP front end (Boost.Beast/Asio, header-only)
+  libpcre2-dev               # model/ byte-level BPE pre-tokenizer regexes
+  libcurl4-openssl-dev       # tandem pull (Hugging Face hub downloads)
+  librocksdb-dev             # kvstore/ SSD tier
+  libisal-dev                # kvstore/ CRC32C block checksums
+  python3-matplotlib         # bench/plot_bench.py charts
 )
 
 missing=()
