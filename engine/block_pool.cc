@@ -55,6 +55,7 @@ BlockPool::BlockPool(const Options& options)
     : num_blocks_(options.num_blocks),
       block_size_(options.block_size),
       on_evict_(options.on_evict),
+      on_commit_(options.on_commit),
       block_bytes_(options.block_bytes),
       refcount_(num_blocks_, 0),
       cached_(num_blocks_, false),
@@ -159,6 +160,7 @@ bool BlockPool::Commit(int32_t block, BlockHash hash, absl::Span<const int32_t> 
   hash_[block] = hash;
   std::copy(tokens.begin(), tokens.end(),
             tokens_.begin() + static_cast<ptrdiff_t>(block) * block_size_);
+  if (on_commit_) on_commit_(hash);
   return true;
 }
 

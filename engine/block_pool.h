@@ -93,6 +93,11 @@ class BlockPool {
     // Default: empty (evictions are silent). Fixed for the pool's lifetime.
     std::function<void(const EvictedBlock&)> on_evict;
 
+    // Called when Commit registers a hash that was not cached (a new block
+    // in the prefix cache: the KV-event Stored). Must not call into the pool.
+    // Default: empty.
+    std::function<void(BlockHash)> on_commit;
+
     // Returns the KV bytes of a block (a view into the engine's KV
     // allocation), used only to fill EvictedBlock::bytes. Must not call into
     // the pool.
@@ -187,6 +192,7 @@ class BlockPool {
   const int32_t num_blocks_;
   const int32_t block_size_;
   const std::function<void(const EvictedBlock&)> on_evict_;
+  const std::function<void(BlockHash)> on_commit_;
   const std::function<absl::Span<const uint8_t>(int32_t)> block_bytes_;
 
   std::vector<int32_t> refcount_;

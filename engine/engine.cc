@@ -48,6 +48,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
     return absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(raw->kv_view_.Block(block)),
                                      raw->kv_view_.layout.BlockBytes());
   };
+  if (options.kv_events != nullptr) {
+    KvEventLog* events = options.kv_events;
+    pool_options.on_commit = [events](BlockHash hash) { events->Stored(hash, KvTier::kHbm); };
+    pool_options.on_evict = [events](const EvictedBlock& b) { events->Removed(b.hash, KvTier::kHbm); };
+  }
   TANDEM_ASSIGN_OR_RETURN(e->pool_, BlockPool::Create(pool_options));
   TANDEM_ASSIGN_OR_RETURN(e->kv_, KvManager::Create({.model_id = llama->config().model_id,
                                                      .block_size = options.block_size},

@@ -41,6 +41,7 @@
 #include "absl/status/statusor.h"
 #include "engine/block_pool.h"
 #include "engine/generate.h"
+#include "engine/kv_events.h"
 #include "engine/kv_manager.h"
 #include "engine/sampler.h"
 #include "kernels/backend.h"
@@ -65,6 +66,10 @@ struct EngineOptions {
   // Most prompt tokens of one sequence per step (chunked prefill); 0 means
   // max_step_tokens. Default: 0.
   int32_t max_prefill_chunk = 0;
+  // Where the engine reports blocks entering and leaving its prefix cache
+  // (tier HBM), for the worker to publish as KV events. Borrowed; must
+  // outlive the engine. Default: null (no events).
+  KvEventLog* kv_events = nullptr;
 };
 
 struct EngineRequest {
