@@ -121,7 +121,18 @@ void EngineRunner::Loop() {
     stalled = false;
     if (engine_->HasWork()) {
       const int64_t steps_before = engine_->stats().steps;
+      const int64_t decoded_before = engine_->stats().decode_tokens_computed;
+      const absl::Time step_start = absl::Now();
       absl::StatusOr<std::vector<SequenceUpdate>> updates = engine_->Step();
+      const int64_t decoded = engine_->stats().decode_tokens_computed - decoded_before;
+      if (decoded > 0) {
+        // Weight 0.1: follows a load change within ~20 steps, smooths jitter.
+        const double ms = absl::ToDoubleMilliseconds(absl::Now() - step_start);
+        constexpr double kWeight = 0.1;
+        decode_step_ms_ = decode_step_ms_ == 0 ? ms : (1 - kWeight) * decode_step_ms_ + kWeight * ms;
+        decode_batch_ = decode_batch_ == 0 ? static_cast<double>(decoded)
+                                           : (1 - kWeight) * decode_batch_ + kWeight * static_cast<double>(decoded);
+      }
       if (!updates.ok()) {
         FailAll(updates.status());
       } else {
@@ -138,6 +149,8 @@ void EngineRunner::Loop() {
     load.used_blocks = load.total_blocks - load.free_blocks;
     load.queued_prefill_tokens = engine_->QueuedPrefillTokens();
     load.stats = engine_->stats();
+    load.decode_step_ms = decode_step_ms_;
+    load.decode_batch = decode_batch_;
     absl::MutexLock lock(&mu_);
     load_ = load;
   }

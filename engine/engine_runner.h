@@ -37,6 +37,10 @@ struct EngineLoad {
   int32_t total_blocks = 0;
   int32_t used_blocks = 0;  // total - free (free counts evictable cached blocks)
   int64_t queued_prefill_tokens = 0;
+  // Steps that decoded at least one sequence: exponentially weighted mean
+  // duration (ms) and rows decoded per step; 0 before the first.
+  double decode_step_ms = 0;
+  double decode_batch = 0;
   EngineStats stats;
 };
 
@@ -124,6 +128,9 @@ class EngineRunner {
   std::deque<std::shared_ptr<Command>> commands_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   EngineLoad load_ ABSL_GUARDED_BY(mu_);
+  // Touched by the engine thread only.
+  double decode_step_ms_ = 0;
+  double decode_batch_ = 0;
   std::thread thread_;
 };
 

@@ -10,6 +10,8 @@ tandem::v1::WorkerLoad ToWorkerLoad(const engine::EngineLoad& load) {
   p.set_total_blocks(load.total_blocks);
   p.set_used_blocks(load.used_blocks);
   p.set_queued_prefill_tokens(load.queued_prefill_tokens);
+  p.set_decode_step_ms(load.decode_step_ms);
+  p.set_decode_batch(load.decode_batch);
   return p;
 }
 

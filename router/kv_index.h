@@ -1,0 +1,142 @@
+// The router's prefix index: which worker holds which KV block, in which
+// tier, fed by the workers' KV events (DESIGN.md, "KV events").
+//
+//   KvIndex index;
+//   switch (index.Apply(batch)) {             // from PublishKvEvents
+//     case KvIndex::Outcome::kNeedSnapshot:   // gap, or unknown worker
+//       index.ApplySnapshot(FetchSnapshot(batch.worker_id()));
+//   }
+//   std::vector<KvIndex::PrefixMatch> m = index.Match(prompt_hashes);
+//   index.RemoveWorker("decode-host-42");     // died: forget its blocks
+//
+// Blocks are named by chained hashes (common/block_hash.h), so block i of a
+// prompt can only be reused if blocks 0..i-1 are too: a worker's usable
+// prefix is the longest run of leading hashes it holds. Match walks the
+// prompt's hashes once, keeping the workers still matching; its cost is the
+// sum over the prompt's blocks of the number of holders, independent of the
+// index size.
+//
+// Sequence numbers: each worker's batches are numbered 1, 2, ... A batch
+// that skips a number (the worker dropped events, or the stream broke) puts
+// the worker into "awaiting snapshot": later batches are buffered (up to
+// Options::max_buffered_batches) until ApplySnapshot replaces the worker's
+// entries, then the buffered ones numbered after the snapshot are applied.
+// A router that restarts starts empty and fills itself from snapshots as the
+// workers register again.
+//
+// Thread safety: all methods are thread-safe; Match takes a shared lock and
+// may run concurrently with other Matches.
+#ifndef TANDEM_ROUTER_KV_INDEX_H_
+#define TANDEM_ROUTER_KV_INDEX_H_
+
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/container/inlined_vector.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "common/block_hash.h"
+#include "tandem/v1/worker.pb.h"
+
+namespace tandem::router {
+
+class KvIndex {
+ public:
+  struct Options {
+    // Batches kept per worker while it awaits a snapshot; beyond this the
+    // oldest are dropped (the snapshot covers them anyway unless it is
+    // older). Default: 64.
+    size_t max_buffered_batches = 64;
+  };
+
+  enum class Outcome {
+    kApplied,       // in order: applied
+    kStale,         // already covered (duplicate or older than the snapshot)
+    kNeedSnapshot,  // gap or unknown worker: call ApplySnapshot for it
+    kBuffered,      // awaiting a snapshot: kept for after it
+  };
+
+  // A worker's reusable prefix for one prompt.
+  struct PrefixMatch {
+    std::string worker_id;
+    // Leading blocks held in some tier.
+    int32_t blocks = 0;
+    // Of those, how many are in each tier at best (a block held in HBM and
+    // DRAM counts as HBM): index by tandem::v1::KvTier (1 HBM, 2 DRAM, 3 SSD).
+    int32_t tier_blocks[4] = {0, 0, 0, 0};
+  };
+
+  struct Stats {
+    size_t workers = 0;
+    size_t blocks = 0;          // distinct hashes
+    size_t entries = 0;         // (hash, worker) pairs
+    int64_t gaps = 0;           // kNeedSnapshot answers
+    int64_t snapshots = 0;      // ApplySnapshot calls
+  };
+
+  KvIndex() : KvIndex(Options{}) {}
+  explicit KvIndex(Options options) : options_(options) {}
+
+  // Applies one batch (events in order: Stored adds the tier, Removed takes
+  // it away). A worker's first batch (or one after RemoveWorker) needs a
+  // snapshot unless its sequence number is 1.
+  Outcome Apply(const tandem::v1::KvEventBatch& batch);
+
+  // Replaces everything known about snapshot.worker_id() with the snapshot
+  // (its Stored events; others are ignored), then applies buffered batches
+  // numbered after snapshot.sequence_number().
+  void ApplySnapshot(const tandem::v1::KvEventBatch& snapshot);
+
+  // Forgets a worker and all its blocks.
+  void RemoveWorker(const std::string& worker_id);
+
+  // Whether the worker is waiting for a snapshot (for the router's fetch
+  // loop).
+  bool AwaitingSnapshot(const std::string& worker_id) const;
+
+  // Every worker holding at least the first of `hashes`, with its matched
+  // prefix. Order unspecified.
+  std::vector<PrefixMatch> Match(absl::Span<const BlockHash> hashes) const;
+
+  Stats stats() const;
+
+ private:
+  struct Holder {
+    uint32_t slot;
+    uint8_t tiers;  // bit (1 << tier)
+  };
+  using Holders = absl::InlinedVector<Holder, 2>;
+
+  struct Worker {
+    std::string id;
+    uint64_t next_sequence = 1;
+    bool awaiting_snapshot = false;
+    bool live = false;  // slot in use
+    std::deque<tandem::v1::KvEventBatch> buffered;
+    absl::flat_hash_set<BlockHash> hashes;
+  };
+
+  uint32_t SlotFor(const std::string& worker_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ApplyEvents(uint32_t slot, const tandem::v1::KvEventBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SetTier(uint32_t slot, BlockHash hash, int tier, bool present) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ClearWorker(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const Options options_;
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<BlockHash, Holders> blocks_ ABSL_GUARDED_BY(mu_);
+  std::vector<Worker> workers_ ABSL_GUARDED_BY(mu_);  // by slot
+  absl::flat_hash_map<std::string, uint32_t> slots_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> free_slots_ ABSL_GUARDED_BY(mu_);
+  size_t entries_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t gaps_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t snapshots_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace tandem::router
+
+#endif  // TANDEM_ROUTER_KV_INDEX_H_

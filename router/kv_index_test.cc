@@ -1,0 +1,205 @@
+#include "router/kv_index.h"
+
+#include <map>
+#include <random>
+#include <set>
+
+#include "gtest/gtest.h"
+
+namespace tandem::router {
+namespace {
+
+using tandem::v1::KvEvent;
+using tandem::v1::KvEventBatch;
+using tandem::v1::KvTier;
+
+KvEventBatch Batch(const std::string& worker, uint64_t seq) {
+  KvEventBatch b;
+  b.set_worker_id(worker);
+  b.set_sequence_number(seq);
+  return b;
+}
+
+void Add(KvEventBatch* b, KvEvent::Kind kind, KvTier tier, std::vector<uint64_t> hashes) {
+  KvEvent* e = b->add_events();
+  e->set_kind(kind);
+  e->set_tier(tier);
+  for (uint64_t h : hashes) e->add_block_hashes(h);
+}
+
+KvEventBatch Stored(const std::string& worker, uint64_t seq, std::vector<uint64_t> hashes,
+                    KvTier tier = tandem::v1::KV_TIER_HBM) {
+  KvEventBatch b = Batch(worker, seq);
+  Add(&b, KvEvent::KIND_STORED, tier, std::move(hashes));
+  return b;
+}
+
+// worker -> matched blocks.
+std::map<std::string, int32_t> Prefixes(const KvIndex& index, std::vector<BlockHash> hashes) {
+  std::map<std::string, int32_t> out;
+  for (const KvIndex::PrefixMatch& m : index.Match(hashes)) out[m.worker_id] = m.blocks;
+  return out;
+}
+
+TEST(KvIndexTest, LongestLeadingRunPerWorker) {
+  KvIndex index;
+  EXPECT_EQ(index.Apply(Stored("a", 1, {1, 2, 3})), KvIndex::Outcome::kApplied);
+  EXPECT_EQ(index.Apply(Stored("b", 1, {1, 2, 9, 4})), KvIndex::Outcome::kApplied);
+  EXPECT_EQ(index.Apply(Stored("c", 1, {2, 3})), KvIndex::Outcome::kApplied);  // no block 1: unusable
+  EXPECT_EQ(Prefixes(index, {1, 2, 3, 4}), (std::map<std::string, int32_t>{{"a", 3}, {"b", 2}}));
+  EXPECT_EQ(Prefixes(index, {1}), (std::map<std::string, int32_t>{{"a", 1}, {"b", 1}}));
+  EXPECT_TRUE(Prefixes(index, {7, 1}).empty());
+  EXPECT_TRUE(Prefixes(index, {}).empty());
+}
+
+TEST(KvIndexTest, CountsEachBlockInItsBestTier) {
+  KvIndex index;
+  KvEventBatch b = Stored("w", 1, {1, 2}, tandem::v1::KV_TIER_HBM);
+  Add(&b, KvEvent::KIND_STORED, tandem::v1::KV_TIER_DRAM, {2, 3});
+  Add(&b, KvEvent::KIND_STORED, tandem::v1::KV_TIER_SSD, {3, 4});
+  ASSERT_EQ(index.Apply(b), KvIndex::Outcome::kApplied);
+  std::vector<KvIndex::PrefixMatch> m = index.Match({1, 2, 3, 4, 5});
+  ASSERT_EQ(m.size(), 1u);
+  EXPECT_EQ(m[0].blocks, 4);
+  EXPECT_EQ(m[0].tier_blocks[tandem::v1::KV_TIER_HBM], 2);
+  EXPECT_EQ(m[0].tier_blocks[tandem::v1::KV_TIER_DRAM], 1);
+  EXPECT_EQ(m[0].tier_blocks[tandem::v1::KV_TIER_SSD], 1);
+  // Removing the HBM copy of block 2 leaves its DRAM copy.
+  KvEventBatch r = Batch("w", 2);
+  Add(&r, KvEvent::KIND_REMOVED, tandem::v1::KV_TIER_HBM, {2});
+  ASSERT_EQ(index.Apply(r), KvIndex::Outcome::kApplied);
+  m = index.Match({1, 2, 3, 4});
+  ASSERT_EQ(m.size(), 1u);
+  EXPECT_EQ(m[0].tier_blocks[tandem::v1::KV_TIER_DRAM], 2);
+  EXPECT_EQ(index.stats().entries, 4u);
+}
+
+TEST(KvIndexTest, RemovedBlockEndsThePrefix) {
+  KvIndex index;
+  ASSERT_EQ(index.Apply(Stored("w", 1, {1, 2, 3})), KvIndex::Outcome::kApplied);
+  KvEventBatch r = Batch("w", 2);
+  Add(&r, KvEvent::KIND_REMOVED, tandem::v1::KV_TIER_HBM, {2});
+  ASSERT_EQ(index.Apply(r), KvIndex::Outcome::kApplied);
+  EXPECT_EQ(Prefixes(index, {1, 2, 3}), (std::map<std::string, int32_t>{{"w", 1}}));
+  EXPECT_EQ(index.stats().blocks, 2u);
+}
+
+TEST(KvIndexTest, GapAsksForSnapshotAndBuffersUntilThen) {
+  KvIndex index;
+  ASSERT_EQ(index.Apply(Stored("w", 1, {1})), KvIndex::Outcome::kApplied);
+  EXPECT_EQ(index.Apply(Stored("w", 1, {1})), KvIndex::Outcome::kStale);
+  // Batch 2 (which stored block 2) is lost; 3 arrives.
+  EXPECT_EQ(index.Apply(Stored("w", 3, {3})), KvIndex::Outcome::kNeedSnapshot);
+  EXPECT_TRUE(index.AwaitingSnapshot("w"));
+  EXPECT_EQ(index.Apply(Stored("w", 4, {4})), KvIndex::Outcome::kBuffered);
+  EXPECT_EQ(index.Apply(Stored("w", 5, {5})), KvIndex::Outcome::kBuffered);
+  // The worker's snapshot after batch 4: blocks 1..4 (2 included).
+  index.ApplySnapshot(Stored("w", 4, {1, 2, 3, 4}));
+  EXPECT_FALSE(index.AwaitingSnapshot("w"));
+  // Buffered 3 and 4 are covered by the snapshot; 5 is applied after it.
+  EXPECT_EQ(Prefixes(index, {1, 2, 3, 4, 5}), (std::map<std::string, int32_t>{{"w", 5}}));
+  EXPECT_EQ(index.Apply(Stored("w", 6, {6})), KvIndex::Outcome::kApplied);
+  EXPECT_EQ(index.stats().gaps, 1);
+  EXPECT_EQ(index.stats().snapshots, 1);
+}
+
+TEST(KvIndexTest, SnapshotReplacesWhatTheWorkerHeld) {
+  KvIndex index;
+  ASSERT_EQ(index.Apply(Stored("w", 1, {1, 2, 3})), KvIndex::Outcome::kApplied);
+  index.ApplySnapshot(Stored("w", 7, {1, 9}));
+  EXPECT_EQ(Prefixes(index, {1, 2, 3}), (std::map<std::string, int32_t>{{"w", 1}}));
+  EXPECT_EQ(Prefixes(index, {1, 9}), (std::map<std::string, int32_t>{{"w", 2}}));
+  EXPECT_EQ(index.Apply(Stored("w", 7, {5})), KvIndex::Outcome::kStale);
+  EXPECT_EQ(index.Apply(Stored("w", 8, {5})), KvIndex::Outcome::kApplied);
+}
+
+TEST(KvIndexTest, RouterRestartRebuildsFromSnapshots) {
+  // A running router's index...
+  KvIndex before;
+  ASSERT_EQ(before.Apply(Stored("a", 1, {1, 2})), KvIndex::Outcome::kApplied);
+  ASSERT_EQ(before.Apply(Stored("a", 2, {3})), KvIndex::Outcome::kApplied);
+  ASSERT_EQ(before.Apply(Stored("b", 1, {1, 5})), KvIndex::Outcome::kApplied);
+  // ...is lost; the restarted router hears batch 3 of "a" first: a worker it
+  // has never seen, mid-stream, so it asks for a snapshot.
+  KvIndex after;
+  EXPECT_EQ(after.Apply(Stored("a", 3, {4})), KvIndex::Outcome::kNeedSnapshot);
+  after.ApplySnapshot(Stored("a", 3, {1, 2, 3, 4}));
+  after.ApplySnapshot(Stored("b", 1, {1, 5}));
+  EXPECT_EQ(Prefixes(after, {1, 2, 3, 4}), (std::map<std::string, int32_t>{{"a", 4}, {"b", 1}}));
+  EXPECT_EQ(Prefixes(after, {1, 5}), (std::map<std::string, int32_t>{{"a", 1}, {"b", 2}}));
+}
+
+TEST(KvIndexTest, RemoveWorkerDropsItsEntriesAndItStartsOverOnReturn) {
+  KvIndex index;
+  ASSERT_EQ(index.Apply(Stored("a", 1, {1, 2})), KvIndex::Outcome::kApplied);
+  ASSERT_EQ(index.Apply(Stored("b", 1, {1})), KvIndex::Outcome::kApplied);
+  index.RemoveWorker("a");
+  EXPECT_EQ(Prefixes(index, {1, 2}), (std::map<std::string, int32_t>{{"b", 1}}));
+  EXPECT_EQ(index.stats().entries, 1u);
+  EXPECT_EQ(index.stats().workers, 1u);
+  // A restarted worker numbers from 1 again.
+  EXPECT_EQ(index.Apply(Stored("a", 1, {1})), KvIndex::Outcome::kApplied);
+  EXPECT_EQ(Prefixes(index, {1, 2}), (std::map<std::string, int32_t>{{"a", 1}, {"b", 1}}));
+}
+
+// Random events against a naive model: per worker a set of (hash, tier).
+TEST(KvIndexTest, AgreesWithANaiveModelUnderRandomEvents) {
+  std::mt19937_64 rng(7);
+  KvIndex index;
+  constexpr int kWorkers = 12;
+  std::vector<std::set<std::pair<uint64_t, int>>> model(kWorkers);
+  std::vector<uint64_t> seq(kWorkers, 0);
+  for (int step = 0; step < 4000; ++step) {
+    const int w = static_cast<int>(rng() % kWorkers);
+    const std::string id = "w" + std::to_string(w);
+    if (rng() % 200 == 0) {
+      index.RemoveWorker(id);
+      model[w].clear();
+      seq[w] = 0;
+      continue;
+    }
+    KvEventBatch b = Batch(id, ++seq[w]);
+    const int events = 1 + static_cast<int>(rng() % 4);
+    for (int e = 0; e < events; ++e) {
+      const bool stored = rng() % 3 != 0;
+      const int tier = 1 + static_cast<int>(rng() % 3);
+      std::vector<uint64_t> hashes;
+      for (int k = static_cast<int>(rng() % 5); k >= 0; --k) hashes.push_back(rng() % 40);
+      Add(&b, stored ? KvEvent::KIND_STORED : KvEvent::KIND_REMOVED, static_cast<KvTier>(tier), hashes);
+      for (uint64_t h : hashes) {
+        if (stored) model[w].insert({h, tier});
+        else model[w].erase({h, tier});
+      }
+    }
+    ASSERT_EQ(index.Apply(b), KvIndex::Outcome::kApplied);
+    // Query a random chain.
+    std::vector<BlockHash> query;
+    for (int k = 1 + static_cast<int>(rng() % 8); k > 0; --k) query.push_back(rng() % 40);
+    std::map<std::string, KvIndex::PrefixMatch> got;
+    for (KvIndex::PrefixMatch& m : index.Match(query)) got[m.worker_id] = m;
+    for (int v = 0; v < kWorkers; ++v) {
+      int32_t blocks = 0;
+      int32_t tiers[4] = {0, 0, 0, 0};
+      for (BlockHash h : query) {
+        int best = 0;
+        for (int t = 3; t >= 1; --t) {
+          if (model[v].count({h, t})) best = t;
+        }
+        if (best == 0) break;
+        ++blocks;
+        ++tiers[best];
+      }
+      const std::string vid = "w" + std::to_string(v);
+      if (blocks == 0) {
+        EXPECT_FALSE(got.contains(vid)) << "step " << step;
+        continue;
+      }
+      ASSERT_TRUE(got.contains(vid)) << "step " << step << " worker " << v;
+      EXPECT_EQ(got[vid].blocks, blocks);
+      for (int t = 1; t <= 3; ++t) EXPECT_EQ(got[vid].tier_blocks[t], tiers[t]);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tandem::router
