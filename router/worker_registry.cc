@@ -32,8 +32,11 @@ absl::Status WorkerRegistry::Register(const tandem::v1::RegisterRequest& r) {
   } else {
     e.handle.prefill = std::shared_ptr<tandem::v1::PrefillWorker::Stub>(tandem::v1::PrefillWorker::NewStub(channel));
   }
+  e.handle.kv_events =
+      std::shared_ptr<tandem::v1::KvEventSource::Stub>(tandem::v1::KvEventSource::NewStub(channel));
   e.last_heartbeat = absl::Now();
   e.load = r.load();
+  e.block_size = r.block_size();
   absl::MutexLock lock(&mu_);
   if (!workers_.contains(r.worker_id())) order_.push_back(r.worker_id());
   workers_[r.worker_id()] = std::move(e);
@@ -79,6 +82,57 @@ bool WorkerRegistry::HasHealthy(WorkerRole role) {
     if (e.handle.role == role && Healthy(e, now)) return true;
   }
   return false;
+}
+
+void WorkerRegistry::ForEachHealthy(WorkerRole role, const std::vector<std::string>& exclude,
+                                    absl::FunctionRef<void(const WorkerView&)> fn) {
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  for (const std::string& id : order_) {
+    const Entry& e = workers_.at(id);
+    if (e.handle.role != role || !Healthy(e, now)) continue;
+    if (!exclude.empty() && std::find(exclude.begin(), exclude.end(), id) != exclude.end()) continue;
+    fn(WorkerView{e.handle, e.load, e.block_size, e.inflight_prefill_tokens, e.inflight_requests});
+  }
+}
+
+std::optional<WorkerHandle> WorkerRegistry::Get(const std::string& worker_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(worker_id);
+  if (it == workers_.end()) return std::nullopt;
+  return it->second.handle;
+}
+
+void WorkerRegistry::AddInflight(const std::string& worker_id, int64_t prefill_tokens) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(worker_id);
+  if (it == workers_.end()) return;
+  it->second.inflight_prefill_tokens += prefill_tokens;
+  ++it->second.inflight_requests;
+}
+
+void WorkerRegistry::RemoveInflight(const std::string& worker_id, int64_t prefill_tokens) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(worker_id);
+  if (it == workers_.end()) return;
+  it->second.inflight_prefill_tokens = std::max<int64_t>(0, it->second.inflight_prefill_tokens - prefill_tokens);
+  it->second.inflight_requests = std::max(0, it->second.inflight_requests - 1);
+}
+
+void WorkerRegistry::UpdateLoad(const std::string& worker_id, const tandem::v1::WorkerLoad& load) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(worker_id);
+  if (it != workers_.end()) it->second.load = load;
+}
+
+std::vector<std::string> WorkerRegistry::Unhealthy() {
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> out;
+  for (const std::string& id : order_) {
+    if (!Healthy(workers_.at(id), now)) out.push_back(id);
+  }
+  return out;
 }
 
 void WorkerRegistry::MarkFailed(const std::string& worker_id) {

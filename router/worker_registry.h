@@ -1,6 +1,8 @@
 // The router's view of its workers: who registered, their address and role,
-// when they last beat, and their load. Picks workers round-robin among the
-// healthy ones (the KV-aware cost model replaces the pick later).
+// when they last beat, their load (as last reported, plus the prefill work
+// this router has sent them since), and stubs to call them. Pick chooses
+// round-robin; ForEachHealthy lets router/placement.h score every worker
+// without copying the list.
 //
 // A worker is healthy when its last heartbeat is younger than the heartbeat
 // deadline (interval x misses_allowed) and no call to it failed since then.
@@ -17,6 +19,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -31,6 +34,18 @@ struct WorkerHandle {
   std::string address;
   std::shared_ptr<tandem::v1::DecodeWorker::Stub> decode;    // decode workers
   std::shared_ptr<tandem::v1::PrefillWorker::Stub> prefill;  // prefill workers
+  std::shared_ptr<tandem::v1::KvEventSource::Stub> kv_events;  // snapshots (all)
+};
+
+// What placement reads about one healthy worker (valid during the callback).
+struct WorkerView {
+  const WorkerHandle& handle;
+  const tandem::v1::WorkerLoad& load;
+  int32_t block_size;
+  // Sent by this router and not finished yet: prompt tokens still to prefill
+  // and requests, so load between two heartbeats is not underestimated.
+  int64_t inflight_prefill_tokens;
+  int32_t inflight_requests;
 };
 
 class WorkerRegistry {
@@ -60,6 +75,26 @@ class WorkerRegistry {
                                     const std::vector<std::string>& exclude = {});
   bool HasHealthy(tandem::v1::WorkerRole role);
 
+  // Calls `fn` for each healthy worker of `role` not in `exclude`, under the
+  // registry's lock (fn must not call back into the registry).
+  void ForEachHealthy(tandem::v1::WorkerRole role, const std::vector<std::string>& exclude,
+                      absl::FunctionRef<void(const WorkerView&)> fn);
+  // The handle of a registered worker (healthy or not).
+  std::optional<WorkerHandle> Get(const std::string& worker_id);
+
+  // Work this router sent to a worker (AddInflight) and its end
+  // (RemoveInflight with the same numbers). Unknown ids are ignored.
+  void AddInflight(const std::string& worker_id, int64_t prefill_tokens);
+  void RemoveInflight(const std::string& worker_id, int64_t prefill_tokens);
+
+  // A worker's load from a KV-event batch (as fresh as a heartbeat's, but it
+  // does not count as one).
+  void UpdateLoad(const std::string& worker_id, const tandem::v1::WorkerLoad& load);
+
+  // Workers whose heartbeat deadline passed longer than `grace` ago or that
+  // were marked failed (for the KV index to forget).
+  std::vector<std::string> Unhealthy();
+
   // A call to the worker failed in a way that says it is gone: out of
   // rotation until its next heartbeat.
   void MarkFailed(const std::string& worker_id);
@@ -81,6 +116,9 @@ class WorkerRegistry {
     absl::Time last_heartbeat;
     bool failed = false;
     tandem::v1::WorkerLoad load;
+    int32_t block_size = 0;
+    int64_t inflight_prefill_tokens = 0;
+    int32_t inflight_requests = 0;
   };
   bool Healthy(const Entry& e, absl::Time now) const;
 
