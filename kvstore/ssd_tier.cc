@@ -1,0 +1,252 @@
+#include "kvstore/ssd_tier.h"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "kvstore/block_format.h"
+#include "rocksdb/db.h"
+#include "rocksdb/options.h"
+#include "rocksdb/write_batch.h"
+
+namespace tandem::kvstore {
+namespace {
+
+// RocksDB errors enter here and leave as absl::Status.
+absl::Status FromRocks(const rocksdb::Status& s, const std::string& what) {
+  if (s.ok()) return absl::OkStatus();
+  const std::string msg = absl::StrFormat("SSD tier: %s: %s", what, s.ToString());
+  if (s.IsNotFound()) return absl::NotFoundError(msg);
+  if (s.IsCorruption()) return absl::DataLossError(msg);
+  if (s.IsIOError()) return absl::UnavailableError(msg);
+  if (s.IsInvalidArgument()) return absl::InvalidArgumentError(msg);
+  if (s.IsBusy() || s.IsTimedOut() || s.IsTryAgain()) return absl::UnavailableError(msg);
+  return absl::InternalError(msg);
+}
+
+void PutBe64(char* p, uint64_t v) {
+  for (int i = 7; i >= 0; --i) {
+    p[i] = static_cast<char>(v & 0xff);
+    v >>= 8;
+  }
+}
+uint64_t GetBe64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<uint8_t>(p[i]);
+  return v;
+}
+
+std::string EncodeMeta(uint64_t bytes, uint64_t seq) {
+  std::string meta(16, '\0');
+  std::memcpy(meta.data(), &bytes, 8);  // little-endian hosts only (block_format.cc)
+  std::memcpy(meta.data() + 8, &seq, 8);
+  return meta;
+}
+
+}  // namespace
+
+std::string SsdTier::SsdKey(uint64_t model_id_hash, BlockHash hash) {
+  std::string key(16, '\0');
+  PutBe64(key.data(), model_id_hash);
+  PutBe64(key.data() + 8, hash);
+  return key;
+}
+
+absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Create(const Options& options) {
+  if (options.path.empty()) return absl::InvalidArgumentError("SsdTier: path must be set");
+  if (options.capacity_bytes == 0) return absl::InvalidArgumentError("SsdTier: capacity_bytes must be > 0");
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = true;
+  db_options.create_missing_column_families = true;
+  db_options.max_background_jobs = 2;
+  rocksdb::ColumnFamilyOptions values;
+  values.enable_blob_files = true;
+  values.min_blob_size = options.min_blob_size;
+  values.enable_blob_garbage_collection = true;
+  values.blob_compression_type = rocksdb::kNoCompression;  // F32 KV barely compresses
+  values.compression = rocksdb::kNoCompression;
+  rocksdb::ColumnFamilyOptions meta;
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = {
+      {rocksdb::kDefaultColumnFamilyName, values}, {kMetaColumnFamily, meta}};
+  std::vector<rocksdb::ColumnFamilyHandle*> cfs;
+  rocksdb::DB* db = nullptr;
+  {
+    const rocksdb::Status s = rocksdb::DB::Open(db_options, options.path, descriptors, &cfs, &db);
+    if (!s.ok()) return FromRocks(s, "open " + options.path);
+  }
+  std::unique_ptr<SsdTier> tier(new SsdTier(options, db, std::move(cfs)));
+  // Rebuild the FIFO index from the small "meta" column family.
+  std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), tier->cfs_[1]));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    const rocksdb::Slice v = it->value();
+    if (v.size() != 16 || it->key().size() != 16) continue;  // not ours; leave it alone
+    uint64_t bytes = 0, seq = 0;
+    std::memcpy(&bytes, v.data(), 8);
+    std::memcpy(&seq, v.data() + 8, 8);
+    std::string key = it->key().ToString();
+    tier->order_.emplace(seq, key);
+    tier->index_.emplace(std::move(key), Entry{static_cast<size_t>(bytes), seq});
+    tier->used_bytes_ += bytes;
+    tier->next_seq_ = std::max(tier->next_seq_, seq + 1);
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "scan index");
+  it.reset();
+  // A database written with a larger budget: trim to this one.
+  {
+    std::lock_guard<std::mutex> lock(tier->mu_);
+    while (tier->used_bytes_ > tier->capacity_bytes_ && !tier->order_.empty()) {
+      TANDEM_RETURN_IF_ERROR(tier->EraseKeyLocked(std::string(tier->order_.begin()->second), nullptr));
+    }
+  }
+  return tier;
+}
+
+SsdTier::SsdTier(const Options& options, rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> cfs)
+    : options_(options), capacity_bytes_(options.capacity_bytes), db_(db), cfs_(std::move(cfs)) {}
+
+SsdTier::~SsdTier() {
+  for (rocksdb::ColumnFamilyHandle* cf : cfs_) (void)db_->DestroyColumnFamilyHandle(cf);
+  (void)db_->Close();
+  delete db_;
+}
+
+absl::Status SsdTier::EraseKeyLocked(const std::string& key, bool* removed) {
+  auto it = index_.find(key);
+  if (it == index_.end()) return absl::OkStatus();
+  rocksdb::WriteBatch batch;
+  batch.Delete(cfs_[0], key);
+  batch.Delete(cfs_[1], key);
+  rocksdb::WriteOptions wo;
+  wo.sync = options_.sync_writes;
+  TANDEM_RETURN_IF_ERROR(FromRocks(db_->Write(wo, &batch), "delete"));
+  order_.erase(it->second.seq);
+  used_bytes_ -= it->second.bytes;
+  index_.erase(it);
+  if (removed != nullptr) *removed = true;
+  return absl::OkStatus();
+}
+
+absl::Status SsdTier::Put(BlockHash hash, absl::Span<const uint8_t> value,
+                          std::vector<BlockHash>* evicted) {
+  if (value.empty() || value.size() > capacity_bytes_) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "SsdTier: value of %d bytes (budget %d bytes)", value.size(), capacity_bytes_));
+  }
+  const std::string key = SsdKey(options_.model_id_hash, hash);
+  std::lock_guard<std::mutex> lock(mu_);
+  rocksdb::WriteBatch batch;
+  // Victims, oldest first, until the new value fits (a replaced value frees
+  // its own bytes).
+  size_t freed = 0;
+  if (auto it = index_.find(key); it != index_.end()) freed = it->second.bytes;
+  std::vector<std::map<uint64_t, std::string>::iterator> victims;
+  for (auto o = order_.begin(); used_bytes_ - freed + value.size() > capacity_bytes_ && o != order_.end();
+       ++o) {
+    if (o->second == key) continue;
+    victims.push_back(o);
+    freed += index_.at(o->second).bytes;
+    batch.Delete(cfs_[0], o->second);
+    batch.Delete(cfs_[1], o->second);
+  }
+  const uint64_t seq = next_seq_++;
+  batch.Put(cfs_[0], key,
+            rocksdb::Slice(reinterpret_cast<const char*>(value.data()), value.size()));
+  batch.Put(cfs_[1], key, EncodeMeta(value.size(), seq));
+  rocksdb::WriteOptions wo;
+  wo.sync = options_.sync_writes;
+  TANDEM_RETURN_IF_ERROR(FromRocks(db_->Write(wo, &batch), "put"));
+  for (auto o : victims) {
+    auto e = index_.find(o->second);
+    used_bytes_ -= e->second.bytes;
+    if (evicted != nullptr && GetBe64(o->second.data()) == options_.model_id_hash) {
+      evicted->push_back(GetBe64(o->second.data() + 8));
+    }
+    index_.erase(e);
+    order_.erase(o);
+  }
+  if (auto it = index_.find(key); it != index_.end()) {
+    used_bytes_ -= it->second.bytes;
+    order_.erase(it->second.seq);
+    index_.erase(it);
+  }
+  index_.emplace(key, Entry{value.size(), seq});
+  order_.emplace(seq, key);
+  used_bytes_ += value.size();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> SsdTier::Get(BlockHash hash, bool* removed) {
+  const std::string key = SsdKey(options_.model_id_hash, hash);
+  uint64_t seq = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = index_.find(key);
+    if (it == index_.end()) return absl::NotFoundError(absl::StrFormat("block %016x not on SSD", hash));
+    seq = it->second.seq;
+  }
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cfs_[0], key, &value);
+  absl::Status bad;
+  if (s.ok()) {
+    absl::StatusOr<BlockView> view = DecodeBlock(value, /*verify_checksum=*/true);
+    if (!view.ok()) {
+      bad = view.status();
+    } else if (view->block_hash != hash || view->model_id_hash != options_.model_id_hash) {
+      bad = absl::DataLossError(absl::StrFormat("SSD value under block %016x names block %016x",
+                                                hash, view->block_hash));
+    } else {
+      return value;
+    }
+  } else if (s.IsNotFound()) {
+    bad = absl::DataLossError(absl::StrFormat("block %016x indexed but missing on SSD", hash));
+  } else {
+    return FromRocks(s, "get");
+  }
+  // Never serve it; drop it unless a new Put replaced it meanwhile.
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = index_.find(key); it != index_.end() && it->second.seq == seq) {
+    TANDEM_RETURN_IF_ERROR(EraseKeyLocked(key, removed));
+  }
+  return absl::DataLossError(absl::StrFormat("SSD tier: %s (deleted)", bad.message()));
+}
+
+bool SsdTier::Contains(BlockHash hash) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return index_.contains(SsdKey(options_.model_id_hash, hash));
+}
+
+absl::Status SsdTier::Erase(BlockHash hash, bool* removed) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return EraseKeyLocked(SsdKey(options_.model_id_hash, hash), removed);
+}
+
+std::vector<BlockHash> SsdTier::Keys() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<BlockHash> keys;
+  keys.reserve(order_.size());
+  for (const auto& [seq, key] : order_) {
+    if (GetBe64(key.data()) == options_.model_id_hash) keys.push_back(GetBe64(key.data() + 8));
+  }
+  return keys;
+}
+
+absl::Status SsdTier::Flush() {
+  rocksdb::FlushOptions fo;
+  fo.wait = true;
+  TANDEM_RETURN_IF_ERROR(FromRocks(db_->Flush(fo, cfs_), "flush"));
+  return FromRocks(db_->SyncWAL(), "sync WAL");
+}
+
+size_t SsdTier::used_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return used_bytes_;
+}
+
+size_t SsdTier::num_blocks() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return index_.size();
+}
+
+}  // namespace tandem::kvstore

@@ -1,0 +1,49 @@
+// Helpers for the kvstore tests: a temporary directory removed on
+// destruction, and deterministic block contents.
+#ifndef TANDEM_KVSTORE_TEST_UTIL_H_
+#define TANDEM_KVSTORE_TEST_UTIL_H_
+
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace tandem::kvstore::testing {
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = ::testing::TempDir() + "/kvstore_test_XXXXXX";
+    if (mkdtemp(tmpl.data()) == nullptr) ADD_FAILURE() << "mkdtemp failed";
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Block i's tokens and KV bytes, derived from i (so a mix-up shows).
+inline std::vector<int32_t> TokensFor(uint64_t i, int32_t n) {
+  std::vector<int32_t> t(n);
+  for (int32_t k = 0; k < n; ++k) t[k] = static_cast<int32_t>((i * 131 + k * 7) % 32000);
+  return t;
+}
+inline std::vector<uint8_t> PayloadFor(uint64_t i, size_t bytes) {
+  std::vector<uint8_t> p(bytes);
+  std::mt19937_64 rng(i * 0x9E3779B97F4A7C15ull + 1);
+  for (size_t k = 0; k < bytes; ++k) p[k] = static_cast<uint8_t>(rng());
+  return p;
+}
+
+}  // namespace tandem::kvstore::testing
+
+#endif  // TANDEM_KVSTORE_TEST_UTIL_H_

@@ -1,0 +1,287 @@
+#include "kvstore/tiered_store.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "kvstore/block_format.h"
+
+namespace tandem::kvstore {
+
+const char* TierName(Tier tier) {
+  switch (tier) {
+    case Tier::kDram: return "dram";
+    case Tier::kSsd: return "ssd";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::unique_ptr<TieredStore>> TieredStore::Create(const Options& options) {
+  if (options.model_id.empty()) return absl::InvalidArgumentError("TieredStore: model_id must be set");
+  if (options.block_tokens <= 0 || options.payload_bytes == 0) {
+    return absl::InvalidArgumentError("TieredStore: block_tokens and payload_bytes must be > 0");
+  }
+  if (options.write_queue_blocks < 1) {
+    return absl::InvalidArgumentError("TieredStore: write_queue_blocks must be >= 1");
+  }
+  std::unique_ptr<TieredStore> store(new TieredStore(options));
+  TANDEM_ASSIGN_OR_RETURN(
+      store->dram_,
+      DramTier::Create({.slot_bytes = EncodedBlockBytes(options.block_tokens, options.payload_bytes),
+                        .capacity_bytes = options.dram_bytes,
+                        .transfer = options.transfer}));
+  if (!options.ssd_path.empty()) {
+    TANDEM_ASSIGN_OR_RETURN(store->ssd_, SsdTier::Create({.path = options.ssd_path,
+                                                          .capacity_bytes = options.ssd_bytes,
+                                                          .model_id_hash = store->model_id_hash_,
+                                                          .sync_writes = options.ssd_sync_writes}));
+    store->writer_ = std::thread([s = store.get()] { s->WriterLoop(); });
+  }
+  return store;
+}
+
+TieredStore::TieredStore(const Options& options)
+    : options_(options), model_id_hash_(ModelIdHash(options.model_id)) {}
+
+TieredStore::~TieredStore() {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    stop_ = true;
+  }
+  queue_cv_.notify_all();
+  room_cv_.notify_all();
+  if (writer_.joinable()) writer_.join();  // drains the queue first
+}
+
+void TieredStore::Emit(TierEvent::Kind kind, Tier tier, std::vector<BlockHash> hashes) {
+  if (!options_.on_event || hashes.empty()) return;
+  options_.on_event(TierEvent{kind, tier, std::move(hashes)});
+}
+
+absl::Status TieredStore::Put(BlockHash hash, absl::Span<const int32_t> tokens,
+                              absl::Span<const uint8_t> payload) {
+  if (tokens.size() != static_cast<size_t>(options_.block_tokens) ||
+      payload.size() != options_.payload_bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "TieredStore::Put: %d tokens and %d bytes, the store holds blocks of %d and %d",
+        tokens.size(), payload.size(), options_.block_tokens, options_.payload_bytes));
+  }
+  const bool write_behind = ssd_ != nullptr && !ssd_->Contains(hash);
+  if (write_behind) {
+    // Reserve room in the write queue first, so that a rejected Put stores nothing.
+    std::unique_lock<std::mutex> lock(queue_mu_);
+    const auto room = [&] {
+      return stop_ || static_cast<int32_t>(queue_.size()) + reserved_ < options_.write_queue_blocks;
+    };
+    if (!room_cv_.wait_for(lock, absl::ToChronoNanoseconds(options_.put_timeout), room)) {
+      lock.unlock();
+      std::lock_guard<std::mutex> s(stats_mu_);
+      ++stats_.puts_rejected;
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "KV store: SSD write queue full (%d blocks) for %s", options_.write_queue_blocks,
+          absl::FormatDuration(options_.put_timeout)));
+    }
+    if (stop_) return absl::FailedPreconditionError("KV store is shutting down");
+    ++reserved_;
+  }
+  const BlockContents contents{model_id_hash_, hash, tokens, payload};
+  std::string value;
+  std::vector<BlockHash> evicted;
+  absl::Status put;
+  bool was_in_dram = false;
+  {
+    std::lock_guard<std::mutex> events(dram_events_mu_);
+    was_in_dram = dram_->Contains(hash);
+    if (write_behind) {
+      value = EncodeBlock(contents);
+      put = dram_->Put(hash, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value.data()),
+                                                 value.size()),
+                       &evicted);
+    } else {
+      put = dram_->PutWith(hash, EncodedBlockBytes(tokens.size(), payload.size()),
+                           [&](absl::Span<uint8_t> slot) { EncodeBlockInto(contents, slot); },
+                           &evicted);
+    }
+    if (put.ok()) {
+      Emit(TierEvent::Kind::kRemoved, Tier::kDram, std::move(evicted));
+      if (!was_in_dram) Emit(TierEvent::Kind::kStored, Tier::kDram, {hash});
+    }
+  }
+  if (write_behind) {
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      --reserved_;
+      if (put.ok()) queue_.push_back(Pending{hash, std::move(value)});
+    }
+    queue_cv_.notify_one();
+    room_cv_.notify_one();
+    drained_cv_.notify_all();
+  }
+  if (put.ok()) {
+    std::lock_guard<std::mutex> s(stats_mu_);
+    ++stats_.puts;
+  }
+  return put;
+}
+
+void TieredStore::WriterLoop() {
+  std::unique_lock<std::mutex> lock(queue_mu_);
+  while (true) {
+    // Deadline so that the loop re-checks its state even if a wakeup is lost.
+    queue_cv_.wait_for(lock, std::chrono::milliseconds(100), [&] { return stop_ || !queue_.empty(); });
+    if (queue_.empty()) {
+      if (stop_) return;  // drained
+      continue;
+    }
+    Pending p = std::move(queue_.front());
+    queue_.pop_front();
+    writing_ = true;
+    lock.unlock();
+    room_cv_.notify_one();
+    absl::Status st;
+    {
+      std::lock_guard<std::mutex> events(ssd_events_mu_);
+      const bool was_on_ssd = ssd_->Contains(p.hash);
+      std::vector<BlockHash> evicted;
+      st = ssd_->Put(p.hash,
+                     absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(p.value.data()), p.value.size()),
+                     &evicted);
+      if (st.ok()) {
+        Emit(TierEvent::Kind::kRemoved, Tier::kSsd, std::move(evicted));
+        if (!was_on_ssd) Emit(TierEvent::Kind::kStored, Tier::kSsd, {p.hash});
+      }
+    }
+    {
+      std::lock_guard<std::mutex> s(stats_mu_);
+      ++(st.ok() ? stats_.ssd_writes : stats_.ssd_write_errors);
+    }
+    lock.lock();
+    writing_ = false;
+    if (queue_.empty()) drained_cv_.notify_all();
+  }
+}
+
+absl::StatusOr<Tier> TieredStore::Get(BlockHash hash, absl::Span<const int32_t> tokens,
+                                      absl::Span<uint8_t> payload_out) {
+  if (tokens.size() != static_cast<size_t>(options_.block_tokens) ||
+      payload_out.size() != options_.payload_bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "TieredStore::Get: %d tokens and %d bytes, the store holds blocks of %d and %d",
+        tokens.size(), payload_out.size(), options_.block_tokens, options_.payload_bytes));
+  }
+  bool copied = false;
+  const bool in_dram = dram_->Get(hash, [&](absl::Span<const uint8_t> value) {
+    // DRAM is not re-verified on every read (the checksum is for media and
+    // remote readers); the header must still agree.
+    absl::StatusOr<BlockView> view = DecodeBlock(value, /*verify_checksum=*/false);
+    if (!view.ok() || view->block_hash != hash || !view->TokensEqual(tokens) ||
+        view->payload.size() != payload_out.size()) {
+      return;
+    }
+    std::memcpy(payload_out.data(), view->payload.data(), payload_out.size());
+    copied = true;
+  });
+  if (copied) {
+    std::lock_guard<std::mutex> s(stats_mu_);
+    ++stats_.dram_hits;
+    return Tier::kDram;
+  }
+  if (ssd_ != nullptr && !in_dram) {
+    absl::StatusOr<std::string> value;
+    {
+      // Under the SSD events lock so that a corrupt value's Removed event is
+      // ordered with the writer's Stored events.
+      std::lock_guard<std::mutex> events(ssd_events_mu_);
+      bool removed = false;
+      value = ssd_->Get(hash, &removed);
+      if (removed) Emit(TierEvent::Kind::kRemoved, Tier::kSsd, {hash});
+    }
+    if (value.status().code() == absl::StatusCode::kDataLoss) {
+      std::lock_guard<std::mutex> s(stats_mu_);
+      ++stats_.corrupt_blocks;
+      ++stats_.misses;
+      return value.status();
+    }
+    if (value.ok()) {
+      TANDEM_ASSIGN_OR_RETURN(BlockView view, DecodeBlock(*value, /*verify_checksum=*/false));
+      if (view.TokensEqual(tokens) && view.payload.size() == payload_out.size()) {
+        std::memcpy(payload_out.data(), view.payload.data(), payload_out.size());
+        // Promote into DRAM (already on SSD: nothing to write behind).
+        std::lock_guard<std::mutex> events(dram_events_mu_);
+        std::vector<BlockHash> evicted;
+        const bool was_in_dram = dram_->Contains(hash);
+        if (dram_->Put(hash, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value->data()),
+                                                 value->size()),
+                       &evicted)
+                .ok()) {
+          Emit(TierEvent::Kind::kRemoved, Tier::kDram, std::move(evicted));
+          if (!was_in_dram) Emit(TierEvent::Kind::kStored, Tier::kDram, {hash});
+        }
+        std::lock_guard<std::mutex> s(stats_mu_);
+        ++stats_.ssd_hits;
+        return Tier::kSsd;
+      }
+    } else if (value.status().code() != absl::StatusCode::kNotFound) {
+      return value.status();
+    }
+  }
+  std::lock_guard<std::mutex> s(stats_mu_);
+  ++stats_.misses;
+  return absl::NotFoundError(absl::StrFormat("block %016x not in the KV store", hash));
+}
+
+std::optional<Tier> TieredStore::Find(BlockHash hash) const {
+  if (dram_->Contains(hash)) return Tier::kDram;
+  if (ssd_ != nullptr && ssd_->Contains(hash)) return Tier::kSsd;
+  return std::nullopt;
+}
+
+absl::Status TieredStore::Erase(BlockHash hash) {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    std::erase_if(queue_, [&](const Pending& p) { return p.hash == hash; });
+  }
+  room_cv_.notify_all();
+  drained_cv_.notify_all();
+  {
+    std::lock_guard<std::mutex> events(dram_events_mu_);
+    if (dram_->Erase(hash)) Emit(TierEvent::Kind::kRemoved, Tier::kDram, {hash});
+  }
+  if (ssd_ != nullptr) {
+    std::lock_guard<std::mutex> events(ssd_events_mu_);
+    bool removed = false;
+    TANDEM_RETURN_IF_ERROR(ssd_->Erase(hash, &removed));
+    if (removed) Emit(TierEvent::Kind::kRemoved, Tier::kSsd, {hash});
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::pair<BlockHash, Tier>> TieredStore::Snapshot() const {
+  std::vector<std::pair<BlockHash, Tier>> out;
+  for (BlockHash h : dram_->Keys()) out.emplace_back(h, Tier::kDram);
+  if (ssd_ != nullptr) {
+    for (BlockHash h : ssd_->Keys()) out.emplace_back(h, Tier::kSsd);
+  }
+  return out;
+}
+
+absl::Status TieredStore::Flush(absl::Time deadline) {
+  std::unique_lock<std::mutex> lock(queue_mu_);
+  const auto idle = [&] { return queue_.empty() && reserved_ == 0 && !writing_; };
+  if (!drained_cv_.wait_for(lock, absl::ToChronoNanoseconds(std::max(deadline - absl::Now(), absl::ZeroDuration())),
+                            idle)) {
+    return absl::DeadlineExceededError(
+        absl::StrFormat("KV store: %d blocks still queued for SSD", queue_.size()));
+  }
+  return absl::OkStatus();
+}
+
+TieredStore::Stats TieredStore::stats() const {
+  std::lock_guard<std::mutex> s(stats_mu_);
+  return stats_;
+}
+
+}  // namespace tandem::kvstore

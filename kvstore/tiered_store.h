@@ -1,0 +1,197 @@
+// The KV tiers below HBM for one model: a DramTier in front of an optional
+// SsdTier, with write-behind from DRAM to SSD, promotion of SSD hits into
+// DRAM, and KV events for every block that enters or leaves a tier.
+//
+//   TieredStore::Options options;
+//   options.model_id = llama->config().model_id;
+//   options.block_tokens = layout.block_size;
+//   options.payload_bytes = layout.BlockBytes();
+//   options.dram_bytes = size_t{8} << 30;
+//   options.ssd_path = "/nvme/tandem-kv";
+//   options.ssd_bytes = size_t{200} << 30;
+//   options.on_event = [&](const TierEvent& e) { publisher.Enqueue(e); };
+//   TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<TieredStore> store, TieredStore::Create(options));
+//   TANDEM_RETURN_IF_ERROR(store->Put(hash, tokens, kv_bytes));  // HBM eviction
+//   absl::StatusOr<Tier> from = store->Get(hash, tokens, block_memory);  // promotion
+//
+// Write path. Put encodes the block straight into a DRAM slot (LRU victims
+// are dropped from DRAM: they were written behind to SSD already) and, with
+// an SSD tier, queues a copy of the value for the store's one writer thread,
+// which puts it into RocksDB. The queue holds at most write_queue_blocks
+// values. Back-pressure: when it is full, Put waits up to put_timeout for
+// room and then fails with ResourceExhausted having stored nothing (the
+// caller, e.g. the engine's eviction hook, drops the block: it is only a
+// cache). A block already on SSD is not queued again.
+//
+// Read path. Get looks in DRAM, then on SSD (checksum verified there); an SSD
+// hit is promoted into DRAM. A block whose tokens differ from the caller's
+// (a hash collision) is a miss. A block still in the write queue and already
+// evicted from DRAM is a miss too (rare; the caller recomputes it).
+//
+// Events. on_event receives Stored{hashes, tier} when blocks enter a tier and
+// Removed{hashes, tier} when they leave it (eviction, Erase, a corrupt SSD
+// value). Events of one tier are delivered in the order the changes happened
+// (the sink runs under a per-tier lock), from whichever thread made the change
+// (a Put/Get caller, or the writer thread for SSD). The sink must be quick and
+// must not call into the store.
+//
+// Shutdown. The destructor stops accepting work, drains the write queue into
+// SSD, and joins the writer thread (every queued block is written).
+//
+// Thread safety: all methods may be called from any thread. std::mutex and
+// std::condition_variable, not absl::Mutex: see dram_tier.h (TSan).
+#ifndef TANDEM_KVSTORE_TIERED_STORE_H_
+#define TANDEM_KVSTORE_TIERED_STORE_H_
+
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "common/block_hash.h"
+#include "kvstore/dram_tier.h"
+#include "kvstore/ssd_tier.h"
+
+namespace tandem::kvstore {
+
+enum class Tier { kDram, kSsd };
+const char* TierName(Tier tier);  // "dram", "ssd"
+
+struct TierEvent {
+  enum class Kind { kStored, kRemoved };
+  Kind kind = Kind::kStored;
+  Tier tier = Tier::kDram;
+  std::vector<BlockHash> hashes;
+};
+
+class TieredStore {
+ public:
+  struct Options {
+    // Names the model in every value header and SSD key. Default: "" (must
+    // be set). Fixed.
+    std::string model_id;
+    // Tokens per block (KvLayout::block_size) and KV bytes per block
+    // (KvLayout::BlockBytes()); every Put and Get uses exactly these.
+    // Default: 0 (must be set). Fixed.
+    int32_t block_tokens = 0;
+    size_t payload_bytes = 0;
+
+    // DRAM tier budget; must hold at least one block. Default: 1 GiB. Fixed.
+    size_t dram_bytes = size_t{1} << 30;
+    // Borrowed: register the DRAM pool with this transfer engine (see
+    // DramTier::Options::transfer). Default: null.
+    transfer::TransferEngine* transfer = nullptr;
+
+    // RocksDB directory of the SSD tier; empty = no SSD tier. Default: "".
+    std::string ssd_path;
+    // SSD tier budget (value bytes). Default: 10 GiB. Fixed.
+    size_t ssd_bytes = size_t{10} << 30;
+    // See SsdTier::Options::sync_writes. Default: false.
+    bool ssd_sync_writes = false;
+
+    // Most values waiting for the SSD writer. Must be >= 1. Default: 64.
+    int32_t write_queue_blocks = 64;
+    // How long Put waits for room in a full write queue. Default: 100 ms.
+    absl::Duration put_timeout = absl::Milliseconds(100);
+
+    // KV event sink (see the file comment). Default: empty (no events).
+    std::function<void(const TierEvent&)> on_event;
+  };
+
+  struct Stats {
+    int64_t puts = 0;
+    int64_t puts_rejected = 0;  // ResourceExhausted: write queue full
+    int64_t dram_hits = 0;
+    int64_t ssd_hits = 0;
+    int64_t misses = 0;
+    int64_t ssd_writes = 0;
+    int64_t ssd_write_errors = 0;
+    int64_t corrupt_blocks = 0;  // SSD values that failed verification (deleted)
+  };
+
+  static absl::StatusOr<std::unique_ptr<TieredStore>> Create(const Options& options);
+  ~TieredStore();
+  TieredStore(const TieredStore&) = delete;
+  TieredStore& operator=(const TieredStore&) = delete;
+
+  // Stores a block (see "Write path"). InvalidArgument on wrong sizes;
+  // ResourceExhausted when the write queue stayed full for put_timeout;
+  // FailedPrecondition after shutdown began.
+  absl::Status Put(BlockHash hash, absl::Span<const int32_t> tokens, absl::Span<const uint8_t> payload);
+
+  // Copies the block's KV bytes into `payload_out` (payload_bytes long) and
+  // says where it was found. `tokens` (block_tokens long) must equal the
+  // stored tokens. NotFound on a miss (collisions included); DataLoss for a
+  // corrupt SSD value (deleted, never copied out); InvalidArgument on wrong sizes.
+  absl::StatusOr<Tier> Get(BlockHash hash, absl::Span<const int32_t> tokens, absl::Span<uint8_t> payload_out);
+
+  // Where a block is now (DRAM first), without touching LRU order.
+  std::optional<Tier> Find(BlockHash hash) const;
+
+  // Removes a block from both tiers and from the write queue.
+  absl::Status Erase(BlockHash hash);
+
+  // Every (hash, tier) held now; a block in both tiers appears twice.
+  std::vector<std::pair<BlockHash, Tier>> Snapshot() const;
+
+  // Waits until the write queue is empty and the writer idle, or the deadline.
+  // DeadlineExceeded when it passed first.
+  absl::Status Flush(absl::Time deadline);
+
+  Stats stats() const;
+  DramTier& dram() { return *dram_; }
+  // Null without an SSD tier.
+  SsdTier* ssd() { return ssd_.get(); }
+  const Options& options() const { return options_; }
+
+ private:
+  struct Pending {
+    BlockHash hash = 0;
+    std::string value;
+  };
+
+  explicit TieredStore(const Options& options);
+  void WriterLoop();
+  void Emit(TierEvent::Kind kind, Tier tier, std::vector<BlockHash> hashes);
+  void NoteSsdRemoved(bool removed, BlockHash hash);
+
+  const Options options_;
+  const uint64_t model_id_hash_;
+  std::unique_ptr<DramTier> dram_;
+  std::unique_ptr<SsdTier> ssd_;
+
+  // Serialize each tier's changes with their events, so events of one tier
+  // arrive in order.
+  std::mutex dram_events_mu_;
+  std::mutex ssd_events_mu_;
+
+  mutable std::mutex queue_mu_;
+  std::condition_variable queue_cv_;    // writer: work or stop
+  std::condition_variable room_cv_;     // Put: room in the queue
+  std::condition_variable drained_cv_;  // Flush: queue empty, writer idle
+  std::deque<Pending> queue_;           // guarded by queue_mu_
+  int32_t reserved_ = 0;                // guarded by queue_mu_; slots promised to Puts in progress
+  bool writing_ = false;                // guarded by queue_mu_
+  bool stop_ = false;                   // guarded by queue_mu_
+
+  mutable std::mutex stats_mu_;
+  Stats stats_;  // guarded by stats_mu_
+
+  std::thread writer_;  // joined by the destructor
+};
+
+}  // namespace tandem::kvstore
+
+#endif  // TANDEM_KVSTORE_TIERED_STORE_H_
