@@ -80,6 +80,9 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(std::string_view spec) {
   TANDEM_ASSIGN_OR_RETURN(m->config, ModelConfigFromGguf(*m->gguf));
   TANDEM_ASSIGN_OR_RETURN(m->weights, LlamaWeightsFromGguf(*m->gguf, m->config));
   TANDEM_ASSIGN_OR_RETURN(m->tokenizer, Tokenizer::FromGguf(*m->gguf));
+  if (m->gguf->Find("tokenizer.chat_template") != nullptr) {
+    TANDEM_ASSIGN_OR_RETURN(m->chat_template, m->gguf->GetString("tokenizer.chat_template"));
+  }
   if (m->tokenizer->vocab_size() != m->config.vocab_size) {
     return absl::InvalidArgumentError(absl::StrCat(
         "gguf: tokenizer has ", m->tokenizer->vocab_size(), " tokens but token_embd.weight has ",

@@ -46,6 +46,10 @@ struct LoadedModel {
   ModelConfig config;
   LlamaWeights weights;  // views into gguf or synthetic storage
   std::unique_ptr<Tokenizer> tokenizer;
+  // The model's Jinja chat template source (GGUF tokenizer.chat_template or
+  // tokenizer_config.json's chat_template); empty if it has none, and then
+  // ChatTemplate::Default() applies (model/chat_template.h).
+  std::string chat_template;
   // Owners of the weight memory (one of them is set).
   std::unique_ptr<GgufFile> gguf;
   std::unique_ptr<SyntheticModel> synthetic_model;

@@ -1,0 +1,3 @@
+#include "jinja/template.h"
+#include "gtest/gtest.h"
+TEST(Smoke, X) {}
