@@ -508,6 +508,8 @@ class Parser {
         }
       } else if (IsOp("(")) {
         auto e = MakeExpr(Expr::Kind::kCall, Peek());
+        e->line = object->line;  // errors point at the callee, not the '('
+        e->column = object->column;
         TANDEM_RETURN_IF_ERROR(ParseArgs(e.get()));
         e->object = std::move(object);
         TANDEM_ASSIGN_OR_RETURN(object, Done(std::move(e)));
