@@ -4,9 +4,15 @@
 #define TANDEM_CLI_ENGINE_FLAGS_H_
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
+#include "kvstore/block_format.h"
+#include "kvstore/tiered_store.h"
+#include "model/model_config.h"
 
 namespace tandem::cli {
 
@@ -25,6 +31,45 @@ inline void AddEngineFlags(CLI::App* cmd, int32_t* block_size, int32_t* kv_cache
   cmd->add_option("--max-step-tokens", *max_step_tokens, "Most tokens in one forward pass")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+}
+
+// KV tiers below the engine's pool (kvstore/): off unless --kv-dram-bytes > 0.
+struct KvTierFlags {
+  int64_t dram_bytes = 0;
+  std::string ssd_path;
+  int64_t ssd_bytes = int64_t{10} << 30;
+};
+
+inline void AddKvTierFlags(CLI::App* cmd, KvTierFlags* f) {
+  cmd->add_option("--kv-dram-bytes", f->dram_bytes,
+                  "Host-memory KV tier below the pool, in bytes; 0 = no tiers")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--kv-ssd-path", f->ssd_path,
+                  "RocksDB directory of the SSD KV tier (needs --kv-dram-bytes); empty = no SSD tier");
+  cmd->add_option("--kv-ssd-bytes", f->ssd_bytes, "SSD KV tier budget in bytes")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+}
+
+// The TieredStore the flags ask for, sized for `config`'s blocks of
+// `block_size` tokens; null when --kv-dram-bytes is 0.
+inline absl::StatusOr<std::unique_ptr<kvstore::TieredStore>> MakeKvTiers(
+    const KvTierFlags& f, const model::ModelConfig& config, int32_t block_size,
+    std::function<void(const kvstore::TierEvent&)> on_event = nullptr) {
+  if (f.dram_bytes <= 0) {
+    if (!f.ssd_path.empty()) return absl::InvalidArgumentError("--kv-ssd-path needs --kv-dram-bytes");
+    return std::unique_ptr<kvstore::TieredStore>();
+  }
+  kvstore::TieredStore::Options options;
+  options.model_id = config.model_id;
+  options.block_tokens = block_size;
+  options.payload_bytes = config.KvLayoutFor(block_size).BlockBytes();
+  options.dram_bytes = static_cast<size_t>(f.dram_bytes);
+  options.ssd_path = f.ssd_path;
+  options.ssd_bytes = static_cast<size_t>(f.ssd_bytes);
+  options.on_event = std::move(on_event);
+  return kvstore::TieredStore::Create(options);
 }
 
 }  // namespace tandem::cli

@@ -46,6 +46,7 @@ void RegisterGenerate(CLI::App* cmd, GenerateFlags* f) {
                   "top_k, top_p, seed}) run concurrently; prints one JSON line per prompt")
       ->check(CLI::ExistingFile);
   AddEngineFlags(cmd, &f->block_size, &f->kv_cache_mb, &f->max_running, &f->max_step_tokens);
+  AddKvTierFlags(cmd, &f->kv_tiers);
   cmd->add_option("--remote", f->remote,
                   "Send the request to a cluster's router at HOST:PORT instead of running the model "
                   "here (local-only flags are ignored; --prompts-file is not supported)");
@@ -119,6 +120,12 @@ int RunPromptsFile(const GenerateFlags& f, model::LoadedModel& m, kernels::Backe
   options.kv_cache_bytes = static_cast<size_t>(f.kv_cache_mb) << 20;
   options.max_running = f.max_running;
   options.max_step_tokens = f.max_step_tokens;
+  auto tiers = MakeKvTiers(f.kv_tiers, llama.config(), f.block_size);
+  if (!tiers.ok()) {
+    std::cerr << "tandem generate: KV tiers: " << tiers.status().message() << "\n";
+    return 1;
+  }
+  options.tiers = tiers->get();  // declared before the engine, so it outlives it
   auto eng = engine::Engine::Create(options, &llama, &backend, m.tokenizer.get());
   if (!eng.ok()) {
     std::cerr << "tandem generate: " << eng.status().message() << "\n";

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "cli/engine_flags.h"
 
 namespace tandem::cli {
 
@@ -28,6 +29,7 @@ struct GenerateFlags {
   int32_t kv_cache_mb = 256;
   int32_t max_running = 64;
   int32_t max_step_tokens = 512;
+  KvTierFlags kv_tiers;  // --kv-dram-bytes, --kv-ssd-path, --kv-ssd-bytes (--prompts-file)
   // Remote mode (cli/remote_generate.h): the router's host:port; empty = run
   // the model locally.
   std::string remote;

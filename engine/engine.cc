@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
+#include "kvstore/tiered_store.h"
 
 namespace tandem::engine {
 
@@ -53,10 +54,33 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
     pool_options.on_commit = [events](BlockHash hash) { events->Stored(hash, KvTier::kHbm); };
     pool_options.on_evict = [events](const EvictedBlock& b) { events->Removed(b.hash, KvTier::kHbm); };
   }
+  KvManager::Options kv_options{.model_id = llama->config().model_id, .block_size = options.block_size};
+  if (options.tiers != nullptr) {
+    if (options.tiers->options().payload_bytes != layout.BlockBytes()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "engine: the KV tiers hold %d-byte blocks, this model's are %d bytes",
+          options.tiers->options().payload_bytes, layout.BlockBytes()));
+    }
+    // HBM eviction offers the block to the tiers (after the KV-event hook, if
+    // any). The CPU backend's KV is host memory, so the bytes are copied
+    // straight from the pool; a device backend must stage them through the
+    // backend (device -> pinned host) here instead. A failed Put (SSD write
+    // queue full past put_timeout) drops the block: the tiers are a cache.
+    kvstore::TieredStore* tiers = options.tiers;
+    pool_options.on_evict = [tiers, hbm_events = std::move(pool_options.on_evict)](const EvictedBlock& b) {
+      if (hbm_events) hbm_events(b);
+      if (!b.bytes.empty()) (void)tiers->Put(b.hash, b.tokens, b.bytes);
+    };
+    kv_options.tiers = tiers;
+    // Tier hits are copied into pool blocks: the same host-memory caveat
+    // (a device backend copies host -> device).
+    kv_options.block_memory = [raw](int32_t block) {
+      return absl::Span<uint8_t>(reinterpret_cast<uint8_t*>(raw->kv_view_.Block(block)),
+                                 raw->kv_view_.layout.BlockBytes());
+    };
+  }
   TANDEM_ASSIGN_OR_RETURN(e->pool_, BlockPool::Create(pool_options));
-  TANDEM_ASSIGN_OR_RETURN(e->kv_, KvManager::Create({.model_id = llama->config().model_id,
-                                                     .block_size = options.block_size},
-                                                    e->pool_.get()));
+  TANDEM_ASSIGN_OR_RETURN(e->kv_, KvManager::Create(kv_options, e->pool_.get()));
   e->logits_.resize(static_cast<size_t>(llama->config().vocab_size));
   return e;
 }

@@ -70,6 +70,12 @@ struct EngineOptions {
   // (tier HBM), for the worker to publish as KV events. Borrowed; must
   // outlive the engine. Default: null (no events).
   KvEventLog* kv_events = nullptr;
+  // Borrowed KV tiers below the pool (DRAM, SSD); null = off. Blocks the
+  // pool evicts are copied into it, and admission continues a prompt's cached
+  // prefix into it (KvManager, "Tiers"). Its block_tokens, payload_bytes and
+  // model_id must match this engine's blocks; its own on_event reports the
+  // tiers' KV events. Must outlive the engine. Default: null.
+  kvstore::TieredStore* tiers = nullptr;
 };
 
 struct EngineRequest {

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "kvstore/tiered_store.h"
 
 // Aborts on caller bugs that would corrupt the bookkeeping (see the header).
 // Local until common/ grows a shared CHECK (Debian's Abseil has no absl/log).
@@ -33,6 +34,18 @@ absl::StatusOr<std::unique_ptr<KvManager>> KvManager::Create(const Options& opti
                                                    " differs from the pool's ",
                                                    pool->block_size()));
   }
+  if (options.tiers != nullptr) {
+    if (!options.block_memory) {
+      return absl::InvalidArgumentError("KvManager: tiers need block_memory to copy hits into");
+    }
+    if (options.tiers->options().block_tokens != pool->block_size() ||
+        options.tiers->options().model_id != options.model_id) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "KvManager: the KV tiers hold blocks of ", options.tiers->options().block_tokens,
+          " tokens of model '", options.tiers->options().model_id, "', the pool ", pool->block_size(),
+          " tokens of '", options.model_id, "'"));
+    }
+  }
   return std::unique_ptr<KvManager>(new KvManager(options, pool, pool->block_size()));
 }
 
@@ -40,7 +53,9 @@ KvManager::KvManager(const Options& options, BlockPool* pool, int32_t block_size
     : model_id_(options.model_id),
       block_size_(block_size),
       seed_(ModelSeed(options.model_id)),
-      pool_(pool) {}
+      pool_(pool),
+      tiers_(options.tiers),
+      block_memory_(options.block_memory) {}
 
 KvManager::~KvManager() {
   for (auto& [id, seq] : seqs_) {
@@ -78,6 +93,26 @@ absl::StatusOr<int32_t> KvManager::StartSequence(int64_t seq_id,
     seq.hashes.push_back(hash);
     prev = hash;
   }
+  stats_.hbm_hit_blocks += static_cast<int64_t>(seq.blocks.size());
+  // Continue in the tiers: each hit is copied into a new pool block and
+  // committed (synchronously; see the header).
+  for (size_t i = seq.blocks.size(); tiers_ != nullptr && i < max_blocks; ++i) {
+    const absl::Span<const int32_t> tokens = prompt_tokens.subspan(i * block_size_, block_size_);
+    const BlockHash hash = HashBlock(prev, model_id_, tokens);
+    if (!tiers_->Find(hash).has_value() || pool_->num_free_blocks() == 0) break;
+    absl::StatusOr<int32_t> block = pool_->Allocate();  // may evict an HBM block into the tiers
+    if (!block.ok()) break;
+    const absl::StatusOr<kvstore::Tier> tier = tiers_->Get(hash, tokens, block_memory_(*block));
+    if (!tier.ok()) {  // evicted meanwhile, a collision, or corrupt: compute it instead
+      pool_->Release(*block);
+      break;
+    }
+    pool_->Commit(*block, hash, tokens);
+    ++(*tier == kvstore::Tier::kDram ? stats_.dram_hit_blocks : stats_.ssd_hit_blocks);
+    seq.blocks.push_back(*block);
+    seq.hashes.push_back(hash);
+    prev = hash;
+  }
   const int32_t cached_tokens = static_cast<int32_t>(seq.blocks.size()) * block_size_;
   ++stats_.sequences_started;
   stats_.prompt_tokens += static_cast<int64_t>(prompt_tokens.size());
@@ -99,6 +134,14 @@ KvManager::PrefixMatch KvManager::MatchPrefix(absl::Span<const int32_t> prompt_t
     if (pool_->RefCount(*block) == 0) ++match.evictable_blocks;
     prev = hash;
   }
+  for (size_t i = match.cached_blocks; tiers_ != nullptr && i < max_blocks; ++i) {
+    const absl::Span<const int32_t> tokens = prompt_tokens.subspan(i * block_size_, block_size_);
+    const BlockHash hash = HashBlock(prev, model_id_, tokens);
+    if (!tiers_->Find(hash).has_value()) break;
+    ++match.cached_blocks;
+    ++match.tier_blocks;
+    prev = hash;
+  }
   match.cached_tokens = match.cached_blocks * block_size_;
   return match;
 }
@@ -108,7 +151,7 @@ int32_t KvManager::BlocksToAdmit(absl::Span<const int32_t> prompt_tokens,
   const PrefixMatch match = MatchPrefix(prompt_tokens);
   const int32_t new_blocks =
       std::max(BlocksForTokens(total_tokens), match.cached_blocks) - match.cached_blocks;
-  return new_blocks + match.evictable_blocks;
+  return new_blocks + match.evictable_blocks + match.tier_blocks;
 }
 
 int32_t KvManager::BlocksNeeded(int64_t seq_id, int32_t total_tokens) const {

@@ -32,12 +32,21 @@
 // tokens past the table, an unknown sequence where one is required) aborts
 // the process with a message.
 //
+// Tiers: with Options::tiers set, the prefix match continues past the last
+// block found in the pool into the DRAM/SSD tiers (kvstore/tiered_store.h):
+// StartSequence allocates a pool block for each tier hit, copies the KV in
+// (Options::block_memory), commits it and counts it in Stats as a DRAM or SSD
+// hit. The copy is synchronous, on the engine thread, inside StartSequence;
+// prefetching ahead of admission so that it overlaps compute is still to come.
+// BlocksToAdmit counts those blocks as new allocations.
+//
 // Thread safety: none, by design; owned by the engine thread, like the pool.
-// The pool is borrowed and must outlive the manager.
+// The pool (and the tiers) are borrowed and must outlive the manager.
 #ifndef TANDEM_ENGINE_KV_MANAGER_H_
 #define TANDEM_ENGINE_KV_MANAGER_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,6 +57,10 @@
 #include "absl/types/span.h"
 #include "common/block_hash.h"
 #include "engine/block_pool.h"
+
+namespace tandem::kvstore {
+class TieredStore;
+}  // namespace tandem::kvstore
 
 namespace tandem::engine {
 
@@ -62,12 +75,28 @@ class KvManager {
     // Tokens per block; 0 means the pool's. If set it must equal the pool's.
     // Default: 0.
     int32_t block_size = 0;
+
+    // Borrowed KV tiers below the pool, searched after the pool's prefix
+    // cache (see the header comment); null = pool only. Its block_tokens and
+    // payload_bytes must match the pool's blocks. Default: null.
+    kvstore::TieredStore* tiers = nullptr;
+
+    // Writable KV bytes of a pool block (host memory), where tier hits are
+    // copied. Required with tiers. For a device backend this must become a
+    // backend copy (host -> device) instead of a host span.
+    // Default: empty.
+    std::function<absl::Span<uint8_t>(int32_t block_id)> block_memory;
   };
 
   struct Stats {
     int64_t sequences_started = 0;
     int64_t prompt_tokens = 0;         // summed over StartSequence calls
     int64_t cached_prompt_tokens = 0;  // of those, reused from the prefix cache
+    // Reused blocks by where they were found: the pool (HBM), or promoted
+    // from the DRAM or SSD tier.
+    int64_t hbm_hit_blocks = 0;
+    int64_t dram_hit_blocks = 0;
+    int64_t ssd_hit_blocks = 0;
   };
 
   // What StartSequence would reuse for a prompt right now.
@@ -77,6 +106,9 @@ class KvManager {
     // Of the cached blocks, those now unreferenced (evictable): reusing them
     // takes them out of the pool's num_free_blocks().
     int32_t evictable_blocks = 0;
+    // Of the cached blocks, those found in the tiers rather than the pool:
+    // each needs a new pool block when the sequence starts.
+    int32_t tier_blocks = 0;
   };
 
   // `pool` is borrowed and must outlive the manager. InvalidArgument on an
@@ -167,6 +199,8 @@ class KvManager {
   const int32_t block_size_;
   const BlockHash seed_;
   BlockPool* const pool_;  // borrowed
+  kvstore::TieredStore* const tiers_;  // borrowed, may be null
+  const std::function<absl::Span<uint8_t>(int32_t)> block_memory_;
   absl::flat_hash_map<int64_t, Sequence> seqs_;
   Stats stats_;
 };
