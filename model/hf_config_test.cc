@@ -398,8 +398,25 @@ TEST(HfCheckpointTest, LoadModelOnDirectoryNeedsTokenizerJson) {
   TempDir dir;
   WriteCheckpoint(dir, tiny->config, tiny->weights, 1);
   dir.Write("config.json", TinyConfig("LlamaForCausalLM", tiny->config.vocab_size).dump());
-  EXPECT_THAT(LoadModel(dir.path()),
-              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("tokenizer.json not supported yet")));
+  EXPECT_THAT(LoadModel(dir.path()), StatusIs(absl::StatusCode::kNotFound, HasSubstr("tokenizer.json")));
+  // A byte-level tokenizer.json of the 256 bytes (GPT-2's byte characters).
+  OJson vocab = OJson::object();
+  for (int b = 0, next = 256; b < 256; ++b) {
+    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    const int cp = printable ? b : next++;
+    std::string s = cp < 0x80 ? std::string(1, static_cast<char>(cp))
+                              : std::string{static_cast<char>(0xC0 | (cp >> 6)), static_cast<char>(0x80 | (cp & 0x3F))};
+    vocab[s] = b;
+  }
+  dir.Write("tokenizer.json",
+            OJson{{"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", OJson::array()}}},
+                  {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}}}}
+                .dump());
+  dir.Write("tokenizer_config.json", OJson{{"eos_token", "a"}, {"chat_template", "{{ messages }}"}}.dump());
+  ASSERT_OK_AND_ASSIGN(auto loaded, LoadModel(dir.path()));
+  ASSERT_NE(loaded->tokenizer, nullptr);
+  EXPECT_EQ(loaded->tokenizer->Encode("Hi", false), (std::vector<int32_t>{'H', 'i'}));
+  EXPECT_EQ(loaded->chat_template, "{{ messages }}");
 }
 
 TEST(HfCheckpointTest, CheckpointErrorsNameTheTensor) {

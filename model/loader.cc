@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "model/hf_config.h"
+#include "model/tokenizer_json.h"
 
 namespace tandem::model {
 
@@ -62,19 +63,51 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(std::string_view spec) {
   m->spec = std::string(spec);
   constexpr std::string_view kSynthetic = "synthetic:";
   if (spec.starts_with(kSynthetic)) {
-    TANDEM_ASSIGN_OR_RETURN(m->synthetic_model, CreateSyntheticModel(spec.substr(kSynthetic.size())));
+    // synthetic:NAME[,tokenizer=DIR]
+    std::string_view name = spec.substr(kSynthetic.size());
+    std::string tokenizer_dir;
+    constexpr std::string_view kTokenizer = ",tokenizer=";
+    if (size_t at = name.find(kTokenizer); at != std::string_view::npos) {
+      tokenizer_dir = std::string(name.substr(at + kTokenizer.size()));
+      name = name.substr(0, at);
+    }
+    TANDEM_ASSIGN_OR_RETURN(m->synthetic_model, CreateSyntheticModel(name));
     m->synthetic = true;
+    if (tokenizer_dir.empty()) {
+      TANDEM_ASSIGN_OR_RETURN(m->tokenizer, Tokenizer::FromVocabulary(m->synthetic_model->vocabulary));
+    } else {
+      TANDEM_ASSIGN_OR_RETURN(HfTokenizer hf, LoadHfTokenizer(tokenizer_dir));
+      m->tokenizer = std::move(hf.tokenizer);
+      m->chat_template = std::move(hf.chat_template);
+      ModelConfig config = m->synthetic_model->config;
+      if (m->tokenizer->vocab_size() > config.vocab_size) {
+        // Grow the embedding to the tokenizer's vocabulary (same shape otherwise).
+        config.vocab_size = m->tokenizer->vocab_size();
+        TANDEM_ASSIGN_OR_RETURN(m->synthetic_model,
+                                CreateSyntheticModelFromConfig(config, m->synthetic_model->weights.token_embd.dtype));
+      }
+      std::string base = tokenizer_dir;
+      while (base.size() > 1 && base.back() == '/') base.pop_back();
+      if (size_t slash = base.rfind('/'); slash != std::string::npos) base = base.substr(slash + 1);
+      m->synthetic_model->config.model_id = absl::StrCat(config.model_id, ",tokenizer=", base, ":",
+                                                         m->synthetic_model->config.vocab_size);
+    }
     m->config = m->synthetic_model->config;
     m->weights = m->synthetic_model->weights;
-    TANDEM_ASSIGN_OR_RETURN(m->tokenizer, Tokenizer::FromVocabulary(m->synthetic_model->vocabulary));
     return m;
   }
   struct stat st;
   if (::stat(m->spec.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
     TANDEM_ASSIGN_OR_RETURN(auto checkpoint, LoadHfCheckpoint(spec));
-    return absl::UnimplementedError(absl::StrCat(
-        "model directory ", m->spec, ": tokenizer.json not supported yet (the weights load; "
-        "synthetic:config=", m->spec, "/config.json runs this shape with a built-in vocabulary)"));
+    TANDEM_ASSIGN_OR_RETURN(HfTokenizer hf, LoadHfTokenizer(spec));
+    if (hf.tokenizer->vocab_size() > checkpoint->config.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model directory ", m->spec, ": tokenizer.json has ", hf.tokenizer->vocab_size(),
+          " tokens but the embedding has ", checkpoint->config.vocab_size, " rows"));
+    }
+    checkpoint->tokenizer = std::move(hf.tokenizer);
+    checkpoint->chat_template = std::move(hf.chat_template);
+    return checkpoint;
   }
   TANDEM_ASSIGN_OR_RETURN(m->gguf, GgufFile::Open(std::string(spec)));
   TANDEM_ASSIGN_OR_RETURN(m->config, ModelConfigFromGguf(*m->gguf));

@@ -5,17 +5,21 @@
 //   PATH.gguf                      GGUF file (weights and tokenizer)
 //   DIR                            config.json + model.safetensors or
 //                                  model.safetensors.index.json + shards
-//                                  (Llama, Mistral, Qwen2; see hf_config.h).
-//                                  The weights load, but tokenizer.json is not
-//                                  supported yet, so LoadModel(DIR) returns
-//                                  Unimplemented; LoadHfCheckpoint loads the
-//                                  weights alone.
+//                                  (Llama, Mistral, Qwen2; see hf_config.h),
+//                                  tokenizer.json (+ tokenizer_config.json,
+//                                  generation_config.json; tokenizer_json.h).
+//                                  LoadHfCheckpoint loads the weights alone.
 //   synthetic:tiny | llama-1b | llama-8b | qwen2-0.5b
 //                                  built-in random-weight presets
 //   synthetic:config=PATH/config.json
 //                                  random weights in the shape of a real
 //                                  config.json, with the built-in vocabulary
 //                                  padded to its vocab_size (synthetic.h)
+//   synthetic:NAME,tokenizer=DIR   either of the above with DIR's real
+//                                  tokenizer.json (and chat template); the
+//                                  embedding grows to the tokenizer's
+//                                  vocabulary where that is larger, and the
+//                                  model_id names the tokenizer
 //
 //   TANDEM_ASSIGN_OR_RETURN(auto model, LoadModel("synthetic:tiny"));
 //   model->tokenizer->Encode("Hello", true);

@@ -1,5 +1,6 @@
-// SentencePiece-style (GGUF "llama") tokenizer, matching llama.cpp's
-// llm_tokenizer_spm and llama_token_to_piece. See tokenizer.h.
+// The Tokenizer factories, and the SentencePiece-style (GGUF "llama")
+// tokenizer, matching llama.cpp's llm_tokenizer_spm and llama_token_to_piece.
+// See tokenizer.h.
 #include "model/tokenizer.h"
 
 #include <algorithm>
@@ -16,7 +17,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "absl/container/flat_hash_map.h"
 #include "common/status_macros.h"
+#include "model/bpe_tokenizer.h"
 
 namespace tandem::model {
 namespace {
@@ -33,6 +36,8 @@ constexpr char kBosKey[] = "tokenizer.ggml.bos_token_id";
 constexpr char kEosKey[] = "tokenizer.ggml.eos_token_id";
 constexpr char kAddBosKey[] = "tokenizer.ggml.add_bos_token";
 constexpr char kAddSpacePrefixKey[] = "tokenizer.ggml.add_space_prefix";
+constexpr char kMergesKey[] = "tokenizer.ggml.merges";
+constexpr char kPreKey[] = "tokenizer.ggml.pre";
 
 // Byte length of the UTF-8 sequence a lead byte announces, exactly as
 // llama.cpp's unicode_len_utf8: looked up from the high nibble, without
@@ -115,14 +120,41 @@ struct BigramOrder {
   }
 };
 
+// The GGUF "llama" tokenizer.
+class SpmTokenizer final : public Tokenizer {
+ public:
+  explicit SpmTokenizer(Vocabulary vocab);
+
+ protected:
+  std::vector<int32_t> EncodeImpl(std::string_view text, bool add_bos, bool parse_special) const override;
+  std::string PieceImpl(int32_t id, bool special) const override;
+
+ private:
+  // Id of `piece`, or -1.
+  int32_t PieceId(std::string_view piece) const;
+  // The token byte fallback emits for `byte`: <0xXX>, else the one-byte
+  // piece, else unk_id.
+  int32_t ByteToToken(uint8_t byte) const;
+  // SentencePiece merge of one run of raw text (no user-defined tokens in it),
+  // appending ids to `out`.
+  void EncodeSpm(std::string_view raw, bool space_prefix, std::vector<int32_t>* out) const;
+
+  absl::flat_hash_map<std::string, int32_t> piece_to_id_;
+  int32_t byte_token_[256];  // id of <0xXX>, or -1
+  // User-defined, control and unknown tokens, longest text first: matched in
+  // the input before the merge, as llama.cpp's special-token cache (control
+  // and unknown ones only with parse_special).
+  std::vector<int32_t> special_;
+};
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& gguf) {
   Vocabulary vocab;
   TANDEM_ASSIGN_OR_RETURN(vocab.model, gguf.GetString(kModelKey));
-  if (vocab.model != "llama") {
+  if (vocab.model != "llama" && vocab.model != "gpt2") {
     return absl::UnimplementedError(
-        absl::StrCat("unsupported tokenizer model '", vocab.model, "' (supported: llama)"));
+        absl::StrCat("unsupported tokenizer model '", vocab.model, "' (supported: llama, gpt2)"));
   }
   TANDEM_ASSIGN_OR_RETURN(vocab.tokens, gguf.GetStringArray(kTokensKey));
   const size_t n = vocab.tokens.size();
@@ -159,6 +191,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& g
   TANDEM_RETURN_IF_ERROR(ReadTokenId(gguf, kUnkKey, vocab_size, &vocab.unk_id));
   TANDEM_RETURN_IF_ERROR(ReadTokenId(gguf, kBosKey, vocab_size, &vocab.bos_id));
   TANDEM_RETURN_IF_ERROR(ReadTokenId(gguf, kEosKey, vocab_size, &vocab.eos_id));
+  if (vocab.model == "gpt2") {
+    TANDEM_ASSIGN_OR_RETURN(vocab.merges, gguf.GetStringArray(kMergesKey));
+    if (gguf.Find(kPreKey) != nullptr) {
+      TANDEM_ASSIGN_OR_RETURN(vocab.pre, gguf.GetString(kPreKey));
+    }
+    // llama.cpp: BPE vocabularies add no BOS unless the key says so, except
+    // Llama 3's.
+    vocab.add_bos = vocab.pre == "llama3" || vocab.pre == "llama-v3" || vocab.pre == "llama-bpe";
+  }
   if (gguf.Find(kAddBosKey) != nullptr) {
     TANDEM_ASSIGN_OR_RETURN(vocab.add_bos, gguf.GetBool(kAddBosKey));
   }
@@ -169,9 +210,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& g
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromVocabulary(Vocabulary vocab) {
+  if (vocab.model == "gpt2") {
+    TANDEM_ASSIGN_OR_RETURN(BpeOptions options, BpeOptionsForGgufPre(vocab.pre));
+    TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<BpeTokenizer> bpe,
+                            BpeTokenizer::Create(std::move(vocab), std::move(options)));
+    return std::unique_ptr<Tokenizer>(std::move(bpe));
+  }
   if (vocab.model != "llama") {
     return absl::UnimplementedError(
-        absl::StrCat("unsupported tokenizer model '", vocab.model, "' (supported: llama)"));
+        absl::StrCat("unsupported tokenizer model '", vocab.model, "' (supported: llama, gpt2)"));
   }
   const size_t n = vocab.tokens.size();
   if (n > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
@@ -193,10 +240,37 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromVocabulary(Vocabulary 
   TANDEM_RETURN_IF_ERROR(CheckId("unk_id", vocab.unk_id, n));
   TANDEM_RETURN_IF_ERROR(CheckId("bos_id", vocab.bos_id, n));
   TANDEM_RETURN_IF_ERROR(CheckId("eos_id", vocab.eos_id, n));
-  return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(vocab)));
+  for (int32_t id : vocab.eog_ids) TANDEM_RETURN_IF_ERROR(CheckId("end-of-generation id", id, n));
+  AddKnownEndOfGenerationTokens(&vocab);
+  return std::unique_ptr<Tokenizer>(new SpmTokenizer(std::move(vocab)));
 }
 
-Tokenizer::Tokenizer(Vocabulary vocab) : vocab_(std::move(vocab)) {
+bool Tokenizer::IsEndOfGeneration(int32_t id) const {
+  return id == vocab_.eos_id || std::find(vocab_.eog_ids.begin(), vocab_.eog_ids.end(), id) != vocab_.eog_ids.end();
+}
+
+std::string Tokenizer::Decode(absl::Span<const int32_t> ids, bool special) const {
+  std::string text;
+  for (int32_t id : ids) text += TokenToPiece(id, special);
+  return text;
+}
+
+void AddKnownEndOfGenerationTokens(Vocabulary* vocab) {
+  // As llama.cpp's end-of-generation list: end-of-turn tokens by their text.
+  static constexpr std::string_view kEndTexts[] = {
+      "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>",
+      "<|end|>",    "<end_of_turn>", "<|return|>",  "<EOT>",      "_<EOT>"};
+  for (size_t id = 0; id < vocab->tokens.size(); ++id) {
+    if (vocab->types[id] != TokenType::kControl && vocab->types[id] != TokenType::kUserDefined) continue;
+    if (std::find(std::begin(kEndTexts), std::end(kEndTexts), vocab->tokens[id]) == std::end(kEndTexts)) continue;
+    const int32_t i = static_cast<int32_t>(id);
+    if (i != vocab->eos_id && std::find(vocab->eog_ids.begin(), vocab->eog_ids.end(), i) == vocab->eog_ids.end()) {
+      vocab->eog_ids.push_back(i);
+    }
+  }
+}
+
+SpmTokenizer::SpmTokenizer(Vocabulary vocab) : Tokenizer(std::move(vocab)) {
   const int32_t n = vocab_size();
   piece_to_id_.reserve(vocab_.tokens.size());
   for (int32_t id = 0; id < n; ++id) {
@@ -205,7 +279,10 @@ Tokenizer::Tokenizer(Vocabulary vocab) : vocab_(std::move(vocab)) {
     if (text.empty()) text = absl::StrCat("[EMPTY_", id, "]");
     // As llama.cpp's token_to_id: a later duplicate wins.
     piece_to_id_[text] = id;
-    if (vocab_.types[id] == TokenType::kUserDefined) user_defined_.push_back(id);
+    const TokenType type = vocab_.types[id];
+    if (type == TokenType::kUserDefined || type == TokenType::kControl || type == TokenType::kUnknown) {
+      special_.push_back(id);
+    }
   }
   for (int b = 0; b < 256; ++b) {
     auto it = piece_to_id_.find(ByteTokenText(static_cast<uint8_t>(b)));
@@ -213,12 +290,12 @@ Tokenizer::Tokenizer(Vocabulary vocab) : vocab_(std::move(vocab)) {
   }
   // Longest first, as llama.cpp's special-token cache (ties by id, where
   // llama.cpp's unstable sort leaves the order unspecified).
-  std::stable_sort(user_defined_.begin(), user_defined_.end(), [this](int32_t a, int32_t b) {
+  std::stable_sort(special_.begin(), special_.end(), [this](int32_t a, int32_t b) {
     return vocab_.tokens[a].size() > vocab_.tokens[b].size();
   });
 }
 
-int32_t Tokenizer::ByteToToken(uint8_t byte) const {
+int32_t SpmTokenizer::ByteToToken(uint8_t byte) const {
   if (byte_token_[byte] >= 0) return byte_token_[byte];
   // llama.cpp's byte_to_token falls back to the raw byte as a piece (and
   // throws where that is missing too; we use <unk>).
@@ -227,12 +304,12 @@ int32_t Tokenizer::ByteToToken(uint8_t byte) const {
   return it == piece_to_id_.end() ? vocab_.unk_id : it->second;
 }
 
-int32_t Tokenizer::PieceId(std::string_view piece) const {
+int32_t SpmTokenizer::PieceId(std::string_view piece) const {
   auto it = piece_to_id_.find(AsAbsl(piece));
   return it == piece_to_id_.end() ? -1 : it->second;
 }
 
-void Tokenizer::EncodeSpm(std::string_view raw, bool space_prefix,
+void SpmTokenizer::EncodeSpm(std::string_view raw, bool space_prefix,
                           std::vector<int32_t>* out) const {
   std::string text;
   text.reserve(raw.size() + raw.size() / 2 + kSpaceMark.size());
@@ -294,14 +371,14 @@ void Tokenizer::EncodeSpm(std::string_view raw, bool space_prefix,
   }
 }
 
-std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) const {
+std::vector<int32_t> SpmTokenizer::EncodeImpl(std::string_view text, bool add_bos, bool parse_special) const {
   std::vector<int32_t> ids;
   ids.reserve(text.size() + 2);
   if (add_bos && vocab_.add_bos) ids.push_back(vocab_.bos_id);
   if (text.empty()) return ids;
 
-  // Split out user-defined tokens first (llama.cpp's tokenizer_st_partition
-  // with parse_special=false: control and unknown tokens are left as text,
+  // Split out special tokens first (llama.cpp's tokenizer_st_partition:
+  // without parse_special control and unknown tokens are left as text,
   // user-defined ones are still matched, longest first).
   struct Fragment {
     int32_t token;  // -1 for raw text
@@ -309,7 +386,8 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) cons
     size_t length;
   };
   std::vector<Fragment> fragments = {{-1, 0, text.size()}};
-  for (int32_t id : user_defined_) {
+  for (int32_t id : special_) {
+    if (!parse_special && vocab_.types[id] != TokenType::kUserDefined) continue;
     const std::string& piece = vocab_.tokens[id];
     std::vector<Fragment> next;
     next.reserve(fragments.size());
@@ -333,7 +411,7 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) cons
   }
 
   // The dummy-prefix space goes in front of the text and after every
-  // user-defined token, as llama.cpp's is_prev_special.
+  // special token, as llama.cpp's is_prev_special.
   bool prev_special = true;
   for (const Fragment& fragment : fragments) {
     if (fragment.token >= 0) {
@@ -348,7 +426,7 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) cons
   return ids;
 }
 
-std::string Tokenizer::TokenToPiece(int32_t id) const {
+std::string SpmTokenizer::PieceImpl(int32_t id, bool special) const {
   if (id < 0 || id >= vocab_size()) return "";
   const std::string& text = vocab_.tokens[id];
   switch (vocab_.types[id]) {
@@ -379,19 +457,15 @@ std::string Tokenizer::TokenToPiece(int32_t id) const {
       }
       return std::string(1, static_cast<char>(value));
     }
-    case TokenType::kUndefined:
     case TokenType::kUnknown:
     case TokenType::kControl:
+      return special ? text : "";
+    case TokenType::kUndefined:
     case TokenType::kUnused:
       return "";
   }
   return "";
 }
 
-std::string Tokenizer::Decode(absl::Span<const int32_t> ids) const {
-  std::string text;
-  for (int32_t id : ids) text += TokenToPiece(id);
-  return text;
-}
 
 }  // namespace tandem::model

@@ -465,7 +465,7 @@ TEST(TinyVocabTest, RejectsInconsistentVocabulary) {
   EXPECT_THAT(Tokenizer::FromVocabulary(v),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("bos_id")));
   v = MakeVocab({{"a", 0}});
-  v.model = "gpt2";
+  v.model = "bert";
   EXPECT_THAT(Tokenizer::FromVocabulary(v),
               StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("unsupported tokenizer")));
 }
@@ -621,10 +621,49 @@ TEST(FromGgufTest, UnsetSentinelKeepsDefault) {
 
 TEST(FromGgufTest, UnsupportedModel) {
   GgufBuilder b;
-  b.String("tokenizer.ggml.model", "gpt2").StringArray("tokenizer.ggml.tokens", kGgufTokens);
+  b.String("tokenizer.ggml.model", "bert").StringArray("tokenizer.ggml.tokens", kGgufTokens);
   EXPECT_THAT(TokenizerFromImage(b),
               StatusIs(absl::StatusCode::kUnimplemented,
-                       HasSubstr("unsupported tokenizer model 'gpt2' (supported: llama)")));
+                       HasSubstr("unsupported tokenizer model 'bert' (supported: llama, gpt2)")));
+}
+
+// A gpt2 (byte-level BPE) vocabulary as GGUF stores it: the printable ASCII
+// bytes spell themselves, "Ġ" (U+0120) is the space; merges "a b".
+TEST(FromGgufTest, Gpt2ByteLevelBpe) {
+  std::vector<std::string> tokens;
+  for (char c = 33; c < 127; ++c) tokens.push_back(std::string(1, c));  // ids 0..93
+  tokens.push_back("\xC4\xA0");           // 94: ' '
+  tokens.push_back("\xC4\xA0h");          // 95
+  tokens.push_back("hi");                   // 96
+  tokens.push_back("\xC4\xA0hi");         // 97
+  tokens.push_back("<|eot_id|>");           // 98, control
+  std::vector<int32_t> types(tokens.size(), 1);
+  types[98] = 3;
+  const auto build = [&](std::string_view pre) {
+    GgufBuilder b;
+    b.String("tokenizer.ggml.model", "gpt2")
+        .String("tokenizer.ggml.pre", pre)
+        .StringArray("tokenizer.ggml.tokens", tokens)
+        .Int32Array("tokenizer.ggml.token_type", types)
+        .StringArray("tokenizer.ggml.merges", {"\xC4\xA0 h", "h i", "\xC4\xA0h i"})
+        .Uint32("tokenizer.ggml.bos_token_id", 0)
+        .Uint32("tokenizer.ggml.eos_token_id", 1);
+    return b;
+  };
+  ASSERT_OK_AND_ASSIGN(auto tok, TokenizerFromImage(build("llama-bpe")));
+  const int32_t h = 'h' - 33;
+  const int32_t i = 'i' - 33;
+  // "hi hi": pre-tokens "hi", " hi"; "Ġh" (rank 0) merges before "hi" (rank 1)
+  // in " hi", then "Ġh"+"i" (rank 2).
+  EXPECT_THAT(tok->Encode("hi hi", false), ElementsAre(96, 97));
+  // llama-bpe adds BOS by default (no add_bos_token key).
+  EXPECT_THAT(tok->Encode("ih", true), ElementsAre(0, i, h));
+  EXPECT_THAT(tok->Encode("<|eot_id|>", false, true), ElementsAre(98));
+  EXPECT_TRUE(tok->IsEndOfGeneration(98));
+  EXPECT_EQ(tok->Decode(tok->Encode("hi hi", false)), "hi hi");
+  EXPECT_EQ(tok->TokenToPiece(97), " hi");
+  EXPECT_THAT(TokenizerFromImage(build("unknown-pre")),
+              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("unknown-pre")));
 }
 
 TEST(FromGgufTest, MissingRequiredKeys) {

@@ -15,6 +15,7 @@ packages=(
   openssl iproute2           # tests/deploy_test (TLS certs), tests/netns_test (ip netns)
   libboost-dev               # router/ HTTP front end (Boost.Beast/Asio, header-only)
   libpcre2-dev               # model/ byte-level BPE pre-tokenizer regexes
+  libicu-dev                 # model/ tokenizer.json NFC normalizer (Qwen2/3)
   libcurl4-openssl-dev       # tandem pull (Hugging Face hub downloads)
   librocksdb-dev             # kvstore/ SSD tier
   libisal-dev                # kvstore/ CRC32C block checksums
