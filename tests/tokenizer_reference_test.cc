@@ -16,6 +16,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "model/loader.h"
+#include "model/text_stream.h"
 #include "model/tokenizer.h"
 #include "model/tokenizer_json.h"
 #include "tests/testing/status_matchers.h"
@@ -204,6 +206,42 @@ TEST_F(TokenizerReferenceTest, GgufGpt2VocabularyMatchesTokenizerJson) {
     }
     EXPECT_GT(compared, 2000) << name;
   }
+}
+
+// Streaming byte-level pieces: each delta is whole UTF-8 characters and the
+// deltas add up to the text (emoji and CJK span several tokens).
+TEST_F(TokenizerReferenceTest, TextStreamReassemblesByteLevelPieces) {
+  ASSERT_OK_AND_ASSIGN(HfTokenizer hf, Load("llama3"));
+  const std::string text = "Emoji 👨‍👩‍👧🇫🇷 and 中文字符, 한국어 — ok";
+  TextStream stream(hf.tokenizer.get());
+  std::string joined;
+  bool split_character = false;
+  for (int32_t id : hf.tokenizer->Encode(text, false)) {
+    const std::string piece = hf.tokenizer->TokenToPiece(id);
+    split_character = split_character || TextStream::CompletePrefix(piece) != piece.size();
+    const std::string delta = stream.Push(id);
+    EXPECT_EQ(TextStream::ToValidUtf8(delta), delta);
+    joined += delta;
+  }
+  joined += stream.Finish();
+  EXPECT_EQ(joined, text);
+  EXPECT_TRUE(split_character) << "no token split a character: the check above is vacuous";
+}
+
+// synthetic:NAME,tokenizer=DIR: random weights with the real tokenizer, the
+// embedding grown to its vocabulary.
+TEST_F(TokenizerReferenceTest, SyntheticModelWithRealTokenizer) {
+  const std::string dir = Ref()["tokenizers"]["llama3"]["dir"].get<std::string>();
+  ASSERT_OK_AND_ASSIGN(auto m, LoadModel("synthetic:tiny,tokenizer=" + dir));
+  EXPECT_TRUE(m->synthetic);
+  EXPECT_EQ(m->config.vocab_size, m->tokenizer->vocab_size());
+  EXPECT_EQ(m->weights.token_embd.rows, m->tokenizer->vocab_size());
+  EXPECT_THAT(m->config.model_id, ::testing::HasSubstr(",tokenizer=models:"));
+  EXPECT_THAT(m->chat_template, ::testing::HasSubstr("<|start_header_id|>"));
+  ASSERT_OK_AND_ASSIGN(HfTokenizer hf, Load("llama3"));
+  EXPECT_EQ(m->tokenizer->Encode("Hello, world", true), hf.tokenizer->Encode("Hello, world", true));
+  EXPECT_THAT(LoadModel("synthetic:tiny,tokenizer=/nonexistent"),
+              tandem::testing::StatusIs(absl::StatusCode::kNotFound, ::testing::HasSubstr("tokenizer.json")));
 }
 
 }  // namespace
