@@ -31,6 +31,9 @@ absl::StatusOr<std::unique_ptr<DramTier>> DramTier::Create(const Options& option
       return absl::ResourceExhaustedError(absl::StrFormat("DramTier: cannot allocate %d bytes", bytes));
     }
   }
+  // Touch every page now, so that no Put pays a page fault (and the pool is
+  // resident from the start, as a pinned pool would be).
+  std::memset(base, 0, bytes);
   std::unique_ptr<DramTier> tier(new DramTier(options, base, num_slots));
   tier->region_ = std::move(region);
   return tier;
