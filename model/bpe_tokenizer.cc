@@ -4,10 +4,9 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
-
+#include <unicode/bytestream.h>
 #include <unicode/normalizer2.h>
 #include <unicode/stringpiece.h>
-#include <unicode/bytestream.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -31,7 +30,8 @@ constexpr std::string_view kMetaspace = "\xE2\x96\x81";  // U+2581 "▁"
 
 // Hugging Face's regexes for the GGUF pre-tokenizer names (llama.cpp's
 // llama-vocab.cpp lists the same ones).
-constexpr char kGpt2Pattern[] = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+constexpr char kGpt2Pattern[] =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 constexpr char kLlama3Pattern[] =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 constexpr char kQwen2Pattern[] =
@@ -57,6 +57,13 @@ struct ByteLevelMap {
 const ByteLevelMap& GetByteLevelMap() {
   static const ByteLevelMap* map = new ByteLevelMap();
   return *map;
+}
+
+int HexDigit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
 }
 
 // Length of the valid UTF-8 character at text[i], or 0 where the bytes there
@@ -304,8 +311,10 @@ absl::Status BpeTokenizer::Init() {
     }
     if (type == TokenType::kUnused) continue;
     spelling_to_id[text] = id;
-    if (type == TokenType::kByte && text.size() == 6 && text.starts_with("<0x") && text.back() == '>') {
-      const int value = std::stoi(text.substr(3, 2), nullptr, 16);
+    const int hi = text.size() == 6 ? HexDigit(text[3]) : -1;
+    const int lo = text.size() == 6 ? HexDigit(text[4]) : -1;
+    if (type == TokenType::kByte && text.starts_with("<0x") && text.back() == '>' && hi >= 0 && lo >= 0) {
+      const int value = hi * 16 + lo;
       byte_fallback_id_[value] = id;
       pieces_[id] = std::string(1, static_cast<char>(value));
       continue;
@@ -564,7 +573,8 @@ void BpeTokenizer::EncodePiece(std::string_view piece, std::vector<int32_t>* out
       id = it == key_to_id_.end() ? -1 : it->second;
     }
     const int index = static_cast<int>(symbols.size());
-    symbols.push_back(Symbol{id, index - 1, index + 1, static_cast<uint32_t>(i), static_cast<uint32_t>(len), false});
+    symbols.push_back(
+        Symbol{id, index - 1, index + 1, static_cast<uint32_t>(i), static_cast<uint32_t>(len), false});
     i += len;
   }
   symbols.back().next = -1;

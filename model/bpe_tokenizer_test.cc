@@ -3,12 +3,12 @@
 // tests/tokenizer_reference_test.cc).
 #include "model/bpe_tokenizer.h"
 
-#include <string>
-#include <vector>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
 #include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
 
 #include "model/tokenizer_json.h"
 #include "tests/testing/status_matchers.h"
@@ -39,16 +39,21 @@ Json Llama2StyleJson() {
                             "\xE2\x96\x81world", "\xE2\x96\x81worl"}) {
     vocab[piece] = next++;
   }
-  Json merges = Json::array({"\xE2\x96\x81 h", "l l", "ll o", "\xE2\x96\x81h e", "\xE2\x96\x81he llo",
-                             "\xE2\x96\x81 w", "o r", "\xE2\x96\x81w or", "\xE2\x96\x81wor l",
-                             "\xE2\x96\x81worl d"});
+  Json merges =
+      Json::array({"\xE2\x96\x81 h", "l l", "ll o", "\xE2\x96\x81h e", "\xE2\x96\x81he llo", "\xE2\x96\x81 w",
+                   "o r", "\xE2\x96\x81w or", "\xE2\x96\x81wor l", "\xE2\x96\x81worl d"});
   Json added = Json::array();
   for (int id = 0; id < 3; ++id) {
     const char* content[] = {"<unk>", "<s>", "</s>"};
     added.push_back({{"id", id}, {"content", content[id]}, {"special", true}});
   }
   return Json{
-      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}, {"byte_fallback", true}, {"unk_token", "<unk>"}}},
+      {"model",
+       {{"type", "BPE"},
+        {"vocab", vocab},
+        {"merges", merges},
+        {"byte_fallback", true},
+        {"unk_token", "<unk>"}}},
       {"added_tokens", added},
       {"normalizer",
        {{"type", "Sequence"},
@@ -69,7 +74,8 @@ absl::StatusOr<HfTokenizer> FromJson(const Json& tokenizer, const Json& config =
 }
 
 TEST(BpeTokenizerJsonTest, SentencePieceStyleMergesFallsBackToBytesAndAddsBos) {
-  ASSERT_OK_AND_ASSIGN(HfTokenizer hf, FromJson(Llama2StyleJson(), {{"bos_token", "<s>"}, {"eos_token", "</s>"}}));
+  ASSERT_OK_AND_ASSIGN(HfTokenizer hf,
+                       FromJson(Llama2StyleJson(), {{"bos_token", "<s>"}, {"eos_token", "</s>"}}));
   const Tokenizer& tok = *hf.tokenizer;
   // "hello world" -> "▁hello▁world": ▁hello (271) and ▁world (275).
   EXPECT_THAT(tok.Encode("hello world", false), ElementsAre(271, 275));
@@ -110,10 +116,12 @@ Vocabulary ByteLevelVocabulary() {
     }
     v.tokens[b] = s;
   }
-  v.tokens.push_back("aa");           // 256
-  v.tokens.push_back("aaaa");         // 257
-  v.tokens.push_back("\xC4\xA0" "a");  // 258 "Ġa" = " a"
-  v.tokens.push_back("<|end|>");      // 259, control
+  v.tokens.push_back("aa");    // 256
+  v.tokens.push_back("aaaa");  // 257
+  v.tokens.push_back(
+      "\xC4\xA0"
+      "a");                       // 258 "Ġa" = " a"
+  v.tokens.push_back("<|end|>");  // 259, control
   v.types.assign(v.tokens.size(), TokenType::kNormal);
   v.types[259] = TokenType::kControl;
   v.merges = {"a a", "aa aa", "\xC4\xA0 a"};
@@ -171,7 +179,8 @@ TEST(BpeTokenizerTest, Errors) {
   EXPECT_THAT(FromJson(unigram), StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("Unigram")));
   Json wordpiece_pre = Llama2StyleJson();
   wordpiece_pre["pre_tokenizer"] = {{"type", "BertPreTokenizer"}};
-  EXPECT_THAT(FromJson(wordpiece_pre), StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("BertPreTokenizer")));
+  EXPECT_THAT(FromJson(wordpiece_pre),
+              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("BertPreTokenizer")));
   EXPECT_THAT(TokenizerFromHfFiles({.tokenizer_json = "{"}), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(LoadHfTokenizer("/nonexistent-dir"), StatusIs(absl::StatusCode::kNotFound));
 }

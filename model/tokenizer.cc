@@ -13,11 +13,11 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
-#include "absl/container/flat_hash_map.h"
 #include "common/status_macros.h"
 #include "model/bpe_tokenizer.h"
 
@@ -88,8 +88,8 @@ absl::Status ReadTokenId(const GgufFile& gguf, const char* key, int64_t vocab_si
 
 absl::Status CheckId(const char* what, int32_t id, size_t vocab_size) {
   if (id < 0 || static_cast<size_t>(id) >= vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "vocabulary ", what, " ", id, " is outside the vocabulary of ", vocab_size, " tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("vocabulary ", what, " ", id, " is outside the vocabulary of ", vocab_size, " tokens"));
   }
   return absl::OkStatus();
 }
@@ -162,8 +162,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& g
   if (gguf.Find(kScoresKey) != nullptr) {
     TANDEM_ASSIGN_OR_RETURN(vocab.scores, gguf.GetFloatArray(kScoresKey));
     if (vocab.scores.size() != n) {
-      return absl::InvalidArgumentError(absl::StrCat(kScoresKey, " has ", vocab.scores.size(),
-                                                     " entries but ", kTokensKey, " has ", n));
+      return absl::InvalidArgumentError(
+          absl::StrCat(kScoresKey, " has ", vocab.scores.size(), " entries but ", kTokensKey, " has ", n));
     }
   } else {
     vocab.scores.assign(n, 0.0f);
@@ -172,8 +172,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& g
   if (gguf.Find(kTokenTypeKey) != nullptr) {
     TANDEM_ASSIGN_OR_RETURN(std::vector<int64_t> types, gguf.GetIntArray(kTokenTypeKey));
     if (types.size() != n) {
-      return absl::InvalidArgumentError(absl::StrCat(kTokenTypeKey, " has ", types.size(),
-                                                     " entries but ", kTokensKey, " has ", n));
+      return absl::InvalidArgumentError(
+          absl::StrCat(kTokenTypeKey, " has ", types.size(), " entries but ", kTokensKey, " has ", n));
     }
     vocab.types.reserve(n);
     for (int64_t t : types) {
@@ -246,7 +246,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromVocabulary(Vocabulary 
 }
 
 bool Tokenizer::IsEndOfGeneration(int32_t id) const {
-  return id == vocab_.eos_id || std::find(vocab_.eog_ids.begin(), vocab_.eog_ids.end(), id) != vocab_.eog_ids.end();
+  return id == vocab_.eos_id ||
+         std::find(vocab_.eog_ids.begin(), vocab_.eog_ids.end(), id) != vocab_.eog_ids.end();
 }
 
 std::string Tokenizer::Decode(absl::Span<const int32_t> ids, bool special) const {
@@ -258,13 +259,15 @@ std::string Tokenizer::Decode(absl::Span<const int32_t> ids, bool special) const
 void AddKnownEndOfGenerationTokens(Vocabulary* vocab) {
   // As llama.cpp's end-of-generation list: end-of-turn tokens by their text.
   static constexpr std::string_view kEndTexts[] = {
-      "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>",
-      "<|end|>",    "<end_of_turn>", "<|return|>",  "<EOT>",      "_<EOT>"};
+      "<|eot_id|>", "<|eom_id|>",    "<|end_of_text|>", "<|im_end|>", "<|endoftext|>",
+      "<|end|>",    "<end_of_turn>", "<|return|>",      "<EOT>",      "_<EOT>"};
   for (size_t id = 0; id < vocab->tokens.size(); ++id) {
     if (vocab->types[id] != TokenType::kControl && vocab->types[id] != TokenType::kUserDefined) continue;
-    if (std::find(std::begin(kEndTexts), std::end(kEndTexts), vocab->tokens[id]) == std::end(kEndTexts)) continue;
+    if (std::find(std::begin(kEndTexts), std::end(kEndTexts), vocab->tokens[id]) == std::end(kEndTexts))
+      continue;
     const int32_t i = static_cast<int32_t>(id);
-    if (i != vocab->eos_id && std::find(vocab->eog_ids.begin(), vocab->eog_ids.end(), i) == vocab->eog_ids.end()) {
+    if (i != vocab->eos_id &&
+        std::find(vocab->eog_ids.begin(), vocab->eog_ids.end(), i) == vocab->eog_ids.end()) {
       vocab->eog_ids.push_back(i);
     }
   }
@@ -309,8 +312,7 @@ int32_t SpmTokenizer::PieceId(std::string_view piece) const {
   return it == piece_to_id_.end() ? -1 : it->second;
 }
 
-void SpmTokenizer::EncodeSpm(std::string_view raw, bool space_prefix,
-                          std::vector<int32_t>* out) const {
+void SpmTokenizer::EncodeSpm(std::string_view raw, bool space_prefix, std::vector<int32_t>* out) const {
   std::string text;
   text.reserve(raw.size() + raw.size() / 2 + kSpaceMark.size());
   if (space_prefix) text.append(kSpaceMark);
@@ -320,8 +322,7 @@ void SpmTokenizer::EncodeSpm(std::string_view raw, bool space_prefix,
   std::vector<Symbol> symbols;
   symbols.reserve(text.size());
   for (size_t offset = 0; offset < text.size();) {
-    const size_t len =
-        std::min(Utf8SequenceLength(static_cast<uint8_t>(text[offset])), text.size() - offset);
+    const size_t len = std::min(Utf8SequenceLength(static_cast<uint8_t>(text[offset])), text.size() - offset);
     const int index = static_cast<int>(symbols.size());
     offset += len;
     symbols.push_back(Symbol{index - 1, offset == text.size() ? -1 : index + 1, offset - len, len});
@@ -419,8 +420,7 @@ std::vector<int32_t> SpmTokenizer::EncodeImpl(std::string_view text, bool add_bo
       prev_special = true;
       continue;
     }
-    EncodeSpm(text.substr(fragment.offset, fragment.length),
-              vocab_.add_space_prefix && prev_special, &ids);
+    EncodeSpm(text.substr(fragment.offset, fragment.length), vocab_.add_space_prefix && prev_special, &ids);
     prev_special = false;
   }
   return ids;
@@ -466,6 +466,5 @@ std::string SpmTokenizer::PieceImpl(int32_t id, bool special) const {
   }
   return "";
 }
-
 
 }  // namespace tandem::model

@@ -52,20 +52,20 @@ enum class TokenType : int32_t {
 // A vocabulary in the shape GGUF stores it; also how synthetic models and
 // tokenizer.json files build their tokenizer.
 struct Vocabulary {
-  std::string model = "llama";       // tokenizer.ggml.model: "llama" or "gpt2"
+  std::string model = "llama";  // tokenizer.ggml.model: "llama" or "gpt2"
   // Piece text as the vocabulary spells it: "▁" for spaces and "<0xAB>" for
   // bytes (llama), GPT-2's byte-to-unicode characters (gpt2); control and
   // user-defined (added) tokens are raw text.
   std::vector<std::string> tokens;
-  std::vector<float> scores;         // same length as tokens
-  std::vector<TokenType> types;      // same length as tokens
+  std::vector<float> scores;     // same length as tokens
+  std::vector<TokenType> types;  // same length as tokens
   int32_t unk_id = 0;
   int32_t bos_id = 1;
   int32_t eos_id = 2;
-  bool add_bos = true;               // tokenizer.ggml.add_bos_token
-  bool add_space_prefix = true;      // tokenizer.ggml.add_space_prefix (llama)
-  std::vector<std::string> merges;   // tokenizer.ggml.merges, "left right" by rank (gpt2)
-  std::string pre = "default";       // tokenizer.ggml.pre (gpt2)
+  bool add_bos = true;              // tokenizer.ggml.add_bos_token
+  bool add_space_prefix = true;     // tokenizer.ggml.add_space_prefix (llama)
+  std::vector<std::string> merges;  // tokenizer.ggml.merges, "left right" by rank (gpt2)
+  std::string pre = "default";      // tokenizer.ggml.pre (gpt2)
   // End-of-generation tokens besides eos_id (<|eot_id|>, <|im_end|>, ...).
   std::vector<int32_t> eog_ids;
 };

@@ -6,11 +6,11 @@
 //   build/bin/tokenizer_benchmark --benchmark_format=json
 //
 // TANDEM_TOKENIZER_DIR=DIR benchmarks DIR/tokenizer.json instead.
+#include <benchmark/benchmark.h>
+
 #include <cstdlib>
 #include <memory>
 #include <string>
-
-#include <benchmark/benchmark.h>
 
 #include "model/tokenizer_json.h"
 

@@ -3,12 +3,11 @@
 
 #include <algorithm>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -40,7 +39,8 @@ std::string TypeOf(const Json& j) {
 // A Split/Replace "pattern": {"Regex": ...} or {"String": ...} as a regex.
 absl::StatusOr<std::string> PatternRegex(const Json& pattern, const char* where) {
   if (pattern.is_object() && pattern.contains("Regex")) return pattern["Regex"].get<std::string>();
-  if (pattern.is_object() && pattern.contains("String")) return EscapeRegex(pattern["String"].get<std::string>());
+  if (pattern.is_object() && pattern.contains("String"))
+    return EscapeRegex(pattern["String"].get<std::string>());
   return absl::InvalidArgumentError(absl::StrCat(where, ": pattern is neither Regex nor String"));
 }
 
@@ -117,8 +117,7 @@ absl::Status ApplyPreTokenizer(const Json& p, BpeOptions* options, bool* byte_le
     }
     return absl::OkStatus();
   }
-  return absl::UnimplementedError(
-      absl::StrCat("tokenizer.json: pre-tokenizer ", type, " is not supported"));
+  return absl::UnimplementedError(absl::StrCat("tokenizer.json: pre-tokenizer ", type, " is not supported"));
 }
 
 // The text of a tokenizer_config.json token entry: "text", {"content":
@@ -127,7 +126,8 @@ std::string TokenText(const Json& config, const char* key) {
   if (!config.is_object() || !config.contains(key)) return "";
   const Json& v = config[key];
   if (v.is_string()) return v.get<std::string>();
-  if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
+  if (v.is_object() && v.contains("content") && v["content"].is_string())
+    return v["content"].get<std::string>();
   return "";
 }
 
@@ -151,8 +151,8 @@ absl::StatusOr<HfTokenizer> Parse(const HfTokenizerFiles& files) {
 
   const Json& model = root.at("model");
   if (model.value("type", "BPE") != "BPE") {
-    return absl::UnimplementedError(absl::StrCat("tokenizer.json: model type ", TypeOf(model),
-                                                 " is not supported (only BPE)"));
+    return absl::UnimplementedError(
+        absl::StrCat("tokenizer.json: model type ", TypeOf(model), " is not supported (only BPE)"));
   }
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     if (model.contains(key) && model[key].is_string() && !model[key].get<std::string>().empty()) {
@@ -166,7 +166,8 @@ absl::StatusOr<HfTokenizer> Parse(const HfTokenizerFiles& files) {
   vocab.pre = "";
   vocab.add_space_prefix = false;
   const Json& model_vocab = model.at("vocab");
-  if (!model_vocab.is_object()) return absl::InvalidArgumentError("tokenizer.json: model.vocab is not an object");
+  if (!model_vocab.is_object())
+    return absl::InvalidArgumentError("tokenizer.json: model.vocab is not an object");
   int64_t size = 0;
   for (const auto& [text, id] : model_vocab.items()) size = std::max<int64_t>(size, id.get<int64_t>() + 1);
   const Json& added = root.contains("added_tokens") ? root["added_tokens"] : Json::array();
@@ -180,7 +181,8 @@ absl::StatusOr<HfTokenizer> Parse(const HfTokenizerFiles& files) {
   const bool byte_fallback = model.value("byte_fallback", false);
   for (const auto& [text, id_json] : model_vocab.items()) {
     const int64_t id = id_json.get<int64_t>();
-    if (id < 0) return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: token '", text, "' has id ", id));
+    if (id < 0)
+      return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: token '", text, "' has id ", id));
     vocab.tokens[id] = text;
     const bool is_byte = byte_fallback && text.size() == 6 && text.starts_with("<0x") && text.back() == '>';
     vocab.types[id] = is_byte ? TokenType::kByte : TokenType::kNormal;
@@ -271,7 +273,8 @@ absl::StatusOr<HfTokenizer> Parse(const HfTokenizerFiles& files) {
       } else if (int32_t id = find_id(name); id >= 0) {
         ids.push_back(id);
       } else {
-        return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: template token '", name, "' is unknown"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("tokenizer.json: template token '", name, "' is unknown"));
       }
       auto& target = before ? options.prefix_ids : options.suffix_ids;
       target.insert(target.end(), ids.begin(), ids.end());
@@ -293,13 +296,14 @@ absl::StatusOr<HfTokenizer> Parse(const HfTokenizerFiles& files) {
   }
   if (config_eos < 0 && !generation_eos.empty()) config_eos = generation_eos.front();
   vocab.eos_id = config_eos >= 0 ? config_eos : 0;
-  vocab.bos_id = config_bos >= 0 ? config_bos : !options.prefix_ids.empty() ? options.prefix_ids.front() : vocab.eos_id;
+  vocab.bos_id = config_bos >= 0               ? config_bos
+                 : !options.prefix_ids.empty() ? options.prefix_ids.front()
+                                               : vocab.eos_id;
   vocab.unk_id = std::max(options.unk_id, 0);
   for (int32_t id : generation_eos) {
     if (id >= 0 && id < size && id != vocab.eos_id) vocab.eog_ids.push_back(id);
   }
   // Without a template, tokenizer_config.json's add_bos_token decides.
-  vocab.add_bos = false;
   if (!has_template && config.value("add_bos_token", false) && config_bos >= 0) {
     options.prefix_ids = {config_bos};
   }

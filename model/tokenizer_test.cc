@@ -165,8 +165,8 @@ TEST(StoriesTokenizerTest, ByteFallback) {
   EXPECT_EQ(tok->Encode("\xC3\xB6", /*add_bos=*/false),
             (std::vector<int32_t>{space, IdOf(*tok, "<0xC3>"), IdOf(*tok, "<0xB6>")}));
   EXPECT_EQ(tok->Encode("\xF0\x9F\x98\x80", /*add_bos=*/false),
-            (std::vector<int32_t>{space, IdOf(*tok, "<0xF0>"), IdOf(*tok, "<0x9F>"),
-                                  IdOf(*tok, "<0x98>"), IdOf(*tok, "<0x80>")}));
+            (std::vector<int32_t>{space, IdOf(*tok, "<0xF0>"), IdOf(*tok, "<0x9F>"), IdOf(*tok, "<0x98>"),
+                                  IdOf(*tok, "<0x80>")}));
   // Byte tokens are ids 3..258 for bytes 0..255.
   EXPECT_EQ(IdOf(*tok, "<0xC3>"), 3 + 0xC3);
   EXPECT_EQ(tok->TokenToPiece(3 + 0xC3), "\xC3");
@@ -278,8 +278,7 @@ TEST(StoriesTokenizerTest, RoundTrips) {
 
 // <unk>, <s>, </s>, then `pieces` as normal tokens with their scores. No byte
 // tokens unless `with_bytes`.
-Vocabulary MakeVocab(const std::vector<std::pair<std::string, float>>& pieces,
-                     bool with_bytes = false) {
+Vocabulary MakeVocab(const std::vector<std::pair<std::string, float>>& pieces, bool with_bytes = false) {
   Vocabulary v;
   v.tokens = {"<unk>", "<s>", "</s>"};
   v.scores = {0, 0, 0};
@@ -309,18 +308,15 @@ std::vector<std::string> EncodePieces(const Vocabulary& vocab, std::string_view 
 
 TEST(TinyVocabTest, HighestScoringPairMergesFirst) {
   // "ab" and "bc" compete for the "b" in "abc": the better score wins.
-  EXPECT_THAT(
-      EncodePieces(MakeVocab({{"a", 0}, {"b", 0}, {"c", 0}, {"ab", -2}, {"bc", -1}}), "abc"),
-      ElementsAre("a", "bc"));
-  EXPECT_THAT(
-      EncodePieces(MakeVocab({{"a", 0}, {"b", 0}, {"c", 0}, {"ab", -1}, {"bc", -2}}), "abc"),
-      ElementsAre("ab", "c"));
+  EXPECT_THAT(EncodePieces(MakeVocab({{"a", 0}, {"b", 0}, {"c", 0}, {"ab", -2}, {"bc", -1}}), "abc"),
+              ElementsAre("a", "bc"));
+  EXPECT_THAT(EncodePieces(MakeVocab({{"a", 0}, {"b", 0}, {"c", 0}, {"ab", -1}, {"bc", -2}}), "abc"),
+              ElementsAre("ab", "c"));
 }
 
 TEST(TinyVocabTest, TiesGoToTheLeftmostPair) {
-  EXPECT_THAT(
-      EncodePieces(MakeVocab({{"a", 0}, {"b", 0}, {"c", 0}, {"ab", -1}, {"bc", -1}}), "abc"),
-      ElementsAre("ab", "c"));
+  EXPECT_THAT(EncodePieces(MakeVocab({{"a", 0}, {"b", 0}, {"c", 0}, {"ab", -1}, {"bc", -1}}), "abc"),
+              ElementsAre("ab", "c"));
   const Vocabulary aa = MakeVocab({{"a", 0}, {"aa", -1}});
   EXPECT_THAT(EncodePieces(aa, "aaa"), ElementsAre("aa", "a"));
   EXPECT_THAT(EncodePieces(aa, "aaaaa"), ElementsAre("aa", "aa", "a"));
@@ -329,37 +325,27 @@ TEST(TinyVocabTest, TiesGoToTheLeftmostPair) {
 TEST(TinyVocabTest, MergesPairsNotLongestMatch) {
   // "abcd" is a piece, but only pairs of current symbols merge: "bc" goes
   // first and no pair forms "abcd" afterwards.
-  EXPECT_THAT(EncodePieces(MakeVocab({{"a", 0},
-                                      {"b", 0},
-                                      {"c", 0},
-                                      {"d", 0},
-                                      {"ab", -1},
-                                      {"cd", -2},
-                                      {"bc", 0},
-                                      {"abcd", 10}}),
-                           "abcd"),
-              ElementsAre("a", "bc", "d"));
-  // Without "bc" the pairs build it up.
   EXPECT_THAT(
       EncodePieces(
-          MakeVocab({{"a", 0}, {"b", 0}, {"c", 0}, {"d", 0}, {"ab", -1}, {"cd", -2}, {"abcd", 10}}),
+          MakeVocab(
+              {{"a", 0}, {"b", 0}, {"c", 0}, {"d", 0}, {"ab", -1}, {"cd", -2}, {"bc", 0}, {"abcd", 10}}),
           "abcd"),
+      ElementsAre("a", "bc", "d"));
+  // Without "bc" the pairs build it up.
+  EXPECT_THAT(
+      EncodePieces(MakeVocab({{"a", 0}, {"b", 0}, {"c", 0}, {"d", 0}, {"ab", -1}, {"cd", -2}, {"abcd", 10}}),
+                   "abcd"),
       ElementsAre("abcd"));
 }
 
 TEST(TinyVocabTest, StaleQueueEntriesAreSkipped) {
   // After "bc" merges, the queued "ab" and "cd" still outrank "bcd" but are
   // stale (their symbols were merged away or grew), so they are skipped.
-  EXPECT_THAT(EncodePieces(MakeVocab({{"a", 0},
-                                      {"b", 0},
-                                      {"c", 0},
-                                      {"d", 0},
-                                      {"bc", 5},
-                                      {"ab", 1},
-                                      {"cd", 1},
-                                      {"bcd", -3}}),
-                           "abcd"),
-              ElementsAre("a", "bcd"));
+  EXPECT_THAT(
+      EncodePieces(
+          MakeVocab({{"a", 0}, {"b", 0}, {"c", 0}, {"d", 0}, {"bc", 5}, {"ab", 1}, {"cd", 1}, {"bcd", -3}}),
+          "abcd"),
+      ElementsAre("a", "bcd"));
 }
 
 TEST(TinyVocabTest, SpacePrefixAndEscaping) {
@@ -415,15 +401,23 @@ TEST(TinyVocabTest, UserDefinedTokensAreMatchedFirst) {
   v.types.push_back(TokenType::kUserDefined);
   v.add_space_prefix = true;
   ASSERT_OK_AND_ASSIGN(auto tok, Tokenizer::FromVocabulary(v));
-  EXPECT_THAT(PiecesOf(*tok, tok->Encode("a<u>a<s>", /*add_bos=*/true)),
-              ElementsAre("<s>",
-                          "\xE2\x96\x81"
-                          "a",
-                          "<u>",
-                          "\xE2\x96\x81"
-                          "a",
-                          "<", "s", ">"));
+  EXPECT_THAT(PiecesOf(*tok, tok->Encode("a<u>a<s>", /*add_bos=*/true)), ElementsAre("<s>",
+                                                                                     "\xE2\x96\x81"
+                                                                                     "a",
+                                                                                     "<u>",
+                                                                                     "\xE2\x96\x81"
+                                                                                     "a",
+                                                                                     "<", "s", ">"));
   EXPECT_EQ(tok->Decode(tok->Encode("a<u>a", /*add_bos=*/true)), " a<u> a");
+  // With parse_special, control tokens ("<s>", as MakeVocab types it) are
+  // split out too, followed by a dummy prefix, as llama.cpp's parse_special.
+  EXPECT_THAT(PiecesOf(*tok, tok->Encode("a<s>a", /*add_bos=*/false, /*parse_special=*/true)),
+              ElementsAre("\xE2\x96\x81"
+                          "a",
+                          "<s>",
+                          "\xE2\x96\x81"
+                          "a"));
+  EXPECT_EQ(tok->Decode(tok->Encode("a<s>", false, true), /*special=*/true), " a<s>");
 }
 
 TEST(TinyVocabTest, TokenToPieceByType) {
@@ -435,8 +429,8 @@ TEST(TinyVocabTest, TokenToPieceByType) {
                                    "user",
                                    "unused", "<0x0A>", "undef"});
   v.scores.insert(v.scores.end(), {0, 0, 0, 0});
-  v.types.insert(v.types.end(), {TokenType::kUserDefined, TokenType::kUnused, TokenType::kByte,
-                                 TokenType::kUndefined});
+  v.types.insert(v.types.end(),
+                 {TokenType::kUserDefined, TokenType::kUnused, TokenType::kByte, TokenType::kUndefined});
   ASSERT_OK_AND_ASSIGN(auto tok, Tokenizer::FromVocabulary(v));
   EXPECT_EQ(tok->TokenToPiece(3), " x ");
   EXPECT_EQ(tok->TokenToPiece(4),
@@ -454,8 +448,7 @@ TEST(TinyVocabTest, RejectsInconsistentVocabulary) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("scores")));
   v = MakeVocab({{"a", 0}});
   v.types.push_back(TokenType::kNormal);
-  EXPECT_THAT(Tokenizer::FromVocabulary(v),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("types")));
+  EXPECT_THAT(Tokenizer::FromVocabulary(v), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("types")));
   v = MakeVocab({{"a", 0}});
   v.eos_id = 4;
   EXPECT_THAT(Tokenizer::FromVocabulary(v),
@@ -632,11 +625,11 @@ TEST(FromGgufTest, UnsupportedModel) {
 TEST(FromGgufTest, Gpt2ByteLevelBpe) {
   std::vector<std::string> tokens;
   for (char c = 33; c < 127; ++c) tokens.push_back(std::string(1, c));  // ids 0..93
-  tokens.push_back("\xC4\xA0");           // 94: ' '
-  tokens.push_back("\xC4\xA0h");          // 95
-  tokens.push_back("hi");                   // 96
-  tokens.push_back("\xC4\xA0hi");         // 97
-  tokens.push_back("<|eot_id|>");           // 98, control
+  tokens.push_back("\xC4\xA0");                                         // 94: ' '
+  tokens.push_back("\xC4\xA0h");                                        // 95
+  tokens.push_back("hi");                                               // 96
+  tokens.push_back("\xC4\xA0hi");                                       // 97
+  tokens.push_back("<|eot_id|>");                                       // 98, control
   std::vector<int32_t> types(tokens.size(), 1);
   types[98] = 3;
   const auto build = [&](std::string_view pre) {
@@ -697,12 +690,11 @@ TEST(FromGgufTest, SpecialIdOutOfRange) {
   b.String("tokenizer.ggml.model", "llama")
       .StringArray("tokenizer.ggml.tokens", kGgufTokens)
       .Uint32("tokenizer.ggml.bos_token_id", 6);
-  EXPECT_THAT(TokenizerFromImage(b), StatusIs(absl::StatusCode::kInvalidArgument,
-                                              HasSubstr("tokenizer.ggml.bos_token_id")));
+  EXPECT_THAT(TokenizerFromImage(b),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tokenizer.ggml.bos_token_id")));
   GgufBuilder tiny;  // defaults that do not fit a 2-token vocabulary
   tiny.String("tokenizer.ggml.model", "llama").StringArray("tokenizer.ggml.tokens", {"a", "b"});
-  EXPECT_THAT(TokenizerFromImage(tiny),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("eos_id")));
+  EXPECT_THAT(TokenizerFromImage(tiny), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("eos_id")));
 }
 
 }  // namespace

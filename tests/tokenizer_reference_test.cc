@@ -4,15 +4,15 @@
 // parsing; Decode(Encode(s)) == s; and the GGUF gpt2 path (the same
 // vocabulary and merges as GGUF stores them) against the tokenizer.json path.
 // Skips when npm or node are unavailable.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
 #include <cstdlib>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -53,10 +53,11 @@ class TokenizerReferenceTest : public ::testing::Test {
       return;
     }
     const std::string out = TANDEM_BINARY_DIR "/tokenizer_reference.json";
-    const std::string log = RunCapture("timeout 600 node " TANDEM_SOURCE_DIR
-                                       "/tests/tokenizer_reference.mjs " TANDEM_BINARY_DIR
-                                       "/npm-refs/node_modules " + out + " 2500 2>&1",
-                                       &status);
+    const std::string log =
+        RunCapture("timeout 600 node " TANDEM_SOURCE_DIR "/tests/tokenizer_reference.mjs " TANDEM_BINARY_DIR
+                   "/npm-refs/node_modules " +
+                       out + " 2500 2>&1",
+                   &status);
     if (status != 0) {
       skip_reason_ = new std::string("node reference script failed (node unavailable?): " + log);
       return;
@@ -89,8 +90,10 @@ class TokenizerReferenceTest : public ::testing::Test {
     for (size_t i = 0; i < strings.size(); ++i) {
       const auto plain = ref["plain"][i].get<std::vector<int32_t>>();
       const auto special = ref["special"][i].get<std::vector<int32_t>>();
-      const std::vector<int32_t> got_plain = tok.Encode(strings[i], /*add_bos=*/false, /*parse_special=*/false);
-      const std::vector<int32_t> got_special = tok.Encode(strings[i], /*add_bos=*/true, /*parse_special=*/true);
+      const std::vector<int32_t> got_plain =
+          tok.Encode(strings[i], /*add_bos=*/false, /*parse_special=*/false);
+      const std::vector<int32_t> got_special =
+          tok.Encode(strings[i], /*add_bos=*/true, /*parse_special=*/true);
       if (got_plain != plain && ++plain_mismatches <= 5) {
         ADD_FAILURE() << name << " plain #" << i << " " << Escaped(strings[i]) << "\n want "
                       << absl::StrJoin(plain, ",") << "\n  got " << absl::StrJoin(got_plain, ",");
@@ -170,7 +173,8 @@ TEST_F(TokenizerReferenceTest, EndOfGenerationTokens) {
     ASSERT_EQ(ids.size(), 1u) << end;
     EXPECT_TRUE(llama3.tokenizer->IsEndOfGeneration(ids[0])) << end;
   }
-  EXPECT_FALSE(llama3.tokenizer->IsEndOfGeneration(llama3.tokenizer->Encode("<|begin_of_text|>", false, true)[0]));
+  EXPECT_FALSE(
+      llama3.tokenizer->IsEndOfGeneration(llama3.tokenizer->Encode("<|begin_of_text|>", false, true)[0]));
   ASSERT_OK_AND_ASSIGN(HfTokenizer qwen3, Load("qwen3"));
   for (const char* end : {"<|endoftext|>", "<|im_end|>"}) {
     const std::vector<int32_t> ids = qwen3.tokenizer->Encode(end, false, true);
@@ -186,7 +190,8 @@ TEST_F(TokenizerReferenceTest, EndOfGenerationTokens) {
 TEST_F(TokenizerReferenceTest, GgufGpt2VocabularyMatchesTokenizerJson) {
   const std::vector<std::string> strings = Strings();
   const auto nfc = Ref()["nfc"].get<std::vector<std::string>>();
-  for (const auto& [name, pre] : {std::pair<std::string, std::string>{"llama3", "llama-bpe"}, {"qwen3", "qwen2"}}) {
+  for (const auto& [name, pre] :
+       {std::pair<std::string, std::string>{"llama3", "llama-bpe"}, {"qwen3", "qwen2"}}) {
     ASSERT_OK_AND_ASSIGN(HfTokenizer hf, Load(name));
     Vocabulary vocab = hf.tokenizer->vocabulary();
     ASSERT_EQ(vocab.model, "gpt2");
