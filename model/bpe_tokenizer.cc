@@ -97,6 +97,40 @@ size_t ValidUtf8Length(std::string_view text, size_t i, uint32_t* cp) {
   return len;
 }
 
+// Unicode White_Space (what Rust's char::is_whitespace and tokenizers' strip
+// use).
+bool IsWhitespace(uint32_t cp) {
+  return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
+         cp == 0x3000;
+}
+
+// Bytes of whitespace at the start of `text`.
+size_t LeadingWhitespace(std::string_view text) {
+  size_t i = 0;
+  for (uint32_t cp; i < text.size();) {
+    const size_t len = ValidUtf8Length(text, i, &cp);
+    if (len == 0 || !IsWhitespace(cp)) break;
+    i += len;
+  }
+  return i;
+}
+
+// Bytes of whitespace at the end of `text`.
+size_t TrailingWhitespace(std::string_view text) {
+  size_t end = text.size();
+  while (end > 0) {
+    size_t len = 0;
+    uint32_t cp = 0;
+    for (size_t k = 1; k <= 4 && k <= end && len == 0; ++k) {
+      if (ValidUtf8Length(text, end - k, &cp) == k) len = k;
+    }
+    if (len == 0 || !IsWhitespace(cp)) break;
+    end -= len;
+  }
+  return text.size() - end;
+}
+
 // The raw bytes a byte-level spelling stands for (characters outside the map
 // are kept as they are).
 std::string ByteLevelDecode(std::string_view spelling) {
@@ -245,6 +279,8 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(Vocabulary vo
   for (int32_t id : vocab.eog_ids) TANDEM_RETURN_IF_ERROR(check("end-of-generation id", id));
   for (int32_t id : options.prefix_ids) TANDEM_RETURN_IF_ERROR(check("template id", id));
   for (int32_t id : options.suffix_ids) TANDEM_RETURN_IF_ERROR(check("template id", id));
+  for (int32_t id : options.lstrip_ids) TANDEM_RETURN_IF_ERROR(check("lstrip id", id));
+  for (int32_t id : options.rstrip_ids) TANDEM_RETURN_IF_ERROR(check("rstrip id", id));
   if (options.unk_id >= 0) TANDEM_RETURN_IF_ERROR(check("unk_id", options.unk_id));
   if (vocab.unk_id < 0 || static_cast<size_t>(vocab.unk_id) >= n) vocab.unk_id = std::max(options.unk_id, 0);
   AddKnownEndOfGenerationTokens(&vocab);
@@ -289,6 +325,9 @@ absl::Status BpeTokenizer::Init() {
   absl::flat_hash_map<std::string, int32_t> spelling_to_id;
   spelling_to_id.reserve(n);
   pieces_.resize(n);
+  strip_.assign(n, 0);
+  for (int32_t id : options_.lstrip_ids) strip_[id] |= 1;
+  for (int32_t id : options_.rstrip_ids) strip_[id] |= 2;
   std::fill(std::begin(byte_fallback_id_), std::end(byte_fallback_id_), -1);
   for (int32_t id = 0; id < n; ++id) {
     const std::string& text = vocab_.tokens[id];
@@ -402,8 +441,11 @@ std::vector<int32_t> BpeTokenizer::EncodeImpl(std::string_view text, bool add_bo
       ++pos;
       continue;
     }
-    EncodeSection(text.substr(section_start, pos - section_start), section_start == 0, &ids);
+    std::string_view before = text.substr(section_start, pos - section_start);
+    if (strip_[match] & 1) before.remove_suffix(TrailingWhitespace(before));
+    EncodeSection(before, section_start == 0, &ids);
     ids.push_back(match);
+    if (strip_[match] & 2) match_end += LeadingWhitespace(text.substr(match_end));
     pos = section_start = match_end;
   }
   EncodeSection(text.substr(section_start), section_start == 0, &ids);

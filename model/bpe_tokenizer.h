@@ -18,9 +18,9 @@
 // of its own (a byte token, or byte fallback). Regex `\s` also matches U+0085
 // as Rust's regex (which tokenizers uses) does and PCRE2 does not.
 //
-// Not supported (Create or tokenizer_json.h say so): BPE dropout, fuse_unk,
-// continuing_subword_prefix, end_of_word_suffix, added tokens' lstrip, rstrip
-// and single_word.
+// Not supported: BPE dropout, fuse_unk, continuing_subword_prefix and
+// end_of_word_suffix (tokenizer_json.h refuses the last two), added tokens'
+// single_word and normalized flags (ignored: matched on the raw text).
 //
 // Thread safety: immutable after construction; safe to share across threads.
 #ifndef TANDEM_MODEL_BPE_TOKENIZER_H_
@@ -87,6 +87,11 @@ struct BpeOptions {
   // Both empty: {vocabulary.bos_id} in front when vocabulary.add_bos.
   std::vector<int32_t> prefix_ids;
   std::vector<int32_t> suffix_ids;
+  // Added tokens that swallow the whitespace (Unicode White_Space) before
+  // them (lstrip) or after them (rstrip), as tokenizers' AddedToken.
+  // Default: none.
+  std::vector<int32_t> lstrip_ids;
+  std::vector<int32_t> rstrip_ids;
 };
 
 // The options llama.cpp uses for GGUF `tokenizer.ggml.pre`: "llama-bpe"
@@ -141,6 +146,7 @@ class BpeTokenizer final : public Tokenizer {
   int32_t byte_fallback_id_[256];                // <0xXX>, or -1
   std::vector<std::string> pieces_;              // TokenToPiece bytes of each token
   std::vector<TrieNode> trie_;                   // added tokens; trie_[0] is the root
+  std::vector<uint8_t> strip_;                   // per token: 1 lstrip, 2 rstrip
 };
 
 }  // namespace tandem::model

@@ -144,6 +144,17 @@ TEST(BpeTokenizerTest, ByteLevelMergesAndDecodesToRawBytes) {
   EXPECT_EQ(tok->Decode(tok->Encode("x \xFF\xFE y\n\n", false)), "x \xFF\xFE y\n\n");
 }
 
+TEST(BpeTokenizerTest, AddedTokenStripsWhitespace) {
+  ASSERT_OK_AND_ASSIGN(BpeOptions options, BpeOptionsForGgufPre("gpt2"));
+  options.lstrip_ids = {259};
+  options.rstrip_ids = {259};
+  ASSERT_OK_AND_ASSIGN(auto tok, BpeTokenizer::Create(ByteLevelVocabulary(), options));
+  // The spaces (and U+3000) on both sides of <|end|> go with it.
+  EXPECT_THAT(tok->Encode("aa \xE3\x80\x80 <|end|>\t\n aa", false, true), ElementsAre(256, 259, 256));
+  // Without parse_special there is no match, so nothing is stripped.
+  EXPECT_EQ(tok->Decode(tok->Encode("aa  <|end|>  aa", false)), "aa  <|end|>  aa");
+}
+
 TEST(BpeTokenizerTest, LongRunsAreNotQuadratic) {
   ASSERT_OK_AND_ASSIGN(BpeOptions options, BpeOptionsForGgufPre("llama-bpe"));
   options.ignore_merges = false;

@@ -188,12 +188,16 @@ absl::StatusOr<HfTokenizer> Parse(const HfTokenizerFiles& files) {
     vocab.types[id] = is_byte ? TokenType::kByte : TokenType::kNormal;
   }
   absl::flat_hash_map<std::string, int32_t> added_ids;
+  std::vector<int32_t> lstrip_ids;
+  std::vector<int32_t> rstrip_ids;
   for (const Json& token : added) {
     const int64_t id = token.at("id").get<int64_t>();
     if (id < 0) return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: added token id ", id));
     vocab.tokens[id] = token.at("content").get<std::string>();
     vocab.types[id] = token.value("special", false) ? TokenType::kControl : TokenType::kUserDefined;
     added_ids[vocab.tokens[id]] = static_cast<int32_t>(id);
+    if (token.value("lstrip", false)) lstrip_ids.push_back(static_cast<int32_t>(id));
+    if (token.value("rstrip", false)) rstrip_ids.push_back(static_cast<int32_t>(id));
   }
   const auto find_id = [&](const std::string& text) -> int32_t {
     if (text.empty()) return -1;
@@ -204,6 +208,8 @@ absl::StatusOr<HfTokenizer> Parse(const HfTokenizerFiles& files) {
 
   BpeOptions options;
   options.byte_fallback = byte_fallback;
+  options.lstrip_ids = std::move(lstrip_ids);
+  options.rstrip_ids = std::move(rstrip_ids);
   options.ignore_merges = model.value("ignore_merges", false);
   if (model.contains("unk_token") && model["unk_token"].is_string()) {
     options.unk_id = find_id(model["unk_token"].get<std::string>());

@@ -10,7 +10,8 @@
 // null, Split (Regex or String, Isolated), ByteLevel (add_prefix_space,
 // use_regex), Metaspace, Digits and Sequences of them; added_tokens (special
 // ones are control tokens, matched only with parse_special; others are
-// user-defined, always matched); post_processor TemplateProcessing (its
+// user-defined, always matched; lstrip/rstrip swallow neighbouring
+// whitespace; single_word and normalized are ignored); post_processor TemplateProcessing (its
 // `single` template is what Encode(add_bos=true) adds), alone or in a
 // Sequence. Anything else is an Unimplemented error naming it.
 //
