@@ -8,6 +8,7 @@
 #include "absl/debugging/failure_signal_handler.h"
 #include "absl/debugging/symbolize.h"
 #include "cli/generate_command.h"
+#include "cli/pull_command.h"
 #include "cli/server_commands.h"
 #include "cli/up_command.h"
 
@@ -54,6 +55,11 @@ int main(int argc, char** argv) {
   tandem::cli::RegisterDecode(
       app.add_subcommand("decode", "Decode worker: receives KV (or prefills itself) and streams tokens"),
       &decode_flags);
+
+  tandem::cli::PullFlags pull_flags;
+  tandem::cli::RegisterPull(
+      app.add_subcommand("pull", "Download a model from the Hugging Face hub (hf://ORG/REPO[@REV]) into the HF cache"),
+      &pull_flags);
 
   for (const PlannedCommand& p : kPlanned) {
     CLI::App* cmd = app.add_subcommand(p.name, std::string("[not yet available] ") + p.description);

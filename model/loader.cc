@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
+#include "hub/hub.h"
 #include "model/hf_config.h"
 #include "model/tokenizer_json.h"
 
@@ -59,6 +60,10 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadHfCheckpoint(std::string_view d
 }
 
 absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(std::string_view spec) {
+  if (hub::IsHfSpec(spec)) {  // downloaded (or found in the cache) first
+    TANDEM_ASSIGN_OR_RETURN(const std::string local, hub::ResolveModelSpec(spec));
+    return LoadModel(local);
+  }
   auto m = std::make_unique<LoadedModel>();
   m->spec = std::string(spec);
   constexpr std::string_view kSynthetic = "synthetic:";

@@ -17,6 +17,7 @@ packages=(
   libpcre2-dev               # model/ byte-level BPE pre-tokenizer regexes
   libicu-dev                 # model/ tokenizer.json NFC normalizer (Qwen2/3)
   libcurl4-openssl-dev       # tandem pull (Hugging Face hub downloads)
+  libssl-dev                 # hub/ SHA-256 / SHA-1 checks of downloads (libcrypto)
   librocksdb-dev             # kvstore/ SSD tier
   libisal-dev                # kvstore/ CRC32C block checksums
   python3-matplotlib         # bench/plot_bench.py charts
