@@ -1,12 +1,14 @@
 // The one `tandem` binary. Subcommands:
 //   generate   run a model locally and print the continuation
 //   router, prefill, decode, up   the disaggregated cluster
-//   store, bench                 (coming; see `tandem --help`)
+//   bench                        replay a load trace against a cluster
+//   store                        (coming; see `tandem --help`)
 #include <iostream>
 
 #include "CLI/CLI.hpp"
 #include "absl/debugging/failure_signal_handler.h"
 #include "absl/debugging/symbolize.h"
+#include "cli/bench_command.h"
 #include "cli/generate_command.h"
 #include "cli/pull_command.h"
 #include "cli/server_commands.h"
@@ -21,7 +23,6 @@ struct PlannedCommand {
 };
 constexpr PlannedCommand kPlanned[] = {
     {"store", "Shared KV store server (DRAM + SSD tiers)"},
-    {"bench", "Replay a load trace against a cluster and report TTFT/TPOT"},
 };
 
 }  // namespace
@@ -60,6 +61,11 @@ int main(int argc, char** argv) {
   tandem::cli::RegisterPull(
       app.add_subcommand("pull", "Download a model from the Hugging Face hub (hf://ORG/REPO[@REV]) into the HF cache"),
       &pull_flags);
+
+  tandem::cli::BenchFlags bench_flags;
+  tandem::cli::RegisterBench(
+      app.add_subcommand("bench", "Replay a load trace against a cluster and report TTFT/TPOT/goodput"),
+      &bench_flags);
 
   for (const PlannedCommand& p : kPlanned) {
     CLI::App* cmd = app.add_subcommand(p.name, std::string("[not yet available] ") + p.description);

@@ -73,6 +73,7 @@ RunSummary Summarize(const std::vector<RequestResult>& results, const Slo& slo, 
       case Outcome::kError:
         ++s.errors;
         ++s.errors_by_code[r.error_code];
+        s.first_error_by_code.emplace(r.error_code, r.error_message);
         continue;
       case Outcome::kCompleted:
         break;
@@ -117,6 +118,8 @@ nlohmann::ordered_json SummaryToJson(const RunSummary& s, const std::vector<Requ
   j["errors"] = s.errors;
   j["errors_by_code"] = nlohmann::ordered_json::object();
   for (const auto& [code, n] : s.errors_by_code) j["errors_by_code"][code] = n;
+  j["first_error_by_code"] = nlohmann::ordered_json::object();
+  for (const auto& [code, m] : s.first_error_by_code) j["first_error_by_code"][code] = m;
   j["duration_s"] = s.duration_s;
   j["throughput_rps"] = s.throughput_rps;
   j["output_tokens_per_s"] = s.output_tokens_per_s;

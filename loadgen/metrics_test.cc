@@ -67,6 +67,7 @@ TEST(SummarizeTest, CountsRatesAndHitRate) {
   RequestResult error;
   error.outcome = Outcome::kError;
   error.error_code = "UNAVAILABLE";
+  error.error_message = "no healthy decode worker";
   results.push_back(error);
   results.push_back(error);
 
@@ -76,6 +77,7 @@ TEST(SummarizeTest, CountsRatesAndHitRate) {
   EXPECT_EQ(s.rejected, 1);
   EXPECT_EQ(s.errors, 2);
   EXPECT_EQ(s.errors_by_code.at("UNAVAILABLE"), 2);
+  EXPECT_EQ(s.first_error_by_code.at("UNAVAILABLE"), "no healthy decode worker");
   EXPECT_EQ(s.good, 1);  // the second misses TTFT 200
   EXPECT_DOUBLE_EQ(s.goodput_rps, 0.5);
   EXPECT_DOUBLE_EQ(s.throughput_rps, 1.0);

@@ -1,0 +1,270 @@
+#include "cli/bench_command.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "loadgen/metrics.h"
+#include "loadgen/runner.h"
+#include "loadgen/trace.h"
+#include "loadgen/workload.h"
+#include "nlohmann/json.hpp"
+
+namespace tandem::cli {
+namespace {
+
+constexpr const char* kPrefix = "tandem bench";
+
+std::string Cell(const std::optional<double>& v) {
+  return v.has_value() ? absl::StrFormat("%10.2f", *v) : absl::StrFormat("%10s", "-");
+}
+
+void PrintTable(const BenchFlags& f, const loadgen::RunSummary& s) {
+  std::cout << absl::StrFormat("tandem bench%s: %d requests to %s in %.2f s\n",
+                               f.label.empty() ? "" : " [" + f.label + "]", s.requests, f.target,
+                               s.duration_s);
+  std::cout << absl::StrFormat("  completed %d  rejected %d  errors %d", s.completed, s.rejected, s.errors);
+  for (const auto& [code, n] : s.errors_by_code) std::cout << absl::StrFormat("  (%s: %d)", code, n);
+  std::cout << "\n";
+  for (const auto& [code, message] : s.first_error_by_code) {
+    std::cout << absl::StrFormat("  first %s: %s\n", code, message);
+  }
+  std::string slo;
+  if (s.slo.ttft_ms) slo += absl::StrFormat(" TTFT <= %g ms", *s.slo.ttft_ms);
+  if (s.slo.tpot_ms) slo += absl::StrFormat(" TPOT <= %g ms", *s.slo.tpot_ms);
+  std::cout << absl::StrFormat("  goodput %.3f req/s (%d within SLO:%s)\n", s.goodput_rps, s.good,
+                               slo.empty() ? " none given" : slo);
+  std::cout << absl::StrFormat("  throughput %.3f req/s, %.1f output tokens/s\n", s.throughput_rps,
+                               s.output_tokens_per_s);
+  std::cout << absl::StrFormat("  prefix hit rate %.4f (%d of %d prompt tokens cached)\n", s.prefix_hit_rate,
+                               s.cached_tokens, s.prompt_tokens);
+  std::cout << absl::StrFormat("  %-10s%10s%10s%10s%10s\n", "ms", "p50", "p90", "p99", "mean");
+  const std::pair<const char*, const loadgen::Percentiles*> rows[] = {
+      {"TTFT", &s.ttft_ms}, {"TPOT", &s.tpot_ms}, {"ITL", &s.itl_ms}, {"E2E", &s.e2e_ms}};
+  for (const auto& [name, p] : rows) {
+    std::cout << absl::StrFormat("  %-10s", name) << Cell(p->p50) << Cell(p->p90) << Cell(p->p99)
+              << Cell(p->mean) << "\n";
+  }
+  std::cout << std::flush;
+}
+
+}  // namespace
+
+void RegisterBench(CLI::App* cmd, BenchFlags* f) {
+  cmd->add_option("--target", f->target, "Router address host:port")->required();
+  auto* trace = cmd->add_option("--trace", f->trace, "Mooncake-format trace (JSON Lines) to replay");
+  auto* synthetic = cmd->add_flag("--synthetic", f->synthetic, "Generate a synthetic workload instead");
+  trace->excludes(synthetic);
+  cmd->add_option("--num-requests", f->num_requests, "--synthetic: requests")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--input-len", f->input_len, "--synthetic: prompt tokens")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--output-len", f->output_len, "--synthetic: output tokens")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--prefix-fraction", f->prefix_fraction,
+                  "--synthetic: fraction of each prompt (whole blocks) that is a shared prefix")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--num-prefixes", f->num_prefixes, "--synthetic: distinct shared prefixes")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  auto* rate = cmd->add_option("--rate", f->rate, "Send at a Poisson rate of R requests/s (seeded)")
+                   ->check(CLI::PositiveNumber);
+  auto* scale = cmd->add_option("--time-scale", f->time_scale,
+                                "Multiply the trace's timestamps by X (0.1: ten times faster)")
+                    ->check(CLI::NonNegativeNumber);
+  rate->excludes(scale);
+  cmd->add_option("--seed", f->seed, "Seed of the Poisson schedule and the synthetic workload")
+      ->capture_default_str();
+  cmd->add_option("--max-requests", f->max_requests, "Send at most N requests (the first N); 0: all")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--slo-ttft", f->slo_ttft_ms, "TTFT target, ms (sent in each request; goodput)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--slo-tpot", f->slo_tpot_ms, "TPOT target, ms (sent in each request; goodput)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--json", f->json, "Write the report (with per-request samples) to FILE");
+  cmd->add_option("--label", f->label, "Label of this run in the report (e.g. the routing policy)");
+  cmd->add_option("--block-tokens", f->block_tokens,
+                  "Tokens per trace block (shrinks the trace's 512; 0: 512 for --trace, 16 for --synthetic)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-tokens-cap", f->max_tokens_cap, "Cap every request's output length; 0: none")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-input-tokens", f->max_input_tokens, "Cut prompts to N tokens (front kept); 0: none")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--context-length", f->context_length,
+                  "The model's context: prompts are cut so prompt + max_tokens - 1 fits; 0: unknown")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--concurrency-limit", f->concurrency_limit, "At most N requests in flight; 0: no limit")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--model", f->model, "Model id or spec sent in each request (the cluster checks it)");
+  cmd->add_option("--vocab-size", f->vocab_size, "Prompt token ids are drawn below this")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--first-token-id", f->first_token_id, "Lowest id drawn (skips unk/BOS/EOS)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--bos-id", f->bos_id, "First token of every prompt; -1: none")->capture_default_str();
+  cmd->add_option("--timeout-s", f->timeout_s, "Deadline of each request, seconds")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--quiet", f->quiet, "No progress lines on stderr");
+  AddTlsFlags(cmd, &f->tls);
+  cmd->callback([f] {
+    const int code = RunBench(*f);
+    if (code != 0) throw CLI::RuntimeError(code);
+  });
+}
+
+int RunBench(const BenchFlags& f) {
+  if (f.trace.empty() == !f.synthetic) {
+    std::cerr << kPrefix << ": give --trace FILE or --synthetic\n";
+    return 2;
+  }
+  if (f.synthetic && f.time_scale.has_value()) {
+    std::cerr << kPrefix << ": --time-scale applies to a trace's timestamps; use --rate with --synthetic\n";
+    return 2;
+  }
+
+  // --- The workload, as trace records.
+  const int32_t block_tokens = f.block_tokens > 0 ? f.block_tokens : (f.synthetic ? 16 : 512);
+  std::vector<loadgen::TraceRequest> records;
+  if (f.synthetic) {
+    const int32_t n = f.max_requests > 0 && f.max_requests < f.num_requests
+                          ? static_cast<int32_t>(f.max_requests)
+                          : f.num_requests;
+    absl::StatusOr<std::vector<loadgen::TraceRequest>> made =
+        loadgen::GenerateSyntheticTrace({.num_requests = n,
+                                         .input_length = f.input_len,
+                                         .output_length = f.output_len,
+                                         .shared_prefix_fraction = f.prefix_fraction,
+                                         .num_prefixes = f.num_prefixes,
+                                         .block_tokens = block_tokens,
+                                         .seed = f.seed});
+    if (!made.ok()) {
+      std::cerr << kPrefix << ": " << made.status().message() << "\n";
+      return 2;
+    }
+    records = *std::move(made);
+  } else {
+    absl::StatusOr<std::vector<loadgen::TraceRequest>> read = loadgen::ReadMooncakeTrace(f.trace, f.max_requests);
+    if (!read.ok()) {
+      std::cerr << kPrefix << ": " << read.status().message() << "\n";
+      return 1;
+    }
+    records = *std::move(read);
+  }
+
+  // --- Prompts and send times.
+  absl::StatusOr<std::unique_ptr<loadgen::PromptSynthesizer>> synth = loadgen::PromptSynthesizer::Create({
+      .vocab_size = f.vocab_size,
+      .first_token_id = f.first_token_id,
+      .bos_id = f.bos_id,
+      .source_block_tokens = f.synthetic ? block_tokens : loadgen::kMooncakeBlockTokens,
+      .block_tokens = block_tokens,
+      .max_tokens_cap = f.max_tokens_cap,
+      .max_input_tokens = f.max_input_tokens,
+      .context_length = f.context_length,
+      .seed = 0,
+  });
+  if (!synth.ok()) {
+    std::cerr << kPrefix << ": " << synth.status().message() << "\n";
+    return 2;
+  }
+  std::vector<absl::Duration> times;
+  if (f.rate.has_value()) {
+    times = loadgen::PoissonSchedule(static_cast<int64_t>(records.size()), *f.rate, f.seed);
+  } else if (f.synthetic) {
+    times.assign(records.size(), absl::ZeroDuration());
+  } else {
+    times = loadgen::TraceSchedule(records, f.time_scale.value_or(1.0));
+  }
+  std::vector<loadgen::Runner::Scheduled> schedule;
+  schedule.reserve(records.size());
+  for (size_t i = 0; i < records.size(); ++i) {
+    absl::StatusOr<loadgen::LoadRequest> r = (*synth)->Synthesize(records[i]);
+    if (!r.ok()) {
+      std::cerr << kPrefix << ": request " << i << ": " << r.status().message() << "\n";
+      return 2;
+    }
+    schedule.push_back({.send_at = times[i], .request = *std::move(r)});
+  }
+
+  // --- Run.
+  if (f.tls.cert_file.empty() != f.tls.key_file.empty()) {
+    std::cerr << kPrefix << ": --tls-cert and --tls-key go together\n";
+    return 2;
+  }
+  TlsFlags tls = f.tls;
+  tls.enabled = !tls.ca_file.empty() || !tls.cert_file.empty();
+  absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(tls);
+  if (!channels.ok()) {
+    std::cerr << kPrefix << ": " << channels.status().message() << "\n";
+    return 2;
+  }
+  loadgen::Runner::Options options;
+  options.channel = (*channels)(f.target);
+  options.concurrency_limit = f.concurrency_limit;
+  options.request_timeout = absl::Seconds(f.timeout_s);
+  options.slo = {.ttft_ms = f.slo_ttft_ms, .tpot_ms = f.slo_tpot_ms};
+  options.model = f.model;
+  if (!f.quiet) {
+    options.on_progress = [total = schedule.size()](const loadgen::Runner::Progress& p) {
+      std::fprintf(stderr, "[%6.1f s] sent %lld/%zu  completed %lld  rejected %lld  errors %lld  in-flight %lld\n",
+                   absl::ToDoubleSeconds(p.elapsed), static_cast<long long>(p.sent), total,
+                   static_cast<long long>(p.completed), static_cast<long long>(p.rejected),
+                   static_cast<long long>(p.errors), static_cast<long long>(p.in_flight));
+    };
+  }
+  absl::StatusOr<std::unique_ptr<loadgen::Runner>> runner = loadgen::Runner::Create(options);
+  if (!runner.ok()) {
+    std::cerr << kPrefix << ": " << runner.status().message() << "\n";
+    return 2;
+  }
+  const loadgen::Runner::RunResult run = (*runner)->Run(schedule);
+  const loadgen::RunSummary summary =
+      loadgen::Summarize(run.results, options.slo, absl::ToDoubleSeconds(run.duration));
+  PrintTable(f, summary);
+
+  if (!f.json.empty()) {
+    nlohmann::ordered_json j = loadgen::SummaryToJson(summary, run.results, /*samples=*/true);
+    j["label"] = f.label;
+    j["workload"] = f.synthetic ? "synthetic" : f.trace;
+    j["rate_rps"] = f.rate.has_value() ? nlohmann::ordered_json(*f.rate) : nlohmann::ordered_json(nullptr);
+    j["time_scale"] = f.rate.has_value() || f.synthetic ? nlohmann::ordered_json(nullptr)
+                                                        : nlohmann::ordered_json(f.time_scale.value_or(1.0));
+    const double span = times.empty() ? 0 : absl::ToDoubleSeconds(times.back() - times.front());
+    j["offered_rps"] = span > 0 ? nlohmann::ordered_json(static_cast<double>(times.size() - 1) / span)
+                                : nlohmann::ordered_json(nullptr);
+    j["block_tokens"] = block_tokens;
+    j["concurrency_limit"] = f.concurrency_limit;
+    std::ofstream out(f.json);
+    out << j.dump(2) << "\n";
+    out.close();
+    if (!out) {
+      std::cerr << kPrefix << ": cannot write " << f.json << "\n";
+      return 1;
+    }
+  }
+  if (summary.requests > 0 && summary.errors == summary.requests) {
+    std::cerr << kPrefix << ": every request failed; is a router (tandem up / tandem router) serving at "
+              << f.target << "?\n";
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace tandem::cli

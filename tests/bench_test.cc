@@ -1,0 +1,259 @@
+// `tandem bench` end to end: a live local cluster (`tandem up`, synthetic:tiny)
+// replaying the head of the Mooncake conversation trace and a synthetic
+// workload, the JSON report checked for consistency; the CLI's usage errors;
+// and bench/plot_bench.py rendering PNGs from reports.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "loadgen/metrics.h"
+#include "nlohmann/json.hpp"
+#include "tests/testing/subprocess.h"
+
+namespace tandem {
+namespace {
+
+using ::tandem::testing::Subprocess;
+
+const std::string kTrace = TANDEM_SHARED_DIR "/data/traces/mooncake_conversation.jsonl";
+
+struct ExitResult {
+  int exit_code;
+  std::string out;  // stdout and stderr
+};
+
+ExitResult RunCommand(const std::string& cmd) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string TempPath(const std::string& name) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "bench_test_", getpid());
+  std::filesystem::create_directories(dir);
+  return dir + "/" + name;
+}
+
+std::optional<nlohmann::json> ReadJson(const std::string& path) {
+  std::ifstream in(path);
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return std::nullopt;
+  return j;
+}
+
+// The report's internal consistency, whatever the cluster did.
+void ExpectConsistentReport(const nlohmann::json& j, int64_t requests) {
+  EXPECT_EQ(j["requests"].get<int64_t>(), requests);
+  const int64_t completed = j["completed"], rejected = j["rejected"], errors = j["errors"];
+  EXPECT_EQ(completed + rejected + errors, requests) << j.dump();
+  EXPECT_GT(completed + rejected, 0) << j.dump();
+  ASSERT_TRUE(j["samples"].is_array());
+  EXPECT_EQ(static_cast<int64_t>(j["samples"].size()), completed);
+  const double hit = j["prefix_hit_rate"];
+  EXPECT_GE(hit, 0.0);
+  EXPECT_LE(hit, 1.0);
+  EXPECT_LE(j["cached_tokens"].get<int64_t>(), j["prompt_tokens"].get<int64_t>());
+  EXPECT_GE(j["goodput_rps"].get<double>(), 0.0);
+  EXPECT_LE(j["goodput_rps"].get<double>(), j["throughput_rps"].get<double>() + 1e-9);
+  for (const char* metric : {"ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"}) {
+    SCOPED_TRACE(metric);
+    const nlohmann::json& p = j[metric];
+    if (completed == 0) continue;
+    ASSERT_TRUE(p["p50"].is_number()) << p.dump();
+    EXPECT_GE(p["p50"].get<double>(), 0.0);
+    EXPECT_LE(p["p50"].get<double>(), p["p90"].get<double>());
+    EXPECT_LE(p["p90"].get<double>(), p["p99"].get<double>());
+  }
+  if (completed > 0) {  // a request's TTFT is within its E2E
+    EXPECT_LE(j["ttft_ms"]["p50"].get<double>(), j["e2e_ms"]["p99"].get<double>());
+  }
+}
+
+class BenchClusterTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    up_ = new Subprocess({TANDEM_BINARY, "up", "--model", "synthetic:tiny", "--prefill", "1", "--decode", "1",
+                          "--port", "0", "--threads", "1", "--ready-timeout-s", "60"});
+    const absl::Time deadline = absl::Now() + absl::Seconds(90);
+    while (auto line = up_->ReadLine(deadline)) {
+      nlohmann::json j = nlohmann::json::parse(*line, nullptr, false);
+      if (j.is_object() && j.value("event", "") == "ready") {
+        router_ = new std::string(j["router"].get<std::string>());
+        break;
+      }
+    }
+  }
+  static void TearDownTestSuite() {
+    if (up_ != nullptr) {
+      up_->Signal(SIGTERM);
+      up_->Wait(absl::Now() + absl::Seconds(10));
+    }
+    delete up_;
+    delete router_;
+    up_ = nullptr;
+    router_ = nullptr;
+  }
+  void SetUp() override { ASSERT_NE(router_, nullptr) << "tandem up did not become ready"; }
+
+  static Subprocess* up_;
+  static std::string* router_;
+};
+Subprocess* BenchClusterTest::up_ = nullptr;
+std::string* BenchClusterTest::router_ = nullptr;
+
+// The first 40 requests of the trace, 512-token blocks shrunk to 16 (the
+// engine's block size, so shared trace blocks are shared cache blocks),
+// 12 s of arrivals compressed to 0.6 s.
+std::string TraceArgs() {
+  return absl::StrCat(" --trace ", kTrace,
+                      " --max-requests 40 --block-tokens 16 --max-input-tokens 256 --max-tokens-cap 4"
+                      " --time-scale 0.05 --timeout-s 60");
+}
+
+TEST_F(BenchClusterTest, ReplaysTheMooncakeTraceHead) {
+  if (!std::filesystem::exists(kTrace)) GTEST_SKIP() << "no shared trace at " << kTrace;
+  const std::string json = TempPath("trace.json");
+  const ExitResult r = RunCommand(absl::StrCat(TANDEM_BINARY, " bench --target ", *router_, TraceArgs(),
+                                        " --label trace --json ", json));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "TTFT")) << r.out;  // the final table
+  EXPECT_TRUE(absl::StrContains(r.out, "prefix hit rate")) << r.out;
+  std::optional<nlohmann::json> j = ReadJson(json);
+  ASSERT_TRUE(j.has_value()) << "unreadable " << json;
+  ExpectConsistentReport(*j, 40);
+  EXPECT_EQ((*j)["completed"], 40) << r.out;  // no admission control on this cluster, nothing fails
+  // Every trace request starts with block 0 (a shared system prompt): once the
+  // first is computed, the others find at least its 16 tokens cached.
+  EXPECT_GT((*j)["prefix_hit_rate"].get<double>(), 0.0) << j->dump();
+  EXPECT_GE((*j)["cached_tokens"].get<int64_t>(), 16) << j->dump();
+  EXPECT_EQ((*j)["label"], "trace");
+  // Without SLOs, every completed request is good.
+  EXPECT_DOUBLE_EQ((*j)["goodput_rps"].get<double>(), (*j)["throughput_rps"].get<double>());
+}
+
+TEST_F(BenchClusterTest, ImpossibleTtftSloGivesZeroGoodput) {
+  if (!std::filesystem::exists(kTrace)) GTEST_SKIP() << "no shared trace at " << kTrace;
+  const std::string json = TempPath("slo.json");
+  const ExitResult r = RunCommand(absl::StrCat(TANDEM_BINARY, " bench --target ", *router_, TraceArgs(),
+                                        " --slo-ttft 0.001 --quiet --json ", json));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  std::optional<nlohmann::json> j = ReadJson(json);
+  ASSERT_TRUE(j.has_value());
+  ExpectConsistentReport(*j, 40);
+  EXPECT_EQ((*j)["goodput_rps"].get<double>(), 0.0) << j->dump();
+  EXPECT_EQ((*j)["slo"]["ttft_ms"].get<double>(), 0.001);
+  for (const nlohmann::json& s : (*j)["samples"]) EXPECT_EQ(s["met_slo"], false);
+}
+
+TEST_F(BenchClusterTest, SyntheticWorkloadAtAPoissonRate) {
+  const std::string json = TempPath("synthetic.json");
+  const ExitResult r = RunCommand(absl::StrCat(
+      TANDEM_BINARY, " bench --target ", *router_,
+      " --synthetic --num-requests 16 --input-len 64 --output-len 3 --prefix-fraction 0.5 --num-prefixes 2"
+      " --rate 40 --seed 3 --concurrency-limit 4 --quiet --json ",
+      json));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  std::optional<nlohmann::json> j = ReadJson(json);
+  ASSERT_TRUE(j.has_value());
+  ExpectConsistentReport(*j, 16);
+  EXPECT_EQ((*j)["completed"], 16) << r.out;
+  EXPECT_EQ((*j)["rate_rps"], 40.0);
+  // Two 32-token prefixes among 16 requests: some request reuses one (how
+  // many depends on what overlaps in flight).
+  EXPECT_GE((*j)["cached_tokens"].get<int64_t>(), 32) << j->dump();
+  for (const nlohmann::json& s : (*j)["samples"]) EXPECT_EQ(s["output_tokens"], 3);
+}
+
+TEST(BenchCliTest, HelpAndUsageErrors) {
+  ExitResult r = RunCommand(absl::StrCat(TANDEM_BINARY, " bench --help"));
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  for (const char* flag : {"--target", "--trace", "--synthetic", "--rate", "--time-scale", "--slo-ttft",
+                           "--slo-tpot", "--json", "--block-tokens", "--max-tokens-cap", "--concurrency-limit"}) {
+    EXPECT_TRUE(absl::StrContains(r.out, flag)) << flag << " missing from:\n" << r.out;
+  }
+  EXPECT_FALSE(absl::StrContains(RunCommand(absl::StrCat(TANDEM_BINARY, " --help")).out, "[not yet available] Replay"));
+  r = RunCommand(absl::StrCat(TANDEM_BINARY, " bench --target 127.0.0.1:1"));
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "--trace FILE or --synthetic")) << r.out;
+  r = RunCommand(absl::StrCat(TANDEM_BINARY, " bench --target 127.0.0.1:1 --synthetic --rate 1 --time-scale 2"));
+  EXPECT_NE(r.exit_code, 0) << r.out;  // CLI11's own code for a flag conflict
+  EXPECT_TRUE(absl::StrContains(r.out, "excludes")) << r.out;
+  r = RunCommand(absl::StrCat(TANDEM_BINARY, " bench --target 127.0.0.1:1 --trace /nonexistent.jsonl"));
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "/nonexistent.jsonl")) << r.out;
+}
+
+TEST(BenchCliTest, NoClusterThereIsARuntimeError) {
+  // Port 1 on loopback: connection refused, so every request fails at once.
+  const ExitResult r = RunCommand(absl::StrCat(TANDEM_BINARY,
+                                        " bench --target 127.0.0.1:1 --synthetic --num-requests 3 --quiet"
+                                        " --timeout-s 10"));
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "every request failed")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "errors 3")) << r.out;
+}
+
+// bench/plot_bench.py on reports in the real schema (SummaryToJson), two at
+// different rates: latency CDFs and goodput against rate, as PNG files.
+TEST(PlotBenchTest, RendersPngsFromReports) {
+  // Debian's python3 has python3-matplotlib; a python3 earlier on PATH (pyenv) may not.
+  std::string python;
+  for (const char* candidate : {"/usr/bin/python3", "python3"}) {
+    if (RunCommand(absl::StrCat(candidate, " -c 'import matplotlib'")).exit_code == 0) {
+      python = candidate;
+      break;
+    }
+  }
+  if (python.empty()) GTEST_SKIP() << "no python3 with matplotlib (Debian: python3-matplotlib)";
+  std::vector<std::string> files;
+  for (double rate : {2.0, 4.0}) {
+    std::vector<loadgen::RequestResult> results;
+    for (int i = 0; i < 20; ++i) {
+      loadgen::RequestResult r;
+      r.outcome = loadgen::Outcome::kCompleted;
+      r.ttft_ms = 10.0 * (i + 1) * rate;
+      r.e2e_ms = *r.ttft_ms + 50;
+      r.output_tokens = 6;
+      r.itl_ms = {10, 10, 10, 10, 10};
+      r.prompt_tokens = 100;
+      r.cached_tokens = 16;
+      results.push_back(r);
+    }
+    const loadgen::RunSummary s = loadgen::Summarize(results, {.ttft_ms = 100}, 5.0);
+    nlohmann::ordered_json j = loadgen::SummaryToJson(s, results, /*samples=*/true);
+    j["label"] = "round-robin";
+    j["rate_rps"] = rate;
+    files.push_back(TempPath(absl::StrCat("rate", rate, ".json")));
+    std::ofstream(files.back()) << j.dump();
+  }
+  const std::string out_dir = TempPath("plots");
+  const ExitResult r = RunCommand(absl::StrCat(python, " " TANDEM_SOURCE_DIR "/bench/plot_bench.py --out ", out_dir, " ",
+                                        files[0], " ", files[1]));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  for (const char* png : {"latency_cdf.png", "goodput_vs_rate.png"}) {
+    std::ifstream in(out_dir + "/" + png, std::ios::binary);
+    ASSERT_TRUE(in.good()) << png << " not written; output:\n" << r.out;
+    std::array<char, 8> magic{};
+    in.read(magic.data(), magic.size());
+    EXPECT_EQ(std::string(magic.data(), 8), std::string("\x89PNG\r\n\x1a\n", 8)) << png;
+  }
+}
+
+}  // namespace
+}  // namespace tandem
