@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "cli/engine_flags.h"
 #include "decode_worker/decode_service.h"
@@ -25,14 +26,20 @@
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "common/metrics.h"
+#include "http/server.h"
 #include "kernels/backend.h"
 #include "model/llama.h"
 #include "model/loader.h"
 #include "nlohmann/json.hpp"
 #include "prefill_worker/prefill_service.h"
+#include "router/openai_front.h"
+#include "router/placement.h"
+#include "router/router_core.h"
 #include "router/router_service.h"
 #include "router/worker_registry.h"
 #include "transfer/transfer_engine.h"
+#include "worker_common/kv_event_publisher.h"
 #include "worker_common/worker_status.h"
 
 namespace tandem::cli {
@@ -165,6 +172,12 @@ absl::Status ResolveRouterFlags(const CLI::App& cmd, RouterFlags* f) {
     m.Set("--heartbeat-ms", r.has_heartbeat_ms(), r.heartbeat_ms(), &f->heartbeat_ms);
     m.Set("--heartbeat-misses", r.has_heartbeat_misses(), r.heartbeat_misses(), &f->heartbeat_misses);
     m.Set("--policy", r.has_policy(), r.policy(), &f->policy);
+    m.Set("--slo-ttft-ms", r.has_slo_ttft_ms(), r.slo_ttft_ms(), &f->slo_ttft_ms);
+    m.Set("--slo-tpot-ms", r.has_slo_tpot_ms(), r.slo_tpot_ms(), &f->slo_tpot_ms);
+    m.Set("--aggregate-max-uncached-tokens", r.has_aggregate_max_uncached_tokens(),
+          r.aggregate_max_uncached_tokens(), &f->aggregate_max_uncached_tokens);
+    m.Set("--aggregate-when-queue-ms", r.has_aggregate_when_queue_ms(), r.aggregate_when_queue_ms(),
+          &f->aggregate_when_queue_ms);
     MergeTls(m, config->tls(), &f->tls);
   }
   const std::string source = Source(f->config);
@@ -175,9 +188,18 @@ absl::Status ResolveRouterFlags(const CLI::App& cmd, RouterFlags* f) {
                                     1, 1000)}) {
     if (!s.ok()) return s;
   }
-  if (f->policy != "round_robin") {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s: router.policy (--policy) is '%s'; must be one of: round_robin", source, f->policy));
+  if (!router::ParsePolicy(f->policy).ok()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: router.policy (--policy) is '%s'; must be one of: kv, round_robin, least_loaded, random", source,
+        f->policy));
+  }
+  if (!(f->slo_ttft_ms >= 0) || !(f->slo_tpot_ms >= 0) || !(f->aggregate_when_queue_ms >= 0)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: router.slo_ttft_ms, slo_tpot_ms and aggregate_when_queue_ms must be >= 0", source));
+  }
+  if (f->aggregate_max_uncached_tokens < -1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: router.aggregate_max_uncached_tokens (--aggregate-max-uncached-tokens) must be >= -1", source));
   }
   return ValidateTls(source, &f->tls);
 }
@@ -343,7 +365,30 @@ namespace {
 
 }  // namespace
 
+// The HTTP server on host:port with the OpenAI error shape for its own
+// errors; null (after a message) if it cannot listen.
+std::unique_ptr<http::Server> StartHttp(const std::string& tag, const std::string& host, int32_t port,
+                                        const std::function<void(http::Server*)>& routes) {
+  auto server = http::Server::Create({.host = host, .port = port, .error_response = &router::OpenAiFront::ErrorResponse});
+  if (!server.ok()) {
+    std::cerr << tag << server.status().message() << "\n";
+    return nullptr;
+  }
+  routes(server->get());
+  if (absl::Status s = (*server)->Start(); !s.ok()) {
+    std::cerr << tag << s.message() << "\n";
+    return nullptr;
+  }
+  return *std::move(server);
+}
+
 void RegisterRouter(CLI::App* cmd, RouterFlags* f) {
+  cmd->add_option("--http-port", f->http_port,
+                  "OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /metrics) port; 0: off")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65535));
+  cmd->add_option("--api-key", f->api_keys,
+                  "Bearer key accepted on the HTTP API's /v1/* (repeatable; also TANDEM_API_KEYS, comma-separated)");
   cmd->add_option("--host", f->host, "Address to bind")->capture_default_str();
   cmd->add_option("--port", f->port, "gRPC port (0: any free port)")->capture_default_str();
   cmd->add_option("--model", f->model, "Model the cluster serves (GGUF path or synthetic:NAME)")
@@ -355,9 +400,22 @@ void RegisterRouter(CLI::App* cmd, RouterFlags* f) {
                   "Heartbeats a worker may miss before it leaves the rotation")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--policy", f->policy, "Routing policy")
+  cmd->add_option("--policy", f->policy,
+                  "Routing policy: kv (KV-aware cost model), round_robin, least_loaded, random")
       ->capture_default_str()
-      ->check(CLI::IsMember({"round_robin"}));
+      ->check(CLI::IsMember({"kv", "round_robin", "least_loaded", "random"}));
+  cmd->add_option("--slo-ttft-ms", f->slo_ttft_ms,
+                  "Default TTFT target (ms) for requests that set none; predicted misses are rejected (0: none)")
+      ->capture_default_str();
+  cmd->add_option("--slo-tpot-ms", f->slo_tpot_ms, "Default TPOT target (ms) likewise (0: none)")
+      ->capture_default_str();
+  cmd->add_option("--aggregate-max-uncached-tokens", f->aggregate_max_uncached_tokens,
+                  "kv policy: the decode worker prefills by itself when at most this many prompt tokens are "
+                  "uncached there (-1: never)")
+      ->capture_default_str();
+  cmd->add_option("--aggregate-when-queue-ms", f->aggregate_when_queue_ms,
+                  "kv policy: ...or when every prefill worker's predicted queue exceeds this (ms; 0: off)")
+      ->capture_default_str();
   AddTlsFlags(cmd, &f->tls);
   AddConfigFlags(cmd, &f->config, &f->dry_run);
   cmd->callback([cmd, f] { RunCommand(cmd, f, "router", ResolveRouterFlags, RunRouter); });
@@ -373,6 +431,9 @@ static void AddWorkerFlags(CLI::App* cmd, WorkerFlags* f) {
       ->capture_default_str();
   AddEngineFlags(cmd, &f->block_size, &f->kv_cache_mb, &f->max_running, &f->max_step_tokens, "Tokens per KV block (same on every worker)");
   cmd->add_option("--worker-id", f->worker_id, "Worker id (default: ROLE-HOST-PID)");
+  cmd->add_option("--metrics-port", f->metrics_port, "HTTP port serving /metrics and /health; 0: off")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65535));
   AddTlsFlags(cmd, &f->tls);
   AddConfigFlags(cmd, &f->config, &f->dry_run);
 }
@@ -409,8 +470,16 @@ int RunRouter(const RouterFlags& f) {
                                    .misses_allowed = f.heartbeat_misses,
                                    .model_id = (*model)->config.model_id,
                                    .channel_factory = *channels});
-  router::GenerateService generate({}, model->get(), &registry);
-  router::RegistryService registry_service(&registry);
+  router::RouterOptions router_options;
+  router_options.placement.policy = *router::ParsePolicy(f.policy);  // validated by ResolveRouterFlags
+  router_options.placement.default_ttft_slo_ms = f.slo_ttft_ms;
+  router_options.placement.default_tpot_slo_ms = f.slo_tpot_ms;
+  router_options.placement.aggregate_max_uncached_tokens = f.aggregate_max_uncached_tokens;
+  router_options.placement.aggregate_when_queue_ms = f.aggregate_when_queue_ms;
+  router::RouterCore core(router_options, model->get(), &registry);
+  core.StartBackground();
+  router::GenerateService generate(&core);
+  router::RegistryService registry_service(&registry, &core);
   int port = 0;
   std::unique_ptr<grpc::Server> server =
       StartServer(f.host, f.port, *credentials, {&generate, &registry_service}, &port);
@@ -418,14 +487,35 @@ int RunRouter(const RouterFlags& f) {
     std::cerr << "tandem router: cannot listen on " << f.host << ":" << f.port << "\n";
     return 1;
   }
+  std::vector<std::string> api_keys = f.api_keys;
+  if (const char* env = std::getenv("TANDEM_API_KEYS"); env != nullptr) {
+    for (absl::string_view k : absl::StrSplit(env, ',', absl::SkipWhitespace())) api_keys.emplace_back(k);
+  }
+  router::OpenAiFrontOptions front_options{
+      .model_name = (*model)->config.model_id,
+      .model_aliases = {f.model},
+      .api_keys = api_keys,
+      .ready = [&registry] { return registry.HasHealthy(tandem::v1::WORKER_ROLE_DECODE); }};
+  // TODO(chat template): once model/chat_template.h lands, set render_chat from
+  // LoadedModel::chat_template and tokenizer (special tokens parsed).
+  router::OpenAiFront front(front_options, &core);
+  std::unique_ptr<http::Server> http_server;
+  if (f.http_port > 0) {
+    http_server = StartHttp("tandem router: http: ", f.host, f.http_port, [&](http::Server* s) { front.Register(s); });
+    if (http_server == nullptr) return 1;
+  }
   PrintReady({{"role", "router"},
               {"pid", getpid()},
+              {"http", http_server ? absl::StrFormat("%s:%d", f.host, http_server->port()) : ""},
               {"grpc", absl::StrFormat("%s:%d", f.host, port)},
               {"tls", f.tls.enabled},
+              {"policy", f.policy},
               {"model", (*model)->config.model_id}});
   const int sig = WaitForTermination(signals);
   std::cerr << "tandem router: signal " << sig << ", shutting down\n";
+  if (http_server != nullptr) http_server->Shutdown(absl::Now() + absl::Seconds(2));
   server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  core.Stop();
   return 0;
 }
 
@@ -450,10 +540,13 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
     std::cerr << tag << llama.status().message() << "\n";
     return 1;
   }
+  // Declared before the engine, which appends to it until destroyed.
+  engine::KvEventLog kv_events;
   auto engine = engine::Engine::Create({.block_size = f.block_size,
                                         .kv_cache_bytes = static_cast<size_t>(f.kv_cache_mb) << 20,
                                         .max_running = f.max_running,
-                                        .max_step_tokens = f.max_step_tokens},
+                                        .max_step_tokens = f.max_step_tokens,
+                                        .kv_events = &kv_events},
                                        llama->get(), backend.get(), (*model)->tokenizer.get());
   if (!engine.ok()) {
     std::cerr << tag << engine.status().message() << "\n";
@@ -513,13 +606,31 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
       },
       absl::Now() + absl::Seconds(10));
 
+  auto load_for_events = [&runner] { return worker_common::ToWorkerLoad(runner->load()); };
+  worker_common::KvSnapshotService snapshot_service(&kv_events, worker_id, load_for_events);
   int port = 0;
-  std::unique_ptr<grpc::Server> server = StartServer(f.host, f.port, *credentials, {service}, &port);
+  std::unique_ptr<grpc::Server> server =
+      StartServer(f.host, f.port, *credentials, {service, &snapshot_service}, &port);
   if (server == nullptr || port == 0) {
     std::cerr << tag << "cannot listen on " << f.host << ":" << f.port << "\n";
     return 1;
   }
   const std::string address = absl::StrFormat("%s:%d", f.host, port);
+
+  // The workers' own metrics (recorded into the default registry) over HTTP.
+  std::unique_ptr<http::Server> metrics_server;
+  if (f.metrics_port > 0) {
+    metrics_server = StartHttp(tag + "metrics: ", f.host, f.metrics_port, [](http::Server* s) {
+      s->Handle("GET", "/metrics", [](const http::Request&, std::shared_ptr<http::ResponseWriter> w) {
+        w->Send({.status = 200, .content_type = "text/plain; version=0.0.4; charset=utf-8",
+                 .body = DefaultMetricsRegistry().RenderPrometheus()});
+      });
+      s->Handle("GET", "/health", [](const http::Request&, std::shared_ptr<http::ResponseWriter> w) {
+        w->Send({.status = 200, .content_type = "text/plain", .body = "ok\n"});
+      });
+    });
+    if (metrics_server == nullptr) return 1;
+  }
 
   // Register with the router (retrying until it answers), then heartbeat.
   auto channel = (*channels)(f.router);
@@ -551,6 +662,8 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
     server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
     return 1;
   }
+  worker_common::KvEventPublisher publisher({.worker_id = worker_id}, &kv_events, registry.get(), load_proto);
+  publisher.Start();
   absl::Notification stop_heartbeat;
   std::thread heartbeat([&] {
     const absl::Duration interval = absl::Milliseconds(250);
@@ -573,11 +686,14 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
               {"router", f.router},
               {"tls", f.tls.enabled},
               {"model", config.model_id},
-              {"kv_blocks", kv.num_blocks}});
+              {"kv_blocks", kv.num_blocks},
+              {"metrics", metrics_server ? absl::StrFormat("%s:%d", f.host, metrics_server->port()) : ""}});
   const int sig = WaitForTermination(signals);
   std::cerr << tag << "signal " << sig << ", shutting down\n";
   stop_heartbeat.Notify();
   heartbeat.join();
+  if (metrics_server != nullptr) metrics_server->Shutdown(absl::Now() + absl::Seconds(1));
+  publisher.Stop();
   server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   runner->Stop();
   return 0;

@@ -21,6 +21,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
@@ -49,7 +50,13 @@ struct RouterFlags {
   std::string model = "synthetic:tiny";
   int32_t heartbeat_ms = 500;
   int32_t heartbeat_misses = 3;
-  std::string policy = "round_robin";
+  std::string policy = "kv";
+  double slo_ttft_ms = 0;
+  double slo_tpot_ms = 0;
+  int32_t aggregate_max_uncached_tokens = 16;
+  double aggregate_when_queue_ms = 0;
+  int32_t http_port = 0;              // --http-port: OpenAI-compatible HTTP API; 0: off
+  std::vector<std::string> api_keys;  // --api-key (repeatable) plus TANDEM_API_KEYS; empty: no auth
   TlsFlags tls;
   std::string config;    // --config FILE; empty: none
   bool dry_run = false;  // --dry-run
@@ -66,6 +73,7 @@ struct WorkerFlags {
   int32_t max_running = 64;
   int32_t max_step_tokens = 512;
   std::string worker_id;  // default: role-host-pid
+  int32_t metrics_port = 0;  // --metrics-port: /metrics and /health over HTTP; 0: off
   TlsFlags tls;
   std::string config;    // --config FILE; empty: none
   bool dry_run = false;  // --dry-run

@@ -41,6 +41,19 @@ void RegisterUp(CLI::App* cmd, UpFlags* f) {
                   "Give up (and stop everything, exit 1) if the cluster is not ready after this long")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--policy", f->policy, "Router policy: kv, round_robin, least_loaded, random (default: kv)")
+      ->check(CLI::IsMember({"kv", "round_robin", "least_loaded", "random"}));
+  cmd->add_option("--slo-ttft-ms", f->slo_ttft_ms, "Router's default TTFT target, ms (see tandem router --help)");
+  cmd->add_option("--slo-tpot-ms", f->slo_tpot_ms, "Router's default TPOT target, ms");
+  cmd->add_option("--http-port", f->http_port, "Router's OpenAI-compatible HTTP port; 0: off")
+      ->check(CLI::Range(0, 65535));
+  cmd->add_option("--api-key", f->api_keys, "Bearer key for the router's HTTP /v1/* (repeatable)");
+  cmd->add_option("--kv-cache-mb", f->kv_cache_mb, "KV cache per worker, MiB (default: the workers' default)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--block-size", f->block_size, "Tokens per KV block on every worker")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-running", f->max_running, "Most sequences in a worker's batch")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--config", f->config,
                   "Cluster configuration (tandem.v1.ClusterConfig JSON), passed to every process");
   cmd->add_option("--tls-cert", f->tls_cert, "PEM certificate for every process (turns on TLS)");
@@ -505,6 +518,11 @@ int RunUp(const UpFlags& f) {
       .argv = {self, "router", "--host", f.host, "--port", absl::StrCat(f.port), "--model", f.model},
       .essential = true};
   router.argv.insert(router.argv.end(), common.begin(), common.end());
+  if (!f.policy.empty()) router.argv.insert(router.argv.end(), {"--policy", f.policy});
+  if (f.slo_ttft_ms >= 0) router.argv.insert(router.argv.end(), {"--slo-ttft-ms", absl::StrCat(f.slo_ttft_ms)});
+  if (f.slo_tpot_ms >= 0) router.argv.insert(router.argv.end(), {"--slo-tpot-ms", absl::StrCat(f.slo_tpot_ms)});
+  if (f.http_port > 0) router.argv.insert(router.argv.end(), {"--http-port", absl::StrCat(f.http_port)});
+  for (const std::string& key : f.api_keys) router.argv.insert(router.argv.end(), {"--api-key", key});
   auto router_ready = sup.StartAndWaitReady({router}, deadline);
   if (!router_ready.ok()) return fail(router_ready.status());
   const std::string router_address = DialableAddress((*router_ready)[0]["grpc"].get<std::string>());
@@ -519,6 +537,11 @@ int RunUp(const UpFlags& f) {
                          .argv = {self, role, "--router", router_address, "--model", f.model, "--host",
                                   f.host, "--port", "0", "--threads", absl::StrCat(f.threads)}});
       workers.back().argv.insert(workers.back().argv.end(), common.begin(), common.end());
+      for (const auto& [flag, value] : {std::pair{"--kv-cache-mb", f.kv_cache_mb},
+                                        std::pair{"--block-size", f.block_size},
+                                        std::pair{"--max-running", f.max_running}}) {
+        if (value > 0) workers.back().argv.insert(workers.back().argv.end(), {flag, absl::StrCat(value)});
+      }
     }
   }
   auto workers_ready = sup.StartAndWaitReady(workers, deadline);
@@ -527,6 +550,7 @@ int RunUp(const UpFlags& f) {
   nlohmann::ordered_json ready;
   ready["event"] = "ready";
   ready["router"] = router_address;
+  ready["http"] = (*router_ready)[0].value("http", "");
   std::cout << ready.dump() << "\n" << std::flush;
   std::cerr << kPrefix << ": cluster ready: router at " << router_address << ", " << f.prefill
             << " prefill and " << f.decode << " decode worker(s); SIGINT or SIGTERM stops it\n";

@@ -53,6 +53,18 @@ struct UpFlags {
   std::string config;
   // --tls-cert/--tls-key/--tls-ca, passed to every child (cli/server_commands.h).
   std::string tls_cert, tls_key, tls_ca;
+  // Passed to the router when given (empty / negative: the router's default
+  // or the config file's): --policy, --slo-ttft-ms, --slo-tpot-ms.
+  std::string policy;
+  double slo_ttft_ms = -1;
+  double slo_tpot_ms = -1;
+  int32_t http_port = 0;              // --http-port for the router; 0: off
+  std::vector<std::string> api_keys;  // --api-key, passed to the router
+  // Passed to every worker when > 0: --kv-cache-mb, --block-size,
+  // --max-running.
+  int32_t kv_cache_mb = 0;
+  int32_t block_size = 0;
+  int32_t max_running = 0;
 };
 
 // Adds the flags to `cmd` and makes it run RunUp (after applying --config).

@@ -148,6 +148,11 @@ void KvIndex::RemoveWorker(const std::string& worker_id) {
   free_slots_.push_back(slot);
 }
 
+bool KvIndex::Known(const std::string& worker_id) const {
+  absl::ReaderMutexLock lock(&mu_);
+  return slots_.contains(worker_id);
+}
+
 bool KvIndex::AwaitingSnapshot(const std::string& worker_id) const {
   absl::ReaderMutexLock lock(&mu_);
   auto it = slots_.find(worker_id);

@@ -95,6 +95,9 @@ class KvIndex {
   // Forgets a worker and all its blocks.
   void RemoveWorker(const std::string& worker_id);
 
+  // Whether the index has an entry for the worker.
+  bool Known(const std::string& worker_id) const;
+
   // Whether the worker is waiting for a snapshot (for the router's fetch
   // loop).
   bool AwaitingSnapshot(const std::string& worker_id) const;

@@ -1,62 +1,38 @@
 // The router's gRPC services: the public tandem.v1.Tandem API and the
 // workers' tandem.v1.WorkerRegistry.
 //
-// Generate follows DESIGN.md's path: tokenize, pick a decode worker
-// (round-robin for now), have it reserve blocks, pick a prefill worker to
-// compute the prompt's KV and write it into the reservation over UCX, then
-// stream the decode worker's tokens to the client. With no prefill worker the
-// decode worker prefills by itself (aggregated mode). A worker that fails a
-// call leaves the rotation; the request is retried elsewhere while no token
-// has reached the client, and fails with UNAVAILABLE after that.
-//
-// Handlers use gRPC's synchronous API: each stream holds one server thread
-// while it waits on its decode worker (with deadlines and cancellation
-// checks). The engine work itself runs on the workers.
+// Generate is a callback-API reactor over RouterCore (router_core.h): it
+// starts the request and writes the chunks and the summary as the core
+// reports them, one write in flight at a time; no thread waits on a stream.
+// A client that cancels or disconnects cancels the request on the workers.
 #ifndef TANDEM_ROUTER_ROUTER_SERVICE_H_
 #define TANDEM_ROUTER_ROUTER_SERVICE_H_
 
-#include <atomic>
-#include <memory>
-#include <string>
-
-#include "model/loader.h"
-#include "proto/grpc_status.h"
+#include "router/router_core.h"
 #include "router/worker_registry.h"
 #include "tandem/v1/tandem.grpc.pb.h"
 #include "tandem/v1/worker.grpc.pb.h"
 
 namespace tandem::router {
 
-struct RouterOptions {
-  // Default max_tokens when a request leaves it 0. Default: 64.
-  int32_t default_max_tokens = 64;
-  // Attempts per request across workers before giving up. Default: 3.
-  int max_attempts = 3;
-  // Deadline for a request whose client set none. Default: 10 min.
-  absl::Duration default_deadline = absl::Minutes(10);
-  // How long a decode reservation waits for its prefill. Default: 30 s.
-  absl::Duration reservation_ttl = absl::Seconds(30);
-};
-
-class GenerateService final : public tandem::v1::Tandem::Service {
+class GenerateService final : public tandem::v1::Tandem::CallbackService {
  public:
-  // `model` (tokenizer, config) and `registry` are borrowed.
-  GenerateService(RouterOptions options, const model::LoadedModel* model, WorkerRegistry* registry)
-      : options_(options), model_(model), registry_(registry) {}
+  // `core` is borrowed.
+  explicit GenerateService(RouterCore* core) : core_(core) {}
 
-  grpc::Status Generate(grpc::ServerContext* context, const tandem::v1::GenerateRequest* request,
-                        grpc::ServerWriter<tandem::v1::GenerateResponse>* writer) override;
+  grpc::ServerWriteReactor<tandem::v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context, const tandem::v1::GenerateRequest* request) override;
 
  private:
-  const RouterOptions options_;
-  const model::LoadedModel* const model_;
-  WorkerRegistry* const registry_;
-  std::atomic<uint64_t> next_request_{1};
+  RouterCore* const core_;
 };
 
+// Workers register, heartbeat and stream KV events here. KV events feed the
+// core's index (a gap or a new worker triggers a snapshot fetch).
 class RegistryService final : public tandem::v1::WorkerRegistry::Service {
  public:
-  explicit RegistryService(WorkerRegistry* registry) : registry_(registry) {}
+  // Both borrowed; `core` may be null (no KV index: events are drained).
+  RegistryService(WorkerRegistry* registry, RouterCore* core) : registry_(registry), core_(core) {}
 
   grpc::Status Register(grpc::ServerContext*, const tandem::v1::RegisterRequest* request,
                         tandem::v1::RegisterResponse* response) override;
@@ -68,8 +44,8 @@ class RegistryService final : public tandem::v1::WorkerRegistry::Service {
 
  private:
   WorkerRegistry* const registry_;
+  RouterCore* const core_;
 };
-
 
 }  // namespace tandem::router
 

@@ -53,7 +53,11 @@ class Cluster {
   void Start(const std::string& model, int prefill, int decode) {
     model_ = model;
     router_ = std::make_unique<Subprocess>(std::vector<std::string>{
-        TANDEM_BINARY, "router", "--port", "0", "--model", model, "--heartbeat-ms", "200"});
+        TANDEM_BINARY, "router", "--port", "0", "--model", model, "--heartbeat-ms", "200",
+        // Every request goes through prefill -> UCX -> decode, even one the
+        // decode worker has cached (conditional disaggregation is
+        // router_core_test's and bench's subject).
+        "--aggregate-max-uncached-tokens", "-1"});
     auto line = router_->ReadLine(absl::Now() + absl::Seconds(60));
     ASSERT_TRUE(line.has_value()) << "router not ready";
     router_address_ = nlohmann::json::parse(*line)["grpc"];

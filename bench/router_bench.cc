@@ -1,0 +1,146 @@
+// Routing-decision latency at scale: a KvIndex holding --blocks block hashes
+// spread over --workers workers, and Placement::Place (the kv policy: prefix
+// match, cost model over every worker, SLO check) timed per request.
+//
+//   build/bench/router_bench --workers 1000 --blocks 1000000 --json router.json
+//
+// Layout of the synthetic cluster: conversations are chains of
+// --chain-blocks hashes; each chain lives on 1-3 random prefill workers (as
+// a KV-aware router would leave it), and the first --shared-blocks of every
+// chain are a system prompt held by every prefill worker, the worst case for
+// the match (every worker stays a candidate through the shared part). A
+// query takes a random chain's first 1..chain-blocks blocks plus a new tail.
+// One in ten workers decodes.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "nlohmann/json.hpp"
+#include "router/kv_index.h"
+#include "router/placement.h"
+#include "router/worker_registry.h"
+
+namespace {
+
+using tandem::BlockHash;
+using tandem::router::KvIndex;
+
+double Percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  const size_t i = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())));
+  return v[i];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app("Routing-decision latency with a large KV index");
+  int workers = 1000;
+  int64_t blocks = 1'000'000;
+  int chain_blocks = 64;
+  int shared_blocks = 4;
+  int queries = 20000;
+  std::string json_path;
+  app.add_option("--workers", workers, "Workers (10% decode)")->capture_default_str();
+  app.add_option("--blocks", blocks, "Distinct block hashes indexed")->capture_default_str();
+  app.add_option("--chain-blocks", chain_blocks, "Blocks per conversation chain")->capture_default_str();
+  app.add_option("--shared-blocks", shared_blocks, "Leading blocks every prefill worker holds")
+      ->capture_default_str();
+  app.add_option("--queries", queries, "Timed routing decisions")->capture_default_str();
+  app.add_option("--json", json_path, "Write the result here");
+  CLI11_PARSE(app, argc, argv);
+
+  std::mt19937_64 rng(42);
+  tandem::router::WorkerRegistry registry({.heartbeat_interval = absl::Hours(1), .model_id = "m"});
+  std::vector<std::string> prefill_ids;
+  for (int w = 0; w < workers; ++w) {
+    const bool decode = w % 10 == 0;
+    tandem::v1::RegisterRequest r;
+    r.set_worker_id((decode ? "d" : "p") + std::to_string(w));
+    r.set_role(decode ? tandem::v1::WORKER_ROLE_DECODE : tandem::v1::WORKER_ROLE_PREFILL);
+    r.set_address("127.0.0.1:1");  // never dialled
+    r.set_model_id("m");
+    r.set_block_size(16);
+    r.mutable_load()->set_queued_prefill_tokens(static_cast<int64_t>(rng() % 4096));
+    r.mutable_load()->set_running(static_cast<int32_t>(rng() % 64));
+    r.mutable_load()->set_free_blocks(static_cast<int32_t>(rng() % 10000));
+    r.mutable_load()->set_total_blocks(10000);
+    if (!registry.Register(r).ok()) return 1;
+    if (!decode) prefill_ids.push_back(r.worker_id());
+  }
+
+  // Index: shared system prompt on every prefill worker, then chains.
+  KvIndex index;
+  std::vector<BlockHash> shared(static_cast<size_t>(shared_blocks));
+  for (BlockHash& h : shared) h = rng();
+  const int64_t chains = std::max<int64_t>(1, (blocks - shared_blocks) / (chain_blocks - shared_blocks));
+  std::vector<std::vector<BlockHash>> chain_hashes(static_cast<size_t>(chains));
+  absl::flat_hash_map<std::string, tandem::v1::KvEventBatch> batches;
+  for (const std::string& id : prefill_ids) {
+    tandem::v1::KvEventBatch& b = batches[id];
+    b.set_worker_id(id);
+    b.set_sequence_number(1);
+    auto* e = b.add_events();
+    e->set_kind(tandem::v1::KvEvent::KIND_STORED);
+    e->set_tier(tandem::v1::KV_TIER_HBM);
+    for (BlockHash h : shared) e->add_block_hashes(h);
+  }
+  for (auto& chain : chain_hashes) {
+    chain = shared;
+    for (int i = shared_blocks; i < chain_blocks; ++i) chain.push_back(rng());
+    const int holders = 1 + static_cast<int>(rng() % 3);
+    for (int k = 0; k < holders; ++k) {
+      auto* e = batches[prefill_ids[rng() % prefill_ids.size()]].add_events();
+      e->set_kind(tandem::v1::KvEvent::KIND_STORED);
+      e->set_tier(k == 0 ? tandem::v1::KV_TIER_HBM : tandem::v1::KV_TIER_DRAM);
+      for (size_t i = static_cast<size_t>(shared_blocks); i < chain.size(); ++i) e->add_block_hashes(chain[i]);
+    }
+  }
+  for (auto& [id, b] : batches) {
+    if (index.Apply(b) != KvIndex::Outcome::kApplied) return 1;
+  }
+  const KvIndex::Stats stats = index.stats();
+  std::fprintf(stderr, "index: %zu workers, %zu blocks, %zu (block, worker) entries\n", stats.workers, stats.blocks,
+               stats.entries);
+
+  tandem::router::Placement placement({.policy = tandem::router::Policy::kKv}, &registry, &index);
+  std::vector<double> place_us, match_us;
+  place_us.reserve(static_cast<size_t>(queries));
+  int64_t matched_blocks = 0;
+  for (int q = 0; q < queries; ++q) {
+    const auto& chain = chain_hashes[rng() % chain_hashes.size()];
+    std::vector<BlockHash> prompt(chain.begin(), chain.begin() + 1 + static_cast<ptrdiff_t>(rng() % chain.size()));
+    for (int i = 0; i < 8; ++i) prompt.push_back(rng());  // the new turn
+    tandem::router::PlacementRequest req;
+    req.block_hashes = prompt;
+    req.prompt_tokens = static_cast<int32_t>(prompt.size()) * 16;
+    req.max_tokens = 256;
+    req.block_size = 16;
+    auto t0 = std::chrono::steady_clock::now();
+    std::vector<KvIndex::PrefixMatch> m = index.Match(prompt);
+    auto t1 = std::chrono::steady_clock::now();
+    absl::StatusOr<tandem::router::PlacementDecision> d = placement.Place(req);
+    auto t2 = std::chrono::steady_clock::now();
+    if (!d.ok()) return 1;
+    matched_blocks += d->predicted_cached_tokens / 16;
+    match_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+    place_us.push_back(std::chrono::duration<double, std::micro>(t2 - t1).count());
+  }
+  nlohmann::ordered_json out;
+  out["workers"] = workers;
+  out["indexed_blocks"] = stats.blocks;
+  out["index_entries"] = stats.entries;
+  out["queries"] = queries;
+  out["mean_matched_blocks"] = static_cast<double>(matched_blocks) / queries;
+  out["place_us"] = {{"p50", Percentile(place_us, 0.5)}, {"p90", Percentile(place_us, 0.9)},
+                     {"p99", Percentile(place_us, 0.99)}, {"max", Percentile(place_us, 1.0)}};
+  out["match_only_us"] = {{"p50", Percentile(match_us, 0.5)}, {"p99", Percentile(match_us, 0.99)}};
+  out["target_p99_us"] = 200;
+  std::printf("%s\n", out.dump(2).c_str());
+  if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
+  return 0;
+}

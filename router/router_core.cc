@@ -1,0 +1,690 @@
+#include "router/router_core.h"
+
+#include <algorithm>
+#include <functional>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "common/block_hash.h"
+#include "common/metrics.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/support/client_callback.h"
+#include "proto/grpc_status.h"
+#include "tandem/v1/worker.grpc.pb.h"
+
+namespace tandem::router {
+namespace {
+
+using tandem::v1::GenerateRequest;
+using tandem::v1::GenerateResponse;
+
+double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
+
+// Calls that fail like this mean the worker is gone (or unreachable).
+bool WorkerGone(const grpc::Status& s) {
+  return s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+}
+
+// The router's own metrics (the HTTP front records per-endpoint ones).
+struct RouterMetrics {
+  HistogramFamily* ttft;
+  HistogramFamily* tpot;
+  HistogramFamily* e2e;
+  CounterFamily* requests;
+  CounterFamily* prompt_tokens;
+  CounterFamily* cached_tokens;
+  CounterFamily* kv_bytes;
+  Gauge* in_flight;
+  Counter* retries;
+
+  static RouterMetrics& Get() {
+    static RouterMetrics* m = [] {
+      MetricsRegistry& r = DefaultMetricsRegistry();
+      auto* out = new RouterMetrics;
+      const std::vector<double> latency = ExponentialBuckets(0.001, 2, 18);  // 1 ms .. 131 s
+      out->ttft = r.Histogram("tandem_router_ttft_seconds", "Time to first token as the router saw it",
+                              {"policy"}, latency);
+      out->tpot = r.Histogram("tandem_router_tpot_seconds",
+                              "Time per output token after the first ((e2e - ttft) / (tokens - 1))",
+                              {"policy"}, ExponentialBuckets(0.0001, 2, 18));
+      out->e2e = r.Histogram("tandem_router_e2e_seconds", "Whole request", {"policy"}, latency);
+      out->requests = r.Counter("tandem_router_requests_total",
+                                "Requests by outcome (ok, rejected, invalid, unavailable, cancelled, error)",
+                                {"outcome"});
+      out->prompt_tokens = r.Counter("tandem_router_prompt_tokens_total", "Prompt tokens of finished requests", {});
+      out->cached_tokens = r.Counter("tandem_router_cached_tokens_total",
+                                     "Prompt tokens served from a KV cache, by where the prefill ran",
+                                     {"where"});
+      out->kv_bytes = r.Counter("tandem_router_kv_transfer_bytes_total",
+                                "KV bytes prefill workers wrote into decode workers", {});
+      out->in_flight = r.Gauge("tandem_router_requests_in_flight", "Requests started and not finished", {})
+                           ->WithLabels({});
+      out->retries = r.Counter("tandem_router_retries_total", "Placements retried after a worker failed", {})
+                         ->WithLabels({});
+      return out;
+    }();
+    return *m;
+  }
+};
+
+const char* Outcome(const absl::Status& s) {
+  switch (s.code()) {
+    case absl::StatusCode::kOk: return "ok";
+    case absl::StatusCode::kResourceExhausted: return "rejected";
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kNotFound: return "invalid";
+    case absl::StatusCode::kUnavailable: return "unavailable";
+    case absl::StatusCode::kCancelled: return "cancelled";
+    default: return "error";
+  }
+}
+
+// Cuts the text stream at the first stop string; holds back text that could
+// still become the start of one.
+class StopFilter {
+ public:
+  explicit StopFilter(std::vector<std::string> stops) : stops_(std::move(stops)) {
+    for (const std::string& s : stops_) longest_ = std::max(longest_, s.size());
+  }
+  // Appends `text`; returns what may be sent now. Sets stopped() at a match.
+  std::string Push(const std::string& text) {
+    text_ += text;
+    size_t cut = std::string::npos;
+    for (const std::string& stop : stops_) {
+      const size_t from = sent_ >= stop.size() ? sent_ - stop.size() + 1 : 0;
+      const size_t pos = text_.find(stop, from);
+      if (pos != std::string::npos && pos < cut) cut = pos;
+    }
+    size_t emit_to = text_.size();
+    if (cut != std::string::npos) {
+      emit_to = std::max(cut, sent_);
+      stopped_ = true;
+    } else if (longest_ > 0) {
+      emit_to = text_.size() >= longest_ - 1 ? text_.size() - (longest_ - 1) : 0;
+      emit_to = std::max(emit_to, sent_);
+    }
+    std::string out = text_.substr(sent_, emit_to - sent_);
+    sent_ = emit_to;
+    return out;
+  }
+  // What is held back, at the end of a stream that did not stop.
+  std::string Flush() {
+    std::string out = stopped_ ? "" : text_.substr(sent_);
+    sent_ = text_.size();
+    return out;
+  }
+  bool stopped() const { return stopped_; }
+
+ private:
+  const std::vector<std::string> stops_;
+  size_t longest_ = 0;
+  std::string text_;
+  size_t sent_ = 0;
+  bool stopped_ = false;
+};
+
+}  // namespace
+
+// One request's state machine. Owned by shared_ptrs held by its pending
+// callbacks (and the front end's handle); each step starts the next from
+// its callback, so at most one step runs at a time.
+class RouterCore::Call final : public GenerationCall, public std::enable_shared_from_this<RouterCore::Call> {
+ public:
+  Call(RouterCore* core, absl::Time deadline, std::shared_ptr<GenerationObserver> observer)
+      : core_(core), deadline_(deadline), observer_(std::move(observer)), start_(absl::Now()) {
+    core_->in_flight_.fetch_add(1);
+    RouterMetrics::Get().in_flight->Increment();
+  }
+
+  void Begin(const GenerateRequest& request);
+
+  void Cancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    if (active_ != nullptr) active_->TryCancel();
+  }
+
+ private:
+  class DecodeStream;
+
+  absl::Status Validate(const GenerateRequest& req);
+  void Attempt();
+  void OnReserved(const grpc::Status& s);
+  void OnPrefilled(const grpc::Status& s);
+  void StartDecode();
+  // From the decode stream; false stops reading.
+  bool OnDecodeResponse(const GenerateResponse& in);
+  void OnDecodeDone(const grpc::Status& s);
+  // Gives the decode worker's reservation back (if any), then runs `then`
+  // (on the callback thread) once the worker answered or 2 s passed, so a
+  // retry's Reserve of the same request id never races the Release.
+  void Release(std::function<void()> then = nullptr);
+  void Finish(absl::Status status);
+  // Sets the context the next call uses as the cancellable one; false if
+  // the request was cancelled already.
+  bool Activate(grpc::ClientContext* ctx) {
+    absl::MutexLock lock(&mu_);
+    active_ = ctx;
+    return !cancelled_;
+  }
+  bool cancelled() {
+    absl::MutexLock lock(&mu_);
+    return cancelled_;
+  }
+  // Retries with a new placement, or finishes when attempts are used up.
+  void Retry(grpc::Status why) {
+    last_error_ = std::move(why);
+    RouterMetrics::Get().retries->Increment();
+    Attempt();
+  }
+
+  RouterCore* const core_;
+  const absl::Time deadline_;
+  const std::shared_ptr<GenerationObserver> observer_;
+  const absl::Time start_;
+
+  absl::Mutex mu_;
+  grpc::ClientContext* active_ ABSL_GUARDED_BY(mu_) = nullptr;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Set by Begin, read by later steps (one at a time).
+  std::vector<int32_t> prompt_;
+  std::vector<BlockHash> hashes_;
+  int32_t max_tokens_ = 0;
+  int32_t block_size_ = 16;
+  bool stop_at_eos_ = true;
+  tandem::v1::SamplingParams sampling_;
+  std::vector<std::string> stops_;
+  double ttft_slo_ms_ = 0, tpot_slo_ms_ = 0;
+  std::string request_id_;
+  tandem::v1::GenerateSummary summary_;
+
+  // Per attempt.
+  int attempts_ = 0;
+  grpc::Status last_error_{grpc::StatusCode::UNAVAILABLE, "no healthy decode worker"};
+  std::vector<std::string> exclude_decode_, exclude_prefill_;
+  std::optional<PlacementDecision> placement_;
+  std::unique_ptr<grpc::ClientContext> ctx_;
+  tandem::v1::ReserveRequest reserve_req_;
+  tandem::v1::KvReservation reservation_;
+  bool reserved_ = false;
+  tandem::v1::PrefillRequest prefill_req_;
+  tandem::v1::PrefillResponse prefilled_;
+  int64_t prefill_inflight_tokens_ = 0;
+  int64_t decode_inflight_tokens_ = 0;
+  std::optional<int32_t> first_token_;
+
+  // The stream.
+  std::optional<StopFilter> filter_;
+  int32_t sent_tokens_ = 0;
+  absl::Time first_token_time_ = absl::InfinitePast();
+  tandem::v1::FinishReason finish_ = tandem::v1::FINISH_REASON_UNSPECIFIED;
+};
+
+class RouterCore::Call::DecodeStream final : public grpc::ClientReadReactor<GenerateResponse> {
+ public:
+  DecodeStream(std::shared_ptr<Call> call, tandem::v1::DecodeRequest request)
+      : call_(std::move(call)), request_(std::move(request)) {}
+
+  grpc::ClientContext* context() { return &ctx_; }
+  void Go(tandem::v1::DecodeWorker::Stub* stub) {
+    stub->async()->Decode(&ctx_, &request_, this);
+    StartRead(&response_);
+    StartCall();
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // OnDone follows
+    if (call_->OnDecodeResponse(response_)) {
+      StartRead(&response_);
+    } else {
+      ctx_.TryCancel();
+    }
+  }
+  void OnDone(const grpc::Status& s) override {
+    std::shared_ptr<Call> call = std::move(call_);
+    call->OnDecodeDone(s);
+    delete this;
+  }
+
+ private:
+  std::shared_ptr<Call> call_;
+  grpc::ClientContext ctx_;
+  tandem::v1::DecodeRequest request_;
+  GenerateResponse response_;
+};
+
+absl::Status RouterCore::Call::Validate(const GenerateRequest& req) {
+  const model::ModelConfig& config = core_->model_->config;
+  switch (req.input_case()) {
+    case GenerateRequest::kPrompt:
+      prompt_ = core_->model_->tokenizer->Encode(req.prompt(), /*add_bos=*/true);
+      if (prompt_.empty()) return absl::InvalidArgumentError("prompt: encodes to no tokens");
+      break;
+    case GenerateRequest::kPromptTokenIds:
+      if (req.prompt_token_ids().ids().empty()) return absl::InvalidArgumentError("prompt_token_ids: empty");
+      for (int32_t id : req.prompt_token_ids().ids()) {
+        if (id < 0 || id >= config.vocab_size) {
+          return absl::InvalidArgumentError(absl::StrFormat(
+              "prompt_token_ids: id %d outside the vocabulary of %d", id, config.vocab_size));
+        }
+      }
+      prompt_.assign(req.prompt_token_ids().ids().begin(), req.prompt_token_ids().ids().end());
+      break;
+    default:
+      return absl::InvalidArgumentError("input: set prompt or prompt_token_ids");
+  }
+  if (req.max_tokens() < 0) return absl::InvalidArgumentError("max_tokens: must be >= 0");
+  max_tokens_ = req.max_tokens() == 0 ? core_->options_.default_max_tokens : req.max_tokens();
+  if (static_cast<int64_t>(prompt_.size()) + max_tokens_ - 1 > config.context_length) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "max_tokens: prompt of %d tokens plus max_tokens %d exceeds the context length %d", prompt_.size(),
+        max_tokens_, config.context_length));
+  }
+  sampling_ = req.sampling();
+  if (sampling_.top_p() == 0) sampling_.set_top_p(1.0f);
+  if (!(sampling_.temperature() >= 0)) return absl::InvalidArgumentError("sampling.temperature: must be >= 0");
+  if (sampling_.top_k() < 0) return absl::InvalidArgumentError("sampling.top_k: must be >= 0");
+  if (!(sampling_.top_p() > 0 && sampling_.top_p() <= 1)) {
+    return absl::InvalidArgumentError("sampling.top_p: must be in (0, 1]");
+  }
+  if (req.stop_size() > 16) return absl::InvalidArgumentError("stop: at most 16 stop strings");
+  for (const std::string& s : req.stop()) {
+    if (s.empty() || s.size() > 256) {
+      return absl::InvalidArgumentError("stop: each stop string must be 1 to 256 bytes");
+    }
+    stops_.push_back(s);
+  }
+  if (!req.model().empty() && req.model() != config.model_id && req.model() != core_->model_->spec) {
+    return absl::NotFoundError(
+        absl::StrFormat("model: '%s' is not served here (serving '%s')", req.model(), config.model_id));
+  }
+  if (req.request_id().size() > 128) return absl::InvalidArgumentError("request_id: at most 128 bytes");
+  if (req.slo().has_ttft_ms() && !(req.slo().ttft_ms() >= 0)) {
+    return absl::InvalidArgumentError("slo.ttft_ms: must be >= 0");
+  }
+  if (req.slo().has_tpot_ms() && !(req.slo().tpot_ms() >= 0)) {
+    return absl::InvalidArgumentError("slo.tpot_ms: must be >= 0");
+  }
+  ttft_slo_ms_ = req.slo().ttft_ms();
+  tpot_slo_ms_ = req.slo().tpot_ms();
+  stop_at_eos_ = !req.has_stop_at_eos() || req.stop_at_eos();
+  request_id_ = req.request_id().empty() ? absl::StrFormat("req-%d", core_->next_request_.fetch_add(1))
+                                         : req.request_id();
+  return absl::OkStatus();
+}
+
+void RouterCore::Call::Begin(const GenerateRequest& request) {
+  if (absl::Status s = Validate(request); !s.ok()) return Finish(s);
+  const model::ModelConfig& config = core_->model_->config;
+  summary_.set_request_id(request_id_);
+  summary_.set_model(config.model_id);
+  *summary_.mutable_prompt_token_ids() = {prompt_.begin(), prompt_.end()};
+  summary_.mutable_usage()->set_prompt_tokens(static_cast<int32_t>(prompt_.size()));
+  filter_.emplace(stops_);
+  Attempt();
+}
+
+void RouterCore::Call::Attempt() {
+  if (cancelled()) return Finish(absl::CancelledError("client cancelled"));
+  if (absl::Now() >= deadline_) return Finish(absl::DeadlineExceededError("request deadline passed"));
+  if (attempts_++ >= core_->options_.max_attempts) {
+    return Finish(absl::UnavailableError(absl::StrFormat("no worker could serve the request after %d attempts: %s",
+                                                         core_->options_.max_attempts, last_error_.error_message())));
+  }
+  // Block hashes use the workers' block size (one per cluster; the first
+  // decode worker's report decides).
+  int32_t block_size = 0;
+  core_->registry_->ForEachHealthy(tandem::v1::WORKER_ROLE_DECODE, {}, [&](const WorkerView& w) {
+    if (block_size == 0) block_size = w.block_size;
+  });
+  if (block_size > 0 && (block_size != block_size_ || hashes_.empty())) {
+    block_size_ = block_size;
+    hashes_ = HashFullBlocks(core_->model_->config.model_id, prompt_, block_size_);
+  }
+  PlacementRequest preq;
+  preq.block_hashes = hashes_;
+  preq.prompt_tokens = static_cast<int32_t>(prompt_.size());
+  preq.max_tokens = max_tokens_;
+  preq.block_size = block_size_;
+  preq.ttft_slo_ms = ttft_slo_ms_;
+  preq.tpot_slo_ms = tpot_slo_ms_;
+  preq.exclude_decode = exclude_decode_;
+  preq.exclude_prefill = exclude_prefill_;
+  absl::StatusOr<PlacementDecision> placed = core_->placement_.Place(preq);
+  if (!placed.ok()) {
+    if (absl::IsUnavailable(placed.status()) && attempts_ > 1) {
+      return Finish(absl::UnavailableError(absl::StrFormat("no worker could serve the request: %s",
+                                                           last_error_.error_message())));
+    }
+    return Finish(placed.status());
+  }
+  placement_ = std::move(*placed);
+  reserved_ = false;
+  first_token_.reset();
+  summary_.set_decode_worker(placement_->decode.id);
+  summary_.clear_prefill_worker();
+  if (!placement_->prefill.has_value()) return StartDecode();
+
+  // 1. The decode worker reserves blocks.
+  summary_.set_prefill_worker(placement_->prefill->id);
+  reserve_req_.Clear();
+  reserve_req_.set_request_id(request_id_);
+  *reserve_req_.mutable_prompt_token_ids() = {prompt_.begin(), prompt_.end()};
+  reserve_req_.set_max_tokens(max_tokens_);
+  reserve_req_.set_reservation_ttl_ms(
+      static_cast<int32_t>(absl::ToInt64Milliseconds(core_->options_.reservation_ttl)));
+  *reserve_req_.mutable_sampling() = sampling_;
+  reserve_req_.set_stop_at_eos(stop_at_eos_);
+  ctx_ = std::make_unique<grpc::ClientContext>();
+  ctx_->set_deadline(absl::ToChronoTime(std::min(deadline_, absl::Now() + absl::Seconds(10))));
+  if (!Activate(ctx_.get())) return Finish(absl::CancelledError("client cancelled"));
+  reservation_.Clear();
+  core_->registry_->AddInflight(placement_->decode.id, 0);
+  placement_->decode.decode->async()->Reserve(ctx_.get(), &reserve_req_, &reservation_,
+                                              [self = shared_from_this()](grpc::Status s) { self->OnReserved(s); });
+}
+
+void RouterCore::Call::OnReserved(const grpc::Status& s) {
+  const std::string& decode_id = placement_->decode.id;
+  if (!s.ok()) {
+    core_->registry_->RemoveInflight(decode_id, 0);
+    if (cancelled()) return Finish(absl::CancelledError("client cancelled"));
+    if (WorkerGone(s)) core_->registry_->MarkFailed(decode_id);
+    if (!WorkerGone(s) && s.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) return Finish(FromGrpc(s));
+    exclude_decode_.push_back(decode_id);
+    return Retry(s);
+  }
+  reserved_ = true;
+  summary_.mutable_timings()->set_queue_ms(Ms(absl::Now() - start_));
+  // 2. A prefill worker computes the KV and writes it into the reservation.
+  prefill_req_.Clear();
+  prefill_req_.set_request_id(request_id_);
+  *prefill_req_.mutable_prompt_token_ids() = {prompt_.begin(), prompt_.end()};
+  *prefill_req_.mutable_sampling() = sampling_;
+  *prefill_req_.mutable_reservation() = reservation_;
+  prefill_req_.set_stop_at_eos(stop_at_eos_);
+  ctx_ = std::make_unique<grpc::ClientContext>();
+  ctx_->set_deadline(absl::ToChronoTime(deadline_));
+  if (!Activate(ctx_.get())) {
+    core_->registry_->RemoveInflight(decode_id, 0);
+    Release();
+    return Finish(absl::CancelledError("client cancelled"));
+  }
+  prefill_inflight_tokens_ = static_cast<int64_t>(prompt_.size()) - placement_->predicted_cached_tokens;
+  core_->registry_->AddInflight(placement_->prefill->id, prefill_inflight_tokens_);
+  prefilled_.Clear();
+  placement_->prefill->prefill->async()->Prefill(
+      ctx_.get(), &prefill_req_, &prefilled_, [self = shared_from_this()](grpc::Status s) { self->OnPrefilled(s); });
+}
+
+void RouterCore::Call::OnPrefilled(const grpc::Status& s) {
+  const std::string prefill_id = placement_->prefill->id;
+  const std::string decode_id = placement_->decode.id;
+  core_->registry_->RemoveInflight(prefill_id, prefill_inflight_tokens_);
+  if (!s.ok()) {
+    core_->registry_->RemoveInflight(decode_id, 0);
+    if (cancelled()) {
+      Release();
+      return Finish(absl::CancelledError("client cancelled"));
+    }
+    if (s.error_code() == grpc::StatusCode::ABORTED) {  // the transfer to the decode worker failed
+      core_->registry_->MarkFailed(decode_id);
+      exclude_decode_.push_back(decode_id);
+    } else if (WorkerGone(s)) {
+      core_->registry_->MarkFailed(prefill_id);
+      exclude_prefill_.push_back(prefill_id);
+    } else {
+      Release();
+      return Finish(FromGrpc(s));
+    }
+    return Release([self = shared_from_this(), s] { self->Retry(s); });
+  }
+  PrefillObservation obs;
+  obs.prompt_tokens = static_cast<int32_t>(prompt_.size());
+  obs.cached_tokens = prefilled_.cached_tokens();
+  obs.prefill_ms = prefilled_.prefill_ms();
+  obs.transfer_ms = prefilled_.transfer_ms();
+  obs.transferred_blocks = reservation_.block_bytes() > 0
+                               ? static_cast<int32_t>(prefilled_.transferred_bytes() / reservation_.block_bytes())
+                               : 0;
+  core_->placement_.ObservePrefill(prefill_id, obs);
+  RouterMetrics::Get().kv_bytes->WithLabels({})->Increment(static_cast<double>(prefilled_.transferred_bytes()));
+  summary_.mutable_usage()->set_cached_tokens(prefilled_.cached_tokens());
+  summary_.mutable_timings()->set_prefill_ms(prefilled_.prefill_ms());
+  summary_.mutable_timings()->set_transfer_ms(prefilled_.transfer_ms());
+  summary_.mutable_timings()->set_queue_ms(summary_.timings().queue_ms() + prefilled_.queue_ms());
+  if (prefilled_.first_token_is_eos()) {
+    core_->registry_->RemoveInflight(decode_id, 0);
+    Release();
+    summary_.set_finish_reason(tandem::v1::FINISH_REASON_STOP);
+    summary_.mutable_timings()->set_first_token_ms(Ms(absl::Now() - start_));
+    return Finish(absl::OkStatus());
+  }
+  first_token_ = prefilled_.first_token();
+  core_->registry_->RemoveInflight(decode_id, 0);  // StartDecode counts it again
+  StartDecode();
+}
+
+void RouterCore::Call::StartDecode() {
+  // 3. Stream the decode worker's tokens to the client.
+  tandem::v1::DecodeRequest req;
+  req.set_request_id(request_id_);
+  if (first_token_.has_value()) {
+    req.set_kv_ready(true);
+    req.set_first_token(*first_token_);
+    decode_inflight_tokens_ = 0;
+  } else {  // aggregated: the decode worker prefills too
+    *req.mutable_prompt_token_ids() = {prompt_.begin(), prompt_.end()};
+    req.set_max_tokens(max_tokens_);
+    *req.mutable_sampling() = sampling_;
+    req.set_stop_at_eos(stop_at_eos_);
+    decode_inflight_tokens_ = static_cast<int64_t>(prompt_.size()) - placement_->predicted_cached_tokens;
+    if (summary_.timings().queue_ms() == 0) summary_.mutable_timings()->set_queue_ms(Ms(absl::Now() - start_));
+  }
+  auto* stream = new DecodeStream(shared_from_this(), std::move(req));
+  stream->context()->set_deadline(absl::ToChronoTime(deadline_));
+  if (!Activate(stream->context())) {
+    delete stream;
+    if (reserved_) Release();
+    return Finish(absl::CancelledError("client cancelled"));
+  }
+  core_->registry_->AddInflight(placement_->decode.id, decode_inflight_tokens_);
+  stream->Go(placement_->decode.decode.get());
+}
+
+bool RouterCore::Call::OnDecodeResponse(const GenerateResponse& in) {
+  if (cancelled()) return false;
+  if (in.has_summary()) {
+    finish_ = in.summary().finish_reason();
+    if (!first_token_.has_value()) {  // aggregated: the decode worker's cache hit
+      summary_.mutable_usage()->set_cached_tokens(in.summary().usage().cached_tokens());
+    }
+    return true;
+  }
+  const tandem::v1::TokenChunk& chunk = in.chunk();
+  tandem::v1::TokenChunk out;
+  *out.mutable_token_ids() = chunk.token_ids();
+  sent_tokens_ += chunk.token_ids_size();
+  out.set_text(filter_->Push(chunk.text()));
+  if (first_token_time_ == absl::InfinitePast() && chunk.token_ids_size() > 0) {
+    first_token_time_ = absl::Now();
+    summary_.mutable_timings()->set_first_token_ms(Ms(first_token_time_ - start_));
+  }
+  observer_->OnChunk(out);
+  if (filter_->stopped()) {
+    finish_ = tandem::v1::FINISH_REASON_STOP;
+    return false;
+  }
+  return true;
+}
+
+void RouterCore::Call::OnDecodeDone(const grpc::Status& s) {
+  const std::string decode_id = placement_->decode.id;
+  core_->registry_->RemoveInflight(decode_id, decode_inflight_tokens_);
+  if (cancelled()) return Finish(absl::CancelledError("client cancelled"));
+  if (!filter_->stopped() && !s.ok()) {
+    if (WorkerGone(s)) core_->registry_->MarkFailed(decode_id);
+    if (sent_tokens_ == 0 && WorkerGone(s)) {
+      exclude_decode_.push_back(decode_id);
+      return Retry(s);  // nothing reached the client: try another decode worker
+    }
+    return Finish(absl::UnavailableError(
+        absl::StrFormat("decode worker %s failed mid-stream: %s", decode_id, s.error_message())));
+  }
+  if (std::string rest = filter_->Flush(); !rest.empty()) {
+    tandem::v1::TokenChunk out;
+    out.set_text(rest);
+    observer_->OnChunk(out);
+  }
+  summary_.set_finish_reason(finish_);
+  summary_.mutable_usage()->set_completion_tokens(sent_tokens_);
+  Finish(absl::OkStatus());
+}
+
+void RouterCore::Call::Release(std::function<void()> then) {
+  if (!reserved_ || !placement_.has_value()) {
+    if (then) then();
+    return;
+  }
+  reserved_ = false;
+  // Fire and forget: if the decode worker is alive it frees the blocks now
+  // rather than at the reservation's TTL.
+  struct Pending {
+    grpc::ClientContext ctx;
+    tandem::v1::ReleaseRequest req;
+    tandem::v1::ReleaseResponse resp;
+    std::shared_ptr<tandem::v1::DecodeWorker::Stub> stub;
+    std::function<void()> then;
+  };
+  auto* p = new Pending;
+  p->ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  p->req.set_request_id(request_id_);
+  p->stub = placement_->decode.decode;
+  p->then = std::move(then);
+  p->stub->async()->Release(&p->ctx, &p->req, &p->resp, [p](grpc::Status) {
+    std::unique_ptr<Pending> owned(p);
+    if (owned->then) owned->then();
+  });
+}
+
+void RouterCore::Call::Finish(absl::Status status) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (done_) return;
+    done_ = true;
+    active_ = nullptr;
+  }
+  const absl::Time now = absl::Now();
+  summary_.mutable_timings()->set_total_ms(Ms(now - start_));
+  RouterMetrics& m = RouterMetrics::Get();
+  m.requests->WithLabels({Outcome(status)})->Increment();
+  if (status.ok()) {
+    const std::string policy = PolicyName(core_->options_.placement.policy);
+    m.prompt_tokens->WithLabels({})->Increment(summary_.usage().prompt_tokens());
+    m.cached_tokens->WithLabels({summary_.prefill_worker().empty() ? "decode" : "prefill"})
+        ->Increment(summary_.usage().cached_tokens());
+    m.e2e->WithLabels({policy})->Observe(absl::ToDoubleSeconds(now - start_));
+    if (first_token_time_ != absl::InfinitePast()) {
+      m.ttft->WithLabels({policy})->Observe(absl::ToDoubleSeconds(first_token_time_ - start_));
+      if (sent_tokens_ > 1) {
+        m.tpot->WithLabels({policy})->Observe(absl::ToDoubleSeconds(now - first_token_time_) / (sent_tokens_ - 1));
+      }
+    }
+  }
+  m.in_flight->Decrement();
+  core_->in_flight_.fetch_sub(1);
+  observer_->OnDone(status, summary_);
+}
+
+// --- RouterCore.
+
+RouterCore::RouterCore(RouterOptions options, const model::LoadedModel* model, WorkerRegistry* registry)
+    : options_(std::move(options)),
+      model_(model),
+      registry_(registry),
+      placement_(options_.placement, registry, &index_) {}
+
+RouterCore::~RouterCore() { Stop(); }
+
+void RouterCore::StartBackground() {
+  if (!snapshot_thread_.joinable()) snapshot_thread_ = std::thread([this] { SnapshotLoop(); });
+  if (!sweep_thread_.joinable()) sweep_thread_ = std::thread([this] { SweepLoop(); });
+}
+
+void RouterCore::Stop() {
+  if (!stop_.HasBeenNotified()) stop_.Notify();
+  if (snapshot_thread_.joinable()) snapshot_thread_.join();
+  if (sweep_thread_.joinable()) sweep_thread_.join();
+}
+
+std::shared_ptr<GenerationCall> RouterCore::Start(const GenerateRequest& request, absl::Time deadline,
+                                                  std::shared_ptr<GenerationObserver> observer) {
+  const absl::Time cap = absl::Now() + options_.default_deadline;
+  auto call = std::make_shared<Call>(this, std::min(deadline, cap), std::move(observer));
+  call->Begin(request);
+  return call;
+}
+
+void RouterCore::OnKvEvents(const tandem::v1::KvEventBatch& batch) {
+  if (batch.has_load()) registry_->UpdateLoad(batch.worker_id(), batch.load());
+  if (index_.Apply(batch) == KvIndex::Outcome::kNeedSnapshot) RequestSnapshot(batch.worker_id());
+}
+
+void RouterCore::OnRegistered(const std::string& worker_id) { RequestSnapshot(worker_id); }
+
+void RouterCore::RequestSnapshot(const std::string& worker_id) {
+  absl::MutexLock lock(&snapshot_mu_);
+  if (std::find(snapshot_queue_.begin(), snapshot_queue_.end(), worker_id) == snapshot_queue_.end()) {
+    snapshot_queue_.push_back(worker_id);
+  }
+}
+
+void RouterCore::SnapshotLoop() {
+  while (!stop_.HasBeenNotified()) {
+    std::string worker_id;
+    {
+      absl::MutexLock lock(&snapshot_mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(snapshot_mu_) {
+        return !snapshot_queue_.empty() || stop_.HasBeenNotified();
+      };
+      // Bounded wait so Stop (a Notification, not this mutex) is seen.
+      snapshot_mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(100));
+      if (snapshot_queue_.empty()) continue;
+      worker_id = snapshot_queue_.front();
+      snapshot_queue_.pop_front();
+    }
+    std::optional<WorkerHandle> worker = registry_->Get(worker_id);
+    if (!worker.has_value() || worker->kv_events == nullptr) continue;
+    const std::vector<std::string> unhealthy = registry_->Unhealthy();
+    if (std::find(unhealthy.begin(), unhealthy.end(), worker_id) != unhealthy.end()) {
+      continue;  // asked again when its events resume (an unknown worker's batch)
+    }
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.snapshot_timeout));
+    tandem::v1::KvSnapshotRequest req;
+    tandem::v1::KvEventBatch snapshot;
+    grpc::Status s = worker->kv_events->Snapshot(&ctx, req, &snapshot);
+    if (s.ok()) {
+      snapshot.set_worker_id(worker_id);  // trust the registry's name, not the payload's
+      index_.ApplySnapshot(snapshot);
+    } else if (s.error_code() != grpc::StatusCode::UNIMPLEMENTED) {
+      // Try again later (the worker may be starting); a dead one leaves the
+      // registry's healthy set and the sweeper drops it.
+      stop_.WaitForNotificationWithTimeout(absl::Milliseconds(200));
+      RequestSnapshot(worker_id);
+    }
+  }
+}
+
+void RouterCore::SweepLoop() {
+  while (!stop_.WaitForNotificationWithTimeout(options_.sweep_interval)) {
+    for (const std::string& id : registry_->Unhealthy()) {
+      if (index_.Known(id)) index_.RemoveWorker(id);
+    }
+  }
+}
+
+}  // namespace tandem::router

@@ -1,0 +1,114 @@
+// The router's core: KV index, placement and the asynchronous request path,
+// behind the Generator interface both front ends (gRPC, HTTP) call.
+//
+//   RouterCore core(options, model, &registry);
+//   core.Start();                      // snapshot fetcher + health sweeper
+//   registry_service feeds core.OnKvEvents(batch) / core.OnRegistered(id)
+//   std::shared_ptr<GenerationCall> call = core.Start(request, deadline, observer);
+//   ...
+//   core.Stop();                       // before destruction
+//
+// A request, following DESIGN.md's path: validate and tokenize; hash the
+// prompt's full blocks; Placement picks the decode worker, the prefill
+// worker (or none: aggregated) and admits or rejects against the SLO; the
+// decode worker reserves blocks (Reserve); the prefill worker computes and
+// writes the KV into them (Prefill); the decode worker streams tokens
+// (Decode), which pass stop-string filtering on their way to the observer.
+// Every call is asynchronous (gRPC's callback API) with the request's
+// deadline, so no thread waits on a request. A worker that fails a call
+// leaves the rotation and the request is placed again without it while no
+// token has reached the client; after that, it fails with UNAVAILABLE.
+//
+// Thread safety: all methods are thread-safe.
+#ifndef TANDEM_ROUTER_ROUTER_CORE_H_
+#define TANDEM_ROUTER_ROUTER_CORE_H_
+
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "model/loader.h"
+#include "router/generation.h"
+#include "router/kv_index.h"
+#include "router/placement.h"
+#include "router/worker_registry.h"
+#include "tandem/v1/worker.pb.h"
+
+namespace tandem::router {
+
+struct RouterOptions {
+  // Default max_tokens when a request leaves it 0. Default: 64.
+  int32_t default_max_tokens = 64;
+  // Placements per request across workers before giving up. Default: 3.
+  int max_attempts = 3;
+  // Deadline for a request whose client set none. Default: 10 min.
+  absl::Duration default_deadline = absl::Minutes(10);
+  // How long a decode reservation waits for its prefill. Default: 30 s.
+  absl::Duration reservation_ttl = absl::Seconds(30);
+  // Routing policy, cost model, conditional disaggregation and SLO defaults.
+  PlacementOptions placement;
+  // Deadline of a KvEventSource.Snapshot call. Default: 5 s.
+  absl::Duration snapshot_timeout = absl::Seconds(5);
+  // How often dead workers' blocks are dropped from the index. Default: 250 ms.
+  absl::Duration sweep_interval = absl::Milliseconds(250);
+};
+
+class RouterCore final : public Generator {
+ public:
+  // `model` (tokenizer, config) and `registry` are borrowed.
+  RouterCore(RouterOptions options, const model::LoadedModel* model, WorkerRegistry* registry);
+  ~RouterCore() override;  // calls Stop
+
+  // Starts the snapshot fetcher and the health sweeper threads.
+  void StartBackground();
+  // Stops and joins them (idempotent).
+  void Stop();
+
+  std::shared_ptr<GenerationCall> Start(const tandem::v1::GenerateRequest& request, absl::Time deadline,
+                                        std::shared_ptr<GenerationObserver> observer) override;
+
+  // KV events from a worker's PublishKvEvents stream.
+  void OnKvEvents(const tandem::v1::KvEventBatch& batch);
+  // A worker (re)registered: fetch its snapshot (a router that restarted
+  // rebuilds its index this way).
+  void OnRegistered(const std::string& worker_id);
+
+  const KvIndex& index() const { return index_; }
+  Placement& placement() { return placement_; }
+  const RouterOptions& options() const { return options_; }
+  const model::LoadedModel& model() const { return *model_; }
+  WorkerRegistry* registry() { return registry_; }
+
+  // Requests started and not yet done.
+  int64_t in_flight() const { return in_flight_.load(); }
+
+ private:
+  class Call;
+  friend class Call;
+
+  void RequestSnapshot(const std::string& worker_id);
+  void SnapshotLoop();
+  void SweepLoop();
+
+  const RouterOptions options_;
+  const model::LoadedModel* const model_;
+  WorkerRegistry* const registry_;
+  KvIndex index_;
+  Placement placement_;
+  std::atomic<uint64_t> next_request_{1};
+  std::atomic<int64_t> in_flight_{0};
+
+  absl::Notification stop_;
+  std::thread snapshot_thread_;
+  std::thread sweep_thread_;
+  absl::Mutex snapshot_mu_;
+  std::deque<std::string> snapshot_queue_ ABSL_GUARDED_BY(snapshot_mu_);
+};
+
+}  // namespace tandem::router
+
+#endif  // TANDEM_ROUTER_ROUTER_CORE_H_
