@@ -50,7 +50,8 @@ std::string RepoFolderName(const std::string& repo_id) {
 bool IsCommitHash(const std::string& revision) {
   if (revision.size() != 40) return false;
   for (char c : revision) {
-    if (!absl::ascii_isxdigit(static_cast<unsigned char>(c)) || absl::ascii_isupper(static_cast<unsigned char>(c))) {
+    if (!absl::ascii_isxdigit(static_cast<unsigned char>(c)) ||
+        absl::ascii_isupper(static_cast<unsigned char>(c))) {
       return false;
     }
   }
@@ -65,9 +66,13 @@ absl::Status MakeDirs(const std::string& dir) {
 }
 
 RepoCache::RepoCache(std::string root, const std::string& repo_id)
-    : root_(std::move(root)), folder_(RepoFolderName(repo_id)), repo_dir_(absl::StrCat(root_, "/", folder_)) {}
+    : root_(std::move(root)),
+      folder_(RepoFolderName(repo_id)),
+      repo_dir_(absl::StrCat(root_, "/", folder_)) {}
 
-std::string RepoCache::BlobPath(const std::string& etag) const { return absl::StrCat(repo_dir_, "/blobs/", etag); }
+std::string RepoCache::BlobPath(const std::string& etag) const {
+  return absl::StrCat(repo_dir_, "/blobs/", etag);
+}
 
 std::string RepoCache::IncompletePath(const std::string& etag) const {
   return absl::StrCat(BlobPath(etag), ".incomplete");

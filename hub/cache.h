@@ -53,7 +53,8 @@ class RepoCache {
   // Points snapshots/<commit>/<file> at blobs/<etag> with a relative
   // symlink, replacing any link already there, atomically.
   // REQUIRES: the blob exists and is verified.
-  absl::Status LinkSnapshotFile(const std::string& commit, const std::string& file, const std::string& etag) const;
+  absl::Status LinkSnapshotFile(const std::string& commit, const std::string& file,
+                                const std::string& etag) const;
 
  private:
   std::string root_;

@@ -64,7 +64,7 @@ struct HttpClient::Transfer {
   HttpResponse* response = nullptr;
   bool decided = false;  // where the body goes, decided at its first byte
   bool body_to_target = false;
-  int64_t file_pos = 0;  // where the next byte goes in fd
+  int64_t file_pos = 0;   // where the next byte goes in fd
   int64_t file_base = 0;  // file_pos when the body began
   absl::Status write_status;
 
@@ -98,13 +98,14 @@ struct HttpClient::Transfer {
         (void)absl::SimpleAtoi(range.substr(0, range.find('-')), &start);
       }
       if (start != offset) {
-        return absl::DataLossError(absl::StrCat("asked for bytes from ", offset, " but got Content-Range '",
-                                                content_range, "'"));
+        return absl::DataLossError(
+            absl::StrCat("asked for bytes from ", offset, " but got Content-Range '", content_range, "'"));
       }
       file_pos = offset;
     } else {
       // The whole file: start over.
-      if (ftruncate(fd, 0) != 0) return absl::InternalError(absl::StrCat("ftruncate: ", std::strerror(errno)));
+      if (ftruncate(fd, 0) != 0)
+        return absl::InternalError(absl::StrCat("ftruncate: ", std::strerror(errno)));
       file_pos = 0;
     }
     file_base = file_pos;
@@ -193,8 +194,8 @@ absl::StatusOr<HttpResponse> HttpClient::Perform(Method method, const std::strin
     const bool with_auth = !options_.bearer_token.empty() && Origin(current) == origin;
     auto r = PerformOnce(method, current, with_auth, transfer);
     if (!r.ok()) return r;
-    const bool redirect = r->status == 301 || r->status == 302 || r->status == 303 || r->status == 307 ||
-                          r->status == 308;
+    const bool redirect =
+        r->status == 301 || r->status == 302 || r->status == 303 || r->status == 307 || r->status == 308;
     char* next = nullptr;
     curl_easy_getinfo(static_cast<CURL*>(curl_), CURLINFO_REDIRECT_URL, &next);
     if (!redirect || next == nullptr) return r;

@@ -15,10 +15,9 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/ascii.h"
@@ -96,7 +95,8 @@ std::string NormalizeEtag(std::string_view etag) {
 
 bool IsHex(std::string_view s, size_t n) {
   return s.size() == n && std::all_of(s.begin(), s.end(), [](char c) {
-           return absl::ascii_isxdigit(static_cast<unsigned char>(c)) && !absl::ascii_isupper(static_cast<unsigned char>(c));
+           return absl::ascii_isxdigit(static_cast<unsigned char>(c)) &&
+                  !absl::ascii_isupper(static_cast<unsigned char>(c));
          });
 }
 
@@ -120,8 +120,9 @@ absl::Status HttpError(const HttpResponse& r, const std::string& what, bool toke
   if (r.status == 401 || r.status == 403) {
     return absl::PermissionDeniedError(absl::StrCat(
         what, ": access denied, HTTP ", r.status, suffix, "; ",
-        token_sent ? "the token in HF_TOKEN does not grant access to this repo (accept its terms on the hub?)"
-                   : "the repo is gated or private: set HF_TOKEN to a Hugging Face access token with access"));
+        token_sent
+            ? "the token in HF_TOKEN does not grant access to this repo (accept its terms on the hub?)"
+            : "the repo is gated or private: set HF_TOKEN to a Hugging Face access token with access"));
   }
   if (r.status == 404) return absl::NotFoundError(absl::StrCat(what, ": not found, HTTP 404", suffix));
   if (r.status == 429 || r.status >= 500) {
@@ -134,14 +135,14 @@ absl::Status HttpError(const HttpResponse& r, const std::string& what, bool toke
 class Progress {
  public:
   Progress(ProgressMode mode, std::string repo) : repo_(std::move(repo)) {
-    if (mode == ProgressMode::kAuto) mode = ::isatty(STDERR_FILENO) ? ProgressMode::kBar : ProgressMode::kLines;
+    if (mode == ProgressMode::kAuto)
+      mode = ::isatty(STDERR_FILENO) ? ProgressMode::kBar : ProgressMode::kLines;
     mode_ = mode;
   }
 
   void Start(const std::string& file, int64_t total, int64_t resume_from) {
     file_ = file;
     total_ = total;
-    resume_from_ = resume_from;
     last_draw_ = absl::InfinitePast();
     if (mode_ == ProgressMode::kBar) Update(resume_from, /*force=*/true);
   }
@@ -167,16 +168,11 @@ class Progress {
     std::cerr << "hf://" << repo_ << " " << file << ": " << how << "\n" << std::flush;
   }
 
-  void Resuming(int64_t from) {
-    resume_from_ = from;
-  }
-
  private:
   ProgressMode mode_;
   std::string repo_;
   std::string file_;
   int64_t total_ = 0;
-  int64_t resume_from_ = 0;
   absl::Time last_draw_;
 };
 
@@ -186,7 +182,8 @@ class FileLock {
   static absl::StatusOr<std::unique_ptr<FileLock>> Acquire(const std::string& path, absl::Duration timeout) {
     TANDEM_RETURN_IF_ERROR(MakeDirs(std::filesystem::path(path).parent_path().string()));
     const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0) return absl::InternalError(absl::StrCat("cannot open lock ", path, ": ", std::strerror(errno)));
+    if (fd < 0)
+      return absl::InternalError(absl::StrCat("cannot open lock ", path, ": ", std::strerror(errno)));
     const absl::Time deadline = absl::Now() + timeout;
     while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
       if (errno != EWOULDBLOCK && errno != EINTR) {
@@ -196,8 +193,8 @@ class FileLock {
       }
       if (absl::Now() >= deadline) {
         ::close(fd);
-        return absl::DeadlineExceededError(
-            absl::StrCat("another process has held ", path, " for longer than ", absl::FormatDuration(timeout)));
+        return absl::DeadlineExceededError(absl::StrCat("another process has held ", path,
+                                                        " for longer than ", absl::FormatDuration(timeout)));
       }
       // flock has no timed variant; the holder is downloading, poll gently.
       absl::SleepFor(absl::Milliseconds(200));
@@ -269,13 +266,15 @@ bool SnapshotComplete(const std::string& dir, const std::vector<std::string>& in
   if (has(kIndexFile)) {
     std::ifstream in(absl::StrCat(dir, "/", kIndexFile));
     const auto index = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-    if (index.is_discarded() || !index.contains("weight_map") || !index["weight_map"].is_object()) return false;
+    if (index.is_discarded() || !index.contains("weight_map") || !index["weight_map"].is_object())
+      return false;
     for (const auto& [name, shard] : index["weight_map"].items()) {
       if (!shard.is_string() || !has(shard.get<std::string>())) return false;
     }
     return true;
   }
-  return std::any_of(files.begin(), files.end(), [](const std::string& f) { return f.ends_with(".safetensors"); });
+  return std::any_of(files.begin(), files.end(),
+                     [](const std::string& f) { return f.ends_with(".safetensors"); });
 }
 
 // What LoadModel opens for a snapshot: spec.file, the one .gguf of a repo
@@ -305,11 +304,13 @@ class Puller {
                                          UrlEncode(spec_.revision, /*keep_slash=*/false));
     TANDEM_ASSIGN_OR_RETURN(HttpResponse r, http_->Get(url));
     const std::string what = absl::StrCat("hf://", spec_.repo_id, "@", spec_.revision);
-    if (r.status != 200) return HttpError(r, absl::StrCat(what, " (repo or revision)"), !options_.token.empty());
+    if (r.status != 200)
+      return HttpError(r, absl::StrCat(what, " (repo or revision)"), !options_.token.empty());
     const auto j = nlohmann::json::parse(r.body, nullptr, /*allow_exceptions=*/false);
     if (j.is_discarded() || !j.is_object() || !j.contains("sha") || !j["sha"].is_string() ||
         !IsCommitHash(j["sha"].get<std::string>())) {
-      return absl::UnavailableError(absl::StrCat(what, ": ", url, " did not answer JSON with a commit \"sha\""));
+      return absl::UnavailableError(
+          absl::StrCat(what, ": ", url, " did not answer JSON with a commit \"sha\""));
     }
     RevisionInfo info;
     info.commit = j["sha"].get<std::string>();
@@ -362,7 +363,8 @@ class Puller {
     }
     std::set<std::string> shards;
     for (const auto& [name, shard] : index["weight_map"].items()) {
-      if (!shard.is_string()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", name, " maps to a non-string"));
+      if (!shard.is_string())
+        return absl::InvalidArgumentError(absl::StrCat(path, ": ", name, " maps to a non-string"));
       shards.insert(shard.get<std::string>());
     }
     for (const std::string& s : shards) {
@@ -377,7 +379,8 @@ class Puller {
   // Brings one repo file into the snapshot (see hub.h).
   absl::Status Fetch(const std::string& file) {
     if (!SafeRelativePath(file, /*allow_slash=*/true)) {
-      return absl::InvalidArgumentError(absl::StrCat("hf://", spec_.repo_id, ": refusing file name '", file, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("hf://", spec_.repo_id, ": refusing file name '", file, "'"));
     }
     const std::string link = cache_.SnapshotPath(commit_, file);
     if (Exists(link)) {
@@ -389,8 +392,8 @@ class Puller {
         absl::StrCat(options_.endpoint, "/", spec_.repo_id, "/resolve/", commit_, "/", UrlEncode(file, true));
     // An LFS file's metadata is on the redirect response itself.
     TANDEM_ASSIGN_OR_RETURN(HttpResponse head, http_->Head(url, [](const HttpResponse& r) {
-                              return r.Header("x-linked-etag").empty();
-                            }));
+      return r.Header("x-linked-etag").empty();
+    }));
     if (head.status >= 400) return HttpError(head, what, !options_.token.empty());
     std::string etag = NormalizeEtag(head.Header("x-linked-etag"));
     if (etag.empty()) etag = NormalizeEtag(head.Header("etag"));
@@ -398,8 +401,8 @@ class Puller {
     if (size_text.empty()) size_text = head.Header("content-length");
     int64_t size = -1;
     if (etag.empty() || !SafeRelativePath(etag, false) || !absl::SimpleAtoi(size_text, &size) || size < 0) {
-      return absl::UnavailableError(absl::StrCat(what, ": HEAD ", url, " (HTTP ", head.status,
-                                                 ") gave no usable ETag and size"));
+      return absl::UnavailableError(
+          absl::StrCat(what, ": HEAD ", url, " (HTTP ", head.status, ") gave no usable ETag and size"));
     }
     const std::string blob = cache_.BlobPath(etag);
     if (!Exists(blob)) {
@@ -415,12 +418,14 @@ class Puller {
 
   // Downloads (or resumes) blobs/<etag>.incomplete, verifies it and renames
   // it to blobs/<etag>. REQUIRES: the blob's lock is held.
-  absl::Status Download(const std::string& file, const std::string& url, const std::string& etag, int64_t size) {
+  absl::Status Download(const std::string& file, const std::string& url, const std::string& etag,
+                        int64_t size) {
     const std::string blob = cache_.BlobPath(etag);
     const std::string incomplete = cache_.IncompletePath(etag);
     TANDEM_RETURN_IF_ERROR(MakeDirs(cache_.repo_dir() + "/blobs"));
     const int fd = ::open(incomplete.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0) return absl::InternalError(absl::StrCat("cannot open ", incomplete, ": ", std::strerror(errno)));
+    if (fd < 0)
+      return absl::InternalError(absl::StrCat("cannot open ", incomplete, ": ", std::strerror(errno)));
     absl::Cleanup close_fd = [fd] { ::close(fd); };
     int64_t have = FileSize(incomplete);
     if (have > size) {  // longer than the file can be: start over
@@ -436,9 +441,9 @@ class Puller {
       if (!r.ok()) {
         progress_.Done(file, absl::StrCat("interrupted at ", HumanBytes(now), " of ", HumanBytes(size),
                                           "; run again to resume"));
-        return absl::Status(r.status().code(), absl::StrCat("hf://", spec_.repo_id, " file ", file, ": ",
-                                                            r.status().message(), " (", incomplete,
-                                                            " kept; the next pull resumes it)"));
+        return absl::Status(r.status().code(),
+                            absl::StrCat("hf://", spec_.repo_id, " file ", file, ": ", r.status().message(),
+                                         " (", incomplete, " kept; the next pull resumes it)"));
       }
       if (r->status == 416) {
         // Nothing past our length: what we have is either the file or wrong.
@@ -447,7 +452,8 @@ class Puller {
                          !options_.token.empty());
       }
     }
-    if (::fsync(fd) != 0) return absl::InternalError(absl::StrCat("fsync ", incomplete, ": ", std::strerror(errno)));
+    if (::fsync(fd) != 0)
+      return absl::InternalError(absl::StrCat("fsync ", incomplete, ": ", std::strerror(errno)));
     if (absl::Status s = Verify(incomplete, file, etag, size); !s.ok()) {
       ::unlink(incomplete.c_str());  // an invalid prefix would only fail again
       progress_.Done(file, "verification failed, download discarded");
@@ -456,11 +462,13 @@ class Puller {
     if (std::rename(incomplete.c_str(), blob.c_str()) != 0) {
       return absl::InternalError(absl::StrCat("cannot rename ", incomplete, ": ", std::strerror(errno)));
     }
-    progress_.Done(file, absl::StrCat(HumanBytes(size), " downloaded",
-                                      resumed_from > 0 ? absl::StrCat(" (resumed at ", HumanBytes(resumed_from), ")") : "",
-                                      IsHex(etag, 64) ? ", sha256 verified"
-                                      : IsHex(etag, 40) ? ", git sha1 verified"
-                                                        : ", size verified"));
+    progress_.Done(
+        file,
+        absl::StrCat(HumanBytes(size), " downloaded",
+                     resumed_from > 0 ? absl::StrCat(" (resumed at ", HumanBytes(resumed_from), ")") : "",
+                     IsHex(etag, 64)   ? ", sha256 verified"
+                     : IsHex(etag, 40) ? ", git sha1 verified"
+                                       : ", size verified"));
     return absl::OkStatus();
   }
 
@@ -523,7 +531,9 @@ absl::StatusOr<std::vector<std::string>> SelectFiles(const std::vector<std::stri
     }
     return out;
   }
-  auto has = [&](std::string_view f) { return std::find(siblings.begin(), siblings.end(), f) != siblings.end(); };
+  auto has = [&](std::string_view f) {
+    return std::find(siblings.begin(), siblings.end(), f) != siblings.end();
+  };
   for (const char* f : kMetadataFiles) {
     if (has(f)) out.push_back(f);
   }
@@ -542,11 +552,12 @@ absl::StatusOr<std::vector<std::string>> SelectFiles(const std::vector<std::stri
   } else if (ggufs.size() == 1) {
     out.push_back(ggufs[0]);
   } else if (ggufs.size() > 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the repo holds ", ggufs.size(), " GGUF files (", absl::StrJoin(ggufs, ", "),
-        "): pick one with --include FILE or hf://ORG/REPO/FILE"));
+    return absl::InvalidArgumentError(absl::StrCat("the repo holds ", ggufs.size(), " GGUF files (",
+                                                   absl::StrJoin(ggufs, ", "),
+                                                   "): pick one with --include FILE or hf://ORG/REPO/FILE"));
   } else {
-    return absl::NotFoundError("the repo has no *.safetensors or *.gguf weights at its top level (use --include)");
+    return absl::NotFoundError(
+        "the repo has no *.safetensors or *.gguf weights at its top level (use --include)");
   }
   return out;
 }
@@ -591,12 +602,14 @@ absl::StatusOr<PullResult> Pull(const HfSpec& spec, const PullOptions& given) {
     std::error_code ec;
     for (auto it = std::filesystem::recursive_directory_iterator(result.snapshot_dir, ec);
          !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
-      if (!it->is_directory(ec)) result.files.push_back(it->path().string().substr(result.snapshot_dir.size() + 1));
+      if (!it->is_directory(ec))
+        result.files.push_back(it->path().string().substr(result.snapshot_dir.size() + 1));
     }
     std::sort(result.files.begin(), result.files.end());
     if (options.progress != ProgressMode::kNone) {
       std::cerr << where << ": "
-                << (options.offline ? "offline" : absl::StrCat("hub unreachable (", online_error.message(), ")"))
+                << (options.offline ? "offline"
+                                    : absl::StrCat("hub unreachable (", online_error.message(), ")"))
                 << "; using the cached snapshot " << *commit << "\n";
     }
     return result;

@@ -64,9 +64,9 @@ inline constexpr std::string_view kHfScheme = "hf://";
 
 // hf://ORG/REPO[/FILE][@REVISION]
 struct HfSpec {
-  std::string repo_id;           // "ORG/REPO" (or "REPO")
+  std::string repo_id;            // "ORG/REPO" (or "REPO")
   std::string revision = "main";  // branch, tag or commit hash
-  std::string file;              // optional: one file in the repo (a .gguf)
+  std::string file;               // optional: one file in the repo (a .gguf)
 };
 
 bool IsHfSpec(std::string_view spec);
@@ -108,8 +108,8 @@ struct PullResult {
   // What LoadModel should open: the snapshot dir, or spec.file / the one
   // .gguf inside it for a GGUF repo.
   std::string model_path;
-  std::vector<std::string> files;  // repo paths fetched or found, sorted
-  int64_t downloaded_bytes = 0;    // over the network in this call
+  std::vector<std::string> files;   // repo paths fetched or found, sorted
+  int64_t downloaded_bytes = 0;     // over the network in this call
   bool from_cache_offline = false;  // served from the cache without the hub
 };
 

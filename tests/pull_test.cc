@@ -12,11 +12,10 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -105,28 +104,48 @@ constexpr int32_t kVocab = 257;  // 256 bytes + <|endoftext|>
 // tokenizer_config.json, model.safetensors (F32, deterministic weights).
 void WriteTinyCheckpoint(const std::string& dir) {
   const int hidden = 16, ffn = 32, kv_dim = 8;
-  WriteFile(dir + "/config.json",
-            OJson{{"architectures", {"LlamaForCausalLM"}}, {"hidden_size", hidden}, {"num_hidden_layers", 1},
-                  {"num_attention_heads", 2}, {"num_key_value_heads", 1}, {"intermediate_size", ffn},
-                  {"vocab_size", kVocab}, {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0},
-                  {"max_position_embeddings", 256}, {"tie_word_embeddings", true}, {"hidden_act", "silu"},
-                  {"torch_dtype", "float32"}, {"eos_token_id", 256}}
-                .dump(2));
+  WriteFile(dir + "/config.json", OJson{{"architectures", {"LlamaForCausalLM"}},
+                                        {"hidden_size", hidden},
+                                        {"num_hidden_layers", 1},
+                                        {"num_attention_heads", 2},
+                                        {"num_key_value_heads", 1},
+                                        {"intermediate_size", ffn},
+                                        {"vocab_size", kVocab},
+                                        {"rms_norm_eps", 1e-5},
+                                        {"rope_theta", 10000.0},
+                                        {"max_position_embeddings", 256},
+                                        {"tie_word_embeddings", true},
+                                        {"hidden_act", "silu"},
+                                        {"torch_dtype", "float32"},
+                                        {"eos_token_id", 256}}
+                                      .dump(2));
   OJson vocab = OJson::object();
   const std::vector<std::string> alphabet = ByteLevelAlphabet();
   for (int i = 0; i < 256; ++i) vocab[alphabet[i]] = i;
   const OJson tokenizer = {
       {"version", "1.0"},
       {"added_tokens",
-       {{{"id", 256}, {"content", "<|endoftext|>"}, {"single_word", false}, {"lstrip", false},
-         {"rstrip", false}, {"normalized", false}, {"special", true}}}},
+       {{{"id", 256},
+         {"content", "<|endoftext|>"},
+         {"single_word", false},
+         {"lstrip", false},
+         {"rstrip", false},
+         {"normalized", false},
+         {"special", true}}}},
       {"normalizer", nullptr},
-      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
-                         {"use_regex", true}}},
+      {"pre_tokenizer",
+       {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
       {"post_processor", nullptr},
-      {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
-      {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"fuse_unk", false},
-                 {"byte_fallback", false}, {"vocab", vocab}, {"merges", OJson::array()}}}};
+      {"decoder",
+       {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"model",
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", nullptr},
+        {"fuse_unk", false},
+        {"byte_fallback", false},
+        {"vocab", vocab},
+        {"merges", OJson::array()}}}};
   WriteFile(dir + "/tokenizer.json", tokenizer.dump());
   WriteFile(dir + "/tokenizer_config.json",
             OJson{{"bos_token", nullptr}, {"eos_token", "<|endoftext|>"}, {"model_max_length", 256}}.dump());
@@ -172,8 +191,8 @@ void WriteTinyCheckpoint(const std::string& dir) {
 class FakeHub {
  public:
   FakeHub(const std::string& root, const std::string& log, std::vector<std::string> flags) : log_(log) {
-    std::vector<std::string> argv = {"/usr/bin/python3", TANDEM_SOURCE_DIR "/tests/testing/fake_hub.py",
-                                     "--root", root, "--log", log};
+    std::vector<std::string> argv = {
+        "/usr/bin/python3", TANDEM_SOURCE_DIR "/tests/testing/fake_hub.py", "--root", root, "--log", log};
     argv.insert(argv.end(), flags.begin(), flags.end());
     proc_ = std::make_unique<tandem::testing::Subprocess>(argv);
     const auto line = proc_->ReadLine(absl::Now() + absl::Seconds(20));
@@ -224,7 +243,8 @@ class PullTest : public ::testing::Test {
   }
 
   // The commit the hub reports for org/tiny@main, asked independently of Pull.
-  std::string HubCommit(const FakeHub& hub, const std::string& repo = "org/tiny", const std::string& token = "") {
+  std::string HubCommit(const FakeHub& hub, const std::string& repo = "org/tiny",
+                        const std::string& token = "") {
     auto http = HttpClient::Create({.bearer_token = token});
     EXPECT_OK(http);
     auto r = (*http)->Get(hub.endpoint() + "/api/models/" + repo + "/revision/main");
@@ -263,24 +283,35 @@ TEST(HubSpecTest, ParsesSpecs) {
 }
 
 TEST(HubSpecTest, SelectsTheFilesAModelNeeds) {
-  const std::vector<std::string> sharded = {
-      ".gitattributes", "README.md", "config.json", "generation_config.json", "tokenizer.json",
-      "tokenizer_config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
-      "model-00002-of-00002.safetensors", "consolidated.safetensors", "pytorch_model.bin", "original/x.pth"};
+  const std::vector<std::string> sharded = {".gitattributes",
+                                            "README.md",
+                                            "config.json",
+                                            "generation_config.json",
+                                            "tokenizer.json",
+                                            "tokenizer_config.json",
+                                            "model.safetensors.index.json",
+                                            "model-00001-of-00002.safetensors",
+                                            "model-00002-of-00002.safetensors",
+                                            "consolidated.safetensors",
+                                            "pytorch_model.bin",
+                                            "original/x.pth"};
   ASSERT_OK_AND_ASSIGN(auto s, SelectFiles(sharded, {}));
   // The shards come from the index once it is downloaded, not from the listing.
   EXPECT_THAT(s, UnorderedElementsAre("config.json", "generation_config.json", "tokenizer.json",
                                       "tokenizer_config.json", "model.safetensors.index.json"));
-  ASSERT_OK_AND_ASSIGN(auto single, SelectFiles({"config.json", "model.safetensors", "extra.safetensors"}, {}));
+  ASSERT_OK_AND_ASSIGN(auto single,
+                       SelectFiles({"config.json", "model.safetensors", "extra.safetensors"}, {}));
   EXPECT_THAT(single, UnorderedElementsAre("config.json", "model.safetensors"));
   ASSERT_OK_AND_ASSIGN(auto gguf, SelectFiles({"README.md", "m.Q8_0.gguf"}, {}));
   EXPECT_THAT(gguf, UnorderedElementsAre("m.Q8_0.gguf"));
   EXPECT_THAT(SelectFiles({"m.Q8_0.gguf", "m.Q4_K_M.gguf"}, {}),
-              StatusIs(absl::StatusCode::kInvalidArgument, AllOf(HasSubstr("m.Q4_K_M.gguf"), HasSubstr("--include"))));
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("m.Q4_K_M.gguf"), HasSubstr("--include"))));
   ASSERT_OK_AND_ASSIGN(auto inc, SelectFiles({"m.Q8_0.gguf", "m.Q4_K_M.gguf", "config.json"}, {"*Q4_K_M*"}));
   EXPECT_THAT(inc, UnorderedElementsAre("m.Q4_K_M.gguf"));
   EXPECT_THAT(SelectFiles({"README.md"}, {}), StatusIs(absl::StatusCode::kNotFound));
-  EXPECT_THAT(SelectFiles({"README.md"}, {"*.gguf"}), StatusIs(absl::StatusCode::kNotFound, HasSubstr("*.gguf")));
+  EXPECT_THAT(SelectFiles({"README.md"}, {"*.gguf"}),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("*.gguf")));
 }
 
 TEST(HubDigestTest, KnownVectors) {
@@ -337,12 +368,14 @@ TEST_F(PullTest, DownloadsIntoAHuggingFaceShapedCache) {
   ::setenv("HF_ENDPOINT", hub->endpoint().c_str(), 1);
   ::setenv("HF_HUB_CACHE", cache_.c_str(), 1);
   auto loaded = model::LoadModel("hf://org/tiny");
-  if (absl::IsUnimplemented(loaded.status()) && loaded.status().message().find("tokenizer") != absl::string_view::npos) {
+  if (absl::IsUnimplemented(loaded.status()) &&
+      loaded.status().message().find("tokenizer") != absl::string_view::npos) {
     GTEST_SKIP() << "LoadModel(DIR) does not read tokenizer.json yet: " << loaded.status();
   }
   ASSERT_OK(loaded);
   auto backend = kernels::CreateCpuBackend({.num_threads = 1});
-  ASSERT_OK_AND_ASSIGN(auto llama, model::LlamaModel::Create((*loaded)->config, (*loaded)->weights, backend.get()));
+  ASSERT_OK_AND_ASSIGN(auto llama,
+                       model::LlamaModel::Create((*loaded)->config, (*loaded)->weights, backend.get()));
   ASSERT_OK_AND_ASSIGN(engine::GenerateResult g,
                        engine::GenerateOne(*llama, *backend, *(*loaded)->tokenizer,
                                            {.prompt = "Hello", .max_tokens = 4, .stop_at_eos = false}));
@@ -388,8 +421,9 @@ TEST_F(PullTest, RejectsACorruptedFile) {
   ASSERT_OK_AND_ASSIGN(HfSpec spec, ParseHfSpec("hf://org/tiny"));
   const std::string etag = Sha256Hex(ReadFile(root_ + "/org/tiny/model.safetensors"));
   const std::string commit = HubCommit(*hub);
-  EXPECT_THAT(Pull(spec, Options(*hub)),
-              StatusIs(absl::StatusCode::kDataLoss, AllOf(HasSubstr("model.safetensors"), HasSubstr("sha256"))));
+  EXPECT_THAT(
+      Pull(spec, Options(*hub)),
+      StatusIs(absl::StatusCode::kDataLoss, AllOf(HasSubstr("model.safetensors"), HasSubstr("sha256"))));
   // Neither the blob nor its invalid prefix stays, and nothing links to it.
   EXPECT_FALSE(fs::exists(RepoDir() + "/blobs/" + etag));
   EXPECT_FALSE(fs::exists(RepoDir() + "/blobs/" + etag + ".incomplete"));
@@ -397,7 +431,8 @@ TEST_F(PullTest, RejectsACorruptedFile) {
   EXPECT_FALSE(fs::exists(RepoDir() + "/refs/main"));
   // Offline, the incomplete snapshot is not served.
   hub->Stop();
-  EXPECT_THAT(Pull(spec, Options(*hub)), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("no complete cached")));
+  EXPECT_THAT(Pull(spec, Options(*hub)),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("no complete cached")));
 }
 
 TEST_F(PullTest, GatedRepoNeedsHfToken) {
@@ -412,7 +447,8 @@ TEST_F(PullTest, GatedRepoNeedsHfToken) {
   EXPECT_THAT(Pull(spec, Options(*hub, "hf_wrong")),
               StatusIs(absl::StatusCode::kPermissionDenied, AllOf(HasSubstr("HF_TOKEN"), HasSubstr("403"))));
   ASSERT_OK_AND_ASSIGN(PullResult r, Pull(spec, Options(*hub, "hf_secret")));
-  EXPECT_EQ(ReadFile(r.snapshot_dir + "/model.safetensors"), ReadFile(root_ + "/org/gated/model.safetensors"));
+  EXPECT_EQ(ReadFile(r.snapshot_dir + "/model.safetensors"),
+            ReadFile(root_ + "/org/gated/model.safetensors"));
   int cdn = 0;
   for (const Json& q : hub->Requests()) {
     const std::string path = q["path"];
@@ -435,12 +471,14 @@ TEST_F(PullTest, GatedRepoNeedsHfToken) {
 TEST_F(PullTest, NotFoundNamesWhatIsMissing) {
   auto hub = StartHub();
   ASSERT_OK_AND_ASSIGN(HfSpec missing_repo, ParseHfSpec("hf://org/nope"));
-  EXPECT_THAT(Pull(missing_repo, Options(*hub)), StatusIs(absl::StatusCode::kNotFound, HasSubstr("org/nope")));
+  EXPECT_THAT(Pull(missing_repo, Options(*hub)),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("org/nope")));
   ASSERT_OK_AND_ASSIGN(HfSpec missing_rev, ParseHfSpec("hf://org/tiny@v9"));
   EXPECT_THAT(Pull(missing_rev, Options(*hub)),
               StatusIs(absl::StatusCode::kNotFound, AllOf(HasSubstr("org/tiny"), HasSubstr("v9"))));
   ASSERT_OK_AND_ASSIGN(HfSpec missing_file, ParseHfSpec("hf://org/tiny/none.gguf"));
-  EXPECT_THAT(Pull(missing_file, Options(*hub)), StatusIs(absl::StatusCode::kNotFound, HasSubstr("none.gguf")));
+  EXPECT_THAT(Pull(missing_file, Options(*hub)),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("none.gguf")));
 }
 
 TEST_F(PullTest, ShardedCheckpointFetchesOnlyTheIndexedShards) {
@@ -451,15 +489,16 @@ TEST_F(PullTest, ShardedCheckpointFetchesOnlyTheIndexedShards) {
   fs::copy_file(repo + "/model-00001-of-00002.safetensors", repo + "/consolidated.safetensors");
   WriteFile(repo + "/model-00002-of-00002.safetensors", ReadFile(repo + "/consolidated.safetensors") + "x");
   WriteFile(repo + "/model.safetensors.index.json",
-            Json{{"weight_map", {{"a", "model-00001-of-00002.safetensors"},
-                                 {"b", "model-00002-of-00002.safetensors"}}}}
+            Json{{"weight_map",
+                  {{"a", "model-00001-of-00002.safetensors"}, {"b", "model-00002-of-00002.safetensors"}}}}
                 .dump());
   auto hub = StartHub();
   ASSERT_OK_AND_ASSIGN(HfSpec spec, ParseHfSpec("hf://org/sharded"));
   ASSERT_OK_AND_ASSIGN(PullResult r, Pull(spec, Options(*hub)));
-  EXPECT_THAT(r.files, UnorderedElementsAre("config.json", "tokenizer.json", "tokenizer_config.json",
-                                            "model.safetensors.index.json", "model-00001-of-00002.safetensors",
-                                            "model-00002-of-00002.safetensors"));
+  EXPECT_THAT(r.files,
+              UnorderedElementsAre("config.json", "tokenizer.json", "tokenizer_config.json",
+                                   "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+                                   "model-00002-of-00002.safetensors"));
   EXPECT_FALSE(fs::exists(r.snapshot_dir + "/consolidated.safetensors"));
   // Pinned to the commit: no ref is written for a commit hash.
   ASSERT_OK_AND_ASSIGN(HfSpec pinned, ParseHfSpec("hf://org/sharded@" + r.commit));
