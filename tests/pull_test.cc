@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -529,6 +530,29 @@ TEST_F(PullTest, SecondPullWorksOfflineFromTheCache) {
   // A dangling link (a blob deleted behind our back) makes the snapshot incomplete.
   fs::remove(fs::canonical(first.snapshot_dir + "/model.safetensors"));
   EXPECT_THAT(Pull(spec, Options(*hub)), StatusIs(absl::StatusCode::kUnavailable));
+}
+
+// Several processes loading the same hf:// model at once (as `tandem up`'s
+// workers do) share one download: the blob lock serializes them.
+TEST_F(PullTest, ConcurrentPullsDownloadEachBlobOnce) {
+  auto hub = StartHub();
+  ASSERT_OK_AND_ASSIGN(HfSpec spec, ParseHfSpec("hf://org/tiny"));
+  std::vector<absl::StatusOr<PullResult>> results(4, absl::UnknownError("not run"));
+  {
+    std::vector<std::thread> threads;
+    for (auto& r : results) threads.emplace_back([&, out = &r] { *out = Pull(spec, Options(*hub)); });
+    for (std::thread& t : threads) t.join();
+  }
+  for (const auto& r : results) {
+    ASSERT_OK(r);
+    EXPECT_EQ(ReadFile(r->snapshot_dir + "/model.safetensors"),
+              ReadFile(root_ + "/org/tiny/model.safetensors"));
+  }
+  int cdn_gets = 0;
+  for (const Json& q : hub->Requests()) {
+    cdn_gets += q["method"] == "GET" && q["path"].get<std::string>().starts_with("/cdn/");
+  }
+  EXPECT_EQ(cdn_gets, 1);
 }
 
 // `tandem pull` end to end: prints the snapshot directory; then offline.
