@@ -99,7 +99,7 @@ absl::StatusOr<int32_t> KvManager::StartSequence(int64_t seq_id,
   for (size_t i = seq.blocks.size(); tiers_ != nullptr && i < max_blocks; ++i) {
     const absl::Span<const int32_t> tokens = prompt_tokens.subspan(i * block_size_, block_size_);
     const BlockHash hash = HashBlock(prev, model_id_, tokens);
-    if (!tiers_->Find(hash).has_value() || pool_->num_free_blocks() == 0) break;
+    if (!tiers_->MayHold(hash) || pool_->num_free_blocks() == 0) break;
     absl::StatusOr<int32_t> block = pool_->Allocate();  // may evict an HBM block into the tiers
     if (!block.ok()) break;
     const absl::StatusOr<kvstore::Tier> tier = tiers_->Get(hash, tokens, block_memory_(*block));

@@ -15,6 +15,7 @@ const char* TierName(Tier tier) {
   switch (tier) {
     case Tier::kDram: return "dram";
     case Tier::kSsd: return "ssd";
+    case Tier::kRemote: return "remote";
   }
   return "unknown";
 }
@@ -109,6 +110,9 @@ absl::Status TieredStore::Put(BlockHash hash, absl::Span<const int32_t> tokens,
       Emit(TierEvent::Kind::kRemoved, Tier::kDram, std::move(evicted));
       if (!was_in_dram) Emit(TierEvent::Kind::kStored, Tier::kDram, {hash});
     }
+  }
+  if (put.ok() && !was_in_dram && options_.remote != nullptr) {
+    options_.remote->Offer(hash, write_behind ? value : EncodeBlock(contents));
   }
   if (write_behind) {
     {
@@ -228,9 +232,148 @@ absl::StatusOr<Tier> TieredStore::Get(BlockHash hash, absl::Span<const int32_t> 
       return value.status();
     }
   }
+  if (options_.remote != nullptr && FetchRemote(hash, tokens, payload_out).ok()) return Tier::kRemote;
   std::lock_guard<std::mutex> s(stats_mu_);
   ++stats_.misses;
   return absl::NotFoundError(absl::StrFormat("block %016x not in the KV store", hash));
+}
+
+absl::Status TieredStore::FetchRemote(BlockHash hash, absl::Span<const int32_t> tokens,
+                                      absl::Span<uint8_t> payload_out) {
+  absl::StatusOr<std::string> value = options_.remote->Fetch(hash);
+  if (!value.ok()) return value.status();
+  absl::StatusOr<BlockView> view = DecodeBlock(*value, /*verify_checksum=*/true);
+  if (!view.ok() || view->model_id_hash != model_id_hash_ || view->block_hash != hash ||
+      view->payload.size() != options_.payload_bytes || view->num_tokens != tokens.size()) {
+    std::lock_guard<std::mutex> s(stats_mu_);
+    ++stats_.remote_rejected;
+    return view.ok() ? absl::DataLossError("remote KV block: header does not match") : view.status();
+  }
+  if (!view->TokensEqual(tokens)) return absl::NotFoundError("remote KV block: other tokens");
+  if (!payload_out.empty()) std::memcpy(payload_out.data(), view->payload.data(), payload_out.size());
+  {
+    std::lock_guard<std::mutex> events(dram_events_mu_);
+    std::vector<BlockHash> evicted;
+    const bool was_in_dram = dram_->Contains(hash);
+    if (dram_->Put(hash, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value->data()), value->size()),
+                   &evicted)
+            .ok()) {
+      Emit(TierEvent::Kind::kRemoved, Tier::kDram, std::move(evicted));
+      if (!was_in_dram) Emit(TierEvent::Kind::kStored, Tier::kDram, {hash});
+    }
+  }
+  std::lock_guard<std::mutex> s(stats_mu_);
+  ++stats_.remote_hits;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> TieredStore::GetEncoded(BlockHash hash) {
+  std::string out;
+  if (dram_->Get(hash, [&](absl::Span<const uint8_t> value) {
+        out.assign(reinterpret_cast<const char*>(value.data()), value.size());
+      })) {
+    std::lock_guard<std::mutex> s(stats_mu_);
+    ++stats_.dram_hits;
+    return out;
+  }
+  if (ssd_ != nullptr) {
+    absl::StatusOr<std::string> value;
+    {
+      std::lock_guard<std::mutex> events(ssd_events_mu_);
+      bool removed = false;
+      value = ssd_->Get(hash, &removed);
+      if (removed) Emit(TierEvent::Kind::kRemoved, Tier::kSsd, {hash});
+    }
+    if (value.ok()) {
+      {
+        std::lock_guard<std::mutex> events(dram_events_mu_);
+        std::vector<BlockHash> evicted;
+        const bool was_in_dram = dram_->Contains(hash);
+        if (dram_->Put(hash, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value->data()), value->size()),
+                       &evicted)
+                .ok()) {
+          Emit(TierEvent::Kind::kRemoved, Tier::kDram, std::move(evicted));
+          if (!was_in_dram) Emit(TierEvent::Kind::kStored, Tier::kDram, {hash});
+        }
+      }
+      std::lock_guard<std::mutex> s(stats_mu_);
+      ++stats_.ssd_hits;
+      return value;
+    }
+    if (value.status().code() == absl::StatusCode::kDataLoss) {
+      std::lock_guard<std::mutex> s(stats_mu_);
+      ++stats_.corrupt_blocks;
+      ++stats_.misses;
+      return value.status();
+    }
+    if (value.status().code() != absl::StatusCode::kNotFound) return value.status();
+  }
+  std::lock_guard<std::mutex> s(stats_mu_);
+  ++stats_.misses;
+  return absl::NotFoundError(absl::StrFormat("block %016x not in the KV store", hash));
+}
+
+absl::Status TieredStore::PutEncoded(BlockHash hash, std::string_view value) {
+  TANDEM_ASSIGN_OR_RETURN(BlockView view, DecodeBlock(value, /*verify_checksum=*/true));
+  if (view.model_id_hash != model_id_hash_ || view.block_hash != hash) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("KV block %016x: header names model %016x, block %016x", hash, view.model_id_hash,
+                        view.block_hash));
+  }
+  const std::vector<int32_t> tokens = view.Tokens();
+  return Put(hash, tokens, view.payload);
+}
+
+absl::StatusOr<Tier> TieredStore::Promote(BlockHash hash, absl::Span<const int32_t> tokens) {
+  if (tokens.size() != static_cast<size_t>(options_.block_tokens)) {
+    return absl::InvalidArgumentError(absl::StrFormat("TieredStore::Promote: %d tokens, the store holds blocks of %d",
+                                                      tokens.size(), options_.block_tokens));
+  }
+  bool matches = false;
+  const bool in_dram = dram_->Get(hash, [&](absl::Span<const uint8_t> value) {
+    absl::StatusOr<BlockView> view = DecodeBlock(value, /*verify_checksum=*/false);
+    matches = view.ok() && view->block_hash == hash && view->TokensEqual(tokens);
+  });
+  if (in_dram) {
+    if (matches) return Tier::kDram;
+    return absl::NotFoundError(absl::StrFormat("block %016x: other tokens in the KV store", hash));
+  }
+  if (ssd_ == nullptr || !ssd_->Contains(hash)) {
+    if (options_.remote != nullptr) {
+      TANDEM_RETURN_IF_ERROR(FetchRemote(hash, tokens, {}));
+      return Tier::kRemote;
+    }
+    return absl::NotFoundError(absl::StrFormat("block %016x not in the KV store", hash));
+  }
+  absl::StatusOr<std::string> value;
+  {
+    std::lock_guard<std::mutex> events(ssd_events_mu_);
+    bool removed = false;
+    value = ssd_->Get(hash, &removed);
+    if (removed) Emit(TierEvent::Kind::kRemoved, Tier::kSsd, {hash});
+  }
+  if (value.status().code() == absl::StatusCode::kDataLoss) {
+    std::lock_guard<std::mutex> s(stats_mu_);
+    ++stats_.corrupt_blocks;
+    return value.status();
+  }
+  if (!value.ok()) return value.status();
+  TANDEM_ASSIGN_OR_RETURN(BlockView view, DecodeBlock(*value, /*verify_checksum=*/false));
+  if (!view.TokensEqual(tokens)) {
+    return absl::NotFoundError(absl::StrFormat("block %016x: other tokens in the KV store", hash));
+  }
+  {
+    std::lock_guard<std::mutex> events(dram_events_mu_);
+    std::vector<BlockHash> evicted;
+    const bool was_in_dram = dram_->Contains(hash);
+    TANDEM_RETURN_IF_ERROR(dram_->Put(
+        hash, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value->data()), value->size()), &evicted));
+    Emit(TierEvent::Kind::kRemoved, Tier::kDram, std::move(evicted));
+    if (!was_in_dram) Emit(TierEvent::Kind::kStored, Tier::kDram, {hash});
+  }
+  std::lock_guard<std::mutex> s(stats_mu_);
+  ++stats_.promotions;
+  return Tier::kSsd;
 }
 
 std::optional<Tier> TieredStore::Find(BlockHash hash) const {

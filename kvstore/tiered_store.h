@@ -52,6 +52,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -62,12 +63,15 @@
 #include "absl/types/span.h"
 #include "common/block_hash.h"
 #include "kvstore/dram_tier.h"
+#include "kvstore/remote_tier.h"
 #include "kvstore/ssd_tier.h"
 
 namespace tandem::kvstore {
 
-enum class Tier { kDram, kSsd };
-const char* TierName(Tier tier);  // "dram", "ssd"
+// kRemote: the shared store behind Options::remote (never in events or
+// Snapshot: those describe this process's own tiers).
+enum class Tier { kDram, kSsd, kRemote };
+const char* TierName(Tier tier);  // "dram", "ssd", "remote"
 
 struct TierEvent {
   enum class Kind { kStored, kRemoved };
@@ -106,6 +110,12 @@ class TieredStore {
     // How long Put waits for room in a full write queue. Default: 100 ms.
     absl::Duration put_timeout = absl::Milliseconds(100);
 
+    // Borrowed: a tier in another process (the shared store) below SSD.
+    // Get and Promote fall through to it on a local miss (a hit is verified
+    // with its checksum and put into DRAM, not written to SSD); Put offers
+    // every new block to it. Default: null.
+    RemoteTier* remote = nullptr;
+
     // KV event sink (see the file comment). Default: empty (no events).
     std::function<void(const TierEvent&)> on_event;
   };
@@ -119,6 +129,9 @@ class TieredStore {
     int64_t ssd_writes = 0;
     int64_t ssd_write_errors = 0;
     int64_t corrupt_blocks = 0;  // SSD values that failed verification (deleted)
+  int64_t promotions = 0;      // Promote calls that moved an SSD block into DRAM
+  int64_t remote_hits = 0;     // Get/Promote calls served by Options::remote
+  int64_t remote_rejected = 0;  // remote values that failed verification
   };
 
   static absl::StatusOr<std::unique_ptr<TieredStore>> Create(const Options& options);
@@ -137,8 +150,29 @@ class TieredStore {
   // corrupt SSD value (deleted, never copied out); InvalidArgument on wrong sizes.
   absl::StatusOr<Tier> Get(BlockHash hash, absl::Span<const int32_t> tokens, absl::Span<uint8_t> payload_out);
 
+  // Makes the block DRAM-resident without copying it out (prefetch ahead of
+  // a Get): a DRAM block stays (and becomes most recently used), an SSD block
+  // is read, verified and put into DRAM. Says where it was. NotFound when
+  // neither tier holds it or the stored tokens differ from `tokens`; DataLoss
+  // for a corrupt SSD value (deleted). Counted in Stats::promotions, not in
+  // the hit counters.
+  absl::StatusOr<Tier> Promote(BlockHash hash, absl::Span<const int32_t> tokens);
+
+  // The stored value of `hash` as encoded (kvstore/block_format.h), from
+  // DRAM or SSD (an SSD hit is verified, and promoted into DRAM); never from
+  // Options::remote. For the shared store's server. NotFound on a miss.
+  absl::StatusOr<std::string> GetEncoded(BlockHash hash);
+
+  // Stores an encoded value received from elsewhere: verifies its checksum,
+  // model, hash and sizes (DataLoss / InvalidArgument otherwise), then Put.
+  absl::Status PutEncoded(BlockHash hash, std::string_view value);
+
   // Where a block is now (DRAM first), without touching LRU order.
   std::optional<Tier> Find(BlockHash hash) const;
+
+  // Whether Get may find the block: a local tier holds it, or Options::remote
+  // is set (only a Get asks it). No I/O.
+  bool MayHold(BlockHash hash) const { return options_.remote != nullptr || Find(hash).has_value(); }
 
   // Removes a block from both tiers and from the write queue.
   absl::Status Erase(BlockHash hash);
@@ -166,6 +200,9 @@ class TieredStore {
   void WriterLoop();
   void Emit(TierEvent::Kind kind, Tier tier, std::vector<BlockHash> hashes);
   void NoteSsdRemoved(bool removed, BlockHash hash);
+  // A local miss: ask Options::remote; on a verified hit put the value into
+  // DRAM and copy the payload into `payload_out` when it is not empty.
+  absl::Status FetchRemote(BlockHash hash, absl::Span<const int32_t> tokens, absl::Span<uint8_t> payload_out);
 
   const Options options_;
   const uint64_t model_id_hash_;
