@@ -160,7 +160,8 @@ int RunBench(const BenchFlags& f) {
     }
     records = *std::move(made);
   } else {
-    absl::StatusOr<std::vector<loadgen::TraceRequest>> read = loadgen::ReadMooncakeTrace(f.trace, f.max_requests);
+    absl::StatusOr<std::vector<loadgen::TraceRequest>> read =
+        loadgen::ReadMooncakeTrace(f.trace, f.max_requests);
     if (!read.ok()) {
       std::cerr << kPrefix << ": " << read.status().message() << "\n";
       return 1;
@@ -223,7 +224,8 @@ int RunBench(const BenchFlags& f) {
   options.model = f.model;
   if (!f.quiet) {
     options.on_progress = [total = schedule.size()](const loadgen::Runner::Progress& p) {
-      std::fprintf(stderr, "[%6.1f s] sent %lld/%zu  completed %lld  rejected %lld  errors %lld  in-flight %lld\n",
+      std::fprintf(stderr,
+                   "[%6.1f s] sent %lld/%zu  completed %lld  rejected %lld  errors %lld  in-flight %lld\n",
                    absl::ToDoubleSeconds(p.elapsed), static_cast<long long>(p.sent), total,
                    static_cast<long long>(p.completed), static_cast<long long>(p.rejected),
                    static_cast<long long>(p.errors), static_cast<long long>(p.in_flight));

@@ -97,7 +97,8 @@ struct RunSummary {
 RunSummary Summarize(const std::vector<RequestResult>& results, const Slo& slo, double duration_s);
 
 // {"requests","completed","rejected","prefix_hit_rate","goodput_rps","ttft_ms":{"p50","p90","p99","mean"},
-//  "tpot_ms","itl_ms","e2e_ms", then "errors","errors_by_code","first_error_by_code","duration_s","throughput_rps",
+//  "tpot_ms","itl_ms","e2e_ms", then
+//  "errors","errors_by_code","first_error_by_code","duration_s","throughput_rps",
 //  "output_tokens_per_s","prompt_tokens","cached_tokens","output_tokens","slo":{"ttft_ms","tpot_ms"}}.
 // Missing values are null. With `samples`, also "samples": one object per
 // completed request in send order: {"ttft_ms","tpot_ms","e2e_ms","prompt_tokens",

@@ -23,9 +23,9 @@ TEST(PercentileTest, InterpolatesBetweenClosestRanks) {
   // Sorted: 1 2 3 4 10. Rank of q: q / 100 * 4.
   const std::vector<double> v = {10, 3, 1, 4, 2};
   EXPECT_DOUBLE_EQ(*Percentile(v, 0), 1);
-  EXPECT_DOUBLE_EQ(*Percentile(v, 50), 3);        // rank 2
-  EXPECT_DOUBLE_EQ(*Percentile(v, 90), 7.6);      // rank 3.6: 4 + 0.6 * 6
-  EXPECT_DOUBLE_EQ(*Percentile(v, 99), 9.76);     // rank 3.96: 4 + 0.96 * 6
+  EXPECT_DOUBLE_EQ(*Percentile(v, 50), 3);     // rank 2
+  EXPECT_DOUBLE_EQ(*Percentile(v, 90), 7.6);   // rank 3.6: 4 + 0.6 * 6
+  EXPECT_DOUBLE_EQ(*Percentile(v, 99), 9.76);  // rank 3.96: 4 + 0.96 * 6
   EXPECT_DOUBLE_EQ(*Percentile(v, 100), 10);
   EXPECT_DOUBLE_EQ(*Percentile({5}, 99), 5);
   EXPECT_FALSE(Percentile({}, 50).has_value());
@@ -83,9 +83,9 @@ TEST(SummarizeTest, CountsRatesAndHitRate) {
   EXPECT_DOUBLE_EQ(s.throughput_rps, 1.0);
   EXPECT_DOUBLE_EQ(s.prefix_hit_rate, 16.0 / 100.0);
   EXPECT_DOUBLE_EQ(s.output_tokens_per_s, 4.0);
-  EXPECT_DOUBLE_EQ(*s.ttft_ms.p50, 200);        // of {100, 300}
-  EXPECT_DOUBLE_EQ(*s.tpot_ms.p50, 300);        // of {100, 500}
-  EXPECT_DOUBLE_EQ(*s.itl_ms.p50, 100);         // of {100 x4, 400, 600}
+  EXPECT_DOUBLE_EQ(*s.ttft_ms.p50, 200);  // of {100, 300}
+  EXPECT_DOUBLE_EQ(*s.tpot_ms.p50, 300);  // of {100, 500}
+  EXPECT_DOUBLE_EQ(*s.itl_ms.p50, 100);   // of {100 x4, 400, 600}
   EXPECT_DOUBLE_EQ(*s.e2e_ms.p90, 500 + 0.9 * 800);
 
   const nlohmann::ordered_json j = SummaryToJson(s, results, /*samples=*/true);

@@ -90,8 +90,7 @@ class Runner::Call : public grpc::ClientReadReactor<v1::GenerateResponse> {
         result_.error_code = "NO_SUMMARY";
         result_.error_message = "the stream ended without a summary";
       } else {
-        result_.error_code =
-            absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code()));
+        result_.error_code = absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code()));
         result_.error_message = status.error_message();
       }
     }
@@ -129,7 +128,8 @@ class Runner::Call : public grpc::ClientReadReactor<v1::GenerateResponse> {
 
 absl::StatusOr<std::unique_ptr<Runner>> Runner::Create(const Options& options) {
   if (options.channel == nullptr) return absl::InvalidArgumentError("runner: channel is required");
-  if (options.concurrency_limit < 0) return absl::InvalidArgumentError("runner: concurrency_limit must be >= 0");
+  if (options.concurrency_limit < 0)
+    return absl::InvalidArgumentError("runner: concurrency_limit must be >= 0");
   if (options.request_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("runner: request_timeout must be positive");
   }
@@ -188,7 +188,8 @@ Runner::RunResult Runner::Run(const std::vector<Scheduled>& schedule) {
         bool room;
         {
           absl::MutexLock lock(&st.mu);
-          auto has_room = [&st, limit]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(st.mu) { return st.in_flight < limit; };
+          auto has_room = [&st, limit]()
+                              ABSL_EXCLUSIVE_LOCKS_REQUIRED(st.mu) { return st.in_flight < limit; };
           room = st.mu.AwaitWithDeadline(absl::Condition(&has_room), next_progress);
         }
         if (room) break;

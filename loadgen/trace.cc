@@ -80,12 +80,13 @@ absl::StatusOr<std::vector<TraceRequest>> ParseMooncakeTrace(std::istream& in, s
       }
       r.hash_ids.push_back(id.get<int64_t>());
     }
-    const int64_t blocks = (static_cast<int64_t>(r.input_length) + kMooncakeBlockTokens - 1) / kMooncakeBlockTokens;
+    const int64_t blocks =
+        (static_cast<int64_t>(r.input_length) + kMooncakeBlockTokens - 1) / kMooncakeBlockTokens;
     if (static_cast<int64_t>(r.hash_ids.size()) != blocks) {
-      return LineError(source, line,
-                       absl::StrFormat("%d hash_ids for input_length %d; expected ceil(%d / %d) = %d",
-                                       r.hash_ids.size(), r.input_length, r.input_length,
-                                       kMooncakeBlockTokens, blocks));
+      return LineError(
+          source, line,
+          absl::StrFormat("%d hash_ids for input_length %d; expected ceil(%d / %d) = %d", r.hash_ids.size(),
+                          r.input_length, r.input_length, kMooncakeBlockTokens, blocks));
     }
     out.push_back(std::move(r));
   }

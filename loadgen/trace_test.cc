@@ -38,13 +38,15 @@ TEST(ParseMooncakeTraceTest, ReadsGoodLinesAndSkipsBlankOnes) {
 }
 
 TEST(ParseMooncakeTraceTest, StopsAtMaxRequests) {
-  const std::string line = "{\"timestamp\": 1, \"input_length\": 512, \"output_length\": 1, \"hash_ids\": [0]}\n";
+  const std::string line =
+      "{\"timestamp\": 1, \"input_length\": 512, \"output_length\": 1, \"hash_ids\": [0]}\n";
   ASSERT_OK_AND_ASSIGN(auto trace, Parse(line + line + line + "not json\n", 3));
   EXPECT_EQ(trace.size(), 3u);  // the bad fourth line is never read
 }
 
 TEST(ParseMooncakeTraceTest, MalformedLinesNameTheLineAndTheProblem) {
-  const std::string good = "{\"timestamp\": 5, \"input_length\": 513, \"output_length\": 2, \"hash_ids\": [0, 1]}\n";
+  const std::string good =
+      "{\"timestamp\": 5, \"input_length\": 513, \"output_length\": 2, \"hash_ids\": [0, 1]}\n";
   struct Case {
     std::string bad_line;
     std::string message;
@@ -74,9 +76,9 @@ TEST(ParseMooncakeTraceTest, MalformedLinesNameTheLineAndTheProblem) {
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.bad_line);
-    EXPECT_THAT(Parse(good + "\n" + c.bad_line + "\n"),
-                StatusIs(absl::StatusCode::kInvalidArgument,
-                         AllOf(StartsWith("t.jsonl:3: "), HasSubstr(c.message))));
+    EXPECT_THAT(
+        Parse(good + "\n" + c.bad_line + "\n"),
+        StatusIs(absl::StatusCode::kInvalidArgument, AllOf(StartsWith("t.jsonl:3: "), HasSubstr(c.message))));
   }
 }
 

@@ -28,8 +28,8 @@ absl::StatusOr<std::unique_ptr<PromptSynthesizer>> PromptSynthesizer::Create(con
         "vocab_size (%d) must be greater than first_token_id (%d)", o.vocab_size, o.first_token_id));
   }
   if (o.bos_id < -1 || o.bos_id >= o.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrFormat("bos_id %d is outside the vocabulary of %d (-1: none)",
-                                                      o.bos_id, o.vocab_size));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("bos_id %d is outside the vocabulary of %d (-1: none)", o.bos_id, o.vocab_size));
   }
   if (o.source_block_tokens < 1) return absl::InvalidArgumentError("source_block_tokens must be >= 1");
   if (o.block_tokens < 1) return absl::InvalidArgumentError("block_tokens must be >= 1");
@@ -69,9 +69,9 @@ absl::StatusOr<LoadRequest> PromptSynthesizer::Synthesize(const TraceRequest& r)
   const int64_t s = options_.source_block_tokens;
   const int64_t n = (static_cast<int64_t>(r.input_length) + s - 1) / s;
   if (r.input_length < 1 || static_cast<int64_t>(r.hash_ids.size()) != n) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "request with input_length %d has %d hash_ids; expected ceil(%d / %d) = %d", r.input_length,
-        r.hash_ids.size(), r.input_length, s, n));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("request with input_length %d has %d hash_ids; expected ceil(%d / %d) = %d",
+                        r.input_length, r.hash_ids.size(), r.input_length, s, n));
   }
   LoadRequest out;
   out.max_tokens = r.output_length;
@@ -82,9 +82,9 @@ absl::StatusOr<LoadRequest> PromptSynthesizer::Synthesize(const TraceRequest& r)
     length = std::min<int64_t>(length, static_cast<int64_t>(options_.context_length) - out.max_tokens + 1);
   }
   if (length < 1) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "max_tokens %d leaves no room for a prompt in the context length %d", out.max_tokens,
-        options_.context_length));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("max_tokens %d leaves no room for a prompt in the context length %d", out.max_tokens,
+                        options_.context_length));
   }
   out.prompt.reserve(length);
   for (int64_t id : r.hash_ids) {

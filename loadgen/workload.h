@@ -102,8 +102,8 @@ std::vector<absl::Duration> TraceSchedule(const std::vector<TraceRequest>& reque
 
 // `n` arrivals of a Poisson process of `rate_per_s` (> 0): exponential gaps
 // drawn by inverse transform from std::mt19937_64(seed) after a first
-// request at 0 (as vLLM's benchmark_serving sends them). The same (n, rate, seed) gives the same schedule on every
-// platform.
+// request at 0 (as vLLM's benchmark_serving sends them). The same (n, rate, seed) gives the same schedule on
+// every platform.
 std::vector<absl::Duration> PoissonSchedule(int64_t n, double rate_per_s, uint64_t seed);
 
 }  // namespace tandem::loadgen

@@ -46,9 +46,12 @@ TEST(PromptSynthesizerTest, TokensStayInsideTheVocabularyAndAvoidSpecialIds) {
 
 TEST(PromptSynthesizerTest, SharedHashIdsGiveSharedPrefixesAndBosLeads) {
   auto s = Make({.vocab_size = 256, .bos_id = 1, .source_block_tokens = 512, .block_tokens = 8});
-  ASSERT_OK_AND_ASSIGN(LoadRequest x, s->Synthesize({.input_length = 1100, .output_length = 5, .hash_ids = {0, 7, 8}}));
-  ASSERT_OK_AND_ASSIGN(LoadRequest y, s->Synthesize({.input_length = 1100, .output_length = 5, .hash_ids = {0, 7, 9}}));
-  ASSERT_OK_AND_ASSIGN(LoadRequest z, s->Synthesize({.input_length = 1100, .output_length = 5, .hash_ids = {0, 6, 8}}));
+  ASSERT_OK_AND_ASSIGN(LoadRequest x,
+                       s->Synthesize({.input_length = 1100, .output_length = 5, .hash_ids = {0, 7, 8}}));
+  ASSERT_OK_AND_ASSIGN(LoadRequest y,
+                       s->Synthesize({.input_length = 1100, .output_length = 5, .hash_ids = {0, 7, 9}}));
+  ASSERT_OK_AND_ASSIGN(LoadRequest z,
+                       s->Synthesize({.input_length = 1100, .output_length = 5, .hash_ids = {0, 6, 8}}));
   // 1100 = 2 * 512 + 76: 8 + 8 + ceil(76 * 8 / 512) = 8 + 8 + 2 = 18 tokens.
   ASSERT_EQ(x.prompt.size(), 18u);
   EXPECT_EQ(x.prompt[0], 1);
@@ -68,18 +71,20 @@ TEST(PromptSynthesizerTest, SharedHashIdsGiveSharedPrefixesAndBosLeads) {
 TEST(PromptSynthesizerTest, ScalingOfFullAndPartialBlocks) {
   auto s = Make({.vocab_size = 256, .source_block_tokens = 512, .block_tokens = 16});
   auto len = [&](int32_t input, size_t ids) {
-    return s->ScaledInputLength({.input_length = input, .output_length = 1, .hash_ids = std::vector<int64_t>(ids)});
+    return s->ScaledInputLength(
+        {.input_length = input, .output_length = 1, .hash_ids = std::vector<int64_t>(ids)});
   };
-  EXPECT_EQ(len(512, 1), 16);       // one full block
-  EXPECT_EQ(len(1024, 2), 32);      // two full blocks
-  EXPECT_EQ(len(513, 2), 17);       // 16 + ceil(1 * 16 / 512) = 16 + 1
-  EXPECT_EQ(len(1, 1), 1);          // a partial block keeps at least one token
+  EXPECT_EQ(len(512, 1), 16);             // one full block
+  EXPECT_EQ(len(1024, 2), 32);            // two full blocks
+  EXPECT_EQ(len(513, 2), 17);             // 16 + ceil(1 * 16 / 512) = 16 + 1
+  EXPECT_EQ(len(1, 1), 1);                // a partial block keeps at least one token
   EXPECT_EQ(len(6758, 14), 13 * 16 + 4);  // 6758 - 13 * 512 = 102; ceil(102 * 16 / 512) = 4
-  EXPECT_EQ(len(2290, 5), 4 * 16 + 8);   // 2290 - 4 * 512 = 242; ceil(242 * 16 / 512) = ceil(7.5625) = 8
+  EXPECT_EQ(len(2290, 5), 4 * 16 + 8);    // 2290 - 4 * 512 = 242; ceil(242 * 16 / 512) = ceil(7.5625) = 8
   // No scaling when the block sizes agree.
   auto same = Make({.vocab_size = 256, .source_block_tokens = 16, .block_tokens = 16});
-  EXPECT_EQ(same->ScaledInputLength({.input_length = 100, .output_length = 1, .hash_ids = std::vector<int64_t>(7)}),
-            100);
+  EXPECT_EQ(
+      same->ScaledInputLength({.input_length = 100, .output_length = 1, .hash_ids = std::vector<int64_t>(7)}),
+      100);
 }
 
 TEST(PromptSynthesizerTest, ClampsOutputThenInputThenContext) {
@@ -88,13 +93,19 @@ TEST(PromptSynthesizerTest, ClampsOutputThenInputThenContext) {
   ASSERT_OK_AND_ASSIGN(LoadRequest a, Make({.vocab_size = 256, .block_tokens = 16})->Synthesize(r));
   EXPECT_EQ(a.prompt.size(), 160u);
   EXPECT_EQ(a.max_tokens, 300);
-  ASSERT_OK_AND_ASSIGN(LoadRequest b, Make({.vocab_size = 256, .block_tokens = 16, .max_tokens_cap = 8,
-                                            .max_input_tokens = 100})->Synthesize(r));
+  ASSERT_OK_AND_ASSIGN(
+      LoadRequest b,
+      Make({.vocab_size = 256, .block_tokens = 16, .max_tokens_cap = 8, .max_input_tokens = 100})
+          ->Synthesize(r));
   EXPECT_EQ(b.prompt.size(), 100u);
   EXPECT_EQ(b.max_tokens, 8);
   EXPECT_TRUE(std::equal(b.prompt.begin(), b.prompt.end(), a.prompt.begin()));  // the front is kept
-  ASSERT_OK_AND_ASSIGN(LoadRequest c, Make({.vocab_size = 256, .block_tokens = 16, .max_tokens_cap = 8,
-                                            .max_input_tokens = 100, .context_length = 64})->Synthesize(r));
+  ASSERT_OK_AND_ASSIGN(LoadRequest c, Make({.vocab_size = 256,
+                                            .block_tokens = 16,
+                                            .max_tokens_cap = 8,
+                                            .max_input_tokens = 100,
+                                            .context_length = 64})
+                                          ->Synthesize(r));
   EXPECT_EQ(c.prompt.size(), 57u);  // 57 + 8 - 1 = 64
   EXPECT_THAT(Make({.vocab_size = 256, .block_tokens = 16, .context_length = 64})->Synthesize(r),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no room for a prompt")));
@@ -107,12 +118,14 @@ TEST(PromptSynthesizerTest, RejectsBadOptionsAndRequests) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("bos_id")));
   EXPECT_THAT(PromptSynthesizer::Create({.vocab_size = 100, .block_tokens = 0}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("block_tokens")));
-  EXPECT_THAT(Make({.vocab_size = 100})->Synthesize({.input_length = 1000, .output_length = 1, .hash_ids = {0}}),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("expected ceil(1000 / 512) = 2")));
+  EXPECT_THAT(
+      Make({.vocab_size = 100})->Synthesize({.input_length = 1000, .output_length = 1, .hash_ids = {0}}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("expected ceil(1000 / 512) = 2")));
 }
 
 TEST(ScheduleTest, TraceTimestampsScaleFromTheFirstRequest) {
-  const std::vector<TraceRequest> trace = {{.timestamp_ms = 1000}, {.timestamp_ms = 1000}, {.timestamp_ms = 4000}};
+  const std::vector<TraceRequest> trace = {
+      {.timestamp_ms = 1000}, {.timestamp_ms = 1000}, {.timestamp_ms = 4000}};
   EXPECT_EQ(TraceSchedule(trace, 1.0),
             (std::vector<absl::Duration>{absl::ZeroDuration(), absl::ZeroDuration(), absl::Seconds(3)}));
   EXPECT_EQ(TraceSchedule(trace, 0.1)[2], absl::Milliseconds(300));

@@ -119,18 +119,19 @@ std::string* BenchClusterTest::router_ = nullptr;
 
 // The first 40 requests of the trace, 512-token blocks shrunk to 16 (the
 // engine's block size, so shared trace blocks are shared cache blocks),
-// 12 s of arrivals compressed to 0.6 s.
+// 12 s of arrivals compressed to 0.6 s. At most 8 in flight: the 10 that
+// arrive together at 0 do not all start before any has cached block 0.
 std::string TraceArgs() {
   return absl::StrCat(" --trace ", kTrace,
                       " --max-requests 40 --block-tokens 16 --max-input-tokens 256 --max-tokens-cap 4"
-                      " --time-scale 0.05 --timeout-s 60");
+                      " --time-scale 0.05 --concurrency-limit 8 --timeout-s 60");
 }
 
 TEST_F(BenchClusterTest, ReplaysTheMooncakeTraceHead) {
   if (!std::filesystem::exists(kTrace)) GTEST_SKIP() << "no shared trace at " << kTrace;
   const std::string json = TempPath("trace.json");
-  const ExitResult r = RunCommand(absl::StrCat(TANDEM_BINARY, " bench --target ", *router_, TraceArgs(),
-                                        " --label trace --json ", json));
+  const ExitResult r = RunCommand(
+      absl::StrCat(TANDEM_BINARY, " bench --target ", *router_, TraceArgs(), " --label trace --json ", json));
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_TRUE(absl::StrContains(r.out, "TTFT")) << r.out;  // the final table
   EXPECT_TRUE(absl::StrContains(r.out, "prefix hit rate")) << r.out;
@@ -151,7 +152,7 @@ TEST_F(BenchClusterTest, ImpossibleTtftSloGivesZeroGoodput) {
   if (!std::filesystem::exists(kTrace)) GTEST_SKIP() << "no shared trace at " << kTrace;
   const std::string json = TempPath("slo.json");
   const ExitResult r = RunCommand(absl::StrCat(TANDEM_BINARY, " bench --target ", *router_, TraceArgs(),
-                                        " --slo-ttft 0.001 --quiet --json ", json));
+                                               " --slo-ttft 0.001 --quiet --json ", json));
   ASSERT_EQ(r.exit_code, 0) << r.out;
   std::optional<nlohmann::json> j = ReadJson(json);
   ASSERT_TRUE(j.has_value());
@@ -166,7 +167,7 @@ TEST_F(BenchClusterTest, SyntheticWorkloadAtAPoissonRate) {
   const ExitResult r = RunCommand(absl::StrCat(
       TANDEM_BINARY, " bench --target ", *router_,
       " --synthetic --num-requests 16 --input-len 64 --output-len 3 --prefix-fraction 0.5 --num-prefixes 2"
-      " --rate 40 --seed 3 --concurrency-limit 4 --quiet --json ",
+      " --rate 40 --seed 3 --concurrency-limit 1 --quiet --json ",
       json));
   ASSERT_EQ(r.exit_code, 0) << r.out;
   std::optional<nlohmann::json> j = ReadJson(json);
@@ -183,15 +184,18 @@ TEST_F(BenchClusterTest, SyntheticWorkloadAtAPoissonRate) {
 TEST(BenchCliTest, HelpAndUsageErrors) {
   ExitResult r = RunCommand(absl::StrCat(TANDEM_BINARY, " bench --help"));
   EXPECT_EQ(r.exit_code, 0) << r.out;
-  for (const char* flag : {"--target", "--trace", "--synthetic", "--rate", "--time-scale", "--slo-ttft",
-                           "--slo-tpot", "--json", "--block-tokens", "--max-tokens-cap", "--concurrency-limit"}) {
+  for (const char* flag :
+       {"--target", "--trace", "--synthetic", "--rate", "--time-scale", "--slo-ttft", "--slo-tpot", "--json",
+        "--block-tokens", "--max-tokens-cap", "--concurrency-limit"}) {
     EXPECT_TRUE(absl::StrContains(r.out, flag)) << flag << " missing from:\n" << r.out;
   }
-  EXPECT_FALSE(absl::StrContains(RunCommand(absl::StrCat(TANDEM_BINARY, " --help")).out, "[not yet available] Replay"));
+  EXPECT_FALSE(absl::StrContains(RunCommand(absl::StrCat(TANDEM_BINARY, " --help")).out,
+                                 "[not yet available] Replay"));
   r = RunCommand(absl::StrCat(TANDEM_BINARY, " bench --target 127.0.0.1:1"));
   EXPECT_EQ(r.exit_code, 2) << r.out;
   EXPECT_TRUE(absl::StrContains(r.out, "--trace FILE or --synthetic")) << r.out;
-  r = RunCommand(absl::StrCat(TANDEM_BINARY, " bench --target 127.0.0.1:1 --synthetic --rate 1 --time-scale 2"));
+  r = RunCommand(
+      absl::StrCat(TANDEM_BINARY, " bench --target 127.0.0.1:1 --synthetic --rate 1 --time-scale 2"));
   EXPECT_NE(r.exit_code, 0) << r.out;  // CLI11's own code for a flag conflict
   EXPECT_TRUE(absl::StrContains(r.out, "excludes")) << r.out;
   r = RunCommand(absl::StrCat(TANDEM_BINARY, " bench --target 127.0.0.1:1 --trace /nonexistent.jsonl"));
@@ -201,9 +205,10 @@ TEST(BenchCliTest, HelpAndUsageErrors) {
 
 TEST(BenchCliTest, NoClusterThereIsARuntimeError) {
   // Port 1 on loopback: connection refused, so every request fails at once.
-  const ExitResult r = RunCommand(absl::StrCat(TANDEM_BINARY,
-                                        " bench --target 127.0.0.1:1 --synthetic --num-requests 3 --quiet"
-                                        " --timeout-s 10"));
+  const ExitResult r =
+      RunCommand(absl::StrCat(TANDEM_BINARY,
+                              " bench --target 127.0.0.1:1 --synthetic --num-requests 3 --quiet"
+                              " --timeout-s 10"));
   EXPECT_EQ(r.exit_code, 1) << r.out;
   EXPECT_TRUE(absl::StrContains(r.out, "every request failed")) << r.out;
   EXPECT_TRUE(absl::StrContains(r.out, "errors 3")) << r.out;
@@ -243,8 +248,8 @@ TEST(PlotBenchTest, RendersPngsFromReports) {
     std::ofstream(files.back()) << j.dump();
   }
   const std::string out_dir = TempPath("plots");
-  const ExitResult r = RunCommand(absl::StrCat(python, " " TANDEM_SOURCE_DIR "/bench/plot_bench.py --out ", out_dir, " ",
-                                        files[0], " ", files[1]));
+  const ExitResult r = RunCommand(absl::StrCat(python, " " TANDEM_SOURCE_DIR "/bench/plot_bench.py --out ",
+                                               out_dir, " ", files[0], " ", files[1]));
   ASSERT_EQ(r.exit_code, 0) << r.out;
   for (const char* png : {"latency_cdf.png", "goodput_vs_rate.png"}) {
     std::ifstream in(out_dir + "/" + png, std::ios::binary);
