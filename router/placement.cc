@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
 
 namespace tandem::router {
 namespace {
@@ -45,8 +46,10 @@ Placement::Placement(PlacementOptions options, WorkerRegistry* registry, const K
     : options_(options), registry_(registry), index_(index), rng_(options.seed) {}
 
 double Placement::MsPerTokenLocked(const std::string& worker_id) const {
-  auto it = learned_.find(worker_id);
-  if (it != learned_.end() && it->second.ms_per_token > 0) return it->second.ms_per_token;
+  if (!learned_.empty()) {  // skips hashing the id before any report
+    auto it = learned_.find(worker_id);
+    if (it != learned_.end() && it->second.ms_per_token > 0) return it->second.ms_per_token;
+  }
   return mean_ms_per_token_ > 0 ? mean_ms_per_token_ : options_.default_ms_per_token;
 }
 
@@ -89,11 +92,15 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
   // Every worker's cached prefix for this prompt (also for the baselines:
   // their predictions feed admission and the reported hit rate).
   std::vector<KvIndex::PrefixMatch> matches = index_->Match(req.block_hashes);
-  absl::flat_hash_map<std::string, const KvIndex::PrefixMatch*> by_worker;
+  // Keyed by views of the ids in `matches` (no copies: this map can hold
+  // every worker when a system prompt is cached everywhere).
+  absl::flat_hash_map<absl::string_view, const KvIndex::PrefixMatch*> by_worker;
   by_worker.reserve(matches.size());
-  for (const KvIndex::PrefixMatch& m : matches) by_worker[m.worker_id] = &m;
+  for (const KvIndex::PrefixMatch& m : matches) {
+    by_worker[absl::string_view(m.worker_id.data(), m.worker_id.size())] = &m;
+  }
   auto match_of = [&](const std::string& id) -> const KvIndex::PrefixMatch* {
-    auto it = by_worker.find(id);
+    auto it = by_worker.find(absl::string_view(id.data(), id.size()));
     return it == by_worker.end() ? nullptr : it->second;
   };
   // A prefill always computes at least the prompt's last token.
@@ -182,21 +189,37 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
     double queue_ms = 0;
     int32_t cached_tokens = 0;
     int32_t blocks_to_load = 0;
+    int32_t store_blocks = 0;
     double load_key = 0;
   } prefill;
   int prefill_seen = 0;
   rr_ids.clear();
-  auto predict = [&](const WorkerView& w, PrefillPick* out) {
+  // Scores `w` into `out`; the handle (strings and stubs) is copied only
+  // when `copy_handle`, i.e. for a new best, not for every candidate.
+  // The healthy shared store holding the longest prefix, if any.
+  const KvIndex::PrefixMatch* store_match = nullptr;
+  registry_->ForEachHealthy(tandem::v1::WORKER_ROLE_STORE, {}, [&](const WorkerView& w) {
+    const KvIndex::PrefixMatch* m = match_of(w.handle.id);
+    if (m != nullptr && (store_match == nullptr || m->blocks > store_match->blocks)) store_match = m;
+  });
+  auto predict = [&](const WorkerView& w, PrefillPick* out, bool copy_handle = true) {
     const KvIndex::PrefixMatch* m = match_of(w.handle.id);
     const double c = MsPerTokenLocked(w.handle.id);
     out->cached_tokens = cached_tokens(m);
     out->blocks_to_load = m == nullptr ? 0 : m->tier_blocks[2] + m->tier_blocks[3];
     out->queue_ms = static_cast<double>(QueuedTokens(w)) * c;
-    const double load_ms = m == nullptr ? 0
-                                        : m->tier_blocks[2] * options_.dram_load_ms_per_block +
-                                              m->tier_blocks[3] * options_.ssd_load_ms_per_block;
+    double load_ms = m == nullptr ? 0
+                                  : m->tier_blocks[2] * options_.dram_load_ms_per_block +
+                                        m->tier_blocks[3] * options_.ssd_load_ms_per_block;
+    const int32_t own_blocks = m == nullptr ? 0 : m->blocks;
+    out->store_blocks = 0;
+    if (store_match != nullptr && store_match->blocks > own_blocks) {
+      out->cached_tokens = cached_tokens(store_match);
+      out->store_blocks = std::max(0, out->cached_tokens / bs - own_blocks);
+      load_ms += out->store_blocks * options_.store_load_ms_per_block;
+    }
     out->ttft_ms = out->queue_ms + (req.prompt_tokens - out->cached_tokens) * c + load_ms + transfer_ms;
-    out->handle = w.handle;
+    if (copy_handle) out->handle = w.handle;
     out->load_key = static_cast<double>(QueuedTokens(w));
   };
   registry_->ForEachHealthy(WORKER_ROLE_PREFILL, req.exclude_prefill, [&](const WorkerView& w) {
@@ -215,8 +238,11 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
         return;
       case Policy::kKv: {
         PrefillPick candidate;
-        predict(w, &candidate);
-        if (candidate.ttft_ms < prefill.ttft_ms) prefill = std::move(candidate);
+        predict(w, &candidate, /*copy_handle=*/false);
+        if (candidate.ttft_ms < prefill.ttft_ms) {
+          prefill = std::move(candidate);
+          prefill.handle = w.handle;
+        }
         return;
       }
     }
@@ -251,6 +277,8 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
     decision.predicted_cached_tokens = prefill.cached_tokens;
     decision.predicted_ttft_ms = prefill.ttft_ms;
     decision.blocks_to_load = prefill.blocks_to_load;
+    decision.store_blocks = prefill.store_blocks;
+    if (prefill.store_blocks > 0) decision.store_id = store_match->worker_id;
   }
 
   // --- SLO admission.

@@ -13,8 +13,9 @@ using tandem::v1::WorkerRole;
 absl::Status WorkerRegistry::Register(const tandem::v1::RegisterRequest& r) {
   if (r.worker_id().empty()) return absl::InvalidArgumentError("worker_id is empty");
   if (r.address().empty()) return absl::InvalidArgumentError("address is empty");
-  if (r.role() != tandem::v1::WORKER_ROLE_PREFILL && r.role() != tandem::v1::WORKER_ROLE_DECODE) {
-    return absl::InvalidArgumentError("role must be WORKER_ROLE_PREFILL or WORKER_ROLE_DECODE");
+  if (r.role() != tandem::v1::WORKER_ROLE_PREFILL && r.role() != tandem::v1::WORKER_ROLE_DECODE &&
+      r.role() != tandem::v1::WORKER_ROLE_STORE) {
+    return absl::InvalidArgumentError("role must be WORKER_ROLE_PREFILL, WORKER_ROLE_DECODE or WORKER_ROLE_STORE");
   }
   if (r.model_id() != options_.model_id) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -29,7 +30,7 @@ absl::Status WorkerRegistry::Register(const tandem::v1::RegisterRequest& r) {
                                : grpc::CreateChannel(r.address(), grpc::InsecureChannelCredentials());
   if (r.role() == tandem::v1::WORKER_ROLE_DECODE) {
     e.handle.decode = std::shared_ptr<tandem::v1::DecodeWorker::Stub>(tandem::v1::DecodeWorker::NewStub(channel));
-  } else {
+  } else if (r.role() == tandem::v1::WORKER_ROLE_PREFILL) {
     e.handle.prefill = std::shared_ptr<tandem::v1::PrefillWorker::Stub>(tandem::v1::PrefillWorker::NewStub(channel));
   }
   e.handle.kv_events =
@@ -38,8 +39,12 @@ absl::Status WorkerRegistry::Register(const tandem::v1::RegisterRequest& r) {
   e.load = r.load();
   e.block_size = r.block_size();
   absl::MutexLock lock(&mu_);
-  if (!workers_.contains(r.worker_id())) order_.push_back(r.worker_id());
-  workers_[r.worker_id()] = std::move(e);
+  auto [it, inserted] = workers_.try_emplace(r.worker_id());
+  it->second = std::move(e);
+  if (inserted) {
+    order_.push_back(r.worker_id());
+    entries_.push_back(&it->second);
+  }
   return absl::OkStatus();
 }
 
@@ -88,10 +93,10 @@ void WorkerRegistry::ForEachHealthy(WorkerRole role, const std::vector<std::stri
                                     absl::FunctionRef<void(const WorkerView&)> fn) {
   const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);
-  for (const std::string& id : order_) {
-    const Entry& e = workers_.at(id);
+  for (const Entry* entry : entries_) {
+    const Entry& e = *entry;
     if (e.handle.role != role || !Healthy(e, now)) continue;
-    if (!exclude.empty() && std::find(exclude.begin(), exclude.end(), id) != exclude.end()) continue;
+    if (!exclude.empty() && std::find(exclude.begin(), exclude.end(), e.handle.id) != exclude.end()) continue;
     fn(WorkerView{e.handle, e.load, e.block_size, e.inflight_prefill_tokens, e.inflight_requests});
   }
 }

@@ -19,6 +19,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -124,8 +125,12 @@ class WorkerRegistry {
 
   const Options options_;
   absl::Mutex mu_;
-  absl::flat_hash_map<std::string, Entry> workers_ ABSL_GUARDED_BY(mu_);
+  // Node map: entry addresses are stable, so `entries_` can point into it.
+  absl::node_hash_map<std::string, Entry> workers_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> order_ ABSL_GUARDED_BY(mu_);  // registration order
+  // order_'s entries, for scans that must not hash every id (placement over
+  // 1,000 workers per request).
+  std::vector<Entry*> entries_ ABSL_GUARDED_BY(mu_);
   size_t next_[3] ABSL_GUARDED_BY(mu_) = {0, 0, 0};       // round-robin cursor per role
 };
 

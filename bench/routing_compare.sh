@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Routing policies side by side on the Mooncake conversation trace: for each
+# policy, a fresh local cluster (`tandem up`: P prefill workers, 1 decode
+# worker), `tandem bench` replaying the trace, one JSON per policy, then the
+# ideal hit-rate bound for the cluster's capacity (bench/trace_bound.py).
+#
+#   bench/routing_compare.sh OUT_DIR [policies...]
+#
+# Environment (defaults in brackets): MODEL [../shared/models/stories260K.gguf],
+# PREFILL [4], KV_MB [16] (per worker), REQUESTS [1500], BLOCK_TOKENS [8] (also
+# the workers' KV block size),
+# TIME_SCALE [0.25], MAX_TOKENS [4], SLO_TTFT [2000], SLO_TPOT [100],
+# CONTEXT [2048] (the model's context: prompts are cut to fit).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:?usage: routing_compare.sh OUT_DIR [policies...]}"
+shift
+policies=("$@")
+[ ${#policies[@]} -gt 0 ] || policies=(kv round_robin least_loaded random)
+model="${MODEL:-../shared/models/stories260K.gguf}"
+prefill="${PREFILL:-4}"
+kv_mb="${KV_MB:-16}"
+requests="${REQUESTS:-1500}"
+block_tokens="${BLOCK_TOKENS:-8}"
+time_scale="${TIME_SCALE:-0.25}"
+context="${CONTEXT:-2048}"
+max_tokens="${MAX_TOKENS:-4}"
+slo_ttft="${SLO_TTFT:-2000}"
+slo_tpot="${SLO_TPOT:-100}"
+trace=../shared/data/traces/mooncake_conversation.jsonl
+bin=build/bin/tandem
+mkdir -p "$out"
+
+for policy in "${policies[@]}"; do
+  log="$out/up-$policy.log"
+  "$bin" up --model "$model" --prefill "$prefill" --decode 1 --port 0 --policy "$policy" \
+    --kv-cache-mb "$kv_mb" --block-size "$block_tokens" >"$out/up-$policy.out" 2>"$log" &
+  up_pid=$!
+  router=""
+  for _ in $(seq 1 600); do
+    router=$(grep -o '"router":"[^"]*"' "$out/up-$policy.out" 2>/dev/null | head -1 | cut -d'"' -f4 || true)
+    [ -n "$router" ] && break
+    kill -0 "$up_pid" 2>/dev/null || { echo "tandem up exited; see $log" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ -n "$router" ] || { echo "cluster not ready; see $log" >&2; kill "$up_pid"; exit 1; }
+  echo "== $policy: router at $router" >&2
+  slo_flags=()
+  # SLO_TTFT=0 sends no targets: no admission rejections, every request runs
+  # (the hit-rate comparison); with targets the router rejects predicted
+  # misses (the goodput comparison).
+  if [ "$slo_ttft" != 0 ]; then slo_flags=(--slo-ttft "$slo_ttft" --slo-tpot "$slo_tpot"); fi
+  "$bin" bench --target "$router" --trace "$trace" --max-requests "$requests" \
+    --block-tokens "$block_tokens" --time-scale "$time_scale" --max-tokens-cap "$max_tokens" \
+    "${slo_flags[@]}" --label "$policy" --json "$out/$policy.json" \
+    --context-length "$context" \
+    2> >(tail -3 >&2) || true
+  kill -TERM "$up_pid"
+  wait "$up_pid" || true
+done
+
+# The cluster's prefill capacity in blocks, from a worker's ready line.
+blocks=$(grep -o '"kv_blocks":[0-9]*' "$out/up-${policies[0]}.log" "$out/up-${policies[0]}.out" 2>/dev/null \
+         | head -1 | cut -d: -f2- | grep -o '[0-9]*$' || true)
+[ -n "$blocks" ] || blocks=$(( kv_mb * 1024 * 1024 / (block_tokens * 1280) ))
+python3 bench/trace_bound.py --trace "$trace" --max-requests "$requests" --block-tokens "$block_tokens" \
+  --capacity-blocks $(( blocks * prefill )) --max-input-tokens $(( context - max_tokens + 1 )) \
+  --json "$out/bound.json"
