@@ -26,6 +26,11 @@
 //                  the learned workers, else Options::default_ms_per_token
 //   dram/ssd(p)  = blocks of that prefix in lower tiers, L = per-block load
 //                  cost (Options)
+//   store(p)     = the shared store (`tandem store`, role STORE in the
+//                  registry): when a store holds a longer prefix than p,
+//                  p's usable prefix extends through the store's blocks,
+//                  each charged Options::store_load_ms_per_block (the
+//                  workers are assumed to run with --kv-store)
 //   transfer     = blocks the decode worker lacks x learned ms per block
 // The decode worker is the one with the most free blocks among those whose
 // predicted TPOT (recent step time scaled by batch growth) is lowest-ranked;
@@ -94,6 +99,10 @@ struct PlacementOptions {
   double default_tpot_slo_ms = 0;
   // Seed for the random policy. Default: 1.
   uint64_t seed = 1;
+  // Cost to fetch one block from a shared KV store (`tandem store`, a
+  // healthy WORKER_ROLE_STORE holder in the index) into a prefill worker.
+  // Default: 0.3 ms.
+  double store_load_ms_per_block = 0.3;
 };
 
 struct PlacementRequest {
@@ -122,6 +131,12 @@ struct PlacementDecision {
   // Blocks of the prefix held by the chosen prefill worker in lower tiers:
   // what it should prefetch now (DESIGN.md: prefetch starts at assignment).
   int32_t blocks_to_load = 0;
+  // Blocks of the prefix past the chosen prefill worker's own that a shared
+  // store holds (blocks [own, own + store_blocks)): the worker fetches them
+  // from `store_id` (its --kv-store) instead of computing them. 0 and ""
+  // when no store extends the prefix.
+  int32_t store_blocks = 0;
+  std::string store_id;
 };
 
 struct PrefillObservation {

@@ -121,6 +121,46 @@ TEST_F(PlacementTest, LowerTiersCostTheirLoadTime) {
   EXPECT_DOUBLE_EQ(d.predicted_ttft_ms, 16 * 1.0 + 2 + 5);
 }
 
+TEST_F(PlacementTest, SharedStoreExtendsThePrefixAtItsLoadCost) {
+  AddWorker("d", tandem::v1::WORKER_ROLE_DECODE);
+  AddWorker("p1", tandem::v1::WORKER_ROLE_PREFILL);
+  AddWorker("p2", tandem::v1::WORKER_ROLE_PREFILL);
+  Hold("p1", {1});
+  Placement placement({.policy = Policy::kKv, .default_ms_per_token = 1, .default_transfer_ms_per_block = 0,
+                       .aggregate_max_uncached_tokens = -1, .store_load_ms_per_block = 2},
+                      &registry_, &index_);
+  // Without a store: p1's own block only.
+  ASSERT_OK_AND_ASSIGN(PlacementDecision plain, placement.Place(Request({1, 2, 3, 4}, 70)));
+  ASSERT_TRUE(plain.prefill.has_value());
+  EXPECT_EQ(plain.prefill->id, "p1");
+  EXPECT_EQ(plain.predicted_cached_tokens, 16);
+  EXPECT_EQ(plain.store_blocks, 0);
+  EXPECT_EQ(plain.store_id, "");
+
+  AddWorker("s", tandem::v1::WORKER_ROLE_STORE);
+  Hold("s", {1, 2, 3}, tandem::v1::KV_TIER_DRAM);
+  ASSERT_OK_AND_ASSIGN(PlacementDecision d, placement.Place(Request({1, 2, 3, 4}, 70)));
+  ASSERT_TRUE(d.prefill.has_value());
+  // p1 holds block 1 itself and fetches 2 and 3 from the store; p2 would
+  // fetch all three, which costs more.
+  EXPECT_EQ(d.prefill->id, "p1");
+  EXPECT_EQ(d.predicted_cached_tokens, 48);
+  EXPECT_EQ(d.store_blocks, 2);
+  EXPECT_EQ(d.store_id, "s");
+  EXPECT_DOUBLE_EQ(d.predicted_ttft_ms, (70 - 48) * 1.0 + 2 * 2.0);
+  EXPECT_EQ(d.decode.id, "d");  // the store is never picked to decode
+}
+
+TEST_F(PlacementTest, AStoreIsNeverAPrefillOrDecodeWorker) {
+  AddWorker("s", tandem::v1::WORKER_ROLE_STORE);
+  Placement placement({.policy = Policy::kKv}, &registry_, &index_);
+  EXPECT_EQ(placement.Place(Request({1}, 20)).status().code(), absl::StatusCode::kUnavailable);
+  AddWorker("d", tandem::v1::WORKER_ROLE_DECODE);
+  ASSERT_OK_AND_ASSIGN(PlacementDecision d, placement.Place(Request({1}, 20)));
+  EXPECT_FALSE(d.prefill.has_value());  // aggregated: no prefill worker
+  EXPECT_EQ(d.decode.id, "d");
+}
+
 TEST_F(PlacementTest, DecodeWorkerPrefillsWhenItHoldsAlmostEverything) {
   AddWorker("d", tandem::v1::WORKER_ROLE_DECODE);
   AddWorker("p", tandem::v1::WORKER_ROLE_PREFILL);
