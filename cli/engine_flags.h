@@ -53,10 +53,11 @@ inline void AddKvTierFlags(CLI::App* cmd, KvTierFlags* f) {
 }
 
 // The TieredStore the flags ask for, sized for `config`'s blocks of
-// `block_size` tokens; null when --kv-dram-bytes is 0.
+// `block_size` tokens; null when --kv-dram-bytes is 0. `remote` (borrowed,
+// may be null) is the shared store below the local tiers.
 inline absl::StatusOr<std::unique_ptr<kvstore::TieredStore>> MakeKvTiers(
     const KvTierFlags& f, const model::ModelConfig& config, int32_t block_size,
-    std::function<void(const kvstore::TierEvent&)> on_event = nullptr) {
+    std::function<void(const kvstore::TierEvent&)> on_event = nullptr, kvstore::RemoteTier* remote = nullptr) {
   if (f.dram_bytes <= 0) {
     if (!f.ssd_path.empty()) return absl::InvalidArgumentError("--kv-ssd-path needs --kv-dram-bytes");
     return std::unique_ptr<kvstore::TieredStore>();
@@ -69,6 +70,7 @@ inline absl::StatusOr<std::unique_ptr<kvstore::TieredStore>> MakeKvTiers(
   options.ssd_path = f.ssd_path;
   options.ssd_bytes = static_cast<size_t>(f.ssd_bytes);
   options.on_event = std::move(on_event);
+  options.remote = remote;
   return kvstore::TieredStore::Create(options);
 }
 

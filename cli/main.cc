@@ -2,7 +2,7 @@
 //   generate   run a model locally and print the continuation
 //   router, prefill, decode, up   the disaggregated cluster
 //   bench                        replay a load trace against a cluster
-//   store                        (coming; see `tandem --help`)
+//   store                        the shared KV store server
 #include <iostream>
 
 #include "CLI/CLI.hpp"
@@ -12,20 +12,8 @@
 #include "cli/generate_command.h"
 #include "cli/pull_command.h"
 #include "cli/server_commands.h"
+#include "cli/store_command.h"
 #include "cli/up_command.h"
-
-namespace {
-
-// Subcommands that later issues add; listed now so users see the whole shape.
-struct PlannedCommand {
-  const char* name;
-  const char* description;
-};
-constexpr PlannedCommand kPlanned[] = {
-    {"store", "Shared KV store server (DRAM + SSD tiers)"},
-};
-
-}  // namespace
 
 int main(int argc, char** argv) {
   absl::InitializeSymbolizer(argv[0]);
@@ -67,15 +55,10 @@ int main(int argc, char** argv) {
       app.add_subcommand("bench", "Replay a load trace against a cluster and report TTFT/TPOT/goodput"),
       &bench_flags);
 
-  for (const PlannedCommand& p : kPlanned) {
-    CLI::App* cmd = app.add_subcommand(p.name, std::string("[not yet available] ") + p.description);
-    cmd->allow_extras();
-    const std::string name = p.name;
-    cmd->callback([name] {
-      std::cerr << "tandem " << name << ": not yet available in this build\n";
-      throw CLI::RuntimeError(2);
-    });
-  }
+  tandem::cli::StoreFlags store_flags;
+  tandem::cli::RegisterStore(
+      app.add_subcommand("store", "Shared KV store server (DRAM + SSD tiers) that workers put blocks into and read from"),
+      &store_flags);
 
   CLI11_PARSE(app, argc, argv);
   return 0;

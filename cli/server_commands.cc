@@ -29,6 +29,9 @@
 #include "common/metrics.h"
 #include "http/server.h"
 #include "kernels/backend.h"
+#include "kvstore/prefetcher.h"
+#include "kvstore/store_client.h"
+#include "kvstore/tiered_store.h"
 #include "model/llama.h"
 #include "model/loader.h"
 #include "nlohmann/json.hpp"
@@ -219,6 +222,11 @@ absl::Status ResolveWorkerFlags(const CLI::App& cmd, WorkerFlags* f) {
     m.Set("--kv-cache-mb", w.has_kv_cache_mb(), w.kv_cache_mb(), &f->kv_cache_mb);
     m.Set("--max-running", w.has_max_running(), w.max_running(), &f->max_running);
     m.Set("--max-step-tokens", w.has_max_step_tokens(), w.max_step_tokens(), &f->max_step_tokens);
+    m.Set("--kv-dram-bytes", w.has_kv_dram_bytes(), w.kv_dram_bytes(), &f->kv_tiers.dram_bytes);
+    m.Set("--kv-ssd-path", w.has_kv_ssd_path(), w.kv_ssd_path(), &f->kv_tiers.ssd_path);
+    m.Set("--kv-ssd-bytes", w.has_kv_ssd_bytes(), w.kv_ssd_bytes(), &f->kv_tiers.ssd_bytes);
+    m.Set("--kv-prefetch", w.has_kv_prefetch(), w.kv_prefetch(), &f->kv_prefetch);
+    m.Set("--kv-store", w.has_kv_store(), w.kv_store(), &f->kv_store);
     MergeTls(m, config->tls(), &f->tls);
   }
   const std::string source = Source(f->config);
@@ -230,8 +238,20 @@ absl::Status ResolveWorkerFlags(const CLI::App& cmd, WorkerFlags* f) {
                          CheckRange(source, "worker.kv_cache_mb", "--kv-cache-mb", f->kv_cache_mb, 1, 1 << 30),
                          CheckRange(source, "worker.max_running", "--max-running", f->max_running, 1, 1 << 20),
                          CheckRange(source, "worker.max_step_tokens", "--max-step-tokens", f->max_step_tokens,
-                                    1, 1 << 24)}) {
+                                    1, 1 << 24),
+                         CheckRange(source, "worker.kv_dram_bytes", "--kv-dram-bytes", f->kv_tiers.dram_bytes, 0,
+                                    int64_t{1} << 50),
+                         CheckRange(source, "worker.kv_ssd_bytes", "--kv-ssd-bytes", f->kv_tiers.ssd_bytes, 1,
+                                    int64_t{1} << 56)}) {
     if (!s.ok()) return s;
+  }
+  if (!f->kv_tiers.ssd_path.empty() && f->kv_tiers.dram_bytes == 0) {
+    return absl::InvalidArgumentError(
+        source + ": worker.kv_ssd_path (--kv-ssd-path) needs worker.kv_dram_bytes (--kv-dram-bytes) > 0");
+  }
+  if (!f->kv_store.empty() && f->kv_tiers.dram_bytes == 0) {
+    return absl::InvalidArgumentError(
+        source + ": worker.kv_store (--kv-store) needs worker.kv_dram_bytes (--kv-dram-bytes) > 0");
   }
   return ValidateTls(source, &f->tls);
 }
@@ -261,6 +281,11 @@ tandem::v1::ClusterConfig EffectiveConfig(const WorkerFlags& f) {
   w->set_kv_cache_mb(f.kv_cache_mb);
   w->set_max_running(f.max_running);
   w->set_max_step_tokens(f.max_step_tokens);
+  w->set_kv_dram_bytes(f.kv_tiers.dram_bytes);
+  w->set_kv_ssd_path(f.kv_tiers.ssd_path);
+  w->set_kv_ssd_bytes(f.kv_tiers.ssd_bytes);
+  w->set_kv_prefetch(f.kv_prefetch);
+  w->set_kv_store(f.kv_store);
   *c.mutable_tls() = TlsProto(f.tls);
   return c;
 }
@@ -431,6 +456,13 @@ static void AddWorkerFlags(CLI::App* cmd, WorkerFlags* f) {
       ->capture_default_str();
   AddEngineFlags(cmd, &f->block_size, &f->kv_cache_mb, &f->max_running, &f->max_step_tokens, "Tokens per KV block (same on every worker)");
   cmd->add_option("--worker-id", f->worker_id, "Worker id (default: ROLE-HOST-PID)");
+  AddKvTierFlags(cmd, &f->kv_tiers);
+  cmd->add_option("--kv-prefetch", f->kv_prefetch,
+                  "With an SSD tier: promote a request's SSD blocks into DRAM when it arrives, ahead of admission")
+      ->capture_default_str();
+  cmd->add_option("--kv-store", f->kv_store,
+                  "Shared KV store (tandem store) host:port: tier misses fall through to it, evicted blocks are "
+                  "offered to it (needs --kv-dram-bytes)");
   cmd->add_option("--metrics-port", f->metrics_port, "HTTP port serving /metrics and /health; 0: off")
       ->capture_default_str()
       ->check(CLI::Range(0, 65535));
@@ -542,11 +574,63 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
   }
   // Declared before the engine, which appends to it until destroyed.
   engine::KvEventLog kv_events;
+  // The shared store's client (optional) outlives the tiers that call it.
+  std::unique_ptr<kvstore::StoreClient> store_client;
+  if (!f.kv_store.empty()) {
+    auto client = kvstore::StoreClient::Create({.model_id = config.model_id}, (*channels)(f.kv_store));
+    if (!client.ok()) {
+      std::cerr << tag << "--kv-store: " << client.status().message() << "\n";
+      return 1;
+    }
+    store_client = std::move(*client);
+  }
+  // The KV tiers (optional) report into the same log as tiers DRAM and SSD;
+  // blocks found on a reopened SSD tier are announced first, so the router's
+  // index (and its snapshot) sees them.
+  auto tiers = MakeKvTiers(f.kv_tiers, config, f.block_size, [&kv_events](const kvstore::TierEvent& e) {
+    const engine::KvTier tier = e.tier == kvstore::Tier::kDram ? engine::KvTier::kDram : engine::KvTier::kSsd;
+    for (BlockHash h : e.hashes) {
+      if (e.kind == kvstore::TierEvent::Kind::kStored) {
+        kv_events.Stored(h, tier);
+      } else {
+        kv_events.Removed(h, tier);
+      }
+    }
+  }, store_client.get());
+  if (!tiers.ok()) {
+    std::cerr << tag << "KV tiers: " << tiers.status().message() << "\n";
+    return 1;
+  }
+  int64_t reopened_ssd_blocks = 0;
+  std::unique_ptr<kvstore::Prefetcher> prefetcher;
+  if (*tiers != nullptr) {
+    for (const auto& [hash, tier] : (*tiers)->Snapshot()) {
+      if (tier != kvstore::Tier::kSsd) continue;
+      kv_events.Stored(hash, engine::KvTier::kSsd);
+      ++reopened_ssd_blocks;
+    }
+    if (f.kv_prefetch && ((*tiers)->ssd() != nullptr || store_client != nullptr)) {
+      auto p = kvstore::Prefetcher::Create({.model_id = config.model_id, .block_tokens = f.block_size},
+                                           tiers->get());
+      if (!p.ok()) {
+        std::cerr << tag << "KV prefetch: " << p.status().message() << "\n";
+        return 1;
+      }
+      prefetcher = std::move(*p);
+    }
+  }
+  // Called by the services when a request arrives, before it waits for
+  // the engine: never blocks (a full prefetch queue drops the prefetch).
+  std::function<void(absl::Span<const int32_t>)> on_prompt;
+  if (prefetcher != nullptr) {
+    on_prompt = [p = prefetcher.get()](absl::Span<const int32_t> tokens) { (void)p->Enqueue(tokens); };
+  }
   auto engine = engine::Engine::Create({.block_size = f.block_size,
                                         .kv_cache_bytes = static_cast<size_t>(f.kv_cache_mb) << 20,
                                         .max_running = f.max_running,
                                         .max_step_tokens = f.max_step_tokens,
-                                        .kv_events = &kv_events},
+                                        .kv_events = &kv_events,
+                                        .tiers = tiers->get()},
                                        llama->get(), backend.get(), (*model)->tokenizer.get());
   if (!engine.ok()) {
     std::cerr << tag << engine.status().message() << "\n";
@@ -566,8 +650,25 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
   std::unique_ptr<prefill_worker::PrefillService> prefill_service;
   engine::EngineRunner::Options runner_options;
   decode_worker::DecodeService* decode_raw = nullptr;
-  runner_options.on_tick = [&decode_raw](engine::Engine& e) {
+  // Prefix reuse by tier and computed prompt tokens, as gauges of the
+  // engine's running totals (the KV tiers' figures, docs/PERFORMANCE.md).
+  GaugeFamily* hit_blocks = DefaultMetricsRegistry().Gauge(
+      "tandem_worker_kv_hit_blocks", "Prompt blocks reused, by the tier they were found in", {"tier"});
+  Gauge* const hits[4] = {hit_blocks->WithLabels({"hbm"}), hit_blocks->WithLabels({"dram"}),
+                          hit_blocks->WithLabels({"ssd"}), hit_blocks->WithLabels({"store"})};
+  Gauge* const computed = DefaultMetricsRegistry()
+                              .Gauge("tandem_worker_prompt_tokens_computed", "Prompt tokens computed (not reused)")
+                              ->WithLabels({});
+  runner_options.on_tick = [&decode_raw, hits, computed, tiers_raw = tiers->get()](engine::Engine& e) {
     if (decode_raw != nullptr) decode_raw->ExpireReservations(e);
+    const engine::KvManager::Stats& kv_stats = e.kv_manager().stats();
+    // KvManager counts shared-store hits with the SSD hits; the tiers tell them apart.
+    const int64_t store_hits = tiers_raw != nullptr ? tiers_raw->stats().remote_hits : 0;
+    hits[0]->Set(static_cast<double>(kv_stats.hbm_hit_blocks));
+    hits[1]->Set(static_cast<double>(kv_stats.dram_hit_blocks));
+    hits[2]->Set(static_cast<double>(kv_stats.ssd_hit_blocks - store_hits));
+    hits[3]->Set(static_cast<double>(store_hits));
+    computed->Set(static_cast<double>(e.stats().prompt_tokens_computed));
   };
   // The runner comes first (the services borrow it); its tick reaches the
   // decode service through decode_raw, which is only read and written on the
@@ -586,7 +687,8 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
                                             .kv_region = *region,
                                             .ucx_worker_address = (*transfer)->worker_address(),
                                             .block_size = f.block_size,
-                                            .block_bytes = kv.layout.BlockBytes()},
+                                            .block_bytes = kv.layout.BlockBytes(),
+                                            .on_prompt = on_prompt},
         runner.get(), (*model)->tokenizer.get());
     service = decode_service.get();
   } else {
@@ -595,7 +697,8 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
                                               .model_id = config.model_id,
                                               .block_size = f.block_size,
                                               .block_bytes = kv.layout.BlockBytes(),
-                                              .kv_base = reinterpret_cast<const uint8_t*>(kv.base)},
+                                              .kv_base = reinterpret_cast<const uint8_t*>(kv.base),
+                                              .on_prompt = on_prompt},
         runner.get(), transfer->get());
     service = prefill_service.get();
   }
@@ -687,6 +790,10 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
               {"tls", f.tls.enabled},
               {"model", config.model_id},
               {"kv_blocks", kv.num_blocks},
+              {"kv_tiers", *tiers != nullptr},
+              {"kv_ssd_blocks_reopened", reopened_ssd_blocks},
+              {"kv_prefetch", prefetcher != nullptr},
+              {"kv_store", f.kv_store},
               {"metrics", metrics_server ? absl::StrFormat("%s:%d", f.host, metrics_server->port()) : ""}});
   const int sig = WaitForTermination(signals);
   std::cerr << tag << "signal " << sig << ", shutting down\n";

@@ -25,6 +25,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
+#include "cli/engine_flags.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/security/server_credentials.h"
 #include "tandem/v1/config.pb.h"
@@ -73,6 +74,9 @@ struct WorkerFlags {
   int32_t max_running = 64;
   int32_t max_step_tokens = 512;
   std::string worker_id;  // default: role-host-pid
+  KvTierFlags kv_tiers;   // --kv-dram-bytes, --kv-ssd-path, --kv-ssd-bytes (cli/engine_flags.h)
+  bool kv_prefetch = true;  // --kv-prefetch: SSD -> DRAM ahead of admission (with an SSD tier)
+  std::string kv_store;     // --kv-store: the shared KV store's address; empty: none
   int32_t metrics_port = 0;  // --metrics-port: /metrics and /health over HTTP; 0: off
   TlsFlags tls;
   std::string config;    // --config FILE; empty: none

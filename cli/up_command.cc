@@ -54,6 +54,14 @@ void RegisterUp(CLI::App* cmd, UpFlags* f) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-running", f->max_running, "Most sequences in a worker's batch")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--kv-dram-bytes", f->kv_dram_bytes, "Host-memory KV tier per worker, bytes (0: no tiers)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--kv-ssd-bytes", f->kv_ssd_bytes, "SSD KV tier budget per worker, bytes (0: workers' default)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--kv-ssd-dir", f->kv_ssd_dir,
+                  "SSD KV tiers under this directory: worker i of a role gets DIR/<role>-<i> (needs --kv-dram-bytes)");
+  cmd->add_option("--kv-prefetch", f->kv_prefetch, "Workers prefetch SSD blocks into DRAM ahead of admission")
+      ->check(CLI::IsMember({"true", "false"}));
   cmd->add_option("--config", f->config,
                   "Cluster configuration (tandem.v1.ClusterConfig JSON), passed to every process");
   cmd->add_option("--tls-cert", f->tls_cert, "PEM certificate for every process (turns on TLS)");
@@ -542,6 +550,13 @@ int RunUp(const UpFlags& f) {
                                         std::pair{"--max-running", f.max_running}}) {
         if (value > 0) workers.back().argv.insert(workers.back().argv.end(), {flag, absl::StrCat(value)});
       }
+      std::vector<std::string>& argv = workers.back().argv;
+      if (f.kv_dram_bytes > 0) argv.insert(argv.end(), {"--kv-dram-bytes", absl::StrCat(f.kv_dram_bytes)});
+      if (f.kv_ssd_bytes > 0) argv.insert(argv.end(), {"--kv-ssd-bytes", absl::StrCat(f.kv_ssd_bytes)});
+      if (!f.kv_ssd_dir.empty()) {
+        argv.insert(argv.end(), {"--kv-ssd-path", absl::StrCat(f.kv_ssd_dir, "/", role, "-", i)});
+      }
+      if (!f.kv_prefetch.empty()) argv.insert(argv.end(), {"--kv-prefetch", f.kv_prefetch});
     }
   }
   auto workers_ready = sup.StartAndWaitReady(workers, deadline);

@@ -65,6 +65,14 @@ struct UpFlags {
   int32_t kv_cache_mb = 0;
   int32_t block_size = 0;
   int32_t max_running = 0;
+  // KV tiers on every worker (cli/engine_flags.h): --kv-dram-bytes and
+  // --kv-ssd-bytes passed when > 0; --kv-ssd-dir DIR gives worker i of a
+  // role --kv-ssd-path DIR/<role>-<i> (so a restarted cluster finds its
+  // blocks again); --kv-prefetch passed when given.
+  int64_t kv_dram_bytes = 0;
+  int64_t kv_ssd_bytes = 0;
+  std::string kv_ssd_dir;
+  std::string kv_prefetch;  // "", "true" or "false"
 };
 
 // Adds the flags to `cmd` and makes it run RunUp (after applying --config).

@@ -154,7 +154,9 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const tandem::v
       absl::MutexLock lock(&mu_);
       id = next_engine_id_++;
     }
-    absl::Status s = runner_->Submit(ToEngineRequest(id, *r), listener, absl::Now() + kEngineCallTimeout);
+    engine::EngineRequest req = ToEngineRequest(id, *r);
+    if (options_.on_prompt) options_.on_prompt(req.prompt_tokens);
+    absl::Status s = runner_->Submit(std::move(req), listener, absl::Now() + kEngineCallTimeout);
     if (!s.ok()) return ToGrpc(s);
   }
 

@@ -15,11 +15,13 @@
 #ifndef TANDEM_DECODE_WORKER_DECODE_SERVICE_H_
 #define TANDEM_DECODE_WORKER_DECODE_SERVICE_H_
 
+#include <functional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
 #include "engine/engine_runner.h"
 #include "model/tokenizer.h"
 #include "tandem/v1/worker.grpc.pb.h"
@@ -37,6 +39,10 @@ struct DecodeServiceOptions {
   uint64_t block_bytes = 0;
   // Default TTL of a reservation. Default: 30 s.
   absl::Duration reservation_ttl = absl::Seconds(30);
+  // Called with an aggregated request's prompt (Decode without kv_ready)
+  // before it is queued in the engine (the worker starts its KV prefetch
+  // there, kvstore/prefetcher.h). Must not block. Default: empty.
+  std::function<void(absl::Span<const int32_t>)> on_prompt;
 };
 
 class DecodeService final : public tandem::v1::DecodeWorker::Service {

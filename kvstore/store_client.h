@@ -36,8 +36,10 @@ class StoreClient final : public RemoteTier {
   struct Options {
     // The model of every block. Default: "" (must be set).
     std::string model_id;
-    // Deadline of one Fetch. Default: 50 ms.
-    absl::Duration fetch_timeout = absl::Milliseconds(50);
+    // Deadline of one Fetch (it may run on the engine thread: with
+    // retry_after, a hung store costs at most this once per retry_after).
+    // Default: 200 ms.
+    absl::Duration fetch_timeout = absl::Milliseconds(200);
     // After a failed RPC (store down or slow), Fetch answers Unavailable
     // without calling for this long, so callers on a hot path (the engine
     // thread) do not wait fetch_timeout per block. Default: 1 s.

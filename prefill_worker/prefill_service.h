@@ -10,8 +10,10 @@
 #define TANDEM_PREFILL_WORKER_PREFILL_SERVICE_H_
 
 #include <atomic>
+#include <functional>
 #include <string>
 
+#include "absl/types/span.h"
 #include "engine/engine_runner.h"
 #include "tandem/v1/worker.grpc.pb.h"
 #include "transfer/transfer_engine.h"
@@ -27,6 +29,10 @@ struct PrefillServiceOptions {
   const uint8_t* kv_base = nullptr;
   // Deadline of one request's KV transfer. Default: 10 s.
   absl::Duration transfer_timeout = absl::Seconds(10);
+  // Called with a valid request's prompt before it is queued in the engine
+  // (the worker starts its KV prefetch there, kvstore/prefetcher.h). Must not
+  // block. Default: empty.
+  std::function<void(absl::Span<const int32_t>)> on_prompt;
 };
 
 class PrefillService final : public tandem::v1::PrefillWorker::Service {

@@ -1,0 +1,203 @@
+#include "cli/store_command.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <iostream>
+#include <memory>
+#include <thread>
+
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
+#include "engine/kv_events.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/server_builder.h"
+#include "kvstore/store_service.h"
+#include "kvstore/tiered_store.h"
+#include "model/loader.h"
+#include "nlohmann/json.hpp"
+#include "tandem/v1/worker.grpc.pb.h"
+#include "worker_common/kv_event_publisher.h"
+
+namespace tandem::cli {
+namespace {
+
+constexpr const char* kTag = "tandem store: ";
+
+}  // namespace
+
+void RegisterStore(CLI::App* cmd, StoreFlags* f) {
+  cmd->add_option("--router", f->router, "Router's gRPC address (host:port)")->capture_default_str();
+  cmd->add_option("--host", f->host, "Address to bind and advertise")->capture_default_str();
+  cmd->add_option("--port", f->port, "gRPC port (0: any free port)")->capture_default_str()->check(
+      CLI::Range(0, 65535));
+  cmd->add_option("--model", f->model, "GGUF path or synthetic:NAME (must match the workers')")
+      ->capture_default_str();
+  cmd->add_option("--block-size", f->block_size, "Tokens per KV block (the workers')")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--dram-bytes", f->dram_bytes, "DRAM tier budget in bytes")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--ssd-path", f->ssd_path, "RocksDB directory of the SSD tier; empty = DRAM only");
+  cmd->add_option("--ssd-bytes", f->ssd_bytes, "SSD tier budget in bytes")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--store-id", f->store_id, "Id registered with the router (default: store-HOST-PID)");
+  AddTlsFlags(cmd, &f->tls);
+  cmd->callback([f] {
+    const int code = RunStore(*f);
+    if (code != 0) throw CLI::RuntimeError(code);
+  });
+}
+
+int RunStore(const StoreFlags& f) {
+  // SIGINT/SIGTERM blocked in every thread, taken below with a bounded wait.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(f.tls);
+  absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(f.tls);
+  if (!credentials.ok() || !channels.ok()) {
+    std::cerr << kTag << (credentials.ok() ? channels.status() : credentials.status()).message() << "\n";
+    return 1;
+  }
+  auto model = model::LoadModel(f.model);
+  if (!model.ok()) {
+    std::cerr << kTag << "cannot load model '" << f.model << "': " << model.status().message() << "\n";
+    return 1;
+  }
+  const model::ModelConfig& config = (*model)->config;
+  const std::string store_id = f.store_id.empty() ? absl::StrFormat("store-%s-%d", f.host, getpid()) : f.store_id;
+
+  engine::KvEventLog kv_events;  // before the store, which reports into it until destroyed
+  kvstore::TieredStore::Options options;
+  options.model_id = config.model_id;
+  options.block_tokens = f.block_size;
+  options.payload_bytes = config.KvLayoutFor(f.block_size).BlockBytes();
+  options.dram_bytes = static_cast<size_t>(f.dram_bytes);
+  options.ssd_path = f.ssd_path;
+  options.ssd_bytes = static_cast<size_t>(f.ssd_bytes);
+  options.on_event = [&kv_events](const kvstore::TierEvent& e) {
+    const engine::KvTier tier = e.tier == kvstore::Tier::kDram ? engine::KvTier::kDram : engine::KvTier::kSsd;
+    for (BlockHash h : e.hashes) {
+      if (e.kind == kvstore::TierEvent::Kind::kStored) {
+        kv_events.Stored(h, tier);
+      } else {
+        kv_events.Removed(h, tier);
+      }
+    }
+  };
+  auto store = kvstore::TieredStore::Create(options);
+  if (!store.ok()) {
+    std::cerr << kTag << store.status().message() << "\n";
+    return 1;
+  }
+  int64_t reopened = 0;
+  for (const auto& [hash, tier] : (*store)->Snapshot()) {
+    if (tier != kvstore::Tier::kSsd) continue;
+    kv_events.Stored(hash, engine::KvTier::kSsd);
+    ++reopened;
+  }
+  kvstore::DramTier& dram = (*store)->dram();
+  const int64_t dram_blocks = static_cast<int64_t>(dram.num_slots());
+  // The store's "load": its DRAM slots as blocks (it never runs sequences).
+  auto load = [&dram, dram_blocks] {
+    tandem::v1::WorkerLoad l;
+    const int64_t used = static_cast<int64_t>(dram.used_bytes() / dram.slot_bytes());
+    l.set_total_blocks(static_cast<int32_t>(std::min<int64_t>(dram_blocks, INT32_MAX)));
+    l.set_free_blocks(static_cast<int32_t>(std::clamp<int64_t>(dram_blocks - used, 0, INT32_MAX)));
+    return l;
+  };
+
+  kvstore::StoreService service({.model_id = config.model_id}, store->get());
+  worker_common::KvSnapshotService snapshot_service(&kv_events, store_id, load);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(absl::StrFormat("%s:%d", f.host, f.port), *credentials, &port);
+  builder.SetMaxReceiveMessageSize(256 << 20);
+  builder.SetMaxSendMessageSize(256 << 20);
+  builder.RegisterService(&service);
+  builder.RegisterService(&snapshot_service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    std::cerr << kTag << "cannot listen on " << f.host << ":" << f.port << "\n";
+    return 1;
+  }
+  server->GetHealthCheckService()->SetServingStatus(true);
+  const std::string address = absl::StrFormat("%s:%d", f.host, port);
+
+  // Register (retrying until the router answers), publish events, heartbeat.
+  auto registry = tandem::v1::WorkerRegistry::NewStub((*channels)(f.router));
+  tandem::v1::RegisterRequest reg;
+  reg.set_worker_id(store_id);
+  reg.set_role(tandem::v1::WORKER_ROLE_STORE);
+  reg.set_address(address);
+  reg.set_model_id(config.model_id);
+  reg.set_block_size(f.block_size);
+  auto do_register = [&]() -> grpc::Status {
+    *reg.mutable_load() = load();
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    ctx.set_wait_for_ready(true);
+    tandem::v1::RegisterResponse resp;
+    return registry->Register(&ctx, reg, &resp);
+  };
+  const absl::Time register_deadline = absl::Now() + absl::Seconds(30);
+  grpc::Status registered = do_register();
+  while (!registered.ok() && registered.error_code() != grpc::StatusCode::INVALID_ARGUMENT &&
+         absl::Now() < register_deadline) {
+    registered = do_register();
+  }
+  if (!registered.ok()) {
+    std::cerr << kTag << "cannot register with router " << f.router << ": " << registered.error_message() << "\n";
+    server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+    return 1;
+  }
+  worker_common::KvEventPublisher publisher({.worker_id = store_id}, &kv_events, registry.get(), load);
+  publisher.Start();
+  absl::Notification stop_heartbeat;
+  std::thread heartbeat([&] {
+    while (!stop_heartbeat.WaitForNotificationWithTimeout(absl::Milliseconds(250))) {
+      tandem::v1::HeartbeatRequest hb;
+      hb.set_worker_id(store_id);
+      *hb.mutable_load() = load();
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+      tandem::v1::HeartbeatResponse resp;
+      grpc::Status s = registry->Heartbeat(&ctx, hb, &resp);
+      if (s.ok() && !resp.known()) (void)do_register();  // the router restarted
+    }
+  });
+
+  std::cout << nlohmann::json{{"role", "store"},
+                              {"pid", getpid()},
+                              {"grpc", address},
+                              {"worker_id", store_id},
+                              {"router", f.router},
+                              {"model", config.model_id},
+                              {"dram_blocks", dram_blocks},
+                              {"ssd", !f.ssd_path.empty()},
+                              {"ssd_blocks_reopened", reopened}}
+                   .dump()
+            << std::endl;
+  int sig = 0;
+  while (sig <= 0) {
+    timespec timeout{1, 0};
+    sig = sigtimedwait(&signals, nullptr, &timeout);
+  }
+  std::cerr << kTag << "signal " << sig << ", shutting down\n";
+  stop_heartbeat.Notify();
+  heartbeat.join();
+  publisher.Stop();
+  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  return 0;
+}
+
+}  // namespace tandem::cli

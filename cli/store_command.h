@@ -1,0 +1,46 @@
+// `tandem store`: the shared KV store server of a node or cluster. It holds
+// KV blocks in DRAM and SSD tiers (kvstore/tiered_store.h) for one model,
+// serves tandem.v1.KvStore (Lookup / Put / Get; block bytes carried in the
+// gRPC messages for now, not over UCX), registers with the router as
+// WORKER_ROLE_STORE and publishes KV events (tiers DRAM and SSD), so the
+// router's index lists it as a holder. Workers started with
+// `--kv-store ADDR` fall through to it when their own tiers miss and offer it
+// the blocks their pools evict.
+//
+//   tandem store --router 127.0.0.1:50051 --model M --block-size 16
+//       --dram-bytes 1073741824 --ssd-path /nvme/tandem-store  (one line)
+//
+// On restart with the same --ssd-path the blocks on SSD are served again
+// and announced in the store's KV snapshot. Prints one JSON ready line
+// ({"role":"store","grpc":...,"worker_id":...,"ssd_blocks_reopened":N}) once
+// registered; stops cleanly on SIGINT/SIGTERM.
+#ifndef TANDEM_CLI_STORE_COMMAND_H_
+#define TANDEM_CLI_STORE_COMMAND_H_
+
+#include <cstdint>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "cli/server_commands.h"
+
+namespace tandem::cli {
+
+struct StoreFlags {
+  std::string router = "127.0.0.1:50051";
+  std::string host = "127.0.0.1";
+  int32_t port = 0;
+  std::string model = "synthetic:tiny";
+  int32_t block_size = 16;               // must equal the workers'
+  int64_t dram_bytes = int64_t{1} << 30;  // --dram-bytes
+  std::string ssd_path;                   // --ssd-path; empty: DRAM only
+  int64_t ssd_bytes = int64_t{10} << 30;  // --ssd-bytes
+  std::string store_id;                   // default: store-HOST-PID
+  TlsFlags tls;
+};
+
+void RegisterStore(CLI::App* cmd, StoreFlags* flags);
+int RunStore(const StoreFlags& flags);
+
+}  // namespace tandem::cli
+
+#endif  // TANDEM_CLI_STORE_COMMAND_H_

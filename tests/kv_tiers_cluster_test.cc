@@ -1,0 +1,302 @@
+// Worker KV tiers end to end with real processes: a prefill worker with a
+// DRAM+SSD tier publishes its lower-tier blocks to the router, survives
+// kill -9 with its SSD tier, announces the reopened blocks in its snapshot,
+// and serves them again (cached_tokens > 0, identical tokens).
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/block_hash.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "gtest/gtest.h"
+#include "model/loader.h"
+#include "nlohmann/json.hpp"
+#include "tandem/v1/tandem.grpc.pb.h"
+#include "tandem/v1/worker.grpc.pb.h"
+#include "tests/testing/subprocess.h"
+
+namespace tandem {
+namespace {
+
+using ::tandem::testing::Subprocess;
+
+const std::string kStories = TANDEM_SHARED_DIR "/models/stories260K.gguf";
+constexpr int32_t kBlockSize = 16;
+
+struct Proc {
+  std::unique_ptr<Subprocess> process;
+  std::string address;
+  nlohmann::json ready;
+};
+
+Proc Start(std::vector<std::string> argv) {
+  Proc p;
+  p.process = std::make_unique<Subprocess>(argv);
+  auto line = p.process->ReadLine(absl::Now() + absl::Seconds(60));
+  if (!line.has_value()) {
+    ADD_FAILURE() << argv[1] << " not ready";
+    return p;
+  }
+  p.ready = nlohmann::json::parse(*line);
+  p.address = p.ready["grpc"];
+  return p;
+}
+
+struct Result {
+  grpc::Status status;
+  std::vector<int32_t> tokens;
+  tandem::v1::GenerateSummary summary;
+};
+
+Result Generate(tandem::v1::Tandem::Stub* stub, const std::string& prompt, int32_t max_tokens) {
+  tandem::v1::GenerateRequest req;
+  req.set_prompt(prompt);
+  req.set_max_tokens(max_tokens);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  auto reader = stub->Generate(&ctx, req);
+  Result r;
+  tandem::v1::GenerateResponse resp;
+  while (reader->Read(&resp)) {
+    if (resp.has_chunk()) {
+      r.tokens.insert(r.tokens.end(), resp.chunk().token_ids().begin(), resp.chunk().token_ids().end());
+    } else {
+      r.summary = resp.summary();
+    }
+  }
+  r.status = reader->Finish();
+  return r;
+}
+
+// The hashes a worker's snapshot lists in `tier`.
+std::set<BlockHash> SnapshotTier(const std::string& address, tandem::v1::KvTier tier) {
+  auto stub = tandem::v1::KvEventSource::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  tandem::v1::KvEventBatch batch;
+  grpc::Status s = stub->Snapshot(&ctx, {}, &batch);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  std::set<BlockHash> out;
+  for (const tandem::v1::KvEvent& e : batch.events()) {
+    if (e.tier() == tier) out.insert(e.block_hashes().begin(), e.block_hashes().end());
+  }
+  return out;
+}
+
+bool ContainsAll(const std::set<BlockHash>& held, const std::vector<BlockHash>& want) {
+  for (BlockHash h : want) {
+    if (!held.contains(h)) return false;
+  }
+  return true;
+}
+
+// A story-like prompt of about `words` words, distinct per `seed`.
+std::string Story(int seed, int words) {
+  static const char* kWords[] = {"the", "little", "dog", "ran", "to", "park", "and", "saw", "a", "big",
+                                 "red", "ball", "Lily", "was", "happy", "sun", "tree", "bird", "sang", "mom"};
+  std::string s = "Once upon a time";
+  for (int i = 0; i < words; ++i) absl::StrAppend(&s, " ", kWords[(i * 7 + seed * 13 + i * seed) % 20]);
+  return s;
+}
+
+TEST(KvTiersFlagsTest, WorkerTierFlagsReachTheEffectiveConfig) {
+  Subprocess ok({TANDEM_BINARY, "prefill", "--dry-run", "--kv-dram-bytes", "1048576", "--kv-ssd-path",
+                 "/tmp/ssd-x", "--kv-ssd-bytes", "2097152", "--kv-prefetch", "false", "--kv-store",
+                 "127.0.0.1:1"});
+  auto line = ok.ReadLine(absl::Now() + absl::Seconds(30));
+  ASSERT_TRUE(line.has_value());
+  const nlohmann::json worker = nlohmann::json::parse(*line)["worker"];
+  // int64 fields are strings in proto3 JSON.
+  EXPECT_EQ(worker["kv_dram_bytes"], "1048576");
+  EXPECT_EQ(worker["kv_ssd_path"], "/tmp/ssd-x");
+  EXPECT_EQ(worker["kv_ssd_bytes"], "2097152");
+  EXPECT_EQ(worker["kv_prefetch"], false);
+  EXPECT_EQ(worker["kv_store"], "127.0.0.1:1");
+  std::optional<int> status = ok.Wait(absl::Now() + absl::Seconds(30));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0);
+
+  // An SSD tier or a shared store needs the DRAM tier in front of it.
+  for (const char* flag : {"--kv-ssd-path", "--kv-store"}) {
+    Subprocess bad({TANDEM_BINARY, "decode", "--dry-run", flag, "x"});
+    status = bad.Wait(absl::Now() + absl::Seconds(30));
+    ASSERT_TRUE(status.has_value()) << flag;
+    EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 2) << flag;
+  }
+}
+
+TEST(KvTiersClusterTest, SsdBlocksSurviveKillAndAreServedAgain) {
+  if (!std::ifstream(kStories)) GTEST_SKIP() << "shared data absent";
+  std::string dir = ::testing::TempDir() + "/kv_tiers_cluster_XXXXXX";
+  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+  const std::string ssd_path = dir + "/prefill-0";
+
+  Proc router = Start({TANDEM_BINARY, "router", "--port", "0", "--model", kStories, "--heartbeat-ms", "200",
+                       "--aggregate-max-uncached-tokens", "-1"});
+  ASSERT_FALSE(router.address.empty());
+  // A 1 MiB pool overflows after a few prompts; a small DRAM tier pushes
+  // blocks on to SSD (written behind on every Put anyway).
+  const std::vector<std::string> prefill_argv = {
+      TANDEM_BINARY, "prefill", "--router", router.address, "--model", kStories, "--threads", "1",
+      "--block-size", absl::StrCat(kBlockSize), "--kv-cache-mb", "1", "--kv-dram-bytes", "262144",
+      "--kv-ssd-path", ssd_path, "--worker-id", "prefill-tiers"};
+  // The decode worker has no tiers and is restarted too, so that reuse after
+  // the restart can only come from the prefill worker's SSD tier.
+  const std::vector<std::string> decode_argv = {TANDEM_BINARY, "decode", "--router", router.address,
+                                                "--model", kStories, "--threads", "1",
+                                                "--block-size", absl::StrCat(kBlockSize), "--kv-cache-mb", "64"};
+  Proc prefill = Start(prefill_argv);
+  Proc decode = Start(decode_argv);
+  ASSERT_FALSE(prefill.address.empty());
+  ASSERT_FALSE(decode.address.empty());
+  EXPECT_EQ(prefill.ready["kv_tiers"], true);
+  EXPECT_EQ(prefill.ready["kv_ssd_blocks_reopened"], 0);
+  auto stub = tandem::v1::Tandem::NewStub(grpc::CreateChannel(router.address, grpc::InsecureChannelCredentials()));
+
+  const std::string prompt = Story(0, 120);
+  auto model = model::LoadModel(kStories);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  const std::vector<int32_t> prompt_tokens = (*model)->tokenizer->Encode(prompt, /*add_bos=*/true);
+  const std::vector<BlockHash> hashes = HashFullBlocks((*model)->config.model_id, prompt_tokens, kBlockSize);
+  ASSERT_GE(hashes.size(), 4u);
+
+  const Result first = Generate(stub.get(), prompt, 16);
+  ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+  ASSERT_EQ(first.tokens.size(), 16u);
+  // Other prompts until the first prompt's blocks have been evicted from the
+  // pool and written to SSD (bounded: the pool holds far fewer blocks).
+  const absl::Time deadline = absl::Now() + absl::Seconds(120);
+  int filler = 1;
+  while (!ContainsAll(SnapshotTier(prefill.address, tandem::v1::KV_TIER_SSD), hashes)) {
+    ASSERT_LT(absl::Now(), deadline) << "the prompt's blocks never reached the SSD tier";
+    ASSERT_LT(filler, 200);
+    const Result r = Generate(stub.get(), Story(filler++, 120), 4);
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  }
+
+  // kill -9 both workers; restart them, the prefill worker on the same SSD path.
+  prefill.process->Signal(SIGKILL);
+  decode.process->Signal(SIGKILL);
+  ASSERT_TRUE(prefill.process->Wait(absl::Now() + absl::Seconds(10)).has_value());
+  ASSERT_TRUE(decode.process->Wait(absl::Now() + absl::Seconds(10)).has_value());
+  prefill = Start(prefill_argv);
+  decode = Start(decode_argv);
+  ASSERT_FALSE(prefill.address.empty());
+  ASSERT_FALSE(decode.address.empty());
+  EXPECT_GE(prefill.ready["kv_ssd_blocks_reopened"].get<int64_t>(), static_cast<int64_t>(hashes.size()));
+  // The reopened blocks are in the worker's snapshot (what the router reads).
+  EXPECT_TRUE(ContainsAll(SnapshotTier(prefill.address, tandem::v1::KV_TIER_SSD), hashes));
+
+  // The router may still list the killed workers until their heartbeats
+  // lapse; retry the request until it succeeds on the new ones.
+  Result again;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    again = Generate(stub.get(), prompt, 16);
+    if (again.status.ok() && again.summary.prefill_worker() == "prefill-tiers") break;
+  }
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+  EXPECT_EQ(again.tokens, first.tokens);
+  EXPECT_GE(again.summary.usage().cached_tokens(), static_cast<int32_t>(hashes.size() - 1) * kBlockSize)
+      << "the prompt's blocks were not reused from the SSD tier";
+
+  prefill.process.reset();
+  decode.process.reset();
+  router.process.reset();
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
+// The shared store: prefill worker A computes a prompt and, when its pool
+// evicts the blocks, offers them to `tandem store`; the store is killed -9
+// and restarted on the same SSD path, A is gone, and a fresh prefill worker
+// B reuses the prompt's KV from the store: the same tokens as A computed.
+TEST(KvTiersClusterTest, SharedStoreServesAnotherWorkerAfterKill) {
+  if (!std::ifstream(kStories)) GTEST_SKIP() << "shared data absent";
+  std::string dir = ::testing::TempDir() + "/kv_store_cluster_XXXXXX";
+  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+
+  Proc router = Start({TANDEM_BINARY, "router", "--port", "0", "--model", kStories, "--heartbeat-ms", "200",
+                       "--aggregate-max-uncached-tokens", "-1"});
+  ASSERT_FALSE(router.address.empty());
+  const std::vector<std::string> store_argv = {TANDEM_BINARY, "store", "--router", router.address, "--model",
+                                               kStories, "--block-size", absl::StrCat(kBlockSize),
+                                               "--dram-bytes", "1048576", "--ssd-path", dir + "/store",
+                                               "--store-id", "store-0"};
+  Proc store = Start(store_argv);
+  ASSERT_FALSE(store.address.empty());
+  EXPECT_EQ(store.ready["ssd_blocks_reopened"], 0);
+  auto worker_argv = [&](const std::string& role, const std::string& id) {
+    std::vector<std::string> argv = {TANDEM_BINARY, role, "--router", router.address, "--model", kStories,
+                                     "--threads", "1", "--block-size", absl::StrCat(kBlockSize), "--worker-id", id};
+    if (role == "prefill") {
+      argv.insert(argv.end(), {"--kv-cache-mb", "1", "--kv-dram-bytes", "262144", "--kv-store", store.address});
+    } else {
+      argv.insert(argv.end(), {"--kv-cache-mb", "64"});
+    }
+    return argv;
+  };
+  Proc prefill_a = Start(worker_argv("prefill", "prefill-a"));
+  Proc decode = Start(worker_argv("decode", "decode-0"));
+  ASSERT_FALSE(prefill_a.address.empty());
+  ASSERT_FALSE(decode.address.empty());
+  auto stub = tandem::v1::Tandem::NewStub(grpc::CreateChannel(router.address, grpc::InsecureChannelCredentials()));
+
+  const std::string prompt = Story(100, 120);
+  auto model = model::LoadModel(kStories);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  const std::vector<int32_t> prompt_tokens = (*model)->tokenizer->Encode(prompt, /*add_bos=*/true);
+  const std::vector<BlockHash> hashes = HashFullBlocks((*model)->config.model_id, prompt_tokens, kBlockSize);
+  ASSERT_GE(hashes.size(), 4u);
+
+  const Result first = Generate(stub.get(), prompt, 16);
+  ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+  ASSERT_EQ(first.summary.prefill_worker(), "prefill-a");
+  const absl::Time deadline = absl::Now() + absl::Seconds(120);
+  int filler = 101;
+  while (!ContainsAll(SnapshotTier(store.address, tandem::v1::KV_TIER_SSD), hashes)) {
+    ASSERT_LT(absl::Now(), deadline) << "the prompt's blocks never reached the store's SSD tier";
+    ASSERT_LT(filler, 300);
+    const Result r = Generate(stub.get(), Story(filler++, 120), 4);
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  }
+
+  for (Proc* p : {&store, &prefill_a, &decode}) p->process->Signal(SIGKILL);
+  for (Proc* p : {&store, &prefill_a, &decode}) {
+    ASSERT_TRUE(p->process->Wait(absl::Now() + absl::Seconds(10)).has_value());
+  }
+  store = Start(store_argv);
+  ASSERT_FALSE(store.address.empty());
+  EXPECT_GE(store.ready["ssd_blocks_reopened"].get<int64_t>(), static_cast<int64_t>(hashes.size()));
+  EXPECT_TRUE(ContainsAll(SnapshotTier(store.address, tandem::v1::KV_TIER_SSD), hashes));
+  Proc prefill_b = Start(worker_argv("prefill", "prefill-b"));
+  decode = Start(worker_argv("decode", "decode-1"));
+  ASSERT_FALSE(prefill_b.address.empty());
+  ASSERT_FALSE(decode.address.empty());
+
+  Result again;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    again = Generate(stub.get(), prompt, 16);
+    if (again.status.ok() && again.summary.prefill_worker() == "prefill-b") break;
+  }
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+  EXPECT_EQ(again.summary.prefill_worker(), "prefill-b");
+  EXPECT_EQ(again.tokens, first.tokens);
+  EXPECT_GE(again.summary.usage().cached_tokens(), static_cast<int32_t>(hashes.size() - 1) * kBlockSize)
+      << "the prompt's blocks were not reused from the shared store";
+
+  for (Proc* p : {&prefill_b, &decode, &store, &router}) p->process.reset();
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
+}  // namespace
+}  // namespace tandem
