@@ -98,6 +98,21 @@ class Backend {
                     int32_t rope_dims, absl::Span<const int32_t> positions, float freq_base,
                     RopeStyle style) = 0;
 
+  // Optional (asked at run time, as ggml's ggml_rope_ext with freq_factors):
+  // Rope with a per-pair divisor, theta_i = pos * freq_base^(-2i / rope_dims)
+  // / freq_factors[i], for frequency-scaled RoPE (Llama 3's rope_scaling;
+  // llama.cpp's rope_freqs tensor holds the same numbers). Factors of 1 give
+  // Rope's result bit for bit. freq_factors is host memory, like positions.
+  // Returns false, touching nothing, where the backend lacks the op (the
+  // default); a caller may ask with rows = 0.
+  // REQUIRES: freq_factors.size() == rope_dims / 2.
+  virtual bool RopeWithFreqFactors(float* /*x*/, int64_t /*rows*/, int32_t /*num_heads*/,
+                                   int32_t /*head_dim*/, int32_t /*rope_dims*/,
+                                   absl::Span<const int32_t> /*positions*/, float /*freq_base*/,
+                                   absl::Span<const float> /*freq_factors*/, RopeStyle /*style*/) {
+    return false;
+  }
+
   // Writes rows of K and V ([rows][kv_heads][head_dim]) for `layer` into the
   // paged cache at slots[r] = block_id * block_size + offset_in_block.
   virtual void WriteKv(const KvCacheView& kv, int32_t layer, const float* k, const float* v,

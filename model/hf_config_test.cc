@@ -291,6 +291,39 @@ TEST(HfCheckpointTest, SyntheticFromConfigGeneratesDeterministically) {
   EXPECT_EQ(ra.first_step_logits, rb.first_step_logits);
 }
 
+// Llama 3 rope_scaling (issue #9): a synthetic model of such a config loads
+// and generates, a checkpoint of its weights gives the same tokens, and the
+// scaling is applied (the same weights without it give other logits).
+TEST(HfCheckpointTest, Llama3RopeScalingLoadsAndGenerates) {
+  TempDir cfg_dir, dir;
+  OJson config = TinyConfig("LlamaForCausalLM", 600);
+  config["tie_word_embeddings"] = false;
+  // Small original context, so the prompt's positions reach the scaled pairs.
+  config["rope_scaling"] = {{"rope_type", "llama3"},
+                            {"factor", 8.0},
+                            {"low_freq_factor", 1.0},
+                            {"high_freq_factor", 4.0},
+                            {"original_max_position_embeddings", 16}};
+  const std::string cfg = cfg_dir.Write("config.json", config.dump());
+  ASSERT_OK_AND_ASSIGN(auto synth, LoadModel("synthetic:config=" + cfg));
+  ASSERT_EQ(synth->config.rope_scaling.type, RopeScaling::Type::kLlama3);
+  const engine::GenerateResult scaled = Generate(synth->config, synth->weights, *synth->tokenizer);
+  EXPECT_EQ(scaled.generated_token_ids.size(), 12u);
+
+  WriteCheckpoint(dir, synth->config, synth->weights, 1);
+  dir.Write("config.json", config.dump());
+  ASSERT_OK_AND_ASSIGN(auto hf, LoadHfCheckpoint(dir.path()));
+  EXPECT_EQ(hf->config.rope_scaling.type, RopeScaling::Type::kLlama3);
+  const engine::GenerateResult got = Generate(hf->config, hf->weights, *synth->tokenizer);
+  EXPECT_EQ(got.first_step_logits, scaled.first_step_logits);
+  EXPECT_EQ(got.generated_token_ids, scaled.generated_token_ids);
+
+  ModelConfig unscaled_config = synth->config;
+  unscaled_config.rope_scaling = {};
+  const engine::GenerateResult unscaled = Generate(unscaled_config, synth->weights, *synth->tokenizer);
+  EXPECT_NE(unscaled.first_step_logits, scaled.first_step_logits);
+}
+
 TEST(HfCheckpointTest, SyntheticFromConfigErrors) {
   TempDir dir;
   EXPECT_THAT(LoadModel("synthetic:config=" + dir.path() + "/none.json"),
@@ -439,18 +472,6 @@ TEST(HfCheckpointTest, CheckpointErrorsNameTheTensor) {
     dir.Write("config.json", TinyConfig("Qwen2ForCausalLM", vocab).dump());
     EXPECT_THAT(LoadHfCheckpoint(dir.path()),
                 StatusIs(absl::StatusCode::kNotFound, HasSubstr("model.layers.0.self_attn.q_proj.bias")));
-  }
-  {  // llama3 rope scaling is refused for real weights.
-    TempDir dir;
-    WriteCheckpoint(dir, tiny->config, tiny->weights, 1);
-    OJson c = TinyConfig("LlamaForCausalLM", vocab);
-    c["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
-                         {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 1024}};
-    dir.Write("config.json", c.dump());
-    EXPECT_THAT(LoadHfCheckpoint(dir.path()),
-                StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("rope_scaling")));
-    // ... but its shape runs with synthetic weights.
-    EXPECT_OK(LoadModel("synthetic:config=" + dir.path() + "/config.json"));
   }
   {  // No config.json.
     TempDir dir;

@@ -1,6 +1,7 @@
 #include "model/llama.h"
 
 #include <cmath>
+#include <utility>
 
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
@@ -15,6 +16,14 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const ModelConfig
     return absl::InvalidArgumentError("llama: weights do not match num_layers");
   }
   std::unique_ptr<LlamaModel> m(new LlamaModel(config, backend));
+  m->rope_freq_factors_ = RopeFreqFactors(config);
+  if (!m->rope_freq_factors_.empty() &&
+      !backend->RopeWithFreqFactors(nullptr, 0, config.num_heads, config.head_dim, config.rope_dims, {},
+                                    config.rope_freq_base, m->rope_freq_factors_, config.rope_style)) {
+    return absl::UnimplementedError(
+        absl::StrFormat("backend %s does not implement RopeWithFreqFactors, which llama3 rope_scaling needs",
+                        backend->name()));
+  }
   auto prepare = [&](const kernels::Weight& w) -> absl::StatusOr<kernels::Weight> {
     if (!backend->SupportsWeightType(w.dtype)) {
       return absl::UnimplementedError(absl::StrFormat(
@@ -169,10 +178,14 @@ absl::Status LlamaModel::Forward(const ForwardBatch& b, const kernels::KvCacheVi
         be.Add(v_ + r * kv_dim, static_cast<const float*>(l.bv.data), kv_dim);
       }
     }
-    be.Rope(q_, rows, c.num_heads, c.head_dim, c.rope_dims, b.positions, c.rope_freq_base,
-            c.rope_style);
-    be.Rope(k_, rows, c.num_kv_heads, c.head_dim, c.rope_dims, b.positions, c.rope_freq_base,
-            c.rope_style);
+    for (auto [x, heads] : {std::pair{q_, c.num_heads}, std::pair{k_, c.num_kv_heads}}) {
+      if (rope_freq_factors_.empty()) {
+        be.Rope(x, rows, heads, c.head_dim, c.rope_dims, b.positions, c.rope_freq_base, c.rope_style);
+      } else if (!be.RopeWithFreqFactors(x, rows, heads, c.head_dim, c.rope_dims, b.positions,
+                                         c.rope_freq_base, rope_freq_factors_, c.rope_style)) {
+        return absl::InternalError("llama: backend lost RopeWithFreqFactors after Create");
+      }
+    }
     be.WriteKv(kv, layer, k_, v_, b.slots);
     be.PagedAttention(q_, kv, layer, c.num_heads, b.sequences, scale, att_);
     be.MatMul(att_, rows, l.wo, xb_);

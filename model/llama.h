@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -35,7 +36,8 @@ struct ForwardBatch {
 class LlamaModel {
  public:
   // `backend` is borrowed and must outlive the model. Weights are prepared for
-  // the backend here (in place on CPU).
+  // the backend here (in place on CPU). A config with rope_scaling needs the
+  // backend's RopeWithFreqFactors: Unimplemented, naming the backend, without.
   static absl::StatusOr<std::unique_ptr<LlamaModel>> Create(const ModelConfig& config,
                                                             const LlamaWeights& host_weights,
                                                             kernels::Backend* backend);
@@ -58,6 +60,8 @@ class LlamaModel {
   ModelConfig config_;
   kernels::Backend* backend_;  // borrowed
   LlamaWeights weights_;       // prepared for backend_
+  // RopeFreqFactors(config_) (host memory); empty without rope scaling.
+  std::vector<float> rope_freq_factors_;
 
   // Activation buffers in backend memory, sized for workspace_rows_ rows.
   int64_t workspace_rows_ = 0;

@@ -1,7 +1,9 @@
 #include "model/llama.h"
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
+#include <numbers>
 #include <numeric>
 #include <vector>
 
@@ -15,6 +17,7 @@ namespace tandem::model {
 namespace {
 
 using ::tandem::testing::StatusIs;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 class LlamaTest : public ::testing::Test {
@@ -124,6 +127,124 @@ TEST_F(LlamaTest, MalformedBatchesAreRejected) {
   kernels::AttentionSequence short_table{0, 1, 9, table};
   EXPECT_THAT(llama_->Forward({zero, zero, zero, {&short_table, 1}, zero}, kv_, logits.data()),
               StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// Llama 3.1 8B's RoPE (head_dim 128, rope_theta 500000, rope_scaling llama3
+// with factor 8, low_freq_factor 1, high_freq_factor 4, original 8192).
+ModelConfig Llama31Rope() {
+  ModelConfig c;
+  c.vocab_size = 128256;
+  c.dim = 4096;
+  c.num_layers = 32;
+  c.num_heads = 32;
+  c.num_kv_heads = 8;
+  c.head_dim = 128;
+  c.ffn_dim = 14336;
+  c.rope_dims = 128;
+  c.rope_freq_base = 500000.0f;
+  c.rope_scaling = {.type = RopeScaling::Type::kLlama3,
+                    .factor = 8,
+                    .low_freq_factor = 1,
+                    .high_freq_factor = 4,
+                    .original_max_position_embeddings = 8192};
+  return c;
+}
+
+// The scaled inverse frequency of pair i as transformers'
+// _compute_llama3_parameters defines it, in long double.
+long double Llama3InvFreq(int i) {
+  const long double inv_freq = std::pow(500000.0L, -2.0L * i / 128);
+  const long double wavelen = 2 * std::numbers::pi_v<long double> / inv_freq;
+  const long double low_freq_wavelen = 8192.0L / 1, high_freq_wavelen = 8192.0L / 4;
+  if (wavelen < high_freq_wavelen) return inv_freq;
+  if (wavelen > low_freq_wavelen) return inv_freq / 8;
+  const long double smooth = (8192.0L / wavelen - 1) / (4 - 1);
+  return (1 - smooth) * inv_freq / 8 + smooth * inv_freq;
+}
+
+TEST(RopeFreqFactorsTest, Llama31MatchesTransformersInvFreq) {
+  const ModelConfig c = Llama31Rope();
+  ASSERT_OK(c.Validate());
+  const std::vector<float> factors = RopeFreqFactors(c);
+  ASSERT_EQ(factors.size(), 64u);
+  // Pairs 0..28 have wavelengths under 2048 (unscaled), 35..63 over 8192
+  // (divided by 8), 29..34 between (smoothed).
+  for (int i : {0, 1, 10, 28, 29, 30, 32, 34, 36, 40, 63}) {
+    const long double base = std::pow(500000.0L, -2.0L * i / 128);
+    const long double want = Llama3InvFreq(i);
+    EXPECT_NEAR(static_cast<double>(base / factors[i] / want), 1.0, 1e-6) << "pair " << i;
+  }
+  for (int i : {0, 10, 28}) EXPECT_EQ(factors[i], 1.0f) << i;
+  for (int i : {36, 40, 63}) EXPECT_EQ(factors[i], 8.0f) << i;
+  for (int i = 29; i <= 34; ++i) {
+    EXPECT_GT(factors[i], factors[i - 1]) << i;
+    EXPECT_LT(factors[i], 8.0f) << i;
+  }
+  ModelConfig unscaled = c;
+  unscaled.rope_scaling = {};
+  EXPECT_TRUE(RopeFreqFactors(unscaled).empty());
+  ModelConfig bad = c;
+  bad.rope_scaling.high_freq_factor = 0.5f;
+  EXPECT_THAT(bad.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rope_scaling")));
+}
+
+// The CPU backend without the optional RopeWithFreqFactors (as a backend that
+// has not written it yet).
+class NoFreqFactorsBackend : public kernels::Backend {
+ public:
+  std::string_view name() const override { return "no-freq-factors"; }
+  bool SupportsWeightType(DType t) const override { return cpu_->SupportsWeightType(t); }
+  absl::StatusOr<void*> Allocate(size_t bytes) override { return cpu_->Allocate(bytes); }
+  void Free(void* p) override { cpu_->Free(p); }
+  void CopyToHost(const void* s, size_t n, void* d) override { cpu_->CopyToHost(s, n, d); }
+  void CopyFromHost(const void* s, size_t n, void* d) override { cpu_->CopyFromHost(s, n, d); }
+  void Copy(const void* s, size_t n, void* d) override { cpu_->Copy(s, n, d); }
+  absl::StatusOr<kernels::Weight> PrepareWeight(const kernels::Weight& w) override {
+    return cpu_->PrepareWeight(w);
+  }
+  void Embed(const kernels::Weight& t, absl::Span<const int32_t> ids, float* out) override {
+    cpu_->Embed(t, ids, out);
+  }
+  void RmsNorm(const float* x, int64_t rows, const kernels::Weight& w, float eps, float* out) override {
+    cpu_->RmsNorm(x, rows, w, eps, out);
+  }
+  void MatMul(const float* x, int64_t rows, const kernels::Weight& w, float* out) override {
+    cpu_->MatMul(x, rows, w, out);
+  }
+  void Rope(float* x, int64_t rows, int32_t heads, int32_t head_dim, int32_t rope_dims,
+            absl::Span<const int32_t> pos, float base, kernels::RopeStyle style) override {
+    cpu_->Rope(x, rows, heads, head_dim, rope_dims, pos, base, style);
+  }
+  void WriteKv(const kernels::KvCacheView& kv, int32_t layer, const float* k, const float* v,
+               absl::Span<const int32_t> slots) override {
+    cpu_->WriteKv(kv, layer, k, v, slots);
+  }
+  void PagedAttention(const float* q, const kernels::KvCacheView& kv, int32_t layer, int32_t heads,
+                      absl::Span<const kernels::AttentionSequence> seqs, float scale, float* out) override {
+    cpu_->PagedAttention(q, kv, layer, heads, seqs, scale, out);
+  }
+  void SwiGlu(const float* g, const float* u, int64_t n, float* out) override { cpu_->SwiGlu(g, u, n, out); }
+  void Add(float* x, const float* y, int64_t n) override { cpu_->Add(x, y, n); }
+
+ private:
+  std::unique_ptr<kernels::Backend> cpu_ = kernels::CreateCpuBackend({.num_threads = 1});
+};
+
+TEST(RopeFreqFactorsTest, CreateNeedsTheBackendOp) {
+  ASSERT_OK_AND_ASSIGN(auto tiny, LoadModel("synthetic:tiny"));
+  ModelConfig scaled = tiny->config;
+  scaled.rope_scaling = {.type = RopeScaling::Type::kLlama3,
+                         .factor = 8,
+                         .low_freq_factor = 1,
+                         .high_freq_factor = 4,
+                         .original_max_position_embeddings = 16};
+  NoFreqFactorsBackend without;
+  EXPECT_OK(LlamaModel::Create(tiny->config, tiny->weights, &without));
+  EXPECT_THAT(LlamaModel::Create(scaled, tiny->weights, &without),
+              StatusIs(absl::StatusCode::kUnimplemented,
+                       AllOf(HasSubstr("no-freq-factors"), HasSubstr("RopeWithFreqFactors"))));
+  auto cpu = kernels::CreateCpuBackend({.num_threads = 1});
+  EXPECT_OK(LlamaModel::Create(scaled, tiny->weights, cpu.get()));
 }
 
 TEST(LoaderTest, ErrorsNameTheProblem) {

@@ -31,11 +31,6 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadHfCheckpoint(std::string_view d
     return absl::Status(config.status().code(), absl::StrCat(config_path, ": ", config.status().message()));
   }
   m->config = *config;
-  if (m->config.rope_scaling.type != RopeScaling::Type::kNone) {
-    return absl::UnimplementedError(absl::StrCat(
-        config_path, ": rope_scaling type llama3 is not implemented in the forward pass yet "
-                     "(synthetic:config=", config_path, " runs this shape with random weights)"));
-  }
   TANDEM_ASSIGN_OR_RETURN(m->safetensors, SafetensorsCheckpoint::Open(dir));
   TANDEM_ASSIGN_OR_RETURN(m->weights,
                           LlamaWeightsFromSafetensors(*m->safetensors, m->config, &m->bias_storage));

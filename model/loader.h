@@ -68,8 +68,7 @@ struct LoadedModel {
 absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(std::string_view spec);
 
 // Loads a Hugging Face checkpoint directory's config and weights, without a
-// tokenizer (tokenizer is null). Unimplemented for a config whose
-// rope_scaling the forward pass does not apply yet (llama3).
+// tokenizer (tokenizer is null).
 absl::StatusOr<std::unique_ptr<LoadedModel>> LoadHfCheckpoint(std::string_view dir);
 
 }  // namespace tandem::model

@@ -1,6 +1,8 @@
 #include "model/model_config.h"
 
+#include <cmath>
 #include <limits>
+#include <numbers>
 
 #include <xxhash.h>
 
@@ -46,7 +48,39 @@ absl::Status ModelConfig::Validate() const {
   if (!(rope_freq_base > 0) || !(rms_eps > 0)) {
     return absl::InvalidArgumentError("model config: rope freq_base and rms epsilon must be positive");
   }
+  if (const RopeScaling& s = rope_scaling; s.type == RopeScaling::Type::kLlama3) {
+    if (!(s.factor > 0) || !(s.low_freq_factor > 0) || !(s.high_freq_factor > s.low_freq_factor) ||
+        s.original_max_position_embeddings <= 0) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "model config: llama3 rope_scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor "
+          "and original_max_position_embeddings > 0 (got %g, %g, %g, %d)",
+          s.factor, s.low_freq_factor, s.high_freq_factor, s.original_max_position_embeddings));
+    }
+  }
   return absl::OkStatus();
+}
+
+std::vector<float> RopeFreqFactors(const ModelConfig& config) {
+  const RopeScaling& s = config.rope_scaling;
+  if (s.type == RopeScaling::Type::kNone) return {};
+  const double old_context = s.original_max_position_embeddings;
+  const double low_freq_wavelen = old_context / s.low_freq_factor;
+  const double high_freq_wavelen = old_context / s.high_freq_factor;
+  std::vector<float> factors(config.rope_dims / 2);
+  for (int32_t i = 0; i < config.rope_dims / 2; ++i) {
+    const double freq = std::pow(static_cast<double>(config.rope_freq_base), -2.0 * i / config.rope_dims);
+    const double wavelen = 2 * std::numbers::pi / freq;
+    double factor = 1;
+    if (wavelen > low_freq_wavelen) {
+      factor = s.factor;
+    } else if (!(wavelen < high_freq_wavelen)) {
+      const double smooth =
+          (old_context / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+      factor = 1 / ((1 - smooth) / s.factor + smooth);
+    }
+    factors[i] = static_cast<float>(factor);
+  }
+  return factors;
 }
 
 absl::StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& gguf) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
@@ -13,8 +14,8 @@
 namespace tandem::model {
 
 // Llama 3 style RoPE frequency scaling (config.json "rope_scaling" with
-// rope_type "llama3"). Recorded from config.json; the forward pass does not
-// apply it yet, so LoadModel refuses real weights that need it.
+// rope_type "llama3"). The forward pass applies it through RopeFreqFactors
+// below and the backend's RopeWithFreqFactors.
 struct RopeScaling {
   enum class Type { kNone, kLlama3 };
   Type type = Type::kNone;
@@ -48,12 +49,26 @@ struct ModelConfig {
   RopeScaling rope_scaling;
 
   // Checks the numbers are positive and consistent (heads divide dim, kv heads
-  // divide heads, rope dims even and <= head_dim).
+  // divide heads, rope dims even and <= head_dim, llama3 rope_scaling factors
+  // positive with high_freq_factor > low_freq_factor).
   absl::Status Validate() const;
   kernels::KvLayout KvLayoutFor(int32_t block_size) const {
     return kernels::KvLayout{num_layers, num_kv_heads, head_dim, block_size};
   }
 };
+
+// Per rotated pair i (rope_dims / 2 entries), the divisor of the pair's
+// frequency freq_base^(-2i / rope_dims) under config.rope_scaling (ggml's
+// freq_factors; llama.cpp's converter writes the same numbers to
+// rope_freqs.weight). Empty without scaling. For llama3 these are Hugging
+// Face transformers' _compute_llama3_parameters, as divisors: with
+// wavelen = 2*pi / freq, a pair with wavelen < original_max_position_embeddings
+// / high_freq_factor keeps its frequency (1), one with wavelen >
+// original_max_position_embeddings / low_freq_factor is divided by factor, and
+// one between gets 1 / ((1 - s) / factor + s), s = (original / wavelen -
+// low_freq_factor) / (high_freq_factor - low_freq_factor). Computed in double.
+// REQUIRES: config.Validate() is OK.
+std::vector<float> RopeFreqFactors(const ModelConfig& config);
 
 // Reads `general.architecture` (must be "llama") and the `llama.*` keys.
 // Missing required keys give NotFound naming the key; absent optional keys take

@@ -9,9 +9,7 @@
 // of the config's torch_dtype (float32, float16; anything else BF16), and the
 // built-in vocabulary padded with unused tokens to the config's vocab_size.
 // Its model_id hashes the config file's bytes. A config's llama3
-// rope_scaling is recorded in the ModelConfig but not applied (no kernel
-// does yet); with random weights no output is wrong for it, and LoadModel
-// refuses real weights that need it.
+// rope_scaling is applied as for real weights (LlamaModel).
 //
 // The weights are random: the text they produce is gibberish. Real output
 // needs a real model (--model PATH.gguf).

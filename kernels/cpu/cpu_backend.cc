@@ -209,31 +209,14 @@ class CpuBackend final : public Backend {
 
   void Rope(float* x, int64_t rows, int32_t num_heads, int32_t head_dim, int32_t rope_dims,
             absl::Span<const int32_t> positions, float freq_base, RopeStyle style) override {
-    // theta_i computed as llama.cpp's ggml_rope_cache_init does: an iterated
-    // float product, so angles agree with the reference to the last bit.
-    const float theta_scale = std::pow(freq_base, -2.0f / static_cast<float>(rope_dims));
-    std::vector<float> cos_sin(rope_dims);
-    for (int64_t r = 0; r < rows; ++r) {
-      float theta = static_cast<float>(positions[r]);
-      for (int32_t i = 0; i < rope_dims; i += 2) {
-        cos_sin[i] = std::cos(theta);
-        cos_sin[i + 1] = std::sin(theta);
-        theta *= theta_scale;
-      }
-      for (int32_t h = 0; h < num_heads; ++h) {
-        float* v = x + (r * num_heads + h) * head_dim;
-        for (int32_t i = 0; i < rope_dims; i += 2) {
-          const float c = cos_sin[i];
-          const float s = cos_sin[i + 1];
-          const int32_t a = style == RopeStyle::kNormal ? i : i / 2;
-          const int32_t b = style == RopeStyle::kNormal ? i + 1 : i / 2 + rope_dims / 2;
-          const float x0 = v[a];
-          const float x1 = v[b];
-          v[a] = x0 * c - x1 * s;
-          v[b] = x0 * s + x1 * c;
-        }
-      }
-    }
+    RopeImpl(x, rows, num_heads, head_dim, rope_dims, positions, freq_base, nullptr, style);
+  }
+
+  bool RopeWithFreqFactors(float* x, int64_t rows, int32_t num_heads, int32_t head_dim, int32_t rope_dims,
+                           absl::Span<const int32_t> positions, float freq_base,
+                           absl::Span<const float> freq_factors, RopeStyle style) override {
+    RopeImpl(x, rows, num_heads, head_dim, rope_dims, positions, freq_base, freq_factors.data(), style);
+    return true;
   }
 
   void WriteKv(const KvCacheView& kv, int32_t layer, const float* k, const float* v,
@@ -314,6 +297,39 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // Rope with optional per-pair divisors (nullptr: none, i.e. all 1).
+  // theta_i computed as llama.cpp's ggml_rope_cache_init does: an iterated
+  // float product divided by the pair's factor, so angles agree with the
+  // reference to the last bit (x / 1.0f is exact: no factors, same bits).
+  static void RopeImpl(float* x, int64_t rows, int32_t num_heads, int32_t head_dim, int32_t rope_dims,
+                       absl::Span<const int32_t> positions, float freq_base, const float* freq_factors,
+                       RopeStyle style) {
+    const float theta_scale = std::pow(freq_base, -2.0f / static_cast<float>(rope_dims));
+    std::vector<float> cos_sin(rope_dims);
+    for (int64_t r = 0; r < rows; ++r) {
+      float theta = static_cast<float>(positions[r]);
+      for (int32_t i = 0; i < rope_dims; i += 2) {
+        const float t = freq_factors == nullptr ? theta : theta / freq_factors[i / 2];
+        cos_sin[i] = std::cos(t);
+        cos_sin[i + 1] = std::sin(t);
+        theta *= theta_scale;
+      }
+      for (int32_t h = 0; h < num_heads; ++h) {
+        float* v = x + (r * num_heads + h) * head_dim;
+        for (int32_t i = 0; i < rope_dims; i += 2) {
+          const float c = cos_sin[i];
+          const float s = cos_sin[i + 1];
+          const int32_t a = style == RopeStyle::kNormal ? i : i / 2;
+          const int32_t b = style == RopeStyle::kNormal ? i + 1 : i / 2 + rope_dims / 2;
+          const float x0 = v[a];
+          const float x1 = v[b];
+          v[a] = x0 * c - x1 * s;
+          v[b] = x0 * s + x1 * c;
+        }
+      }
+    }
+  }
+
   ThreadPool pool_;
 };
 

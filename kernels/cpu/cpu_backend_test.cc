@@ -126,6 +126,45 @@ TEST(CpuBackendTest, RopeRotatesPairsByPosition) {
   EXPECT_NEAR(neox[5], 2 * std::cos(t1) - 4 * std::sin(t1), 1e-5);
 }
 
+TEST(CpuBackendTest, RopeWithUnitFreqFactorsEqualsRopeBitForBit) {
+  auto backend = CreateCpuBackend({.num_threads = 1});
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> dist(-1, 1);
+  // 3 rows of 2 heads of head_dim 16 (rope over the first 12), far positions.
+  constexpr int32_t kRows = 3, kHeads = 2, kHeadDim = 16, kRopeDims = 12;
+  std::vector<float> x(kRows * kHeads * kHeadDim);
+  for (float& v : x) v = dist(rng);
+  const std::vector<int32_t> pos = {0, 17, 100003};
+  const std::vector<float> ones(kRopeDims / 2, 1.0f);
+  for (RopeStyle style : {RopeStyle::kNormal, RopeStyle::kNeox}) {
+    std::vector<float> want = x, got = x;
+    backend->Rope(want.data(), kRows, kHeads, kHeadDim, kRopeDims, pos, 500000.0f, style);
+    ASSERT_TRUE(backend->RopeWithFreqFactors(got.data(), kRows, kHeads, kHeadDim, kRopeDims, pos, 500000.0f,
+                                             ones, style));
+    ASSERT_NE(want, x);
+    EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)));
+  }
+}
+
+TEST(CpuBackendTest, RopeWithFreqFactorsDividesEachPairsAngle) {
+  auto backend = CreateCpuBackend({.num_threads = 1});
+  // One head of dim 8; pair i's angle is pos * 100^(-2i/8) / factors[i].
+  const std::vector<float> x = {1, 2, 3, 4, 5, 6, 7, 8};
+  const std::vector<int32_t> pos = {5};
+  const std::vector<float> factors = {1.0f, 8.0f, 2.5f, 0.5f};
+  for (RopeStyle style : {RopeStyle::kNormal, RopeStyle::kNeox}) {
+    std::vector<float> got = x;
+    ASSERT_TRUE(backend->RopeWithFreqFactors(got.data(), 1, 1, 8, 8, pos, 100.0f, factors, style));
+    for (int i = 0; i < 4; ++i) {
+      const double theta = 5.0 * std::pow(100.0, -2.0 * i / 8) / factors[i];
+      const int a = style == RopeStyle::kNormal ? 2 * i : i;
+      const int b = style == RopeStyle::kNormal ? 2 * i + 1 : i + 4;
+      EXPECT_NEAR(got[a], x[a] * std::cos(theta) - x[b] * std::sin(theta), 1e-5) << i;
+      EXPECT_NEAR(got[b], x[a] * std::sin(theta) + x[b] * std::cos(theta), 1e-5) << i;
+    }
+  }
+}
+
 TEST(CpuBackendTest, PagedAttentionMatchesContiguousReference) {
   std::mt19937 rng(3);
   auto backend = CreateCpuBackend({.num_threads = 2});
