@@ -409,9 +409,10 @@ std::unique_ptr<http::Server> StartHttp(const std::string& tag, const std::strin
 
 void RegisterRouter(CLI::App* cmd, RouterFlags* f) {
   cmd->add_option("--http-port", f->http_port,
-                  "OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /metrics) port; 0: off")
+                  "OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /metrics) port; "
+                  "0: any free port (printed in the ready line); -1: off")
       ->capture_default_str()
-      ->check(CLI::Range(0, 65535));
+      ->check(CLI::Range(-1, 65535));
   cmd->add_option("--api-key", f->api_keys,
                   "Bearer key accepted on the HTTP API's /v1/* (repeatable; also TANDEM_API_KEYS, comma-separated)");
   cmd->add_option("--host", f->host, "Address to bind")->capture_default_str();
@@ -463,9 +464,10 @@ static void AddWorkerFlags(CLI::App* cmd, WorkerFlags* f) {
   cmd->add_option("--kv-store", f->kv_store,
                   "Shared KV store (tandem store) host:port: tier misses fall through to it, evicted blocks are "
                   "offered to it (needs --kv-dram-bytes)");
-  cmd->add_option("--metrics-port", f->metrics_port, "HTTP port serving /metrics and /health; 0: off")
+  cmd->add_option("--metrics-port", f->metrics_port,
+                  "HTTP port serving /metrics and /health; 0: any free port (printed in the ready line); -1: off")
       ->capture_default_str()
-      ->check(CLI::Range(0, 65535));
+      ->check(CLI::Range(-1, 65535));
   AddTlsFlags(cmd, &f->tls);
   AddConfigFlags(cmd, &f->config, &f->dry_run);
 }
@@ -528,11 +530,24 @@ int RunRouter(const RouterFlags& f) {
       .model_aliases = {f.model},
       .api_keys = api_keys,
       .ready = [&registry] { return registry.HasHealthy(tandem::v1::WORKER_ROLE_DECODE); }};
-  // TODO(chat template): once model/chat_template.h lands, set render_chat from
-  // LoadedModel::chat_template and tokenizer (special tokens parsed).
+  // Chat: the model's template when it has one that parses, else ChatML
+  // (router/README.md); rendered prompts are tokenized here with special
+  // tokens parsed and no BOS added (the template writes it if the model wants it).
+  const model::Tokenizer* tokenizer = (*model)->tokenizer.get();
+  router::ChatRenderer chat = router::MakeChatRenderer((*model)->chat_template, tokenizer);
+  if (chat.model_template) {
+    std::cerr << "tandem router: chat template: the model's own\n";
+  } else if (!chat.template_error.ok()) {
+    std::cerr << "tandem router: warning: the model's chat template does not parse ("
+              << chat.template_error.message() << "); using the default (ChatML)\n";
+  } else {
+    std::cerr << "tandem router: chat template: the default (ChatML); the model has none\n";
+  }
+  front_options.render_chat = std::move(chat.render);
+  front_options.tokenizer = tokenizer;
   router::OpenAiFront front(front_options, &core);
   std::unique_ptr<http::Server> http_server;
-  if (f.http_port > 0) {
+  if (f.http_port >= 0) {
     http_server = StartHttp("tandem router: http: ", f.host, f.http_port, [&](http::Server* s) { front.Register(s); });
     if (http_server == nullptr) return 1;
   }
@@ -722,7 +737,7 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
 
   // The workers' own metrics (recorded into the default registry) over HTTP.
   std::unique_ptr<http::Server> metrics_server;
-  if (f.metrics_port > 0) {
+  if (f.metrics_port >= 0) {
     metrics_server = StartHttp(tag + "metrics: ", f.host, f.metrics_port, [](http::Server* s) {
       s->Handle("GET", "/metrics", [](const http::Request&, std::shared_ptr<http::ResponseWriter> w) {
         w->Send({.status = 200, .content_type = "text/plain; version=0.0.4; charset=utf-8",

@@ -56,7 +56,7 @@ struct RouterFlags {
   double slo_tpot_ms = 0;
   int32_t aggregate_max_uncached_tokens = 16;
   double aggregate_when_queue_ms = 0;
-  int32_t http_port = 0;              // --http-port: OpenAI-compatible HTTP API; 0: off
+  int32_t http_port = -1;             // --http-port: OpenAI-compatible HTTP API; 0: any free port; -1: off
   std::vector<std::string> api_keys;  // --api-key (repeatable) plus TANDEM_API_KEYS; empty: no auth
   TlsFlags tls;
   std::string config;    // --config FILE; empty: none
@@ -77,7 +77,7 @@ struct WorkerFlags {
   KvTierFlags kv_tiers;   // --kv-dram-bytes, --kv-ssd-path, --kv-ssd-bytes (cli/engine_flags.h)
   bool kv_prefetch = true;  // --kv-prefetch: SSD -> DRAM ahead of admission (with an SSD tier)
   std::string kv_store;     // --kv-store: the shared KV store's address; empty: none
-  int32_t metrics_port = 0;  // --metrics-port: /metrics and /health over HTTP; 0: off
+  int32_t metrics_port = -1;  // --metrics-port: /metrics and /health over HTTP; 0: any free port; -1: off
   TlsFlags tls;
   std::string config;    // --config FILE; empty: none
   bool dry_run = false;  // --dry-run

@@ -45,8 +45,9 @@ void RegisterUp(CLI::App* cmd, UpFlags* f) {
       ->check(CLI::IsMember({"kv", "round_robin", "least_loaded", "random"}));
   cmd->add_option("--slo-ttft-ms", f->slo_ttft_ms, "Router's default TTFT target, ms (see tandem router --help)");
   cmd->add_option("--slo-tpot-ms", f->slo_tpot_ms, "Router's default TPOT target, ms");
-  cmd->add_option("--http-port", f->http_port, "Router's OpenAI-compatible HTTP port; 0: off")
-      ->check(CLI::Range(0, 65535));
+  cmd->add_option("--http-port", f->http_port,
+                  "Router's OpenAI-compatible HTTP port; 0: any free port (the ready event's \"http\"); -1: off")
+      ->check(CLI::Range(-1, 65535));
   cmd->add_option("--api-key", f->api_keys, "Bearer key for the router's HTTP /v1/* (repeatable)");
   cmd->add_option("--kv-cache-mb", f->kv_cache_mb, "KV cache per worker, MiB (default: the workers' default)")
       ->check(CLI::NonNegativeNumber);
@@ -529,7 +530,7 @@ int RunUp(const UpFlags& f) {
   if (!f.policy.empty()) router.argv.insert(router.argv.end(), {"--policy", f.policy});
   if (f.slo_ttft_ms >= 0) router.argv.insert(router.argv.end(), {"--slo-ttft-ms", absl::StrCat(f.slo_ttft_ms)});
   if (f.slo_tpot_ms >= 0) router.argv.insert(router.argv.end(), {"--slo-tpot-ms", absl::StrCat(f.slo_tpot_ms)});
-  if (f.http_port > 0) router.argv.insert(router.argv.end(), {"--http-port", absl::StrCat(f.http_port)});
+  if (f.http_port >= 0) router.argv.insert(router.argv.end(), {"--http-port", absl::StrCat(f.http_port)});
   for (const std::string& key : f.api_keys) router.argv.insert(router.argv.end(), {"--api-key", key});
   auto router_ready = sup.StartAndWaitReady({router}, deadline);
   if (!router_ready.ok()) return fail(router_ready.status());

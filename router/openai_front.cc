@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "model/chat_template.h"
 #include "nlohmann/json.hpp"
 
 namespace tandem::router {
@@ -231,6 +232,34 @@ std::optional<double> HeaderNumber(const http::Request& r, std::string_view name
 }
 
 }  // namespace
+
+ChatRenderer MakeChatRenderer(std::string_view template_source, const model::Tokenizer* tokenizer) {
+  ChatRenderer out;
+  std::shared_ptr<const model::ChatTemplate> tmpl;
+  if (!template_source.empty()) {
+    absl::StatusOr<std::unique_ptr<model::ChatTemplate>> parsed = model::ChatTemplate::Create(template_source);
+    if (parsed.ok()) {
+      tmpl = *std::move(parsed);
+      out.model_template = true;
+    } else {
+      out.template_error = parsed.status();
+    }
+  }
+  if (tmpl == nullptr) tmpl = model::ChatTemplate::Default();
+  model::ChatTemplateOptions render_options{.add_generation_prompt = true};
+  if (tokenizer != nullptr) {
+    if (tokenizer->bos_id() >= 0) render_options.bos_token = tokenizer->TokenToPiece(tokenizer->bos_id(), true);
+    if (tokenizer->eos_id() >= 0) render_options.eos_token = tokenizer->TokenToPiece(tokenizer->eos_id(), true);
+  }
+  out.render = [tmpl = std::move(tmpl), render_options = std::move(render_options)](
+                   const std::vector<ChatTurn>& turns) -> absl::StatusOr<std::string> {
+    std::vector<model::ChatMessage> messages;
+    messages.reserve(turns.size());
+    for (const ChatTurn& t : turns) messages.push_back({.role = t.role, .content = t.content});
+    return tmpl->Render(messages, render_options);
+  };
+  return out;
+}
 
 struct OpenAiFront::Metrics {
   explicit Metrics(MetricsRegistry* r)
@@ -536,6 +565,9 @@ void OpenAiFront::Generate(const http::Request& http_request, std::shared_ptr<ht
                              "max_tokens must be at least 1"));
       }
       req.set_max_tokens(static_cast<int32_t>(*max_tokens));
+    } else {
+      req.set_max_tokens(std::max(0, chat ? options_.chat_default_max_tokens
+                                          : options_.completions_default_max_tokens));
     }
     if (auto e = GetInt(body, "n", &n)) return fail(*e);
     if (n && *n != 1) return fail(BadParam("n", "only n=1 is supported"));

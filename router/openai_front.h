@@ -8,11 +8,15 @@
 //   GET  /ready                 200 when options.ready() (a healthy decode worker), else 503
 //   GET  /metrics               Prometheus text of options.metrics
 //
+//   ChatRenderer chat = MakeChatRenderer(model->chat_template, model->tokenizer.get());
+//   options.render_chat = chat.render;
+//   options.tokenizer = model->tokenizer.get();   // chat prompts go as token ids
 //   OpenAiFront front(options, generator);   // generator borrowed
 //   front.Register(server.get());            // before server->Start()
 //
 // Request fields: model, prompt / messages, max_tokens (chat also
-// max_completion_tokens; unset: the router's default), temperature, top_p,
+// max_completion_tokens; unset: see the options' *_default_max_tokens),
+// temperature, top_p,
 // seed, stop (string or array), n (1 only), stream,
 // stream_options.include_usage, user (ignored). Tandem extras in the body:
 // top_k, ignore_eos (bool), slo_ttft_ms, slo_tpot_ms (> 0); or as headers
@@ -37,12 +41,14 @@
 #ifndef TANDEM_ROUTER_OPENAI_FRONT_H_
 #define TANDEM_ROUTER_OPENAI_FRONT_H_
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/metrics.h"
@@ -78,14 +84,44 @@ struct OpenAiFrontOptions {
   absl::Duration request_timeout = absl::Minutes(10);
   // Seconds sent in Retry-After with a 429. Default: 1.
   int retry_after_seconds = 1;
+  // max_tokens of a /v1/completions request that sets none: 16, OpenAI's
+  // documented default for completions. 0: the generator's default.
+  // Default: 16.
+  int32_t completions_default_max_tokens = 16;
+  // max_tokens of a /v1/chat/completions request that sets neither
+  // max_tokens nor max_completion_tokens. OpenAI's default is "until the
+  // context ends"; an unbounded default lets one careless client hold a
+  // decode slot for the whole context, so the default is bounded: 0 sends no
+  // max_tokens and the generator applies its own default (the router's
+  // RouterOptions::default_max_tokens, 64). Default: 0.
+  int32_t chat_default_max_tokens = 0;
   // Renders chat messages into the prompt text (the model's chat template,
-  // model::ChatTemplate). Default (unset): ChatML.
+  // model::ChatTemplate; see MakeChatRenderer). Default (unset): ChatML.
   std::function<absl::StatusOr<std::string>(const std::vector<ChatTurn>&)> render_chat;
   // If set (borrowed), rendered chat prompts are tokenized here with special
   // tokens parsed (the template writes them as text) and no BOS added (the
   // template writes it), and sent as token ids. Unset: sent as text.
   const model::Tokenizer* tokenizer = nullptr;
 };
+
+// The chat rendering a served model gets (what RunRouter sets as
+// OpenAiFrontOptions::render_chat):
+//  - the model's own template (`template_source`: LoadedModel::chat_template,
+//    from GGUF tokenizer.chat_template or tokenizer_config.json) when it is
+//    non-empty and parses;
+//  - else model::ChatTemplate::Default() (ChatML); `template_error` then says
+//    why the model's template was not used, if it had one.
+// The template sees bos_token and eos_token as the tokenizer's BOS/EOS text
+// (`tokenizer` borrowed, may be null: empty strings) and
+// add_generation_prompt=true. A render error (e.g. a template's
+// raise_exception on roles that do not alternate) is InvalidArgument, which
+// the front answers with 400.
+struct ChatRenderer {
+  std::function<absl::StatusOr<std::string>(const std::vector<ChatTurn>&)> render;
+  bool model_template = false;  // true: the model's template; false: ChatML
+  absl::Status template_error;  // the model's template's parse error; OK if none
+};
+ChatRenderer MakeChatRenderer(std::string_view template_source, const model::Tokenizer* tokenizer);
 
 class OpenAiFront {
  public:

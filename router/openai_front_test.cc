@@ -139,7 +139,7 @@ TEST_F(OpenAiFrontTest, PromptForms) {
   EXPECT_EQ(requests[0].prompt(), "one");
   EXPECT_THAT(requests[1].prompt_token_ids().ids(), ElementsAre(1, 2, 3));
   EXPECT_THAT(requests[2].prompt_token_ids().ids(), ElementsAre(4, 5));
-  EXPECT_EQ(requests[0].max_tokens(), 0);  // unset: the router's default
+  EXPECT_EQ(requests[0].max_tokens(), 16);  // unset: OpenAI's completions default
 }
 
 TEST_F(OpenAiFrontTest, ChatRendersMessagesAndAnswersChatCompletion) {
