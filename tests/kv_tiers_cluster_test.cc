@@ -18,8 +18,11 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
+#include "kvstore/block_format.h"
+#include "kvstore/ssd_tier.h"
 #include "model/loader.h"
 #include "nlohmann/json.hpp"
+#include "rocksdb/db.h"
 #include "tandem/v1/tandem.grpc.pb.h"
 #include "tandem/v1/worker.grpc.pb.h"
 #include "tests/testing/subprocess.h"
@@ -90,6 +93,27 @@ std::set<BlockHash> SnapshotTier(const std::string& address, tandem::v1::KvTier 
     if (e.tier() == tier) out.insert(e.block_hashes().begin(), e.block_hashes().end());
   }
   return out;
+}
+
+// Flips one payload bit of a block's value in a closed SSD tier (RocksDB
+// directory of kvstore::SsdTier), as a failing disk would.
+void CorruptSsdValue(const std::string& path, const std::string& model_id, BlockHash hash) {
+  rocksdb::ColumnFamilyOptions blob;
+  blob.enable_blob_files = true;
+  std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
+      {rocksdb::kDefaultColumnFamilyName, blob},
+      {kvstore::SsdTier::kMetaColumnFamily, rocksdb::ColumnFamilyOptions()}};
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* db = nullptr;
+  ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), path, cfs, &handles, &db).ok());
+  const std::string key = kvstore::SsdTier::SsdKey(kvstore::ModelIdHash(model_id), hash);
+  std::string value;
+  ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), handles[0], key, &value).ok());
+  value[value.size() - 7] ^= 0x10;
+  ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), handles[0], key, value).ok());
+  for (auto* h : handles) ASSERT_TRUE(db->DestroyColumnFamilyHandle(h).ok());
+  ASSERT_TRUE(db->Close().ok());
+  delete db;
 }
 
 bool ContainsAll(const std::set<BlockHash>& held, const std::vector<BlockHash>& want) {
@@ -219,6 +243,8 @@ TEST(KvTiersClusterTest, SsdBlocksSurviveKillAndAreServedAgain) {
 // evicts the blocks, offers them to `tandem store`; the store is killed -9
 // and restarted on the same SSD path, A is gone, and a fresh prefill worker
 // B reuses the prompt's KV from the store: the same tokens as A computed.
+// One of the blocks is corrupted on the store's SSD while it is down: it is
+// never served, so B reuses exactly the blocks before it and computes the rest.
 TEST(KvTiersClusterTest, SharedStoreServesAnotherWorkerAfterKill) {
   if (!std::ifstream(kStories)) GTEST_SKIP() << "shared data absent";
   std::string dir = ::testing::TempDir() + "/kv_store_cluster_XXXXXX";
@@ -273,6 +299,8 @@ TEST(KvTiersClusterTest, SharedStoreServesAnotherWorkerAfterKill) {
   for (Proc* p : {&store, &prefill_a, &decode}) {
     ASSERT_TRUE(p->process->Wait(absl::Now() + absl::Seconds(10)).has_value());
   }
+  constexpr size_t kCorrupt = 5;
+  ASSERT_NO_FATAL_FAILURE(CorruptSsdValue(dir + "/store", (*model)->config.model_id, hashes[kCorrupt]));
   store = Start(store_argv);
   ASSERT_FALSE(store.address.empty());
   EXPECT_GE(store.ready["ssd_blocks_reopened"].get<int64_t>(), static_cast<int64_t>(hashes.size()));
@@ -290,8 +318,9 @@ TEST(KvTiersClusterTest, SharedStoreServesAnotherWorkerAfterKill) {
   ASSERT_TRUE(again.status.ok()) << again.status.error_message();
   EXPECT_EQ(again.summary.prefill_worker(), "prefill-b");
   EXPECT_EQ(again.tokens, first.tokens);
-  EXPECT_GE(again.summary.usage().cached_tokens(), static_cast<int32_t>(hashes.size() - 1) * kBlockSize)
-      << "the prompt's blocks were not reused from the shared store";
+  // Blocks [0, kCorrupt) from the store; the corrupt one and the rest computed.
+  EXPECT_EQ(again.summary.usage().cached_tokens(), static_cast<int32_t>(kCorrupt) * kBlockSize)
+      << "the prompt's blocks were not reused from the shared store up to the corrupt one";
 
   for (Proc* p : {&prefill_b, &decode, &store, &router}) p->process.reset();
   std::error_code ec;
