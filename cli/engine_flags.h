@@ -10,6 +10,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
+#include "kernels/backend_factory.h"
 #include "kvstore/block_format.h"
 #include "kvstore/tiered_store.h"
 #include "model/model_config.h"
@@ -31,6 +32,23 @@ inline void AddEngineFlags(CLI::App* cmd, int32_t* block_size, int32_t* kv_cache
   cmd->add_option("--max-step-tokens", *max_step_tokens, "Most tokens in one forward pass")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+}
+
+// Which kernel backend runs the model (kernels/backend_factory.h).
+struct DeviceFlags {
+  std::string device = "auto";  // --device cpu|cuda|auto
+  bool cuda_fp32 = false;       // --cuda-fp32
+};
+
+inline void AddDeviceFlags(CLI::App* cmd, DeviceFlags* f) {
+  cmd->add_option("--device", f->device, "Kernel backend: cpu, cuda, or auto (cuda when a GPU is present)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  cmd->add_flag("--cuda-fp32", f->cuda_fp32, "CUDA: F32 weights and FP32 GEMMs instead of BF16 (exact checks)");
+}
+
+inline absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeBackend(const DeviceFlags& f, int32_t threads) {
+  return kernels::CreateBackend({.device = f.device, .num_threads = threads, .cuda_fp32 = f.cuda_fp32});
 }
 
 // KV tiers below the engine's pool (kvstore/): off unless --kv-dram-bytes > 0.

@@ -46,6 +46,7 @@ void RegisterGenerate(CLI::App* cmd, GenerateFlags* f) {
                   "top_k, top_p, seed}) run concurrently; prints one JSON line per prompt")
       ->check(CLI::ExistingFile);
   AddEngineFlags(cmd, &f->block_size, &f->kv_cache_mb, &f->max_running, &f->max_step_tokens);
+  AddDeviceFlags(cmd, &f->device);
   AddKvTierFlags(cmd, &f->kv_tiers);
   cmd->add_option("--remote", f->remote,
                   "Send the request to a cluster's router at HOST:PORT instead of running the model "
@@ -185,8 +186,17 @@ int RunGenerate(const GenerateFlags& f) {
               << " has synthetic random weights, so its text is gibberish. For a real model pass "
                  "--model PATH.gguf (e.g. --model ../shared/models/stories260K.gguf).\n";
   }
-  std::unique_ptr<kernels::Backend> backend =
-      kernels::CreateCpuBackend({.num_threads = f.threads});
+  auto created = MakeBackend(f.device, f.threads);
+  if (!created.ok()) {
+    std::cerr << "tandem generate: " << created.status().message() << "\n";
+    return 1;
+  }
+  std::unique_ptr<kernels::Backend> backend = std::move(*created);
+  if (backend->name() != "cpu" && f.kv_tiers.dram_bytes > 0) {
+    // The tiers copy pool blocks as host memory; a device pool needs staging first.
+    std::cerr << "tandem generate: KV tiers (--kv-dram-bytes) need --device cpu for now\n";
+    return 1;
+  }
   auto llama = model::LlamaModel::Create(m.config, m.weights, backend.get());
   if (!llama.ok()) {
     std::cerr << "tandem generate: " << llama.status().message() << "\n";

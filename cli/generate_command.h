@@ -21,6 +21,7 @@ struct GenerateFlags {
   std::optional<uint64_t> seed;
   bool json = false;
   int32_t threads = 0;
+  DeviceFlags device;  // --device, --cuda-fp32 (cli/engine_flags.h)
   // Batch mode: one JSON object per line ({"prompt": ..., optional
   // "max_tokens", "temperature", "top_k", "top_p", "seed"}), run concurrently
   // through one engine; one JSON line out per prompt, in input order.

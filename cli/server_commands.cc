@@ -456,6 +456,7 @@ static void AddWorkerFlags(CLI::App* cmd, WorkerFlags* f) {
   cmd->add_option("--threads", f->threads, "CPU threads for the engine (0: one per core)")
       ->capture_default_str();
   AddEngineFlags(cmd, &f->block_size, &f->kv_cache_mb, &f->max_running, &f->max_step_tokens, "Tokens per KV block (same on every worker)");
+  AddDeviceFlags(cmd, &f->device);
   cmd->add_option("--worker-id", f->worker_id, "Worker id (default: ROLE-HOST-PID)");
   AddKvTierFlags(cmd, &f->kv_tiers);
   cmd->add_option("--kv-prefetch", f->kv_prefetch,
@@ -581,7 +582,18 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
     return 1;
   }
   const model::ModelConfig& config = (*model)->config;
-  std::unique_ptr<kernels::Backend> backend = kernels::CreateCpuBackend({.num_threads = f.threads});
+  auto created = MakeBackend(f.device, f.threads);
+  if (!created.ok()) {
+    std::cerr << tag << created.status().message() << "\n";
+    return 1;
+  }
+  std::unique_ptr<kernels::Backend> backend = std::move(*created);
+  if (backend->name() != "cpu") {
+    // The transfer engine and the KV tiers read the pool as host memory; a
+    // device pool needs staged copies first (kernels/cuda/README.md).
+    std::cerr << tag << "--device " << backend->name() << " is not supported by workers yet; use --device cpu\n";
+    return 1;
+  }
   auto llama = model::LlamaModel::Create(config, (*model)->weights, backend.get());
   if (!llama.ok()) {
     std::cerr << tag << llama.status().message() << "\n";

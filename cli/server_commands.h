@@ -69,6 +69,9 @@ struct WorkerFlags {
   int32_t port = 0;
   std::string model = "synthetic:tiny";
   int32_t threads = 1;
+  // --device, --cuda-fp32 (cli/engine_flags.h). CPU only for now: KV transfers
+  // and tiers read the pool as host memory (see RunWorker).
+  DeviceFlags device{.device = "cpu"};
   int32_t block_size = 16;
   int32_t kv_cache_mb = 256;
   int32_t max_running = 64;
