@@ -80,7 +80,10 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const tandem:
   const bool eos = done.end == engine::SequenceEnd::kStop;
   response->set_first_token_is_eos(eos);
   response->set_first_token(eos ? 0 : done.new_tokens.at(0));
-  response->set_cached_tokens(std::max(done.cached_tokens, res.cached_blocks() * options_.block_size));
+  // Tokens this worker did not compute (its own prefix cache and tiers).
+  // Blocks the decode worker already held save transfer, not compute, so
+  // they do not count: usage.cached_tokens is the compute a cache saved.
+  response->set_cached_tokens(done.cached_tokens);
   response->set_prefill_ms(absl::ToDoubleMilliseconds(computed - start));
 
   // 2. Write the blocks the decode worker lacks into its reservation. The
