@@ -4,7 +4,8 @@
 # `tandem bench` and reads the workers' /metrics for prefix reuse per tier
 # and prompt tokens computed. One line of JSON per configuration on stdout.
 #   bench/kv_tiers_bench.sh [BUILD_DIR] [MAX_REQUESTS]
-# Configurations: tiers off, DRAM only, DRAM+SSD (prefetch on), DRAM+SSD
+# Configurations (TANDEM_CONFIGS, default all but dram64): tiers off, DRAM
+# only (TANDEM_KV_DRAM_BYTES, default 16 MiB; dram64: 64 MiB), DRAM+SSD (prefetch on), DRAM+SSD
 # (prefetch off), and a shared `tandem store` (DRAM+SSD) behind workers with a
 # small DRAM tier of their own. The pool is kept small (--kv-cache-mb 3: 153 blocks of 16
 # tokens, about five prompts) so HBM overflows.
@@ -80,12 +81,13 @@ print(json.dumps({"label": sys.argv[2], "requests": s.get("requests"), "complete
 PY
 }
 
-dram=$((16 << 20))  # about 800 blocks of 16 tokens
+dram="${TANDEM_KV_DRAM_BYTES:-$((16 << 20))}"  # 16 MiB: about 800 blocks of 16 tokens
 configs="${TANDEM_CONFIGS:-off dram dram_ssd dram_ssd_noprefetch store}"
 for c in $configs; do
   case "$c" in
     off) run off ;;
     dram) run dram --kv-dram-bytes "$dram" ;;
+    dram64) run dram64 --kv-dram-bytes $((64 << 20)) ;;
     dram_ssd) run dram_ssd --kv-dram-bytes "$dram" --kv-ssd-path X --kv-prefetch true ;;
     dram_ssd_noprefetch) run dram_ssd_noprefetch --kv-dram-bytes "$dram" --kv-ssd-path X --kv-prefetch false ;;
     store) run store --kv-dram-bytes $((2 << 20)) --kv-store STORE ;;

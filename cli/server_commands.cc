@@ -689,7 +689,9 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
   runner_options.on_tick = [&decode_raw, hits, computed, tiers_raw = tiers->get()](engine::Engine& e) {
     if (decode_raw != nullptr) decode_raw->ExpireReservations(e);
     const engine::KvManager::Stats& kv_stats = e.kv_manager().stats();
-    // KvManager counts shared-store hits with the SSD hits; the tiers tell them apart.
+    // KvManager counts blocks the tiers fetched from the shared store for it
+    // with the SSD hits; the tiers tell them apart (blocks the prefetcher
+    // fetched are DRAM hits by then).
     const int64_t store_hits = tiers_raw != nullptr ? tiers_raw->stats().remote_hits : 0;
     hits[0]->Set(static_cast<double>(kv_stats.hbm_hit_blocks));
     hits[1]->Set(static_cast<double>(kv_stats.dram_hit_blocks));

@@ -93,6 +93,7 @@ TEST_F(StoreRpcTest, WorkerAPutsWorkerBGetsTheSameBytes) {
   EXPECT_EQ(*from, Tier::kRemote);
   EXPECT_EQ(out, PayloadFor(1, kPayload));
   EXPECT_EQ((*worker_b)->stats().remote_hits, 1);
+  EXPECT_EQ((*worker_b)->stats().remote_promotions, 0);
   // Now in B's own DRAM.
   EXPECT_EQ((*worker_b)->Find(hash), Tier::kDram);
   // Other tokens under the same hash: a miss, not the stored bytes.

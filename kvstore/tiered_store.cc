@@ -263,7 +263,7 @@ absl::Status TieredStore::FetchRemote(BlockHash hash, absl::Span<const int32_t> 
     }
   }
   std::lock_guard<std::mutex> s(stats_mu_);
-  ++stats_.remote_hits;
+  ++(payload_out.empty() ? stats_.remote_promotions : stats_.remote_hits);
   return absl::OkStatus();
 }
 

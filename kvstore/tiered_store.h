@@ -130,7 +130,8 @@ class TieredStore {
     int64_t ssd_write_errors = 0;
     int64_t corrupt_blocks = 0;  // SSD values that failed verification (deleted)
   int64_t promotions = 0;      // Promote calls that moved an SSD block into DRAM
-  int64_t remote_hits = 0;     // Get/Promote calls served by Options::remote
+  int64_t remote_hits = 0;     // Get calls served by Options::remote
+  int64_t remote_promotions = 0;  // Promote calls served by Options::remote
   int64_t remote_rejected = 0;  // remote values that failed verification
   };
 
@@ -201,7 +202,8 @@ class TieredStore {
   void Emit(TierEvent::Kind kind, Tier tier, std::vector<BlockHash> hashes);
   void NoteSsdRemoved(bool removed, BlockHash hash);
   // A local miss: ask Options::remote; on a verified hit put the value into
-  // DRAM and copy the payload into `payload_out` when it is not empty.
+  // DRAM and copy the payload into `payload_out` when it is not empty (a
+  // Get; empty: a Promote, counted apart).
   absl::Status FetchRemote(BlockHash hash, absl::Span<const int32_t> tokens, absl::Span<uint8_t> payload_out);
 
   const Options options_;
