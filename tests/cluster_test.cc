@@ -1,7 +1,10 @@
 // The disaggregated cluster end to end: real router, prefill and decode
 // processes on loopback, KV moving over UCX, clients over gRPC.
 #include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
 
+#include <cstdio>
 #include <fstream>
 #include <functional>
 #include <set>
@@ -353,6 +356,44 @@ TEST(ClusterTest, PrefillWorkerKilledRequestsPrefillElsewhere) {
     ASSERT_TRUE(results[i].status.ok()) << i << ": " << results[i].status.error_message();
     EXPECT_EQ(results[i].tokens, local.Greedy(absl::StrCat(long_prompt, i), 6));
   }
+}
+
+}  // namespace
+}  // namespace tandem
+
+namespace tandem {
+namespace {
+
+// Issue 9: a synthetic-weight model in the shape of a Hugging Face
+// config.json (Llama 3.2's keys and rope_scaling, dimensions shrunk so three
+// processes load it in a moment) runs through the whole cluster and gives the
+// single-process tokens.
+TEST(ClusterTest, SyntheticModelFromConfigJsonMatchesSingleProcess) {
+  char dir_template[] = "/tmp/tandem-config-XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string path = std::string(dir_template) + "/config.json";
+  nlohmann::json config = {
+      {"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"},
+      {"hidden_size", 128}, {"intermediate_size", 384}, {"num_hidden_layers", 4},
+      {"num_attention_heads", 8}, {"num_key_value_heads", 2}, {"head_dim", 16},
+      {"vocab_size", 600}, {"max_position_embeddings", 2048}, {"rms_norm_eps", 1e-5},
+      {"rope_theta", 500000.0}, {"tie_word_embeddings", true}, {"hidden_act", "silu"},
+      {"bos_token_id", 1}, {"eos_token_id", 2}, {"torch_dtype", "bfloat16"},
+      {"rope_scaling", {{"rope_type", "llama3"}, {"factor", 32.0}, {"low_freq_factor", 1.0},
+                        {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}}}};
+  std::ofstream(path) << config.dump(2);
+  const std::string spec = "synthetic:config=" + path;
+  Cluster cluster;
+  ASSERT_NO_FATAL_FAILURE(cluster.Start(spec, 1, 1));
+  LocalModel local(spec);
+  for (const char* prompt : {"Once upon a time", "The little dog ran"}) {
+    StreamResult r = cluster.Generate(prompt, 12);
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.tokens, local.Greedy(prompt, 12)) << prompt;
+    EXPECT_FALSE(r.summary.prefill_worker().empty());
+  }
+  std::remove(path.c_str());
+  rmdir(dir_template);
 }
 
 }  // namespace
