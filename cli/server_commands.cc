@@ -797,12 +797,42 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
   worker_common::KvEventPublisher publisher({.worker_id = worker_id}, &kv_events, registry.get(), load_proto);
   publisher.Start();
   absl::Notification stop_heartbeat;
+  // The worker's own /metrics (--metrics-port): engine load, refreshed with
+  // every heartbeat.
+  struct LoadGauges {
+    Gauge* step_ms;
+    Gauge* batch;
+    Gauge* running;
+    Gauge* waiting;
+    Gauge* queued_prefill_tokens;
+    Gauge* hbm_used_blocks;
+    Gauge* hbm_total_blocks;
+  };
+  const LoadGauges gauges = [] {
+    MetricsRegistry& r = DefaultMetricsRegistry();
+    return LoadGauges{
+        r.Gauge("tandem_worker_decode_step_ms", "Recent mean engine step time with decode rows, ms")->WithLabels({}),
+        r.Gauge("tandem_worker_decode_batch", "Recent mean sequences decoded per step")->WithLabels({}),
+        r.Gauge("tandem_worker_running", "Sequences in the running batch")->WithLabels({}),
+        r.Gauge("tandem_worker_waiting", "Sequences queued for admission")->WithLabels({}),
+        r.Gauge("tandem_worker_queued_prefill_tokens", "Prompt tokens waiting to be computed")->WithLabels({}),
+        r.Gauge("tandem_worker_kv_pool_used_blocks", "KV blocks in use, by tier", {"tier"})->WithLabels({"hbm"}),
+        r.Gauge("tandem_worker_kv_pool_blocks", "KV blocks in the pool, by tier", {"tier"})->WithLabels({"hbm"})};
+  }();
   std::thread heartbeat([&] {
     const absl::Duration interval = absl::Milliseconds(250);
     while (!stop_heartbeat.WaitForNotificationWithTimeout(interval)) {
       tandem::v1::HeartbeatRequest hb;
       hb.set_worker_id(worker_id);
       *hb.mutable_load() = load_proto();
+      const tandem::v1::WorkerLoad& l = hb.load();
+      gauges.step_ms->Set(l.decode_step_ms());
+      gauges.batch->Set(l.decode_batch());
+      gauges.running->Set(l.running());
+      gauges.waiting->Set(l.waiting());
+      gauges.queued_prefill_tokens->Set(static_cast<double>(l.queued_prefill_tokens()));
+      gauges.hbm_used_blocks->Set(l.used_blocks());
+      gauges.hbm_total_blocks->Set(l.total_blocks());
       grpc::ClientContext ctx;
       ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
       tandem::v1::HeartbeatResponse resp;

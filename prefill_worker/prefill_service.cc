@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "common/metrics.h"
 #include "proto/grpc_status.h"
 #include "worker_common/worker_status.h"
 
@@ -112,7 +113,29 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const tandem:
     }
     response->set_transferred_bytes(writes.size() * options_.block_bytes);
   }
-  response->set_transfer_ms(absl::ToDoubleMilliseconds(absl::Now() - computed));
+  const absl::Duration transfer_time = absl::Now() - computed;
+  response->set_transfer_ms(absl::ToDoubleMilliseconds(transfer_time));
+  if (response->transferred_bytes() > 0) {
+    // GB/s = rate(bytes_total) / rate(seconds_total); the gauge keeps the
+    // last request's figure for a glance.
+    static Counter* const bytes = DefaultMetricsRegistry()
+                                      .Counter("tandem_worker_kv_transfer_bytes_total",
+                                               "KV bytes written to decode workers over UCX")
+                                      ->WithLabels({});
+    static Counter* const seconds = DefaultMetricsRegistry()
+                                        .Counter("tandem_worker_kv_transfer_seconds_total",
+                                                 "Time spent writing KV to decode workers")
+                                        ->WithLabels({});
+    static Gauge* const gbps = DefaultMetricsRegistry()
+                                   .Gauge("tandem_worker_kv_transfer_last_gbps",
+                                          "The last request's KV transfer rate, GB/s")
+                                   ->WithLabels({});
+    bytes->Increment(static_cast<double>(response->transferred_bytes()));
+    seconds->Increment(absl::ToDoubleSeconds(transfer_time));
+    if (transfer_time > absl::ZeroDuration()) {
+      gbps->Set(static_cast<double>(response->transferred_bytes()) / absl::ToDoubleSeconds(transfer_time) / 1e9);
+    }
+  }
   release();
   return grpc::Status::OK;
 }

@@ -462,6 +462,10 @@ TEST_F(OpenAiClusterTest, MetricsOnTheRouterAndOnAWorker) {
   EXPECT_EQ(wm.status, 200);
   EXPECT_THAT(wm.head, HasSubstr("content-type: text/plain; version=0.0.4"));
   EXPECT_THAT(wm.body, Not(HasSubstr("tandem_http_requests_total")));  // its own registry, not the router's
+  // Its engine's load: step time, batch, pool usage by tier.
+  EXPECT_THAT(wm.body, HasSubstr("tandem_worker_decode_step_ms"));
+  EXPECT_THAT(wm.body, HasSubstr("tandem_worker_decode_batch"));
+  EXPECT_THAT(wm.body, HasSubstr("tandem_worker_kv_pool_blocks{tier=\"hbm\"}"));
   EXPECT_EQ(Exchange(metrics_port, Request("GET", "/health", "")).status, 200);
   worker.Signal(SIGTERM);
   EXPECT_TRUE(worker.Wait(absl::Now() + absl::Seconds(15)).has_value());
