@@ -43,6 +43,7 @@
 #include "router/worker_registry.h"
 #include "transfer/transfer_engine.h"
 #include "worker_common/kv_event_publisher.h"
+#include "worker_common/router_membership.h"
 #include "worker_common/worker_status.h"
 
 namespace tandem::cli {
@@ -775,28 +776,6 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
   reg.set_address(address);
   reg.set_model_id(config.model_id);
   reg.set_block_size(f.block_size);
-  auto do_register = [&]() -> grpc::Status {
-    *reg.mutable_load() = load_proto();
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
-    ctx.set_wait_for_ready(true);
-    tandem::v1::RegisterResponse resp;
-    return registry->Register(&ctx, reg, &resp);
-  };
-  const absl::Time register_deadline = absl::Now() + absl::Seconds(30);
-  grpc::Status registered = do_register();
-  while (!registered.ok() && registered.error_code() != grpc::StatusCode::INVALID_ARGUMENT &&
-         absl::Now() < register_deadline) {
-    registered = do_register();
-  }
-  if (!registered.ok()) {
-    std::cerr << tag << "cannot register with router " << f.router << ": " << registered.error_message() << "\n";
-    server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
-    return 1;
-  }
-  worker_common::KvEventPublisher publisher({.worker_id = worker_id}, &kv_events, registry.get(), load_proto);
-  publisher.Start();
-  absl::Notification stop_heartbeat;
   // The worker's own /metrics (--metrics-port): engine load, refreshed with
   // every heartbeat.
   struct LoadGauges {
@@ -819,27 +798,26 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
         r.Gauge("tandem_worker_kv_pool_used_blocks", "KV blocks in use, by tier", {"tier"})->WithLabels({"hbm"}),
         r.Gauge("tandem_worker_kv_pool_blocks", "KV blocks in the pool, by tier", {"tier"})->WithLabels({"hbm"})};
   }();
-  std::thread heartbeat([&] {
-    const absl::Duration interval = absl::Milliseconds(250);
-    while (!stop_heartbeat.WaitForNotificationWithTimeout(interval)) {
-      tandem::v1::HeartbeatRequest hb;
-      hb.set_worker_id(worker_id);
-      *hb.mutable_load() = load_proto();
-      const tandem::v1::WorkerLoad& l = hb.load();
-      gauges.step_ms->Set(l.decode_step_ms());
-      gauges.batch->Set(l.decode_batch());
-      gauges.running->Set(l.running());
-      gauges.waiting->Set(l.waiting());
-      gauges.queued_prefill_tokens->Set(static_cast<double>(l.queued_prefill_tokens()));
-      gauges.hbm_used_blocks->Set(l.used_blocks());
-      gauges.hbm_total_blocks->Set(l.total_blocks());
-      grpc::ClientContext ctx;
-      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
-      tandem::v1::HeartbeatResponse resp;
-      grpc::Status s = registry->Heartbeat(&ctx, hb, &resp);
-      if (s.ok() && !resp.known()) (void)do_register();  // the router restarted
-    }
-  });
+  worker_common::RouterMembership membership(
+      {.registration = reg,
+       .load = load_proto,
+       .on_heartbeat =
+           [&gauges](const tandem::v1::WorkerLoad& l) {
+             gauges.step_ms->Set(l.decode_step_ms());
+             gauges.batch->Set(l.decode_batch());
+             gauges.running->Set(l.running());
+             gauges.waiting->Set(l.waiting());
+             gauges.queued_prefill_tokens->Set(static_cast<double>(l.queued_prefill_tokens()));
+             gauges.hbm_used_blocks->Set(l.used_blocks());
+             gauges.hbm_total_blocks->Set(l.total_blocks());
+           }},
+      registry.get(), &kv_events);
+  if (grpc::Status registered = membership.Register(); !registered.ok()) {
+    std::cerr << tag << "cannot register with router " << f.router << ": " << registered.error_message() << "\n";
+    server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+    return 1;
+  }
+  membership.Start();
 
   PrintReady({{"role", role},
               {"pid", getpid()},
@@ -856,10 +834,8 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
               {"metrics", metrics_server ? absl::StrFormat("%s:%d", f.host, metrics_server->port()) : ""}});
   const int sig = WaitForTermination(signals);
   std::cerr << tag << "signal " << sig << ", shutting down\n";
-  stop_heartbeat.Notify();
-  heartbeat.join();
+  membership.Stop();
   if (metrics_server != nullptr) metrics_server->Shutdown(absl::Now() + absl::Seconds(1));
-  publisher.Stop();
   server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   runner->Stop();
   return 0;

@@ -19,7 +19,7 @@
 #include "model/loader.h"
 #include "nlohmann/json.hpp"
 #include "tandem/v1/worker.grpc.pb.h"
-#include "worker_common/kv_event_publisher.h"
+#include "worker_common/router_membership.h"
 
 namespace tandem::cli {
 namespace {
@@ -141,40 +141,13 @@ int RunStore(const StoreFlags& f) {
   reg.set_address(address);
   reg.set_model_id(config.model_id);
   reg.set_block_size(f.block_size);
-  auto do_register = [&]() -> grpc::Status {
-    *reg.mutable_load() = load();
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
-    ctx.set_wait_for_ready(true);
-    tandem::v1::RegisterResponse resp;
-    return registry->Register(&ctx, reg, &resp);
-  };
-  const absl::Time register_deadline = absl::Now() + absl::Seconds(30);
-  grpc::Status registered = do_register();
-  while (!registered.ok() && registered.error_code() != grpc::StatusCode::INVALID_ARGUMENT &&
-         absl::Now() < register_deadline) {
-    registered = do_register();
-  }
-  if (!registered.ok()) {
+  worker_common::RouterMembership membership({.registration = reg, .load = load}, registry.get(), &kv_events);
+  if (grpc::Status registered = membership.Register(); !registered.ok()) {
     std::cerr << kTag << "cannot register with router " << f.router << ": " << registered.error_message() << "\n";
     server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
     return 1;
   }
-  worker_common::KvEventPublisher publisher({.worker_id = store_id}, &kv_events, registry.get(), load);
-  publisher.Start();
-  absl::Notification stop_heartbeat;
-  std::thread heartbeat([&] {
-    while (!stop_heartbeat.WaitForNotificationWithTimeout(absl::Milliseconds(250))) {
-      tandem::v1::HeartbeatRequest hb;
-      hb.set_worker_id(store_id);
-      *hb.mutable_load() = load();
-      grpc::ClientContext ctx;
-      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
-      tandem::v1::HeartbeatResponse resp;
-      grpc::Status s = registry->Heartbeat(&ctx, hb, &resp);
-      if (s.ok() && !resp.known()) (void)do_register();  // the router restarted
-    }
-  });
+  membership.Start();
 
   std::cout << nlohmann::json{{"role", "store"},
                               {"pid", getpid()},
@@ -193,9 +166,7 @@ int RunStore(const StoreFlags& f) {
     sig = sigtimedwait(&signals, nullptr, &timeout);
   }
   std::cerr << kTag << "signal " << sig << ", shutting down\n";
-  stop_heartbeat.Notify();
-  heartbeat.join();
-  publisher.Stop();
+  membership.Stop();
   server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   return 0;
 }
