@@ -78,6 +78,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
       return absl::Span<uint8_t>(reinterpret_cast<uint8_t*>(raw->kv_view_.Block(block)),
                                  raw->kv_view_.layout.BlockBytes());
     };
+    // The loader thread writes into those spans (host memory here; a device
+    // backend needs an asynchronous host -> device copy on its own stream).
+    kv_options.async_tier_loads = options.async_tier_loads;
+    kv_options.tier_load_hook = options.tier_load_hook;
   }
   TANDEM_ASSIGN_OR_RETURN(e->pool_, BlockPool::Create(pool_options));
   TANDEM_ASSIGN_OR_RETURN(e->kv_, KvManager::Create(kv_options, e->pool_.get()));
@@ -86,7 +90,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
 }
 
 Engine::~Engine() {
-  kv_.reset();  // releases every sequence's blocks before the pool goes
+  kv_.reset();  // joins the tier loader, then releases every sequence's blocks before the pool goes
   pool_.reset();
   if (kv_memory_ != nullptr) backend_->Free(kv_memory_);
 }
@@ -137,6 +141,7 @@ absl::Status Engine::Cancel(int64_t id) {
   u.cached_tokens = std::max(it->second->cached_tokens, 0);
   kv_->FreeSequence(id);  // no-op when waiting
   running_.erase(std::remove(running_.begin(), running_.end(), id), running_.end());
+  loading_.erase(std::remove(loading_.begin(), loading_.end(), id), loading_.end());
   waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), id), waiting_.end());
   reserved_.erase(std::remove(reserved_.begin(), reserved_.end(), id), reserved_.end());
   sequences_.erase(it);
@@ -188,7 +193,8 @@ absl::StatusOr<KvReservation> Engine::Reserve(EngineRequest request) {
         "KV pool full: %d free blocks, prompt of %d tokens needs more", pool_->num_free_blocks(),
         prompt_len));
   }
-  absl::StatusOr<int32_t> cached = kv_->StartSequence(id, seq.tokens);
+  // Synchronous copies: cached_tokens is a promise to the prefill worker.
+  absl::StatusOr<int32_t> cached = kv_->StartSequence(id, seq.tokens, /*wait_for_loads=*/true);
   absl::Status grown = cached.ok() ? kv_->EnsureCapacity(id, prompt_len) : cached.status();
   if (!grown.ok()) {
     kv_->FreeSequence(id);
@@ -240,6 +246,21 @@ absl::Status Engine::ReleaseReserved(int64_t id) {
   return absl::OkStatus();
 }
 
+void Engine::CollectTierLoads() {
+  for (const KvManager::LoadDone& done : kv_->PollLoads()) {
+    Sequence& seq = *sequences_.at(done.seq_id);
+    loading_.erase(std::remove(loading_.begin(), loading_.end(), done.seq_id), loading_.end());
+    if (done.cached_tokens < seq.loading_cached) ++stats_.tier_load_failures;
+    seq.num_computed = done.cached_tokens;
+    seq.loading_cached = 0;
+    if (seq.cached_tokens < 0) {
+      seq.cached_tokens = done.cached_tokens;
+      stats_.cached_prompt_tokens += done.cached_tokens;
+    }
+    running_.push_back(done.seq_id);
+  }
+}
+
 absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
   std::vector<SequenceUpdate> out = std::move(pending_);
   pending_.clear();
@@ -255,83 +276,104 @@ absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
     return std::any_of(plan.begin(), plan.end(), [&](const Planned& p) { return p.id == id; });
   };
 
-  // Phases 1 and 2: running sequences, decodes first, then prefill chunks.
-  for (int phase = 0; phase < 2 && budget > 0; ++phase) {
-    for (size_t i = 0; i < running_.size() && budget > 0;) {
-      const int64_t id = running_[i];
-      Sequence& seq = *sequences_.at(id);
-      const int32_t pending = static_cast<int32_t>(seq.tokens.size()) - seq.num_computed;
-      if ((phase == 0) != (pending == 1) || is_planned(id)) {
-        ++i;
-        continue;
-      }
-      const int32_t n = std::min({pending, budget, chunk_limit});
-      bool self_preempted = false;
-      bool scheduled = true;
-      while (kv_->BlocksNeeded(id, seq.num_computed + n) > pool_->num_free_blocks()) {
-        // Free room by preempting the most recently admitted sequence not yet
-        // in this step (possibly this one).
-        int64_t victim = -1;
-        for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
-          if (!is_planned(*it)) {
-            victim = *it;
+  // At most twice: when the first plan is empty while tier loads are
+  // outstanding, wait for one to end and plan again.
+  for (int attempt = 0;; ++attempt) {
+    CollectTierLoads();
+
+    // Phases 1 and 2: running sequences, decodes first, then prefill chunks.
+    for (int phase = 0; phase < 2 && budget > 0; ++phase) {
+      for (size_t i = 0; i < running_.size() && budget > 0;) {
+        const int64_t id = running_[i];
+        Sequence& seq = *sequences_.at(id);
+        const int32_t pending = static_cast<int32_t>(seq.tokens.size()) - seq.num_computed;
+        if ((phase == 0) != (pending == 1) || is_planned(id)) {
+          ++i;
+          continue;
+        }
+        const int32_t n = std::min({pending, budget, chunk_limit});
+        bool self_preempted = false;
+        bool scheduled = true;
+        while (kv_->BlocksNeeded(id, seq.num_computed + n) > pool_->num_free_blocks()) {
+          // Free room by preempting the most recently admitted sequence not yet
+          // in this step (possibly this one).
+          int64_t victim = -1;
+          for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+            if (!is_planned(*it)) {
+              victim = *it;
+              break;
+            }
+          }
+          if (victim == -1) {
+            scheduled = false;  // everything else is in this step; wait for it
             break;
           }
-        }
-        if (victim == -1) {
-          scheduled = false;  // everything else is in this step; wait for it
-          break;
-        }
-        const size_t victim_index =
-            std::find(running_.begin(), running_.end(), victim) - running_.begin();
-        Preempt(victim);
-        if (victim == id) {
-          self_preempted = true;
-          break;
-        }
-        if (victim_index < i) --i;  // keep i on this sequence
+          const size_t victim_index =
+              std::find(running_.begin(), running_.end(), victim) - running_.begin();
+          Preempt(victim);
+          if (victim == id) {
+            self_preempted = true;
+            break;
+          }
+          if (victim_index < i) --i;  // keep i on this sequence
 
-      }
-      if (self_preempted) continue;  // running_[i] is now the next sequence
-      if (!scheduled) {
+        }
+        if (self_preempted) continue;  // running_[i] is now the next sequence
+        if (!scheduled) {
+          ++i;
+          continue;
+        }
+        if (absl::Status s = kv_->EnsureCapacity(id, seq.num_computed + n); !s.ok()) {
+          return s;  // cannot happen after the check above: a broken invariant
+        }
+        plan.push_back({id, n});
+        budget -= n;
         ++i;
+      }
+    }
+
+    // Phase 3: admit waiting requests in arrival order.
+    while (!waiting_.empty() && budget > 0 &&
+           static_cast<int32_t>(running_.size() + loading_.size()) < options_.max_running) {
+      const int64_t id = waiting_.front();
+      Sequence& seq = *sequences_.at(id);
+      const KvManager::PrefixMatch match = kv_->MatchPrefix(seq.tokens);
+      const int32_t pending = static_cast<int32_t>(seq.tokens.size()) - match.cached_tokens;
+      const int32_t n = std::min({pending, budget, chunk_limit});
+      if (kv_->BlocksToAdmit(seq.tokens, match.cached_tokens + n) > pool_->num_free_blocks()) {
+        break;  // FCFS: nobody overtakes the head of the queue
+      }
+      TANDEM_ASSIGN_OR_RETURN(const int32_t cached, kv_->StartSequence(id, seq.tokens));
+      if (absl::Status s = kv_->EnsureCapacity(id, cached + n); !s.ok()) {
+        kv_->FreeSequence(id);
+        return s;  // BlocksToAdmit said it fits: a broken invariant
+      }
+      waiting_.pop_front();
+      if (kv_->IsLoading(id)) {
+        // Its prefix is being copied from the tiers: no rows until it is in
+        // (CollectTierLoads); the budget stays for the others.
+        seq.num_computed = 0;
+        seq.loading_cached = cached;
+        loading_.push_back(id);
+        ++stats_.tier_load_sequences;
         continue;
       }
-      if (absl::Status s = kv_->EnsureCapacity(id, seq.num_computed + n); !s.ok()) {
-        return s;  // cannot happen after the check above: a broken invariant
+      if (seq.cached_tokens < 0) {
+        seq.cached_tokens = cached;
+        stats_.cached_prompt_tokens += cached;
       }
-      plan.push_back({id, n});
-      budget -= n;
-      ++i;
+      seq.num_computed = cached;
+      running_.push_back(id);
+      plan.push_back({id, std::min(n, static_cast<int32_t>(seq.tokens.size()) - cached)});
+      budget -= plan.back().rows;
     }
-  }
 
-  // Phase 3: admit waiting requests in arrival order.
-  while (!waiting_.empty() && budget > 0 &&
-         static_cast<int32_t>(running_.size()) < options_.max_running) {
-    const int64_t id = waiting_.front();
-    Sequence& seq = *sequences_.at(id);
-    const KvManager::PrefixMatch match = kv_->MatchPrefix(seq.tokens);
-    const int32_t pending = static_cast<int32_t>(seq.tokens.size()) - match.cached_tokens;
-    const int32_t n = std::min({pending, budget, chunk_limit});
-    if (kv_->BlocksToAdmit(seq.tokens, match.cached_tokens + n) > pool_->num_free_blocks()) {
-      break;  // FCFS: nobody overtakes the head of the queue
-    }
-    TANDEM_ASSIGN_OR_RETURN(const int32_t cached, kv_->StartSequence(id, seq.tokens));
-    if (absl::Status s = kv_->EnsureCapacity(id, cached + n); !s.ok()) {
-      kv_->FreeSequence(id);
-      return s;  // BlocksToAdmit said it fits: a broken invariant
-    }
-    if (seq.cached_tokens < 0) {
-      seq.cached_tokens = cached;
-      stats_.cached_prompt_tokens += cached;
-    }
-    seq.num_computed = cached;
-    waiting_.pop_front();
-    running_.push_back(id);
-    plan.push_back({id, std::min(n, static_cast<int32_t>(seq.tokens.size()) - cached)});
-    budget -= plan.back().rows;
-  }
+    if (!plan.empty() || loading_.empty() || attempt > 0) break;
+    // Nothing to run but loads in flight: wait for one (a condition with a
+    // deadline, not a sleep), then plan again with what arrived.
+    ++stats_.tier_load_waits;
+    if (!kv_->WaitForLoads(absl::Now() + kTierLoadWait)) break;
+  }  // attempts
 
   if (plan.empty()) return out;
 
@@ -363,6 +405,7 @@ absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
                             step_logit_rows_};
   TANDEM_RETURN_IF_ERROR(llama_->Forward(batch, kv_view_, logits_.data()));
   ++stats_.steps;
+  if (!loading_.empty()) ++stats_.steps_with_tier_loads;
 
   // Book-keep computed tokens and publish full blocks to the prefix cache.
   for (const Planned& p : plan) {
@@ -400,6 +443,10 @@ absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
 int64_t Engine::QueuedPrefillTokens() const {
   int64_t total = 0;
   for (int64_t id : waiting_) total += sequences_.at(id)->tokens.size();
+  for (int64_t id : loading_) {
+    const Sequence& seq = *sequences_.at(id);
+    total += std::max<int64_t>(0, static_cast<int64_t>(seq.tokens.size()) - seq.loading_cached - 1);
+  }
   for (int64_t id : running_) {
     const Sequence& seq = *sequences_.at(id);
     total += std::max<int64_t>(0, static_cast<int64_t>(seq.tokens.size()) - seq.num_computed - 1);
@@ -409,7 +456,7 @@ int64_t Engine::QueuedPrefillTokens() const {
 
 absl::Status Engine::CheckInvariants() const {
   TANDEM_RETURN_IF_ERROR(kv_->CheckInvariants());
-  if (kv_->num_sequences() != static_cast<int32_t>(running_.size() + reserved_.size())) {
+  if (kv_->num_sequences() != static_cast<int32_t>(running_.size() + reserved_.size() + loading_.size())) {
     return absl::InternalError(absl::StrFormat("engine: %d block tables for %d running sequences",
                                                kv_->num_sequences(), running_.size()));
   }
@@ -420,12 +467,22 @@ absl::Status Engine::CheckInvariants() const {
       return absl::InternalError(absl::StrFormat("engine: running sequence %d lacks blocks", id));
     }
   }
+  for (int64_t id : loading_) {
+    if (!kv_->IsLoading(id)) {
+      return absl::InternalError(absl::StrFormat("engine: loading sequence %d is not loading", id));
+    }
+  }
+  for (int64_t id : running_) {
+    if (kv_->IsLoading(id)) {
+      return absl::InternalError(absl::StrFormat("engine: running sequence %d is still loading", id));
+    }
+  }
   for (int64_t id : waiting_) {
     if (kv_->HasSequence(id)) {
       return absl::InternalError(absl::StrFormat("engine: waiting sequence %d holds blocks", id));
     }
   }
-  if (sequences_.size() != running_.size() + waiting_.size() + reserved_.size()) {
+  if (sequences_.size() != running_.size() + waiting_.size() + reserved_.size() + loading_.size()) {
     return absl::InternalError("engine: sequences neither running nor waiting");
   }
   return absl::OkStatus();

@@ -17,9 +17,24 @@
 //      tokens kept, and it goes back to the front of the queue to be
 //      recomputed);
 //   2. running sequences still in prefill get the next chunk of their prompt;
-//   3. waiting requests are admitted in arrival order while the running count,
-//      the token budget and the pool allow; a prompt's cached prefix (full
-//      blocks found by chained hash) is reused and not recomputed.
+//   3. waiting requests are admitted in arrival order while the running count
+//      (loading sequences included), the token budget and the pool allow; a
+//      prompt's cached prefix (full blocks found by chained hash) is reused
+//      and not recomputed.
+//
+// Tier loads (EngineOptions::tiers with async_tier_loads): a request whose
+// cached prefix continues into the DRAM/SSD tiers is admitted with pool
+// blocks for it, but the copies run on the KvManager's loader thread; the
+// sequence is "loading" (num_loading) and gets no rows until they end. Each
+// Step first collects finished loads (KvManager::PollLoads): the sequence
+// joins the running batch with the prefix that did load (a failed copy
+// truncates it; the rest is computed like any uncached prompt) and is
+// scheduled in that same step. Meanwhile the other sequences keep stepping.
+// When a Step would schedule nothing while loads are outstanding it waits on
+// the loader's condition (up to kTierLoadWait), then plans once more.
+// Cancel of a loading sequence cancels its copies before freeing its blocks.
+// Reserve always copies synchronously (its cached_tokens is a promise to the
+// prefill worker, which will not send those tokens' KV).
 //
 // Batch invariance: the kernels compute each row independently of the rest of
 // the batch, and a chunked or recomputed prefill writes the same KV as a
@@ -39,11 +54,13 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "engine/block_pool.h"
 #include "engine/generate.h"
 #include "engine/kv_events.h"
 #include "engine/kv_manager.h"
 #include "engine/sampler.h"
+#include "engine/tier_loader.h"
 #include "kernels/backend.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
@@ -76,6 +93,13 @@ struct EngineOptions {
   // model_id must match this engine's blocks; its own on_event reports the
   // tiers' KV events. Must outlive the engine. Default: null.
   kvstore::TieredStore* tiers = nullptr;
+  // With tiers: copy tier hits into the pool on a background thread while
+  // other sequences compute (see "Tier loads" above), instead of inside the
+  // admitting Step. Default: true.
+  bool async_tier_loads = true;
+  // Test hook for the tier copies (KvManager::Options::tier_load_hook; the
+  // job id is the request id). Default: empty.
+  TierLoader::Hook tier_load_hook;
 };
 
 struct EngineRequest {
@@ -119,6 +143,14 @@ struct EngineStats {
   int64_t decode_tokens_computed = 0;  // forward rows past the prompt
   int64_t cached_prompt_tokens = 0;    // prompt tokens skipped via prefix cache
   int64_t preemptions = 0;
+  // Asynchronous tier loads: sequences admitted loading, those whose prefix
+  // was truncated by a failed copy, forward steps run while at least one
+  // sequence was loading, and Steps that waited for a load (nothing else to
+  // run). Blocks: KvManager::Stats.
+  int64_t tier_load_sequences = 0;
+  int64_t tier_load_failures = 0;
+  int64_t steps_with_tier_loads = 0;
+  int64_t tier_load_waits = 0;
 };
 
 class Engine {
@@ -140,7 +172,12 @@ class Engine {
   // kCancelled. NotFound for an unknown id.
   absl::Status Cancel(int64_t id);
 
-  bool HasWork() const { return !waiting_.empty() || !running_.empty() || !pending_.empty(); }
+  bool HasWork() const {
+    return !waiting_.empty() || !running_.empty() || !loading_.empty() || !pending_.empty();
+  }
+
+  // How long a Step with nothing else to run waits for a tier load.
+  static constexpr absl::Duration kTierLoadWait = absl::Milliseconds(20);
 
   // Disaggregated decode: reserves blocks for `prompt_tokens` (reusing this
   // pool's cached prefix) so another process can write the rest of their KV.
@@ -172,9 +209,12 @@ class Engine {
   const KvManager& kv_manager() const { return *kv_; }
   int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
   int32_t num_waiting() const { return static_cast<int32_t>(waiting_.size()); }
+  // Admitted sequences whose prefix is still being copied from the tiers.
+  int32_t num_loading() const { return static_cast<int32_t>(loading_.size()); }
 
   // Pool and block-table invariants plus the engine's own: every running
-  // sequence has a table covering its computed tokens; waiting ones hold none.
+  // sequence has a table covering its computed tokens; waiting ones hold none;
+  // loading ones are loading in the KvManager.
   absl::Status CheckInvariants() const;
 
  private:
@@ -184,6 +224,7 @@ class Engine {
     int32_t num_generated = 0;
     int32_t num_computed = 0;  // tokens whose KV is in this sequence's blocks
     int32_t cached_tokens = -1;  // at first admission; -1 before
+    int32_t loading_cached = 0;  // while loading: the prefix it will have if every copy succeeds
     std::unique_ptr<Sampler> sampler;
   };
 
@@ -196,6 +237,8 @@ class Engine {
   // Admits `seq` if the pool can hold its first chunk; returns rows scheduled.
   bool TryAdmit(Sequence& seq, int32_t budget, int32_t* rows);
   void Finish(int64_t id, SequenceEnd end, absl::Status error, std::vector<SequenceUpdate>* out);
+  // Moves sequences whose tier loads ended from loading_ to running_.
+  void CollectTierLoads();
 
   const EngineOptions options_;
   model::LlamaModel* const llama_;
@@ -210,6 +253,7 @@ class Engine {
   absl::flat_hash_map<int64_t, std::unique_ptr<Sequence>> sequences_;
   std::deque<int64_t> waiting_;  // FCFS; preempted sequences go to the front
   std::vector<int64_t> running_;  // in admission order
+  std::vector<int64_t> loading_;  // admitted, prefix being copied from the tiers
   // Reserved for a remote prefill, or finished but held for sending.
   std::vector<int64_t> reserved_;
   std::vector<SequenceUpdate> pending_;  // cancellations to report next Step

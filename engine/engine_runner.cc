@@ -136,7 +136,9 @@ void EngineRunner::Loop() {
       if (!updates.ok()) {
         FailAll(updates.status());
       } else {
-        stalled = updates->empty() && engine_->stats().steps == steps_before;
+        // Loading sequences are not a stall: the next Step waits on the loader.
+        stalled = updates->empty() && engine_->stats().steps == steps_before &&
+                  engine_->num_loading() == 0;
         Dispatch(*updates);
       }
     }

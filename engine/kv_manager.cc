@@ -34,6 +34,9 @@ absl::StatusOr<std::unique_ptr<KvManager>> KvManager::Create(const Options& opti
                                                    " differs from the pool's ",
                                                    pool->block_size()));
   }
+  if (options.max_queued_tier_loads < 1) {
+    return absl::InvalidArgumentError("KvManager: max_queued_tier_loads must be >= 1");
+  }
   if (options.tiers != nullptr) {
     if (!options.block_memory) {
       return absl::InvalidArgumentError("KvManager: tiers need block_memory to copy hits into");
@@ -55,9 +58,17 @@ KvManager::KvManager(const Options& options, BlockPool* pool, int32_t block_size
       seed_(ModelSeed(options.model_id)),
       pool_(pool),
       tiers_(options.tiers),
-      block_memory_(options.block_memory) {}
+      block_memory_(options.block_memory),
+      tier_load_hook_(options.tier_load_hook) {
+  if (tiers_ != nullptr && options.async_tier_loads) {
+    loader_ = std::make_unique<TierLoader>(
+        tiers_, TierLoader::Options{.max_queued_jobs = options.max_queued_tier_loads,
+                                    .hook = options.tier_load_hook});
+  }
+}
 
 KvManager::~KvManager() {
+  loader_.reset();  // no copy runs into a block after this
   for (auto& [id, seq] : seqs_) {
     for (auto it = seq.blocks.rbegin(); it != seq.blocks.rend(); ++it) pool_->Release(*it);
   }
@@ -68,8 +79,8 @@ int32_t KvManager::BlocksForTokens(int32_t tokens) const {
   return static_cast<int32_t>((int64_t{tokens} + block_size_ - 1) / block_size_);
 }
 
-absl::StatusOr<int32_t> KvManager::StartSequence(int64_t seq_id,
-                                                 absl::Span<const int32_t> prompt_tokens) {
+absl::StatusOr<int32_t> KvManager::StartSequence(int64_t seq_id, absl::Span<const int32_t> prompt_tokens,
+                                                 bool wait_for_loads) {
   if (prompt_tokens.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("sequence ", seq_id, ": empty prompt"));
   }
@@ -94,30 +105,110 @@ absl::StatusOr<int32_t> KvManager::StartSequence(int64_t seq_id,
     prev = hash;
   }
   stats_.hbm_hit_blocks += static_cast<int64_t>(seq.blocks.size());
-  // Continue in the tiers: each hit is copied into a new pool block and
-  // committed (synchronously; see the header).
+  // Continue in the tiers: a pool block for each hit, whose KV is copied in
+  // now or by the loader (see the header).
+  const bool sync = loader_ == nullptr || wait_for_loads;
+  TierLoader::Job job{.id = seq_id, .loads = {}};
+  TierLoader::Result sync_result{.id = seq_id};
   for (size_t i = seq.blocks.size(); tiers_ != nullptr && i < max_blocks; ++i) {
     const absl::Span<const int32_t> tokens = prompt_tokens.subspan(i * block_size_, block_size_);
     const BlockHash hash = HashBlock(prev, model_id_, tokens);
     if (!tiers_->MayHold(hash) || pool_->num_free_blocks() == 0) break;
     absl::StatusOr<int32_t> block = pool_->Allocate();  // may evict an HBM block into the tiers
     if (!block.ok()) break;
-    const absl::StatusOr<kvstore::Tier> tier = tiers_->Get(hash, tokens, block_memory_(*block));
-    if (!tier.ok()) {  // evicted meanwhile, a collision, or corrupt: compute it instead
-      pool_->Release(*block);
-      break;
-    }
-    pool_->Commit(*block, hash, tokens);
-    ++(*tier == kvstore::Tier::kDram ? stats_.dram_hit_blocks : stats_.ssd_hit_blocks);
     seq.blocks.push_back(*block);
-    seq.hashes.push_back(hash);
+    seq.loading_hashes.push_back(hash);
+    seq.loading_tokens.insert(seq.loading_tokens.end(), tokens.begin(), tokens.end());
     prev = hash;
+    if (sync) {
+      // Copy before the next Allocate, whose eviction could push this block
+      // out of a small DRAM tier.
+      const int32_t index = sync_result.requested++;
+      if (tier_load_hook_) tier_load_hook_(seq_id, index, hash);
+      const absl::StatusOr<kvstore::Tier> tier = tiers_->Get(hash, tokens, block_memory_(*block));
+      if (!tier.ok()) {  // evicted meanwhile, a collision, or corrupt: compute it instead
+        sync_result.error = tier.status();
+        break;
+      }
+      ++sync_result.loaded;
+      ++(*tier == kvstore::Tier::kDram ? sync_result.dram : sync_result.ssd);
+    } else {
+      job.loads.push_back({hash, std::vector<int32_t>(tokens.begin(), tokens.end()), block_memory_(*block)});
+    }
   }
-  const int32_t cached_tokens = static_cast<int32_t>(seq.blocks.size()) * block_size_;
   ++stats_.sequences_started;
   stats_.prompt_tokens += static_cast<int64_t>(prompt_tokens.size());
-  stats_.cached_prompt_tokens += cached_tokens;
-  return cached_tokens;
+  const int32_t hbm_tokens = static_cast<int32_t>(seq.hashes.size()) * block_size_;
+  stats_.cached_prompt_tokens += hbm_tokens;
+  if (seq.loading_hashes.empty()) return hbm_tokens;
+  seq.loading = true;
+  if (sync) {
+    stats_.sync_load_blocks += sync_result.requested;
+    return FinishLoads(seq_id, seq, sync_result).cached_tokens;
+  }
+  const int32_t num_loads = static_cast<int32_t>(job.loads.size());
+  if (loader_->Submit(std::move(job))) {
+    ++num_loading_;
+    stats_.async_load_blocks += num_loads;
+    return static_cast<int32_t>(seq.blocks.size()) * block_size_;
+  }
+  // The loader's queue is full: copy here, now (a failed Submit left `job` intact).
+  stats_.sync_load_blocks += num_loads;
+  return FinishLoads(seq_id, seq, TierLoader::Run(tiers_, job, tier_load_hook_, {})).cached_tokens;
+}
+
+KvManager::LoadDone KvManager::FinishLoads(int64_t seq_id, Sequence& seq,
+                                           const TierLoader::Result& result) {
+  TANDEM_KV_CHECK(seq.loading && result.requested == static_cast<int32_t>(seq.loading_hashes.size()) &&
+                      result.loaded <= result.requested,
+                  "FinishLoads: sequence ", seq_id, " loads ", seq.loading_hashes.size(), " blocks, result says ",
+                  result.loaded, " of ", result.requested);
+  for (int32_t j = 0; j < result.loaded; ++j) {
+    const absl::Span<const int32_t> tokens =
+        absl::MakeConstSpan(seq.loading_tokens).subspan(static_cast<size_t>(j) * block_size_, block_size_);
+    pool_->Commit(seq.blocks[seq.hashes.size()], seq.loading_hashes[j], tokens);
+    seq.hashes.push_back(seq.loading_hashes[j]);
+  }
+  // Blocks past the loaded ones stay in the table, private and uncommitted:
+  // the caller computes their KV.
+  seq.loading = false;
+  seq.loading_hashes.clear();
+  seq.loading_tokens.clear();
+  stats_.dram_hit_blocks += result.dram;
+  stats_.ssd_hit_blocks += result.ssd;
+  stats_.failed_load_blocks += result.requested - result.loaded;
+  stats_.cached_prompt_tokens += int64_t{result.loaded} * block_size_;
+  LoadDone done;
+  done.seq_id = seq_id;
+  done.cached_tokens = static_cast<int32_t>(seq.hashes.size()) * block_size_;
+  done.loaded_blocks = result.loaded;
+  done.failed_blocks = result.requested - result.loaded;
+  done.error = result.error;
+  return done;
+}
+
+bool KvManager::IsLoading(int64_t seq_id) const {
+  const auto it = seqs_.find(seq_id);
+  return it != seqs_.end() && it->second.loading;
+}
+
+std::vector<KvManager::LoadDone> KvManager::PollLoads() {
+  std::vector<LoadDone> out;
+  if (loader_ == nullptr || num_loading_ == 0) return out;
+  for (const TierLoader::Result& r : loader_->Poll()) {
+    const auto it = seqs_.find(r.id);
+    // Cancelled sequences report nothing (FreeSequence cancels first).
+    TANDEM_KV_CHECK(it != seqs_.end() && it->second.loading, "PollLoads: result for sequence ", r.id,
+                    ", which is not loading");
+    --num_loading_;
+    out.push_back(FinishLoads(r.id, it->second, r));
+  }
+  return out;
+}
+
+bool KvManager::WaitForLoads(absl::Time deadline) {
+  if (loader_ == nullptr || num_loading_ == 0) return false;
+  return loader_->WaitForResult(deadline);
 }
 
 KvManager::PrefixMatch KvManager::MatchPrefix(absl::Span<const int32_t> prompt_tokens) const {
@@ -203,6 +294,7 @@ void KvManager::CommitFullBlocks(int64_t seq_id, absl::Span<const int32_t> all_t
       num_computed_tokens >= 0 && static_cast<size_t>(num_computed_tokens) <= all_tokens.size(),
       "CommitFullBlocks: ", num_computed_tokens, " computed tokens of ", all_tokens.size());
   Sequence& seq = it->second;
+  TANDEM_KV_CHECK(!seq.loading, "CommitFullBlocks: sequence ", seq_id, " is still loading from the tiers");
   const size_t full = static_cast<size_t>(num_computed_tokens / block_size_);
   TANDEM_KV_CHECK(full <= seq.blocks.size(), "CommitFullBlocks: sequence ", seq_id, " has ", full,
                   " computed full blocks but a table of ", seq.blocks.size());
@@ -235,6 +327,11 @@ int32_t KvManager::Slot(int64_t seq_id, int32_t position) const {
 void KvManager::FreeSequence(int64_t seq_id) {
   const auto it = seqs_.find(seq_id);
   if (it == seqs_.end()) return;
+  if (it->second.loading && loader_ != nullptr) {
+    // Before the blocks return to the pool: no copy may land in them after.
+    loader_->Cancel(seq_id);
+    --num_loading_;
+  }
   const std::vector<int32_t>& blocks = it->second.blocks;
   for (auto b = blocks.rbegin(); b != blocks.rend(); ++b) pool_->Release(*b);
   seqs_.erase(it);
@@ -246,9 +343,14 @@ absl::Status KvManager::CheckInvariants() const {
   std::vector<int32_t> holders(n, 0);
   std::vector<int64_t> last_holder(n, std::numeric_limits<int64_t>::min());
   for (const auto& [id, seq] : seqs_) {
-    if (seq.hashes.size() > seq.blocks.size()) {
-      return absl::InternalError(absl::StrCat("sequence ", id, " has ", seq.hashes.size(),
-                                              " hashes for ", seq.blocks.size(), " blocks"));
+    if (seq.hashes.size() + seq.loading_hashes.size() > seq.blocks.size()) {
+      return absl::InternalError(absl::StrCat("sequence ", id, " has ", seq.hashes.size(), " hashes and ",
+                                              seq.loading_hashes.size(), " loading blocks for ",
+                                              seq.blocks.size(), " blocks"));
+    }
+    if (seq.loading_tokens.size() != seq.loading_hashes.size() * static_cast<size_t>(block_size_) ||
+        (!seq.loading && !seq.loading_hashes.empty())) {
+      return absl::InternalError(absl::StrCat("sequence ", id, ": inconsistent loading state"));
     }
     for (size_t i = 0; i < seq.blocks.size(); ++i) {
       const int32_t b = seq.blocks[i];

@@ -34,13 +34,40 @@
 //
 // Tiers: with Options::tiers set, the prefix match continues past the last
 // block found in the pool into the DRAM/SSD tiers (kvstore/tiered_store.h):
-// StartSequence allocates a pool block for each tier hit, copies the KV in
-// (Options::block_memory), commits it and counts it in Stats as a DRAM or SSD
-// hit. The copy is synchronous, on the engine thread, inside StartSequence;
-// prefetching ahead of admission so that it overlaps compute is still to come.
-// BlocksToAdmit counts those blocks as new allocations.
+// StartSequence allocates a pool block for each tier hit and copies the KV in
+// (Options::block_memory). BlocksToAdmit counts those blocks as new
+// allocations.
+//   - Synchronous (Options::async_tier_loads false, or StartSequence with
+//     wait_for_loads): the copies run inside StartSequence, on the caller's
+//     thread; the loaded blocks are committed and counted in Stats as DRAM
+//     or SSD hits before it returns. Each block is copied right after its
+//     allocation (whose HBM eviction may push a later block out of a small
+//     DRAM tier).
+//   - Asynchronous (async_tier_loads, the default): StartSequence hands the
+//     copies to a TierLoader (engine/tier_loader.h: one owned thread, bounded
+//     queue; when the queue is full the copies run synchronously instead) and
+//     returns the tokens the sequence will have cached if every copy
+//     succeeds. All its blocks are allocated first, so in a DRAM tier too
+//     small for the pool's evictions, a block may leave DRAM before its copy
+//     (an SSD read instead, or a failed copy without SSD). The sequence is then loading (IsLoading): its loading blocks
+//     are referenced by it alone and not in the prefix cache, so no other
+//     sequence can find, reuse or evict them, and the caller must not compute
+//     on it nor CommitFullBlocks for it (it aborts) until PollLoads reports it.
+//     EnsureCapacity may grow it meanwhile (blocks past the loading ones).
+//     PollLoads, on the owning thread, commits the loaded blocks and returns
+//     each finished sequence's final cached token count; WaitForLoads blocks
+//     until one finishes or a deadline.
+// A failed copy (the block left DRAM/SSD between the lookup and the copy, a
+// corrupt SSD value) truncates the cached prefix to the blocks loaded before
+// it; the failed block and the ones after it stay in the table as private,
+// uncommitted blocks whose KV the caller computes, exactly as for a prefix
+// that was never cached. FreeSequence of a loading sequence cancels its copies
+// (dropping a queued job, or waiting for the block being copied) before its
+// blocks return to the pool, so the loader never writes into a block that
+// another sequence may hold.
 //
-// Thread safety: none, by design; owned by the engine thread, like the pool.
+// Thread safety: none, by design; owned by the engine thread, like the pool
+// (the loader thread touches only the tiers and the loading blocks' bytes).
 // The pool (and the tiers) are borrowed and must outlive the manager.
 #ifndef TANDEM_ENGINE_KV_MANAGER_H_
 #define TANDEM_ENGINE_KV_MANAGER_H_
@@ -54,9 +81,11 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/block_hash.h"
 #include "engine/block_pool.h"
+#include "engine/tier_loader.h"
 
 namespace tandem::kvstore {
 class TieredStore;
@@ -86,6 +115,17 @@ class KvManager {
     // backend copy (host -> device) instead of a host span.
     // Default: empty.
     std::function<absl::Span<uint8_t>(int32_t block_id)> block_memory;
+
+    // Tier hits are copied by a background loader instead of inside
+    // StartSequence (see "Tiers" in the header comment). Only with tiers.
+    // Default: true.
+    bool async_tier_loads = true;
+    // Most sequences whose copies wait for the loader; past that
+    // StartSequence copies synchronously. Must be >= 1. Default: 64.
+    int32_t max_queued_tier_loads = 64;
+    // Test hook, called before each tier copy (TierLoader::Hook; the job id
+    // is the sequence id), on the thread doing the copy. Default: empty.
+    TierLoader::Hook tier_load_hook;
   };
 
   struct Stats {
@@ -97,6 +137,24 @@ class KvManager {
     int64_t hbm_hit_blocks = 0;
     int64_t dram_hit_blocks = 0;
     int64_t ssd_hit_blocks = 0;
+    // Tier copies by path: handed to the loader thread, or run inside
+    // StartSequence (sync mode, wait_for_loads, or a full loader queue).
+    int64_t async_load_blocks = 0;
+    int64_t sync_load_blocks = 0;
+    // Tier blocks found by the lookup but not loaded: the copy failed (or
+    // came after a failed one) and the caller recomputes them.
+    int64_t failed_load_blocks = 0;
+  };
+
+  // A loading sequence whose copies ended (PollLoads).
+  struct LoadDone {
+    int64_t seq_id = 0;
+    // Final prompt tokens whose KV the sequence holds (pool hits plus the
+    // loaded blocks), a multiple of block_size.
+    int32_t cached_tokens = 0;
+    int32_t loaded_blocks = 0;
+    int32_t failed_blocks = 0;  // requested but not loaded
+    absl::Status error;         // the first failed copy, OK if none
   };
 
   // What StartSequence would reuse for a prompt right now.
@@ -123,9 +181,25 @@ class KvManager {
   // Registers `seq_id` and gives it the longest cached prefix of
   // `prompt_tokens` (see the header comment); returns the number of prompt
   // tokens whose KV is already there (a multiple of block_size, < prompt
-  // length). Takes no free blocks: call EnsureCapacity next.
+  // length). Takes no free blocks besides those for tier hits: call
+  // EnsureCapacity next. With asynchronous tier loads the count includes
+  // blocks still loading and may shrink (IsLoading, PollLoads);
+  // wait_for_loads copies them before returning instead.
   // AlreadyExists if seq_id is registered; InvalidArgument on an empty prompt.
-  absl::StatusOr<int32_t> StartSequence(int64_t seq_id, absl::Span<const int32_t> prompt_tokens);
+  absl::StatusOr<int32_t> StartSequence(int64_t seq_id, absl::Span<const int32_t> prompt_tokens,
+                                        bool wait_for_loads = false);
+
+  // Whether seq_id's tier copies have not been reported by PollLoads yet.
+  bool IsLoading(int64_t seq_id) const;
+  int32_t num_loading() const { return num_loading_; }
+
+  // Sequences whose tier copies ended since the last call: their loaded
+  // blocks are committed to the prefix cache and they are no longer loading.
+  std::vector<LoadDone> PollLoads();
+
+  // Waits until some loading sequence's copies ended (PollLoads has
+  // something) or `deadline`; true if so. False at once if none is loading.
+  bool WaitForLoads(absl::Time deadline);
 
   // Grows seq_id's table to cover positions [0, total_tokens). Never shrinks.
   // ResourceExhausted, with nothing allocated or evicted, if the pool has
@@ -152,8 +226,9 @@ class KvManager {
   int32_t Slot(int64_t seq_id, int32_t position) const;
 
   // Releases every block of seq_id (last block first, so that a sequence's
-  // tail is evicted before its more shareable prefix) and forgets it. No-op
-  // for an unknown seq_id.
+  // tail is evicted before its more shareable prefix) and forgets it. A
+  // loading sequence's copies are cancelled first (may wait for the block
+  // being copied). No-op for an unknown seq_id.
   void FreeSequence(int64_t seq_id);
 
   bool HasSequence(int64_t seq_id) const { return seqs_.contains(seq_id); }
@@ -191,9 +266,17 @@ class KvManager {
     // Chained hashes of blocks [0, hashes.size()), the ones already reused or
     // committed; CommitFullBlocks continues the chain from hashes.back().
     std::vector<BlockHash> hashes;
+    // While loading: blocks [hashes.size(), hashes.size() + loading_hashes.size())
+    // are being copied from the tiers; their hashes and tokens, for the
+    // commit when they arrive.
+    bool loading = false;
+    std::vector<BlockHash> loading_hashes;
+    std::vector<int32_t> loading_tokens;  // block_size per loading block
   };
 
   KvManager(const Options& options, BlockPool* pool, int32_t block_size);
+  // Commits the loaded blocks of `seq`, ends its loading state, counts stats.
+  LoadDone FinishLoads(int64_t seq_id, Sequence& seq, const TierLoader::Result& result);
 
   const std::string model_id_;
   const int32_t block_size_;
@@ -201,8 +284,13 @@ class KvManager {
   BlockPool* const pool_;  // borrowed
   kvstore::TieredStore* const tiers_;  // borrowed, may be null
   const std::function<absl::Span<uint8_t>(int32_t)> block_memory_;
+  const TierLoader::Hook tier_load_hook_;
   absl::flat_hash_map<int64_t, Sequence> seqs_;
+  int32_t num_loading_ = 0;
   Stats stats_;
+  // Null without tiers or in synchronous mode. The destructor stops (joins)
+  // it before releasing any block.
+  std::unique_ptr<TierLoader> loader_;
 };
 
 }  // namespace tandem::engine
