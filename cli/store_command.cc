@@ -19,6 +19,7 @@
 #include "model/loader.h"
 #include "nlohmann/json.hpp"
 #include "tandem/v1/worker.grpc.pb.h"
+#include "transfer/transfer_engine.h"
 #include "worker_common/router_membership.h"
 
 namespace tandem::cli {
@@ -46,6 +47,12 @@ void RegisterStore(CLI::App* cmd, StoreFlags* f) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_option("--store-id", f->store_id, "Id registered with the router (default: store-HOST-PID)");
+  cmd->add_option("--ucx", f->ucx,
+                  "Serve the UCX data path (block bytes over UCX, control over gRPC); false: gRPC bytes only")
+      ->capture_default_str();
+  cmd->add_option("--staging-bytes", f->staging_bytes, "Registered staging memory for workers' UCX puts")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   AddTlsFlags(cmd, &f->tls);
   cmd->callback([f] {
     const int code = RunStore(*f);
@@ -75,6 +82,17 @@ int RunStore(const StoreFlags& f) {
   const model::ModelConfig& config = (*model)->config;
   const std::string store_id = f.store_id.empty() ? absl::StrFormat("store-%s-%d", f.host, getpid()) : f.store_id;
 
+  // The transfer engine outlives the tiers (their DRAM pool is registered
+  // with it, so the pool is UCX memory) and the service (staging region).
+  std::unique_ptr<transfer::TransferEngine> transfer;
+  if (f.ucx) {
+    auto created = transfer::TransferEngine::Create({.name = store_id});
+    if (!created.ok()) {
+      std::cerr << kTag << "transfer engine: " << created.status().message() << "\n";
+      return 1;
+    }
+    transfer = std::move(*created);
+  }
   engine::KvEventLog kv_events;  // before the store, which reports into it until destroyed
   kvstore::TieredStore::Options options;
   options.model_id = config.model_id;
@@ -83,6 +101,7 @@ int RunStore(const StoreFlags& f) {
   options.dram_bytes = static_cast<size_t>(f.dram_bytes);
   options.ssd_path = f.ssd_path;
   options.ssd_bytes = static_cast<size_t>(f.ssd_bytes);
+  options.transfer = transfer.get();
   options.on_event = [&kv_events](const kvstore::TierEvent& e) {
     const engine::KvTier tier = e.tier == kvstore::Tier::kDram ? engine::KvTier::kDram : engine::KvTier::kSsd;
     for (BlockHash h : e.hashes) {
@@ -115,7 +134,13 @@ int RunStore(const StoreFlags& f) {
     return l;
   };
 
-  kvstore::StoreService service({.model_id = config.model_id}, store->get());
+  auto service = kvstore::StoreService::Create(
+      {.model_id = config.model_id, .transfer = transfer.get(), .staging_bytes = static_cast<size_t>(f.staging_bytes)},
+      store->get());
+  if (!service.ok()) {
+    std::cerr << kTag << service.status().message() << "\n";
+    return 1;
+  }
   worker_common::KvSnapshotService snapshot_service(&kv_events, store_id, load);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
@@ -123,7 +148,7 @@ int RunStore(const StoreFlags& f) {
   builder.AddListeningPort(absl::StrFormat("%s:%d", f.host, f.port), *credentials, &port);
   builder.SetMaxReceiveMessageSize(256 << 20);
   builder.SetMaxSendMessageSize(256 << 20);
-  builder.RegisterService(&service);
+  builder.RegisterService(service->get());
   builder.RegisterService(&snapshot_service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
@@ -157,6 +182,7 @@ int RunStore(const StoreFlags& f) {
                               {"model", config.model_id},
                               {"dram_blocks", dram_blocks},
                               {"ssd", !f.ssd_path.empty()},
+                              {"transport", transfer != nullptr ? "ucx" : "grpc"},
                               {"ssd_blocks_reopened", reopened}}
                    .dump()
             << std::endl;

@@ -1,7 +1,9 @@
 // `tandem store`: the shared KV store server of a node or cluster. It holds
 // KV blocks in DRAM and SSD tiers (kvstore/tiered_store.h) for one model,
-// serves tandem.v1.KvStore (Lookup / Put / Get; block bytes carried in the
-// gRPC messages for now, not over UCX), registers with the router as
+// serves tandem.v1.KvStore (control over gRPC; block bytes over UCX into
+// and out of its registered DRAM pool and staging slots with --ucx, the
+// default, or inside the gRPC messages for clients without UCX; see
+// kvstore/store_service.h), registers with the router as
 // WORKER_ROLE_STORE and publishes KV events (tiers DRAM and SSD), so the
 // router's index lists it as a holder. Workers started with
 // `--kv-store ADDR` fall through to it when their own tiers miss and offer it
@@ -35,6 +37,8 @@ struct StoreFlags {
   std::string ssd_path;                   // --ssd-path; empty: DRAM only
   int64_t ssd_bytes = int64_t{10} << 30;  // --ssd-bytes
   std::string store_id;                   // default: store-HOST-PID
+  bool ucx = true;                        // --ucx: serve the UCX data path
+  int64_t staging_bytes = int64_t{64} << 20;  // --staging-bytes
   TlsFlags tls;
 };
 

@@ -1,9 +1,12 @@
 #include "kvstore/store_client.h"
 
+#include <cstring>
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "common/status_macros.h"
 #include "grpcpp/client_context.h"
+#include "kvstore/store_service.h"
 #include "proto/grpc_status.h"
 
 namespace tandem::kvstore {
@@ -15,7 +18,20 @@ absl::StatusOr<std::unique_ptr<StoreClient>> StoreClient::Create(const Options& 
   if (options.offer_queue_blocks < 1 || options.put_batch_blocks < 1) {
     return absl::InvalidArgumentError("StoreClient: offer_queue_blocks and put_batch_blocks must be >= 1");
   }
-  return std::unique_ptr<StoreClient>(new StoreClient(options, std::move(channel)));
+  if (options.transfer != nullptr && (options.slot_bytes == 0 || options.landing_slots < 1)) {
+    return absl::InvalidArgumentError("StoreClient: the UCX path needs slot_bytes > 0 and landing_slots >= 1");
+  }
+  std::unique_ptr<StoreClient> client(new StoreClient(options, std::move(channel)));
+  if (options.transfer != nullptr) {
+    absl::StatusOr<transfer::RegisteredRegion> region =
+        options.transfer->Allocate(options.slot_bytes * static_cast<size_t>(options.landing_slots));
+    if (!region.ok()) return region.status();
+    client->landing_ = *region;
+    std::lock_guard<std::mutex> lock(client->mu_);
+    for (int32_t i = options.landing_slots; i > 0; --i) client->free_slots_.push_back(i - 1);
+    client->ucx_ = true;
+  }
+  return client;
 }
 
 StoreClient::StoreClient(const Options& options, std::shared_ptr<grpc::Channel> channel)
@@ -30,16 +46,86 @@ StoreClient::~StoreClient() {
   work_cv_.notify_all();
   idle_cv_.notify_all();
   sender_.join();
+  // No Fetch is running (the owner stopped calling). A store still writing
+  // into a quarantined slot fails once the region is gone.
+  if (landing_.has_value()) (void)options_.transfer->Unregister(landing_->region_id);
+}
+
+std::string StoreClient::transport() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ucx_ ? "ucx" : "grpc";
+}
+
+int32_t StoreClient::TakeSlotLocked(absl::Time now) {
+  while (!quarantined_.empty() && quarantined_.front().first <= now) {
+    free_slots_.push_back(quarantined_.front().second);
+    quarantined_.pop_front();
+  }
+  if (free_slots_.empty()) return -1;
+  const int32_t slot = free_slots_.back();
+  free_slots_.pop_back();
+  return slot;
 }
 
 absl::StatusOr<std::string> StoreClient::Fetch(BlockHash hash) {
+  int32_t slot = -1;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (absl::Now() < unavailable_until_) {
+    const absl::Time now = absl::Now();
+    if (now < unavailable_until_) {
       ++stats_.fetch_skipped;
       return absl::UnavailableError("shared KV store: unavailable (recent failure)");
     }
+    if (ucx_) {
+      slot = TakeSlotLocked(now);
+      if (slot < 0) ++stats_.fetch_slot_fallbacks;
+    }
   }
+  if (slot < 0) return FetchGrpc(hash);
+
+  const uint64_t offset = static_cast<uint64_t>(slot) * options_.slot_bytes;
+  tandem::v1::StoreGetIntoRequest request;
+  request.set_model_id(options_.model_id);
+  request.add_block_hashes(hash);
+  request.add_offsets(offset);
+  request.set_slot_bytes(options_.slot_bytes);
+  RegionToProto(options_.transfer->worker_address(), *landing_, request.mutable_destination());
+  tandem::v1::StoreGetIntoResponse response;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.fetch_timeout));
+  const grpc::Status s = stub_->GetInto(&ctx, request, &response);
+  std::string value;
+  if (s.ok() && response.value_bytes_size() == 1 && response.value_bytes(0) > 0 &&
+      response.value_bytes(0) <= options_.slot_bytes) {
+    // The store answered after its write was confirmed in place; nobody else
+    // writes this slot while we hold it.
+    value.assign(reinterpret_cast<const char*>(landing_->base_address + offset), response.value_bytes(0));
+  }
+  if (s.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+    // A store without a UCX path: gRPC bytes from now on.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ucx_ = false;
+      free_slots_.push_back(slot);
+    }
+    return FetchGrpc(hash);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  ++stats_.fetches;
+  if (!s.ok()) {
+    ++stats_.fetch_errors;
+    unavailable_until_ = absl::Now() + options_.retry_after;
+    quarantined_.emplace_back(absl::Now() + options_.slot_quarantine, slot);
+    return FromGrpc(s);
+  }
+  free_slots_.push_back(slot);
+  if (value.empty()) return absl::NotFoundError(absl::StrFormat("block %016x not in the shared store", hash));
+  ++stats_.fetch_hits;
+  stats_.ucx_fetch_bytes += static_cast<int64_t>(value.size());
+  return value;
+}
+
+absl::StatusOr<std::string> StoreClient::FetchGrpc(BlockHash hash) {
   tandem::v1::StoreGetRequest request;
   request.set_model_id(options_.model_id);
   request.add_block_hashes(hash);
@@ -57,6 +143,7 @@ absl::StatusOr<std::string> StoreClient::Fetch(BlockHash hash) {
   for (tandem::v1::StoreBlock& b : *response.mutable_blocks()) {
     if (b.block_hash() != hash) continue;
     ++stats_.fetch_hits;
+    stats_.grpc_fetch_bytes += static_cast<int64_t>(b.value().size());
     return std::move(*b.mutable_value());
   }
   return absl::NotFoundError(absl::StrFormat("block %016x not in the shared store", hash));
@@ -84,29 +171,90 @@ StoreClient::Stats StoreClient::stats() const {
   return stats_;
 }
 
+absl::StatusOr<int32_t> StoreClient::PutUcx(const Batch& batch) {
+  const absl::Time deadline = absl::Now() + options_.put_timeout;
+  tandem::v1::StoreReserveRequest reserve;
+  reserve.set_model_id(options_.model_id);
+  for (const auto& [hash, value] : batch) {
+    reserve.add_block_hashes(hash);
+    reserve.add_value_bytes(value.size());
+  }
+  tandem::v1::StoreReserveResponse reserved;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(deadline));
+    if (grpc::Status s = stub_->ReservePut(&ctx, reserve, &reserved); !s.ok()) return FromGrpc(s);
+  }
+  if (reserved.reservation_id() == 0) return 0;  // held already, or no room
+  if (reserved.offsets_size() != static_cast<int>(batch.size())) {
+    return absl::InternalError("shared KV store: ReservePut answered a different number of offsets");
+  }
+  std::vector<transfer::WriteRequest> writes;
+  int64_t bytes = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (reserved.offsets(static_cast<int>(i)) < 0) continue;
+    writes.push_back({batch[i].second.data(), static_cast<uint64_t>(reserved.offsets(static_cast<int>(i))),
+                      batch[i].second.size()});
+    bytes += static_cast<int64_t>(batch[i].second.size());
+  }
+  // On failure the reservation is left to expire on the store.
+  TANDEM_RETURN_IF_ERROR(
+      options_.transfer->Write(RegionFromProto(reserved.staging(), "shared KV store"), writes, deadline));
+  tandem::v1::StoreCommitRequest commit;
+  commit.set_model_id(options_.model_id);
+  commit.set_reservation_id(reserved.reservation_id());
+  tandem::v1::StorePutResponse response;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(deadline));
+  if (grpc::Status s = stub_->CommitPut(&ctx, commit, &response); !s.ok()) return FromGrpc(s);
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.ucx_put_bytes += bytes;
+  return response.stored();
+}
+
+absl::StatusOr<int32_t> StoreClient::PutGrpc(Batch& batch) {
+  tandem::v1::StorePutRequest request;
+  request.set_model_id(options_.model_id);
+  int64_t bytes = 0;
+  for (auto& [hash, value] : batch) {
+    tandem::v1::StoreBlock* b = request.add_blocks();
+    b->set_block_hash(hash);
+    bytes += static_cast<int64_t>(value.size());
+    b->set_value(std::move(value));
+  }
+  tandem::v1::StorePutResponse response;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.put_timeout));
+  if (grpc::Status s = stub_->Put(&ctx, request, &response); !s.ok()) return FromGrpc(s);
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.grpc_put_bytes += bytes;
+  return response.stored();
+}
+
 void StoreClient::SendLoop() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     work_cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
     if (stop_) return;
-    tandem::v1::StorePutRequest request;
-    request.set_model_id(options_.model_id);
-    while (!queue_.empty() && request.blocks_size() < options_.put_batch_blocks) {
-      tandem::v1::StoreBlock* b = request.add_blocks();
-      b->set_block_hash(queue_.front().first);
-      b->set_value(std::move(queue_.front().second));
+    Batch batch;
+    while (!queue_.empty() && batch.size() < static_cast<size_t>(options_.put_batch_blocks)) {
+      batch.push_back(std::move(queue_.front()));
       queue_.pop_front();
     }
+    const bool ucx = ucx_;
     sending_ = true;
     lock.unlock();
-    tandem::v1::StorePutResponse response;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.put_timeout));
-    const grpc::Status s = stub_->Put(&ctx, request, &response);
+    absl::StatusOr<int32_t> stored = ucx ? PutUcx(batch) : PutGrpc(batch);
+    bool fell_back = false;
+    if (ucx && stored.status().code() == absl::StatusCode::kUnimplemented) {
+      fell_back = true;
+      stored = PutGrpc(batch);
+    }
     lock.lock();
+    if (fell_back) ucx_ = false;
     sending_ = false;
-    if (s.ok()) {
-      stats_.put_blocks += response.stored();
+    if (stored.ok()) {
+      stats_.put_blocks += *stored;
     } else {
       ++stats_.put_errors;
     }

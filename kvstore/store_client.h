@@ -4,11 +4,24 @@
 //   auto client = StoreClient::Create({.model_id = config.model_id}, grpc::CreateChannel(addr, creds));
 //   tiered_options.remote = client->get();  // client outlives the TieredStore
 //
-// Fetch is one synchronous Get RPC with a short deadline (fetch_timeout); a
+// Fetch is one synchronous RPC with a short deadline (fetch_timeout); a
 // store that is down or slow is a miss, and for retry_after after a failure
 // Fetch does not call at all. Offer never blocks: values go into
-// a bounded queue (full: dropped) that one owned thread sends as Put batches.
+// a bounded queue (full: dropped) that one owned thread sends in batches.
 // The destructor stops the thread (queued offers are dropped) and joins it.
+//
+// Data path. With Options::transfer (the worker's transfer engine) the block
+// bytes move over UCX and only control goes over gRPC
+// (kvstore/store_service.h): the client allocates `landing_slots` registered
+// slots of slot_bytes; Fetch takes a free slot and calls GetInto, the store
+// writes the value into the slot and answers once it is in place, the client
+// copies it out (the caller verifies its checksum). Offer batches go
+// ReservePut -> one TransferEngine::Write into the store's staging slots ->
+// CommitPut. A store that answers UNIMPLEMENTED (no transfer engine) switches
+// the client to gRPC bytes (Get/Put) for good; so does the lack of
+// Options::transfer. With every landing slot busy, a Fetch uses Get. A slot
+// whose GetInto failed (deadline: the store may still be writing it) is not
+// reused for slot_quarantine.
 //
 // Thread safety: all methods may be called from any thread.
 #ifndef TANDEM_KVSTORE_STORE_CLIENT_H_
@@ -19,15 +32,18 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "grpcpp/channel.h"
 #include "kvstore/remote_tier.h"
 #include "tandem/v1/worker.grpc.pb.h"
+#include "transfer/transfer_engine.h"
 
 namespace tandem::kvstore {
 
@@ -48,8 +64,21 @@ class StoreClient final : public RemoteTier {
     int32_t offer_queue_blocks = 256;
     // Most blocks in one Put. Default: 16.
     int32_t put_batch_blocks = 16;
-    // Deadline of one Put. Default: 2 s.
+    // Deadline of one Put (or ReservePut + write + CommitPut). Default: 2 s.
     absl::Duration put_timeout = absl::Seconds(2);
+
+    // Borrowed transfer engine for the UCX data path; null = gRPC bytes.
+    // Default: null.
+    transfer::TransferEngine* transfer = nullptr;
+    // Bytes of one encoded block (EncodedBlockBytes of the model's geometry);
+    // required with transfer. Default: 0.
+    size_t slot_bytes = 0;
+    // Registered landing slots for Fetch (concurrent fetches over UCX).
+    // Default: 16.
+    int32_t landing_slots = 16;
+    // A landing slot whose GetInto failed is not reused for this long.
+    // Default: 5 s.
+    absl::Duration slot_quarantine = absl::Seconds(5);
   };
 
   struct Stats {
@@ -60,10 +89,18 @@ class StoreClient final : public RemoteTier {
     int64_t offered = 0;
     int64_t offers_dropped = 0;
     int64_t put_blocks = 0;    // sent and acknowledged as stored
-    int64_t put_errors = 0;    // failed Put RPCs
+    int64_t put_errors = 0;    // failed Put RPCs (or UCX reserve/write/commit)
+    // Bytes of fetched values and of values sent, by data path.
+    int64_t ucx_fetch_bytes = 0;
+    int64_t ucx_put_bytes = 0;
+    int64_t grpc_fetch_bytes = 0;
+    int64_t grpc_put_bytes = 0;
+    // Fetches that used Get because every landing slot was busy.
+    int64_t fetch_slot_fallbacks = 0;
   };
 
-  // InvalidArgument on an empty model_id, a null channel or bad sizes.
+  // InvalidArgument on an empty model_id, a null channel or bad sizes;
+  // errors of TransferEngine::Allocate (landing slots).
   static absl::StatusOr<std::unique_ptr<StoreClient>> Create(const Options& options,
                                                              std::shared_ptr<grpc::Channel> channel);
   ~StoreClient() override;
@@ -78,10 +115,20 @@ class StoreClient final : public RemoteTier {
   bool Flush(absl::Time deadline);
 
   Stats stats() const;
+  // "ucx" while the UCX data path is in use, else "grpc".
+  std::string transport() const;
 
  private:
+  using Batch = std::vector<std::pair<BlockHash, std::string>>;
+
   StoreClient(const Options& options, std::shared_ptr<grpc::Channel> channel);
   void SendLoop();
+  absl::StatusOr<std::string> FetchGrpc(BlockHash hash);
+  // Sends a batch over UCX; UNIMPLEMENTED when the store has no UCX path.
+  absl::StatusOr<int32_t> PutUcx(const Batch& batch);
+  absl::StatusOr<int32_t> PutGrpc(Batch& batch);
+  // A free landing slot, or -1. REQUIRES: mu_ held.
+  int32_t TakeSlotLocked(absl::Time now);
 
   const Options options_;
   std::unique_ptr<tandem::v1::KvStore::Stub> stub_;
@@ -94,6 +141,10 @@ class StoreClient final : public RemoteTier {
   bool stop_ = false;                                     // guarded by mu_
   Stats stats_;                                           // guarded by mu_
   absl::Time unavailable_until_ = absl::InfinitePast();   // guarded by mu_
+  bool ucx_ = false;                                      // guarded by mu_
+  std::optional<transfer::RegisteredRegion> landing_;     // set by Create; fixed after
+  std::vector<int32_t> free_slots_;                       // guarded by mu_
+  std::deque<std::pair<absl::Time, int32_t>> quarantined_;  // guarded by mu_
 
   std::thread sender_;  // joined by the destructor
 };

@@ -3,24 +3,48 @@
 // blocks their own tiers miss (kvstore/store_client.h).
 //
 //   TieredStore store(...);  // DRAM + SSD, on_event -> the store's KvEventLog
-//   StoreService service({.model_id = config.model_id}, store.get());
-//   builder.RegisterService(&service);
+//   TANDEM_ASSIGN_OR_RETURN(auto service,
+//       StoreService::Create({.model_id = config.model_id, .transfer = engine.get()}, store.get()));
+//   builder.RegisterService(service.get());
 //
-// Every value received is verified (checksum, model, hash, sizes) before it
-// is stored; a request naming another model is INVALID_ARGUMENT; requests
-// with more than max_blocks blocks are INVALID_ARGUMENT. A corrupt SSD
-// value is never sent (TieredStore deletes it and reports a miss).
+// Two data paths, one control plane:
+//   - gRPC bytes (Get, Put): the values travel inside the messages. Always
+//     served; the fallback of clients without a transfer engine.
+//   - UCX (GetInto, ReservePut + CommitPut), with Options::transfer set: the
+//     store writes Get values straight into the caller's registered landing
+//     slots, and callers write Put values into slots of the store's own
+//     registered staging region, then commit. Without a transfer engine these
+//     three answer UNIMPLEMENTED, which tells a client to use gRPC bytes.
 //
-// Ownership: the TieredStore is borrowed and outlives the service.
-// Thread safety: gRPC calls handlers concurrently; TieredStore is thread-safe.
+// Integrity: every value received (Put, or a committed staging slot) is
+// verified (checksum, model, hash, sizes) before it is stored; a corrupt
+// SSD value is never sent (TieredStore deletes it and reports a miss). A
+// reservation not committed within reservation_ttl (the writer vanished) is
+// dropped and its slots reused; should that writer's bytes still land in a
+// reused slot, the checksum refuses them at the next commit.
+//
+// A request naming another model is INVALID_ARGUMENT; so is one with more than
+// max_blocks blocks, and a GetInto whose slots fall outside the caller's region.
+//
+// Ownership: the TieredStore and the transfer engine are borrowed and outlive
+// the service. The staging region is unregistered by the destructor.
+// Thread safety: gRPC calls handlers concurrently; all state is under mu_.
 #ifndef TANDEM_KVSTORE_STORE_SERVICE_H_
 #define TANDEM_KVSTORE_STORE_SERVICE_H_
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "kvstore/tiered_store.h"
 #include "tandem/v1/worker.grpc.pb.h"
+#include "transfer/transfer_engine.h"
 
 namespace tandem::kvstore {
 
@@ -29,12 +53,36 @@ struct StoreServiceOptions {
   std::string model_id;
   // Most blocks in one request. Default: 1024.
   int32_t max_blocks = 1024;
+
+  // Borrowed; null = gRPC bytes only. Default: null.
+  transfer::TransferEngine* transfer = nullptr;
+  // Bytes of the staging region that ReservePut hands out, in slots of one
+  // encoded block each (at least one slot). Default: 64 MiB.
+  size_t staging_bytes = size_t{64} << 20;
+  // An uncommitted reservation's slots are reused after this. Default: 5 s.
+  absl::Duration reservation_ttl = absl::Seconds(5);
+  // Deadline of one GetInto write (also bounded by the RPC's deadline).
+  // Default: 2 s.
+  absl::Duration write_timeout = absl::Seconds(2);
 };
 
 class StoreService final : public tandem::v1::KvStore::Service {
  public:
-  StoreService(StoreServiceOptions options, TieredStore* store)
-      : options_(std::move(options)), store_(store) {}
+  struct Stats {
+    int64_t get_into_blocks = 0;   // values written into callers' slots
+    int64_t get_into_bytes = 0;
+    int64_t get_into_errors = 0;   // failed writes to a caller
+    int64_t reserved_blocks = 0;
+    int64_t committed_blocks = 0;  // verified and stored
+    int64_t refused_blocks = 0;    // committed slots that failed verification
+    int64_t expired_reservations = 0;
+  };
+
+  // InvalidArgument on an empty model_id; errors of TransferEngine::Allocate.
+  static absl::StatusOr<std::unique_ptr<StoreService>> Create(StoreServiceOptions options, TieredStore* store);
+  ~StoreService() override;
+  StoreService(const StoreService&) = delete;
+  StoreService& operator=(const StoreService&) = delete;
 
   grpc::Status Lookup(grpc::ServerContext* context, const tandem::v1::StoreLookupRequest* request,
                       tandem::v1::StoreLookupResponse* response) override;
@@ -42,13 +90,51 @@ class StoreService final : public tandem::v1::KvStore::Service {
                    tandem::v1::StorePutResponse* response) override;
   grpc::Status Get(grpc::ServerContext* context, const tandem::v1::StoreGetRequest* request,
                    tandem::v1::StoreGetResponse* response) override;
+  grpc::Status GetInto(grpc::ServerContext* context, const tandem::v1::StoreGetIntoRequest* request,
+                       tandem::v1::StoreGetIntoResponse* response) override;
+  grpc::Status ReservePut(grpc::ServerContext* context, const tandem::v1::StoreReserveRequest* request,
+                          tandem::v1::StoreReserveResponse* response) override;
+  grpc::Status CommitPut(grpc::ServerContext* context, const tandem::v1::StoreCommitRequest* request,
+                         tandem::v1::StorePutResponse* response) override;
+
+  // Bytes of one staging slot: one encoded block of the store's geometry.
+  size_t slot_bytes() const { return slot_bytes_; }
+  Stats stats() const;
 
  private:
+  struct Reservation {
+    struct Slot {
+      BlockHash hash = 0;
+      int32_t index = 0;   // staging slot
+      size_t bytes = 0;    // value length
+    };
+    std::vector<Slot> slots;
+    absl::Time expires;
+  };
+
+  StoreService(StoreServiceOptions options, TieredStore* store);
   grpc::Status Check(const std::string& model_id, int blocks) const;
+  // Frees the slots of reservations past their expiry. REQUIRES: mu_ held.
+  void ExpireReservationsLocked(absl::Time now);
 
   const StoreServiceOptions options_;
   TieredStore* const store_;  // borrowed
+  const size_t slot_bytes_;
+
+  std::optional<transfer::RegisteredRegion> staging_;  // set when options_.transfer is
+  uint8_t* staging_base_ = nullptr;
+
+  mutable std::mutex mu_;
+  std::vector<int32_t> free_slots_;                               // guarded by mu_
+  absl::flat_hash_map<uint64_t, Reservation> reservations_;      // guarded by mu_
+  uint64_t next_reservation_ = 1;                                 // guarded by mu_
+  Stats stats_;                                                   // guarded by mu_
 };
+
+// The transfer-engine region described by a UcxRegion message, and back.
+transfer::RemoteRegion RegionFromProto(const tandem::v1::UcxRegion& region, std::string peer_name);
+void RegionToProto(const std::string& worker_address, const transfer::RegisteredRegion& region,
+                   tandem::v1::UcxRegion* out);
 
 }  // namespace tandem::kvstore
 
