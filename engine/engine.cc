@@ -344,9 +344,17 @@ absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
         break;  // FCFS: nobody overtakes the head of the queue
       }
       TANDEM_ASSIGN_OR_RETURN(const int32_t cached, kv_->StartSequence(id, seq.tokens));
-      if (absl::Status s = kv_->EnsureCapacity(id, cached + n); !s.ok()) {
+      // Blocks for this step's rows. With a remote tier StartSequence may
+      // take more tier blocks than MatchPrefix foresaw (TieredStore::MayHold),
+      // so grow only as far as the pool allows; phase 2 grows the rest later.
+      const int32_t table_tokens = static_cast<int32_t>(kv_->BlockTable(id).size()) * options_.block_size;
+      const int32_t rows = std::clamp(
+          std::min(cached + std::min(n, static_cast<int32_t>(seq.tokens.size()) - cached),
+                   table_tokens + pool_->num_free_blocks() * options_.block_size) - cached,
+          0, n);
+      if (absl::Status s = kv_->EnsureCapacity(id, cached + rows); !s.ok()) {
         kv_->FreeSequence(id);
-        return s;  // BlocksToAdmit said it fits: a broken invariant
+        return s;  // cannot happen after the clamp above: a broken invariant
       }
       waiting_.pop_front();
       if (kv_->IsLoading(id)) {
@@ -364,11 +372,12 @@ absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
       }
       seq.num_computed = cached;
       running_.push_back(id);
-      plan.push_back({id, std::min(n, static_cast<int32_t>(seq.tokens.size()) - cached)});
-      budget -= plan.back().rows;
+      if (rows == 0) continue;  // no room this step; phase 2 schedules it later
+      plan.push_back({id, rows});
+      budget -= rows;
     }
 
-    if (!plan.empty() || loading_.empty() || attempt > 0) break;
+    if (!plan.empty() || loading_.empty() || attempt > 0 || !out.empty()) break;
     // Nothing to run but loads in flight: wait for one (a condition with a
     // deadline, not a sleep), then plan again with what arrived.
     ++stats_.tier_load_waits;

@@ -329,6 +329,31 @@ TEST_P(EngineTiersTest, CancelWhileLoadingIsSafe) {
   EXPECT_EQ(tokens, reference);
 }
 
+// A shared store that holds nothing: with Options::remote every block past
+// the pool's prefix may be there (TieredStore::MayHold), so admission takes
+// pool blocks for all of them, more than MatchPrefix foresaw. The engine
+// grows the table only as far as the pool allows, every copy misses, and the
+// prompt is computed in full with the right tokens.
+TEST_P(EngineTiersTest, ARemoteTierThatMissesEverythingDoesNotBreakAdmission) {
+  class EmptyRemote : public RemoteTier {
+   public:
+    absl::StatusOr<std::string> Fetch(BlockHash) override { return absl::NotFoundError("empty"); }
+    void Offer(BlockHash, std::string) override {}
+  } remote;
+  const std::vector<int32_t> reference = Reference(prompt_a_);
+  TieredStore::Options o = StoreOptions(16, "");
+  o.remote = &remote;
+  ASSERT_OK_AND_ASSIGN(auto store, TieredStore::Create(o));
+  std::unique_ptr<engine::Engine> eng = MakeEngine(store.get());
+  ASSERT_NE(eng, nullptr);
+  auto [tokens, cached] = Run(*eng, 1, prompt_a_);
+  EXPECT_EQ(cached, 0);
+  EXPECT_EQ(tokens, reference);
+  const engine::KvManager::Stats& stats = eng->kv_manager().stats();
+  EXPECT_EQ(stats.failed_load_blocks, async_ ? 3 : 1);  // async: all three taken, the first copy misses
+  EXPECT_EQ(eng->stats().prompt_tokens_computed, kPromptLen);
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, EngineTiersTest,
                          ::testing::Combine(::testing::Values("synthetic:tiny", "stories260K"), ::testing::Bool()),
                          [](const ::testing::TestParamInfo<std::tuple<std::string, bool>>& p) {
