@@ -638,8 +638,38 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
       ++reopened_ssd_blocks;
     }
     if (f.kv_prefetch && ((*tiers)->ssd() != nullptr || store_client != nullptr)) {
-      auto p = kvstore::Prefetcher::Create({.model_id = config.model_id, .block_tokens = f.block_size},
-                                           tiers->get());
+      // /metrics: prefetches by who named the blocks (hint: the router's
+      // PrefetchHint; prompt: the worker hashed the prompt), as gauges of
+      // the prefetcher's running totals.
+      MetricsRegistry& r = DefaultMetricsRegistry();
+      GaugeFamily* requests =
+          r.Gauge("tandem_worker_kv_prefetch_requests",
+                  "KV prefetches queued, by who named the blocks (hint: the router; prompt: "
+                  "the worker hashed the prompt)",
+                  {"source"});
+      GaugeFamily* promoted =
+          r.Gauge("tandem_worker_kv_prefetch_promoted_blocks",
+                  "Blocks prefetch read from SSD or the shared store into DRAM, by source", {"source"});
+      GaugeFamily* in_dram = r.Gauge("tandem_worker_kv_prefetch_dram_blocks",
+                                     "Blocks prefetch found in DRAM already, by source", {"source"});
+      Gauge* const dropped =
+          r.Gauge("tandem_worker_kv_prefetch_dropped", "KV prefetches refused (queue full)")->WithLabels({});
+      auto on_stats =
+          [hint_requests = requests->WithLabels({"hint"}), prompt_requests = requests->WithLabels({"prompt"}),
+           hint_promoted = promoted->WithLabels({"hint"}), prompt_promoted = promoted->WithLabels({"prompt"}),
+           hint_dram = in_dram->WithLabels({"hint"}), prompt_dram = in_dram->WithLabels({"prompt"}),
+           dropped](const kvstore::Prefetcher::Stats& s) {
+            hint_requests->Set(static_cast<double>(s.hinted_requests));
+            prompt_requests->Set(static_cast<double>(s.prompt_requests));
+            hint_promoted->Set(static_cast<double>(s.hinted_promoted_blocks));
+            prompt_promoted->Set(static_cast<double>(s.promoted_blocks - s.hinted_promoted_blocks));
+            hint_dram->Set(static_cast<double>(s.hinted_dram_blocks));
+            prompt_dram->Set(static_cast<double>(s.dram_blocks - s.hinted_dram_blocks));
+            dropped->Set(static_cast<double>(s.dropped));
+          };
+      on_stats({});
+      auto p = kvstore::Prefetcher::Create(
+          {.model_id = config.model_id, .block_tokens = f.block_size, .on_stats = on_stats}, tiers->get());
       if (!p.ok()) {
         std::cerr << tag << "KV prefetch: " << p.status().message() << "\n";
         return 1;
@@ -649,9 +679,19 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
   }
   // Called by the services when a request arrives, before it waits for
   // the engine: never blocks (a full prefetch queue drops the prefetch).
-  std::function<void(absl::Span<const int32_t>)> on_prompt;
+  // With the router's hint, exactly the blocks it names (none when it names
+  // none); without one, whatever the tiers hold of the hashed prompt.
+  std::function<void(absl::Span<const int32_t>, const tandem::v1::PrefetchHint*)> on_prompt;
   if (prefetcher != nullptr) {
-    on_prompt = [p = prefetcher.get()](absl::Span<const int32_t> tokens) { (void)p->Enqueue(tokens); };
+    on_prompt = [p = prefetcher.get()](absl::Span<const int32_t> tokens,
+                                       const tandem::v1::PrefetchHint* hint) {
+      if (hint == nullptr) {
+        (void)p->Enqueue(tokens);
+      } else if (hint->block_hashes_size() > 0) {
+        (void)p->EnqueueHashes(absl::MakeConstSpan(hint->block_hashes().data(), hint->block_hashes_size()),
+                               hint->first_block(), tokens);
+      }
+    };
   }
   auto engine = engine::Engine::Create({.block_size = f.block_size,
                                         .kv_cache_bytes = static_cast<size_t>(f.kv_cache_mb) << 20,

@@ -63,6 +63,16 @@ void RegisterUp(CLI::App* cmd, UpFlags* f) {
                   "SSD KV tiers under this directory: worker i of a role gets DIR/<role>-<i> (needs --kv-dram-bytes)");
   cmd->add_option("--kv-prefetch", f->kv_prefetch, "Workers prefetch SSD blocks into DRAM ahead of admission")
       ->check(CLI::IsMember({"true", "false"}));
+  cmd->add_flag("--store", f->store,
+                "Also start a shared KV store (tandem store) registered with the router; every worker gets "
+                "--kv-store (and --kv-dram-bytes 64 MiB unless given)");
+  cmd->add_option("--store-dram-bytes", f->store_dram_bytes, "The store's DRAM tier, bytes (with --store)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option(
+      "--store-ssd-dir", f->store_ssd_dir,
+      "The store's SSD tier (RocksDB directory; with --store). Default: DIR/store under --kv-ssd-dir, "
+      "else none");
   cmd->add_option("--config", f->config,
                   "Cluster configuration (tandem.v1.ClusterConfig JSON), passed to every process");
   cmd->add_option("--tls-cert", f->tls_cert, "PEM certificate for every process (turns on TLS)");
@@ -82,6 +92,9 @@ void RegisterUp(CLI::App* cmd, UpFlags* f) {
       set("--port", config->router().has_port(), config->router().port(), &f->port);
       set("--model", config->router().has_model(), config->router().model(), &f->model);
       set("--threads", config->worker().has_threads(), config->worker().threads(), &f->threads);
+      set("--block-size", config->worker().has_block_size(), config->worker().block_size(), &f->block_size);
+      set("--kv-dram-bytes", config->worker().has_kv_dram_bytes(), config->worker().kv_dram_bytes(),
+          &f->kv_dram_bytes);
     }
     const int code = RunUp(*f);
     if (code != 0) throw CLI::RuntimeError(code);
@@ -536,6 +549,34 @@ int RunUp(const UpFlags& f) {
   if (!router_ready.ok()) return fail(router_ready.status());
   const std::string router_address = DialableAddress((*router_ready)[0]["grpc"].get<std::string>());
 
+  // The shared store (--store): ready once registered with the router; the
+  // workers need its address. Not essential: workers whose store is gone
+  // miss and compute.
+  std::string store_address;
+  if (f.store) {
+    const std::string ssd_dir = !f.store_ssd_dir.empty() ? f.store_ssd_dir
+                                : f.kv_ssd_dir.empty()   ? ""
+                                                         : f.kv_ssd_dir + "/store";
+    ChildSpec store{
+        .role = "store",
+        .name = "store",
+        .executable = exe,
+        .argv = {self, "store", "--router", router_address, "--model", f.model, "--host", f.host, "--port",
+                 "0", "--block-size", absl::StrCat(f.block_size > 0 ? f.block_size : 16), "--dram-bytes",
+                 absl::StrCat(f.store_dram_bytes), "--store-id", "store-0"}};
+    if (!ssd_dir.empty()) store.argv.insert(store.argv.end(), {"--ssd-path", ssd_dir});
+    // `tandem store` takes no --config: only the TLS flags of `common`.
+    for (const auto& [flag, value] : {std::pair{"--tls-cert", &f.tls_cert},
+                                      std::pair{"--tls-key", &f.tls_key}, std::pair{"--tls-ca", &f.tls_ca}}) {
+      if (!value->empty()) store.argv.insert(store.argv.end(), {flag, *value});
+    }
+    auto store_ready = sup.StartAndWaitReady({store}, deadline);
+    if (!store_ready.ok()) return fail(store_ready.status());
+    store_address = DialableAddress((*store_ready)[0]["grpc"].get<std::string>());
+  }
+  const int64_t kv_dram_bytes =
+      f.kv_dram_bytes > 0 || !f.store ? f.kv_dram_bytes : kDefaultStoreWorkerDramBytes;
+
   std::vector<ChildSpec> workers;
   for (const char* role : {"prefill", "decode"}) {
     const int count = std::string_view(role) == "prefill" ? f.prefill : f.decode;
@@ -552,12 +593,13 @@ int RunUp(const UpFlags& f) {
         if (value > 0) workers.back().argv.insert(workers.back().argv.end(), {flag, absl::StrCat(value)});
       }
       std::vector<std::string>& argv = workers.back().argv;
-      if (f.kv_dram_bytes > 0) argv.insert(argv.end(), {"--kv-dram-bytes", absl::StrCat(f.kv_dram_bytes)});
+      if (kv_dram_bytes > 0) argv.insert(argv.end(), {"--kv-dram-bytes", absl::StrCat(kv_dram_bytes)});
       if (f.kv_ssd_bytes > 0) argv.insert(argv.end(), {"--kv-ssd-bytes", absl::StrCat(f.kv_ssd_bytes)});
       if (!f.kv_ssd_dir.empty()) {
         argv.insert(argv.end(), {"--kv-ssd-path", absl::StrCat(f.kv_ssd_dir, "/", role, "-", i)});
       }
       if (!f.kv_prefetch.empty()) argv.insert(argv.end(), {"--kv-prefetch", f.kv_prefetch});
+      if (!store_address.empty()) argv.insert(argv.end(), {"--kv-store", store_address});
     }
   }
   auto workers_ready = sup.StartAndWaitReady(workers, deadline);
@@ -567,9 +609,12 @@ int RunUp(const UpFlags& f) {
   ready["event"] = "ready";
   ready["router"] = router_address;
   ready["http"] = (*router_ready)[0].value("http", "");
+  ready["store"] = store_address;
   std::cout << ready.dump() << "\n" << std::flush;
   std::cerr << kPrefix << ": cluster ready: router at " << router_address << ", " << f.prefill
-            << " prefill and " << f.decode << " decode worker(s); SIGINT or SIGTERM stops it\n";
+            << " prefill and " << f.decode << " decode worker(s)"
+            << (store_address.empty() ? "" : absl::StrCat(", shared KV store at ", store_address))
+            << "; SIGINT or SIGTERM stops it\n";
 
   const absl::Status watched = sup.Watch();
   if (!watched.ok()) std::cerr << kPrefix << ": " << watched.message() << "; stopping the cluster\n";

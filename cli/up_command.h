@@ -1,12 +1,17 @@
-// `tandem up`: a whole local cluster (router, prefill and decode workers) in
-// one command, each a child process of this binary.
+// `tandem up`: a whole local cluster (router, prefill and decode workers,
+// and with --store a shared KV store) in one command, each a child process
+// of this binary.
 //
 //   tandem up --model synthetic:tiny --prefill 1 --decode 1 --port 0
+//   tandem up --store --kv-ssd-dir /nvme/tandem ...  (+ `tandem store`)
 //
 // stdout carries one JSON line per event, flushed as it happens:
 //   - each child's ready line as the child prints it once it serves
-//     ({"role":"router","pid":N,"grpc":"host:port",...}), router first;
-//   - {"event":"ready","router":"host:port"} once every child is ready;
+//     ({"role":"router","pid":N,"grpc":"host:port",...}), router first,
+//     then the store (with --store; it prints its line once registered with
+//     the router), then the workers;
+//   - {"event":"ready","router":"host:port","http":...,"store":"host:port"}
+//     once every child is ready ("store" empty without --store);
 //   - {"event":"exited","role":"decode","pid":N,"status":"signal 9"} for each
 //     child that dies while the cluster serves. A dead worker is not
 //     restarted (the router takes it out of rotation); a dead router stops
@@ -73,7 +78,22 @@ struct UpFlags {
   int64_t kv_ssd_bytes = 0;
   std::string kv_ssd_dir;
   std::string kv_prefetch;  // "", "true" or "false"
+  // --store: one shared KV store (`tandem store`, cli/store_command.h),
+  // started after the router and registered with it; every worker gets
+  // --kv-store ADDR. The store's tiers: DRAM of --store-dram-bytes
+  // (default 256 MiB), SSD at
+  // --store-ssd-dir, else DIR/store under --kv-ssd-dir, else none. Workers
+  // need a DRAM tier in front of the store: without --kv-dram-bytes they get
+  // kDefaultStoreWorkerDramBytes. The store's block size is --block-size (or
+  // the config file's worker.block_size), else the workers' default 16.
+  bool store = false;
+  int64_t store_dram_bytes = int64_t{256} << 20;
+  std::string store_ssd_dir;
 };
+
+// Workers' --kv-dram-bytes under `up --store` when --kv-dram-bytes is not
+// given: 64 MiB.
+inline constexpr int64_t kDefaultStoreWorkerDramBytes = int64_t{64} << 20;
 
 // Adds the flags to `cmd` and makes it run RunUp (after applying --config).
 void RegisterUp(CLI::App* cmd, UpFlags* flags);
@@ -101,7 +121,8 @@ std::string DescribeWaitStatus(int status);
 std::string DialableAddress(std::string_view address);
 
 struct ChildSpec {
-  // "router", "prefill" or "decode": the role its ready line must name.
+  // "router", "store", "prefill" or "decode": the role its ready line must
+  // name.
   std::string role;
   // For messages: "router", "prefill 0", "decode 1".
   std::string name;

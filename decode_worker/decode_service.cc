@@ -155,7 +155,9 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const tandem::v
       id = next_engine_id_++;
     }
     engine::EngineRequest req = ToEngineRequest(id, *r);
-    if (options_.on_prompt) options_.on_prompt(req.prompt_tokens);
+    if (options_.on_prompt) {
+      options_.on_prompt(req.prompt_tokens, r->has_prefetch_hint() ? &r->prefetch_hint() : nullptr);
+    }
     absl::Status s = runner_->Submit(std::move(req), listener, absl::Now() + kEngineCallTimeout);
     if (!s.ok()) return ToGrpc(s);
   }

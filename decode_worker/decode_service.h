@@ -40,9 +40,11 @@ struct DecodeServiceOptions {
   // Default TTL of a reservation. Default: 30 s.
   absl::Duration reservation_ttl = absl::Seconds(30);
   // Called with an aggregated request's prompt (Decode without kv_ready)
-  // before it is queued in the engine (the worker starts its KV prefetch
-  // there, kvstore/prefetcher.h). Must not block. Default: empty.
-  std::function<void(absl::Span<const int32_t>)> on_prompt;
+  // and the router's prefetch hint (DecodeRequest.prefetch_hint; nullptr
+  // when the request carries none) before it is queued in the engine (the
+  // worker starts its KV prefetch there, kvstore/prefetcher.h). Must not
+  // block. Default: empty.
+  std::function<void(absl::Span<const int32_t>, const tandem::v1::PrefetchHint*)> on_prompt;
 };
 
 class DecodeService final : public tandem::v1::DecodeWorker::Service {

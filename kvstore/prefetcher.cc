@@ -1,5 +1,6 @@
 #include "kvstore/prefetcher.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_format.h"
@@ -35,17 +36,55 @@ Prefetcher::~Prefetcher() {
 }
 
 bool Prefetcher::Enqueue(absl::Span<const int32_t> prompt_tokens) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (stop_ || queue_.size() >= static_cast<size_t>(options_.max_queued) ||
-      prompt_tokens.size() < static_cast<size_t>(options_.block_tokens)) {
-    ++stats_.dropped;
-    return false;
+  const bool refuse = prompt_tokens.size() < static_cast<size_t>(options_.block_tokens);
+  Job job;
+  if (!refuse) job.tokens.assign(prompt_tokens.begin(), prompt_tokens.end());
+  return Push(std::move(job), refuse);
+}
+
+bool Prefetcher::EnqueueHashes(absl::Span<const BlockHash> hashes, int32_t first_block,
+                               absl::Span<const int32_t> prompt_tokens) {
+  const int64_t full_blocks = static_cast<int64_t>(prompt_tokens.size()) / options_.block_tokens;
+  const int64_t n =
+      first_block < 0 ? 0 : std::min<int64_t>(static_cast<int64_t>(hashes.size()), full_blocks - first_block);
+  Job job;
+  job.hinted = true;
+  if (n > 0) {
+    job.hashes.assign(hashes.begin(), hashes.begin() + n);
+    job.tokens.assign(prompt_tokens.begin() + static_cast<int64_t>(first_block) * options_.block_tokens,
+                      prompt_tokens.begin() + (first_block + n) * options_.block_tokens);
   }
-  queue_.push_back(Job{std::vector<int32_t>(prompt_tokens.begin(), prompt_tokens.end()),
-                       absl::Now() + options_.deadline});
-  ++stats_.requests;
-  work_cv_.notify_one();
-  return true;
+  return Push(std::move(job), n <= 0);
+}
+
+bool Prefetcher::Push(Job job, bool refuse) {
+  bool accepted = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (refuse || stop_ || queue_.size() >= static_cast<size_t>(options_.max_queued)) {
+      ++stats_.dropped;
+    } else {
+      ++stats_.requests;
+      ++(job.hinted ? stats_.hinted_requests : stats_.prompt_requests);
+      job.deadline = absl::Now() + options_.deadline;
+      queue_.push_back(std::move(job));
+      accepted = true;
+      work_cv_.notify_one();
+    }
+  }
+  ReportStats();
+  return accepted;
+}
+
+void Prefetcher::ReportStats() {
+  if (!options_.on_stats) return;
+  std::lock_guard<std::mutex> order(report_mu_);
+  Stats copy;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    copy = stats_;
+  }
+  options_.on_stats(copy);
 }
 
 bool Prefetcher::WaitIdle(absl::Time deadline) {
@@ -76,7 +115,10 @@ void Prefetcher::Loop() {
 }
 
 void Prefetcher::Run(const Job& job) {
-  const std::vector<BlockHash> hashes = HashFullBlocks(options_.model_id, job.tokens, options_.block_tokens);
+  const std::vector<BlockHash> hashed =
+      job.hinted ? std::vector<BlockHash>()
+                 : HashFullBlocks(options_.model_id, job.tokens, options_.block_tokens);
+  const std::vector<BlockHash>& hashes = job.hinted ? job.hashes : hashed;
   int64_t promoted = 0, in_dram = 0;
   bool expired = false;
   const size_t n = std::min(hashes.size(), static_cast<size_t>(options_.max_blocks));
@@ -94,10 +136,17 @@ void Prefetcher::Run(const Job& job) {
     if (!from.ok()) continue;  // not in the tiers (maybe in the pool), or unreadable
     ++(*from == Tier::kDram ? in_dram : promoted);
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  stats_.promoted_blocks += promoted;
-  stats_.dram_blocks += in_dram;
-  if (expired) ++stats_.expired;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.promoted_blocks += promoted;
+    stats_.dram_blocks += in_dram;
+    if (job.hinted) {
+      stats_.hinted_promoted_blocks += promoted;
+      stats_.hinted_dram_blocks += in_dram;
+    }
+    if (expired) ++stats_.expired;
+  }
+  ReportStats();
 }
 
 }  // namespace tandem::kvstore

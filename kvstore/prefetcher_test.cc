@@ -1,5 +1,6 @@
 #include "kvstore/prefetcher.h"
 
+#include <mutex>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -109,6 +110,82 @@ TEST(PrefetcherTest, PromotesPromptBlocksHeldOnSsdAndSkipsMissingOnes) {
   ASSERT_TRUE((*prefetcher)->Enqueue(p.tokens));
   ASSERT_TRUE((*prefetcher)->WaitIdle(absl::Now() + absl::Seconds(30)));
   EXPECT_EQ((*prefetcher)->stats().dram_blocks, 4);
+}
+
+// The router's hint names the blocks: exactly those are promoted, in order,
+// nothing is hashed, and stats (and on_stats) count the request as hinted.
+TEST(PrefetcherTest, HintedHashesPromoteExactlyThoseBlocks) {
+  TempDir dir;
+  std::unique_ptr<TieredStore> store = MakeStore(dir.path() + "/ssd", 8);
+  ASSERT_NE(store, nullptr);
+  const Prompt p = MakePrompt(6);
+  for (int i = 0; i < 6; ++i) ASSERT_OK(store->Put(p.hashes[i], BlockTokens(p, i), PayloadFor(i, kPayload)));
+  ASSERT_OK(store->Flush(absl::Now() + absl::Seconds(10)));
+  for (int i = 100; i < 108; ++i) {
+    ASSERT_OK(store->Put(1000 + i, TokensFor(i, kTokens), PayloadFor(i, kPayload)));
+  }
+  ASSERT_OK(store->Flush(absl::Now() + absl::Seconds(10)));
+  for (int i = 0; i < 6; ++i) ASSERT_EQ(store->Find(p.hashes[i]), Tier::kSsd) << i;
+
+  std::mutex mu;
+  std::vector<Prefetcher::Stats> reported;
+  absl::StatusOr<std::unique_ptr<Prefetcher>> prefetcher =
+      Prefetcher::Create({.model_id = kModel,
+                          .block_tokens = kTokens,
+                          .on_stats =
+                              [&](const Prefetcher::Stats& s) {
+                                std::lock_guard<std::mutex> lock(mu);
+                                reported.push_back(s);
+                              }},
+                         store.get());
+  ASSERT_OK(prefetcher.status());
+  // Blocks 2 and 3 hinted (block 2's hash plus a hash the tiers do not hold
+  // at block 3's place, and one past the prompt's full blocks is ignored).
+  ASSERT_TRUE((*prefetcher)->EnqueueHashes({p.hashes[2], p.hashes[3]}, 2, p.tokens));
+  ASSERT_TRUE((*prefetcher)->WaitIdle(absl::Now() + absl::Seconds(30)));
+  for (int i : {2, 3}) EXPECT_EQ(store->Find(p.hashes[i]), Tier::kDram) << i;
+  for (int i : {0, 1, 4, 5}) EXPECT_EQ(store->Find(p.hashes[i]), Tier::kSsd) << i;  // not hinted: untouched
+  Prefetcher::Stats stats = (*prefetcher)->stats();
+  EXPECT_EQ(stats.requests, 1);
+  EXPECT_EQ(stats.hinted_requests, 1);
+  EXPECT_EQ(stats.prompt_requests, 0);
+  EXPECT_EQ(stats.promoted_blocks, 2);
+  EXPECT_EQ(stats.hinted_promoted_blocks, 2);
+
+  // A hash at the wrong block index (other tokens) is a miss, not a promotion;
+  // hashes past the prompt's full blocks are dropped.
+  ASSERT_TRUE((*prefetcher)->EnqueueHashes({p.hashes[0], p.hashes[5], 777, 778}, 5, p.tokens));
+  ASSERT_TRUE((*prefetcher)->WaitIdle(absl::Now() + absl::Seconds(30)));
+  EXPECT_EQ(store->Find(p.hashes[0]), Tier::kSsd);
+  stats = (*prefetcher)->stats();
+  EXPECT_EQ(stats.hinted_requests, 2);
+  EXPECT_EQ(stats.hinted_promoted_blocks, 2);
+  // Nothing left to promote: refused.
+  EXPECT_FALSE((*prefetcher)->EnqueueHashes({p.hashes[0]}, 6, p.tokens));
+  EXPECT_FALSE((*prefetcher)->EnqueueHashes({}, 0, p.tokens));
+  EXPECT_FALSE((*prefetcher)->EnqueueHashes({p.hashes[0]}, -1, p.tokens));
+  EXPECT_EQ((*prefetcher)->stats().dropped, 3);
+
+  // The prompt-based entry counts apart.
+  ASSERT_TRUE((*prefetcher)->Enqueue(p.tokens));
+  ASSERT_TRUE((*prefetcher)->WaitIdle(absl::Now() + absl::Seconds(30)));
+  stats = (*prefetcher)->stats();
+  EXPECT_EQ(stats.prompt_requests, 1);
+  EXPECT_EQ(stats.hinted_requests, 2);
+  EXPECT_EQ(stats.promoted_blocks, 2 + 4);
+  EXPECT_EQ(stats.hinted_promoted_blocks, 2);
+  EXPECT_EQ(stats.dram_blocks - stats.hinted_dram_blocks, 2);
+  // on_stats saw every change, the last one equal to stats().
+  std::lock_guard<std::mutex> lock(mu);
+  ASSERT_FALSE(reported.empty());
+  EXPECT_EQ(reported.back().requests, stats.requests);
+  EXPECT_EQ(reported.back().dropped, stats.dropped);
+  EXPECT_EQ(reported.back().promoted_blocks, stats.promoted_blocks);
+  EXPECT_EQ(reported.back().hinted_promoted_blocks, stats.hinted_promoted_blocks);
+  for (size_t i = 1; i < reported.size(); ++i) {
+    EXPECT_GE(reported[i].requests + reported[i].dropped, reported[i - 1].requests + reported[i - 1].dropped);
+    EXPECT_GE(reported[i].promoted_blocks, reported[i - 1].promoted_blocks);
+  }
 }
 
 TEST(PrefetcherTest, RefusesShortPromptsAndBadOptions) {

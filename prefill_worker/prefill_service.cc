@@ -45,7 +45,9 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const tandem:
   engine::EngineRequest req;
   req.id = id;
   req.prompt_tokens.assign(r->prompt_token_ids().begin(), r->prompt_token_ids().end());
-  if (options_.on_prompt) options_.on_prompt(req.prompt_tokens);
+  if (options_.on_prompt) {
+    options_.on_prompt(req.prompt_tokens, r->has_prefetch_hint() ? &r->prefetch_hint() : nullptr);
+  }
   req.max_tokens = 1;
   req.sampling.temperature = r->sampling().temperature();
   req.sampling.top_k = r->sampling().top_k();

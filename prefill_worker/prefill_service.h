@@ -29,10 +29,11 @@ struct PrefillServiceOptions {
   const uint8_t* kv_base = nullptr;
   // Deadline of one request's KV transfer. Default: 10 s.
   absl::Duration transfer_timeout = absl::Seconds(10);
-  // Called with a valid request's prompt before it is queued in the engine
-  // (the worker starts its KV prefetch there, kvstore/prefetcher.h). Must not
-  // block. Default: empty.
-  std::function<void(absl::Span<const int32_t>)> on_prompt;
+  // Called with a valid request's prompt and the router's prefetch hint
+  // (PrefillRequest.prefetch_hint; nullptr when the request carries none)
+  // before it is queued in the engine (the worker starts its KV prefetch
+  // there, kvstore/prefetcher.h). Must not block. Default: empty.
+  std::function<void(absl::Span<const int32_t>, const tandem::v1::PrefetchHint*)> on_prompt;
 };
 
 class PrefillService final : public tandem::v1::PrefillWorker::Service {

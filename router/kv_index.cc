@@ -173,13 +173,14 @@ std::vector<KvIndex::PrefixMatch> KvIndex::Match(absl::Span<const BlockHash> has
   struct Live {
     uint32_t slot;
     int32_t tier_blocks[4];
+    int32_t first_lower;  // -1 until a block not in HBM
   };
   thread_local std::vector<uint64_t> mark;  // generation << 8 | tiers
   thread_local uint64_t generation = 0;
   if (mark.size() < workers_.size()) mark.resize(workers_.size(), 0);
   std::vector<Live> live;
   live.reserve(first->second.size());
-  for (const Holder& h : first->second) live.push_back({h.slot, {0, 0, 0, 0}});
+  for (const Holder& h : first->second) live.push_back({h.slot, {0, 0, 0, 0}, -1});
 
   auto best_tier = [](uint8_t tiers) {
     for (int t = 1; t <= kMaxTier; ++t) {
@@ -192,6 +193,7 @@ std::vector<KvIndex::PrefixMatch> KvIndex::Match(absl::Span<const BlockHash> has
     m.worker_id = workers_[l.slot].id;
     m.blocks = static_cast<int32_t>(depth);
     std::copy(l.tier_blocks, l.tier_blocks + 4, m.tier_blocks);
+    m.first_lower_block = l.first_lower < 0 ? m.blocks : l.first_lower;
     out.push_back(std::move(m));
   };
 
@@ -204,7 +206,9 @@ std::vector<KvIndex::PrefixMatch> KvIndex::Match(absl::Span<const BlockHash> has
     for (Live& l : live) {
       const uint64_t m = mark[l.slot];
       if ((m >> 8) == gen) {
-        ++l.tier_blocks[best_tier(static_cast<uint8_t>(m & 0xff))];
+        const int tier = best_tier(static_cast<uint8_t>(m & 0xff));
+        ++l.tier_blocks[tier];
+        if (tier != tandem::v1::KV_TIER_HBM && l.first_lower < 0) l.first_lower = static_cast<int32_t>(depth);
         live[kept++] = l;
       } else {
         finish(l, depth);

@@ -69,6 +69,10 @@ class KvIndex {
     // Of those, how many are in each tier at best (a block held in HBM and
     // DRAM counts as HBM): index by tandem::v1::KvTier (1 HBM, 2 DRAM, 3 SSD).
     int32_t tier_blocks[4] = {0, 0, 0, 0};
+    // Index of the prefix's first block that is not in HBM (blocks when all
+    // are): blocks [first_lower_block, blocks) are what the worker would
+    // load from its lower tiers (some may be in HBM again, interleaved).
+    int32_t first_lower_block = 0;
   };
 
   struct Stats {

@@ -64,6 +64,8 @@ TEST(KvIndexTest, CountsEachBlockInItsBestTier) {
   EXPECT_EQ(m[0].tier_blocks[tandem::v1::KV_TIER_HBM], 2);
   EXPECT_EQ(m[0].tier_blocks[tandem::v1::KV_TIER_DRAM], 1);
   EXPECT_EQ(m[0].tier_blocks[tandem::v1::KV_TIER_SSD], 1);
+  EXPECT_EQ(m[0].first_lower_block, 2);
+  EXPECT_EQ(index.Match({1, 2})[0].first_lower_block, 2);  // all in HBM: the prefix's end
   // Removing the HBM copy of block 2 leaves its DRAM copy.
   KvEventBatch r = Batch("w", 2);
   Add(&r, KvEvent::KIND_REMOVED, tandem::v1::KV_TIER_HBM, {2});
@@ -71,6 +73,7 @@ TEST(KvIndexTest, CountsEachBlockInItsBestTier) {
   m = index.Match({1, 2, 3, 4});
   ASSERT_EQ(m.size(), 1u);
   EXPECT_EQ(m[0].tier_blocks[tandem::v1::KV_TIER_DRAM], 2);
+  EXPECT_EQ(m[0].first_lower_block, 1);
   EXPECT_EQ(index.stats().entries, 4u);
 }
 
@@ -179,6 +182,7 @@ TEST(KvIndexTest, AgreesWithANaiveModelUnderRandomEvents) {
     for (KvIndex::PrefixMatch& m : index.Match(query)) got[m.worker_id] = m;
     for (int v = 0; v < kWorkers; ++v) {
       int32_t blocks = 0;
+      int32_t first_lower = -1;
       int32_t tiers[4] = {0, 0, 0, 0};
       for (BlockHash h : query) {
         int best = 0;
@@ -186,6 +190,7 @@ TEST(KvIndexTest, AgreesWithANaiveModelUnderRandomEvents) {
           if (model[v].count({h, t})) best = t;
         }
         if (best == 0) break;
+        if (best != 1 && first_lower < 0) first_lower = blocks;
         ++blocks;
         ++tiers[best];
       }
@@ -197,6 +202,7 @@ TEST(KvIndexTest, AgreesWithANaiveModelUnderRandomEvents) {
       ASSERT_TRUE(got.contains(vid)) << "step " << step << " worker " << v;
       EXPECT_EQ(got[vid].blocks, blocks);
       for (int t = 1; t <= 3; ++t) EXPECT_EQ(got[vid].tier_blocks[t], tiers[t]);
+      EXPECT_EQ(got[vid].first_lower_block, first_lower < 0 ? blocks : first_lower);
     }
   }
 }

@@ -42,6 +42,11 @@ absl::StatusOr<Policy> ParsePolicy(std::string_view name) {
       "policy: '%s' is not one of kv, round_robin, least_loaded, random", std::string(name)));
 }
 
+void SetPrefetchHint(const PlacementDecision& decision, tandem::v1::PrefetchHint* hint) {
+  hint->set_first_block(decision.prefetch_first_block);
+  hint->mutable_block_hashes()->Assign(decision.prefetch_hashes.begin(), decision.prefetch_hashes.end());
+}
+
 Placement::Placement(PlacementOptions options, WorkerRegistry* registry, const KvIndex* index)
     : options_(options), registry_(registry), index_(index), rng_(options.seed) {}
 
@@ -269,9 +274,25 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
       aggregate = true;
     }
   }
+  // The prefetch hint: the chosen worker's lower-tier blocks [first lower,
+  // own prefix), then the store's blocks past its own prefix.
+  auto set_hint = [&](const std::string& worker_id, int32_t store_blocks) {
+    const KvIndex::PrefixMatch* m = match_of(worker_id);
+    const int32_t own = m == nullptr ? 0 : m->blocks;
+    const int32_t first = m == nullptr ? 0 : m->first_lower_block;
+    const int32_t end = std::min<int32_t>(own + store_blocks, static_cast<int32_t>(req.block_hashes.size()));
+    decision.prefetch_first_block = std::min(first, end);
+    decision.prefetch_hashes.assign(req.block_hashes.begin() + decision.prefetch_first_block,
+                                    req.block_hashes.begin() + end);
+  };
   if (aggregate) {
     decision.predicted_cached_tokens = decode.cached_tokens;
     decision.predicted_ttft_ms = aggregated_ttft;
+    // The decode worker reads a store too when it runs with --kv-store.
+    const KvIndex::PrefixMatch* m = match_of(decision.decode.id);
+    const int32_t own = m == nullptr ? 0 : m->blocks;
+    set_hint(decision.decode.id,
+             store_match != nullptr && store_match->blocks > own ? store_match->blocks - own : 0);
   } else {
     decision.prefill = prefill.handle;
     decision.predicted_cached_tokens = prefill.cached_tokens;
@@ -279,6 +300,7 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
     decision.blocks_to_load = prefill.blocks_to_load;
     decision.store_blocks = prefill.store_blocks;
     if (prefill.store_blocks > 0) decision.store_id = store_match->worker_id;
+    set_hint(decision.prefill->id, prefill.store_blocks);
   }
 
   // --- SLO admission.

@@ -137,7 +137,20 @@ struct PlacementDecision {
   // when no store extends the prefix.
   int32_t store_blocks = 0;
   std::string store_id;
+  // The prefetch hint for the worker that prefills (the prefill worker, or
+  // the decode worker when aggregated), sent with its request
+  // (tandem.v1.PrefetchHint): the prompt's block hashes [prefetch_first_block,
+  // prefetch_first_block + prefetch_hashes.size()), i.e. from the first
+  // block of that worker's cached prefix the index does not place in its HBM
+  // through the end of its prefix, extended by the blocks a shared store
+  // holds beyond it (for the prefill worker: through own + store_blocks).
+  // Empty when the index expects nothing to load there.
+  int32_t prefetch_first_block = 0;
+  std::vector<BlockHash> prefetch_hashes;
 };
+
+// The decision's prefetch hint as sent to the worker that prefills.
+void SetPrefetchHint(const PlacementDecision& decision, tandem::v1::PrefetchHint* hint);
 
 struct PrefillObservation {
   int32_t prompt_tokens = 0;

@@ -151,6 +151,63 @@ TEST_F(PlacementTest, SharedStoreExtendsThePrefixAtItsLoadCost) {
   EXPECT_EQ(d.decode.id, "d");  // the store is never picked to decode
 }
 
+// The prefetch hint names the blocks the chosen worker is expected to load:
+// its prefix from the first block not in HBM, then the store's blocks past it.
+TEST_F(PlacementTest, PrefetchHintCarriesTheLowerTierAndStoreHashes) {
+  AddWorker("d", tandem::v1::WORKER_ROLE_DECODE);
+  AddWorker("p", tandem::v1::WORKER_ROLE_PREFILL);
+  Hold("p", {11, 12}, tandem::v1::KV_TIER_HBM);
+  Hold("p", {13}, tandem::v1::KV_TIER_DRAM);
+  Hold("p", {14}, tandem::v1::KV_TIER_SSD);
+  Placement placement({.policy = Policy::kKv, .aggregate_max_uncached_tokens = -1}, &registry_, &index_);
+  const std::vector<BlockHash> prompt = {11, 12, 13, 14, 15, 16, 17};
+  ASSERT_OK_AND_ASSIGN(PlacementDecision d, placement.Place(Request(prompt, 7 * kBlock + 3)));
+  ASSERT_TRUE(d.prefill.has_value());
+  EXPECT_EQ(d.prefill->id, "p");
+  EXPECT_EQ(d.blocks_to_load, 2);
+  EXPECT_EQ(d.prefetch_first_block, 2);
+  EXPECT_EQ(d.prefetch_hashes, (std::vector<BlockHash>{13, 14}));
+  tandem::v1::PrefetchHint hint;
+  SetPrefetchHint(d, &hint);
+  EXPECT_EQ(hint.first_block(), 2);
+  EXPECT_EQ(std::vector<BlockHash>(hint.block_hashes().begin(), hint.block_hashes().end()),
+            (std::vector<BlockHash>{13, 14}));
+
+  // A store holding more of the prompt extends the hint through its blocks.
+  AddWorker("s", tandem::v1::WORKER_ROLE_STORE);
+  Hold("s", {11, 12, 13, 14, 15, 16}, tandem::v1::KV_TIER_SSD);
+  ASSERT_OK_AND_ASSIGN(PlacementDecision e, placement.Place(Request(prompt, 7 * kBlock + 3)));
+  EXPECT_EQ(e.prefill->id, "p");
+  EXPECT_EQ(e.store_blocks, 2);
+  EXPECT_EQ(e.prefetch_first_block, 2);
+  EXPECT_EQ(e.prefetch_hashes, (std::vector<BlockHash>{13, 14, 15, 16}));
+
+  // All in HBM, no store beyond: an empty hint (nothing to load).
+  AddWorker("q", tandem::v1::WORKER_ROLE_PREFILL);
+  Hold("q", {21, 22, 23}, tandem::v1::KV_TIER_HBM);
+  ASSERT_OK_AND_ASSIGN(PlacementDecision f, placement.Place(Request({21, 22, 23, 24}, 4 * kBlock + 1)));
+  EXPECT_EQ(f.prefill->id, "q");
+  EXPECT_EQ(f.prefetch_first_block, 3);
+  EXPECT_TRUE(f.prefetch_hashes.empty());
+  // No worker holds anything: an empty hint at block 0.
+  ASSERT_OK_AND_ASSIGN(PlacementDecision g, placement.Place(Request({31, 32}, 40)));
+  EXPECT_EQ(g.prefetch_first_block, 0);
+  EXPECT_TRUE(g.prefetch_hashes.empty());
+}
+
+TEST_F(PlacementTest, AggregatedPrefetchHintIsTheDecodeWorkers) {
+  AddWorker("d", tandem::v1::WORKER_ROLE_DECODE);
+  Hold("d", {1}, tandem::v1::KV_TIER_HBM);
+  Hold("d", {2, 3}, tandem::v1::KV_TIER_SSD);
+  AddWorker("s", tandem::v1::WORKER_ROLE_STORE);
+  Hold("s", {1, 2, 3, 4}, tandem::v1::KV_TIER_DRAM);
+  Placement placement({.policy = Policy::kKv}, &registry_, &index_);
+  ASSERT_OK_AND_ASSIGN(PlacementDecision d, placement.Place(Request({1, 2, 3, 4, 5}, 5 * kBlock + 2)));
+  EXPECT_FALSE(d.prefill.has_value());
+  EXPECT_EQ(d.prefetch_first_block, 1);
+  EXPECT_EQ(d.prefetch_hashes, (std::vector<BlockHash>{2, 3, 4}));
+}
+
 TEST_F(PlacementTest, AStoreIsNeverAPrefillOrDecodeWorker) {
   AddWorker("s", tandem::v1::WORKER_ROLE_STORE);
   Placement placement({.policy = Policy::kKv}, &registry_, &index_);

@@ -38,6 +38,7 @@ struct RouterMetrics {
   CounterFamily* kv_bytes;
   Gauge* in_flight;
   Counter* retries;
+  GaugeFamily* workers;
 
   static RouterMetrics& Get() {
     static RouterMetrics* m = [] {
@@ -61,6 +62,9 @@ struct RouterMetrics {
                                 "KV bytes prefill workers wrote into decode workers", {});
       out->in_flight = r.Gauge("tandem_router_requests_in_flight", "Requests started and not finished", {})
                            ->WithLabels({});
+      out->workers =
+          r.Gauge("tandem_router_workers",
+                  "Healthy workers registered with this router, by role (prefill, decode, store)", {"role"});
       out->retries = r.Counter("tandem_router_retries_total", "Placements retried after a worker failed", {})
                          ->WithLabels({});
       return out;
@@ -406,6 +410,7 @@ void RouterCore::Call::OnReserved(const grpc::Status& s) {
   *prefill_req_.mutable_sampling() = sampling_;
   *prefill_req_.mutable_reservation() = reservation_;
   prefill_req_.set_stop_at_eos(stop_at_eos_);
+  SetPrefetchHint(*placement_, prefill_req_.mutable_prefetch_hint());
   ctx_ = std::make_unique<grpc::ClientContext>();
   ctx_->set_deadline(absl::ToChronoTime(deadline_));
   if (!Activate(ctx_.get())) {
@@ -481,6 +486,7 @@ void RouterCore::Call::StartDecode() {
     req.set_max_tokens(max_tokens_);
     *req.mutable_sampling() = sampling_;
     req.set_stop_at_eos(stop_at_eos_);
+    SetPrefetchHint(*placement_, req.mutable_prefetch_hint());
     decode_inflight_tokens_ = static_cast<int64_t>(prompt_.size()) - placement_->predicted_cached_tokens;
     if (summary_.timings().queue_ms() == 0) summary_.mutable_timings()->set_queue_ms(Ms(absl::Now() - start_));
   }
@@ -680,10 +686,22 @@ void RouterCore::SnapshotLoop() {
 }
 
 void RouterCore::SweepLoop() {
+  RouterMetrics& metrics = RouterMetrics::Get();
+  Gauge* const workers[3] = {metrics.workers->WithLabels({"prefill"}),
+                             metrics.workers->WithLabels({"decode"}), metrics.workers->WithLabels({"store"})};
   while (!stop_.WaitForNotificationWithTimeout(options_.sweep_interval)) {
     for (const std::string& id : registry_->Unhealthy()) {
       if (index_.Known(id)) index_.RemoveWorker(id);
     }
+    int healthy[3] = {0, 0, 0};
+    for (const WorkerRegistry::WorkerInfo& w : registry_->List()) {
+      const int i = w.role == tandem::v1::WORKER_ROLE_PREFILL  ? 0
+                    : w.role == tandem::v1::WORKER_ROLE_DECODE ? 1
+                    : w.role == tandem::v1::WORKER_ROLE_STORE  ? 2
+                                                               : -1;
+      if (w.healthy && i >= 0) ++healthy[i];
+    }
+    for (int i = 0; i < 3; ++i) workers[i]->Set(healthy[i]);
   }
 }
 

@@ -10,14 +10,17 @@
 #include <fstream>
 #include <memory>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/block_hash.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
+#include "http/test_client.h"
 #include "kvstore/block_format.h"
 #include "kvstore/ssd_tier.h"
 #include "model/loader.h"
@@ -114,6 +117,16 @@ void CorruptSsdValue(const std::string& path, const std::string& model_id, Block
   for (auto* h : handles) ASSERT_TRUE(db->DestroyColumnFamilyHandle(h).ok());
   ASSERT_TRUE(db->Close().ok());
   delete db;
+}
+
+template <typename F>
+bool PollUntilTrue(F condition, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!condition()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return true;
 }
 
 bool ContainsAll(const std::set<BlockHash>& held, const std::vector<BlockHash>& want) {
@@ -235,6 +248,128 @@ TEST(KvTiersClusterTest, SsdBlocksSurviveKillAndAreServedAgain) {
   prefill.process.reset();
   decode.process.reset();
   router.process.reset();
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
+// GET `path` from 127.0.0.1:`port`; the body, or "" without a 200.
+std::string HttpGet(int port, const std::string& path) {
+  http::testing::TestClient c(port);
+  if (!c.ok() || !c.Send(absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: t\r\n\r\n"))) return "";
+  std::optional<http::testing::ParsedResponse> r = c.ReadResponse(absl::Seconds(10));
+  return r.has_value() && r->status == 200 ? r->body : "";
+}
+
+// The value of the sample `series` (name and labels as rendered) in a
+// Prometheus text body; -1 when absent.
+double Sample(const std::string& body, const std::string& series) {
+  std::istringstream in(body);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (absl::StartsWith(line, series + " ")) return std::stod(line.substr(series.size() + 1));
+  }
+  return -1;
+}
+
+struct PrefetchCounts {
+  double hint_requests, prompt_requests, hint_promoted, hint_dram;
+};
+PrefetchCounts ReadPrefetchCounts(int metrics_port) {
+  const std::string m = HttpGet(metrics_port, "/metrics");
+  return {Sample(m, R"(tandem_worker_kv_prefetch_requests{source="hint"})"),
+          Sample(m, R"(tandem_worker_kv_prefetch_requests{source="prompt"})"),
+          Sample(m, R"(tandem_worker_kv_prefetch_promoted_blocks{source="hint"})"),
+          Sample(m, R"(tandem_worker_kv_prefetch_dram_blocks{source="hint"})")};
+}
+
+// Prefetch starts at assignment (issue #6): the router's index knows the
+// prompt's blocks are on the prefill worker's SSD tier, so the Prefill
+// request carries them as a PrefetchHint; the worker promotes exactly those
+// blocks (its /metrics count a hinted prefetch and promoted blocks, no
+// prompt-based one) and the generation equals the one computed from scratch.
+TEST(KvTiersClusterTest, RouterHintPromotesSsdBlocksOnTheWorker) {
+  if (!std::ifstream(kStories)) GTEST_SKIP() << "shared data absent";
+  std::string dir = ::testing::TempDir() + "/kv_hint_cluster_XXXXXX";
+  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+
+  Proc router = Start({TANDEM_BINARY, "router", "--port", "0", "--model", kStories, "--heartbeat-ms", "200",
+                       "--aggregate-max-uncached-tokens", "-1"});
+  ASSERT_FALSE(router.address.empty());
+  Proc prefill = Start({TANDEM_BINARY,     "prefill",
+                        "--router",        router.address,
+                        "--model",         kStories,
+                        "--threads",       "1",
+                        "--block-size",    absl::StrCat(kBlockSize),
+                        "--kv-cache-mb",   "1",
+                        "--kv-dram-bytes", "262144",
+                        "--kv-ssd-path",   dir + "/prefill",
+                        "--worker-id",     "prefill-hint",
+                        "--metrics-port",  "0"});
+  Proc decode = Start({TANDEM_BINARY, "decode", "--router", router.address, "--model", kStories, "--threads",
+                       "1", "--block-size", absl::StrCat(kBlockSize), "--kv-cache-mb", "64"});
+  ASSERT_FALSE(prefill.address.empty());
+  ASSERT_FALSE(decode.address.empty());
+  ASSERT_EQ(prefill.ready["kv_prefetch"], true);
+  const std::string metrics_address = prefill.ready.value("metrics", "");
+  const int metrics_port = std::atoi(metrics_address.substr(metrics_address.rfind(':') + 1).c_str());
+  ASSERT_GT(metrics_port, 0) << metrics_address;
+  auto stub =
+      tandem::v1::Tandem::NewStub(grpc::CreateChannel(router.address, grpc::InsecureChannelCredentials()));
+
+  const std::string prompt = Story(200, 120);
+  auto model = model::LoadModel(kStories);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  const std::vector<int32_t> prompt_tokens = (*model)->tokenizer->Encode(prompt, /*add_bos=*/true);
+  const std::vector<BlockHash> hashes = HashFullBlocks((*model)->config.model_id, prompt_tokens, kBlockSize);
+  ASSERT_GE(hashes.size(), 4u);
+
+  const Result computed = Generate(stub.get(), prompt, 16);
+  ASSERT_TRUE(computed.status.ok()) << computed.status.error_message();
+  ASSERT_EQ(computed.tokens.size(), 16u);
+  EXPECT_EQ(computed.summary.usage().cached_tokens(), 0);
+  // Other prompts until the prompt's blocks have left the pool and DRAM and
+  // are on SSD only.
+  auto none_in = [&](const std::set<BlockHash>& held) {
+    for (BlockHash h : hashes) {
+      if (held.contains(h)) return false;
+    }
+    return true;
+  };
+  const absl::Time deadline = absl::Now() + absl::Seconds(120);
+  int filler = 201;
+  while (!ContainsAll(SnapshotTier(prefill.address, tandem::v1::KV_TIER_SSD), hashes) ||
+         !none_in(SnapshotTier(prefill.address, tandem::v1::KV_TIER_DRAM)) ||
+         !none_in(SnapshotTier(prefill.address, tandem::v1::KV_TIER_HBM))) {
+    ASSERT_LT(absl::Now(), deadline) << "the prompt's blocks never reached SSD only";
+    ASSERT_LT(filler, 400);
+    const Result r = Generate(stub.get(), Story(filler++, 120), 4);
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  }
+  // Let the router's index catch up with the worker's KV events.
+  absl::SleepFor(absl::Seconds(1));
+
+  const PrefetchCounts before = ReadPrefetchCounts(metrics_port);
+  ASSERT_GE(before.hint_requests, 0) << "no tandem_worker_kv_prefetch_* on the worker's /metrics";
+  const Result again = Generate(stub.get(), prompt, 16);
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+  EXPECT_EQ(again.summary.prefill_worker(), "prefill-hint");
+  EXPECT_EQ(again.tokens, computed.tokens);
+  EXPECT_GE(again.summary.usage().cached_tokens(), static_cast<int32_t>(hashes.size() - 1) * kBlockSize)
+      << "the prompt's blocks were not reused from the SSD tier";
+  // The prefetch runs beside the request: wait for its counts to settle.
+  PrefetchCounts after;
+  EXPECT_TRUE(PollUntilTrue(
+      [&] {
+        after = ReadPrefetchCounts(metrics_port);
+        return after.hint_promoted + after.hint_dram - before.hint_promoted - before.hint_dram >=
+               static_cast<double>(hashes.size());
+      },
+      absl::Seconds(10)));
+  EXPECT_EQ(after.hint_requests - before.hint_requests, 1);
+  EXPECT_EQ(after.prompt_requests, before.prompt_requests) << "the worker hashed the prompt despite the hint";
+  EXPECT_GT(after.hint_promoted - before.hint_promoted, 0) << "no block was promoted by the hinted prefetch";
+
+  for (Proc* p : {&prefill, &decode, &router}) p->process.reset();
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
 }

@@ -12,6 +12,7 @@
 #include <array>
 #include <cerrno>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -19,11 +20,13 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "cli/up_command.h"
 #include "gtest/gtest.h"
+#include "http/test_client.h"
 #include "nlohmann/json.hpp"
 
 extern char** environ;
@@ -491,6 +494,101 @@ TEST(UpTest, ChildrenDieWithUp) {
     const pid_t pid = j["pid"].get<pid_t>();
     EXPECT_TRUE(PollUntil([&] { return ProcessGone(pid); }, absl::Seconds(10))) << j;
   }
+}
+
+// The value of the sample `series` (name and labels exactly as rendered) in
+// a Prometheus text body; nullopt when absent.
+std::optional<double> Sample(const std::string& body, const std::string& series) {
+  std::istringstream in(body);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (absl::StartsWith(line, series + " ")) return std::stod(line.substr(series.size() + 1));
+  }
+  return std::nullopt;
+}
+
+// GET `path` from 127.0.0.1:`port`; the body, or "" without a 200.
+std::string HttpGet(int port, const std::string& path) {
+  http::testing::TestClient c(port);
+  if (!c.ok() || !c.Send(absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: t\r\n\r\n"))) return "";
+  std::optional<http::testing::ParsedResponse> r = c.ReadResponse(absl::Seconds(10));
+  return r.has_value() && r->status == 200 ? r->body : "";
+}
+
+int PortOf(const std::string& address) {
+  int port = 0;
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port)) return 0;
+  return port;
+}
+
+// `up --store`: a shared KV store starts after the router, registers with
+// it (the router counts it among its healthy workers), every worker gets
+// --kv-store with its address (and a DRAM tier in front of it), and
+// requests through the cluster give what a local generate gives.
+TEST(UpTest, StoreRegistersWithTheRouterAndWorkersUseIt) {
+  const std::string ssd_dir = ::testing::TempDir() + "/up_store_XXXXXX";
+  std::string dir = ssd_dir;
+  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+  UpProcess up({"--model", "synthetic:tiny", "--prefill", "1", "--decode", "1", "--port", "0", "--http-port",
+                "0", "--store", "--store-dram-bytes", "16777216", "--kv-ssd-dir", dir, "--ready-timeout-s",
+                "60"});
+  std::vector<nlohmann::json> seen;
+  auto ready = up.ReadUntilEvent("ready", absl::Seconds(90), &seen);
+  ASSERT_TRUE(ready.has_value()) << "no ready event from tandem up --store";
+  seen.pop_back();
+  ASSERT_EQ(seen.size(), 4u);
+  EXPECT_EQ(seen[0]["role"], "router");
+  const nlohmann::json& store = seen[1];  // after the router, before the workers
+  ASSERT_EQ(store["role"], "store");
+  const std::string router = (*ready)["router"].get<std::string>();
+  EXPECT_EQ(store["router"], router);
+  EXPECT_EQ(store["worker_id"], "store-0");
+  EXPECT_EQ(store["ssd"], true);  // DIR/store under --kv-ssd-dir
+  EXPECT_EQ((*ready)["store"], store["grpc"]);
+  EXPECT_TRUE(std::ifstream(dir + "/store/CURRENT").good()) << "no RocksDB at " << dir << "/store";
+  for (size_t i = 2; i < seen.size(); ++i) {
+    EXPECT_EQ(seen[i]["kv_store"], store["grpc"]) << seen[i];
+    EXPECT_EQ(seen[i]["kv_tiers"], true) << seen[i];  // the default DRAM tier in front of the store
+  }
+
+  // The router lists the store as a healthy worker of role store (beside
+  // the two workers; its gauges follow registrations within a sweep).
+  const int http_port = PortOf((*ready)["http"].get<std::string>());
+  ASSERT_GT(http_port, 0) << *ready;
+  std::string metrics;
+  EXPECT_TRUE(PollUntil(
+      [&] {
+        metrics = HttpGet(http_port, "/metrics");
+        return Sample(metrics, R"(tandem_router_workers{role="store"})") == 1.0 &&
+               Sample(metrics, R"(tandem_router_workers{role="prefill"})") == 1.0 &&
+               Sample(metrics, R"(tandem_router_workers{role="decode"})") == 1.0;
+      },
+      absl::Seconds(10)))
+      << "router's /metrics:\n"
+      << metrics;
+
+  ExitResult remote =
+      RunTandem(absl::StrCat("generate --remote ", router, " --json --max-tokens 8 --timeout-s 60"));
+  ASSERT_EQ(remote.exit_code, 0) << remote.out;
+  ExitResult local = RunTandem("generate --json --max-tokens 8");
+  ASSERT_EQ(local.exit_code, 0) << local.out;
+  const auto last_line = [](const std::string& s) {
+    std::istringstream in(s);
+    std::string line, last;
+    while (std::getline(in, line)) {
+      if (!line.empty() && line[0] == '{') last = line;
+    }
+    return last;
+  };
+  EXPECT_EQ(last_line(remote.out), last_line(local.out));
+  EXPECT_FALSE(last_line(remote.out).empty()) << remote.out;
+
+  ASSERT_EQ(kill(up.pid(), SIGTERM), 0);
+  EXPECT_EQ(up.WaitExit(absl::Seconds(10)), 0);
+  EXPECT_TRUE(ProcessGone(store["pid"].get<pid_t>()));
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
 }
 
 TEST(UpTest, RouterThatCannotStartFailsUp) {
