@@ -29,6 +29,7 @@
 #include "common/metrics.h"
 #include "http/server.h"
 #include "kernels/backend.h"
+#include "kvstore/block_format.h"
 #include "kvstore/prefetcher.h"
 #include "kvstore/store_client.h"
 #include "kvstore/tiered_store.h"
@@ -228,6 +229,7 @@ absl::Status ResolveWorkerFlags(const CLI::App& cmd, WorkerFlags* f) {
     m.Set("--kv-ssd-bytes", w.has_kv_ssd_bytes(), w.kv_ssd_bytes(), &f->kv_tiers.ssd_bytes);
     m.Set("--kv-prefetch", w.has_kv_prefetch(), w.kv_prefetch(), &f->kv_prefetch);
     m.Set("--kv-store", w.has_kv_store(), w.kv_store(), &f->kv_store);
+    m.Set("--kv-store-transport", w.has_kv_store_transport(), w.kv_store_transport(), &f->kv_store_transport);
     MergeTls(m, config->tls(), &f->tls);
   }
   const std::string source = Source(f->config);
@@ -249,6 +251,10 @@ absl::Status ResolveWorkerFlags(const CLI::App& cmd, WorkerFlags* f) {
   if (!f->kv_tiers.ssd_path.empty() && f->kv_tiers.dram_bytes == 0) {
     return absl::InvalidArgumentError(
         source + ": worker.kv_ssd_path (--kv-ssd-path) needs worker.kv_dram_bytes (--kv-dram-bytes) > 0");
+  }
+  if (f->kv_store_transport != "ucx" && f->kv_store_transport != "grpc") {
+    return absl::InvalidArgumentError(source + ": worker.kv_store_transport (--kv-store-transport) is '" +
+                                      f->kv_store_transport + "'; must be ucx or grpc");
   }
   if (!f->kv_store.empty() && f->kv_tiers.dram_bytes == 0) {
     return absl::InvalidArgumentError(
@@ -287,6 +293,7 @@ tandem::v1::ClusterConfig EffectiveConfig(const WorkerFlags& f) {
   w->set_kv_ssd_bytes(f.kv_tiers.ssd_bytes);
   w->set_kv_prefetch(f.kv_prefetch);
   w->set_kv_store(f.kv_store);
+  w->set_kv_store_transport(f.kv_store_transport);
   *c.mutable_tls() = TlsProto(f.tls);
   return c;
 }
@@ -466,6 +473,10 @@ static void AddWorkerFlags(CLI::App* cmd, WorkerFlags* f) {
   cmd->add_option("--kv-store", f->kv_store,
                   "Shared KV store (tandem store) host:port: tier misses fall through to it, evicted blocks are "
                   "offered to it (needs --kv-dram-bytes)");
+  cmd->add_option("--kv-store-transport", f->kv_store_transport,
+                  "How block bytes move to and from --kv-store: ucx (control over gRPC) or grpc (in the messages)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"ucx", "grpc"}));
   cmd->add_option("--metrics-port", f->metrics_port,
                   "HTTP port serving /metrics and /health; 0: any free port (printed in the ready line); -1: off")
       ->capture_default_str()
@@ -602,10 +613,25 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
   }
   // Declared before the engine, which appends to it until destroyed.
   engine::KvEventLog kv_events;
-  // The shared store's client (optional) outlives the tiers that call it.
+  const std::string worker_id =
+      f.worker_id.empty() ? absl::StrFormat("%s-%s-%d", role, f.host, getpid()) : f.worker_id;
+  auto transfer = transfer::TransferEngine::Create({.name = worker_id});
+  if (!transfer.ok()) {
+    std::cerr << tag << "transfer engine: " << transfer.status().message() << "\n";
+    return 1;
+  }
+  // The shared store's client (optional) outlives the tiers that call it;
+  // the transfer engine (declared above) outlives the client, whose landing
+  // slots it allocated.
   std::unique_ptr<kvstore::StoreClient> store_client;
   if (!f.kv_store.empty()) {
-    auto client = kvstore::StoreClient::Create({.model_id = config.model_id}, (*channels)(f.kv_store));
+    kvstore::StoreClient::Options store_options{.model_id = config.model_id};
+    if (f.kv_store_transport == "ucx") {
+      store_options.transfer = transfer->get();
+      store_options.slot_bytes =
+          kvstore::EncodedBlockBytes(f.block_size, config.KvLayoutFor(f.block_size).BlockBytes());
+    }
+    auto client = kvstore::StoreClient::Create(store_options, (*channels)(f.kv_store));
     if (!client.ok()) {
       std::cerr << tag << "--kv-store: " << client.status().message() << "\n";
       return 1;
@@ -704,13 +730,6 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
     std::cerr << tag << engine.status().message() << "\n";
     return 1;
   }
-  const std::string worker_id =
-      f.worker_id.empty() ? absl::StrFormat("%s-%s-%d", role, f.host, getpid()) : f.worker_id;
-  auto transfer = transfer::TransferEngine::Create({.name = worker_id});
-  if (!transfer.ok()) {
-    std::cerr << tag << "transfer engine: " << transfer.status().message() << "\n";
-    return 1;
-  }
   const kernels::KvCacheView& kv = (*engine)->kv_view();
   const size_t pool_bytes = static_cast<size_t>(kv.num_blocks) * kv.layout.BlockBytes();
 
@@ -727,7 +746,22 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
   Gauge* const computed = DefaultMetricsRegistry()
                               .Gauge("tandem_worker_prompt_tokens_computed", "Prompt tokens computed (not reused)")
                               ->WithLabels({});
-  runner_options.on_tick = [&decode_raw, hits, computed, tiers_raw = tiers->get()](engine::Engine& e) {
+  // Bytes moved to and from the shared store, by direction and data path.
+  GaugeFamily* store_bytes = DefaultMetricsRegistry().Gauge(
+      "tandem_worker_kv_store_bytes", "Block bytes fetched from and offered to the shared KV store",
+      {"direction", "transport"});
+  Gauge* const store_gauges[4] = {
+      store_bytes->WithLabels({"fetch", "ucx"}), store_bytes->WithLabels({"put", "ucx"}),
+      store_bytes->WithLabels({"fetch", "grpc"}), store_bytes->WithLabels({"put", "grpc"})};
+  runner_options.on_tick = [&decode_raw, hits, computed, store_gauges, store_raw = store_client.get(),
+                            tiers_raw = tiers->get()](engine::Engine& e) {
+    if (store_raw != nullptr) {
+      const kvstore::StoreClient::Stats s = store_raw->stats();
+      store_gauges[0]->Set(static_cast<double>(s.ucx_fetch_bytes));
+      store_gauges[1]->Set(static_cast<double>(s.ucx_put_bytes));
+      store_gauges[2]->Set(static_cast<double>(s.grpc_fetch_bytes));
+      store_gauges[3]->Set(static_cast<double>(s.grpc_put_bytes));
+    }
     if (decode_raw != nullptr) decode_raw->ExpireReservations(e);
     const engine::KvManager::Stats& kv_stats = e.kv_manager().stats();
     // KvManager counts blocks the tiers fetched from the shared store for it
@@ -871,6 +905,7 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
               {"kv_ssd_blocks_reopened", reopened_ssd_blocks},
               {"kv_prefetch", prefetcher != nullptr},
               {"kv_store", f.kv_store},
+              {"kv_store_transport", store_client != nullptr ? store_client->transport() : ""},
               {"metrics", metrics_server ? absl::StrFormat("%s:%d", f.host, metrics_server->port()) : ""}});
   const int sig = WaitForTermination(signals);
   std::cerr << tag << "signal " << sig << ", shutting down\n";

@@ -80,6 +80,7 @@ struct WorkerFlags {
   KvTierFlags kv_tiers;   // --kv-dram-bytes, --kv-ssd-path, --kv-ssd-bytes (cli/engine_flags.h)
   bool kv_prefetch = true;  // --kv-prefetch: SSD -> DRAM ahead of admission (with an SSD tier)
   std::string kv_store;     // --kv-store: the shared KV store's address; empty: none
+  std::string kv_store_transport = "ucx";  // --kv-store-transport: ucx | grpc
   int32_t metrics_port = -1;  // --metrics-port: /metrics and /health over HTTP; 0: any free port; -1: off
   TlsFlags tls;
   std::string config;    // --config FILE; empty: none

@@ -1,8 +1,12 @@
 #include "decode_worker/decode_service.h"
 
+#include <iostream>
 #include <memory>
+#include <optional>
 
 #include "absl/strings/str_format.h"
+#include "common/metrics.h"
+#include "kvstore/block_format.h"
 #include "proto/grpc_status.h"
 #include "worker_common/worker_status.h"
 #include "model/text_stream.h"
@@ -37,6 +41,26 @@ engine::EngineRequest ToEngineRequest(int64_t id, const Proto& r) {
 
 }  // namespace
 
+absl::Status VerifyTransferredBlocks(const uint8_t* kv_base, size_t block_bytes, absl::Span<const int32_t> block_ids,
+                                     int32_t first_written, absl::Span<const uint32_t> crc32c) {
+  if (first_written < 0 || static_cast<size_t>(first_written) > block_ids.size() ||
+      crc32c.size() != block_ids.size() - static_cast<size_t>(first_written)) {
+    return absl::InvalidArgumentError(absl::StrFormat("%d KV checksums for %d written blocks", crc32c.size(),
+                                                      static_cast<int64_t>(block_ids.size()) - first_written));
+  }
+  for (size_t i = 0; i < crc32c.size(); ++i) {
+    const int32_t block = block_ids[first_written + i];
+    const uint32_t crc = kvstore::Crc32c(
+        absl::MakeConstSpan(kv_base + static_cast<size_t>(block) * block_bytes, block_bytes));
+    if (crc != crc32c[i]) {
+      return absl::DataLossError(absl::StrFormat(
+          "KV block %d of the prompt (pool block %d): CRC32C %08x, the prefill worker sent %08x",
+          first_written + i, block, crc, crc32c[i]));
+    }
+  }
+  return absl::OkStatus();
+}
+
 grpc::Status DecodeService::Reserve(grpc::ServerContext*, const tandem::v1::ReserveRequest* r,
                                     tandem::v1::KvReservation* response) {
   if (r->request_id().empty()) {
@@ -65,7 +89,8 @@ grpc::Status DecodeService::Reserve(grpc::ServerContext*, const tandem::v1::Rese
                                                          : options_.reservation_ttl;
   {
     absl::MutexLock lock(&mu_);
-    reservations_[r->request_id()] = {id, absl::Now() + ttl};
+    reservations_[r->request_id()] = {id, absl::Now() + ttl, reservation.block_ids,
+                                      reservation.cached_tokens / options_.block_size, *r};
   }
   response->set_request_id(r->request_id());
   response->set_ucx_worker_address(options_.ucx_worker_address);
@@ -121,7 +146,11 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const tandem::v
   int64_t id;
   model::TextStream text(tokenizer_);
   int32_t generated = 0;
+  // A kv_ready request whose transferred blocks fail their checksums is
+  // prefilled here from its reservation's request instead.
+  std::optional<tandem::v1::ReserveRequest> recompute;
   if (r->kv_ready()) {
+    Reservation reserved;
     {
       absl::MutexLock lock(&mu_);
       auto it = reservations_.find(r->request_id());
@@ -129,9 +158,49 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const tandem::v
         return grpc::Status(grpc::StatusCode::NOT_FOUND,
                             "request_id: no reservation (expired or unknown)");
       }
-      id = it->second.engine_id;
+      reserved = std::move(it->second);
       reservations_.erase(it);  // no longer subject to expiry
     }
+    id = reserved.engine_id;
+    if (r->kv_block_crc32c_size() > 0) {
+      // The reserved blocks are this request's alone until Activate or
+      // ReleaseReserved, and the prefill worker's write completed before
+      // the router sent this call: reading them here races with nothing.
+      const absl::Status verified = VerifyTransferredBlocks(
+          reinterpret_cast<const uint8_t*>(options_.kv_region.base_address), options_.block_bytes,
+          reserved.block_ids, reserved.cached_blocks,
+          absl::MakeConstSpan(r->kv_block_crc32c().data(), r->kv_block_crc32c_size()));
+      static Counter* const verified_blocks =
+          DefaultMetricsRegistry()
+              .Counter("tandem_worker_kv_transfer_verified_blocks_total",
+                       "Transferred KV blocks checked against the prefill worker's CRC32C", {})
+              ->WithLabels({});
+      static Counter* const failures =
+          DefaultMetricsRegistry()
+              .Counter("tandem_worker_kv_transfer_checksum_failures_total",
+                       "Requests whose transferred KV failed its CRC32C check and were prefilled here", {})
+              ->WithLabels({});
+      if (verified.ok()) {
+        verified_blocks->Increment(static_cast<double>(r->kv_block_crc32c_size()));
+      } else {
+        failures->Increment();
+        std::cerr << "decode worker: request " << r->request_id() << ": " << verified.message()
+                  << "; prefilling it here\n";
+        (void)runner_->Run([id](engine::Engine& e) { return e.ReleaseReserved(id); },
+                           absl::Now() + kEngineCallTimeout);
+        if (verified.code() != absl::StatusCode::kDataLoss) return ToGrpc(verified);
+        recompute = std::move(reserved.request);
+      }
+    }
+  }
+  if (recompute.has_value()) {
+    {
+      absl::MutexLock lock(&mu_);
+      id = next_engine_id_++;
+    }
+    absl::Status s = runner_->Submit(ToEngineRequest(id, *recompute), listener, absl::Now() + kEngineCallTimeout);
+    if (!s.ok()) return ToGrpc(s);
+  } else if (r->kv_ready()) {
     const int32_t first = r->first_token();
     absl::Status s = runner_->ListenAndRun(
         id, listener, [id, first](engine::Engine& e) { return e.Activate(id, first); },

@@ -4,8 +4,11 @@
 //
 //   Reserve  -> blocks for the prompt (cached prefix marked), UCX address,
 //               region and rkey; lapses after its TTL unless Decode starts.
-//   Decode   -> with kv_ready: joins the running batch with the first token
-//               the prefill worker sampled; without: prefills by itself
+//   Decode   -> with kv_ready: checks the written blocks against the
+//               prefill worker's CRC32Cs, then joins the running batch with
+//               the first token the prefill worker sampled (a block that
+//               fails the check: the reservation is dropped and the prompt
+//               prefilled here instead); without: prefills by itself
 //               (aggregated mode). Streams token chunks, then a summary.
 //   Release  -> gives a reservation back.
 //
@@ -17,9 +20,11 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "engine/engine_runner.h"
@@ -28,6 +33,13 @@
 #include "transfer/transfer_engine.h"
 
 namespace tandem::decode_worker {
+
+// Checks blocks block_ids[first_written...] of the KV pool at `kv_base`
+// (block_bytes each) against `crc32c` (parallel to the written blocks).
+// DataLoss naming the first block that differs; InvalidArgument when the
+// counts disagree.
+absl::Status VerifyTransferredBlocks(const uint8_t* kv_base, size_t block_bytes, absl::Span<const int32_t> block_ids,
+                                     int32_t first_written, absl::Span<const uint32_t> crc32c);
 
 struct DecodeServiceOptions {
   std::string worker_id;
@@ -71,6 +83,11 @@ class DecodeService final : public tandem::v1::DecodeWorker::Service {
   struct Reservation {
     int64_t engine_id;
     absl::Time expires;
+    // What the prefill worker writes (blocks [cached_blocks, n) of
+    // block_ids), and the request, to prefill here if those bytes are bad.
+    std::vector<int32_t> block_ids;
+    int32_t cached_blocks = 0;
+    tandem::v1::ReserveRequest request;
   };
 
   const DecodeServiceOptions options_;

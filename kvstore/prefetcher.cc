@@ -122,7 +122,11 @@ void Prefetcher::Run(const Job& job) {
   int64_t promoted = 0, in_dram = 0;
   bool expired = false;
   const size_t n = std::min(hashes.size(), static_cast<size_t>(options_.max_blocks));
-  for (size_t i = 0; i < n; ++i) {
+  // Chunks of kChunkBlocks: the blocks a chunk finds in neither DRAM nor
+  // SSD go to the shared store in one batch (TieredStore::PromoteMany); the
+  // deadline and stop are checked between chunks.
+  constexpr size_t kChunkBlocks = 16;
+  for (size_t i = 0; i < n; i += kChunkBlocks) {
     if (absl::Now() > job.deadline) {
       expired = true;
       break;
@@ -131,10 +135,13 @@ void Prefetcher::Run(const Job& job) {
       std::lock_guard<std::mutex> lock(mu_);
       if (stop_) return;
     }
-    const auto tokens = absl::MakeConstSpan(job.tokens).subspan(i * options_.block_tokens, options_.block_tokens);
-    absl::StatusOr<Tier> from = store_->Promote(hashes[i], tokens);
-    if (!from.ok()) continue;  // not in the tiers (maybe in the pool), or unreadable
-    ++(*from == Tier::kDram ? in_dram : promoted);
+    const size_t count = std::min(kChunkBlocks, n - i);
+    const auto tokens =
+        absl::MakeConstSpan(job.tokens).subspan(i * options_.block_tokens, count * options_.block_tokens);
+    for (const absl::StatusOr<Tier>& from : store_->PromoteMany(absl::MakeConstSpan(hashes).subspan(i, count), tokens)) {
+      if (!from.ok()) continue;  // not in the tiers (maybe in the pool), or unreadable
+      ++(*from == Tier::kDram ? in_dram : promoted);
+    }
   }
   {
     std::lock_guard<std::mutex> lock(mu_);

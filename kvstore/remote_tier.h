@@ -14,8 +14,10 @@
 #define TANDEM_KVSTORE_REMOTE_TIER_H_
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "common/block_hash.h"
 
 namespace tandem::kvstore {
@@ -29,6 +31,16 @@ class RemoteTier {
   // deadline) are misses to the caller too. Must return within the
   // implementation's own deadline.
   virtual absl::StatusOr<std::string> Fetch(BlockHash hash) = 0;
+
+  // Fetch of several blocks (a prompt's prefix), parallel to `hashes`.
+  // Implementations batch them into fewer round trips; this default asks
+  // one at a time.
+  virtual std::vector<absl::StatusOr<std::string>> FetchMany(absl::Span<const BlockHash> hashes) {
+    std::vector<absl::StatusOr<std::string>> out;
+    out.reserve(hashes.size());
+    for (BlockHash h : hashes) out.push_back(Fetch(h));
+    return out;
+  }
 
   // Offers an encoded value; best effort, never blocks (an implementation
   // may drop it, e.g. when its queue is full).

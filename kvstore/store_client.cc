@@ -68,85 +68,130 @@ int32_t StoreClient::TakeSlotLocked(absl::Time now) {
 }
 
 absl::StatusOr<std::string> StoreClient::Fetch(BlockHash hash) {
-  int32_t slot = -1;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    const absl::Time now = absl::Now();
-    if (now < unavailable_until_) {
-      ++stats_.fetch_skipped;
-      return absl::UnavailableError("shared KV store: unavailable (recent failure)");
+  return std::move(FetchMany(absl::MakeConstSpan(&hash, 1))[0]);
+}
+
+std::vector<absl::StatusOr<std::string>> StoreClient::FetchMany(absl::Span<const BlockHash> hashes) {
+  std::vector<absl::StatusOr<std::string>> out;
+  out.reserve(hashes.size());
+  while (out.size() < hashes.size()) {
+    const size_t left = hashes.size() - out.size();
+    std::vector<int32_t> slots;
+    bool ucx = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const absl::Time now = absl::Now();
+      if (now < unavailable_until_) {
+        stats_.fetch_skipped += static_cast<int64_t>(left);
+        while (out.size() < hashes.size()) {
+          out.push_back(absl::UnavailableError("shared KV store: unavailable (recent failure)"));
+        }
+        return out;
+      }
+      ucx = ucx_;
+      while (ucx && slots.size() < left) {
+        const int32_t slot = TakeSlotLocked(now);
+        if (slot < 0) break;
+        slots.push_back(slot);
+      }
+      if (ucx && slots.empty()) ++stats_.fetch_slot_fallbacks;
     }
-    if (ucx_) {
-      slot = TakeSlotLocked(now);
-      if (slot < 0) ++stats_.fetch_slot_fallbacks;
+    if (slots.empty()) {
+      FetchGrpc(hashes.subspan(out.size(), std::min<size_t>(left, kMaxBlocksPerRpc)), &out);
+      continue;
+    }
+    if (!FetchUcx(hashes.subspan(out.size(), slots.size()), slots, &out)) {
+      // The store has no UCX path: gRPC bytes from now on (the loop asks again).
+      std::lock_guard<std::mutex> lock(mu_);
+      ucx_ = false;
+      for (int32_t slot : slots) free_slots_.push_back(slot);
     }
   }
-  if (slot < 0) return FetchGrpc(hash);
+  return out;
+}
 
-  const uint64_t offset = static_cast<uint64_t>(slot) * options_.slot_bytes;
+bool StoreClient::FetchUcx(absl::Span<const BlockHash> hashes, const std::vector<int32_t>& slots,
+                           std::vector<absl::StatusOr<std::string>>* out) {
   tandem::v1::StoreGetIntoRequest request;
   request.set_model_id(options_.model_id);
-  request.add_block_hashes(hash);
-  request.add_offsets(offset);
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    request.add_block_hashes(hashes[i]);
+    request.add_offsets(static_cast<uint64_t>(slots[i]) * options_.slot_bytes);
+  }
   request.set_slot_bytes(options_.slot_bytes);
   RegionToProto(options_.transfer->worker_address(), *landing_, request.mutable_destination());
   tandem::v1::StoreGetIntoResponse response;
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.fetch_timeout));
   const grpc::Status s = stub_->GetInto(&ctx, request, &response);
-  std::string value;
-  if (s.ok() && response.value_bytes_size() == 1 && response.value_bytes(0) > 0 &&
-      response.value_bytes(0) <= options_.slot_bytes) {
-    // The store answered after its write was confirmed in place; nobody else
-    // writes this slot while we hold it.
-    value.assign(reinterpret_cast<const char*>(landing_->base_address + offset), response.value_bytes(0));
-  }
-  if (s.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
-    // A store without a UCX path: gRPC bytes from now on.
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ucx_ = false;
-      free_slots_.push_back(slot);
+  if (s.error_code() == grpc::StatusCode::UNIMPLEMENTED) return false;
+  const bool answered = s.ok() && response.value_bytes_size() == static_cast<int>(hashes.size());
+  int64_t hits = 0, bytes = 0;
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    const uint64_t n = answered ? response.value_bytes(static_cast<int>(i)) : 0;
+    if (!answered) {
+      out->push_back(s.ok() ? absl::InternalError("shared KV store: GetInto answered another block count")
+                            : FromGrpc(s));
+    } else if (n == 0 || n > options_.slot_bytes) {
+      out->push_back(absl::NotFoundError(absl::StrFormat("block %016x not in the shared store", hashes[i])));
+    } else {
+      // The store answered after its write was confirmed in place; nobody
+      // else writes this slot while we hold it.
+      out->push_back(std::string(
+          reinterpret_cast<const char*>(landing_->base_address + static_cast<uint64_t>(slots[i]) * options_.slot_bytes),
+          n));
+      ++hits;
+      bytes += static_cast<int64_t>(n);
     }
-    return FetchGrpc(hash);
   }
   std::lock_guard<std::mutex> lock(mu_);
-  ++stats_.fetches;
+  stats_.fetches += static_cast<int64_t>(hashes.size());
+  ++stats_.fetch_rpcs;
+  stats_.fetch_hits += hits;
+  stats_.ucx_fetch_bytes += bytes;
   if (!s.ok()) {
+    // The store may still be writing these slots (a deadline passed): not
+    // reused for slot_quarantine.
     ++stats_.fetch_errors;
     unavailable_until_ = absl::Now() + options_.retry_after;
-    quarantined_.emplace_back(absl::Now() + options_.slot_quarantine, slot);
-    return FromGrpc(s);
+    for (int32_t slot : slots) quarantined_.emplace_back(absl::Now() + options_.slot_quarantine, slot);
+  } else {
+    for (int32_t slot : slots) free_slots_.push_back(slot);
   }
-  free_slots_.push_back(slot);
-  if (value.empty()) return absl::NotFoundError(absl::StrFormat("block %016x not in the shared store", hash));
-  ++stats_.fetch_hits;
-  stats_.ucx_fetch_bytes += static_cast<int64_t>(value.size());
-  return value;
+  return true;
 }
 
-absl::StatusOr<std::string> StoreClient::FetchGrpc(BlockHash hash) {
+void StoreClient::FetchGrpc(absl::Span<const BlockHash> hashes, std::vector<absl::StatusOr<std::string>>* out) {
   tandem::v1::StoreGetRequest request;
   request.set_model_id(options_.model_id);
-  request.add_block_hashes(hash);
+  for (BlockHash h : hashes) request.add_block_hashes(h);
   tandem::v1::StoreGetResponse response;
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.fetch_timeout));
   const grpc::Status s = stub_->Get(&ctx, request, &response);
+  // Misses are absent from the response; hits come in request order.
+  int next = 0;
+  int64_t hits = 0, bytes = 0;
+  for (BlockHash h : hashes) {
+    if (!s.ok()) {
+      out->push_back(FromGrpc(s));
+    } else if (next < response.blocks_size() && response.blocks(next).block_hash() == h) {
+      bytes += static_cast<int64_t>(response.blocks(next).value().size());
+      out->push_back(std::move(*response.mutable_blocks(next++)->mutable_value()));
+      ++hits;
+    } else {
+      out->push_back(absl::NotFoundError(absl::StrFormat("block %016x not in the shared store", h)));
+    }
+  }
   std::lock_guard<std::mutex> lock(mu_);
-  ++stats_.fetches;
+  stats_.fetches += static_cast<int64_t>(hashes.size());
+  ++stats_.fetch_rpcs;
+  stats_.fetch_hits += hits;
+  stats_.grpc_fetch_bytes += bytes;
   if (!s.ok()) {
     ++stats_.fetch_errors;
     unavailable_until_ = absl::Now() + options_.retry_after;
-    return FromGrpc(s);
   }
-  for (tandem::v1::StoreBlock& b : *response.mutable_blocks()) {
-    if (b.block_hash() != hash) continue;
-    ++stats_.fetch_hits;
-    stats_.grpc_fetch_bytes += static_cast<int64_t>(b.value().size());
-    return std::move(*b.mutable_value());
-  }
-  return absl::NotFoundError(absl::StrFormat("block %016x not in the shared store", hash));
 }
 
 void StoreClient::Offer(BlockHash hash, std::string value) {

@@ -4,7 +4,7 @@
 //   auto client = StoreClient::Create({.model_id = config.model_id}, grpc::CreateChannel(addr, creds));
 //   tiered_options.remote = client->get();  // client outlives the TieredStore
 //
-// Fetch is one synchronous RPC with a short deadline (fetch_timeout); a
+// Fetch (FetchMany: a batch) is one synchronous RPC with a short deadline (fetch_timeout); a
 // store that is down or slow is a miss, and for retry_after after a failure
 // Fetch does not call at all. Offer never blocks: values go into
 // a bounded queue (full: dropped) that one owned thread sends in batches.
@@ -82,7 +82,8 @@ class StoreClient final : public RemoteTier {
   };
 
   struct Stats {
-    int64_t fetches = 0;
+    int64_t fetches = 0;        // blocks asked for
+    int64_t fetch_rpcs = 0;     // Get / GetInto calls made for them
     int64_t fetch_hits = 0;
     int64_t fetch_errors = 0;  // RPC failures (not misses)
     int64_t fetch_skipped = 0;  // answered Unavailable within retry_after of a failure
@@ -108,6 +109,9 @@ class StoreClient final : public RemoteTier {
   StoreClient& operator=(const StoreClient&) = delete;
 
   absl::StatusOr<std::string> Fetch(BlockHash hash) override;
+  // One GetInto per as many blocks as there are free landing slots (one Get
+  // of up to kMaxBlocksPerRpc blocks on the gRPC path).
+  std::vector<absl::StatusOr<std::string>> FetchMany(absl::Span<const BlockHash> hashes) override;
   void Offer(BlockHash hash, std::string value) override;
 
   // Waits until every offer queued so far was sent (or the deadline); for
@@ -123,7 +127,12 @@ class StoreClient final : public RemoteTier {
 
   StoreClient(const Options& options, std::shared_ptr<grpc::Channel> channel);
   void SendLoop();
-  absl::StatusOr<std::string> FetchGrpc(BlockHash hash);
+  static constexpr size_t kMaxBlocksPerRpc = 64;
+  // Append one result per hash to *out. FetchUcx returns false, appending
+  // nothing, when the store has no UCX path.
+  bool FetchUcx(absl::Span<const BlockHash> hashes, const std::vector<int32_t>& slots,
+                std::vector<absl::StatusOr<std::string>>* out);
+  void FetchGrpc(absl::Span<const BlockHash> hashes, std::vector<absl::StatusOr<std::string>>* out);
   // Sends a batch over UCX; UNIMPLEMENTED when the store has no UCX path.
   absl::StatusOr<int32_t> PutUcx(const Batch& batch);
   absl::StatusOr<int32_t> PutGrpc(Batch& batch);

@@ -244,6 +244,44 @@ TEST_P(StoreRpcTest, ConcurrentFetchesGetTheirOwnBytes) {
   EXPECT_EQ(client->stats().fetch_errors, 0);
 }
 
+// A prefix's blocks from the store in batches (the prefetcher's path):
+// PromoteMany asks the store once per batch (gRPC: one Get; UCX: one
+// GetInto per free landing slot, two here), not once per block.
+TEST_P(StoreRpcTest, PromoteManyFetchesAPrefixInBatches) {
+  std::unique_ptr<StoreClient> client = Client();
+  ASSERT_NE(client, nullptr);
+  auto worker = TieredStore::Create(StoreOptions("", client.get()));
+  ASSERT_OK(worker.status());
+  constexpr int kBlocks = 6;
+  std::vector<BlockHash> hashes;
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < kBlocks; ++i) {
+    hashes.push_back(200 + i);
+    const std::vector<int32_t> t = TokensFor(200 + i, kTokens);
+    tokens.insert(tokens.end(), t.begin(), t.end());
+    if (i != 3) ASSERT_OK(shared_->Put(200 + i, t, PayloadFor(200 + i, kPayload)));  // block 3: a miss
+  }
+  ASSERT_OK((*worker)->Put(hashes[0], TokensFor(200, kTokens), PayloadFor(200, kPayload)));  // local already
+  const std::vector<absl::StatusOr<Tier>> from = (*worker)->PromoteMany(hashes, tokens);
+  ASSERT_EQ(from.size(), static_cast<size_t>(kBlocks));
+  ASSERT_OK(from[0].status());
+  EXPECT_EQ(*from[0], Tier::kDram);
+  for (int i : {1, 2, 4, 5}) {
+    ASSERT_TRUE(from[i].ok()) << i << ": " << from[i].status();
+    EXPECT_EQ(*from[i], Tier::kRemote) << i;
+  }
+  EXPECT_THAT(from[3].status(), StatusIs(absl::StatusCode::kNotFound));
+  const StoreClient::Stats s = client->stats();
+  EXPECT_EQ(s.fetches, kBlocks - 1);
+  EXPECT_EQ(s.fetch_hits, kBlocks - 2);
+  EXPECT_EQ(s.fetch_rpcs, ucx() ? 3 : 1);
+  // Promoted blocks are in the worker's DRAM with the store's bytes.
+  std::vector<uint8_t> out(kPayload);
+  ASSERT_OK((*worker)->Get(204, TokensFor(204, kTokens), absl::MakeSpan(out)).status());
+  EXPECT_EQ(out, PayloadFor(204, kPayload));
+  EXPECT_EQ((*worker)->Find(204), Tier::kDram);
+}
+
 class StoreUcxTest : public StoreRpcTest {};
 
 // A writer that reserved slots and vanished: its reservation expires, the

@@ -242,7 +242,12 @@ absl::Status TieredStore::FetchRemote(BlockHash hash, absl::Span<const int32_t> 
                                       absl::Span<uint8_t> payload_out) {
   absl::StatusOr<std::string> value = options_.remote->Fetch(hash);
   if (!value.ok()) return value.status();
-  absl::StatusOr<BlockView> view = DecodeBlock(*value, /*verify_checksum=*/true);
+  return AcceptRemote(hash, tokens, *value, payload_out);
+}
+
+absl::Status TieredStore::AcceptRemote(BlockHash hash, absl::Span<const int32_t> tokens,
+                                       const std::string& value, absl::Span<uint8_t> payload_out) {
+  absl::StatusOr<BlockView> view = DecodeBlock(value, /*verify_checksum=*/true);
   if (!view.ok() || view->model_id_hash != model_id_hash_ || view->block_hash != hash ||
       view->payload.size() != options_.payload_bytes || view->num_tokens != tokens.size()) {
     std::lock_guard<std::mutex> s(stats_mu_);
@@ -255,7 +260,7 @@ absl::Status TieredStore::FetchRemote(BlockHash hash, absl::Span<const int32_t> 
     std::lock_guard<std::mutex> events(dram_events_mu_);
     std::vector<BlockHash> evicted;
     const bool was_in_dram = dram_->Contains(hash);
-    if (dram_->Put(hash, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value->data()), value->size()),
+    if (dram_->Put(hash, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value.data()), value.size()),
                    &evicted)
             .ok()) {
       Emit(TierEvent::Kind::kRemoved, Tier::kDram, std::move(evicted));
@@ -265,6 +270,43 @@ absl::Status TieredStore::FetchRemote(BlockHash hash, absl::Span<const int32_t> 
   std::lock_guard<std::mutex> s(stats_mu_);
   ++(payload_out.empty() ? stats_.remote_promotions : stats_.remote_hits);
   return absl::OkStatus();
+}
+
+std::vector<absl::StatusOr<Tier>> TieredStore::PromoteMany(absl::Span<const BlockHash> hashes,
+                                                           absl::Span<const int32_t> tokens) {
+  const size_t bt = static_cast<size_t>(options_.block_tokens);
+  std::vector<absl::StatusOr<Tier>> out(hashes.size(), absl::NotFoundError("not asked"));
+  if (tokens.size() < hashes.size() * bt) {
+    for (auto& o : out) o = absl::InvalidArgumentError("TieredStore::PromoteMany: fewer tokens than blocks");
+    return out;
+  }
+  auto block_tokens = [&](size_t i) { return tokens.subspan(i * bt, bt); };
+  // Local tiers first, one block at a time (no round trip to save); the
+  // rest from the remote tier in one batch.
+  std::vector<size_t> remote;
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    const bool local = dram_->Contains(hashes[i]) || (ssd_ != nullptr && ssd_->Contains(hashes[i]));
+    if (local || options_.remote == nullptr) {
+      out[i] = Promote(hashes[i], block_tokens(i));
+    } else {
+      remote.push_back(i);
+    }
+  }
+  if (remote.empty()) return out;
+  std::vector<BlockHash> asked;
+  asked.reserve(remote.size());
+  for (size_t i : remote) asked.push_back(hashes[i]);
+  std::vector<absl::StatusOr<std::string>> values = options_.remote->FetchMany(asked);
+  for (size_t k = 0; k < remote.size() && k < values.size(); ++k) {
+    const size_t i = remote[k];
+    if (!values[k].ok()) {
+      out[i] = values[k].status();
+      continue;
+    }
+    const absl::Status accepted = AcceptRemote(hashes[i], block_tokens(i), *values[k], {});
+    out[i] = accepted.ok() ? absl::StatusOr<Tier>(Tier::kRemote) : absl::StatusOr<Tier>(accepted);
+  }
+  return out;
 }
 
 absl::StatusOr<std::string> TieredStore::GetEncoded(BlockHash hash) {

@@ -159,6 +159,13 @@ class TieredStore {
   // the hit counters.
   absl::StatusOr<Tier> Promote(BlockHash hash, absl::Span<const int32_t> tokens);
 
+  // Promote of consecutive blocks (block i's tokens are
+  // tokens[i * block_tokens, (i + 1) * block_tokens)), parallel to `hashes`:
+  // the blocks neither DRAM nor SSD holds are asked of Options::remote in
+  // one RemoteTier::FetchMany instead of one round trip each.
+  std::vector<absl::StatusOr<Tier>> PromoteMany(absl::Span<const BlockHash> hashes,
+                                                absl::Span<const int32_t> tokens);
+
   // The stored value of `hash` as encoded (kvstore/block_format.h), from
   // DRAM or SSD (an SSD hit is verified, and promoted into DRAM); never from
   // Options::remote. For the shared store's server. NotFound on a miss.
@@ -205,6 +212,10 @@ class TieredStore {
   // DRAM and copy the payload into `payload_out` when it is not empty (a
   // Get; empty: a Promote, counted apart).
   absl::Status FetchRemote(BlockHash hash, absl::Span<const int32_t> tokens, absl::Span<uint8_t> payload_out);
+  // Verifies a value fetched from Options::remote, copies its payload out
+  // (unless payload_out is empty) and keeps it in DRAM.
+  absl::Status AcceptRemote(BlockHash hash, absl::Span<const int32_t> tokens, const std::string& value,
+                            absl::Span<uint8_t> payload_out);
 
   const Options options_;
   const uint64_t model_id_hash_;

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_format.h"
 #include "common/metrics.h"
+#include "kvstore/block_format.h"
 #include "proto/grpc_status.h"
 #include "worker_common/worker_status.h"
 
@@ -97,6 +98,12 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const tandem:
     for (int64_t i = res.cached_blocks(); i < blocks; ++i) {
       writes.push_back({options_.kv_base + static_cast<uint64_t>(done.held_blocks.at(i)) * options_.block_bytes,
                         static_cast<uint64_t>(res.block_ids(i)) * res.block_bytes(), options_.block_bytes});
+    }
+    // The checksums travel with the blocks (issue #6: integrity end to end):
+    // the decode worker verifies what landed against what was sent.
+    for (const transfer::WriteRequest& w : writes) {
+      response->add_kv_block_crc32c(
+          kvstore::Crc32c(absl::MakeConstSpan(static_cast<const uint8_t*>(w.local), w.bytes)));
     }
     transfer::RemoteRegion peer;
     peer.worker_address = res.ucx_worker_address();

@@ -480,6 +480,8 @@ void RouterCore::Call::StartDecode() {
   if (first_token_.has_value()) {
     req.set_kv_ready(true);
     req.set_first_token(*first_token_);
+    // The decode worker checks the transferred blocks against these.
+    *req.mutable_kv_block_crc32c() = prefilled_.kv_block_crc32c();
     decode_inflight_tokens_ = 0;
   } else {  // aggregated: the decode worker prefills too
     *req.mutable_prompt_token_ids() = {prompt_.begin(), prompt_.end()};

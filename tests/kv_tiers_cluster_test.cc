@@ -395,11 +395,13 @@ TEST(KvTiersClusterTest, SharedStoreServesAnotherWorkerAfterKill) {
   Proc store = Start(store_argv);
   ASSERT_FALSE(store.address.empty());
   EXPECT_EQ(store.ready["ssd_blocks_reopened"], 0);
+  EXPECT_EQ(store.ready["transport"], "ucx");
   auto worker_argv = [&](const std::string& role, const std::string& id) {
     std::vector<std::string> argv = {TANDEM_BINARY, role, "--router", router.address, "--model", kStories,
                                      "--threads", "1", "--block-size", absl::StrCat(kBlockSize), "--worker-id", id};
     if (role == "prefill") {
-      argv.insert(argv.end(), {"--kv-cache-mb", "1", "--kv-dram-bytes", "262144", "--kv-store", store.address});
+      argv.insert(argv.end(), {"--kv-cache-mb", "1", "--kv-dram-bytes", "262144", "--kv-store", store.address,
+                               "--metrics-port", "0"});
     } else {
       argv.insert(argv.end(), {"--kv-cache-mb", "64"});
     }
@@ -418,6 +420,7 @@ TEST(KvTiersClusterTest, SharedStoreServesAnotherWorkerAfterKill) {
   const std::vector<BlockHash> hashes = HashFullBlocks((*model)->config.model_id, prompt_tokens, kBlockSize);
   ASSERT_GE(hashes.size(), 4u);
 
+  EXPECT_EQ(prefill_a.ready["kv_store_transport"], "ucx");
   const Result first = Generate(stub.get(), prompt, 16);
   ASSERT_TRUE(first.status.ok()) << first.status.error_message();
   ASSERT_EQ(first.summary.prefill_worker(), "prefill-a");
@@ -456,10 +459,113 @@ TEST(KvTiersClusterTest, SharedStoreServesAnotherWorkerAfterKill) {
   // Blocks [0, kCorrupt) from the store; the corrupt one and the rest computed.
   EXPECT_EQ(again.summary.usage().cached_tokens(), static_cast<int32_t>(kCorrupt) * kBlockSize)
       << "the prompt's blocks were not reused from the shared store up to the corrupt one";
+  // Those blocks came over UCX, not inside gRPC messages: at least kCorrupt
+  // block values (the metrics follow the engine's tick).
+  const std::string metrics_address = prefill_b.ready.value("metrics", "");
+  const int metrics_port = std::atoi(metrics_address.substr(metrics_address.rfind(':') + 1).c_str());
+  ASSERT_GT(metrics_port, 0) << metrics_address;
+  const double min_bytes = static_cast<double>(kCorrupt) * static_cast<double>(kBlockSize);
+  std::string m;
+  for (const absl::Time until = absl::Now() + absl::Seconds(10); absl::Now() < until;) {
+    m = HttpGet(metrics_port, "/metrics");
+    if (Sample(m, R"(tandem_worker_kv_store_bytes{direction="fetch",transport="ucx"})") >= min_bytes) break;
+    Generate(stub.get(), Story(400, 20), 1);  // a request makes the engine tick
+  }
+  EXPECT_GE(Sample(m, R"(tandem_worker_kv_store_bytes{direction="fetch",transport="ucx"})"), min_bytes) << m;
+  EXPECT_EQ(Sample(m, R"(tandem_worker_kv_store_bytes{direction="fetch",transport="grpc"})"), 0) << m;
 
   for (Proc* p : {&prefill_b, &decode, &store, &router}) p->process.reset();
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
+}
+
+// Integrity through transfer (issue #6): the prefill worker sends a CRC32C
+// per block it writes, the decode worker checks the blocks before using
+// them. Real transfers verify clean; a "prefill" whose bytes never landed
+// (the test reserves blocks and claims KV it did not write) is caught, the
+// reservation dropped, and the decode worker prefills the prompt itself:
+// the stream equals an aggregated generation of the same prompt.
+std::vector<int32_t> DecodeTokens(tandem::v1::DecodeWorker::Stub* stub, const tandem::v1::DecodeRequest& req,
+                                  grpc::Status* status) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  auto reader = stub->Decode(&ctx, req);
+  std::vector<int32_t> tokens;
+  tandem::v1::GenerateResponse resp;
+  while (reader->Read(&resp)) {
+    if (resp.has_chunk()) tokens.insert(tokens.end(), resp.chunk().token_ids().begin(), resp.chunk().token_ids().end());
+  }
+  *status = reader->Finish();
+  return tokens;
+}
+
+TEST(KvTiersClusterTest, CorruptTransferredKvIsDetectedAndRecomputed) {
+  if (!std::ifstream(kStories)) GTEST_SKIP() << "shared data absent";
+  Proc router = Start({TANDEM_BINARY, "router", "--port", "0", "--model", kStories, "--heartbeat-ms", "200",
+                       "--aggregate-max-uncached-tokens", "-1"});
+  ASSERT_FALSE(router.address.empty());
+  Proc prefill = Start({TANDEM_BINARY, "prefill", "--router", router.address, "--model", kStories, "--threads",
+                        "1", "--block-size", absl::StrCat(kBlockSize), "--worker-id", "prefill-0"});
+  Proc decode = Start({TANDEM_BINARY, "decode", "--router", router.address, "--model", kStories, "--threads", "1",
+                       "--block-size", absl::StrCat(kBlockSize), "--worker-id", "decode-0", "--metrics-port", "0"});
+  ASSERT_FALSE(prefill.address.empty());
+  ASSERT_FALSE(decode.address.empty());
+  const std::string metrics_address = decode.ready.value("metrics", "");
+  const int metrics_port = std::atoi(metrics_address.substr(metrics_address.rfind(':') + 1).c_str());
+  ASSERT_GT(metrics_port, 0) << metrics_address;
+  constexpr char kVerified[] = "tandem_worker_kv_transfer_verified_blocks_total";
+  constexpr char kFailures[] = "tandem_worker_kv_transfer_checksum_failures_total";
+
+  // 1. A real disaggregated request: every transferred block verifies.
+  auto stub = tandem::v1::Tandem::NewStub(grpc::CreateChannel(router.address, grpc::InsecureChannelCredentials()));
+  const Result routed = Generate(stub.get(), Story(7, 80), 8);
+  ASSERT_TRUE(routed.status.ok()) << routed.status.error_message();
+  ASSERT_EQ(routed.summary.prefill_worker(), "prefill-0");
+  std::string m = HttpGet(metrics_port, "/metrics");
+  EXPECT_GT(Sample(m, kVerified), 0) << m;
+  EXPECT_EQ(Sample(m, kFailures), 0) << m;
+
+  // 2. Blocks reserved, nothing written, checksums claimed anyway.
+  auto model = model::LoadModel(kStories);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  const std::vector<int32_t> prompt = (*model)->tokenizer->Encode(Story(8, 80), /*add_bos=*/true);
+  auto decode_stub =
+      tandem::v1::DecodeWorker::NewStub(grpc::CreateChannel(decode.address, grpc::InsecureChannelCredentials()));
+  tandem::v1::ReserveRequest reserve;
+  reserve.set_request_id("corrupt-1");
+  *reserve.mutable_prompt_token_ids() = {prompt.begin(), prompt.end()};
+  reserve.set_max_tokens(12);
+  tandem::v1::KvReservation reservation;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    grpc::Status s = decode_stub->Reserve(&ctx, reserve, &reservation);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  const int blocks = (static_cast<int>(prompt.size()) + kBlockSize - 1) / kBlockSize;
+  ASSERT_LT(reservation.cached_blocks(), blocks);
+  tandem::v1::DecodeRequest corrupt;
+  corrupt.set_request_id("corrupt-1");
+  corrupt.set_kv_ready(true);
+  corrupt.set_first_token(1);
+  for (int i = reservation.cached_blocks(); i < blocks; ++i) corrupt.add_kv_block_crc32c(0x5eed0000u + i);
+  grpc::Status corrupt_status;
+  const std::vector<int32_t> recomputed = DecodeTokens(decode_stub.get(), corrupt, &corrupt_status);
+  ASSERT_TRUE(corrupt_status.ok()) << corrupt_status.error_message();
+  m = HttpGet(metrics_port, "/metrics");
+  EXPECT_EQ(Sample(m, kFailures), 1) << m;
+
+  tandem::v1::DecodeRequest aggregated;
+  aggregated.set_request_id("aggregated-1");
+  *aggregated.mutable_prompt_token_ids() = {prompt.begin(), prompt.end()};
+  aggregated.set_max_tokens(12);
+  grpc::Status aggregated_status;
+  const std::vector<int32_t> expected = DecodeTokens(decode_stub.get(), aggregated, &aggregated_status);
+  ASSERT_TRUE(aggregated_status.ok()) << aggregated_status.error_message();
+  ASSERT_EQ(expected.size(), 12u);
+  EXPECT_EQ(recomputed, expected) << "the decode worker did not recompute the prompt whose KV failed its checksums";
+
+  for (Proc* p : {&prefill, &decode, &router}) p->process.reset();
 }
 
 }  // namespace
