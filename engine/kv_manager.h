@@ -3,6 +3,8 @@
 //   TANDEM_ASSIGN_OR_RETURN(auto kv, KvManager::Create({.model_id = "stories260K"}, pool));
 //   TANDEM_ASSIGN_OR_RETURN(int32_t cached, kv->StartSequence(seq, prompt));  // reused prefix
 //   TANDEM_RETURN_IF_ERROR(kv->EnsureCapacity(seq, prompt.size()));  // blocks for the rest
+//   // With tiers (async): while kv->IsLoading(seq), compute nothing for it; each
+//   // step, for (const KvManager::LoadDone& d : kv->PollLoads()) cached = d.cached_tokens.
 //   ... run the model on prompt[cached:], writing KV at kv->Slot(seq, pos) ...
 //   kv->CommitFullBlocks(seq, prompt, prompt.size());  // full blocks join the prefix cache
 //   ... decode: EnsureCapacity(seq, n + 1), compute, CommitFullBlocks(seq, tokens, n + 1) ...
