@@ -63,13 +63,13 @@ run() {  # $1 label, rest: worker tier flags (SSD path suffixed per worker; STOR
     --label "$label" --json "$work/$label.json" >"$work/$label.txt"
   local hbm=0 dram=0 ssd=0 store_hits=0 computed=0 ucx_bytes=0 grpc_bytes=0
   for m in "${metrics[@]}"; do
-    ucx_bytes=$((ucx_bytes + $(metric "$m" 'tandem_worker_kv_store_bytes\{direction="fetch",transport="ucx"\}'))
-    grpc_bytes=$((grpc_bytes + $(metric "$m" 'tandem_worker_kv_store_bytes\{direction="fetch",transport="grpc"\}'))
-    store_hits=$((store_hits + $(metric "$m" 'tandem_worker_kv_hit_blocks\{tier="store"\}'))
-    hbm=$((hbm + $(metric "$m" 'tandem_worker_kv_hit_blocks\{tier="hbm"\}'))
-    dram=$((dram + $(metric "$m" 'tandem_worker_kv_hit_blocks\{tier="dram"\}'))
-    ssd=$((ssd + $(metric "$m" 'tandem_worker_kv_hit_blocks\{tier="ssd"\}'))
-    computed=$((computed + $(metric "$m" 'tandem_worker_prompt_tokens_computed'))
+    ucx_bytes=$((ucx_bytes + $(metric "$m" 'tandem_worker_kv_store_bytes\{direction="fetch",transport="ucx"\}')))
+    grpc_bytes=$((grpc_bytes + $(metric "$m" 'tandem_worker_kv_store_bytes\{direction="fetch",transport="grpc"\}')))
+    store_hits=$((store_hits + $(metric "$m" 'tandem_worker_kv_hit_blocks\{tier="store"\}')))
+    hbm=$((hbm + $(metric "$m" 'tandem_worker_kv_hit_blocks\{tier="hbm"\}')))
+    dram=$((dram + $(metric "$m" 'tandem_worker_kv_hit_blocks\{tier="dram"\}')))
+    ssd=$((ssd + $(metric "$m" 'tandem_worker_kv_hit_blocks\{tier="ssd"\}')))
+    computed=$((computed + $(metric "$m" 'tandem_worker_prompt_tokens_computed')))
   done
   for ((k = ${#pids[@]} - 1; k >= 0; k--)); do kill -TERM "${pids[$k]}"; wait "${pids[$k]}" || true; done
   python3 - "$work/$label.json" "$label" "$hbm" "$dram" "$ssd" "$store_hits" "$computed" "$ucx_bytes" "$grpc_bytes" <<'PY'
