@@ -1,6 +1,6 @@
 // Prefetch of a prompt's lower-tier blocks SSD -> DRAM ahead of admission, on
 // one background thread, so that by the time the engine admits the request
-// its synchronous tier copy (KvManager::StartSequence) is a DRAM hit.
+// its tier copy into the pool (KvManager::StartSequence, asynchronous by default) reads DRAM.
 //
 //   Prefetcher::Options options;
 //   options.model_id = config.model_id;
