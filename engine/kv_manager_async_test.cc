@@ -31,37 +31,14 @@
 namespace tandem::engine {
 namespace {
 
+using ::tandem::kvstore::testing::Gate;
+
 constexpr int32_t kTokens = 4;  // per block
 constexpr size_t kPayload = 256;
 constexpr int32_t kPoolBlocks = 24;
 constexpr int kPrompts = 6;
 constexpr int kPromptBlocks = 4;  // prompts of 4 blocks + 1 token
 
-// Holds a tier copy (from the loader thread) until the test releases it.
-class Gate {
- public:
-  void Enter() {
-    std::unique_lock<std::mutex> lock(mu_);
-    entered_ = true;
-    cv_.notify_all();
-    cv_.wait(lock, [&] { return released_; });
-  }
-  void WaitEntered() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return entered_; });
-  }
-  void Release() {
-    std::lock_guard<std::mutex> lock(mu_);
-    released_ = true;
-    cv_.notify_all();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool entered_ = false;
-  bool released_ = false;
-};
 
 std::vector<uint8_t> PayloadOf(BlockHash h) {
   std::vector<uint8_t> p(kPayload);
@@ -195,7 +172,7 @@ TEST(TierLoaderTest, NoWriteAfterCancelAndNoResult) {
   TierLoader::Job job1{.id = 1, .loads = {}};
   for (BlockHash h = 1; h <= 3; ++h) job1.loads.push_back({h, kvstore::testing::TokensFor(h, kTokens), absl::MakeSpan(bufs[h - 1])});
   ASSERT_TRUE(loader.Submit(std::move(job1)));
-  gate.WaitEntered();
+  ASSERT_TRUE(gate.WaitEntered()) << "the held copy never started";
   TierLoader::Job job2{.id = 2, .loads = {{4, kvstore::testing::TokensFor(4, kTokens), absl::MakeSpan(bufs[3])}}};
   ASSERT_TRUE(loader.Submit(std::move(job2)));
   TierLoader::Job job3{.id = 3, .loads = {}};

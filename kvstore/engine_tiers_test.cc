@@ -28,37 +28,14 @@
 namespace tandem::kvstore {
 namespace {
 
+using ::tandem::kvstore::testing::Gate;
+
 using ::tandem::kvstore::testing::TempDir;
 
 constexpr int32_t kBlock = 16;
 constexpr int32_t kPromptLen = 64;  // 3 reusable blocks (one token is always computed)
 constexpr int32_t kNewTokens = 8;   // 72 tokens: 5 blocks, the whole pool
 
-// Holds a tier copy (from the loader thread) until the test releases it.
-class Gate {
- public:
-  void Enter() {
-    std::unique_lock<std::mutex> lock(mu_);
-    entered_ = true;
-    cv_.notify_all();
-    cv_.wait(lock, [&] { return released_; });
-  }
-  void WaitEntered() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return entered_; });
-  }
-  void Release() {
-    std::lock_guard<std::mutex> lock(mu_);
-    released_ = true;
-    cv_.notify_all();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool entered_ = false;
-  bool released_ = false;
-};
 
 // Param: model spec, asynchronous tier loads.
 class EngineTiersTest : public ::testing::TestWithParam<std::tuple<std::string, bool>> {
@@ -275,7 +252,7 @@ TEST_P(EngineTiersTest, OthersDecodeWhileACopyIsHeld) {
   ASSERT_EQ(tokens[4].size(), 1u);
   ASSERT_OK(eng->Add({.id = 3, .prompt_tokens = prompt_a_, .max_tokens = kNewTokens, .stop_at_eos = false}));
   for (int i = 0; i < 3; ++i) step();  // A admitted, loading; C decodes each step
-  gate.WaitEntered();
+  ASSERT_TRUE(gate.WaitEntered()) << "the held copy never started";
   EXPECT_EQ(eng->num_loading(), 1);
   EXPECT_EQ(eng->num_running(), 1);
   EXPECT_EQ(tokens[4].size(), 4u);
@@ -307,7 +284,7 @@ TEST_P(EngineTiersTest, CancelWhileLoadingIsSafe) {
   absl::Cleanup release = [&] { gate.Release(); };
   ASSERT_OK(eng->Add({.id = 3, .prompt_tokens = prompt_a_, .max_tokens = kNewTokens, .stop_at_eos = false}));
   ASSERT_OK(eng->Step().status());
-  gate.WaitEntered();
+  ASSERT_TRUE(gate.WaitEntered()) << "the held copy never started";
   ASSERT_EQ(eng->num_loading(), 1);
   // Cancel waits for the held copy: release it from another thread, in
   // whichever order the two get there.

@@ -43,6 +43,25 @@ TieredStore::Options StoreOptions(const std::string& ssd_path, RemoteTier* remot
   return o;
 }
 
+// A StoreService on a loopback port, and a channel to it.
+struct LoopbackServer {
+  std::unique_ptr<grpc::Server> server;
+  std::shared_ptr<grpc::Channel> channel;
+
+  explicit LoopbackServer(grpc::Service* service) {
+    int port = 0;
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(service);
+    server = builder.BuildAndStart();
+    if (server == nullptr) return;
+    channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials());
+  }
+  ~LoopbackServer() {
+    if (server != nullptr) server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+  }
+};
+
 class StoreRpcTest : public ::testing::TestWithParam<std::string> {
  protected:
   bool ucx() const { return GetParam() == "ucx"; }
@@ -64,15 +83,9 @@ class StoreRpcTest : public ::testing::TestWithParam<std::string> {
         shared_.get());
     ASSERT_OK(service.status());
     service_ = std::move(*service);
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
-    builder.RegisterService(service_.get());
-    server_ = builder.BuildAndStart();
-    ASSERT_NE(server_, nullptr);
-    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials());
-  }
-  void TearDown() override {
-    if (server_ != nullptr) server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+    loopback_ = std::make_unique<LoopbackServer>(service_.get());
+    ASSERT_NE(loopback_->server, nullptr);
+    channel_ = loopback_->channel;
   }
 
   std::unique_ptr<StoreClient> Client() {
@@ -94,8 +107,7 @@ class StoreRpcTest : public ::testing::TestWithParam<std::string> {
   TempDir dir_;
   std::unique_ptr<TieredStore> shared_;
   std::unique_ptr<StoreService> service_;
-  std::unique_ptr<grpc::Server> server_;
-  int port_ = 0;
+  std::unique_ptr<LoopbackServer> loopback_;
   std::shared_ptr<grpc::Channel> channel_;
 };
 
@@ -184,8 +196,7 @@ TEST_P(StoreRpcTest, AStoreThatIsDownIsAMiss) {
   ASSERT_NE(client, nullptr);
   auto worker = TieredStore::Create(StoreOptions("", client.get()));
   ASSERT_OK(worker.status());
-  server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
-  server_.reset();
+  loopback_.reset();  // the store goes down
   std::vector<uint8_t> out(kPayload);
   EXPECT_THAT((*worker)->Get(5, TokensFor(5, kTokens), absl::MakeSpan(out)).status(),
               StatusIs(absl::StatusCode::kNotFound));
@@ -293,14 +304,9 @@ TEST_P(StoreUcxTest, AnUncommittedReservationExpires) {
                                        .reservation_ttl = absl::ZeroDuration()},
                                       shared_.get());
   ASSERT_OK(service.status());
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(service->get());
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  ASSERT_NE(server, nullptr);
-  auto stub = tandem::v1::KvStore::NewStub(
-      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  LoopbackServer other(service->get());
+  ASSERT_NE(other.server, nullptr);
+  auto stub = tandem::v1::KvStore::NewStub(other.channel);
   const size_t bytes = EncodedBlockBytes(kTokens, kPayload);
   auto reserve = [&](BlockHash hash) {
     tandem::v1::StoreReserveRequest request;
@@ -326,7 +332,6 @@ TEST_P(StoreUcxTest, AnUncommittedReservationExpires) {
   tandem::v1::StorePutResponse committed;
   grpc::ClientContext ctx;
   EXPECT_EQ(stub->CommitPut(&ctx, commit, &committed).error_code(), grpc::StatusCode::NOT_FOUND);
-  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
 }
 
 // Bytes that are not the block they claim to be (a flipped bit in transit, a
@@ -382,17 +387,12 @@ TEST_P(StoreUcxTest, SlotsOutsideTheDestinationAreRefused) {
 TEST_P(StoreUcxTest, AStoreWithoutUcxMakesTheClientUseGrpc) {
   auto service = StoreService::Create({.model_id = kModel}, shared_.get());
   ASSERT_OK(service.status());
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(service->get());
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  ASSERT_NE(server, nullptr);
+  LoopbackServer other(service->get());
+  ASSERT_NE(other.server, nullptr);
   auto client = StoreClient::Create({.model_id = kModel,
                                      .transfer = worker_engine_.get(),
                                      .slot_bytes = EncodedBlockBytes(kTokens, kPayload)},
-                                    grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
-                                                        grpc::InsecureChannelCredentials()));
+                                    other.channel);
   ASSERT_OK(client.status());
   EXPECT_EQ((*client)->transport(), "ucx");
   ASSERT_OK(shared_->Put(12, TokensFor(12, kTokens), PayloadFor(12, kPayload)));
@@ -407,7 +407,6 @@ TEST_P(StoreUcxTest, AStoreWithoutUcxMakesTheClientUseGrpc) {
   ASSERT_TRUE((*client)->Flush(absl::Now() + absl::Seconds(10)));
   EXPECT_TRUE(shared_->Find(13).has_value());
   (*client).reset();
-  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, StoreRpcTest, ::testing::Values("grpc", "ucx"),

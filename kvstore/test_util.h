@@ -1,11 +1,15 @@
-// Helpers for the kvstore tests: a temporary directory removed on
-// destruction, and deterministic block contents.
+// Helpers for the kvstore and engine tier tests: a temporary directory
+// removed on destruction, deterministic block contents, and a Gate that holds
+// a tier copy on the loader thread until the test releases it.
 #ifndef TANDEM_KVSTORE_TEST_UTIL_H_
 #define TANDEM_KVSTORE_TEST_UTIL_H_
 
 #include <cstdint>
+#include <condition_variable>
 #include <cstdlib>
+#include <chrono>
 #include <filesystem>
+#include <mutex>
 #include <random>
 #include <string>
 #include <vector>
@@ -29,6 +33,37 @@ class TempDir {
 
  private:
   std::string path_;
+};
+
+// Holds a tier copy (from the loader thread) until the test releases it.
+// Every wait is bounded: a test that never releases fails instead of hanging.
+class Gate {
+ public:
+  static constexpr std::chrono::seconds kTimeout{30};
+
+  // Called where the copy is held; returns when released (or after kTimeout).
+  void Enter() {
+    std::unique_lock<std::mutex> lock(mu_);
+    entered_ = true;
+    cv_.notify_all();
+    if (!cv_.wait_for(lock, kTimeout, [&] { return released_; })) ADD_FAILURE() << "Gate never released";
+  }
+  // True once Enter was called; false after kTimeout without it.
+  bool WaitEntered() {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, kTimeout, [&] { return entered_; });
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    released_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool entered_ = false;
+  bool released_ = false;
 };
 
 // Block i's tokens and KV bytes, derived from i (so a mix-up shows).

@@ -57,6 +57,14 @@ Proc Start(std::vector<std::string> argv) {
   return p;
 }
 
+// The port of a worker's /metrics from its ready line ("metrics":
+// "host:port"), or 0 without one.
+int MetricsPort(const Proc& p) {
+  const std::string address = p.ready.value("metrics", "");
+  const size_t colon = address.rfind(':');
+  return colon == std::string::npos ? 0 : std::atoi(address.c_str() + colon + 1);
+}
+
 struct Result {
   grpc::Status status;
   std::vector<int32_t> tokens;
@@ -310,9 +318,8 @@ TEST(KvTiersClusterTest, RouterHintPromotesSsdBlocksOnTheWorker) {
   ASSERT_FALSE(prefill.address.empty());
   ASSERT_FALSE(decode.address.empty());
   ASSERT_EQ(prefill.ready["kv_prefetch"], true);
-  const std::string metrics_address = prefill.ready.value("metrics", "");
-  const int metrics_port = std::atoi(metrics_address.substr(metrics_address.rfind(':') + 1).c_str());
-  ASSERT_GT(metrics_port, 0) << metrics_address;
+  const int metrics_port = MetricsPort(prefill);
+  ASSERT_GT(metrics_port, 0) << prefill.ready.dump();
   auto stub =
       tandem::v1::Tandem::NewStub(grpc::CreateChannel(router.address, grpc::InsecureChannelCredentials()));
 
@@ -461,9 +468,8 @@ TEST(KvTiersClusterTest, SharedStoreServesAnotherWorkerAfterKill) {
       << "the prompt's blocks were not reused from the shared store up to the corrupt one";
   // Those blocks came over UCX, not inside gRPC messages: at least kCorrupt
   // block values (the metrics follow the engine's tick).
-  const std::string metrics_address = prefill_b.ready.value("metrics", "");
-  const int metrics_port = std::atoi(metrics_address.substr(metrics_address.rfind(':') + 1).c_str());
-  ASSERT_GT(metrics_port, 0) << metrics_address;
+  const int metrics_port = MetricsPort(prefill_b);
+  ASSERT_GT(metrics_port, 0) << prefill_b.ready.dump();
   const double min_bytes = static_cast<double>(kCorrupt) * static_cast<double>(kBlockSize);
   std::string m;
   for (const absl::Time until = absl::Now() + absl::Seconds(10); absl::Now() < until;) {
@@ -510,9 +516,8 @@ TEST(KvTiersClusterTest, CorruptTransferredKvIsDetectedAndRecomputed) {
                        "--block-size", absl::StrCat(kBlockSize), "--worker-id", "decode-0", "--metrics-port", "0"});
   ASSERT_FALSE(prefill.address.empty());
   ASSERT_FALSE(decode.address.empty());
-  const std::string metrics_address = decode.ready.value("metrics", "");
-  const int metrics_port = std::atoi(metrics_address.substr(metrics_address.rfind(':') + 1).c_str());
-  ASSERT_GT(metrics_port, 0) << metrics_address;
+  const int metrics_port = MetricsPort(decode);
+  ASSERT_GT(metrics_port, 0) << decode.ready.dump();
   constexpr char kVerified[] = "tandem_worker_kv_transfer_verified_blocks_total";
   constexpr char kFailures[] = "tandem_worker_kv_transfer_checksum_failures_total";
 
