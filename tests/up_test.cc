@@ -279,6 +279,27 @@ ExitResult RunTandem(const std::string& args) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
+// `tandem generate --remote ROUTER` prints the same JSON line as a local
+// `tandem generate` (the local run's stderr note is not in its stdout).
+void ExpectRemoteGenerationMatchesLocal(const std::string& router) {
+  ExitResult remote =
+      RunTandem(absl::StrCat("generate --remote ", router, " --json --max-tokens 8 --timeout-s 60"));
+  ASSERT_EQ(remote.exit_code, 0) << remote.out;
+  ExitResult local = RunTandem("generate --json --max-tokens 8");
+  ASSERT_EQ(local.exit_code, 0) << local.out;
+  const auto last_line = [](const std::string& s) {
+    std::istringstream in(s);
+    std::string line, last;
+    while (std::getline(in, line)) {
+      if (!line.empty() && line[0] == '{') last = line;
+    }
+    return last;
+  };
+  EXPECT_EQ(last_line(remote.out), last_line(local.out));
+  EXPECT_FALSE(last_line(remote.out).empty()) << remote.out;
+}
+
+
 // `tandem up ARGS` with its stdout on a pipe (stderr inherited, for the log).
 class UpProcess {
  public:
@@ -413,22 +434,7 @@ TEST(UpTest, StartsServesAndMatchesLocalGenerate) {
   EXPECT_EQ(c->router, c->ready_lines[0]["grpc"]);
   EXPECT_FALSE(absl::EndsWith(c->router, ":0"));
 
-  ExitResult remote =
-      RunTandem(absl::StrCat("generate --remote ", c->router, " --json --max-tokens 8 --timeout-s 60"));
-  ASSERT_EQ(remote.exit_code, 0) << remote.out;
-  ExitResult local = RunTandem("generate --json --max-tokens 8");
-  ASSERT_EQ(local.exit_code, 0) << local.out;
-  // Compare the JSON lines (the local run's stderr note is not in `local`).
-  const auto last_line = [](const std::string& s) {
-    std::istringstream in(s);
-    std::string line, last;
-    while (std::getline(in, line)) {
-      if (!line.empty() && line[0] == '{') last = line;
-    }
-    return last;
-  };
-  EXPECT_EQ(last_line(remote.out), last_line(local.out));
-  EXPECT_FALSE(last_line(remote.out).empty()) << remote.out;
+  ExpectRemoteGenerationMatchesLocal(c->router);
 
   ASSERT_EQ(kill(c->up->pid(), SIGTERM), 0);
   EXPECT_EQ(c->up->WaitExit(absl::Seconds(10)), 0);
@@ -568,21 +574,7 @@ TEST(UpTest, StoreRegistersWithTheRouterAndWorkersUseIt) {
       << "router's /metrics:\n"
       << metrics;
 
-  ExitResult remote =
-      RunTandem(absl::StrCat("generate --remote ", router, " --json --max-tokens 8 --timeout-s 60"));
-  ASSERT_EQ(remote.exit_code, 0) << remote.out;
-  ExitResult local = RunTandem("generate --json --max-tokens 8");
-  ASSERT_EQ(local.exit_code, 0) << local.out;
-  const auto last_line = [](const std::string& s) {
-    std::istringstream in(s);
-    std::string line, last;
-    while (std::getline(in, line)) {
-      if (!line.empty() && line[0] == '{') last = line;
-    }
-    return last;
-  };
-  EXPECT_EQ(last_line(remote.out), last_line(local.out));
-  EXPECT_FALSE(last_line(remote.out).empty()) << remote.out;
+  ExpectRemoteGenerationMatchesLocal(router);
 
   ASSERT_EQ(kill(up.pid(), SIGTERM), 0);
   EXPECT_EQ(up.WaitExit(absl::Seconds(10)), 0);
