@@ -48,7 +48,8 @@ int main(int argc, char** argv) {
   app.add_option("--router", router, "Router address")->capture_default_str();
   app.add_option("--requests", requests, "Requests in all")->capture_default_str();
   app.add_option("--concurrency", concurrency, "Requests in flight")->capture_default_str();
-  app.add_option("--prompt-words", prompt_words, "Words per prompt (distinct per request)")->capture_default_str();
+  app.add_option("--prompt-words", prompt_words, "Words per prompt (distinct per request)")
+      ->capture_default_str();
   app.add_option("--max-tokens", max_tokens, "Tokens to generate per request")->capture_default_str();
   app.add_option("--label", label, "Label echoed in the JSON");
   CLI11_PARSE(app, argc, argv);
@@ -93,8 +94,8 @@ int main(int argc, char** argv) {
         }
         const int32_t n = summary.usage().completion_tokens();
         samples.push_back({summary.timings().queue_ms(), summary.timings().prefill_ms(),
-                           summary.timings().transfer_ms(), summary.timings().first_token_ms(), first,
-                           total, n > 1 ? (total - first) / (n - 1) : 0.0, n});
+                           summary.timings().transfer_ms(), summary.timings().first_token_ms(), first, total,
+                           n > 1 ? (total - first) / (n - 1) : 0.0, n});
       }
     });
   }

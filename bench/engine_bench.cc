@@ -63,8 +63,7 @@ int main(int argc, char** argv) {
 
   nlohmann::json out;
   out["results"] = nlohmann::json::array();
-  for (const std::string& spec :
-       std::vector<std::string>(absl::StrSplit(models, ',', absl::SkipEmpty()))) {
+  for (const std::string& spec : std::vector<std::string>(absl::StrSplit(models, ',', absl::SkipEmpty()))) {
     auto m = tandem::model::LoadModel(spec);
     if (!m.ok()) {
       std::cerr << "skipping " << spec << ": " << m.status() << "\n";
@@ -84,8 +83,10 @@ int main(int argc, char** argv) {
         auto engine = *Engine::Create({.max_running = 64, .max_step_tokens = 4096}, llama->get(),
                                       backend.get(), (*m)->tokenizer.get());
         for (int i = 0; i < batch; ++i) {
-          if (!Check(engine->Add({.id = i, .prompt_tokens = Prompt(32, vocab, i),
-                                  .max_tokens = decode_steps + 2, .stop_at_eos = false}))) {
+          if (!Check(engine->Add({.id = i,
+                                  .prompt_tokens = Prompt(32, vocab, i),
+                                  .max_tokens = decode_steps + 2,
+                                  .stop_at_eos = false}))) {
             return 1;
           }
         }
@@ -97,7 +98,8 @@ int main(int argc, char** argv) {
         best = std::max(best, batch * decode_steps / Seconds(Clock::now() - t0));
       }
       if (batch == 1) batch1_tps = best;
-      decode.push_back({{"batch", batch}, {"decode_tokens_per_s", best},
+      decode.push_back({{"batch", batch},
+                        {"decode_tokens_per_s", best},
                         {"speedup_vs_batch1", batch1_tps > 0 ? best / batch1_tps : 0.0}});
     }
     result["decode"] = decode;

@@ -40,7 +40,8 @@ double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 
 std::vector<int> ParseInts(const std::string& s) {
   std::vector<int> out;
-  for (absl::string_view p : absl::StrSplit(s, ',', absl::SkipEmpty())) out.push_back(std::stoi(std::string(p)));
+  for (absl::string_view p : absl::StrSplit(s, ',', absl::SkipEmpty()))
+    out.push_back(std::stoi(std::string(p)));
   return out;
 }
 
@@ -91,7 +92,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   nlohmann::json out;
-  absl::StatusOr<std::unique_ptr<tandem::kernels::CudaBackend>> probe = tandem::kernels::CreateCudaBackend({});
+  absl::StatusOr<std::unique_ptr<tandem::kernels::CudaBackend>> probe =
+      tandem::kernels::CreateCudaBackend({});
   if (!probe.ok()) {
     std::cerr << "gpu_decode_bench: " << probe.status().message() << "\n";
     return 1;
@@ -165,8 +167,8 @@ int main(int argc, char** argv) {
             tokens[s] = (s * 7 + step) % config.vocab_size;
             slots[s] = tables[s][pos / block_size] * block_size + pos % block_size;
             logit_rows[s] = s;
-            seqs[s] = AttentionSequence{.query_start = s, .num_queries = 1, .context_len = pos + 1,
-                                        .block_table = tables[s]};
+            seqs[s] = AttentionSequence{
+                .query_start = s, .num_queries = 1, .context_len = pos + 1, .block_table = tables[s]};
           }
           const tandem::model::ForwardBatch fb{tokens, positions, slots, seqs, logit_rows};
           const auto t0 = Clock::now();
@@ -184,15 +186,16 @@ int main(int argc, char** argv) {
           continue;
         }
         const double tpot = timed / steps;
-        const double bytes = weight_bytes + static_cast<double>(batch) * (context + steps / 2.0) * kv_bytes_per_token;
+        const double bytes =
+            weight_bytes + static_cast<double>(batch) * (context + steps / 2.0) * kv_bytes_per_token;
         const double floor = bytes / *bandwidth;
         r["tpot_ms"] = tpot * 1e3;
         r["tokens_per_s"] = batch / tpot;
         r["bytes_per_step"] = bytes;
         r["roofline_tpot_ms"] = floor * 1e3;
         r["fraction_of_roofline"] = floor / tpot;
-        std::cerr << preset << " decode b=" << batch << " ctx=" << context << ": " << tpot * 1e3 << " ms/step ("
-                  << floor / tpot << " of roofline)\n";
+        std::cerr << preset << " decode b=" << batch << " ctx=" << context << ": " << tpot * 1e3
+                  << " ms/step (" << floor / tpot << " of roofline)\n";
         out["results"].push_back(r);
       }
     }
@@ -235,7 +238,8 @@ int main(int argc, char** argv) {
         out["results"].push_back(r);
         continue;
       }
-      absl::StatusOr<double> gemm = tandem::kernels::MeasureGemmRate(0, prompt, config.ffn_dim, config.dim, 5);
+      absl::StatusOr<double> gemm =
+          tandem::kernels::MeasureGemmRate(0, prompt, config.ffn_dim, config.dim, 5);
       r["tokens_per_s"] = prompt / best;
       r["seconds"] = best;
       if (gemm.ok()) {

@@ -27,7 +27,9 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
 double GBps(double bytes, double s) { return bytes / s / 1e9; }
 
 // Runs `cmd` (a dd), returns the seconds dd reports, or -1.
@@ -53,7 +55,8 @@ int main(int argc, char** argv) {
   int blocks = 2000;
   int block_kib = 256;
   int tokens = 16;
-  app.add_option("--dir", dir, "Directory on the disk to measure (created, then removed)")->capture_default_str();
+  app.add_option("--dir", dir, "Directory on the disk to measure (created, then removed)")
+      ->capture_default_str();
   app.add_option("--blocks", blocks, "Blocks per pass")->capture_default_str();
   app.add_option("--block-kib", block_kib, "KV payload per block in KiB")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -86,7 +89,8 @@ int main(int argc, char** argv) {
   // DramTier alone (pre-encoded values: one memcpy into a slot under a lock).
   {
     auto dram = DramTier::Create({.slot_bytes = value_bytes, .capacity_bytes = value_bytes * blocks});
-    const std::string value = EncodeBlock({.model_id_hash = 1, .block_hash = 0, .tokens = toks, .payload = payload});
+    const std::string value =
+        EncodeBlock({.model_id_hash = 1, .block_hash = 0, .tokens = toks, .payload = payload});
     const auto span = absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value.data()), value.size());
     auto t0 = Clock::now();
     for (int i = 0; i < blocks; ++i) (void)(*dram)->Put(i, span, nullptr);
@@ -96,7 +100,9 @@ int main(int argc, char** argv) {
     std::memset(out.data(), 3, out.size());  // fault the destination in first, as memcpy's
     t1 = Clock::now();
     for (int i = 0; i < blocks; ++i) {
-      (*dram)->Get(i, [&](absl::Span<const uint8_t> v) { std::memcpy(out.data() + i * value.size(), v.data(), v.size()); });
+      (*dram)->Get(i, [&](absl::Span<const uint8_t> v) {
+        std::memcpy(out.data() + i * value.size(), v.data(), v.size());
+      });
     }
     auto t2 = Clock::now();
     j["dram_tier_get_gbps"] = GBps(total, Seconds(t1, t2));
@@ -128,22 +134,25 @@ int main(int argc, char** argv) {
   {
     const std::string path = dir + "/ssd";
     {
-      auto ssd = SsdTier::Create({.path = path, .capacity_bytes = value_bytes * (blocks + 1), .model_id_hash = 1});
+      auto ssd =
+          SsdTier::Create({.path = path, .capacity_bytes = value_bytes * (blocks + 1), .model_id_hash = 1});
       if (!ssd.ok()) {
         std::cerr << ssd.status() << "\n";
         return 1;
       }
       auto t0 = Clock::now();
       for (int i = 0; i < blocks; ++i) {
-        std::string v = EncodeBlock({.model_id_hash = 1, .block_hash = static_cast<uint64_t>(i), .tokens = toks,
-                                     .payload = payload});
-        (void)(*ssd)->Put(i, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(v.data()), v.size()), nullptr);
+        std::string v = EncodeBlock(
+            {.model_id_hash = 1, .block_hash = static_cast<uint64_t>(i), .tokens = toks, .payload = payload});
+        (void)(*ssd)->Put(i, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(v.data()), v.size()),
+                          nullptr);
       }
       (void)(*ssd)->Flush();
       auto t1 = Clock::now();
       j["ssd_tier_put_gbps"] = GBps(total, Seconds(t0, t1));
     }
-    auto ssd = SsdTier::Create({.path = path, .capacity_bytes = value_bytes * (blocks + 1), .model_id_hash = 1});
+    auto ssd =
+        SsdTier::Create({.path = path, .capacity_bytes = value_bytes * (blocks + 1), .model_id_hash = 1});
     auto t0 = Clock::now();
     int ok = 0;
     for (int i = 0; i < blocks; ++i) ok += (*ssd)->Get(i).ok();
@@ -155,7 +164,8 @@ int main(int argc, char** argv) {
   {
     const int mib = static_cast<int>(total / (1 << 20));
     const std::string file = dir + "/dd.bin";
-    const double w = RunDd("dd if=/dev/zero of=" + file + " bs=1M count=" + std::to_string(mib) + " conv=fdatasync");
+    const double w =
+        RunDd("dd if=/dev/zero of=" + file + " bs=1M count=" + std::to_string(mib) + " conv=fdatasync");
     const double r = RunDd("dd if=" + file + " of=/dev/null bs=1M iflag=direct");
     const double bytes = static_cast<double>(mib) * (1 << 20);
     j["dd_write_fdatasync_gbps"] = w > 0 ? GBps(bytes, w) : -1;
@@ -163,10 +173,14 @@ int main(int argc, char** argv) {
   }
   j["ratio_dram_tier_put_vs_memcpy"] = j["dram_tier_put_gbps"].get<double>() / j["memcpy_gbps"].get<double>();
   j["ratio_dram_tier_get_vs_memcpy"] = j["dram_tier_get_gbps"].get<double>() / j["memcpy_gbps"].get<double>();
-  j["ratio_tiered_dram_put_vs_memcpy"] = j["tiered_dram_put_gbps"].get<double>() / j["memcpy_gbps"].get<double>();
-  j["ratio_tiered_dram_get_vs_memcpy"] = j["tiered_dram_get_gbps"].get<double>() / j["memcpy_gbps"].get<double>();
-  j["ratio_ssd_put_vs_dd_write"] = j["ssd_tier_put_gbps"].get<double>() / j["dd_write_fdatasync_gbps"].get<double>();
-  j["ratio_ssd_get_vs_dd_read"] = j["ssd_tier_get_gbps"].get<double>() / j["dd_read_direct_gbps"].get<double>();
+  j["ratio_tiered_dram_put_vs_memcpy"] =
+      j["tiered_dram_put_gbps"].get<double>() / j["memcpy_gbps"].get<double>();
+  j["ratio_tiered_dram_get_vs_memcpy"] =
+      j["tiered_dram_get_gbps"].get<double>() / j["memcpy_gbps"].get<double>();
+  j["ratio_ssd_put_vs_dd_write"] =
+      j["ssd_tier_put_gbps"].get<double>() / j["dd_write_fdatasync_gbps"].get<double>();
+  j["ratio_ssd_get_vs_dd_read"] =
+      j["ssd_tier_get_gbps"].get<double>() / j["dd_read_direct_gbps"].get<double>();
   std::filesystem::remove_all(dir);
   std::cout << j.dump(2) << "\n";
   return 0;

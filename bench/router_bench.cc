@@ -11,13 +11,13 @@
 // the match (every worker stays a candidate through the shared part). A
 // query takes a random chain's first 1..chain-blocks blocks plus a new tail.
 // One in ten workers decodes.
+#include <time.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <random>
-
-#include <time.h>
 #include <vector>
 
 #include "CLI/CLI.hpp"
@@ -107,15 +107,16 @@ int main(int argc, char** argv) {
       auto* e = batches[prefill_ids[rng() % prefill_ids.size()]].add_events();
       e->set_kind(tandem::v1::KvEvent::KIND_STORED);
       e->set_tier(k == 0 ? tandem::v1::KV_TIER_HBM : tandem::v1::KV_TIER_DRAM);
-      for (size_t i = static_cast<size_t>(shared_blocks); i < chain.size(); ++i) e->add_block_hashes(chain[i]);
+      for (size_t i = static_cast<size_t>(shared_blocks); i < chain.size(); ++i)
+        e->add_block_hashes(chain[i]);
     }
   }
   for (auto& [id, b] : batches) {
     if (index.Apply(b) != KvIndex::Outcome::kApplied) return 1;
   }
   const KvIndex::Stats stats = index.stats();
-  std::fprintf(stderr, "index: %zu workers, %zu blocks, %zu (block, worker) entries\n", stats.workers, stats.blocks,
-               stats.entries);
+  std::fprintf(stderr, "index: %zu workers, %zu blocks, %zu (block, worker) entries\n", stats.workers,
+               stats.blocks, stats.entries);
 
   tandem::router::Placement placement({.policy = tandem::router::Policy::kKv}, &registry, &index);
   std::vector<double> place_us, match_us, place_cpu_us;
@@ -123,7 +124,8 @@ int main(int argc, char** argv) {
   int64_t matched_blocks = 0;
   for (int q = 0; q < queries; ++q) {
     const auto& chain = chain_hashes[rng() % chain_hashes.size()];
-    std::vector<BlockHash> prompt(chain.begin(), chain.begin() + 1 + static_cast<ptrdiff_t>(rng() % chain.size()));
+    std::vector<BlockHash> prompt(chain.begin(),
+                                  chain.begin() + 1 + static_cast<ptrdiff_t>(rng() % chain.size()));
     for (int i = 0; i < 8; ++i) prompt.push_back(rng());  // the new turn
     tandem::router::PlacementRequest req;
     req.block_hashes = prompt;
@@ -149,10 +151,14 @@ int main(int argc, char** argv) {
   out["index_entries"] = stats.entries;
   out["queries"] = queries;
   out["mean_matched_blocks"] = static_cast<double>(matched_blocks) / queries;
-  out["place_us"] = {{"p50", Percentile(place_us, 0.5)}, {"p90", Percentile(place_us, 0.9)},
-                     {"p99", Percentile(place_us, 0.99)}, {"max", Percentile(place_us, 1.0)}};
-  out["place_cpu_us"] = {{"p50", Percentile(place_cpu_us, 0.5)}, {"p90", Percentile(place_cpu_us, 0.9)},
-                         {"p99", Percentile(place_cpu_us, 0.99)}, {"max", Percentile(place_cpu_us, 1.0)}};
+  out["place_us"] = {{"p50", Percentile(place_us, 0.5)},
+                     {"p90", Percentile(place_us, 0.9)},
+                     {"p99", Percentile(place_us, 0.99)},
+                     {"max", Percentile(place_us, 1.0)}};
+  out["place_cpu_us"] = {{"p50", Percentile(place_cpu_us, 0.5)},
+                         {"p90", Percentile(place_cpu_us, 0.9)},
+                         {"p99", Percentile(place_cpu_us, 0.99)},
+                         {"max", Percentile(place_cpu_us, 1.0)}};
   out["match_only_us"] = {{"p50", Percentile(match_us, 0.5)}, {"p99", Percentile(match_us, 0.99)}};
   out["target_p99_us"] = 200;
   std::printf("%s\n", out.dump(2).c_str());

@@ -37,7 +37,9 @@ namespace {
 
 using namespace tandem::kvstore;
 using Clock = std::chrono::steady_clock;
-double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
 
 constexpr char kModel[] = "bench-model";
 
@@ -89,10 +91,8 @@ int main(int argc, char** argv) {
   store_options.transfer = store_engine->get();
   auto store = TieredStore::Create(store_options);
   Check(store.status(), "store");
-  auto service = StoreService::Create({.model_id = kModel,
-                                       .transfer = store_engine->get(),
-                                       .staging_bytes = 64 * value_bytes},
-                                      store->get());
+  auto service = StoreService::Create(
+      {.model_id = kModel, .transfer = store_engine->get(), .staging_bytes = 64 * value_bytes}, store->get());
   Check(service.status(), "service");
   grpc::ServerBuilder builder;
   int port = 0;
@@ -105,12 +105,14 @@ int main(int argc, char** argv) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(256 << 20);
   args.SetMaxSendMessageSize(256 << 20);
-  auto channel = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials(),
-                                           args);
+  auto channel = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
+                                           grpc::InsecureChannelCredentials(), args);
 
   auto make_client = [&](bool ucx) {
-    StoreClient::Options o{.model_id = kModel, .fetch_timeout = absl::Seconds(10),
-                           .offer_queue_blocks = blocks + 1, .put_timeout = absl::Seconds(10)};
+    StoreClient::Options o{.model_id = kModel,
+                           .fetch_timeout = absl::Seconds(10),
+                           .offer_queue_blocks = blocks + 1,
+                           .put_timeout = absl::Seconds(10)};
     if (ucx) {
       o.transfer = worker_engine->get();
       o.slot_bytes = value_bytes;
@@ -135,7 +137,9 @@ int main(int argc, char** argv) {
     }
   }
 
-  nlohmann::json out{{"bench", "store_transport"}, {"blocks", blocks}, {"value_bytes", value_bytes},
+  nlohmann::json out{{"bench", "store_transport"},
+                     {"blocks", blocks},
+                     {"value_bytes", value_bytes},
                      {"memcpy_gbps", memcpy_gbps}};
   uint64_t next_hash = 1;
   for (const bool ucx : {false, true}) {

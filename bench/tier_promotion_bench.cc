@@ -85,7 +85,8 @@ int main(int argc, char** argv) {
   int repeats = 3;
   int delay_us = 0;
   app.add_option("--model", model_spec, "Model spec")->capture_default_str();
-  app.add_option("--ssd-dir", ssd_dir, "Scratch directory for the SSD tier (removed first)")->capture_default_str();
+  app.add_option("--ssd-dir", ssd_dir, "Scratch directory for the SSD tier (removed first)")
+      ->capture_default_str();
   app.add_option("--tiers", tiers, "Comma-separated: dram, ssd")->capture_default_str();
   app.add_option("--threads", threads, "CPU backend threads")->capture_default_str();
   app.add_option("--block-size", block, "Tokens per KV block")->capture_default_str();
@@ -127,13 +128,16 @@ int main(int argc, char** argv) {
   std::vector<std::vector<int32_t>> prompts;
   std::map<tandem::BlockHash, std::pair<std::vector<int32_t>, std::vector<uint8_t>>> blocks;
   {
-    auto eng = Engine::Create({.block_size = block, .num_blocks = (blocks_per_prefix + 1) * 4},
-                              llama->get(), backend.get(), (*m)->tokenizer.get());
+    auto eng = Engine::Create({.block_size = block, .num_blocks = (blocks_per_prefix + 1) * 4}, llama->get(),
+                              backend.get(), (*m)->tokenizer.get());
     if (!eng.ok()) return Check(eng.status()) ? 0 : 1;
     for (int p = 0; p < promotions; ++p) {
       prompts.push_back(Prompt(prefix_tokens + 1, vocab, 100 + p));  // salts apart from the background's
-      if (!Check((*eng)->Add({.id = p, .prompt_tokens = prompts.back(), .max_tokens = 1,
-                               .stop_at_eos = false, .hold_blocks_on_finish = true}))) {
+      if (!Check((*eng)->Add({.id = p,
+                              .prompt_tokens = prompts.back(),
+                              .max_tokens = 1,
+                              .stop_at_eos = false,
+                              .hold_blocks_on_finish = true}))) {
         return 1;
       }
       std::vector<int32_t> held;
@@ -158,10 +162,16 @@ int main(int argc, char** argv) {
 
   nlohmann::json out;
   out["model"] = model_spec;
-  out["config"] = {{"threads", threads},          {"block_size", block},   {"prefix_tokens", prefix_tokens},
-                   {"prefix_blocks", blocks_per_prefix}, {"block_bytes", layout.BlockBytes()},
-                   {"background", background},    {"steps", steps},        {"interval", interval},
-                   {"promotions", promotions},    {"repeats", repeats},
+  out["config"] = {{"threads", threads},
+                   {"block_size", block},
+                   {"prefix_tokens", prefix_tokens},
+                   {"prefix_blocks", blocks_per_prefix},
+                   {"block_bytes", layout.BlockBytes()},
+                   {"background", background},
+                   {"steps", steps},
+                   {"interval", interval},
+                   {"promotions", promotions},
+                   {"repeats", repeats},
                    {"copy_delay_us", delay_us}};
   out["results"] = nlohmann::json::array();
   for (const std::string tier : {"dram", "ssd"}) {
@@ -190,7 +200,8 @@ int main(int argc, char** argv) {
     double copy_ms = 1e30;
     {
       std::vector<uint8_t> buf(layout.BlockBytes());
-      const std::vector<std::vector<int32_t>> probe(prompts.begin(), prompts.begin() + std::min(promotions, 8));
+      const std::vector<std::vector<int32_t>> probe(prompts.begin(),
+                                                    prompts.begin() + std::min(promotions, 8));
       for (const std::vector<int32_t>& prompt : probe) {
         const std::vector<tandem::BlockHash> hashes = tandem::HashFullBlocks(config.model_id, prompt, block);
         const auto c0 = Clock::now();
@@ -207,7 +218,8 @@ int main(int argc, char** argv) {
       for (const bool async : {false, true}) {
         EngineOptions options;
         options.block_size = block;
-        options.num_blocks = background * ((32 + steps + 2) / block + 2) + promotions * (blocks_per_prefix + 2) + 8;
+        options.num_blocks =
+            background * ((32 + steps + 2) / block + 2) + promotions * (blocks_per_prefix + 2) + 8;
         options.max_running = background + promotions + 1;
         options.max_step_tokens = 4096;
         options.tiers = store->get();
@@ -228,7 +240,9 @@ int main(int argc, char** argv) {
         // first copy into each block and dwarf the copy itself.
         std::memset(e.kv_view().base, 0, static_cast<size_t>(e.kv_view().num_blocks) * layout.BlockBytes());
         for (int i = 0; i < background; ++i) {
-          if (!Check(e.Add({.id = 1000000 + i, .prompt_tokens = Prompt(32, vocab, i), .max_tokens = steps + 2,
+          if (!Check(e.Add({.id = 1000000 + i,
+                            .prompt_tokens = Prompt(32, vocab, i),
+                            .max_tokens = steps + 2,
                             .stop_at_eos = false}))) {
             return 1;
           }
@@ -242,7 +256,8 @@ int main(int argc, char** argv) {
         const auto t0 = Clock::now();
         for (int s = 0; s < steps; ++s) {
           if (s % interval == 0 && next < promotions) {
-            if (!Check(e.Add({.id = next, .prompt_tokens = prompts[next], .max_tokens = 1, .stop_at_eos = false}))) {
+            if (!Check(e.Add(
+                    {.id = next, .prompt_tokens = prompts[next], .max_tokens = 1, .stop_at_eos = false}))) {
               return 1;
             }
             added[next++] = Clock::now();
@@ -281,14 +296,16 @@ int main(int argc, char** argv) {
             {"promotions", ttft_ms.size()},
             {"promotion_ttft_ms_mean", ttft_mean},
             {"promotion_ttft_ms_p50", Percentile(ttft_ms, 0.5)},
-            {"tier_hit_blocks", (kv.dram_hit_blocks - kv0.dram_hit_blocks) + (kv.ssd_hit_blocks - kv0.ssd_hit_blocks)},
+            {"tier_hit_blocks",
+             (kv.dram_hit_blocks - kv0.dram_hit_blocks) + (kv.ssd_hit_blocks - kv0.ssd_hit_blocks)},
             {"ssd_hit_blocks", kv.ssd_hit_blocks - kv0.ssd_hit_blocks},
             {"failed_load_blocks", kv.failed_load_blocks - kv0.failed_load_blocks},
             {"steps_with_tier_loads", steps_with_loads},
             {"tier_load_waits", e.stats().tier_load_waits},
         };
         std::cerr << tier << " rep " << rep << " " << r.dump() << "\n";
-        if (!best.contains(async) || r["decode_tokens_per_s"] > best[async]["decode_tokens_per_s"]) best[async] = r;
+        if (!best.contains(async) || r["decode_tokens_per_s"] > best[async]["decode_tokens_per_s"])
+          best[async] = r;
       }
     }
     const nlohmann::json& s = best[false];
@@ -296,11 +313,13 @@ int main(int argc, char** argv) {
     out["results"].push_back(
         {{"tier", tier},
          {"prefix_copy_ms_best", copy_ms},
-         {"copy_delay_us_measured", sleeps > 0 ? static_cast<double>(slept_ns) / 1000.0 / static_cast<double>(sleeps) : 0.0},
+         {"copy_delay_us_measured",
+          sleeps > 0 ? static_cast<double>(slept_ns) / 1000.0 / static_cast<double>(sleeps) : 0.0},
          {"sync", s},
          {"async", a},
          {"ratio_async_vs_sync",
-          {{"decode_tokens_per_s", a["decode_tokens_per_s"].get<double>() / s["decode_tokens_per_s"].get<double>()},
+          {{"decode_tokens_per_s",
+            a["decode_tokens_per_s"].get<double>() / s["decode_tokens_per_s"].get<double>()},
            {"step_ms_p50", a["step_ms_p50"].get<double>() / s["step_ms_p50"].get<double>()},
            {"step_ms_p99", a["step_ms_p99"].get<double>() / s["step_ms_p99"].get<double>()},
            {"promotion_ttft_ms_mean",

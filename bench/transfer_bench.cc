@@ -60,9 +60,9 @@ using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 using tandem::transfer::MemoryKind;
 using tandem::transfer::ReceiveMessage;
-using tandem::transfer::SendMessage;
 using tandem::transfer::RegisteredRegion;
 using tandem::transfer::RemoteRegion;
+using tandem::transfer::SendMessage;
 using tandem::transfer::TransferEngine;
 using tandem::transfer::TransferOptions;
 using tandem::transfer::WriteOp;
@@ -118,8 +118,7 @@ struct Process {
     char buf[4096];
     while (out >= 0) {
       pollfd pfd{out, POLLIN, 0};
-      int ms =
-          static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
+      int ms = static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
       if (poll(&pfd, 1, ms) <= 0) break;
       ssize_t r = ::read(out, buf, sizeof(buf));
       if (r <= 0) break;
@@ -131,8 +130,8 @@ struct Process {
 
 // Spawns `argv` with UCX_TLS set to `tls` (unset when empty). `with_fds`
 // connects pipes to the child's fds 3 and 4; `capture_stdout` its stdout.
-std::unique_ptr<Process> Spawn(const std::vector<std::string>& argv, const std::string& tls,
-                               bool with_fds, bool capture_stdout, bool quiet_stderr = false) {
+std::unique_ptr<Process> Spawn(const std::vector<std::string>& argv, const std::string& tls, bool with_fds,
+                               bool capture_stdout, bool quiet_stderr = false) {
   auto proc = std::make_unique<Process>();
   int up[2] = {-1, -1}, down[2] = {-1, -1}, out[2] = {-1, -1};
   if (with_fds && (pipe(up) != 0 || pipe(down) != 0)) return nullptr;
@@ -206,8 +205,7 @@ int FreePort() {
 
 size_t BytesPerPoint(const std::string& transport, WriteOp op, size_t budget_mib) {
   // Puts over TCP are emulated by UCX 1.13 at well under 0.1 GB/s.
-  if (transport == "tcp" && op == WriteOp::kPut)
-    return std::max<size_t>(budget_mib / 32, 16) * kMiB;
+  if (transport == "tcp" && op == WriteOp::kPut) return std::max<size_t>(budget_mib / 32, 16) * kMiB;
   if (transport == "tcp") return std::max<size_t>(budget_mib / 2, 32) * kMiB;
   return budget_mib * kMiB;
 }
@@ -228,8 +226,7 @@ std::optional<double> ParsePerftestGbps(const std::string& output) {
   return std::nullopt;
 }
 
-std::optional<double> RunPerftest(const std::string& transport, WriteOp op, size_t size,
-                                  size_t total_bytes) {
+std::optional<double> RunPerftest(const std::string& transport, WriteOp op, size_t size, size_t total_bytes) {
   std::string tls = transport == "default" ? "" : transport;
   long iters = std::max<long>(2, static_cast<long>(total_bytes / size));
   long warmup = std::max<long>(1, iters / 10);
@@ -239,11 +236,10 @@ std::optional<double> RunPerftest(const std::string& transport, WriteOp op, size
                                             /*capture_stdout=*/true, /*quiet_stderr=*/true);
     if (server == nullptr) return std::nullopt;
     absl::SleepFor(absl::Milliseconds(150 * (attempt + 1)));
-    std::unique_ptr<Process> client =
-        Spawn({"ucx_perftest", "127.0.0.1", "-p", port, "-t",
-               op == WriteOp::kPut ? "ucp_put_bw" : "ucp_am_bw", "-s", std::to_string(size), "-n",
-               std::to_string(iters), "-w", std::to_string(warmup)},
-              tls, false, /*capture_stdout=*/true, /*quiet_stderr=*/true);
+    std::unique_ptr<Process> client = Spawn(
+        {"ucx_perftest", "127.0.0.1", "-p", port, "-t", op == WriteOp::kPut ? "ucp_put_bw" : "ucp_am_bw",
+         "-s", std::to_string(size), "-n", std::to_string(iters), "-w", std::to_string(warmup)},
+        tls, false, /*capture_stdout=*/true, /*quiet_stderr=*/true);
     if (client == nullptr) return std::nullopt;
     absl::Time deadline = absl::Now() + absl::Seconds(60);
     std::string out = client->ReadOutput(deadline);
@@ -275,8 +271,8 @@ int RunReceiver(size_t region_bytes) {
     return 1;
   }
   const std::string& address = (*engine)->worker_address();
-  if (!SendMessage(3, tandem::transfer::EncodeRemoteRegion(
-                          RemoteRegion::Of(address, *allocated, "bench-receiver"))) ||
+  if (!SendMessage(
+          3, tandem::transfer::EncodeRemoteRegion(RemoteRegion::Of(address, *allocated, "bench-receiver"))) ||
       !SendMessage(3, tandem::transfer::EncodeRemoteRegion(
                           RemoteRegion::Of(address, *registered, "bench-receiver")))) {
     return 1;
@@ -298,9 +294,9 @@ struct Point {
 
 // Times Write calls of `batch` blocks until `total_bytes` (at least one call)
 // or `cap`; with `warm_up`, one untimed call first (connection, caches).
-std::optional<Point> TimeWrites(TransferEngine& engine, const RemoteRegion& remote, WriteOp op,
-                                size_t block, int batch, size_t total_bytes, absl::Duration cap,
-                                bool warm_up, bool distinct_blocks) {
+std::optional<Point> TimeWrites(TransferEngine& engine, const RemoteRegion& remote, WriteOp op, size_t block,
+                                int batch, size_t total_bytes, absl::Duration cap, bool warm_up,
+                                bool distinct_blocks) {
   // ucx_perftest sends one buffer to one remote buffer over and over; by
   // default so does this (every request of every Write: block 0 to block 0),
   // so that both measure the transport and not the cache. With
@@ -333,8 +329,8 @@ std::optional<Point> TimeWrites(TransferEngine& engine, const RemoteRegion& remo
   return p;
 }
 
-int RunSender(const std::string& transport, const std::vector<size_t>& sizes, int batch,
-              size_t budget_mib, double cap_s, int trials, bool perftest, bool distinct) {
+int RunSender(const std::string& transport, const std::vector<size_t>& sizes, int batch, size_t budget_mib,
+              double cap_s, int trials, bool perftest, bool distinct) {
   size_t region_bytes = *std::max_element(sizes.begin(), sizes.end()) * batch;
   std::unique_ptr<Process> receiver =
       Spawn({SelfExe(), "--role", "receiver", "--region-bytes", std::to_string(region_bytes)},
@@ -362,8 +358,7 @@ int RunSender(const std::string& transport, const std::vector<size_t>& sizes, in
   out["data_transports"] = tls.ok() ? *tls : tls.status().ToString();
   auto auto_allocated = (*engine)->ChooseOp(*allocated);
   auto auto_registered = (*engine)->ChooseOp(*registered);
-  out["auto_op_allocated_memory"] =
-      auto_allocated.ok() ? std::string(WriteOpName(*auto_allocated)) : "error";
+  out["auto_op_allocated_memory"] = auto_allocated.ok() ? std::string(WriteOpName(*auto_allocated)) : "error";
   out["auto_op_registered_memory"] =
       auto_registered.ok() ? std::string(WriteOpName(*auto_registered)) : "error";
   json points = json::array();
@@ -387,8 +382,8 @@ int RunSender(const std::string& transport, const std::vector<size_t>& sizes, in
         std::optional<double> best_perftest;
         bool failed = false;
         for (int t = 0; t < trials && !failed; ++t) {
-          std::optional<Point> p = TimeWrites(**engine, remote, op, size, batch, total,
-                                              absl::Seconds(cap_s), /*warm_up=*/t == 0, distinct);
+          std::optional<Point> p = TimeWrites(**engine, remote, op, size, batch, total, absl::Seconds(cap_s),
+                                              /*warm_up=*/t == 0, distinct);
           if (!p.has_value()) failed = true;
           if (p.has_value() && (!best.has_value() || p->gbps > best->gbps)) best = p;
           if (perftest && allocated_memory) {
@@ -446,14 +441,12 @@ int main(int argc, char** argv) {
   bool distinct = false;
   size_t region_bytes = 0;
   std::string transport_arg = "default";
-  app.add_option("--sizes-mib", sizes_mib, "Block sizes in MiB, comma-separated")
-      ->capture_default_str();
+  app.add_option("--sizes-mib", sizes_mib, "Block sizes in MiB, comma-separated")->capture_default_str();
   app.add_option("--transports", transports,
                  "Transport settings: 'default' (UCX's choice) and/or UCX_TLS values")
       ->capture_default_str();
   app.add_option("--batch", batch, "Blocks (WriteRequests) per Write call")->capture_default_str();
-  app.add_option("--budget-mib", budget_mib,
-                 "Bytes per point over shared memory (TCP: 1/2; TCP puts: 1/16)")
+  app.add_option("--budget-mib", budget_mib, "Bytes per point over shared memory (TCP: 1/2; TCP puts: 1/16)")
       ->capture_default_str();
   app.add_option("--max-seconds-per-point", cap_s, "Stop a Tandem point after this long")
       ->capture_default_str();
@@ -483,12 +476,12 @@ int main(int argc, char** argv) {
   json settings = json::array();
   for (absl::string_view t : absl::StrSplit(transports, ',', absl::SkipEmpty())) {
     std::string transport(t);
-    std::unique_ptr<Process> sender = Spawn(
-        {SelfExe(), "--role", "sender", "--transport", transport, "--sizes-mib", sizes_mib,
-         "--batch", std::to_string(batch), "--budget-mib", std::to_string(budget_mib),
-         "--max-seconds-per-point", std::to_string(cap_s), "--trials", std::to_string(trials),
-         perftest ? "--perftest" : "--no-perftest", distinct ? "--distinct-blocks" : "--perftest"},
-        transport == "default" ? "" : transport, false, /*capture_stdout=*/true);
+    std::unique_ptr<Process> sender =
+        Spawn({SelfExe(), "--role", "sender", "--transport", transport, "--sizes-mib", sizes_mib, "--batch",
+               std::to_string(batch), "--budget-mib", std::to_string(budget_mib), "--max-seconds-per-point",
+               std::to_string(cap_s), "--trials", std::to_string(trials),
+               perftest ? "--perftest" : "--no-perftest", distinct ? "--distinct-blocks" : "--perftest"},
+              transport == "default" ? "" : transport, false, /*capture_stdout=*/true);
     if (sender == nullptr) return 1;
     absl::Time deadline = absl::Now() + absl::Seconds(300);
     std::string out = sender->ReadOutput(deadline);

@@ -17,8 +17,8 @@
 
 namespace tandem::cli {
 
-inline void AddEngineFlags(CLI::App* cmd, int32_t* block_size, int32_t* kv_cache_mb,
-                           int32_t* max_running, int32_t* max_step_tokens,
+inline void AddEngineFlags(CLI::App* cmd, int32_t* block_size, int32_t* kv_cache_mb, int32_t* max_running,
+                           int32_t* max_step_tokens,
                            const std::string& block_size_help = "Tokens per KV block") {
   cmd->add_option("--block-size", *block_size, block_size_help)
       ->capture_default_str()
@@ -44,7 +44,8 @@ inline void AddDeviceFlags(CLI::App* cmd, DeviceFlags* f) {
   cmd->add_option("--device", f->device, "Kernel backend: cpu, cuda, or auto (cuda when a GPU is present)")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  cmd->add_flag("--cuda-fp32", f->cuda_fp32, "CUDA: F32 weights and FP32 GEMMs instead of BF16 (exact checks)");
+  cmd->add_flag("--cuda-fp32", f->cuda_fp32,
+                "CUDA: F32 weights and FP32 GEMMs instead of BF16 (exact checks)");
 }
 
 inline absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeBackend(const DeviceFlags& f, int32_t threads) {
@@ -75,7 +76,8 @@ inline void AddKvTierFlags(CLI::App* cmd, KvTierFlags* f) {
 // may be null) is the shared store below the local tiers.
 inline absl::StatusOr<std::unique_ptr<kvstore::TieredStore>> MakeKvTiers(
     const KvTierFlags& f, const model::ModelConfig& config, int32_t block_size,
-    std::function<void(const kvstore::TierEvent&)> on_event = nullptr, kvstore::RemoteTier* remote = nullptr) {
+    std::function<void(const kvstore::TierEvent&)> on_event = nullptr,
+    kvstore::RemoteTier* remote = nullptr) {
   if (f.dram_bytes <= 0) {
     if (!f.ssd_path.empty()) return absl::InvalidArgumentError("--kv-ssd-path needs --kv-dram-bytes");
     return std::unique_ptr<kvstore::TieredStore>();

@@ -19,8 +19,7 @@
 namespace tandem::cli {
 
 void RegisterGenerate(CLI::App* cmd, GenerateFlags* f) {
-  cmd->add_option("--model", f->model,
-                  "Path to a GGUF file, or synthetic:NAME (tiny, llama-1b, llama-8b)")
+  cmd->add_option("--model", f->model, "Path to a GGUF file, or synthetic:NAME (tiny, llama-1b, llama-8b)")
       ->capture_default_str();
   cmd->add_option("--prompt", f->prompt, "Prompt text")->capture_default_str();
   cmd->add_option("--max-tokens", f->max_tokens, "New tokens to generate at most")
@@ -54,7 +53,8 @@ void RegisterGenerate(CLI::App* cmd, GenerateFlags* f) {
   cmd->add_option("--timeout-s", f->timeout_s, "With --remote: give up after this many seconds")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--tls-ca", f->tls_ca, "With --remote: connect with TLS, verifying the router against this PEM CA");
+  cmd->add_option("--tls-ca", f->tls_ca,
+                  "With --remote: connect with TLS, verifying the router against this PEM CA");
   cmd->add_option("--tls-cert", f->tls_cert,
                   "With --remote: PEM client certificate for a router that requires mutual TLS");
   cmd->add_option("--tls-key", f->tls_key, "With --remote: PEM private key of --tls-cert");
@@ -105,7 +105,8 @@ absl::StatusOr<std::vector<engine::EngineRequest>> ReadPromptsFile(const Generat
     }
     requests.push_back(std::move(r));
   }
-  if (requests.empty()) return absl::InvalidArgumentError(absl::StrFormat("%s holds no prompts", f.prompts_file));
+  if (requests.empty())
+    return absl::InvalidArgumentError(absl::StrFormat("%s holds no prompts", f.prompts_file));
   return requests;
 }
 
@@ -142,7 +143,8 @@ int RunPromptsFile(const GenerateFlags& f, model::LoadedModel& m, kernels::Backe
     outputs[r.id].prompt = r.prompt_tokens;
     const int64_t id = r.id;
     if (absl::Status s = (*eng)->Add(std::move(r)); !s.ok()) {
-      std::cerr << "tandem generate: " << f.prompts_file << ": prompt " << id + 1 << ": " << s.message() << "\n";
+      std::cerr << "tandem generate: " << f.prompts_file << ": prompt " << id + 1 << ": " << s.message()
+                << "\n";
       return 1;
     }
   }
@@ -177,7 +179,8 @@ int RunGenerate(const GenerateFlags& f) {
   if (!f.remote.empty()) return RunRemoteGenerate(f);
   auto loaded = model::LoadModel(f.model);
   if (!loaded.ok()) {
-    std::cerr << "tandem generate: cannot load model '" << f.model << "': " << loaded.status().message() << "\n";
+    std::cerr << "tandem generate: cannot load model '" << f.model << "': " << loaded.status().message()
+              << "\n";
     return 1;
   }
   model::LoadedModel& m = **loaded;

@@ -39,7 +39,8 @@ int main(int argc, char** argv) {
       &router_flags);
   tandem::cli::WorkerFlags prefill_flags, decode_flags;
   tandem::cli::RegisterPrefill(
-      app.add_subcommand("prefill", "Prefill worker: computes prompt KV and writes it to decode workers over UCX"),
+      app.add_subcommand("prefill",
+                         "Prefill worker: computes prompt KV and writes it to decode workers over UCX"),
       &prefill_flags);
   tandem::cli::RegisterDecode(
       app.add_subcommand("decode", "Decode worker: receives KV (or prefills itself) and streams tokens"),
@@ -47,7 +48,8 @@ int main(int argc, char** argv) {
 
   tandem::cli::PullFlags pull_flags;
   tandem::cli::RegisterPull(
-      app.add_subcommand("pull", "Download a model from the Hugging Face hub (hf://ORG/REPO[@REV]) into the HF cache"),
+      app.add_subcommand(
+          "pull", "Download a model from the Hugging Face hub (hf://ORG/REPO[@REV]) into the HF cache"),
       &pull_flags);
 
   tandem::cli::BenchFlags bench_flags;
@@ -57,7 +59,8 @@ int main(int argc, char** argv) {
 
   tandem::cli::StoreFlags store_flags;
   tandem::cli::RegisterStore(
-      app.add_subcommand("store", "Shared KV store server (DRAM + SSD tiers) that workers put blocks into and read from"),
+      app.add_subcommand(
+          "store", "Shared KV store server (DRAM + SSD tiers) that workers put blocks into and read from"),
       &store_flags);
 
   CLI11_PARSE(app, argc, argv);

@@ -131,9 +131,10 @@ int RunRemoteGenerate(const GenerateFlags& f) {
   }
   std::cout << std::flush;
   if (summary->model().starts_with("synthetic:")) {
-    std::cerr << "note: the cluster serves " << summary->model()
-              << ", synthetic random weights, so its text is gibberish. For a real model start the "
-                 "cluster with --model PATH.gguf (e.g. tandem up --model ../shared/models/stories260K.gguf).\n";
+    std::cerr
+        << "note: the cluster serves " << summary->model()
+        << ", synthetic random weights, so its text is gibberish. For a real model start the "
+           "cluster with --model PATH.gguf (e.g. tandem up --model ../shared/models/stories260K.gguf).\n";
   }
   return 0;
 }

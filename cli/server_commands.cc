@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "cli/engine_flags.h"
+#include "common/metrics.h"
 #include "decode_worker/decode_service.h"
 #include "engine/engine.h"
 #include "engine/engine_runner.h"
@@ -26,7 +27,6 @@
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
-#include "common/metrics.h"
 #include "http/server.h"
 #include "kernels/backend.h"
 #include "kvstore/block_format.h"
@@ -76,8 +76,7 @@ void PrintReady(const nlohmann::json& line) {
 // Listens on host:port only (never on other addresses).
 std::unique_ptr<grpc::Server> StartServer(const std::string& host, int32_t port,
                                           std::shared_ptr<grpc::ServerCredentials> credentials,
-                                          const std::vector<grpc::Service*>& services,
-                                          int* bound_port) {
+                                          const std::vector<grpc::Service*>& services, int* bound_port) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -115,8 +114,8 @@ class Merger {
 absl::Status CheckRange(const std::string& source, const char* name, const char* flag, int64_t value,
                         int64_t lo, int64_t hi) {
   if (value >= lo && value <= hi) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrFormat("%s: %s (%s) is %d; must be in [%d, %d]", source, name,
-                                                    flag, value, lo, hi));
+  return absl::InvalidArgumentError(
+      absl::StrFormat("%s: %s (%s) is %d; must be in [%d, %d]", source, name, flag, value, lo, hi));
 }
 
 // Where a merged value may have come from, for messages.
@@ -187,10 +186,10 @@ absl::Status ResolveRouterFlags(const CLI::App& cmd, RouterFlags* f) {
   }
   const std::string source = Source(f->config);
   if (f->host.empty()) return absl::InvalidArgumentError(source + ": router.host (--host) is empty");
-  for (absl::Status s : {CheckRange(source, "router.port", "--port", f->port, 0, 65535),
-                         CheckRange(source, "router.heartbeat_ms", "--heartbeat-ms", f->heartbeat_ms, 1, 3600000),
-                         CheckRange(source, "router.heartbeat_misses", "--heartbeat-misses", f->heartbeat_misses,
-                                    1, 1000)}) {
+  for (absl::Status s :
+       {CheckRange(source, "router.port", "--port", f->port, 0, 65535),
+        CheckRange(source, "router.heartbeat_ms", "--heartbeat-ms", f->heartbeat_ms, 1, 3600000),
+        CheckRange(source, "router.heartbeat_misses", "--heartbeat-misses", f->heartbeat_misses, 1, 1000)}) {
     if (!s.ok()) return s;
   }
   if (!router::ParsePolicy(f->policy).ok()) {
@@ -235,17 +234,17 @@ absl::Status ResolveWorkerFlags(const CLI::App& cmd, WorkerFlags* f) {
   const std::string source = Source(f->config);
   if (f->host.empty()) return absl::InvalidArgumentError(source + ": worker.host (--host) is empty");
   if (f->router.empty()) return absl::InvalidArgumentError(source + ": worker.router (--router) is empty");
-  for (absl::Status s : {CheckRange(source, "worker.port", "--port", f->port, 0, 65535),
-                         CheckRange(source, "worker.threads", "--threads", f->threads, 0, 4096),
-                         CheckRange(source, "worker.block_size", "--block-size", f->block_size, 1, 1 << 16),
-                         CheckRange(source, "worker.kv_cache_mb", "--kv-cache-mb", f->kv_cache_mb, 1, 1 << 30),
-                         CheckRange(source, "worker.max_running", "--max-running", f->max_running, 1, 1 << 20),
-                         CheckRange(source, "worker.max_step_tokens", "--max-step-tokens", f->max_step_tokens,
-                                    1, 1 << 24),
-                         CheckRange(source, "worker.kv_dram_bytes", "--kv-dram-bytes", f->kv_tiers.dram_bytes, 0,
-                                    int64_t{1} << 50),
-                         CheckRange(source, "worker.kv_ssd_bytes", "--kv-ssd-bytes", f->kv_tiers.ssd_bytes, 1,
-                                    int64_t{1} << 56)}) {
+  for (absl::Status s :
+       {CheckRange(source, "worker.port", "--port", f->port, 0, 65535),
+        CheckRange(source, "worker.threads", "--threads", f->threads, 0, 4096),
+        CheckRange(source, "worker.block_size", "--block-size", f->block_size, 1, 1 << 16),
+        CheckRange(source, "worker.kv_cache_mb", "--kv-cache-mb", f->kv_cache_mb, 1, 1 << 30),
+        CheckRange(source, "worker.max_running", "--max-running", f->max_running, 1, 1 << 20),
+        CheckRange(source, "worker.max_step_tokens", "--max-step-tokens", f->max_step_tokens, 1, 1 << 24),
+        CheckRange(source, "worker.kv_dram_bytes", "--kv-dram-bytes", f->kv_tiers.dram_bytes, 0,
+                   int64_t{1} << 50),
+        CheckRange(source, "worker.kv_ssd_bytes", "--kv-ssd-bytes", f->kv_tiers.ssd_bytes, 1,
+                   int64_t{1} << 56)}) {
     if (!s.ok()) return s;
   }
   if (!f->kv_tiers.ssd_path.empty() && f->kv_tiers.dram_bytes == 0) {
@@ -317,8 +316,9 @@ void AddConfigFlags(CLI::App* cmd, std::string* config, bool* dry_run) {
   cmd->add_option("--config", *config,
                   "Cluster configuration, JSON in the tandem.v1.ClusterConfig schema "
                   "(proto/tandem/v1/config.proto); flags given here override it");
-  cmd->add_flag("--dry-run", *dry_run,
-                "Validate flags and --config, print the effective configuration as JSON, exit without serving");
+  cmd->add_flag(
+      "--dry-run", *dry_run,
+      "Validate flags and --config, print the effective configuration as JSON, exit without serving");
 }
 
 }  // namespace
@@ -331,9 +331,9 @@ absl::StatusOr<tandem::v1::ClusterConfig> LoadClusterConfig(const std::string& p
   options.ignore_unknown_fields = false;
   const auto status = google::protobuf::util::JsonStringToMessage(*text, &config, options);
   if (!status.ok()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "--config %s: not a valid tandem.v1.ClusterConfig (proto/tandem/v1/config.proto): %s", path,
-        std::string(status.message())));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--config %s: not a valid tandem.v1.ClusterConfig (proto/tandem/v1/config.proto): %s",
+                        path, std::string(status.message())));
   }
   return config;
 }
@@ -394,15 +394,14 @@ absl::StatusOr<ChannelFactory> MakeChannelFactory(const TlsFlags& t) {
   });
 }
 
-namespace {
-
-}  // namespace
+namespace {}  // namespace
 
 // The HTTP server on host:port with the OpenAI error shape for its own
 // errors; null (after a message) if it cannot listen.
 std::unique_ptr<http::Server> StartHttp(const std::string& tag, const std::string& host, int32_t port,
                                         const std::function<void(http::Server*)>& routes) {
-  auto server = http::Server::Create({.host = host, .port = port, .error_response = &router::OpenAiFront::ErrorResponse});
+  auto server = http::Server::Create(
+      {.host = host, .port = port, .error_response = &router::OpenAiFront::ErrorResponse});
   if (!server.ok()) {
     std::cerr << tag << server.status().message() << "\n";
     return nullptr;
@@ -421,8 +420,9 @@ void RegisterRouter(CLI::App* cmd, RouterFlags* f) {
                   "0: any free port (printed in the ready line); -1: off")
       ->capture_default_str()
       ->check(CLI::Range(-1, 65535));
-  cmd->add_option("--api-key", f->api_keys,
-                  "Bearer key accepted on the HTTP API's /v1/* (repeatable; also TANDEM_API_KEYS, comma-separated)");
+  cmd->add_option(
+      "--api-key", f->api_keys,
+      "Bearer key accepted on the HTTP API's /v1/* (repeatable; also TANDEM_API_KEYS, comma-separated)");
   cmd->add_option("--host", f->host, "Address to bind")->capture_default_str();
   cmd->add_option("--port", f->port, "gRPC port (0: any free port)")->capture_default_str();
   cmd->add_option("--model", f->model, "Model the cluster serves (GGUF path or synthetic:NAME)")
@@ -438,8 +438,9 @@ void RegisterRouter(CLI::App* cmd, RouterFlags* f) {
                   "Routing policy: kv (KV-aware cost model), round_robin, least_loaded, random")
       ->capture_default_str()
       ->check(CLI::IsMember({"kv", "round_robin", "least_loaded", "random"}));
-  cmd->add_option("--slo-ttft-ms", f->slo_ttft_ms,
-                  "Default TTFT target (ms) for requests that set none; predicted misses are rejected (0: none)")
+  cmd->add_option(
+         "--slo-ttft-ms", f->slo_ttft_ms,
+         "Default TTFT target (ms) for requests that set none; predicted misses are rejected (0: none)")
       ->capture_default_str();
   cmd->add_option("--slo-tpot-ms", f->slo_tpot_ms, "Default TPOT target (ms) likewise (0: none)")
       ->capture_default_str();
@@ -463,22 +464,27 @@ static void AddWorkerFlags(CLI::App* cmd, WorkerFlags* f) {
       ->capture_default_str();
   cmd->add_option("--threads", f->threads, "CPU threads for the engine (0: one per core)")
       ->capture_default_str();
-  AddEngineFlags(cmd, &f->block_size, &f->kv_cache_mb, &f->max_running, &f->max_step_tokens, "Tokens per KV block (same on every worker)");
+  AddEngineFlags(cmd, &f->block_size, &f->kv_cache_mb, &f->max_running, &f->max_step_tokens,
+                 "Tokens per KV block (same on every worker)");
   AddDeviceFlags(cmd, &f->device);
   cmd->add_option("--worker-id", f->worker_id, "Worker id (default: ROLE-HOST-PID)");
   AddKvTierFlags(cmd, &f->kv_tiers);
-  cmd->add_option("--kv-prefetch", f->kv_prefetch,
-                  "With an SSD tier: promote a request's SSD blocks into DRAM when it arrives, ahead of admission")
+  cmd->add_option(
+         "--kv-prefetch", f->kv_prefetch,
+         "With an SSD tier: promote a request's SSD blocks into DRAM when it arrives, ahead of admission")
       ->capture_default_str();
-  cmd->add_option("--kv-store", f->kv_store,
-                  "Shared KV store (tandem store) host:port: tier misses fall through to it, evicted blocks are "
-                  "offered to it (needs --kv-dram-bytes)");
-  cmd->add_option("--kv-store-transport", f->kv_store_transport,
-                  "How block bytes move to and from --kv-store: ucx (control over gRPC) or grpc (in the messages)")
+  cmd->add_option(
+      "--kv-store", f->kv_store,
+      "Shared KV store (tandem store) host:port: tier misses fall through to it, evicted blocks are "
+      "offered to it (needs --kv-dram-bytes)");
+  cmd->add_option(
+         "--kv-store-transport", f->kv_store_transport,
+         "How block bytes move to and from --kv-store: ucx (control over gRPC) or grpc (in the messages)")
       ->capture_default_str()
       ->check(CLI::IsMember({"ucx", "grpc"}));
-  cmd->add_option("--metrics-port", f->metrics_port,
-                  "HTTP port serving /metrics and /health; 0: any free port (printed in the ready line); -1: off")
+  cmd->add_option(
+         "--metrics-port", f->metrics_port,
+         "HTTP port serving /metrics and /health; 0: any free port (printed in the ready line); -1: off")
       ->capture_default_str()
       ->check(CLI::Range(-1, 65535));
   AddTlsFlags(cmd, &f->tls);
@@ -488,14 +494,16 @@ static void AddWorkerFlags(CLI::App* cmd, WorkerFlags* f) {
 void RegisterPrefill(CLI::App* cmd, WorkerFlags* f) {
   AddWorkerFlags(cmd, f);
   cmd->callback([cmd, f] {
-    RunCommand(cmd, f, "prefill", ResolveWorkerFlags, [](const WorkerFlags& w) { return RunWorker(w, "prefill"); });
+    RunCommand(cmd, f, "prefill", ResolveWorkerFlags,
+               [](const WorkerFlags& w) { return RunWorker(w, "prefill"); });
   });
 }
 
 void RegisterDecode(CLI::App* cmd, WorkerFlags* f) {
   AddWorkerFlags(cmd, f);
   cmd->callback([cmd, f] {
-    RunCommand(cmd, f, "decode", ResolveWorkerFlags, [](const WorkerFlags& w) { return RunWorker(w, "decode"); });
+    RunCommand(cmd, f, "decode", ResolveWorkerFlags,
+               [](const WorkerFlags& w) { return RunWorker(w, "decode"); });
   });
 }
 
@@ -509,8 +517,8 @@ int RunRouter(const RouterFlags& f) {
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(f.tls);
   absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(f.tls);
   if (!credentials.ok() || !channels.ok()) {
-    std::cerr << "tandem router: "
-              << (credentials.ok() ? channels.status() : credentials.status()).message() << "\n";
+    std::cerr << "tandem router: " << (credentials.ok() ? channels.status() : credentials.status()).message()
+              << "\n";
     return 1;
   }
   router::WorkerRegistry registry({.heartbeat_interval = absl::Milliseconds(f.heartbeat_ms),
@@ -561,7 +569,8 @@ int RunRouter(const RouterFlags& f) {
   router::OpenAiFront front(front_options, &core);
   std::unique_ptr<http::Server> http_server;
   if (f.http_port >= 0) {
-    http_server = StartHttp("tandem router: http: ", f.host, f.http_port, [&](http::Server* s) { front.Register(s); });
+    http_server =
+        StartHttp("tandem router: http: ", f.host, f.http_port, [&](http::Server* s) { front.Register(s); });
     if (http_server == nullptr) return 1;
   }
   PrintReady({{"role", "router"},
@@ -603,7 +612,8 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
   if (backend->name() != "cpu") {
     // The transfer engine and the KV tiers read the pool as host memory; a
     // device pool needs staged copies first (kernels/cuda/README.md).
-    std::cerr << tag << "--device " << backend->name() << " is not supported by workers yet; use --device cpu\n";
+    std::cerr << tag << "--device " << backend->name()
+              << " is not supported by workers yet; use --device cpu\n";
     return 1;
   }
   auto llama = model::LlamaModel::Create(config, (*model)->weights, backend.get());
@@ -641,16 +651,20 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
   // The KV tiers (optional) report into the same log as tiers DRAM and SSD;
   // blocks found on a reopened SSD tier are announced first, so the router's
   // index (and its snapshot) sees them.
-  auto tiers = MakeKvTiers(f.kv_tiers, config, f.block_size, [&kv_events](const kvstore::TierEvent& e) {
-    const engine::KvTier tier = e.tier == kvstore::Tier::kDram ? engine::KvTier::kDram : engine::KvTier::kSsd;
-    for (BlockHash h : e.hashes) {
-      if (e.kind == kvstore::TierEvent::Kind::kStored) {
-        kv_events.Stored(h, tier);
-      } else {
-        kv_events.Removed(h, tier);
-      }
-    }
-  }, store_client.get());
+  auto tiers = MakeKvTiers(
+      f.kv_tiers, config, f.block_size,
+      [&kv_events](const kvstore::TierEvent& e) {
+        const engine::KvTier tier =
+            e.tier == kvstore::Tier::kDram ? engine::KvTier::kDram : engine::KvTier::kSsd;
+        for (BlockHash h : e.hashes) {
+          if (e.kind == kvstore::TierEvent::Kind::kStored) {
+            kv_events.Stored(h, tier);
+          } else {
+            kv_events.Removed(h, tier);
+          }
+        }
+      },
+      store_client.get());
   if (!tiers.ok()) {
     std::cerr << tag << "KV tiers: " << tiers.status().message() << "\n";
     return 1;
@@ -743,9 +757,10 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
       "tandem_worker_kv_hit_blocks", "Prompt blocks reused, by the tier they were found in", {"tier"});
   Gauge* const hits[4] = {hit_blocks->WithLabels({"hbm"}), hit_blocks->WithLabels({"dram"}),
                           hit_blocks->WithLabels({"ssd"}), hit_blocks->WithLabels({"store"})};
-  Gauge* const computed = DefaultMetricsRegistry()
-                              .Gauge("tandem_worker_prompt_tokens_computed", "Prompt tokens computed (not reused)")
-                              ->WithLabels({});
+  Gauge* const computed =
+      DefaultMetricsRegistry()
+          .Gauge("tandem_worker_prompt_tokens_computed", "Prompt tokens computed (not reused)")
+          ->WithLabels({});
   // Bytes moved to and from the shared store, by direction and data path.
   GaugeFamily* store_bytes = DefaultMetricsRegistry().Gauge(
       "tandem_worker_kv_store_bytes", "Block bytes fetched from and offered to the shared KV store",
@@ -829,7 +844,8 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
   if (f.metrics_port >= 0) {
     metrics_server = StartHttp(tag + "metrics: ", f.host, f.metrics_port, [](http::Server* s) {
       s->Handle("GET", "/metrics", [](const http::Request&, std::shared_ptr<http::ResponseWriter> w) {
-        w->Send({.status = 200, .content_type = "text/plain; version=0.0.4; charset=utf-8",
+        w->Send({.status = 200,
+                 .content_type = "text/plain; version=0.0.4; charset=utf-8",
                  .body = DefaultMetricsRegistry().RenderPrometheus()});
       });
       s->Handle("GET", "/health", [](const http::Request&, std::shared_ptr<http::ResponseWriter> w) {
@@ -864,13 +880,17 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
   const LoadGauges gauges = [] {
     MetricsRegistry& r = DefaultMetricsRegistry();
     return LoadGauges{
-        r.Gauge("tandem_worker_decode_step_ms", "Recent mean engine step time with decode rows, ms")->WithLabels({}),
+        r.Gauge("tandem_worker_decode_step_ms", "Recent mean engine step time with decode rows, ms")
+            ->WithLabels({}),
         r.Gauge("tandem_worker_decode_batch", "Recent mean sequences decoded per step")->WithLabels({}),
         r.Gauge("tandem_worker_running", "Sequences in the running batch")->WithLabels({}),
         r.Gauge("tandem_worker_waiting", "Sequences queued for admission")->WithLabels({}),
-        r.Gauge("tandem_worker_queued_prefill_tokens", "Prompt tokens waiting to be computed")->WithLabels({}),
-        r.Gauge("tandem_worker_kv_pool_used_blocks", "KV blocks in use, by tier", {"tier"})->WithLabels({"hbm"}),
-        r.Gauge("tandem_worker_kv_pool_blocks", "KV blocks in the pool, by tier", {"tier"})->WithLabels({"hbm"})};
+        r.Gauge("tandem_worker_queued_prefill_tokens", "Prompt tokens waiting to be computed")
+            ->WithLabels({}),
+        r.Gauge("tandem_worker_kv_pool_used_blocks", "KV blocks in use, by tier", {"tier"})
+            ->WithLabels({"hbm"}),
+        r.Gauge("tandem_worker_kv_pool_blocks", "KV blocks in the pool, by tier", {"tier"})
+            ->WithLabels({"hbm"})};
   }();
   worker_common::RouterMembership membership(
       {.registration = reg,
@@ -887,7 +907,8 @@ int RunWorker(const WorkerFlags& f, const std::string& role) {
            }},
       registry.get(), &kv_events);
   if (grpc::Status registered = membership.Register(); !registered.ok()) {
-    std::cerr << tag << "cannot register with router " << f.router << ": " << registered.error_message() << "\n";
+    std::cerr << tag << "cannot register with router " << f.router << ": " << registered.error_message()
+              << "\n";
     server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
     return 1;
   }

@@ -76,8 +76,8 @@ struct WorkerFlags {
   int32_t kv_cache_mb = 256;
   int32_t max_running = 64;
   int32_t max_step_tokens = 512;
-  std::string worker_id;  // default: role-host-pid
-  KvTierFlags kv_tiers;   // --kv-dram-bytes, --kv-ssd-path, --kv-ssd-bytes (cli/engine_flags.h)
+  std::string worker_id;    // default: role-host-pid
+  KvTierFlags kv_tiers;     // --kv-dram-bytes, --kv-ssd-path, --kv-ssd-bytes (cli/engine_flags.h)
   bool kv_prefetch = true;  // --kv-prefetch: SSD -> DRAM ahead of admission (with an SSD tier)
   std::string kv_store;     // --kv-store: the shared KV store's address; empty: none
   std::string kv_store_transport = "ucx";  // --kv-store-transport: ucx | grpc

@@ -32,8 +32,9 @@ constexpr const char* kTag = "tandem store: ";
 void RegisterStore(CLI::App* cmd, StoreFlags* f) {
   cmd->add_option("--router", f->router, "Router's gRPC address (host:port)")->capture_default_str();
   cmd->add_option("--host", f->host, "Address to bind and advertise")->capture_default_str();
-  cmd->add_option("--port", f->port, "gRPC port (0: any free port)")->capture_default_str()->check(
-      CLI::Range(0, 65535));
+  cmd->add_option("--port", f->port, "gRPC port (0: any free port)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65535));
   cmd->add_option("--model", f->model, "GGUF path or synthetic:NAME (must match the workers')")
       ->capture_default_str();
   cmd->add_option("--block-size", f->block_size, "Tokens per KV block (the workers')")
@@ -80,7 +81,8 @@ int RunStore(const StoreFlags& f) {
     return 1;
   }
   const model::ModelConfig& config = (*model)->config;
-  const std::string store_id = f.store_id.empty() ? absl::StrFormat("store-%s-%d", f.host, getpid()) : f.store_id;
+  const std::string store_id =
+      f.store_id.empty() ? absl::StrFormat("store-%s-%d", f.host, getpid()) : f.store_id;
 
   // The transfer engine outlives the tiers (their DRAM pool is registered
   // with it, so the pool is UCX memory) and the service (staging region).
@@ -134,9 +136,10 @@ int RunStore(const StoreFlags& f) {
     return l;
   };
 
-  auto service = kvstore::StoreService::Create(
-      {.model_id = config.model_id, .transfer = transfer.get(), .staging_bytes = static_cast<size_t>(f.staging_bytes)},
-      store->get());
+  auto service = kvstore::StoreService::Create({.model_id = config.model_id,
+                                                .transfer = transfer.get(),
+                                                .staging_bytes = static_cast<size_t>(f.staging_bytes)},
+                                               store->get());
   if (!service.ok()) {
     std::cerr << kTag << service.status().message() << "\n";
     return 1;
@@ -168,7 +171,8 @@ int RunStore(const StoreFlags& f) {
   reg.set_block_size(f.block_size);
   worker_common::RouterMembership membership({.registration = reg, .load = load}, registry.get(), &kv_events);
   if (grpc::Status registered = membership.Register(); !registered.ok()) {
-    std::cerr << kTag << "cannot register with router " << f.router << ": " << registered.error_message() << "\n";
+    std::cerr << kTag << "cannot register with router " << f.router << ": " << registered.error_message()
+              << "\n";
     server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
     return 1;
   }

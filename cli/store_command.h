@@ -32,12 +32,12 @@ struct StoreFlags {
   std::string host = "127.0.0.1";
   int32_t port = 0;
   std::string model = "synthetic:tiny";
-  int32_t block_size = 16;               // must equal the workers'
-  int64_t dram_bytes = int64_t{1} << 30;  // --dram-bytes
-  std::string ssd_path;                   // --ssd-path; empty: DRAM only
-  int64_t ssd_bytes = int64_t{10} << 30;  // --ssd-bytes
-  std::string store_id;                   // default: store-HOST-PID
-  bool ucx = true;                        // --ucx: serve the UCX data path
+  int32_t block_size = 16;                    // must equal the workers'
+  int64_t dram_bytes = int64_t{1} << 30;      // --dram-bytes
+  std::string ssd_path;                       // --ssd-path; empty: DRAM only
+  int64_t ssd_bytes = int64_t{10} << 30;      // --ssd-bytes
+  std::string store_id;                       // default: store-HOST-PID
+  bool ucx = true;                            // --ucx: serve the UCX data path
   int64_t staging_bytes = int64_t{64} << 20;  // --staging-bytes
   TlsFlags tls;
 };

@@ -43,10 +43,12 @@ void RegisterUp(CLI::App* cmd, UpFlags* f) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--policy", f->policy, "Router policy: kv, round_robin, least_loaded, random (default: kv)")
       ->check(CLI::IsMember({"kv", "round_robin", "least_loaded", "random"}));
-  cmd->add_option("--slo-ttft-ms", f->slo_ttft_ms, "Router's default TTFT target, ms (see tandem router --help)");
+  cmd->add_option("--slo-ttft-ms", f->slo_ttft_ms,
+                  "Router's default TTFT target, ms (see tandem router --help)");
   cmd->add_option("--slo-tpot-ms", f->slo_tpot_ms, "Router's default TPOT target, ms");
-  cmd->add_option("--http-port", f->http_port,
-                  "Router's OpenAI-compatible HTTP port; 0: any free port (the ready event's \"http\"); -1: off")
+  cmd->add_option(
+         "--http-port", f->http_port,
+         "Router's OpenAI-compatible HTTP port; 0: any free port (the ready event's \"http\"); -1: off")
       ->check(CLI::Range(-1, 65535));
   cmd->add_option("--api-key", f->api_keys, "Bearer key for the router's HTTP /v1/* (repeatable)");
   cmd->add_option("--kv-cache-mb", f->kv_cache_mb, "KV cache per worker, MiB (default: the workers' default)")
@@ -57,10 +59,12 @@ void RegisterUp(CLI::App* cmd, UpFlags* f) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--kv-dram-bytes", f->kv_dram_bytes, "Host-memory KV tier per worker, bytes (0: no tiers)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--kv-ssd-bytes", f->kv_ssd_bytes, "SSD KV tier budget per worker, bytes (0: workers' default)")
+  cmd->add_option("--kv-ssd-bytes", f->kv_ssd_bytes,
+                  "SSD KV tier budget per worker, bytes (0: workers' default)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--kv-ssd-dir", f->kv_ssd_dir,
-                  "SSD KV tiers under this directory: worker i of a role gets DIR/<role>-<i> (needs --kv-dram-bytes)");
+  cmd->add_option(
+      "--kv-ssd-dir", f->kv_ssd_dir,
+      "SSD KV tiers under this directory: worker i of a role gets DIR/<role>-<i> (needs --kv-dram-bytes)");
   cmd->add_option("--kv-prefetch", f->kv_prefetch, "Workers prefetch SSD blocks into DRAM ahead of admission")
       ->check(CLI::IsMember({"true", "false"}));
   cmd->add_flag("--store", f->store,
@@ -541,8 +545,10 @@ int RunUp(const UpFlags& f) {
       .essential = true};
   router.argv.insert(router.argv.end(), common.begin(), common.end());
   if (!f.policy.empty()) router.argv.insert(router.argv.end(), {"--policy", f.policy});
-  if (f.slo_ttft_ms >= 0) router.argv.insert(router.argv.end(), {"--slo-ttft-ms", absl::StrCat(f.slo_ttft_ms)});
-  if (f.slo_tpot_ms >= 0) router.argv.insert(router.argv.end(), {"--slo-tpot-ms", absl::StrCat(f.slo_tpot_ms)});
+  if (f.slo_ttft_ms >= 0)
+    router.argv.insert(router.argv.end(), {"--slo-ttft-ms", absl::StrCat(f.slo_ttft_ms)});
+  if (f.slo_tpot_ms >= 0)
+    router.argv.insert(router.argv.end(), {"--slo-tpot-ms", absl::StrCat(f.slo_tpot_ms)});
   if (f.http_port >= 0) router.argv.insert(router.argv.end(), {"--http-port", absl::StrCat(f.http_port)});
   for (const std::string& key : f.api_keys) router.argv.insert(router.argv.end(), {"--api-key", key});
   auto router_ready = sup.StartAndWaitReady({router}, deadline);
@@ -587,9 +593,9 @@ int RunUp(const UpFlags& f) {
                          .argv = {self, role, "--router", router_address, "--model", f.model, "--host",
                                   f.host, "--port", "0", "--threads", absl::StrCat(f.threads)}});
       workers.back().argv.insert(workers.back().argv.end(), common.begin(), common.end());
-      for (const auto& [flag, value] : {std::pair{"--kv-cache-mb", f.kv_cache_mb},
-                                        std::pair{"--block-size", f.block_size},
-                                        std::pair{"--max-running", f.max_running}}) {
+      for (const auto& [flag, value] :
+           {std::pair{"--kv-cache-mb", f.kv_cache_mb}, std::pair{"--block-size", f.block_size},
+            std::pair{"--max-running", f.max_running}}) {
         if (value > 0) workers.back().argv.insert(workers.back().argv.end(), {flag, absl::StrCat(value)});
       }
       std::vector<std::string>& argv = workers.back().argv;

@@ -27,8 +27,7 @@ std::vector<int32_t> Iota(int n, int32_t start = 0) {
 
 // Builds HashBlock's input by hand, byte by byte, from the layout documented
 // in block_hash.h, independently of the implementation's assembly code.
-std::string HandAssembled(uint64_t prev, const std::string& model_id,
-                          const std::vector<int32_t>& tokens) {
+std::string HandAssembled(uint64_t prev, const std::string& model_id, const std::vector<int32_t>& tokens) {
   std::string b;
   for (int i = 0; i < 8; ++i) b.push_back(static_cast<char>(prev >> (8 * i)));
   b += model_id;
@@ -139,8 +138,7 @@ TEST(BlockHashTest, PartialBlockIsNotHashed) {
   std::vector<int32_t> other_tail = tokens;
   other_tail.back() = -1;
   EXPECT_EQ(HashFullBlocks("m", other_tail, kBlockSize), with_tail);
-  EXPECT_EQ(HashFullBlocks("m", absl::MakeConstSpan(tokens).first(2 * kBlockSize), kBlockSize),
-            with_tail);
+  EXPECT_EQ(HashFullBlocks("m", absl::MakeConstSpan(tokens).first(2 * kBlockSize), kBlockSize), with_tail);
 }
 
 TEST(BlockHashTest, DifferentModelsDiffer) {

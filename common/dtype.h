@@ -28,10 +28,13 @@ std::string_view DTypeName(DType type);
 // Bytes taken by `n` elements of `type`. For Q8_0, REQUIRES: n % 32 == 0.
 inline size_t DTypeBytes(DType type, size_t n) {
   switch (type) {
-    case DType::kF32: return n * 4;
+    case DType::kF32:
+      return n * 4;
     case DType::kF16:
-    case DType::kBF16: return n * 2;
-    case DType::kQ8_0: return n / kQ8_0BlockElements * kQ8_0BlockBytes;
+    case DType::kBF16:
+      return n * 2;
+    case DType::kQ8_0:
+      return n / kQ8_0BlockElements * kQ8_0BlockBytes;
   }
   return 0;
 }
@@ -74,7 +77,7 @@ inline uint16_t FloatToHalf(float f) {
     return sign | 0x7c00 | (abs > 0x7f800000 ? 0x200 : 0);
   }
   if (abs >= 0x477ff000) return sign | 0x7c00;  // overflow to inf
-  if (abs < 0x38800000) {                        // subnormal or zero in half
+  if (abs < 0x38800000) {                       // subnormal or zero in half
     if (abs < 0x33000000) return sign;
     const uint32_t e = abs >> 23;
     const uint32_t m = (abs & 0x7fffff) | 0x800000;

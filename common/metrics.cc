@@ -7,7 +7,6 @@
 #include <initializer_list>
 #include <iostream>
 
-
 namespace tandem {
 namespace {
 
@@ -49,7 +48,8 @@ bool ValidName(std::string_view name, bool allow_colon) {
   if (name.empty()) return false;
   for (size_t i = 0; i < name.size(); ++i) {
     const char c = name[i];
-    const bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (allow_colon && c == ':');
+    const bool alpha =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (allow_colon && c == ':');
     if (!alpha && !(i > 0 && c >= '0' && c <= '9')) return false;
   }
   return true;
@@ -109,20 +109,23 @@ Histogram::Histogram(const std::vector<double>* bounds)
 
 void Histogram::Observe(double value) {
   // First bound >= value ("le" is inclusive); NaN lands in +Inf.
-  const size_t i = std::isnan(value) ? bounds_->size()
-                                     : std::lower_bound(bounds_->begin(), bounds_->end(), value) - bounds_->begin();
+  const size_t i = std::isnan(value)
+                       ? bounds_->size()
+                       : std::lower_bound(bounds_->begin(), bounds_->end(), value) - bounds_->begin();
   buckets_[i].fetch_add(1, std::memory_order_relaxed);
   AtomicAdd(sum_, value);
 }
 
 uint64_t Histogram::CumulativeCount(size_t i) const {
   uint64_t total = 0;
-  for (size_t b = 0; b <= std::min(i, bounds_->size()); ++b) total += buckets_[b].load(std::memory_order_relaxed);
+  for (size_t b = 0; b <= std::min(i, bounds_->size()); ++b)
+    total += buckets_[b].load(std::memory_order_relaxed);
   return total;
 }
 
 MetricsRegistry::Entry* MetricsRegistry::FindOrAdd(std::string_view name, MetricType type,
-                                                   const std::vector<std::string>& label_names, bool* conflict) {
+                                                   const std::vector<std::string>& label_names,
+                                                   bool* conflict) {
   *conflict = false;
   bool valid = ValidName(name, /*allow_colon=*/true);
   for (const std::string& l : label_names) valid = valid && ValidName(l, false) && l != "le";
@@ -130,14 +133,14 @@ MetricsRegistry::Entry* MetricsRegistry::FindOrAdd(std::string_view name, Metric
   if (it != families_.end() || !valid) {
     if (valid) {
       const Entry& e = it->second;
-      const std::vector<std::string>* existing =
-          e.type == MetricType::kCounter ? &e.counter->label_names()
-          : e.type == MetricType::kGauge ? &e.gauge->label_names()
-                                         : &e.histogram->label_names();
+      const std::vector<std::string>* existing = e.type == MetricType::kCounter ? &e.counter->label_names()
+                                                 : e.type == MetricType::kGauge ? &e.gauge->label_names()
+                                                                                : &e.histogram->label_names();
       if (e.type == type && *existing == label_names) return &it->second;
     }
     std::cerr << "tandem metrics: metric '" << name
-              << (valid ? "' declared again with another type or labels" : "' has an invalid name or label name")
+              << (valid ? "' declared again with another type or labels"
+                        : "' has an invalid name or label name")
               << "; its values will not be exported\n";
     *conflict = true;
     orphans_.push_back(Entry{.type = type});

@@ -72,7 +72,7 @@ class Histogram {
   double Sum() const { return sum_.load(std::memory_order_relaxed); }
 
  private:
-  const std::vector<double>* bounds_;  // owned by the family
+  const std::vector<double>* bounds_;                 // owned by the family
   std::unique_ptr<std::atomic<uint64_t>[]> buckets_;  // bounds_->size() + 1, not cumulative
   std::atomic<double> sum_{0.0};
 };

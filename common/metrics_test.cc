@@ -58,7 +58,9 @@ TEST(MetricsTest, RenderFormat004) {
       ->Increment(3);
   r.Counter("req_total", "", {"endpoint", "code"})->WithLabels({"a\"b\\c\nd", "500"})->Increment();
   r.Gauge("inflight", "In flight")->WithLabels({})->Set(2);
-  r.Histogram("lat_seconds", "Latency", {"policy"}, {1, 0.5, 0.5, INFINITY})->WithLabels({"kv"})->Observe(0.7);
+  r.Histogram("lat_seconds", "Latency", {"policy"}, {1, 0.5, 0.5, INFINITY})
+      ->WithLabels({"kv"})
+      ->Observe(0.7);
   const std::string text = r.RenderPrometheus();
   EXPECT_EQ(text,
             "# HELP inflight In flight\n"
@@ -119,7 +121,9 @@ TEST(MetricsTest, Buckets) {
   EXPECT_EQ(LinearBuckets(1, 2, 3), (std::vector<double>{1, 3, 5}));
 }
 
-TEST(MetricsTest, DefaultRegistryIsShared) { EXPECT_EQ(&DefaultMetricsRegistry(), &DefaultMetricsRegistry()); }
+TEST(MetricsTest, DefaultRegistryIsShared) {
+  EXPECT_EQ(&DefaultMetricsRegistry(), &DefaultMetricsRegistry());
+}
 
 }  // namespace
 }  // namespace tandem

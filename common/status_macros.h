@@ -12,10 +12,10 @@
 #define TANDEM_STATUS_CONCAT_INNER_(a, b) a##b
 #define TANDEM_STATUS_CONCAT_(a, b) TANDEM_STATUS_CONCAT_INNER_(a, b)
 
-#define TANDEM_RETURN_IF_ERROR(expr)                   \
-  do {                                                 \
-    ::absl::Status tandem_status_ = (expr);            \
-    if (!tandem_status_.ok()) return tandem_status_;   \
+#define TANDEM_RETURN_IF_ERROR(expr)                 \
+  do {                                               \
+    ::absl::Status tandem_status_ = (expr);          \
+    if (!tandem_status_.ok()) return tandem_status_; \
   } while (0)
 
 #define TANDEM_ASSIGN_OR_RETURN(lhs, expr) \

@@ -7,9 +7,9 @@
 #include "absl/strings/str_format.h"
 #include "common/metrics.h"
 #include "kvstore/block_format.h"
+#include "model/text_stream.h"
 #include "proto/grpc_status.h"
 #include "worker_common/worker_status.h"
-#include "model/text_stream.h"
 
 namespace tandem::decode_worker {
 namespace {
@@ -41,17 +41,19 @@ engine::EngineRequest ToEngineRequest(int64_t id, const Proto& r) {
 
 }  // namespace
 
-absl::Status VerifyTransferredBlocks(const uint8_t* kv_base, size_t block_bytes, absl::Span<const int32_t> block_ids,
-                                     int32_t first_written, absl::Span<const uint32_t> crc32c) {
+absl::Status VerifyTransferredBlocks(const uint8_t* kv_base, size_t block_bytes,
+                                     absl::Span<const int32_t> block_ids, int32_t first_written,
+                                     absl::Span<const uint32_t> crc32c) {
   if (first_written < 0 || static_cast<size_t>(first_written) > block_ids.size() ||
       crc32c.size() != block_ids.size() - static_cast<size_t>(first_written)) {
-    return absl::InvalidArgumentError(absl::StrFormat("%d KV checksums for %d written blocks", crc32c.size(),
-                                                      static_cast<int64_t>(block_ids.size()) - first_written));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%d KV checksums for %d written blocks", crc32c.size(),
+                        static_cast<int64_t>(block_ids.size()) - first_written));
   }
   for (size_t i = 0; i < crc32c.size(); ++i) {
     const int32_t block = block_ids[first_written + i];
-    const uint32_t crc = kvstore::Crc32c(
-        absl::MakeConstSpan(kv_base + static_cast<size_t>(block) * block_bytes, block_bytes));
+    const uint32_t crc =
+        kvstore::Crc32c(absl::MakeConstSpan(kv_base + static_cast<size_t>(block) * block_bytes, block_bytes));
     if (crc != crc32c[i]) {
       return absl::DataLossError(absl::StrFormat(
           "KV block %d of the prompt (pool block %d): CRC32C %08x, the prefill worker sent %08x",
@@ -85,8 +87,8 @@ grpc::Status DecodeService::Reserve(grpc::ServerContext*, const tandem::v1::Rese
       },
       absl::Now() + kEngineCallTimeout);
   if (!s.ok()) return ToGrpc(s);
-  const absl::Duration ttl = r->reservation_ttl_ms() > 0 ? absl::Milliseconds(r->reservation_ttl_ms())
-                                                         : options_.reservation_ttl;
+  const absl::Duration ttl =
+      r->reservation_ttl_ms() > 0 ? absl::Milliseconds(r->reservation_ttl_ms()) : options_.reservation_ttl;
   {
     absl::MutexLock lock(&mu_);
     reservations_[r->request_id()] = {id, absl::Now() + ttl, reservation.block_ids,
@@ -155,8 +157,7 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const tandem::v
       absl::MutexLock lock(&mu_);
       auto it = reservations_.find(r->request_id());
       if (it == reservations_.end()) {
-        return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                            "request_id: no reservation (expired or unknown)");
+        return grpc::Status(grpc::StatusCode::NOT_FOUND, "request_id: no reservation (expired or unknown)");
       }
       reserved = std::move(it->second);
       reservations_.erase(it);  // no longer subject to expiry
@@ -198,7 +199,8 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const tandem::v
       absl::MutexLock lock(&mu_);
       id = next_engine_id_++;
     }
-    absl::Status s = runner_->Submit(ToEngineRequest(id, *recompute), listener, absl::Now() + kEngineCallTimeout);
+    absl::Status s =
+        runner_->Submit(ToEngineRequest(id, *recompute), listener, absl::Now() + kEngineCallTimeout);
     if (!s.ok()) return ToGrpc(s);
   } else if (r->kv_ready()) {
     const int32_t first = r->first_token();
@@ -237,9 +239,9 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const tandem::v
     std::optional<engine::SequenceUpdate> u = queue->Pop(absl::Now() + absl::Milliseconds(100));
     if (context->IsCancelled() || absl::Now() > deadline) {
       (void)runner_->Run([id](engine::Engine& e) { return e.Cancel(id); }, absl::Now() + kEngineCallTimeout);
-      return grpc::Status(context->IsCancelled() ? grpc::StatusCode::CANCELLED
-                                                 : grpc::StatusCode::DEADLINE_EXCEEDED,
-                          "decode stopped");
+      return grpc::Status(
+          context->IsCancelled() ? grpc::StatusCode::CANCELLED : grpc::StatusCode::DEADLINE_EXCEEDED,
+          "decode stopped");
     }
     if (!u.has_value()) continue;
     cached_tokens = std::max(cached_tokens, u->cached_tokens);
@@ -251,7 +253,8 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const tandem::v
         ++generated;
       }
       if (!writer->Write(out)) {
-        (void)runner_->Run([id](engine::Engine& e) { return e.Cancel(id); }, absl::Now() + kEngineCallTimeout);
+        (void)runner_->Run([id](engine::Engine& e) { return e.Cancel(id); },
+                           absl::Now() + kEngineCallTimeout);
         return grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
       }
     }
@@ -270,7 +273,7 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const tandem::v
     tandem::v1::GenerateSummary* summary = done.mutable_summary();
     summary->set_request_id(r->request_id());
     summary->set_finish_reason(u->end == engine::SequenceEnd::kStop ? tandem::v1::FINISH_REASON_STOP
-                                                                     : tandem::v1::FINISH_REASON_LENGTH);
+                                                                    : tandem::v1::FINISH_REASON_LENGTH);
     summary->mutable_usage()->set_completion_tokens(generated);
     summary->mutable_usage()->set_cached_tokens(cached_tokens);
     summary->set_decode_worker(options_.worker_id);

@@ -38,8 +38,9 @@ namespace tandem::decode_worker {
 // (block_bytes each) against `crc32c` (parallel to the written blocks).
 // DataLoss naming the first block that differs; InvalidArgument when the
 // counts disagree.
-absl::Status VerifyTransferredBlocks(const uint8_t* kv_base, size_t block_bytes, absl::Span<const int32_t> block_ids,
-                                     int32_t first_written, absl::Span<const uint32_t> crc32c);
+absl::Status VerifyTransferredBlocks(const uint8_t* kv_base, size_t block_bytes,
+                                     absl::Span<const int32_t> block_ids, int32_t first_written,
+                                     absl::Span<const uint32_t> crc32c);
 
 struct DecodeServiceOptions {
   std::string worker_id;
@@ -62,8 +63,7 @@ struct DecodeServiceOptions {
 class DecodeService final : public tandem::v1::DecodeWorker::Service {
  public:
   // Borrowed: runner and tokenizer outlive the service.
-  DecodeService(DecodeServiceOptions options, engine::EngineRunner* runner,
-                const model::Tokenizer* tokenizer)
+  DecodeService(DecodeServiceOptions options, engine::EngineRunner* runner, const model::Tokenizer* tokenizer)
       : options_(std::move(options)), runner_(runner), tokenizer_(tokenizer) {}
 
   grpc::Status Reserve(grpc::ServerContext* context, const tandem::v1::ReserveRequest* request,

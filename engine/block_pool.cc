@@ -32,23 +32,20 @@ absl::StatusOr<std::unique_ptr<BlockPool>> BlockPool::Create(const Options& opti
   }
   if (int64_t{options.num_blocks} * options.block_size > std::numeric_limits<int32_t>::max()) {
     // Slots (block * block_size + offset) are int32_t.
-    return absl::InvalidArgumentError(
-        absl::StrCat("BlockPool: num_blocks * block_size overflows int32: ", options.num_blocks,
-                     " * ", options.block_size));
+    return absl::InvalidArgumentError(absl::StrCat("BlockPool: num_blocks * block_size overflows int32: ",
+                                                   options.num_blocks, " * ", options.block_size));
   }
   return std::unique_ptr<BlockPool>(new BlockPool(options));
 }
 
 int32_t BlockPool::BlocksForBudget(size_t bytes, const kernels::KvLayout& layout) {
-  if (layout.num_layers <= 0 || layout.num_kv_heads <= 0 || layout.head_dim <= 0 ||
-      layout.block_size <= 0) {
+  if (layout.num_layers <= 0 || layout.num_kv_heads <= 0 || layout.head_dim <= 0 || layout.block_size <= 0) {
     return 0;
   }
   const size_t block_bytes = layout.BlockBytes();
   if (block_bytes == 0) return 0;
   const size_t n = bytes / block_bytes;
-  return static_cast<int32_t>(
-      std::min<size_t>(n, static_cast<size_t>(std::numeric_limits<int32_t>::max())));
+  return static_cast<int32_t>(std::min<size_t>(n, static_cast<size_t>(std::numeric_limits<int32_t>::max())));
 }
 
 BlockPool::BlockPool(const Options& options)
@@ -96,8 +93,7 @@ void BlockPool::Uncache(int32_t block) {
 }
 
 absl::Span<const int32_t> BlockPool::TokensOf(int32_t block) const {
-  return absl::MakeConstSpan(tokens_).subspan(static_cast<size_t>(block) * block_size_,
-                                              block_size_);
+  return absl::MakeConstSpan(tokens_).subspan(static_cast<size_t>(block) * block_size_, block_size_);
 }
 
 absl::StatusOr<int32_t> BlockPool::Allocate() {
@@ -119,8 +115,7 @@ absl::StatusOr<int32_t> BlockPool::Allocate() {
     Uncache(block);
     ++stats_.evictions;
   } else {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("BlockPool: all ", num_blocks_, " blocks are in use"));
+    return absl::ResourceExhaustedError(absl::StrCat("BlockPool: all ", num_blocks_, " blocks are in use"));
   }
   refcount_[block] = 1;
   return block;
@@ -134,8 +129,7 @@ void BlockPool::AddRef(int32_t block) {
 
 void BlockPool::Release(int32_t block) {
   TANDEM_POOL_CHECK(block >= 0 && block < num_blocks_, "block id ", block, " out of range");
-  TANDEM_POOL_CHECK(refcount_[block] > 0, "Release of unreferenced block ", block,
-                    " (double free?)");
+  TANDEM_POOL_CHECK(refcount_[block] > 0, "Release of unreferenced block ", block, " (double free?)");
   if (--refcount_[block] > 0) return;
   if (cached_[block]) {
     LruPushBack(block);
@@ -158,8 +152,7 @@ bool BlockPool::Commit(int32_t block, BlockHash hash, absl::Span<const int32_t> 
   if (!inserted) return false;  // Another block holds this hash: keep it.
   cached_[block] = true;
   hash_[block] = hash;
-  std::copy(tokens.begin(), tokens.end(),
-            tokens_.begin() + static_cast<ptrdiff_t>(block) * block_size_);
+  std::copy(tokens.begin(), tokens.end(), tokens_.begin() + static_cast<ptrdiff_t>(block) * block_size_);
   if (on_commit_) on_commit_(hash);
   return true;
 }
@@ -219,8 +212,7 @@ absl::Status BlockPool::CheckInvariants() const {
   // cycle is reported rather than looped on.
   int32_t lru_len = 0;
   int32_t last = sentinel;
-  for (int32_t prev = sentinel, b = lru_next_[sentinel]; b != sentinel;
-       prev = b, b = lru_next_[b]) {
+  for (int32_t prev = sentinel, b = lru_next_[sentinel]; b != sentinel; prev = b, b = lru_next_[b]) {
     if (b < 0 || b > num_blocks_) {
       return absl::InternalError(absl::StrCat("LRU list holds out-of-range id ", b));
     }
@@ -251,8 +243,8 @@ absl::Status BlockPool::CheckInvariants() const {
     const bool is_evictable = on_lru[b];
     if (static_cast<int>(is_free) + is_referenced + is_evictable != 1) {
       return absl::InternalError(absl::StrCat(
-          "block ", b, " is free=", is_free, " referenced=", is_referenced, " evictable=",
-          is_evictable, " (exactly one expected), cached=", static_cast<bool>(cached_[b])));
+          "block ", b, " is free=", is_free, " referenced=", is_referenced, " evictable=", is_evictable,
+          " (exactly one expected), cached=", static_cast<bool>(cached_[b])));
     }
     if (is_free && cached_[b]) {
       return absl::InternalError(absl::StrCat("free block ", b, " is still cached"));
@@ -273,8 +265,8 @@ absl::Status BlockPool::CheckInvariants() const {
     }
   }
   if (num_cached != static_cast<int32_t>(cache_.size())) {
-    return absl::InternalError(absl::StrCat(num_cached, " cached blocks but the hash map has ",
-                                            cache_.size(), " entries"));
+    return absl::InternalError(
+        absl::StrCat(num_cached, " cached blocks but the hash map has ", cache_.size(), " entries"));
   }
   for (const auto& [hash, b] : cache_) {
     if (b < 0 || b >= num_blocks_ || !cached_[b] || hash_[b] != hash) {

@@ -254,8 +254,8 @@ TEST(BlockPoolTest, EvictsLeastRecentlyReleasedCachedBlockOnlyWhenNoFreeBlock) {
   EXPECT_EQ(evicted[0].hash, 100u);
   EXPECT_EQ(evicted[0].block_id, a);
   EXPECT_THAT(evicted[0].tokens, ElementsAreArray(Tokens(100)));
-  EXPECT_THAT(evicted[0].bytes, ElementsAreArray(absl::MakeConstSpan(kv).subspan(a * kBytesPerBlock,
-                                                                                 kBytesPerBlock)));
+  EXPECT_THAT(evicted[0].bytes,
+              ElementsAreArray(absl::MakeConstSpan(kv).subspan(a * kBytesPerBlock, kBytesPerBlock)));
   EXPECT_FALSE(pool->Contains(100));
   EXPECT_EQ(pool->HashOf(a), std::nullopt);
   EXPECT_EQ(pool->RefCount(a), 1);

@@ -10,17 +10,21 @@ namespace tandem::engine {
 
 const char* SequenceEndName(SequenceEnd end) {
   switch (end) {
-    case SequenceEnd::kNone: return "none";
-    case SequenceEnd::kLength: return "length";
-    case SequenceEnd::kStop: return "stop";
-    case SequenceEnd::kCancelled: return "cancelled";
-    case SequenceEnd::kError: return "error";
+    case SequenceEnd::kNone:
+      return "none";
+    case SequenceEnd::kLength:
+      return "length";
+    case SequenceEnd::kStop:
+      return "stop";
+    case SequenceEnd::kCancelled:
+      return "cancelled";
+    case SequenceEnd::kError:
+      return "error";
   }
   return "unknown";
 }
 
-absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options,
-                                                       model::LlamaModel* llama,
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options, model::LlamaModel* llama,
                                                        kernels::Backend* backend,
                                                        const model::Tokenizer* tokenizer) {
   if (options.block_size < 1 || options.max_running < 1 || options.max_step_tokens < 1 ||
@@ -35,9 +39,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
                                  ? options.num_blocks
                                  : BlockPool::BlocksForBudget(options.kv_cache_bytes, layout);
   if (num_blocks < 1) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "engine: kv_cache_bytes %d holds no block of %d bytes", options.kv_cache_bytes,
-        layout.BlockBytes()));
+    return absl::InvalidArgumentError(absl::StrFormat("engine: kv_cache_bytes %d holds no block of %d bytes",
+                                                      options.kv_cache_bytes, layout.BlockBytes()));
   }
   TANDEM_ASSIGN_OR_RETURN(e->kv_memory_, backend->Allocate(num_blocks * layout.BlockBytes()));
   e->kv_view_ = kernels::KvCacheView{static_cast<float*>(e->kv_memory_), layout, num_blocks};
@@ -57,9 +60,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   KvManager::Options kv_options{.model_id = llama->config().model_id, .block_size = options.block_size};
   if (options.tiers != nullptr) {
     if (options.tiers->options().payload_bytes != layout.BlockBytes()) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "engine: the KV tiers hold %d-byte blocks, this model's are %d bytes",
-          options.tiers->options().payload_bytes, layout.BlockBytes()));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("engine: the KV tiers hold %d-byte blocks, this model's are %d bytes",
+                          options.tiers->options().payload_bytes, layout.BlockBytes()));
     }
     // HBM eviction offers the block to the tiers (after the KV-event hook, if
     // any). The CPU backend's KV is host memory, so the bytes are copied
@@ -100,8 +103,8 @@ absl::Status Engine::Add(EngineRequest request) {
   if (request.prompt_tokens.empty()) return absl::InvalidArgumentError("prompt_tokens is empty");
   for (int32_t t : request.prompt_tokens) {
     if (t < 0 || t >= config.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "prompt_tokens: id %d outside the vocabulary of %d", t, config.vocab_size));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("prompt_tokens: id %d outside the vocabulary of %d", t, config.vocab_size));
     }
   }
   if (request.max_tokens < 1) {
@@ -110,14 +113,14 @@ absl::Status Engine::Add(EngineRequest request) {
   TANDEM_RETURN_IF_ERROR(request.sampling.Validate());
   const int64_t total = static_cast<int64_t>(request.prompt_tokens.size()) + request.max_tokens - 1;
   if (total > config.context_length) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "prompt of %d tokens plus max_tokens %d exceeds the model's context length %d",
-        request.prompt_tokens.size(), request.max_tokens, config.context_length));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("prompt of %d tokens plus max_tokens %d exceeds the model's context length %d",
+                        request.prompt_tokens.size(), request.max_tokens, config.context_length));
   }
   const int64_t blocks = (total + options_.block_size - 1) / options_.block_size;
   if (blocks > kv_view_.num_blocks) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "request needs %d KV blocks but the pool has %d", blocks, kv_view_.num_blocks));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("request needs %d KV blocks but the pool has %d", blocks, kv_view_.num_blocks));
   }
   if (sequences_.contains(request.id)) {
     return absl::AlreadyExistsError(absl::StrFormat("request id %d is already live", request.id));
@@ -157,8 +160,7 @@ void Engine::Preempt(int64_t id) {
   ++stats_.preemptions;
 }
 
-void Engine::Finish(int64_t id, SequenceEnd end, absl::Status error,
-                    std::vector<SequenceUpdate>* out) {
+void Engine::Finish(int64_t id, SequenceEnd end, absl::Status error, std::vector<SequenceUpdate>* out) {
   running_.erase(std::remove(running_.begin(), running_.end(), id), running_.end());
   const bool hold = sequences_.at(id)->request.hold_blocks_on_finish;
   for (SequenceUpdate& u : *out) {
@@ -189,9 +191,9 @@ absl::StatusOr<KvReservation> Engine::Reserve(EngineRequest request) {
   const int32_t prompt_len = static_cast<int32_t>(seq.tokens.size());
   if (kv_->BlocksToAdmit(seq.tokens, prompt_len) > pool_->num_free_blocks()) {
     sequences_.erase(id);
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "KV pool full: %d free blocks, prompt of %d tokens needs more", pool_->num_free_blocks(),
-        prompt_len));
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("KV pool full: %d free blocks, prompt of %d tokens needs more",
+                        pool_->num_free_blocks(), prompt_len));
   }
   // Synchronous copies: cached_tokens is a promise to the prefill worker.
   absl::StatusOr<int32_t> cached = kv_->StartSequence(id, seq.tokens, /*wait_for_loads=*/true);
@@ -308,15 +310,13 @@ absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
             scheduled = false;  // everything else is in this step; wait for it
             break;
           }
-          const size_t victim_index =
-              std::find(running_.begin(), running_.end(), victim) - running_.begin();
+          const size_t victim_index = std::find(running_.begin(), running_.end(), victim) - running_.begin();
           Preempt(victim);
           if (victim == id) {
             self_preempted = true;
             break;
           }
           if (victim_index < i) --i;  // keep i on this sequence
-
         }
         if (self_preempted) continue;  // running_[i] is now the next sequence
         if (!scheduled) {
@@ -348,10 +348,11 @@ absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
       // take more tier blocks than MatchPrefix foresaw (TieredStore::MayHold),
       // so grow only as far as the pool allows; phase 2 grows the rest later.
       const int32_t table_tokens = static_cast<int32_t>(kv_->BlockTable(id).size()) * options_.block_size;
-      const int32_t rows = std::clamp(
-          std::min(cached + std::min(n, static_cast<int32_t>(seq.tokens.size()) - cached),
-                   table_tokens + pool_->num_free_blocks() * options_.block_size) - cached,
-          0, n);
+      const int32_t rows =
+          std::clamp(std::min(cached + std::min(n, static_cast<int32_t>(seq.tokens.size()) - cached),
+                              table_tokens + pool_->num_free_blocks() * options_.block_size) -
+                         cached,
+                     0, n);
       if (absl::Status s = kv_->EnsureCapacity(id, cached + rows); !s.ok()) {
         kv_->FreeSequence(id);
         return s;  // cannot happen after the clamp above: a broken invariant
@@ -410,8 +411,7 @@ absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
   }
   const int32_t vocab = llama_->config().vocab_size;
   logits_.resize(static_cast<size_t>(vocab) * std::max<size_t>(1, step_logit_rows_.size()));
-  model::ForwardBatch batch{step_tokens_, step_positions_, step_slots_, step_seqs_,
-                            step_logit_rows_};
+  model::ForwardBatch batch{step_tokens_, step_positions_, step_slots_, step_seqs_, step_logit_rows_};
   TANDEM_RETURN_IF_ERROR(llama_->Forward(batch, kv_view_, logits_.data()));
   ++stats_.steps;
   if (!loading_.empty()) ++stats_.steps_with_tier_loads;
@@ -430,8 +430,7 @@ absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
   for (size_t i = 0; i < sampled_ids.size(); ++i) {
     const int64_t id = sampled_ids[i];
     Sequence& seq = *sequences_.at(id);
-    const int32_t next =
-        seq.sampler->Sample(absl::MakeConstSpan(logits_).subspan(i * vocab, vocab));
+    const int32_t next = seq.sampler->Sample(absl::MakeConstSpan(logits_).subspan(i * vocab, vocab));
     SequenceUpdate u;
     u.id = id;
     u.cached_tokens = seq.cached_tokens;

@@ -157,8 +157,7 @@ class Engine {
  public:
   // Borrowed: llama, backend and tokenizer must outlive the engine.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options,
-                                                        model::LlamaModel* llama,
-                                                        kernels::Backend* backend,
+                                                        model::LlamaModel* llama, kernels::Backend* backend,
                                                         const model::Tokenizer* tokenizer);
   ~Engine();
 
@@ -222,7 +221,7 @@ class Engine {
     EngineRequest request;
     std::vector<int32_t> tokens;  // prompt then generated
     int32_t num_generated = 0;
-    int32_t num_computed = 0;  // tokens whose KV is in this sequence's blocks
+    int32_t num_computed = 0;    // tokens whose KV is in this sequence's blocks
     int32_t cached_tokens = -1;  // at first admission; -1 before
     int32_t loading_cached = 0;  // while loading: the prefix it will have if every copy succeeds
     std::unique_ptr<Sampler> sampler;
@@ -251,7 +250,7 @@ class Engine {
   std::unique_ptr<KvManager> kv_;
 
   absl::flat_hash_map<int64_t, std::unique_ptr<Sequence>> sequences_;
-  std::deque<int64_t> waiting_;  // FCFS; preempted sequences go to the front
+  std::deque<int64_t> waiting_;   // FCFS; preempted sequences go to the front
   std::vector<int64_t> running_;  // in admission order
   std::vector<int64_t> loading_;  // admitted, prefix being copied from the tiers
   // Reserved for a remote prefill, or finished but held for sending.

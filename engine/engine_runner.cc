@@ -2,8 +2,7 @@
 
 namespace tandem::engine {
 
-EngineRunner::EngineRunner(Engine* engine, Options options)
-    : engine_(engine), options_(std::move(options)) {
+EngineRunner::EngineRunner(Engine* engine, Options options) : engine_(engine), options_(std::move(options)) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -43,8 +42,7 @@ absl::Status EngineRunner::Submit(EngineRequest request, Listener listener, absl
 }
 
 absl::Status EngineRunner::ListenAndRun(int64_t id, Listener listener,
-                                        std::function<absl::Status(Engine&)> fn,
-                                        absl::Time deadline) {
+                                        std::function<absl::Status(Engine&)> fn, absl::Time deadline) {
   return Run(
       [this, id, listener = std::move(listener), fn = std::move(fn)](Engine& e) mutable {
         listeners_[id] = std::move(listener);
@@ -91,13 +89,12 @@ void EngineRunner::Loop() {
       absl::MutexLock lock(&mu_);
       if (!engine_->HasWork() || stalled) {
         // Idle: sleep until a command, a stop, or the next tick.
-        mu_.AwaitWithDeadline(
-            absl::Condition(
-                +[](EngineRunner* r) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-                  return r->stopping_ || !r->commands_.empty();
-                },
-                this),
-            next_tick);
+        mu_.AwaitWithDeadline(absl::Condition(
+                                  +[](EngineRunner* r) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                                    return r->stopping_ || !r->commands_.empty();
+                                  },
+                                  this),
+                              next_tick);
       }
       if (stopping_) break;
       batch.swap(commands_);
@@ -130,15 +127,15 @@ void EngineRunner::Loop() {
         const double ms = absl::ToDoubleMilliseconds(absl::Now() - step_start);
         constexpr double kWeight = 0.1;
         decode_step_ms_ = decode_step_ms_ == 0 ? ms : (1 - kWeight) * decode_step_ms_ + kWeight * ms;
-        decode_batch_ = decode_batch_ == 0 ? static_cast<double>(decoded)
-                                           : (1 - kWeight) * decode_batch_ + kWeight * static_cast<double>(decoded);
+        decode_batch_ = decode_batch_ == 0
+                            ? static_cast<double>(decoded)
+                            : (1 - kWeight) * decode_batch_ + kWeight * static_cast<double>(decoded);
       }
       if (!updates.ok()) {
         FailAll(updates.status());
       } else {
         // Loading sequences are not a stall: the next Step waits on the loader.
-        stalled = updates->empty() && engine_->stats().steps == steps_before &&
-                  engine_->num_loading() == 0;
+        stalled = updates->empty() && engine_->stats().steps == steps_before && engine_->num_loading() == 0;
         Dispatch(*updates);
       }
     }

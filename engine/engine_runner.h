@@ -102,8 +102,8 @@ class EngineRunner {
 
   // Routes updates of an existing (e.g. reserved) request to `listener`,
   // then runs `fn` (e.g. Activate) — atomically on the engine thread.
-  absl::Status ListenAndRun(int64_t id, Listener listener,
-                            std::function<absl::Status(Engine&)> fn, absl::Time deadline);
+  absl::Status ListenAndRun(int64_t id, Listener listener, std::function<absl::Status(Engine&)> fn,
+                            absl::Time deadline);
 
   EngineLoad load() const;
 

@@ -47,8 +47,8 @@ TEST_F(EngineRunnerTest, ConcurrentSubmittersGetTheirOwnOrderedUpdates) {
                           .prompt_tokens = {1, static_cast<int32_t>(10 + id), 20, 30},
                           .max_tokens = 5,
                           .stop_at_eos = false};
-        ASSERT_OK(runner.Submit(req, [queue](const SequenceUpdate& u) { queue->Push(u); },
-                                absl::Now() + absl::Seconds(10)));
+        ASSERT_OK(runner.Submit(
+            req, [queue](const SequenceUpdate& u) { queue->Push(u); }, absl::Now() + absl::Seconds(10)));
         for (;;) {
           std::optional<SequenceUpdate> u = queue->Pop(absl::Now() + absl::Seconds(10));
           ASSERT_TRUE(u.has_value()) << "no update within the deadline";
@@ -77,7 +77,8 @@ TEST_F(EngineRunnerTest, ConcurrentSubmittersGetTheirOwnOrderedUpdates) {
   while (engine->HasWork()) {
     absl::StatusOr<std::vector<SequenceUpdate>> updates = engine->Step();
     ASSERT_OK(updates);
-    for (const SequenceUpdate& u : *updates) lone.insert(lone.end(), u.new_tokens.begin(), u.new_tokens.end());
+    for (const SequenceUpdate& u : *updates)
+      lone.insert(lone.end(), u.new_tokens.begin(), u.new_tokens.end());
   }
   EXPECT_EQ(tokens[0], lone);
 }
@@ -101,9 +102,9 @@ TEST_F(EngineRunnerTest, StopFailsLiveRequestsAndRefusesNewWork) {
   auto runner = std::make_unique<EngineRunner>(engine_.get(), EngineRunner::Options{});
   auto queue = std::make_shared<UpdateQueue>();
   // Long enough that it is still running when Stop comes.
-  ASSERT_OK(runner->Submit({.id = 1, .prompt_tokens = {1, 2, 3}, .max_tokens = 1000, .stop_at_eos = false},
-                           [queue](const SequenceUpdate& u) { queue->Push(u); },
-                           absl::Now() + absl::Seconds(5)));
+  ASSERT_OK(runner->Submit(
+      {.id = 1, .prompt_tokens = {1, 2, 3}, .max_tokens = 1000, .stop_at_eos = false},
+      [queue](const SequenceUpdate& u) { queue->Push(u); }, absl::Now() + absl::Seconds(5)));
   runner->Stop();
   SequenceEnd last = SequenceEnd::kNone;
   while (std::optional<SequenceUpdate> u = queue->Pop(absl::Now() + absl::Milliseconds(100))) {
@@ -142,8 +143,9 @@ TEST_F(EngineRunnerTest, RequestWaitsForReservedBlocksThenRuns) {
       [&](Engine& e) { return e.Reserve({.id = 100, .prompt_tokens = prompt, .max_tokens = 4}).status(); },
       absl::Now() + absl::Seconds(5)));
   auto queue = std::make_shared<UpdateQueue>();
-  ASSERT_OK(runner.Submit({.id = 1, .prompt_tokens = {1, 6, 7, 8, 9, 10}, .max_tokens = 3, .stop_at_eos = false},
-                          [queue](const SequenceUpdate& u) { queue->Push(u); }, absl::Now() + absl::Seconds(5)));
+  ASSERT_OK(runner.Submit(
+      {.id = 1, .prompt_tokens = {1, 6, 7, 8, 9, 10}, .max_tokens = 3, .stop_at_eos = false},
+      [queue](const SequenceUpdate& u) { queue->Push(u); }, absl::Now() + absl::Seconds(5)));
   // Two blocks needed, one free: nothing can run yet.
   EXPECT_FALSE(queue->Pop(absl::Now() + absl::Milliseconds(300)).has_value());
   EXPECT_EQ(runner.load().waiting, 1);

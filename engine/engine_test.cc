@@ -77,12 +77,11 @@ class EngineTest : public ::testing::Test {
 };
 
 std::vector<std::string> PromptVariations(const std::vector<std::string>& base, size_t n) {
-  static const char* kSuffixes[] = {"", " there", " a little", ". One day", ", she", " and the",
-                                    " big dog", " in the park", " Tom and", " happy"};
+  static const char* kSuffixes[] = {"",         " there",   " a little",    ". One day", ", she",
+                                    " and the", " big dog", " in the park", " Tom and",  " happy"};
   std::vector<std::string> prompts = base;
   for (size_t i = 0; prompts.size() < n; ++i) {
-    prompts.push_back(base[i % base.size()] + kSuffixes[1 + i % 9] +
-                      std::string(i / base.size() % 3, '!'));
+    prompts.push_back(base[i % base.size()] + kSuffixes[1 + i % 9] + std::string(i / base.size() % 3, '!'));
   }
   return prompts;
 }
@@ -231,8 +230,8 @@ TEST_F(EngineTest, RandomizedArrivalsCancellationsCompletions) {
   const uint64_t seed = 20261123;
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
-  auto engine = MakeEngine({.block_size = 4, .num_blocks = 40, .max_running = 12,
-                            .max_step_tokens = 24, .max_prefill_chunk = 6});
+  auto engine = MakeEngine(
+      {.block_size = 4, .num_blocks = 40, .max_running = 12, .max_step_tokens = 24, .max_prefill_chunk = 6});
   std::vector<std::vector<int32_t>> prefixes(6);
   for (auto& p : prefixes) {
     p.push_back(1);
@@ -249,7 +248,8 @@ TEST_F(EngineTest, RandomizedArrivalsCancellationsCompletions) {
       prompt.resize(1 + rng() % prompt.size());
       for (int extra = rng() % 4; extra > 0; --extra) prompt.push_back(3 + rng() % 300);
       const int64_t id = arrived++;
-      ASSERT_OK(engine->Add({.id = id, .prompt_tokens = prompt,
+      ASSERT_OK(engine->Add({.id = id,
+                             .prompt_tokens = prompt,
                              .max_tokens = static_cast<int32_t>(1 + rng() % 3),
                              .stop_at_eos = false}));
       live.push_back(id);

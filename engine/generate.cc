@@ -8,9 +8,7 @@
 
 namespace tandem::engine {
 
-const char* FinishReasonName(FinishReason r) {
-  return r == FinishReason::kStop ? "stop" : "length";
-}
+const char* FinishReasonName(FinishReason r) { return r == FinishReason::kStop ? "stop" : "length"; }
 
 absl::StatusOr<GenerateResult> GenerateOne(model::LlamaModel& llama, kernels::Backend& backend,
                                            const model::Tokenizer& tokenizer,
@@ -31,9 +29,9 @@ absl::StatusOr<GenerateResult> GenerateOne(model::LlamaModel& llama, kernels::Ba
   // prompt + max_tokens - 1 tokens.
   const int64_t total = prompt_len + request.max_tokens - 1;
   if (total > config.context_length) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "prompt of %d tokens plus max_tokens %d exceeds the model's context length %d",
-        prompt_len, request.max_tokens, config.context_length));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("prompt of %d tokens plus max_tokens %d exceeds the model's context length %d",
+                        prompt_len, request.max_tokens, config.context_length));
   }
 
   // A private KV region for this one sequence, in the paged layout.

@@ -45,8 +45,7 @@ struct GenerateResult {
 // InvalidArgument when the prompt plus max_tokens exceeds the model's context
 // length or a sampling parameter is out of range.
 absl::StatusOr<GenerateResult> GenerateOne(model::LlamaModel& llama, kernels::Backend& backend,
-                                           const model::Tokenizer& tokenizer,
-                                           const GenerateRequest& request);
+                                           const model::Tokenizer& tokenizer, const GenerateRequest& request);
 
 }  // namespace tandem::engine
 

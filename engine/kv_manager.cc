@@ -23,16 +23,14 @@
 
 namespace tandem::engine {
 
-absl::StatusOr<std::unique_ptr<KvManager>> KvManager::Create(const Options& options,
-                                                             BlockPool* pool) {
+absl::StatusOr<std::unique_ptr<KvManager>> KvManager::Create(const Options& options, BlockPool* pool) {
   if (pool == nullptr) return absl::InvalidArgumentError("KvManager: pool is null");
   if (options.model_id.empty()) {
     return absl::InvalidArgumentError("KvManager: model_id must be set (it names every block)");
   }
   if (options.block_size != 0 && options.block_size != pool->block_size()) {
     return absl::InvalidArgumentError(absl::StrCat("KvManager: block_size ", options.block_size,
-                                                   " differs from the pool's ",
-                                                   pool->block_size()));
+                                                   " differs from the pool's ", pool->block_size()));
   }
   if (options.max_queued_tier_loads < 1) {
     return absl::InvalidArgumentError("KvManager: max_queued_tier_loads must be >= 1");
@@ -43,10 +41,10 @@ absl::StatusOr<std::unique_ptr<KvManager>> KvManager::Create(const Options& opti
     }
     if (options.tiers->options().block_tokens != pool->block_size() ||
         options.tiers->options().model_id != options.model_id) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "KvManager: the KV tiers hold blocks of ", options.tiers->options().block_tokens,
-          " tokens of model '", options.tiers->options().model_id, "', the pool ", pool->block_size(),
-          " tokens of '", options.model_id, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("KvManager: the KV tiers hold blocks of ", options.tiers->options().block_tokens,
+                       " tokens of model '", options.tiers->options().model_id, "', the pool ",
+                       pool->block_size(), " tokens of '", options.model_id, "'"));
     }
   }
   return std::unique_ptr<KvManager>(new KvManager(options, pool, pool->block_size()));
@@ -85,8 +83,8 @@ absl::StatusOr<int32_t> KvManager::StartSequence(int64_t seq_id, absl::Span<cons
     return absl::InvalidArgumentError(absl::StrCat("sequence ", seq_id, ": empty prompt"));
   }
   if (prompt_tokens.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
-    return absl::InvalidArgumentError(absl::StrCat("sequence ", seq_id, ": prompt of ",
-                                                   prompt_tokens.size(), " tokens is too long"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sequence ", seq_id, ": prompt of ", prompt_tokens.size(), " tokens is too long"));
   }
   const auto [it, inserted] = seqs_.try_emplace(seq_id);
   if (!inserted) {
@@ -157,12 +155,11 @@ absl::StatusOr<int32_t> KvManager::StartSequence(int64_t seq_id, absl::Span<cons
   return FinishLoads(seq_id, seq, TierLoader::Run(tiers_, job, tier_load_hook_, {})).cached_tokens;
 }
 
-KvManager::LoadDone KvManager::FinishLoads(int64_t seq_id, Sequence& seq,
-                                           const TierLoader::Result& result) {
+KvManager::LoadDone KvManager::FinishLoads(int64_t seq_id, Sequence& seq, const TierLoader::Result& result) {
   TANDEM_KV_CHECK(seq.loading && result.requested == static_cast<int32_t>(seq.loading_hashes.size()) &&
                       result.loaded <= result.requested,
-                  "FinishLoads: sequence ", seq_id, " loads ", seq.loading_hashes.size(), " blocks, result says ",
-                  result.loaded, " of ", result.requested);
+                  "FinishLoads: sequence ", seq_id, " loads ", seq.loading_hashes.size(),
+                  " blocks, result says ", result.loaded, " of ", result.requested);
   for (int32_t j = 0; j < result.loaded; ++j) {
     const absl::Span<const int32_t> tokens =
         absl::MakeConstSpan(seq.loading_tokens).subspan(static_cast<size_t>(j) * block_size_, block_size_);
@@ -237,8 +234,7 @@ KvManager::PrefixMatch KvManager::MatchPrefix(absl::Span<const int32_t> prompt_t
   return match;
 }
 
-int32_t KvManager::BlocksToAdmit(absl::Span<const int32_t> prompt_tokens,
-                                 int32_t total_tokens) const {
+int32_t KvManager::BlocksToAdmit(absl::Span<const int32_t> prompt_tokens, int32_t total_tokens) const {
   const PrefixMatch match = MatchPrefix(prompt_tokens);
   const int32_t new_blocks =
       std::max(BlocksForTokens(total_tokens), match.cached_blocks) - match.cached_blocks;
@@ -266,9 +262,9 @@ absl::Status KvManager::EnsureCapacity(int64_t seq_id, int32_t total_tokens) {
   if (needed <= 0) return absl::OkStatus();
   // Check up front so that a request that cannot fit evicts nothing.
   if (needed > pool_->num_free_blocks()) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "sequence ", seq_id, ": needs ", needed, " more KV blocks for ", total_tokens,
-        " tokens, the pool has ", pool_->num_free_blocks(), " free of ", pool_->num_blocks()));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("sequence ", seq_id, ": needs ", needed, " more KV blocks for ", total_tokens,
+                     " tokens, the pool has ", pool_->num_free_blocks(), " free of ", pool_->num_blocks()));
   }
   const size_t old_size = blocks.size();
   for (int32_t i = 0; i < needed; ++i) {
@@ -290,9 +286,8 @@ void KvManager::CommitFullBlocks(int64_t seq_id, absl::Span<const int32_t> all_t
                                  int32_t num_computed_tokens) {
   const auto it = seqs_.find(seq_id);
   TANDEM_KV_CHECK(it != seqs_.end(), "CommitFullBlocks: unknown sequence ", seq_id);
-  TANDEM_KV_CHECK(
-      num_computed_tokens >= 0 && static_cast<size_t>(num_computed_tokens) <= all_tokens.size(),
-      "CommitFullBlocks: ", num_computed_tokens, " computed tokens of ", all_tokens.size());
+  TANDEM_KV_CHECK(num_computed_tokens >= 0 && static_cast<size_t>(num_computed_tokens) <= all_tokens.size(),
+                  "CommitFullBlocks: ", num_computed_tokens, " computed tokens of ", all_tokens.size());
   Sequence& seq = it->second;
   TANDEM_KV_CHECK(!seq.loading, "CommitFullBlocks: sequence ", seq_id, " is still loading from the tiers");
   const size_t full = static_cast<size_t>(num_computed_tokens / block_size_);
@@ -319,8 +314,7 @@ int32_t KvManager::Slot(int64_t seq_id, int32_t position) const {
   TANDEM_KV_CHECK(it != seqs_.end(), "Slot: unknown sequence ", seq_id);
   const std::vector<int32_t>& blocks = it->second.blocks;
   TANDEM_KV_CHECK(position >= 0 && position / block_size_ < static_cast<int32_t>(blocks.size()),
-                  "Slot: position ", position, " outside sequence ", seq_id, "'s ", blocks.size(),
-                  " blocks");
+                  "Slot: position ", position, " outside sequence ", seq_id, "'s ", blocks.size(), " blocks");
   return blocks[position / block_size_] * block_size_ + position % block_size_;
 }
 
@@ -365,21 +359,21 @@ absl::Status KvManager::CheckInvariants() const {
       const std::optional<BlockHash> cached = pool_->HashOf(b);
       if (cached.has_value()) {
         if (i >= seq.hashes.size()) {
-          return absl::InternalError(absl::StrCat("sequence ", id, " block ", i, " (id ", b,
-                                                  ") is cached but not committed by it"));
+          return absl::InternalError(
+              absl::StrCat("sequence ", id, " block ", i, " (id ", b, ") is cached but not committed by it"));
         }
         if (*cached != seq.hashes[i]) {
           return absl::InternalError(absl::StrCat("sequence ", id, " block ", i, " (id ", b,
-                                                  ") is cached as ", *cached,
-                                                  ", the sequence's chain says ", seq.hashes[i]));
+                                                  ") is cached as ", *cached, ", the sequence's chain says ",
+                                                  seq.hashes[i]));
         }
       }
     }
   }
   for (int32_t b = 0; b < n; ++b) {
     if (pool_->RefCount(b) != holders[b]) {
-      return absl::InternalError(absl::StrCat("block ", b, " has refcount ", pool_->RefCount(b),
-                                              " but ", holders[b], " sequences hold it"));
+      return absl::InternalError(absl::StrCat("block ", b, " has refcount ", pool_->RefCount(b), " but ",
+                                              holders[b], " sequences hold it"));
     }
     if (holders[b] > 1 && !pool_->HashOf(b).has_value()) {
       return absl::InternalError(

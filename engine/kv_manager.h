@@ -51,11 +51,10 @@
 //     returns the tokens the sequence will have cached if every copy
 //     succeeds. All its blocks are allocated first, so in a DRAM tier too
 //     small for the pool's evictions, a block may leave DRAM before its copy
-//     (an SSD read instead, or a failed copy without SSD). The sequence is then loading (IsLoading): its loading blocks
-//     are referenced by it alone and not in the prefix cache, so no other
-//     sequence can find, reuse or evict them, and the caller must not compute
-//     on it nor CommitFullBlocks for it (it aborts) until PollLoads reports it.
-//     EnsureCapacity may grow it meanwhile (blocks past the loading ones).
+//     (an SSD read instead, or a failed copy without SSD). The sequence is then loading (IsLoading): its
+//     loading blocks are referenced by it alone and not in the prefix cache, so no other sequence can find,
+//     reuse or evict them, and the caller must not compute on it nor CommitFullBlocks for it (it aborts)
+//     until PollLoads reports it. EnsureCapacity may grow it meanwhile (blocks past the loading ones).
 //     PollLoads, on the owning thread, commits the loaded blocks and returns
 //     each finished sequence's final cached token count; WaitForLoads blocks
 //     until one finishes or a deadline.
@@ -216,8 +215,7 @@ class KvManager {
   // must start with the prompt given to StartSequence. Blocks whose hash
   // another block already holds stay private to this sequence.
   // REQUIRES: seq_id registered; its table covers those blocks.
-  void CommitFullBlocks(int64_t seq_id, absl::Span<const int32_t> all_tokens,
-                        int32_t num_computed_tokens);
+  void CommitFullBlocks(int64_t seq_id, absl::Span<const int32_t> all_tokens, int32_t num_computed_tokens);
 
   // The block ids of seq_id's table in position order; empty if unknown. The
   // span is invalidated by the next non-const call for this sequence.
@@ -283,7 +281,7 @@ class KvManager {
   const std::string model_id_;
   const int32_t block_size_;
   const BlockHash seed_;
-  BlockPool* const pool_;  // borrowed
+  BlockPool* const pool_;              // borrowed
   kvstore::TieredStore* const tiers_;  // borrowed, may be null
   const std::function<absl::Span<uint8_t>(int32_t)> block_memory_;
   const TierLoader::Hook tier_load_hook_;

@@ -39,10 +39,10 @@ constexpr int32_t kPoolBlocks = 24;
 constexpr int kPrompts = 6;
 constexpr int kPromptBlocks = 4;  // prompts of 4 blocks + 1 token
 
-
 std::vector<uint8_t> PayloadOf(BlockHash h) {
   std::vector<uint8_t> p(kPayload);
-  for (size_t i = 0; i < kPayload; ++i) p[i] = static_cast<uint8_t>(h >> (i % 8 * 8)) ^ static_cast<uint8_t>(i);
+  for (size_t i = 0; i < kPayload; ++i)
+    p[i] = static_cast<uint8_t>(h >> (i % 8 * 8)) ^ static_cast<uint8_t>(i);
   return p;
 }
 
@@ -72,7 +72,8 @@ TEST(KvManagerAsyncTest, RandomStartFreePollWhileTheTiersChurn) {
     prompts.push_back(t);
     hashes.push_back(HashFullBlocks("m", t, kTokens));
     for (int b = 0; b < kPromptBlocks; ++b) {
-      ASSERT_OK(store->Put(hashes[p][b], absl::MakeConstSpan(t).subspan(b * kTokens, kTokens), PayloadOf(hashes[p][b])));
+      ASSERT_OK(store->Put(hashes[p][b], absl::MakeConstSpan(t).subspan(b * kTokens, kTokens),
+                           PayloadOf(hashes[p][b])));
     }
   }
   std::atomic<bool> stop{false};
@@ -97,7 +98,8 @@ TEST(KvManagerAsyncTest, RandomStartFreePollWhileTheTiersChurn) {
     for (int b = 0; b < kPromptBlocks; ++b) {
       uint8_t* bytes = memory.data() + table[b] * kPayload;
       if (b < cached / kTokens) {
-        ASSERT_EQ(std::memcmp(bytes, PayloadOf(hashes[p][b]).data(), kPayload), 0) << "sequence " << id << " block " << b;
+        ASSERT_EQ(std::memcmp(bytes, PayloadOf(hashes[p][b]).data(), kPayload), 0)
+            << "sequence " << id << " block " << b;
       } else {
         std::memcpy(bytes, PayloadOf(hashes[p][b]).data(), kPayload);
       }
@@ -141,9 +143,8 @@ TEST(KvManagerAsyncTest, RandomStartFreePollWhileTheTiersChurn) {
   EXPECT_GT(loads_done, 0);
   EXPECT_GT(frees, 0);
   EXPECT_GT(kv->stats().async_load_blocks, 0);
-  EXPECT_EQ(kv->num_loading(), static_cast<int32_t>(std::count_if(live.begin(), live.end(), [&](int64_t id) {
-              return kv->IsLoading(id);
-            })));
+  EXPECT_EQ(kv->num_loading(), static_cast<int32_t>(std::count_if(
+                                   live.begin(), live.end(), [&](int64_t id) { return kv->IsLoading(id); })));
   RecordProperty("loads_done", static_cast<int>(loads_done));
   RecordProperty("loads_failed", static_cast<int>(loads_failed));
   kv.reset();  // joins the loader with sequences still loading
@@ -161,7 +162,8 @@ TEST(TierLoaderTest, NoWriteAfterCancelAndNoResult) {
   o.dram_bytes = 16 * kvstore::EncodedBlockBytes(kTokens, kPayload);
   ASSERT_OK_AND_ASSIGN(auto store, kvstore::TieredStore::Create(o));
   for (BlockHash h = 1; h <= 4; ++h) {
-    ASSERT_OK(store->Put(h, kvstore::testing::TokensFor(h, kTokens), kvstore::testing::PayloadFor(h, kPayload)));
+    ASSERT_OK(
+        store->Put(h, kvstore::testing::TokensFor(h, kTokens), kvstore::testing::PayloadFor(h, kPayload)));
   }
   Gate gate;
   TierLoader loader(store.get(), {.max_queued_jobs = 1, .hook = [&](int64_t id, int32_t index, BlockHash) {
@@ -170,10 +172,12 @@ TEST(TierLoaderTest, NoWriteAfterCancelAndNoResult) {
   absl::Cleanup release = [&] { gate.Release(); };
   std::vector<std::vector<uint8_t>> bufs(4, std::vector<uint8_t>(kPayload, 0));
   TierLoader::Job job1{.id = 1, .loads = {}};
-  for (BlockHash h = 1; h <= 3; ++h) job1.loads.push_back({h, kvstore::testing::TokensFor(h, kTokens), absl::MakeSpan(bufs[h - 1])});
+  for (BlockHash h = 1; h <= 3; ++h)
+    job1.loads.push_back({h, kvstore::testing::TokensFor(h, kTokens), absl::MakeSpan(bufs[h - 1])});
   ASSERT_TRUE(loader.Submit(std::move(job1)));
   ASSERT_TRUE(gate.WaitEntered()) << "the held copy never started";
-  TierLoader::Job job2{.id = 2, .loads = {{4, kvstore::testing::TokensFor(4, kTokens), absl::MakeSpan(bufs[3])}}};
+  TierLoader::Job job2{.id = 2,
+                       .loads = {{4, kvstore::testing::TokensFor(4, kTokens), absl::MakeSpan(bufs[3])}}};
   ASSERT_TRUE(loader.Submit(std::move(job2)));
   TierLoader::Job job3{.id = 3, .loads = {}};
   EXPECT_FALSE(loader.Submit(std::move(job3)));  // the queue holds one job

@@ -91,8 +91,8 @@ TEST_F(KvManagerTest, CreateValidatesOptions) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("block_size")));
   EXPECT_THAT(KvManager::Create({.model_id = kModel}, nullptr),
               StatusIs(absl::StatusCode::kInvalidArgument, _));
-  ASSERT_OK_AND_ASSIGN(
-      auto kv, KvManager::Create({.model_id = kModel, .block_size = kBlockSize}, pool.get()));
+  ASSERT_OK_AND_ASSIGN(auto kv,
+                       KvManager::Create({.model_id = kModel, .block_size = kBlockSize}, pool.get()));
   EXPECT_EQ(kv->block_size(), kBlockSize);
 }
 
@@ -155,8 +155,7 @@ TEST_F(KvManagerTest, SecondPromptReusesExactlyTheSharedFullBlocks) {
   EXPECT_EQ(Prefill(2, b), 9 * kBlockSize);
   const std::vector<int32_t> table_b = Table(2);
   ASSERT_THAT(table_b, SizeIs(11));
-  EXPECT_THAT(absl::MakeConstSpan(table_b).first(9),
-              ElementsAreArray(absl::MakeConstSpan(table_a).first(9)));
+  EXPECT_THAT(absl::MakeConstSpan(table_b).first(9), ElementsAreArray(absl::MakeConstSpan(table_a).first(9)));
   EXPECT_NE(table_b[9], table_a[9]);
   for (int i = 0; i < 9; ++i) EXPECT_EQ(pool_->RefCount(table_a[i]), 2);
   EXPECT_EQ(pool_->num_cached_blocks(), 11);
@@ -199,8 +198,7 @@ TEST_F(KvManagerTest, DecodeCommitsBlocksAsTheyFill) {
   std::vector<int32_t> tokens = Iota(kBlockSize + 2, 50);
   EXPECT_EQ(Prefill(1, tokens), 0);
   EXPECT_EQ(pool_->num_cached_blocks(), 1);
-  const std::vector<BlockHash> expected =
-      HashFullBlocks(kModel, Iota(3 * kBlockSize, 50), kBlockSize);
+  const std::vector<BlockHash> expected = HashFullBlocks(kModel, Iota(3 * kBlockSize, 50), kBlockSize);
   while (tokens.size() < 3 * kBlockSize) {
     tokens.push_back(static_cast<int32_t>(50 + tokens.size()));
     ASSERT_THAT(kv_->EnsureCapacity(1, static_cast<int32_t>(tokens.size())), IsOk());
@@ -378,8 +376,8 @@ struct PropertyParams {
 };
 
 void PrintTo(const PropertyParams& p, std::ostream* os) {
-  *os << "{seed " << p.seed << ", " << p.num_blocks << " blocks, "
-      << (p.lookup_evictable ? "lookup" : "peek") << ", " << p.max_active << " active}";
+  *os << "{seed " << p.seed << ", " << p.num_blocks << " blocks, " << (p.lookup_evictable ? "lookup" : "peek")
+      << ", " << p.max_active << " active}";
 }
 
 class KvManagerPropertyTest : public ::testing::TestWithParam<PropertyParams> {};
@@ -409,8 +407,7 @@ void AppendToken(SimSequence& s, int32_t token) {
 TEST_P(KvManagerPropertyTest, RandomWorkloadKeepsEveryInvariant) {
   const PropertyParams params = GetParam();
   uint64_t seed = params.seed;
-  if (const char* env = std::getenv("TANDEM_KV_PROPERTY_SEED"))
-    seed = std::strtoull(env, nullptr, 10);
+  if (const char* env = std::getenv("TANDEM_KV_PROPERTY_SEED")) seed = std::strtoull(env, nullptr, 10);
   SCOPED_TRACE(::testing::Message() << "seed=" << seed << " num_blocks=" << params.num_blocks
                                     << " lookup_evictable=" << params.lookup_evictable
                                     << " max_active=" << params.max_active
@@ -432,8 +429,7 @@ TEST_P(KvManagerPropertyTest, RandomWorkloadKeepsEveryInvariant) {
     ASSERT_EQ(e.tokens.size(), static_cast<size_t>(kBlockSize));
   };
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<BlockPool> pool, BlockPool::Create(options));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<KvManager> kv,
-                       KvManager::Create({.model_id = kModel}, pool.get()));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<KvManager> kv, KvManager::Create({.model_id = kModel}, pool.get()));
 
   std::vector<uint64_t> kv_memory(static_cast<size_t>(params.num_blocks) * kBlockSize, 0);
   // Every (hash -> tokens) the workload has ever committed; hashes name whole
@@ -497,8 +493,7 @@ TEST_P(KvManagerPropertyTest, RandomWorkloadKeepsEveryInvariant) {
         prompt = prefixes[uniform(0, static_cast<int64_t>(prefixes.size()) - 1)];
       }
       const int64_t suffix = uniform(1, 2 * kBlockSize + 3);
-      for (int64_t i = 0; i < suffix; ++i)
-        prompt.push_back(static_cast<int32_t>(uniform(0, kVocab - 1)));
+      for (int64_t i = 0; i < suffix; ++i) prompt.push_back(static_cast<int32_t>(uniform(0, kVocab - 1)));
       if (prompt.size() > 12 * kBlockSize) prompt.resize(12 * kBlockSize);
       for (int32_t t : prompt) AppendToken(s, t);
       s.prompt_len = static_cast<int32_t>(prompt.size());

@@ -41,7 +41,8 @@ int32_t Argmax(absl::Span<const float> values) {
 }
 
 Sampler::Sampler(const SamplingParams& params) : params_(params) {
-  uint64_t s = params.seed.has_value() ? *params.seed : std::random_device{}() * 0x100000001ull ^ std::random_device{}();
+  uint64_t s = params.seed.has_value() ? *params.seed
+                                       : std::random_device{}() * 0x100000001ull ^ std::random_device{}();
   for (uint64_t& word : state_) word = SplitMix64(s);
 }
 

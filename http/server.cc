@@ -48,8 +48,8 @@ struct Core : std::enable_shared_from_this<Core> {
 
   Response Error(int status, std::string_view message) const {
     if (options.error_response) return options.error_response(status, message);
-    return Response{.status = status, .content_type = "text/plain; charset=utf-8",
-                    .body = std::string(message) + "\n"};
+    return Response{
+        .status = status, .content_type = "text/plain; charset=utf-8", .body = std::string(message) + "\n"};
   }
 
   // Declared last so it is destroyed first, while the members above (which
@@ -75,7 +75,8 @@ std::string Head(int status, const std::string& content_type, const Headers& ext
   out += keep_alive ? "Connection: keep-alive\r\n" : "Connection: close\r\n";
   for (const auto& [name, value] : extra) {
     // Header injection guard: CR/LF never reach the wire.
-    if (name.find_first_of("\r\n:") != std::string::npos || value.find_first_of("\r\n") != std::string::npos) {
+    if (name.find_first_of("\r\n:") != std::string::npos ||
+        value.find_first_of("\r\n") != std::string::npos) {
       continue;
     }
     out += name + ": " + value + "\r\n";
@@ -90,7 +91,8 @@ std::string Head(int status, const std::string& content_type, const Headers& ext
 // (the executor of stream_).
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  Connection(Core* core, tcp::socket socket, bool reject) : core_(core), stream_(std::move(socket)), reject_(reject) {}
+  Connection(Core* core, tcp::socket socket, bool reject)
+      : core_(core), stream_(std::move(socket)), reject_(reject) {}
 
   ~Connection() {
     absl::MutexLock lock(&core_->conn_mu);
@@ -253,8 +255,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void Monitor() {
     if (monitor_pending_ || state_ != State::kResponding || buffer_.size() >= kMaxPipelinedBytes) return;
     monitor_pending_ = true;
-    stream_.async_read_some(buffer_.prepare(kMonitorReadBytes),
-                            [self = shared_from_this()](beast::error_code ec, size_t n) { self->OnMonitor(ec, n); });
+    stream_.async_read_some(
+        buffer_.prepare(kMonitorReadBytes),
+        [self = shared_from_this()](beast::error_code ec, size_t n) { self->OnMonitor(ec, n); });
   }
 
   void OnMonitor(beast::error_code ec, size_t n) {
@@ -327,8 +330,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     buffer_.consume(buffer_.size());
     stream_.expires_at(linger_deadline_);
     monitor_pending_ = true;
-    stream_.async_read_some(buffer_.prepare(kMonitorReadBytes),
-                            [self = shared_from_this()](beast::error_code ec, size_t n) { self->OnMonitor(ec, n); });
+    stream_.async_read_some(
+        buffer_.prepare(kMonitorReadBytes),
+        [self = shared_from_this()](beast::error_code ec, size_t n) { self->OnMonitor(ec, n); });
   }
 
   Core* const core_;
@@ -370,8 +374,8 @@ std::optional<std::string> Request::Header(std::string_view name) const {
 
 // ---- ResponseWriter ----
 
-ResponseWriter::ResponseWriter(std::shared_ptr<internal::Core> core, std::weak_ptr<internal::Connection> connection,
-                               uint64_t sequence)
+ResponseWriter::ResponseWriter(std::shared_ptr<internal::Core> core,
+                               std::weak_ptr<internal::Connection> connection, uint64_t sequence)
     : core_(std::move(core)), connection_(std::move(connection)), sequence_(sequence) {}
 
 ResponseWriter::~ResponseWriter() = default;
@@ -385,19 +389,22 @@ void ResponseWriter::Post(std::function<void(internal::Connection&, uint64_t)> f
 }
 
 void ResponseWriter::Send(Response response) {
-  Post([r = std::move(response)](internal::Connection& c, uint64_t seq) mutable { c.DoSend(seq, std::move(r)); });
+  Post([r = std::move(response)](internal::Connection& c, uint64_t seq) mutable {
+    c.DoSend(seq, std::move(r));
+  });
 }
 
 void ResponseWriter::StartStream(int status, std::string content_type, Headers headers) {
   Post([status, ct = std::move(content_type), h = std::move(headers)](internal::Connection& c,
-                                                                       uint64_t seq) mutable {
+                                                                      uint64_t seq) mutable {
     c.DoStartStream(seq, status, std::move(ct), std::move(h));
   });
 }
 
 void ResponseWriter::Write(std::string data) {
   if (data.empty()) return;
-  Post([d = std::move(data)](internal::Connection& c, uint64_t seq) mutable { c.DoWrite(seq, std::move(d)); });
+  Post(
+      [d = std::move(data)](internal::Connection& c, uint64_t seq) mutable { c.DoWrite(seq, std::move(d)); });
 }
 
 void ResponseWriter::End() {
@@ -482,7 +489,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Options& options) {
   Impl& impl = *server->impl_;
   beast::error_code ec;
   const net::ip::address address = net::ip::make_address(options.host, ec);
-  if (ec) return absl::InvalidArgumentError(absl::StrFormat("http: bad host '%s': %s", options.host, ec.message()));
+  if (ec)
+    return absl::InvalidArgumentError(absl::StrFormat("http: bad host '%s': %s", options.host, ec.message()));
   impl.acceptor.emplace(net::make_strand(impl.core->ioc));
   const tcp::endpoint endpoint(address, static_cast<uint16_t>(options.port));
   impl.acceptor->open(endpoint.protocol(), ec);

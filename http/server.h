@@ -7,7 +7,8 @@
 //   server->Handle("GET", "/health", [](const http::Request&, std::shared_ptr<http::ResponseWriter> w) {
 //     w->Send({.status = 200, .content_type = "text/plain", .body = "ok\n"});
 //   });
-//   server->Handle("POST", "/v1/stream", [](const http::Request& r, std::shared_ptr<http::ResponseWriter> w) {
+//   server->Handle("POST", "/v1/stream", [](const http::Request& r, std::shared_ptr<http::ResponseWriter> w)
+//   {
 //     w->StartStream(200, "text/event-stream");
 //     w->SetCancelCallback([] { /* client went away */ });
 //     w->Write("data: hi\n\n");  // from any thread, never blocks

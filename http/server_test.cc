@@ -87,9 +87,7 @@ class HttpServerTest : public ::testing::Test {
       w->Send({.status = 200, .content_type = "text/plain", .body = "hello " + r.target});
     });
     server_->Handle("POST", "/echo", [](const Request& r, std::shared_ptr<ResponseWriter> w) {
-      w->Send({.status = 201,
-               .headers = {{"X-Got", r.Header("x-test").value_or("none")}},
-               .body = r.body});
+      w->Send({.status = 201, .headers = {{"X-Got", r.Header("x-test").value_or("none")}}, .body = r.body});
     });
     server_->Handle("POST", "/stream", streams_.MakeHandler());
     ASSERT_TRUE(server_->Start().ok());
@@ -247,7 +245,8 @@ TEST_F(HttpServerTest, HoldsThousandStreamsOnAFewThreads) {
   constexpr int kStreams = 1000;
   rlimit limit;
   ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &limit), 0);
-  if (limit.rlim_max < 2 * kStreams + 100) GTEST_SKIP() << "needs " << 2 * kStreams + 100 << " file descriptors";
+  if (limit.rlim_max < 2 * kStreams + 100)
+    GTEST_SKIP() << "needs " << 2 * kStreams + 100 << " file descriptors";
   limit.rlim_cur = limit.rlim_max;
   ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &limit), 0);
 

@@ -52,12 +52,12 @@ struct MacroParam {
 
 struct Node {
   enum class Kind {
-    kText,      // text
-    kOutput,    // {{ expr }}
-    kIf,        // conditions[i] -> bodies[i]; else_body
-    kFor,       // for targets in expr [if cond]: body, else_body
-    kSet,       // targets (or attr_object.name) = expr; or a block set: body
-    kMacro,     // name(params): body
+    kText,    // text
+    kOutput,  // {{ expr }}
+    kIf,      // conditions[i] -> bodies[i]; else_body
+    kFor,     // for targets in expr [if cond]: body, else_body
+    kSet,     // targets (or attr_object.name) = expr; or a block set: body
+    kMacro,   // name(params): body
     kBreak,
     kContinue,
   };

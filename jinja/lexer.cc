@@ -15,7 +15,8 @@ namespace {
 bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
 bool IsNameStart(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || static_cast<unsigned char>(c) >= 0x80;
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
+         static_cast<unsigned char>(c) >= 0x80;
 }
 bool IsNameChar(char c) { return IsNameStart(c) || IsDigit(c); }
 
@@ -162,17 +163,38 @@ class Lexer {
             const char e = src_[q + 1];
             q += 2;
             switch (e) {
-              case 'n': value += '\n'; break;
-              case 't': value += '\t'; break;
-              case 'r': value += '\r'; break;
-              case 'b': value += '\b'; break;
-              case 'f': value += '\f'; break;
-              case 'v': value += '\v'; break;
-              case '0': value += '\0'; break;
-              case '\\': value += '\\'; break;
-              case '\'': value += '\''; break;
-              case '"': value += '"'; break;
-              case '\n': break;  // line continuation
+              case 'n':
+                value += '\n';
+                break;
+              case 't':
+                value += '\t';
+                break;
+              case 'r':
+                value += '\r';
+                break;
+              case 'b':
+                value += '\b';
+                break;
+              case 'f':
+                value += '\f';
+                break;
+              case 'v':
+                value += '\v';
+                break;
+              case '0':
+                value += '\0';
+                break;
+              case '\\':
+                value += '\\';
+                break;
+              case '\'':
+                value += '\'';
+                break;
+              case '"':
+                value += '"';
+                break;
+              case '\n':
+                break;  // line continuation
               case 'x':
               case 'u':
               case 'U': {
@@ -181,8 +203,10 @@ class Lexer {
                 uint32_t cp = 0;
                 for (size_t i = 0; i < len; ++i) {
                   const char h = src_[q + i];
-                  int dv = IsDigit(h) ? h - '0' : (h >= 'a' && h <= 'f') ? h - 'a' + 10
-                                                : (h >= 'A' && h <= 'F') ? h - 'A' + 10 : -1;
+                  int dv = IsDigit(h)               ? h - '0'
+                           : (h >= 'a' && h <= 'f') ? h - 'a' + 10
+                           : (h >= 'A' && h <= 'F') ? h - 'A' + 10
+                                                    : -1;
                   if (dv < 0) return Error(q - 2, "invalid hexadecimal escape sequence");
                   cp = cp * 16 + dv;
                 }
@@ -209,8 +233,8 @@ class Lexer {
         size_t q = p;
         while (q < src_.size() && (IsDigit(src_[q]) || src_[q] == '_')) ++q;
         bool is_float = false;
-        const bool after_dot = !tokens_.empty() && tokens_.back().type == Token::Type::kOperator &&
-                               tokens_.back().text == ".";
+        const bool after_dot =
+            !tokens_.empty() && tokens_.back().type == Token::Type::kOperator && tokens_.back().text == ".";
         if (!after_dot && q + 1 < src_.size() && src_[q] == '.' && IsDigit(src_[q + 1])) {
           is_float = true;
           ++q;
@@ -251,9 +275,9 @@ class Lexer {
         p = q;
         continue;
       }
-      static constexpr std::string_view kOps[] = {"//", "**", "==", "!=", "<=", ">=", "(", ")", "[", "]", "{",
-                                                  "}",  ",",  ".",  ":",  "|",  "~",  "+", "-", "*", "/", "%",
-                                                  "=",  "<",  ">"};
+      static constexpr std::string_view kOps[] = {"//", "**", "==", "!=", "<=", ">=", "(", ")", "[",
+                                                  "]",  "{",  "}",  ",",  ".",  ":",  "|", "~", "+",
+                                                  "-",  "*",  "/",  "%",  "=",  "<",  ">"};
       bool matched = false;
       for (std::string_view op : kOps) {
         if (rest.starts_with(op)) {

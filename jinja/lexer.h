@@ -20,16 +20,16 @@ namespace tandem::jinja {
 
 struct Token {
   enum class Type {
-    kText,        // literal template text (value in `text`)
-    kExprOpen,    // {{
-    kExprClose,   // }}
-    kStmtOpen,    // {%
-    kStmtClose,   // %}
-    kName,        // identifier or keyword
+    kText,       // literal template text (value in `text`)
+    kExprOpen,   // {{
+    kExprClose,  // }}
+    kStmtOpen,   // {%
+    kStmtClose,  // %}
+    kName,       // identifier or keyword
     kInt,
     kFloat,
-    kString,      // unescaped value in `text`
-    kOperator,    // punctuation and operators: ( ) [ ] { } , . : | ~ + - * / // % ** = == != < > <= >=
+    kString,    // unescaped value in `text`
+    kOperator,  // punctuation and operators: ( ) [ ] { } , . : | ~ + - * / // % ** = == != < > <= >=
     kEnd,
   };
   Type type = Type::kEnd;
@@ -56,7 +56,8 @@ absl::StatusOr<std::vector<Token>> Tokenize(std::string_view source, const LexOp
 // absl::string_view).
 template <typename T>
 decltype(auto) CatArg(const T& v) {
-  if constexpr (std::is_convertible_v<const T&, std::string_view> && !std::is_convertible_v<const T&, absl::string_view>) {
+  if constexpr (std::is_convertible_v<const T&, std::string_view> &&
+                !std::is_convertible_v<const T&, absl::string_view>) {
     const std::string_view s = v;
     return absl::string_view(s.data(), s.size());
   } else {

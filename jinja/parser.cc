@@ -316,7 +316,7 @@ class Parser {
     e->depth = d + 1;
     if (e->depth > kMaxParseDepth) {
       return absl::InvalidArgumentError(Cat("template ", Where(e->line, e->column),
-                                                     ": expression nested deeper than ", kMaxParseDepth, " levels"));
+                                            ": expression nested deeper than ", kMaxParseDepth, " levels"));
     }
     return e;
   }
@@ -367,8 +367,8 @@ class Parser {
     while (true) {
       const Token& t = Peek();
       std::string op;
-      if (t.type == Type::kOperator &&
-          (t.text == "==" || t.text == "!=" || t.text == "<" || t.text == ">" || t.text == "<=" || t.text == ">=")) {
+      if (t.type == Type::kOperator && (t.text == "==" || t.text == "!=" || t.text == "<" || t.text == ">" ||
+                                        t.text == "<=" || t.text == ">=")) {
         op = t.text;
         Next();
       } else if (IsName("in")) {

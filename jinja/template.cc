@@ -22,7 +22,8 @@ struct Template::Program {
 Template::Template(std::unique_ptr<Program> program) : program_(std::move(program)) {}
 Template::~Template() = default;
 
-absl::StatusOr<std::unique_ptr<Template>> Template::Create(std::string_view source, const ParseOptions& options) {
+absl::StatusOr<std::unique_ptr<Template>> Template::Create(std::string_view source,
+                                                           const ParseOptions& options) {
   TANDEM_ASSIGN_OR_RETURN(std::vector<Token> tokens,
                           Tokenize(source, LexOptions{.trim_blocks = options.trim_blocks,
                                                       .lstrip_blocks = options.lstrip_blocks}));
@@ -68,9 +69,9 @@ std::vector<size_t> CodePointOffsets(std::string_view s) {
 
 // Python's str.isspace() for one code point.
 bool IsPySpace(uint32_t cp) {
-  return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
-         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
-         cp == 0x3000;
+  return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 ||
+         cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
+         cp == 0x205F || cp == 0x3000;
 }
 
 // Python's str.strip/lstrip/rstrip: whitespace when `chars` is null, else
@@ -121,13 +122,27 @@ void AppendJsonString(std::string_view s, std::string* out) {
   *out += '"';
   for (unsigned char c : s) {
     switch (c) {
-      case '"': *out += "\\\""; break;
-      case '\\': *out += "\\\\"; break;
-      case '\n': *out += "\\n"; break;
-      case '\r': *out += "\\r"; break;
-      case '\t': *out += "\\t"; break;
-      case '\b': *out += "\\b"; break;
-      case '\f': *out += "\\f"; break;
+      case '"':
+        *out += "\\\"";
+        break;
+      case '\\':
+        *out += "\\\\";
+        break;
+      case '\n':
+        *out += "\\n";
+        break;
+      case '\r':
+        *out += "\\r";
+        break;
+      case '\t':
+        *out += "\\t";
+        break;
+      case '\b':
+        *out += "\\b";
+        break;
+      case '\f':
+        *out += "\\f";
+        break;
       default:
         if (c < 0x20) {
           char buf[8];
@@ -143,7 +158,8 @@ void AppendJsonString(std::string_view s, std::string* out) {
 
 // json.dumps(v, ensure_ascii=False, indent=indent) as transformers' tojson.
 void AppendJson(const Value& v, int indent, int depth, std::string* out) {
-  const std::string pad = indent > 0 ? "\n" + std::string(static_cast<size_t>(indent) * (depth + 1), ' ') : "";
+  const std::string pad =
+      indent > 0 ? "\n" + std::string(static_cast<size_t>(indent) * (depth + 1), ' ') : "";
   const std::string end_pad = indent > 0 ? "\n" + std::string(static_cast<size_t>(indent) * depth, ' ') : "";
   const char* sep = indent > 0 ? "," : ", ";
   switch (v.kind()) {
@@ -232,16 +248,16 @@ class Interpreter {
   absl::Status Step(int line, int column, int64_t n = 1) {
     steps_ += n;
     if (steps_ > options_.max_steps) {
-      return absl::ResourceExhaustedError(Cat("template ", Where(line, column), ": more than ",
-                                                       options_.max_steps, " evaluation steps"));
+      return absl::ResourceExhaustedError(
+          Cat("template ", Where(line, column), ": more than ", options_.max_steps, " evaluation steps"));
     }
     return absl::OkStatus();
   }
   absl::Status CheckSize(const Expr& e, size_t size) const {
     if (size > options_.max_output_bytes) {
       return absl::ResourceExhaustedError(Cat("template ", Where(e.line, e.column), ": value of ", size,
-                                                       " bytes or items exceeds the limit of ",
-                                                       options_.max_output_bytes));
+                                              " bytes or items exceeds the limit of ",
+                                              options_.max_output_bytes));
     }
     return absl::OkStatus();
   }
@@ -268,8 +284,8 @@ class Interpreter {
   // ---- statements ----
   absl::Status Emit(const Node& n, std::string_view s, std::string* out) {
     if (out->size() + s.size() > options_.max_output_bytes) {
-      return absl::ResourceExhaustedError(Cat("template ", Where(n.line, n.column),
-                                                       ": output exceeds ", options_.max_output_bytes, " bytes"));
+      return absl::ResourceExhaustedError(Cat("template ", Where(n.line, n.column), ": output exceeds ",
+                                              options_.max_output_bytes, " bytes"));
     }
     out->append(s);
     return absl::OkStatus();
@@ -325,7 +341,8 @@ class Interpreter {
       (*frame)[targets[0]] = v;
       return absl::OkStatus();
     }
-    if (!v.is_list()) return NodeError(n, "cannot unpack a ", v.TypeName(), " into ", targets.size(), " names");
+    if (!v.is_list())
+      return NodeError(n, "cannot unpack a ", v.TypeName(), " into ", targets.size(), " names");
     if (v.list().size() != targets.size()) {
       return NodeError(n, "expected ", targets.size(), " values to unpack, got ", v.list().size());
     }
@@ -518,7 +535,8 @@ class Interpreter {
       if (!key.is_int()) return Error(e, obj.TypeName(), " indices must be integers, not ", key.TypeName());
       std::vector<size_t> off;
       if (obj.is_string()) off = CodePointOffsets(obj.string_value());
-      const int64_t n = obj.is_list() ? static_cast<int64_t>(obj.list().size()) : static_cast<int64_t>(off.size()) - 1;
+      const int64_t n =
+          obj.is_list() ? static_cast<int64_t>(obj.list().size()) : static_cast<int64_t>(off.size()) - 1;
       int64_t i = key.int_value();
       if (i < 0) i += n;
       if (i < 0 || i >= n) return Value();  // Jinja: undefined
@@ -536,7 +554,8 @@ class Interpreter {
     for (int i = 0; i < 3; ++i) {
       if (*exprs[i]) {
         TANDEM_ASSIGN_OR_RETURN(parts[i], Eval(**exprs[i]));
-        if (!parts[i].is_int() && !parts[i].is_none()) return Error(e, "slice indices must be integers or None");
+        if (!parts[i].is_int() && !parts[i].is_none())
+          return Error(e, "slice indices must be integers or None");
       }
     }
     const int64_t step = parts[2].is_int() ? parts[2].int_value() : 1;
@@ -575,7 +594,8 @@ class Interpreter {
     if (op == "in" || op == "not in") {
       bool found = false;
       if (b.is_string()) {
-        if (!a.is_string()) return Error(e, "'in <string>' requires a string as left operand, not ", a.TypeName());
+        if (!a.is_string())
+          return Error(e, "'in <string>' requires a string as left operand, not ", a.TypeName());
         found = b.string_value().find(a.string_value()) != std::string::npos;
       } else if (b.is_list()) {
         TANDEM_RETURN_IF_ERROR(Step(e.line, e.column, static_cast<int64_t>(b.list().size())));
@@ -600,8 +620,8 @@ class Interpreter {
       } else if (a.is_string() && b.is_string()) {
         cmp = a.string_value().compare(b.string_value());
       } else {
-        return Error(e, "'", op, "' not supported between instances of '", a.TypeName(), "' and '", b.TypeName(),
-                     "'");
+        return Error(e, "'", op, "' not supported between instances of '", a.TypeName(), "' and '",
+                     b.TypeName(), "'");
       }
       if (op == "<") return Value(cmp < 0);
       if (op == ">") return Value(cmp > 0);
@@ -615,7 +635,8 @@ class Interpreter {
       }
       if (a.is_list() && b.is_list()) {
         TANDEM_RETURN_IF_ERROR(CheckSize(e, a.list().size() + b.list().size()));
-        TANDEM_RETURN_IF_ERROR(Step(e.line, e.column, static_cast<int64_t>(a.list().size() + b.list().size())));
+        TANDEM_RETURN_IF_ERROR(
+            Step(e.line, e.column, static_cast<int64_t>(a.list().size() + b.list().size())));
         Value::List out = a.list();
         out.insert(out.end(), b.list().begin(), b.list().end());
         return Value(std::move(out));
@@ -643,7 +664,8 @@ class Interpreter {
       return Value(std::move(out));
     }
     if (!IsNum(a) || !IsNum(b)) {
-      return Error(e, "unsupported operand type(s) for ", op, ": '", a.TypeName(), "' and '", b.TypeName(), "'");
+      return Error(e, "unsupported operand type(s) for ", op, ": '", a.TypeName(), "' and '", b.TypeName(),
+                   "'");
     }
     if (a.is_float() || b.is_float() || op == "/") {
       const double x = a.AsDouble(), y = b.AsDouble();
@@ -740,14 +762,15 @@ class Interpreter {
     if (auto it = macros_.find(name); it != macros_.end()) return CallMacro(e, *it->second, args);
     if (name == "raise_exception") {
       const Value* msg = args.Get(0, "message");
-      return absl::InvalidArgumentError(Cat("template ", Where(e.line, e.column),
-                                                     ": raise_exception: ", msg ? msg->ToString() : ""));
+      return absl::InvalidArgumentError(
+          Cat("template ", Where(e.line, e.column), ": raise_exception: ", msg ? msg->ToString() : ""));
     }
     if (name == "namespace") {
       if (++namespaces_ > kMaxNamespaces) return Error(e, "more than ", kMaxNamespaces, " namespaces");
       Value::Dict attrs;
       if (!args.pos.empty()) {
-        if (args.pos.size() > 1 || !args.pos[0].is_dict()) return Error(e, "namespace() takes one dict or keywords");
+        if (args.pos.size() > 1 || !args.pos[0].is_dict())
+          return Error(e, "namespace() takes one dict or keywords");
         attrs = args.pos[0].dict();
       }
       Value ns = Value::Namespace(std::move(attrs));
@@ -793,11 +816,12 @@ class Interpreter {
 
   absl::StatusOr<Value> CallMacro(const Expr& e, const Node& macro, const Args& args) {
     if (call_depth_ >= options_.max_call_depth) {
-      return absl::ResourceExhaustedError(Cat("template ", Where(e.line, e.column), ": macro calls nested deeper than ",
-                                                       options_.max_call_depth));
+      return absl::ResourceExhaustedError(Cat("template ", Where(e.line, e.column),
+                                              ": macro calls nested deeper than ", options_.max_call_depth));
     }
     if (args.pos.size() > macro.params.size()) {
-      return Error(e, "macro '", macro.name, "' takes ", macro.params.size(), " arguments, got ", args.pos.size());
+      return Error(e, "macro '", macro.name, "' takes ", macro.params.size(), " arguments, got ",
+                   args.pos.size());
     }
     Frame frame;
     for (size_t i = 0; i < macro.params.size(); ++i) {
@@ -827,7 +851,8 @@ class Interpreter {
     return Value(std::move(out));
   }
 
-  absl::StatusOr<Value> CallMethod(const Expr& e, const Value& obj, const std::string& name, const Args& args) {
+  absl::StatusOr<Value> CallMethod(const Expr& e, const Value& obj, const std::string& name,
+                                   const Args& args) {
     if (obj.is_string()) {
       const std::string& s = obj.string_value();
       if (name == "strip" || name == "lstrip" || name == "rstrip") {
@@ -982,8 +1007,8 @@ class Interpreter {
     return out;
   }
 
-  absl::StatusOr<Value> Replace(const Expr& e, const std::string& s, const std::string& from, const std::string& to,
-                                int64_t count) {
+  absl::StatusOr<Value> Replace(const Expr& e, const std::string& s, const std::string& from,
+                                const std::string& to, int64_t count) {
     std::string out;
     size_t i = 0;
     int64_t done = 0;
@@ -1067,7 +1092,9 @@ class Interpreter {
     }
     if (f == "tojson") {
       const Value* indent = args.Get(0, "indent");
-      const int ind = indent != nullptr && indent->is_int() ? static_cast<int>(std::clamp<int64_t>(indent->int_value(), 0, 16)) : 0;
+      const int ind = indent != nullptr && indent->is_int()
+                          ? static_cast<int>(std::clamp<int64_t>(indent->int_value(), 0, 16))
+                          : 0;
       std::string out;
       AppendJson(v, ind, 0, &out);
       TANDEM_RETURN_IF_ERROR(CheckSize(e, out.size()));
@@ -1090,12 +1117,14 @@ class Interpreter {
       if (use_default) return dflt != nullptr ? *dflt : Value("");
       return v;
     }
-    if (f == "upper" || f == "lower" || f == "title" || f == "capitalize") return Value(ChangeCase(v.ToString(), f));
+    if (f == "upper" || f == "lower" || f == "title" || f == "capitalize")
+      return Value(ChangeCase(v.ToString(), f));
     if (f == "replace") {
       TANDEM_ASSIGN_OR_RETURN(std::string from, StringArg(e, args, 0, "old", "replace"));
       TANDEM_ASSIGN_OR_RETURN(std::string to, StringArg(e, args, 1, "new", "replace"));
       const Value* count = args.Get(2, "count");
-      return Replace(e, v.ToString(), from, to, count != nullptr && count->is_int() ? count->int_value() : -1);
+      return Replace(e, v.ToString(), from, to,
+                     count != nullptr && count->is_int() ? count->int_value() : -1);
     }
     if (f == "string") return Value(v.ToString());
     if (f == "safe" || f == "e" || f == "escape") {
@@ -1193,7 +1222,8 @@ class Interpreter {
         }
         return Value(std::move(out));
       }
-      if (args.pos.empty() || !args.pos[0].is_string()) return Error(e, "map() needs a filter name or attribute=");
+      if (args.pos.empty() || !args.pos[0].is_string())
+        return Error(e, "map() needs a filter name or attribute=");
       // map('filter', args...): apply a filter with literal arguments to each item.
       Expr inner;
       inner.kind = Expr::Kind::kFilter;
@@ -1226,12 +1256,13 @@ class Interpreter {
       const Value* width = args.Get(0, "width");
       const Value* first = args.Get(1, "first");
       const Value* blank = args.Get(2, "blank");
-      const std::string pad = width != nullptr && width->is_string()
-                                  ? width->string_value()
-                                  : std::string(width != nullptr && width->is_int()
-                                                    ? static_cast<size_t>(std::clamp<int64_t>(width->int_value(), 0, 64))
-                                                    : 4,
-                                                ' ');
+      const std::string pad =
+          width != nullptr && width->is_string()
+              ? width->string_value()
+              : std::string(width != nullptr && width->is_int()
+                                ? static_cast<size_t>(std::clamp<int64_t>(width->int_value(), 0, 64))
+                                : 4,
+                            ' ');
       const std::string s = v.ToString();
       std::string out;
       size_t i = 0;
@@ -1260,7 +1291,8 @@ class Interpreter {
     return RunTest(e, e.name, v, args.pos);
   }
 
-  absl::StatusOr<bool> RunTest(const Expr& e, const std::string& t, const Value& v, const std::vector<Value>& args) {
+  absl::StatusOr<bool> RunTest(const Expr& e, const std::string& t, const Value& v,
+                               const std::vector<Value>& args) {
     auto arg = [&]() -> const Value* { return args.empty() ? nullptr : &args[0]; };
     if (t == "defined") return !v.is_undefined();
     if (t == "undefined") return v.is_undefined();
@@ -1285,7 +1317,8 @@ class Interpreter {
       if (t == "odd") return v.int_value() % 2 != 0;
       if (t == "even") return v.int_value() % 2 == 0;
       const Value* d = arg();
-      if (d == nullptr || !d->is_int() || d->int_value() == 0) return Error(e, "divisibleby needs a non-zero integer");
+      if (d == nullptr || !d->is_int() || d->int_value() == 0)
+        return Error(e, "divisibleby needs a non-zero integer");
       if (d->int_value() == -1) return true;
       return v.int_value() % d->int_value() == 0;
     }
@@ -1294,13 +1327,16 @@ class Interpreter {
     if (t == "ne" || t == "!=") return other == nullptr || !(v == *other);
     if (t == "in") {
       if (other == nullptr) return Error(e, "test 'in' needs an argument");
-      if (other->is_string()) return v.is_string() && other->string_value().find(v.string_value()) != std::string::npos;
-      if (other->is_list()) return std::find(other->list().begin(), other->list().end(), v) != other->list().end();
+      if (other->is_string())
+        return v.is_string() && other->string_value().find(v.string_value()) != std::string::npos;
+      if (other->is_list())
+        return std::find(other->list().begin(), other->list().end(), v) != other->list().end();
       if (other->is_dict()) return v.is_string() && other->Find(v.string_value()) != nullptr;
       return false;
     }
     if (t == "gt" || t == "lt" || t == "ge" || t == "le" || t == ">" || t == "<" || t == ">=" || t == "<=") {
-      if (other == nullptr || !IsNum(v) || !IsNum(*other)) return Error(e, "test '", t, "' needs two numbers");
+      if (other == nullptr || !IsNum(v) || !IsNum(*other))
+        return Error(e, "test '", t, "' needs two numbers");
       const double x = v.AsDouble(), y = other->AsDouble();
       if (t == "gt" || t == ">") return x > y;
       if (t == "lt" || t == "<") return x < y;

@@ -35,15 +35,15 @@ class Value {
   static Value None() { return Value(Kind::kNone); }
   static Value Undefined() { return Value(); }
   static Value Namespace(Dict attrs);
-  Value(bool b) : kind_(Kind::kBool), int_(b) {}  // NOLINT: implicit on purpose
-  Value(int v) : kind_(Kind::kInt), int_(v) {}  // NOLINT
-  Value(int64_t v) : kind_(Kind::kInt), int_(v) {}  // NOLINT
-  Value(double v) : kind_(Kind::kFloat), float_(v) {}  // NOLINT
+  Value(bool b) : kind_(Kind::kBool), int_(b) {}                      // NOLINT: implicit on purpose
+  Value(int v) : kind_(Kind::kInt), int_(v) {}                        // NOLINT
+  Value(int64_t v) : kind_(Kind::kInt), int_(v) {}                    // NOLINT
+  Value(double v) : kind_(Kind::kFloat), float_(v) {}                 // NOLINT
   Value(std::string s) : kind_(Kind::kString), str_(std::move(s)) {}  // NOLINT
-  Value(std::string_view s) : kind_(Kind::kString), str_(s) {}  // NOLINT
-  Value(const char* s) : kind_(Kind::kString), str_(s) {}  // NOLINT
-  Value(List list);  // NOLINT
-  Value(Dict dict);  // NOLINT
+  Value(std::string_view s) : kind_(Kind::kString), str_(s) {}        // NOLINT
+  Value(const char* s) : kind_(Kind::kString), str_(s) {}             // NOLINT
+  Value(List list);                                                   // NOLINT
+  Value(Dict dict);                                                   // NOLINT
 
   Kind kind() const { return kind_; }
   bool is_undefined() const { return kind_ == Kind::kUndefined; }

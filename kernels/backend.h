@@ -86,17 +86,15 @@ class Backend {
 
   // out[r][:] = x[r][:] / sqrt(mean(x[r]^2) + eps) * weight, for `rows` rows of
   // `weight.cols` elements. out may equal x.
-  virtual void RmsNorm(const float* x, int64_t rows, const Weight& weight, float eps,
-                       float* out) = 0;
+  virtual void RmsNorm(const float* x, int64_t rows, const Weight& weight, float eps, float* out) = 0;
 
   // out[r][o] = sum_i x[r][i] * w[o][i]: x is rows x w.cols, out rows x w.rows.
   virtual void MatMul(const float* x, int64_t rows, const Weight& w, float* out) = 0;
 
   // Rotates the first `rope_dims` of each head of x ([rows][num_heads][head_dim])
   // in place by position: theta_i = pos * freq_base^(-2i / rope_dims).
-  virtual void Rope(float* x, int64_t rows, int32_t num_heads, int32_t head_dim,
-                    int32_t rope_dims, absl::Span<const int32_t> positions, float freq_base,
-                    RopeStyle style) = 0;
+  virtual void Rope(float* x, int64_t rows, int32_t num_heads, int32_t head_dim, int32_t rope_dims,
+                    absl::Span<const int32_t> positions, float freq_base, RopeStyle style) = 0;
 
   // Optional (asked at run time, as ggml's ggml_rope_ext with freq_factors):
   // Rope with a per-pair divisor, theta_i = pos * freq_base^(-2i / rope_dims)
@@ -122,9 +120,8 @@ class Backend {
   // q: [rows][num_heads][head_dim]; out: same shape. Grouped-query: query head
   // h reads KV head h / (num_heads / kv_heads). REQUIRES: this step's K/V were
   // written with WriteKv first.
-  virtual void PagedAttention(const float* q, const KvCacheView& kv, int32_t layer,
-                              int32_t num_heads, absl::Span<const AttentionSequence> seqs,
-                              float scale, float* out) = 0;
+  virtual void PagedAttention(const float* q, const KvCacheView& kv, int32_t layer, int32_t num_heads,
+                              absl::Span<const AttentionSequence> seqs, float scale, float* out) = 0;
 
   // out[i] = silu(gate[i]) * up[i] for n elements. out may equal gate.
   virtual void SwiGlu(const float* gate, const float* up, int64_t n, float* out) = 0;

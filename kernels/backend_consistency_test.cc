@@ -55,8 +55,8 @@ class Buffers {
 
 // |got - want| <= abs_tol + rel_tol * scale[i] for every element (scale
 // defaults to |want|); NaN anywhere fails.
-void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, double abs_tol, double rel_tol,
-                 const std::vector<float>* scale = nullptr) {
+void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, double abs_tol,
+                 double rel_tol, const std::vector<float>* scale = nullptr) {
   ASSERT_EQ(got.size(), want.size());
   double worst = 0;
   size_t bad = 0;
@@ -97,9 +97,17 @@ HostWeight MakeWeight(const std::vector<float>& values, int64_t rows, int64_t co
     for (int64_t i = 0; i < cols; ++i) {
       uint16_t h;
       switch (dtype) {
-        case DType::kF32: std::memcpy(row + 4 * i, &v[i], 4); break;
-        case DType::kF16: h = FloatToHalf(v[i]); std::memcpy(row + 2 * i, &h, 2); break;
-        case DType::kBF16: h = FloatToBF16(v[i]); std::memcpy(row + 2 * i, &h, 2); break;
+        case DType::kF32:
+          std::memcpy(row + 4 * i, &v[i], 4);
+          break;
+        case DType::kF16:
+          h = FloatToHalf(v[i]);
+          std::memcpy(row + 2 * i, &h, 2);
+          break;
+        case DType::kBF16:
+          h = FloatToBF16(v[i]);
+          std::memcpy(row + 2 * i, &h, 2);
+          break;
         case DType::kQ8_0:
           if (i % kQ8_0BlockElements == 0) {
             float amax = 0;
@@ -129,7 +137,8 @@ struct Case {
 class BackendConsistencyTest : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
-    if (GetParam().device == "cuda" && !CudaBackendBuilt()) GTEST_SKIP() << "CUDA backend not built (no nvcc)";
+    if (GetParam().device == "cuda" && !CudaBackendBuilt())
+      GTEST_SKIP() << "CUDA backend not built (no nvcc)";
     absl::StatusOr<std::unique_ptr<Backend>> b =
         CreateBackend({.device = GetParam().device, .cuda_fp32 = GetParam().fp32});
     if (!b.ok()) GTEST_SKIP() << "CUDA backend unavailable: " << b.status().message();
@@ -298,7 +307,8 @@ void RunAttentionCase(Backend* cpu, Backend* backend, std::mt19937& rng, const s
     for (int32_t p = contexts[s] - queries[s]; p < contexts[s]; ++p) {
       slots.push_back(tables[s][p / layout.block_size] * layout.block_size + p % layout.block_size);
     }
-    seqs.push_back(AttentionSequence{.query_start = row, .num_queries = queries[s], .context_len = contexts[s]});
+    seqs.push_back(
+        AttentionSequence{.query_start = row, .num_queries = queries[s], .context_len = contexts[s]});
     row += queries[s];
   }
   for (size_t s = 0; s < seqs.size(); ++s) seqs[s].block_table = tables[s];

@@ -29,7 +29,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& opt
     if (!cuda.ok()) return cuda.status();
     return std::unique_ptr<Backend>(std::move(*cuda));
 #else
-    return absl::FailedPreconditionError("this build has no CUDA backend (nvcc was not found at configure time)");
+    return absl::FailedPreconditionError(
+        "this build has no CUDA backend (nvcc was not found at configure time)");
 #endif
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown device '", device, "' (want cpu, cuda or auto)"));

@@ -99,11 +99,10 @@ absl::StatusOr<BlockView> DecodeBlock(absl::Span<const uint8_t> value, bool veri
   const uint64_t payload_bytes = Load<uint64_t>(p + 32);
   view.checksum = Load<uint32_t>(p + kChecksumOffset);
   const uint64_t token_bytes = uint64_t{view.num_tokens} * sizeof(int32_t);
-  if (payload_bytes > value.size() ||
-      kBlockHeaderBytes + token_bytes + payload_bytes != value.size()) {
-    return absl::DataLossError(absl::StrFormat(
-        "KV block %016x: header says %d tokens and %d payload bytes, value has %d bytes",
-        view.block_hash, view.num_tokens, payload_bytes, value.size()));
+  if (payload_bytes > value.size() || kBlockHeaderBytes + token_bytes + payload_bytes != value.size()) {
+    return absl::DataLossError(
+        absl::StrFormat("KV block %016x: header says %d tokens and %d payload bytes, value has %d bytes",
+                        view.block_hash, view.num_tokens, payload_bytes, value.size()));
   }
   view.token_bytes = value.subspan(kBlockHeaderBytes, token_bytes);
   view.payload = value.subspan(kBlockHeaderBytes + token_bytes, payload_bytes);
@@ -111,9 +110,9 @@ absl::StatusOr<BlockView> DecodeBlock(absl::Span<const uint8_t> value, bool veri
     uint32_t crc = Crc32c(value.subspan(0, kChecksumOffset));
     crc = Crc32c(value.subspan(kBlockHeaderBytes), crc);
     if (crc != view.checksum) {
-      return absl::DataLossError(absl::StrFormat(
-          "KV block %016x: checksum mismatch (stored %08x, computed %08x)", view.block_hash,
-          view.checksum, crc));
+      return absl::DataLossError(
+          absl::StrFormat("KV block %016x: checksum mismatch (stored %08x, computed %08x)", view.block_hash,
+                          view.checksum, crc));
     }
   }
   return view;

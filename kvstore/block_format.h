@@ -85,8 +85,7 @@ std::string EncodeBlock(const BlockContents& contents);
 // unknown layout version.
 absl::StatusOr<BlockView> DecodeBlock(absl::Span<const uint8_t> value, bool verify_checksum);
 inline absl::StatusOr<BlockView> DecodeBlock(std::string_view value, bool verify_checksum) {
-  return DecodeBlock(absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(value.data()),
-                                               value.size()),
+  return DecodeBlock(absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(value.data()), value.size()),
                      verify_checksum);
 }
 

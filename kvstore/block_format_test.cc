@@ -24,8 +24,8 @@ TEST(Crc32cTest, MatchesTheStandardCheckValueAndChains) {
 TEST(BlockFormatTest, RoundTripsTokensAndPayloadBitExact) {
   const std::vector<int32_t> tokens = TokensFor(7, 16);
   const std::vector<uint8_t> payload = PayloadFor(7, 5000);
-  const std::string value =
-      EncodeBlock({.model_id_hash = ModelIdHash("m"), .block_hash = 0x1234, .tokens = tokens, .payload = payload});
+  const std::string value = EncodeBlock(
+      {.model_id_hash = ModelIdHash("m"), .block_hash = 0x1234, .tokens = tokens, .payload = payload});
   ASSERT_EQ(value.size(), EncodedBlockBytes(16, 5000));
   ASSERT_OK_AND_ASSIGN(BlockView view, DecodeBlock(value, /*verify_checksum=*/true));
   EXPECT_EQ(view.model_id_hash, ModelIdHash("m"));
@@ -38,7 +38,8 @@ TEST(BlockFormatTest, RoundTripsTokensAndPayloadBitExact) {
 TEST(BlockFormatTest, EveryFlippedByteIsCaught) {
   const std::vector<int32_t> tokens = TokensFor(3, 4);
   const std::vector<uint8_t> payload = PayloadFor(3, 100);
-  const std::string value = EncodeBlock({.model_id_hash = 1, .block_hash = 2, .tokens = tokens, .payload = payload});
+  const std::string value =
+      EncodeBlock({.model_id_hash = 1, .block_hash = 2, .tokens = tokens, .payload = payload});
   for (size_t i = 0; i < value.size(); ++i) {
     std::string bad = value;
     bad[i] ^= 0x10;
@@ -49,7 +50,8 @@ TEST(BlockFormatTest, EveryFlippedByteIsCaught) {
 TEST(BlockFormatTest, RejectsTruncatedAndForeignValues) {
   const std::vector<int32_t> tokens = TokensFor(1, 4);
   const std::vector<uint8_t> payload = PayloadFor(1, 64);
-  const std::string value = EncodeBlock({.model_id_hash = 1, .block_hash = 2, .tokens = tokens, .payload = payload});
+  const std::string value =
+      EncodeBlock({.model_id_hash = 1, .block_hash = 2, .tokens = tokens, .payload = payload});
   EXPECT_THAT(DecodeBlock(value.substr(0, 20), false), StatusIs(absl::StatusCode::kDataLoss));
   EXPECT_THAT(DecodeBlock(value.substr(0, value.size() - 1), false), StatusIs(absl::StatusCode::kDataLoss));
   std::string other_version = value;

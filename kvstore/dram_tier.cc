@@ -12,9 +12,8 @@ absl::StatusOr<std::unique_ptr<DramTier>> DramTier::Create(const Options& option
   if (options.slot_bytes == 0) return absl::InvalidArgumentError("DramTier: slot_bytes must be > 0");
   const size_t num_slots = options.capacity_bytes / options.slot_bytes;
   if (num_slots == 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "DramTier: capacity_bytes %d holds no slot of %d bytes", options.capacity_bytes,
-        options.slot_bytes));
+    return absl::InvalidArgumentError(absl::StrFormat("DramTier: capacity_bytes %d holds no slot of %d bytes",
+                                                      options.capacity_bytes, options.slot_bytes));
   }
   const size_t bytes = num_slots * options.slot_bytes;
   std::optional<transfer::RegisteredRegion> region;
@@ -98,12 +97,10 @@ absl::Status DramTier::PutWith(BlockHash hash, size_t bytes,
   return absl::OkStatus();
 }
 
-absl::Status DramTier::Put(BlockHash hash, absl::Span<const uint8_t> value,
-                           std::vector<BlockHash>* evicted) {
+absl::Status DramTier::Put(BlockHash hash, absl::Span<const uint8_t> value, std::vector<BlockHash>* evicted) {
   return PutWith(
       hash, value.size(),
-      [&](absl::Span<uint8_t> slot) { std::memcpy(slot.data(), value.data(), value.size()); },
-      evicted);
+      [&](absl::Span<uint8_t> slot) { std::memcpy(slot.data(), value.data(), value.size()); }, evicted);
 }
 
 bool DramTier::Get(BlockHash hash, absl::FunctionRef<void(absl::Span<const uint8_t>)> visit) {

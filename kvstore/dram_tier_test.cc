@@ -55,10 +55,11 @@ TEST(DramTierTest, ReplaceEraseAndSizeLimits) {
 TEST(DramTierTest, SlotsLiveInTheTransferEngineRegion) {
   transfer::TransferOptions options;
   options.name = "dram-tier-test";
-  absl::StatusOr<std::unique_ptr<transfer::TransferEngine>> engine = transfer::TransferEngine::Create(options);
+  absl::StatusOr<std::unique_ptr<transfer::TransferEngine>> engine =
+      transfer::TransferEngine::Create(options);
   if (!engine.ok()) GTEST_SKIP() << "no UCX transport here: " << engine.status();
-  ASSERT_OK_AND_ASSIGN(auto tier, DramTier::Create({.slot_bytes = 256, .capacity_bytes = 1024,
-                                                    .transfer = engine->get()}));
+  ASSERT_OK_AND_ASSIGN(
+      auto tier, DramTier::Create({.slot_bytes = 256, .capacity_bytes = 1024, .transfer = engine->get()}));
   ASSERT_TRUE(tier->region().has_value());
   EXPECT_GE(tier->region()->bytes, 1024u);
   EXPECT_FALSE(tier->region()->packed_rkey.empty());

@@ -36,7 +36,6 @@ constexpr int32_t kBlock = 16;
 constexpr int32_t kPromptLen = 64;  // 3 reusable blocks (one token is always computed)
 constexpr int32_t kNewTokens = 8;   // 72 tokens: 5 blocks, the whole pool
 
-
 // Param: model spec, asynchronous tier loads.
 class EngineTiersTest : public ::testing::TestWithParam<std::tuple<std::string, bool>> {
  protected:
@@ -52,7 +51,8 @@ class EngineTiersTest : public ::testing::TestWithParam<std::tuple<std::string, 
     ASSERT_OK_AND_ASSIGN(llama_, model::LlamaModel::Create(model_->config, model_->weights, backend_.get()));
     std::mt19937 rng(42);
     for (auto* p : {&prompt_a_, &prompt_b_, &prompt_c_}) {
-      for (int i = 0; i < kPromptLen; ++i) p->push_back(1 + static_cast<int32_t>(rng() % (model_->config.vocab_size - 1)));
+      for (int i = 0; i < kPromptLen; ++i)
+        p->push_back(1 + static_cast<int32_t>(rng() % (model_->config.vocab_size - 1)));
     }
     prompt_c_.resize(20);
     a_hashes_ = HashFullBlocks(model_->config.model_id, prompt_a_, kBlock);
@@ -85,7 +85,8 @@ class EngineTiersTest : public ::testing::TestWithParam<std::tuple<std::string, 
   }
 
   // Runs one greedy request to the end; returns its tokens and cached count.
-  std::pair<std::vector<int32_t>, int32_t> Run(engine::Engine& eng, int64_t id, const std::vector<int32_t>& prompt) {
+  std::pair<std::vector<int32_t>, int32_t> Run(engine::Engine& eng, int64_t id,
+                                               const std::vector<int32_t>& prompt) {
     EXPECT_OK(eng.Add({.id = id, .prompt_tokens = prompt, .max_tokens = kNewTokens, .stop_at_eos = false}));
     std::vector<int32_t> tokens;
     int32_t cached = -1;
@@ -191,12 +192,14 @@ TEST_P(EngineTiersTest, AFailedCopyTruncatesThePrefixAndTheTokensStayRight) {
         ASSERT_OK(s->Erase(hash));
         return;
       }
-      std::string bad = EncodeBlock({.model_id_hash = ModelIdHash(model_id), .block_hash = hash,
-                                     .tokens = block1, .payload = std::vector<uint8_t>(payload_bytes, 7)});
+      std::string bad = EncodeBlock({.model_id_hash = ModelIdHash(model_id),
+                                     .block_hash = hash,
+                                     .tokens = block1,
+                                     .payload = std::vector<uint8_t>(payload_bytes, 7)});
       bad[bad.size() - 1] ^= 0x40;
       (void)s->dram().Erase(hash);
-      ASSERT_OK(s->ssd()->Put(hash, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bad.data()), bad.size()),
-                              nullptr));
+      ASSERT_OK(s->ssd()->Put(
+          hash, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bad.data()), bad.size()), nullptr));
     };
     std::unique_ptr<engine::Engine> eng = MakeEngine(s, 5, hook);
     ASSERT_NE(eng, nullptr);
@@ -233,9 +236,10 @@ TEST_P(EngineTiersTest, OthersDecodeWhileACopyIsHeld) {
   std::unique_ptr<TieredStore> store = StoreWithPromptA(/*via_ssd=*/false, dir.path(), reference);
   ASSERT_NE(store, nullptr);
   Gate gate;
-  std::unique_ptr<engine::Engine> eng = MakeEngine(store.get(), 16, [&](int64_t id, int32_t index, BlockHash) {
-    if (id == 3 && index == 0) gate.Enter();
-  });
+  std::unique_ptr<engine::Engine> eng =
+      MakeEngine(store.get(), 16, [&](int64_t id, int32_t index, BlockHash) {
+        if (id == 3 && index == 0) gate.Enter();
+      });
   ASSERT_NE(eng, nullptr);
   absl::Cleanup release = [&] { gate.Release(); };  // before the engine joins its loader
   std::map<int64_t, std::vector<int32_t>> tokens;
@@ -332,9 +336,11 @@ TEST_P(EngineTiersTest, ARemoteTierThatMissesEverythingDoesNotBreakAdmission) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, EngineTiersTest,
-                         ::testing::Combine(::testing::Values("synthetic:tiny", "stories260K"), ::testing::Bool()),
+                         ::testing::Combine(::testing::Values("synthetic:tiny", "stories260K"),
+                                            ::testing::Bool()),
                          [](const ::testing::TestParamInfo<std::tuple<std::string, bool>>& p) {
-                           return std::string(std::get<0>(p.param) == "synthetic:tiny" ? "Tiny" : "Stories260K") +
+                           return std::string(std::get<0>(p.param) == "synthetic:tiny" ? "Tiny"
+                                                                                       : "Stories260K") +
                                   (std::get<1>(p.param) ? "Async" : "Sync");
                          });
 

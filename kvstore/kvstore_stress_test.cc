@@ -49,7 +49,8 @@ void RunThreads(int ops_per_thread, Op op) {
 
 TEST(KvStoreStressTest, DramTierBudgetHoldsUnderRandomConcurrentOps) {
   constexpr size_t kSlot = 4096;
-  ASSERT_OK_AND_ASSIGN(auto tier, DramTier::Create({.slot_bytes = kSlot, .capacity_bytes = 10 * kSlot + 100}));
+  ASSERT_OK_AND_ASSIGN(auto tier,
+                       DramTier::Create({.slot_bytes = kSlot, .capacity_bytes = 10 * kSlot + 100}));
   std::atomic<int> bad_reads{0};
   RunThreads(2000, [&](std::mt19937_64& rng) {
     const BlockHash h = rng() % kKeys;
@@ -77,8 +78,10 @@ TEST(KvStoreStressTest, DramTierBudgetHoldsUnderRandomConcurrentOps) {
 TEST(KvStoreStressTest, SsdTierBudgetHoldsUnderRandomConcurrentOps) {
   TempDir dir;
   constexpr size_t kBudget = 256 * 1024;
-  ASSERT_OK_AND_ASSIGN(auto ssd, SsdTier::Create({.path = dir.path(), .capacity_bytes = kBudget,
-                                                  .model_id_hash = 7, .min_blob_size = 1024}));
+  ASSERT_OK_AND_ASSIGN(
+      auto ssd,
+      SsdTier::Create(
+          {.path = dir.path(), .capacity_bytes = kBudget, .model_id_hash = 7, .min_blob_size = 1024}));
   RunThreads(300, [&](std::mt19937_64& rng) {
     const BlockHash h = rng() % kKeys;
     switch (rng() % 3) {

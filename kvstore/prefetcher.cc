@@ -138,7 +138,8 @@ void Prefetcher::Run(const Job& job) {
     const size_t count = std::min(kChunkBlocks, n - i);
     const auto tokens =
         absl::MakeConstSpan(job.tokens).subspan(i * options_.block_tokens, count * options_.block_tokens);
-    for (const absl::StatusOr<Tier>& from : store_->PromoteMany(absl::MakeConstSpan(hashes).subspan(i, count), tokens)) {
+    for (const absl::StatusOr<Tier>& from :
+         store_->PromoteMany(absl::MakeConstSpan(hashes).subspan(i, count), tokens)) {
       if (!from.ok()) continue;  // not in the tiers (maybe in the pool), or unreadable
       ++(*from == Tier::kDram ? in_dram : promoted);
     }

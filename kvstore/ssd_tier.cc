@@ -68,8 +68,8 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Create(const Options& options)
   values.blob_compression_type = rocksdb::kNoCompression;  // F32 KV barely compresses
   values.compression = rocksdb::kNoCompression;
   rocksdb::ColumnFamilyOptions meta;
-  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = {
-      {rocksdb::kDefaultColumnFamilyName, values}, {kMetaColumnFamily, meta}};
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = {{rocksdb::kDefaultColumnFamilyName, values},
+                                                              {kMetaColumnFamily, meta}};
   std::vector<rocksdb::ColumnFamilyHandle*> cfs;
   rocksdb::DB* db = nullptr;
   {
@@ -128,11 +128,10 @@ absl::Status SsdTier::EraseKeyLocked(const std::string& key, bool* removed) {
   return absl::OkStatus();
 }
 
-absl::Status SsdTier::Put(BlockHash hash, absl::Span<const uint8_t> value,
-                          std::vector<BlockHash>* evicted) {
+absl::Status SsdTier::Put(BlockHash hash, absl::Span<const uint8_t> value, std::vector<BlockHash>* evicted) {
   if (value.empty() || value.size() > capacity_bytes_) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "SsdTier: value of %d bytes (budget %d bytes)", value.size(), capacity_bytes_));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("SsdTier: value of %d bytes (budget %d bytes)", value.size(), capacity_bytes_));
   }
   const std::string key = SsdKey(options_.model_id_hash, hash);
   std::lock_guard<std::mutex> lock(mu_);
@@ -151,8 +150,7 @@ absl::Status SsdTier::Put(BlockHash hash, absl::Span<const uint8_t> value,
     batch.Delete(cfs_[1], o->second);
   }
   const uint64_t seq = next_seq_++;
-  batch.Put(cfs_[0], key,
-            rocksdb::Slice(reinterpret_cast<const char*>(value.data()), value.size()));
+  batch.Put(cfs_[0], key, rocksdb::Slice(reinterpret_cast<const char*>(value.data()), value.size()));
   batch.Put(cfs_[1], key, EncodeMeta(value.size(), seq));
   rocksdb::WriteOptions wo;
   wo.sync = options_.sync_writes;
@@ -194,8 +192,8 @@ absl::StatusOr<std::string> SsdTier::Get(BlockHash hash, bool* removed) {
     if (!view.ok()) {
       bad = view.status();
     } else if (view->block_hash != hash || view->model_id_hash != options_.model_id_hash) {
-      bad = absl::DataLossError(absl::StrFormat("SSD value under block %016x names block %016x",
-                                                hash, view->block_hash));
+      bad = absl::DataLossError(
+          absl::StrFormat("SSD value under block %016x names block %016x", hash, view->block_hash));
     } else {
       return value;
     }

@@ -139,8 +139,8 @@ class SsdTier {
 
   const Options options_;
   const size_t capacity_bytes_;
-  rocksdb::DB* const db_;                             // owned
-  std::vector<rocksdb::ColumnFamilyHandle*> cfs_;     // owned: [default, meta]
+  rocksdb::DB* const db_;                          // owned
+  std::vector<rocksdb::ColumnFamilyHandle*> cfs_;  // owned: [default, meta]
 
   mutable std::mutex mu_;
   absl::flat_hash_map<std::string, Entry> index_;  // guarded by mu_; key -> entry

@@ -7,8 +7,8 @@
 
 #include <string>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "gtest/gtest.h"
 #include "kvstore/block_format.h"
 #include "kvstore/ssd_tier.h"

@@ -19,7 +19,8 @@ absl::StatusOr<std::unique_ptr<StoreClient>> StoreClient::Create(const Options& 
     return absl::InvalidArgumentError("StoreClient: offer_queue_blocks and put_batch_blocks must be >= 1");
   }
   if (options.transfer != nullptr && (options.slot_bytes == 0 || options.landing_slots < 1)) {
-    return absl::InvalidArgumentError("StoreClient: the UCX path needs slot_bytes > 0 and landing_slots >= 1");
+    return absl::InvalidArgumentError(
+        "StoreClient: the UCX path needs slot_bytes > 0 and landing_slots >= 1");
   }
   std::unique_ptr<StoreClient> client(new StoreClient(options, std::move(channel)));
   if (options.transfer != nullptr) {
@@ -137,9 +138,10 @@ bool StoreClient::FetchUcx(absl::Span<const BlockHash> hashes, const std::vector
     } else {
       // The store answered after its write was confirmed in place; nobody
       // else writes this slot while we hold it.
-      out->push_back(std::string(
-          reinterpret_cast<const char*>(landing_->base_address + static_cast<uint64_t>(slots[i]) * options_.slot_bytes),
-          n));
+      out->push_back(
+          std::string(reinterpret_cast<const char*>(landing_->base_address +
+                                                    static_cast<uint64_t>(slots[i]) * options_.slot_bytes),
+                      n));
       ++hits;
       bytes += static_cast<int64_t>(n);
     }
@@ -161,7 +163,8 @@ bool StoreClient::FetchUcx(absl::Span<const BlockHash> hashes, const std::vector
   return true;
 }
 
-void StoreClient::FetchGrpc(absl::Span<const BlockHash> hashes, std::vector<absl::StatusOr<std::string>>* out) {
+void StoreClient::FetchGrpc(absl::Span<const BlockHash> hashes,
+                            std::vector<absl::StatusOr<std::string>>* out) {
   tandem::v1::StoreGetRequest request;
   request.set_model_id(options_.model_id);
   for (BlockHash h : hashes) request.add_block_hashes(h);

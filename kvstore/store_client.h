@@ -82,15 +82,15 @@ class StoreClient final : public RemoteTier {
   };
 
   struct Stats {
-    int64_t fetches = 0;        // blocks asked for
-    int64_t fetch_rpcs = 0;     // Get / GetInto calls made for them
+    int64_t fetches = 0;     // blocks asked for
+    int64_t fetch_rpcs = 0;  // Get / GetInto calls made for them
     int64_t fetch_hits = 0;
-    int64_t fetch_errors = 0;  // RPC failures (not misses)
+    int64_t fetch_errors = 0;   // RPC failures (not misses)
     int64_t fetch_skipped = 0;  // answered Unavailable within retry_after of a failure
     int64_t offered = 0;
     int64_t offers_dropped = 0;
-    int64_t put_blocks = 0;    // sent and acknowledged as stored
-    int64_t put_errors = 0;    // failed Put RPCs (or UCX reserve/write/commit)
+    int64_t put_blocks = 0;  // sent and acknowledged as stored
+    int64_t put_errors = 0;  // failed Put RPCs (or UCX reserve/write/commit)
     // Bytes of fetched values and of values sent, by data path.
     int64_t ucx_fetch_bytes = 0;
     int64_t ucx_put_bytes = 0;
@@ -145,14 +145,14 @@ class StoreClient final : public RemoteTier {
   mutable std::mutex mu_;
   std::condition_variable work_cv_;
   std::condition_variable idle_cv_;
-  std::deque<std::pair<BlockHash, std::string>> queue_;  // guarded by mu_
-  bool sending_ = false;                                  // guarded by mu_
-  bool stop_ = false;                                     // guarded by mu_
-  Stats stats_;                                           // guarded by mu_
-  absl::Time unavailable_until_ = absl::InfinitePast();   // guarded by mu_
-  bool ucx_ = false;                                      // guarded by mu_
-  std::optional<transfer::RegisteredRegion> landing_;     // set by Create; fixed after
-  std::vector<int32_t> free_slots_;                       // guarded by mu_
+  std::deque<std::pair<BlockHash, std::string>> queue_;     // guarded by mu_
+  bool sending_ = false;                                    // guarded by mu_
+  bool stop_ = false;                                       // guarded by mu_
+  Stats stats_;                                             // guarded by mu_
+  absl::Time unavailable_until_ = absl::InfinitePast();     // guarded by mu_
+  bool ucx_ = false;                                        // guarded by mu_
+  std::optional<transfer::RegisteredRegion> landing_;       // set by Create; fixed after
+  std::vector<int32_t> free_slots_;                         // guarded by mu_
   std::deque<std::pair<absl::Time, int32_t>> quarantined_;  // guarded by mu_
 
   std::thread sender_;  // joined by the destructor

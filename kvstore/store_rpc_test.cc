@@ -16,8 +16,8 @@
 #include "kvstore/store_client.h"
 #include "kvstore/store_service.h"
 #include "kvstore/test_util.h"
-#include "transfer/transfer_engine.h"
 #include "tests/testing/status_matchers.h"
+#include "transfer/transfer_engine.h"
 
 namespace tandem::kvstore {
 namespace {
@@ -78,9 +78,10 @@ class StoreRpcTest : public ::testing::TestWithParam<std::string> {
     auto shared = TieredStore::Create(StoreOptions(dir_.path() + "/store", nullptr));
     ASSERT_OK(shared.status());
     shared_ = std::move(*shared);
-    auto service = StoreService::Create(
-        {.model_id = kModel, .transfer = store_engine_.get(), .staging_bytes = 4 * EncodedBlockBytes(kTokens, kPayload)},
-        shared_.get());
+    auto service = StoreService::Create({.model_id = kModel,
+                                         .transfer = store_engine_.get(),
+                                         .staging_bytes = 4 * EncodedBlockBytes(kTokens, kPayload)},
+                                        shared_.get());
     ASSERT_OK(service.status());
     service_ = std::move(*service);
     loopback_ = std::make_unique<LoopbackServer>(service_.get());
@@ -244,7 +245,8 @@ TEST_P(StoreRpcTest, ConcurrentFetchesGetTheirOwnBytes) {
         if (!value.ok()) continue;
         absl::StatusOr<BlockView> view = DecodeBlock(*value, /*verify_checksum=*/true);
         if (view.ok() && view->block_hash == static_cast<BlockHash>(100 + i) &&
-            std::vector<uint8_t>(view->payload.begin(), view->payload.end()) == PayloadFor(100 + i, kPayload)) {
+            std::vector<uint8_t>(view->payload.begin(), view->payload.end()) ==
+                PayloadFor(100 + i, kPayload)) {
           ++good[t];
         }
       }
@@ -401,9 +403,9 @@ TEST_P(StoreUcxTest, AStoreWithoutUcxMakesTheClientUseGrpc) {
   EXPECT_EQ((*client)->transport(), "grpc");
   EXPECT_GT((*client)->stats().grpc_fetch_bytes, 0);
   (*client)->Offer(13, EncodeBlock({.model_id_hash = ModelIdHash(kModel),
-                                   .block_hash = 13,
-                                   .tokens = TokensFor(13, kTokens),
-                                   .payload = PayloadFor(13, kPayload)}));
+                                    .block_hash = 13,
+                                    .tokens = TokensFor(13, kTokens),
+                                    .payload = PayloadFor(13, kPayload)}));
   ASSERT_TRUE((*client)->Flush(absl::Now() + absl::Seconds(10)));
   EXPECT_TRUE(shared_->Find(13).has_value());
   (*client).reset();

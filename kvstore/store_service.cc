@@ -38,9 +38,9 @@ absl::StatusOr<std::unique_ptr<StoreService>> StoreService::Create(StoreServiceO
   if (service->options_.transfer != nullptr) {
     const size_t slots = service->options_.staging_bytes / service->slot_bytes_;
     if (slots < 1) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "StoreService: staging_bytes %d holds no block of %d bytes", service->options_.staging_bytes,
-          service->slot_bytes_));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("StoreService: staging_bytes %d holds no block of %d bytes",
+                          service->options_.staging_bytes, service->slot_bytes_));
     }
     absl::StatusOr<transfer::RegisteredRegion> region =
         service->options_.transfer->Allocate(slots * service->slot_bytes_);
@@ -111,7 +111,8 @@ grpc::Status StoreService::Get(grpc::ServerContext*, const tandem::v1::StoreGetR
   return grpc::Status::OK;
 }
 
-grpc::Status StoreService::GetInto(grpc::ServerContext* context, const tandem::v1::StoreGetIntoRequest* request,
+grpc::Status StoreService::GetInto(grpc::ServerContext* context,
+                                   const tandem::v1::StoreGetIntoRequest* request,
                                    tandem::v1::StoreGetIntoResponse* response) {
   if (options_.transfer == nullptr) {
     return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this store serves no UCX data path; use Get");
@@ -126,9 +127,9 @@ grpc::Status StoreService::GetInto(grpc::ServerContext* context, const tandem::v
   const uint64_t slot = request->slot_bytes();
   for (uint64_t offset : request->offsets()) {
     if (slot == 0 || offset > region_bytes || slot > region_bytes - offset) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          absl::StrFormat("slot [%d, +%d) outside the destination's %d bytes", offset, slot,
-                                          region_bytes));
+      return grpc::Status(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          absl::StrFormat("slot [%d, +%d) outside the destination's %d bytes", offset, slot, region_bytes));
     }
   }
   // Values are read (and verified, for SSD) into memory we own, then written
@@ -148,9 +149,10 @@ grpc::Status StoreService::GetInto(grpc::ServerContext* context, const tandem::v
     writes.push_back({values.back().data(), request->offsets(i), values.back().size()});
   }
   if (writes.empty()) return grpc::Status::OK;
-  const absl::Time deadline = std::min(absl::Now() + options_.write_timeout, absl::FromChrono(context->deadline()));
-  const absl::Status written = options_.transfer->Write(
-      RegionFromProto(request->destination(), context->peer()), writes, deadline);
+  const absl::Time deadline =
+      std::min(absl::Now() + options_.write_timeout, absl::FromChrono(context->deadline()));
+  const absl::Status written =
+      options_.transfer->Write(RegionFromProto(request->destination(), context->peer()), writes, deadline);
   std::lock_guard<std::mutex> lock(mu_);
   if (!written.ok()) {
     ++stats_.get_into_errors;
@@ -203,7 +205,8 @@ grpc::Status StoreService::ReservePut(grpc::ServerContext*, const tandem::v1::St
     }
     const int32_t index = free_slots_.back();
     free_slots_.pop_back();
-    reservation.slots.push_back({request->block_hashes(i), index, static_cast<size_t>(request->value_bytes(i))});
+    reservation.slots.push_back(
+        {request->block_hashes(i), index, static_cast<size_t>(request->value_bytes(i))});
     response->add_offsets(static_cast<int64_t>(index) * static_cast<int64_t>(slot_bytes_));
   }
   RegionToProto(options_.transfer->worker_address(), *staging_, response->mutable_staging());
@@ -238,7 +241,8 @@ grpc::Status StoreService::CommitPut(grpc::ServerContext*, const tandem::v1::Sto
   int32_t stored = 0;
   int32_t refused = 0;
   for (const Reservation::Slot& s : reservation.slots) {
-    const std::string_view value(reinterpret_cast<const char*>(staging_base_) + s.index * slot_bytes_, s.bytes);
+    const std::string_view value(reinterpret_cast<const char*>(staging_base_) + s.index * slot_bytes_,
+                                 s.bytes);
     if (store_->PutEncoded(s.hash, value).ok()) {
       ++stored;
     } else {

@@ -69,9 +69,9 @@ struct StoreServiceOptions {
 class StoreService final : public tandem::v1::KvStore::Service {
  public:
   struct Stats {
-    int64_t get_into_blocks = 0;   // values written into callers' slots
+    int64_t get_into_blocks = 0;  // values written into callers' slots
     int64_t get_into_bytes = 0;
-    int64_t get_into_errors = 0;   // failed writes to a caller
+    int64_t get_into_errors = 0;  // failed writes to a caller
     int64_t reserved_blocks = 0;
     int64_t committed_blocks = 0;  // verified and stored
     int64_t refused_blocks = 0;    // committed slots that failed verification
@@ -79,7 +79,8 @@ class StoreService final : public tandem::v1::KvStore::Service {
   };
 
   // InvalidArgument on an empty model_id; errors of TransferEngine::Allocate.
-  static absl::StatusOr<std::unique_ptr<StoreService>> Create(StoreServiceOptions options, TieredStore* store);
+  static absl::StatusOr<std::unique_ptr<StoreService>> Create(StoreServiceOptions options,
+                                                              TieredStore* store);
   ~StoreService() override;
   StoreService(const StoreService&) = delete;
   StoreService& operator=(const StoreService&) = delete;
@@ -105,8 +106,8 @@ class StoreService final : public tandem::v1::KvStore::Service {
   struct Reservation {
     struct Slot {
       BlockHash hash = 0;
-      int32_t index = 0;   // staging slot
-      size_t bytes = 0;    // value length
+      int32_t index = 0;  // staging slot
+      size_t bytes = 0;   // value length
     };
     std::vector<Slot> slots;
     absl::Time expires;
@@ -125,10 +126,10 @@ class StoreService final : public tandem::v1::KvStore::Service {
   uint8_t* staging_base_ = nullptr;
 
   mutable std::mutex mu_;
-  std::vector<int32_t> free_slots_;                               // guarded by mu_
-  absl::flat_hash_map<uint64_t, Reservation> reservations_;      // guarded by mu_
-  uint64_t next_reservation_ = 1;                                 // guarded by mu_
-  Stats stats_;                                                   // guarded by mu_
+  std::vector<int32_t> free_slots_;                          // guarded by mu_
+  absl::flat_hash_map<uint64_t, Reservation> reservations_;  // guarded by mu_
+  uint64_t next_reservation_ = 1;                            // guarded by mu_
+  Stats stats_;                                              // guarded by mu_
 };
 
 // The transfer-engine region described by a UcxRegion message, and back.

@@ -4,10 +4,10 @@
 #ifndef TANDEM_KVSTORE_TEST_UTIL_H_
 #define TANDEM_KVSTORE_TEST_UTIL_H_
 
-#include <cstdint>
-#include <condition_variable>
-#include <cstdlib>
 #include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <mutex>
 #include <random>

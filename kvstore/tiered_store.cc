@@ -13,9 +13,12 @@ namespace tandem::kvstore {
 
 const char* TierName(Tier tier) {
   switch (tier) {
-    case Tier::kDram: return "dram";
-    case Tier::kSsd: return "ssd";
-    case Tier::kRemote: return "remote";
+    case Tier::kDram:
+      return "dram";
+    case Tier::kSsd:
+      return "ssd";
+    case Tier::kRemote:
+      return "remote";
   }
   return "unknown";
 }
@@ -66,9 +69,9 @@ absl::Status TieredStore::Put(BlockHash hash, absl::Span<const int32_t> tokens,
                               absl::Span<const uint8_t> payload) {
   if (tokens.size() != static_cast<size_t>(options_.block_tokens) ||
       payload.size() != options_.payload_bytes) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "TieredStore::Put: %d tokens and %d bytes, the store holds blocks of %d and %d",
-        tokens.size(), payload.size(), options_.block_tokens, options_.payload_bytes));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("TieredStore::Put: %d tokens and %d bytes, the store holds blocks of %d and %d",
+                        tokens.size(), payload.size(), options_.block_tokens, options_.payload_bytes));
   }
   const bool write_behind = ssd_ != nullptr && !ssd_->Contains(hash);
   if (write_behind) {
@@ -81,9 +84,9 @@ absl::Status TieredStore::Put(BlockHash hash, absl::Span<const int32_t> tokens,
       lock.unlock();
       std::lock_guard<std::mutex> s(stats_mu_);
       ++stats_.puts_rejected;
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "KV store: SSD write queue full (%d blocks) for %s", options_.write_queue_blocks,
-          absl::FormatDuration(options_.put_timeout)));
+      return absl::ResourceExhaustedError(absl::StrFormat("KV store: SSD write queue full (%d blocks) for %s",
+                                                          options_.write_queue_blocks,
+                                                          absl::FormatDuration(options_.put_timeout)));
     }
     if (stop_) return absl::FailedPreconditionError("KV store is shutting down");
     ++reserved_;
@@ -98,13 +101,12 @@ absl::Status TieredStore::Put(BlockHash hash, absl::Span<const int32_t> tokens,
     was_in_dram = dram_->Contains(hash);
     if (write_behind) {
       value = EncodeBlock(contents);
-      put = dram_->Put(hash, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value.data()),
-                                                 value.size()),
-                       &evicted);
+      put = dram_->Put(
+          hash, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value.data()), value.size()), &evicted);
     } else {
-      put = dram_->PutWith(hash, EncodedBlockBytes(tokens.size(), payload.size()),
-                           [&](absl::Span<uint8_t> slot) { EncodeBlockInto(contents, slot); },
-                           &evicted);
+      put = dram_->PutWith(
+          hash, EncodedBlockBytes(tokens.size(), payload.size()),
+          [&](absl::Span<uint8_t> slot) { EncodeBlockInto(contents, slot); }, &evicted);
     }
     if (put.ok()) {
       Emit(TierEvent::Kind::kRemoved, Tier::kDram, std::move(evicted));
@@ -172,9 +174,9 @@ absl::StatusOr<Tier> TieredStore::Get(BlockHash hash, absl::Span<const int32_t> 
                                       absl::Span<uint8_t> payload_out) {
   if (tokens.size() != static_cast<size_t>(options_.block_tokens) ||
       payload_out.size() != options_.payload_bytes) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "TieredStore::Get: %d tokens and %d bytes, the store holds blocks of %d and %d",
-        tokens.size(), payload_out.size(), options_.block_tokens, options_.payload_bytes));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("TieredStore::Get: %d tokens and %d bytes, the store holds blocks of %d and %d",
+                        tokens.size(), payload_out.size(), options_.block_tokens, options_.payload_bytes));
   }
   bool copied = false;
   const bool in_dram = dram_->Get(hash, [&](absl::Span<const uint8_t> value) {
@@ -217,9 +219,10 @@ absl::StatusOr<Tier> TieredStore::Get(BlockHash hash, absl::Span<const int32_t> 
         std::lock_guard<std::mutex> events(dram_events_mu_);
         std::vector<BlockHash> evicted;
         const bool was_in_dram = dram_->Contains(hash);
-        if (dram_->Put(hash, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value->data()),
-                                                 value->size()),
-                       &evicted)
+        if (dram_
+                ->Put(hash,
+                      absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value->data()), value->size()),
+                      &evicted)
                 .ok()) {
           Emit(TierEvent::Kind::kRemoved, Tier::kDram, std::move(evicted));
           if (!was_in_dram) Emit(TierEvent::Kind::kStored, Tier::kDram, {hash});
@@ -260,8 +263,9 @@ absl::Status TieredStore::AcceptRemote(BlockHash hash, absl::Span<const int32_t>
     std::lock_guard<std::mutex> events(dram_events_mu_);
     std::vector<BlockHash> evicted;
     const bool was_in_dram = dram_->Contains(hash);
-    if (dram_->Put(hash, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value.data()), value.size()),
-                   &evicted)
+    if (dram_
+            ->Put(hash, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value.data()), value.size()),
+                  &evicted)
             .ok()) {
       Emit(TierEvent::Kind::kRemoved, Tier::kDram, std::move(evicted));
       if (!was_in_dram) Emit(TierEvent::Kind::kStored, Tier::kDram, {hash});
@@ -331,8 +335,10 @@ absl::StatusOr<std::string> TieredStore::GetEncoded(BlockHash hash) {
         std::lock_guard<std::mutex> events(dram_events_mu_);
         std::vector<BlockHash> evicted;
         const bool was_in_dram = dram_->Contains(hash);
-        if (dram_->Put(hash, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value->data()), value->size()),
-                       &evicted)
+        if (dram_
+                ->Put(hash,
+                      absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value->data()), value->size()),
+                      &evicted)
                 .ok()) {
           Emit(TierEvent::Kind::kRemoved, Tier::kDram, std::move(evicted));
           if (!was_in_dram) Emit(TierEvent::Kind::kStored, Tier::kDram, {hash});
@@ -358,9 +364,8 @@ absl::StatusOr<std::string> TieredStore::GetEncoded(BlockHash hash) {
 absl::Status TieredStore::PutEncoded(BlockHash hash, std::string_view value) {
   TANDEM_ASSIGN_OR_RETURN(BlockView view, DecodeBlock(value, /*verify_checksum=*/true));
   if (view.model_id_hash != model_id_hash_ || view.block_hash != hash) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("KV block %016x: header names model %016x, block %016x", hash, view.model_id_hash,
-                        view.block_hash));
+    return absl::InvalidArgumentError(absl::StrFormat("KV block %016x: header names model %016x, block %016x",
+                                                      hash, view.model_id_hash, view.block_hash));
   }
   const std::vector<int32_t> tokens = view.Tokens();
   return Put(hash, tokens, view.payload);
@@ -368,8 +373,9 @@ absl::Status TieredStore::PutEncoded(BlockHash hash, std::string_view value) {
 
 absl::StatusOr<Tier> TieredStore::Promote(BlockHash hash, absl::Span<const int32_t> tokens) {
   if (tokens.size() != static_cast<size_t>(options_.block_tokens)) {
-    return absl::InvalidArgumentError(absl::StrFormat("TieredStore::Promote: %d tokens, the store holds blocks of %d",
-                                                      tokens.size(), options_.block_tokens));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("TieredStore::Promote: %d tokens, the store holds blocks of %d", tokens.size(),
+                        options_.block_tokens));
   }
   bool matches = false;
   const bool in_dram = dram_->Get(hash, [&](absl::Span<const uint8_t> value) {
@@ -456,8 +462,8 @@ std::vector<std::pair<BlockHash, Tier>> TieredStore::Snapshot() const {
 absl::Status TieredStore::Flush(absl::Time deadline) {
   std::unique_lock<std::mutex> lock(queue_mu_);
   const auto idle = [&] { return queue_.empty() && reserved_ == 0 && !writing_; };
-  if (!drained_cv_.wait_for(lock, absl::ToChronoNanoseconds(std::max(deadline - absl::Now(), absl::ZeroDuration())),
-                            idle)) {
+  if (!drained_cv_.wait_for(
+          lock, absl::ToChronoNanoseconds(std::max(deadline - absl::Now(), absl::ZeroDuration())), idle)) {
     return absl::DeadlineExceededError(
         absl::StrFormat("KV store: %d blocks still queued for SSD", queue_.size()));
   }

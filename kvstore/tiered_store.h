@@ -128,11 +128,11 @@ class TieredStore {
     int64_t misses = 0;
     int64_t ssd_writes = 0;
     int64_t ssd_write_errors = 0;
-    int64_t corrupt_blocks = 0;  // SSD values that failed verification (deleted)
-  int64_t promotions = 0;      // Promote calls that moved an SSD block into DRAM
-  int64_t remote_hits = 0;     // Get calls served by Options::remote
-  int64_t remote_promotions = 0;  // Promote calls served by Options::remote
-  int64_t remote_rejected = 0;  // remote values that failed verification
+    int64_t corrupt_blocks = 0;     // SSD values that failed verification (deleted)
+    int64_t promotions = 0;         // Promote calls that moved an SSD block into DRAM
+    int64_t remote_hits = 0;        // Get calls served by Options::remote
+    int64_t remote_promotions = 0;  // Promote calls served by Options::remote
+    int64_t remote_rejected = 0;    // remote values that failed verification
   };
 
   static absl::StatusOr<std::unique_ptr<TieredStore>> Create(const Options& options);

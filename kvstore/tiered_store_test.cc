@@ -65,7 +65,8 @@ TEST(TieredStoreTest, OffloadThenPromoteIsBitExactFromDramAndSsd) {
   TempDir dir;
   EventLog log;
   ASSERT_OK_AND_ASSIGN(auto store, TieredStore::Create(Opts(dir.path() + "/ssd", 4, &log)));
-  for (BlockHash h = 1; h <= 10; ++h) ASSERT_OK(store->Put(h, TokensFor(h, kTokens), PayloadFor(h, kPayload)));
+  for (BlockHash h = 1; h <= 10; ++h)
+    ASSERT_OK(store->Put(h, TokensFor(h, kTokens), PayloadFor(h, kPayload)));
   ASSERT_OK(store->Flush(absl::Now() + absl::Seconds(30)));
   EXPECT_EQ(store->Find(10), Tier::kDram);
   EXPECT_EQ(store->Find(1), Tier::kSsd);  // evicted from DRAM, written behind
@@ -78,8 +79,10 @@ TEST(TieredStoreTest, OffloadThenPromoteIsBitExactFromDramAndSsd) {
   EXPECT_EQ(out, PayloadFor(1, kPayload));
   EXPECT_EQ(store->Find(1), Tier::kDram);  // promoted
   // Different tokens under the same hash: a miss, never someone else's KV.
-  EXPECT_THAT(store->Get(2, TokensFor(3, kTokens), absl::MakeSpan(out)), StatusIs(absl::StatusCode::kNotFound));
-  EXPECT_THAT(store->Get(77, TokensFor(77, kTokens), absl::MakeSpan(out)), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(store->Get(2, TokensFor(3, kTokens), absl::MakeSpan(out)),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(store->Get(77, TokensFor(77, kTokens), absl::MakeSpan(out)),
+              StatusIs(absl::StatusCode::kNotFound));
   // The events describe exactly what the tiers hold.
   EXPECT_EQ(log.dram, SnapshotOf(*store, Tier::kDram));
   EXPECT_EQ(log.ssd, SnapshotOf(*store, Tier::kSsd));
@@ -97,7 +100,8 @@ TEST(TieredStoreTest, ShutdownDrainsTheWriteQueue) {
     TieredStore::Options o = Opts(dir.path() + "/ssd", 2, nullptr);
     o.write_queue_blocks = 64;
     ASSERT_OK_AND_ASSIGN(auto store, TieredStore::Create(o));
-    for (BlockHash h = 1; h <= 40; ++h) ASSERT_OK(store->Put(h, TokensFor(h, kTokens), PayloadFor(h, kPayload)));
+    for (BlockHash h = 1; h <= 40; ++h)
+      ASSERT_OK(store->Put(h, TokensFor(h, kTokens), PayloadFor(h, kPayload)));
   }  // no Flush: the destructor writes whatever is queued
   ASSERT_OK_AND_ASSIGN(auto store, TieredStore::Create(Opts(dir.path() + "/ssd", 2, nullptr)));
   EXPECT_EQ(store->ssd()->num_blocks(), 40u);
@@ -120,14 +124,17 @@ TEST(TieredStoreTest, EraseAndCorruptionAreReportedAsRemoved) {
   EXPECT_THAT(log.ssd, UnorderedElementsAre(1, 3));
   // Corrupt block 3 on SSD (a value with a bad checksum under its key) and
   // drop it from DRAM so the read goes to SSD.
-  std::string bad = EncodeBlock({.model_id_hash = ModelIdHash("test-model"), .block_hash = 3,
-                                 .tokens = TokensFor(3, kTokens), .payload = PayloadFor(3, kPayload)});
+  std::string bad = EncodeBlock({.model_id_hash = ModelIdHash("test-model"),
+                                 .block_hash = 3,
+                                 .tokens = TokensFor(3, kTokens),
+                                 .payload = PayloadFor(3, kPayload)});
   bad[bad.size() - 1] ^= 0x40;
-  ASSERT_OK(store->ssd()->Put(3, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bad.data()), bad.size()),
-                              nullptr));
+  ASSERT_OK(store->ssd()->Put(
+      3, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bad.data()), bad.size()), nullptr));
   ASSERT_TRUE(store->dram().Erase(3));
   std::vector<uint8_t> out(kPayload, 0);
-  EXPECT_THAT(store->Get(3, TokensFor(3, kTokens), absl::MakeSpan(out)), StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(store->Get(3, TokensFor(3, kTokens), absl::MakeSpan(out)),
+              StatusIs(absl::StatusCode::kDataLoss));
   EXPECT_EQ(out, std::vector<uint8_t>(kPayload, 0));  // nothing copied out
   EXPECT_EQ(store->Find(3), std::nullopt);
   EXPECT_THAT(log.ssd, UnorderedElementsAre(1));
@@ -141,7 +148,8 @@ TEST(TieredStoreTest, DramOnlyStoreAndBadSizes) {
   for (BlockHash h = 1; h <= 3; ++h) ASSERT_OK(store->Put(h, TokensFor(h, kTokens), PayloadFor(h, kPayload)));
   EXPECT_THAT(log.dram, UnorderedElementsAre(2, 3));
   EXPECT_EQ(store->Find(1), std::nullopt);
-  EXPECT_THAT(store->Put(9, TokensFor(9, 3), PayloadFor(9, kPayload)), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(store->Put(9, TokensFor(9, 3), PayloadFor(9, kPayload)),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   std::vector<uint8_t> small(10);
   EXPECT_THAT(store->Get(2, TokensFor(2, kTokens), absl::MakeSpan(small)),
               StatusIs(absl::StatusCode::kInvalidArgument));

@@ -22,7 +22,8 @@ absl::StatusOr<std::string> ChatTemplate::Render(absl::Span<const ChatMessage> m
   jinja::Value::List list;
   list.reserve(messages.size());
   for (const ChatMessage& m : messages) {
-    list.push_back(jinja::Value(jinja::Value::Dict{{"role", jinja::Value(m.role)}, {"content", jinja::Value(m.content)}}));
+    list.push_back(jinja::Value(
+        jinja::Value::Dict{{"role", jinja::Value(m.role)}, {"content", jinja::Value(m.content)}}));
   }
   const jinja::Value::Dict context = {
       {"messages", jinja::Value(std::move(list))},

@@ -27,7 +27,7 @@
 namespace tandem::model {
 
 struct ChatMessage {
-  std::string role;     // "system", "user", "assistant", "tool"
+  std::string role;  // "system", "user", "assistant", "tool"
   std::string content;
 };
 
@@ -44,7 +44,8 @@ struct ChatTemplateOptions {
 //   <|im_start|>{role}\n{content}<|im_end|>\n ... [<|im_start|>assistant\n]
 inline constexpr std::string_view kDefaultChatTemplate =
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-    "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% "
+    "endif %}";
 
 class ChatTemplate {
  public:

@@ -19,17 +19,21 @@ TEST(ChatTemplateTest, DefaultIsChatMl) {
   const std::vector<ChatMessage> messages = {{"system", "Be brief."}, {"user", "Hi"}};
   auto text = tmpl->Render(messages, {});
   ASSERT_TRUE(text.ok()) << text.status();
-  EXPECT_EQ(*text, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(
+      *text,
+      "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
   auto no_prompt = tmpl->Render(messages, {.add_generation_prompt = false});
   ASSERT_TRUE(no_prompt.ok());
   EXPECT_FALSE(no_prompt->ends_with("assistant\n"));
 }
 
 TEST(ChatTemplateTest, PassesTokensAndFlags) {
-  auto tmpl = ChatTemplate::Create("{{ bos_token }}{{ messages|length }}{{ add_generation_prompt }}{{ eos_token }}");
+  auto tmpl =
+      ChatTemplate::Create("{{ bos_token }}{{ messages|length }}{{ add_generation_prompt }}{{ eos_token }}");
   ASSERT_TRUE(tmpl.ok()) << tmpl.status();
   const std::vector<ChatMessage> messages = {{"user", "a"}, {"assistant", "b"}};
-  auto text = (*tmpl)->Render(messages, {.add_generation_prompt = false, .bos_token = "<s>", .eos_token = "</s>"});
+  auto text =
+      (*tmpl)->Render(messages, {.add_generation_prompt = false, .bos_token = "<s>", .eos_token = "</s>"});
   ASSERT_TRUE(text.ok()) << text.status();
   EXPECT_EQ(*text, "<s>2False</s>");
 }
@@ -41,7 +45,8 @@ TEST(ChatTemplateTest, ParseErrorNamesLine) {
 
 TEST(ChatTemplateTest, RaiseExceptionIsInvalidArgument) {
   auto tmpl = ChatTemplate::Create(
-      "{% if messages[0].role != 'user' %}{{ raise_exception('first message must be from the user') }}{% endif %}ok");
+      "{% if messages[0].role != 'user' %}{{ raise_exception('first message must be from the user') }}{% "
+      "endif %}ok");
   ASSERT_TRUE(tmpl.ok());
   const std::vector<ChatMessage> bad = {{"assistant", "x"}};
   EXPECT_THAT((*tmpl)->Render(bad, {}),

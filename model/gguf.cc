@@ -15,9 +15,6 @@
 // anything is reserved for them.
 #include "model/gguf.h"
 
-#include "common/mapped_file.h"
-
-
 #include <bit>
 #include <cerrno>
 #include <cstring>
@@ -30,6 +27,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/mapped_file.h"
 #include "common/status_macros.h"
 
 namespace tandem::model {
@@ -63,23 +61,27 @@ constexpr uint64_t kMinTensorInfoBytes = 8 + 4 + 8 + 4 + 8;
 // that were removed from ggml keep their historical names.
 std::string_view GgmlTypeName(uint32_t id) {
   static constexpr std::string_view kNames[] = {
-      "F32",   "F16",        "Q4_0",       "Q4_1",       "Q4_2",     "Q4_3",     "Q5_0",
-      "Q5_1",  "Q8_0",       "Q8_1",       "Q2_K",       "Q3_K",     "Q4_K",     "Q5_K",
-      "Q6_K",  "Q8_K",       "IQ2_XXS",    "IQ2_XS",     "IQ3_XXS",  "IQ1_S",    "IQ4_NL",
-      "IQ3_S", "IQ2_S",      "IQ4_XS",     "I8",         "I16",      "I32",      "I64",
-      "F64",   "IQ1_M",      "BF16",       "Q4_0_4_4",   "Q4_0_4_8", "Q4_0_8_8", "TQ1_0",
-      "TQ2_0", "IQ4_NL_4_4", "IQ4_NL_4_8", "IQ4_NL_8_8", "MXFP4",
+      "F32",      "F16",      "Q4_0",    "Q4_1",  "Q4_2",       "Q4_3",       "Q5_0",       "Q5_1",
+      "Q8_0",     "Q8_1",     "Q2_K",    "Q3_K",  "Q4_K",       "Q5_K",       "Q6_K",       "Q8_K",
+      "IQ2_XXS",  "IQ2_XS",   "IQ3_XXS", "IQ1_S", "IQ4_NL",     "IQ3_S",      "IQ2_S",      "IQ4_XS",
+      "I8",       "I16",      "I32",     "I64",   "F64",        "IQ1_M",      "BF16",       "Q4_0_4_4",
+      "Q4_0_4_8", "Q4_0_8_8", "TQ1_0",   "TQ2_0", "IQ4_NL_4_4", "IQ4_NL_4_8", "IQ4_NL_8_8", "MXFP4",
   };
   return id < std::size(kNames) ? kNames[id] : std::string_view();
 }
 
 std::optional<DType> DTypeFromGgml(uint32_t id) {
   switch (id) {
-    case 0: return DType::kF32;
-    case 1: return DType::kF16;
-    case 8: return DType::kQ8_0;
-    case 30: return DType::kBF16;
-    default: return std::nullopt;
+    case 0:
+      return DType::kF32;
+    case 1:
+      return DType::kF16;
+    case 8:
+      return DType::kQ8_0;
+    case 30:
+      return DType::kBF16;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -127,9 +129,9 @@ class Reader {
   template <typename T>
   absl::StatusOr<T> Read(const Field& field, std::string_view prefix = {}) {
     if (sizeof(T) > remaining()) {
-      return Malformed(absl::StrFormat(
-          "truncated file: reading %s%s needs %d bytes at byte offset %d, but only %d remain",
-          prefix, field.Describe(), sizeof(T), pos_, remaining()));
+      return Malformed(
+          absl::StrFormat("truncated file: reading %s%s needs %d bytes at byte offset %d, but only %d remain",
+                          prefix, field.Describe(), sizeof(T), pos_, remaining()));
     }
     T value;
     std::memcpy(&value, data_ + pos_, sizeof(T));
@@ -144,8 +146,8 @@ class Reader {
     TANDEM_ASSIGN_OR_RETURN(uint64_t length, Read<uint64_t>(field, "string length of "));
     if (length > remaining()) {
       return Malformed(
-          absl::StrFormat("string length %d of %s at byte offset %d exceeds the remaining %d bytes",
-                          length, field.Describe(), at, remaining()));
+          absl::StrFormat("string length %d of %s at byte offset %d exceeds the remaining %d bytes", length,
+                          field.Describe(), at, remaining()));
     }
     std::string_view s(reinterpret_cast<const char*>(data_ + pos_), length);
     pos_ += length;
@@ -159,12 +161,10 @@ class Reader {
 };
 
 bool IsUnsigned(GgufType t) {
-  return t == GgufType::kUint8 || t == GgufType::kUint16 || t == GgufType::kUint32 ||
-         t == GgufType::kUint64;
+  return t == GgufType::kUint8 || t == GgufType::kUint16 || t == GgufType::kUint32 || t == GgufType::kUint64;
 }
 bool IsSigned(GgufType t) {
-  return t == GgufType::kInt8 || t == GgufType::kInt16 || t == GgufType::kInt32 ||
-         t == GgufType::kInt64;
+  return t == GgufType::kInt8 || t == GgufType::kInt16 || t == GgufType::kInt32 || t == GgufType::kInt64;
 }
 bool IsFloat(GgufType t) { return t == GgufType::kFloat32 || t == GgufType::kFloat64; }
 
@@ -174,17 +174,22 @@ uint64_t MinEncodedBytes(GgufType t) {
   switch (t) {
     case GgufType::kUint8:
     case GgufType::kInt8:
-    case GgufType::kBool: return 1;
+    case GgufType::kBool:
+      return 1;
     case GgufType::kUint16:
-    case GgufType::kInt16: return 2;
+    case GgufType::kInt16:
+      return 2;
     case GgufType::kUint32:
     case GgufType::kInt32:
-    case GgufType::kFloat32: return 4;
+    case GgufType::kFloat32:
+      return 4;
     case GgufType::kUint64:
     case GgufType::kInt64:
     case GgufType::kFloat64:
-    case GgufType::kString: return 8;
-    case GgufType::kArray: return 4 + 8;
+    case GgufType::kString:
+      return 8;
+    case GgufType::kArray:
+      return 4 + 8;
   }
   return 1;
 }
@@ -231,9 +236,8 @@ class ValueParser {
     const size_t at = r_.pos();
     TANDEM_ASSIGN_OR_RETURN(uint32_t raw, r_.Read<uint32_t>(field));
     if (raw > static_cast<uint32_t>(GgufType::kFloat64)) {
-      return Malformed(
-          absl::StrFormat("%s is %d at byte offset %d, not a known value type (0 to 12)",
-                          field.Describe(), raw, at));
+      return Malformed(absl::StrFormat("%s is %d at byte offset %d, not a known value type (0 to 12)",
+                                       field.Describe(), raw, at));
     }
     return static_cast<GgufType>(raw);
   }
@@ -244,22 +248,30 @@ class ValueParser {
     const Field field{index < 0 ? "value" : "element", index, "metadata key", key};
     const size_t at = r_.pos();
     if (values_left_ == 0) {
-      return Malformed(absl::StrFormat(
-          "metadata holds more than %d values (limit reached at %s, byte offset %d)",
-          kMaxMetadataValues, field.Describe(), at));
+      return Malformed(
+          absl::StrFormat("metadata holds more than %d values (limit reached at %s, byte offset %d)",
+                          kMaxMetadataValues, field.Describe(), at));
     }
     --values_left_;
     GgufValue v;
     v.type = type;
     switch (type) {
-      case GgufType::kUint8: return Unsigned<uint8_t>(std::move(v), field);
-      case GgufType::kUint16: return Unsigned<uint16_t>(std::move(v), field);
-      case GgufType::kUint32: return Unsigned<uint32_t>(std::move(v), field);
-      case GgufType::kUint64: return Unsigned<uint64_t>(std::move(v), field);
-      case GgufType::kInt8: return Signed<int8_t>(std::move(v), field);
-      case GgufType::kInt16: return Signed<int16_t>(std::move(v), field);
-      case GgufType::kInt32: return Signed<int32_t>(std::move(v), field);
-      case GgufType::kInt64: return Signed<int64_t>(std::move(v), field);
+      case GgufType::kUint8:
+        return Unsigned<uint8_t>(std::move(v), field);
+      case GgufType::kUint16:
+        return Unsigned<uint16_t>(std::move(v), field);
+      case GgufType::kUint32:
+        return Unsigned<uint32_t>(std::move(v), field);
+      case GgufType::kUint64:
+        return Unsigned<uint64_t>(std::move(v), field);
+      case GgufType::kInt8:
+        return Signed<int8_t>(std::move(v), field);
+      case GgufType::kInt16:
+        return Signed<int16_t>(std::move(v), field);
+      case GgufType::kInt32:
+        return Signed<int32_t>(std::move(v), field);
+      case GgufType::kInt64:
+        return Signed<int64_t>(std::move(v), field);
       case GgufType::kFloat32: {
         TANDEM_ASSIGN_OR_RETURN(float f, r_.Read<float>(field));
         v.f = f;
@@ -273,8 +285,8 @@ class ValueParser {
         TANDEM_ASSIGN_OR_RETURN(uint8_t b, r_.Read<uint8_t>(field));
         // The spec: "0 is false and 1 is true. Anything else is invalid".
         if (b > 1) {
-          return Malformed(absl::StrFormat("bool %s is %d at byte offset %d, want 0 or 1",
-                                           field.Describe(), b, at));
+          return Malformed(
+              absl::StrFormat("bool %s is %d at byte offset %d, want 0 or 1", field.Describe(), b, at));
         }
         v.b = b == 1;
         return v;
@@ -284,7 +296,8 @@ class ValueParser {
         v.s.assign(s);
         return v;
       }
-      case GgufType::kArray: return Array(std::move(v), key, field, depth);
+      case GgufType::kArray:
+        return Array(std::move(v), key, field, depth);
     }
     return Malformed(absl::StrFormat("unknown value type at byte offset %d", at));  // Unreachable.
   }
@@ -303,17 +316,14 @@ class ValueParser {
     return v;
   }
 
-  absl::StatusOr<GgufValue> Array(GgufValue v, std::string_view key, const Field& field,
-                                  int depth) {
+  absl::StatusOr<GgufValue> Array(GgufValue v, std::string_view key, const Field& field, int depth) {
     if (depth >= kMaxArrayDepth) {
       return Malformed(absl::StrFormat("arrays nested more than %d deep in %s at byte offset %d",
                                        kMaxArrayDepth, field.Describe(), r_.pos()));
     }
-    TANDEM_ASSIGN_OR_RETURN(v.array_type,
-                            ReadType({"array element type", -1, "metadata key", key}));
+    TANDEM_ASSIGN_OR_RETURN(v.array_type, ReadType({"array element type", -1, "metadata key", key}));
     const size_t length_at = r_.pos();
-    TANDEM_ASSIGN_OR_RETURN(uint64_t length,
-                            r_.Read<uint64_t>({"array length", -1, "metadata key", key}));
+    TANDEM_ASSIGN_OR_RETURN(uint64_t length, r_.Read<uint64_t>({"array length", -1, "metadata key", key}));
     const uint64_t min_bytes = MinEncodedBytes(v.array_type);
     if (length > r_.remaining() / min_bytes) {
       return Malformed(absl::StrFormat(
@@ -322,10 +332,10 @@ class ValueParser {
           length, Quote(key), length_at, r_.remaining(), GgufTypeName(v.array_type), min_bytes));
     }
     if (length > values_left_) {
-      return Malformed(absl::StrFormat(
-          "array length %d of metadata key %s at byte offset %d exceeds the limit of %d "
-          "metadata values",
-          length, Quote(key), length_at, kMaxMetadataValues));
+      return Malformed(
+          absl::StrFormat("array length %d of metadata key %s at byte offset %d exceeds the limit of %d "
+                          "metadata values",
+                          length, Quote(key), length_at, kMaxMetadataValues));
     }
     v.array.reserve(length);
     for (uint64_t i = 0; i < length; ++i) {
@@ -344,13 +354,12 @@ absl::StatusOr<uint64_t> CheckAlignment(const GgufValue& value, size_t at) {
   const std::optional<uint64_t> alignment = AsUint(value);
   if (!alignment.has_value() && !IsSigned(value.type)) {
     return Malformed(
-        absl::StrFormat("general.alignment at byte offset %d has type %s, want an unsigned integer",
-                        at, TypeDescription(value)));
+        absl::StrFormat("general.alignment at byte offset %d has type %s, want an unsigned integer", at,
+                        TypeDescription(value)));
   }
   if (!alignment.has_value() || !std::has_single_bit(*alignment)) {
-    return Malformed(
-        absl::StrFormat("general.alignment %s at byte offset %d is not a nonzero power of two",
-                        ValueString(value), at));
+    return Malformed(absl::StrFormat("general.alignment %s at byte offset %d is not a nonzero power of two",
+                                     ValueString(value), at));
   }
   return *alignment;
 }
@@ -363,19 +372,32 @@ absl::Status Annotate(const absl::Status& status, const std::string& path) {
 
 std::string_view GgufTypeName(GgufType type) {
   switch (type) {
-    case GgufType::kUint8: return "uint8";
-    case GgufType::kInt8: return "int8";
-    case GgufType::kUint16: return "uint16";
-    case GgufType::kInt16: return "int16";
-    case GgufType::kUint32: return "uint32";
-    case GgufType::kInt32: return "int32";
-    case GgufType::kFloat32: return "float32";
-    case GgufType::kBool: return "bool";
-    case GgufType::kString: return "string";
-    case GgufType::kArray: return "array";
-    case GgufType::kUint64: return "uint64";
-    case GgufType::kInt64: return "int64";
-    case GgufType::kFloat64: return "float64";
+    case GgufType::kUint8:
+      return "uint8";
+    case GgufType::kInt8:
+      return "int8";
+    case GgufType::kUint16:
+      return "uint16";
+    case GgufType::kInt16:
+      return "int16";
+    case GgufType::kUint32:
+      return "uint32";
+    case GgufType::kInt32:
+      return "int32";
+    case GgufType::kFloat32:
+      return "float32";
+    case GgufType::kBool:
+      return "bool";
+    case GgufType::kString:
+      return "string";
+    case GgufType::kArray:
+      return "array";
+    case GgufType::kUint64:
+      return "uint64";
+    case GgufType::kInt64:
+      return "int64";
+    case GgufType::kFloat64:
+      return "float64";
   }
   return "unknown";
 }
@@ -409,8 +431,8 @@ absl::Status GgufFile::Parse() {
   // Header.
   TANDEM_ASSIGN_OR_RETURN(uint32_t magic, r.Read<uint32_t>({"magic"}));
   if (magic != kMagic) {
-    return Malformed(absl::StrFormat("bad magic 0x%08x at byte offset 0, want 0x%08x (\"GGUF\")",
-                                     magic, kMagic));
+    return Malformed(
+        absl::StrFormat("bad magic 0x%08x at byte offset 0, want 0x%08x (\"GGUF\")", magic, kMagic));
   }
   TANDEM_ASSIGN_OR_RETURN(version_, r.Read<uint32_t>({"version"}));
   if (version_ == 1) {
@@ -422,21 +444,19 @@ absl::Status GgufFile::Parse() {
     const uint32_t swapped = __builtin_bswap32(version_);
     if (swapped >= 1 && swapped <= 3) {
       return Malformed(absl::StrFormat(
-          "version 0x%08x at byte offset 4 is a big-endian GGUF file, which is not supported",
-          version_));
+          "version 0x%08x at byte offset 4 is a big-endian GGUF file, which is not supported", version_));
     }
-    return Malformed(
-        absl::StrFormat("unsupported version %d at byte offset 4, want 2 or 3", version_));
+    return Malformed(absl::StrFormat("unsupported version %d at byte offset 4, want 2 or 3", version_));
   }
   TANDEM_ASSIGN_OR_RETURN(uint64_t tensor_count, r.Read<uint64_t>({"tensor count"}));
   TANDEM_ASSIGN_OR_RETURN(uint64_t kv_count, r.Read<uint64_t>({"kv count"}));
   // Both sections must fit in what follows; checking here bounds the reserves
   // below by the file size.
   if (tensor_count > r.remaining() / kMinTensorInfoBytes) {
-    return Malformed(absl::StrFormat(
-        "tensor count %d at byte offset 8 cannot fit in the remaining %d bytes (each tensor "
-        "info takes at least %d)",
-        tensor_count, r.remaining(), kMinTensorInfoBytes));
+    return Malformed(
+        absl::StrFormat("tensor count %d at byte offset 8 cannot fit in the remaining %d bytes (each tensor "
+                        "info takes at least %d)",
+                        tensor_count, r.remaining(), kMinTensorInfoBytes));
   }
   if (kv_count > (r.remaining() - tensor_count * kMinTensorInfoBytes) / kMinKvBytes) {
     return Malformed(absl::StrFormat(
@@ -453,11 +473,9 @@ absl::Status GgufFile::Parse() {
     const size_t key_at = r.pos();
     TANDEM_ASSIGN_OR_RETURN(std::string_view key, r.String({"metadata key"}));
     if (metadata_.contains(Absl(key))) {
-      return Malformed(
-          absl::StrFormat("duplicate metadata key %s at byte offset %d", Quote(key), key_at));
+      return Malformed(absl::StrFormat("duplicate metadata key %s at byte offset %d", Quote(key), key_at));
     }
-    TANDEM_ASSIGN_OR_RETURN(GgufType type,
-                            values.ReadType({"value type", -1, "metadata key", key}));
+    TANDEM_ASSIGN_OR_RETURN(GgufType type, values.ReadType({"value type", -1, "metadata key", key}));
     const size_t value_at = r.pos();
     TANDEM_ASSIGN_OR_RETURN(GgufValue value, values.Parse(type, key, -1, 0));
     if (key == "general.alignment") {
@@ -478,8 +496,7 @@ absl::Status GgufFile::Parse() {
     const size_t name_at = r.pos();
     TANDEM_ASSIGN_OR_RETURN(std::string_view name, r.String({"tensor name"}));
     if (tensor_index_.contains(Absl(name))) {
-      return Malformed(
-          absl::StrFormat("duplicate tensor name %s at byte offset %d", Quote(name), name_at));
+      return Malformed(absl::StrFormat("duplicate tensor name %s at byte offset %d", Quote(name), name_at));
     }
     GgufTensorInfo info;
     info.name.assign(name);
@@ -487,8 +504,8 @@ absl::Status GgufFile::Parse() {
     const size_t n_dims_at = r.pos();
     TANDEM_ASSIGN_OR_RETURN(uint32_t n_dims, r.Read<uint32_t>({"n_dims", -1, "tensor", name}));
     if (n_dims == 0 || n_dims > kMaxDims) {
-      return Malformed(absl::StrFormat("tensor %s has n_dims %d at byte offset %d, want 1 to %d",
-                                       Quote(name), n_dims, n_dims_at, kMaxDims));
+      return Malformed(absl::StrFormat("tensor %s has n_dims %d at byte offset %d, want 1 to %d", Quote(name),
+                                       n_dims, n_dims_at, kMaxDims));
     }
     // The element count must fit int64 (as in ggml, whose ne[] are int64).
     constexpr uint64_t kMaxElements = std::numeric_limits<int64_t>::max();
@@ -497,13 +514,13 @@ absl::Status GgufFile::Parse() {
       const size_t dim_at = r.pos();
       TANDEM_ASSIGN_OR_RETURN(uint64_t dim, r.Read<uint64_t>({"dimension", d, "tensor", name}));
       if (dim == 0) {
-        return Malformed(absl::StrFormat("dimension %d of tensor %s is 0 at byte offset %d", d,
-                                         Quote(name), dim_at));
+        return Malformed(
+            absl::StrFormat("dimension %d of tensor %s is 0 at byte offset %d", d, Quote(name), dim_at));
       }
       if (dim > kMaxElements / num_elements) {
         return Malformed(absl::StrFormat(
-            "element count of tensor %s overflows int64 at dimension %d = %d (byte offset %d)",
-            Quote(name), d, dim, dim_at));
+            "element count of tensor %s overflows int64 at dimension %d = %d (byte offset %d)", Quote(name),
+            d, dim, dim_at));
       }
       num_elements *= dim;
       info.dims.push_back(dim);
@@ -516,8 +533,8 @@ absl::Status GgufFile::Parse() {
     TANDEM_ASSIGN_OR_RETURN(info.offset, r.Read<uint64_t>({"data offset", -1, "tensor", name}));
     if (info.offset % alignment_ != 0) {
       return Malformed(absl::StrFormat(
-          "data offset %d of tensor %s at byte offset %d is not a multiple of the alignment %d",
-          info.offset, Quote(name), offset_at, alignment_));
+          "data offset %d of tensor %s at byte offset %d is not a multiple of the alignment %d", info.offset,
+          Quote(name), offset_at, alignment_));
     }
 
     const std::optional<DType> dtype = DTypeFromGgml(ggml_type);
@@ -539,10 +556,10 @@ absl::Status GgufFile::Parse() {
         case DType::kQ8_0:
           // Q8_0 quantises whole blocks of 32 along the innermost dimension.
           if (info.dims[0] % kQ8_0Block != 0) {
-            return Malformed(absl::StrFormat(
-                "tensor %s of type Q8_0 has innermost dimension %d, not a multiple of %d "
-                "(type at byte offset %d)",
-                Quote(name), info.dims[0], kQ8_0Block, type_at));
+            return Malformed(
+                absl::StrFormat("tensor %s of type Q8_0 has innermost dimension %d, not a multiple of %d "
+                                "(type at byte offset %d)",
+                                Quote(name), info.dims[0], kQ8_0Block, type_at));
           }
           info.size_bytes = num_elements / kQ8_0Block * kQ8_0BlockBytes;
           break;
@@ -614,9 +631,9 @@ absl::Status WrongType(std::string_view key, const GgufValue& v, std::string_vie
 }
 
 absl::Status OutOfRange(std::string_view key, const GgufValue& v, std::string_view want) {
-  return absl::InvalidArgumentError(absl::StrCat("gguf: metadata key ", Quote(key), " holds ",
-                                                 ValueString(v), " (", Absl(GgufTypeName(v.type)),
-                                                 "), which does not fit ", Absl(want)));
+  return absl::InvalidArgumentError(absl::StrCat("gguf: metadata key ", Quote(key), " holds ", ValueString(v),
+                                                 " (", Absl(GgufTypeName(v.type)), "), which does not fit ",
+                                                 Absl(want)));
 }
 
 }  // namespace
@@ -686,8 +703,8 @@ absl::StatusOr<std::vector<int64_t>> GgufFile::GetIntArray(std::string_view key)
   for (size_t i = 0; i < v->array.size(); ++i) {
     const std::optional<int64_t> x = AsInt(v->array[i]);
     if (!x.has_value()) {
-      return absl::InvalidArgumentError(absl::StrCat("gguf: element ", i, " of metadata key ",
-                                                     Quote(key), " holds ", v->array[i].u,
+      return absl::InvalidArgumentError(absl::StrCat("gguf: element ", i, " of metadata key ", Quote(key),
+                                                     " holds ", v->array[i].u,
                                                      " (uint64), which does not fit int64"));
     }
     out.push_back(*x);

@@ -95,15 +95,25 @@ std::string Dump(const GgufValue& v) {
     case GgufType::kUint8:
     case GgufType::kUint16:
     case GgufType::kUint32:
-    case GgufType::kUint64: absl::StrAppend(&out, ":", v.u); break;
+    case GgufType::kUint64:
+      absl::StrAppend(&out, ":", v.u);
+      break;
     case GgufType::kInt8:
     case GgufType::kInt16:
     case GgufType::kInt32:
-    case GgufType::kInt64: absl::StrAppend(&out, ":", v.i); break;
+    case GgufType::kInt64:
+      absl::StrAppend(&out, ":", v.i);
+      break;
     case GgufType::kFloat32:
-    case GgufType::kFloat64: absl::StrAppend(&out, ":", absl::StrFormat("%a", v.f)); break;
-    case GgufType::kBool: absl::StrAppend(&out, ":", v.b ? "true" : "false"); break;
-    case GgufType::kString: absl::StrAppend(&out, ":\"", v.s, "\""); break;
+    case GgufType::kFloat64:
+      absl::StrAppend(&out, ":", absl::StrFormat("%a", v.f));
+      break;
+    case GgufType::kBool:
+      absl::StrAppend(&out, ":", v.b ? "true" : "false");
+      break;
+    case GgufType::kString:
+      absl::StrAppend(&out, ":\"", v.s, "\"");
+      break;
     case GgufType::kArray: {
       absl::StrAppend(&out, "<", std::string(GgufTypeName(v.array_type)), ">[");
       for (size_t i = 0; i < v.array.size(); ++i) {
@@ -120,10 +130,13 @@ std::string Dump(const GgufValue& v) {
 // types only).
 uint64_t TensorBytes(uint32_t ggml_type, uint64_t num_elements) {
   switch (ggml_type) {
-    case kGgmlF32: return num_elements * 4;
+    case kGgmlF32:
+      return num_elements * 4;
     case kGgmlF16:
-    case kGgmlBF16: return num_elements * 2;
-    case kGgmlQ8_0: return num_elements / 32 * 34;
+    case kGgmlBF16:
+      return num_elements * 2;
+    case kGgmlQ8_0:
+      return num_elements / 32 * 34;
   }
   return 16;  // Anything, for unsupported types.
 }
@@ -240,18 +253,42 @@ class GgufWriter {
   // `key` is set for top-level values only, to record array field positions.
   void PutValue(const std::string& key, const GgufValue& v) {
     switch (v.type) {
-      case GgufType::kUint8: Put<uint8_t>(v.u); break;
-      case GgufType::kUint16: Put<uint16_t>(v.u); break;
-      case GgufType::kUint32: Put<uint32_t>(v.u); break;
-      case GgufType::kUint64: Put<uint64_t>(v.u); break;
-      case GgufType::kInt8: Put<int8_t>(v.i); break;
-      case GgufType::kInt16: Put<int16_t>(v.i); break;
-      case GgufType::kInt32: Put<int32_t>(v.i); break;
-      case GgufType::kInt64: Put<int64_t>(v.i); break;
-      case GgufType::kFloat32: Put<float>(v.f); break;
-      case GgufType::kFloat64: Put<double>(v.f); break;
-      case GgufType::kBool: Put<uint8_t>(v.b ? 1 : 0); break;
-      case GgufType::kString: PutString(v.s); break;
+      case GgufType::kUint8:
+        Put<uint8_t>(v.u);
+        break;
+      case GgufType::kUint16:
+        Put<uint16_t>(v.u);
+        break;
+      case GgufType::kUint32:
+        Put<uint32_t>(v.u);
+        break;
+      case GgufType::kUint64:
+        Put<uint64_t>(v.u);
+        break;
+      case GgufType::kInt8:
+        Put<int8_t>(v.i);
+        break;
+      case GgufType::kInt16:
+        Put<int16_t>(v.i);
+        break;
+      case GgufType::kInt32:
+        Put<int32_t>(v.i);
+        break;
+      case GgufType::kInt64:
+        Put<int64_t>(v.i);
+        break;
+      case GgufType::kFloat32:
+        Put<float>(v.f);
+        break;
+      case GgufType::kFloat64:
+        Put<double>(v.f);
+        break;
+      case GgufType::kBool:
+        Put<uint8_t>(v.b ? 1 : 0);
+        break;
+      case GgufType::kString:
+        PutString(v.s);
+        break;
       case GgufType::kArray:
         if (!key.empty()) Mark("array_type:" + key);
         Put<uint32_t>(static_cast<uint32_t>(v.array_type));
@@ -307,11 +344,9 @@ GgufWriter RichWriter(uint32_t version) {
       .Add("t.arr_i64", Arr(GgufType::kInt64, {I64(-(1ll << 40))}))
       .Add("t.arr_f64", Arr(GgufType::kFloat64, {F64(1e300), F64(-0.0)}))
       .Add("t.arr_empty", Arr(GgufType::kFloat32, {}))
-      .Add("t.nested",
-           Arr(GgufType::kArray, {Arr(GgufType::kUint32, {U32(1), U32(2)}),
-                                  Arr(GgufType::kString, {Str("x")}), Arr(GgufType::kInt8, {})}))
-      .Add("t.nested3",
-           Arr(GgufType::kArray, {Arr(GgufType::kArray, {Arr(GgufType::kBool, {Bool(true)})})}));
+      .Add("t.nested", Arr(GgufType::kArray, {Arr(GgufType::kUint32, {U32(1), U32(2)}),
+                                              Arr(GgufType::kString, {Str("x")}), Arr(GgufType::kInt8, {})}))
+      .Add("t.nested3", Arr(GgufType::kArray, {Arr(GgufType::kArray, {Arr(GgufType::kBool, {Bool(true)})})}));
   w.AddTensor("token_embd.weight", {8, 3}, kGgmlF32)
       .AddTensor("blk.0.attn_q.weight", {4, 2, 2}, kGgmlF16)
       .AddTensor("blk.0.ffn_up.weight", {64, 2}, kGgmlQ8_0)
@@ -494,11 +529,11 @@ TEST_F(GgufGetterTest, GetUint) {
   EXPECT_EQ(big, 18446744073709551615ull);
   ASSERT_OK_AND_ASSIGN(uint64_t pos, gguf_->GetUint("i64.pos"));
   EXPECT_EQ(pos, 42u);
-  EXPECT_THAT(gguf_->GetUint("i32.neg"), StatusIs(absl::StatusCode::kInvalidArgument,
-                                                  AllOf(HasSubstr("'i32.neg'"), HasSubstr("-7"))));
-  EXPECT_THAT(gguf_->GetUint("f32"), StatusIs(absl::StatusCode::kInvalidArgument,
-                                              AllOf(HasSubstr("'f32'"), HasSubstr("float32"),
-                                                    HasSubstr("unsigned integer"))));
+  EXPECT_THAT(gguf_->GetUint("i32.neg"),
+              StatusIs(absl::StatusCode::kInvalidArgument, AllOf(HasSubstr("'i32.neg'"), HasSubstr("-7"))));
+  EXPECT_THAT(gguf_->GetUint("f32"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("'f32'"), HasSubstr("float32"), HasSubstr("unsigned integer"))));
 }
 
 TEST_F(GgufGetterTest, GetInt) {
@@ -506,11 +541,10 @@ TEST_F(GgufGetterTest, GetInt) {
   EXPECT_EQ(neg, -7);
   ASSERT_OK_AND_ASSIGN(int64_t u8, gguf_->GetInt("u8"));
   EXPECT_EQ(u8, 200);
-  EXPECT_THAT(gguf_->GetInt("u64.big"),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("'u64.big'"), HasSubstr("int64"))));
-  EXPECT_THAT(gguf_->GetInt("str"), StatusIs(absl::StatusCode::kInvalidArgument,
-                                             AllOf(HasSubstr("'str'"), HasSubstr("string"))));
+  EXPECT_THAT(gguf_->GetInt("u64.big"), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                 AllOf(HasSubstr("'u64.big'"), HasSubstr("int64"))));
+  EXPECT_THAT(gguf_->GetInt("str"),
+              StatusIs(absl::StatusCode::kInvalidArgument, AllOf(HasSubstr("'str'"), HasSubstr("string"))));
 }
 
 TEST_F(GgufGetterTest, GetFloat) {
@@ -564,9 +598,9 @@ TEST_F(GgufGetterTest, ArrayGetters) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("array of float32")));
   EXPECT_THAT(gguf_->GetIntArray("nested"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("array of array")));
-  EXPECT_THAT(gguf_->GetIntArray("u64s.big"),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("element 1"), HasSubstr("'u64s.big'"))));
+  EXPECT_THAT(
+      gguf_->GetIntArray("u64s.big"),
+      StatusIs(absl::StatusCode::kInvalidArgument, AllOf(HasSubstr("element 1"), HasSubstr("'u64s.big'"))));
 }
 
 TEST_F(GgufGetterTest, MissingKeyIsNotFound) {
@@ -601,9 +635,9 @@ TEST(GgufTest, TruncationMessagesNameTheField) {
   GgufWriter w = RichWriter(3);
   const std::string file = w.Build();
   auto prefix = [&](size_t n) { return GgufFile::FromBuffer(std::string_view(file).substr(0, n)); };
-  EXPECT_THAT(prefix(0), StatusIs(absl::StatusCode::kInvalidArgument,
-                                  AllOf(HasSubstr("truncated"), HasSubstr("magic"),
-                                        HasSubstr("byte offset 0"))));
+  EXPECT_THAT(prefix(0),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("truncated"), HasSubstr("magic"), HasSubstr("byte offset 0"))));
   EXPECT_THAT(prefix(6), StatusIs(absl::StatusCode::kInvalidArgument,
                                   AllOf(HasSubstr("version"), HasSubstr("byte offset 4"))));
   EXPECT_THAT(prefix(w.data_offset() + 10),
@@ -690,9 +724,7 @@ TEST(GgufTest, EachFieldOutOfRange) {
        StatusCode::kInvalidArgument,
        {"string length 4294967295", "'general.architecture'", "byte offset"}},
       {"array type",
-       [](std::string& f, const GgufWriter& w) {
-         PatchU32(f, w.at("array_type:tokenizer.ggml.tokens"), 99);
-       },
+       [](std::string& f, const GgufWriter& w) { PatchU32(f, w.at("array_type:tokenizer.ggml.tokens"), 99); },
        StatusCode::kInvalidArgument,
        {"array element type of metadata key 'tokenizer.ggml.tokens' is 99", "byte offset"}},
       {"array length",
@@ -899,8 +931,8 @@ TEST(GgufOpenTest, MalformedFileErrorNamesThePath) {
   SmallFile f = MakeSmallFile();
   PatchU32(f.bytes, f.w.at("n_dims:b"), 7);
   const std::string path = WriteTempFile("bad.gguf", f.bytes);
-  EXPECT_THAT(GgufFile::Open(path), StatusIs(absl::StatusCode::kInvalidArgument,
-                                             AllOf(HasSubstr("n_dims 7"), HasSubstr(path))));
+  EXPECT_THAT(GgufFile::Open(path),
+              StatusIs(absl::StatusCode::kInvalidArgument, AllOf(HasSubstr("n_dims 7"), HasSubstr(path))));
   unlink(path.c_str());
 }
 
@@ -929,8 +961,7 @@ TEST(GgufOpenTest, Stories260K) {
   EXPECT_EQ(arch, "llama");
   ASSERT_OK_AND_ASSIGN(double eps, gguf->GetFloat("llama.attention.layer_norm_rms_epsilon"));
   EXPECT_FLOAT_EQ(eps, 1e-5f);
-  ASSERT_OK_AND_ASSIGN(std::vector<std::string> tokens,
-                       gguf->GetStringArray("tokenizer.ggml.tokens"));
+  ASSERT_OK_AND_ASSIGN(std::vector<std::string> tokens, gguf->GetStringArray("tokenizer.ggml.tokens"));
   ASSERT_EQ(tokens.size(), 512u);
   EXPECT_EQ(tokens[0], "<unk>");
   EXPECT_EQ(tokens[1], "<s>");

@@ -3,9 +3,8 @@
 #include <cmath>
 #include <fstream>
 #include <limits>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -66,8 +65,8 @@ absl::StatusOr<ModelConfig> ModelConfigFromHfJson(std::string_view text) {
   if (j.is_discarded()) return Bad("not valid JSON");
   if (!j.is_object()) return Bad("not a JSON object");
   std::string arch;
-  if (auto it = j.find("architectures"); it != j.end() && it->is_array() && !it->empty() &&
-                                         (*it)[0].is_string()) {
+  if (auto it = j.find("architectures");
+      it != j.end() && it->is_array() && !it->empty() && (*it)[0].is_string()) {
     arch = (*it)[0].get<std::string>();
   } else {
     return Bad("\"architectures\" is missing or not an array of strings");
@@ -76,8 +75,8 @@ absl::StatusOr<ModelConfig> ModelConfigFromHfJson(std::string_view text) {
   for (std::string_view a : kHfArchitectures) known |= arch == a;
   if (!known) {
     std::vector<std::string> names(std::begin(kHfArchitectures), std::end(kHfArchitectures));
-    return absl::UnimplementedError(absl::StrFormat("unsupported architecture '%s' (supported: %s)",
-                                                    arch, absl::StrJoin(names, ", ")));
+    return absl::UnimplementedError(
+        absl::StrFormat("unsupported architecture '%s' (supported: %s)", arch, absl::StrJoin(names, ", ")));
   }
   const bool qwen2 = arch == "Qwen2ForCausalLM";
   ModelConfig c;
@@ -93,8 +92,8 @@ absl::StatusOr<ModelConfig> ModelConfigFromHfJson(std::string_view text) {
     TANDEM_ASSIGN_OR_RETURN(c.head_dim, Count(j, "head_dim", 0));
   } else {
     if (c.dim % c.num_heads != 0) {
-      return Bad(absl::StrFormat("hidden_size %d is not a multiple of num_attention_heads %d", c.dim,
-                                 c.num_heads));
+      return Bad(
+          absl::StrFormat("hidden_size %d is not a multiple of num_attention_heads %d", c.dim, c.num_heads));
     }
     c.head_dim = c.dim / c.num_heads;
   }
@@ -136,13 +135,14 @@ absl::StatusOr<ModelConfig> ModelConfigFromHfJson(std::string_view text) {
       }
     }
     if (type != "llama3") {
-      return absl::UnimplementedError(absl::StrCat("config.json: rope_scaling type '", type,
-                                                   "' is not supported (supported: llama3)"));
+      return absl::UnimplementedError(
+          absl::StrCat("config.json: rope_scaling type '", type, "' is not supported (supported: llama3)"));
     }
     RopeScaling& s = c.rope_scaling;
     s.type = RopeScaling::Type::kLlama3;
     auto req = [&](const char* key) -> absl::StatusOr<double> {
-      if (!rs.contains(key)) return absl::NotFoundError(absl::StrCat("config.json: rope_scaling has no ", key));
+      if (!rs.contains(key))
+        return absl::NotFoundError(absl::StrCat("config.json: rope_scaling has no ", key));
       return Number(rs, key, 0);
     };
     TANDEM_ASSIGN_OR_RETURN(double factor, req("factor"));

@@ -7,10 +7,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "engine/generate.h"
 #include "gmock/gmock.h"
@@ -140,7 +139,8 @@ TEST(HfConfigTest, MalformedConfigs) {
       {with("hidden_size", -4096), absl::StatusCode::kInvalidArgument, "hidden_size = -4096"},
       {with("hidden_size", "4096"), absl::StatusCode::kInvalidArgument, "hidden_size"},
       {with("num_key_value_heads", 5), absl::StatusCode::kInvalidArgument, "not a multiple"},
-      {with("hidden_size", 4095), absl::StatusCode::kInvalidArgument, "not a multiple of num_attention_heads"},
+      {with("hidden_size", 4095), absl::StatusCode::kInvalidArgument,
+       "not a multiple of num_attention_heads"},
       {with("vocab_size", 4294967296), absl::StatusCode::kInvalidArgument, "vocab_size"},
       {with("rms_norm_eps", 0), absl::StatusCode::kInvalidArgument, "rms_norm_eps"},
       {with("rope_theta", "big"), absl::StatusCode::kInvalidArgument, "rope_theta"},
@@ -181,11 +181,11 @@ class TempDir {
 
 // A config.json with synthetic:tiny's shape.
 OJson TinyConfig(const std::string& arch, int32_t vocab_size) {
-  return {{"architectures", {arch}}, {"hidden_size", 128},        {"num_hidden_layers", 4},
-          {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"intermediate_size", 384},
-          {"vocab_size", vocab_size}, {"rms_norm_eps", 1e-5},      {"rope_theta", 10000.0},
-          {"max_position_embeddings", 2048}, {"tie_word_embeddings", true},
-          {"hidden_act", "silu"},     {"torch_dtype", "float32"}};
+  return {{"architectures", {arch}},         {"hidden_size", 128},          {"num_hidden_layers", 4},
+          {"num_attention_heads", 4},        {"num_key_value_heads", 2},    {"intermediate_size", 384},
+          {"vocab_size", vocab_size},        {"rms_norm_eps", 1e-5},        {"rope_theta", 10000.0},
+          {"max_position_embeddings", 2048}, {"tie_word_embeddings", true}, {"hidden_act", "silu"},
+          {"torch_dtype", "float32"}};
 }
 
 struct NamedWeight {
@@ -220,13 +220,18 @@ void WriteCheckpoint(const TempDir& dir, const ModelConfig& c, const LlamaWeight
   for (int32_t i = 0; i < c.num_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     const LayerWeights& l = w.layers[i];
-    for (const NamedWeight& n : std::vector<NamedWeight>{
-             {p + "input_layernorm.weight", l.attn_norm}, {p + "self_attn.q_proj.weight", l.wq},
-             {p + "self_attn.k_proj.weight", l.wk}, {p + "self_attn.v_proj.weight", l.wv},
-             {p + "self_attn.o_proj.weight", l.wo}, {p + "post_attention_layernorm.weight", l.ffn_norm},
-             {p + "mlp.gate_proj.weight", l.w_gate}, {p + "mlp.up_proj.weight", l.w_up},
-             {p + "mlp.down_proj.weight", l.w_down}, {p + "self_attn.q_proj.bias", l.bq},
-             {p + "self_attn.k_proj.bias", l.bk}, {p + "self_attn.v_proj.bias", l.bv}}) {
+    for (const NamedWeight& n : std::vector<NamedWeight>{{p + "input_layernorm.weight", l.attn_norm},
+                                                         {p + "self_attn.q_proj.weight", l.wq},
+                                                         {p + "self_attn.k_proj.weight", l.wk},
+                                                         {p + "self_attn.v_proj.weight", l.wv},
+                                                         {p + "self_attn.o_proj.weight", l.wo},
+                                                         {p + "post_attention_layernorm.weight", l.ffn_norm},
+                                                         {p + "mlp.gate_proj.weight", l.w_gate},
+                                                         {p + "mlp.up_proj.weight", l.w_up},
+                                                         {p + "mlp.down_proj.weight", l.w_down},
+                                                         {p + "self_attn.q_proj.bias", l.bq},
+                                                         {p + "self_attn.k_proj.bias", l.bk},
+                                                         {p + "self_attn.v_proj.bias", l.bv}}) {
       if (n.w.data != nullptr) named.push_back(n);
     }
   }
@@ -244,7 +249,9 @@ void WriteCheckpoint(const TempDir& dir, const ModelConfig& c, const LlamaWeight
       OJson shape = n.w.rows == 1 && (n.name.ends_with("norm.weight") || n.name.ends_with(".bias"))
                         ? OJson{n.w.cols}
                         : OJson{n.w.rows, n.w.cols};
-      header[n.name] = {{"dtype", n.w.dtype == DType::kF32 ? "F32" : n.w.dtype == DType::kF16 ? "F16" : "BF16"},
+      header[n.name] = {{"dtype", n.w.dtype == DType::kF32   ? "F32"
+                                  : n.w.dtype == DType::kF16 ? "F16"
+                                                             : "BF16"},
                         {"shape", shape},
                         {"data_offsets", {data.size(), data.size() + bytes.size()}}};
       data += bytes;
@@ -367,7 +374,9 @@ void ExpectCheckpointRoundTrips(const std::string& arch, int shards) {
   EXPECT_EQ(got.generated_token_ids, want.generated_token_ids);
 }
 
-TEST(HfCheckpointTest, LlamaCheckpointRoundTripsBitExactly) { ExpectCheckpointRoundTrips("LlamaForCausalLM", 1); }
+TEST(HfCheckpointTest, LlamaCheckpointRoundTripsBitExactly) {
+  ExpectCheckpointRoundTrips("LlamaForCausalLM", 1);
+}
 TEST(HfCheckpointTest, ShardedMistralCheckpointRoundTripsBitExactly) {
   ExpectCheckpointRoundTrips("MistralForCausalLM", 3);
 }
@@ -437,8 +446,9 @@ TEST(HfCheckpointTest, LoadModelOnDirectoryNeedsTokenizerJson) {
   for (int b = 0, next = 256; b < 256; ++b) {
     const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
     const int cp = printable ? b : next++;
-    std::string s = cp < 0x80 ? std::string(1, static_cast<char>(cp))
-                              : std::string{static_cast<char>(0xC0 | (cp >> 6)), static_cast<char>(0x80 | (cp & 0x3F))};
+    std::string s =
+        cp < 0x80 ? std::string(1, static_cast<char>(cp))
+                  : std::string{static_cast<char>(0xC0 | (cp >> 6)), static_cast<char>(0x80 | (cp & 0x3F))};
     vocab[s] = b;
   }
   dir.Write("tokenizer.json",
@@ -475,7 +485,8 @@ TEST(HfCheckpointTest, CheckpointErrorsNameTheTensor) {
   }
   {  // No config.json.
     TempDir dir;
-    EXPECT_THAT(LoadHfCheckpoint(dir.path()), StatusIs(absl::StatusCode::kNotFound, HasSubstr("config.json")));
+    EXPECT_THAT(LoadHfCheckpoint(dir.path()),
+                StatusIs(absl::StatusCode::kNotFound, HasSubstr("config.json")));
   }
 }
 

@@ -26,8 +26,8 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const ModelConfig
   }
   auto prepare = [&](const kernels::Weight& w) -> absl::StatusOr<kernels::Weight> {
     if (!backend->SupportsWeightType(w.dtype)) {
-      return absl::UnimplementedError(absl::StrFormat(
-          "backend %s does not support %s weights", backend->name(), DTypeName(w.dtype)));
+      return absl::UnimplementedError(
+          absl::StrFormat("backend %s does not support %s weights", backend->name(), DTypeName(w.dtype)));
     }
     return backend->PrepareWeight(w);
   };
@@ -61,9 +61,9 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const ModelConfig
         if (config.attention_bias) return absl::InvalidArgumentError("llama: attention bias missing");
         continue;
       }
-      if (host_bias[i]->dtype != DType::kF32 || host_bias[i]->rows != 1 ||
-          host_bias[i]->cols != widths[i]) {
-        return absl::InvalidArgumentError("llama: attention bias must be an F32 vector of the projection width");
+      if (host_bias[i]->dtype != DType::kF32 || host_bias[i]->rows != 1 || host_bias[i]->cols != widths[i]) {
+        return absl::InvalidArgumentError(
+            "llama: attention bias must be an F32 vector of the projection width");
       }
       TANDEM_ASSIGN_OR_RETURN(*bias[i], prepare(*host_bias[i]));
     }
@@ -87,8 +87,8 @@ absl::Status LlamaModel::EnsureWorkspace(int64_t rows) {
     float** ptr;
     int64_t width;
   };
-  const Buf bufs[] = {{&x_, c.dim},    {&xb_, c.dim},      {&q_, q_dim},
-                      {&k_, kv_dim},   {&v_, kv_dim},      {&att_, q_dim},
+  const Buf bufs[] = {{&x_, c.dim},        {&xb_, c.dim},     {&q_, q_dim},
+                      {&k_, kv_dim},       {&v_, kv_dim},     {&att_, q_dim},
                       {&gate_, c.ffn_dim}, {&up_, c.ffn_dim}, {&logits_, c.vocab_size}};
   for (const Buf& b : bufs) {
     if (*b.ptr != nullptr) backend_->Free(*b.ptr);
@@ -120,8 +120,8 @@ absl::Status LlamaModel::Validate(const ForwardBatch& b, const kernels::KvCacheV
           "llama: token id %d at row %d outside vocabulary of %d", b.tokens[r], r, config_.vocab_size));
     }
     if (b.positions[r] < 0 || b.positions[r] >= config_.context_length) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "llama: position %d outside context length %d", b.positions[r], config_.context_length));
+      return absl::InvalidArgumentError(absl::StrFormat("llama: position %d outside context length %d",
+                                                        b.positions[r], config_.context_length));
     }
     if (b.slots[r] < 0 || b.slots[r] >= num_slots) {
       return absl::InvalidArgumentError(absl::StrFormat("llama: KV slot %d out of range", b.slots[r]));
@@ -129,8 +129,7 @@ absl::Status LlamaModel::Validate(const ForwardBatch& b, const kernels::KvCacheV
   }
   size_t covered = 0;
   for (const kernels::AttentionSequence& s : b.sequences) {
-    const int64_t blocks_needed =
-        (int64_t{s.context_len} + kv.layout.block_size - 1) / kv.layout.block_size;
+    const int64_t blocks_needed = (int64_t{s.context_len} + kv.layout.block_size - 1) / kv.layout.block_size;
     if (s.num_queries <= 0 || s.context_len < s.num_queries || s.query_start < 0 ||
         static_cast<size_t>(s.query_start) + s.num_queries > rows ||
         static_cast<int64_t>(s.block_table.size()) < blocks_needed) {
@@ -152,8 +151,7 @@ absl::Status LlamaModel::Validate(const ForwardBatch& b, const kernels::KvCacheV
   return absl::OkStatus();
 }
 
-absl::Status LlamaModel::Forward(const ForwardBatch& b, const kernels::KvCacheView& kv,
-                                 float* host_logits) {
+absl::Status LlamaModel::Forward(const ForwardBatch& b, const kernels::KvCacheView& kv, float* host_logits) {
   TANDEM_RETURN_IF_ERROR(Validate(b, kv));
   const ModelConfig& c = config_;
   const int64_t rows = static_cast<int64_t>(b.tokens.size());

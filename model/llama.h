@@ -48,12 +48,10 @@ class LlamaModel {
   // Runs the batch and writes logits_rows.size() x vocab_size floats to
   // `host_logits` (host memory). InvalidArgument on malformed batches (token
   // ids or positions out of range, inconsistent lengths).
-  absl::Status Forward(const ForwardBatch& batch, const kernels::KvCacheView& kv,
-                       float* host_logits);
+  absl::Status Forward(const ForwardBatch& batch, const kernels::KvCacheView& kv, float* host_logits);
 
  private:
-  LlamaModel(const ModelConfig& config, kernels::Backend* backend)
-      : config_(config), backend_(backend) {}
+  LlamaModel(const ModelConfig& config, kernels::Backend* backend) : config_(config), backend_(backend) {}
   absl::Status EnsureWorkspace(int64_t rows);
   absl::Status Validate(const ForwardBatch& batch, const kernels::KvCacheView& kv) const;
 
@@ -65,14 +63,14 @@ class LlamaModel {
 
   // Activation buffers in backend memory, sized for workspace_rows_ rows.
   int64_t workspace_rows_ = 0;
-  float* x_ = nullptr;     // [rows][dim] residual stream
-  float* xb_ = nullptr;    // [rows][dim]
-  float* q_ = nullptr;     // [rows][heads * head_dim]
-  float* k_ = nullptr;     // [rows][kv_heads * head_dim]
-  float* v_ = nullptr;     // [rows][kv_heads * head_dim]
-  float* att_ = nullptr;   // [rows][heads * head_dim]
-  float* gate_ = nullptr;  // [rows][ffn]
-  float* up_ = nullptr;    // [rows][ffn]
+  float* x_ = nullptr;       // [rows][dim] residual stream
+  float* xb_ = nullptr;      // [rows][dim]
+  float* q_ = nullptr;       // [rows][heads * head_dim]
+  float* k_ = nullptr;       // [rows][kv_heads * head_dim]
+  float* v_ = nullptr;       // [rows][kv_heads * head_dim]
+  float* att_ = nullptr;     // [rows][heads * head_dim]
+  float* gate_ = nullptr;    // [rows][ffn]
+  float* up_ = nullptr;      // [rows][ffn]
   float* logits_ = nullptr;  // [rows][vocab]
 };
 

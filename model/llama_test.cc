@@ -248,8 +248,7 @@ TEST(RopeFreqFactorsTest, CreateNeedsTheBackendOp) {
 }
 
 TEST(LoaderTest, ErrorsNameTheProblem) {
-  EXPECT_THAT(LoadModel("synthetic:huge").status(),
-              StatusIs(absl::StatusCode::kNotFound, HasSubstr("tiny")));
+  EXPECT_THAT(LoadModel("synthetic:huge").status(), StatusIs(absl::StatusCode::kNotFound, HasSubstr("tiny")));
   EXPECT_THAT(LoadModel("/nonexistent/model.gguf").status(),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("/nonexistent/model.gguf")));
 }

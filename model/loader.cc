@@ -1,11 +1,10 @@
 #include "model/loader.h"
 
 #include <sys/stat.h>
+#include <xxhash.h>
 
 #include <fstream>
 #include <sstream>
-
-#include <xxhash.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -49,8 +48,8 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadHfCheckpoint(std::string_view d
   std::string base = dir;
   while (base.size() > 1 && base.back() == '/') base.pop_back();
   if (size_t slash = base.rfind('/'); slash != std::string::npos) base = base.substr(slash + 1);
-  m->config.model_id = absl::StrFormat("hf:%s:%dx%dx%dx%d:%016x", base, m->config.num_layers,
-                                       m->config.dim, m->config.ffn_dim, m->config.vocab_size, digest);
+  m->config.model_id = absl::StrFormat("hf:%s:%dx%dx%dx%d:%016x", base, m->config.num_layers, m->config.dim,
+                                       m->config.ffn_dim, m->config.vocab_size, digest);
   return m;
 }
 
@@ -83,14 +82,15 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(std::string_view spec) {
       if (m->tokenizer->vocab_size() > config.vocab_size) {
         // Grow the embedding to the tokenizer's vocabulary (same shape otherwise).
         config.vocab_size = m->tokenizer->vocab_size();
-        TANDEM_ASSIGN_OR_RETURN(m->synthetic_model,
-                                CreateSyntheticModelFromConfig(config, m->synthetic_model->weights.token_embd.dtype));
+        TANDEM_ASSIGN_OR_RETURN(
+            m->synthetic_model,
+            CreateSyntheticModelFromConfig(config, m->synthetic_model->weights.token_embd.dtype));
       }
       std::string base = tokenizer_dir;
       while (base.size() > 1 && base.back() == '/') base.pop_back();
       if (size_t slash = base.rfind('/'); slash != std::string::npos) base = base.substr(slash + 1);
-      m->synthetic_model->config.model_id = absl::StrCat(config.model_id, ",tokenizer=", base, ":",
-                                                         m->synthetic_model->config.vocab_size);
+      m->synthetic_model->config.model_id =
+          absl::StrCat(config.model_id, ",tokenizer=", base, ":", m->synthetic_model->config.vocab_size);
     }
     m->config = m->synthetic_model->config;
     m->weights = m->synthetic_model->weights;
@@ -101,9 +101,9 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(std::string_view spec) {
     TANDEM_ASSIGN_OR_RETURN(auto checkpoint, LoadHfCheckpoint(spec));
     TANDEM_ASSIGN_OR_RETURN(HfTokenizer hf, LoadHfTokenizer(spec));
     if (hf.tokenizer->vocab_size() > checkpoint->config.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "model directory ", m->spec, ": tokenizer.json has ", hf.tokenizer->vocab_size(),
-          " tokens but the embedding has ", checkpoint->config.vocab_size, " rows"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("model directory ", m->spec, ": tokenizer.json has ", hf.tokenizer->vocab_size(),
+                       " tokens but the embedding has ", checkpoint->config.vocab_size, " rows"));
     }
     checkpoint->tokenizer = std::move(hf.tokenizer);
     checkpoint->chat_template = std::move(hf.chat_template);
@@ -117,9 +117,9 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(std::string_view spec) {
     TANDEM_ASSIGN_OR_RETURN(m->chat_template, m->gguf->GetString("tokenizer.chat_template"));
   }
   if (m->tokenizer->vocab_size() != m->config.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "gguf: tokenizer has ", m->tokenizer->vocab_size(), " tokens but token_embd.weight has ",
-        m->config.vocab_size, " rows"));
+    return absl::InvalidArgumentError(absl::StrCat("gguf: tokenizer has ", m->tokenizer->vocab_size(),
+                                                   " tokens but token_embd.weight has ", m->config.vocab_size,
+                                                   " rows"));
   }
   return m;
 }

@@ -1,10 +1,10 @@
 #include "model/model_config.h"
 
+#include <xxhash.h>
+
 #include <cmath>
 #include <limits>
 #include <numbers>
-
-#include <xxhash.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -26,7 +26,8 @@ absl::StatusOr<int32_t> GetCount(const GgufFile& gguf, const std::string& key) {
 
 absl::Status ModelConfig::Validate() const {
   auto positive = [](const char* name, int64_t v) -> absl::Status {
-    if (v <= 0) return absl::InvalidArgumentError(absl::StrCat("model config: ", name, " = ", v, " must be positive"));
+    if (v <= 0)
+      return absl::InvalidArgumentError(absl::StrCat("model config: ", name, " = ", v, " must be positive"));
     return absl::OkStatus();
   };
   TANDEM_RETURN_IF_ERROR(positive("vocab_size", vocab_size));
@@ -87,8 +88,8 @@ absl::StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& gguf) {
   ModelConfig c;
   TANDEM_ASSIGN_OR_RETURN(c.architecture, gguf.GetString("general.architecture"));
   if (c.architecture != "llama") {
-    return absl::UnimplementedError(absl::StrFormat(
-        "unsupported architecture '%s' (supported: llama)", c.architecture));
+    return absl::UnimplementedError(
+        absl::StrFormat("unsupported architecture '%s' (supported: llama)", c.architecture));
   }
   const std::string a = c.architecture + ".";
   TANDEM_ASSIGN_OR_RETURN(c.dim, GetCount(gguf, a + "embedding_length"));
@@ -100,8 +101,8 @@ absl::StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& gguf) {
     TANDEM_ASSIGN_OR_RETURN(c.num_kv_heads, GetCount(gguf, a + "attention.head_count_kv"));
   }
   if (c.dim % c.num_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "gguf: embedding_length %d is not a multiple of head_count %d", c.dim, c.num_heads));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("gguf: embedding_length %d is not a multiple of head_count %d", c.dim, c.num_heads));
   }
   c.head_dim = c.dim / c.num_heads;
   c.rope_dims = c.head_dim;

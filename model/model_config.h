@@ -31,13 +31,13 @@ struct ModelConfig {
   // the GGUF's general.name plus its shape, or "synthetic:<preset>".
   std::string model_id;
   int32_t vocab_size = 0;
-  int32_t dim = 0;          // embedding_length
-  int32_t num_layers = 0;   // block_count
+  int32_t dim = 0;         // embedding_length
+  int32_t num_layers = 0;  // block_count
   int32_t num_heads = 0;
   int32_t num_kv_heads = 0;
-  int32_t head_dim = 0;     // dim / num_heads
-  int32_t ffn_dim = 0;      // feed_forward_length
-  int32_t rope_dims = 0;    // rope.dimension_count; Default: head_dim
+  int32_t head_dim = 0;             // dim / num_heads
+  int32_t ffn_dim = 0;              // feed_forward_length
+  int32_t rope_dims = 0;            // rope.dimension_count; Default: head_dim
   float rope_freq_base = 10000.0f;  // rope.freq_base; llama.cpp's default
   float rms_eps = 1e-5f;            // attention.layer_norm_rms_epsilon
   int32_t context_length = 2048;

@@ -6,9 +6,8 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/memory/memory.h"
@@ -209,12 +208,12 @@ absl::Status SafetensorsFile::Parse() {
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | bytes_[i];
   if (n > size_ - 8) {
-    return Malformed(kWhat, absl::StrFormat("header length %d at byte 0 exceeds the %d bytes after it",
-                                            n, size_ - 8));
+    return Malformed(
+        kWhat, absl::StrFormat("header length %d at byte 0 exceeds the %d bytes after it", n, size_ - 8));
   }
   if (n > kMaxHeaderSize) {
-    return Malformed(kWhat, absl::StrFormat("header length %d at byte 0 exceeds the limit of %d", n,
-                                            kMaxHeaderSize));
+    return Malformed(
+        kWhat, absl::StrFormat("header length %d at byte 0 exceeds the limit of %d", n, kMaxHeaderSize));
   }
   header_size_ = n;
   const std::string_view text(reinterpret_cast<const char*>(bytes_ + 8), n);
@@ -231,8 +230,8 @@ absl::Status SafetensorsFile::Parse() {
       }
       for (auto& [mk, mv] : value.items()) {
         if (!mv.is_string()) {
-          return Malformed(kWhat, absl::StrCat("__metadata__ value ", Quote(mk), " is a ",
-                                               TypeName(mv), ", not a string"));
+          return Malformed(kWhat, absl::StrCat("__metadata__ value ", Quote(mk), " is a ", TypeName(mv),
+                                               ", not a string"));
         }
         metadata_[mk] = mv.get<std::string>();
       }
@@ -281,14 +280,13 @@ absl::Status SafetensorsFile::Parse() {
     t.num_elements = numel;
     uint64_t bytes = 0;
     if (__builtin_mul_overflow(numel, info->bytes, &bytes)) {
-      return Malformed(kWhat, absl::StrCat(where, ": byte size of ", numel, " elements of ",
-                                           info->name, " overflows"));
+      return Malformed(
+          kWhat, absl::StrCat(where, ": byte size of ", numel, " elements of ", info->name, " overflows"));
     }
     // data_offsets
     auto off = value.find("data_offsets");
     if (off == value.end()) return Malformed(kWhat, absl::StrCat(where, " has no data_offsets"));
-    if (!off->is_array() || off->size() != 2 || !AsUint((*off)[0], &t.begin) ||
-        !AsUint((*off)[1], &t.end)) {
+    if (!off->is_array() || off->size() != 2 || !AsUint((*off)[0], &t.begin) || !AsUint((*off)[1], &t.end)) {
       return Malformed(kWhat, absl::StrCat(where, ": data_offsets ", Dump(*off),
                                            " is not [begin, end] of non-negative integers"));
     }
@@ -296,15 +294,15 @@ absl::Status SafetensorsFile::Parse() {
       return Malformed(kWhat, absl::StrFormat("%s: data_offsets begin %d > end %d", where, t.begin, t.end));
     }
     if (t.end > data_size) {
-      return Malformed(kWhat, absl::StrFormat(
-          "%s: data_offsets end %d (file byte %d) is past the %d-byte data section", where, t.end,
-          8 + n + t.end, data_size));
+      return Malformed(
+          kWhat, absl::StrFormat("%s: data_offsets end %d (file byte %d) is past the %d-byte data section",
+                                 where, t.end, 8 + n + t.end, data_size));
     }
     t.size_bytes = t.end - t.begin;
     if (t.size_bytes != bytes) {
-      return Malformed(kWhat, absl::StrFormat(
-          "%s: data_offsets [%d, %d] hold %d bytes but shape and dtype %s need %d", where, t.begin,
-          t.end, t.size_bytes, info->name, bytes));
+      return Malformed(
+          kWhat, absl::StrFormat("%s: data_offsets [%d, %d] hold %d bytes but shape and dtype %s need %d",
+                                 where, t.begin, t.end, t.size_bytes, info->name, bytes));
     }
     t.data = t.size_bytes > 0 ? data + t.begin : nullptr;
     tensors_.push_back(std::move(t));
@@ -316,9 +314,10 @@ absl::Status SafetensorsFile::Parse() {
     const SafetensorsTensor& prev = tensors_[i - 1];
     const SafetensorsTensor& t = tensors_[i];
     if (t.begin < prev.end) {
-      return Malformed(kWhat, absl::StrFormat(
-          "tensor %s data_offsets [%d, %d] overlap tensor %s [%d, %d] (file byte %d)", Quote(t.name),
-          t.begin, t.end, Quote(prev.name), prev.begin, prev.end, 8 + n + t.begin));
+      return Malformed(
+          kWhat, absl::StrFormat("tensor %s data_offsets [%d, %d] overlap tensor %s [%d, %d] (file byte %d)",
+                                 Quote(t.name), t.begin, t.end, Quote(prev.name), prev.begin, prev.end,
+                                 8 + n + t.begin));
     }
   }
   for (size_t i = 0; i < tensors_.size(); ++i) index_.emplace(tensors_[i].name, i);
@@ -336,7 +335,8 @@ namespace {
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ParseIndex(std::string_view text) {
   constexpr std::string_view kWhat = "safetensors index";
   TANDEM_ASSIGN_OR_RETURN(Json root, ParseJson(text, 0, kWhat));
-  if (!root.is_object()) return Malformed(kWhat, absl::StrCat("is a JSON ", TypeName(root), ", not an object"));
+  if (!root.is_object())
+    return Malformed(kWhat, absl::StrCat("is a JSON ", TypeName(root), ", not an object"));
   auto wm = root.find("weight_map");
   if (wm == root.end()) return Malformed(kWhat, "has no weight_map");
   if (!wm->is_object()) {
@@ -373,8 +373,8 @@ absl::Status SafetensorsCheckpoint::AddFile(std::unique_ptr<SafetensorsFile> fil
                                             const std::string& file_name) {
   for (const SafetensorsTensor& t : file->tensors()) {
     if (!index_.emplace(t.name, &t).second) {
-      return absl::InvalidArgumentError(absl::StrCat("safetensors: tensor ", Quote(t.name), " in ",
-                                                     file_name, " is also in another shard"));
+      return absl::InvalidArgumentError(absl::StrCat("safetensors: tensor ", Quote(t.name), " in ", file_name,
+                                                     " is also in another shard"));
     }
   }
   files_.push_back(std::move(file));
@@ -421,7 +421,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> SafetensorsCheckpoint::Op
     TANDEM_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(index_path));
     auto entries = ParseIndex(text);
     if (!entries.ok()) {
-      return absl::Status(entries.status().code(), absl::StrCat(index_path, ": ", entries.status().message()));
+      return absl::Status(entries.status().code(),
+                          absl::StrCat(index_path, ": ", entries.status().message()));
     }
     std::vector<std::pair<std::string, std::unique_ptr<SafetensorsFile>>> shards;
     absl::flat_hash_set<std::string> opened;
@@ -438,8 +439,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> SafetensorsCheckpoint::Op
   }
   const std::string single = path + "/model.safetensors";
   if (::stat(single.c_str(), &st) == 0) return Open(single);
-  return absl::NotFoundError(absl::StrCat("safetensors: ", path,
-                                          " holds neither model.safetensors.index.json nor model.safetensors"));
+  return absl::NotFoundError(absl::StrCat(
+      "safetensors: ", path, " holds neither model.safetensors.index.json nor model.safetensors"));
 }
 
 const SafetensorsTensor* SafetensorsCheckpoint::FindTensor(std::string_view name) const {

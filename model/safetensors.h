@@ -48,14 +48,14 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
-#include "common/mapped_file.h"
 #include "common/dtype.h"
+#include "common/mapped_file.h"
 
 namespace tandem::model {
 
 struct SafetensorsTensor {
   std::string name;
-  std::string dtype_name;     // as in the file: "BF16", "F32", "I64", ...
+  std::string dtype_name;      // as in the file: "BF16", "F32", "I64", ...
   std::optional<DType> dtype;  // set for F32, F16, BF16
   // Row-major, outermost first (PyTorch order): a Linear weight is [out, in].
   std::vector<int64_t> shape;
@@ -63,7 +63,7 @@ struct SafetensorsTensor {
   // data_offsets as in the file, relative to the data section.
   uint64_t begin = 0;
   uint64_t end = 0;
-  uint64_t size_bytes = 0;      // end - begin
+  uint64_t size_bytes = 0;        // end - begin
   const uint8_t* data = nullptr;  // into the file's bytes; nullptr when size_bytes == 0
 };
 

@@ -6,10 +6,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -49,7 +48,8 @@ std::string Serialize(const std::vector<Tensor>& tensors, const OJson& metadata 
   if (!metadata.is_null()) header["__metadata__"] = metadata;
   std::string data;
   for (const Tensor& t : tensors) {
-    header[t.name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {data.size(), data.size() + t.data.size()}}};
+    header[t.name] = {
+        {"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {data.size(), data.size() + t.data.size()}}};
     data += t.data;
   }
   return FileBytes(header.dump(), data);
@@ -228,7 +228,8 @@ TEST(SafetensorsTest, MalformedHeadersGiveTheRightError) {
       {R"({"t": {"dtype": "F32", "shape": 4, "data_offsets": [0, 16]}})", d16, "shape is a number"},
       {R"({"t": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}})", d16, "dimension 0 (-4)"},
       {R"({"t": {"dtype": "F32", "shape": [2, 1.5], "data_offsets": [0, 16]}})", d16, "dimension 1 (1.5)"},
-      {R"({"t": {"dtype": "F32", "shape": ["4"], "data_offsets": [0, 16]}})", d16, "not a non-negative integer"},
+      {R"({"t": {"dtype": "F32", "shape": ["4"], "data_offsets": [0, 16]}})", d16,
+       "not a non-negative integer"},
       {R"({"t": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 16]}})", d16,
        "element count overflows at dimension 1"},
       {R"({"t": {"dtype": "F32", "shape": [9223372036854775808], "data_offsets": [0, 16]}})", d16,
@@ -240,8 +241,7 @@ TEST(SafetensorsTest, MalformedHeadersGiveTheRightError) {
       {R"({"t": {"dtype": "F32", "shape": [4], "data_offsets": [0, -16]}})", d16, "not [begin, end]"},
       {R"({"t": {"dtype": "F32", "shape": [4], "data_offsets": {"a": 1}}})", d16, "not [begin, end]"},
       {R"({"t": {"dtype": "F32", "shape": [0], "data_offsets": [8, 4]}})", d16, "begin 8 > end 4"},
-      {R"({"t": {"dtype": "F32", "shape": [4], "data_offsets": [0, 17]}})", d16,
-       "end 17 (file byte"},
+      {R"({"t": {"dtype": "F32", "shape": [4], "data_offsets": [0, 17]}})", d16, "end 17 (file byte"},
       {R"({"t": {"dtype": "F32", "shape": [4], "data_offsets": [0, 18446744073709551615]}})", d16,
        "past the 16-byte data section"},
       {R"({"t": {"dtype": "F32", "shape": [3], "data_offsets": [0, 16]}})", d16,
@@ -274,25 +274,25 @@ TEST(SafetensorsTest, HeaderLengthChecks) {
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("header length 9 at byte 0"), HasSubstr("exceeds"))));
   std::string huge(8, '\xff');
-  EXPECT_THAT(SafetensorsFile::FromBuffer(huge), StatusIs(absl::StatusCode::kInvalidArgument,
-                                                          HasSubstr("header length")));
+  EXPECT_THAT(SafetensorsFile::FromBuffer(huge),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("header length")));
   // An empty header object and trailing padding are fine.
   ASSERT_OK_AND_ASSIGN(auto f, SafetensorsFile::FromBuffer(FileBytes("{}", "")));
   EXPECT_TRUE(f->tensors().empty());
 }
 
 TEST(SafetensorsTest, UnsupportedDtypeIsUnimplementedOnUse) {
-  const std::string bytes = Serialize({{"position_ids", "I64", {2}, Pattern(16, 1)},
-                                       {"w", "F32", {1}, Pattern(4, 2)}});
+  const std::string bytes =
+      Serialize({{"position_ids", "I64", {2}, Pattern(16, 1)}, {"w", "F32", {1}, Pattern(4, 2)}});
   ASSERT_OK_AND_ASSIGN(auto file, SafetensorsFile::FromBuffer(bytes));
   std::vector<std::pair<std::string, std::unique_ptr<SafetensorsFile>>> shards;
   shards.emplace_back("m.safetensors", std::move(file));
   ASSERT_OK_AND_ASSIGN(auto ckpt, SafetensorsCheckpoint::FromIndex(
                                       R"({"weight_map": {"w": "m.safetensors"}})", std::move(shards)));
   EXPECT_OK(ckpt->GetTensor("w"));
-  EXPECT_THAT(ckpt->GetTensor("position_ids"),
-              StatusIs(absl::StatusCode::kUnimplemented,
-                       AllOf(HasSubstr("'position_ids'"), HasSubstr("I64"))));
+  EXPECT_THAT(
+      ckpt->GetTensor("position_ids"),
+      StatusIs(absl::StatusCode::kUnimplemented, AllOf(HasSubstr("'position_ids'"), HasSubstr("I64"))));
 }
 
 TEST(SafetensorsTest, HolesBetweenTensorsAreAllowed) {

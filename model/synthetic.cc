@@ -1,14 +1,13 @@
 #include "model/synthetic.h"
 
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <cmath>
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
-#include <xxhash.h>
+#include <sstream>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -72,11 +71,11 @@ Vocabulary BuildVocabulary(int32_t vocab_size) {
   add_piece(space);
   for (char c = 33; c < 127; ++c) add_piece(std::string(1, c));
   static const char* kWords[] = {
-      "the", "and", "was", "to", "a", "he", "she", "it", "they", "said", "day", "time",
-      "once", "upon", "there", "little", "big", "girl", "boy", "named", "play", "happy",
-      "friend", "dog", "cat", "sun", "tree", "park", "ball", "mom", "dad", "went", "saw",
-      "loved", "wanted", "with", "in", "on", "of", "for", "is", "you", "we", "that", "his",
-      "her", "had", "so", "very", "one", "red", "blue", "green", "home", "fun", "good"};
+      "the",  "and",  "was",   "to",     "a",     "he",   "she", "it",    "they", "said",  "day",    "time",
+      "once", "upon", "there", "little", "big",   "girl", "boy", "named", "play", "happy", "friend", "dog",
+      "cat",  "sun",  "tree",  "park",   "ball",  "mom",  "dad", "went",  "saw",  "loved", "wanted", "with",
+      "in",   "on",   "of",    "for",    "is",    "you",  "we",  "that",  "his",  "her",   "had",    "so",
+      "very", "one",  "red",   "blue",   "green", "home", "fun", "good"};
   for (const char* w : kWords) {
     std::string word = space + w;
     for (size_t n = space.size() + 1; n <= word.size(); ++n) add_piece(word.substr(0, n));
@@ -118,8 +117,8 @@ absl::StatusOr<std::unique_ptr<SyntheticModel>> CreateSyntheticModel(std::string
       if (*it == "float16") dtype = DType::kF16;
     }
     config->model_id = absl::StrFormat("synthetic:config:%s:%dx%dx%dx%d:%016x", config->architecture,
-                                       config->num_layers, config->dim, config->ffn_dim,
-                                       config->vocab_size, XXH3_64bits(text.data(), text.size()));
+                                       config->num_layers, config->dim, config->ffn_dim, config->vocab_size,
+                                       XXH3_64bits(text.data(), text.size()));
     return CreateSyntheticModelFromConfig(*config, dtype);
   }
   const Preset* preset = nullptr;
@@ -127,9 +126,9 @@ absl::StatusOr<std::unique_ptr<SyntheticModel>> CreateSyntheticModel(std::string
     if (name == p.name) preset = &p;
   }
   if (preset == nullptr) {
-    return absl::NotFoundError(absl::StrFormat(
-        "unknown synthetic model '%s' (presets: %s, or config=PATH/config.json)", name,
-        absl::StrJoin(SyntheticPresets(), ", ")));
+    return absl::NotFoundError(
+        absl::StrFormat("unknown synthetic model '%s' (presets: %s, or config=PATH/config.json)", name,
+                        absl::StrJoin(SyntheticPresets(), ", ")));
   }
   ModelConfig c;
   c.model_id = absl::StrCat("synthetic:", preset->name);
@@ -158,16 +157,16 @@ absl::StatusOr<std::unique_ptr<SyntheticModel>> CreateSyntheticModelFromConfig(c
   // The vocabulary is built token by token: refuse absurd sizes up front.
   constexpr int32_t kMaxVocab = 1 << 22;
   if (config.vocab_size > kMaxVocab) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "synthetic: vocab_size %d exceeds %d", config.vocab_size, kMaxVocab));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("synthetic: vocab_size %d exceeds %d", config.vocab_size, kMaxVocab));
   }
   auto m = std::make_unique<SyntheticModel>();
   m->vocabulary = BuildVocabulary(config.vocab_size);
   const int32_t built_in = static_cast<int32_t>(m->vocabulary.tokens.size());
   if (config.vocab_size != 0 && config.vocab_size < built_in) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "synthetic: vocab_size %d is smaller than the built-in vocabulary of %d tokens",
-        config.vocab_size, built_in));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("synthetic: vocab_size %d is smaller than the built-in vocabulary of %d tokens",
+                        config.vocab_size, built_in));
   }
   if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
     return absl::InvalidArgumentError("synthetic: weights must be F32, F16 or BF16");
@@ -183,14 +182,15 @@ absl::StatusOr<std::unique_ptr<SyntheticModel>> CreateSyntheticModelFromConfig(c
     const double q = static_cast<double>(c.num_heads) * c.head_dim;
     const double kv = static_cast<double>(c.num_kv_heads) * c.head_dim;
     const double dim = c.dim;
-    const double params = static_cast<double>(c.vocab_size) * dim * (tied ? 1 : 2) +
-                          static_cast<double>(c.num_layers) * (dim * (2 * q + 2 * kv) + 3.0 * dim * c.ffn_dim);
-    const double physical = static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
-                            static_cast<double>(sysconf(_SC_PAGESIZE));
+    const double params =
+        static_cast<double>(c.vocab_size) * dim * (tied ? 1 : 2) +
+        static_cast<double>(c.num_layers) * (dim * (2 * q + 2 * kv) + 3.0 * dim * c.ffn_dim);
+    const double physical =
+        static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE));
     if (params * static_cast<double>(DTypeBytes(dtype, 1)) > physical) {
       return absl::ResourceExhaustedError(absl::StrFormat(
-          "synthetic: %s has %.0f parameters, more than fit this machine's %.0f bytes of memory",
-          c.model_id, params, physical));
+          "synthetic: %s has %.0f parameters, more than fit this machine's %.0f bytes of memory", c.model_id,
+          params, physical));
     }
   }
 
@@ -233,17 +233,17 @@ absl::StatusOr<std::unique_ptr<SyntheticModel>> CreateSyntheticModelFromConfig(c
   for (const Spec& s : specs) {
     offsets.push_back(total);
     if (s.rows * s.cols > (int64_t{1} << 40)) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "synthetic: a %d x %d weight of %s is too large", s.rows, s.cols, c.model_id));
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("synthetic: a %d x %d weight of %s is too large", s.rows, s.cols, c.model_id));
     }
     total += (DTypeBytes(s.bias ? DType::kF32 : dtype, s.rows * s.cols) + 63) / 64 * 64;
   }
-  const uint64_t physical = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
-                            static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t physical =
+      static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   if (total > physical) {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "synthetic: %s needs %d bytes of weights, more than this machine's %d bytes of memory",
-        c.model_id, total, physical));
+        "synthetic: %s needs %d bytes of weights, more than this machine's %d bytes of memory", c.model_id,
+        total, physical));
   }
   m->storage.resize(total);
   ThreadPool pool(ThreadPool::Options{});

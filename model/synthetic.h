@@ -32,8 +32,8 @@ namespace tandem::model {
 struct SyntheticModel {
   ModelConfig config;
   Vocabulary vocabulary;
-  LlamaWeights weights;              // views into `storage`
-  std::vector<uint8_t> storage;      // every weight, owned
+  LlamaWeights weights;          // views into `storage`
+  std::vector<uint8_t> storage;  // every weight, owned
 };
 
 // Names of the presets: "tiny", "llama-1b", "llama-8b", "qwen2-0.5b".

@@ -9,9 +9,12 @@ size_t TextStream::CompletePrefix(const std::string& bytes) {
     const unsigned char c = static_cast<unsigned char>(bytes[n - back]);
     if ((c & 0xC0) == 0x80) continue;  // continuation byte: keep looking
     size_t need = 0;
-    if ((c & 0xE0) == 0xC0) need = 2;
-    else if ((c & 0xF0) == 0xE0) need = 3;
-    else if ((c & 0xF8) == 0xF0) need = 4;
+    if ((c & 0xE0) == 0xC0)
+      need = 2;
+    else if ((c & 0xF0) == 0xE0)
+      need = 3;
+    else if ((c & 0xF8) == 0xF0)
+      need = 4;
     // ASCII or invalid lead: nothing to wait for. A lead byte whose sequence
     // is still short: hold it and its continuations back.
     return (need > back) ? n - back : n;
@@ -28,10 +31,14 @@ std::string TextStream::ToValidUtf8(std::string_view bytes) {
     const unsigned char c = static_cast<unsigned char>(bytes[i]);
     size_t len = 0;
     uint32_t min = 0;
-    if (c < 0x80) len = 1;
-    else if ((c & 0xE0) == 0xC0) len = 2, min = 0x80;
-    else if ((c & 0xF0) == 0xE0) len = 3, min = 0x800;
-    else if ((c & 0xF8) == 0xF0) len = 4, min = 0x10000;
+    if (c < 0x80)
+      len = 1;
+    else if ((c & 0xE0) == 0xC0)
+      len = 2, min = 0x80;
+    else if ((c & 0xF0) == 0xE0)
+      len = 3, min = 0x800;
+    else if ((c & 0xF8) == 0xF0)
+      len = 4, min = 0x10000;
     bool ok = len > 0 && i + len <= bytes.size();
     uint32_t cp = len == 1 ? c : (c & (0x7F >> len));
     for (size_t k = 1; ok && k < len; ++k) {

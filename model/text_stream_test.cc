@@ -11,7 +11,9 @@ namespace {
 
 std::unique_ptr<Tokenizer> ByteTokenizer() {
   Vocabulary v;
-  v.tokens = {"<unk>", "<s>", "</s>", "\xE2\x96\x81" "a"};
+  v.tokens = {"<unk>", "<s>", "</s>",
+              "\xE2\x96\x81"
+              "a"};
   v.types = {TokenType::kUnknown, TokenType::kControl, TokenType::kControl, TokenType::kNormal};
   for (int b = 0; b < 256; ++b) {
     char buf[8];
@@ -44,9 +46,9 @@ TEST(TextStreamTest, InvalidBytesBecomeReplacementCharacters) {
   TextStream s(tok.get());
   EXPECT_EQ(s.Push(Byte(0xC3)), "");
   EXPECT_EQ(s.Push(Byte('x')), "\xEF\xBF\xBDx");  // lead byte then ASCII
-  EXPECT_EQ(s.Push(Byte(0x80)), "\xEF\xBF\xBD");   // stray continuation
+  EXPECT_EQ(s.Push(Byte(0x80)), "\xEF\xBF\xBD");  // stray continuation
   EXPECT_EQ(s.Push(Byte(0xE2)), "");
-  EXPECT_EQ(s.Finish(), "\xEF\xBF\xBD");           // cut short at the end
+  EXPECT_EQ(s.Finish(), "\xEF\xBF\xBD");                                       // cut short at the end
   EXPECT_EQ(TextStream::ToValidUtf8("\xC0\xAF"), "\xEF\xBF\xBD\xEF\xBF\xBD");  // overlong
   EXPECT_EQ(TextStream::ToValidUtf8("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate
   EXPECT_EQ(TextStream::ToValidUtf8("ok \xE2\x96\x81"), "ok \xE2\x96\x81");

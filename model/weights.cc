@@ -10,8 +10,8 @@ namespace {
 
 // Looks up `name` and checks its ggml dims: {cols} for a vector, {cols, rows}
 // for a matrix.
-absl::StatusOr<kernels::Weight> Tensor(const GgufFile& gguf, const std::string& name,
-                                       int64_t rows, int64_t cols, bool vector) {
+absl::StatusOr<kernels::Weight> Tensor(const GgufFile& gguf, const std::string& name, int64_t rows,
+                                       int64_t cols, bool vector) {
   const GgufTensorInfo* t = gguf.FindTensor(name);
   if (t == nullptr) return absl::NotFoundError(absl::StrFormat("gguf: missing tensor %s", name));
   const size_t want_dims = vector ? 1 : 2;
@@ -20,12 +20,13 @@ absl::StatusOr<kernels::Weight> Tensor(const GgufFile& gguf, const std::string& 
   if (!ok) {
     std::string got;
     for (uint64_t d : t->dims) absl::StrAppendFormat(&got, "%s%d", got.empty() ? "" : ", ", d);
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "gguf: tensor %s has shape [%s], expected [%d%s]", name, got, cols,
-        vector ? "" : absl::StrFormat(", %d", rows)));
+    return absl::InvalidArgumentError(absl::StrFormat("gguf: tensor %s has shape [%s], expected [%d%s]", name,
+                                                      got, cols,
+                                                      vector ? "" : absl::StrFormat(", %d", rows)));
   }
   if (t->type == DType::kQ8_0 && cols % kQ8_0BlockElements != 0) {
-    return absl::InvalidArgumentError(absl::StrFormat("gguf: Q8_0 tensor %s rows not a multiple of 32", name));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("gguf: Q8_0 tensor %s rows not a multiple of 32", name));
   }
   return kernels::Weight{t->data, t->type, vector ? 1 : rows, cols};
 }
@@ -40,17 +41,17 @@ absl::StatusOr<kernels::Weight> HfTensor(const SafetensorsCheckpoint& ckpt, cons
   if (!ok) {
     std::string got;
     for (int64_t d : t->shape) absl::StrAppendFormat(&got, "%s%d", got.empty() ? "" : ", ", d);
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "safetensors: tensor %s has shape [%s], expected [%s%d]", name, got,
-        vector ? "" : absl::StrFormat("%d, ", rows), cols));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("safetensors: tensor %s has shape [%s], expected [%s%d]", name, got,
+                        vector ? "" : absl::StrFormat("%d, ", rows), cols));
   }
   // Kernels read elements in place: the data must be aligned to its element
   // size (the safetensors writers align every tensor).
   const size_t elem = DTypeBytes(*t->dtype, 1);
   if (reinterpret_cast<uintptr_t>(t->data) % elem != 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "safetensors: tensor %s data (offset %d) is not aligned to its %d-byte elements", name,
-        t->begin, elem));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("safetensors: tensor %s data (offset %d) is not aligned to its %d-byte elements",
+                        name, t->begin, elem));
   }
   return kernels::Weight{t->data, *t->dtype, vector ? 1 : rows, cols};
 }
@@ -63,7 +64,8 @@ absl::StatusOr<LlamaWeights> LlamaWeightsFromSafetensors(const SafetensorsCheckp
   LlamaWeights w;
   const int64_t q_dim = int64_t{c.num_heads} * c.head_dim;
   const int64_t kv_dim = int64_t{c.num_kv_heads} * c.head_dim;
-  TANDEM_ASSIGN_OR_RETURN(w.token_embd, HfTensor(ckpt, "model.embed_tokens.weight", c.vocab_size, c.dim, false));
+  TANDEM_ASSIGN_OR_RETURN(w.token_embd,
+                          HfTensor(ckpt, "model.embed_tokens.weight", c.vocab_size, c.dim, false));
   TANDEM_ASSIGN_OR_RETURN(w.output_norm, HfTensor(ckpt, "model.norm.weight", 1, c.dim, true));
   if (!c.tied_embeddings && ckpt.FindTensor("lm_head.weight") != nullptr) {
     TANDEM_ASSIGN_OR_RETURN(w.output, HfTensor(ckpt, "lm_head.weight", c.vocab_size, c.dim, false));
@@ -80,10 +82,17 @@ absl::StatusOr<LlamaWeights> LlamaWeightsFromSafetensors(const SafetensorsCheckp
     for (int64_t i = 0; i < n; ++i) {
       float f = 0;
       switch (v.dtype) {
-        case DType::kF32: std::memcpy(&f, static_cast<const uint8_t*>(v.data) + 4 * i, 4); break;
-        case DType::kF16: f = HalfToFloat(static_cast<const uint16_t*>(v.data)[i]); break;
-        case DType::kBF16: f = BF16ToFloat(static_cast<const uint16_t*>(v.data)[i]); break;
-        case DType::kQ8_0: break;
+        case DType::kF32:
+          std::memcpy(&f, static_cast<const uint8_t*>(v.data) + 4 * i, 4);
+          break;
+        case DType::kF16:
+          f = HalfToFloat(static_cast<const uint16_t*>(v.data)[i]);
+          break;
+        case DType::kBF16:
+          f = BF16ToFloat(static_cast<const uint16_t*>(v.data)[i]);
+          break;
+        case DType::kQ8_0:
+          break;
       }
       bias_storage->push_back(f);
     }
@@ -97,7 +106,8 @@ absl::StatusOr<LlamaWeights> LlamaWeightsFromSafetensors(const SafetensorsCheckp
     TANDEM_ASSIGN_OR_RETURN(l.wk, HfTensor(ckpt, p + "self_attn.k_proj.weight", kv_dim, c.dim, false));
     TANDEM_ASSIGN_OR_RETURN(l.wv, HfTensor(ckpt, p + "self_attn.v_proj.weight", kv_dim, c.dim, false));
     TANDEM_ASSIGN_OR_RETURN(l.wo, HfTensor(ckpt, p + "self_attn.o_proj.weight", c.dim, q_dim, false));
-    TANDEM_ASSIGN_OR_RETURN(l.ffn_norm, HfTensor(ckpt, p + "post_attention_layernorm.weight", 1, c.dim, true));
+    TANDEM_ASSIGN_OR_RETURN(l.ffn_norm,
+                            HfTensor(ckpt, p + "post_attention_layernorm.weight", 1, c.dim, true));
     TANDEM_ASSIGN_OR_RETURN(l.w_gate, HfTensor(ckpt, p + "mlp.gate_proj.weight", c.ffn_dim, c.dim, false));
     TANDEM_ASSIGN_OR_RETURN(l.w_up, HfTensor(ckpt, p + "mlp.up_proj.weight", c.ffn_dim, c.dim, false));
     TANDEM_ASSIGN_OR_RETURN(l.w_down, HfTensor(ckpt, p + "mlp.down_proj.weight", c.dim, c.ffn_dim, false));
@@ -144,8 +154,8 @@ size_t WeightBytes(const LlamaWeights& w) {
   size_t total = bytes(w.token_embd) + bytes(w.output_norm);
   if (w.output.data != w.token_embd.data) total += bytes(w.output);
   for (const LayerWeights& l : w.layers) {
-    total += bytes(l.attn_norm) + bytes(l.wq) + bytes(l.wk) + bytes(l.wv) + bytes(l.wo) +
-             bytes(l.ffn_norm) + bytes(l.w_gate) + bytes(l.w_up) + bytes(l.w_down);
+    total += bytes(l.attn_norm) + bytes(l.wq) + bytes(l.wk) + bytes(l.wv) + bytes(l.wo) + bytes(l.ffn_norm) +
+             bytes(l.w_gate) + bytes(l.w_up) + bytes(l.w_down);
     for (const kernels::Weight* b : {&l.bq, &l.bk, &l.bv}) {
       if (b->data != nullptr) total += bytes(*b);
     }

@@ -25,9 +25,9 @@ struct LayerWeights {
   kernels::Weight w_down;     // [dim][ffn_dim]
   // Projection biases (config.attention_bias), F32 vectors; data == nullptr
   // when the model has none.
-  kernels::Weight bq;         // [num_heads * head_dim]
-  kernels::Weight bk;         // [num_kv_heads * head_dim]
-  kernels::Weight bv;         // [num_kv_heads * head_dim]
+  kernels::Weight bq;  // [num_heads * head_dim]
+  kernels::Weight bk;  // [num_kv_heads * head_dim]
+  kernels::Weight bv;  // [num_kv_heads * head_dim]
 };
 
 struct LlamaWeights {

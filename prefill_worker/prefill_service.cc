@@ -61,7 +61,8 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const tandem:
       std::move(req), [queue](const engine::SequenceUpdate& u) { queue->Push(u); },
       absl::Now() + kEngineCallTimeout);
   if (!s.ok()) return ToGrpc(s);
-  const absl::Time deadline = std::min(absl::FromChrono(context->deadline()), absl::Now() + absl::Minutes(10));
+  const absl::Time deadline =
+      std::min(absl::FromChrono(context->deadline()), absl::Now() + absl::Minutes(10));
   engine::SequenceUpdate done;
   for (;;) {
     std::optional<engine::SequenceUpdate> u = queue->Pop(absl::Now() + absl::Milliseconds(100));
@@ -75,7 +76,8 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const tandem:
     break;
   }
   if (done.end == engine::SequenceEnd::kError) return ToGrpc(done.error);
-  if (done.end == engine::SequenceEnd::kCancelled) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+  if (done.end == engine::SequenceEnd::kCancelled)
+    return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
   const absl::Time computed = absl::Now();
   auto release = [&] {
     (void)runner_->Run([id](engine::Engine& e) { return e.ReleaseReserved(id); },
@@ -96,8 +98,9 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const tandem:
   if (!eos) {
     std::vector<transfer::WriteRequest> writes;
     for (int64_t i = res.cached_blocks(); i < blocks; ++i) {
-      writes.push_back({options_.kv_base + static_cast<uint64_t>(done.held_blocks.at(i)) * options_.block_bytes,
-                        static_cast<uint64_t>(res.block_ids(i)) * res.block_bytes(), options_.block_bytes});
+      writes.push_back(
+          {options_.kv_base + static_cast<uint64_t>(done.held_blocks.at(i)) * options_.block_bytes,
+           static_cast<uint64_t>(res.block_ids(i)) * res.block_bytes(), options_.block_bytes});
     }
     // The checksums travel with the blocks (issue #6: integrity end to end):
     // the decode worker verifies what landed against what was sent.
@@ -112,9 +115,10 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const tandem:
     peer.bytes = res.region_bytes();
     peer.packed_rkey = res.packed_rkey();
     peer.peer_name = "decode reservation " + r->request_id();
-    absl::Status sent = writes.empty()
-                            ? absl::OkStatus()
-                            : transfer_->Write(peer, writes, std::min(deadline, absl::Now() + options_.transfer_timeout));
+    absl::Status sent =
+        writes.empty()
+            ? absl::OkStatus()
+            : transfer_->Write(peer, writes, std::min(deadline, absl::Now() + options_.transfer_timeout));
     if (!sent.ok()) {
       release();
       return grpc::Status(grpc::StatusCode::ABORTED,
@@ -127,22 +131,23 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const tandem:
   if (response->transferred_bytes() > 0) {
     // GB/s = rate(bytes_total) / rate(seconds_total); the gauge keeps the
     // last request's figure for a glance.
-    static Counter* const bytes = DefaultMetricsRegistry()
-                                      .Counter("tandem_worker_kv_transfer_bytes_total",
-                                               "KV bytes written to decode workers over UCX")
-                                      ->WithLabels({});
-    static Counter* const seconds = DefaultMetricsRegistry()
-                                        .Counter("tandem_worker_kv_transfer_seconds_total",
-                                                 "Time spent writing KV to decode workers")
-                                        ->WithLabels({});
-    static Gauge* const gbps = DefaultMetricsRegistry()
-                                   .Gauge("tandem_worker_kv_transfer_last_gbps",
-                                          "The last request's KV transfer rate, GB/s")
-                                   ->WithLabels({});
+    static Counter* const bytes =
+        DefaultMetricsRegistry()
+            .Counter("tandem_worker_kv_transfer_bytes_total", "KV bytes written to decode workers over UCX")
+            ->WithLabels({});
+    static Counter* const seconds =
+        DefaultMetricsRegistry()
+            .Counter("tandem_worker_kv_transfer_seconds_total", "Time spent writing KV to decode workers")
+            ->WithLabels({});
+    static Gauge* const gbps =
+        DefaultMetricsRegistry()
+            .Gauge("tandem_worker_kv_transfer_last_gbps", "The last request's KV transfer rate, GB/s")
+            ->WithLabels({});
     bytes->Increment(static_cast<double>(response->transferred_bytes()));
     seconds->Increment(absl::ToDoubleSeconds(transfer_time));
     if (transfer_time > absl::ZeroDuration()) {
-      gbps->Set(static_cast<double>(response->transferred_bytes()) / absl::ToDoubleSeconds(transfer_time) / 1e9);
+      gbps->Set(static_cast<double>(response->transferred_bytes()) / absl::ToDoubleSeconds(transfer_time) /
+                1e9);
     }
   }
   release();

@@ -21,7 +21,7 @@ namespace tandem::router::testing {
 
 struct FakeScript {
   std::vector<std::string> texts = {"Hello", ",", " world"};  // one chunk (one token) each
-  absl::Status status;  // how the request ends (after the chunks)
+  absl::Status status;                                        // how the request ends (after the chunks)
   tandem::v1::FinishReason finish = tandem::v1::FINISH_REASON_STOP;
   int prompt_tokens = 5;
   int cached_tokens = 3;

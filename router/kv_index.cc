@@ -75,8 +75,9 @@ void KvIndex::ClearWorker(uint32_t slot) {
     auto it = blocks_.find(hash);
     if (it == blocks_.end()) continue;
     Holders& holders = it->second;
-    holders.erase(std::remove_if(holders.begin(), holders.end(), [slot](const Holder& h) { return h.slot == slot; }),
-                  holders.end());
+    holders.erase(
+        std::remove_if(holders.begin(), holders.end(), [slot](const Holder& h) { return h.slot == slot; }),
+        holders.end());
     --entries_;
     if (holders.empty()) blocks_.erase(it);
   }

@@ -77,10 +77,10 @@ class KvIndex {
 
   struct Stats {
     size_t workers = 0;
-    size_t blocks = 0;          // distinct hashes
-    size_t entries = 0;         // (hash, worker) pairs
-    int64_t gaps = 0;           // kNeedSnapshot answers
-    int64_t snapshots = 0;      // ApplySnapshot calls
+    size_t blocks = 0;      // distinct hashes
+    size_t entries = 0;     // (hash, worker) pairs
+    int64_t gaps = 0;       // kNeedSnapshot answers
+    int64_t snapshots = 0;  // ApplySnapshot calls
   };
 
   KvIndex() : KvIndex(Options{}) {}

@@ -170,8 +170,10 @@ TEST(KvIndexTest, AgreesWithANaiveModelUnderRandomEvents) {
       for (int k = static_cast<int>(rng() % 5); k >= 0; --k) hashes.push_back(rng() % 40);
       Add(&b, stored ? KvEvent::KIND_STORED : KvEvent::KIND_REMOVED, static_cast<KvTier>(tier), hashes);
       for (uint64_t h : hashes) {
-        if (stored) model[w].insert({h, tier});
-        else model[w].erase({h, tier});
+        if (stored)
+          model[w].insert({h, tier});
+        else
+          model[w].erase({h, tier});
       }
     }
     ASSERT_EQ(index.Apply(b), KvIndex::Outcome::kApplied);

@@ -85,7 +85,8 @@ ApiError FromStatus(const absl::Status& s) {
 
 http::Response ErrorHttp(const ApiError& e, int retry_after_seconds = 0) {
   http::Response r{.status = e.status, .body = Dump(ErrorJson(e))};
-  if (e.status == 429 && retry_after_seconds > 0) r.headers.emplace_back("Retry-After", std::to_string(retry_after_seconds));
+  if (e.status == 429 && retry_after_seconds > 0)
+    r.headers.emplace_back("Retry-After", std::to_string(retry_after_seconds));
   return r;
 }
 
@@ -237,7 +238,8 @@ ChatRenderer MakeChatRenderer(std::string_view template_source, const model::Tok
   ChatRenderer out;
   std::shared_ptr<const model::ChatTemplate> tmpl;
   if (!template_source.empty()) {
-    absl::StatusOr<std::unique_ptr<model::ChatTemplate>> parsed = model::ChatTemplate::Create(template_source);
+    absl::StatusOr<std::unique_ptr<model::ChatTemplate>> parsed =
+        model::ChatTemplate::Create(template_source);
     if (parsed.ok()) {
       tmpl = *std::move(parsed);
       out.model_template = true;
@@ -248,8 +250,10 @@ ChatRenderer MakeChatRenderer(std::string_view template_source, const model::Tok
   if (tmpl == nullptr) tmpl = model::ChatTemplate::Default();
   model::ChatTemplateOptions render_options{.add_generation_prompt = true};
   if (tokenizer != nullptr) {
-    if (tokenizer->bos_id() >= 0) render_options.bos_token = tokenizer->TokenToPiece(tokenizer->bos_id(), true);
-    if (tokenizer->eos_id() >= 0) render_options.eos_token = tokenizer->TokenToPiece(tokenizer->eos_id(), true);
+    if (tokenizer->bos_id() >= 0)
+      render_options.bos_token = tokenizer->TokenToPiece(tokenizer->bos_id(), true);
+    if (tokenizer->eos_id() >= 0)
+      render_options.eos_token = tokenizer->TokenToPiece(tokenizer->eos_id(), true);
   }
   out.render = [tmpl = std::move(tmpl), render_options = std::move(render_options)](
                    const std::vector<ChatTurn>& turns) -> absl::StatusOr<std::string> {
@@ -265,17 +269,20 @@ struct OpenAiFront::Metrics {
   explicit Metrics(MetricsRegistry* r)
       : requests(r->Counter("tandem_http_requests_total", "HTTP requests answered, by endpoint and status",
                             {"endpoint", "code"})),
-        in_flight(r->Gauge("tandem_http_requests_in_flight", "Generation requests in progress", {"endpoint"})),
+        in_flight(
+            r->Gauge("tandem_http_requests_in_flight", "Generation requests in progress", {"endpoint"})),
         rejections(r->Counter("tandem_http_rejections_total",
                               "Generation requests refused (4xx/5xx before the first token), by reason",
                               {"reason"})),
         ttft(r->Histogram("tandem_http_ttft_seconds", "Time to first token", {"endpoint"},
                           ExponentialBuckets(0.005, 2, 14))),
-        tpot(r->Histogram("tandem_http_tpot_seconds", "Mean time per output token after the first, per request",
-                          {"endpoint"}, ExponentialBuckets(0.001, 2, 14))),
+        tpot(r->Histogram("tandem_http_tpot_seconds",
+                          "Mean time per output token after the first, per request", {"endpoint"},
+                          ExponentialBuckets(0.001, 2, 14))),
         itl(r->Histogram("tandem_http_itl_seconds", "Time between streamed chunks", {"endpoint"},
                          ExponentialBuckets(0.001, 2, 14))),
-        e2e(r->Histogram("tandem_http_e2e_seconds", "Whole request", {"endpoint"}, ExponentialBuckets(0.01, 2, 14))) {}
+        e2e(r->Histogram("tandem_http_e2e_seconds", "Whole request", {"endpoint"},
+                         ExponentialBuckets(0.01, 2, 14))) {}
   CounterFamily* requests;
   GaugeFamily* in_flight;
   CounterFamily* rejections;
@@ -332,7 +339,8 @@ class Responder : public GenerationObserver {
     metrics_->in_flight->WithLabels({endpoint_})->Decrement();
     const int completion = summary.usage().completion_tokens();
     if (status.ok() && first_token_ && completion > 1) {
-      metrics_->tpot->WithLabels({endpoint_})->Observe(absl::ToDoubleSeconds(now - *first_token_) / (completion - 1));
+      metrics_->tpot->WithLabels({endpoint_})
+          ->Observe(absl::ToDoubleSeconds(now - *first_token_) / (completion - 1));
     }
     if (!status.ok()) {
       const ApiError e = FromStatus(status);
@@ -404,9 +412,10 @@ class Responder : public GenerationObserver {
     writer_->StartStream(200, "text/event-stream");
     if (chat_) {
       json first = Base(true);
-      first["choices"] = json::array(
-          {{{"index", 0}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"logprobs", nullptr},
-            {"finish_reason", nullptr}}});
+      first["choices"] = json::array({{{"index", 0},
+                                       {"delta", {{"role", "assistant"}, {"content", ""}}},
+                                       {"logprobs", nullptr},
+                                       {"finish_reason", nullptr}}});
       Event(first);
     }
   }
@@ -455,7 +464,8 @@ bool OpenAiFront::Authorized(const http::Request& request) const {
   for (const std::string& k : options_.api_keys) {
     // Compare every byte of every key: the time taken does not say how much matched.
     unsigned diff = k.size() != key.size();
-    for (size_t i = 0; i < k.size(); ++i) diff |= static_cast<unsigned char>(k[i] ^ (i < key.size() ? key[i] : 0));
+    for (size_t i = 0; i < k.size(); ++i)
+      diff |= static_cast<unsigned char>(k[i] ^ (i < key.size() ? key[i] : 0));
     match |= diff == 0;
   }
   return match;
@@ -468,33 +478,42 @@ bool OpenAiFront::ModelAccepted(const std::string& name) const {
 }
 
 void OpenAiFront::Register(http::Server* server) {
-  server->Handle("POST", "/v1/completions", [this](const http::Request& r, std::shared_ptr<http::ResponseWriter> w) {
-    Generate(r, std::move(w), /*chat=*/false);
-  });
+  server->Handle("POST", "/v1/completions",
+                 [this](const http::Request& r, std::shared_ptr<http::ResponseWriter> w) {
+                   Generate(r, std::move(w), /*chat=*/false);
+                 });
   server->Handle("POST", "/v1/chat/completions",
                  [this](const http::Request& r, std::shared_ptr<http::ResponseWriter> w) {
                    Generate(r, std::move(w), /*chat=*/true);
                  });
-  server->Handle("GET", "/v1/models", [this](const http::Request& r, std::shared_ptr<http::ResponseWriter> w) {
-    if (!Authorized(r)) {
-      w->Send(ErrorHttp({.status = 401, .message = "invalid or missing API key", .code = "invalid_api_key"}));
-      return;
-    }
-    json data = json::array();
-    if (!options_.model_name.empty()) {
-      data.push_back({{"id", options_.model_name}, {"object", "model"}, {"created", created_}, {"owned_by", "tandem"}});
-    }
-    w->Send({.status = 200, .body = Dump({{"object", "list"}, {"data", data}})});
-  });
+  server->Handle(
+      "GET", "/v1/models", [this](const http::Request& r, std::shared_ptr<http::ResponseWriter> w) {
+        if (!Authorized(r)) {
+          w->Send(
+              ErrorHttp({.status = 401, .message = "invalid or missing API key", .code = "invalid_api_key"}));
+          return;
+        }
+        json data = json::array();
+        if (!options_.model_name.empty()) {
+          data.push_back({{"id", options_.model_name},
+                          {"object", "model"},
+                          {"created", created_},
+                          {"owned_by", "tandem"}});
+        }
+        w->Send({.status = 200, .body = Dump({{"object", "list"}, {"data", data}})});
+      });
   server->Handle("GET", "/health", [](const http::Request&, std::shared_ptr<http::ResponseWriter> w) {
     w->Send({.status = 200, .content_type = "text/plain", .body = "ok\n"});
   });
   server->Handle("GET", "/ready", [this](const http::Request&, std::shared_ptr<http::ResponseWriter> w) {
     const bool ready = !options_.ready || options_.ready();
-    w->Send({.status = ready ? 200 : 503, .content_type = "text/plain", .body = ready ? "ready\n" : "not ready\n"});
+    w->Send({.status = ready ? 200 : 503,
+             .content_type = "text/plain",
+             .body = ready ? "ready\n" : "not ready\n"});
   });
   server->Handle("GET", "/metrics", [this](const http::Request&, std::shared_ptr<http::ResponseWriter> w) {
-    w->Send({.status = 200, .content_type = "text/plain; version=0.0.4; charset=utf-8",
+    w->Send({.status = 200,
+             .content_type = "text/plain; version=0.0.4; charset=utf-8",
              .body = registry_->RenderPrometheus()});
   });
 }
@@ -521,7 +540,8 @@ void OpenAiFront::Generate(const http::Request& http_request, std::shared_ptr<ht
   Parsed parsed;
   tandem::v1::GenerateRequest& req = parsed.request;
   try {
-    if (!IsNull(body, "model") && !body["model"].is_string()) return fail(BadParam("model", "'model' must be a string"));
+    if (!IsNull(body, "model") && !body["model"].is_string())
+      return fail(BadParam("model", "'model' must be a string"));
     parsed.model = body.value("model", std::string());
     if (!ModelAccepted(parsed.model)) {
       return fail({.status = 404,
@@ -538,9 +558,12 @@ void OpenAiFront::Generate(const http::Request& http_request, std::shared_ptr<ht
     if (chat) {
       std::vector<ChatTurn> turns;
       if (auto e = ParseMessages(body, &turns)) return fail(*e);
-      absl::StatusOr<std::string> rendered =
-          options_.render_chat ? options_.render_chat(turns) : absl::StatusOr<std::string>(RenderChatMl(turns));
-      if (!rendered.ok()) return fail(BadParam("messages", "cannot render the chat: " + std::string(rendered.status().message())));
+      absl::StatusOr<std::string> rendered = options_.render_chat
+                                                 ? options_.render_chat(turns)
+                                                 : absl::StatusOr<std::string>(RenderChatMl(turns));
+      if (!rendered.ok())
+        return fail(
+            BadParam("messages", "cannot render the chat: " + std::string(rendered.status().message())));
       if (options_.tokenizer != nullptr) {
         for (int32_t id : options_.tokenizer->Encode(*rendered, /*add_bos=*/false, /*parse_special=*/true)) {
           req.mutable_prompt_token_ids()->add_ids(id);
@@ -561,20 +584,22 @@ void OpenAiFront::Generate(const http::Request& http_request, std::shared_ptr<ht
     }
     if (max_tokens) {
       if (*max_tokens < 1 || *max_tokens > INT32_MAX) {
-        return fail(BadParam(chat && body.contains("max_completion_tokens") ? "max_completion_tokens" : "max_tokens",
-                             "max_tokens must be at least 1"));
+        return fail(
+            BadParam(chat && body.contains("max_completion_tokens") ? "max_completion_tokens" : "max_tokens",
+                     "max_tokens must be at least 1"));
       }
       req.set_max_tokens(static_cast<int32_t>(*max_tokens));
     } else {
-      req.set_max_tokens(std::max(0, chat ? options_.chat_default_max_tokens
-                                          : options_.completions_default_max_tokens));
+      req.set_max_tokens(
+          std::max(0, chat ? options_.chat_default_max_tokens : options_.completions_default_max_tokens));
     }
     if (auto e = GetInt(body, "n", &n)) return fail(*e);
     if (n && *n != 1) return fail(BadParam("n", "only n=1 is supported"));
     std::optional<double> temperature, top_p, slo_ttft, slo_tpot;
     if (auto e = GetNumber(body, "temperature", &temperature)) return fail(*e);
     if (temperature) {
-      if (*temperature < 0 || *temperature > 2) return fail(BadParam("temperature", "temperature must be in [0, 2]"));
+      if (*temperature < 0 || *temperature > 2)
+        return fail(BadParam("temperature", "temperature must be in [0, 2]"));
       req.mutable_sampling()->set_temperature(static_cast<float>(*temperature));
     }
     if (auto e = GetNumber(body, "top_p", &top_p)) return fail(*e);
@@ -584,7 +609,8 @@ void OpenAiFront::Generate(const http::Request& http_request, std::shared_ptr<ht
     }
     if (auto e = GetInt(body, "top_k", &top_k)) return fail(*e);
     if (top_k) {
-      if (*top_k < -1 || *top_k > INT32_MAX) return fail(BadParam("top_k", "top_k must be >= 0 (or -1: off)"));
+      if (*top_k < -1 || *top_k > INT32_MAX)
+        return fail(BadParam("top_k", "top_k must be >= 0 (or -1: off)"));
       req.mutable_sampling()->set_top_k(*top_k < 0 ? 0 : static_cast<int32_t>(*top_k));
     }
     if (auto e = GetInt(body, "seed", &seed)) return fail(*e);
@@ -606,7 +632,8 @@ void OpenAiFront::Generate(const http::Request& http_request, std::shared_ptr<ht
     if (auto e = GetBool(body, "stream", &stream)) return fail(*e);
     parsed.stream = stream.value_or(false);
     if (!IsNull(body, "stream_options")) {
-      if (!body["stream_options"].is_object()) return fail(BadParam("stream_options", "'stream_options' must be an object"));
+      if (!body["stream_options"].is_object())
+        return fail(BadParam("stream_options", "'stream_options' must be an object"));
       std::optional<bool> include_usage;
       if (auto e = GetBool(body["stream_options"], "include_usage", &include_usage)) return fail(*e);
       parsed.include_usage = include_usage.value_or(false);

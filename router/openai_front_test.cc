@@ -43,7 +43,8 @@ class OpenAiFrontTest : public ::testing::Test {
                       const std::string& headers = "") {
     TestClient c(server_->port());
     EXPECT_TRUE(c.ok());
-    c.Send(method + " " + path + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+    c.Send(method + " " + path +
+           " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
            std::to_string(body.size()) + "\r\n" + headers + "\r\n" + body);
     std::optional<ParsedResponse> r = c.ReadResponse();
     EXPECT_TRUE(r.has_value());
@@ -69,7 +70,8 @@ class OpenAiFrontTest : public ::testing::Test {
     return out;
   }
 
-  static void ExpectError(const ParsedResponse& r, int status, const std::string& type, json param, json code) {
+  static void ExpectError(const ParsedResponse& r, int status, const std::string& type, json param,
+                          json code) {
     EXPECT_EQ(r.status, status) << r.body;
     json j = json::parse(r.body, nullptr, false);
     ASSERT_TRUE(j.is_object()) << r.body;
@@ -93,9 +95,17 @@ class OpenAiFrontTest : public ::testing::Test {
 TEST_F(OpenAiFrontTest, CompletionTranslatesRequestAndAnswersInOpenAiShape) {
   Start();
   ParsedResponse r = Post("/v1/completions",
-                          {{"model", "tiny"}, {"prompt", "Once upon"}, {"max_tokens", 7}, {"temperature", 0.5},
-                           {"top_p", 0.9}, {"seed", 42}, {"stop", {"\n", "END"}}, {"n", 1}, {"user", "u"},
-                           {"slo_ttft_ms", 250}, {"ignore_eos", true}},
+                          {{"model", "tiny"},
+                           {"prompt", "Once upon"},
+                           {"max_tokens", 7},
+                           {"temperature", 0.5},
+                           {"top_p", 0.9},
+                           {"seed", 42},
+                           {"stop", {"\n", "END"}},
+                           {"n", 1},
+                           {"user", "u"},
+                           {"slo_ttft_ms", 250},
+                           {"ignore_eos", true}},
                           "X-Request-Id: req-1\r\nX-Tandem-Slo-Tpot-Ms: 40\r\n");
   ASSERT_EQ(r.status, 200) << r.body;
   const std::vector<tandem::v1::GenerateRequest> requests = generator_.requests();
@@ -150,13 +160,13 @@ TEST_F(OpenAiFrontTest, ChatRendersMessagesAndAnswersChatCompletion) {
     return out;
   };
   Start(options);
-  ParsedResponse r = Post("/v1/chat/completions",
-                          {{"model", "tiny"},
-                           {"messages",
-                            {{{"role", "system"}, {"content", "Be brief."}},
-                             {{"role", "user"}, {"content", {{{"type", "text"}, {"text", "Hi"}}}}}}},
-                           {"max_completion_tokens", 9},
-                           {"max_tokens", 3}});
+  ParsedResponse r =
+      Post("/v1/chat/completions", {{"model", "tiny"},
+                                    {"messages",
+                                     {{{"role", "system"}, {"content", "Be brief."}},
+                                      {{"role", "user"}, {"content", {{{"type", "text"}, {"text", "Hi"}}}}}}},
+                                    {"max_completion_tokens", 9},
+                                    {"max_tokens", 3}});
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(generator_.requests()[0].prompt(), "[system]Be brief.[user]Hi");
   EXPECT_EQ(generator_.requests()[0].max_tokens(), 9);
@@ -170,7 +180,8 @@ TEST_F(OpenAiFrontTest, ChatRendersMessagesAndAnswersChatCompletion) {
 
 TEST_F(OpenAiFrontTest, DefaultChatTemplateIsChatMl) {
   Start();
-  ASSERT_EQ(Post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "Hi"}}}}}).status, 200);
+  ASSERT_EQ(Post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "Hi"}}}}}).status,
+            200);
   EXPECT_EQ(generator_.requests()[0].prompt(), "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
 }
 
@@ -260,8 +271,8 @@ TEST_F(OpenAiFrontTest, UnknownModelIs404ModelNotFound) {
   OpenAiFrontOptions options;
   options.model_aliases = {"stories260K.gguf"};
   Start(options);
-  ExpectError(Post("/v1/completions", {{"model", "gpt-9"}, {"prompt", "x"}}), 404, "invalid_request_error", "model",
-              "model_not_found");
+  ExpectError(Post("/v1/completions", {{"model", "gpt-9"}, {"prompt", "x"}}), 404, "invalid_request_error",
+              "model", "model_not_found");
   EXPECT_EQ(Post("/v1/completions", {{"model", "stories260K.gguf"}, {"prompt", "x"}}).status, 200);
   ExpectError(Call("GET", "/v1/nothing", ""), 404, "invalid_request_error", nullptr, "not_found");
 }
@@ -275,9 +286,11 @@ TEST_F(OpenAiFrontTest, GeneratorErrorsMapToHttpStatuses) {
     json code;
   };
   for (const Case& k : std::vector<Case>{
-           {absl::InvalidArgumentError("max_tokens: too long for the context"), 400, "invalid_request_error", nullptr},
+           {absl::InvalidArgumentError("max_tokens: too long for the context"), 400, "invalid_request_error",
+            nullptr},
            {absl::NotFoundError("model 'x' is not served"), 404, "invalid_request_error", "model_not_found"},
-           {absl::ResourceExhaustedError("TTFT SLO cannot be met"), 429, "rate_limit_error", "rate_limit_exceeded"},
+           {absl::ResourceExhaustedError("TTFT SLO cannot be met"), 429, "rate_limit_error",
+            "rate_limit_exceeded"},
            {absl::UnavailableError("no decode worker"), 503, "server_error", "service_unavailable"},
            {absl::DeadlineExceededError("deadline"), 504, "server_error", "timeout"},
        }) {
@@ -310,8 +323,8 @@ TEST_F(OpenAiFrontTest, ErrorAfterFirstTokenIsAnSseErrorEvent) {
 
 TEST_F(OpenAiFrontTest, BodyOverLimitIs413InOpenAiShape) {
   Start({}, {.max_body_bytes = 256});
-  ExpectError(Post("/v1/completions", {{"prompt", std::string(1000, 'x')}}), 413, "invalid_request_error", nullptr,
-              nullptr);
+  ExpectError(Post("/v1/completions", {{"prompt", std::string(1000, 'x')}}), 413, "invalid_request_error",
+              nullptr, nullptr);
 }
 
 TEST_F(OpenAiFrontTest, ApiKeysGuardV1) {
@@ -320,8 +333,8 @@ TEST_F(OpenAiFrontTest, ApiKeysGuardV1) {
   Start(options);
   const json body = {{"prompt", "x"}};
   ExpectError(Post("/v1/completions", body), 401, "invalid_request_error", nullptr, "invalid_api_key");
-  ExpectError(Post("/v1/completions", body, "Authorization: Bearer nope\r\n"), 401, "invalid_request_error", nullptr,
-              "invalid_api_key");
+  ExpectError(Post("/v1/completions", body, "Authorization: Bearer nope\r\n"), 401, "invalid_request_error",
+              nullptr, "invalid_api_key");
   ExpectError(Call("GET", "/v1/models", ""), 401, "invalid_request_error", nullptr, "invalid_api_key");
   EXPECT_EQ(Post("/v1/completions", body, "Authorization: Bearer secret-2\r\n").status, 200);
   EXPECT_EQ(Call("GET", "/health", "").status, 200);
@@ -357,8 +370,8 @@ TEST_F(OpenAiFrontTest, ClientDisconnectCancelsTheGeneration) {
   Start();
   TestClient c(server_->port());
   const std::string body = json{{"prompt", "x"}, {"stream", true}}.dump();
-  ASSERT_TRUE(c.Send("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) +
-                     "\r\n\r\n" + body));
+  ASSERT_TRUE(c.Send("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                     std::to_string(body.size()) + "\r\n\r\n" + body));
   ASSERT_TRUE(c.ReadUntil("world"));
   c.Close();
   EXPECT_TRUE(generator_.AwaitCancelled(1));

@@ -20,16 +20,22 @@ int64_t QueuedTokens(const WorkerView& w) {
   return std::max<int64_t>(w.load.queued_prefill_tokens(), w.inflight_prefill_tokens);
 }
 
-int32_t Running(const WorkerView& w) { return std::max(w.load.running() + w.load.waiting(), w.inflight_requests); }
+int32_t Running(const WorkerView& w) {
+  return std::max(w.load.running() + w.load.waiting(), w.inflight_requests);
+}
 
 }  // namespace
 
 const char* PolicyName(Policy policy) {
   switch (policy) {
-    case Policy::kKv: return "kv";
-    case Policy::kRoundRobin: return "round_robin";
-    case Policy::kLeastLoaded: return "least_loaded";
-    case Policy::kRandom: return "random";
+    case Policy::kKv:
+      return "kv";
+    case Policy::kRoundRobin:
+      return "round_robin";
+    case Policy::kLeastLoaded:
+      return "least_loaded";
+    case Policy::kRandom:
+      return "random";
   }
   return "unknown";
 }
@@ -38,8 +44,8 @@ absl::StatusOr<Policy> ParsePolicy(std::string_view name) {
   for (Policy p : {Policy::kKv, Policy::kRoundRobin, Policy::kLeastLoaded, Policy::kRandom}) {
     if (name == PolicyName(p)) return p;
   }
-  return absl::InvalidArgumentError(absl::StrFormat(
-      "policy: '%s' is not one of kv, round_robin, least_loaded, random", std::string(name)));
+  return absl::InvalidArgumentError(
+      absl::StrFormat("policy: '%s' is not one of kv, round_robin, least_loaded, random", std::string(name)));
 }
 
 void SetPrefetchHint(const PlacementDecision& decision, tandem::v1::PrefetchHint* hint) {
@@ -150,7 +156,8 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
       case Policy::kLeastLoaded:
         score[0] = running;
         score[1] = -w.load.free_blocks();
-        take = !decode.handle.has_value() || std::lexicographical_compare(score, score + 2, decode.score, decode.score + 2);
+        take = !decode.handle.has_value() ||
+               std::lexicographical_compare(score, score + 2, decode.score, decode.score + 2);
         break;
       case Policy::kKv: {
         // Room first (a worker that cannot hold the request would preempt),
@@ -158,7 +165,8 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
         score[0] = w.load.total_blocks() > 0 && w.load.free_blocks() < needed_blocks ? 1 : 0;
         score[1] = running;
         score[2] = -w.load.free_blocks();
-        take = !decode.handle.has_value() || std::lexicographical_compare(score, score + 3, decode.score, decode.score + 3);
+        take = !decode.handle.has_value() ||
+               std::lexicographical_compare(score, score + 3, decode.score, decode.score + 3);
         break;
       }
     }
@@ -179,7 +187,8 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
       decode.ms_per_token = MsPerTokenLocked(id);
       decode.queue_ms = static_cast<double>(QueuedTokens(w)) * decode.ms_per_token;
       if (w.load.decode_step_ms() > 0) {
-        decode.tpot_ms = w.load.decode_step_ms() * std::max(1.0, (Running(w) + 1) / std::max(1.0, w.load.decode_batch()));
+        decode.tpot_ms =
+            w.load.decode_step_ms() * std::max(1.0, (Running(w) + 1) / std::max(1.0, w.load.decode_batch()));
       }
     });
   }
@@ -267,7 +276,8 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
   bool aggregate = !prefill.handle.has_value();
   if (!aggregate && policy == Policy::kKv) {
     const int32_t decode_uncached = req.prompt_tokens - decode.cached_tokens;
-    if (options_.aggregate_max_uncached_tokens >= 0 && decode_uncached <= options_.aggregate_max_uncached_tokens) {
+    if (options_.aggregate_max_uncached_tokens >= 0 &&
+        decode_uncached <= options_.aggregate_max_uncached_tokens) {
       aggregate = true;
     } else if (options_.aggregate_when_queue_ms > 0 && prefill.queue_ms > options_.aggregate_when_queue_ms &&
                aggregated_ttft < prefill.ttft_ms) {
@@ -307,15 +317,15 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
   const double ttft_slo = req.ttft_slo_ms > 0 ? req.ttft_slo_ms : options_.default_ttft_slo_ms;
   const double tpot_slo = req.tpot_slo_ms > 0 ? req.tpot_slo_ms : options_.default_tpot_slo_ms;
   if (ttft_slo > 0 && decision.predicted_ttft_ms > ttft_slo) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "predicted TTFT %.1f ms exceeds the target %.1f ms (best placement: %s); retry later",
-        decision.predicted_ttft_ms, ttft_slo,
-        decision.prefill.has_value() ? decision.prefill->id : decision.decode.id));
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("predicted TTFT %.1f ms exceeds the target %.1f ms (best placement: %s); retry later",
+                        decision.predicted_ttft_ms, ttft_slo,
+                        decision.prefill.has_value() ? decision.prefill->id : decision.decode.id));
   }
   if (tpot_slo > 0 && decision.predicted_tpot_ms > tpot_slo) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "predicted TPOT %.2f ms exceeds the target %.2f ms (decode worker %s); retry later",
-        decision.predicted_tpot_ms, tpot_slo, decision.decode.id));
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("predicted TPOT %.2f ms exceeds the target %.2f ms (decode worker %s); retry later",
+                        decision.predicted_tpot_ms, tpot_slo, decision.decode.id));
   }
   return decision;
 }

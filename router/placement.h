@@ -179,7 +179,7 @@ class Placement {
 
  private:
   struct Learned {
-    double ms_per_token = 0;          // 0 until observed
+    double ms_per_token = 0;           // 0 until observed
     double transfer_ms_per_block = 0;  // 0 until observed
   };
   double MsPerTokenLocked(const std::string& worker_id) const ABSL_SHARED_LOCKS_REQUIRED(mu_);

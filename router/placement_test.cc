@@ -113,8 +113,11 @@ TEST_F(PlacementTest, LowerTiersCostTheirLoadTime) {
   Hold("p", {1}, tandem::v1::KV_TIER_HBM);
   Hold("p", {2}, tandem::v1::KV_TIER_DRAM);
   Hold("p", {3}, tandem::v1::KV_TIER_SSD);
-  Placement placement({.policy = Policy::kKv, .default_ms_per_token = 1, .dram_load_ms_per_block = 2,
-                       .ssd_load_ms_per_block = 5, .default_transfer_ms_per_block = 0},
+  Placement placement({.policy = Policy::kKv,
+                       .default_ms_per_token = 1,
+                       .dram_load_ms_per_block = 2,
+                       .ssd_load_ms_per_block = 5,
+                       .default_transfer_ms_per_block = 0},
                       &registry_, &index_);
   ASSERT_OK_AND_ASSIGN(PlacementDecision d, placement.Place(Request({1, 2, 3, 4}, 64)));
   EXPECT_EQ(d.blocks_to_load, 2);
@@ -126,8 +129,11 @@ TEST_F(PlacementTest, SharedStoreExtendsThePrefixAtItsLoadCost) {
   AddWorker("p1", tandem::v1::WORKER_ROLE_PREFILL);
   AddWorker("p2", tandem::v1::WORKER_ROLE_PREFILL);
   Hold("p1", {1});
-  Placement placement({.policy = Policy::kKv, .default_ms_per_token = 1, .default_transfer_ms_per_block = 0,
-                       .aggregate_max_uncached_tokens = -1, .store_load_ms_per_block = 2},
+  Placement placement({.policy = Policy::kKv,
+                       .default_ms_per_token = 1,
+                       .default_transfer_ms_per_block = 0,
+                       .aggregate_max_uncached_tokens = -1,
+                       .store_load_ms_per_block = 2},
                       &registry_, &index_);
   // Without a store: p1's own block only.
   ASSERT_OK_AND_ASSIGN(PlacementDecision plain, placement.Place(Request({1, 2, 3, 4}, 70)));
@@ -314,8 +320,8 @@ TEST_F(PlacementTest, RejectsWhenThePredictionMissesTheSlo) {
   EXPECT_NE(d.status().message().find("predicted TTFT"), std::string::npos);
   r.ttft_slo_ms = 5000;
   EXPECT_OK(placement.Place(r).status());
-  Placement strict({.policy = Policy::kKv, .default_ms_per_token = 1, .default_ttft_slo_ms = 10},
-                   &registry_, &index_);
+  Placement strict({.policy = Policy::kKv, .default_ms_per_token = 1, .default_ttft_slo_ms = 10}, &registry_,
+                   &index_);
   EXPECT_EQ(strict.Place(Request({1, 2}, 40)).status().code(), absl::StatusCode::kResourceExhausted);
 }
 

@@ -24,7 +24,8 @@ double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
 
 // Calls that fail like this mean the worker is gone (or unreachable).
 bool WorkerGone(const grpc::Status& s) {
-  return s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+  return s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+         s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
 }
 
 // The router's own metrics (the HTTP front records per-endpoint ones).
@@ -54,10 +55,11 @@ struct RouterMetrics {
       out->requests = r.Counter("tandem_router_requests_total",
                                 "Requests by outcome (ok, rejected, invalid, unavailable, cancelled, error)",
                                 {"outcome"});
-      out->prompt_tokens = r.Counter("tandem_router_prompt_tokens_total", "Prompt tokens of finished requests", {});
-      out->cached_tokens = r.Counter("tandem_router_cached_tokens_total",
-                                     "Prompt tokens served from a KV cache, by where the prefill ran",
-                                     {"where"});
+      out->prompt_tokens =
+          r.Counter("tandem_router_prompt_tokens_total", "Prompt tokens of finished requests", {});
+      out->cached_tokens =
+          r.Counter("tandem_router_cached_tokens_total",
+                    "Prompt tokens served from a KV cache, by where the prefill ran", {"where"});
       out->kv_bytes = r.Counter("tandem_router_kv_transfer_bytes_total",
                                 "KV bytes prefill workers wrote into decode workers", {});
       out->in_flight = r.Gauge("tandem_router_requests_in_flight", "Requests started and not finished", {})
@@ -75,13 +77,19 @@ struct RouterMetrics {
 
 const char* Outcome(const absl::Status& s) {
   switch (s.code()) {
-    case absl::StatusCode::kOk: return "ok";
-    case absl::StatusCode::kResourceExhausted: return "rejected";
+    case absl::StatusCode::kOk:
+      return "ok";
+    case absl::StatusCode::kResourceExhausted:
+      return "rejected";
     case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kNotFound: return "invalid";
-    case absl::StatusCode::kUnavailable: return "unavailable";
-    case absl::StatusCode::kCancelled: return "cancelled";
-    default: return "error";
+    case absl::StatusCode::kNotFound:
+      return "invalid";
+    case absl::StatusCode::kUnavailable:
+      return "unavailable";
+    case absl::StatusCode::kCancelled:
+      return "cancelled";
+    default:
+      return "error";
   }
 }
 
@@ -271,8 +279,8 @@ absl::Status RouterCore::Call::Validate(const GenerateRequest& req) {
       if (req.prompt_token_ids().ids().empty()) return absl::InvalidArgumentError("prompt_token_ids: empty");
       for (int32_t id : req.prompt_token_ids().ids()) {
         if (id < 0 || id >= config.vocab_size) {
-          return absl::InvalidArgumentError(absl::StrFormat(
-              "prompt_token_ids: id %d outside the vocabulary of %d", id, config.vocab_size));
+          return absl::InvalidArgumentError(
+              absl::StrFormat("prompt_token_ids: id %d outside the vocabulary of %d", id, config.vocab_size));
         }
       }
       prompt_.assign(req.prompt_token_ids().ids().begin(), req.prompt_token_ids().ids().end());
@@ -283,13 +291,14 @@ absl::Status RouterCore::Call::Validate(const GenerateRequest& req) {
   if (req.max_tokens() < 0) return absl::InvalidArgumentError("max_tokens: must be >= 0");
   max_tokens_ = req.max_tokens() == 0 ? core_->options_.default_max_tokens : req.max_tokens();
   if (static_cast<int64_t>(prompt_.size()) + max_tokens_ - 1 > config.context_length) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "max_tokens: prompt of %d tokens plus max_tokens %d exceeds the context length %d", prompt_.size(),
-        max_tokens_, config.context_length));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("max_tokens: prompt of %d tokens plus max_tokens %d exceeds the context length %d",
+                        prompt_.size(), max_tokens_, config.context_length));
   }
   sampling_ = req.sampling();
   if (sampling_.top_p() == 0) sampling_.set_top_p(1.0f);
-  if (!(sampling_.temperature() >= 0)) return absl::InvalidArgumentError("sampling.temperature: must be >= 0");
+  if (!(sampling_.temperature() >= 0))
+    return absl::InvalidArgumentError("sampling.temperature: must be >= 0");
   if (sampling_.top_k() < 0) return absl::InvalidArgumentError("sampling.top_k: must be >= 0");
   if (!(sampling_.top_p() > 0 && sampling_.top_p() <= 1)) {
     return absl::InvalidArgumentError("sampling.top_p: must be in (0, 1]");
@@ -335,8 +344,9 @@ void RouterCore::Call::Attempt() {
   if (cancelled()) return Finish(absl::CancelledError("client cancelled"));
   if (absl::Now() >= deadline_) return Finish(absl::DeadlineExceededError("request deadline passed"));
   if (attempts_++ >= core_->options_.max_attempts) {
-    return Finish(absl::UnavailableError(absl::StrFormat("no worker could serve the request after %d attempts: %s",
-                                                         core_->options_.max_attempts, last_error_.error_message())));
+    return Finish(
+        absl::UnavailableError(absl::StrFormat("no worker could serve the request after %d attempts: %s",
+                                               core_->options_.max_attempts, last_error_.error_message())));
   }
   // Block hashes use the workers' block size (one per cluster; the first
   // decode worker's report decides).
@@ -360,8 +370,8 @@ void RouterCore::Call::Attempt() {
   absl::StatusOr<PlacementDecision> placed = core_->placement_.Place(preq);
   if (!placed.ok()) {
     if (absl::IsUnavailable(placed.status()) && attempts_ > 1) {
-      return Finish(absl::UnavailableError(absl::StrFormat("no worker could serve the request: %s",
-                                                           last_error_.error_message())));
+      return Finish(absl::UnavailableError(
+          absl::StrFormat("no worker could serve the request: %s", last_error_.error_message())));
     }
     return Finish(placed.status());
   }
@@ -387,8 +397,9 @@ void RouterCore::Call::Attempt() {
   if (!Activate(ctx_.get())) return Finish(absl::CancelledError("client cancelled"));
   reservation_.Clear();
   core_->registry_->AddInflight(placement_->decode.id, 0);
-  placement_->decode.decode->async()->Reserve(ctx_.get(), &reserve_req_, &reservation_,
-                                              [self = shared_from_this()](grpc::Status s) { self->OnReserved(s); });
+  placement_->decode.decode->async()->Reserve(
+      ctx_.get(), &reserve_req_, &reservation_,
+      [self = shared_from_this()](grpc::Status s) { self->OnReserved(s); });
 }
 
 void RouterCore::Call::OnReserved(const grpc::Status& s) {
@@ -422,7 +433,8 @@ void RouterCore::Call::OnReserved(const grpc::Status& s) {
   core_->registry_->AddInflight(placement_->prefill->id, prefill_inflight_tokens_);
   prefilled_.Clear();
   placement_->prefill->prefill->async()->Prefill(
-      ctx_.get(), &prefill_req_, &prefilled_, [self = shared_from_this()](grpc::Status s) { self->OnPrefilled(s); });
+      ctx_.get(), &prefill_req_, &prefilled_,
+      [self = shared_from_this()](grpc::Status s) { self->OnPrefilled(s); });
 }
 
 void RouterCore::Call::OnPrefilled(const grpc::Status& s) {
@@ -452,11 +464,13 @@ void RouterCore::Call::OnPrefilled(const grpc::Status& s) {
   obs.cached_tokens = prefilled_.cached_tokens();
   obs.prefill_ms = prefilled_.prefill_ms();
   obs.transfer_ms = prefilled_.transfer_ms();
-  obs.transferred_blocks = reservation_.block_bytes() > 0
-                               ? static_cast<int32_t>(prefilled_.transferred_bytes() / reservation_.block_bytes())
-                               : 0;
+  obs.transferred_blocks =
+      reservation_.block_bytes() > 0
+          ? static_cast<int32_t>(prefilled_.transferred_bytes() / reservation_.block_bytes())
+          : 0;
   core_->placement_.ObservePrefill(prefill_id, obs);
-  RouterMetrics::Get().kv_bytes->WithLabels({})->Increment(static_cast<double>(prefilled_.transferred_bytes()));
+  RouterMetrics::Get().kv_bytes->WithLabels({})->Increment(
+      static_cast<double>(prefilled_.transferred_bytes()));
   summary_.mutable_usage()->set_cached_tokens(prefilled_.cached_tokens());
   summary_.mutable_timings()->set_prefill_ms(prefilled_.prefill_ms());
   summary_.mutable_timings()->set_transfer_ms(prefilled_.transfer_ms());
@@ -490,7 +504,8 @@ void RouterCore::Call::StartDecode() {
     req.set_stop_at_eos(stop_at_eos_);
     SetPrefetchHint(*placement_, req.mutable_prefetch_hint());
     decode_inflight_tokens_ = static_cast<int64_t>(prompt_.size()) - placement_->predicted_cached_tokens;
-    if (summary_.timings().queue_ms() == 0) summary_.mutable_timings()->set_queue_ms(Ms(absl::Now() - start_));
+    if (summary_.timings().queue_ms() == 0)
+      summary_.mutable_timings()->set_queue_ms(Ms(absl::Now() - start_));
   }
   auto* stream = new DecodeStream(shared_from_this(), std::move(req));
   stream->context()->set_deadline(absl::ToChronoTime(deadline_));
@@ -598,7 +613,8 @@ void RouterCore::Call::Finish(absl::Status status) {
     if (first_token_time_ != absl::InfinitePast()) {
       m.ttft->WithLabels({policy})->Observe(absl::ToDoubleSeconds(first_token_time_ - start_));
       if (sent_tokens_ > 1) {
-        m.tpot->WithLabels({policy})->Observe(absl::ToDoubleSeconds(now - first_token_time_) / (sent_tokens_ - 1));
+        m.tpot->WithLabels({policy})->Observe(absl::ToDoubleSeconds(now - first_token_time_) /
+                                              (sent_tokens_ - 1));
       }
     }
   }

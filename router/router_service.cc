@@ -32,15 +32,18 @@ class GenerateStream final : public grpc::ServerWriteReactor<GenerateResponse> {
         last.emplace();
         *last->mutable_summary() = summary;
       }
-      if (last.has_value()) stream_->Enqueue(std::move(*last), status);
-      else stream_->Enqueue(std::nullopt, status);
+      if (last.has_value())
+        stream_->Enqueue(std::move(*last), status);
+      else
+        stream_->Enqueue(std::nullopt, status);
     }
 
    private:
     GenerateStream* const stream_;
   };
 
-  GenerateStream(RouterCore* core, grpc::CallbackServerContext* context, const tandem::v1::GenerateRequest& request) {
+  GenerateStream(RouterCore* core, grpc::CallbackServerContext* context,
+                 const tandem::v1::GenerateRequest& request) {
     auto observer = std::make_shared<Observer>(this);
     std::shared_ptr<GenerationCall> call =
         core->Start(request, absl::FromChrono(context->deadline()), std::move(observer));
@@ -110,8 +113,8 @@ class GenerateStream final : public grpc::ServerWriteReactor<GenerateResponse> {
 
 }  // namespace
 
-grpc::ServerWriteReactor<GenerateResponse>* GenerateService::Generate(grpc::CallbackServerContext* context,
-                                                                      const tandem::v1::GenerateRequest* request) {
+grpc::ServerWriteReactor<GenerateResponse>* GenerateService::Generate(
+    grpc::CallbackServerContext* context, const tandem::v1::GenerateRequest* request) {
   return new GenerateStream(core_, context, *request);
 }
 

@@ -15,7 +15,8 @@ absl::Status WorkerRegistry::Register(const tandem::v1::RegisterRequest& r) {
   if (r.address().empty()) return absl::InvalidArgumentError("address is empty");
   if (r.role() != tandem::v1::WORKER_ROLE_PREFILL && r.role() != tandem::v1::WORKER_ROLE_DECODE &&
       r.role() != tandem::v1::WORKER_ROLE_STORE) {
-    return absl::InvalidArgumentError("role must be WORKER_ROLE_PREFILL, WORKER_ROLE_DECODE or WORKER_ROLE_STORE");
+    return absl::InvalidArgumentError(
+        "role must be WORKER_ROLE_PREFILL, WORKER_ROLE_DECODE or WORKER_ROLE_STORE");
   }
   if (r.model_id() != options_.model_id) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -29,9 +30,11 @@ absl::Status WorkerRegistry::Register(const tandem::v1::RegisterRequest& r) {
       options_.channel_factory ? options_.channel_factory(r.address())
                                : grpc::CreateChannel(r.address(), grpc::InsecureChannelCredentials());
   if (r.role() == tandem::v1::WORKER_ROLE_DECODE) {
-    e.handle.decode = std::shared_ptr<tandem::v1::DecodeWorker::Stub>(tandem::v1::DecodeWorker::NewStub(channel));
+    e.handle.decode =
+        std::shared_ptr<tandem::v1::DecodeWorker::Stub>(tandem::v1::DecodeWorker::NewStub(channel));
   } else if (r.role() == tandem::v1::WORKER_ROLE_PREFILL) {
-    e.handle.prefill = std::shared_ptr<tandem::v1::PrefillWorker::Stub>(tandem::v1::PrefillWorker::NewStub(channel));
+    e.handle.prefill =
+        std::shared_ptr<tandem::v1::PrefillWorker::Stub>(tandem::v1::PrefillWorker::NewStub(channel));
   }
   e.handle.kv_events =
       std::shared_ptr<tandem::v1::KvEventSource::Stub>(tandem::v1::KvEventSource::NewStub(channel));
@@ -62,8 +65,7 @@ bool WorkerRegistry::Healthy(const Entry& e, absl::Time now) const {
   return !e.failed && now - e.last_heartbeat <= options_.heartbeat_interval * options_.misses_allowed;
 }
 
-absl::StatusOr<WorkerHandle> WorkerRegistry::Pick(WorkerRole role,
-                                                  const std::vector<std::string>& exclude) {
+absl::StatusOr<WorkerHandle> WorkerRegistry::Pick(WorkerRole role, const std::vector<std::string>& exclude) {
   const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);
   const size_t n = order_.size();
@@ -76,8 +78,8 @@ absl::StatusOr<WorkerHandle> WorkerRegistry::Pick(WorkerRole role,
     cursor = (cursor + k + 1) % n;
     return e.handle;
   }
-  return absl::UnavailableError(absl::StrFormat(
-      "no healthy %s worker", role == tandem::v1::WORKER_ROLE_DECODE ? "decode" : "prefill"));
+  return absl::UnavailableError(
+      absl::StrFormat("no healthy %s worker", role == tandem::v1::WORKER_ROLE_DECODE ? "decode" : "prefill"));
 }
 
 bool WorkerRegistry::HasHealthy(WorkerRole role) {
@@ -120,7 +122,8 @@ void WorkerRegistry::RemoveInflight(const std::string& worker_id, int64_t prefil
   absl::MutexLock lock(&mu_);
   auto it = workers_.find(worker_id);
   if (it == workers_.end()) return;
-  it->second.inflight_prefill_tokens = std::max<int64_t>(0, it->second.inflight_prefill_tokens - prefill_tokens);
+  it->second.inflight_prefill_tokens =
+      std::max<int64_t>(0, it->second.inflight_prefill_tokens - prefill_tokens);
   it->second.inflight_requests = std::max(0, it->second.inflight_requests - 1);
 }
 

@@ -33,8 +33,8 @@ struct WorkerHandle {
   std::string id;
   tandem::v1::WorkerRole role = tandem::v1::WORKER_ROLE_UNSPECIFIED;
   std::string address;
-  std::shared_ptr<tandem::v1::DecodeWorker::Stub> decode;    // decode workers
-  std::shared_ptr<tandem::v1::PrefillWorker::Stub> prefill;  // prefill workers
+  std::shared_ptr<tandem::v1::DecodeWorker::Stub> decode;      // decode workers
+  std::shared_ptr<tandem::v1::PrefillWorker::Stub> prefill;    // prefill workers
   std::shared_ptr<tandem::v1::KvEventSource::Stub> kv_events;  // snapshots (all)
 };
 
@@ -131,7 +131,7 @@ class WorkerRegistry {
   // order_'s entries, for scans that must not hash every id (placement over
   // 1,000 workers per request).
   std::vector<Entry*> entries_ ABSL_GUARDED_BY(mu_);
-  size_t next_[3] ABSL_GUARDED_BY(mu_) = {0, 0, 0};       // round-robin cursor per role
+  size_t next_[3] ABSL_GUARDED_BY(mu_) = {0, 0, 0};  // round-robin cursor per role
 };
 
 }  // namespace tandem::router

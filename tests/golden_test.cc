@@ -34,8 +34,7 @@ class GoldenTest : public ::testing::TestWithParam<int> {
  protected:
   void SetUp() override {
     if (!std::ifstream(kModel) || !std::ifstream(kReference)) {
-      GTEST_SKIP() << "shared data absent (" << kModel << ", " << kReference
-                   << "): golden test skipped";
+      GTEST_SKIP() << "shared data absent (" << kModel << ", " << kReference << "): golden test skipped";
     }
   }
 };
@@ -51,8 +50,7 @@ TEST_P(GoldenTest, MatchesLlamaCpp) {
     engine::GenerateRequest req;
     req.prompt = rec["prompt"].get<std::string>();
     req.max_tokens = rec["n_predict"].get<int>();
-    ASSERT_OK_AND_ASSIGN(engine::GenerateResult r,
-                         engine::GenerateOne(*llama, *backend, *m->tokenizer, req));
+    ASSERT_OK_AND_ASSIGN(engine::GenerateResult r, engine::GenerateOne(*llama, *backend, *m->tokenizer, req));
     EXPECT_EQ(r.prompt_token_ids, rec["prompt_token_ids"].get<std::vector<int32_t>>());
     EXPECT_EQ(r.generated_token_ids, rec["generated_token_ids"].get<std::vector<int32_t>>());
     EXPECT_EQ(r.text, rec["generated_text"].get<std::string>());

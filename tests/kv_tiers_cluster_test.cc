@@ -93,7 +93,8 @@ Result Generate(tandem::v1::Tandem::Stub* stub, const std::string& prompt, int32
 
 // The hashes a worker's snapshot lists in `tier`.
 std::set<BlockHash> SnapshotTier(const std::string& address, tandem::v1::KvTier tier) {
-  auto stub = tandem::v1::KvEventSource::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto stub =
+      tandem::v1::KvEventSource::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
   tandem::v1::KvEventBatch batch;
@@ -146,8 +147,9 @@ bool ContainsAll(const std::set<BlockHash>& held, const std::vector<BlockHash>& 
 
 // A story-like prompt of about `words` words, distinct per `seed`.
 std::string Story(int seed, int words) {
-  static const char* kWords[] = {"the", "little", "dog", "ran", "to", "park", "and", "saw", "a", "big",
-                                 "red", "ball", "Lily", "was", "happy", "sun", "tree", "bird", "sang", "mom"};
+  static const char* kWords[] = {"the",   "little", "dog",  "ran",  "to",   "park", "and",
+                                 "saw",   "a",      "big",  "red",  "ball", "Lily", "was",
+                                 "happy", "sun",    "tree", "bird", "sang", "mom"};
   std::string s = "Once upon a time";
   for (int i = 0; i < words; ++i) absl::StrAppend(&s, " ", kWords[(i * 7 + seed * 13 + i * seed) % 20]);
   return s;
@@ -190,22 +192,28 @@ TEST(KvTiersClusterTest, SsdBlocksSurviveKillAndAreServedAgain) {
   ASSERT_FALSE(router.address.empty());
   // A 1 MiB pool overflows after a few prompts; a small DRAM tier pushes
   // blocks on to SSD (written behind on every Put anyway).
-  const std::vector<std::string> prefill_argv = {
-      TANDEM_BINARY, "prefill", "--router", router.address, "--model", kStories, "--threads", "1",
-      "--block-size", absl::StrCat(kBlockSize), "--kv-cache-mb", "1", "--kv-dram-bytes", "262144",
-      "--kv-ssd-path", ssd_path, "--worker-id", "prefill-tiers"};
+  const std::vector<std::string> prefill_argv = {TANDEM_BINARY,     "prefill",
+                                                 "--router",        router.address,
+                                                 "--model",         kStories,
+                                                 "--threads",       "1",
+                                                 "--block-size",    absl::StrCat(kBlockSize),
+                                                 "--kv-cache-mb",   "1",
+                                                 "--kv-dram-bytes", "262144",
+                                                 "--kv-ssd-path",   ssd_path,
+                                                 "--worker-id",     "prefill-tiers"};
   // The decode worker has no tiers and is restarted too, so that reuse after
   // the restart can only come from the prefill worker's SSD tier.
-  const std::vector<std::string> decode_argv = {TANDEM_BINARY, "decode", "--router", router.address,
-                                                "--model", kStories, "--threads", "1",
-                                                "--block-size", absl::StrCat(kBlockSize), "--kv-cache-mb", "64"};
+  const std::vector<std::string> decode_argv = {
+      TANDEM_BINARY, "decode", "--router",     router.address,           "--model",       kStories,
+      "--threads",   "1",      "--block-size", absl::StrCat(kBlockSize), "--kv-cache-mb", "64"};
   Proc prefill = Start(prefill_argv);
   Proc decode = Start(decode_argv);
   ASSERT_FALSE(prefill.address.empty());
   ASSERT_FALSE(decode.address.empty());
   EXPECT_EQ(prefill.ready["kv_tiers"], true);
   EXPECT_EQ(prefill.ready["kv_ssd_blocks_reopened"], 0);
-  auto stub = tandem::v1::Tandem::NewStub(grpc::CreateChannel(router.address, grpc::InsecureChannelCredentials()));
+  auto stub =
+      tandem::v1::Tandem::NewStub(grpc::CreateChannel(router.address, grpc::InsecureChannelCredentials()));
 
   const std::string prompt = Story(0, 120);
   auto model = model::LoadModel(kStories);
@@ -395,17 +403,19 @@ TEST(KvTiersClusterTest, SharedStoreServesAnotherWorkerAfterKill) {
   Proc router = Start({TANDEM_BINARY, "router", "--port", "0", "--model", kStories, "--heartbeat-ms", "200",
                        "--aggregate-max-uncached-tokens", "-1"});
   ASSERT_FALSE(router.address.empty());
-  const std::vector<std::string> store_argv = {TANDEM_BINARY, "store", "--router", router.address, "--model",
-                                               kStories, "--block-size", absl::StrCat(kBlockSize),
-                                               "--dram-bytes", "1048576", "--ssd-path", dir + "/store",
-                                               "--store-id", "store-0"};
+  const std::vector<std::string> store_argv = {
+      TANDEM_BINARY,  "store",   "--router",     router.address,
+      "--model",      kStories,  "--block-size", absl::StrCat(kBlockSize),
+      "--dram-bytes", "1048576", "--ssd-path",   dir + "/store",
+      "--store-id",   "store-0"};
   Proc store = Start(store_argv);
   ASSERT_FALSE(store.address.empty());
   EXPECT_EQ(store.ready["ssd_blocks_reopened"], 0);
   EXPECT_EQ(store.ready["transport"], "ucx");
   auto worker_argv = [&](const std::string& role, const std::string& id) {
-    std::vector<std::string> argv = {TANDEM_BINARY, role, "--router", router.address, "--model", kStories,
-                                     "--threads", "1", "--block-size", absl::StrCat(kBlockSize), "--worker-id", id};
+    std::vector<std::string> argv = {
+        TANDEM_BINARY, role, "--router",     router.address,           "--model",     kStories,
+        "--threads",   "1",  "--block-size", absl::StrCat(kBlockSize), "--worker-id", id};
     if (role == "prefill") {
       argv.insert(argv.end(), {"--kv-cache-mb", "1", "--kv-dram-bytes", "262144", "--kv-store", store.address,
                                "--metrics-port", "0"});
@@ -418,7 +428,8 @@ TEST(KvTiersClusterTest, SharedStoreServesAnotherWorkerAfterKill) {
   Proc decode = Start(worker_argv("decode", "decode-0"));
   ASSERT_FALSE(prefill_a.address.empty());
   ASSERT_FALSE(decode.address.empty());
-  auto stub = tandem::v1::Tandem::NewStub(grpc::CreateChannel(router.address, grpc::InsecureChannelCredentials()));
+  auto stub =
+      tandem::v1::Tandem::NewStub(grpc::CreateChannel(router.address, grpc::InsecureChannelCredentials()));
 
   const std::string prompt = Story(100, 120);
   auto model = model::LoadModel(kStories);
@@ -499,7 +510,8 @@ std::vector<int32_t> DecodeTokens(tandem::v1::DecodeWorker::Stub* stub, const ta
   std::vector<int32_t> tokens;
   tandem::v1::GenerateResponse resp;
   while (reader->Read(&resp)) {
-    if (resp.has_chunk()) tokens.insert(tokens.end(), resp.chunk().token_ids().begin(), resp.chunk().token_ids().end());
+    if (resp.has_chunk())
+      tokens.insert(tokens.end(), resp.chunk().token_ids().begin(), resp.chunk().token_ids().end());
   }
   *status = reader->Finish();
   return tokens;
@@ -510,10 +522,12 @@ TEST(KvTiersClusterTest, CorruptTransferredKvIsDetectedAndRecomputed) {
   Proc router = Start({TANDEM_BINARY, "router", "--port", "0", "--model", kStories, "--heartbeat-ms", "200",
                        "--aggregate-max-uncached-tokens", "-1"});
   ASSERT_FALSE(router.address.empty());
-  Proc prefill = Start({TANDEM_BINARY, "prefill", "--router", router.address, "--model", kStories, "--threads",
-                        "1", "--block-size", absl::StrCat(kBlockSize), "--worker-id", "prefill-0"});
-  Proc decode = Start({TANDEM_BINARY, "decode", "--router", router.address, "--model", kStories, "--threads", "1",
-                       "--block-size", absl::StrCat(kBlockSize), "--worker-id", "decode-0", "--metrics-port", "0"});
+  Proc prefill =
+      Start({TANDEM_BINARY, "prefill", "--router", router.address, "--model", kStories, "--threads", "1",
+             "--block-size", absl::StrCat(kBlockSize), "--worker-id", "prefill-0"});
+  Proc decode =
+      Start({TANDEM_BINARY, "decode", "--router", router.address, "--model", kStories, "--threads", "1",
+             "--block-size", absl::StrCat(kBlockSize), "--worker-id", "decode-0", "--metrics-port", "0"});
   ASSERT_FALSE(prefill.address.empty());
   ASSERT_FALSE(decode.address.empty());
   const int metrics_port = MetricsPort(decode);
@@ -522,7 +536,8 @@ TEST(KvTiersClusterTest, CorruptTransferredKvIsDetectedAndRecomputed) {
   constexpr char kFailures[] = "tandem_worker_kv_transfer_checksum_failures_total";
 
   // 1. A real disaggregated request: every transferred block verifies.
-  auto stub = tandem::v1::Tandem::NewStub(grpc::CreateChannel(router.address, grpc::InsecureChannelCredentials()));
+  auto stub =
+      tandem::v1::Tandem::NewStub(grpc::CreateChannel(router.address, grpc::InsecureChannelCredentials()));
   const Result routed = Generate(stub.get(), Story(7, 80), 8);
   ASSERT_TRUE(routed.status.ok()) << routed.status.error_message();
   ASSERT_EQ(routed.summary.prefill_worker(), "prefill-0");
@@ -534,8 +549,8 @@ TEST(KvTiersClusterTest, CorruptTransferredKvIsDetectedAndRecomputed) {
   auto model = model::LoadModel(kStories);
   ASSERT_TRUE(model.ok()) << model.status().message();
   const std::vector<int32_t> prompt = (*model)->tokenizer->Encode(Story(8, 80), /*add_bos=*/true);
-  auto decode_stub =
-      tandem::v1::DecodeWorker::NewStub(grpc::CreateChannel(decode.address, grpc::InsecureChannelCredentials()));
+  auto decode_stub = tandem::v1::DecodeWorker::NewStub(
+      grpc::CreateChannel(decode.address, grpc::InsecureChannelCredentials()));
   tandem::v1::ReserveRequest reserve;
   reserve.set_request_id("corrupt-1");
   *reserve.mutable_prompt_token_ids() = {prompt.begin(), prompt.end()};
@@ -568,7 +583,8 @@ TEST(KvTiersClusterTest, CorruptTransferredKvIsDetectedAndRecomputed) {
   const std::vector<int32_t> expected = DecodeTokens(decode_stub.get(), aggregated, &aggregated_status);
   ASSERT_TRUE(aggregated_status.ok()) << aggregated_status.error_message();
   ASSERT_EQ(expected.size(), 12u);
-  EXPECT_EQ(recomputed, expected) << "the decode worker did not recompute the prompt whose KV failed its checksums";
+  EXPECT_EQ(recomputed, expected)
+      << "the decode worker did not recompute the prompt whose KV failed its checksums";
 
   for (Proc* p : {&prefill, &decode, &router}) p->process.reset();
 }

@@ -68,8 +68,8 @@ class Namespaces {
 
   // argv running `tandem args...` in `host`'s namespace with UCX on TCP.
   std::vector<std::string> Tandem(const std::string& host, std::vector<std::string> args) const {
-    std::vector<std::string> argv = {"/usr/bin/env", "ip", "netns", "exec", ns(host), "env", "UCX_TLS=tcp",
-                                     kBinary};
+    std::vector<std::string> argv = {"/usr/bin/env", "ip",  "netns",       "exec",
+                                     ns(host),       "env", "UCX_TLS=tcp", kBinary};
     argv.insert(argv.end(), args.begin(), args.end());
     return argv;
   }
@@ -92,9 +92,9 @@ TEST(NetnsTest, DecodeHostLinkDownLeavesRotationWithinHeartbeatDeadline) {
   if (up.exit_code != 0) GTEST_SKIP() << "cannot build network namespaces here: " << up.output;
 
   const std::string router_address = "10.77.0.1:50051";
-  Subprocess router(net.Tandem("router", {"router", "--host", "10.77.0.1", "--port", "50051", "--heartbeat-ms",
-                                          absl::StrCat(kHeartbeatMs), "--heartbeat-misses",
-                                          absl::StrCat(kMisses)}));
+  Subprocess router(
+      net.Tandem("router", {"router", "--host", "10.77.0.1", "--port", "50051", "--heartbeat-ms",
+                            absl::StrCat(kHeartbeatMs), "--heartbeat-misses", absl::StrCat(kMisses)}));
   ASSERT_TRUE(router.ReadLine(absl::Now() + absl::Seconds(60)).has_value()) << "router not ready";
   Subprocess prefill(net.Tandem("prefill", {"prefill", "--router", router_address, "--host", "10.77.0.2",
                                             "--port", "50061", "--threads", "1", "--kv-cache-mb", "32"}));
@@ -108,9 +108,9 @@ TEST(NetnsTest, DecodeHostLinkDownLeavesRotationWithinHeartbeatDeadline) {
 
   // A client on the router host, through the namespaces' addresses.
   const auto generate = [&](int timeout_s) {
-    return Shell(ShellJoin(net.Tandem("router", {"generate", "--remote", router_address, "--prompt",
-                                                 "Once upon a time", "--max-tokens", "8", "--json",
-                                                 "--timeout-s", absl::StrCat(timeout_s)})));
+    return Shell(ShellJoin(
+        net.Tandem("router", {"generate", "--remote", router_address, "--prompt", "Once upon a time",
+                              "--max-tokens", "8", "--json", "--timeout-s", absl::StrCat(timeout_s)})));
   };
   CommandResult ok = generate(60);
   ASSERT_EQ(ok.exit_code, 0) << ok.output;

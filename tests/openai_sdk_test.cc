@@ -120,7 +120,8 @@ TEST(ChatRendererTest, NoTemplateIsChatMl) {
 
 TEST(ChatRendererTest, TemplateThatRaisesIsInvalidArgument) {
   ChatRenderer r = MakeChatRenderer(
-      "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system messages') }}{% endif %}ok", nullptr);
+      "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system messages') }}{% endif %}ok",
+      nullptr);
   EXPECT_TRUE(r.model_template);
   EXPECT_THAT(r.render(kTurns).status(), StatusIs(absl::StatusCode::kInvalidArgument));
   absl::StatusOr<std::string> out = r.render({{"user", "Hi"}});
@@ -134,13 +135,15 @@ TEST(ChatRendererTest, FrontSendsRenderedChatAsTokenIdsWithoutAnExtraBos) {
   std::unique_ptr<model::Tokenizer> tok = SmallTokenizer();
   ASSERT_NE(tok, nullptr);
   ChatRenderer chat = MakeChatRenderer(
-      "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",
+      "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor "
+      "%}",
       tok.get());
   ASSERT_TRUE(chat.model_template) << chat.template_error;
   FakeGenerator generator;
   MetricsRegistry registry;
-  OpenAiFront front({.model_name = "tiny", .metrics = &registry, .render_chat = chat.render, .tokenizer = tok.get()},
-                    &generator);
+  OpenAiFront front(
+      {.model_name = "tiny", .metrics = &registry, .render_chat = chat.render, .tokenizer = tok.get()},
+      &generator);
   auto server = http::Server::Create({.error_response = &OpenAiFront::ErrorResponse});
   ASSERT_OK(server.status());
   front.Register(server->get());
@@ -165,8 +168,8 @@ TEST(ChatRendererTest, FrontSendsRenderedChatAsTokenIdsWithoutAnExtraBos) {
   ASSERT_FALSE(ids.empty());
   EXPECT_EQ(ids[0], tok->bos_id());
   EXPECT_EQ(std::count(ids.begin(), ids.end(), tok->bos_id()), 1);  // the template's BOS only
-  EXPECT_THAT(ids, Contains(3));                                     // <|im_start|> as its token
-  EXPECT_THAT(ids, Contains(4));                                     // <|im_end|>
+  EXPECT_THAT(ids, Contains(3));                                    // <|im_start|> as its token
+  EXPECT_THAT(ids, Contains(4));                                    // <|im_end|>
   EXPECT_EQ(requests[0].max_tokens(), 0);  // chat's default: the generator's (router's) own
 }
 
@@ -213,8 +216,8 @@ void ExpectErrorShape(const ParsedResponse& r, int status, const char* param = n
 class OpenAiClusterTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    up_ = new Subprocess({TANDEM_BINARY, "up", "--model", ModelSpec(), "--prefill", "1", "--decode", "1", "--port",
-                          "0", "--http-port", "0", "--threads", "1", "--ready-timeout-s", "90"});
+    up_ = new Subprocess({TANDEM_BINARY, "up", "--model", ModelSpec(), "--prefill", "1", "--decode", "1",
+                          "--port", "0", "--http-port", "0", "--threads", "1", "--ready-timeout-s", "90"});
     const absl::Time deadline = absl::Now() + absl::Seconds(120);
     while (std::optional<std::string> line = up_->ReadLine(deadline)) {
       const json j = json::parse(*line, nullptr, false);
@@ -276,7 +279,8 @@ std::string* OpenAiClusterTest::model_ = nullptr;
 // A completion's or chat's usage: numbers that add up.
 void ExpectUsage(const json& usage, int max_tokens) {
   ASSERT_TRUE(usage.is_object()) << usage;
-  const int prompt = usage["prompt_tokens"], completion = usage["completion_tokens"], total = usage["total_tokens"];
+  const int prompt = usage["prompt_tokens"], completion = usage["completion_tokens"],
+            total = usage["total_tokens"];
   EXPECT_GT(prompt, 0) << usage;
   EXPECT_GT(completion, 0) << usage;
   EXPECT_LE(completion, max_tokens) << usage;
@@ -286,7 +290,8 @@ void ExpectUsage(const json& usage, int max_tokens) {
 // finish_reason is "stop" or "length"; "length" only when the budget ran out
 // and "stop" whenever it did not (at the budget, an end token is "stop").
 void ExpectFinish(const json& result, int max_tokens) {
-  const std::string finish = result["finish_reason"].is_string() ? result["finish_reason"].get<std::string>() : "";
+  const std::string finish =
+      result["finish_reason"].is_string() ? result["finish_reason"].get<std::string>() : "";
   EXPECT_THAT(finish, ::testing::AnyOf("stop", "length")) << result;
   ASSERT_TRUE(result["usage"].is_object()) << result;
   const int completion = result["usage"]["completion_tokens"];
@@ -296,7 +301,8 @@ void ExpectFinish(const json& result, int max_tokens) {
 
 TEST_F(OpenAiClusterTest, OfficialOpenAiSdkWorksUnmodified) {
   const std::string refs = TANDEM_BINARY_DIR "/npm-refs";
-  if (std::system(("\"" TANDEM_SOURCE_DIR "/scripts/npm_refs.sh\" \"" + refs + "\" >/dev/null").c_str()) != 0) {
+  if (std::system(("\"" TANDEM_SOURCE_DIR "/scripts/npm_refs.sh\" \"" + refs + "\" >/dev/null").c_str()) !=
+      0) {
     GTEST_SKIP() << "npm reference packages unavailable (scripts/npm_refs.sh failed; offline?)";
   }
   Subprocess node({"/usr/bin/node", TANDEM_SOURCE_DIR "/tests/openai_sdk_check.mjs", refs,
@@ -402,7 +408,8 @@ TEST_F(OpenAiClusterTest, MalformedRequestsGet4xxAndTheServerKeepsServing) {
       {"unknown model", c, R"({"model": "no-such-model", "prompt": "x"})", 404, "model"},
       {"negative max_tokens", c, R"({"prompt": "x", "max_tokens": -5})", 400, "max_tokens"},
       {"zero max_completion_tokens", chat, R"({"messages": [{"role": "user", "content": "hi"}],
-                                               "max_completion_tokens": 0})", 400, "max_completion_tokens"},
+                                               "max_completion_tokens": 0})",
+       400, "max_completion_tokens"},
       {"invalid UTF-8 in the prompt", c, "{\"prompt\": \"Once \xff\xfe upon\"}", 400, nullptr},
       {"truncated UTF-8 in the prompt", c, "{\"prompt\": \"caf\xc3\"}", 400, nullptr},
       {"lone surrogate escape in the prompt", c, R"({"prompt": "a\udc00b"})", 400, nullptr},
@@ -445,8 +452,8 @@ TEST_F(OpenAiClusterTest, MetricsOnTheRouterAndOnAWorker) {
 
   // A worker with --metrics-port 0 prints where it serves /metrics.
   ASSERT_NE(router_, nullptr);
-  Subprocess worker({TANDEM_BINARY, "decode", "--router", *router_, "--model", ModelSpec(), "--host", "127.0.0.1",
-                     "--port", "0", "--threads", "1", "--metrics-port", "0"});
+  Subprocess worker({TANDEM_BINARY, "decode", "--router", *router_, "--model", ModelSpec(), "--host",
+                     "127.0.0.1", "--port", "0", "--threads", "1", "--metrics-port", "0"});
   std::string metrics_address;
   const absl::Time deadline = absl::Now() + absl::Seconds(60);
   while (std::optional<std::string> line = worker.ReadLine(deadline)) {

@@ -299,7 +299,6 @@ void ExpectRemoteGenerationMatchesLocal(const std::string& router) {
   EXPECT_FALSE(last_line(remote.out).empty()) << remote.out;
 }
 
-
 // `tandem up ARGS` with its stdout on a pipe (stderr inherited, for the log).
 class UpProcess {
  public:

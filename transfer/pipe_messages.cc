@@ -27,8 +27,7 @@ bool ReadAll(int fd, void* data, size_t n, absl::Time deadline) {
   char* p = static_cast<char*>(data);
   while (n > 0) {
     pollfd pfd{fd, POLLIN, 0};
-    const int ms =
-        static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
+    const int ms = static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
     if (poll(&pfd, 1, ms) <= 0) return false;
     const ssize_t r = ::read(fd, p, n);
     if (r <= 0) return false;

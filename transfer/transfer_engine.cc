@@ -141,8 +141,7 @@ absl::Status FromUcs(ucs_status_t status, absl::string_view what) {
 }
 
 bool IsSharedMemoryTransport(absl::string_view tl) {
-  return tl == "sysv" || tl == "posix" || tl == "xpmem" || tl == "knem" || tl == "cma" ||
-         tl == "self";
+  return tl == "sysv" || tl == "posix" || tl == "xpmem" || tl == "knem" || tl == "cma" || tl == "self";
 }
 
 bool IsRdmaTransport(absl::string_view tl) {
@@ -177,8 +176,7 @@ std::vector<std::string> EndpointTransports(ucp_ep_h ep) {
     absl::string_view rest = absl::StripLeadingAsciiWhitespace(line.substr(colon + 2));
     size_t index_end = rest.find(':');
     size_t slash = rest.find('/');
-    if (index_end == absl::string_view::npos || slash == absl::string_view::npos ||
-        slash < index_end) {
+    if (index_end == absl::string_view::npos || slash == absl::string_view::npos || slash < index_end) {
       continue;
     }
     std::string tl(rest.substr(index_end + 1, slash - index_end - 1));
@@ -222,8 +220,7 @@ uint64_t HostId() {
 
 uint64_t RandomId() {
   std::random_device rd;
-  return (static_cast<uint64_t>(rd()) << 32) ^ rd() ^
-         static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
+  return (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
 }
 
 std::string PeerLabel(const RemoteRegion& remote) {
@@ -233,9 +230,8 @@ std::string PeerLabel(const RemoteRegion& remote) {
 
 int PollTimeoutMs(absl::Duration d) {
   if (d <= absl::ZeroDuration()) return 0;
-  return static_cast<int>(
-      std::min<int64_t>(absl::ToInt64Milliseconds(absl::Ceil(d, absl::Milliseconds(1))),
-                        absl::ToInt64Milliseconds(kHousekeepingPeriod)));
+  return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(absl::Ceil(d, absl::Milliseconds(1))),
+                                            absl::ToInt64Milliseconds(kHousekeepingPeriod)));
 }
 
 }  // namespace
@@ -285,8 +281,8 @@ class TransferEngine::Impl {
   absl::StatusOr<T> RunSync(absl::AnyInvocable<absl::StatusOr<T>()> fn, absl::Time deadline);
   absl::Status RunSyncStatus(absl::AnyInvocable<absl::Status()> fn, absl::Time deadline);
 
-  absl::Status Write(const RemoteRegion& remote, absl::Span<const WriteRequest> writes,
-                     absl::Time deadline, WriteOp op);
+  absl::Status Write(const RemoteRegion& remote, absl::Span<const WriteRequest> writes, absl::Time deadline,
+                     WriteOp op);
 
   // Progress-thread bodies of the public methods.
   absl::StatusOr<RegisteredRegion> DoRegister(void* base, size_t bytes, bool allocate);
@@ -579,8 +575,7 @@ absl::StatusOr<T> TransferEngine::Impl::RunSync(absl::AnyInvocable<absl::StatusO
   return std::move(shared->result);
 }
 
-absl::Status TransferEngine::Impl::RunSyncStatus(absl::AnyInvocable<absl::Status()> fn,
-                                                 absl::Time deadline) {
+absl::Status TransferEngine::Impl::RunSyncStatus(absl::AnyInvocable<absl::Status()> fn, absl::Time deadline) {
   absl::StatusOr<bool> result = RunSync<bool>(
       [fn = std::move(fn)]() mutable -> absl::StatusOr<bool> {
         TANDEM_RETURN_IF_ERROR(fn());
@@ -599,15 +594,14 @@ absl::Status TransferEngine::Impl::Setup() {
                                    absl::StrCat("UCX_TLS=", options_.transports)));
   }
   if (options_.keepalive_interval > absl::ZeroDuration()) {
-    std::string value = absl::StrCat(
-        std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.keepalive_interval)), "ms");
-    TANDEM_RETURN_IF_ERROR(FromUcs(ucp_config_modify(config, "KEEPALIVE_INTERVAL", value.c_str()),
-                                   "UCX_KEEPALIVE_INTERVAL"));
+    std::string value =
+        absl::StrCat(std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.keepalive_interval)), "ms");
+    TANDEM_RETURN_IF_ERROR(
+        FromUcs(ucp_config_modify(config, "KEEPALIVE_INTERVAL", value.c_str()), "UCX_KEEPALIVE_INTERVAL"));
   }
 
   ucp_params_t params{};
-  params.field_mask =
-      UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED | UCP_PARAM_FIELD_NAME;
+  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED | UCP_PARAM_FIELD_NAME;
   params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
   params.mt_workers_shared = 0;
   params.name = options_.name.c_str();
@@ -635,18 +629,14 @@ absl::Status TransferEngine::Impl::Setup() {
     ucp_am_recv_callback_t cb;
   };
   const Handler handlers[] = {
-      {kAmData,
-       [](void* arg, const void* h, size_t hl, void* d, size_t l, const ucp_am_recv_param_t* p) {
-         return static_cast<Impl*>(arg)->OnData(h, hl, d, l, p);
-       }},
+      {kAmData, [](void* arg, const void* h, size_t hl, void* d, size_t l,
+                   const ucp_am_recv_param_t* p) { return static_cast<Impl*>(arg)->OnData(h, hl, d, l, p); }},
       {kAmFence,
        [](void* arg, const void* h, size_t hl, void* d, size_t l, const ucp_am_recv_param_t* p) {
          return static_cast<Impl*>(arg)->OnFence(h, hl, d, l, p);
        }},
-      {kAmAck,
-       [](void* arg, const void* h, size_t hl, void* d, size_t l, const ucp_am_recv_param_t* p) {
-         return static_cast<Impl*>(arg)->OnAck(h, hl, d, l, p);
-       }},
+      {kAmAck, [](void* arg, const void* h, size_t hl, void* d, size_t l,
+                  const ucp_am_recv_param_t* p) { return static_cast<Impl*>(arg)->OnAck(h, hl, d, l, p); }},
   };
   for (const Handler& h : handlers) {
     ucp_am_handler_param_t hp{};
@@ -664,8 +654,8 @@ absl::Status TransferEngine::Impl::Setup() {
 
   ucp_address_t* ucx_address = nullptr;
   size_t ucx_address_length = 0;
-  TANDEM_RETURN_IF_ERROR(FromUcs(ucp_worker_get_address(worker_, &ucx_address, &ucx_address_length),
-                                 "ucp_worker_get_address"));
+  TANDEM_RETURN_IF_ERROR(
+      FromUcs(ucp_worker_get_address(worker_, &ucx_address, &ucx_address_length), "ucp_worker_get_address"));
   host_id_ = HostId();
   sender_id_ = RandomId();
   AddressHeader header{kAddressMagic, kAddressVersion, host_id_};
@@ -706,9 +696,8 @@ void TransferEngine::Impl::Loop() {
     ucs_status_t st = ucp_worker_arm(worker_);
     if (st == UCS_ERR_BUSY) continue;  // events arrived meanwhile: progress again
     if (HasTasks()) continue;
-    int timeout_ms = st == UCS_OK
-                         ? PollTimeoutMs(std::min(NextDeadline(), next_housekeeping_) - absl::Now())
-                         : 1;  // arm failed (never seen): poll gently
+    int timeout_ms = st == UCS_OK ? PollTimeoutMs(std::min(NextDeadline(), next_housekeeping_) - absl::Now())
+                                  : 1;  // arm failed (never seen): poll gently
     pollfd pfd{efd_, POLLIN, 0};
     poll(&pfd, 1, timeout_ms);
   }
@@ -780,8 +769,7 @@ void TransferEngine::Impl::Teardown() {
   if (worker_ != nullptr) {
     for (Peer* peer : peers) {
       if (!peer->ops.empty()) {
-        DropPeer(peer, absl::CancelledError(
-                           absl::StrCat("transfer engine '", options_.name, "' destroyed")));
+        DropPeer(peer, absl::CancelledError(absl::StrCat("transfer engine '", options_.name, "' destroyed")));
       }
     }
     // Let in-flight connection setup finish first, including endpoints that
@@ -841,11 +829,10 @@ void TransferEngine::Impl::Teardown() {
 // ---------------------------------------------------------------------------
 // Regions.
 
-absl::StatusOr<RegisteredRegion> TransferEngine::Impl::DoRegister(void* base, size_t bytes,
-                                                                  bool allocate) {
+absl::StatusOr<RegisteredRegion> TransferEngine::Impl::DoRegister(void* base, size_t bytes, bool allocate) {
   ucp_mem_map_params_t mp{};
-  mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
-                  UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+  mp.field_mask =
+      UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS;
   mp.address = allocate ? nullptr : base;
   mp.length = bytes;
   mp.flags = allocate ? UCP_MEM_MAP_ALLOCATE : 0;
@@ -860,8 +847,7 @@ absl::StatusOr<RegisteredRegion> TransferEngine::Impl::DoRegister(void* base, si
 
   void* rkey_buffer = nullptr;
   size_t rkey_size = 0;
-  TANDEM_RETURN_IF_ERROR(
-      FromUcs(ucp_rkey_pack(context_, memh, &rkey_buffer, &rkey_size), "ucp_rkey_pack"));
+  TANDEM_RETURN_IF_ERROR(FromUcs(ucp_rkey_pack(context_, memh, &rkey_buffer, &rkey_size), "ucp_rkey_pack"));
   std::string packed(static_cast<const char*>(rkey_buffer), rkey_size);
   ucp_rkey_buffer_release(rkey_buffer);
 
@@ -888,26 +874,25 @@ absl::Status TransferEngine::Impl::DoUnregister(uint32_t region_id) {
     return absl::NotFoundError(absl::StrCat("no region ", region_id));
   }
   if (it->second.inflight > 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "region ", region_id, ": ", it->second.inflight, " active-message writes still landing"));
+    return absl::FailedPreconditionError(absl::StrCat("region ", region_id, ": ", it->second.inflight,
+                                                      " active-message writes still landing"));
   }
   ucs_status_t st = ucp_mem_unmap(context_, it->second.memh);
   regions_.erase(it);
   return FromUcs(st, absl::StrCat("ucp_mem_unmap of region ", region_id));
 }
 
-absl::StatusOr<TransferEngine::Impl::Region*> TransferEngine::Impl::FindRegionRange(
-    uint32_t region_id, uint64_t offset, size_t bytes) {
+absl::StatusOr<TransferEngine::Impl::Region*> TransferEngine::Impl::FindRegionRange(uint32_t region_id,
+                                                                                    uint64_t offset,
+                                                                                    size_t bytes) {
   auto it = regions_.find(region_id);
   if (it == regions_.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("engine '", options_.name, "' has no region ", region_id));
+    return absl::NotFoundError(absl::StrCat("engine '", options_.name, "' has no region ", region_id));
   }
   Region& r = it->second;
   if (offset > r.bytes || bytes > r.bytes - offset) {
-    return absl::OutOfRangeError(absl::StrCat("engine '", options_.name, "': [", offset, ", ",
-                                              offset + bytes, ") outside region ", region_id,
-                                              " of ", r.bytes, " bytes"));
+    return absl::OutOfRangeError(absl::StrCat("engine '", options_.name, "': [", offset, ", ", offset + bytes,
+                                              ") outside region ", region_id, " of ", r.bytes, " bytes"));
   }
   return &r;
 }
@@ -978,8 +963,7 @@ void TransferEngine::Impl::DropPeer(Peer* peer, const absl::Status& status) {
   retired_peers_.push_back(std::move(owned));
 }
 
-absl::StatusOr<TransferEngine::Impl::Peer*> TransferEngine::Impl::GetOrConnect(
-    const RemoteRegion& remote) {
+absl::StatusOr<TransferEngine::Impl::Peer*> TransferEngine::Impl::GetOrConnect(const RemoteRegion& remote) {
   auto it = peers_.find(remote.worker_address);
   if (it != peers_.end()) {
     Peer* peer = it->second.get();
@@ -1028,8 +1012,7 @@ absl::StatusOr<TransferEngine::Impl::Peer*> TransferEngine::Impl::GetOrConnect(
 
   if (options_.shared_memory_fast_path && local_has_shm_ && header.host_id == host_id_) {
     ucp_ep_params_t shm_params{};
-    shm_params.field_mask =
-        UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+    shm_params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
     shm_params.address = ucx_address;
     shm_params.err_mode = UCP_ERR_HANDLING_MODE_NONE;
     ucp_ep_h shm_ep = nullptr;
@@ -1049,8 +1032,8 @@ absl::StatusOr<TransferEngine::Impl::Peer*> TransferEngine::Impl::GetOrConnect(
   std::vector<std::string> tls = EndpointTransports(peer->data_ep);
   peer->transports = absl::StrJoin(tls, ",");
   peer->data_is_shm = peer->data_ep != peer->ctl_ep;
-  peer->data_has_rdma = std::any_of(tls.begin(), tls.end(),
-                                    [](const std::string& tl) { return IsRdmaTransport(tl); });
+  peer->data_has_rdma =
+      std::any_of(tls.begin(), tls.end(), [](const std::string& tl) { return IsRdmaTransport(tl); });
 
   Peer* raw = peer.get();
   peers_.emplace(address, std::move(peer));
@@ -1094,9 +1077,8 @@ absl::StatusOr<std::string> TransferEngine::Impl::DoDataTransports(const RemoteR
 // ---------------------------------------------------------------------------
 // Writes (sender side).
 
-absl::Status TransferEngine::Impl::Write(const RemoteRegion& remote,
-                                         absl::Span<const WriteRequest> writes, absl::Time deadline,
-                                         WriteOp op) {
+absl::Status TransferEngine::Impl::Write(const RemoteRegion& remote, absl::Span<const WriteRequest> writes,
+                                         absl::Time deadline, WriteOp op) {
   if (OnProgressThread()) {
     return absl::FailedPreconditionError("Write called on the transfer progress thread");
   }
@@ -1111,9 +1093,9 @@ absl::Status TransferEngine::Impl::Write(const RemoteRegion& remote,
       return absl::InvalidArgumentError(absl::StrCat("write ", i, ": null source"));
     }
     if (w.remote_offset > remote.bytes || w.bytes > remote.bytes - w.remote_offset) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "write ", i, ": [", w.remote_offset, ", ", w.remote_offset + w.bytes,
-          ") outside remote region ", remote.region_id, " of ", remote.bytes, " bytes"));
+      return absl::InvalidArgumentError(absl::StrCat("write ", i, ": [", w.remote_offset, ", ",
+                                                     w.remote_offset + w.bytes, ") outside remote region ",
+                                                     remote.region_id, " of ", remote.bytes, " bytes"));
     }
     state->writes.push_back(w);
     state->total_bytes += w.bytes;
@@ -1206,8 +1188,7 @@ void TransferEngine::Impl::FreeRequestCallback(void* request, ucs_status_t, void
   ucp_request_free(request);
 }
 
-void TransferEngine::Impl::Track(WriteState* s, ucs_status_ptr_t ptr, absl::string_view what,
-                                 bool is_flush) {
+void TransferEngine::Impl::Track(WriteState* s, ucs_status_ptr_t ptr, absl::string_view what, bool is_flush) {
   if (ptr == nullptr) {  // completed in place
     if (is_flush) SendFence(s);
     return;
@@ -1230,8 +1211,7 @@ void TransferEngine::Impl::OnRequestDone(WriteState* s, void* request, ucs_statu
   ucp_request_free(request);
   if (status != UCS_OK) {
     if (s->status.ok()) {
-      s->status =
-          s->peer != nullptr ? PeerError(*s->peer, status, "write") : FromUcs(status, "write");
+      s->status = s->peer != nullptr ? PeerError(*s->peer, status, "write") : FromUcs(status, "write");
     }
   } else if (was_flush && s->status.ok()) {
     SendFence(s);
@@ -1247,8 +1227,8 @@ void TransferEngine::Impl::IssuePuts(WriteState* s, ucp_rkey_h rkey) {
   s->records.reserve(s->writes.size());
   for (const WriteRequest& w : s->writes) {
     Track(s,
-          ucp_put_nbx(s->peer->data_ep, w.local, w.bytes, s->remote.base_address + w.remote_offset,
-                      rkey, &param),
+          ucp_put_nbx(s->peer->data_ep, w.local, w.bytes, s->remote.base_address + w.remote_offset, rkey,
+                      &param),
           "ucp_put_nbx");
     if (!s->status.ok()) return;
     s->records.push_back(PutRecord{s->remote.region_id, 0, w.remote_offset, w.bytes});
@@ -1260,19 +1240,17 @@ void TransferEngine::Impl::IssuePuts(WriteState* s, ucp_rkey_h rkey) {
 
 void TransferEngine::Impl::IssueActiveMessages(WriteState* s) {
   ucp_request_param_t param{};
-  param.op_attr_mask =
-      UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
   param.cb.send = &Impl::SendCallback;
   param.user_data = s;
   param.flags = UCP_AM_SEND_FLAG_REPLY;  // the receiver answers on its reply endpoint
   s->headers.resize(s->writes.size());
   for (size_t i = 0; i < s->writes.size(); ++i) {
     const WriteRequest& w = s->writes[i];
-    s->headers[i] =
-        DataHeader{kWireMagic, s->remote.region_id, sender_id_, s->seq, w.remote_offset};
+    s->headers[i] = DataHeader{kWireMagic, s->remote.region_id, sender_id_, s->seq, w.remote_offset};
     Track(s,
-          ucp_am_send_nbx(s->peer->data_ep, kAmData, &s->headers[i], sizeof(DataHeader), w.local,
-                          w.bytes, &param),
+          ucp_am_send_nbx(s->peer->data_ep, kAmData, &s->headers[i], sizeof(DataHeader), w.local, w.bytes,
+                          &param),
           "ucp_am_send_nbx");
     if (!s->status.ok()) return;
   }
@@ -1288,14 +1266,13 @@ void TransferEngine::Impl::SendFence(WriteState* s) {
   s->fence.batch_seq = s->seq;
   s->fence.num_put_records = s->records.size();
   ucp_request_param_t param{};
-  param.op_attr_mask =
-      UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
   param.cb.send = &Impl::SendCallback;
   param.user_data = s;
   param.flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
   Track(s,
-        ucp_am_send_nbx(s->peer->data_ep, kAmFence, &s->fence, sizeof(FenceHeader),
-                        s->records.data(), s->records.size() * sizeof(PutRecord), &param),
+        ucp_am_send_nbx(s->peer->data_ep, kAmFence, &s->fence, sizeof(FenceHeader), s->records.data(),
+                        s->records.size() * sizeof(PutRecord), &param),
         "fence ucp_am_send_nbx");
 }
 
@@ -1326,15 +1303,14 @@ void TransferEngine::Impl::ExpireWrites(absl::Time now) {
   }
   for (auto& s : expired) {
     if (s->finished) continue;
-    Fail(s.get(), absl::DeadlineExceededError(
-                      absl::StrCat("write of ", s->total_bytes, " bytes to peer ", s->label, " (",
-                                   WriteOpName(s->op), ") not complete by its deadline")));
+    Fail(s.get(), absl::DeadlineExceededError(absl::StrCat("write of ", s->total_bytes, " bytes to peer ",
+                                                           s->label, " (", WriteOpName(s->op),
+                                                           ") not complete by its deadline")));
     if (s->finished) continue;
     if (s->peer != nullptr) {
       // Never leave UCX working on the caller's buffers: reset the connection.
-      DropPeer(s->peer,
-               absl::UnavailableError(absl::StrCat(
-                   "peer ", s->label, ": connection reset because a write to it timed out")));
+      DropPeer(s->peer, absl::UnavailableError(absl::StrCat(
+                            "peer ", s->label, ": connection reset because a write to it timed out")));
     }
   }
 }
@@ -1342,15 +1318,14 @@ void TransferEngine::Impl::ExpireWrites(absl::Time now) {
 // ---------------------------------------------------------------------------
 // Receiver side.
 
-ucs_status_t TransferEngine::Impl::OnData(const void* header, size_t header_length, void* data,
-                                          size_t length, const ucp_am_recv_param_t* param) {
+ucs_status_t TransferEngine::Impl::OnData(const void* header, size_t header_length, void* data, size_t length,
+                                          const ucp_am_recv_param_t* param) {
   if (header_length != sizeof(DataHeader)) return UCS_OK;  // not ours: drop
   DataHeader h;
   std::memcpy(&h, header, sizeof(h));
   if (h.magic != kWireMagic) return UCS_OK;
   BatchKey key{h.sender_id, h.batch_seq};
-  ucp_ep_h reply_ep =
-      (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0 ? param->reply_ep : nullptr;
+  ucp_ep_h reply_ep = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0 ? param->reply_ep : nullptr;
   InboundBatch& batch = inbound_[key];
   batch.touched = absl::Now();
 
@@ -1383,8 +1358,7 @@ ucs_status_t TransferEngine::Impl::OnData(const void* header, size_t header_leng
   return UCS_OK;
 }
 
-void TransferEngine::Impl::RndvCallback(void* request, ucs_status_t status, size_t,
-                                        void* user_data) {
+void TransferEngine::Impl::RndvCallback(void* request, ucs_status_t status, size_t, void* user_data) {
   auto* recv = static_cast<RndvRecv*>(user_data);
   ucp_request_free(request);
   recv->impl->OnRndvDone(recv, status);
@@ -1407,8 +1381,8 @@ void TransferEngine::Impl::OnRndvDone(RndvRecv* recv, ucs_status_t status) {
   delete recv;
 }
 
-void TransferEngine::Impl::Landed(const BatchKey& key, uint32_t region_id, uint64_t offset,
-                                  size_t bytes, const absl::Status& status, ucp_ep_h reply_ep) {
+void TransferEngine::Impl::Landed(const BatchKey& key, uint32_t region_id, uint64_t offset, size_t bytes,
+                                  const absl::Status& status, ucp_ep_h reply_ep) {
   InboundBatch& batch = inbound_[key];
   batch.touched = absl::Now();
   ++batch.landed;
@@ -1428,8 +1402,7 @@ ucs_status_t TransferEngine::Impl::OnFence(const void* header, size_t header_len
   std::memcpy(&h, header, sizeof(h));
   if (h.magic != kWireMagic) return UCS_OK;
   BatchKey key{h.sender_id, h.batch_seq};
-  ucp_ep_h reply_ep =
-      (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0 ? param->reply_ep : nullptr;
+  ucp_ep_h reply_ep = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0 ? param->reply_ep : nullptr;
   InboundBatch& batch = inbound_[key];
   batch.touched = absl::Now();
   batch.expected = h.num_messages;
@@ -1471,14 +1444,12 @@ void TransferEngine::Impl::AckSentCallback(void* request, ucs_status_t, void* us
   ucp_request_free(request);
 }
 
-void TransferEngine::Impl::SendAck(ucp_ep_h reply_ep, const BatchKey& key,
-                                   const absl::Status& status) {
-  auto* ack = new AckMessage{
-      this, AckHeader{kWireMagic, static_cast<int32_t>(status.code()), key.first, key.second},
-      std::string(status.message())};
+void TransferEngine::Impl::SendAck(ucp_ep_h reply_ep, const BatchKey& key, const absl::Status& status) {
+  auto* ack =
+      new AckMessage{this, AckHeader{kWireMagic, static_cast<int32_t>(status.code()), key.first, key.second},
+                     std::string(status.message())};
   ucp_request_param_t param{};
-  param.op_attr_mask =
-      UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
   param.cb.send = &Impl::AckSentCallback;
   param.user_data = ack;
   param.flags = UCP_AM_SEND_FLAG_EAGER;
@@ -1491,8 +1462,8 @@ void TransferEngine::Impl::SendAck(ucp_ep_h reply_ep, const BatchKey& key,
   acks_in_flight_.insert(ack);
 }
 
-ucs_status_t TransferEngine::Impl::OnAck(const void* header, size_t header_length, void* data,
-                                         size_t length, const ucp_am_recv_param_t* param) {
+ucs_status_t TransferEngine::Impl::OnAck(const void* header, size_t header_length, void* data, size_t length,
+                                         const ucp_am_recv_param_t* param) {
   if (header_length != sizeof(AckHeader)) return UCS_OK;
   AckHeader h;
   std::memcpy(&h, header, sizeof(h));
@@ -1515,8 +1486,8 @@ ucs_status_t TransferEngine::Impl::OnAck(const void* header, size_t header_lengt
 }
 
 void TransferEngine::Impl::ExpireInboundBatches(absl::Time now) {
-  absl::erase_if(
-      inbound_, [now](const auto& entry) { return now - entry.second.touched > kInboundBatchTtl; });
+  absl::erase_if(inbound_,
+                 [now](const auto& entry) { return now - entry.second.touched > kInboundBatchTtl; });
 }
 
 // ---------------------------------------------------------------------------
@@ -1527,8 +1498,7 @@ TransferEngine::TransferEngine(const TransferOptions& options, std::unique_ptr<I
 
 TransferEngine::~TransferEngine() { impl_->Stop(); }
 
-absl::StatusOr<std::unique_ptr<TransferEngine>> TransferEngine::Create(
-    const TransferOptions& options) {
+absl::StatusOr<std::unique_ptr<TransferEngine>> TransferEngine::Create(const TransferOptions& options) {
   if (options.default_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("default_timeout must be positive");
   }
@@ -1544,8 +1514,7 @@ absl::StatusOr<std::unique_ptr<TransferEngine>> TransferEngine::Create(
   return std::unique_ptr<TransferEngine>(new TransferEngine(options, std::move(impl)));
 }
 
-absl::StatusOr<RegisteredRegion> TransferEngine::Register(void* base, size_t bytes,
-                                                          MemoryKind kind) {
+absl::StatusOr<RegisteredRegion> TransferEngine::Register(void* base, size_t bytes, MemoryKind kind) {
   if (kind == MemoryKind::kCuda) {
     return absl::UnimplementedError(
         "device memory: this UCX (Debian 1.13) has no CUDA transport; copy KV blocks through "

@@ -257,10 +257,9 @@ class TransferEngine {
   //   NOT_FOUND / OUT_OF_RANGE  the peer no longer has the region (it
   //                     unregistered it) or it is smaller than described;
   //   FAILED_PRECONDITION called from the progress thread (the observer).
-  absl::Status Write(const RemoteRegion& peer, absl::Span<const WriteRequest> writes,
-                     absl::Time deadline);
-  absl::Status Write(const RemoteRegion& peer, absl::Span<const WriteRequest> writes,
-                     absl::Time deadline, WriteOp op);
+  absl::Status Write(const RemoteRegion& peer, absl::Span<const WriteRequest> writes, absl::Time deadline);
+  absl::Status Write(const RemoteRegion& peer, absl::Span<const WriteRequest> writes, absl::Time deadline,
+                     WriteOp op);
   absl::Status Write(const RemoteRegion& peer, absl::Span<const WriteRequest> writes) {
     return Write(peer, writes, absl::Now() + options_.default_timeout);
   }

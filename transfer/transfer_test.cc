@@ -51,8 +51,7 @@ std::vector<uint8_t> RandomBytes(size_t n, uint32_t seed) {
   return out;
 }
 
-std::unique_ptr<TransferEngine> MakeEngine(const std::string& name,
-                                           const std::string& transports = "") {
+std::unique_ptr<TransferEngine> MakeEngine(const std::string& name, const std::string& transports = "") {
   TransferOptions options;
   options.name = name;
   options.transports = transports;
@@ -132,8 +131,8 @@ TEST(ChildProcess, Main) {
   ASSERT_NE(engine, nullptr);
   if (std::string(role) == "receiver") {
     ASSERT_OK_AND_ASSIGN(RegisteredRegion region, engine->Allocate(kRegionBytes));
-    ASSERT_TRUE(SendMessage(
-        3, EncodeRemoteRegion(RemoteRegion::Of(engine->worker_address(), region, "child"))));
+    ASSERT_TRUE(
+        SendMessage(3, EncodeRemoteRegion(RemoteRegion::Of(engine->worker_address(), region, "child"))));
     pollfd pfd{4, POLLIN, 0};
     poll(&pfd, 1, 60'000);  // parent closed the pipe, died, or forgot us
     return;
@@ -146,8 +145,7 @@ TEST(ChildProcess, Main) {
   absl::Time until = absl::Now() + absl::Seconds(60);
   while (absl::Now() < until) {
     WriteRequest w{data.data(), 0, data.size()};
-    absl::Status s =
-        engine->Write(peer, {&w, 1}, absl::Now() + absl::Seconds(5), WriteOp::kActiveMessage);
+    absl::Status s = engine->Write(peer, {&w, 1}, absl::Now() + absl::Seconds(5), WriteOp::kActiveMessage);
     if (s.ok() && !reported) {
       reported = true;
       ASSERT_TRUE(SendMessage(3, "started"));
@@ -168,14 +166,11 @@ class TwoEnginesTest : public ::testing::TestWithParam<std::string> {
     ASSERT_NE(b_, nullptr);
     ASSERT_OK_AND_ASSIGN(allocated_, b_->Allocate(kRegionBytes));
     plain_memory_.resize(kRegionBytes);
-    ASSERT_OK_AND_ASSIGN(registered_,
-                         b_->Register(plain_memory_.data(), kRegionBytes, MemoryKind::kHost));
+    ASSERT_OK_AND_ASSIGN(registered_, b_->Register(plain_memory_.data(), kRegionBytes, MemoryKind::kHost));
   }
 
   uint8_t* Local(const RegisteredRegion& r) { return reinterpret_cast<uint8_t*>(r.base_address); }
-  RemoteRegion Remote(const RegisteredRegion& r) {
-    return RemoteRegion::Of(b_->worker_address(), r, "b");
-  }
+  RemoteRegion Remote(const RegisteredRegion& r) { return RemoteRegion::Of(b_->worker_address(), r, "b"); }
 
   std::unique_ptr<TransferEngine> a_, b_;
   RegisteredRegion allocated_, registered_;
@@ -211,8 +206,7 @@ TEST_P(TwoEnginesTest, WritesAreBitExactForEveryOpAndRegionKind) {
       }
       ASSERT_OK(a_->Write(Remote(*region), writes, absl::Now() + absl::Seconds(10), op));
       for (size_t i = 0; i < writes.size(); ++i) {
-        ASSERT_EQ(std::memcmp(Local(*region) + writes[i].remote_offset, sources[i].data(),
-                              writes[i].bytes),
+        ASSERT_EQ(std::memcmp(Local(*region) + writes[i].remote_offset, sources[i].data(), writes[i].bytes),
                   0)
             << "write " << i;
         expected_observed += writes[i].bytes;
@@ -276,8 +270,7 @@ TEST_P(TwoEnginesTest, ConcurrentWritesFromFourThreads) {
         for (int k = 0; k < kWritesPerThread; ++k) {
           int i = t * kWritesPerThread + k;
           WriteRequest w{sources[i].data(), static_cast<uint64_t>(i) * kChunk, kChunk};
-          WriteOp op = (i % 3 == 0) ? WriteOp::kPut
-                                    : (i % 3 == 1 ? WriteOp::kActiveMessage : WriteOp::kAuto);
+          WriteOp op = (i % 3 == 0) ? WriteOp::kPut : (i % 3 == 1 ? WriteOp::kActiveMessage : WriteOp::kAuto);
           absl::Status s = a_->Write(remote, {&w, 1}, absl::Now() + absl::Seconds(10), op);
           if (!s.ok()) {
             ADD_FAILURE() << s;
@@ -289,8 +282,7 @@ TEST_P(TwoEnginesTest, ConcurrentWritesFromFourThreads) {
     for (auto& t : threads) t.join();
     ASSERT_EQ(failures.load(), 0);
     for (size_t i = 0; i < sources.size(); ++i) {
-      ASSERT_EQ(std::memcmp(Local(*region) + i * kChunk, sources[i].data(), kChunk), 0)
-          << "chunk " << i;
+      ASSERT_EQ(std::memcmp(Local(*region) + i * kChunk, sources[i].data(), kChunk), 0) << "chunk " << i;
     }
   }
 }
@@ -332,10 +324,9 @@ TEST_P(TwoEnginesTest, AutoPicksPutOnlyWhereItIsNative) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Transports, TwoEnginesTest, ::testing::Values("", "tcp"),
-                         [](const auto& info) {
-                           return info.param.empty() ? std::string("Default") : info.param;
-                         });
+INSTANTIATE_TEST_SUITE_P(Transports, TwoEnginesTest, ::testing::Values("", "tcp"), [](const auto& info) {
+  return info.param.empty() ? std::string("Default") : info.param;
+});
 
 TEST(TransferEngineTest, RejectsDeviceMemoryAndEmptyRanges) {
   if (std::getenv(kRoleEnv) != nullptr) GTEST_SKIP();
@@ -344,8 +335,7 @@ TEST(TransferEngineTest, RejectsDeviceMemoryAndEmptyRanges) {
   char byte = 0;
   EXPECT_THAT(engine->Register(&byte, 1, MemoryKind::kCuda),
               StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("staging")));
-  EXPECT_THAT(engine->Register(nullptr, 16, MemoryKind::kHost),
-              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(engine->Register(nullptr, 16, MemoryKind::kHost), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(engine->Allocate(0), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(engine->Unregister(12345), StatusIs(absl::StatusCode::kNotFound));
   RemoteRegion garbage;
@@ -449,11 +439,9 @@ TEST_P(PeerFailureTest, WritesToAStalledPeerTimeOutAndTheNextOneReconnects) {
   EXPECT_OK(engine->Write(peer, {&w, 1}, absl::Now() + absl::Seconds(5), GetParam()));
 }
 
-INSTANTIATE_TEST_SUITE_P(Ops, PeerFailureTest,
-                         ::testing::Values(WriteOp::kPut, WriteOp::kActiveMessage),
+INSTANTIATE_TEST_SUITE_P(Ops, PeerFailureTest, ::testing::Values(WriteOp::kPut, WriteOp::kActiveMessage),
                          [](const auto& info) {
-                           return std::string(info.param == WriteOp::kPut ? "Put"
-                                                                          : "ActiveMessage");
+                           return std::string(info.param == WriteOp::kPut ? "Put" : "ActiveMessage");
                          });
 
 TEST(ReceiverTest, SurvivesASenderKilledMidWrite) {
@@ -481,8 +469,7 @@ TEST(ReceiverTest, SurvivesASenderKilledMidWrite) {
   WriteRequest w{data.data(), 0, data.size()};
   for (WriteOp op : {WriteOp::kPut, WriteOp::kActiveMessage}) {
     ASSERT_OK(other->Write(remote, {&w, 1}, absl::Now() + absl::Seconds(5), op));
-    EXPECT_EQ(std::memcmp(reinterpret_cast<void*>(region.base_address), data.data(), data.size()),
-              0);
+    EXPECT_EQ(std::memcmp(reinterpret_cast<void*>(region.base_address), data.data(), data.size()), 0);
   }
 }
 

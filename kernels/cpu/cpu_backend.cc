@@ -113,10 +113,14 @@ inline float RowDot(const float* x, const Weight& w, int64_t o) {
   const int64_t n = w.cols;
   const uint8_t* row = static_cast<const uint8_t*>(w.data) + DTypeBytes(w.dtype, n) * o;
   switch (w.dtype) {
-    case DType::kF32: return DotF32(x, reinterpret_cast<const float*>(row), n);
-    case DType::kF16: return DotF16(x, reinterpret_cast<const uint16_t*>(row), n);
-    case DType::kBF16: return DotBF16(x, reinterpret_cast<const uint16_t*>(row), n);
-    case DType::kQ8_0: return DotQ8_0(x, row, n);
+    case DType::kF32:
+      return DotF32(x, reinterpret_cast<const float*>(row), n);
+    case DType::kF16:
+      return DotF16(x, reinterpret_cast<const uint16_t*>(row), n);
+    case DType::kBF16:
+      return DotBF16(x, reinterpret_cast<const uint16_t*>(row), n);
+    case DType::kQ8_0:
+      return DotQ8_0(x, row, n);
   }
   return 0;
 }
@@ -126,8 +130,9 @@ inline float RowDot(const float* x, const Weight& w, int64_t o) {
 // so the vectoriser gets 8-wide registers where the machine has them. Each
 // clone is deterministic on its own: results are identical for any batch on
 // one machine, and agree across machines to float rounding.
-__attribute__((target_clones("avx2", "default"))) void MatMulRange(
-    const float* x, int64_t rows, const Weight& w, float* out, int64_t o_begin, int64_t o_end) {
+__attribute__((target_clones("avx2", "default"))) void MatMulRange(const float* x, int64_t rows,
+                                                                   const Weight& w, float* out,
+                                                                   int64_t o_begin, int64_t o_end) {
   const int64_t out_cols = w.rows;
   for (int64_t o = o_begin; o < o_end; ++o) {
     for (int64_t r = 0; r < rows; ++r) out[r * out_cols + o] = RowDot(x + r * w.cols, w, o);
@@ -149,25 +154,20 @@ class CpuBackend final : public Backend {
   absl::StatusOr<void*> Allocate(size_t bytes) override {
     void* p = std::calloc(1, std::max<size_t>(bytes, 1));
     if (p == nullptr) {
-      return absl::ResourceExhaustedError(
-          absl::StrFormat("cpu backend: cannot allocate %d bytes", bytes));
+      return absl::ResourceExhaustedError(absl::StrFormat("cpu backend: cannot allocate %d bytes", bytes));
     }
     return p;
   }
   void Free(void* ptr) override { std::free(ptr); }
-  void CopyToHost(const void* src, size_t bytes, void* dst) override {
-    std::memcpy(dst, src, bytes);
-  }
-  void CopyFromHost(const void* src, size_t bytes, void* dst) override {
-    std::memcpy(dst, src, bytes);
-  }
+  void CopyToHost(const void* src, size_t bytes, void* dst) override { std::memcpy(dst, src, bytes); }
+  void CopyFromHost(const void* src, size_t bytes, void* dst) override { std::memcpy(dst, src, bytes); }
 
   void Copy(const void* src, size_t bytes, void* dst) override { std::memcpy(dst, src, bytes); }
 
   absl::StatusOr<Weight> PrepareWeight(const Weight& host) override {
     if (host.dtype == DType::kQ8_0 && host.cols % kQ8_0BlockElements != 0) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "cpu backend: Q8_0 weight row of %d elements is not a multiple of 32", host.cols));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("cpu backend: Q8_0 weight row of %d elements is not a multiple of 32", host.cols));
     }
     return host;  // host memory is this backend's memory
   }
@@ -176,8 +176,7 @@ class CpuBackend final : public Backend {
     for (size_t r = 0; r < ids.size(); ++r) DequantizeRow(table, ids[r], out + r * table.cols);
   }
 
-  void RmsNorm(const float* x, int64_t rows, const Weight& weight, float eps,
-               float* out) override {
+  void RmsNorm(const float* x, int64_t rows, const Weight& weight, float eps, float* out) override {
     const int64_t n = weight.cols;
     std::vector<float> w(n);
     DequantizeRow(weight, 0, w.data());
@@ -232,8 +231,7 @@ class CpuBackend final : public Backend {
   }
 
   void PagedAttention(const float* q, const KvCacheView& kv, int32_t layer, int32_t num_heads,
-                      absl::Span<const AttentionSequence> seqs, float scale,
-                      float* out) override {
+                      absl::Span<const AttentionSequence> seqs, float scale, float* out) override {
     const KvLayout& l = kv.layout;
     const int32_t head_dim = l.head_dim;
     const int32_t group = num_heads / l.num_kv_heads;

@@ -44,7 +44,8 @@ std::vector<uint8_t> Encode(const std::vector<float>& f, int64_t rows, int64_t c
         std::memcpy(blk, &d, 2);
         for (int k = 0; k < 32; ++k) {
           const float scale = HalfToFloat(d);
-          const int8_t q = static_cast<int8_t>(std::lround(scale == 0 ? 0 : f[r * cols + b * 32 + k] / scale));
+          const int8_t q =
+              static_cast<int8_t>(std::lround(scale == 0 ? 0 : f[r * cols + b * 32 + k] / scale));
           blk[2 + k] = static_cast<uint8_t>(q);
           (*represented)[r * cols + b * 32 + k] = scale * q;
         }
@@ -117,7 +118,7 @@ TEST(CpuBackendTest, RopeRotatesPairsByPosition) {
   backend->Rope(normal.data(), 2, 1, 4, 4, pos, 10000.0f, RopeStyle::kNormal);
   backend->Rope(neox.data(), 2, 1, 4, 4, pos, 10000.0f, RopeStyle::kNeox);
   for (int i = 0; i < 4; ++i) EXPECT_FLOAT_EQ(normal[i], x[i]);  // position 0: identity
-  const double t0 = 3.0, t1 = 3.0 / 100.0;  // theta_i = pos * 10000^(-2i/4)
+  const double t0 = 3.0, t1 = 3.0 / 100.0;                       // theta_i = pos * 10000^(-2i/4)
   EXPECT_NEAR(normal[4], 1 * std::cos(t0) - 2 * std::sin(t0), 1e-5);
   EXPECT_NEAR(normal[5], 1 * std::sin(t0) + 2 * std::cos(t0), 1e-5);
   EXPECT_NEAR(normal[6], 3 * std::cos(t1) - 4 * std::sin(t1), 1e-5);

@@ -36,7 +36,8 @@ absl::StatusOr<CublasApi> Load() {
     api.path = path;
     if (!Resolve(lib, "cublasCreate_v2", &api.create) || !Resolve(lib, "cublasDestroy_v2", &api.destroy) ||
         !Resolve(lib, "cublasSetStream_v2", &api.set_stream) ||
-        !Resolve(lib, "cublasSetMathMode", &api.set_math_mode) || !Resolve(lib, "cublasGemmEx", &api.gemm_ex) ||
+        !Resolve(lib, "cublasSetMathMode", &api.set_math_mode) ||
+        !Resolve(lib, "cublasGemmEx", &api.gemm_ex) ||
         !Resolve(lib, "cublasGetStatusString", &api.status_string)) {
       errors.push_back(absl::StrCat(path, ": missing a cuBLAS symbol"));
       dlclose(lib);
@@ -44,9 +45,8 @@ absl::StatusOr<CublasApi> Load() {
     }
     return api;  // `lib` stays open for the life of the process
   }
-  return absl::FailedPreconditionError(
-      absl::StrCat("cannot load cuBLAS (set TANDEM_CUBLAS_LIBRARY or LD_LIBRARY_PATH): ",
-                   absl::StrJoin(errors, "; ")));
+  return absl::FailedPreconditionError(absl::StrCat(
+      "cannot load cuBLAS (set TANDEM_CUBLAS_LIBRARY or LD_LIBRARY_PATH): ", absl::StrJoin(errors, "; ")));
 }
 
 }  // namespace

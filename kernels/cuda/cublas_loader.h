@@ -31,8 +31,8 @@ struct CublasApi {
   // cublasGemmEx is overloaded in C++ (a legacy cudaDataType compute-type
   // wrapper), so its type is spelled out: the cublasComputeType_t entry point.
   cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*,
-                            const void*, cudaDataType, int, const void*, cudaDataType, int, const void*, void*,
-                            cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t) = nullptr;
+                            const void*, cudaDataType, int, const void*, cudaDataType, int, const void*,
+                            void*, cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t) = nullptr;
   decltype(&::cublasGetStatusString) status_string = nullptr;
 };
 

@@ -30,8 +30,8 @@ using cuda::DeviceDType;
 using cuda::DeviceKvLayout;
 
 absl::Status CudaError(cudaError_t err, std::string_view what) {
-  return absl::InternalError(absl::StrFormat("cuda: %s: %s (%s)", what, cudaGetErrorString(err),
-                                             cudaGetErrorName(err)));
+  return absl::InternalError(
+      absl::StrFormat("cuda: %s: %s (%s)", what, cudaGetErrorString(err), cudaGetErrorName(err)));
 }
 
 // Positions per attention work item when a step has too few (row, head)
@@ -66,7 +66,8 @@ void DequantizeRow(const Weight& w, int64_t r, float* out) {
         std::memcpy(&scale_bits, p, 2);
         const float d = HalfToFloat(scale_bits);
         const int8_t* q = reinterpret_cast<const int8_t*>(p + 2);
-        for (int i = 0; i < kQ8_0BlockElements; ++i) out[blk * kQ8_0BlockElements + i] = d * static_cast<float>(q[i]);
+        for (int i = 0; i < kQ8_0BlockElements; ++i)
+          out[blk * kQ8_0BlockElements + i] = d * static_cast<float>(q[i]);
       }
       break;
   }
@@ -101,11 +102,13 @@ class CudaBackendImpl final : public CudaBackend {
     TANDEM_RETURN_IF_ERROR(Check(cudaGetDeviceProperties(&prop, options_.device), "cudaGetDeviceProperties"));
     device_name_ = prop.name;
     sm_count_ = prop.multiProcessorCount;
-    TANDEM_RETURN_IF_ERROR(Check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
+    TANDEM_RETURN_IF_ERROR(
+        Check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
     TANDEM_RETURN_IF_ERROR(CheckBlas(blas_->create(&handle_), "cublasCreate"));
     TANDEM_RETURN_IF_ERROR(CheckBlas(blas_->set_stream(handle_, stream_), "cublasSetStream"));
     // Default math: FP32 GEMMs stay FP32 (no TF32); BF16 GEMMs use tensor cores.
-    TANDEM_RETURN_IF_ERROR(CheckBlas(blas_->set_math_mode(handle_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode"));
+    TANDEM_RETURN_IF_ERROR(
+        CheckBlas(blas_->set_math_mode(handle_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode"));
     TANDEM_RETURN_IF_ERROR(GrowRing(kInitialRingBytes));
     return status_;
   }
@@ -143,7 +146,8 @@ class CudaBackendImpl final : public CudaBackend {
   }
 
   void CopyToHost(const void* src, size_t bytes, void* host_dst) override {
-    if (status_.ok() && Check(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "D2H").ok() &&
+    if (status_.ok() &&
+        Check(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "D2H").ok() &&
         Check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize").ok()) {
       ring_used_ = 0;  // the stream is idle: every uploaded metadata block is consumed
       return;
@@ -169,8 +173,8 @@ class CudaBackendImpl final : public CudaBackend {
       return absl::InvalidArgumentError("cuda backend: empty weight");
     }
     if (host.dtype == DType::kQ8_0 && host.cols % kQ8_0BlockElements != 0) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "cuda backend: Q8_0 weight row of %d elements is not a multiple of 32", host.cols));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("cuda backend: Q8_0 weight row of %d elements is not a multiple of 32", host.cols));
     }
     // Vectors (norm weights, biases) stay F32: ops read them as float*.
     const DType target = (host.rows == 1 || options_.fp32_weights) ? DType::kF32 : DType::kBF16;
@@ -184,7 +188,8 @@ class CudaBackendImpl final : public CudaBackend {
       for (int64_t r = 0; r < host.rows; ++r) {
         DequantizeRow(host, r, row.data());
         if (target == DType::kF32) {
-          std::memcpy(converted.data() + r * host.cols * sizeof(float), row.data(), host.cols * sizeof(float));
+          std::memcpy(converted.data() + r * host.cols * sizeof(float), row.data(),
+                      host.cols * sizeof(float));
         } else {
           uint16_t* out = reinterpret_cast<uint16_t*>(converted.data()) + r * host.cols;
           for (int64_t i = 0; i < host.cols; ++i) out[i] = FloatToBF16(row[i]);
@@ -212,9 +217,10 @@ class CudaBackendImpl final : public CudaBackend {
     }
     const int32_t* d_ids = Upload(ids);
     if (d_ids == nullptr) return;
-    (void)Check(cuda::LaunchEmbed(table.data, table.dtype == DType::kBF16 ? DeviceDType::kBF16 : DeviceDType::kF32,
-                                  table.rows, table.cols, d_ids, static_cast<int64_t>(ids.size()), out, stream_),
-                "Embed");
+    (void)Check(
+        cuda::LaunchEmbed(table.data, table.dtype == DType::kBF16 ? DeviceDType::kBF16 : DeviceDType::kF32,
+                          table.rows, table.cols, d_ids, static_cast<int64_t>(ids.size()), out, stream_),
+        "Embed");
   }
 
   void RmsNorm(const float* x, int64_t rows, const Weight& weight, float eps, float* out) override {
@@ -222,8 +228,9 @@ class CudaBackendImpl final : public CudaBackend {
     if (weight.dtype != DType::kF32) {
       return Fail(absl::InvalidArgumentError("cuda backend: RmsNorm needs an F32 weight from PrepareWeight"));
     }
-    (void)Check(cuda::LaunchRmsNorm(x, rows, static_cast<const float*>(weight.data), weight.cols, eps, out, stream_),
-                "RmsNorm");
+    (void)Check(
+        cuda::LaunchRmsNorm(x, rows, static_cast<const float*>(weight.data), weight.cols, eps, out, stream_),
+        "RmsNorm");
   }
 
   void MatMul(const float* x, int64_t rows, const Weight& w, float* out) override {
@@ -244,8 +251,8 @@ class CudaBackendImpl final : public CudaBackend {
     if (w.dtype == DType::kBF16) {
       const size_t elements = static_cast<size_t>(rows) * k;
       if (!EnsureScratch(&act_bf16_, elements * sizeof(uint16_t))) return;
-      if (!Check(cuda::LaunchFloatToBF16(x, static_cast<int64_t>(elements), static_cast<uint16_t*>(act_bf16_.ptr),
-                                         stream_),
+      if (!Check(cuda::LaunchFloatToBF16(x, static_cast<int64_t>(elements),
+                                         static_cast<uint16_t*>(act_bf16_.ptr), stream_),
                  "FloatToBF16")
                .ok()) {
         return;
@@ -255,9 +262,10 @@ class CudaBackendImpl final : public CudaBackend {
     } else if (w.dtype != DType::kF32) {
       return Fail(absl::InvalidArgumentError("cuda backend: MatMul needs a weight from PrepareWeight"));
     }
-    (void)CheckBlas(blas_->gemm_ex(handle_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, w.data, type, k, b, type, k,
-                                   &beta, out, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                    "cublasGemmEx");
+    (void)CheckBlas(
+        blas_->gemm_ex(handle_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, w.data, type, k, b, type, k, &beta,
+                       out, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmEx");
   }
 
   void Rope(float* x, int64_t rows, int32_t num_heads, int32_t head_dim, int32_t rope_dims,
@@ -266,8 +274,8 @@ class CudaBackendImpl final : public CudaBackend {
     if (rope_dims <= 0 || rope_dims % 2 != 0 || rope_dims > head_dim ||
         positions.size() < static_cast<size_t>(rows)) {
       return Fail(absl::InvalidArgumentError(
-          absl::StrFormat("cuda backend: Rope with rope_dims %d, head_dim %d, %d positions for %d rows", rope_dims,
-                          head_dim, positions.size(), rows)));
+          absl::StrFormat("cuda backend: Rope with rope_dims %d, head_dim %d, %d positions for %d rows",
+                          rope_dims, head_dim, positions.size(), rows)));
     }
     const int32_t* d_pos = Upload(positions.subspan(0, rows));
     if (d_pos == nullptr) return;
@@ -283,8 +291,8 @@ class CudaBackendImpl final : public CudaBackend {
     if (!status_.ok() || slots.empty()) return;
     const int32_t* d_slots = Upload(slots);
     if (d_slots == nullptr) return;
-    (void)Check(cuda::LaunchWriteKv(DeviceLayout(kv), layer, k, v, d_slots, static_cast<int64_t>(slots.size()),
-                                    stream_),
+    (void)Check(cuda::LaunchWriteKv(DeviceLayout(kv), layer, k, v, d_slots,
+                                    static_cast<int64_t>(slots.size()), stream_),
                 "WriteKv");
   }
 
@@ -294,9 +302,9 @@ class CudaBackendImpl final : public CudaBackend {
     const KvLayout& l = kv.layout;
     if (l.head_dim < 1 || l.head_dim > cuda::kMaxAttentionHeadDim || l.num_kv_heads < 1 ||
         num_heads % l.num_kv_heads != 0) {
-      return Fail(absl::InvalidArgumentError(absl::StrFormat(
-          "cuda backend: attention with head_dim %d (max %d), %d heads over %d KV heads", l.head_dim,
-          cuda::kMaxAttentionHeadDim, num_heads, l.num_kv_heads)));
+      return Fail(absl::InvalidArgumentError(
+          absl::StrFormat("cuda backend: attention with head_dim %d (max %d), %d heads over %d KV heads",
+                          l.head_dim, cuda::kMaxAttentionHeadDim, num_heads, l.num_kv_heads)));
     }
     int64_t total_rows = 0;
     for (const AttentionSequence& s : seqs) total_rows += s.num_queries;
@@ -308,7 +316,8 @@ class CudaBackendImpl final : public CudaBackend {
     bool any_split = false;
     for (const AttentionSequence& s : seqs) {
       const int64_t blocks = (int64_t{s.context_len} + l.block_size - 1) / l.block_size;
-      if (s.num_queries < 1 || s.context_len < s.num_queries || static_cast<int64_t>(s.block_table.size()) < blocks) {
+      if (s.num_queries < 1 || s.context_len < s.num_queries ||
+          static_cast<int64_t>(s.block_table.size()) < blocks) {
         return Fail(absl::InvalidArgumentError("cuda backend: malformed attention sequence"));
       }
       const int32_t table_offset = static_cast<int32_t>(tables.size());
@@ -347,11 +356,10 @@ class CudaBackendImpl final : public CudaBackend {
     const AttentionItem* d_items = Upload(absl::MakeConstSpan(items));
     const int32_t* d_tables = Upload(absl::MakeConstSpan(tables));
     if (d_rows == nullptr || d_items == nullptr || d_tables == nullptr) return;
-    (void)Check(cuda::LaunchPagedAttention(q, DeviceLayout(kv), layer, num_heads, d_rows,
-                                           static_cast<int32_t>(rows.size()), d_items,
-                                           static_cast<int32_t>(items.size()), any_split, d_tables,
-                                           split ? kSplitTokens : INT_MAX, scale, partial_acc, partial_ml, out,
-                                           stream_),
+    (void)Check(cuda::LaunchPagedAttention(
+                    q, DeviceLayout(kv), layer, num_heads, d_rows, static_cast<int32_t>(rows.size()), d_items,
+                    static_cast<int32_t>(items.size()), any_split, d_tables, split ? kSplitTokens : INT_MAX,
+                    scale, partial_acc, partial_ml, out, stream_),
                 "PagedAttention");
   }
 
@@ -445,7 +453,8 @@ class CudaBackendImpl final : public CudaBackend {
     uint8_t* h = static_cast<uint8_t*>(ring_host_) + ring_used_;
     uint8_t* d = static_cast<uint8_t*>(ring_dev_) + ring_used_;
     if (bytes > 0) std::memcpy(h, host.data(), bytes);
-    if (!Check(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream_), "metadata upload").ok()) return nullptr;
+    if (!Check(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream_), "metadata upload").ok())
+      return nullptr;
     ring_used_ += padded;
     return reinterpret_cast<const T*>(d);
   }
@@ -582,7 +591,8 @@ absl::StatusOr<double> MeasureGemmRate(int device, int64_t m, int64_t n, int64_t
     if (i > 0 && s > 0) best = std::max(best, 2.0 * m * n * k / s);
   }
   cleanup();
-  if (st != CUBLAS_STATUS_SUCCESS) return absl::InternalError(absl::StrFormat("cublasGemmEx: %s", blas->status_string(st)));
+  if (st != CUBLAS_STATUS_SUCCESS)
+    return absl::InternalError(absl::StrFormat("cublasGemmEx: %s", blas->status_string(st)));
   if (err != cudaSuccess) return CudaError(err, "gemm");
   return best;
 }

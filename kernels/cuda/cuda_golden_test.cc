@@ -6,8 +6,8 @@
 // there. First-step logits are compared too. Skips without a GPU.
 #include <cmath>
 #include <cstdlib>
-#include <iostream>
 #include <fstream>
+#include <iostream>
 #include <string>
 #include <vector>
 
@@ -73,14 +73,16 @@ TEST_P(CudaGoldenTest, GreedyTokensMatchLlamaCppAboveTheMargin) {
     engine::GenerateRequest req;
     req.prompt = rec["prompt"].get<std::string>();
     req.max_tokens = rec["n_predict"].get<int>();
-    ASSERT_OK_AND_ASSIGN(engine::GenerateResult r, engine::GenerateOne(*llama, *backend_, *m->tokenizer, req));
+    ASSERT_OK_AND_ASSIGN(engine::GenerateResult r,
+                         engine::GenerateOne(*llama, *backend_, *m->tokenizer, req));
     EXPECT_EQ(r.prompt_token_ids, rec["prompt_token_ids"].get<std::vector<int32_t>>());
     const auto want = rec["generated_token_ids"].get<std::vector<int32_t>>();
     const auto margins = rec["step_top1_top2_margin"].get<std::vector<double>>();
     ASSERT_EQ(margins.size(), want.size());
     for (size_t i = 0; i < want.size(); ++i) {
       ASSERT_LT(i, r.generated_token_ids.size()) << "generation stopped early";
-      EXPECT_EQ(r.generated_token_ids[i], want[i]) << "step " << i << " (reference margin " << margins[i] << ")";
+      EXPECT_EQ(r.generated_token_ids[i], want[i])
+          << "step " << i << " (reference margin " << margins[i] << ")";
       ++compared;
       if (margins[i] <= margin) break;  // a near-tie: later steps may differ
     }
@@ -91,7 +93,8 @@ TEST_P(CudaGoldenTest, GreedyTokensMatchLlamaCppAboveTheMargin) {
       max_err = std::max(max_err, std::abs(r.first_step_logits[i] - want_logits[i]));
     }
     EXPECT_LE(max_err, GetParam().logit_tol) << "max |logit - llama.cpp| = " << max_err;
-    std::cout << GetParam().name << " record " << rec["id"] << ": max first-step logit error " << max_err << "\n";
+    std::cout << GetParam().name << " record " << rec["id"] << ": max first-step logit error " << max_err
+              << "\n";
   }
   EXPECT_GT(compared, 0);
 }
@@ -101,7 +104,9 @@ TEST_P(CudaGoldenTest, GreedyTokensMatchLlamaCppAboveTheMargin) {
 // estimate to be calibrated on a GPU (the test prints the measured error).
 INSTANTIATE_TEST_SUITE_P(Precisions, CudaGoldenTest,
                          ::testing::Values(Precision{"fp32", true, 1e-3}, Precision{"bf16", false, 0.25}),
-                         [](const ::testing::TestParamInfo<Precision>& info) { return std::string(info.param.name); });
+                         [](const ::testing::TestParamInfo<Precision>& info) {
+                           return std::string(info.param.name);
+                         });
 
 }  // namespace
 }  // namespace tandem

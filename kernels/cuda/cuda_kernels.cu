@@ -1,9 +1,9 @@
 // Device kernels of the CUDA backend; see cuda_kernels.h. Written for
 // clarity: one obvious indexing scheme per kernel, spelled out in comments,
 // every global index bounds-checked, int64 arithmetic for every offset.
-#include "kernels/cuda/cuda_kernels.h"
-
 #include <cmath>
+
+#include "kernels/cuda/cuda_kernels.h"
 
 namespace tandem::kernels::cuda {
 namespace {
@@ -18,7 +18,9 @@ unsigned int GridFor(int64_t n) {
   return static_cast<unsigned int>(blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks));
 }
 
-__device__ __forceinline__ float BF16ToFloat(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
+__device__ __forceinline__ float BF16ToFloat(uint16_t b) {
+  return __uint_as_float(static_cast<uint32_t>(b) << 16);
+}
 
 // Same bit manipulation as tandem::FloatToBF16 (common/dtype.h).
 __device__ __forceinline__ uint16_t FloatToBF16(float f) {
@@ -90,7 +92,8 @@ __global__ void RmsNormKernel(const float* x, const float* w, int64_t n, float e
 }
 
 __global__ void FloatToBF16Kernel(const float* x, int64_t n, uint16_t* out) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     out[i] = FloatToBF16(x[i]);
   }
 }
@@ -103,7 +106,8 @@ __global__ void RopeKernel(float* x, int64_t rows, int32_t num_heads, int32_t he
                            const int32_t* positions, float theta_scale, bool neox) {
   const int32_t half = rope_dims / 2;
   const int64_t total = rows * num_heads * half;
-  for (int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; t < total; t += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; t < total;
+       t += int64_t{gridDim.x} * blockDim.x) {
     const int32_t pair = static_cast<int32_t>(t % half);
     const int64_t row_head = t / half;  // r * num_heads + h
     const int64_t r = row_head / num_heads;
@@ -143,14 +147,14 @@ __global__ void WriteKvKernel(DeviceKvLayout kv, int32_t layer, const float* k, 
 
 // ---------------------------------------------------------------------------
 // Paged attention (decode and prefill alike).
-constexpr int kAttnThreads = 128;                                     // 4 warps
+constexpr int kAttnThreads = 128;  // 4 warps
 constexpr int kAttnWarps = kAttnThreads / 32;
-constexpr int kAttnTile = 64;                                         // positions per tile (<= kAttnThreads)
+constexpr int kAttnTile = 64;                                        // positions per tile (<= kAttnThreads)
 constexpr int kDimsPerThread = kMaxAttentionHeadDim / kAttnThreads;  // 2
 
 // Address of position p's K (kv = 0) or V (kv = 1) vector for `kv_head`.
-__device__ __forceinline__ const float* KvVector(const DeviceKvLayout& kv, const int32_t* table, int32_t layer,
-                                                 int32_t which, int32_t p, int32_t kv_head) {
+__device__ __forceinline__ const float* KvVector(const DeviceKvLayout& kv, const int32_t* table,
+                                                 int32_t layer, int32_t which, int32_t p, int32_t kv_head) {
   const int64_t block = table[p / kv.block_size];
   const int64_t t = p % kv.block_size;
   return kv.base + block * kv.block_elements + layer * kv.layer_stride + which * kv.plane_stride +
@@ -207,7 +211,7 @@ __global__ void PagedAttentionKernel(const float* q, DeviceKvLayout kv, int32_t 
     for (int32_t j = 0; j < tile_len; ++j) tile_max = fmaxf(tile_max, p_s[j]);
     const float m_new = fmaxf(m, tile_max);
     const float correction = expf(m - m_new);  // 0 on the first tile (m = -inf)
-    __syncthreads();  // all reads of the raw scores are done
+    __syncthreads();                           // all reads of the raw scores are done
     if (tid < tile_len) p_s[tid] = expf(p_s[tid] - m_new);
     __syncthreads();
     l *= correction;
@@ -275,14 +279,16 @@ __global__ void AttentionCombineKernel(const AttentionRow* rows, int32_t num_hea
 }
 
 __global__ void SwiGluKernel(const float* gate, const float* up, int64_t n, float* out) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     const float g = gate[i];
     out[i] = g / (1.0f + expf(-g)) * up[i];
   }
 }
 
 __global__ void AddKernel(float* x, const float* y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     x[i] += y[i];
   }
 }
@@ -292,8 +298,8 @@ __global__ void AddKernel(float* x, const float* y, int64_t n) {
 cudaError_t LaunchEmbed(const void* table, DeviceDType dtype, int64_t vocab, int64_t cols, const int32_t* ids,
                         int64_t rows, float* out, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
-  EmbedKernel<<<static_cast<unsigned int>(rows), kThreads, 0, stream>>>(table, static_cast<int32_t>(dtype), vocab,
-                                                                         cols, ids, out);
+  EmbedKernel<<<static_cast<unsigned int>(rows), kThreads, 0, stream>>>(table, static_cast<int32_t>(dtype),
+                                                                        vocab, cols, ids, out);
   return cudaGetLastError();
 }
 

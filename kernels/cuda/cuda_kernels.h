@@ -54,8 +54,8 @@ struct AttentionItem {
   int32_t split = 0;
 };
 
-cudaError_t LaunchEmbed(const void* table, DeviceDType dtype, int64_t vocab, int64_t cols,
-                        const int32_t* ids, int64_t rows, float* out, cudaStream_t stream);
+cudaError_t LaunchEmbed(const void* table, DeviceDType dtype, int64_t vocab, int64_t cols, const int32_t* ids,
+                        int64_t rows, float* out, cudaStream_t stream);
 
 // w: F32 vector of n. out may equal x.
 cudaError_t LaunchRmsNorm(const float* x, int64_t rows, const float* w, int64_t n, float eps, float* out,

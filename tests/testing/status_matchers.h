@@ -22,13 +22,11 @@ const absl::Status& GetStatus(const absl::StatusOr<T>& s) {
   return s.status();
 }
 
-MATCHER_P2(StatusIs, code, message_matcher,
-           "status code " + ::testing::PrintToString(code)) {
+MATCHER_P2(StatusIs, code, message_matcher, "status code " + ::testing::PrintToString(code)) {
   const absl::Status& s = ::tandem::testing::GetStatus(arg);
   *result_listener << "status is " << s.ToString();
   return s.code() == code &&
-         ::testing::ExplainMatchResult(message_matcher, std::string(s.message()),
-                                       result_listener);
+         ::testing::ExplainMatchResult(message_matcher, std::string(s.message()), result_listener);
 }
 
 MATCHER_P(StatusIs, code, "status code " + ::testing::PrintToString(code)) {
@@ -43,22 +41,22 @@ MATCHER_P(StatusIs, code, "status code " + ::testing::PrintToString(code)) {
 #define TANDEM_TESTING_CONCAT_(a, b) TANDEM_TESTING_CONCAT_INNER_(a, b)
 
 // Prints the failing Status (RocksDB's test macros do the same).
-#define EXPECT_OK(expr)                                              \
-  do {                                                               \
+#define EXPECT_OK(expr)                                                \
+  do {                                                                 \
     const absl::Status tandem_s_ = ::tandem::testing::GetStatus(expr); \
-    EXPECT_TRUE(tandem_s_.ok()) << tandem_s_.ToString();             \
+    EXPECT_TRUE(tandem_s_.ok()) << tandem_s_.ToString();               \
   } while (0)
-#define ASSERT_OK(expr)                                              \
-  do {                                                               \
+#define ASSERT_OK(expr)                                                \
+  do {                                                                 \
     const absl::Status tandem_s_ = ::tandem::testing::GetStatus(expr); \
-    ASSERT_TRUE(tandem_s_.ok()) << tandem_s_.ToString();             \
+    ASSERT_TRUE(tandem_s_.ok()) << tandem_s_.ToString();               \
   } while (0)
 
 #define ASSERT_OK_AND_ASSIGN(lhs, expr) \
   ASSERT_OK_AND_ASSIGN_IMPL_(TANDEM_TESTING_CONCAT_(tandem_statusor_, __LINE__), lhs, expr)
-#define ASSERT_OK_AND_ASSIGN_IMPL_(statusor, lhs, expr)           \
-  auto statusor = (expr);                                         \
-  ASSERT_TRUE(statusor.ok()) << statusor.status().ToString();     \
+#define ASSERT_OK_AND_ASSIGN_IMPL_(statusor, lhs, expr)       \
+  auto statusor = (expr);                                     \
+  ASSERT_TRUE(statusor.ok()) << statusor.status().ToString(); \
   lhs = std::move(statusor).value()
 
 #endif  // TANDEM_TESTS_TESTING_STATUS_MATCHERS_H_
