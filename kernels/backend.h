@@ -1,5 +1,6 @@
 // The kernel interface: every operation the model needs, implemented once per
-// backend (cpu/ now, cuda/ next). Model code is written against this class and
+// backend (cpu/, and cuda/ built in every build and chosen at run time when a
+// GPU exists; it has not yet run on one). Model code is written against this class and
 // never #ifdefs on a backend; it asks a backend what it supports at run time.
 //
 //   std::unique_ptr<Backend> cpu = CreateCpuBackend({.num_threads = 0});
