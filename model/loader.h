@@ -23,6 +23,12 @@
 //
 //   TANDEM_ASSIGN_OR_RETURN(auto model, LoadModel("synthetic:tiny"));
 //   model->tokenizer->Encode("Hello", true);
+//
+// A process that needs no weights (router, store) calls LoadModelInfo
+// (model_info.h) instead: same config and tokenizer, no weights, no kernels.
+//
+// Thread safety: free functions, safe from any thread; a LoadedModel is
+// immutable once loaded.
 #ifndef TANDEM_MODEL_LOADER_H_
 #define TANDEM_MODEL_LOADER_H_
 
@@ -34,6 +40,7 @@
 #include "absl/status/statusor.h"
 #include "model/gguf.h"
 #include "model/model_config.h"
+#include "model/model_info.h"
 #include "model/safetensors.h"
 #include "model/synthetic.h"
 #include "model/tokenizer.h"
@@ -43,17 +50,12 @@ namespace tandem::model {
 
 inline constexpr std::string_view kDefaultModel = "synthetic:tiny";
 
-// Everything a runtime needs from a model, in host memory.
-struct LoadedModel {
-  std::string spec;  // as given to LoadModel
+// Everything a runtime needs from a model, in host memory: the ModelInfo
+// (spec, config, tokenizer, chat template; LoadModelInfo alone reads those
+// without weights, model_info.h) and the weights.
+struct LoadedModel : ModelInfo {
   bool synthetic = false;
-  ModelConfig config;
   LlamaWeights weights;  // views into gguf or synthetic storage
-  std::unique_ptr<Tokenizer> tokenizer;
-  // The model's Jinja chat template source (GGUF tokenizer.chat_template or
-  // tokenizer_config.json's chat_template); empty if it has none, and then
-  // ChatTemplate::Default() applies (model/chat_template.h).
-  std::string chat_template;
   // Owners of the weight memory (one of them is set).
   std::unique_ptr<GgufFile> gguf;
   std::unique_ptr<SyntheticModel> synthetic_model;

@@ -12,7 +12,12 @@
 // rope_scaling is applied as for real weights (LlamaModel).
 //
 // The weights are random: the text they produce is gibberish. Real output
-// needs a real model (--model PATH.gguf).
+// needs a real model (--model PATH.gguf). The shape alone, without weights,
+// is synthetic_shape.h.
+//
+//   TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<SyntheticModel> m, CreateSyntheticModel("tiny"));
+//
+// Thread safety: free functions; a SyntheticModel is immutable once built.
 #ifndef TANDEM_MODEL_SYNTHETIC_H_
 #define TANDEM_MODEL_SYNTHETIC_H_
 
@@ -24,6 +29,7 @@
 
 #include "absl/status/statusor.h"
 #include "model/model_config.h"
+#include "model/synthetic_shape.h"
 #include "model/tokenizer.h"
 #include "model/weights.h"
 
@@ -35,9 +41,6 @@ struct SyntheticModel {
   LlamaWeights weights;          // views into `storage`
   std::vector<uint8_t> storage;  // every weight, owned
 };
-
-// Names of the presets: "tiny", "llama-1b", "llama-8b", "qwen2-0.5b".
-std::vector<std::string> SyntheticPresets();
 
 // Builds preset `name` (without the "synthetic:" prefix), or "config=PATH".
 // The same name gives bit-identical weights on every machine. NotFound lists
