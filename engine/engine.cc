@@ -4,7 +4,6 @@
 
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
-#include "kvstore/tiered_store.h"
 
 namespace tandem::engine {
 
@@ -59,20 +58,20 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   }
   KvManager::Options kv_options{.model_id = llama->config().model_id, .block_size = options.block_size};
   if (options.tiers != nullptr) {
-    if (options.tiers->options().payload_bytes != layout.BlockBytes()) {
+    if (options.tiers->payload_bytes() != layout.BlockBytes()) {
       return absl::InvalidArgumentError(
           absl::StrFormat("engine: the KV tiers hold %d-byte blocks, this model's are %d bytes",
-                          options.tiers->options().payload_bytes, layout.BlockBytes()));
+                          options.tiers->payload_bytes(), layout.BlockBytes()));
     }
     // HBM eviction offers the block to the tiers (after the KV-event hook, if
     // any). The CPU backend's KV is host memory, so the bytes are copied
     // straight from the pool; a device backend must stage them through the
-    // backend (device -> pinned host) here instead. A failed Put (SSD write
+    // backend (device -> pinned host) here instead. A failed Offload (SSD write
     // queue full past put_timeout) drops the block: the tiers are a cache.
-    kvstore::TieredStore* tiers = options.tiers;
+    KvTiers* tiers = options.tiers;
     pool_options.on_evict = [tiers, hbm_events = std::move(pool_options.on_evict)](const EvictedBlock& b) {
       if (hbm_events) hbm_events(b);
-      if (!b.bytes.empty()) (void)tiers->Put(b.hash, b.tokens, b.bytes);
+      if (!b.bytes.empty()) (void)tiers->Offload(b.hash, b.tokens, b.bytes);
     };
     kv_options.tiers = tiers;
     // Tier hits are copied into pool blocks: the same host-memory caveat
@@ -345,7 +344,7 @@ absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
       }
       TANDEM_ASSIGN_OR_RETURN(const int32_t cached, kv_->StartSequence(id, seq.tokens));
       // Blocks for this step's rows. With a remote tier StartSequence may
-      // take more tier blocks than MatchPrefix foresaw (TieredStore::MayHold),
+      // take more tier blocks than MatchPrefix foresaw (KvTiers::MayHold),
       // so grow only as far as the pool allows; phase 2 grows the rest later.
       const int32_t table_tokens = static_cast<int32_t>(kv_->BlockTable(id).size()) * options_.block_size;
       const int32_t rows =

@@ -59,6 +59,7 @@
 #include "engine/generate.h"
 #include "engine/kv_events.h"
 #include "engine/kv_manager.h"
+#include "engine/kv_tiers.h"
 #include "engine/sampler.h"
 #include "engine/tier_loader.h"
 #include "kernels/backend.h"
@@ -92,7 +93,7 @@ struct EngineOptions {
   // prefix into it (KvManager, "Tiers"). Its block_tokens, payload_bytes and
   // model_id must match this engine's blocks; its own on_event reports the
   // tiers' KV events. Must outlive the engine. Default: null.
-  kvstore::TieredStore* tiers = nullptr;
+  KvTiers* tiers = nullptr;
   // With tiers: copy tier hits into the pool on a background thread while
   // other sequences compute (see "Tier loads" above), instead of inside the
   // admitting Step. Default: true.
@@ -111,7 +112,7 @@ struct EngineRequest {
   // Default: true.
   bool stop_at_eos = true;
   // Prefill workers: when the request finishes, keep its blocks (the KV they
-  // must send) until ReleaseHeld(id); the final update carries the block
+  // must send) until ReleaseReserved(id); the final update carries the block
   // table in held_blocks. Default: false.
   bool hold_blocks_on_finish = false;
 };

@@ -8,7 +8,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "kvstore/tiered_store.h"
 
 // Aborts on caller bugs that would corrupt the bookkeeping (see the header).
 // Local until common/ grows a shared CHECK (Debian's Abseil has no absl/log).
@@ -39,12 +38,12 @@ absl::StatusOr<std::unique_ptr<KvManager>> KvManager::Create(const Options& opti
     if (!options.block_memory) {
       return absl::InvalidArgumentError("KvManager: tiers need block_memory to copy hits into");
     }
-    if (options.tiers->options().block_tokens != pool->block_size() ||
-        options.tiers->options().model_id != options.model_id) {
+    if (options.tiers->block_tokens() != pool->block_size() ||
+        options.tiers->model_id() != options.model_id) {
       return absl::InvalidArgumentError(
-          absl::StrCat("KvManager: the KV tiers hold blocks of ", options.tiers->options().block_tokens,
-                       " tokens of model '", options.tiers->options().model_id, "', the pool ",
-                       pool->block_size(), " tokens of '", options.model_id, "'"));
+          absl::StrCat("KvManager: the KV tiers hold blocks of ", options.tiers->block_tokens(),
+                       " tokens of model '", options.tiers->model_id(), "', the pool ", pool->block_size(),
+                       " tokens of '", options.model_id, "'"));
     }
   }
   return std::unique_ptr<KvManager>(new KvManager(options, pool, pool->block_size()));
@@ -91,49 +90,44 @@ absl::StatusOr<int32_t> KvManager::StartSequence(int64_t seq_id, absl::Span<cons
     return absl::AlreadyExistsError(absl::StrCat("sequence ", seq_id, " already started"));
   }
   Sequence& seq = it->second;
-  const size_t max_blocks = (prompt_tokens.size() - 1) / block_size_;
-  BlockHash prev = seed_;
-  for (size_t i = 0; i < max_blocks; ++i) {
-    const absl::Span<const int32_t> tokens = prompt_tokens.subspan(i * block_size_, block_size_);
-    const BlockHash hash = HashBlock(prev, model_id_, tokens);
-    const std::optional<int32_t> block = pool_->Lookup(hash, tokens);
-    if (!block.has_value()) break;
-    seq.blocks.push_back(*block);
-    seq.hashes.push_back(hash);
-    prev = hash;
-  }
-  stats_.hbm_hit_blocks += static_cast<int64_t>(seq.blocks.size());
-  // Continue in the tiers: a pool block for each hit, whose KV is copied in
-  // now or by the loader (see the header).
+  // Pool hits are referenced as they are found; tier hits get a pool block
+  // each, whose KV is copied in now or by the loader (see the header).
   const bool sync = loader_ == nullptr || wait_for_loads;
   TierLoader::Job job{.id = seq_id, .loads = {}};
   TierLoader::Result sync_result{.id = seq_id};
-  for (size_t i = seq.blocks.size(); tiers_ != nullptr && i < max_blocks; ++i) {
-    const absl::Span<const int32_t> tokens = prompt_tokens.subspan(i * block_size_, block_size_);
-    const BlockHash hash = HashBlock(prev, model_id_, tokens);
-    if (!tiers_->MayHold(hash) || pool_->num_free_blocks() == 0) break;
+  auto in_pool = [&](BlockHash hash, absl::Span<const int32_t> tokens) {
+    const std::optional<int32_t> block = pool_->Lookup(hash, tokens);
+    if (!block.has_value()) return false;
+    seq.blocks.push_back(*block);
+    seq.hashes.push_back(hash);
+    return true;
+  };
+  auto in_tiers = [&](BlockHash hash, absl::Span<const int32_t> tokens) {
+    if (!tiers_->MayHold(hash) || pool_->num_free_blocks() == 0) return false;
     absl::StatusOr<int32_t> block = pool_->Allocate();  // may evict an HBM block into the tiers
-    if (!block.ok()) break;
+    if (!block.ok()) return false;
     seq.blocks.push_back(*block);
     seq.loading_hashes.push_back(hash);
     seq.loading_tokens.insert(seq.loading_tokens.end(), tokens.begin(), tokens.end());
-    prev = hash;
-    if (sync) {
-      // Copy before the next Allocate, whose eviction could push this block
-      // out of a small DRAM tier.
-      const int32_t index = sync_result.requested++;
-      if (tier_load_hook_) tier_load_hook_(seq_id, index, hash);
-      const absl::StatusOr<kvstore::Tier> tier = tiers_->Get(hash, tokens, block_memory_(*block));
-      if (!tier.ok()) {  // evicted meanwhile, a collision, or corrupt: compute it instead
-        sync_result.error = tier.status();
-        break;
-      }
-      ++sync_result.loaded;
-      ++(*tier == kvstore::Tier::kDram ? sync_result.dram : sync_result.ssd);
-    } else {
+    if (!sync) {
       job.loads.push_back({hash, std::vector<int32_t>(tokens.begin(), tokens.end()), block_memory_(*block)});
+      return true;
     }
-  }
+    // Copy before the next Allocate, whose eviction could push this block
+    // out of a small DRAM tier.
+    const int32_t index = sync_result.requested++;
+    if (tier_load_hook_) tier_load_hook_(seq_id, index, hash);
+    const absl::StatusOr<KvTierSource> tier = tiers_->Load(hash, tokens, block_memory_(*block));
+    if (!tier.ok()) {  // evicted meanwhile, a collision, or corrupt: compute it instead
+      sync_result.error = tier.status();
+      return false;
+    }
+    ++sync_result.loaded;
+    ++(*tier == KvTierSource::kDram ? sync_result.dram : sync_result.ssd);
+    return true;
+  };
+  WalkPrefix(prompt_tokens, in_pool, in_tiers);
+  stats_.hbm_hit_blocks += static_cast<int64_t>(seq.hashes.size());
   ++stats_.sequences_started;
   stats_.prompt_tokens += static_cast<int64_t>(prompt_tokens.size());
   const int32_t hbm_tokens = static_cast<int32_t>(seq.hashes.size()) * block_size_;
@@ -208,28 +202,40 @@ bool KvManager::WaitForLoads(absl::Time deadline) {
   return loader_->WaitForResult(deadline);
 }
 
-KvManager::PrefixMatch KvManager::MatchPrefix(absl::Span<const int32_t> prompt_tokens) const {
-  PrefixMatch match;
-  if (prompt_tokens.empty()) return match;
+KvManager::PrefixWalk KvManager::WalkPrefix(absl::Span<const int32_t> prompt_tokens, PrefixStep in_pool,
+                                            PrefixStep in_tiers) const {
+  PrefixWalk walk;
+  if (prompt_tokens.empty()) return walk;
   const size_t max_blocks = (prompt_tokens.size() - 1) / block_size_;
   BlockHash prev = seed_;
+  bool pool_phase = true;
   for (size_t i = 0; i < max_blocks; ++i) {
     const absl::Span<const int32_t> tokens = prompt_tokens.subspan(i * block_size_, block_size_);
     const BlockHash hash = HashBlock(prev, model_id_, tokens);
+    if (pool_phase && in_pool(hash, tokens)) {
+      ++walk.pool_blocks;
+    } else {
+      pool_phase = false;
+      if (tiers_ == nullptr || !in_tiers(hash, tokens)) break;
+      ++walk.tier_blocks;
+    }
+    prev = hash;
+  }
+  return walk;
+}
+
+KvManager::PrefixMatch KvManager::MatchPrefix(absl::Span<const int32_t> prompt_tokens) const {
+  PrefixMatch match;
+  auto in_pool = [&](BlockHash hash, absl::Span<const int32_t> tokens) {
     const std::optional<int32_t> block = pool_->Peek(hash, tokens);
-    if (!block.has_value()) break;
-    ++match.cached_blocks;
+    if (!block.has_value()) return false;
     if (pool_->RefCount(*block) == 0) ++match.evictable_blocks;
-    prev = hash;
-  }
-  for (size_t i = match.cached_blocks; tiers_ != nullptr && i < max_blocks; ++i) {
-    const absl::Span<const int32_t> tokens = prompt_tokens.subspan(i * block_size_, block_size_);
-    const BlockHash hash = HashBlock(prev, model_id_, tokens);
-    if (!tiers_->Find(hash).has_value()) break;
-    ++match.cached_blocks;
-    ++match.tier_blocks;
-    prev = hash;
-  }
+    return true;
+  };
+  auto in_tiers = [&](BlockHash hash, absl::Span<const int32_t>) { return tiers_->HoldsLocally(hash); };
+  const PrefixWalk walk = WalkPrefix(prompt_tokens, in_pool, in_tiers);
+  match.tier_blocks = walk.tier_blocks;
+  match.cached_blocks = walk.pool_blocks + walk.tier_blocks;
   match.cached_tokens = match.cached_blocks * block_size_;
   return match;
 }

@@ -35,7 +35,7 @@
 // the process with a message.
 //
 // Tiers: with Options::tiers set, the prefix match continues past the last
-// block found in the pool into the DRAM/SSD tiers (kvstore/tiered_store.h):
+// block found in the pool into the DRAM/SSD tiers (engine/kv_tiers.h):
 // StartSequence allocates a pool block for each tier hit and copies the KV in
 // (Options::block_memory). BlocksToAdmit counts those blocks as new
 // allocations.
@@ -80,17 +80,15 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/block_hash.h"
 #include "engine/block_pool.h"
+#include "engine/kv_tiers.h"
 #include "engine/tier_loader.h"
-
-namespace tandem::kvstore {
-class TieredStore;
-}  // namespace tandem::kvstore
 
 namespace tandem::engine {
 
@@ -109,7 +107,7 @@ class KvManager {
     // Borrowed KV tiers below the pool, searched after the pool's prefix
     // cache (see the header comment); null = pool only. Its block_tokens and
     // payload_bytes must match the pool's blocks. Default: null.
-    kvstore::TieredStore* tiers = nullptr;
+    KvTiers* tiers = nullptr;
 
     // Writable KV bytes of a pool block (host memory), where tier hits are
     // copied. Required with tiers. For a device backend this must become a
@@ -274,15 +272,30 @@ class KvManager {
     std::vector<int32_t> loading_tokens;  // block_size per loading block
   };
 
+  // A step of the prefix walk: whether the block (its chained hash and
+  // tokens) is reused, which lets the walk go on to the next one.
+  using PrefixStep = absl::FunctionRef<bool(BlockHash hash, absl::Span<const int32_t> tokens)>;
+  struct PrefixWalk {
+    int32_t pool_blocks = 0;  // accepted by in_pool
+    int32_t tier_blocks = 0;  // accepted by in_tiers
+  };
+
   KvManager(const Options& options, BlockPool* pool, int32_t block_size);
+  // The one prefix walk StartSequence and MatchPrefix share, so that they
+  // agree on a prompt's reusable blocks: the chained hashes of its full
+  // blocks, at most (prompt length - 1) / block_size of them (one token is
+  // always left to compute), offered in order to `in_pool` while it accepts
+  // them, then (with tiers) to `in_tiers`; the first block refused ends it.
+  PrefixWalk WalkPrefix(absl::Span<const int32_t> prompt_tokens, PrefixStep in_pool,
+                        PrefixStep in_tiers) const;
   // Commits the loaded blocks of `seq`, ends its loading state, counts stats.
   LoadDone FinishLoads(int64_t seq_id, Sequence& seq, const TierLoader::Result& result);
 
   const std::string model_id_;
   const int32_t block_size_;
   const BlockHash seed_;
-  BlockPool* const pool_;              // borrowed
-  kvstore::TieredStore* const tiers_;  // borrowed, may be null
+  BlockPool* const pool_;  // borrowed
+  KvTiers* const tiers_;   // borrowed, may be null
   const std::function<absl::Span<uint8_t>(int32_t)> block_memory_;
   const TierLoader::Hook tier_load_hook_;
   absl::flat_hash_map<int64_t, Sequence> seqs_;

@@ -2,7 +2,7 @@
 // also runs under ThreadSanitizer: the kernels' ifunc resolvers do not): the
 // owning thread starts, frees (cancelling loads in flight), polls and
 // "computes" sequences at random while another thread erases and re-puts the
-// tiers' blocks, so copies fail between lookup and copy. Every block a
+// tiers' blocks (FakeKvTiers), so copies fail between lookup and copy. Every block a
 // sequence reuses must hold exactly its block's bytes, the bookkeeping must
 // hold after every operation, and the loader must never write into a block
 // that went back to the pool (a later user would see foreign bytes). And the
@@ -20,18 +20,17 @@
 #include "absl/cleanup/cleanup.h"
 #include "common/block_hash.h"
 #include "engine/block_pool.h"
+#include "engine/fake_kv_tiers.h"
 #include "engine/kv_manager.h"
 #include "engine/tier_loader.h"
 #include "gtest/gtest.h"
-#include "kvstore/block_format.h"
-#include "kvstore/test_util.h"
-#include "kvstore/tiered_store.h"
+#include "tests/testing/gate.h"
 #include "tests/testing/status_matchers.h"
 
 namespace tandem::engine {
 namespace {
 
-using ::tandem::kvstore::testing::Gate;
+using ::tandem::testing::Gate;
 
 constexpr int32_t kTokens = 4;  // per block
 constexpr size_t kPayload = 256;
@@ -46,13 +45,16 @@ std::vector<uint8_t> PayloadOf(BlockHash h) {
   return p;
 }
 
+// Block h's tokens (for the loader test, where no prompt chains the hashes).
+std::vector<int32_t> TokensOf(BlockHash h) {
+  std::vector<int32_t> t(kTokens);
+  for (int32_t k = 0; k < kTokens; ++k) t[k] = static_cast<int32_t>((h * 131 + k * 7) % 32000);
+  return t;
+}
+
 TEST(KvManagerAsyncTest, RandomStartFreePollWhileTheTiersChurn) {
-  kvstore::TieredStore::Options so;
-  so.model_id = "m";
-  so.block_tokens = kTokens;
-  so.payload_bytes = kPayload;
-  so.dram_bytes = 200 * kvstore::EncodedBlockBytes(kTokens, kPayload);
-  ASSERT_OK_AND_ASSIGN(auto store, kvstore::TieredStore::Create(so));
+  auto store = std::make_unique<FakeKvTiers>(
+      FakeKvTiers::Options{.model_id = "m", .block_tokens = kTokens, .payload_bytes = kPayload});
   std::vector<uint8_t> memory(kPoolBlocks * kPayload);
   ASSERT_OK_AND_ASSIGN(auto pool, BlockPool::Create({.num_blocks = kPoolBlocks, .block_size = kTokens}));
   KvManager::Options ko;
@@ -72,8 +74,8 @@ TEST(KvManagerAsyncTest, RandomStartFreePollWhileTheTiersChurn) {
     prompts.push_back(t);
     hashes.push_back(HashFullBlocks("m", t, kTokens));
     for (int b = 0; b < kPromptBlocks; ++b) {
-      ASSERT_OK(store->Put(hashes[p][b], absl::MakeConstSpan(t).subspan(b * kTokens, kTokens),
-                           PayloadOf(hashes[p][b])));
+      ASSERT_OK(store->Insert(hashes[p][b], absl::MakeConstSpan(t).subspan(b * kTokens, kTokens),
+                              PayloadOf(hashes[p][b])));
     }
   }
   std::atomic<bool> stop{false};
@@ -82,10 +84,10 @@ TEST(KvManagerAsyncTest, RandomStartFreePollWhileTheTiersChurn) {
     while (!stop.load()) {
       const int p = static_cast<int>(rng() % kPrompts), b = static_cast<int>(rng() % kPromptBlocks);
       if (rng() % 2) {
-        (void)store->Erase(hashes[p][b]);
+        store->Erase(hashes[p][b]);
       } else {
-        (void)store->Put(hashes[p][b], absl::MakeConstSpan(prompts[p]).subspan(b * kTokens, kTokens),
-                         PayloadOf(hashes[p][b]));
+        (void)store->Insert(hashes[p][b], absl::MakeConstSpan(prompts[p]).subspan(b * kTokens, kTokens),
+                            PayloadOf(hashes[p][b]));
       }
     }
   });
@@ -155,16 +157,9 @@ TEST(KvManagerAsyncTest, RandomStartFreePollWhileTheTiersChurn) {
 // never written again and its result is never reported, whether Cancel found
 // it running (held in the hook) or already finished.
 TEST(TierLoaderTest, NoWriteAfterCancelAndNoResult) {
-  kvstore::TieredStore::Options o;
-  o.model_id = "test-model";
-  o.block_tokens = kTokens;
-  o.payload_bytes = kPayload;
-  o.dram_bytes = 16 * kvstore::EncodedBlockBytes(kTokens, kPayload);
-  ASSERT_OK_AND_ASSIGN(auto store, kvstore::TieredStore::Create(o));
-  for (BlockHash h = 1; h <= 4; ++h) {
-    ASSERT_OK(
-        store->Put(h, kvstore::testing::TokensFor(h, kTokens), kvstore::testing::PayloadFor(h, kPayload)));
-  }
+  auto store = std::make_unique<FakeKvTiers>(
+      FakeKvTiers::Options{.model_id = "test-model", .block_tokens = kTokens, .payload_bytes = kPayload});
+  for (BlockHash h = 1; h <= 4; ++h) ASSERT_OK(store->Insert(h, TokensOf(h), PayloadOf(h)));
   Gate gate;
   TierLoader loader(store.get(), {.max_queued_jobs = 1, .hook = [&](int64_t id, int32_t index, BlockHash) {
                                     if (id == 1 && index == 0) gate.Enter();
@@ -172,12 +167,10 @@ TEST(TierLoaderTest, NoWriteAfterCancelAndNoResult) {
   absl::Cleanup release = [&] { gate.Release(); };
   std::vector<std::vector<uint8_t>> bufs(4, std::vector<uint8_t>(kPayload, 0));
   TierLoader::Job job1{.id = 1, .loads = {}};
-  for (BlockHash h = 1; h <= 3; ++h)
-    job1.loads.push_back({h, kvstore::testing::TokensFor(h, kTokens), absl::MakeSpan(bufs[h - 1])});
+  for (BlockHash h = 1; h <= 3; ++h) job1.loads.push_back({h, TokensOf(h), absl::MakeSpan(bufs[h - 1])});
   ASSERT_TRUE(loader.Submit(std::move(job1)));
   ASSERT_TRUE(gate.WaitEntered()) << "the held copy never started";
-  TierLoader::Job job2{.id = 2,
-                       .loads = {{4, kvstore::testing::TokensFor(4, kTokens), absl::MakeSpan(bufs[3])}}};
+  TierLoader::Job job2{.id = 2, .loads = {{4, TokensOf(4), absl::MakeSpan(bufs[3])}}};
   ASSERT_TRUE(loader.Submit(std::move(job2)));
   TierLoader::Job job3{.id = 3, .loads = {}};
   EXPECT_FALSE(loader.Submit(std::move(job3)));  // the queue holds one job
@@ -196,7 +189,7 @@ TEST(TierLoaderTest, NoWriteAfterCancelAndNoResult) {
   EXPECT_EQ(results[0].id, 2);
   EXPECT_EQ(results[0].loaded, 1);
   EXPECT_EQ(results[0].dram, 1);
-  EXPECT_EQ(bufs[3], kvstore::testing::PayloadFor(4, kPayload));
+  EXPECT_EQ(bufs[3], PayloadOf(4));
   for (int i = 0; i < 3; ++i) EXPECT_EQ(bufs[i], std::vector<uint8_t>(kPayload, 0xAA)) << i;
   EXPECT_EQ(loader.outstanding(), 0);
 }

@@ -3,12 +3,9 @@
 #include <algorithm>
 #include <utility>
 
-#include "kvstore/tiered_store.h"
-
 namespace tandem::engine {
 
-TierLoader::TierLoader(kvstore::TieredStore* tiers, Options options)
-    : tiers_(tiers), options_(std::move(options)) {
+TierLoader::TierLoader(KvTiers* tiers, Options options) : tiers_(tiers), options_(std::move(options)) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -23,7 +20,7 @@ TierLoader::~TierLoader() {
   if (thread_.joinable()) thread_.join();
 }
 
-TierLoader::Result TierLoader::Run(kvstore::TieredStore* tiers, const Job& job, const Hook& hook,
+TierLoader::Result TierLoader::Run(KvTiers* tiers, const Job& job, const Hook& hook,
                                    const std::function<bool()>& stop) {
   Result r;
   r.id = job.id;
@@ -35,13 +32,13 @@ TierLoader::Result TierLoader::Run(kvstore::TieredStore* tiers, const Job& job, 
     }
     const Load& load = job.loads[i];
     if (hook) hook(job.id, static_cast<int32_t>(i), load.hash);
-    const absl::StatusOr<kvstore::Tier> tier = tiers->Get(load.hash, load.tokens, load.dst);
+    const absl::StatusOr<KvTierSource> tier = tiers->Load(load.hash, load.tokens, load.dst);
     if (!tier.ok()) {
       r.error = tier.status();
       break;
     }
     ++r.loaded;
-    ++(*tier == kvstore::Tier::kDram ? r.dram : r.ssd);
+    ++(*tier == KvTierSource::kDram ? r.dram : r.ssd);
   }
   return r;
 }

@@ -1,4 +1,4 @@
-// Copies KV blocks from the DRAM/SSD tiers into pool blocks on one owned
+// Copies KV blocks from the DRAM/SSD tiers (engine/kv_tiers.h) into pool blocks on one owned
 // background thread, so that promoting a prompt's prefix overlaps the engine's
 // compute (KvManager, "Tiers").
 //
@@ -11,7 +11,7 @@
 //   loader.Cancel(seq_id);  // before the job's destination blocks are reused
 //
 // A job is one sequence's loads, in position order. The thread runs them in
-// order (TieredStore::Get into the destination span) and stops at the first
+// order (KvTiers::Load into the destination span) and stops at the first
 // failure (a miss: the block left DRAM/SSD since the lookup; a corrupt SSD
 // value): a sequence can only use a contiguous prefix, so the blocks after a
 // failed one are not worth loading. Result::loaded says how many succeeded.
@@ -49,10 +49,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/block_hash.h"
-
-namespace tandem::kvstore {
-class TieredStore;
-}  // namespace tandem::kvstore
+#include "engine/kv_tiers.h"
 
 namespace tandem::engine {
 
@@ -74,8 +71,8 @@ class TierLoader {
 
   struct Load {
     BlockHash hash = 0;
-    std::vector<int32_t> tokens;  // the block's tokens (block_tokens of the store)
-    absl::Span<uint8_t> dst;      // payload_bytes of the store
+    std::vector<int32_t> tokens;  // the block's tokens (block_tokens of the tiers)
+    absl::Span<uint8_t> dst;      // payload_bytes of the tiers
   };
 
   struct Job {
@@ -93,7 +90,7 @@ class TierLoader {
   };
 
   // `tiers` is borrowed and must outlive the loader. Starts the thread.
-  TierLoader(kvstore::TieredStore* tiers, Options options);
+  TierLoader(KvTiers* tiers, Options options);
   ~TierLoader();
   TierLoader(const TierLoader&) = delete;
   TierLoader& operator=(const TierLoader&) = delete;
@@ -119,13 +116,12 @@ class TierLoader {
   // Runs `job` on the calling thread (the synchronous path): the same loads,
   // hook and stop-at-first-failure as the loader thread. `stop`, if set, is
   // asked before each load; true ends the job there.
-  static Result Run(kvstore::TieredStore* tiers, const Job& job, const Hook& hook,
-                    const std::function<bool()>& stop);
+  static Result Run(KvTiers* tiers, const Job& job, const Hook& hook, const std::function<bool()>& stop);
 
  private:
   void Loop();
 
-  kvstore::TieredStore* const tiers_;
+  KvTiers* const tiers_;
   const Options options_;
 
   mutable std::mutex mu_;

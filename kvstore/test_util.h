@@ -1,20 +1,18 @@
-// Helpers for the kvstore and engine tier tests: a temporary directory
-// removed on destruction, deterministic block contents, and a Gate that holds
-// a tier copy on the loader thread until the test releases it.
+// Helpers for the kvstore tests: a temporary directory
+// removed on destruction, deterministic block contents, and the Gate
+// (tests/testing/gate.h) that holds a tier copy until the test releases it.
 #ifndef TANDEM_KVSTORE_TEST_UTIL_H_
 #define TANDEM_KVSTORE_TEST_UTIL_H_
 
-#include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
-#include <mutex>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/testing/gate.h"
 
 namespace tandem::kvstore::testing {
 
@@ -35,36 +33,9 @@ class TempDir {
   std::string path_;
 };
 
-// Holds a tier copy (from the loader thread) until the test releases it.
-// Every wait is bounded: a test that never releases fails instead of hanging.
-class Gate {
- public:
-  static constexpr std::chrono::seconds kTimeout{30};
-
-  // Called where the copy is held; returns when released (or after kTimeout).
-  void Enter() {
-    std::unique_lock<std::mutex> lock(mu_);
-    entered_ = true;
-    cv_.notify_all();
-    if (!cv_.wait_for(lock, kTimeout, [&] { return released_; })) ADD_FAILURE() << "Gate never released";
-  }
-  // True once Enter was called; false after kTimeout without it.
-  bool WaitEntered() {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, kTimeout, [&] { return entered_; });
-  }
-  void Release() {
-    std::lock_guard<std::mutex> lock(mu_);
-    released_ = true;
-    cv_.notify_all();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool entered_ = false;
-  bool released_ = false;
-};
+// Holds a tier copy (from the loader thread) until the test releases it
+// (tests/testing/gate.h, shared with the engine's tests).
+using ::tandem::testing::Gate;
 
 // Block i's tokens and KV bytes, derived from i (so a mix-up shows).
 inline std::vector<int32_t> TokensFor(uint64_t i, int32_t n) {
