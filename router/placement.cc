@@ -1,17 +1,17 @@
 #include "router/placement.h"
 
 #include <algorithm>
-#include <cmath>
-#include <limits>
+#include <utility>
 
-#include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "common/status_macros.h"
 
 namespace tandem::router {
 namespace {
 
 using tandem::v1::WORKER_ROLE_DECODE;
 using tandem::v1::WORKER_ROLE_PREFILL;
+using tandem::v1::WORKER_ROLE_STORE;
 
 int64_t QueuedTokens(const WorkerView& w) {
   // The worker's report covers every router's work but lags; this router's
@@ -24,29 +24,140 @@ int32_t Running(const WorkerView& w) {
   return std::max(w.load.running() + w.load.waiting(), w.inflight_requests);
 }
 
+// Every worker's cached prefix for one prompt, by worker id.
+class PrefixMatches {
+ public:
+  PrefixMatches(const KvIndex& index, absl::Span<const BlockHash> hashes) : matches_(index.Match(hashes)) {
+    by_worker_.reserve(matches_.size());
+    for (const KvIndex::PrefixMatch& m : matches_) by_worker_[absl::string_view(m.worker_id)] = &m;
+  }
+  PrefixMatches(const PrefixMatches&) = delete;
+  PrefixMatches& operator=(const PrefixMatches&) = delete;
+
+  // Null when the worker holds none of the prompt.
+  const KvIndex::PrefixMatch* Of(absl::string_view worker_id) const {
+    auto it = by_worker_.find(worker_id);
+    return it == by_worker_.end() ? nullptr : it->second;
+  }
+
+ private:
+  const std::vector<KvIndex::PrefixMatch> matches_;
+  // Keyed by views of the ids in `matches_` (no copies: this map can hold
+  // every worker when a system prompt is cached everywhere).
+  absl::flat_hash_map<absl::string_view, const KvIndex::PrefixMatch*> by_worker_;
+};
+
+// The learned per-token prefill costs, read while Placement::mu_ is held.
+struct LearnedCosts {
+  const absl::flat_hash_map<std::string, double>& by_worker;
+  double fallback;  // the learned mean, else the default
+
+  double MsPerToken(const std::string& worker_id) const {
+    if (by_worker.empty()) return fallback;  // skips hashing the id before any report
+    auto it = by_worker.find(worker_id);
+    return it != by_worker.end() && it->second > 0 ? it->second : fallback;
+  }
+};
+
+// The request's size in blocks.
+struct PromptShape {
+  explicit PromptShape(const PlacementRequest& r)
+      : block_size(std::max(1, r.block_size)),
+        prompt_blocks((r.prompt_tokens + block_size - 1) / block_size),
+        needed_blocks((r.prompt_tokens + r.max_tokens + block_size - 1) / block_size) {}
+  int32_t block_size;
+  int32_t prompt_blocks;
+  int32_t needed_blocks;  // prompt + max_tokens, on the decode worker
+};
+
+struct DecodePick {
+  WorkerHandle handle;
+  double tpot_ms = 0;
+  int32_t cached_tokens = 0;
+  double ms_per_token = 0;
+  double queue_ms = 0;  // its own prefill queue, for an aggregated prefill
+};
+
+// Step 1: the policy's decode chooser over the healthy decode workers.
+std::optional<DecodePick> PickDecode(WorkerRegistry& registry, const PlacementRequest& req,
+                                     const PromptShape& shape, const PrefixMatches& matches,
+                                     const LearnedCosts& costs, DecodeChooser choose, ChooserState* state) {
+  std::optional<DecodePick> pick;
+  registry.WithHealthy(WORKER_ROLE_DECODE, req.exclude_decode, [&](absl::Span<const WorkerView> workers) {
+    if (workers.empty()) return;
+    std::vector<DecodeCandidate> candidates;
+    candidates.reserve(workers.size());
+    for (const WorkerView& w : workers) {
+      candidates.push_back({Running(w), w.load.free_blocks(), w.load.total_blocks()});
+    }
+    const WorkerView& w = workers[choose(candidates, shape.needed_blocks, state)];
+    pick.emplace();
+    pick->handle = w.handle;
+    pick->tpot_ms = PredictTpotMs(w.load.decode_step_ms(), w.load.decode_batch(), Running(w));
+    pick->cached_tokens = CachedTokens(matches.Of(w.handle.id), shape.block_size, req.prompt_tokens);
+    pick->ms_per_token = costs.MsPerToken(w.handle.id);
+    pick->queue_ms = static_cast<double>(QueuedTokens(w)) * pick->ms_per_token;
+  });
+  return pick;
+}
+
+struct PrefillPick {
+  WorkerHandle handle;
+  PrefillPrediction prediction;
+};
+
+// Step 2: PredictPrefill for every healthy prefill worker, then the policy's
+// prefill chooser.
+std::optional<PrefillPick> PickPrefill(WorkerRegistry& registry, const PlacementOptions& options,
+                                       const PlacementRequest& req, const PromptShape& shape,
+                                       const PrefixMatches& matches, const KvIndex::PrefixMatch* store,
+                                       const LearnedCosts& costs, double transfer_ms, PrefillChooser choose,
+                                       ChooserState* state) {
+  std::optional<PrefillPick> pick;
+  registry.WithHealthy(WORKER_ROLE_PREFILL, req.exclude_prefill, [&](absl::Span<const WorkerView> workers) {
+    if (workers.empty()) return;
+    std::vector<PrefillPrediction> predictions;
+    std::vector<PrefillCandidate> candidates;
+    predictions.reserve(workers.size());
+    candidates.reserve(workers.size());
+    for (const WorkerView& w : workers) {
+      predictions.push_back(PredictPrefill(options, {.prompt_tokens = req.prompt_tokens,
+                                                     .block_size = shape.block_size,
+                                                     .own = matches.Of(w.handle.id),
+                                                     .store = store,
+                                                     .queued_tokens = QueuedTokens(w),
+                                                     .ms_per_token = costs.MsPerToken(w.handle.id),
+                                                     .transfer_ms = transfer_ms}));
+      candidates.push_back({QueuedTokens(w), predictions.back().ttft_ms});
+    }
+    const size_t i = choose(candidates, state);
+    pick = PrefillPick{workers[i].handle, predictions[i]};
+  });
+  return pick;
+}
+
+// The healthy shared store holding the longest prefix, if any.
+const KvIndex::PrefixMatch* LongestStorePrefix(WorkerRegistry& registry, const PrefixMatches& matches) {
+  const KvIndex::PrefixMatch* best = nullptr;
+  registry.ForEachHealthy(WORKER_ROLE_STORE, {}, [&](const WorkerView& w) {
+    const KvIndex::PrefixMatch* m = matches.Of(w.handle.id);
+    if (m != nullptr && (best == nullptr || m->blocks > best->blocks)) best = m;
+  });
+  return best;
+}
+
+// The prefetch hint for the worker that prefills: its lower-tier blocks
+// [first lower, own prefix), then `store_blocks` of the store's past it.
+void SetHint(const KvIndex::PrefixMatch* own, int32_t store_blocks, absl::Span<const BlockHash> hashes,
+             PlacementDecision* decision) {
+  const int32_t own_blocks = own == nullptr ? 0 : own->blocks;
+  const int32_t first = own == nullptr ? 0 : own->first_lower_block;
+  const int32_t end = std::min<int32_t>(own_blocks + store_blocks, static_cast<int32_t>(hashes.size()));
+  decision->prefetch_first_block = std::min(first, end);
+  decision->prefetch_hashes.assign(hashes.begin() + decision->prefetch_first_block, hashes.begin() + end);
+}
+
 }  // namespace
-
-const char* PolicyName(Policy policy) {
-  switch (policy) {
-    case Policy::kKv:
-      return "kv";
-    case Policy::kRoundRobin:
-      return "round_robin";
-    case Policy::kLeastLoaded:
-      return "least_loaded";
-    case Policy::kRandom:
-      return "random";
-  }
-  return "unknown";
-}
-
-absl::StatusOr<Policy> ParsePolicy(std::string_view name) {
-  for (Policy p : {Policy::kKv, Policy::kRoundRobin, Policy::kLeastLoaded, Policy::kRandom}) {
-    if (name == PolicyName(p)) return p;
-  }
-  return absl::InvalidArgumentError(
-      absl::StrFormat("policy: '%s' is not one of kv, round_robin, least_loaded, random", std::string(name)));
-}
 
 void SetPrefetchHint(const PlacementDecision& decision, tandem::v1::PrefetchHint* hint) {
   hint->set_first_block(decision.prefetch_first_block);
@@ -54,14 +165,16 @@ void SetPrefetchHint(const PlacementDecision& decision, tandem::v1::PrefetchHint
 }
 
 Placement::Placement(PlacementOptions options, WorkerRegistry* registry, const KvIndex* index)
-    : options_(options), registry_(registry), index_(index), rng_(options.seed) {}
+    : options_(options),
+      registry_(registry),
+      index_(index),
+      decode_state_(options.seed),
+      prefill_state_(options.seed + 1) {}
 
 double Placement::MsPerTokenLocked(const std::string& worker_id) const {
-  if (!learned_.empty()) {  // skips hashing the id before any report
-    auto it = learned_.find(worker_id);
-    if (it != learned_.end() && it->second.ms_per_token > 0) return it->second.ms_per_token;
-  }
-  return mean_ms_per_token_ > 0 ? mean_ms_per_token_ : options_.default_ms_per_token;
+  const LearnedCosts costs{ms_per_token_,
+                           mean_ms_per_token_ > 0 ? mean_ms_per_token_ : options_.default_ms_per_token};
+  return costs.MsPerToken(worker_id);
 }
 
 double Placement::MsPerToken(const std::string& worker_id) const {
@@ -73,15 +186,15 @@ void Placement::ObservePrefill(const std::string& worker_id, const PrefillObserv
   const int32_t computed = o.prompt_tokens - o.cached_tokens;
   absl::MutexLock lock(&mu_);
   const double a = options_.learning_rate;
-  Learned& l = learned_[worker_id];
   if (computed > 0 && o.prefill_ms > 0) {
     const double sample = o.prefill_ms / computed;
-    l.ms_per_token = l.ms_per_token == 0 ? sample : (1 - a) * l.ms_per_token + a * sample;
+    double& learned = ms_per_token_[worker_id];
+    learned = learned == 0 ? sample : (1 - a) * learned + a * sample;
     double sum = 0;
     int n = 0;
-    for (const auto& [id, learned] : learned_) {
-      if (learned.ms_per_token > 0) {
-        sum += learned.ms_per_token;
+    for (const auto& [id, ms] : ms_per_token_) {
+      if (ms > 0) {
+        sum += ms;
         ++n;
       }
     }
@@ -95,238 +208,68 @@ void Placement::ObservePrefill(const std::string& worker_id, const PrefillObserv
 }
 
 absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) {
-  const int32_t bs = std::max(1, req.block_size);
-  const int32_t prompt_blocks = (req.prompt_tokens + bs - 1) / bs;
-  const int32_t needed_blocks = (req.prompt_tokens + req.max_tokens + bs - 1) / bs;
-  const Policy policy = options_.policy;
+  const PromptShape shape(req);
+  // Every worker's cached prefix (also for the baselines: their predictions
+  // feed admission and the reported hit rate).
+  const PrefixMatches matches(*index_, req.block_hashes);
+  const KvIndex::PrefixMatch* store = LongestStorePrefix(*registry_, matches);
+  const PolicyChoosers choose = ChoosersFor(options_.policy);
 
-  // Every worker's cached prefix for this prompt (also for the baselines:
-  // their predictions feed admission and the reported hit rate).
-  std::vector<KvIndex::PrefixMatch> matches = index_->Match(req.block_hashes);
-  // Keyed by views of the ids in `matches` (no copies: this map can hold
-  // every worker when a system prompt is cached everywhere).
-  absl::flat_hash_map<absl::string_view, const KvIndex::PrefixMatch*> by_worker;
-  by_worker.reserve(matches.size());
-  for (const KvIndex::PrefixMatch& m : matches) {
-    by_worker[absl::string_view(m.worker_id.data(), m.worker_id.size())] = &m;
-  }
-  auto match_of = [&](const std::string& id) -> const KvIndex::PrefixMatch* {
-    auto it = by_worker.find(absl::string_view(id.data(), id.size()));
-    return it == by_worker.end() ? nullptr : it->second;
-  };
-  // A prefill always computes at least the prompt's last token.
-  auto cached_tokens = [&](const KvIndex::PrefixMatch* m) {
-    return m == nullptr ? 0 : std::min(m->blocks * bs, req.prompt_tokens - 1);
-  };
-
-  absl::MutexLock lock(&mu_);
-  const double transfer_ms_per_block =
-      transfer_ms_per_block_ > 0 ? transfer_ms_per_block_ : options_.default_transfer_ms_per_block;
-
-  // --- Decode worker.
-  struct DecodePick {
-    std::optional<WorkerHandle> handle;
-    double tpot_ms = 0;
-    int32_t cached_tokens = 0;
-    double queue_ms = 0;  // its own prefill queue, for aggregated prefill
-    double ms_per_token = 0;
-    double score[3] = {0, 0, 0};
-  } decode;
-  int decode_seen = 0;
-  std::vector<std::string> rr_ids;
-  registry_->ForEachHealthy(WORKER_ROLE_DECODE, req.exclude_decode, [&](const WorkerView& w) {
-    ++decode_seen;
-    const int32_t running = Running(w);
-    double tpot = 0;
-    if (w.load.decode_step_ms() > 0) {
-      // A decode step's time grows with its batch; scale the recent mean by
-      // the batch this request would join (never below the mean itself).
-      const double batch = std::max(1.0, w.load.decode_batch());
-      tpot = w.load.decode_step_ms() * std::max(1.0, (running + 1) / batch);
-    }
-    bool take = false;
-    double score[3] = {0, 0, 0};
-    switch (policy) {
-      case Policy::kRoundRobin:
-        rr_ids.push_back(w.handle.id);
-        return;
-      case Policy::kRandom:
-        take = std::uniform_int_distribution<int>(1, decode_seen)(rng_) == 1;  // reservoir sampling
-        break;
-      case Policy::kLeastLoaded:
-        score[0] = running;
-        score[1] = -w.load.free_blocks();
-        take = !decode.handle.has_value() ||
-               std::lexicographical_compare(score, score + 2, decode.score, decode.score + 2);
-        break;
-      case Policy::kKv: {
-        // Room first (a worker that cannot hold the request would preempt),
-        // then batch load, then free blocks.
-        score[0] = w.load.total_blocks() > 0 && w.load.free_blocks() < needed_blocks ? 1 : 0;
-        score[1] = running;
-        score[2] = -w.load.free_blocks();
-        take = !decode.handle.has_value() ||
-               std::lexicographical_compare(score, score + 3, decode.score, decode.score + 3);
-        break;
-      }
-    }
-    if (!take) return;
-    decode.handle = w.handle;
-    decode.tpot_ms = tpot;
-    decode.cached_tokens = cached_tokens(match_of(w.handle.id));
-    decode.ms_per_token = MsPerTokenLocked(w.handle.id);
-    decode.queue_ms = static_cast<double>(QueuedTokens(w)) * decode.ms_per_token;
-    std::copy(score, score + 3, decode.score);
-  });
-  if (policy == Policy::kRoundRobin && !rr_ids.empty()) {
-    const std::string id = rr_ids[round_robin_[0]++ % rr_ids.size()];
-    registry_->ForEachHealthy(WORKER_ROLE_DECODE, req.exclude_decode, [&](const WorkerView& w) {
-      if (w.handle.id != id) return;
-      decode.handle = w.handle;
-      decode.cached_tokens = cached_tokens(match_of(id));
-      decode.ms_per_token = MsPerTokenLocked(id);
-      decode.queue_ms = static_cast<double>(QueuedTokens(w)) * decode.ms_per_token;
-      if (w.load.decode_step_ms() > 0) {
-        decode.tpot_ms =
-            w.load.decode_step_ms() * std::max(1.0, (Running(w) + 1) / std::max(1.0, w.load.decode_batch()));
-      }
-    });
-  }
-  if (!decode.handle.has_value()) return absl::UnavailableError("no healthy decode worker");
-
-  // --- Prefill worker.
-  const int32_t decode_cached_blocks = decode.cached_tokens / bs;
-  const double transfer_ms = std::max(0, prompt_blocks - decode_cached_blocks) * transfer_ms_per_block;
-  struct PrefillPick {
-    std::optional<WorkerHandle> handle;
-    double ttft_ms = std::numeric_limits<double>::infinity();
-    double queue_ms = 0;
-    int32_t cached_tokens = 0;
-    int32_t blocks_to_load = 0;
-    int32_t store_blocks = 0;
-    double load_key = 0;
-  } prefill;
-  int prefill_seen = 0;
-  rr_ids.clear();
-  // Scores `w` into `out`; the handle (strings and stubs) is copied only
-  // when `copy_handle`, i.e. for a new best, not for every candidate.
-  // The healthy shared store holding the longest prefix, if any.
-  const KvIndex::PrefixMatch* store_match = nullptr;
-  registry_->ForEachHealthy(tandem::v1::WORKER_ROLE_STORE, {}, [&](const WorkerView& w) {
-    const KvIndex::PrefixMatch* m = match_of(w.handle.id);
-    if (m != nullptr && (store_match == nullptr || m->blocks > store_match->blocks)) store_match = m;
-  });
-  auto predict = [&](const WorkerView& w, PrefillPick* out, bool copy_handle = true) {
-    const KvIndex::PrefixMatch* m = match_of(w.handle.id);
-    const double c = MsPerTokenLocked(w.handle.id);
-    out->cached_tokens = cached_tokens(m);
-    out->blocks_to_load = m == nullptr ? 0 : m->tier_blocks[2] + m->tier_blocks[3];
-    out->queue_ms = static_cast<double>(QueuedTokens(w)) * c;
-    double load_ms = m == nullptr ? 0
-                                  : m->tier_blocks[2] * options_.dram_load_ms_per_block +
-                                        m->tier_blocks[3] * options_.ssd_load_ms_per_block;
-    const int32_t own_blocks = m == nullptr ? 0 : m->blocks;
-    out->store_blocks = 0;
-    if (store_match != nullptr && store_match->blocks > own_blocks) {
-      out->cached_tokens = cached_tokens(store_match);
-      out->store_blocks = std::max(0, out->cached_tokens / bs - own_blocks);
-      load_ms += out->store_blocks * options_.store_load_ms_per_block;
-    }
-    out->ttft_ms = out->queue_ms + (req.prompt_tokens - out->cached_tokens) * c + load_ms + transfer_ms;
-    if (copy_handle) out->handle = w.handle;
-    out->load_key = static_cast<double>(QueuedTokens(w));
-  };
-  registry_->ForEachHealthy(WORKER_ROLE_PREFILL, req.exclude_prefill, [&](const WorkerView& w) {
-    ++prefill_seen;
-    switch (policy) {
-      case Policy::kRoundRobin:
-        rr_ids.push_back(w.handle.id);
-        return;
-      case Policy::kRandom:
-        if (std::uniform_int_distribution<int>(1, prefill_seen)(rng_) == 1) predict(w, &prefill);
-        return;
-      case Policy::kLeastLoaded:
-        if (!prefill.handle.has_value() || static_cast<double>(QueuedTokens(w)) < prefill.load_key) {
-          predict(w, &prefill);
-        }
-        return;
-      case Policy::kKv: {
-        PrefillPick candidate;
-        predict(w, &candidate, /*copy_handle=*/false);
-        if (candidate.ttft_ms < prefill.ttft_ms) {
-          prefill = std::move(candidate);
-          prefill.handle = w.handle;
-        }
-        return;
-      }
-    }
-  });
-  if (policy == Policy::kRoundRobin && !rr_ids.empty()) {
-    const std::string id = rr_ids[round_robin_[1]++ % rr_ids.size()];
-    registry_->ForEachHealthy(WORKER_ROLE_PREFILL, req.exclude_prefill, [&](const WorkerView& w) {
-      if (w.handle.id == id) predict(w, &prefill);
-    });
+  std::optional<DecodePick> decode;
+  std::optional<PrefillPick> prefill;
+  {
+    absl::MutexLock lock(&mu_);
+    const LearnedCosts costs{ms_per_token_,
+                             mean_ms_per_token_ > 0 ? mean_ms_per_token_ : options_.default_ms_per_token};
+    decode = PickDecode(*registry_, req, shape, matches, costs, choose.decode, &decode_state_);
+    if (!decode.has_value()) return absl::UnavailableError("no healthy decode worker");
+    const double transfer_ms_per_block =
+        transfer_ms_per_block_ > 0 ? transfer_ms_per_block_ : options_.default_transfer_ms_per_block;
+    const double transfer_ms =
+        std::max(0, shape.prompt_blocks - decode->cached_tokens / shape.block_size) * transfer_ms_per_block;
+    prefill = PickPrefill(*registry_, options_, req, shape, matches, store, costs, transfer_ms,
+                          choose.prefill, &prefill_state_);
   }
 
-  PlacementDecision decision;
-  decision.decode = *decode.handle;
-  decision.predicted_tpot_ms = decode.tpot_ms;
+  // Step 3: who prefills.
   const double aggregated_ttft =
-      decode.queue_ms + (req.prompt_tokens - decode.cached_tokens) * decode.ms_per_token;
-  bool aggregate = !prefill.handle.has_value();
-  if (!aggregate && policy == Policy::kKv) {
-    const int32_t decode_uncached = req.prompt_tokens - decode.cached_tokens;
-    if (options_.aggregate_max_uncached_tokens >= 0 &&
-        decode_uncached <= options_.aggregate_max_uncached_tokens) {
-      aggregate = true;
-    } else if (options_.aggregate_when_queue_ms > 0 && prefill.queue_ms > options_.aggregate_when_queue_ms &&
-               aggregated_ttft < prefill.ttft_ms) {
-      aggregate = true;
-    }
-  }
-  // The prefetch hint: the chosen worker's lower-tier blocks [first lower,
-  // own prefix), then the store's blocks past its own prefix.
-  auto set_hint = [&](const std::string& worker_id, int32_t store_blocks) {
-    const KvIndex::PrefixMatch* m = match_of(worker_id);
-    const int32_t own = m == nullptr ? 0 : m->blocks;
-    const int32_t first = m == nullptr ? 0 : m->first_lower_block;
-    const int32_t end = std::min<int32_t>(own + store_blocks, static_cast<int32_t>(req.block_hashes.size()));
-    decision.prefetch_first_block = std::min(first, end);
-    decision.prefetch_hashes.assign(req.block_hashes.begin() + decision.prefetch_first_block,
-                                    req.block_hashes.begin() + end);
-  };
+      decode->queue_ms + (req.prompt_tokens - decode->cached_tokens) * decode->ms_per_token;
+  const bool aggregate =
+      DecideAggregation(options_, {.has_prefill = prefill.has_value(),
+                                   .decode_uncached_tokens = req.prompt_tokens - decode->cached_tokens,
+                                   .aggregated_ttft_ms = aggregated_ttft,
+                                   .prefill_queue_ms = prefill ? prefill->prediction.queue_ms : 0,
+                                   .prefill_ttft_ms = prefill ? prefill->prediction.ttft_ms : 0});
+  PlacementDecision decision;
+  decision.decode = std::move(decode->handle);
+  decision.predicted_tpot_ms = decode->tpot_ms;
   if (aggregate) {
-    decision.predicted_cached_tokens = decode.cached_tokens;
+    decision.predicted_cached_tokens = decode->cached_tokens;
     decision.predicted_ttft_ms = aggregated_ttft;
     // The decode worker reads a store too when it runs with --kv-store.
-    const KvIndex::PrefixMatch* m = match_of(decision.decode.id);
-    const int32_t own = m == nullptr ? 0 : m->blocks;
-    set_hint(decision.decode.id,
-             store_match != nullptr && store_match->blocks > own ? store_match->blocks - own : 0);
+    const KvIndex::PrefixMatch* own = matches.Of(decision.decode.id);
+    const int32_t own_blocks = own == nullptr ? 0 : own->blocks;
+    SetHint(own, store != nullptr && store->blocks > own_blocks ? store->blocks - own_blocks : 0,
+            req.block_hashes, &decision);
   } else {
-    decision.prefill = prefill.handle;
-    decision.predicted_cached_tokens = prefill.cached_tokens;
-    decision.predicted_ttft_ms = prefill.ttft_ms;
-    decision.blocks_to_load = prefill.blocks_to_load;
-    decision.store_blocks = prefill.store_blocks;
-    if (prefill.store_blocks > 0) decision.store_id = store_match->worker_id;
-    set_hint(decision.prefill->id, prefill.store_blocks);
+    const PrefillPrediction& p = prefill->prediction;
+    decision.prefill = std::move(prefill->handle);
+    decision.predicted_cached_tokens = p.cached_tokens;
+    decision.predicted_ttft_ms = p.ttft_ms;
+    decision.blocks_to_load = p.blocks_to_load;
+    decision.store_blocks = p.store_blocks;
+    if (p.store_blocks > 0) decision.store_id = store->worker_id;
+    SetHint(matches.Of(decision.prefill->id), p.store_blocks, req.block_hashes, &decision);
   }
 
-  // --- SLO admission.
-  const double ttft_slo = req.ttft_slo_ms > 0 ? req.ttft_slo_ms : options_.default_ttft_slo_ms;
-  const double tpot_slo = req.tpot_slo_ms > 0 ? req.tpot_slo_ms : options_.default_tpot_slo_ms;
-  if (ttft_slo > 0 && decision.predicted_ttft_ms > ttft_slo) {
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("predicted TTFT %.1f ms exceeds the target %.1f ms (best placement: %s); retry later",
-                        decision.predicted_ttft_ms, ttft_slo,
-                        decision.prefill.has_value() ? decision.prefill->id : decision.decode.id));
-  }
-  if (tpot_slo > 0 && decision.predicted_tpot_ms > tpot_slo) {
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("predicted TPOT %.2f ms exceeds the target %.2f ms (decode worker %s); retry later",
-                        decision.predicted_tpot_ms, tpot_slo, decision.decode.id));
-  }
+  // Step 4: SLO admission.
+  TANDEM_RETURN_IF_ERROR(
+      Admit(options_, {.ttft_slo_ms = req.ttft_slo_ms,
+                       .tpot_slo_ms = req.tpot_slo_ms,
+                       .predicted_ttft_ms = decision.predicted_ttft_ms,
+                       .predicted_tpot_ms = decision.predicted_tpot_ms,
+                       .prefill_worker = decision.prefill ? decision.prefill->id : decision.decode.id,
+                       .decode_worker = decision.decode.id}));
   return decision;
 }
 

@@ -1,49 +1,29 @@
 // Where a request runs: the routing policies and the KV-aware cost model
-// (DESIGN.md, "A request's path", step 2).
+// (DESIGN.md, "A request's path", step 2), composed from the pieces in
+// placement_policies.h.
 //
 //   Placement placement({.policy = Policy::kKv}, &registry, &index);
 //   absl::StatusOr<PlacementDecision> d = placement.Place(request);
 //   if (absl::IsResourceExhausted(d.status())) ...  // predicted to miss its SLO
 //   ...
-//   placement.ObservePrefill(d->prefill_worker, timings);  // learn costs
+//   placement.ObservePrefill(d->prefill->id, observation);  // learn costs
 //
-// Policies (the baselines every routing benchmark compares against):
-//   kv            the cost model below (default)
-//   round_robin   next healthy worker of each role in turn
-//   least_loaded  prefill: fewest queued prefill tokens; decode: fewest
-//                 running sequences
-//   random        uniformly random healthy workers
-//
-// The cost model, per prefill candidate p:
-//   TTFT(p) = queue(p) + uncached(p) x c(p) + dram(p) x L_dram + ssd(p) x L_ssd
-//             + transfer
-//   queue(p)     = max(reported queued prefill tokens, tokens this router has
-//                  in flight there) x c(p)
-//   uncached(p)  = prompt tokens beyond p's longest cached prefix (KvIndex)
-//   c(p)         = p's prefill cost per token, learned online (exponentially
-//                  weighted) from the prefill_ms and cached_tokens its
-//                  responses report; before the first report, the mean of
-//                  the learned workers, else Options::default_ms_per_token
-//   dram/ssd(p)  = blocks of that prefix in lower tiers, L = per-block load
-//                  cost (Options)
-//   store(p)     = the shared store (`tandem store`, role STORE in the
-//                  registry): when a store holds a longer prefix than p,
-//                  p's usable prefix extends through the store's blocks,
-//                  each charged Options::store_load_ms_per_block (the
-//                  workers are assumed to run with --kv-store)
-//   transfer     = blocks the decode worker lacks x learned ms per block
-// The decode worker is the one with the most free blocks among those whose
-// predicted TPOT (recent step time scaled by batch growth) is lowest-ranked;
-// ties go to fewer running sequences. The kv policy also decides between
-// disaggregated and aggregated ("conditional disaggregation"): the decode
-// worker prefills by itself when its own uncached part is at most
-// Options::aggregate_max_uncached_tokens, or when the best prefill
-// candidate's queue wait exceeds Options::aggregate_when_queue_ms.
-//
-// SLO admission (every policy): when the chosen placement's predicted TTFT
-// exceeds the request's TTFT target (or TPOT beyond its TPOT target), Place
-// fails with ResourceExhausted at once rather than queueing work that will
-// miss; the error names the prediction and the target.
+// Place, for one request:
+//   1. the decode worker: the policy's decode chooser over the healthy decode
+//      workers (kv: room for prompt + max_tokens first, then fewest running
+//      sequences, then most free blocks);
+//   2. the prefill worker: PredictPrefill for every healthy prefill worker,
+//      then the policy's prefill chooser (kv: the lowest predicted TTFT);
+//   3. DecideAggregation: the decode worker prefills by itself when there is
+//      no prefill worker or (kv) when that is predicted cheaper;
+//   4. Admit: ResourceExhausted at once when the predicted TTFT or TPOT
+//      misses the request's target.
+// The cost model and each policy's rule are documented with those functions
+// (placement_policies.h). The per-token prefill cost c(p) is learned here
+// online (exponentially weighted) from the prefill_ms and cached_tokens each
+// prefill response reports; before a worker's first report, the mean of the
+// learned workers, else Options::default_ms_per_token. The transfer cost per
+// block is learned the same way, for the cluster as a whole.
 //
 // Thread safety: all methods are thread-safe.
 #ifndef TANDEM_ROUTER_PLACEMENT_H_
@@ -51,9 +31,7 @@
 
 #include <cstdint>
 #include <optional>
-#include <random>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -62,48 +40,10 @@
 #include "absl/types/span.h"
 #include "common/block_hash.h"
 #include "router/kv_index.h"
+#include "router/placement_policies.h"
 #include "router/worker_registry.h"
 
 namespace tandem::router {
-
-enum class Policy { kKv, kRoundRobin, kLeastLoaded, kRandom };
-const char* PolicyName(Policy policy);
-// "kv", "round_robin", "least_loaded", "random"; InvalidArgument otherwise.
-absl::StatusOr<Policy> ParsePolicy(std::string_view name);
-
-struct PlacementOptions {
-  // Default: kKv.
-  Policy policy = Policy::kKv;
-  // Prefill cost per uncached token before any worker has reported one.
-  // Default: 0.1 ms (a CPU worker on a tiny model is faster; GPUs much
-  // faster; the first responses replace it).
-  double default_ms_per_token = 0.1;
-  // Cost to bring one block back from DRAM / SSD into the engine's pool.
-  // Default: 0.05 ms / 0.5 ms.
-  double dram_load_ms_per_block = 0.05;
-  double ssd_load_ms_per_block = 0.5;
-  // Transfer cost per block before one is learned. Default: 0.05 ms.
-  double default_transfer_ms_per_block = 0.05;
-  // Weight of a new observation in the learned costs. Default: 0.2.
-  double learning_rate = 0.2;
-  // Conditional disaggregation (kv policy): prefill on the decode worker when
-  // at most this many prompt tokens are uncached there: computing one block
-  // in place costs less than a round trip to a prefill worker and a KV
-  // transfer. Default: 16 (-1 turns it off).
-  int32_t aggregate_max_uncached_tokens = 16;
-  // ...or when every prefill worker's predicted queue wait exceeds this.
-  // Default: 0 (off).
-  double aggregate_when_queue_ms = 0;
-  // Default SLO targets for requests that set none; 0 = none.
-  double default_ttft_slo_ms = 0;
-  double default_tpot_slo_ms = 0;
-  // Seed for the random policy. Default: 1.
-  uint64_t seed = 1;
-  // Cost to fetch one block from a shared KV store (`tandem store`, a
-  // healthy WORKER_ROLE_STORE holder in the index) into a prefill worker.
-  // Default: 0.3 ms.
-  double store_load_ms_per_block = 0.3;
-};
 
 struct PlacementRequest {
   // The prompt's full-block hashes (common/block_hash.h, the workers' seed
@@ -178,10 +118,6 @@ class Placement {
   const PlacementOptions& options() const { return options_; }
 
  private:
-  struct Learned {
-    double ms_per_token = 0;           // 0 until observed
-    double transfer_ms_per_block = 0;  // 0 until observed
-  };
   double MsPerTokenLocked(const std::string& worker_id) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   const PlacementOptions options_;
@@ -189,11 +125,12 @@ class Placement {
   const KvIndex* const index_;
 
   mutable absl::Mutex mu_;
-  absl::flat_hash_map<std::string, Learned> learned_ ABSL_GUARDED_BY(mu_);
-  double mean_ms_per_token_ ABSL_GUARDED_BY(mu_) = 0;
-  double transfer_ms_per_block_ ABSL_GUARDED_BY(mu_) = 0;
-  std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
-  size_t round_robin_[2] ABSL_GUARDED_BY(mu_) = {0, 0};
+  // Learned prefill cost (ms per computed token) by worker id.
+  absl::flat_hash_map<std::string, double> ms_per_token_ ABSL_GUARDED_BY(mu_);
+  double mean_ms_per_token_ ABSL_GUARDED_BY(mu_) = 0;      // 0 until observed
+  double transfer_ms_per_block_ ABSL_GUARDED_BY(mu_) = 0;  // 0 until observed
+  ChooserState decode_state_ ABSL_GUARDED_BY(mu_);
+  ChooserState prefill_state_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tandem::router

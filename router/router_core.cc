@@ -8,10 +8,13 @@
 
 #include "absl/strings/str_format.h"
 #include "common/block_hash.h"
-#include "common/metrics.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/support/client_callback.h"
 #include "proto/grpc_status.h"
+#include "router/request_validation.h"
+#include "router/router_metrics.h"
+#include "router/stop_filter.h"
+#include "router/worker_stubs.h"
 #include "tandem/v1/worker.grpc.pb.h"
 
 namespace tandem::router {
@@ -28,115 +31,6 @@ bool WorkerGone(const grpc::Status& s) {
          s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
 }
 
-// The router's own metrics (the HTTP front records per-endpoint ones).
-struct RouterMetrics {
-  HistogramFamily* ttft;
-  HistogramFamily* tpot;
-  HistogramFamily* e2e;
-  CounterFamily* requests;
-  CounterFamily* prompt_tokens;
-  CounterFamily* cached_tokens;
-  CounterFamily* kv_bytes;
-  Gauge* in_flight;
-  Counter* retries;
-  GaugeFamily* workers;
-
-  static RouterMetrics& Get() {
-    static RouterMetrics* m = [] {
-      MetricsRegistry& r = DefaultMetricsRegistry();
-      auto* out = new RouterMetrics;
-      const std::vector<double> latency = ExponentialBuckets(0.001, 2, 18);  // 1 ms .. 131 s
-      out->ttft = r.Histogram("tandem_router_ttft_seconds", "Time to first token as the router saw it",
-                              {"policy"}, latency);
-      out->tpot = r.Histogram("tandem_router_tpot_seconds",
-                              "Time per output token after the first ((e2e - ttft) / (tokens - 1))",
-                              {"policy"}, ExponentialBuckets(0.0001, 2, 18));
-      out->e2e = r.Histogram("tandem_router_e2e_seconds", "Whole request", {"policy"}, latency);
-      out->requests = r.Counter("tandem_router_requests_total",
-                                "Requests by outcome (ok, rejected, invalid, unavailable, cancelled, error)",
-                                {"outcome"});
-      out->prompt_tokens =
-          r.Counter("tandem_router_prompt_tokens_total", "Prompt tokens of finished requests", {});
-      out->cached_tokens =
-          r.Counter("tandem_router_cached_tokens_total",
-                    "Prompt tokens served from a KV cache, by where the prefill ran", {"where"});
-      out->kv_bytes = r.Counter("tandem_router_kv_transfer_bytes_total",
-                                "KV bytes prefill workers wrote into decode workers", {});
-      out->in_flight = r.Gauge("tandem_router_requests_in_flight", "Requests started and not finished", {})
-                           ->WithLabels({});
-      out->workers =
-          r.Gauge("tandem_router_workers",
-                  "Healthy workers registered with this router, by role (prefill, decode, store)", {"role"});
-      out->retries = r.Counter("tandem_router_retries_total", "Placements retried after a worker failed", {})
-                         ->WithLabels({});
-      return out;
-    }();
-    return *m;
-  }
-};
-
-const char* Outcome(const absl::Status& s) {
-  switch (s.code()) {
-    case absl::StatusCode::kOk:
-      return "ok";
-    case absl::StatusCode::kResourceExhausted:
-      return "rejected";
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kNotFound:
-      return "invalid";
-    case absl::StatusCode::kUnavailable:
-      return "unavailable";
-    case absl::StatusCode::kCancelled:
-      return "cancelled";
-    default:
-      return "error";
-  }
-}
-
-// Cuts the text stream at the first stop string; holds back text that could
-// still become the start of one.
-class StopFilter {
- public:
-  explicit StopFilter(std::vector<std::string> stops) : stops_(std::move(stops)) {
-    for (const std::string& s : stops_) longest_ = std::max(longest_, s.size());
-  }
-  // Appends `text`; returns what may be sent now. Sets stopped() at a match.
-  std::string Push(const std::string& text) {
-    text_ += text;
-    size_t cut = std::string::npos;
-    for (const std::string& stop : stops_) {
-      const size_t from = sent_ >= stop.size() ? sent_ - stop.size() + 1 : 0;
-      const size_t pos = text_.find(stop, from);
-      if (pos != std::string::npos && pos < cut) cut = pos;
-    }
-    size_t emit_to = text_.size();
-    if (cut != std::string::npos) {
-      emit_to = std::max(cut, sent_);
-      stopped_ = true;
-    } else if (longest_ > 0) {
-      emit_to = text_.size() >= longest_ - 1 ? text_.size() - (longest_ - 1) : 0;
-      emit_to = std::max(emit_to, sent_);
-    }
-    std::string out = text_.substr(sent_, emit_to - sent_);
-    sent_ = emit_to;
-    return out;
-  }
-  // What is held back, at the end of a stream that did not stop.
-  std::string Flush() {
-    std::string out = stopped_ ? "" : text_.substr(sent_);
-    sent_ = text_.size();
-    return out;
-  }
-  bool stopped() const { return stopped_; }
-
- private:
-  const std::vector<std::string> stops_;
-  size_t longest_ = 0;
-  std::string text_;
-  size_t sent_ = 0;
-  bool stopped_ = false;
-};
-
 }  // namespace
 
 // One request's state machine. Owned by shared_ptrs held by its pending
@@ -145,7 +39,7 @@ class StopFilter {
 class RouterCore::Call final : public GenerationCall, public std::enable_shared_from_this<RouterCore::Call> {
  public:
   Call(RouterCore* core, absl::Time deadline, std::shared_ptr<GenerationObserver> observer)
-      : core_(core), deadline_(deadline), observer_(std::move(observer)), start_(absl::Now()) {
+      : core_(core), deadline_(deadline), observer_(std::move(observer)), start_(core->Now()) {
     core_->in_flight_.fetch_add(1);
     RouterMetrics::Get().in_flight->Increment();
   }
@@ -161,7 +55,6 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
  private:
   class DecodeStream;
 
-  absl::Status Validate(const GenerateRequest& req);
   void Attempt();
   void OnReserved(const grpc::Status& s);
   void OnPrefilled(const grpc::Status& s);
@@ -268,72 +161,21 @@ class RouterCore::Call::DecodeStream final : public grpc::ClientReadReactor<Gene
   GenerateResponse response_;
 };
 
-absl::Status RouterCore::Call::Validate(const GenerateRequest& req) {
-  const model::ModelConfig& config = core_->model_->config;
-  switch (req.input_case()) {
-    case GenerateRequest::kPrompt:
-      prompt_ = core_->model_->tokenizer->Encode(req.prompt(), /*add_bos=*/true);
-      if (prompt_.empty()) return absl::InvalidArgumentError("prompt: encodes to no tokens");
-      break;
-    case GenerateRequest::kPromptTokenIds:
-      if (req.prompt_token_ids().ids().empty()) return absl::InvalidArgumentError("prompt_token_ids: empty");
-      for (int32_t id : req.prompt_token_ids().ids()) {
-        if (id < 0 || id >= config.vocab_size) {
-          return absl::InvalidArgumentError(
-              absl::StrFormat("prompt_token_ids: id %d outside the vocabulary of %d", id, config.vocab_size));
-        }
-      }
-      prompt_.assign(req.prompt_token_ids().ids().begin(), req.prompt_token_ids().ids().end());
-      break;
-    default:
-      return absl::InvalidArgumentError("input: set prompt or prompt_token_ids");
-  }
-  if (req.max_tokens() < 0) return absl::InvalidArgumentError("max_tokens: must be >= 0");
-  max_tokens_ = req.max_tokens() == 0 ? core_->options_.default_max_tokens : req.max_tokens();
-  if (static_cast<int64_t>(prompt_.size()) + max_tokens_ - 1 > config.context_length) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("max_tokens: prompt of %d tokens plus max_tokens %d exceeds the context length %d",
-                        prompt_.size(), max_tokens_, config.context_length));
-  }
-  sampling_ = req.sampling();
-  if (sampling_.top_p() == 0) sampling_.set_top_p(1.0f);
-  if (!(sampling_.temperature() >= 0))
-    return absl::InvalidArgumentError("sampling.temperature: must be >= 0");
-  if (sampling_.top_k() < 0) return absl::InvalidArgumentError("sampling.top_k: must be >= 0");
-  if (!(sampling_.top_p() > 0 && sampling_.top_p() <= 1)) {
-    return absl::InvalidArgumentError("sampling.top_p: must be in (0, 1]");
-  }
-  if (req.stop_size() > 16) return absl::InvalidArgumentError("stop: at most 16 stop strings");
-  for (const std::string& s : req.stop()) {
-    if (s.empty() || s.size() > 256) {
-      return absl::InvalidArgumentError("stop: each stop string must be 1 to 256 bytes");
-    }
-    stops_.push_back(s);
-  }
-  if (!req.model().empty() && req.model() != config.model_id && req.model() != core_->model_->spec) {
-    return absl::NotFoundError(
-        absl::StrFormat("model: '%s' is not served here (serving '%s')", req.model(), config.model_id));
-  }
-  if (req.request_id().size() > 128) return absl::InvalidArgumentError("request_id: at most 128 bytes");
-  if (req.slo().has_ttft_ms() && !(req.slo().ttft_ms() >= 0)) {
-    return absl::InvalidArgumentError("slo.ttft_ms: must be >= 0");
-  }
-  if (req.slo().has_tpot_ms() && !(req.slo().tpot_ms() >= 0)) {
-    return absl::InvalidArgumentError("slo.tpot_ms: must be >= 0");
-  }
-  ttft_slo_ms_ = req.slo().ttft_ms();
-  tpot_slo_ms_ = req.slo().tpot_ms();
-  stop_at_eos_ = !req.has_stop_at_eos() || req.stop_at_eos();
-  request_id_ = req.request_id().empty() ? absl::StrFormat("req-%d", core_->next_request_.fetch_add(1))
-                                         : req.request_id();
-  return absl::OkStatus();
-}
-
 void RouterCore::Call::Begin(const GenerateRequest& request) {
-  if (absl::Status s = Validate(request); !s.ok()) return Finish(s);
-  const model::ModelConfig& config = core_->model_->config;
+  absl::StatusOr<ValidatedRequest> valid =
+      ValidateRequest(request, *core_->model_, {.default_max_tokens = core_->options_.default_max_tokens});
+  if (!valid.ok()) return Finish(valid.status());
+  prompt_ = std::move(valid->prompt);
+  max_tokens_ = valid->max_tokens;
+  sampling_ = std::move(valid->sampling);
+  stops_ = std::move(valid->stops);
+  ttft_slo_ms_ = valid->ttft_slo_ms;
+  tpot_slo_ms_ = valid->tpot_slo_ms;
+  stop_at_eos_ = valid->stop_at_eos;
+  request_id_ = valid->request_id.empty() ? absl::StrFormat("req-%d", core_->next_request_.fetch_add(1))
+                                          : std::move(valid->request_id);
   summary_.set_request_id(request_id_);
-  summary_.set_model(config.model_id);
+  summary_.set_model(core_->model_->config.model_id);
   *summary_.mutable_prompt_token_ids() = {prompt_.begin(), prompt_.end()};
   summary_.mutable_usage()->set_prompt_tokens(static_cast<int32_t>(prompt_.size()));
   filter_.emplace(stops_);
@@ -342,7 +184,7 @@ void RouterCore::Call::Begin(const GenerateRequest& request) {
 
 void RouterCore::Call::Attempt() {
   if (cancelled()) return Finish(absl::CancelledError("client cancelled"));
-  if (absl::Now() >= deadline_) return Finish(absl::DeadlineExceededError("request deadline passed"));
+  if (core_->Now() >= deadline_) return Finish(absl::DeadlineExceededError("request deadline passed"));
   if (attempts_++ >= core_->options_.max_attempts) {
     return Finish(
         absl::UnavailableError(absl::StrFormat("no worker could serve the request after %d attempts: %s",
@@ -393,11 +235,11 @@ void RouterCore::Call::Attempt() {
   *reserve_req_.mutable_sampling() = sampling_;
   reserve_req_.set_stop_at_eos(stop_at_eos_);
   ctx_ = std::make_unique<grpc::ClientContext>();
-  ctx_->set_deadline(absl::ToChronoTime(std::min(deadline_, absl::Now() + absl::Seconds(10))));
+  ctx_->set_deadline(absl::ToChronoTime(std::min(deadline_, core_->Now() + absl::Seconds(10))));
   if (!Activate(ctx_.get())) return Finish(absl::CancelledError("client cancelled"));
   reservation_.Clear();
   core_->registry_->AddInflight(placement_->decode.id, 0);
-  placement_->decode.decode->async()->Reserve(
+  placement_->decode.stubs->decode->async()->Reserve(
       ctx_.get(), &reserve_req_, &reservation_,
       [self = shared_from_this()](grpc::Status s) { self->OnReserved(s); });
 }
@@ -413,7 +255,7 @@ void RouterCore::Call::OnReserved(const grpc::Status& s) {
     return Retry(s);
   }
   reserved_ = true;
-  summary_.mutable_timings()->set_queue_ms(Ms(absl::Now() - start_));
+  summary_.mutable_timings()->set_queue_ms(Ms(core_->Now() - start_));
   // 2. A prefill worker computes the KV and writes it into the reservation.
   prefill_req_.Clear();
   prefill_req_.set_request_id(request_id_);
@@ -432,7 +274,7 @@ void RouterCore::Call::OnReserved(const grpc::Status& s) {
   prefill_inflight_tokens_ = static_cast<int64_t>(prompt_.size()) - placement_->predicted_cached_tokens;
   core_->registry_->AddInflight(placement_->prefill->id, prefill_inflight_tokens_);
   prefilled_.Clear();
-  placement_->prefill->prefill->async()->Prefill(
+  placement_->prefill->stubs->prefill->async()->Prefill(
       ctx_.get(), &prefill_req_, &prefilled_,
       [self = shared_from_this()](grpc::Status s) { self->OnPrefilled(s); });
 }
@@ -479,7 +321,7 @@ void RouterCore::Call::OnPrefilled(const grpc::Status& s) {
     core_->registry_->RemoveInflight(decode_id, 0);
     Release();
     summary_.set_finish_reason(tandem::v1::FINISH_REASON_STOP);
-    summary_.mutable_timings()->set_first_token_ms(Ms(absl::Now() - start_));
+    summary_.mutable_timings()->set_first_token_ms(Ms(core_->Now() - start_));
     return Finish(absl::OkStatus());
   }
   first_token_ = prefilled_.first_token();
@@ -505,7 +347,7 @@ void RouterCore::Call::StartDecode() {
     SetPrefetchHint(*placement_, req.mutable_prefetch_hint());
     decode_inflight_tokens_ = static_cast<int64_t>(prompt_.size()) - placement_->predicted_cached_tokens;
     if (summary_.timings().queue_ms() == 0)
-      summary_.mutable_timings()->set_queue_ms(Ms(absl::Now() - start_));
+      summary_.mutable_timings()->set_queue_ms(Ms(core_->Now() - start_));
   }
   auto* stream = new DecodeStream(shared_from_this(), std::move(req));
   stream->context()->set_deadline(absl::ToChronoTime(deadline_));
@@ -515,7 +357,7 @@ void RouterCore::Call::StartDecode() {
     return Finish(absl::CancelledError("client cancelled"));
   }
   core_->registry_->AddInflight(placement_->decode.id, decode_inflight_tokens_);
-  stream->Go(placement_->decode.decode.get());
+  stream->Go(placement_->decode.stubs->decode.get());
 }
 
 bool RouterCore::Call::OnDecodeResponse(const GenerateResponse& in) {
@@ -533,7 +375,7 @@ bool RouterCore::Call::OnDecodeResponse(const GenerateResponse& in) {
   sent_tokens_ += chunk.token_ids_size();
   out.set_text(filter_->Push(chunk.text()));
   if (first_token_time_ == absl::InfinitePast() && chunk.token_ids_size() > 0) {
-    first_token_time_ = absl::Now();
+    first_token_time_ = core_->Now();
     summary_.mutable_timings()->set_first_token_ms(Ms(first_token_time_ - start_));
   }
   observer_->OnChunk(out);
@@ -583,9 +425,9 @@ void RouterCore::Call::Release(std::function<void()> then) {
     std::function<void()> then;
   };
   auto* p = new Pending;
-  p->ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  p->ctx.set_deadline(absl::ToChronoTime(core_->Now() + absl::Seconds(2)));
   p->req.set_request_id(request_id_);
-  p->stub = placement_->decode.decode;
+  p->stub = placement_->decode.stubs->decode;
   p->then = std::move(then);
   p->stub->async()->Release(&p->ctx, &p->req, &p->resp, [p](grpc::Status) {
     std::unique_ptr<Pending> owned(p);
@@ -600,10 +442,10 @@ void RouterCore::Call::Finish(absl::Status status) {
     done_ = true;
     active_ = nullptr;
   }
-  const absl::Time now = absl::Now();
+  const absl::Time now = core_->Now();
   summary_.mutable_timings()->set_total_ms(Ms(now - start_));
   RouterMetrics& m = RouterMetrics::Get();
-  m.requests->WithLabels({Outcome(status)})->Increment();
+  m.requests->WithLabels({RequestOutcome(status)})->Increment();
   if (status.ok()) {
     const std::string policy = PolicyName(core_->options_.placement.policy);
     m.prompt_tokens->WithLabels({})->Increment(summary_.usage().prompt_tokens());
@@ -625,7 +467,7 @@ void RouterCore::Call::Finish(absl::Status status) {
 
 // --- RouterCore.
 
-RouterCore::RouterCore(RouterOptions options, const model::LoadedModel* model, WorkerRegistry* registry)
+RouterCore::RouterCore(RouterOptions options, const model::ModelInfo* model, WorkerRegistry* registry)
     : options_(std::move(options)),
       model_(model),
       registry_(registry),
@@ -646,7 +488,7 @@ void RouterCore::Stop() {
 
 std::shared_ptr<GenerationCall> RouterCore::Start(const GenerateRequest& request, absl::Time deadline,
                                                   std::shared_ptr<GenerationObserver> observer) {
-  const absl::Time cap = absl::Now() + options_.default_deadline;
+  const absl::Time cap = Now() + options_.default_deadline;
   auto call = std::make_shared<Call>(this, std::min(deadline, cap), std::move(observer));
   call->Begin(request);
   return call;
@@ -681,16 +523,16 @@ void RouterCore::SnapshotLoop() {
       snapshot_queue_.pop_front();
     }
     std::optional<WorkerHandle> worker = registry_->Get(worker_id);
-    if (!worker.has_value() || worker->kv_events == nullptr) continue;
+    if (!worker.has_value() || worker->stubs == nullptr || worker->stubs->kv_events == nullptr) continue;
     const std::vector<std::string> unhealthy = registry_->Unhealthy();
     if (std::find(unhealthy.begin(), unhealthy.end(), worker_id) != unhealthy.end()) {
       continue;  // asked again when its events resume (an unknown worker's batch)
     }
     grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.snapshot_timeout));
+    ctx.set_deadline(absl::ToChronoTime(Now() + options_.snapshot_timeout));
     tandem::v1::KvSnapshotRequest req;
     tandem::v1::KvEventBatch snapshot;
-    grpc::Status s = worker->kv_events->Snapshot(&ctx, req, &snapshot);
+    grpc::Status s = worker->stubs->kv_events->Snapshot(&ctx, req, &snapshot);
     if (s.ok()) {
       snapshot.set_worker_id(worker_id);  // trust the registry's name, not the payload's
       index_.ApplySnapshot(snapshot);

@@ -1,23 +1,30 @@
 // The router's core: KV index, placement and the asynchronous request path,
 // behind the Generator interface both front ends (gRPC, HTTP) call.
 //
-//   RouterCore core(options, model, &registry);
-//   core.Start();                      // snapshot fetcher + health sweeper
+//   RouterCore core(options, model_info, &registry);
+//   core.StartBackground();            // snapshot fetcher + health sweeper
 //   registry_service feeds core.OnKvEvents(batch) / core.OnRegistered(id)
 //   std::shared_ptr<GenerationCall> call = core.Start(request, deadline, observer);
 //   ...
 //   core.Stop();                       // before destruction
 //
-// A request, following DESIGN.md's path: validate and tokenize; hash the
+// A request, following DESIGN.md's path: validate and tokenize
+// (request_validation.h); hash the
 // prompt's full blocks; Placement picks the decode worker, the prefill
 // worker (or none: aggregated) and admits or rejects against the SLO; the
 // decode worker reserves blocks (Reserve); the prefill worker computes and
 // writes the KV into them (Prefill); the decode worker streams tokens
-// (Decode), which pass stop-string filtering on their way to the observer.
+// (Decode), which pass stop-string filtering (stop_filter.h) on their way to
+// the observer.
 // Every call is asynchronous (gRPC's callback API) with the request's
 // deadline, so no thread waits on a request. A worker that fails a call
 // leaves the rotation and the request is placed again without it while no
 // token has reached the client; after that, it fails with UNAVAILABLE.
+//
+// Time: every deadline, timeout and timing the core decides by reads
+// RouterOptions::clock (tests pass a FakeClock). gRPC receives the resulting
+// absolute deadlines and enforces them in real time, and the background
+// threads pace themselves in real time.
 //
 // Thread safety: all methods are thread-safe.
 #ifndef TANDEM_ROUTER_ROUTER_CORE_H_
@@ -31,7 +38,8 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
-#include "model/loader.h"
+#include "common/clock.h"
+#include "model/model_info.h"
 #include "router/generation.h"
 #include "router/kv_index.h"
 #include "router/placement.h"
@@ -55,12 +63,16 @@ struct RouterOptions {
   absl::Duration snapshot_timeout = absl::Seconds(5);
   // How often dead workers' blocks are dropped from the index. Default: 250 ms.
   absl::Duration sweep_interval = absl::Milliseconds(250);
+  // Time for deadlines, timeouts and request timings (borrowed; tests pass
+  // a FakeClock). Default: Clock::Real().
+  Clock* clock = Clock::Real();
 };
 
 class RouterCore final : public Generator {
  public:
-  // `model` (tokenizer, config) and `registry` are borrowed.
-  RouterCore(RouterOptions options, const model::LoadedModel* model, WorkerRegistry* registry);
+  // `model` (tokenizer, config; a LoadedModel is one too) and `registry`
+  // are borrowed.
+  RouterCore(RouterOptions options, const model::ModelInfo* model, WorkerRegistry* registry);
   ~RouterCore() override;  // calls Stop
 
   // Starts the snapshot fetcher and the health sweeper threads.
@@ -80,7 +92,7 @@ class RouterCore final : public Generator {
   const KvIndex& index() const { return index_; }
   Placement& placement() { return placement_; }
   const RouterOptions& options() const { return options_; }
-  const model::LoadedModel& model() const { return *model_; }
+  const model::ModelInfo& model() const { return *model_; }
   WorkerRegistry* registry() { return registry_; }
 
   // Requests started and not yet done.
@@ -90,12 +102,13 @@ class RouterCore final : public Generator {
   class Call;
   friend class Call;
 
+  absl::Time Now() const { return options_.clock->Now(); }
   void RequestSnapshot(const std::string& worker_id);
   void SnapshotLoop();
   void SweepLoop();
 
   const RouterOptions options_;
-  const model::LoadedModel* const model_;
+  const model::ModelInfo* const model_;
   WorkerRegistry* const registry_;
   KvIndex index_;
   Placement placement_;

@@ -5,6 +5,7 @@
 #include "absl/strings/str_format.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "router/worker_stubs.h"
 
 namespace tandem::router {
 
@@ -29,16 +30,15 @@ absl::Status WorkerRegistry::Register(const tandem::v1::RegisterRequest& r) {
   std::shared_ptr<grpc::Channel> channel =
       options_.channel_factory ? options_.channel_factory(r.address())
                                : grpc::CreateChannel(r.address(), grpc::InsecureChannelCredentials());
+  auto stubs = std::make_shared<WorkerStubs>();
   if (r.role() == tandem::v1::WORKER_ROLE_DECODE) {
-    e.handle.decode =
-        std::shared_ptr<tandem::v1::DecodeWorker::Stub>(tandem::v1::DecodeWorker::NewStub(channel));
+    stubs->decode = tandem::v1::DecodeWorker::NewStub(channel);
   } else if (r.role() == tandem::v1::WORKER_ROLE_PREFILL) {
-    e.handle.prefill =
-        std::shared_ptr<tandem::v1::PrefillWorker::Stub>(tandem::v1::PrefillWorker::NewStub(channel));
+    stubs->prefill = tandem::v1::PrefillWorker::NewStub(channel);
   }
-  e.handle.kv_events =
-      std::shared_ptr<tandem::v1::KvEventSource::Stub>(tandem::v1::KvEventSource::NewStub(channel));
-  e.last_heartbeat = absl::Now();
+  stubs->kv_events = tandem::v1::KvEventSource::NewStub(channel);
+  e.handle.stubs = std::move(stubs);
+  e.last_heartbeat = options_.clock->Now();
   e.load = r.load();
   e.block_size = r.block_size();
   absl::MutexLock lock(&mu_);
@@ -55,7 +55,7 @@ bool WorkerRegistry::Heartbeat(const tandem::v1::HeartbeatRequest& r) {
   absl::MutexLock lock(&mu_);
   auto it = workers_.find(r.worker_id());
   if (it == workers_.end()) return false;
-  it->second.last_heartbeat = absl::Now();
+  it->second.last_heartbeat = options_.clock->Now();
   it->second.failed = false;
   it->second.load = r.load();
   return true;
@@ -66,7 +66,7 @@ bool WorkerRegistry::Healthy(const Entry& e, absl::Time now) const {
 }
 
 absl::StatusOr<WorkerHandle> WorkerRegistry::Pick(WorkerRole role, const std::vector<std::string>& exclude) {
-  const absl::Time now = absl::Now();
+  const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
   const size_t n = order_.size();
   size_t& cursor = next_[static_cast<int>(role) % 3];
@@ -83,7 +83,7 @@ absl::StatusOr<WorkerHandle> WorkerRegistry::Pick(WorkerRole role, const std::ve
 }
 
 bool WorkerRegistry::HasHealthy(WorkerRole role) {
-  const absl::Time now = absl::Now();
+  const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
   for (const auto& [id, e] : workers_) {
     if (e.handle.role == role && Healthy(e, now)) return true;
@@ -93,7 +93,7 @@ bool WorkerRegistry::HasHealthy(WorkerRole role) {
 
 void WorkerRegistry::ForEachHealthy(WorkerRole role, const std::vector<std::string>& exclude,
                                     absl::FunctionRef<void(const WorkerView&)> fn) {
-  const absl::Time now = absl::Now();
+  const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
   for (const Entry* entry : entries_) {
     const Entry& e = *entry;
@@ -101,6 +101,21 @@ void WorkerRegistry::ForEachHealthy(WorkerRole role, const std::vector<std::stri
     if (!exclude.empty() && std::find(exclude.begin(), exclude.end(), e.handle.id) != exclude.end()) continue;
     fn(WorkerView{e.handle, e.load, e.block_size, e.inflight_prefill_tokens, e.inflight_requests});
   }
+}
+
+void WorkerRegistry::WithHealthy(WorkerRole role, const std::vector<std::string>& exclude,
+                                 absl::FunctionRef<void(absl::Span<const WorkerView>)> fn) {
+  const absl::Time now = options_.clock->Now();
+  absl::MutexLock lock(&mu_);
+  std::vector<WorkerView> views;
+  for (const Entry* entry : entries_) {
+    const Entry& e = *entry;
+    if (e.handle.role != role || !Healthy(e, now)) continue;
+    if (!exclude.empty() && std::find(exclude.begin(), exclude.end(), e.handle.id) != exclude.end()) continue;
+    views.push_back(
+        WorkerView{e.handle, e.load, e.block_size, e.inflight_prefill_tokens, e.inflight_requests});
+  }
+  fn(views);
 }
 
 std::optional<WorkerHandle> WorkerRegistry::Get(const std::string& worker_id) {
@@ -134,7 +149,7 @@ void WorkerRegistry::UpdateLoad(const std::string& worker_id, const tandem::v1::
 }
 
 std::vector<std::string> WorkerRegistry::Unhealthy() {
-  const absl::Time now = absl::Now();
+  const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
   std::vector<std::string> out;
   for (const std::string& id : order_) {
@@ -150,7 +165,7 @@ void WorkerRegistry::MarkFailed(const std::string& worker_id) {
 }
 
 std::vector<WorkerRegistry::WorkerInfo> WorkerRegistry::List() {
-  const absl::Time now = absl::Now();
+  const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
   std::vector<WorkerInfo> out;
   for (const std::string& id : order_) {

@@ -1,11 +1,21 @@
 // The router's view of its workers: who registered, their address and role,
 // when they last beat, their load (as last reported, plus the prefill work
 // this router has sent them since), and stubs to call them. Pick chooses
-// round-robin; ForEachHealthy lets router/placement.h score every worker
-// without copying the list.
+// round-robin; ForEachHealthy and WithHealthy let router/placement.h score
+// every worker without copying the list.
+//
+//   WorkerRegistry registry({.heartbeat_interval = absl::Milliseconds(500), .model_id = "m"});
+//   registry.Register(request);                 // from RegistryService
+//   absl::StatusOr<WorkerHandle> w = registry.Pick(tandem::v1::WORKER_ROLE_DECODE);
+//   w->stubs->decode->async()->Reserve(...);    // worker_stubs.h
 //
 // A worker is healthy when its last heartbeat is younger than the heartbeat
-// deadline (interval x misses_allowed) and no call to it failed since then.
+// deadline (interval x misses_allowed) by Options::clock and no call to it
+// failed since then.
+//
+// The gRPC stubs live behind WorkerHandle::stubs (an opaque WorkerStubs,
+// defined in worker_stubs.h), so this header and placement.h, which only
+// score workers, include no gRPC header.
 //
 // Thread safety: all methods are safe to call from any thread.
 #ifndef TANDEM_ROUTER_WORKER_REGISTRY_H_
@@ -24,18 +34,25 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "grpcpp/channel.h"
-#include "tandem/v1/worker.grpc.pb.h"
+#include "absl/types/span.h"
+#include "common/clock.h"
+#include "tandem/v1/worker.pb.h"
+
+namespace grpc {
+class Channel;
+}  // namespace grpc
 
 namespace tandem::router {
+
+// The stubs to call one worker (worker_stubs.h).
+struct WorkerStubs;
 
 struct WorkerHandle {
   std::string id;
   tandem::v1::WorkerRole role = tandem::v1::WORKER_ROLE_UNSPECIFIED;
   std::string address;
-  std::shared_ptr<tandem::v1::DecodeWorker::Stub> decode;      // decode workers
-  std::shared_ptr<tandem::v1::PrefillWorker::Stub> prefill;    // prefill workers
-  std::shared_ptr<tandem::v1::KvEventSource::Stub> kv_events;  // snapshots (all)
+  // Shared by every copy of the handle; set for every registered worker.
+  std::shared_ptr<const WorkerStubs> stubs;
 };
 
 // What placement reads about one healthy worker (valid during the callback).
@@ -61,6 +78,9 @@ class WorkerRegistry {
     // Creates the channel to a worker's "host:port" (TLS settings live
     // here). Default (empty): plaintext grpc::CreateChannel.
     std::function<std::shared_ptr<grpc::Channel>(const std::string& target)> channel_factory;
+    // Time for heartbeat deadlines (borrowed; tests pass a FakeClock).
+    // Default: Clock::Real().
+    Clock* clock = Clock::Real();
   };
 
   explicit WorkerRegistry(Options options) : options_(std::move(options)) {}
@@ -80,6 +100,12 @@ class WorkerRegistry {
   // registry's lock (fn must not call back into the registry).
   void ForEachHealthy(tandem::v1::WorkerRole role, const std::vector<std::string>& exclude,
                       absl::FunctionRef<void(const WorkerView&)> fn);
+  // Calls `fn` once with all of them at once (possibly none), in
+  // registration order, under the registry's lock: for a choice that needs
+  // every candidate before it picks one (fn copies the handle it keeps; the
+  // views die when it returns).
+  void WithHealthy(tandem::v1::WorkerRole role, const std::vector<std::string>& exclude,
+                   absl::FunctionRef<void(absl::Span<const WorkerView>)> fn);
   // The handle of a registered worker (healthy or not).
   std::optional<WorkerHandle> Get(const std::string& worker_id);
 

@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "absl/time/clock.h"
+#include "common/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
@@ -40,12 +40,20 @@ TEST(WorkerRegistryTest, RoundRobinPerRoleSkippingExcluded) {
 }
 
 TEST(WorkerRegistryTest, MissedHeartbeatDeadlineTakesWorkerOutUntilItBeats) {
-  // Deadline = 50 ms x 2 misses.
-  WorkerRegistry reg({.heartbeat_interval = absl::Milliseconds(50), .misses_allowed = 2, .model_id = "m"});
+  // Deadline = 50 ms x 2 misses, on a clock that moves only when told.
+  FakeClock clock;
+  WorkerRegistry reg(
+      {.heartbeat_interval = absl::Milliseconds(50), .misses_allowed = 2, .model_id = "m", .clock = &clock});
   ASSERT_OK(reg.Register(Worker("d1", WORKER_ROLE_DECODE)));
   ASSERT_OK(reg.Register(Worker("d2", WORKER_ROLE_DECODE)));
-  // Let d1's deadline pass (a simulated silent worker), then d2 beats.
-  absl::SleepFor(absl::Milliseconds(150));
+  // At the deadline both are still healthy; one tick later neither is.
+  clock.Advance(absl::Milliseconds(100));
+  EXPECT_TRUE(reg.HasHealthy(WORKER_ROLE_DECODE));
+  EXPECT_TRUE(reg.Unhealthy().empty());
+  clock.Advance(absl::Milliseconds(1));
+  EXPECT_FALSE(reg.HasHealthy(WORKER_ROLE_DECODE));
+  EXPECT_EQ(reg.Unhealthy(), (std::vector<std::string>{"d1", "d2"}));
+  // d1 stays silent (a simulated dead worker); d2 beats.
   tandem::v1::HeartbeatRequest beat;
   beat.set_worker_id("d2");
   ASSERT_TRUE(reg.Heartbeat(beat));
@@ -56,6 +64,44 @@ TEST(WorkerRegistryTest, MissedHeartbeatDeadlineTakesWorkerOutUntilItBeats) {
   std::set<std::string> seen;
   for (int i = 0; i < 4; ++i) seen.insert(reg.Pick(WORKER_ROLE_DECODE)->id);
   EXPECT_EQ(seen.size(), 2u);
+  EXPECT_TRUE(reg.Unhealthy().empty());
+}
+
+TEST(WorkerRegistryTest, WithHealthySeesEveryCandidateAtOnceInRegistrationOrder) {
+  FakeClock clock;
+  WorkerRegistry reg({.heartbeat_interval = absl::Seconds(1), .model_id = "m", .clock = &clock});
+  ASSERT_OK(reg.Register(Worker("d1", WORKER_ROLE_DECODE)));
+  ASSERT_OK(reg.Register(Worker("p1", WORKER_ROLE_PREFILL)));
+  ASSERT_OK(reg.Register(Worker("d2", WORKER_ROLE_DECODE)));
+  ASSERT_OK(reg.Register(Worker("d3", WORKER_ROLE_DECODE)));
+  reg.MarkFailed("d3");
+  reg.AddInflight("d2", 7);
+  std::vector<std::string> ids;
+  int64_t d2_inflight = -1;
+  int calls = 0;
+  reg.WithHealthy(WORKER_ROLE_DECODE, {}, [&](absl::Span<const WorkerView> views) {
+    ++calls;
+    for (const WorkerView& v : views) {
+      ids.push_back(v.handle.id);
+      if (v.handle.id == "d2") d2_inflight = v.inflight_prefill_tokens;
+      EXPECT_NE(v.handle.stubs, nullptr);
+    }
+  });
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(ids, (std::vector<std::string>{"d1", "d2"}));  // d3 failed
+  EXPECT_EQ(d2_inflight, 7);
+  ids.clear();
+  reg.WithHealthy(WORKER_ROLE_DECODE, {"d1"}, [&](absl::Span<const WorkerView> views) {
+    for (const WorkerView& v : views) ids.push_back(v.handle.id);
+  });
+  EXPECT_EQ(ids, (std::vector<std::string>{"d2"}));
+  clock.Advance(absl::Hours(1));  // everyone's deadline passed: called once with none
+  calls = 0;
+  reg.WithHealthy(WORKER_ROLE_DECODE, {}, [&](absl::Span<const WorkerView> views) {
+    ++calls;
+    EXPECT_TRUE(views.empty());
+  });
+  EXPECT_EQ(calls, 1);
 }
 
 TEST(WorkerRegistryTest, FailedWorkerLeavesRotationUntilNextHeartbeat) {

@@ -1,0 +1,58 @@
+#include "router/router_metrics.h"
+
+#include <vector>
+
+namespace tandem::router {
+
+RouterMetrics& RouterMetrics::Get() {
+  static RouterMetrics* m = [] {
+    MetricsRegistry& r = DefaultMetricsRegistry();
+    auto* out = new RouterMetrics;
+    const std::vector<double> latency = ExponentialBuckets(0.001, 2, 18);  // 1 ms .. 131 s
+    out->ttft = r.Histogram("tandem_router_ttft_seconds", "Time to first token as the router saw it",
+                            {"policy"}, latency);
+    out->tpot = r.Histogram("tandem_router_tpot_seconds",
+                            "Time per output token after the first ((e2e - ttft) / (tokens - 1))", {"policy"},
+                            ExponentialBuckets(0.0001, 2, 18));
+    out->e2e = r.Histogram("tandem_router_e2e_seconds", "Whole request", {"policy"}, latency);
+    out->requests =
+        r.Counter("tandem_router_requests_total",
+                  "Requests by outcome (ok, rejected, invalid, unavailable, cancelled, error)", {"outcome"});
+    out->prompt_tokens =
+        r.Counter("tandem_router_prompt_tokens_total", "Prompt tokens of finished requests", {});
+    out->cached_tokens =
+        r.Counter("tandem_router_cached_tokens_total",
+                  "Prompt tokens served from a KV cache, by where the prefill ran", {"where"});
+    out->kv_bytes = r.Counter("tandem_router_kv_transfer_bytes_total",
+                              "KV bytes prefill workers wrote into decode workers", {});
+    out->in_flight =
+        r.Gauge("tandem_router_requests_in_flight", "Requests started and not finished", {})->WithLabels({});
+    out->workers =
+        r.Gauge("tandem_router_workers",
+                "Healthy workers registered with this router, by role (prefill, decode, store)", {"role"});
+    out->retries = r.Counter("tandem_router_retries_total", "Placements retried after a worker failed", {})
+                       ->WithLabels({});
+    return out;
+  }();
+  return *m;
+}
+
+const char* RequestOutcome(const absl::Status& s) {
+  switch (s.code()) {
+    case absl::StatusCode::kOk:
+      return "ok";
+    case absl::StatusCode::kResourceExhausted:
+      return "rejected";
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kNotFound:
+      return "invalid";
+    case absl::StatusCode::kUnavailable:
+      return "unavailable";
+    case absl::StatusCode::kCancelled:
+      return "cancelled";
+    default:
+      return "error";
+  }
+}
+
+}  // namespace tandem::router

@@ -1,0 +1,39 @@
+// The router's own Prometheus metrics (the HTTP front records per-endpoint
+// ones), registered once in DefaultMetricsRegistry().
+//
+//   RouterMetrics& m = RouterMetrics::Get();
+//   m.requests->WithLabels({RequestOutcome(status)})->Increment();
+//   m.ttft->WithLabels({"kv"})->Observe(seconds);
+//
+// Thread safety: Get() and every metric are safe from any thread.
+#ifndef TANDEM_ROUTER_ROUTER_METRICS_H_
+#define TANDEM_ROUTER_ROUTER_METRICS_H_
+
+#include "absl/status/status.h"
+#include "common/metrics.h"
+
+namespace tandem::router {
+
+struct RouterMetrics {
+  HistogramFamily* ttft;         // {policy}
+  HistogramFamily* tpot;         // {policy}
+  HistogramFamily* e2e;          // {policy}
+  CounterFamily* requests;       // {outcome}: RequestOutcome
+  CounterFamily* prompt_tokens;  // {}
+  CounterFamily* cached_tokens;  // {where}: "prefill" or "decode"
+  CounterFamily* kv_bytes;       // {}
+  Gauge* in_flight;
+  Counter* retries;
+  GaugeFamily* workers;  // {role}: prefill, decode, store
+
+  // The process's instance, registered on first use; never destroyed.
+  static RouterMetrics& Get();
+};
+
+// The `outcome` label of a finished request: ok, rejected (SLO), invalid,
+// unavailable, cancelled or error.
+const char* RequestOutcome(const absl::Status& status);
+
+}  // namespace tandem::router
+
+#endif  // TANDEM_ROUTER_ROUTER_METRICS_H_
