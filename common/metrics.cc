@@ -194,7 +194,11 @@ HistogramFamily* MetricsRegistry::Histogram(std::string_view name, std::string_v
 std::string MetricsRegistry::RenderPrometheus() const {
   std::string out;
   absl::MutexLock lock(&mu_);
-  for (const auto& [name, e] : families_) {
+  // Not a structured binding: clang 14 (scripts/check_thread_safety.sh)
+  // cannot capture one in the lambdas below.
+  for (const auto& family : families_) {
+    const auto& name = family.first;
+    const auto& e = family.second;
     switch (e.type) {
       case MetricType::kCounter:
         Header(&out, name, e.counter->help(), "counter");

@@ -88,7 +88,7 @@ absl::Status DramTier::PutWith(BlockHash hash, size_t bytes,
     return absl::InvalidArgumentError(
         absl::StrFormat("DramTier: value of %d bytes does not fit a %d-byte slot", bytes, slot_bytes_));
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   const size_t slot = TakeSlotLocked(hash, evicted);
   fill(absl::MakeSpan(base_ + slot * slot_bytes_, bytes));
   lru_.push_back(hash);
@@ -104,7 +104,7 @@ absl::Status DramTier::Put(BlockHash hash, absl::Span<const uint8_t> value, std:
 }
 
 bool DramTier::Get(BlockHash hash, absl::FunctionRef<void(absl::Span<const uint8_t>)> visit) {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   auto it = entries_.find(hash);
   if (it == entries_.end()) return false;
   lru_.splice(lru_.end(), lru_, it->second.lru);
@@ -113,12 +113,12 @@ bool DramTier::Get(BlockHash hash, absl::FunctionRef<void(absl::Span<const uint8
 }
 
 bool DramTier::Contains(BlockHash hash) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   return entries_.contains(hash);
 }
 
 bool DramTier::Erase(BlockHash hash) {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   auto it = entries_.find(hash);
   if (it == entries_.end()) return false;
   free_slots_.push_back(it->second.slot);
@@ -129,24 +129,24 @@ bool DramTier::Erase(BlockHash hash) {
 }
 
 std::vector<BlockHash> DramTier::Keys() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   return std::vector<BlockHash>(lru_.begin(), lru_.end());
 }
 
 std::optional<DramTier::Location> DramTier::Locate(BlockHash hash) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   auto it = entries_.find(hash);
   if (it == entries_.end()) return std::nullopt;
   return Location{it->second.slot * slot_bytes_, it->second.bytes};
 }
 
 size_t DramTier::used_bytes() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   return used_bytes_;
 }
 
 size_t DramTier::slots_in_use() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   return entries_.size();
 }
 

@@ -20,10 +20,12 @@
 // visitor runs under the tier's lock (the slot cannot be reused while it
 // reads) and must not call back into the tier.
 //
-// Locking uses std::mutex rather than absl::Mutex: Debian's libabsl is not
-// built with ThreadSanitizer, so absl::Mutex's happens-before edges are
-// invisible to TSan and a TSan build would report false races; with
-// std::mutex (intercepted by TSan) the kvstore TSan run is meaningful.
+// Locking uses StdMutex (common/mutex.h: std::mutex with thread-safety
+// annotations, checked by scripts/check_thread_safety.sh) rather than
+// absl::Mutex: Debian's libabsl is not built with ThreadSanitizer, so
+// absl::Mutex's happens-before edges are invisible to TSan and a TSan build
+// would report false races; with std::mutex (intercepted by TSan) the kvstore
+// TSan run is meaningful.
 #ifndef TANDEM_KVSTORE_DRAM_TIER_H_
 #define TANDEM_KVSTORE_DRAM_TIER_H_
 
@@ -31,7 +33,6 @@
 #include <cstdint>
 #include <list>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <vector>
 
@@ -41,6 +42,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/block_hash.h"
+#include "common/mutex.h"
 #include "transfer/transfer_engine.h"
 
 namespace tandem::kvstore {
@@ -119,8 +121,8 @@ class DramTier {
 
   DramTier(const Options& options, uint8_t* base, size_t num_slots);
   // Returns a slot for `hash` (reusing its old one, a free one or the LRU
-  // victim's). REQUIRES: mu_ held.
-  size_t TakeSlotLocked(BlockHash hash, std::vector<BlockHash>* evicted);
+  // victim's).
+  size_t TakeSlotLocked(BlockHash hash, std::vector<BlockHash>* evicted) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const size_t slot_bytes_;
   const size_t capacity_bytes_;
@@ -129,11 +131,11 @@ class DramTier {
   uint8_t* const base_;                       // owned (freed or unregistered in ~DramTier)
   std::optional<transfer::RegisteredRegion> region_;
 
-  mutable std::mutex mu_;
-  absl::flat_hash_map<BlockHash, Entry> entries_;  // guarded by mu_
-  std::list<BlockHash> lru_;                       // guarded by mu_; front = least recent
-  std::vector<size_t> free_slots_;                 // guarded by mu_
-  size_t used_bytes_ = 0;                          // guarded by mu_
+  mutable StdMutex mu_;
+  absl::flat_hash_map<BlockHash, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  std::list<BlockHash> lru_ ABSL_GUARDED_BY(mu_);  // front = least recent
+  std::vector<size_t> free_slots_ ABSL_GUARDED_BY(mu_);
+  size_t used_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace tandem::kvstore

@@ -26,7 +26,7 @@ Prefetcher::Prefetcher(const Options& options, TieredStore* store)
 
 Prefetcher::~Prefetcher() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    StdMutexLock lock(&mu_);
     stop_ = true;
     queue_.clear();
   }
@@ -60,7 +60,7 @@ bool Prefetcher::EnqueueHashes(absl::Span<const BlockHash> hashes, int32_t first
 bool Prefetcher::Push(Job job, bool refuse) {
   bool accepted = false;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    StdMutexLock lock(&mu_);
     if (refuse || stop_ || queue_.size() >= static_cast<size_t>(options_.max_queued)) {
       ++stats_.dropped;
     } else {
@@ -78,37 +78,39 @@ bool Prefetcher::Push(Job job, bool refuse) {
 
 void Prefetcher::ReportStats() {
   if (!options_.on_stats) return;
-  std::lock_guard<std::mutex> order(report_mu_);
+  StdMutexLock order(&report_mu_);
   Stats copy;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    StdMutexLock lock(&mu_);
     copy = stats_;
   }
   options_.on_stats(copy);
 }
 
 bool Prefetcher::WaitIdle(absl::Time deadline) {
-  std::unique_lock<std::mutex> lock(mu_);
-  return idle_cv_.wait_until(lock, absl::ToChronoTime(deadline),
-                             [this] { return stop_ || (queue_.empty() && !busy_); });
+  StdMutexLock lock(&mu_);
+  return idle_cv_.wait_until(
+      lock.native(), absl::ToChronoTime(deadline),
+      [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || (queue_.empty() && !busy_); });
 }
 
 Prefetcher::Stats Prefetcher::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   return stats_;
 }
 
 void Prefetcher::Loop() {
-  std::unique_lock<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   for (;;) {
-    work_cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+    work_cv_.wait(lock.native(),
+                  [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || !queue_.empty(); });
     if (stop_) return;
     Job job = std::move(queue_.front());
     queue_.pop_front();
     busy_ = true;
-    lock.unlock();
+    lock.Unlock();
     Run(job);
-    lock.lock();
+    lock.Lock();
     busy_ = false;
     if (queue_.empty()) idle_cv_.notify_all();
   }
@@ -132,7 +134,7 @@ void Prefetcher::Run(const Job& job) {
       break;
     }
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      StdMutexLock lock(&mu_);
       if (stop_) return;
     }
     const size_t count = std::min(kChunkBlocks, n - i);
@@ -145,7 +147,7 @@ void Prefetcher::Run(const Job& job) {
     }
   }
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    StdMutexLock lock(&mu_);
     stats_.promoted_blocks += promoted;
     stats_.dram_blocks += in_dram;
     if (job.hinted) {

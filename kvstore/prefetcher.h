@@ -37,7 +37,6 @@
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -46,6 +45,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/block_hash.h"
+#include "common/mutex.h"
 #include "kvstore/tiered_store.h"
 
 namespace tandem::kvstore {
@@ -137,14 +137,14 @@ class Prefetcher {
   const Options options_;
   TieredStore* const store_;  // borrowed
 
-  mutable std::mutex mu_;
+  mutable StdMutex mu_;
   std::condition_variable work_cv_;  // Loop: work or stop
   std::condition_variable idle_cv_;  // WaitIdle
-  std::deque<Job> queue_;            // guarded by mu_
-  bool busy_ = false;                // guarded by mu_
-  bool stop_ = false;                // guarded by mu_
-  Stats stats_;                      // guarded by mu_
-  std::mutex report_mu_;             // orders on_stats calls; taken before mu_
+  std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
+  bool busy_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  Stats stats_ ABSL_GUARDED_BY(mu_);
+  StdMutex report_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // orders on_stats calls
 
   std::thread thread_;  // joined by the destructor
 };

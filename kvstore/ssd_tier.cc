@@ -77,6 +77,8 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Create(const Options& options)
     if (!s.ok()) return FromRocks(s, "open " + options.path);
   }
   std::unique_ptr<SsdTier> tier(new SsdTier(options, db, std::move(cfs)));
+  // Nobody else sees the tier yet; the lock is for the analysis (uncontended).
+  StdMutexLock lock(&tier->mu_);
   // Rebuild the FIFO index from the small "meta" column family.
   std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), tier->cfs_[1]));
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
@@ -94,11 +96,8 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Create(const Options& options)
   if (!it->status().ok()) return FromRocks(it->status(), "scan index");
   it.reset();
   // A database written with a larger budget: trim to this one.
-  {
-    std::lock_guard<std::mutex> lock(tier->mu_);
-    while (tier->used_bytes_ > tier->capacity_bytes_ && !tier->order_.empty()) {
-      TANDEM_RETURN_IF_ERROR(tier->EraseKeyLocked(std::string(tier->order_.begin()->second), nullptr));
-    }
+  while (tier->used_bytes_ > tier->capacity_bytes_ && !tier->order_.empty()) {
+    TANDEM_RETURN_IF_ERROR(tier->EraseKeyLocked(std::string(tier->order_.begin()->second), nullptr));
   }
   return tier;
 }
@@ -134,7 +133,7 @@ absl::Status SsdTier::Put(BlockHash hash, absl::Span<const uint8_t> value, std::
         absl::StrFormat("SsdTier: value of %d bytes (budget %d bytes)", value.size(), capacity_bytes_));
   }
   const std::string key = SsdKey(options_.model_id_hash, hash);
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   rocksdb::WriteBatch batch;
   // Victims, oldest first, until the new value fits (a replaced value frees
   // its own bytes).
@@ -179,7 +178,7 @@ absl::StatusOr<std::string> SsdTier::Get(BlockHash hash, bool* removed) {
   const std::string key = SsdKey(options_.model_id_hash, hash);
   uint64_t seq = 0;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    StdMutexLock lock(&mu_);
     auto it = index_.find(key);
     if (it == index_.end()) return absl::NotFoundError(absl::StrFormat("block %016x not on SSD", hash));
     seq = it->second.seq;
@@ -203,7 +202,7 @@ absl::StatusOr<std::string> SsdTier::Get(BlockHash hash, bool* removed) {
     return FromRocks(s, "get");
   }
   // Never serve it; drop it unless a new Put replaced it meanwhile.
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   if (auto it = index_.find(key); it != index_.end() && it->second.seq == seq) {
     TANDEM_RETURN_IF_ERROR(EraseKeyLocked(key, removed));
   }
@@ -211,17 +210,17 @@ absl::StatusOr<std::string> SsdTier::Get(BlockHash hash, bool* removed) {
 }
 
 bool SsdTier::Contains(BlockHash hash) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   return index_.contains(SsdKey(options_.model_id_hash, hash));
 }
 
 absl::Status SsdTier::Erase(BlockHash hash, bool* removed) {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   return EraseKeyLocked(SsdKey(options_.model_id_hash, hash), removed);
 }
 
 std::vector<BlockHash> SsdTier::Keys() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   std::vector<BlockHash> keys;
   keys.reserve(order_.size());
   for (const auto& [seq, key] : order_) {
@@ -238,12 +237,12 @@ absl::Status SsdTier::Flush() {
 }
 
 size_t SsdTier::used_bytes() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   return used_bytes_;
 }
 
 size_t SsdTier::num_blocks() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   return index_.size();
 }
 

@@ -42,7 +42,7 @@
 //
 // Thread safety: all methods may be called from any thread. Writes are
 // serialized by the tier's lock (index and database stay in step); Get reads
-// RocksDB without it. std::mutex, not absl::Mutex: see dram_tier.h.
+// RocksDB without it. StdMutex, not absl::Mutex: see dram_tier.h.
 #ifndef TANDEM_KVSTORE_SSD_TIER_H_
 #define TANDEM_KVSTORE_SSD_TIER_H_
 
@@ -50,7 +50,6 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -59,6 +58,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/block_hash.h"
+#include "common/mutex.h"
 
 namespace rocksdb {
 class DB;
@@ -135,18 +135,18 @@ class SsdTier {
   };
 
   SsdTier(const Options& options, rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> cfs);
-  absl::Status EraseKeyLocked(const std::string& key, bool* removed);
+  absl::Status EraseKeyLocked(const std::string& key, bool* removed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;
   const size_t capacity_bytes_;
   rocksdb::DB* const db_;                          // owned
   std::vector<rocksdb::ColumnFamilyHandle*> cfs_;  // owned: [default, meta]
 
-  mutable std::mutex mu_;
-  absl::flat_hash_map<std::string, Entry> index_;  // guarded by mu_; key -> entry
-  std::map<uint64_t, std::string> order_;          // guarded by mu_; seq -> key, oldest first
-  uint64_t next_seq_ = 1;                          // guarded by mu_
-  size_t used_bytes_ = 0;                          // guarded by mu_
+  mutable StdMutex mu_;
+  absl::flat_hash_map<std::string, Entry> index_ ABSL_GUARDED_BY(mu_);  // key -> entry
+  std::map<uint64_t, std::string> order_ ABSL_GUARDED_BY(mu_);          // seq -> key, oldest first
+  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  size_t used_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace tandem::kvstore

@@ -28,7 +28,7 @@ absl::StatusOr<std::unique_ptr<StoreClient>> StoreClient::Create(const Options& 
         options.transfer->Allocate(options.slot_bytes * static_cast<size_t>(options.landing_slots));
     if (!region.ok()) return region.status();
     client->landing_ = *region;
-    std::lock_guard<std::mutex> lock(client->mu_);
+    StdMutexLock lock(&client->mu_);
     for (int32_t i = options.landing_slots; i > 0; --i) client->free_slots_.push_back(i - 1);
     client->ucx_ = true;
   }
@@ -40,7 +40,7 @@ StoreClient::StoreClient(const Options& options, std::shared_ptr<grpc::Channel> 
 
 StoreClient::~StoreClient() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    StdMutexLock lock(&mu_);
     stop_ = true;
     queue_.clear();
   }
@@ -53,7 +53,7 @@ StoreClient::~StoreClient() {
 }
 
 std::string StoreClient::transport() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   return ucx_ ? "ucx" : "grpc";
 }
 
@@ -80,7 +80,7 @@ std::vector<absl::StatusOr<std::string>> StoreClient::FetchMany(absl::Span<const
     std::vector<int32_t> slots;
     bool ucx = false;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      StdMutexLock lock(&mu_);
       const absl::Time now = absl::Now();
       if (now < unavailable_until_) {
         stats_.fetch_skipped += static_cast<int64_t>(left);
@@ -103,7 +103,7 @@ std::vector<absl::StatusOr<std::string>> StoreClient::FetchMany(absl::Span<const
     }
     if (!FetchUcx(hashes.subspan(out.size(), slots.size()), slots, &out)) {
       // The store has no UCX path: gRPC bytes from now on (the loop asks again).
-      std::lock_guard<std::mutex> lock(mu_);
+      StdMutexLock lock(&mu_);
       ucx_ = false;
       for (int32_t slot : slots) free_slots_.push_back(slot);
     }
@@ -146,7 +146,7 @@ bool StoreClient::FetchUcx(absl::Span<const BlockHash> hashes, const std::vector
       bytes += static_cast<int64_t>(n);
     }
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   stats_.fetches += static_cast<int64_t>(hashes.size());
   ++stats_.fetch_rpcs;
   stats_.fetch_hits += hits;
@@ -186,7 +186,7 @@ void StoreClient::FetchGrpc(absl::Span<const BlockHash> hashes,
       out->push_back(absl::NotFoundError(absl::StrFormat("block %016x not in the shared store", h)));
     }
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   stats_.fetches += static_cast<int64_t>(hashes.size());
   ++stats_.fetch_rpcs;
   stats_.fetch_hits += hits;
@@ -198,7 +198,7 @@ void StoreClient::FetchGrpc(absl::Span<const BlockHash> hashes,
 }
 
 void StoreClient::Offer(BlockHash hash, std::string value) {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   if (stop_ || queue_.size() >= static_cast<size_t>(options_.offer_queue_blocks)) {
     ++stats_.offers_dropped;
     return;
@@ -209,13 +209,14 @@ void StoreClient::Offer(BlockHash hash, std::string value) {
 }
 
 bool StoreClient::Flush(absl::Time deadline) {
-  std::unique_lock<std::mutex> lock(mu_);
-  return idle_cv_.wait_until(lock, absl::ToChronoTime(deadline),
-                             [this] { return stop_ || (queue_.empty() && !sending_); });
+  StdMutexLock lock(&mu_);
+  return idle_cv_.wait_until(
+      lock.native(), absl::ToChronoTime(deadline),
+      [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || (queue_.empty() && !sending_); });
 }
 
 StoreClient::Stats StoreClient::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   return stats_;
 }
 
@@ -255,7 +256,7 @@ absl::StatusOr<int32_t> StoreClient::PutUcx(const Batch& batch) {
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(deadline));
   if (grpc::Status s = stub_->CommitPut(&ctx, commit, &response); !s.ok()) return FromGrpc(s);
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   stats_.ucx_put_bytes += bytes;
   return response.stored();
 }
@@ -274,15 +275,16 @@ absl::StatusOr<int32_t> StoreClient::PutGrpc(Batch& batch) {
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.put_timeout));
   if (grpc::Status s = stub_->Put(&ctx, request, &response); !s.ok()) return FromGrpc(s);
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   stats_.grpc_put_bytes += bytes;
   return response.stored();
 }
 
 void StoreClient::SendLoop() {
-  std::unique_lock<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   for (;;) {
-    work_cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+    work_cv_.wait(lock.native(),
+                  [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || !queue_.empty(); });
     if (stop_) return;
     Batch batch;
     while (!queue_.empty() && batch.size() < static_cast<size_t>(options_.put_batch_blocks)) {
@@ -291,14 +293,14 @@ void StoreClient::SendLoop() {
     }
     const bool ucx = ucx_;
     sending_ = true;
-    lock.unlock();
+    lock.Unlock();
     absl::StatusOr<int32_t> stored = ucx ? PutUcx(batch) : PutGrpc(batch);
     bool fell_back = false;
     if (ucx && stored.status().code() == absl::StatusCode::kUnimplemented) {
       fell_back = true;
       stored = PutGrpc(batch);
     }
-    lock.lock();
+    lock.Lock();
     if (fell_back) ucx_ = false;
     sending_ = false;
     if (stored.ok()) {

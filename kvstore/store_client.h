@@ -31,7 +31,6 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -40,6 +39,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/mutex.h"
 #include "grpcpp/channel.h"
 #include "kvstore/remote_tier.h"
 #include "tandem/v1/worker.grpc.pb.h"
@@ -136,24 +136,24 @@ class StoreClient final : public RemoteTier {
   // Sends a batch over UCX; UNIMPLEMENTED when the store has no UCX path.
   absl::StatusOr<int32_t> PutUcx(const Batch& batch);
   absl::StatusOr<int32_t> PutGrpc(Batch& batch);
-  // A free landing slot, or -1. REQUIRES: mu_ held.
-  int32_t TakeSlotLocked(absl::Time now);
+  // A free landing slot, or -1.
+  int32_t TakeSlotLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;
   std::unique_ptr<tandem::v1::KvStore::Stub> stub_;
 
-  mutable std::mutex mu_;
+  mutable StdMutex mu_;
   std::condition_variable work_cv_;
   std::condition_variable idle_cv_;
-  std::deque<std::pair<BlockHash, std::string>> queue_;     // guarded by mu_
-  bool sending_ = false;                                    // guarded by mu_
-  bool stop_ = false;                                       // guarded by mu_
-  Stats stats_;                                             // guarded by mu_
-  absl::Time unavailable_until_ = absl::InfinitePast();     // guarded by mu_
-  bool ucx_ = false;                                        // guarded by mu_
-  std::optional<transfer::RegisteredRegion> landing_;       // set by Create; fixed after
-  std::vector<int32_t> free_slots_;                         // guarded by mu_
-  std::deque<std::pair<absl::Time, int32_t>> quarantined_;  // guarded by mu_
+  std::deque<std::pair<BlockHash, std::string>> queue_ ABSL_GUARDED_BY(mu_);
+  bool sending_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  Stats stats_ ABSL_GUARDED_BY(mu_);
+  absl::Time unavailable_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  bool ucx_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<transfer::RegisteredRegion> landing_;  // set by Create; fixed after
+  std::vector<int32_t> free_slots_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<absl::Time, int32_t>> quarantined_ ABSL_GUARDED_BY(mu_);
 
   std::thread sender_;  // joined by the destructor
 };

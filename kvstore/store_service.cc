@@ -47,6 +47,7 @@ absl::StatusOr<std::unique_ptr<StoreService>> StoreService::Create(StoreServiceO
     if (!region.ok()) return region.status();
     service->staging_ = *region;
     service->staging_base_ = reinterpret_cast<uint8_t*>(region->base_address);
+    StdMutexLock lock(&service->mu_);  // nobody else sees it yet; for the analysis
     service->free_slots_.reserve(slots);
     for (size_t i = slots; i > 0; --i) service->free_slots_.push_back(static_cast<int32_t>(i - 1));
   }
@@ -64,7 +65,7 @@ StoreService::~StoreService() {
 }
 
 StoreService::Stats StoreService::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   return stats_;
 }
 
@@ -153,7 +154,7 @@ grpc::Status StoreService::GetInto(grpc::ServerContext* context,
       std::min(absl::Now() + options_.write_timeout, absl::FromChrono(context->deadline()));
   const absl::Status written =
       options_.transfer->Write(RegionFromProto(request->destination(), context->peer()), writes, deadline);
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   if (!written.ok()) {
     ++stats_.get_into_errors;
     return ToGrpc(written);
@@ -196,7 +197,7 @@ grpc::Status StoreService::ReservePut(grpc::ServerContext*, const tandem::v1::St
   const absl::Time now = absl::Now();
   Reservation reservation;
   reservation.expires = now + options_.reservation_ttl;
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   ExpireReservationsLocked(now);
   for (int i = 0; i < request->block_hashes_size(); ++i) {
     if (!wanted[i] || free_slots_.empty()) {
@@ -229,7 +230,7 @@ grpc::Status StoreService::CommitPut(grpc::ServerContext*, const tandem::v1::Sto
   {
     // Taken out of the map: its slots are ours until freed below, so no
     // other reservation can be handed them while we read them.
-    std::lock_guard<std::mutex> lock(mu_);
+    StdMutexLock lock(&mu_);
     auto it = reservations_.find(request->reservation_id());
     if (it == reservations_.end()) {
       return grpc::Status(grpc::StatusCode::NOT_FOUND,
@@ -249,7 +250,7 @@ grpc::Status StoreService::CommitPut(grpc::ServerContext*, const tandem::v1::Sto
       ++refused;
     }
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   for (const Reservation::Slot& s : reservation.slots) free_slots_.push_back(s.index);
   stats_.committed_blocks += stored;
   stats_.refused_blocks += refused;

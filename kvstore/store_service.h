@@ -34,7 +34,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -42,6 +41,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/mutex.h"
 #include "kvstore/tiered_store.h"
 #include "tandem/v1/worker.grpc.pb.h"
 #include "transfer/transfer_engine.h"
@@ -115,8 +115,8 @@ class StoreService final : public tandem::v1::KvStore::Service {
 
   StoreService(StoreServiceOptions options, TieredStore* store);
   grpc::Status Check(const std::string& model_id, int blocks) const;
-  // Frees the slots of reservations past their expiry. REQUIRES: mu_ held.
-  void ExpireReservationsLocked(absl::Time now);
+  // Frees the slots of reservations past their expiry.
+  void ExpireReservationsLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const StoreServiceOptions options_;
   TieredStore* const store_;  // borrowed
@@ -125,11 +125,11 @@ class StoreService final : public tandem::v1::KvStore::Service {
   std::optional<transfer::RegisteredRegion> staging_;  // set when options_.transfer is
   uint8_t* staging_base_ = nullptr;
 
-  mutable std::mutex mu_;
-  std::vector<int32_t> free_slots_;                          // guarded by mu_
-  absl::flat_hash_map<uint64_t, Reservation> reservations_;  // guarded by mu_
-  uint64_t next_reservation_ = 1;                            // guarded by mu_
-  Stats stats_;                                              // guarded by mu_
+  mutable StdMutex mu_;
+  std::vector<int32_t> free_slots_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, Reservation> reservations_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_reservation_ ABSL_GUARDED_BY(mu_) = 1;
+  Stats stats_ ABSL_GUARDED_BY(mu_);
 };
 
 // The transfer-engine region described by a UcxRegion message, and back.

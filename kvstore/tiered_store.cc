@@ -52,7 +52,7 @@ TieredStore::TieredStore(const Options& options)
 
 TieredStore::~TieredStore() {
   {
-    std::lock_guard<std::mutex> lock(queue_mu_);
+    StdMutexLock lock(&queue_mu_);
     stop_ = true;
   }
   queue_cv_.notify_all();
@@ -76,13 +76,13 @@ absl::Status TieredStore::Put(BlockHash hash, absl::Span<const int32_t> tokens,
   const bool write_behind = ssd_ != nullptr && !ssd_->Contains(hash);
   if (write_behind) {
     // Reserve room in the write queue first, so that a rejected Put stores nothing.
-    std::unique_lock<std::mutex> lock(queue_mu_);
-    const auto room = [&] {
+    StdMutexLock lock(&queue_mu_);
+    const auto room = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
       return stop_ || static_cast<int32_t>(queue_.size()) + reserved_ < options_.write_queue_blocks;
     };
-    if (!room_cv_.wait_for(lock, absl::ToChronoNanoseconds(options_.put_timeout), room)) {
-      lock.unlock();
-      std::lock_guard<std::mutex> s(stats_mu_);
+    if (!room_cv_.wait_for(lock.native(), absl::ToChronoNanoseconds(options_.put_timeout), room)) {
+      lock.Unlock();
+      StdMutexLock s(&stats_mu_);
       ++stats_.puts_rejected;
       return absl::ResourceExhaustedError(absl::StrFormat("KV store: SSD write queue full (%d blocks) for %s",
                                                           options_.write_queue_blocks,
@@ -97,7 +97,7 @@ absl::Status TieredStore::Put(BlockHash hash, absl::Span<const int32_t> tokens,
   absl::Status put;
   bool was_in_dram = false;
   {
-    std::lock_guard<std::mutex> events(dram_events_mu_);
+    StdMutexLock events(&dram_events_mu_);
     was_in_dram = dram_->Contains(hash);
     if (write_behind) {
       value = EncodeBlock(contents);
@@ -118,7 +118,7 @@ absl::Status TieredStore::Put(BlockHash hash, absl::Span<const int32_t> tokens,
   }
   if (write_behind) {
     {
-      std::lock_guard<std::mutex> lock(queue_mu_);
+      StdMutexLock lock(&queue_mu_);
       --reserved_;
       if (put.ok()) queue_.push_back(Pending{hash, std::move(value)});
     }
@@ -127,17 +127,18 @@ absl::Status TieredStore::Put(BlockHash hash, absl::Span<const int32_t> tokens,
     drained_cv_.notify_all();
   }
   if (put.ok()) {
-    std::lock_guard<std::mutex> s(stats_mu_);
+    StdMutexLock s(&stats_mu_);
     ++stats_.puts;
   }
   return put;
 }
 
 void TieredStore::WriterLoop() {
-  std::unique_lock<std::mutex> lock(queue_mu_);
+  StdMutexLock lock(&queue_mu_);
   while (true) {
     // Deadline so that the loop re-checks its state even if a wakeup is lost.
-    queue_cv_.wait_for(lock, std::chrono::milliseconds(100), [&] { return stop_ || !queue_.empty(); });
+    queue_cv_.wait_for(lock.native(), std::chrono::milliseconds(100),
+                       [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) { return stop_ || !queue_.empty(); });
     if (queue_.empty()) {
       if (stop_) return;  // drained
       continue;
@@ -145,11 +146,11 @@ void TieredStore::WriterLoop() {
     Pending p = std::move(queue_.front());
     queue_.pop_front();
     writing_ = true;
-    lock.unlock();
+    lock.Unlock();
     room_cv_.notify_one();
     absl::Status st;
     {
-      std::lock_guard<std::mutex> events(ssd_events_mu_);
+      StdMutexLock events(&ssd_events_mu_);
       const bool was_on_ssd = ssd_->Contains(p.hash);
       std::vector<BlockHash> evicted;
       st = ssd_->Put(p.hash,
@@ -161,10 +162,10 @@ void TieredStore::WriterLoop() {
       }
     }
     {
-      std::lock_guard<std::mutex> s(stats_mu_);
+      StdMutexLock s(&stats_mu_);
       ++(st.ok() ? stats_.ssd_writes : stats_.ssd_write_errors);
     }
-    lock.lock();
+    lock.Lock();
     writing_ = false;
     if (queue_.empty()) drained_cv_.notify_all();
   }
@@ -191,7 +192,7 @@ absl::StatusOr<Tier> TieredStore::Get(BlockHash hash, absl::Span<const int32_t> 
     copied = true;
   });
   if (copied) {
-    std::lock_guard<std::mutex> s(stats_mu_);
+    StdMutexLock s(&stats_mu_);
     ++stats_.dram_hits;
     return Tier::kDram;
   }
@@ -200,13 +201,13 @@ absl::StatusOr<Tier> TieredStore::Get(BlockHash hash, absl::Span<const int32_t> 
     {
       // Under the SSD events lock so that a corrupt value's Removed event is
       // ordered with the writer's Stored events.
-      std::lock_guard<std::mutex> events(ssd_events_mu_);
+      StdMutexLock events(&ssd_events_mu_);
       bool removed = false;
       value = ssd_->Get(hash, &removed);
       if (removed) Emit(TierEvent::Kind::kRemoved, Tier::kSsd, {hash});
     }
     if (value.status().code() == absl::StatusCode::kDataLoss) {
-      std::lock_guard<std::mutex> s(stats_mu_);
+      StdMutexLock s(&stats_mu_);
       ++stats_.corrupt_blocks;
       ++stats_.misses;
       return value.status();
@@ -216,7 +217,7 @@ absl::StatusOr<Tier> TieredStore::Get(BlockHash hash, absl::Span<const int32_t> 
       if (view.TokensEqual(tokens) && view.payload.size() == payload_out.size()) {
         std::memcpy(payload_out.data(), view.payload.data(), payload_out.size());
         // Promote into DRAM (already on SSD: nothing to write behind).
-        std::lock_guard<std::mutex> events(dram_events_mu_);
+        StdMutexLock events(&dram_events_mu_);
         std::vector<BlockHash> evicted;
         const bool was_in_dram = dram_->Contains(hash);
         if (dram_
@@ -227,7 +228,7 @@ absl::StatusOr<Tier> TieredStore::Get(BlockHash hash, absl::Span<const int32_t> 
           Emit(TierEvent::Kind::kRemoved, Tier::kDram, std::move(evicted));
           if (!was_in_dram) Emit(TierEvent::Kind::kStored, Tier::kDram, {hash});
         }
-        std::lock_guard<std::mutex> s(stats_mu_);
+        StdMutexLock s(&stats_mu_);
         ++stats_.ssd_hits;
         return Tier::kSsd;
       }
@@ -236,7 +237,7 @@ absl::StatusOr<Tier> TieredStore::Get(BlockHash hash, absl::Span<const int32_t> 
     }
   }
   if (options_.remote != nullptr && FetchRemote(hash, tokens, payload_out).ok()) return Tier::kRemote;
-  std::lock_guard<std::mutex> s(stats_mu_);
+  StdMutexLock s(&stats_mu_);
   ++stats_.misses;
   return absl::NotFoundError(absl::StrFormat("block %016x not in the KV store", hash));
 }
@@ -253,14 +254,14 @@ absl::Status TieredStore::AcceptRemote(BlockHash hash, absl::Span<const int32_t>
   absl::StatusOr<BlockView> view = DecodeBlock(value, /*verify_checksum=*/true);
   if (!view.ok() || view->model_id_hash != model_id_hash_ || view->block_hash != hash ||
       view->payload.size() != options_.payload_bytes || view->num_tokens != tokens.size()) {
-    std::lock_guard<std::mutex> s(stats_mu_);
+    StdMutexLock s(&stats_mu_);
     ++stats_.remote_rejected;
     return view.ok() ? absl::DataLossError("remote KV block: header does not match") : view.status();
   }
   if (!view->TokensEqual(tokens)) return absl::NotFoundError("remote KV block: other tokens");
   if (!payload_out.empty()) std::memcpy(payload_out.data(), view->payload.data(), payload_out.size());
   {
-    std::lock_guard<std::mutex> events(dram_events_mu_);
+    StdMutexLock events(&dram_events_mu_);
     std::vector<BlockHash> evicted;
     const bool was_in_dram = dram_->Contains(hash);
     if (dram_
@@ -271,7 +272,7 @@ absl::Status TieredStore::AcceptRemote(BlockHash hash, absl::Span<const int32_t>
       if (!was_in_dram) Emit(TierEvent::Kind::kStored, Tier::kDram, {hash});
     }
   }
-  std::lock_guard<std::mutex> s(stats_mu_);
+  StdMutexLock s(&stats_mu_);
   ++(payload_out.empty() ? stats_.remote_promotions : stats_.remote_hits);
   return absl::OkStatus();
 }
@@ -318,21 +319,21 @@ absl::StatusOr<std::string> TieredStore::GetEncoded(BlockHash hash) {
   if (dram_->Get(hash, [&](absl::Span<const uint8_t> value) {
         out.assign(reinterpret_cast<const char*>(value.data()), value.size());
       })) {
-    std::lock_guard<std::mutex> s(stats_mu_);
+    StdMutexLock s(&stats_mu_);
     ++stats_.dram_hits;
     return out;
   }
   if (ssd_ != nullptr) {
     absl::StatusOr<std::string> value;
     {
-      std::lock_guard<std::mutex> events(ssd_events_mu_);
+      StdMutexLock events(&ssd_events_mu_);
       bool removed = false;
       value = ssd_->Get(hash, &removed);
       if (removed) Emit(TierEvent::Kind::kRemoved, Tier::kSsd, {hash});
     }
     if (value.ok()) {
       {
-        std::lock_guard<std::mutex> events(dram_events_mu_);
+        StdMutexLock events(&dram_events_mu_);
         std::vector<BlockHash> evicted;
         const bool was_in_dram = dram_->Contains(hash);
         if (dram_
@@ -344,19 +345,19 @@ absl::StatusOr<std::string> TieredStore::GetEncoded(BlockHash hash) {
           if (!was_in_dram) Emit(TierEvent::Kind::kStored, Tier::kDram, {hash});
         }
       }
-      std::lock_guard<std::mutex> s(stats_mu_);
+      StdMutexLock s(&stats_mu_);
       ++stats_.ssd_hits;
       return value;
     }
     if (value.status().code() == absl::StatusCode::kDataLoss) {
-      std::lock_guard<std::mutex> s(stats_mu_);
+      StdMutexLock s(&stats_mu_);
       ++stats_.corrupt_blocks;
       ++stats_.misses;
       return value.status();
     }
     if (value.status().code() != absl::StatusCode::kNotFound) return value.status();
   }
-  std::lock_guard<std::mutex> s(stats_mu_);
+  StdMutexLock s(&stats_mu_);
   ++stats_.misses;
   return absl::NotFoundError(absl::StrFormat("block %016x not in the KV store", hash));
 }
@@ -395,13 +396,13 @@ absl::StatusOr<Tier> TieredStore::Promote(BlockHash hash, absl::Span<const int32
   }
   absl::StatusOr<std::string> value;
   {
-    std::lock_guard<std::mutex> events(ssd_events_mu_);
+    StdMutexLock events(&ssd_events_mu_);
     bool removed = false;
     value = ssd_->Get(hash, &removed);
     if (removed) Emit(TierEvent::Kind::kRemoved, Tier::kSsd, {hash});
   }
   if (value.status().code() == absl::StatusCode::kDataLoss) {
-    std::lock_guard<std::mutex> s(stats_mu_);
+    StdMutexLock s(&stats_mu_);
     ++stats_.corrupt_blocks;
     return value.status();
   }
@@ -411,7 +412,7 @@ absl::StatusOr<Tier> TieredStore::Promote(BlockHash hash, absl::Span<const int32
     return absl::NotFoundError(absl::StrFormat("block %016x: other tokens in the KV store", hash));
   }
   {
-    std::lock_guard<std::mutex> events(dram_events_mu_);
+    StdMutexLock events(&dram_events_mu_);
     std::vector<BlockHash> evicted;
     const bool was_in_dram = dram_->Contains(hash);
     TANDEM_RETURN_IF_ERROR(dram_->Put(
@@ -419,7 +420,7 @@ absl::StatusOr<Tier> TieredStore::Promote(BlockHash hash, absl::Span<const int32
     Emit(TierEvent::Kind::kRemoved, Tier::kDram, std::move(evicted));
     if (!was_in_dram) Emit(TierEvent::Kind::kStored, Tier::kDram, {hash});
   }
-  std::lock_guard<std::mutex> s(stats_mu_);
+  StdMutexLock s(&stats_mu_);
   ++stats_.promotions;
   return Tier::kSsd;
 }
@@ -432,17 +433,17 @@ std::optional<Tier> TieredStore::Find(BlockHash hash) const {
 
 absl::Status TieredStore::Erase(BlockHash hash) {
   {
-    std::lock_guard<std::mutex> lock(queue_mu_);
+    StdMutexLock lock(&queue_mu_);
     std::erase_if(queue_, [&](const Pending& p) { return p.hash == hash; });
   }
   room_cv_.notify_all();
   drained_cv_.notify_all();
   {
-    std::lock_guard<std::mutex> events(dram_events_mu_);
+    StdMutexLock events(&dram_events_mu_);
     if (dram_->Erase(hash)) Emit(TierEvent::Kind::kRemoved, Tier::kDram, {hash});
   }
   if (ssd_ != nullptr) {
-    std::lock_guard<std::mutex> events(ssd_events_mu_);
+    StdMutexLock events(&ssd_events_mu_);
     bool removed = false;
     TANDEM_RETURN_IF_ERROR(ssd_->Erase(hash, &removed));
     if (removed) Emit(TierEvent::Kind::kRemoved, Tier::kSsd, {hash});
@@ -460,10 +461,13 @@ std::vector<std::pair<BlockHash, Tier>> TieredStore::Snapshot() const {
 }
 
 absl::Status TieredStore::Flush(absl::Time deadline) {
-  std::unique_lock<std::mutex> lock(queue_mu_);
-  const auto idle = [&] { return queue_.empty() && reserved_ == 0 && !writing_; };
-  if (!drained_cv_.wait_for(
-          lock, absl::ToChronoNanoseconds(std::max(deadline - absl::Now(), absl::ZeroDuration())), idle)) {
+  StdMutexLock lock(&queue_mu_);
+  const auto idle = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
+    return queue_.empty() && reserved_ == 0 && !writing_;
+  };
+  if (!drained_cv_.wait_for(lock.native(),
+                            absl::ToChronoNanoseconds(std::max(deadline - absl::Now(), absl::ZeroDuration())),
+                            idle)) {
     return absl::DeadlineExceededError(
         absl::StrFormat("KV store: %d blocks still queued for SSD", queue_.size()));
   }
@@ -471,7 +475,7 @@ absl::Status TieredStore::Flush(absl::Time deadline) {
 }
 
 TieredStore::Stats TieredStore::stats() const {
-  std::lock_guard<std::mutex> s(stats_mu_);
+  StdMutexLock s(&stats_mu_);
   return stats_;
 }
 

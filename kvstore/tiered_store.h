@@ -38,8 +38,9 @@
 // Shutdown. The destructor stops accepting work, drains the write queue into
 // SSD, and joins the writer thread (every queued block is written).
 //
-// Thread safety: all methods may be called from any thread. std::mutex and
-// std::condition_variable, not absl::Mutex: see dram_tier.h (TSan).
+// Thread safety: all methods may be called from any thread. StdMutex
+// (common/mutex.h) and std::condition_variable, not absl::Mutex: see
+// dram_tier.h (TSan).
 #ifndef TANDEM_KVSTORE_TIERED_STORE_H_
 #define TANDEM_KVSTORE_TIERED_STORE_H_
 
@@ -49,7 +50,6 @@
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -62,6 +62,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/block_hash.h"
+#include "common/mutex.h"
 #include "kvstore/dram_tier.h"
 #include "kvstore/remote_tier.h"
 #include "kvstore/ssd_tier.h"
@@ -224,20 +225,20 @@ class TieredStore {
 
   // Serialize each tier's changes with their events, so events of one tier
   // arrive in order.
-  std::mutex dram_events_mu_;
-  std::mutex ssd_events_mu_;
+  StdMutex dram_events_mu_;
+  StdMutex ssd_events_mu_;
 
-  mutable std::mutex queue_mu_;
+  mutable StdMutex queue_mu_;
   std::condition_variable queue_cv_;    // writer: work or stop
   std::condition_variable room_cv_;     // Put: room in the queue
   std::condition_variable drained_cv_;  // Flush: queue empty, writer idle
-  std::deque<Pending> queue_;           // guarded by queue_mu_
-  int32_t reserved_ = 0;                // guarded by queue_mu_; slots promised to Puts in progress
-  bool writing_ = false;                // guarded by queue_mu_
-  bool stop_ = false;                   // guarded by queue_mu_
+  std::deque<Pending> queue_ ABSL_GUARDED_BY(queue_mu_);
+  int32_t reserved_ ABSL_GUARDED_BY(queue_mu_) = 0;  // slots promised to Puts in progress
+  bool writing_ ABSL_GUARDED_BY(queue_mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(queue_mu_) = false;
 
-  mutable std::mutex stats_mu_;
-  Stats stats_;  // guarded by stats_mu_
+  mutable StdMutex stats_mu_;
+  Stats stats_ ABSL_GUARDED_BY(stats_mu_);
 
   std::thread writer_;  // joined by the destructor
 };

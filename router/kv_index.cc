@@ -189,7 +189,8 @@ std::vector<KvIndex::PrefixMatch> KvIndex::Match(absl::Span<const BlockHash> has
     }
     return 0;
   };
-  auto finish = [&](const Live& l, size_t depth) {
+  // Runs under `lock`; a lambda is analysed on its own, so it says so.
+  auto finish = [&](const Live& l, size_t depth) ABSL_SHARED_LOCKS_REQUIRED(mu_) {
     PrefixMatch m;
     m.worker_id = workers_[l.slot].id;
     m.blocks = static_cast<int32_t>(depth);
