@@ -5,7 +5,8 @@
 #include <cmath>
 #include <cstdio>
 #include <initializer_list>
-#include <iostream>
+
+#include "common/logging.h"
 
 namespace tandem {
 namespace {
@@ -138,10 +139,10 @@ MetricsRegistry::Entry* MetricsRegistry::FindOrAdd(std::string_view name, Metric
                                                                                 : &e.histogram->label_names();
       if (e.type == type && *existing == label_names) return &it->second;
     }
-    std::cerr << "tandem metrics: metric '" << name
-              << (valid ? "' declared again with another type or labels"
-                        : "' has an invalid name or label name")
-              << "; its values will not be exported\n";
+    LOG(ERROR) << "metric '" << name
+               << (valid ? "' declared again with another type or labels"
+                         : "' has an invalid name or label name")
+               << "; its values will not be exported";
     *conflict = true;
     orphans_.push_back(Entry{.type = type});
     return &orphans_.back();

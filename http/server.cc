@@ -1,7 +1,6 @@
 #include "http/server.h"
 
 #include <deque>
-#include <iostream>
 #include <thread>
 #include <unordered_map>
 
@@ -22,6 +21,7 @@
 #include "boost/beast/http/read.hpp"
 #include "boost/beast/http/status.hpp"
 #include "boost/beast/http/string_body.hpp"
+#include "common/logging.h"
 
 namespace tandem::http {
 
@@ -226,7 +226,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     try {
       route->second(request, writer);
     } catch (const std::exception& e) {
-      std::cerr << "tandem http: handler for " << request.path << " threw: " << e.what() << "\n";
+      LOG(ERROR) << "http: the handler for " << request.path << " threw: " << e.what();
       writer->Send(core_->Error(500, "internal error"));
     }
   }

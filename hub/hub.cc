@@ -28,6 +28,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 #include "hub/cache.h"
 #include "hub/digest.h"
@@ -131,7 +132,9 @@ absl::Status HttpError(const HttpResponse& r, const std::string& what, bool toke
   return absl::UnknownError(absl::StrCat(what, ": unexpected HTTP ", r.status, suffix));
 }
 
-// Progress on stderr: a redrawn bar, or one line per file.
+// Progress on stderr: a redrawn bar, or one line per file. The bar is
+// terminal output, not a log (drawn in place, on a TTY only), so it is
+// written to std::cerr directly; each finished file is a log line.
 class Progress {
  public:
   Progress(ProgressMode mode, std::string repo) : repo_(std::move(repo)) {
@@ -164,8 +167,8 @@ class Progress {
 
   void Done(const std::string& file, const std::string& how) {
     if (mode_ == ProgressMode::kNone) return;
-    if (mode_ == ProgressMode::kBar) std::cerr << "\r\x1b[K";
-    std::cerr << "hf://" << repo_ << " " << file << ": " << how << "\n" << std::flush;
+    if (mode_ == ProgressMode::kBar) std::cerr << "\r\x1b[K" << std::flush;
+    LOG(INFO) << "hf://" << repo_ << " " << file << ": " << how;
   }
 
  private:
@@ -607,10 +610,10 @@ absl::StatusOr<PullResult> Pull(const HfSpec& spec, const PullOptions& given) {
     }
     std::sort(result.files.begin(), result.files.end());
     if (options.progress != ProgressMode::kNone) {
-      std::cerr << where << ": "
-                << (options.offline ? "offline"
-                                    : absl::StrCat("hub unreachable (", online_error.message(), ")"))
-                << "; using the cached snapshot " << *commit << "\n";
+      LOG(WARNING) << where << ": "
+                   << (options.offline ? "offline"
+                                       : absl::StrCat("hub unreachable (", online_error.message(), ")"))
+                   << "; using the cached snapshot " << *commit;
     }
     return result;
   }

@@ -8,6 +8,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build ccache pkg-config git
   libabsl-dev libxxhash-dev nlohmann-json3-dev libcli11-dev
+  libgoogle-glog-dev         # common/logging.h: LOG(INFO|WARNING|ERROR) in libraries (glog 0.6)
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libgtest-dev libgmock-dev libbenchmark-dev
   libucx-dev ucx-utils        # transfer/ (UCX data plane) and ucx_perftest for bench
