@@ -2,7 +2,8 @@
 // tandem.v1.Tandem/Generate and the OpenAI-compatible HTTP server).
 //
 //   class MyObserver : public GenerationObserver { ... };
-//   std::shared_ptr<GenerationCall> call = generator->Start(request, observer);
+//   std::shared_ptr<GenerationCall> call =
+//       generator->Start(request, absl::Now() + absl::Minutes(1), std::make_shared<MyObserver>());
 //   ...
 //   call->Cancel();  // client went away: the workers stop, blocks are freed
 //

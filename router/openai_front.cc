@@ -14,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "model/chat_template.h"
 #include "nlohmann/json.hpp"
+#include "router/request_validation.h"
 
 namespace tandem::router {
 namespace {
@@ -229,6 +230,112 @@ std::optional<double> HeaderNumber(const http::Request& r, std::string_view name
   std::optional<std::string> v = r.Header(name);
   double d;
   if (v && absl::SimpleAtod(*v, &d)) return d;
+  return std::nullopt;
+}
+
+// max_tokens (chat: also max_completion_tokens, which wins) and n.
+std::optional<ApiError> ParseLength(const json& body, bool chat, int32_t default_max_tokens,
+                                    tandem::v1::GenerateRequest* req) {
+  std::optional<int64_t> max_tokens, n;
+  if (auto e = GetInt(body, "max_tokens", &max_tokens)) return e;
+  if (chat) {
+    std::optional<int64_t> mct;
+    if (auto e = GetInt(body, "max_completion_tokens", &mct)) return e;
+    if (mct) max_tokens = mct;
+  }
+  if (max_tokens) {
+    if (*max_tokens < 1 || *max_tokens > INT32_MAX) {
+      return BadParam(chat && body.contains("max_completion_tokens") ? "max_completion_tokens" : "max_tokens",
+                      "max_tokens must be at least 1");
+    }
+    req->set_max_tokens(static_cast<int32_t>(*max_tokens));
+  } else {
+    req->set_max_tokens(std::max(0, default_max_tokens));
+  }
+  if (auto e = GetInt(body, "n", &n)) return e;
+  if (n && *n != 1) return BadParam("n", "only n=1 is supported");
+  return std::nullopt;
+}
+
+// temperature (OpenAI's [0, 2]), top_p, top_k (-1: off), seed.
+std::optional<ApiError> ParseSampling(const json& body, tandem::v1::GenerateRequest* req) {
+  std::optional<double> temperature, top_p;
+  std::optional<int64_t> seed, top_k;
+  tandem::v1::SamplingParams* sampling = req->mutable_sampling();
+  if (auto e = GetNumber(body, "temperature", &temperature)) return e;
+  if (temperature) {
+    if (*temperature < 0 || *temperature > 2) return BadParam("temperature", "temperature must be in [0, 2]");
+    sampling->set_temperature(static_cast<float>(*temperature));
+  }
+  if (auto e = GetNumber(body, "top_p", &top_p)) return e;
+  if (top_p) {
+    if (*top_p <= 0 || *top_p > 1) return BadParam("top_p", "top_p must be in (0, 1]");
+    sampling->set_top_p(static_cast<float>(*top_p));
+  }
+  if (auto e = GetInt(body, "top_k", &top_k)) return e;
+  if (top_k) {
+    if (*top_k < -1 || *top_k > INT32_MAX) return BadParam("top_k", "top_k must be >= 0 (or -1: off)");
+    sampling->set_top_k(*top_k < 0 ? 0 : static_cast<int32_t>(*top_k));
+  }
+  if (auto e = GetInt(body, "seed", &seed)) return e;
+  if (seed) sampling->set_seed(static_cast<uint64_t>(*seed));
+  return std::nullopt;
+}
+
+// stop: a string or an array of strings.
+std::optional<ApiError> ParseStop(const json& body, tandem::v1::GenerateRequest* req) {
+  if (IsNull(body, "stop")) return std::nullopt;
+  const json& stop = body["stop"];
+  if (stop.is_string()) {
+    req->add_stop(stop.get<std::string>());
+    return std::nullopt;
+  }
+  if (!stop.is_array()) return BadParam("stop", "'stop' must be a string or an array of strings");
+  for (const json& s : stop) {
+    if (!s.is_string()) return BadParam("stop", "'stop' must be a string or an array of strings");
+    req->add_stop(s.get<std::string>());
+  }
+  return std::nullopt;
+}
+
+// stream and stream_options.include_usage.
+std::optional<ApiError> ParseStreaming(const json& body, Parsed* parsed) {
+  std::optional<bool> stream;
+  if (auto e = GetBool(body, "stream", &stream)) return e;
+  parsed->stream = stream.value_or(false);
+  if (IsNull(body, "stream_options")) return std::nullopt;
+  if (!body["stream_options"].is_object()) {
+    return BadParam("stream_options", "'stream_options' must be an object");
+  }
+  std::optional<bool> include_usage;
+  if (auto e = GetBool(body["stream_options"], "include_usage", &include_usage)) return e;
+  parsed->include_usage = include_usage.value_or(false);
+  return std::nullopt;
+}
+
+// Tandem's extras: ignore_eos; slo_ttft_ms / slo_tpot_ms (body, else the
+// X-Tandem-Slo-* headers), checked by the core's own rule (ValidateSlo); the
+// X-Request-Id header.
+std::optional<ApiError> ParseTandemExtras(const json& body, const http::Request& http_request,
+                                          tandem::v1::GenerateRequest* req) {
+  std::optional<bool> ignore_eos;
+  if (auto e = GetBool(body, "ignore_eos", &ignore_eos)) return e;
+  if (ignore_eos) req->set_stop_at_eos(!*ignore_eos);
+  std::optional<double> slo_ttft, slo_tpot;
+  if (auto e = GetNumber(body, "slo_ttft_ms", &slo_ttft)) return e;
+  if (auto e = GetNumber(body, "slo_tpot_ms", &slo_tpot)) return e;
+  if (!slo_ttft) slo_ttft = HeaderNumber(http_request, "X-Tandem-Slo-Ttft-Ms");
+  if (!slo_tpot) slo_tpot = HeaderNumber(http_request, "X-Tandem-Slo-Tpot-Ms");
+  if (slo_ttft) req->mutable_slo()->set_ttft_ms(*slo_ttft);
+  if (slo_tpot) req->mutable_slo()->set_tpot_ms(*slo_tpot);
+  if (absl::Status s = ValidateSlo(req->slo()); !s.ok()) {
+    return BadParam(absl::StartsWith(s.message(), "slo.ttft_ms") ? "slo_ttft_ms" : "slo_tpot_ms",
+                    std::string(s.message()));
+  }
+  if (std::optional<std::string> id = http_request.Header("X-Request-Id");
+      id && id->size() <= kMaxRequestIdBytes) {
+    req->set_request_id(*id);
+  }
   return std::nullopt;
 }
 
@@ -575,86 +682,13 @@ void OpenAiFront::Generate(const http::Request& http_request, std::shared_ptr<ht
       return fail(*e);
     }
 
-    std::optional<int64_t> max_tokens, n, seed, top_k;
-    if (auto e = GetInt(body, "max_tokens", &max_tokens)) return fail(*e);
-    if (chat) {
-      std::optional<int64_t> mct;
-      if (auto e = GetInt(body, "max_completion_tokens", &mct)) return fail(*e);
-      if (mct) max_tokens = mct;
-    }
-    if (max_tokens) {
-      if (*max_tokens < 1 || *max_tokens > INT32_MAX) {
-        return fail(
-            BadParam(chat && body.contains("max_completion_tokens") ? "max_completion_tokens" : "max_tokens",
-                     "max_tokens must be at least 1"));
-      }
-      req.set_max_tokens(static_cast<int32_t>(*max_tokens));
-    } else {
-      req.set_max_tokens(
-          std::max(0, chat ? options_.chat_default_max_tokens : options_.completions_default_max_tokens));
-    }
-    if (auto e = GetInt(body, "n", &n)) return fail(*e);
-    if (n && *n != 1) return fail(BadParam("n", "only n=1 is supported"));
-    std::optional<double> temperature, top_p, slo_ttft, slo_tpot;
-    if (auto e = GetNumber(body, "temperature", &temperature)) return fail(*e);
-    if (temperature) {
-      if (*temperature < 0 || *temperature > 2)
-        return fail(BadParam("temperature", "temperature must be in [0, 2]"));
-      req.mutable_sampling()->set_temperature(static_cast<float>(*temperature));
-    }
-    if (auto e = GetNumber(body, "top_p", &top_p)) return fail(*e);
-    if (top_p) {
-      if (*top_p <= 0 || *top_p > 1) return fail(BadParam("top_p", "top_p must be in (0, 1]"));
-      req.mutable_sampling()->set_top_p(static_cast<float>(*top_p));
-    }
-    if (auto e = GetInt(body, "top_k", &top_k)) return fail(*e);
-    if (top_k) {
-      if (*top_k < -1 || *top_k > INT32_MAX)
-        return fail(BadParam("top_k", "top_k must be >= 0 (or -1: off)"));
-      req.mutable_sampling()->set_top_k(*top_k < 0 ? 0 : static_cast<int32_t>(*top_k));
-    }
-    if (auto e = GetInt(body, "seed", &seed)) return fail(*e);
-    if (seed) req.mutable_sampling()->set_seed(static_cast<uint64_t>(*seed));
-    if (!IsNull(body, "stop")) {
-      const json& stop = body["stop"];
-      if (stop.is_string()) {
-        req.add_stop(stop.get<std::string>());
-      } else if (stop.is_array()) {
-        for (const json& s : stop) {
-          if (!s.is_string()) return fail(BadParam("stop", "'stop' must be a string or an array of strings"));
-          req.add_stop(s.get<std::string>());
-        }
-      } else {
-        return fail(BadParam("stop", "'stop' must be a string or an array of strings"));
-      }
-    }
-    std::optional<bool> stream, ignore_eos;
-    if (auto e = GetBool(body, "stream", &stream)) return fail(*e);
-    parsed.stream = stream.value_or(false);
-    if (!IsNull(body, "stream_options")) {
-      if (!body["stream_options"].is_object())
-        return fail(BadParam("stream_options", "'stream_options' must be an object"));
-      std::optional<bool> include_usage;
-      if (auto e = GetBool(body["stream_options"], "include_usage", &include_usage)) return fail(*e);
-      parsed.include_usage = include_usage.value_or(false);
-    }
-    if (auto e = GetBool(body, "ignore_eos", &ignore_eos)) return fail(*e);
-    if (ignore_eos) req.set_stop_at_eos(!*ignore_eos);
-    if (auto e = GetNumber(body, "slo_ttft_ms", &slo_ttft)) return fail(*e);
-    if (auto e = GetNumber(body, "slo_tpot_ms", &slo_tpot)) return fail(*e);
-    if (!slo_ttft) slo_ttft = HeaderNumber(http_request, "X-Tandem-Slo-Ttft-Ms");
-    if (!slo_tpot) slo_tpot = HeaderNumber(http_request, "X-Tandem-Slo-Tpot-Ms");
-    if (slo_ttft) {
-      if (!(*slo_ttft > 0)) return fail(BadParam("slo_ttft_ms", "slo_ttft_ms must be > 0"));
-      req.mutable_slo()->set_ttft_ms(*slo_ttft);
-    }
-    if (slo_tpot) {
-      if (!(*slo_tpot > 0)) return fail(BadParam("slo_tpot_ms", "slo_tpot_ms must be > 0"));
-      req.mutable_slo()->set_tpot_ms(*slo_tpot);
-    }
-    if (std::optional<std::string> id = http_request.Header("X-Request-Id"); id && id->size() <= 128) {
-      req.set_request_id(*id);
-    }
+    const int32_t default_max_tokens =
+        chat ? options_.chat_default_max_tokens : options_.completions_default_max_tokens;
+    if (auto e = ParseLength(body, chat, default_max_tokens, &req)) return fail(*e);
+    if (auto e = ParseSampling(body, &req)) return fail(*e);
+    if (auto e = ParseStop(body, &req)) return fail(*e);
+    if (auto e = ParseStreaming(body, &parsed)) return fail(*e);
+    if (auto e = ParseTandemExtras(body, http_request, &req)) return fail(*e);
   } catch (const json::exception& e) {
     return fail({.status = 400, .message = std::string("invalid request: ") + e.what()});
   }

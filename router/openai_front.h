@@ -19,7 +19,8 @@
 // temperature, top_p,
 // seed, stop (string or array), n (1 only), stream,
 // stream_options.include_usage, user (ignored). Tandem extras in the body:
-// top_k, ignore_eos (bool), slo_ttft_ms, slo_tpot_ms (> 0); or as headers
+// top_k, ignore_eos (bool), slo_ttft_ms, slo_tpot_ms (> 0 when given: the
+// core's rule, ValidateSlo in request_validation.h); or as headers
 // X-Tandem-Slo-Ttft-Ms / X-Tandem-Slo-Tpot-Ms; X-Request-Id names the
 // request. Other fields are ignored, as OpenAI-compatible servers do.
 //
