@@ -262,138 +262,153 @@ void Engine::CollectTierLoads() {
   }
 }
 
+bool Engine::StepPlan::Contains(int64_t id) const {
+  return std::any_of(rows.begin(), rows.end(), [&](const Planned& p) { return p.id == id; });
+}
+
 absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
   std::vector<SequenceUpdate> out = std::move(pending_);
   pending_.clear();
-  struct Planned {
-    int64_t id;
-    int32_t rows;
-  };
-  std::vector<Planned> plan;
-  int32_t budget = options_.max_step_tokens;
-  const int32_t chunk_limit =
-      options_.max_prefill_chunk > 0 ? options_.max_prefill_chunk : options_.max_step_tokens;
-  auto is_planned = [&](int64_t id) {
-    return std::any_of(plan.begin(), plan.end(), [&](const Planned& p) { return p.id == id; });
-  };
+  TANDEM_ASSIGN_OR_RETURN(const StepPlan plan, Plan(/*has_updates=*/!out.empty()));
+  if (plan.rows.empty()) return out;
+  const std::vector<int64_t> sampled_ids = BuildBatch(plan);
+  const int32_t vocab = llama_->config().vocab_size;
+  logits_.resize(static_cast<size_t>(vocab) * std::max<size_t>(1, step_logit_rows_.size()));
+  model::ForwardBatch batch{step_tokens_, step_positions_, step_slots_, step_seqs_, step_logit_rows_};
+  TANDEM_RETURN_IF_ERROR(llama_->Forward(batch, kv_view_, logits_.data()));
+  ++stats_.steps;
+  if (!loading_.empty()) ++stats_.steps_with_tier_loads;
+  CommitComputed(plan);
+  SampleAndFinish(sampled_ids, &out);
+  return out;
+}
 
+absl::StatusOr<Engine::StepPlan> Engine::Plan(bool has_updates) {
+  StepPlan plan;
+  plan.budget = options_.max_step_tokens;
+  plan.chunk_limit = options_.max_prefill_chunk > 0 ? options_.max_prefill_chunk : options_.max_step_tokens;
   // At most twice: when the first plan is empty while tier loads are
   // outstanding, wait for one to end and plan again.
   for (int attempt = 0;; ++attempt) {
     CollectTierLoads();
-
-    // Phases 1 and 2: running sequences, decodes first, then prefill chunks.
-    for (int phase = 0; phase < 2 && budget > 0; ++phase) {
-      for (size_t i = 0; i < running_.size() && budget > 0;) {
-        const int64_t id = running_[i];
-        Sequence& seq = *sequences_.at(id);
-        const int32_t pending = static_cast<int32_t>(seq.tokens.size()) - seq.num_computed;
-        if ((phase == 0) != (pending == 1) || is_planned(id)) {
-          ++i;
-          continue;
-        }
-        const int32_t n = std::min({pending, budget, chunk_limit});
-        bool self_preempted = false;
-        bool scheduled = true;
-        while (kv_->BlocksNeeded(id, seq.num_computed + n) > pool_->num_free_blocks()) {
-          // Free room by preempting the most recently admitted sequence not yet
-          // in this step (possibly this one).
-          int64_t victim = -1;
-          for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
-            if (!is_planned(*it)) {
-              victim = *it;
-              break;
-            }
-          }
-          if (victim == -1) {
-            scheduled = false;  // everything else is in this step; wait for it
-            break;
-          }
-          const size_t victim_index = std::find(running_.begin(), running_.end(), victim) - running_.begin();
-          Preempt(victim);
-          if (victim == id) {
-            self_preempted = true;
-            break;
-          }
-          if (victim_index < i) --i;  // keep i on this sequence
-        }
-        if (self_preempted) continue;  // running_[i] is now the next sequence
-        if (!scheduled) {
-          ++i;
-          continue;
-        }
-        if (absl::Status s = kv_->EnsureCapacity(id, seq.num_computed + n); !s.ok()) {
-          return s;  // cannot happen after the check above: a broken invariant
-        }
-        plan.push_back({id, n});
-        budget -= n;
-        ++i;
-      }
-    }
-
-    // Phase 3: admit waiting requests in arrival order.
-    while (!waiting_.empty() && budget > 0 &&
-           static_cast<int32_t>(running_.size() + loading_.size()) < options_.max_running) {
-      const int64_t id = waiting_.front();
-      Sequence& seq = *sequences_.at(id);
-      const KvManager::PrefixMatch match = kv_->MatchPrefix(seq.tokens);
-      const int32_t pending = static_cast<int32_t>(seq.tokens.size()) - match.cached_tokens;
-      const int32_t n = std::min({pending, budget, chunk_limit});
-      if (kv_->BlocksToAdmit(seq.tokens, match.cached_tokens + n) > pool_->num_free_blocks()) {
-        break;  // FCFS: nobody overtakes the head of the queue
-      }
-      TANDEM_ASSIGN_OR_RETURN(const int32_t cached, kv_->StartSequence(id, seq.tokens));
-      // Blocks for this step's rows. With a remote tier StartSequence may
-      // take more tier blocks than MatchPrefix foresaw (KvTiers::MayHold),
-      // so grow only as far as the pool allows; phase 2 grows the rest later.
-      const int32_t table_tokens = static_cast<int32_t>(kv_->BlockTable(id).size()) * options_.block_size;
-      const int32_t rows =
-          std::clamp(std::min(cached + std::min(n, static_cast<int32_t>(seq.tokens.size()) - cached),
-                              table_tokens + pool_->num_free_blocks() * options_.block_size) -
-                         cached,
-                     0, n);
-      if (absl::Status s = kv_->EnsureCapacity(id, cached + rows); !s.ok()) {
-        kv_->FreeSequence(id);
-        return s;  // cannot happen after the clamp above: a broken invariant
-      }
-      waiting_.pop_front();
-      if (kv_->IsLoading(id)) {
-        // Its prefix is being copied from the tiers: no rows until it is in
-        // (CollectTierLoads); the budget stays for the others.
-        seq.num_computed = 0;
-        seq.loading_cached = cached;
-        loading_.push_back(id);
-        ++stats_.tier_load_sequences;
-        continue;
-      }
-      if (seq.cached_tokens < 0) {
-        seq.cached_tokens = cached;
-        stats_.cached_prompt_tokens += cached;
-      }
-      seq.num_computed = cached;
-      running_.push_back(id);
-      if (rows == 0) continue;  // no room this step; phase 2 schedules it later
-      plan.push_back({id, rows});
-      budget -= rows;
-    }
-
-    if (!plan.empty() || loading_.empty() || attempt > 0 || !out.empty()) break;
+    TANDEM_RETURN_IF_ERROR(PlanRunning(plan));
+    TANDEM_RETURN_IF_ERROR(AdmitWaiting(plan));
+    if (!plan.rows.empty() || loading_.empty() || attempt > 0 || has_updates) break;
     // Nothing to run but loads in flight: wait for one (a condition with a
     // deadline, not a sleep), then plan again with what arrived.
     ++stats_.tier_load_waits;
     if (!kv_->WaitForLoads(absl::Now() + kTierLoadWait)) break;
-  }  // attempts
+  }
+  return plan;
+}
 
-  if (plan.empty()) return out;
+absl::Status Engine::PlanRunning(StepPlan& plan) {
+  // Phase 0: decodes (one pending token); phase 1: prefill chunks.
+  for (int phase = 0; phase < 2 && plan.budget > 0; ++phase) {
+    for (size_t i = 0; i < running_.size() && plan.budget > 0;) {
+      const int64_t id = running_[i];
+      Sequence& seq = *sequences_.at(id);
+      const int32_t pending = static_cast<int32_t>(seq.tokens.size()) - seq.num_computed;
+      if ((phase == 0) != (pending == 1) || plan.Contains(id)) {
+        ++i;
+        continue;
+      }
+      const int32_t n = std::min({pending, plan.budget, plan.chunk_limit});
+      const Room room = MakeRoom(id, seq.num_computed + n, plan, &i);
+      if (room == Room::kPreemptedSelf) continue;  // running_[i] is now the next sequence
+      if (room == Room::kNone) {
+        ++i;
+        continue;
+      }
+      if (absl::Status s = kv_->EnsureCapacity(id, seq.num_computed + n); !s.ok()) {
+        return s;  // cannot happen after MakeRoom: a broken invariant
+      }
+      plan.rows.push_back({id, n});
+      plan.budget -= n;
+      ++i;
+    }
+  }
+  return absl::OkStatus();
+}
 
-  // Build the batch.
+Engine::Room Engine::MakeRoom(int64_t id, int32_t total_tokens, const StepPlan& plan, size_t* index) {
+  while (kv_->BlocksNeeded(id, total_tokens) > pool_->num_free_blocks()) {
+    // Free room by preempting the most recently admitted sequence not yet
+    // in this step (possibly this one).
+    int64_t victim = -1;
+    for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+      if (!plan.Contains(*it)) {
+        victim = *it;
+        break;
+      }
+    }
+    if (victim == -1) return Room::kNone;  // everything else is in this step; wait for it
+    const size_t victim_index = std::find(running_.begin(), running_.end(), victim) - running_.begin();
+    Preempt(victim);
+    if (victim == id) return Room::kPreemptedSelf;
+    if (victim_index < *index) --*index;  // keep the index on this sequence
+  }
+  return Room::kMade;
+}
+
+absl::Status Engine::AdmitWaiting(StepPlan& plan) {
+  // In arrival order, while the running count (loading included), the
+  // budget and the pool allow.
+  while (!waiting_.empty() && plan.budget > 0 &&
+         static_cast<int32_t>(running_.size() + loading_.size()) < options_.max_running) {
+    const int64_t id = waiting_.front();
+    Sequence& seq = *sequences_.at(id);
+    const KvManager::PrefixMatch match = kv_->MatchPrefix(seq.tokens);
+    const int32_t pending = static_cast<int32_t>(seq.tokens.size()) - match.cached_tokens;
+    const int32_t n = std::min({pending, plan.budget, plan.chunk_limit});
+    if (kv_->BlocksToAdmit(seq.tokens, match.cached_tokens + n) > pool_->num_free_blocks()) {
+      break;  // FCFS: nobody overtakes the head of the queue
+    }
+    TANDEM_ASSIGN_OR_RETURN(const int32_t cached, kv_->StartSequence(id, seq.tokens));
+    // Blocks for this step's rows. With a remote tier StartSequence may
+    // take more tier blocks than MatchPrefix foresaw (KvTiers::MayHold),
+    // so grow only as far as the pool allows; PlanRunning grows the rest later.
+    const int32_t table_tokens = static_cast<int32_t>(kv_->BlockTable(id).size()) * options_.block_size;
+    const int32_t rows =
+        std::clamp(std::min(cached + std::min(n, static_cast<int32_t>(seq.tokens.size()) - cached),
+                            table_tokens + pool_->num_free_blocks() * options_.block_size) -
+                       cached,
+                   0, n);
+    if (absl::Status s = kv_->EnsureCapacity(id, cached + rows); !s.ok()) {
+      kv_->FreeSequence(id);
+      return s;  // cannot happen after the clamp above: a broken invariant
+    }
+    waiting_.pop_front();
+    if (kv_->IsLoading(id)) {
+      // Its prefix is being copied from the tiers: no rows until it is in
+      // (CollectTierLoads); the budget stays for the others.
+      seq.num_computed = 0;
+      seq.loading_cached = cached;
+      loading_.push_back(id);
+      ++stats_.tier_load_sequences;
+      continue;
+    }
+    if (seq.cached_tokens < 0) {
+      seq.cached_tokens = cached;
+      stats_.cached_prompt_tokens += cached;
+    }
+    seq.num_computed = cached;
+    running_.push_back(id);
+    if (rows == 0) continue;  // no room this step; PlanRunning schedules it later
+    plan.rows.push_back({id, rows});
+    plan.budget -= rows;
+  }
+  return absl::OkStatus();
+}
+
+std::vector<int64_t> Engine::BuildBatch(const StepPlan& plan) {
   step_tokens_.clear();
   step_positions_.clear();
   step_slots_.clear();
   step_logit_rows_.clear();
   step_seqs_.clear();
   std::vector<int64_t> sampled_ids;
-  for (const Planned& p : plan) {
+  for (const Planned& p : plan.rows) {
     Sequence& seq = *sequences_.at(p.id);
     const int32_t start = static_cast<int32_t>(step_tokens_.size());
     for (int32_t j = 0; j < p.rows; ++j) {
@@ -408,15 +423,11 @@ absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
       sampled_ids.push_back(p.id);
     }
   }
-  const int32_t vocab = llama_->config().vocab_size;
-  logits_.resize(static_cast<size_t>(vocab) * std::max<size_t>(1, step_logit_rows_.size()));
-  model::ForwardBatch batch{step_tokens_, step_positions_, step_slots_, step_seqs_, step_logit_rows_};
-  TANDEM_RETURN_IF_ERROR(llama_->Forward(batch, kv_view_, logits_.data()));
-  ++stats_.steps;
-  if (!loading_.empty()) ++stats_.steps_with_tier_loads;
+  return sampled_ids;
+}
 
-  // Book-keep computed tokens and publish full blocks to the prefix cache.
-  for (const Planned& p : plan) {
+void Engine::CommitComputed(const StepPlan& plan) {
+  for (const Planned& p : plan.rows) {
     Sequence& seq = *sequences_.at(p.id);
     const int32_t prompt_len = static_cast<int32_t>(seq.request.prompt_tokens.size());
     const int32_t prompt_rows = std::clamp(prompt_len - seq.num_computed, 0, p.rows);
@@ -425,7 +436,10 @@ absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
     seq.num_computed += p.rows;
     kv_->CommitFullBlocks(p.id, seq.tokens, seq.num_computed);
   }
-  // Sample.
+}
+
+void Engine::SampleAndFinish(absl::Span<const int64_t> sampled_ids, std::vector<SequenceUpdate>* out) {
+  const int32_t vocab = llama_->config().vocab_size;
   for (size_t i = 0; i < sampled_ids.size(); ++i) {
     const int64_t id = sampled_ids[i];
     Sequence& seq = *sequences_.at(id);
@@ -433,18 +447,17 @@ absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
     SequenceUpdate u;
     u.id = id;
     u.cached_tokens = seq.cached_tokens;
-    out.push_back(u);
+    out->push_back(u);
     if (seq.request.stop_at_eos && tokenizer_->IsEndOfGeneration(next)) {
-      Finish(id, SequenceEnd::kStop, absl::OkStatus(), &out);
+      Finish(id, SequenceEnd::kStop, absl::OkStatus(), out);
       continue;
     }
-    out.back().new_tokens.push_back(next);
+    out->back().new_tokens.push_back(next);
     seq.tokens.push_back(next);
     if (++seq.num_generated >= seq.request.max_tokens) {
-      Finish(id, SequenceEnd::kLength, absl::OkStatus(), &out);
+      Finish(id, SequenceEnd::kLength, absl::OkStatus(), out);
     }
   }
-  return out;
 }
 
 int64_t Engine::QueuedPrefillTokens() const {

@@ -240,6 +240,45 @@ class Engine {
   // Moves sequences whose tier loads ended from loading_ to running_.
   void CollectTierLoads();
 
+  // One sequence's rows in a step's forward pass.
+  struct Planned {
+    int64_t id;
+    int32_t rows;
+  };
+  // What a Step computes, built by its planning phases.
+  struct StepPlan {
+    std::vector<Planned> rows;  // in batch order
+    int32_t budget = 0;         // rows left of max_step_tokens
+    int32_t chunk_limit = 0;    // most rows of one sequence
+    bool Contains(int64_t id) const;
+  };
+  // MakeRoom's outcome: room made, the sequence itself preempted, or no
+  // victim left (everything else is in this step).
+  enum class Room { kMade, kPreemptedSelf, kNone };
+
+  // Step's phases, in order (steps 1-3 of the header comment, then the
+  // forward pass and its bookkeeping).
+  // Collects finished tier loads, then PlanRunning and AdmitWaiting; when
+  // that plans nothing, reports nothing (`has_updates` false) and loads are
+  // in flight, waits for one (kTierLoadWait) and plans once more.
+  absl::StatusOr<StepPlan> Plan(bool has_updates);
+  // Steps 1 and 2: decode rows, then prefill chunks, of running sequences.
+  absl::Status PlanRunning(StepPlan& plan);
+  // Preempts the most recently admitted running sequences not in `plan`
+  // (possibly `id`) until the pool can grow `id` to `total_tokens`; keeps
+  // `*index` (id's place in running_) on it.
+  Room MakeRoom(int64_t id, int32_t total_tokens, const StepPlan& plan, size_t* index);
+  // Step 3: admits waiting requests in arrival order.
+  absl::Status AdmitWaiting(StepPlan& plan);
+  // Fills the step_* scratch with the plan's rows; returns the ids whose
+  // last row yields logits (their prompt is done), in logit-row order.
+  std::vector<int64_t> BuildBatch(const StepPlan& plan);
+  // After the forward pass: counts the rows and commits full blocks.
+  void CommitComputed(const StepPlan& plan);
+  // Samples the next token of each of `sampled_ids` and finishes those at a
+  // stop token or max_tokens.
+  void SampleAndFinish(absl::Span<const int64_t> sampled_ids, std::vector<SequenceUpdate>* out);
+
   const EngineOptions options_;
   model::LlamaModel* const llama_;
   kernels::Backend* const backend_;
