@@ -19,7 +19,7 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
-#include "cli/server_commands.h"
+#include "cli/tls.h"
 
 namespace tandem::cli {
 

@@ -11,13 +11,16 @@
 #include "cli/bench_command.h"
 #include "cli/generate_command.h"
 #include "cli/pull_command.h"
-#include "cli/server_commands.h"
+#include "cli/router_command.h"
 #include "cli/store_command.h"
 #include "cli/up_command.h"
+#include "cli/worker_command.h"
+#include "common/logging.h"
 
 int main(int argc, char** argv) {
   absl::InitializeSymbolizer(argv[0]);
   absl::InstallFailureSignalHandler(absl::FailureSignalHandlerOptions{});
+  tandem::InitLogging(argv[0]);  // libraries LOG to stderr; no log files
 
   CLI::App app{"Tandem: LLM serving with disaggregated prefill and decode"};
   app.require_subcommand(1);

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "cli/server_commands.h"
+#include "cli/tls.h"
 #include "nlohmann/json.hpp"
 #include "tandem/v1/tandem.grpc.pb.h"
 #include "tandem/v1/tandem.pb.h"

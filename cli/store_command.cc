@@ -1,6 +1,5 @@
 #include "cli/store_command.h"
 
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,22 +9,82 @@
 #include <thread>
 
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/notification.h"
+#include "cli/process.h"
 #include "engine/kv_events.h"
-#include "grpcpp/health_check_service_interface.h"
-#include "grpcpp/server_builder.h"
+#include "grpcpp/security/server_credentials.h"
 #include "kvstore/store_service.h"
 #include "kvstore/tiered_store.h"
-#include "model/loader.h"
-#include "nlohmann/json.hpp"
+#include "model/model_info.h"
 #include "tandem/v1/worker.grpc.pb.h"
 #include "transfer/transfer_engine.h"
+#include "worker_common/grpc_server.h"
 #include "worker_common/router_membership.h"
 
 namespace tandem::cli {
 namespace {
 
 constexpr const char* kTag = "tandem store: ";
+
+// The store's tiers, reporting into `kv_events` as tiers DRAM and SSD; their
+// DRAM pool is registered with `transfer` (may be null: gRPC bytes only).
+absl::StatusOr<std::unique_ptr<kvstore::TieredStore>> CreateTiers(const StoreFlags& f,
+                                                                  const model::ModelConfig& config,
+                                                                  transfer::TransferEngine* transfer,
+                                                                  engine::KvEventLog* kv_events) {
+  kvstore::TieredStore::Options options;
+  options.model_id = config.model_id;
+  options.block_tokens = f.block_size;
+  options.payload_bytes = config.KvLayoutFor(f.block_size).BlockBytes();
+  options.dram_bytes = static_cast<size_t>(f.dram_bytes);
+  options.ssd_path = f.ssd_path;
+  options.ssd_bytes = static_cast<size_t>(f.ssd_bytes);
+  options.transfer = transfer;
+  options.on_event = [kv_events](const kvstore::TierEvent& e) {
+    const engine::KvTier tier = e.tier == kvstore::Tier::kDram ? engine::KvTier::kDram : engine::KvTier::kSsd;
+    for (BlockHash h : e.hashes) {
+      if (e.kind == kvstore::TierEvent::Kind::kStored) {
+        kv_events->Stored(h, tier);
+      } else {
+        kv_events->Removed(h, tier);
+      }
+    }
+  };
+  return kvstore::TieredStore::Create(options);
+}
+
+// Announces the blocks found on a reopened SSD tier; how many.
+int64_t AnnounceReopenedBlocks(const kvstore::TieredStore& store, engine::KvEventLog* kv_events) {
+  int64_t reopened = 0;
+  for (const auto& [hash, tier] : store.Snapshot()) {
+    if (tier != kvstore::Tier::kSsd) continue;
+    kv_events->Stored(hash, engine::KvTier::kSsd);
+    ++reopened;
+  }
+  return reopened;
+}
+
+// The store's "load": its DRAM slots as blocks (it never runs sequences).
+std::function<tandem::v1::WorkerLoad()> DramLoad(const kvstore::DramTier* dram) {
+  return [dram] {
+    const int64_t dram_blocks = static_cast<int64_t>(dram->num_slots());
+    tandem::v1::WorkerLoad l;
+    const int64_t used = static_cast<int64_t>(dram->used_bytes() / dram->slot_bytes());
+    l.set_total_blocks(static_cast<int32_t>(std::min<int64_t>(dram_blocks, INT32_MAX)));
+    l.set_free_blocks(static_cast<int32_t>(std::clamp<int64_t>(dram_blocks - used, 0, INT32_MAX)));
+    return l;
+  };
+}
+
+tandem::v1::RegisterRequest Registration(const StoreFlags& f, const std::string& store_id,
+                                         const std::string& address, const model::ModelConfig& config) {
+  tandem::v1::RegisterRequest reg;
+  reg.set_worker_id(store_id);
+  reg.set_role(tandem::v1::WORKER_ROLE_STORE);
+  reg.set_address(address);
+  reg.set_model_id(config.model_id);
+  reg.set_block_size(f.block_size);
+  return reg;
+}
 
 }  // namespace
 
@@ -62,20 +121,15 @@ void RegisterStore(CLI::App* cmd, StoreFlags* f) {
 }
 
 int RunStore(const StoreFlags& f) {
-  // SIGINT/SIGTERM blocked in every thread, taken below with a bounded wait.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-
+  TerminationSignals signals(kTag);
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(f.tls);
   absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(f.tls);
   if (!credentials.ok() || !channels.ok()) {
     std::cerr << kTag << (credentials.ok() ? channels.status() : credentials.status()).message() << "\n";
     return 1;
   }
-  auto model = model::LoadModel(f.model);
+  // The store needs the model's id and KV geometry only: no weights.
+  auto model = model::LoadModelInfo(f.model);
   if (!model.ok()) {
     std::cerr << kTag << "cannot load model '" << f.model << "': " << model.status().message() << "\n";
     return 1;
@@ -96,46 +150,13 @@ int RunStore(const StoreFlags& f) {
     transfer = std::move(*created);
   }
   engine::KvEventLog kv_events;  // before the store, which reports into it until destroyed
-  kvstore::TieredStore::Options options;
-  options.model_id = config.model_id;
-  options.block_tokens = f.block_size;
-  options.payload_bytes = config.KvLayoutFor(f.block_size).BlockBytes();
-  options.dram_bytes = static_cast<size_t>(f.dram_bytes);
-  options.ssd_path = f.ssd_path;
-  options.ssd_bytes = static_cast<size_t>(f.ssd_bytes);
-  options.transfer = transfer.get();
-  options.on_event = [&kv_events](const kvstore::TierEvent& e) {
-    const engine::KvTier tier = e.tier == kvstore::Tier::kDram ? engine::KvTier::kDram : engine::KvTier::kSsd;
-    for (BlockHash h : e.hashes) {
-      if (e.kind == kvstore::TierEvent::Kind::kStored) {
-        kv_events.Stored(h, tier);
-      } else {
-        kv_events.Removed(h, tier);
-      }
-    }
-  };
-  auto store = kvstore::TieredStore::Create(options);
+  auto store = CreateTiers(f, config, transfer.get(), &kv_events);
   if (!store.ok()) {
     std::cerr << kTag << store.status().message() << "\n";
     return 1;
   }
-  int64_t reopened = 0;
-  for (const auto& [hash, tier] : (*store)->Snapshot()) {
-    if (tier != kvstore::Tier::kSsd) continue;
-    kv_events.Stored(hash, engine::KvTier::kSsd);
-    ++reopened;
-  }
-  kvstore::DramTier& dram = (*store)->dram();
-  const int64_t dram_blocks = static_cast<int64_t>(dram.num_slots());
-  // The store's "load": its DRAM slots as blocks (it never runs sequences).
-  auto load = [&dram, dram_blocks] {
-    tandem::v1::WorkerLoad l;
-    const int64_t used = static_cast<int64_t>(dram.used_bytes() / dram.slot_bytes());
-    l.set_total_blocks(static_cast<int32_t>(std::min<int64_t>(dram_blocks, INT32_MAX)));
-    l.set_free_blocks(static_cast<int32_t>(std::clamp<int64_t>(dram_blocks - used, 0, INT32_MAX)));
-    return l;
-  };
-
+  const int64_t reopened = AnnounceReopenedBlocks(**store, &kv_events);
+  const auto load = DramLoad(&(*store)->dram());
   auto service = kvstore::StoreService::Create({.model_id = config.model_id,
                                                 .transfer = transfer.get(),
                                                 .staging_bytes = static_cast<size_t>(f.staging_bytes)},
@@ -145,59 +166,40 @@ int RunStore(const StoreFlags& f) {
     return 1;
   }
   worker_common::KvSnapshotService snapshot_service(&kv_events, store_id, load);
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort(absl::StrFormat("%s:%d", f.host, f.port), *credentials, &port);
-  builder.SetMaxReceiveMessageSize(256 << 20);
-  builder.SetMaxSendMessageSize(256 << 20);
-  builder.RegisterService(service->get());
-  builder.RegisterService(&snapshot_service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    std::cerr << kTag << "cannot listen on " << f.host << ":" << f.port << "\n";
+  auto server = worker_common::StartGrpcServer(
+      {.host = f.host, .port = f.port, .credentials = *credentials, .max_message_bytes = 256 << 20},
+      {service->get(), &snapshot_service});
+  if (!server.ok()) {
+    std::cerr << kTag << server.status().message() << "\n";
     return 1;
   }
-  server->GetHealthCheckService()->SetServingStatus(true);
-  const std::string address = absl::StrFormat("%s:%d", f.host, port);
 
   // Register (retrying until the router answers), publish events, heartbeat.
   auto registry = tandem::v1::WorkerRegistry::NewStub((*channels)(f.router));
-  tandem::v1::RegisterRequest reg;
-  reg.set_worker_id(store_id);
-  reg.set_role(tandem::v1::WORKER_ROLE_STORE);
-  reg.set_address(address);
-  reg.set_model_id(config.model_id);
-  reg.set_block_size(f.block_size);
-  worker_common::RouterMembership membership({.registration = reg, .load = load}, registry.get(), &kv_events);
+  worker_common::RouterMembership membership(
+      {.registration = Registration(f, store_id, server->address, config), .load = load}, registry.get(),
+      &kv_events);
   if (grpc::Status registered = membership.Register(); !registered.ok()) {
     std::cerr << kTag << "cannot register with router " << f.router << ": " << registered.error_message()
               << "\n";
-    server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+    server->server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
     return 1;
   }
   membership.Start();
 
-  std::cout << nlohmann::json{{"role", "store"},
-                              {"pid", getpid()},
-                              {"grpc", address},
-                              {"worker_id", store_id},
-                              {"router", f.router},
-                              {"model", config.model_id},
-                              {"dram_blocks", dram_blocks},
-                              {"ssd", !f.ssd_path.empty()},
-                              {"transport", transfer != nullptr ? "ucx" : "grpc"},
-                              {"ssd_blocks_reopened", reopened}}
-                   .dump()
-            << std::endl;
-  int sig = 0;
-  while (sig <= 0) {
-    timespec timeout{1, 0};
-    sig = sigtimedwait(&signals, nullptr, &timeout);
-  }
-  std::cerr << kTag << "signal " << sig << ", shutting down\n";
+  PrintReadyLine({{"role", "store"},
+                  {"pid", getpid()},
+                  {"grpc", server->address},
+                  {"worker_id", store_id},
+                  {"router", f.router},
+                  {"model", config.model_id},
+                  {"dram_blocks", static_cast<int64_t>((*store)->dram().num_slots())},
+                  {"ssd", !f.ssd_path.empty()},
+                  {"transport", transfer != nullptr ? "ucx" : "grpc"},
+                  {"ssd_blocks_reopened", reopened}});
+  signals.WaitForSignal();
   membership.Stop();
-  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  server->server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   return 0;
 }
 

@@ -23,7 +23,7 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
-#include "cli/server_commands.h"
+#include "cli/tls.h"
 
 namespace tandem::cli {
 

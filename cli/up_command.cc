@@ -18,7 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "cli/server_commands.h"
+#include "cli/config_merge.h"
 #include "common/status_macros.h"
 
 namespace tandem::cli {

@@ -56,7 +56,7 @@ struct UpFlags {
   // router.host/port/model and worker.threads also set the flags above that
   // were not given on the command line. Workers always get --port 0.
   std::string config;
-  // --tls-cert/--tls-key/--tls-ca, passed to every child (cli/server_commands.h).
+  // --tls-cert/--tls-key/--tls-ca, passed to every child (cli/tls.h).
   std::string tls_cert, tls_key, tls_ca;
   // Passed to the router when given (empty / negative: the router's default
   // or the config file's): --policy, --slo-ttft-ms, --slo-tpot-ms.

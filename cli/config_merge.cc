@@ -1,0 +1,246 @@
+#include "cli/config_merge.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "cli/router_command.h"
+#include "cli/tls.h"
+#include "cli/worker_command.h"
+#include "google/protobuf/util/json_util.h"
+#include "router/placement.h"
+
+namespace tandem::cli {
+namespace {
+
+// The merge of a config file into flags: a value the file sets replaces the
+// flag's default unless the flag was given on the command line.
+class Merger {
+ public:
+  explicit Merger(const CLI::App& cmd) : cmd_(cmd) {}
+
+  template <typename T>
+  void Set(const char* flag, bool present, const T& value, T* out) const {
+    if (present && cmd_.count(flag) == 0) *out = value;
+  }
+
+ private:
+  const CLI::App& cmd_;
+};
+
+// `name` is the config field ("router.port"), `flag` the flag ("--port").
+absl::Status CheckRange(const std::string& source, const char* name, const char* flag, int64_t value,
+                        int64_t lo, int64_t hi) {
+  if (value >= lo && value <= hi) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrFormat("%s: %s (%s) is %d; must be in [%d, %d]", source, name, flag, value, lo, hi));
+}
+
+// Where a merged value may have come from, for messages.
+std::string Source(const std::string& config) {
+  return config.empty() ? "flags" : absl::StrCat("flags or --config ", config);
+}
+
+void MergeTls(const Merger& m, const tandem::v1::TlsConfig& c, TlsFlags* t) {
+  m.Set("--tls-cert", c.has_cert_file(), c.cert_file(), &t->cert_file);
+  m.Set("--tls-key", c.has_key_file(), c.key_file(), &t->key_file);
+  m.Set("--tls-ca", c.has_ca_file(), c.ca_file(), &t->ca_file);
+  if (c.has_enabled()) t->enabled = c.enabled();
+  if (c.has_require_client_auth()) t->require_client_auth = c.require_client_auth();
+  if (c.has_server_name()) t->server_name = c.server_name();
+}
+
+absl::Status ValidateTls(const std::string& source, TlsFlags* t) {
+  if (!t->cert_file.empty()) t->enabled = true;
+  if (!t->enabled) return absl::OkStatus();
+  if (t->cert_file.empty() || t->key_file.empty()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: TLS is enabled but tls.cert_file (--tls-cert) and tls.key_file (--tls-key) are not both set",
+        source));
+  }
+  return absl::OkStatus();
+}
+
+tandem::v1::TlsConfig TlsProto(const TlsFlags& t) {
+  tandem::v1::TlsConfig c;
+  c.set_enabled(t.enabled);
+  c.set_cert_file(t.cert_file);
+  c.set_key_file(t.key_file);
+  c.set_ca_file(t.ca_file);
+  c.set_require_client_auth(t.require_client_auth);
+  c.set_server_name(t.server_name);
+  return c;
+}
+
+std::string ToJson(const tandem::v1::ClusterConfig& c) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(c, &out, options);
+  return out;
+}
+
+tandem::v1::ClusterConfig EffectiveConfig(const RouterFlags& f) {
+  tandem::v1::ClusterConfig c;
+  tandem::v1::RouterConfig* r = c.mutable_router();
+  r->set_host(f.host);
+  r->set_port(f.port);
+  r->set_model(f.model);
+  r->set_heartbeat_ms(f.heartbeat_ms);
+  r->set_heartbeat_misses(f.heartbeat_misses);
+  r->set_policy(f.policy);
+  *c.mutable_tls() = TlsProto(f.tls);
+  return c;
+}
+
+tandem::v1::ClusterConfig EffectiveConfig(const WorkerFlags& f) {
+  tandem::v1::ClusterConfig c;
+  tandem::v1::WorkerConfig* w = c.mutable_worker();
+  w->set_router(f.router);
+  w->set_host(f.host);
+  w->set_port(f.port);
+  w->set_model(f.model);
+  w->set_threads(f.threads);
+  w->set_block_size(f.block_size);
+  w->set_kv_cache_mb(f.kv_cache_mb);
+  w->set_max_running(f.max_running);
+  w->set_max_step_tokens(f.max_step_tokens);
+  w->set_kv_dram_bytes(f.kv_tiers.dram_bytes);
+  w->set_kv_ssd_path(f.kv_tiers.ssd_path);
+  w->set_kv_ssd_bytes(f.kv_tiers.ssd_bytes);
+  w->set_kv_prefetch(f.kv_prefetch);
+  w->set_kv_store(f.kv_store);
+  w->set_kv_store_transport(f.kv_store_transport);
+  *c.mutable_tls() = TlsProto(f.tls);
+  return c;
+}
+
+}  // namespace
+
+absl::StatusOr<tandem::v1::ClusterConfig> LoadClusterConfig(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadFlagFile(path, "--config");
+  if (!text.ok()) return text.status();
+  tandem::v1::ClusterConfig config;
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = false;
+  const auto status = google::protobuf::util::JsonStringToMessage(*text, &config, options);
+  if (!status.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--config %s: not a valid tandem.v1.ClusterConfig (proto/tandem/v1/config.proto): %s",
+                        path, std::string(status.message())));
+  }
+  return config;
+}
+
+void AddConfigFlags(CLI::App* cmd, std::string* config, bool* dry_run) {
+  cmd->add_option("--config", *config,
+                  "Cluster configuration, JSON in the tandem.v1.ClusterConfig schema "
+                  "(proto/tandem/v1/config.proto); flags given here override it");
+  cmd->add_flag(
+      "--dry-run", *dry_run,
+      "Validate flags and --config, print the effective configuration as JSON, exit without serving");
+}
+
+// Applies --config to `f` (flags given on the command line win) and
+// validates the result.
+absl::Status ResolveRouterFlags(const CLI::App& cmd, RouterFlags* f) {
+  if (!f->config.empty()) {
+    absl::StatusOr<tandem::v1::ClusterConfig> config = LoadClusterConfig(f->config);
+    if (!config.ok()) return config.status();
+    const Merger m(cmd);
+    const tandem::v1::RouterConfig& r = config->router();
+    m.Set("--host", r.has_host(), r.host(), &f->host);
+    m.Set("--port", r.has_port(), r.port(), &f->port);
+    m.Set("--model", r.has_model(), r.model(), &f->model);
+    m.Set("--heartbeat-ms", r.has_heartbeat_ms(), r.heartbeat_ms(), &f->heartbeat_ms);
+    m.Set("--heartbeat-misses", r.has_heartbeat_misses(), r.heartbeat_misses(), &f->heartbeat_misses);
+    m.Set("--policy", r.has_policy(), r.policy(), &f->policy);
+    m.Set("--slo-ttft-ms", r.has_slo_ttft_ms(), r.slo_ttft_ms(), &f->slo_ttft_ms);
+    m.Set("--slo-tpot-ms", r.has_slo_tpot_ms(), r.slo_tpot_ms(), &f->slo_tpot_ms);
+    m.Set("--aggregate-max-uncached-tokens", r.has_aggregate_max_uncached_tokens(),
+          r.aggregate_max_uncached_tokens(), &f->aggregate_max_uncached_tokens);
+    m.Set("--aggregate-when-queue-ms", r.has_aggregate_when_queue_ms(), r.aggregate_when_queue_ms(),
+          &f->aggregate_when_queue_ms);
+    MergeTls(m, config->tls(), &f->tls);
+  }
+  const std::string source = Source(f->config);
+  if (f->host.empty()) return absl::InvalidArgumentError(source + ": router.host (--host) is empty");
+  for (absl::Status s :
+       {CheckRange(source, "router.port", "--port", f->port, 0, 65535),
+        CheckRange(source, "router.heartbeat_ms", "--heartbeat-ms", f->heartbeat_ms, 1, 3600000),
+        CheckRange(source, "router.heartbeat_misses", "--heartbeat-misses", f->heartbeat_misses, 1, 1000)}) {
+    if (!s.ok()) return s;
+  }
+  if (!router::ParsePolicy(f->policy).ok()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: router.policy (--policy) is '%s'; must be one of: kv, round_robin, least_loaded, random", source,
+        f->policy));
+  }
+  if (!(f->slo_ttft_ms >= 0) || !(f->slo_tpot_ms >= 0) || !(f->aggregate_when_queue_ms >= 0)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: router.slo_ttft_ms, slo_tpot_ms and aggregate_when_queue_ms must be >= 0", source));
+  }
+  if (f->aggregate_max_uncached_tokens < -1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: router.aggregate_max_uncached_tokens (--aggregate-max-uncached-tokens) must be >= -1", source));
+  }
+  return ValidateTls(source, &f->tls);
+}
+
+absl::Status ResolveWorkerFlags(const CLI::App& cmd, WorkerFlags* f) {
+  if (!f->config.empty()) {
+    absl::StatusOr<tandem::v1::ClusterConfig> config = LoadClusterConfig(f->config);
+    if (!config.ok()) return config.status();
+    const Merger m(cmd);
+    const tandem::v1::WorkerConfig& w = config->worker();
+    m.Set("--router", w.has_router(), w.router(), &f->router);
+    m.Set("--host", w.has_host(), w.host(), &f->host);
+    m.Set("--port", w.has_port(), w.port(), &f->port);
+    m.Set("--model", w.has_model(), w.model(), &f->model);
+    m.Set("--threads", w.has_threads(), w.threads(), &f->threads);
+    m.Set("--block-size", w.has_block_size(), w.block_size(), &f->block_size);
+    m.Set("--kv-cache-mb", w.has_kv_cache_mb(), w.kv_cache_mb(), &f->kv_cache_mb);
+    m.Set("--max-running", w.has_max_running(), w.max_running(), &f->max_running);
+    m.Set("--max-step-tokens", w.has_max_step_tokens(), w.max_step_tokens(), &f->max_step_tokens);
+    m.Set("--kv-dram-bytes", w.has_kv_dram_bytes(), w.kv_dram_bytes(), &f->kv_tiers.dram_bytes);
+    m.Set("--kv-ssd-path", w.has_kv_ssd_path(), w.kv_ssd_path(), &f->kv_tiers.ssd_path);
+    m.Set("--kv-ssd-bytes", w.has_kv_ssd_bytes(), w.kv_ssd_bytes(), &f->kv_tiers.ssd_bytes);
+    m.Set("--kv-prefetch", w.has_kv_prefetch(), w.kv_prefetch(), &f->kv_prefetch);
+    m.Set("--kv-store", w.has_kv_store(), w.kv_store(), &f->kv_store);
+    m.Set("--kv-store-transport", w.has_kv_store_transport(), w.kv_store_transport(), &f->kv_store_transport);
+    MergeTls(m, config->tls(), &f->tls);
+  }
+  const std::string source = Source(f->config);
+  if (f->host.empty()) return absl::InvalidArgumentError(source + ": worker.host (--host) is empty");
+  if (f->router.empty()) return absl::InvalidArgumentError(source + ": worker.router (--router) is empty");
+  for (absl::Status s :
+       {CheckRange(source, "worker.port", "--port", f->port, 0, 65535),
+        CheckRange(source, "worker.threads", "--threads", f->threads, 0, 4096),
+        CheckRange(source, "worker.block_size", "--block-size", f->block_size, 1, 1 << 16),
+        CheckRange(source, "worker.kv_cache_mb", "--kv-cache-mb", f->kv_cache_mb, 1, 1 << 30),
+        CheckRange(source, "worker.max_running", "--max-running", f->max_running, 1, 1 << 20),
+        CheckRange(source, "worker.max_step_tokens", "--max-step-tokens", f->max_step_tokens, 1, 1 << 24),
+        CheckRange(source, "worker.kv_dram_bytes", "--kv-dram-bytes", f->kv_tiers.dram_bytes, 0,
+                   int64_t{1} << 50),
+        CheckRange(source, "worker.kv_ssd_bytes", "--kv-ssd-bytes", f->kv_tiers.ssd_bytes, 1,
+                   int64_t{1} << 56)}) {
+    if (!s.ok()) return s;
+  }
+  if (!f->kv_tiers.ssd_path.empty() && f->kv_tiers.dram_bytes == 0) {
+    return absl::InvalidArgumentError(
+        source + ": worker.kv_ssd_path (--kv-ssd-path) needs worker.kv_dram_bytes (--kv-dram-bytes) > 0");
+  }
+  if (f->kv_store_transport != "ucx" && f->kv_store_transport != "grpc") {
+    return absl::InvalidArgumentError(source + ": worker.kv_store_transport (--kv-store-transport) is '" +
+                                      f->kv_store_transport + "'; must be ucx or grpc");
+  }
+  if (!f->kv_store.empty() && f->kv_tiers.dram_bytes == 0) {
+    return absl::InvalidArgumentError(
+        source + ": worker.kv_store (--kv-store) needs worker.kv_dram_bytes (--kv-dram-bytes) > 0");
+  }
+  return ValidateTls(source, &f->tls);
+}
+
+std::string EffectiveConfigJson(const RouterFlags& f) { return ToJson(EffectiveConfig(f)); }
+
+std::string EffectiveConfigJson(const WorkerFlags& f) { return ToJson(EffectiveConfig(f)); }
+
+}  // namespace tandem::cli

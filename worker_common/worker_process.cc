@@ -1,0 +1,438 @@
+#include "worker_common/worker_process.h"
+
+#include <unistd.h>
+
+#include <utility>
+#include <vector>
+
+#include "absl/memory/memory.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/time.h"
+#include "common/metrics.h"
+#include "common/status_macros.h"
+#include "decode_worker/decode_service.h"
+#include "engine/engine.h"
+#include "engine/engine_runner.h"
+#include "engine/kv_events.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "http/server.h"
+#include "kernels/backend.h"
+#include "kernels/backend_factory.h"
+#include "kvstore/block_format.h"
+#include "kvstore/prefetcher.h"
+#include "kvstore/store_client.h"
+#include "kvstore/tiered_store.h"
+#include "model/llama.h"
+#include "model/loader.h"
+#include "prefill_worker/prefill_service.h"
+#include "tandem/v1/worker.grpc.pb.h"
+#include "transfer/transfer_engine.h"
+#include "worker_common/grpc_server.h"
+#include "worker_common/kv_event_publisher.h"
+#include "worker_common/router_membership.h"
+#include "worker_common/worker_status.h"
+
+namespace tandem::worker_common {
+namespace {
+
+// `status` with its message prefixed by `what` (the part that failed).
+absl::Status Prefixed(const absl::Status& status, const std::string& what) {
+  return absl::Status(status.code(), what + std::string(status.message()));
+}
+
+const char* RoleName(WorkerProcess::Role role) {
+  return role == WorkerProcess::Role::kDecode ? "decode" : "prefill";
+}
+
+// Tier events of the DRAM and SSD tiers, as the engine's KV events (the
+// router's index learns from both).
+void LogTierEvent(engine::KvEventLog& log, const kvstore::TierEvent& e) {
+  const engine::KvTier tier = e.tier == kvstore::Tier::kDram ? engine::KvTier::kDram : engine::KvTier::kSsd;
+  for (BlockHash h : e.hashes) {
+    if (e.kind == kvstore::TierEvent::Kind::kStored) {
+      log.Stored(h, tier);
+    } else {
+      log.Removed(h, tier);
+    }
+  }
+}
+
+// /metrics: prefetches by who named the blocks (hint: the router's
+// PrefetchHint; prompt: the worker hashed the prompt), as gauges of the
+// prefetcher's running totals.
+std::function<void(const kvstore::Prefetcher::Stats&)> PrefetchGauges(MetricsRegistry& r) {
+  GaugeFamily* requests = r.Gauge("tandem_worker_kv_prefetch_requests",
+                                  "KV prefetches queued, by who named the blocks (hint: the router; prompt: "
+                                  "the worker hashed the prompt)",
+                                  {"source"});
+  GaugeFamily* promoted =
+      r.Gauge("tandem_worker_kv_prefetch_promoted_blocks",
+              "Blocks prefetch read from SSD or the shared store into DRAM, by source", {"source"});
+  GaugeFamily* in_dram = r.Gauge("tandem_worker_kv_prefetch_dram_blocks",
+                                 "Blocks prefetch found in DRAM already, by source", {"source"});
+  Gauge* const dropped =
+      r.Gauge("tandem_worker_kv_prefetch_dropped", "KV prefetches refused (queue full)")->WithLabels({});
+  return [hint_requests = requests->WithLabels({"hint"}), prompt_requests = requests->WithLabels({"prompt"}),
+          hint_promoted = promoted->WithLabels({"hint"}), prompt_promoted = promoted->WithLabels({"prompt"}),
+          hint_dram = in_dram->WithLabels({"hint"}), prompt_dram = in_dram->WithLabels({"prompt"}),
+          dropped](const kvstore::Prefetcher::Stats& s) {
+    hint_requests->Set(static_cast<double>(s.hinted_requests));
+    prompt_requests->Set(static_cast<double>(s.prompt_requests));
+    hint_promoted->Set(static_cast<double>(s.hinted_promoted_blocks));
+    prompt_promoted->Set(static_cast<double>(s.promoted_blocks - s.hinted_promoted_blocks));
+    hint_dram->Set(static_cast<double>(s.hinted_dram_blocks));
+    prompt_dram->Set(static_cast<double>(s.dram_blocks - s.hinted_dram_blocks));
+    dropped->Set(static_cast<double>(s.dropped));
+  };
+}
+
+// Prefix reuse by tier, computed prompt tokens and the bytes moved to and
+// from the shared store, as gauges of the engine's, tiers' and store
+// client's running totals (the KV tiers' figures, docs/PERFORMANCE.md);
+// refreshed on the engine thread's tick.
+std::function<void(engine::Engine&)> EngineTickGauges(MetricsRegistry& r, kvstore::TieredStore* tiers,
+                                                      kvstore::StoreClient* store) {
+  GaugeFamily* hit_blocks = r.Gauge("tandem_worker_kv_hit_blocks",
+                                    "Prompt blocks reused, by the tier they were found in", {"tier"});
+  Gauge* const hits[4] = {hit_blocks->WithLabels({"hbm"}), hit_blocks->WithLabels({"dram"}),
+                          hit_blocks->WithLabels({"ssd"}), hit_blocks->WithLabels({"store"})};
+  Gauge* const computed =
+      r.Gauge("tandem_worker_prompt_tokens_computed", "Prompt tokens computed (not reused)")->WithLabels({});
+  GaugeFamily* store_bytes =
+      r.Gauge("tandem_worker_kv_store_bytes", "Block bytes fetched from and offered to the shared KV store",
+              {"direction", "transport"});
+  Gauge* const store_gauges[4] = {
+      store_bytes->WithLabels({"fetch", "ucx"}), store_bytes->WithLabels({"put", "ucx"}),
+      store_bytes->WithLabels({"fetch", "grpc"}), store_bytes->WithLabels({"put", "grpc"})};
+  return [hits, computed, store_gauges, tiers, store](engine::Engine& e) {
+    if (store != nullptr) {
+      const kvstore::StoreClient::Stats s = store->stats();
+      store_gauges[0]->Set(static_cast<double>(s.ucx_fetch_bytes));
+      store_gauges[1]->Set(static_cast<double>(s.ucx_put_bytes));
+      store_gauges[2]->Set(static_cast<double>(s.grpc_fetch_bytes));
+      store_gauges[3]->Set(static_cast<double>(s.grpc_put_bytes));
+    }
+    const engine::KvManager::Stats& kv_stats = e.kv_manager().stats();
+    // KvManager counts blocks the tiers fetched from the shared store for it
+    // with the SSD hits; the tiers tell them apart (blocks the prefetcher
+    // fetched are DRAM hits by then).
+    const int64_t store_hits = tiers != nullptr ? tiers->stats().remote_hits : 0;
+    hits[0]->Set(static_cast<double>(kv_stats.hbm_hit_blocks));
+    hits[1]->Set(static_cast<double>(kv_stats.dram_hit_blocks));
+    hits[2]->Set(static_cast<double>(kv_stats.ssd_hit_blocks - store_hits));
+    hits[3]->Set(static_cast<double>(store_hits));
+    computed->Set(static_cast<double>(e.stats().prompt_tokens_computed));
+  };
+}
+
+// The engine's load as gauges, refreshed with every heartbeat.
+std::function<void(const tandem::v1::WorkerLoad&)> LoadGauges(MetricsRegistry& r) {
+  return
+      [step_ms = r.Gauge("tandem_worker_decode_step_ms", "Recent mean engine step time with decode rows, ms")
+                     ->WithLabels({}),
+       batch =
+           r.Gauge("tandem_worker_decode_batch", "Recent mean sequences decoded per step")->WithLabels({}),
+       running = r.Gauge("tandem_worker_running", "Sequences in the running batch")->WithLabels({}),
+       waiting = r.Gauge("tandem_worker_waiting", "Sequences queued for admission")->WithLabels({}),
+       queued = r.Gauge("tandem_worker_queued_prefill_tokens", "Prompt tokens waiting to be computed")
+                    ->WithLabels({}),
+       used = r.Gauge("tandem_worker_kv_pool_used_blocks", "KV blocks in use, by tier", {"tier"})
+                  ->WithLabels({"hbm"}),
+       total = r.Gauge("tandem_worker_kv_pool_blocks", "KV blocks in the pool, by tier", {"tier"})
+                   ->WithLabels({"hbm"})](const tandem::v1::WorkerLoad& l) {
+        step_ms->Set(l.decode_step_ms());
+        batch->Set(l.decode_batch());
+        running->Set(l.running());
+        waiting->Set(l.waiting());
+        queued->Set(static_cast<double>(l.queued_prefill_tokens()));
+        used->Set(l.used_blocks());
+        total->Set(l.total_blocks());
+      };
+}
+
+}  // namespace
+
+struct WorkerProcess::RouterLink {
+  std::unique_ptr<tandem::v1::WorkerRegistry::Stub> stub;
+  std::unique_ptr<RouterMembership> membership;
+};
+
+WorkerProcess::WorkerProcess(Options options)
+    : options_(std::move(options)),
+      metrics_(options_.metrics != nullptr ? *options_.metrics : DefaultMetricsRegistry()) {
+  info_.role = RoleName(options_.role);
+  info_.worker_id = options_.worker_id.empty()
+                        ? absl::StrFormat("%s-%s-%d", info_.role, options_.host, getpid())
+                        : options_.worker_id;
+}
+
+WorkerProcess::~WorkerProcess() { Shutdown(); }
+
+absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Create(Options options) {
+  if (!options.channel_factory) {
+    options.channel_factory = [](const std::string& target) {
+      return grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+    };
+  }
+  auto worker = absl::WrapUnique(new WorkerProcess(std::move(options)));
+  TANDEM_RETURN_IF_ERROR(worker->LoadModelAndBackend());
+  TANDEM_RETURN_IF_ERROR(worker->StartTransferAndStore());
+  TANDEM_RETURN_IF_ERROR(worker->BuildTiers());
+  TANDEM_RETURN_IF_ERROR(worker->StartPrefetcher());
+  TANDEM_RETURN_IF_ERROR(worker->StartEngine());
+  TANDEM_RETURN_IF_ERROR(worker->StartServices());
+  TANDEM_RETURN_IF_ERROR(worker->StartMetricsServer());
+  TANDEM_RETURN_IF_ERROR(worker->JoinRouter());
+  return worker;
+}
+
+absl::Status WorkerProcess::LoadModelAndBackend() {
+  auto model = model::LoadModel(options_.model);
+  if (!model.ok()) {
+    return Prefixed(model.status(), absl::StrCat("cannot load model '", options_.model, "': "));
+  }
+  model_ = *std::move(model);
+  info_.model_id = model_->config.model_id;
+  TANDEM_ASSIGN_OR_RETURN(backend_, kernels::CreateBackend({.device = options_.device,
+                                                            .num_threads = options_.threads,
+                                                            .cuda_fp32 = options_.cuda_fp32}));
+  if (backend_->name() != "cpu") {
+    // The transfer engine and the KV tiers read the pool as host memory; a
+    // device pool needs staged copies first (kernels/cuda/README.md).
+    return absl::UnimplementedError(absl::StrCat("--device ", std::string(backend_->name()),
+                                                 " is not supported by workers yet; use --device cpu"));
+  }
+  TANDEM_ASSIGN_OR_RETURN(llama_, model::LlamaModel::Create(model_->config, model_->weights, backend_.get()));
+  return absl::OkStatus();
+}
+
+absl::Status WorkerProcess::StartTransferAndStore() {
+  kv_events_ = std::make_unique<engine::KvEventLog>();
+  auto transfer = transfer::TransferEngine::Create({.name = info_.worker_id});
+  if (!transfer.ok()) return Prefixed(transfer.status(), "transfer engine: ");
+  transfer_ = *std::move(transfer);
+  if (options_.kv_store.empty()) return absl::OkStatus();
+  // The store client's landing slots (UCX path) are the transfer engine's.
+  const model::ModelConfig& config = model_->config;
+  kvstore::StoreClient::Options store_options{.model_id = config.model_id};
+  if (options_.kv_store_transport == "ucx") {
+    store_options.transfer = transfer_.get();
+    store_options.slot_bytes =
+        kvstore::EncodedBlockBytes(options_.block_size, config.KvLayoutFor(options_.block_size).BlockBytes());
+  }
+  auto client = kvstore::StoreClient::Create(store_options, options_.channel_factory(options_.kv_store));
+  if (!client.ok()) return Prefixed(client.status(), "--kv-store: ");
+  store_client_ = *std::move(client);
+  info_.kv_store_transport = store_client_->transport();
+  return absl::OkStatus();
+}
+
+absl::Status WorkerProcess::BuildTiers() {
+  if (options_.kv_dram_bytes <= 0) {
+    if (!options_.kv_ssd_path.empty()) {
+      return absl::InvalidArgumentError("KV tiers: --kv-ssd-path needs --kv-dram-bytes");
+    }
+    return absl::OkStatus();
+  }
+  // The tiers report into the engine's log as tiers DRAM and SSD.
+  const model::ModelConfig& config = model_->config;
+  kvstore::TieredStore::Options options;
+  options.model_id = config.model_id;
+  options.block_tokens = options_.block_size;
+  options.payload_bytes = config.KvLayoutFor(options_.block_size).BlockBytes();
+  options.dram_bytes = static_cast<size_t>(options_.kv_dram_bytes);
+  options.ssd_path = options_.kv_ssd_path;
+  options.ssd_bytes = static_cast<size_t>(options_.kv_ssd_bytes);
+  options.on_event = [log = kv_events_.get()](const kvstore::TierEvent& e) { LogTierEvent(*log, e); };
+  options.remote = store_client_.get();
+  auto tiers = kvstore::TieredStore::Create(options);
+  if (!tiers.ok()) return Prefixed(tiers.status(), "KV tiers: ");
+  tiers_ = *std::move(tiers);
+  info_.kv_tiers = true;
+  // Blocks found on a reopened SSD tier are announced first, so the
+  // router's index (and its snapshot) sees them.
+  for (const auto& [hash, tier] : tiers_->Snapshot()) {
+    if (tier != kvstore::Tier::kSsd) continue;
+    kv_events_->Stored(hash, engine::KvTier::kSsd);
+    ++info_.kv_ssd_blocks_reopened;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WorkerProcess::StartPrefetcher() {
+  if (tiers_ == nullptr || !options_.kv_prefetch) return absl::OkStatus();
+  if (tiers_->ssd() == nullptr && store_client_ == nullptr) return absl::OkStatus();  // DRAM only
+  auto on_stats = PrefetchGauges(metrics_);
+  on_stats({});
+  auto prefetcher = kvstore::Prefetcher::Create(
+      {.model_id = model_->config.model_id, .block_tokens = options_.block_size, .on_stats = on_stats},
+      tiers_.get());
+  if (!prefetcher.ok()) return Prefixed(prefetcher.status(), "KV prefetch: ");
+  prefetcher_ = *std::move(prefetcher);
+  info_.kv_prefetch = true;
+  return absl::OkStatus();
+}
+
+absl::Status WorkerProcess::StartEngine() {
+  TANDEM_ASSIGN_OR_RETURN(engine_,
+                          engine::Engine::Create({.block_size = options_.block_size,
+                                                  .kv_cache_bytes = options_.kv_cache_bytes,
+                                                  .max_running = options_.max_running,
+                                                  .max_step_tokens = options_.max_step_tokens,
+                                                  .kv_events = kv_events_.get(),
+                                                  .tiers = tiers_.get()},
+                                                 llama_.get(), backend_.get(), model_->tokenizer.get()));
+  info_.kv_blocks = engine_->kv_view().num_blocks;
+  engine::EngineRunner::Options runner_options;
+  runner_options.on_tick =
+      [this, gauges = EngineTickGauges(metrics_, tiers_.get(), store_client_.get())](engine::Engine& e) {
+        gauges(e);
+        if (decode_on_engine_thread_ != nullptr) decode_on_engine_thread_->ExpireReservations(e);
+      };
+  runner_ = std::make_unique<engine::EngineRunner>(engine_.get(), runner_options);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<grpc::Service*> WorkerProcess::MakeService() {
+  // Called by the services when a request arrives, before it waits for the
+  // engine: never blocks (a full prefetch queue drops the prefetch). With
+  // the router's hint, exactly the blocks it names (none when it names
+  // none); without one, whatever the tiers hold of the hashed prompt.
+  std::function<void(absl::Span<const int32_t>, const tandem::v1::PrefetchHint*)> on_prompt;
+  if (prefetcher_ != nullptr) {
+    on_prompt = [p = prefetcher_.get()](absl::Span<const int32_t> tokens,
+                                        const tandem::v1::PrefetchHint* hint) {
+      if (hint == nullptr) {
+        (void)p->Enqueue(tokens);
+      } else if (hint->block_hashes_size() > 0) {
+        (void)p->EnqueueHashes(absl::MakeConstSpan(hint->block_hashes().data(), hint->block_hashes_size()),
+                               hint->first_block(), tokens);
+      }
+    };
+  }
+  const kernels::KvCacheView& kv = engine_->kv_view();
+  if (options_.role == Role::kPrefill) {
+    prefill_service_ = std::make_unique<prefill_worker::PrefillService>(
+        prefill_worker::PrefillServiceOptions{.worker_id = info_.worker_id,
+                                              .model_id = info_.model_id,
+                                              .block_size = options_.block_size,
+                                              .block_bytes = kv.layout.BlockBytes(),
+                                              .kv_base = reinterpret_cast<const uint8_t*>(kv.base),
+                                              .on_prompt = on_prompt},
+        runner_.get(), transfer_.get());
+    return prefill_service_.get();
+  }
+  // Prefill workers write prompts' KV straight into this pool over UCX.
+  const size_t pool_bytes = static_cast<size_t>(kv.num_blocks) * kv.layout.BlockBytes();
+  auto region = transfer_->Register(kv.base, pool_bytes, transfer::MemoryKind::kHost);
+  if (!region.ok()) return Prefixed(region.status(), "cannot register the KV pool: ");
+  decode_service_ = std::make_unique<decode_worker::DecodeService>(
+      decode_worker::DecodeServiceOptions{.worker_id = info_.worker_id,
+                                          .model_id = info_.model_id,
+                                          .kv_region = *region,
+                                          .ucx_worker_address = transfer_->worker_address(),
+                                          .block_size = options_.block_size,
+                                          .block_bytes = kv.layout.BlockBytes(),
+                                          .on_prompt = on_prompt},
+      runner_.get(), model_->tokenizer.get());
+  return decode_service_.get();
+}
+
+absl::Status WorkerProcess::StartServices() {
+  TANDEM_ASSIGN_OR_RETURN(grpc::Service * service, MakeService());
+  // The engine thread's tick expires the decode service's reservations from
+  // now on (the pointer is only touched on that thread).
+  TANDEM_RETURN_IF_ERROR(runner_->Run(
+      [this](engine::Engine&) {
+        decode_on_engine_thread_ = decode_service_.get();
+        return absl::OkStatus();
+      },
+      absl::Now() + absl::Seconds(10)));
+  snapshot_service_ = std::make_unique<KvSnapshotService>(
+      kv_events_.get(), info_.worker_id, [runner = runner_.get()] { return ToWorkerLoad(runner->load()); });
+  TANDEM_ASSIGN_OR_RETURN(
+      RunningGrpcServer server,
+      StartGrpcServer(
+          {.host = options_.host, .port = options_.port, .credentials = options_.server_credentials},
+          {service, snapshot_service_.get()}));
+  grpc_server_ = std::move(server.server);
+  info_.grpc_port = server.port;
+  info_.address = server.address;
+  return absl::OkStatus();
+}
+
+absl::Status WorkerProcess::StartMetricsServer() {
+  if (options_.metrics_port < 0) return absl::OkStatus();
+  auto server = http::Server::Create({.host = options_.host, .port = options_.metrics_port});
+  if (!server.ok()) return Prefixed(server.status(), "metrics: ");
+  metrics_server_ = *std::move(server);
+  metrics_server_->Handle(
+      "GET", "/metrics",
+      [&metrics = metrics_](const http::Request&, std::shared_ptr<http::ResponseWriter> w) {
+        w->Send({.status = 200,
+                 .content_type = "text/plain; version=0.0.4; charset=utf-8",
+                 .body = metrics.RenderPrometheus()});
+      });
+  metrics_server_->Handle("GET", "/health",
+                          [](const http::Request&, std::shared_ptr<http::ResponseWriter> w) {
+                            w->Send({.status = 200, .content_type = "text/plain", .body = "ok\n"});
+                          });
+  if (absl::Status s = metrics_server_->Start(); !s.ok()) return Prefixed(s, "metrics: ");
+  info_.metrics_port = metrics_server_->port();
+  return absl::OkStatus();
+}
+
+absl::Status WorkerProcess::JoinRouter() {
+  if (options_.router.empty()) return absl::OkStatus();
+  tandem::v1::RegisterRequest reg;
+  reg.set_worker_id(info_.worker_id);
+  reg.set_role(options_.role == Role::kDecode ? tandem::v1::WORKER_ROLE_DECODE
+                                              : tandem::v1::WORKER_ROLE_PREFILL);
+  reg.set_address(info_.address);
+  reg.set_model_id(info_.model_id);
+  reg.set_block_size(options_.block_size);
+  router_link_ = std::make_unique<RouterLink>();
+  router_link_->stub = tandem::v1::WorkerRegistry::NewStub(options_.channel_factory(options_.router));
+  router_link_->membership = std::make_unique<RouterMembership>(
+      RouterMembership::Options{.registration = reg,
+                                .load = [runner = runner_.get()] { return ToWorkerLoad(runner->load()); },
+                                .on_heartbeat = LoadGauges(metrics_)},
+      router_link_->stub.get(), kv_events_.get());
+  // Register retries until the router answers (RouterMembership::Options).
+  if (grpc::Status registered = router_link_->membership->Register(); !registered.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot register with router ", options_.router, ": ", registered.error_message()));
+  }
+  router_link_->membership->Start();
+  return absl::OkStatus();
+}
+
+absl::Status WorkerProcess::Run() {
+  {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&stop_requested_));
+  }
+  Shutdown();
+  return absl::OkStatus();
+}
+
+void WorkerProcess::Stop() {
+  absl::MutexLock lock(&mu_);
+  stop_requested_ = true;
+}
+
+void WorkerProcess::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+  }
+  if (router_link_ != nullptr) router_link_->membership->Stop();
+  if (metrics_server_ != nullptr) metrics_server_->Shutdown(absl::Now() + absl::Seconds(1));
+  if (grpc_server_ != nullptr) grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  if (runner_ != nullptr) runner_->Stop();
+}
+
+}  // namespace tandem::worker_common
