@@ -5,33 +5,18 @@
 #define TANDEM_KVSTORE_TEST_UTIL_H_
 
 #include <cstdint>
-#include <cstdlib>
-#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "tests/testing/gate.h"
+#include "tests/testing/temp_dir.h"
 
 namespace tandem::kvstore::testing {
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = ::testing::TempDir() + "/kvstore_test_XXXXXX";
-    if (mkdtemp(tmpl.data()) == nullptr) ADD_FAILURE() << "mkdtemp failed";
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+// A temporary directory removed on destruction (tests/testing/temp_dir.h).
+using ::tandem::testing::TempDir;
 
 // Holds a tier copy (from the loader thread) until the test releases it
 // (tests/testing/gate.h, shared with the engine's tests).

@@ -13,11 +13,13 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace tandem::model {
 namespace {
 
 using ::tandem::testing::StatusIs;
+using ::tandem::testing::TempDir;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 using OJson = nlohmann::ordered_json;
@@ -69,22 +71,6 @@ std::vector<Tensor> SampleTensors() {
           {"scalar", "F32", {}, Pattern(4, 4)}};
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "safetensors_test_XXXXXX").string();
-    path_ = mkdtemp(tmpl.data());
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-  void Write(const std::string& name, const std::string& bytes) const {
-    std::ofstream(path_ + "/" + name, std::ios::binary) << bytes;
-  }
-
- private:
-  std::string path_;
-};
-
 void ExpectSame(const SafetensorsTensor* got, const Tensor& want) {
   ASSERT_NE(got, nullptr) << want.name;
   EXPECT_EQ(got->dtype_name, want.dtype);
@@ -96,7 +82,7 @@ void ExpectSame(const SafetensorsTensor* got, const Tensor& want) {
 }
 
 TEST(SafetensorsTest, SingleFileRoundTrips) {
-  TempDir dir;
+  TempDir dir("safetensors_test_");
   const std::vector<Tensor> tensors = SampleTensors();
   dir.Write("model.safetensors", Serialize(tensors, {{"format", "pt"}}));
   ASSERT_OK_AND_ASSIGN(auto ckpt, SafetensorsCheckpoint::Open(dir.path()));
@@ -117,7 +103,7 @@ TEST(SafetensorsTest, SingleFileRoundTrips) {
 }
 
 TEST(SafetensorsTest, ShardedRoundTrips) {
-  TempDir dir;
+  TempDir dir("safetensors_test_");
   const std::vector<Tensor> tensors = SampleTensors();
   const std::vector<Tensor> a(tensors.begin(), tensors.begin() + 2);
   const std::vector<Tensor> b(tensors.begin() + 2, tensors.end());
@@ -174,7 +160,7 @@ TEST(SafetensorsTest, IndexErrors) {
 }
 
 TEST(SafetensorsTest, DirectoryWithoutCheckpointIsNotFound) {
-  TempDir dir;
+  TempDir dir("safetensors_test_");
   EXPECT_THAT(SafetensorsCheckpoint::Open(dir.path()),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("model.safetensors")));
   EXPECT_THAT(SafetensorsCheckpoint::Open(dir.path() + "/missing"), StatusIs(absl::StatusCode::kNotFound));

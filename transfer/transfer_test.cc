@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
@@ -448,21 +449,33 @@ TEST(ReceiverTest, SurvivesASenderKilledMidWrite) {
   if (std::getenv(kRoleEnv) != nullptr) GTEST_SKIP();
   std::unique_ptr<Child> child = SpawnChild("sender");
   ASSERT_NE(child, nullptr);
+  // Armed once the sender is streaming; fires when one of its writes lands
+  // here. The sender is then inside Write (its acknowledgement not yet seen)
+  // and issues the next one at once: killed there, it dies mid-stream.
+  // (Declared before the engine, whose observer uses them, so they outlive it.)
+  std::atomic<bool> armed{false};
+  std::atomic<bool> fired{false};
+  absl::Notification landed;
   std::unique_ptr<TransferEngine> receiver = MakeEngine("receiver");
   ASSERT_NE(receiver, nullptr);
   ASSERT_OK_AND_ASSIGN(RegisteredRegion region, receiver->Allocate(kRegionBytes));
+  ASSERT_OK(receiver->SetWriteObserver([&](uint32_t, uint64_t, size_t) {
+    if (armed.load() && !fired.exchange(true)) landed.Notify();
+  }));
   RemoteRegion remote = RemoteRegion::Of(receiver->worker_address(), region, "receiver");
   ASSERT_TRUE(SendMessage(child->to_child, EncodeRemoteRegion(remote)));
   std::string started;
   ASSERT_TRUE(ReceiveMessage(child->from_child, started, absl::Now() + absl::Seconds(20)));
   ASSERT_EQ(started, "started");
-  absl::SleepFor(absl::Milliseconds(50));  // mid-stream
+  armed = true;
+  ASSERT_TRUE(landed.WaitForNotificationWithTimeout(absl::Seconds(20))) << "the sender stopped writing";
   ASSERT_EQ(kill(child->pid, SIGKILL), 0);
   ASSERT_EQ(waitpid(child->pid, nullptr, 0), child->pid);
   child->pid = -1;
-  absl::SleepFor(absl::Milliseconds(200));
+  ASSERT_OK(receiver->SetWriteObserver(nullptr));
 
-  // The receiver still serves other writers.
+  // The receiver still serves other writers, at once: no grace period for
+  // whatever the dead sender left half done.
   std::unique_ptr<TransferEngine> other = MakeEngine("other");
   ASSERT_NE(other, nullptr);
   std::vector<uint8_t> data = RandomBytes(2 << 20, 21);
