@@ -1,14 +1,20 @@
 #include "decode_worker/decode_service.h"
 
+#include <algorithm>
+#include <deque>
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <utility>
 
 #include "absl/strings/str_format.h"
 #include "common/metrics.h"
+#include "common/status_macros.h"
 #include "kvstore/block_format.h"
 #include "model/text_stream.h"
 #include "proto/grpc_status.h"
+#include "proto/sampling_defaults.h"
+#include "transfer/ucx_region_proto.h"
 #include "worker_common/worker_status.h"
 
 namespace tandem::decode_worker {
@@ -16,16 +22,17 @@ namespace {
 
 using tandem::v1::GenerateResponse;
 
+// How long a unary call's work may wait for the engine thread.
+constexpr absl::Duration kEngineCallTimeout = absl::Seconds(10);
+
 engine::SamplingParams FromProto(const tandem::v1::SamplingParams& p) {
   engine::SamplingParams s;
   s.temperature = p.temperature();
   s.top_k = p.top_k();
-  s.top_p = p.top_p() == 0 ? 1.0f : p.top_p();
+  s.top_p = EffectiveTopP(p);
   if (p.has_seed()) s.seed = p.seed();
   return s;
 }
-
-constexpr absl::Duration kEngineCallTimeout = absl::Seconds(10);
 
 // ReserveRequest and DecodeRequest carry the same request fields.
 template <typename Proto>
@@ -39,7 +46,235 @@ engine::EngineRequest ToEngineRequest(int64_t id, const Proto& r) {
   return req;
 }
 
+absl::Time Earliest(absl::Time a, absl::Time b) { return std::min(a, b); }
+
 }  // namespace
+
+// One Decode call. gRPC owns the reactor until OnDone, which deletes it. The
+// engine thread reaches it through the request's listener (and, in kv_ready
+// mode, the Activate command), which the runner calls until exactly one final
+// update; the stream finishes the RPC only after that update, so every
+// engine-thread call finds the reactor alive. Writes: one in flight; tokens
+// that arrive meanwhile are coalesced into the next chunk.
+class DecodeStream final : public grpc::ServerWriteReactor<GenerateResponse> {
+ public:
+  DecodeStream(DecodeService* service, grpc::CallbackServerContext* context,
+               const tandem::v1::DecodeRequest& request)
+      : service_(service),
+        request_id_(request.request_id()),
+        deadline_(absl::FromChrono(context->deadline())),
+        text_(service->tokenizer_) {
+    const absl::Status started =
+        request.kv_ready() ? StartFromReservation(request) : StartAggregated(request);
+    if (!started.ok()) {
+      absl::MutexLock lock(&mu_);
+      final_ = started;
+      PumpLocked();
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (!ok) {
+      // The client is gone: stop the request; its final update still comes
+      // and finishes the RPC.
+      queue_.clear();
+      StopEngineRequestLocked();
+    } else if (!queue_.empty()) {
+      queue_.pop_front();
+    }
+    PumpLocked();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    StopEngineRequestLocked();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  // Entry modes. Each queues the engine work that ends in the listener's
+  // final update, or fails without queueing anything.
+  absl::Status StartFromReservation(const tandem::v1::DecodeRequest& r);
+  absl::Status StartAggregated(const tandem::v1::DecodeRequest& r);
+  absl::Status StartEngineRequest(engine::EngineRequest request);
+  absl::Status Activate(int64_t id, int32_t first_token);
+
+  engine::EngineRunner::Listener Listener() {
+    return [this](const engine::SequenceUpdate& u) { OnUpdate(u); };
+  }
+  // Engine thread: the prefill worker's token, once Activate succeeded
+  // (before any Step update of the request).
+  void OnActivated(int32_t first_token);
+  // Engine thread: a Step's update (the last has end != kNone).
+  void OnUpdate(const engine::SequenceUpdate& u);
+
+  void AddTokensLocked(absl::Span<const int32_t> tokens) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AddTextLocked(const std::string& text) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The chunk new tokens go into: the queue's last message unless that one
+  // is being written.
+  tandem::v1::TokenChunk* PendingChunkLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  GenerateResponse SummaryLocked(engine::SequenceEnd end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void StopEngineRequestLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  DecodeService* const service_;
+  const std::string request_id_;
+  // The client's deadline: the engine cancels the request past it.
+  const absl::Time deadline_;
+
+  absl::Mutex mu_;
+  // Set once the engine holds the request (listener registered or queued).
+  std::optional<int64_t> engine_id_ ABSL_GUARDED_BY(mu_);
+  model::TextStream text_ ABSL_GUARDED_BY(mu_);
+  int32_t generated_ ABSL_GUARDED_BY(mu_) = 0;
+  int32_t cached_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<GenerateResponse> queue_ ABSL_GUARDED_BY(mu_);  // front is being written when writing_
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool client_gone_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<absl::Status> final_ ABSL_GUARDED_BY(mu_);
+};
+
+absl::Status DecodeStream::StartFromReservation(const tandem::v1::DecodeRequest& r) {
+  TANDEM_ASSIGN_OR_RETURN(DecodeService::Reservation reserved, service_->TakeReservation(r.request_id()));
+  if (r.kv_block_crc32c_size() > 0) {
+    const absl::Status verified = service_->CheckTransferredBlocks(r, reserved);
+    if (!verified.ok()) {
+      // A block that fails its checksum: drop the reservation and prefill
+      // the prompt here from its ReserveRequest (same stream for the client).
+      service_->ReleaseReservedAsync(reserved.engine_id);
+      if (verified.code() != absl::StatusCode::kDataLoss) return verified;
+      return StartEngineRequest(ToEngineRequest(service_->NextEngineId(), reserved.request));
+    }
+  }
+  return Activate(reserved.engine_id, r.first_token());
+}
+
+absl::Status DecodeStream::StartAggregated(const tandem::v1::DecodeRequest& r) {
+  engine::EngineRequest req = ToEngineRequest(service_->NextEngineId(), r);
+  if (service_->options_.on_prompt) {
+    service_->options_.on_prompt(req.prompt_tokens, r.has_prefetch_hint() ? &r.prefetch_hint() : nullptr);
+  }
+  return StartEngineRequest(std::move(req));
+}
+
+absl::Status DecodeStream::StartEngineRequest(engine::EngineRequest request) {
+  const int64_t id = request.id;
+  absl::MutexLock lock(&mu_);
+  TANDEM_RETURN_IF_ERROR(service_->runner_->SubmitAsync(std::move(request), Listener(), deadline_));
+  engine_id_ = id;
+  return absl::OkStatus();
+}
+
+absl::Status DecodeStream::Activate(int64_t id, int32_t first_token) {
+  absl::MutexLock lock(&mu_);
+  absl::Status queued = service_->runner_->ListenAndRunAsync(
+      id, Listener(),
+      [this, id, first_token](engine::Engine& e) {
+        absl::Status s = e.Activate(id, first_token);
+        if (!s.ok()) {
+          (void)e.ReleaseReserved(id);
+          return s;
+        }
+        OnActivated(first_token);
+        return s;
+      },
+      deadline_);
+  if (!queued.ok()) {
+    service_->ReleaseReservedAsync(id);
+    return queued;
+  }
+  engine_id_ = id;
+  return absl::OkStatus();
+}
+
+void DecodeStream::OnActivated(int32_t first_token) {
+  absl::MutexLock lock(&mu_);
+  AddTokensLocked({&first_token, 1});
+  PumpLocked();
+}
+
+void DecodeStream::OnUpdate(const engine::SequenceUpdate& u) {
+  absl::MutexLock lock(&mu_);
+  cached_tokens_ = std::max(cached_tokens_, u.cached_tokens);
+  AddTokensLocked(u.new_tokens);
+  switch (u.end) {
+    case engine::SequenceEnd::kNone:
+      break;
+    case engine::SequenceEnd::kError:
+      final_ = u.error;
+      break;
+    case engine::SequenceEnd::kCancelled:
+      final_ = absl::CancelledError("request cancelled");
+      break;
+    case engine::SequenceEnd::kLength:
+    case engine::SequenceEnd::kStop:
+      AddTextLocked(text_.Finish());
+      if (!client_gone_) queue_.push_back(SummaryLocked(u.end));
+      final_ = absl::OkStatus();
+      break;
+  }
+  PumpLocked();
+}
+
+void DecodeStream::AddTokensLocked(absl::Span<const int32_t> tokens) {
+  if (tokens.empty() || client_gone_) return;
+  tandem::v1::TokenChunk* chunk = PendingChunkLocked();
+  for (int32_t t : tokens) {
+    chunk->add_token_ids(t);
+    *chunk->mutable_text() += text_.Push(t);
+    ++generated_;
+  }
+}
+
+void DecodeStream::AddTextLocked(const std::string& text) {
+  if (text.empty() || client_gone_) return;
+  *PendingChunkLocked()->mutable_text() += text;
+}
+
+tandem::v1::TokenChunk* DecodeStream::PendingChunkLocked() {
+  const size_t in_flight = writing_ ? 1 : 0;
+  if (queue_.size() <= in_flight || !queue_.back().has_chunk()) queue_.emplace_back();
+  return queue_.back().mutable_chunk();
+}
+
+GenerateResponse DecodeStream::SummaryLocked(engine::SequenceEnd end) {
+  GenerateResponse done;
+  tandem::v1::GenerateSummary* summary = done.mutable_summary();
+  summary->set_request_id(request_id_);
+  summary->set_finish_reason(end == engine::SequenceEnd::kStop ? tandem::v1::FINISH_REASON_STOP
+                                                               : tandem::v1::FINISH_REASON_LENGTH);
+  summary->mutable_usage()->set_completion_tokens(generated_);
+  summary->mutable_usage()->set_cached_tokens(cached_tokens_);
+  summary->set_decode_worker(service_->options_.worker_id);
+  summary->set_model(service_->options_.model_id);
+  return done;
+}
+
+void DecodeStream::StopEngineRequestLocked() {
+  if (client_gone_) return;
+  client_gone_ = true;
+  // Nothing to cancel when the request ended or never reached the engine;
+  // otherwise its kCancelled update finishes the RPC.
+  if (engine_id_.has_value() && !final_.has_value()) (void)service_->runner_->CancelAsync(*engine_id_);
+}
+
+void DecodeStream::PumpLocked() {
+  if (writing_ || finished_) return;
+  if (!queue_.empty() && !client_gone_) {
+    writing_ = true;
+    StartWrite(&queue_.front());
+    return;
+  }
+  if (final_.has_value()) {
+    finished_ = true;
+    Finish(client_gone_ && final_->ok() ? grpc::Status(grpc::StatusCode::CANCELLED, "client gone")
+                                        : ToGrpc(*final_));
+  }
+}
 
 absl::Status VerifyTransferredBlocks(const uint8_t* kv_base, size_t block_bytes,
                                      absl::Span<const int32_t> block_ids, int32_t first_written,
@@ -63,65 +298,86 @@ absl::Status VerifyTransferredBlocks(const uint8_t* kv_base, size_t block_bytes,
   return absl::OkStatus();
 }
 
-grpc::Status DecodeService::Reserve(grpc::ServerContext*, const tandem::v1::ReserveRequest* r,
-                                    tandem::v1::KvReservation* response) {
+int64_t DecodeService::NextEngineId() {
+  absl::MutexLock lock(&mu_);
+  return next_engine_id_++;
+}
+
+void DecodeService::ReleaseReservedAsync(int64_t id) {
+  (void)runner_->Post([id](engine::Engine& e) { return e.ReleaseReserved(id); }, absl::InfiniteFuture());
+}
+
+grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* context,
+                                                 const tandem::v1::ReserveRequest* r,
+                                                 tandem::v1::KvReservation* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (r->request_id().empty()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id: empty");
+    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id: empty"));
+    return reactor;
   }
-  int64_t id;
+  const int64_t id = NextEngineId();
+  // `r` and `response` stay valid until Finish.
+  const absl::Status queued = runner_->Post(
+      [this, id, r, response](engine::Engine& e) { return ReserveOnEngine(e, id, *r, response); },
+      Earliest(absl::FromChrono(context->deadline()), absl::Now() + kEngineCallTimeout),
+      [reactor](const absl::Status& s) { reactor->Finish(ToGrpc(s)); });
+  if (!queued.ok()) reactor->Finish(ToGrpc(queued));
+  return reactor;
+}
+
+absl::Status DecodeService::ReserveOnEngine(engine::Engine& e, int64_t id,
+                                            const tandem::v1::ReserveRequest& r,
+                                            tandem::v1::KvReservation* response) {
   {
+    // Checked here, on the one thread that adds reservations, so two
+    // Reserves of one request id cannot both pass.
     absl::MutexLock lock(&mu_);
-    if (reservations_.contains(r->request_id())) {
-      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "request_id: already reserved");
-    }
-    id = next_engine_id_++;
+    if (reservations_.contains(r.request_id()))
+      return absl::AlreadyExistsError("request_id: already reserved");
   }
-  engine::EngineRequest req = ToEngineRequest(id, *r);
-  engine::KvReservation reservation;
-  absl::Status s = runner_->Run(
-      [&](engine::Engine& e) -> absl::Status {
-        absl::StatusOr<engine::KvReservation> res = e.Reserve(std::move(req));
-        if (!res.ok()) return res.status();
-        reservation = std::move(*res);
-        return absl::OkStatus();
-      },
-      absl::Now() + kEngineCallTimeout);
-  if (!s.ok()) return ToGrpc(s);
+  TANDEM_ASSIGN_OR_RETURN(engine::KvReservation reservation, e.Reserve(ToEngineRequest(id, r)));
   const absl::Duration ttl =
-      r->reservation_ttl_ms() > 0 ? absl::Milliseconds(r->reservation_ttl_ms()) : options_.reservation_ttl;
+      r.reservation_ttl_ms() > 0 ? absl::Milliseconds(r.reservation_ttl_ms()) : options_.reservation_ttl;
+  const int32_t cached_blocks = reservation.cached_tokens / options_.block_size;
   {
     absl::MutexLock lock(&mu_);
-    reservations_[r->request_id()] = {id, absl::Now() + ttl, reservation.block_ids,
-                                      reservation.cached_tokens / options_.block_size, *r};
+    reservations_[r.request_id()] = {id, absl::Now() + ttl, reservation.block_ids, cached_blocks, r};
   }
-  response->set_request_id(r->request_id());
-  response->set_ucx_worker_address(options_.ucx_worker_address);
-  response->set_region_id(options_.kv_region.region_id);
-  response->set_region_base(options_.kv_region.base_address);
-  response->set_region_bytes(options_.kv_region.bytes);
-  response->set_packed_rkey(options_.kv_region.packed_rkey);
+  response->set_request_id(r.request_id());
+  transfer::RegionToProto(options_.ucx_worker_address, options_.kv_region, response->mutable_region());
   response->set_block_size(options_.block_size);
   response->set_block_bytes(options_.block_bytes);
   response->set_model_id(options_.model_id);
   *response->mutable_block_ids() = {reservation.block_ids.begin(), reservation.block_ids.end()};
-  response->set_cached_blocks(reservation.cached_tokens / options_.block_size);
-  return grpc::Status::OK;
+  response->set_cached_blocks(cached_blocks);
+  return absl::OkStatus();
 }
 
-grpc::Status DecodeService::Release(grpc::ServerContext*, const tandem::v1::ReleaseRequest* r,
-                                    tandem::v1::ReleaseResponse*) {
-  int64_t id;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = reservations_.find(r->request_id());
-    if (it == reservations_.end()) {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND, "request_id: no such reservation");
-    }
-    id = it->second.engine_id;
-    reservations_.erase(it);
+grpc::ServerUnaryReactor* DecodeService::Release(grpc::CallbackServerContext* context,
+                                                 const tandem::v1::ReleaseRequest* r,
+                                                 tandem::v1::ReleaseResponse*) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<Reservation> reserved = TakeReservation(r->request_id());
+  if (!reserved.ok()) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "request_id: no such reservation"));
+    return reactor;
   }
-  return ToGrpc(runner_->Run([id](engine::Engine& e) { return e.ReleaseReserved(id); },
-                             absl::Now() + kEngineCallTimeout));
+  const int64_t id = reserved->engine_id;
+  const absl::Status queued = runner_->Post([id](engine::Engine& e) { return e.ReleaseReserved(id); },
+                                            absl::Now() + kEngineCallTimeout,
+                                            [reactor](const absl::Status& s) { reactor->Finish(ToGrpc(s)); });
+  if (!queued.ok()) reactor->Finish(ToGrpc(queued));
+  return reactor;
+}
+
+absl::StatusOr<DecodeService::Reservation> DecodeService::TakeReservation(const std::string& request_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = reservations_.find(request_id);
+  if (it == reservations_.end())
+    return absl::NotFoundError("request_id: no reservation (expired or unknown)");
+  Reservation reserved = std::move(it->second);
+  reservations_.erase(it);
+  return reserved;
 }
 
 void DecodeService::ExpireReservations(engine::Engine& engine) {
@@ -141,153 +397,48 @@ void DecodeService::ExpireReservations(engine::Engine& engine) {
   for (int64_t id : expired) (void)engine.ReleaseReserved(id);
 }
 
-grpc::Status DecodeService::Decode(grpc::ServerContext* context, const tandem::v1::DecodeRequest* r,
-                                   grpc::ServerWriter<GenerateResponse>* writer) {
-  auto queue = std::make_shared<engine::UpdateQueue>();
-  auto listener = [queue](const engine::SequenceUpdate& u) { queue->Push(u); };
-  int64_t id;
-  model::TextStream text(tokenizer_);
-  int32_t generated = 0;
-  // A kv_ready request whose transferred blocks fail their checksums is
-  // prefilled here from its reservation's request instead.
-  std::optional<tandem::v1::ReserveRequest> recompute;
-  if (r->kv_ready()) {
-    Reservation reserved;
-    {
-      absl::MutexLock lock(&mu_);
-      auto it = reservations_.find(r->request_id());
-      if (it == reservations_.end()) {
-        return grpc::Status(grpc::StatusCode::NOT_FOUND, "request_id: no reservation (expired or unknown)");
-      }
-      reserved = std::move(it->second);
-      reservations_.erase(it);  // no longer subject to expiry
-    }
-    id = reserved.engine_id;
-    if (r->kv_block_crc32c_size() > 0) {
-      // The reserved blocks are this request's alone until Activate or
-      // ReleaseReserved, and the prefill worker's write completed before
-      // the router sent this call: reading them here races with nothing.
-      const absl::Status verified = VerifyTransferredBlocks(
-          reinterpret_cast<const uint8_t*>(options_.kv_region.base_address), options_.block_bytes,
-          reserved.block_ids, reserved.cached_blocks,
-          absl::MakeConstSpan(r->kv_block_crc32c().data(), r->kv_block_crc32c_size()));
-      static Counter* const verified_blocks =
-          DefaultMetricsRegistry()
-              .Counter("tandem_worker_kv_transfer_verified_blocks_total",
-                       "Transferred KV blocks checked against the prefill worker's CRC32C", {})
-              ->WithLabels({});
-      static Counter* const failures =
-          DefaultMetricsRegistry()
-              .Counter("tandem_worker_kv_transfer_checksum_failures_total",
-                       "Requests whose transferred KV failed its CRC32C check and were prefilled here", {})
-              ->WithLabels({});
-      if (verified.ok()) {
-        verified_blocks->Increment(static_cast<double>(r->kv_block_crc32c_size()));
-      } else {
-        failures->Increment();
-        std::cerr << "decode worker: request " << r->request_id() << ": " << verified.message()
-                  << "; prefilling it here\n";
-        (void)runner_->Run([id](engine::Engine& e) { return e.ReleaseReserved(id); },
-                           absl::Now() + kEngineCallTimeout);
-        if (verified.code() != absl::StatusCode::kDataLoss) return ToGrpc(verified);
-        recompute = std::move(reserved.request);
-      }
-    }
-  }
-  if (recompute.has_value()) {
-    {
-      absl::MutexLock lock(&mu_);
-      id = next_engine_id_++;
-    }
-    absl::Status s =
-        runner_->Submit(ToEngineRequest(id, *recompute), listener, absl::Now() + kEngineCallTimeout);
-    if (!s.ok()) return ToGrpc(s);
-  } else if (r->kv_ready()) {
-    const int32_t first = r->first_token();
-    absl::Status s = runner_->ListenAndRun(
-        id, listener, [id, first](engine::Engine& e) { return e.Activate(id, first); },
-        absl::Now() + kEngineCallTimeout);
-    if (!s.ok()) {
-      (void)runner_->Run([id](engine::Engine& e) { return e.ReleaseReserved(id); },
-                         absl::Now() + kEngineCallTimeout);
-      return ToGrpc(s);
-    }
-    GenerateResponse out;
-    out.mutable_chunk()->add_token_ids(first);
-    out.mutable_chunk()->set_text(text.Push(first));
-    generated = 1;
-    if (!writer->Write(out)) {
-      (void)runner_->Run([id](engine::Engine& e) { return e.Cancel(id); }, absl::Now() + kEngineCallTimeout);
-      return grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
-    }
+absl::Status DecodeService::CheckTransferredBlocks(const tandem::v1::DecodeRequest& r,
+                                                   const Reservation& reserved) {
+  // The reserved blocks are this request's alone until Activate or
+  // ReleaseReserved, and the prefill worker's write completed before the
+  // router sent this call: reading them here races with nothing.
+  const absl::Status verified =
+      VerifyTransferredBlocks(reinterpret_cast<const uint8_t*>(options_.kv_region.base_address),
+                              options_.block_bytes, reserved.block_ids, reserved.cached_blocks,
+                              absl::MakeConstSpan(r.kv_block_crc32c().data(), r.kv_block_crc32c_size()));
+  static Counter* const verified_blocks =
+      DefaultMetricsRegistry()
+          .Counter("tandem_worker_kv_transfer_verified_blocks_total",
+                   "Transferred KV blocks checked against the prefill worker's CRC32C", {})
+          ->WithLabels({});
+  static Counter* const failures =
+      DefaultMetricsRegistry()
+          .Counter("tandem_worker_kv_transfer_checksum_failures_total",
+                   "Requests whose transferred KV failed its CRC32C check and were prefilled here", {})
+          ->WithLabels({});
+  if (verified.ok()) {
+    verified_blocks->Increment(static_cast<double>(r.kv_block_crc32c_size()));
   } else {
-    {
-      absl::MutexLock lock(&mu_);
-      id = next_engine_id_++;
-    }
-    engine::EngineRequest req = ToEngineRequest(id, *r);
-    if (options_.on_prompt) {
-      options_.on_prompt(req.prompt_tokens, r->has_prefetch_hint() ? &r->prefetch_hint() : nullptr);
-    }
-    absl::Status s = runner_->Submit(std::move(req), listener, absl::Now() + kEngineCallTimeout);
-    if (!s.ok()) return ToGrpc(s);
+    failures->Increment();
+    std::cerr << "decode worker: request " << r.request_id() << ": " << verified.message()
+              << "; prefilling it here\n";
   }
-
-  const absl::Time deadline = absl::FromChrono(context->deadline());
-  int32_t cached_tokens = 0;
-  for (;;) {
-    std::optional<engine::SequenceUpdate> u = queue->Pop(absl::Now() + absl::Milliseconds(100));
-    if (context->IsCancelled() || absl::Now() > deadline) {
-      (void)runner_->Run([id](engine::Engine& e) { return e.Cancel(id); }, absl::Now() + kEngineCallTimeout);
-      return grpc::Status(
-          context->IsCancelled() ? grpc::StatusCode::CANCELLED : grpc::StatusCode::DEADLINE_EXCEEDED,
-          "decode stopped");
-    }
-    if (!u.has_value()) continue;
-    cached_tokens = std::max(cached_tokens, u->cached_tokens);
-    if (!u->new_tokens.empty()) {
-      GenerateResponse out;
-      for (int32_t t : u->new_tokens) {
-        out.mutable_chunk()->add_token_ids(t);
-        *out.mutable_chunk()->mutable_text() += text.Push(t);
-        ++generated;
-      }
-      if (!writer->Write(out)) {
-        (void)runner_->Run([id](engine::Engine& e) { return e.Cancel(id); },
-                           absl::Now() + kEngineCallTimeout);
-        return grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
-      }
-    }
-    if (u->end == engine::SequenceEnd::kNone) continue;
-    if (u->end == engine::SequenceEnd::kError) return ToGrpc(u->error);
-    if (u->end == engine::SequenceEnd::kCancelled) {
-      return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
-    }
-    const std::string rest = text.Finish();
-    if (!rest.empty()) {
-      GenerateResponse out;
-      out.mutable_chunk()->set_text(rest);
-      writer->Write(out);
-    }
-    GenerateResponse done;
-    tandem::v1::GenerateSummary* summary = done.mutable_summary();
-    summary->set_request_id(r->request_id());
-    summary->set_finish_reason(u->end == engine::SequenceEnd::kStop ? tandem::v1::FINISH_REASON_STOP
-                                                                    : tandem::v1::FINISH_REASON_LENGTH);
-    summary->mutable_usage()->set_completion_tokens(generated);
-    summary->mutable_usage()->set_cached_tokens(cached_tokens);
-    summary->set_decode_worker(options_.worker_id);
-    summary->set_model(options_.model_id);
-    writer->Write(done);
-    return grpc::Status::OK;
-  }
+  return verified;
 }
 
-grpc::Status DecodeService::Status(grpc::ServerContext*, const tandem::v1::WorkerStatusRequest*,
-                                   tandem::v1::WorkerStatus* response) {
+grpc::ServerWriteReactor<GenerateResponse>* DecodeService::Decode(grpc::CallbackServerContext* context,
+                                                                  const tandem::v1::DecodeRequest* request) {
+  return new DecodeStream(this, context, *request);
+}
+
+grpc::ServerUnaryReactor* DecodeService::Status(grpc::CallbackServerContext* context,
+                                                const tandem::v1::WorkerStatusRequest*,
+                                                tandem::v1::WorkerStatus* response) {
   *response = worker_common::ToWorkerStatus(options_.worker_id, tandem::v1::WORKER_ROLE_DECODE,
                                             options_.model_id, runner_->load());
-  return grpc::Status::OK;
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
 }
 
 }  // namespace tandem::decode_worker

@@ -12,9 +12,32 @@
 //               (aggregated mode). Streams token chunks, then a summary.
 //   Release  -> gives a reservation back.
 //
-// Handlers use gRPC's synchronous API and only enqueue work for the engine
-// thread; each stream waits on its own queue with a deadline and notices
-// client cancellation within 100 ms.
+// A worker process builds it (worker_common/worker_process.cc):
+//
+//   engine::EngineRunner runner(engine, {.on_tick = [&](engine::Engine& e) {
+//     service->ExpireReservations(e); }});
+//   DecodeService service({.worker_id = "decode-0", .model_id = model,
+//                          .kv_region = registered_pool,
+//                          .ucx_worker_address = transfer->worker_address(),
+//                          .block_size = 16, .block_bytes = layout.BlockBytes()},
+//                         &runner, tokenizer);
+//   builder.RegisterService(&service);  // a grpc::ServerBuilder
+//
+// Handlers are gRPC callback reactors and never wait: each RPC queues its
+// work on the engine thread (EngineRunner::Post / SubmitAsync /
+// ListenAndRunAsync) and is finished from the engine thread's callbacks. A
+// Decode stream is a ServerWriteReactor with one write in flight; the
+// engine's token updates are queued (coalesced while a write is in flight)
+// and its final update writes the summary and finishes the RPC. A client that
+// cancels, a deadline that passes (the engine cancels the request within one
+// tick of EngineRunner::Options::tick) and the runner stopping all end the
+// stream and free its blocks; server shutdown cancels live streams, which
+// then end the same way.
+//
+// Thread safety: the RPC methods are called by gRPC from any thread;
+// ExpireReservations on the engine thread only. The service must outlive the
+// gRPC server it is registered with (Shutdown returns once every stream has
+// finished).
 #ifndef TANDEM_DECODE_WORKER_DECODE_SERVICE_H_
 #define TANDEM_DECODE_WORKER_DECODE_SERVICE_H_
 
@@ -25,6 +48,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "engine/engine_runner.h"
@@ -43,43 +67,61 @@ absl::Status VerifyTransferredBlocks(const uint8_t* kv_base, size_t block_bytes,
                                      absl::Span<const uint32_t> crc32c);
 
 struct DecodeServiceOptions {
+  // This worker's id, as registered with the router; names it in
+  // GenerateSummary.decode_worker. Required.
   std::string worker_id;
+  // The model the engine serves; reservations carry it so a prefill worker
+  // of another model refuses them. Required.
   std::string model_id;
-  // The engine's registered KV pool and the transfer engine's address.
+  // The engine's KV pool as registered with the transfer engine
+  // (TransferEngine::Register). Its base_address is also read here, to
+  // verify transferred blocks: the pool memory is borrowed and must stay
+  // registered and valid until the service is destroyed. Required.
   transfer::RegisteredRegion kv_region;
+  // The transfer engine's TransferEngine::worker_address(), which prefill
+  // workers connect to. Required.
   std::string ucx_worker_address;
+  // Tokens per KV block; must equal the engine's. Default: 16.
   int32_t block_size = 16;
+  // Bytes per KV block in the pool (KvCacheLayout::BlockBytes()). Required.
   uint64_t block_bytes = 0;
   // Default TTL of a reservation. Default: 30 s.
   absl::Duration reservation_ttl = absl::Seconds(30);
   // Called with an aggregated request's prompt (Decode without kv_ready)
   // and the router's prefetch hint (DecodeRequest.prefetch_hint; nullptr
   // when the request carries none) before it is queued in the engine (the
-  // worker starts its KV prefetch there, kvstore/prefetcher.h). Must not
-  // block. Default: empty.
+  // worker starts its KV prefetch there, kvstore/prefetcher.h). Runs on a
+  // gRPC thread; must not block. Default: empty.
   std::function<void(absl::Span<const int32_t>, const tandem::v1::PrefetchHint*)> on_prompt;
 };
 
-class DecodeService final : public tandem::v1::DecodeWorker::Service {
+class DecodeStream;  // decode_service.cc: one Decode call's reactor
+
+class DecodeService final : public tandem::v1::DecodeWorker::CallbackService {
  public:
-  // Borrowed: runner and tokenizer outlive the service.
+  // Borrowed: runner and tokenizer must outlive the service.
   DecodeService(DecodeServiceOptions options, engine::EngineRunner* runner, const model::Tokenizer* tokenizer)
       : options_(std::move(options)), runner_(runner), tokenizer_(tokenizer) {}
 
-  grpc::Status Reserve(grpc::ServerContext* context, const tandem::v1::ReserveRequest* request,
-                       tandem::v1::KvReservation* response) override;
-  grpc::Status Release(grpc::ServerContext* context, const tandem::v1::ReleaseRequest* request,
-                       tandem::v1::ReleaseResponse* response) override;
-  grpc::Status Decode(grpc::ServerContext* context, const tandem::v1::DecodeRequest* request,
-                      grpc::ServerWriter<tandem::v1::GenerateResponse>* writer) override;
-  grpc::Status Status(grpc::ServerContext* context, const tandem::v1::WorkerStatusRequest* request,
-                      tandem::v1::WorkerStatus* response) override;
+  grpc::ServerUnaryReactor* Reserve(grpc::CallbackServerContext* context,
+                                    const tandem::v1::ReserveRequest* request,
+                                    tandem::v1::KvReservation* response) override;
+  grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* context,
+                                    const tandem::v1::ReleaseRequest* request,
+                                    tandem::v1::ReleaseResponse* response) override;
+  grpc::ServerWriteReactor<tandem::v1::GenerateResponse>* Decode(
+      grpc::CallbackServerContext* context, const tandem::v1::DecodeRequest* request) override;
+  grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* context,
+                                   const tandem::v1::WorkerStatusRequest* request,
+                                   tandem::v1::WorkerStatus* response) override;
 
   // Releases reservations whose TTL passed. Called on the engine thread
   // (EngineRunner::Options::on_tick).
   void ExpireReservations(engine::Engine& engine);
 
  private:
+  friend class DecodeStream;
+
   struct Reservation {
     int64_t engine_id;
     absl::Time expires;
@@ -89,6 +131,20 @@ class DecodeService final : public tandem::v1::DecodeWorker::Service {
     int32_t cached_blocks = 0;
     tandem::v1::ReserveRequest request;
   };
+
+  int64_t NextEngineId();
+  // Engine thread: reserves blocks for `request` and records the
+  // reservation under its request id.
+  absl::Status ReserveOnEngine(engine::Engine& engine, int64_t id, const tandem::v1::ReserveRequest& request,
+                               tandem::v1::KvReservation* response);
+  // Takes request_id's reservation out of the table (no longer subject to
+  // expiry). NotFound when expired or unknown.
+  absl::StatusOr<Reservation> TakeReservation(const std::string& request_id);
+  // The transferred blocks of `reserved` checked against the request's
+  // CRC32Cs, counted in the worker's metrics.
+  absl::Status CheckTransferredBlocks(const tandem::v1::DecodeRequest& request, const Reservation& reserved);
+  // Gives reservation `id`'s blocks back on the engine thread, not waiting.
+  void ReleaseReservedAsync(int64_t id);
 
   const DecodeServiceOptions options_;
   engine::EngineRunner* const runner_;

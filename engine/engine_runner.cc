@@ -1,6 +1,19 @@
 #include "engine/engine_runner.h"
 
+#include <utility>
+
 namespace tandem::engine {
+namespace {
+
+SequenceUpdate ErrorUpdate(int64_t id, absl::Status status) {
+  SequenceUpdate u;
+  u.id = id;
+  u.end = SequenceEnd::kError;
+  u.error = std::move(status);
+  return u;
+}
+
+}  // namespace
 
 EngineRunner::EngineRunner(Engine* engine, Options options) : engine_(engine), options_(std::move(options)) {
   thread_ = std::thread([this] { Loop(); });
@@ -30,12 +43,23 @@ absl::Status EngineRunner::Run(std::function<absl::Status(Engine&)> fn, absl::Ti
   return cmd->result;
 }
 
+absl::Status EngineRunner::Post(std::function<absl::Status(Engine&)> fn, absl::Time deadline, Done done) {
+  auto cmd = std::make_shared<Command>();
+  cmd->fn = std::move(fn);
+  cmd->deadline = deadline;
+  cmd->on_done = std::move(done);
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("engine is stopping");
+  commands_.push_back(std::move(cmd));
+  return absl::OkStatus();
+}
+
 absl::Status EngineRunner::Submit(EngineRequest request, Listener listener, absl::Time deadline) {
   const int64_t id = request.id;
   return Run(
       [this, id, request = std::move(request), listener = std::move(listener)](Engine& e) mutable {
         absl::Status s = e.Add(std::move(request));
-        if (s.ok()) listeners_[id] = std::move(listener);
+        if (s.ok()) listeners_[id] = {std::move(listener)};
         return s;
       },
       deadline);
@@ -45,12 +69,57 @@ absl::Status EngineRunner::ListenAndRun(int64_t id, Listener listener,
                                         std::function<absl::Status(Engine&)> fn, absl::Time deadline) {
   return Run(
       [this, id, listener = std::move(listener), fn = std::move(fn)](Engine& e) mutable {
-        listeners_[id] = std::move(listener);
+        listeners_[id] = {std::move(listener)};
         absl::Status s = fn(e);
         if (!s.ok()) listeners_.erase(id);
         return s;
       },
       deadline);
+}
+
+absl::Status EngineRunner::SubmitAsync(EngineRequest request, Listener listener,
+                                       absl::Time request_deadline) {
+  const int64_t id = request.id;
+  // Shared by the command (which moves it into listeners_ on success) and
+  // its `done` (which ends it on failure): exactly one of them uses it.
+  auto shared = std::make_shared<Listener>(std::move(listener));
+  return Post(
+      [this, id, request = std::move(request), shared, request_deadline](Engine& e) mutable {
+        absl::Status s = e.Add(std::move(request));
+        if (s.ok()) listeners_[id] = {std::move(*shared), request_deadline};
+        return s;
+      },
+      request_deadline,
+      [id, shared](const absl::Status& s) {
+        if (!s.ok()) (*shared)(ErrorUpdate(id, s));
+      });
+}
+
+absl::Status EngineRunner::ListenAndRunAsync(int64_t id, Listener listener,
+                                             std::function<absl::Status(Engine&)> fn,
+                                             absl::Time request_deadline) {
+  auto shared = std::make_shared<Listener>(std::move(listener));
+  return Post(
+      [this, id, shared, fn = std::move(fn), request_deadline](Engine& e) {
+        // Registered first, so the updates fn causes (none today) reach it.
+        listeners_[id] = {*shared, request_deadline};
+        absl::Status s = fn(e);
+        if (!s.ok()) listeners_.erase(id);
+        return s;
+      },
+      request_deadline,
+      [id, shared](const absl::Status& s) {
+        if (!s.ok()) (*shared)(ErrorUpdate(id, s));
+      });
+}
+
+absl::Status EngineRunner::CancelAsync(int64_t id) {
+  return Post(
+      [this, id](Engine& e) {
+        if (!listeners_.contains(id)) return absl::OkStatus();  // ended already
+        return e.Cancel(id);
+      },
+      absl::InfiniteFuture());
 }
 
 EngineLoad EngineRunner::load() const {
@@ -62,20 +131,96 @@ void EngineRunner::Dispatch(const std::vector<SequenceUpdate>& updates) {
   for (const SequenceUpdate& u : updates) {
     auto it = listeners_.find(u.id);
     if (it == listeners_.end()) continue;
-    it->second(u);
-    if (u.end != SequenceEnd::kNone) listeners_.erase(it);
+    if (u.end == SequenceEnd::kNone) {
+      it->second.listener(u);
+      continue;
+    }
+    // Erased before the call: the final update is the last.
+    Listener listener = std::move(it->second.listener);
+    listeners_.erase(it);
+    listener(u);
+  }
+}
+
+void EngineRunner::ExpireDeadlines(absl::Time now) {
+  std::vector<int64_t> expired;
+  for (const auto& [id, entry] : listeners_) {
+    if (entry.deadline <= now) expired.push_back(id);
+  }
+  for (int64_t id : expired) {
+    // Its kCancelled update finds no listener and is dropped.
+    (void)engine_->Cancel(id);
+    auto it = listeners_.find(id);
+    Listener listener = std::move(it->second.listener);
+    listeners_.erase(it);
+    listener(ErrorUpdate(id, absl::DeadlineExceededError("the request did not end by its deadline")));
   }
 }
 
 void EngineRunner::FailAll(const absl::Status& status) {
-  for (auto& [id, listener] : listeners_) {
-    SequenceUpdate u;
-    u.id = id;
-    u.end = SequenceEnd::kError;
-    u.error = status;
-    listener(u);
+  absl::flat_hash_map<int64_t, ListenerEntry> listeners;
+  listeners.swap(listeners_);
+  for (auto& [id, entry] : listeners) entry.listener(ErrorUpdate(id, status));
+}
+
+void EngineRunner::RunCommands(const std::deque<std::shared_ptr<Command>>& batch) {
+  for (const std::shared_ptr<Command>& cmd : batch) {
+    if (cmd->deadline.has_value()) {  // Post
+      absl::Status result = absl::Now() > *cmd->deadline
+                                ? absl::DeadlineExceededError("engine thread did not reach the work in time")
+                                : cmd->fn(*engine_);
+      if (cmd->on_done) cmd->on_done(result);
+      continue;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      if (cmd->abandoned) continue;
+    }
+    absl::Status result = cmd->fn(*engine_);
+    absl::MutexLock lock(&mu_);
+    cmd->result = std::move(result);
+    cmd->done = true;
   }
-  listeners_.clear();
+}
+
+void EngineRunner::StepOnce(bool* stalled) {
+  const int64_t steps_before = engine_->stats().steps;
+  const int64_t decoded_before = engine_->stats().decode_tokens_computed;
+  const absl::Time step_start = absl::Now();
+  absl::StatusOr<std::vector<SequenceUpdate>> updates = engine_->Step();
+  const int64_t decoded = engine_->stats().decode_tokens_computed - decoded_before;
+  if (decoded > 0) {
+    // Weight 0.1: follows a load change within ~20 steps, smooths jitter.
+    const double ms = absl::ToDoubleMilliseconds(absl::Now() - step_start);
+    constexpr double kWeight = 0.1;
+    decode_step_ms_ = decode_step_ms_ == 0 ? ms : (1 - kWeight) * decode_step_ms_ + kWeight * ms;
+    decode_batch_ = decode_batch_ == 0
+                        ? static_cast<double>(decoded)
+                        : (1 - kWeight) * decode_batch_ + kWeight * static_cast<double>(decoded);
+  }
+  if (!updates.ok()) {
+    FailAll(updates.status());
+    return;
+  }
+  // Loading sequences are not a stall: the next Step waits on the loader.
+  *stalled = updates->empty() && engine_->stats().steps == steps_before && engine_->num_loading() == 0;
+  Dispatch(*updates);
+}
+
+void EngineRunner::PublishLoad() {
+  EngineLoad load;
+  load.running = engine_->num_running();
+  load.waiting = engine_->num_waiting();
+  load.reserved = engine_->num_reserved();
+  load.total_blocks = engine_->kv_manager().pool().num_blocks();
+  load.free_blocks = engine_->kv_manager().pool().num_free_blocks();
+  load.used_blocks = load.total_blocks - load.free_blocks;
+  load.queued_prefill_tokens = engine_->QueuedPrefillTokens();
+  load.stats = engine_->stats();
+  load.decode_step_ms = decode_step_ms_;
+  load.decode_batch = decode_batch_;
+  absl::MutexLock lock(&mu_);
+  load_ = load;
 }
 
 void EngineRunner::Loop() {
@@ -99,67 +244,31 @@ void EngineRunner::Loop() {
       if (stopping_) break;
       batch.swap(commands_);
     }
-    for (const std::shared_ptr<Command>& cmd : batch) {
-      {
-        absl::MutexLock lock(&mu_);
-        if (cmd->abandoned) continue;
-      }
-      absl::Status result = cmd->fn(*engine_);
-      absl::MutexLock lock(&mu_);
-      cmd->result = std::move(result);
-      cmd->done = true;
-    }
-    if (options_.on_tick && absl::Now() >= next_tick) {
-      options_.on_tick(*engine_);
-      next_tick = absl::Now() + options_.tick;
-    } else if (absl::Now() >= next_tick) {
+    RunCommands(batch);
+    if (const absl::Time now = absl::Now(); now >= next_tick) {
+      if (options_.on_tick) options_.on_tick(*engine_);
+      ExpireDeadlines(now);
       next_tick = absl::Now() + options_.tick;
     }
     stalled = false;
-    if (engine_->HasWork()) {
-      const int64_t steps_before = engine_->stats().steps;
-      const int64_t decoded_before = engine_->stats().decode_tokens_computed;
-      const absl::Time step_start = absl::Now();
-      absl::StatusOr<std::vector<SequenceUpdate>> updates = engine_->Step();
-      const int64_t decoded = engine_->stats().decode_tokens_computed - decoded_before;
-      if (decoded > 0) {
-        // Weight 0.1: follows a load change within ~20 steps, smooths jitter.
-        const double ms = absl::ToDoubleMilliseconds(absl::Now() - step_start);
-        constexpr double kWeight = 0.1;
-        decode_step_ms_ = decode_step_ms_ == 0 ? ms : (1 - kWeight) * decode_step_ms_ + kWeight * ms;
-        decode_batch_ = decode_batch_ == 0
-                            ? static_cast<double>(decoded)
-                            : (1 - kWeight) * decode_batch_ + kWeight * static_cast<double>(decoded);
-      }
-      if (!updates.ok()) {
-        FailAll(updates.status());
-      } else {
-        // Loading sequences are not a stall: the next Step waits on the loader.
-        stalled = updates->empty() && engine_->stats().steps == steps_before && engine_->num_loading() == 0;
-        Dispatch(*updates);
-      }
-    }
-    EngineLoad load;
-    load.running = engine_->num_running();
-    load.waiting = engine_->num_waiting();
-    load.reserved = engine_->num_reserved();
-    load.total_blocks = engine_->kv_manager().pool().num_blocks();
-    load.free_blocks = engine_->kv_manager().pool().num_free_blocks();
-    load.used_blocks = load.total_blocks - load.free_blocks;
-    load.queued_prefill_tokens = engine_->QueuedPrefillTokens();
-    load.stats = engine_->stats();
-    load.decode_step_ms = decode_step_ms_;
-    load.decode_batch = decode_batch_;
-    absl::MutexLock lock(&mu_);
-    load_ = load;
+    if (engine_->HasWork()) StepOnce(&stalled);
+    PublishLoad();
   }
   FailAll(absl::UnavailableError("engine stopped"));
-  absl::MutexLock lock(&mu_);
-  for (const std::shared_ptr<Command>& cmd : commands_) {
-    cmd->result = absl::UnavailableError("engine stopped");
-    cmd->done = true;
+  std::deque<std::shared_ptr<Command>> left;
+  {
+    absl::MutexLock lock(&mu_);
+    left.swap(commands_);
+    for (const std::shared_ptr<Command>& cmd : left) {
+      if (cmd->deadline.has_value()) continue;
+      cmd->result = absl::UnavailableError("engine stopped");
+      cmd->done = true;
+    }
   }
-  commands_.clear();
+  // Posted work learns it will never run; outside mu_, as a `done` may Post.
+  for (const std::shared_ptr<Command>& cmd : left) {
+    if (cmd->deadline.has_value() && cmd->on_done) cmd->on_done(absl::UnavailableError("engine stopped"));
+  }
 }
 
 }  // namespace tandem::engine

@@ -4,12 +4,29 @@
 // request's listener.
 //
 //   EngineRunner runner(engine.get(), {});
+//   // A blocking caller (tests, tools): wait on a queue.
 //   runner.Submit(request, [&](const SequenceUpdate& u) { queue.Push(u); }, deadline);
+//   // A gRPC callback reactor: never waits; the listener drives the reactor.
+//   runner.SubmitAsync(request, [reactor](const SequenceUpdate& u) { reactor->OnUpdate(u); },
+//                      request_deadline);
+//   runner.Post([id](Engine& e) { return e.Cancel(id); }, deadline);  // e.g. from OnCancel
 //   ...
 //   runner.Stop();   // also done by the destructor
 //
-// Listeners run on the engine thread: they must be quick and never block
-// (push to a queue). Every wait on the engine thread has a deadline.
+// Listeners and `done` callbacks run on the engine thread (or, for work
+// still queued when the runner stops, on the thread calling Stop): they
+// must be quick and never block (push to a queue, start a gRPC write); they
+// may call Post and the other *Async methods, never the blocking Run,
+// Submit or ListenAndRun. Every wait on the engine thread has a deadline.
+//
+// Delivery guarantee (what reactors rely on to finish and delete
+// themselves): once SubmitAsync or ListenAndRunAsync returns OK, its
+// listener is called with exactly one final update (end != kNone), after
+// which it is never called again — the engine's own end, or kError when the
+// request could not start, outlived its deadline, or the runner stopped.
+//
+// Thread safety: every public method may be called from any thread except
+// where noted above.
 #ifndef TANDEM_ENGINE_ENGINE_RUNNER_H_
 #define TANDEM_ENGINE_ENGINE_RUNNER_H_
 
@@ -72,7 +89,10 @@ class UpdateQueue {
 
 class EngineRunner {
  public:
+  // A request's updates, in order, on the engine thread.
   using Listener = std::function<void(const SequenceUpdate&)>;
+  // The result of work queued with Post, on the engine thread.
+  using Done = std::function<void(const absl::Status&)>;
 
   struct Options {
     // Called on the engine thread about every tick (reservation expiry).
@@ -105,24 +125,68 @@ class EngineRunner {
   absl::Status ListenAndRun(int64_t id, Listener listener, std::function<absl::Status(Engine&)> fn,
                             absl::Time deadline);
 
+  // Non-blocking forms, for gRPC callback reactors. Each returns at once:
+  // Unavailable when the runner is stopping (nothing was queued and no
+  // callback will come), otherwise OK.
+
+  // Queues `fn` for the engine thread. `done` (optional) then gets fn's
+  // result on the engine thread; or DeadlineExceeded, without running fn,
+  // when the engine thread reaches it after `deadline`; or Unavailable when
+  // the runner stops first.
+  absl::Status Post(std::function<absl::Status(Engine&)> fn, absl::Time deadline, Done done = nullptr);
+
+  // Adds `request` on the engine thread and routes its updates to
+  // `listener`. `request_deadline` bounds the request's whole life: not
+  // added by then, or still live then, it is cancelled (within one tick) and
+  // its final update is kError DeadlineExceeded. When Add refuses the
+  // request, the final (and only) update is kError with Add's status.
+  // absl::InfiniteFuture() for no deadline.
+  absl::Status SubmitAsync(EngineRequest request, Listener listener, absl::Time request_deadline);
+
+  // SubmitAsync for an existing request `id` (e.g. reserved): routes its
+  // updates to `listener`, then runs `fn` (e.g. Activate) on the engine
+  // thread. When `fn` fails the listener's final update is kError with fn's
+  // status (fn cleans up the request itself, e.g. ReleaseReserved).
+  absl::Status ListenAndRunAsync(int64_t id, Listener listener, std::function<absl::Status(Engine&)> fn,
+                                 absl::Time request_deadline);
+
+  // Cancels request `id` on the engine thread if it has not ended yet (its
+  // listener has not had its final update; that update is then kCancelled).
+  // A request that ended is left alone, one that holds its blocks after
+  // finishing (hold_blocks_on_finish) included: ReleaseReserved frees those.
+  absl::Status CancelAsync(int64_t id);
+
   EngineLoad load() const;
 
  private:
   struct Command {
     std::function<absl::Status(Engine&)> fn;
+    // Run: the waiter reads result once done; abandoned when it gave up.
     absl::Status result;
     bool done = false;
     bool abandoned = false;
+    // Post: not run after `deadline`; `on_done` gets the result. Empty for Run.
+    std::optional<absl::Time> deadline;
+    Done on_done;
+  };
+  struct ListenerEntry {
+    Listener listener;
+    absl::Time deadline = absl::InfiniteFuture();
   };
 
   void Loop();
+  void RunCommands(const std::deque<std::shared_ptr<Command>>& batch);
+  void StepOnce(bool* stalled);
+  void PublishLoad();
   void Dispatch(const std::vector<SequenceUpdate>& updates);
+  // Cancels requests whose deadline passed; their listeners get kError.
+  void ExpireDeadlines(absl::Time now);
   void FailAll(const absl::Status& status);
 
   Engine* const engine_;
   const Options options_;
   // Listeners are touched only on the engine thread.
-  absl::flat_hash_map<int64_t, Listener> listeners_;
+  absl::flat_hash_map<int64_t, ListenerEntry> listeners_;
 
   mutable absl::Mutex mu_;
   std::deque<std::shared_ptr<Command>> commands_ ABSL_GUARDED_BY(mu_);

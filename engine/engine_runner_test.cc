@@ -5,6 +5,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "model/loader.h"
@@ -158,6 +159,177 @@ TEST_F(EngineRunnerTest, RequestWaitsForReservedBlocksThenRuns) {
     if (u->end != SequenceEnd::kNone) break;
   }
   EXPECT_EQ(tokens, 3);
+}
+
+}  // namespace
+}  // namespace tandem::engine
+
+namespace tandem::engine {
+namespace {
+
+// What a reactor sees through a listener: every update, and when the final
+// one came (waitable with a deadline).
+class Collected {
+ public:
+  EngineRunner::Listener Listener() {
+    return [this](const SequenceUpdate& u) {
+      absl::MutexLock lock(&mu_);
+      EXPECT_EQ(finals_, 0) << "an update after the final one";
+      updates_.push_back(u);
+      if (u.end != SequenceEnd::kNone) ++finals_;
+    };
+  }
+  // The final update, or nullopt when none came by `deadline`.
+  std::optional<SequenceUpdate> WaitFinal(absl::Time deadline) {
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithDeadline(absl::Condition(
+                              +[](int* finals) { return *finals > 0; }, &finals_),
+                          deadline);
+    if (finals_ == 0) return std::nullopt;
+    return updates_.back();
+  }
+  int32_t tokens() {
+    absl::MutexLock lock(&mu_);
+    int32_t n = 0;
+    for (const SequenceUpdate& u : updates_) n += static_cast<int32_t>(u.new_tokens.size());
+    return n;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<SequenceUpdate> updates_ ABSL_GUARDED_BY(mu_);
+  int finals_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+TEST_F(EngineRunnerTest, SubmitAsyncDeliversEveryTokenThenOneFinalUpdate) {
+  EngineRunner runner(engine_.get(), {});
+  Collected got;
+  ASSERT_OK(runner.SubmitAsync({.id = 1, .prompt_tokens = {1, 2, 3}, .max_tokens = 4, .stop_at_eos = false},
+                               got.Listener(), absl::InfiniteFuture()));
+  std::optional<SequenceUpdate> last = got.WaitFinal(absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(last.has_value());
+  EXPECT_EQ(last->end, SequenceEnd::kLength);
+  EXPECT_EQ(got.tokens(), 4);
+}
+
+TEST_F(EngineRunnerTest, SubmitAsyncReportsARefusedRequestAsItsFinalUpdate) {
+  EngineRunner runner(engine_.get(), {});
+  Collected got;
+  ASSERT_OK(runner.SubmitAsync({.id = 1, .prompt_tokens = {}}, got.Listener(), absl::InfiniteFuture()));
+  std::optional<SequenceUpdate> last = got.WaitFinal(absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(last.has_value());
+  EXPECT_EQ(last->end, SequenceEnd::kError);
+  EXPECT_THAT(last->error, StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// A request still live at its deadline (here: waiting for blocks that a
+// reservation holds) is cancelled by the engine thread and ends with
+// DeadlineExceeded.
+TEST_F(EngineRunnerTest, SubmitAsyncEndsARequestAtItsDeadline) {
+  auto engine = *Engine::Create({.block_size = 4, .num_blocks = 8}, llama_.get(), backend_.get(),
+                                model_->tokenizer.get());
+  EngineRunner runner(engine.get(), {.tick = absl::Milliseconds(5)});
+  std::vector<int32_t> prompt(28, 5);  // 7 of the 8 blocks
+  prompt[0] = 1;
+  ASSERT_OK(runner.Run(
+      [&](Engine& e) { return e.Reserve({.id = 100, .prompt_tokens = prompt, .max_tokens = 4}).status(); },
+      absl::Now() + absl::Seconds(5)));
+  Collected got;
+  ASSERT_OK(runner.SubmitAsync({.id = 1, .prompt_tokens = {1, 6, 7, 8, 9, 10}, .max_tokens = 3},
+                               got.Listener(), absl::Now() + absl::Milliseconds(50)));
+  std::optional<SequenceUpdate> last = got.WaitFinal(absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(last.has_value());
+  ASSERT_EQ(last->end, SequenceEnd::kError);
+  EXPECT_THAT(last->error, StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_EQ(got.tokens(), 0);
+  // Gone from the engine, not just from the runner.
+  EXPECT_THAT(runner.Run([](Engine& e) { return e.Cancel(1); }, absl::Now() + absl::Seconds(5)),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(EngineRunnerTest, CancelAsyncEndsALiveRequestAndLeavesHeldBlocksAlone) {
+  // Live for sure: it waits for blocks a reservation holds.
+  auto small = *Engine::Create({.block_size = 4, .num_blocks = 8}, llama_.get(), backend_.get(),
+                               model_->tokenizer.get());
+  EngineRunner blocked(small.get(), {});
+  std::vector<int32_t> prompt(28, 5);  // 7 of the 8 blocks
+  prompt[0] = 1;
+  ASSERT_OK(blocked.Run(
+      [&](Engine& e) { return e.Reserve({.id = 100, .prompt_tokens = prompt, .max_tokens = 4}).status(); },
+      absl::Now() + absl::Seconds(5)));
+  Collected waiting;
+  ASSERT_OK(blocked.SubmitAsync({.id = 1, .prompt_tokens = {1, 6, 7, 8, 9, 10}, .max_tokens = 3},
+                                waiting.Listener(), absl::InfiniteFuture()));
+  ASSERT_OK(blocked.CancelAsync(1));
+  std::optional<SequenceUpdate> last = waiting.WaitFinal(absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(last.has_value());
+  EXPECT_EQ(last->end, SequenceEnd::kCancelled);
+
+  EngineRunner runner(engine_.get(), {});
+  // A finished request holding its blocks (a prefill worker's, until sent).
+  Collected held;
+  ASSERT_OK(runner.SubmitAsync({.id = 2,
+                                .prompt_tokens = {1, 2, 3, 4, 5},
+                                .max_tokens = 1,
+                                .stop_at_eos = false,
+                                .hold_blocks_on_finish = true},
+                               held.Listener(), absl::InfiniteFuture()));
+  last = held.WaitFinal(absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(last.has_value());
+  ASSERT_EQ(last->end, SequenceEnd::kLength);
+  ASSERT_OK(runner.CancelAsync(2));
+  // Still held: the release finds it (FIFO: after the cancel).
+  EXPECT_OK(runner.Run([](Engine& e) { return e.ReleaseReserved(2); }, absl::Now() + absl::Seconds(5)));
+}
+
+TEST_F(EngineRunnerTest, ListenAndRunAsyncEndsTheListenerWhenItsCommandFails) {
+  EngineRunner runner(engine_.get(), {});
+  Collected got;
+  ASSERT_OK(runner.ListenAndRunAsync(
+      7, got.Listener(), [](Engine& e) { return e.Activate(7, 1); }, absl::InfiniteFuture()));
+  std::optional<SequenceUpdate> last = got.WaitFinal(absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(last.has_value());
+  EXPECT_EQ(last->end, SequenceEnd::kError);
+  EXPECT_THAT(last->error, StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(EngineRunnerTest, PostRunsOnTheEngineThreadAndStopEndsEverything) {
+  auto runner = std::make_unique<EngineRunner>(engine_.get(), EngineRunner::Options{});
+  absl::Notification ran;
+  ASSERT_OK(runner->Post([](Engine&) { return absl::InternalError("boom"); }, absl::InfiniteFuture(),
+                         [&](const absl::Status& s) {
+                           EXPECT_THAT(s, StatusIs(absl::StatusCode::kInternal));
+                           ran.Notify();
+                         }));
+  EXPECT_TRUE(ran.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  // Work queued after its deadline never runs.
+  absl::Notification expired;
+  ASSERT_OK(runner->Post(
+      [](Engine&) {
+        ADD_FAILURE() << "ran after its deadline";
+        return absl::OkStatus();
+      },
+      absl::InfinitePast(),
+      [&](const absl::Status& s) {
+        EXPECT_THAT(s, StatusIs(absl::StatusCode::kDeadlineExceeded));
+        expired.Notify();
+      }));
+  EXPECT_TRUE(expired.WaitForNotificationWithTimeout(absl::Seconds(10)));
+
+  Collected live;
+  ASSERT_OK(
+      runner->SubmitAsync({.id = 1, .prompt_tokens = {1, 2, 3}, .max_tokens = 1000, .stop_at_eos = false},
+                          live.Listener(), absl::InfiniteFuture()));
+  runner->Stop();
+  std::optional<SequenceUpdate> last = live.WaitFinal(absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(last.has_value()) << "Stop left a listener without its final update";
+  EXPECT_TRUE(last->end == SequenceEnd::kError || last->end == SequenceEnd::kLength);
+  EXPECT_THAT(runner->Post([](Engine&) { return absl::OkStatus(); }, absl::InfiniteFuture()),
+              StatusIs(absl::StatusCode::kUnavailable));
+  Collected refused;
+  EXPECT_THAT(
+      runner->SubmitAsync({.id = 2, .prompt_tokens = {1}}, refused.Listener(), absl::InfiniteFuture()),
+      StatusIs(absl::StatusCode::kUnavailable));
 }
 
 }  // namespace

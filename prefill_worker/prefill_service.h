@@ -3,56 +3,113 @@
 // already hold into the decode worker's reservation over UCX, and returns the
 // first token.
 //
+// A worker process builds it (worker_common/worker_process.cc):
+//
+//   engine::EngineRunner runner(engine, {});
+//   PrefillService service({.worker_id = "prefill-0", .model_id = model,
+//                           .block_size = 16, .block_bytes = layout.BlockBytes(),
+//                           .kv_base = static_cast<const uint8_t*>(kv_view.base)},
+//                          &runner, transfer_engine);
+//   builder.RegisterService(&service);  // a grpc::ServerBuilder
+//
+// Prefill is a gRPC callback reactor: it queues the prompt on the engine
+// thread (EngineRunner::SubmitAsync, keeping the blocks when it finishes);
+// the request's final update hands the send to the service's SendQueue
+// threads (TransferEngine::Write blocks until the decode worker confirms),
+// which release the blocks on the engine thread and finish the RPC. No
+// thread waits on the engine. A client that cancels while the prompt is
+// computed cancels it on the engine; one that cancels later skips a send
+// not yet started.
+//
 // Failure answers: a transfer that fails or outlives its deadline (the decode
 // worker vanished) is ABORTED, so the router takes that decode worker out of
 // rotation and retries; the prefill's blocks are released either way.
+//
+// Thread safety: the RPC methods are called by gRPC from any thread. The
+// service must outlive the gRPC server it is registered with (Shutdown
+// returns once every call has finished); its destructor joins the send
+// threads.
 #ifndef TANDEM_PREFILL_WORKER_PREFILL_SERVICE_H_
 #define TANDEM_PREFILL_WORKER_PREFILL_SERVICE_H_
 
 #include <atomic>
 #include <functional>
+#include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "engine/engine_runner.h"
+#include "prefill_worker/send_queue.h"
 #include "tandem/v1/worker.grpc.pb.h"
 #include "transfer/transfer_engine.h"
 
 namespace tandem::prefill_worker {
 
 struct PrefillServiceOptions {
+  // This worker's id, as registered with the router. Required.
   std::string worker_id;
+  // The model the engine serves; a reservation of another model (or block
+  // layout) is refused. Required.
   std::string model_id;
+  // Tokens per KV block; must equal the engine's and the decode worker's.
+  // Default: 16.
   int32_t block_size = 16;
+  // Bytes per KV block in the pool (KvCacheLayout::BlockBytes()); must equal
+  // the decode worker's. Required.
   uint64_t block_bytes = 0;
-  // The engine's KV pool (host memory) that blocks are sent from.
+  // The engine's KV pool (host memory, KvCacheView::base) that blocks are
+  // sent from. Borrowed: must stay valid until the service is destroyed.
+  // Required.
   const uint8_t* kv_base = nullptr;
   // Deadline of one request's KV transfer. Default: 10 s.
   absl::Duration transfer_timeout = absl::Seconds(10);
+  // Longest a Prefill may take when the client set no earlier deadline.
+  // Default: 10 min.
+  absl::Duration max_request_time = absl::Minutes(10);
+  // Threads sending KV blocks (each blocks in one TransferEngine::Write at a
+  // time). Default: 4.
+  int send_threads = 4;
   // Called with a valid request's prompt and the router's prefetch hint
   // (PrefillRequest.prefetch_hint; nullptr when the request carries none)
   // before it is queued in the engine (the worker starts its KV prefetch
-  // there, kvstore/prefetcher.h). Must not block. Default: empty.
+  // there, kvstore/prefetcher.h). Runs on a gRPC thread; must not block.
+  // Default: empty.
   std::function<void(absl::Span<const int32_t>, const tandem::v1::PrefetchHint*)> on_prompt;
 };
 
-class PrefillService final : public tandem::v1::PrefillWorker::Service {
+class PrefillCall;  // prefill_service.cc: one Prefill call's reactor
+
+class PrefillService final : public tandem::v1::PrefillWorker::CallbackService {
  public:
-  // Borrowed: runner and transfer outlive the service.
+  // Borrowed: runner and transfer must outlive the service.
   PrefillService(PrefillServiceOptions options, engine::EngineRunner* runner,
                  transfer::TransferEngine* transfer)
-      : options_(std::move(options)), runner_(runner), transfer_(transfer) {}
+      : options_(std::move(options)), runner_(runner), transfer_(transfer), senders_(options_.send_threads) {}
 
-  grpc::Status Prefill(grpc::ServerContext* context, const tandem::v1::PrefillRequest* request,
-                       tandem::v1::PrefillResponse* response) override;
-  grpc::Status Status(grpc::ServerContext* context, const tandem::v1::WorkerStatusRequest* request,
-                      tandem::v1::WorkerStatus* response) override;
+  grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext* context,
+                                    const tandem::v1::PrefillRequest* request,
+                                    tandem::v1::PrefillResponse* response) override;
+  grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* context,
+                                   const tandem::v1::WorkerStatusRequest* request,
+                                   tandem::v1::WorkerStatus* response) override;
 
  private:
+  friend class PrefillCall;
+
+  // INVALID_ARGUMENT unless the reservation matches this worker's layout and
+  // covers the prompt inside its region.
+  absl::Status CheckReservation(const tandem::v1::PrefillRequest& request) const;
+  // Gives the held blocks of request `id` back on the engine thread, not
+  // waiting.
+  void ReleaseHeldAsync(int64_t id);
+
   const PrefillServiceOptions options_;
   engine::EngineRunner* const runner_;
   transfer::TransferEngine* const transfer_;
   std::atomic<int64_t> next_engine_id_{1};
+  // Last member: destroyed (its threads joined) first.
+  SendQueue senders_;
 };
 
 }  // namespace tandem::prefill_worker
