@@ -18,11 +18,13 @@
 #include "model/llama.h"
 #include "model/loader.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace tandem::model {
 namespace {
 
 using ::tandem::testing::StatusIs;
+using ::tandem::testing::TempDir;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 using OJson = nlohmann::ordered_json;
@@ -162,23 +164,6 @@ TEST(HfConfigTest, MalformedConfigs) {
 // ---------------------------------------------------------------------------
 // Checkpoints and synthetic models in a config's shape.
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "hf_config_test_XXXXXX").string();
-    path_ = mkdtemp(tmpl.data());
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-  std::string Write(const std::string& name, const std::string& bytes) const {
-    std::ofstream(path_ + "/" + name, std::ios::binary) << bytes;
-    return path_ + "/" + name;
-  }
-
- private:
-  std::string path_;
-};
-
 // A config.json with synthetic:tiny's shape.
 OJson TinyConfig(const std::string& arch, int32_t vocab_size) {
   return {{"architectures", {arch}},         {"hidden_size", 128},          {"num_hidden_layers", 4},
@@ -281,7 +266,7 @@ engine::GenerateResult Generate(const ModelConfig& config, const LlamaWeights& w
 }
 
 TEST(HfCheckpointTest, SyntheticFromConfigGeneratesDeterministically) {
-  TempDir dir;
+  TempDir dir("hf_config_test_");
   const std::string path = dir.Write("config.json", TinyConfig("LlamaForCausalLM", 600).dump());
   ASSERT_OK_AND_ASSIGN(auto a, LoadModel("synthetic:config=" + path));
   ASSERT_OK_AND_ASSIGN(auto b, LoadModel("synthetic:config=" + path));
@@ -332,7 +317,7 @@ TEST(HfCheckpointTest, Llama3RopeScalingLoadsAndGenerates) {
 }
 
 TEST(HfCheckpointTest, SyntheticFromConfigErrors) {
-  TempDir dir;
+  TempDir dir("hf_config_test_");
   EXPECT_THAT(LoadModel("synthetic:config=" + dir.path() + "/none.json"),
               StatusIs(absl::StatusCode::kNotFound));
   const std::string small = dir.Write("small.json", TinyConfig("LlamaForCausalLM", 100).dump());
@@ -386,7 +371,7 @@ TEST(HfCheckpointTest, Qwen2CheckpointWithBiasesRoundTripsBitExactly) {
 
 // The biases are applied: dropping them changes the logits.
 TEST(HfCheckpointTest, Qwen2BiasesChangeTheOutput) {
-  TempDir dir;
+  TempDir dir("hf_config_test_");
   const std::string cfg = dir.Write("config.json", TinyConfig("Qwen2ForCausalLM", 600).dump());
   ASSERT_OK_AND_ASSIGN(auto m, LoadModel("synthetic:config=" + cfg));
   ASSERT_TRUE(m->config.attention_bias);
@@ -408,7 +393,7 @@ TEST(HfCheckpointTest, Qwen2BiasesChangeTheOutput) {
 TEST(HfCheckpointTest, HfLayoutEqualsGgufLayout) {
   ASSERT_OK_AND_ASSIGN(auto tiny, LoadModel("synthetic:tiny"));
   ASSERT_EQ(tiny->config.rope_style, kernels::RopeStyle::kNormal);
-  TempDir dir;
+  TempDir dir("hf_config_test_");
   WriteCheckpoint(dir, tiny->config, tiny->weights, 1, tiny->config.head_dim);
   dir.Write("config.json", TinyConfig("LlamaForCausalLM", tiny->config.vocab_size).dump());
   ASSERT_OK_AND_ASSIGN(auto hf, LoadHfCheckpoint(dir.path()));
@@ -423,7 +408,7 @@ TEST(HfCheckpointTest, HfLayoutEqualsGgufLayout) {
   EXPECT_LT(max_diff, 1e-4f);
   // Without the un-permutation the HF path computes something else: the
   // check above is not vacuous.
-  TempDir wrong;
+  TempDir wrong("hf_config_test_");
   WriteCheckpoint(wrong, tiny->config, tiny->weights, 1, 0);
   wrong.Write("config.json", TinyConfig("LlamaForCausalLM", tiny->config.vocab_size).dump());
   ASSERT_OK_AND_ASSIGN(auto bad, LoadHfCheckpoint(wrong.path()));
@@ -437,7 +422,7 @@ TEST(HfCheckpointTest, HfLayoutEqualsGgufLayout) {
 
 TEST(HfCheckpointTest, LoadModelOnDirectoryNeedsTokenizerJson) {
   ASSERT_OK_AND_ASSIGN(auto tiny, LoadModel("synthetic:tiny"));
-  TempDir dir;
+  TempDir dir("hf_config_test_");
   WriteCheckpoint(dir, tiny->config, tiny->weights, 1);
   dir.Write("config.json", TinyConfig("LlamaForCausalLM", tiny->config.vocab_size).dump());
   EXPECT_THAT(LoadModel(dir.path()), StatusIs(absl::StatusCode::kNotFound, HasSubstr("tokenizer.json")));
@@ -466,7 +451,7 @@ TEST(HfCheckpointTest, CheckpointErrorsNameTheTensor) {
   ASSERT_OK_AND_ASSIGN(auto tiny, LoadModel("synthetic:tiny"));
   const int32_t vocab = tiny->config.vocab_size;
   {  // config.json's shape disagrees with the tensors.
-    TempDir dir;
+    TempDir dir("hf_config_test_");
     WriteCheckpoint(dir, tiny->config, tiny->weights, 1);
     OJson c = TinyConfig("LlamaForCausalLM", vocab);
     c["intermediate_size"] = 256;
@@ -477,14 +462,14 @@ TEST(HfCheckpointTest, CheckpointErrorsNameTheTensor) {
                                HasSubstr("shape [384, 128], expected [256, 128]"))));
   }
   {  // Qwen2 needs biases the checkpoint lacks.
-    TempDir dir;
+    TempDir dir("hf_config_test_");
     WriteCheckpoint(dir, tiny->config, tiny->weights, 1);
     dir.Write("config.json", TinyConfig("Qwen2ForCausalLM", vocab).dump());
     EXPECT_THAT(LoadHfCheckpoint(dir.path()),
                 StatusIs(absl::StatusCode::kNotFound, HasSubstr("model.layers.0.self_attn.q_proj.bias")));
   }
   {  // No config.json.
-    TempDir dir;
+    TempDir dir("hf_config_test_");
     EXPECT_THAT(LoadHfCheckpoint(dir.path()),
                 StatusIs(absl::StatusCode::kNotFound, HasSubstr("config.json")));
   }
