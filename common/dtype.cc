@@ -16,4 +16,31 @@ std::string_view DTypeName(DType type) {
   return "unknown";
 }
 
+void DequantizeRow(DType type, const void* src, int64_t n, float* out) {
+  const uint8_t* base = static_cast<const uint8_t*>(src);
+  switch (type) {
+    case DType::kF32:
+      std::memcpy(out, base, static_cast<size_t>(n) * sizeof(float));
+      break;
+    case DType::kF16:
+    case DType::kBF16:
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t b;
+        std::memcpy(&b, base + 2 * i, 2);
+        out[i] = type == DType::kF16 ? HalfToFloat(b) : BF16ToFloat(b);
+      }
+      break;
+    case DType::kQ8_0:
+      for (int64_t blk = 0; blk < n / kQ8_0BlockElements; ++blk) {
+        const uint8_t* block = base + blk * kQ8_0BlockBytes;
+        const float d = Q8_0BlockScale(block);
+        const int8_t* q = reinterpret_cast<const int8_t*>(block + 2);
+        for (int i = 0; i < kQ8_0BlockElements; ++i) {
+          out[blk * kQ8_0BlockElements + i] = d * static_cast<float>(q[i]);
+        }
+      }
+      break;
+  }
+}
+
 }  // namespace tandem

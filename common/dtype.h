@@ -1,6 +1,11 @@
-// Element types of weights and activations, and scalar conversions between
-// them. Shared by the model loader (which names the type of each tensor) and
-// every kernel backend.
+// Element types of weights and activations, scalar conversions between
+// them, and row dequantisation. Shared by the model loader (which names the
+// type of each tensor) and every kernel backend.
+//
+//   std::vector<float> row(w.cols);
+//   DequantizeRow(w.dtype, row_bytes, w.cols, row.data());
+//
+// Thread safety: pure functions.
 #ifndef TANDEM_COMMON_DTYPE_H_
 #define TANDEM_COMMON_DTYPE_H_
 
@@ -109,6 +114,19 @@ inline uint16_t FloatToBF16(float f) {
   const uint32_t rounding = 0x7fff + ((x >> 16) & 1);
   return static_cast<uint16_t>((x + rounding) >> 16);
 }
+
+// The F32 scale of the Q8_0 block at `block` (its leading F16).
+inline float Q8_0BlockScale(const uint8_t* block) {
+  uint16_t scale_bits;
+  std::memcpy(&scale_bits, block, 2);
+  return HalfToFloat(scale_bits);
+}
+
+// Converts `n` consecutive elements of `type` at `src` (one weight row, any
+// alignment) to F32 in out[0, n): the one dequantisation every backend uses.
+// Exact: every F16/BF16 value, and every Q8_0 scale * q (an 11-bit by 8-bit
+// product), is a float. For Q8_0, REQUIRES: n % 32 == 0.
+void DequantizeRow(DType type, const void* src, int64_t n, float* out);
 
 }  // namespace tandem
 

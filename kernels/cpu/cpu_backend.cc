@@ -63,50 +63,21 @@ inline float DotQ8_0(const float* a, const uint8_t* b, int64_t n) {
   float total = 0;
   for (int64_t blk = 0; blk < n / kQ8_0BlockElements; ++blk) {
     const uint8_t* p = b + blk * kQ8_0BlockBytes;
-    uint16_t scale_bits;
-    std::memcpy(&scale_bits, p, 2);
     const int8_t* q = reinterpret_cast<const int8_t*>(p + 2);
     const float* x = a + blk * kQ8_0BlockElements;
     float acc[kLanes] = {};
     for (int i = 0; i < kQ8_0BlockElements; i += kLanes) {
       for (int l = 0; l < kLanes; ++l) acc[l] += x[i + l] * static_cast<float>(q[i + l]);
     }
-    total += HalfToFloat(scale_bits) * CombineLanes(acc);
+    total += Q8_0BlockScale(p) * CombineLanes(acc);
   }
   return total;
 }
 
-// Dequantises row `r` of `w` into out[0, w.cols).
+// Dequantises row `r` of `w` into out[0, w.cols) (common/dtype.h).
 void DequantizeRow(const Weight& w, int64_t r, float* out) {
-  const int64_t n = w.cols;
-  const uint8_t* base = static_cast<const uint8_t*>(w.data) + DTypeBytes(w.dtype, n) * r;
-  switch (w.dtype) {
-    case DType::kF32:
-      std::memcpy(out, base, n * sizeof(float));
-      break;
-    case DType::kF16: {
-      const uint16_t* p = reinterpret_cast<const uint16_t*>(base);
-      for (int64_t i = 0; i < n; ++i) out[i] = HalfToFloat(p[i]);
-      break;
-    }
-    case DType::kBF16: {
-      const uint16_t* p = reinterpret_cast<const uint16_t*>(base);
-      for (int64_t i = 0; i < n; ++i) out[i] = BF16ToFloat(p[i]);
-      break;
-    }
-    case DType::kQ8_0:
-      for (int64_t blk = 0; blk < n / kQ8_0BlockElements; ++blk) {
-        const uint8_t* p = base + blk * kQ8_0BlockBytes;
-        uint16_t scale_bits;
-        std::memcpy(&scale_bits, p, 2);
-        const float d = HalfToFloat(scale_bits);
-        const int8_t* q = reinterpret_cast<const int8_t*>(p + 2);
-        for (int i = 0; i < kQ8_0BlockElements; ++i) {
-          out[blk * kQ8_0BlockElements + i] = d * static_cast<float>(q[i]);
-        }
-      }
-      break;
-  }
+  ::tandem::DequantizeRow(w.dtype, static_cast<const uint8_t*>(w.data) + DTypeBytes(w.dtype, w.cols) * r,
+                          w.cols, out);
 }
 
 inline float RowDot(const float* x, const Weight& w, int64_t o) {

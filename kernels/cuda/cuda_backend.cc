@@ -42,35 +42,10 @@ constexpr int32_t kSplitTokens = 256;
 constexpr size_t kInitialRingBytes = size_t{4} << 20;
 constexpr size_t kUploadAlign = 256;
 
-// Host row r of `w` as F32 (the CPU backend's dequantisation).
+// Host row r of `w` as F32 (common/dtype.h, as the CPU backend).
 void DequantizeRow(const Weight& w, int64_t r, float* out) {
-  const int64_t n = w.cols;
-  const uint8_t* base = static_cast<const uint8_t*>(w.data) + DTypeBytes(w.dtype, n) * r;
-  switch (w.dtype) {
-    case DType::kF32:
-      std::memcpy(out, base, n * sizeof(float));
-      break;
-    case DType::kF16:
-    case DType::kBF16: {
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t b;
-        std::memcpy(&b, base + 2 * i, 2);
-        out[i] = w.dtype == DType::kF16 ? HalfToFloat(b) : BF16ToFloat(b);
-      }
-      break;
-    }
-    case DType::kQ8_0:
-      for (int64_t blk = 0; blk < n / kQ8_0BlockElements; ++blk) {
-        const uint8_t* p = base + blk * kQ8_0BlockBytes;
-        uint16_t scale_bits;
-        std::memcpy(&scale_bits, p, 2);
-        const float d = HalfToFloat(scale_bits);
-        const int8_t* q = reinterpret_cast<const int8_t*>(p + 2);
-        for (int i = 0; i < kQ8_0BlockElements; ++i)
-          out[blk * kQ8_0BlockElements + i] = d * static_cast<float>(q[i]);
-      }
-      break;
-  }
+  ::tandem::DequantizeRow(w.dtype, static_cast<const uint8_t*>(w.data) + DTypeBytes(w.dtype, w.cols) * r,
+                          w.cols, out);
 }
 
 // A device buffer that only grows.
