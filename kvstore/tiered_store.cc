@@ -479,4 +479,18 @@ TieredStore::Stats TieredStore::stats() const {
   return stats_;
 }
 
+absl::StatusOr<engine::KvTierSource> TieredStore::Load(BlockHash hash, absl::Span<const int32_t> tokens,
+                                                      absl::Span<uint8_t> payload_out) {
+  TANDEM_ASSIGN_OR_RETURN(const Tier tier, Get(hash, tokens, payload_out));
+  switch (tier) {
+    case Tier::kDram:
+      return engine::KvTierSource::kDram;
+    case Tier::kSsd:
+      return engine::KvTierSource::kSsd;
+    case Tier::kRemote:
+      return engine::KvTierSource::kRemote;
+  }
+  return absl::InternalError("TieredStore::Get returned an unknown tier");
+}
+
 }  // namespace tandem::kvstore

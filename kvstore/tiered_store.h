@@ -63,6 +63,7 @@
 #include "absl/types/span.h"
 #include "common/block_hash.h"
 #include "common/mutex.h"
+#include "engine/kv_tiers.h"
 #include "kvstore/dram_tier.h"
 #include "kvstore/remote_tier.h"
 #include "kvstore/ssd_tier.h"
@@ -81,7 +82,9 @@ struct TierEvent {
   std::vector<BlockHash> hashes;
 };
 
-class TieredStore {
+// The engine reaches the store through engine::KvTiers (engine/kv_tiers.h):
+// Offload is Put, Load is Get, HoldsLocally is Find.
+class TieredStore : public engine::KvTiers {
  public:
   struct Options {
     // Names the model in every value header and SSD key. Default: "" (must
@@ -137,7 +140,7 @@ class TieredStore {
   };
 
   static absl::StatusOr<std::unique_ptr<TieredStore>> Create(const Options& options);
-  ~TieredStore();
+  ~TieredStore() override;
   TieredStore(const TieredStore&) = delete;
   TieredStore& operator=(const TieredStore&) = delete;
 
@@ -181,7 +184,7 @@ class TieredStore {
 
   // Whether Get may find the block: a local tier holds it, or Options::remote
   // is set (only a Get asks it). No I/O.
-  bool MayHold(BlockHash hash) const { return options_.remote != nullptr || Find(hash).has_value(); }
+  bool MayHold(BlockHash hash) const override { return options_.remote != nullptr || Find(hash).has_value(); }
 
   // Removes a block from both tiers and from the write queue.
   absl::Status Erase(BlockHash hash);
@@ -198,6 +201,18 @@ class TieredStore {
   // Null without an SSD tier.
   SsdTier* ssd() { return ssd_.get(); }
   const Options& options() const { return options_; }
+
+  // engine::KvTiers.
+  const std::string& model_id() const override { return options_.model_id; }
+  int32_t block_tokens() const override { return options_.block_tokens; }
+  size_t payload_bytes() const override { return options_.payload_bytes; }
+  absl::Status Offload(BlockHash hash, absl::Span<const int32_t> tokens,
+                       absl::Span<const uint8_t> payload) override {
+    return Put(hash, tokens, payload);
+  }
+  absl::StatusOr<engine::KvTierSource> Load(BlockHash hash, absl::Span<const int32_t> tokens,
+                                            absl::Span<uint8_t> payload_out) override;
+  bool HoldsLocally(BlockHash hash) const override { return Find(hash).has_value(); }
 
  private:
   struct Pending {
