@@ -120,7 +120,7 @@ bool StoreClient::FetchUcx(absl::Span<const BlockHash> hashes, const std::vector
     request.add_offsets(static_cast<uint64_t>(slots[i]) * options_.slot_bytes);
   }
   request.set_slot_bytes(options_.slot_bytes);
-  RegionToProto(options_.transfer->worker_address(), *landing_, request.mutable_destination());
+  transfer::RegionToProto(options_.transfer->worker_address(), *landing_, request.mutable_destination());
   tandem::v1::StoreGetIntoResponse response;
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.fetch_timeout));
@@ -247,8 +247,8 @@ absl::StatusOr<int32_t> StoreClient::PutUcx(const Batch& batch) {
     bytes += static_cast<int64_t>(batch[i].second.size());
   }
   // On failure the reservation is left to expire on the store.
-  TANDEM_RETURN_IF_ERROR(
-      options_.transfer->Write(RegionFromProto(reserved.staging(), "shared KV store"), writes, deadline));
+  TANDEM_RETURN_IF_ERROR(options_.transfer->Write(
+      transfer::RegionFromProto(reserved.staging(), "shared KV store"), writes, deadline));
   tandem::v1::StoreCommitRequest commit;
   commit.set_model_id(options_.model_id);
   commit.set_reservation_id(reserved.reservation_id());

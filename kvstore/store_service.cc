@@ -10,26 +10,6 @@
 
 namespace tandem::kvstore {
 
-transfer::RemoteRegion RegionFromProto(const tandem::v1::UcxRegion& region, std::string peer_name) {
-  transfer::RemoteRegion r;
-  r.worker_address = region.worker_address();
-  r.region_id = region.region_id();
-  r.base_address = region.base_address();
-  r.bytes = region.bytes();
-  r.packed_rkey = region.packed_rkey();
-  r.peer_name = std::move(peer_name);
-  return r;
-}
-
-void RegionToProto(const std::string& worker_address, const transfer::RegisteredRegion& region,
-                   tandem::v1::UcxRegion* out) {
-  out->set_worker_address(worker_address);
-  out->set_region_id(region.region_id);
-  out->set_base_address(region.base_address);
-  out->set_bytes(region.bytes);
-  out->set_packed_rkey(region.packed_rkey);
-}
-
 absl::StatusOr<std::unique_ptr<StoreService>> StoreService::Create(StoreServiceOptions options,
                                                                    TieredStore* store) {
   if (options.model_id.empty()) return absl::InvalidArgumentError("StoreService: model_id is empty");
@@ -152,8 +132,8 @@ grpc::Status StoreService::GetInto(grpc::ServerContext* context,
   if (writes.empty()) return grpc::Status::OK;
   const absl::Time deadline =
       std::min(absl::Now() + options_.write_timeout, absl::FromChrono(context->deadline()));
-  const absl::Status written =
-      options_.transfer->Write(RegionFromProto(request->destination(), context->peer()), writes, deadline);
+  const absl::Status written = options_.transfer->Write(
+      transfer::RegionFromProto(request->destination(), context->peer()), writes, deadline);
   StdMutexLock lock(&mu_);
   if (!written.ok()) {
     ++stats_.get_into_errors;
@@ -210,7 +190,7 @@ grpc::Status StoreService::ReservePut(grpc::ServerContext*, const tandem::v1::St
         {request->block_hashes(i), index, static_cast<size_t>(request->value_bytes(i))});
     response->add_offsets(static_cast<int64_t>(index) * static_cast<int64_t>(slot_bytes_));
   }
-  RegionToProto(options_.transfer->worker_address(), *staging_, response->mutable_staging());
+  transfer::RegionToProto(options_.transfer->worker_address(), *staging_, response->mutable_staging());
   response->set_expires_in_us(static_cast<uint64_t>(absl::ToInt64Microseconds(options_.reservation_ttl)));
   if (reservation.slots.empty()) return grpc::Status::OK;
   const uint64_t id = next_reservation_++;

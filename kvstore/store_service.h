@@ -45,6 +45,7 @@
 #include "kvstore/tiered_store.h"
 #include "tandem/v1/worker.grpc.pb.h"
 #include "transfer/transfer_engine.h"
+#include "transfer/ucx_region_proto.h"
 
 namespace tandem::kvstore {
 
@@ -132,10 +133,10 @@ class StoreService final : public tandem::v1::KvStore::Service {
   Stats stats_ ABSL_GUARDED_BY(mu_);
 };
 
-// The transfer-engine region described by a UcxRegion message, and back.
-transfer::RemoteRegion RegionFromProto(const tandem::v1::UcxRegion& region, std::string peer_name);
-void RegionToProto(const std::string& worker_address, const transfer::RegisteredRegion& region,
-                   tandem::v1::UcxRegion* out);
+// The region converters are transfer/ucx_region_proto.h's (shared with the
+// workers); named here too for the code and tests that call them unqualified.
+using transfer::RegionFromProto;
+using transfer::RegionToProto;
 
 }  // namespace tandem::kvstore
 
