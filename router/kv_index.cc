@@ -36,11 +36,13 @@ void KvIndex::SetTier(uint32_t slot, BlockHash hash, int tier, bool present) {
     Holders& holders = blocks_[hash];
     for (Holder& h : holders) {
       if (h.slot == slot) {
+        if ((h.tiers & bit) == 0) ++tier_entries_[tier];
         h.tiers |= bit;
         return;
       }
     }
     holders.push_back({slot, bit});
+    ++tier_entries_[tier];
     w.hashes.insert(hash);
     ++entries_;
     return;
@@ -50,6 +52,7 @@ void KvIndex::SetTier(uint32_t slot, BlockHash hash, int tier, bool present) {
   Holders& holders = it->second;
   for (size_t i = 0; i < holders.size(); ++i) {
     if (holders[i].slot != slot) continue;
+    if ((holders[i].tiers & bit) != 0) --tier_entries_[tier];
     holders[i].tiers &= static_cast<uint8_t>(~bit);
     if (holders[i].tiers == 0) {
       holders.erase(holders.begin() + static_cast<ptrdiff_t>(i));
@@ -75,6 +78,12 @@ void KvIndex::ClearWorker(uint32_t slot) {
     auto it = blocks_.find(hash);
     if (it == blocks_.end()) continue;
     Holders& holders = it->second;
+    for (const Holder& h : holders) {
+      if (h.slot != slot) continue;
+      for (int t = 1; t <= kMaxTier; ++t) {
+        if ((h.tiers & (1u << t)) != 0) --tier_entries_[t];
+      }
+    }
     holders.erase(
         std::remove_if(holders.begin(), holders.end(), [slot](const Holder& h) { return h.slot == slot; }),
         holders.end());
@@ -233,7 +242,8 @@ KvIndex::Stats KvIndex::stats() const {
           .blocks = blocks_.size(),
           .entries = entries_,
           .gaps = gaps_,
-          .snapshots = snapshots_};
+          .snapshots = snapshots_,
+          .tier_entries = {tier_entries_[0], tier_entries_[1], tier_entries_[2], tier_entries_[3]}};
 }
 
 }  // namespace tandem::router

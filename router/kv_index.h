@@ -81,6 +81,9 @@ class KvIndex {
     size_t entries = 0;     // (hash, worker) pairs
     int64_t gaps = 0;       // kNeedSnapshot answers
     int64_t snapshots = 0;  // ApplySnapshot calls
+    // (hash, worker) pairs held in each tier, by tandem::v1::KvTier (1 HBM,
+    // 2 DRAM, 3 SSD; a block in two tiers counts in both).
+    int64_t tier_entries[4] = {0, 0, 0, 0};
   };
 
   KvIndex() : KvIndex(Options{}) {}
@@ -142,6 +145,7 @@ class KvIndex {
   size_t entries_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t gaps_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t snapshots_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t tier_entries_[4] ABSL_GUARDED_BY(mu_) = {0, 0, 0, 0};
 };
 
 }  // namespace tandem::router

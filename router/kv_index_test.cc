@@ -177,6 +177,14 @@ TEST(KvIndexTest, AgreesWithANaiveModelUnderRandomEvents) {
       }
     }
     ASSERT_EQ(index.Apply(b), KvIndex::Outcome::kApplied);
+    // Per-tier entries (the router's tandem_router_kv_index_entries{tier}).
+    int64_t per_tier[4] = {0, 0, 0, 0};
+    for (const auto& held : model) {
+      for (const auto& [h, t] : held) ++per_tier[t];
+    }
+    const KvIndex::Stats stats = index.stats();
+    for (int t = 1; t <= 3; ++t)
+      ASSERT_EQ(stats.tier_entries[t], per_tier[t]) << "step " << step << " tier " << t;
     // Query a random chain.
     std::vector<BlockHash> query;
     for (int k = 1 + static_cast<int>(rng() % 8); k > 0; --k) query.push_back(rng() % 40);

@@ -497,6 +497,15 @@ std::shared_ptr<GenerationCall> RouterCore::Start(const GenerateRequest& request
 void RouterCore::OnKvEvents(const tandem::v1::KvEventBatch& batch) {
   if (batch.has_load()) registry_->UpdateLoad(batch.worker_id(), batch.load());
   if (index_.Apply(batch) == KvIndex::Outcome::kNeedSnapshot) RequestSnapshot(batch.worker_id());
+  PublishIndexGauges();
+}
+
+void RouterCore::PublishIndexGauges() {
+  static Gauge* const gauges[3] = {RouterMetrics::Get().kv_index_entries->WithLabels({"hbm"}),
+                                   RouterMetrics::Get().kv_index_entries->WithLabels({"dram"}),
+                                   RouterMetrics::Get().kv_index_entries->WithLabels({"ssd"})};
+  const KvIndex::Stats stats = index_.stats();
+  for (int tier = 1; tier <= 3; ++tier) gauges[tier - 1]->Set(static_cast<double>(stats.tier_entries[tier]));
 }
 
 void RouterCore::OnRegistered(const std::string& worker_id) { RequestSnapshot(worker_id); }
@@ -536,6 +545,7 @@ void RouterCore::SnapshotLoop() {
     if (s.ok()) {
       snapshot.set_worker_id(worker_id);  // trust the registry's name, not the payload's
       index_.ApplySnapshot(snapshot);
+      PublishIndexGauges();
     } else if (s.error_code() != grpc::StatusCode::UNIMPLEMENTED) {
       // Try again later (the worker may be starting); a dead one leaves the
       // registry's healthy set and the sweeper drops it.
@@ -551,7 +561,10 @@ void RouterCore::SweepLoop() {
                              metrics.workers->WithLabels({"decode"}), metrics.workers->WithLabels({"store"})};
   while (!stop_.WaitForNotificationWithTimeout(options_.sweep_interval)) {
     for (const std::string& id : registry_->Unhealthy()) {
-      if (index_.Known(id)) index_.RemoveWorker(id);
+      if (index_.Known(id)) {
+        index_.RemoveWorker(id);
+        PublishIndexGauges();
+      }
     }
     int healthy[3] = {0, 0, 0};
     for (const WorkerRegistry::WorkerInfo& w : registry_->List()) {

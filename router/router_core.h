@@ -104,6 +104,8 @@ class RouterCore final : public Generator {
 
   absl::Time Now() const { return options_.clock->Now(); }
   void RequestSnapshot(const std::string& worker_id);
+  // tandem_router_kv_index_entries{tier} from the index, after it changed.
+  void PublishIndexGauges();
   void SnapshotLoop();
   void SweepLoop();
 

@@ -30,6 +30,9 @@ RouterMetrics& RouterMetrics::Get() {
     out->workers =
         r.Gauge("tandem_router_workers",
                 "Healthy workers registered with this router, by role (prefill, decode, store)", {"role"});
+    out->kv_index_entries =
+        r.Gauge("tandem_router_kv_index_entries",
+                "(block, worker) pairs the router's KV index holds, by tier (hbm, dram, ssd)", {"tier"});
     out->retries = r.Counter("tandem_router_retries_total", "Placements retried after a worker failed", {})
                        ->WithLabels({});
     return out;

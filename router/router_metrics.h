@@ -25,6 +25,9 @@ struct RouterMetrics {
   Gauge* in_flight;
   Counter* retries;
   GaugeFamily* workers;  // {role}: prefill, decode, store
+  // {tier}: hbm, dram, ssd. (hash, worker) pairs in the KV index: shows the
+  // index catching up with the workers' KV events.
+  GaugeFamily* kv_index_entries;
 
   // The process's instance, registered on first use; never destroyed.
   static RouterMetrics& Get();

@@ -28,12 +28,16 @@
 #include "rocksdb/db.h"
 #include "tandem/v1/tandem.grpc.pb.h"
 #include "tandem/v1/worker.grpc.pb.h"
+#include "tests/testing/poll.h"
 #include "tests/testing/subprocess.h"
+#include "tests/testing/temp_dir.h"
 
 namespace tandem {
 namespace {
 
+using ::tandem::testing::PollUntil;
 using ::tandem::testing::Subprocess;
+using ::tandem::testing::TempDir;
 
 const std::string kStories = TANDEM_SHARED_DIR "/models/stories260K.gguf";
 constexpr int32_t kBlockSize = 16;
@@ -57,13 +61,15 @@ Proc Start(std::vector<std::string> argv) {
   return p;
 }
 
-// The port of a worker's /metrics from its ready line ("metrics":
-// "host:port"), or 0 without one.
-int MetricsPort(const Proc& p) {
-  const std::string address = p.ready.value("metrics", "");
+// The port of "host:port", or 0.
+int PortOf(const std::string& address) {
   const size_t colon = address.rfind(':');
   return colon == std::string::npos ? 0 : std::atoi(address.c_str() + colon + 1);
 }
+
+// The port of a worker's /metrics from its ready line ("metrics":
+// "host:port"), or 0 without one.
+int MetricsPort(const Proc& p) { return PortOf(p.ready.value("metrics", "")); }
 
 struct Result {
   grpc::Status status;
@@ -128,16 +134,6 @@ void CorruptSsdValue(const std::string& path, const std::string& model_id, Block
   delete db;
 }
 
-template <typename F>
-bool PollUntilTrue(F condition, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!condition()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-  return true;
-}
-
 bool ContainsAll(const std::set<BlockHash>& held, const std::vector<BlockHash>& want) {
   for (BlockHash h : want) {
     if (!held.contains(h)) return false;
@@ -183,8 +179,9 @@ TEST(KvTiersFlagsTest, WorkerTierFlagsReachTheEffectiveConfig) {
 
 TEST(KvTiersClusterTest, SsdBlocksSurviveKillAndAreServedAgain) {
   if (!std::ifstream(kStories)) GTEST_SKIP() << "shared data absent";
-  std::string dir = ::testing::TempDir() + "/kv_tiers_cluster_XXXXXX";
-  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+  TempDir temp("kv_tiers_cluster_");  // declared first: removed after the processes stop
+  const std::string dir = temp.path();
+  ASSERT_FALSE(dir.empty());
   const std::string ssd_path = dir + "/prefill-0";
 
   Proc router = Start({TANDEM_BINARY, "router", "--port", "0", "--model", kStories, "--heartbeat-ms", "200",
@@ -264,8 +261,6 @@ TEST(KvTiersClusterTest, SsdBlocksSurviveKillAndAreServedAgain) {
   prefill.process.reset();
   decode.process.reset();
   router.process.reset();
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
 }
 
 // GET `path` from 127.0.0.1:`port`; the body, or "" without a 200.
@@ -305,12 +300,15 @@ PrefetchCounts ReadPrefetchCounts(int metrics_port) {
 // prompt-based one) and the generation equals the one computed from scratch.
 TEST(KvTiersClusterTest, RouterHintPromotesSsdBlocksOnTheWorker) {
   if (!std::ifstream(kStories)) GTEST_SKIP() << "shared data absent";
-  std::string dir = ::testing::TempDir() + "/kv_hint_cluster_XXXXXX";
-  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+  TempDir temp("kv_hint_cluster_");  // declared first: removed after the processes stop
+  const std::string dir = temp.path();
+  ASSERT_FALSE(dir.empty());
 
-  Proc router = Start({TANDEM_BINARY, "router", "--port", "0", "--model", kStories, "--heartbeat-ms", "200",
-                       "--aggregate-max-uncached-tokens", "-1"});
+  Proc router = Start({TANDEM_BINARY, "router", "--port", "0", "--http-port", "0", "--model", kStories,
+                       "--heartbeat-ms", "200", "--aggregate-max-uncached-tokens", "-1"});
   ASSERT_FALSE(router.address.empty());
+  const int router_http_port = PortOf(router.ready.value("http", ""));
+  ASSERT_GT(router_http_port, 0) << router.ready.dump();
   Proc prefill = Start({TANDEM_BINARY,     "prefill",
                         "--router",        router.address,
                         "--model",         kStories,
@@ -360,8 +358,28 @@ TEST(KvTiersClusterTest, RouterHintPromotesSsdBlocksOnTheWorker) {
     const Result r = Generate(stub.get(), Story(filler++, 120), 4);
     ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   }
-  // Let the router's index catch up with the worker's KV events.
-  absl::SleepFor(absl::Seconds(1));
+  // The router's index has caught up with both workers' KV events when its
+  // per-tier entries equal what their snapshots hold (nothing runs now, so
+  // the workers' state stands still): then it places the prompt's blocks on
+  // the prefill worker's SSD tier.
+  std::string router_metrics;
+  ASSERT_TRUE(PollUntil(
+      [&] {
+        router_metrics = HttpGet(router_http_port, "/metrics");
+        for (const auto& [tier, label] :
+             {std::pair{tandem::v1::KV_TIER_HBM, "hbm"}, std::pair{tandem::v1::KV_TIER_DRAM, "dram"},
+              std::pair{tandem::v1::KV_TIER_SSD, "ssd"}}) {
+          const size_t held =
+              SnapshotTier(prefill.address, tier).size() + SnapshotTier(decode.address, tier).size();
+          const double indexed =
+              Sample(router_metrics, absl::StrCat("tandem_router_kv_index_entries{tier=\"", label, "\"}"));
+          if (indexed != static_cast<double>(held)) return false;
+        }
+        return true;
+      },
+      absl::Seconds(20), absl::Milliseconds(50)))
+      << "the router's KV index never matched the workers' snapshots:\n"
+      << router_metrics;
 
   const PrefetchCounts before = ReadPrefetchCounts(metrics_port);
   ASSERT_GE(before.hint_requests, 0) << "no tandem_worker_kv_prefetch_* on the worker's /metrics";
@@ -373,7 +391,7 @@ TEST(KvTiersClusterTest, RouterHintPromotesSsdBlocksOnTheWorker) {
       << "the prompt's blocks were not reused from the SSD tier";
   // The prefetch runs beside the request: wait for its counts to settle.
   PrefetchCounts after;
-  EXPECT_TRUE(PollUntilTrue(
+  EXPECT_TRUE(PollUntil(
       [&] {
         after = ReadPrefetchCounts(metrics_port);
         return after.hint_promoted + after.hint_dram - before.hint_promoted - before.hint_dram >=
@@ -385,8 +403,6 @@ TEST(KvTiersClusterTest, RouterHintPromotesSsdBlocksOnTheWorker) {
   EXPECT_GT(after.hint_promoted - before.hint_promoted, 0) << "no block was promoted by the hinted prefetch";
 
   for (Proc* p : {&prefill, &decode, &router}) p->process.reset();
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
 }
 
 // The shared store: prefill worker A computes a prompt and, when its pool
@@ -397,8 +413,9 @@ TEST(KvTiersClusterTest, RouterHintPromotesSsdBlocksOnTheWorker) {
 // never served, so B reuses exactly the blocks before it and computes the rest.
 TEST(KvTiersClusterTest, SharedStoreServesAnotherWorkerAfterKill) {
   if (!std::ifstream(kStories)) GTEST_SKIP() << "shared data absent";
-  std::string dir = ::testing::TempDir() + "/kv_store_cluster_XXXXXX";
-  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+  TempDir temp("kv_store_cluster_");  // declared first: removed after the processes stop
+  const std::string dir = temp.path();
+  ASSERT_FALSE(dir.empty());
 
   Proc router = Start({TANDEM_BINARY, "router", "--port", "0", "--model", kStories, "--heartbeat-ms", "200",
                        "--aggregate-max-uncached-tokens", "-1"});
@@ -492,8 +509,6 @@ TEST(KvTiersClusterTest, SharedStoreServesAnotherWorkerAfterKill) {
   EXPECT_EQ(Sample(m, R"(tandem_worker_kv_store_bytes{direction="fetch",transport="grpc"})"), 0) << m;
 
   for (Proc* p : {&prefill_b, &decode, &store, &router}) p->process.reset();
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
 }
 
 // Integrity through transfer (issue #6): the prefill worker sends a CRC32C
