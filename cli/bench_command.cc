@@ -6,6 +6,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -129,19 +130,12 @@ void RegisterBench(CLI::App* cmd, BenchFlags* f) {
   });
 }
 
-int RunBench(const BenchFlags& f) {
-  if (f.trace.empty() == !f.synthetic) {
-    std::cerr << kPrefix << ": give --trace FILE or --synthetic\n";
-    return 2;
-  }
-  if (f.synthetic && f.time_scale.has_value()) {
-    std::cerr << kPrefix << ": --time-scale applies to a trace's timestamps; use --rate with --synthetic\n";
-    return 2;
-  }
+namespace {
 
-  // --- The workload, as trace records.
-  const int32_t block_tokens = f.block_tokens > 0 ? f.block_tokens : (f.synthetic ? 16 : 512);
-  std::vector<loadgen::TraceRequest> records;
+// Trace records to replay: --synthetic's generated ones or --trace's. On
+// error, the message is printed and *exit_code set.
+std::optional<std::vector<loadgen::TraceRequest>> LoadRecords(const BenchFlags& f, int32_t block_tokens,
+                                                              int* exit_code) {
   if (f.synthetic) {
     const int32_t n = f.max_requests > 0 && f.max_requests < f.num_requests
                           ? static_cast<int32_t>(f.max_requests)
@@ -156,20 +150,103 @@ int RunBench(const BenchFlags& f) {
                                          .seed = f.seed});
     if (!made.ok()) {
       std::cerr << kPrefix << ": " << made.status().message() << "\n";
-      return 2;
+      *exit_code = 2;
+      return std::nullopt;
     }
-    records = *std::move(made);
-  } else {
-    absl::StatusOr<std::vector<loadgen::TraceRequest>> read =
-        loadgen::ReadMooncakeTrace(f.trace, f.max_requests);
-    if (!read.ok()) {
-      std::cerr << kPrefix << ": " << read.status().message() << "\n";
-      return 1;
-    }
-    records = *std::move(read);
+    return *std::move(made);
+  }
+  absl::StatusOr<std::vector<loadgen::TraceRequest>> read =
+      loadgen::ReadMooncakeTrace(f.trace, f.max_requests);
+  if (!read.ok()) {
+    std::cerr << kPrefix << ": " << read.status().message() << "\n";
+    *exit_code = 1;
+    return std::nullopt;
+  }
+  return *std::move(read);
+}
+
+// When each record is sent: --rate's Poisson schedule, all at once for
+// --synthetic, else the trace's timestamps scaled by --time-scale.
+std::vector<absl::Duration> SendTimes(const BenchFlags& f,
+                                      const std::vector<loadgen::TraceRequest>& records) {
+  if (f.rate.has_value()) {
+    return loadgen::PoissonSchedule(static_cast<int64_t>(records.size()), *f.rate, f.seed);
+  }
+  if (f.synthetic) return std::vector<absl::Duration>(records.size(), absl::ZeroDuration());
+  return loadgen::TraceSchedule(records, f.time_scale.value_or(1.0));
+}
+
+// The runner's options: the channel (TLS from the flags), limits, SLO and
+// progress lines on stderr unless --quiet.
+absl::StatusOr<loadgen::Runner::Options> RunnerOptions(const BenchFlags& f, size_t total) {
+  TlsFlags tls = f.tls;
+  tls.enabled = !tls.ca_file.empty() || !tls.cert_file.empty();
+  absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(tls);
+  if (!channels.ok()) return channels.status();
+  loadgen::Runner::Options options;
+  options.channel = (*channels)(f.target);
+  options.concurrency_limit = f.concurrency_limit;
+  options.request_timeout = absl::Seconds(f.timeout_s);
+  options.slo = {.ttft_ms = f.slo_ttft_ms, .tpot_ms = f.slo_tpot_ms};
+  options.model = f.model;
+  if (!f.quiet) {
+    options.on_progress = [total](const loadgen::Runner::Progress& p) {
+      std::fprintf(stderr,
+                   "[%6.1f s] sent %lld/%zu  completed %lld  rejected %lld  errors %lld  in-flight %lld\n",
+                   absl::ToDoubleSeconds(p.elapsed), static_cast<long long>(p.sent), total,
+                   static_cast<long long>(p.completed), static_cast<long long>(p.rejected),
+                   static_cast<long long>(p.errors), static_cast<long long>(p.in_flight));
+    };
+  }
+  return options;
+}
+
+// --json FILE: the summary with per-request samples and the run's settings.
+bool WriteJsonReport(const BenchFlags& f, const loadgen::RunSummary& summary,
+                     const loadgen::Runner::RunResult& run, const std::vector<absl::Duration>& times,
+                     int32_t block_tokens) {
+  nlohmann::ordered_json j = loadgen::SummaryToJson(summary, run.results, /*samples=*/true);
+  j["label"] = f.label;
+  j["workload"] = f.synthetic ? "synthetic" : f.trace;
+  j["rate_rps"] = f.rate.has_value() ? nlohmann::ordered_json(*f.rate) : nlohmann::ordered_json(nullptr);
+  j["time_scale"] = f.rate.has_value() || f.synthetic ? nlohmann::ordered_json(nullptr)
+                                                      : nlohmann::ordered_json(f.time_scale.value_or(1.0));
+  const double span = times.empty() ? 0 : absl::ToDoubleSeconds(times.back() - times.front());
+  j["offered_rps"] = span > 0 ? nlohmann::ordered_json(static_cast<double>(times.size() - 1) / span)
+                              : nlohmann::ordered_json(nullptr);
+  j["block_tokens"] = block_tokens;
+  j["concurrency_limit"] = f.concurrency_limit;
+  std::ofstream out(f.json);
+  out << j.dump(2) << "\n";
+  out.close();
+  if (!out) {
+    std::cerr << kPrefix << ": cannot write " << f.json << "\n";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+int RunBench(const BenchFlags& f) {
+  if (f.trace.empty() == !f.synthetic) {
+    std::cerr << kPrefix << ": give --trace FILE or --synthetic\n";
+    return 2;
+  }
+  if (f.synthetic && f.time_scale.has_value()) {
+    std::cerr << kPrefix << ": --time-scale applies to a trace's timestamps; use --rate with --synthetic\n";
+    return 2;
+  }
+  if (f.tls.cert_file.empty() != f.tls.key_file.empty()) {
+    std::cerr << kPrefix << ": --tls-cert and --tls-key go together\n";
+    return 2;
   }
 
-  // --- Prompts and send times.
+  // --- The workload, as trace records, then prompts and send times.
+  const int32_t block_tokens = f.block_tokens > 0 ? f.block_tokens : (f.synthetic ? 16 : 512);
+  int exit_code = 0;
+  std::optional<std::vector<loadgen::TraceRequest>> records = LoadRecords(f, block_tokens, &exit_code);
+  if (!records.has_value()) return exit_code;
   absl::StatusOr<std::unique_ptr<loadgen::PromptSynthesizer>> synth = loadgen::PromptSynthesizer::Create({
       .vocab_size = f.vocab_size,
       .first_token_id = f.first_token_id,
@@ -185,18 +262,11 @@ int RunBench(const BenchFlags& f) {
     std::cerr << kPrefix << ": " << synth.status().message() << "\n";
     return 2;
   }
-  std::vector<absl::Duration> times;
-  if (f.rate.has_value()) {
-    times = loadgen::PoissonSchedule(static_cast<int64_t>(records.size()), *f.rate, f.seed);
-  } else if (f.synthetic) {
-    times.assign(records.size(), absl::ZeroDuration());
-  } else {
-    times = loadgen::TraceSchedule(records, f.time_scale.value_or(1.0));
-  }
+  const std::vector<absl::Duration> times = SendTimes(f, *records);
   std::vector<loadgen::Runner::Scheduled> schedule;
-  schedule.reserve(records.size());
-  for (size_t i = 0; i < records.size(); ++i) {
-    absl::StatusOr<loadgen::LoadRequest> r = (*synth)->Synthesize(records[i]);
+  schedule.reserve(records->size());
+  for (size_t i = 0; i < records->size(); ++i) {
+    absl::StatusOr<loadgen::LoadRequest> r = (*synth)->Synthesize((*records)[i]);
     if (!r.ok()) {
       std::cerr << kPrefix << ": request " << i << ": " << r.status().message() << "\n";
       return 2;
@@ -205,62 +275,18 @@ int RunBench(const BenchFlags& f) {
   }
 
   // --- Run.
-  if (f.tls.cert_file.empty() != f.tls.key_file.empty()) {
-    std::cerr << kPrefix << ": --tls-cert and --tls-key go together\n";
-    return 2;
-  }
-  TlsFlags tls = f.tls;
-  tls.enabled = !tls.ca_file.empty() || !tls.cert_file.empty();
-  absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(tls);
-  if (!channels.ok()) {
-    std::cerr << kPrefix << ": " << channels.status().message() << "\n";
-    return 2;
-  }
-  loadgen::Runner::Options options;
-  options.channel = (*channels)(f.target);
-  options.concurrency_limit = f.concurrency_limit;
-  options.request_timeout = absl::Seconds(f.timeout_s);
-  options.slo = {.ttft_ms = f.slo_ttft_ms, .tpot_ms = f.slo_tpot_ms};
-  options.model = f.model;
-  if (!f.quiet) {
-    options.on_progress = [total = schedule.size()](const loadgen::Runner::Progress& p) {
-      std::fprintf(stderr,
-                   "[%6.1f s] sent %lld/%zu  completed %lld  rejected %lld  errors %lld  in-flight %lld\n",
-                   absl::ToDoubleSeconds(p.elapsed), static_cast<long long>(p.sent), total,
-                   static_cast<long long>(p.completed), static_cast<long long>(p.rejected),
-                   static_cast<long long>(p.errors), static_cast<long long>(p.in_flight));
-    };
-  }
-  absl::StatusOr<std::unique_ptr<loadgen::Runner>> runner = loadgen::Runner::Create(options);
+  absl::StatusOr<loadgen::Runner::Options> options = RunnerOptions(f, schedule.size());
+  absl::StatusOr<std::unique_ptr<loadgen::Runner>> runner =
+      options.ok() ? loadgen::Runner::Create(*options) : options.status();
   if (!runner.ok()) {
     std::cerr << kPrefix << ": " << runner.status().message() << "\n";
     return 2;
   }
   const loadgen::Runner::RunResult run = (*runner)->Run(schedule);
   const loadgen::RunSummary summary =
-      loadgen::Summarize(run.results, options.slo, absl::ToDoubleSeconds(run.duration));
+      loadgen::Summarize(run.results, options->slo, absl::ToDoubleSeconds(run.duration));
   PrintTable(f, summary);
-
-  if (!f.json.empty()) {
-    nlohmann::ordered_json j = loadgen::SummaryToJson(summary, run.results, /*samples=*/true);
-    j["label"] = f.label;
-    j["workload"] = f.synthetic ? "synthetic" : f.trace;
-    j["rate_rps"] = f.rate.has_value() ? nlohmann::ordered_json(*f.rate) : nlohmann::ordered_json(nullptr);
-    j["time_scale"] = f.rate.has_value() || f.synthetic ? nlohmann::ordered_json(nullptr)
-                                                        : nlohmann::ordered_json(f.time_scale.value_or(1.0));
-    const double span = times.empty() ? 0 : absl::ToDoubleSeconds(times.back() - times.front());
-    j["offered_rps"] = span > 0 ? nlohmann::ordered_json(static_cast<double>(times.size() - 1) / span)
-                                : nlohmann::ordered_json(nullptr);
-    j["block_tokens"] = block_tokens;
-    j["concurrency_limit"] = f.concurrency_limit;
-    std::ofstream out(f.json);
-    out << j.dump(2) << "\n";
-    out.close();
-    if (!out) {
-      std::cerr << kPrefix << ": cannot write " << f.json << "\n";
-      return 1;
-    }
-  }
+  if (!f.json.empty() && !WriteJsonReport(f, summary, run, times, block_tokens)) return 1;
   if (summary.requests > 0 && summary.errors == summary.requests) {
     std::cerr << kPrefix << ": every request failed; is a router (tandem up / tandem router) serving at "
               << f.target << "?\n";

@@ -13,7 +13,7 @@
 #include "cli/process.h"
 #include "grpcpp/security/server_credentials.h"
 #include "http/server.h"
-#include "model/loader.h"
+#include "model/model_info.h"
 #include "router/openai_front.h"
 #include "router/placement.h"
 #include "router/router_core.h"
@@ -130,9 +130,9 @@ void RegisterRouter(CLI::App* cmd, RouterFlags* f) {
 
 int RunRouter(const RouterFlags& f) {
   TerminationSignals signals(kTag);
-  // TODO(issue 14): model::LoadModelInfo (no weights, no backend) once
-  // RouterCore takes a ModelInfo.
-  auto model = model::LoadModel(f.model);
+  // Config, tokenizer and chat template only: the router runs no forward
+  // pass, so it loads no weights and creates no backend (no GPU touched).
+  auto model = model::LoadModelInfo(f.model);
   if (!model.ok()) {
     std::cerr << kTag << "cannot load model '" << f.model << "': " << model.status().message() << "\n";
     return 1;

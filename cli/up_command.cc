@@ -499,6 +499,94 @@ std::string SelfPath() {
   return std::string(buf, static_cast<size_t>(n));
 }
 
+// Exec this very binary through /proc/self/exe (immune to PATH and to cwd);
+// argv[0] names it for ps.
+constexpr const char* kSelfExe = "/proc/self/exe";
+
+// Flags every child gets besides its own.
+std::vector<std::string> CommonFlags(const UpFlags& f) {
+  std::vector<std::string> common;
+  for (const auto& [flag, value] : {std::pair{"--config", &f.config}, std::pair{"--tls-cert", &f.tls_cert},
+                                    std::pair{"--tls-key", &f.tls_key}, std::pair{"--tls-ca", &f.tls_ca}}) {
+    if (value->empty()) continue;
+    common.push_back(flag);
+    common.push_back(*value);
+  }
+  return common;
+}
+
+ChildSpec RouterSpec(const UpFlags& f, const std::string& self, const std::vector<std::string>& common) {
+  ChildSpec router{
+      .role = "router",
+      .name = "router",
+      .executable = kSelfExe,
+      .argv = {self, "router", "--host", f.host, "--port", absl::StrCat(f.port), "--model", f.model},
+      .essential = true};
+  router.argv.insert(router.argv.end(), common.begin(), common.end());
+  if (!f.policy.empty()) router.argv.insert(router.argv.end(), {"--policy", f.policy});
+  if (f.slo_ttft_ms >= 0)
+    router.argv.insert(router.argv.end(), {"--slo-ttft-ms", absl::StrCat(f.slo_ttft_ms)});
+  if (f.slo_tpot_ms >= 0)
+    router.argv.insert(router.argv.end(), {"--slo-tpot-ms", absl::StrCat(f.slo_tpot_ms)});
+  if (f.http_port >= 0) router.argv.insert(router.argv.end(), {"--http-port", absl::StrCat(f.http_port)});
+  for (const std::string& key : f.api_keys) router.argv.insert(router.argv.end(), {"--api-key", key});
+  return router;
+}
+
+// The shared store (--store). Not essential: workers whose store is gone
+// miss and compute.
+ChildSpec StoreSpec(const UpFlags& f, const std::string& self, const std::string& router_address) {
+  const std::string ssd_dir = !f.store_ssd_dir.empty() ? f.store_ssd_dir
+                              : f.kv_ssd_dir.empty()   ? ""
+                                                       : f.kv_ssd_dir + "/store";
+  ChildSpec store{.role = "store",
+                  .name = "store",
+                  .executable = kSelfExe,
+                  .argv = {self, "store", "--router", router_address, "--model", f.model, "--host", f.host,
+                           "--port", "0", "--block-size", absl::StrCat(f.block_size > 0 ? f.block_size : 16),
+                           "--dram-bytes", absl::StrCat(f.store_dram_bytes), "--store-id", "store-0"}};
+  if (!ssd_dir.empty()) store.argv.insert(store.argv.end(), {"--ssd-path", ssd_dir});
+  // `tandem store` takes no --config: only the TLS flags of CommonFlags.
+  for (const auto& [flag, value] : {std::pair{"--tls-cert", &f.tls_cert}, std::pair{"--tls-key", &f.tls_key},
+                                    std::pair{"--tls-ca", &f.tls_ca}}) {
+    if (!value->empty()) store.argv.insert(store.argv.end(), {flag, *value});
+  }
+  return store;
+}
+
+std::vector<ChildSpec> WorkerSpecs(const UpFlags& f, const std::string& self,
+                                   const std::vector<std::string>& common, const std::string& router_address,
+                                   const std::string& store_address) {
+  const int64_t kv_dram_bytes =
+      f.kv_dram_bytes > 0 || !f.store ? f.kv_dram_bytes : kDefaultStoreWorkerDramBytes;
+  std::vector<ChildSpec> workers;
+  for (const char* role : {"prefill", "decode"}) {
+    const int count = std::string_view(role) == "prefill" ? f.prefill : f.decode;
+    for (int i = 0; i < count; ++i) {
+      workers.push_back({.role = role,
+                         .name = absl::StrCat(role, " ", i),
+                         .executable = kSelfExe,
+                         .argv = {self, role, "--router", router_address, "--model", f.model, "--host",
+                                  f.host, "--port", "0", "--threads", absl::StrCat(f.threads)}});
+      std::vector<std::string>& argv = workers.back().argv;
+      argv.insert(argv.end(), common.begin(), common.end());
+      for (const auto& [flag, value] :
+           {std::pair{"--kv-cache-mb", f.kv_cache_mb}, std::pair{"--block-size", f.block_size},
+            std::pair{"--max-running", f.max_running}}) {
+        if (value > 0) argv.insert(argv.end(), {flag, absl::StrCat(value)});
+      }
+      if (kv_dram_bytes > 0) argv.insert(argv.end(), {"--kv-dram-bytes", absl::StrCat(kv_dram_bytes)});
+      if (f.kv_ssd_bytes > 0) argv.insert(argv.end(), {"--kv-ssd-bytes", absl::StrCat(f.kv_ssd_bytes)});
+      if (!f.kv_ssd_dir.empty()) {
+        argv.insert(argv.end(), {"--kv-ssd-path", absl::StrCat(f.kv_ssd_dir, "/", role, "-", i)});
+      }
+      if (!f.kv_prefetch.empty()) argv.insert(argv.end(), {"--kv-prefetch", f.kv_prefetch});
+      if (!store_address.empty()) argv.insert(argv.end(), {"--kv-store", store_address});
+    }
+  }
+  return workers;
+}
+
 }  // namespace
 
 int RunUp(const UpFlags& f) {
@@ -509,10 +597,7 @@ int RunUp(const UpFlags& f) {
     return 1;
   }
   Supervisor& sup = **supervisor;
-  // Exec this very binary through /proc/self/exe (immune to PATH and to cwd);
-  // argv[0] names it for ps.
-  const std::string self = SelfPath();
-  const std::string exe = "/proc/self/exe";
+  const std::string self = SelfPath();  // argv[0] of the children
   const absl::Time deadline = absl::Now() + absl::Seconds(f.ready_timeout_s);
 
   // Stops everything after a failure to start; the exit code.
@@ -529,85 +614,20 @@ int RunUp(const UpFlags& f) {
     return 1;
   };
 
-  // Flags every child gets besides its own.
-  std::vector<std::string> common;
-  for (const auto& [flag, value] : {std::pair{"--config", &f.config}, std::pair{"--tls-cert", &f.tls_cert},
-                                    std::pair{"--tls-key", &f.tls_key}, std::pair{"--tls-ca", &f.tls_ca}}) {
-    if (value->empty()) continue;
-    common.push_back(flag);
-    common.push_back(*value);
-  }
-  ChildSpec router{
-      .role = "router",
-      .name = "router",
-      .executable = exe,
-      .argv = {self, "router", "--host", f.host, "--port", absl::StrCat(f.port), "--model", f.model},
-      .essential = true};
-  router.argv.insert(router.argv.end(), common.begin(), common.end());
-  if (!f.policy.empty()) router.argv.insert(router.argv.end(), {"--policy", f.policy});
-  if (f.slo_ttft_ms >= 0)
-    router.argv.insert(router.argv.end(), {"--slo-ttft-ms", absl::StrCat(f.slo_ttft_ms)});
-  if (f.slo_tpot_ms >= 0)
-    router.argv.insert(router.argv.end(), {"--slo-tpot-ms", absl::StrCat(f.slo_tpot_ms)});
-  if (f.http_port >= 0) router.argv.insert(router.argv.end(), {"--http-port", absl::StrCat(f.http_port)});
-  for (const std::string& key : f.api_keys) router.argv.insert(router.argv.end(), {"--api-key", key});
-  auto router_ready = sup.StartAndWaitReady({router}, deadline);
+  const std::vector<std::string> common = CommonFlags(f);
+  auto router_ready = sup.StartAndWaitReady({RouterSpec(f, self, common)}, deadline);
   if (!router_ready.ok()) return fail(router_ready.status());
   const std::string router_address = DialableAddress((*router_ready)[0]["grpc"].get<std::string>());
 
-  // The shared store (--store): ready once registered with the router; the
-  // workers need its address. Not essential: workers whose store is gone
-  // miss and compute.
+  // The store is ready once registered with the router; the workers need
+  // its address.
   std::string store_address;
   if (f.store) {
-    const std::string ssd_dir = !f.store_ssd_dir.empty() ? f.store_ssd_dir
-                                : f.kv_ssd_dir.empty()   ? ""
-                                                         : f.kv_ssd_dir + "/store";
-    ChildSpec store{
-        .role = "store",
-        .name = "store",
-        .executable = exe,
-        .argv = {self, "store", "--router", router_address, "--model", f.model, "--host", f.host, "--port",
-                 "0", "--block-size", absl::StrCat(f.block_size > 0 ? f.block_size : 16), "--dram-bytes",
-                 absl::StrCat(f.store_dram_bytes), "--store-id", "store-0"}};
-    if (!ssd_dir.empty()) store.argv.insert(store.argv.end(), {"--ssd-path", ssd_dir});
-    // `tandem store` takes no --config: only the TLS flags of `common`.
-    for (const auto& [flag, value] : {std::pair{"--tls-cert", &f.tls_cert},
-                                      std::pair{"--tls-key", &f.tls_key}, std::pair{"--tls-ca", &f.tls_ca}}) {
-      if (!value->empty()) store.argv.insert(store.argv.end(), {flag, *value});
-    }
-    auto store_ready = sup.StartAndWaitReady({store}, deadline);
+    auto store_ready = sup.StartAndWaitReady({StoreSpec(f, self, router_address)}, deadline);
     if (!store_ready.ok()) return fail(store_ready.status());
     store_address = DialableAddress((*store_ready)[0]["grpc"].get<std::string>());
   }
-  const int64_t kv_dram_bytes =
-      f.kv_dram_bytes > 0 || !f.store ? f.kv_dram_bytes : kDefaultStoreWorkerDramBytes;
-
-  std::vector<ChildSpec> workers;
-  for (const char* role : {"prefill", "decode"}) {
-    const int count = std::string_view(role) == "prefill" ? f.prefill : f.decode;
-    for (int i = 0; i < count; ++i) {
-      workers.push_back({.role = role,
-                         .name = absl::StrCat(role, " ", i),
-                         .executable = exe,
-                         .argv = {self, role, "--router", router_address, "--model", f.model, "--host",
-                                  f.host, "--port", "0", "--threads", absl::StrCat(f.threads)}});
-      workers.back().argv.insert(workers.back().argv.end(), common.begin(), common.end());
-      for (const auto& [flag, value] :
-           {std::pair{"--kv-cache-mb", f.kv_cache_mb}, std::pair{"--block-size", f.block_size},
-            std::pair{"--max-running", f.max_running}}) {
-        if (value > 0) workers.back().argv.insert(workers.back().argv.end(), {flag, absl::StrCat(value)});
-      }
-      std::vector<std::string>& argv = workers.back().argv;
-      if (kv_dram_bytes > 0) argv.insert(argv.end(), {"--kv-dram-bytes", absl::StrCat(kv_dram_bytes)});
-      if (f.kv_ssd_bytes > 0) argv.insert(argv.end(), {"--kv-ssd-bytes", absl::StrCat(f.kv_ssd_bytes)});
-      if (!f.kv_ssd_dir.empty()) {
-        argv.insert(argv.end(), {"--kv-ssd-path", absl::StrCat(f.kv_ssd_dir, "/", role, "-", i)});
-      }
-      if (!f.kv_prefetch.empty()) argv.insert(argv.end(), {"--kv-prefetch", f.kv_prefetch});
-      if (!store_address.empty()) argv.insert(argv.end(), {"--kv-store", store_address});
-    }
-  }
+  const std::vector<ChildSpec> workers = WorkerSpecs(f, self, common, router_address, store_address);
   auto workers_ready = sup.StartAndWaitReady(workers, deadline);
   if (!workers_ready.ok()) return fail(workers_ready.status());
 
