@@ -28,11 +28,13 @@
 #include "tandem/v1/worker.grpc.pb.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/subprocess.h"
+#include "tests/testing/temp_dir.h"
 
 namespace tandem {
 namespace {
 
 using ::tandem::testing::Subprocess;
+using ::tandem::testing::TempDir;
 
 const std::string kStories = TANDEM_SHARED_DIR "/models/stories260K.gguf";
 const std::string kReference = TANDEM_SHARED_DIR "/data/reference/stories260K_greedy.jsonl";
@@ -369,9 +371,8 @@ namespace {
 // processes load it in a moment) runs through the whole cluster and gives the
 // single-process tokens.
 TEST(ClusterTest, SyntheticModelFromConfigJsonMatchesSingleProcess) {
-  char dir_template[] = "/tmp/tandem-config-XXXXXX";
-  ASSERT_NE(mkdtemp(dir_template), nullptr);
-  const std::string path = std::string(dir_template) + "/config.json";
+  TempDir dir("tandem-config-");  // removed on every exit, failures included
+  ASSERT_FALSE(dir.path().empty());
   nlohmann::json config = {{"architectures", {"LlamaForCausalLM"}},
                            {"model_type", "llama"},
                            {"hidden_size", 128},
@@ -395,7 +396,7 @@ TEST(ClusterTest, SyntheticModelFromConfigJsonMatchesSingleProcess) {
                              {"low_freq_factor", 1.0},
                              {"high_freq_factor", 4.0},
                              {"original_max_position_embeddings", 8192}}}};
-  std::ofstream(path) << config.dump(2);
+  const std::string path = dir.Write("config.json", config.dump(2));
   const std::string spec = "synthetic:config=" + path;
   Cluster cluster;
   ASSERT_NO_FATAL_FAILURE(cluster.Start(spec, 1, 1));
@@ -406,8 +407,6 @@ TEST(ClusterTest, SyntheticModelFromConfigJsonMatchesSingleProcess) {
     EXPECT_EQ(r.tokens, local.Greedy(prompt, 12)) << prompt;
     EXPECT_FALSE(r.summary.prefill_worker().empty());
   }
-  std::remove(path.c_str());
-  rmdir(dir_template);
 }
 
 }  // namespace

@@ -30,66 +30,30 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tandem/v1/tandem.grpc.pb.h"
+#include "tests/testing/shell.h"
 #include "tests/testing/subprocess.h"
+#include "tests/testing/temp_dir.h"
 
 namespace tandem {
 namespace {
 
 namespace fs = std::filesystem;
+using ::tandem::testing::CommandResult;
+using ::tandem::testing::Quote;
+using ::tandem::testing::Shell;
 using ::tandem::testing::Subprocess;
+using ::tandem::testing::TempDir;
 using json = nlohmann::json;
 
 const std::string kBinary = TANDEM_BINARY;
 const std::string kSource = TANDEM_SOURCE_DIR;
 const std::string kHelmCache = TANDEM_HELM_CACHE;
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr together
-};
-
-// Runs `command` through /bin/sh, capturing its output.
-CommandResult Shell(const std::string& command) {
-  CommandResult r;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return r;
-  char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof(buf), pipe)) > 0;) r.output.append(buf, n);
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-// Single-quotes `s` for /bin/sh.
-std::string Quote(const std::string& s) { return "'" + absl::StrReplaceAll(s, {{"'", "'\\''"}}) + "'"; }
-
 std::string QuoteAll(const std::vector<std::string>& args) {
   std::vector<std::string> q;
   for (const std::string& a : args) q.push_back(Quote(a));
   return absl::StrJoin(q, " ");
 }
-
-// A fresh folder under the test's temp dir, removed on destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "tandem_deploy_XXXXXX").string();
-    path_ = mkdtemp(pattern.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string File(const std::string& name, const std::string& contents = "") const {
-    const std::string p = path_ + "/" + name;
-    if (!contents.empty()) std::ofstream(p) << contents;
-    return p;
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // `tandem <args> --dry-run`: the effective configuration, or the failure.
 CommandResult DryRun(const std::vector<std::string>& args) {
@@ -100,8 +64,8 @@ CommandResult DryRun(const std::vector<std::string>& args) {
 // --config
 
 TEST(ConfigFileTest, UnknownFieldIsNamedWithTheFile) {
-  TempDir dir;
-  const std::string file = dir.File("bad.json", R"({"router": {"heartbeat_msec": 100}})");
+  TempDir dir("tandem_deploy_");
+  const std::string file = dir.Write("bad.json", R"({"router": {"heartbeat_msec": 100}})");
   CommandResult r = DryRun({"router", "--config", file});
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_TRUE(absl::StrContains(r.output, file)) << r.output;
@@ -109,14 +73,14 @@ TEST(ConfigFileTest, UnknownFieldIsNamedWithTheFile) {
 }
 
 TEST(ConfigFileTest, BadValueIsNamedWithTheField) {
-  TempDir dir;
-  const std::string file = dir.File("bad.json", R"({"worker": {"block_size": 0}})");
+  TempDir dir("tandem_deploy_");
+  const std::string file = dir.Write("bad.json", R"({"worker": {"block_size": 0}})");
   CommandResult r = DryRun({"decode", "--config", file});
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_TRUE(absl::StrContains(r.output, "worker.block_size (--block-size)")) << r.output;
   EXPECT_TRUE(absl::StrContains(r.output, file)) << r.output;
 
-  const std::string wrong_type = dir.File("type.json", R"({"router": {"port": "many"}})");
+  const std::string wrong_type = dir.Write("type.json", R"({"router": {"port": "many"}})");
   r = DryRun({"router", "--config", wrong_type});
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_TRUE(absl::StrContains(r.output, wrong_type)) << r.output;
@@ -128,8 +92,8 @@ TEST(ConfigFileTest, BadValueIsNamedWithTheField) {
 }
 
 TEST(ConfigFileTest, FileSetsDefaultsAndFlagsOverride) {
-  TempDir dir;
-  const std::string file = dir.File("good.json", R"({
+  TempDir dir("tandem_deploy_");
+  const std::string file = dir.Write("good.json", R"({
     "router": {"port": 6001, "heartbeatMs": 250, "heartbeat_misses": 5},
     "worker": {"router": "10.1.2.3:6001", "port": 6002, "kv_cache_mb": 32, "maxRunning": 7}})");
   CommandResult r = DryRun({"router", "--config", file, "--heartbeat-misses", "2"});
@@ -151,8 +115,8 @@ TEST(ConfigFileTest, FileSetsDefaultsAndFlagsOverride) {
 }
 
 TEST(ConfigFileTest, RouterServesOnTheConfiguredAddress) {
-  TempDir dir;
-  const std::string file = dir.File("c.json", R"({"router": {"host": "127.0.0.1", "port": 0}})");
+  TempDir dir("tandem_deploy_");
+  const std::string file = dir.Write("c.json", R"({"router": {"host": "127.0.0.1", "port": 0}})");
   Subprocess router({kBinary, "router", "--config", file});
   auto line = router.ReadLine(absl::Now() + absl::Seconds(60));
   ASSERT_TRUE(line.has_value()) << "router not ready";
@@ -188,26 +152,26 @@ bool MakeCerts(const TempDir& dir, TestCerts* certs, std::string* error) {
     *error = r.output;
     return false;
   }
-  *certs = {dir.File("ca.crt"), dir.File("node.crt"), dir.File("node.key"), dir.File("client.crt"),
-            dir.File("client.key")};
+  *certs = {dir.Path("ca.crt"), dir.Path("node.crt"), dir.Path("node.key"), dir.Path("client.crt"),
+            dir.Path("client.key")};
   return true;
 }
 
 TEST(TlsTest, MutualTlsClusterServesAndRefusesPlaintext) {
   if (Shell("command -v openssl").exit_code != 0) GTEST_SKIP() << "openssl not installed";
-  TempDir dir;
+  TempDir dir("tandem_deploy_");
   TestCerts certs;
   std::string error;
   ASSERT_TRUE(MakeCerts(dir, &certs, &error)) << error;
 
   // The router takes TLS from its config file, the workers from flags.
-  const std::string config = dir.File("tls.json", json({{"router", {{"port", 0}, {"heartbeat_ms", 200}}},
-                                                        {"tls",
-                                                         {{"enabled", true},
-                                                          {"cert_file", certs.node_cert},
-                                                          {"key_file", certs.node_key},
-                                                          {"ca_file", certs.ca}}}})
-                                                      .dump());
+  const std::string config = dir.Write("tls.json", json({{"router", {{"port", 0}, {"heartbeat_ms", 200}}},
+                                                         {"tls",
+                                                          {{"enabled", true},
+                                                           {"cert_file", certs.node_cert},
+                                                           {"key_file", certs.node_key},
+                                                           {"ca_file", certs.ca}}}})
+                                                       .dump());
   Subprocess router({kBinary, "router", "--config", config});
   auto line = router.ReadLine(absl::Now() + absl::Seconds(60));
   ASSERT_TRUE(line.has_value()) << "router not ready";
@@ -253,12 +217,12 @@ TEST(TlsTest, MutualTlsClusterServesAndRefusesPlaintext) {
 
 TEST(TlsTest, UpPassesConfigAndTlsToEveryProcess) {
   if (Shell("command -v openssl").exit_code != 0) GTEST_SKIP() << "openssl not installed";
-  TempDir dir;
+  TempDir dir("tandem_deploy_");
   TestCerts certs;
   std::string error;
   ASSERT_TRUE(MakeCerts(dir, &certs, &error)) << error;
   const std::string config =
-      dir.File("up.json", R"({"router": {"port": 0}, "worker": {"threads": 1, "kv_cache_mb": 32}})");
+      dir.Write("up.json", R"({"router": {"port": 0}, "worker": {"threads": 1, "kv_cache_mb": 32}})");
   Subprocess up({kBinary, "up", "--config", config, "--tls-cert", certs.node_cert, "--tls-key",
                  certs.node_key, "--tls-ca", certs.ca});
   std::string address;
@@ -347,7 +311,7 @@ void CheckChart(const std::vector<std::string>& values_files, const std::vector<
   CommandResult lint = Shell(absl::StrCat(Quote(helm), " lint --strict ", Quote(chart), values));
   ASSERT_EQ(lint.exit_code, 0) << lint.output;
 
-  TempDir dir;
+  TempDir dir("tandem_deploy_");
   const std::string rendered = dir.path() + "/rendered.yaml";
   CommandResult tpl =
       Shell(absl::StrCat(Quote(helm), " template tandem ", Quote(chart), values, " > ", Quote(rendered)));
@@ -366,7 +330,7 @@ void CheckChart(const std::vector<std::string>& values_files, const std::vector<
     if (o["kind"] == "ConfigMap" && o["data"].contains("config.json")) config_json = o["data"]["config.json"];
   }
   ASSERT_FALSE(config_json.empty()) << "no ConfigMap with config.json";
-  const std::string config_file = dir.File("config.json", config_json);
+  const std::string config_file = dir.Write("config.json", config_json);
   EXPECT_GE(kinds["Deployment"], 3);
   EXPECT_GE(kinds["Service"], 1);
 

@@ -33,12 +33,14 @@
 #include "model/loader.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/subprocess.h"
+#include "tests/testing/temp_dir.h"
 
 namespace tandem::hub {
 namespace {
 
 namespace fs = std::filesystem;
 using ::tandem::testing::StatusIs;
+using ::tandem::testing::TempDir;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::UnorderedElementsAre;
@@ -57,22 +59,6 @@ void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << bytes;
 }
-
-class TempDir {
- public:
-  TempDir() {
-    std::string t = (fs::temp_directory_path() / "pull_test.XXXXXX").string();
-    path_ = ::mkdtemp(t.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // GPT-2's byte-to-unicode map: the 256 single-character tokens of a
 // byte-level BPE vocabulary.
@@ -257,7 +243,7 @@ class PullTest : public ::testing::Test {
     return cache_ + "/" + RepoFolderName(repo);
   }
 
-  TempDir tmp_;
+  TempDir tmp_{"pull_test_"};
   std::string root_, cache_, log_;
 };
 
@@ -319,7 +305,7 @@ TEST(HubDigestTest, KnownVectors) {
   // FIPS 180-2 "abc"; `printf 'hello\n' | git hash-object --stdin`.
   EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   EXPECT_EQ(GitBlobSha1Hex("hello\n"), "ce013625030ba8dba906f756967f9e9ca394464a");
-  TempDir dir;
+  TempDir dir("pull_test_");
   WriteFile(dir.path() + "/f", "hello\n");
   ASSERT_OK_AND_ASSIGN(std::string sha1, FileGitBlobSha1Hex(dir.path() + "/f"));
   EXPECT_EQ(sha1, "ce013625030ba8dba906f756967f9e9ca394464a");

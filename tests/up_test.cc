@@ -28,6 +28,8 @@
 #include "gtest/gtest.h"
 #include "http/test_client.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/poll.h"
+#include "tests/testing/temp_dir.h"
 
 extern char** environ;
 
@@ -35,6 +37,8 @@ namespace tandem::cli {
 namespace {
 
 using nlohmann::ordered_json;
+using ::tandem::testing::PollUntil;
+using ::tandem::testing::TempDir;
 
 // ---------------------------------------------------------------------------
 // Pieces
@@ -85,17 +89,6 @@ bool ProcessGone(pid_t pid) {
   if (!std::getline(stat, line)) return true;
   const size_t paren = line.rfind(')');
   return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'Z';
-}
-
-// Polls `condition` until it holds or `timeout` passes.
-template <typename F>
-bool PollUntil(F condition, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!condition()) {
-    if (absl::Now() >= deadline) return false;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return true;
 }
 
 ChildSpec Shell(const std::string& role, const std::string& script, bool essential = false) {
@@ -532,9 +525,9 @@ int PortOf(const std::string& address) {
 // --kv-store with its address (and a DRAM tier in front of it), and
 // requests through the cluster give what a local generate gives.
 TEST(UpTest, StoreRegistersWithTheRouterAndWorkersUseIt) {
-  const std::string ssd_dir = ::testing::TempDir() + "/up_store_XXXXXX";
-  std::string dir = ssd_dir;
-  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+  TempDir temp("up_store_");
+  const std::string& dir = temp.path();
+  ASSERT_FALSE(dir.empty());
   UpProcess up({"--model", "synthetic:tiny", "--prefill", "1", "--decode", "1", "--port", "0", "--http-port",
                 "0", "--store", "--store-dram-bytes", "16777216", "--kv-ssd-dir", dir, "--ready-timeout-s",
                 "60"});
@@ -578,8 +571,6 @@ TEST(UpTest, StoreRegistersWithTheRouterAndWorkersUseIt) {
   ASSERT_EQ(kill(up.pid(), SIGTERM), 0);
   EXPECT_EQ(up.WaitExit(absl::Seconds(10)), 0);
   EXPECT_TRUE(ProcessGone(store["pid"].get<pid_t>()));
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
 }
 
 TEST(UpTest, RouterThatCannotStartFailsUp) {
