@@ -2,12 +2,12 @@
 
 #include <algorithm>
 #include <deque>
-#include <iostream>
 #include <memory>
 #include <optional>
 #include <utility>
 
 #include "absl/strings/str_format.h"
+#include "common/logging.h"
 #include "common/metrics.h"
 #include "common/status_macros.h"
 #include "kvstore/block_format.h"
@@ -420,8 +420,8 @@ absl::Status DecodeService::CheckTransferredBlocks(const tandem::v1::DecodeReque
     verified_blocks->Increment(static_cast<double>(r.kv_block_crc32c_size()));
   } else {
     failures->Increment();
-    std::cerr << "decode worker: request " << r.request_id() << ": " << verified.message()
-              << "; prefilling it here\n";
+    LOG(WARNING) << "decode worker: request " << r.request_id() << ": " << verified.message()
+                 << "; prefilling it here";
   }
   return verified;
 }

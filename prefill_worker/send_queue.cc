@@ -27,11 +27,14 @@ void SendQueue::Work() {
     std::function<void()> job;
     {
       absl::MutexLock lock(&mu_);
-      // No deadline: an idle thread has nothing to wait for but a job or the
-      // owner's stop, and the destructor always brings the latter.
-      mu_.Await(absl::Condition(
-          +[](SendQueue* q) ABSL_NO_THREAD_SAFETY_ANALYSIS { return q->stopping_ || !q->jobs_.empty(); },
-          this));
+      // Woken by a job or the owner's stop; the bound only keeps the rule
+      // that every wait has a deadline (an idle thread just waits again).
+      const bool ready = mu_.AwaitWithDeadline(
+          absl::Condition(
+              +[](SendQueue* q) ABSL_NO_THREAD_SAFETY_ANALYSIS { return q->stopping_ || !q->jobs_.empty(); },
+              this),
+          absl::Now() + absl::Seconds(1));
+      if (!ready) continue;
       if (jobs_.empty()) return;  // stopping, and nothing left to run
       job = std::move(jobs_.front());
       jobs_.pop_front();
