@@ -33,7 +33,7 @@ import json, os, re, shlex, sys
 
 db, clang, root = sys.argv[1:4]
 pattern = re.compile(r"ABSL_(?:PT_)?GUARDED_BY|ABSL_(?:EXCLUSIVE|SHARED)_LOCKS_REQUIRED|ABSL_LOCKS_EXCLUDED|"
-                     r"ABSL_(?:EXCLUSIVE|SHARED)?_?LOCK_FUNCTION|\bStdMutex\b")
+                     r"ABSL_(?:EXCLUSIVE|SHARED)?_?LOCK_FUNCTION|\bStdMutex")
 
 def annotated(path):
     try:
