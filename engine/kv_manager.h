@@ -25,7 +25,11 @@
 //
 // Admission and preemption: BlocksToAdmit(prompt, n) is exactly how much
 // num_free_blocks() of the pool drops if the sequence is started and grown to n
-// tokens now; BlocksNeeded(seq, n) is the same for a running sequence. A
+// tokens now (MatchPrefix and StartSequence walk the prefix with the same
+// WalkPrefix; the one exception: tiers with a store below that only a Load
+// asks, where StartSequence takes a block for every KvTiers::MayHold block
+// and MatchPrefix counts only the HoldsLocally ones); BlocksNeeded(seq, n) is
+// the same for a running sequence. A
 // scheduler compares those with pool->num_free_blocks(), and preempts by
 // FreeSequence (the sequence's committed blocks stay cached, so restarting it
 // later reuses them unless they were evicted meanwhile).
