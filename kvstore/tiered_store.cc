@@ -480,7 +480,7 @@ TieredStore::Stats TieredStore::stats() const {
 }
 
 absl::StatusOr<engine::KvTierSource> TieredStore::Load(BlockHash hash, absl::Span<const int32_t> tokens,
-                                                      absl::Span<uint8_t> payload_out) {
+                                                       absl::Span<uint8_t> payload_out) {
   TANDEM_ASSIGN_OR_RETURN(const Tier tier, Get(hash, tokens, payload_out));
   switch (tier) {
     case Tier::kDram:
