@@ -5,6 +5,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "grpcpp/support/server_interceptor.h"
 
 namespace tandem::worker_common {
 
@@ -22,6 +23,7 @@ absl::StatusOr<RunningGrpcServer> StartGrpcServer(const GrpcServerOptions& optio
     builder.SetMaxSendMessageSize(options.max_message_bytes);
   }
   for (grpc::Service* s : services) builder.RegisterService(s);
+  if (options.interceptors) builder.experimental().SetInterceptorCreators(options.interceptors());
   RunningGrpcServer running;
   running.server = builder.BuildAndStart();
   if (running.server == nullptr || port == 0) {

@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "grpcpp/server.h"
+#include "worker_common/server_interceptors.h"
 
 namespace tandem::worker_common {
 
@@ -33,6 +34,10 @@ struct GrpcServerOptions {
   // Largest message received or sent; 0 keeps gRPC's limits (4 MiB
   // received). Default: 0.
   int32_t max_message_bytes = 0;
+  // Interceptors on every call the server handles: how tests inject faults
+  // into real RPCs (a failed Reserve, an ABORTED Prefill, a corrupted
+  // checksum) without test hooks in the services. Default: empty (none).
+  ServerInterceptorFactories interceptors;
 };
 
 struct RunningGrpcServer {

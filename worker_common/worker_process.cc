@@ -352,11 +352,12 @@ absl::Status WorkerProcess::StartServices() {
       absl::Now() + absl::Seconds(10)));
   snapshot_service_ = std::make_unique<KvSnapshotService>(
       kv_events_.get(), info_.worker_id, [runner = runner_.get()] { return ToWorkerLoad(runner->load()); });
-  TANDEM_ASSIGN_OR_RETURN(
-      RunningGrpcServer server,
-      StartGrpcServer(
-          {.host = options_.host, .port = options_.port, .credentials = options_.server_credentials},
-          {service, snapshot_service_.get()}));
+  TANDEM_ASSIGN_OR_RETURN(RunningGrpcServer server,
+                          StartGrpcServer({.host = options_.host,
+                                           .port = options_.port,
+                                           .credentials = options_.server_credentials,
+                                           .interceptors = options_.server_interceptors},
+                                          {service, snapshot_service_.get()}));
   grpc_server_ = std::move(server.server);
   info_.grpc_port = server.port;
   info_.address = server.address;

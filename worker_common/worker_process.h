@@ -43,6 +43,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "worker_common/server_interceptors.h"
 
 namespace grpc {
 class Channel;
@@ -157,6 +158,9 @@ class WorkerProcess {
     // Makes the channels to the router and the store. Default: empty
     // (plaintext channels).
     std::function<std::shared_ptr<grpc::Channel>(const std::string& target)> channel_factory;
+    // Interceptors on the worker's gRPC server (grpc_server.h); tests inject
+    // faults with them. Default: empty (none).
+    ServerInterceptorFactories server_interceptors;
   };
 
   // What the worker serves, for its ready line and for tests. Fixed once
@@ -192,6 +196,11 @@ class WorkerProcess {
   void Stop();
 
   const Info& info() const { return info_; }
+
+  // The engine thread, for tests and tools that must act on it directly
+  // (tests/request_path_test.cc holds it to play a stuck device). Valid
+  // until the worker is destroyed.
+  engine::EngineRunner& engine_runner() { return *runner_; }
 
  private:
   explicit WorkerProcess(Options options);

@@ -1,0 +1,400 @@
+// The request path in one process: a router (RouterCore with its gRPC
+// services, as `tandem router` assembles them) and prefill and decode
+// WorkerProcesses, all on 127.0.0.1:0 with real gRPC between them and real
+// UCX writes of the KV blocks. Faults are injected into real RPCs by server
+// interceptors on the workers (a Reserve that fails, a Prefill that returns
+// ABORTED as a failed transfer does, a prefill response whose block checksum
+// is wrong) and by holding or removing a worker (a decode worker that stops
+// mid-stream). The router's registry and core run on a FakeClock, so no
+// worker leaves the rotation because this machine is slow, and nothing here
+// sleeps to synchronise: each step waits for the event it needs, with a
+// deadline.
+//
+// The subprocess cluster tests (cluster_test, up_test) stay the end-to-end
+// layer; this is the layer where a fault can be aimed at one call.
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "common/clock.h"
+#include "common/metrics.h"
+#include "engine/engine.h"
+#include "engine/engine_runner.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/server_interceptor.h"
+#include "gtest/gtest.h"
+#include "model/model_info.h"
+#include "router/router_core.h"
+#include "router/router_service.h"
+#include "router/worker_registry.h"
+#include "tandem/v1/tandem.grpc.pb.h"
+#include "tandem/v1/worker.pb.h"
+#include "worker_common/grpc_server.h"
+#include "worker_common/worker_process.h"
+
+namespace tandem {
+namespace {
+
+using worker_common::WorkerProcess;
+
+constexpr char kModel[] = "synthetic:tiny";
+constexpr char kReserve[] = "/tandem.v1.DecodeWorker/Reserve";
+constexpr char kPrefill[] = "/tandem.v1.PrefillWorker/Prefill";
+// Bound on every request and every wait in this file.
+constexpr absl::Duration kDeadline = absl::Seconds(60);
+
+// Faults to apply to the next matching calls, shared by every worker's
+// interceptors; records which worker each fault hit.
+class Faults {
+ public:
+  // The next `count` calls of `method` on any worker end with `status`
+  // instead of the handler's (the handler still runs: a reply lost on the
+  // way, which is what a caller sees of a worker that fails late).
+  void FailNext(const std::string& method, grpc::Status status, int count = 1) {
+    absl::MutexLock lock(&mu_);
+    statuses_[method] = {count, std::move(status)};
+  }
+  // The next `count` Prefill responses carry a wrong CRC32C for their first
+  // transferred block.
+  void CorruptNextChecksums(int count = 1) {
+    absl::MutexLock lock(&mu_);
+    corrupt_checksums_ = count;
+  }
+
+  std::optional<grpc::Status> TakeStatus(const std::string& method, const std::string& worker) {
+    absl::MutexLock lock(&mu_);
+    auto it = statuses_.find(method);
+    if (it == statuses_.end() || it->second.first == 0) return std::nullopt;
+    --it->second.first;
+    hits_.push_back(worker + " " + method);
+    return it->second.second;
+  }
+  bool TakeChecksumCorruption(const std::string& worker) {
+    absl::MutexLock lock(&mu_);
+    if (corrupt_checksums_ == 0) return false;
+    --corrupt_checksums_;
+    hits_.push_back(worker + " checksum");
+    return true;
+  }
+  // "WORKER METHOD" or "WORKER checksum" for each fault applied, in order.
+  std::vector<std::string> hits() {
+    absl::MutexLock lock(&mu_);
+    return hits_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, std::pair<int, grpc::Status>> statuses_ ABSL_GUARDED_BY(mu_);
+  int corrupt_checksums_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::string> hits_ ABSL_GUARDED_BY(mu_);
+};
+
+class FaultInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  FaultInterceptor(Faults* faults, std::string worker, std::string method)
+      : faults_(faults), worker_(std::move(worker)), method_(std::move(method)) {}
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    using Hook = grpc::experimental::InterceptionHookPoints;
+    if (methods->QueryInterceptionHookPoint(Hook::PRE_SEND_MESSAGE) && method_ == kPrefill) {
+      const auto* response = static_cast<const tandem::v1::PrefillResponse*>(methods->GetSendMessage());
+      if (response != nullptr && response->kv_block_crc32c_size() > 0 &&
+          faults_->TakeChecksumCorruption(worker_)) {
+        corrupted_ = *response;
+        corrupted_.set_kv_block_crc32c(0, corrupted_.kv_block_crc32c(0) ^ 0x5a5a5a5au);
+        methods->ModifySendMessage(&corrupted_);
+      }
+    }
+    if (methods->QueryInterceptionHookPoint(Hook::PRE_SEND_STATUS)) {
+      if (std::optional<grpc::Status> status = faults_->TakeStatus(method_, worker_)) {
+        methods->ModifySendStatus(*status);
+      }
+    }
+    methods->Proceed();
+  }
+
+ private:
+  Faults* const faults_;
+  const std::string worker_;
+  const std::string method_;
+  tandem::v1::PrefillResponse corrupted_;  // outlives the send it replaces
+};
+
+class FaultInterceptorFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  FaultInterceptorFactory(Faults* faults, std::string worker) : faults_(faults), worker_(std::move(worker)) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
+    return new FaultInterceptor(faults_, worker_, info->method());
+  }
+
+ private:
+  Faults* const faults_;
+  const std::string worker_;
+};
+
+// The router as `tandem router` assembles it (cli/router_command.cc), on a
+// FakeClock.
+class InProcessRouter {
+ public:
+  explicit InProcessRouter(FakeClock* clock) {
+    absl::StatusOr<std::unique_ptr<model::ModelInfo>> info = model::LoadModelInfo(kModel);
+    EXPECT_TRUE(info.ok()) << info.status();
+    if (!info.ok()) return;
+    model_ = *std::move(info);
+    registry_ = std::make_unique<router::WorkerRegistry>(
+        router::WorkerRegistry::Options{.model_id = model_->config.model_id, .clock = clock});
+    router::RouterOptions options;
+    options.clock = clock;
+    options.placement.policy = router::Policy::kRoundRobin;
+    core_ = std::make_unique<router::RouterCore>(options, model_.get(), registry_.get());
+    core_->StartBackground();
+    generate_ = std::make_unique<router::GenerateService>(core_.get());
+    registry_service_ = std::make_unique<router::RegistryService>(registry_.get(), core_.get());
+    absl::StatusOr<worker_common::RunningGrpcServer> server =
+        worker_common::StartGrpcServer({}, {generate_.get(), registry_service_.get()});
+    EXPECT_TRUE(server.ok()) << server.status();
+    if (server.ok()) server_ = *std::move(server);
+  }
+  ~InProcessRouter() {
+    if (server_.server != nullptr)
+      server_.server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    if (core_ != nullptr) core_->Stop();
+  }
+
+  const std::string& address() const { return server_.address; }
+  router::WorkerRegistry& registry() { return *registry_; }
+
+ private:
+  std::unique_ptr<model::ModelInfo> model_;
+  std::unique_ptr<router::WorkerRegistry> registry_;
+  std::unique_ptr<router::RouterCore> core_;
+  std::unique_ptr<router::GenerateService> generate_;
+  std::unique_ptr<router::RegistryService> registry_service_;
+  worker_common::RunningGrpcServer server_;
+};
+
+// What a client got from one Generate stream.
+struct Outcome {
+  grpc::Status status;
+  std::vector<int32_t> tokens;
+  tandem::v1::GenerateSummary summary;
+};
+
+class RequestPathTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    router_ = std::make_unique<InProcessRouter>(&clock_);
+    ASSERT_FALSE(router_->address().empty());
+    stub_ = tandem::v1::Tandem::NewStub(
+        grpc::CreateChannel(router_->address(), grpc::InsecureChannelCredentials()));
+  }
+
+  // A worker registered with the router (Create returns once it is).
+  WorkerProcess* AddWorker(WorkerProcess::Role role, const std::string& id) {
+    WorkerProcess::Options options;
+    options.role = role;
+    options.model = kModel;
+    options.worker_id = id;
+    options.router = router_->address();
+    options.kv_cache_bytes = size_t{16} << 20;
+    options.metrics = &metrics_[id];
+    options.server_interceptors = [this, id] {
+      std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> v;
+      v.push_back(std::make_unique<FaultInterceptorFactory>(&faults_, id));
+      return v;
+    };
+    absl::StatusOr<std::unique_ptr<WorkerProcess>> worker = WorkerProcess::Create(std::move(options));
+    EXPECT_TRUE(worker.ok()) << worker.status();
+    if (!worker.ok()) return nullptr;
+    workers_[id] = *std::move(worker);
+    return workers_[id].get();
+  }
+
+  static tandem::v1::GenerateRequest Request(int32_t max_tokens) {
+    tandem::v1::GenerateRequest request;
+    // Three full blocks of 16 and a partial one: enough that the router
+    // disaggregates (it aggregates only prompts the decode worker holds).
+    for (int i = 0; i < 56; ++i) request.mutable_prompt_token_ids()->add_ids(3 + (i * 37) % 200);
+    request.set_max_tokens(max_tokens);
+    request.set_stop_at_eos(false);
+    return request;
+  }
+
+  // Runs one Generate stream to its end. `on_first_chunk` runs (on this
+  // thread) when the first tokens arrive.
+  Outcome Generate(const tandem::v1::GenerateRequest& request,
+                   const std::function<void()>& on_first_chunk = nullptr) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + kDeadline));
+    std::unique_ptr<grpc::ClientReader<tandem::v1::GenerateResponse>> reader =
+        stub_->Generate(&context, request);
+    Outcome outcome;
+    tandem::v1::GenerateResponse response;
+    while (reader->Read(&response)) {
+      if (response.has_chunk()) {
+        const bool first = outcome.tokens.empty() && response.chunk().token_ids_size() > 0;
+        outcome.tokens.insert(outcome.tokens.end(), response.chunk().token_ids().begin(),
+                              response.chunk().token_ids().end());
+        if (first && on_first_chunk) on_first_chunk();
+      } else if (response.has_summary()) {
+        outcome.summary = response.summary();
+      }
+    }
+    outcome.status = reader->Finish();
+    return outcome;
+  }
+
+  // The tokens an undisturbed cluster produces for `request` (computed by
+  // this fixture's own workers: greedy decoding is batch-invariant, so a
+  // request served from a cached prefix or by another worker gives the same).
+  std::vector<int32_t> Reference(const tandem::v1::GenerateRequest& request) {
+    Outcome outcome = Generate(request);
+    EXPECT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+    return outcome.tokens;
+  }
+
+  static double ProcessCounter(const std::string& name) {
+    const std::string text = DefaultMetricsRegistry().RenderPrometheus();
+    for (absl::string_view line : absl::StrSplit(text, '\n')) {
+      if (!absl::StartsWith(line, name + " ")) continue;
+      double value = 0;
+      if (absl::SimpleAtod(line.substr(name.size() + 1), &value)) return value;
+    }
+    return 0;
+  }
+
+  FakeClock clock_;
+  Faults faults_;
+  std::map<std::string, MetricsRegistry> metrics_;
+  std::unique_ptr<InProcessRouter> router_;
+  std::unique_ptr<tandem::v1::Tandem::Stub> stub_;
+  std::map<std::string, std::unique_ptr<WorkerProcess>> workers_;
+};
+
+TEST_F(RequestPathTest, DisaggregatedRequestMatchesAggregatedDecode) {
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kPrefill, "prefill-0"), nullptr);
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-0"), nullptr);
+  const tandem::v1::GenerateRequest request = Request(12);
+  Outcome split = Generate(request);
+  ASSERT_TRUE(split.status.ok()) << split.status.error_message();
+  EXPECT_EQ(split.summary.prefill_worker(), "prefill-0");
+  EXPECT_EQ(split.summary.decode_worker(), "decode-0");
+  ASSERT_EQ(split.tokens.size(), 12u);
+  // Again, now that both workers hold the prompt's blocks in their prefix
+  // caches: the same tokens (batch-invariant kernels, cached KV bit-exact).
+  Outcome again = Generate(request);
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+  EXPECT_EQ(again.summary.usage().cached_tokens(), 48);
+  EXPECT_EQ(again.tokens, split.tokens);
+  EXPECT_TRUE(faults_.hits().empty());
+}
+
+TEST_F(RequestPathTest, FailedReserveIsRetriedOnAnotherDecodeWorker) {
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kPrefill, "prefill-0"), nullptr);
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-0"), nullptr);
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-1"), nullptr);
+  faults_.FailNext(kReserve, grpc::Status(grpc::StatusCode::UNAVAILABLE, "injected: reserve failed"));
+  Outcome outcome = Generate(Request(12));
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+  const std::vector<std::string> hits = faults_.hits();
+  ASSERT_EQ(hits.size(), 1u);
+  const std::string failed = hits[0].substr(0, hits[0].find(' '));
+  EXPECT_NE(outcome.summary.decode_worker(), failed);
+  EXPECT_FALSE(outcome.summary.decode_worker().empty());
+  // The output is what an undisturbed cluster gives.
+  EXPECT_EQ(outcome.tokens, Reference(Request(12)));
+}
+
+TEST_F(RequestPathTest, AbortedTransferIsRetriedWithANewReservation) {
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kPrefill, "prefill-0"), nullptr);
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-0"), nullptr);
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-1"), nullptr);
+  // What a prefill worker answers when its UCX write to the reservation
+  // failed: ABORTED, so the router releases the reservation and places the
+  // request again on another decode worker.
+  faults_.FailNext(kPrefill, grpc::Status(grpc::StatusCode::ABORTED, "injected: KV transfer failed"));
+  Outcome outcome = Generate(Request(12));
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+  ASSERT_EQ(faults_.hits(), std::vector<std::string>{"prefill-0 " + std::string(kPrefill)});
+  EXPECT_EQ(outcome.summary.prefill_worker(), "prefill-0");
+  EXPECT_EQ(outcome.tokens, Reference(Request(12)));
+}
+
+TEST_F(RequestPathTest, ChecksumMismatchMakesTheDecodeWorkerPrefillItself) {
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kPrefill, "prefill-0"), nullptr);
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-0"), nullptr);
+  const double failures_before = ProcessCounter("tandem_worker_kv_transfer_checksum_failures_total");
+  faults_.CorruptNextChecksums();
+  Outcome outcome = Generate(Request(12));
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+  ASSERT_EQ(faults_.hits(), std::vector<std::string>{"prefill-0 checksum"});
+  EXPECT_EQ(ProcessCounter("tandem_worker_kv_transfer_checksum_failures_total"), failures_before + 1);
+  // The stream is unchanged: the decode worker dropped the transferred
+  // blocks and computed the prompt itself.
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-1"), nullptr);
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kPrefill, "prefill-1"), nullptr);
+  EXPECT_EQ(outcome.tokens.size(), 12u);
+  Outcome clean = Generate(Request(12));
+  ASSERT_TRUE(clean.status.ok()) << clean.status.error_message();
+  EXPECT_EQ(outcome.tokens, clean.tokens);
+}
+
+TEST_F(RequestPathTest, DecodeWorkerThatStopsMidStreamFailsTheStreamCleanly) {
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kPrefill, "prefill-0"), nullptr);
+  WorkerProcess* decode = AddWorker(WorkerProcess::Role::kDecode, "decode-0");
+  ASSERT_NE(decode, nullptr);
+  // When the first tokens reach the client, the decode worker's engine
+  // thread is held (a stuck device: the stream can no longer finish by
+  // itself) and the worker is then shut down, as a supervisor would.
+  absl::Notification release_engine;
+  std::thread shutdown;
+  Outcome outcome = Generate(Request(1000), [&] {
+    ASSERT_TRUE(decode->engine_runner()
+                    .Post(
+                        [&release_engine](engine::Engine&) {
+                          release_engine.WaitForNotificationWithTimeout(kDeadline);
+                          return absl::OkStatus();
+                        },
+                        absl::Now() + kDeadline)
+                    .ok());
+    shutdown = std::thread([this] { workers_.erase("decode-0"); });
+  });
+  const std::vector<int32_t> sent = outcome.tokens;
+  release_engine.Notify();
+  ASSERT_TRUE(shutdown.joinable());
+  shutdown.join();
+  // Tokens had reached the client, so the router cannot retry: it fails the
+  // stream with UNAVAILABLE naming the worker, within the deadline.
+  EXPECT_EQ(outcome.status.error_code(), grpc::StatusCode::UNAVAILABLE) << outcome.status.error_message();
+  EXPECT_TRUE(absl::StrContains(outcome.status.error_message(), "decode-0"))
+      << outcome.status.error_message();
+  EXPECT_GT(sent.size(), 0u);
+  EXPECT_LT(sent.size(), 1000u);
+  // With no decode worker left, a new request is refused at once.
+  Outcome none = Generate(Request(4));
+  EXPECT_EQ(none.status.error_code(), grpc::StatusCode::UNAVAILABLE) << none.status.error_message();
+  // A new decode worker serves again, from the first token.
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-1"), nullptr);
+  Outcome after = Generate(Request(8));
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_EQ(after.summary.decode_worker(), "decode-1");
+  ASSERT_EQ(after.tokens.size(), 8u);
+  const size_t common = std::min(sent.size(), after.tokens.size());
+  EXPECT_TRUE(std::equal(sent.begin(), sent.begin() + common, after.tokens.begin()))
+      << "the interrupted stream's tokens are a prefix of an undisturbed one";
+}
+
+}  // namespace
+}  // namespace tandem
