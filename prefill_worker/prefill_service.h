@@ -8,7 +8,7 @@
 //   engine::EngineRunner runner(engine, {});
 //   PrefillService service({.worker_id = "prefill-0", .model_id = model,
 //                           .block_size = 16, .block_bytes = layout.BlockBytes(),
-//                           .kv_base = static_cast<const uint8_t*>(kv_view.base)},
+//                           .kv_base = reinterpret_cast<const uint8_t*>(kv_view.base)},
 //                          &runner, transfer_engine);
 //   builder.RegisterService(&service);  // a grpc::ServerBuilder
 //

@@ -1,0 +1,160 @@
+// PrefillService in one process: real gRPC on 127.0.0.1:0, an EngineRunner on
+// the synthetic tiny model, and two transfer engines (the service's, and a
+// stand-in decode worker's with a registered pool). Checks what lands where
+// with which checksums, that a failed transfer answers ABORTED, and that the
+// prefill's held blocks are released either way.
+#include "prefill_worker/prefill_service.h"
+
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "kvstore/block_format.h"
+#include "model/loader.h"
+#include "tests/testing/status_matchers.h"
+#include "transfer/ucx_region_proto.h"
+
+namespace tandem::prefill_worker {
+namespace {
+
+constexpr int32_t kBlockSize = 4;
+constexpr int32_t kBlocks = 64;
+
+class PrefillServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = *model::LoadModel("synthetic:tiny");
+    backend_ = kernels::CreateCpuBackend({.num_threads = 1});
+    llama_ = *model::LlamaModel::Create(model_->config, model_->weights, backend_.get());
+    engine_ = *engine::Engine::Create({.block_size = kBlockSize, .num_blocks = kBlocks}, llama_.get(),
+                                      backend_.get(), model_->tokenizer.get());
+    runner_ = std::make_unique<engine::EngineRunner>(engine_.get(), engine::EngineRunner::Options{});
+    const kernels::KvCacheView& kv = engine_->kv_view();
+    block_bytes_ = kv.layout.BlockBytes();
+    auto sender = transfer::TransferEngine::Create({.name = "prefill-test"});
+    auto receiver = transfer::TransferEngine::Create({.name = "decode-test"});
+    ASSERT_OK(sender.status());
+    ASSERT_OK(receiver.status());
+    sender_ = *std::move(sender);
+    receiver_ = *std::move(receiver);
+    decode_pool_.assign(static_cast<size_t>(kBlocks) * block_bytes_, 0);
+    auto region = receiver_->Register(decode_pool_.data(), decode_pool_.size(), transfer::MemoryKind::kHost);
+    ASSERT_OK(region.status());
+    decode_region_ = *region;
+    service_ = std::make_unique<PrefillService>(
+        PrefillServiceOptions{.worker_id = "prefill-test",
+                              .model_id = "tiny",
+                              .block_size = kBlockSize,
+                              .block_bytes = block_bytes_,
+                              .kv_base = reinterpret_cast<const uint8_t*>(kv.base)},
+        runner_.get(), sender_.get());
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    stub_ = tandem::v1::PrefillWorker::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  }
+
+  void TearDown() override {
+    if (server_ != nullptr) server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    service_.reset();
+    runner_->Stop();
+  }
+
+  // A request for `prompt` whose reservation is blocks `block_ids` of the
+  // stand-in decode worker's pool, the first `cached` of them held there.
+  tandem::v1::PrefillRequest Request(const std::vector<int32_t>& prompt,
+                                     const std::vector<int32_t>& block_ids, int32_t cached) {
+    tandem::v1::PrefillRequest r;
+    r.set_request_id("p-1");
+    *r.mutable_prompt_token_ids() = {prompt.begin(), prompt.end()};
+    tandem::v1::KvReservation* res = r.mutable_reservation();
+    transfer::RegionToProto(receiver_->worker_address(), decode_region_, res->mutable_region());
+    res->set_block_size(kBlockSize);
+    res->set_block_bytes(block_bytes_);
+    res->set_model_id("tiny");
+    *res->mutable_block_ids() = {block_ids.begin(), block_ids.end()};
+    res->set_cached_blocks(cached);
+    return r;
+  }
+
+  grpc::Status Prefill(const tandem::v1::PrefillRequest& r, tandem::v1::PrefillResponse* response) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    return stub_->Prefill(&ctx, r, response);
+  }
+
+  // Held blocks are released on the engine thread before the reply is sent,
+  // so a command queued after the reply runs after the release.
+  absl::Status NothingHeld() {
+    return runner_->Run(
+        [](engine::Engine& e) {
+          return e.num_reserved() == 0 ? absl::OkStatus() : absl::InternalError("blocks still held");
+        },
+        absl::Now() + absl::Seconds(10));
+  }
+
+  std::unique_ptr<model::LoadedModel> model_;
+  std::unique_ptr<kernels::Backend> backend_;
+  std::unique_ptr<model::LlamaModel> llama_;
+  std::unique_ptr<engine::Engine> engine_;
+  std::unique_ptr<engine::EngineRunner> runner_;
+  uint64_t block_bytes_ = 0;
+  std::unique_ptr<transfer::TransferEngine> sender_;
+  std::unique_ptr<transfer::TransferEngine> receiver_;
+  std::vector<uint8_t> decode_pool_;
+  transfer::RegisteredRegion decode_region_;
+  std::unique_ptr<PrefillService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<tandem::v1::PrefillWorker::Stub> stub_;
+};
+
+TEST_F(PrefillServiceTest, WritesTheBlocksTheDecodeSideLacksWithTheirChecksums) {
+  // 10 tokens: 3 blocks; the decode side holds the first.
+  const std::vector<int32_t> blocks = {5, 9, 2};
+  tandem::v1::PrefillResponse response;
+  const grpc::Status s = Prefill(Request({1, 21, 22, 23, 24, 25, 26, 27, 28, 29}, blocks, 1), &response);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(response.transferred_bytes(), 2 * block_bytes_);
+  ASSERT_EQ(response.kv_block_crc32c_size(), 2);
+  for (int i = 0; i < 2; ++i) {
+    const uint8_t* landed = decode_pool_.data() + static_cast<size_t>(blocks[1 + i]) * block_bytes_;
+    EXPECT_EQ(kvstore::Crc32c(absl::MakeConstSpan(landed, block_bytes_)), response.kv_block_crc32c(i))
+        << "block " << 1 + i;
+  }
+  // The block the decode side holds was not written.
+  const uint8_t* untouched = decode_pool_.data() + static_cast<size_t>(blocks[0]) * block_bytes_;
+  EXPECT_EQ(std::count(untouched, untouched + block_bytes_, 0), static_cast<int64_t>(block_bytes_));
+  EXPECT_OK(NothingHeld());
+}
+
+TEST_F(PrefillServiceTest, AFailedTransferIsAbortedAndReleasesTheBlocks) {
+  tandem::v1::PrefillRequest r = Request({1, 31, 32, 33, 34, 35}, {0, 1}, 0);
+  // The decode worker's region is gone by the time the blocks are sent.
+  ASSERT_OK(receiver_->Unregister(decode_region_.region_id));
+  tandem::v1::PrefillResponse response;
+  EXPECT_EQ(Prefill(r, &response).error_code(), grpc::StatusCode::ABORTED);
+  EXPECT_OK(NothingHeld());
+}
+
+TEST_F(PrefillServiceTest, AReservationOfAnotherLayoutIsRefused) {
+  tandem::v1::PrefillRequest r = Request({1, 2, 3}, {0}, 0);
+  r.mutable_reservation()->set_block_bytes(block_bytes_ * 2);
+  tandem::v1::PrefillResponse response;
+  EXPECT_EQ(Prefill(r, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  r = Request({1, 2, 3, 4, 5}, {0}, 0);  // two blocks, one reserved
+  EXPECT_EQ(Prefill(r, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+}  // namespace
+}  // namespace tandem::prefill_worker
