@@ -14,6 +14,7 @@ packages=(
   libucx-dev ucx-utils        # transfer/ (UCX data plane) and ucx_perftest for bench
   clang libclang-rt-14-dev   # libFuzzer target (tests/fuzz); clang++-14 for scripts/check_thread_safety.sh
   clang-format-14            # scripts/check_format.sh (the version the tree is formatted with)
+  universal-ctags            # scripts/check_function_sizes.sh (function end lines)
   openssl iproute2           # tests/deploy_test (TLS certs), tests/netns_test (ip netns)
   libboost-dev               # router/ HTTP front end (Boost.Beast/Asio, header-only)
   libpcre2-dev               # model/ byte-level BPE pre-tokenizer regexes
