@@ -18,7 +18,7 @@ sizes=$(git ls-files "${dirs[@]/%//*.cc}" "${dirs[@]/%//*.h}" | grep -v '_test\.
                 for (i = 4; i <= NF; i++) { if ($i ~ /^line:/) l = substr($i, 6); if ($i ~ /^end:/) e = substr($i, 5) }
                 if (e != "") print e - l + 1, $2 ":" l, $1 }' | sort -rn)
 echo "longest functions (limit ${limit} lines):"
-echo "${sizes}" | head -5 | sed 's/^/  /'
+echo "${sizes}" | sed -n "1,5s/^/  /p"
 over=$(echo "${sizes}" | awk -v limit="${limit}" '$1 > limit')
 if [ -n "${over}" ]; then
   echo "functions over ${limit} lines (split them into named steps):" >&2
