@@ -89,9 +89,9 @@ void RegisterBench(CLI::App* cmd, BenchFlags* f) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--slo-ttft", f->slo_ttft_ms, "TTFT target, ms (sent in each request; goodput)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--slo-tpot", f->slo_tpot_ms, "TPOT target, ms (sent in each request; goodput)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--json", f->json, "Write the report (with per-request samples) to FILE");
   cmd->add_option("--label", f->label, "Label of this run in the report (e.g. the routing policy)");
   cmd->add_option("--block-tokens", f->block_tokens,
