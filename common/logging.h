@@ -20,6 +20,15 @@
 
 #include <glog/logging.h>
 
+#include "absl/strings/str_cat.h"
+
+// Aborts with the file, line, condition and the message pieces (joined by
+// absl::StrCat) when an invariant of the code itself is broken: misuse that
+// no client input can reach (STYLE.md). Bad input is an absl::Status.
+//
+//   TANDEM_CHECK(refcount_[block] > 0, "Release of unreferenced block ", block);
+#define TANDEM_CHECK(cond, ...) CHECK(cond) << ::absl::StrCat(__VA_ARGS__)
+
 namespace tandem {
 
 // Sends every log message to stderr, no files, and names the process

@@ -1,23 +1,11 @@
 #include "engine/block_pool.h"
 
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 #include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-
-// Aborts on caller bugs that would corrupt the bookkeeping (see the header).
-// Local until common/ grows a shared CHECK (Debian's Abseil has no absl/log).
-#define TANDEM_POOL_CHECK(cond, ...)                                                             \
-  do {                                                                                           \
-    if (!(cond)) {                                                                               \
-      std::fprintf(stderr, "%s:%d: BlockPool check failed: %s: %s\n", __FILE__, __LINE__, #cond, \
-                   absl::StrCat(__VA_ARGS__).c_str());                                           \
-      std::abort();                                                                              \
-    }                                                                                            \
-  } while (0)
+#include "common/logging.h"
 
 namespace tandem::engine {
 
@@ -122,14 +110,14 @@ absl::StatusOr<int32_t> BlockPool::Allocate() {
 }
 
 void BlockPool::AddRef(int32_t block) {
-  TANDEM_POOL_CHECK(block >= 0 && block < num_blocks_, "block id ", block, " out of range");
-  TANDEM_POOL_CHECK(refcount_[block] > 0, "AddRef on unreferenced block ", block);
+  TANDEM_CHECK(block >= 0 && block < num_blocks_, "block id ", block, " out of range");
+  TANDEM_CHECK(refcount_[block] > 0, "AddRef on unreferenced block ", block);
   ++refcount_[block];
 }
 
 void BlockPool::Release(int32_t block) {
-  TANDEM_POOL_CHECK(block >= 0 && block < num_blocks_, "block id ", block, " out of range");
-  TANDEM_POOL_CHECK(refcount_[block] > 0, "Release of unreferenced block ", block, " (double free?)");
+  TANDEM_CHECK(block >= 0 && block < num_blocks_, "block id ", block, " out of range");
+  TANDEM_CHECK(refcount_[block] > 0, "Release of unreferenced block ", block, " (double free?)");
   if (--refcount_[block] > 0) return;
   if (cached_[block]) {
     LruPushBack(block);
@@ -139,13 +127,13 @@ void BlockPool::Release(int32_t block) {
 }
 
 bool BlockPool::Commit(int32_t block, BlockHash hash, absl::Span<const int32_t> tokens) {
-  TANDEM_POOL_CHECK(block >= 0 && block < num_blocks_, "block id ", block, " out of range");
-  TANDEM_POOL_CHECK(refcount_[block] > 0, "Commit of unreferenced block ", block);
-  TANDEM_POOL_CHECK(static_cast<int32_t>(tokens.size()) == block_size_, "Commit of ", tokens.size(),
-                    " tokens into a block of ", block_size_);
+  TANDEM_CHECK(block >= 0 && block < num_blocks_, "block id ", block, " out of range");
+  TANDEM_CHECK(refcount_[block] > 0, "Commit of unreferenced block ", block);
+  TANDEM_CHECK(static_cast<int32_t>(tokens.size()) == block_size_, "Commit of ", tokens.size(),
+               " tokens into a block of ", block_size_);
   if (cached_[block]) {
-    TANDEM_POOL_CHECK(hash_[block] == hash, "block ", block, " re-committed under hash ", hash,
-                      ", already registered as ", hash_[block]);
+    TANDEM_CHECK(hash_[block] == hash, "block ", block, " re-committed under hash ", hash,
+                 ", already registered as ", hash_[block]);
     return true;
   }
   const auto [it, inserted] = cache_.try_emplace(hash, block);
@@ -185,13 +173,13 @@ std::optional<int32_t> BlockPool::Peek(BlockHash hash, absl::Span<const int32_t>
 }
 
 std::optional<BlockHash> BlockPool::HashOf(int32_t block) const {
-  TANDEM_POOL_CHECK(block >= 0 && block < num_blocks_, "block id ", block, " out of range");
+  TANDEM_CHECK(block >= 0 && block < num_blocks_, "block id ", block, " out of range");
   if (!cached_[block]) return std::nullopt;
   return hash_[block];
 }
 
 int32_t BlockPool::RefCount(int32_t block) const {
-  TANDEM_POOL_CHECK(block >= 0 && block < num_blocks_, "block id ", block, " out of range");
+  TANDEM_CHECK(block >= 0 && block < num_blocks_, "block id ", block, " out of range");
   return refcount_[block];
 }
 

@@ -1,24 +1,12 @@
 #include "engine/kv_manager.h"
 
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 #include <limits>
 #include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-
-// Aborts on caller bugs that would corrupt the bookkeeping (see the header).
-// Local until common/ grows a shared CHECK (Debian's Abseil has no absl/log).
-#define TANDEM_KV_CHECK(cond, ...)                                                               \
-  do {                                                                                           \
-    if (!(cond)) {                                                                               \
-      std::fprintf(stderr, "%s:%d: KvManager check failed: %s: %s\n", __FILE__, __LINE__, #cond, \
-                   absl::StrCat(__VA_ARGS__).c_str());                                           \
-      std::abort();                                                                              \
-    }                                                                                            \
-  } while (0)
+#include "common/logging.h"
 
 namespace tandem::engine {
 
@@ -150,10 +138,10 @@ absl::StatusOr<int32_t> KvManager::StartSequence(int64_t seq_id, absl::Span<cons
 }
 
 KvManager::LoadDone KvManager::FinishLoads(int64_t seq_id, Sequence& seq, const TierLoader::Result& result) {
-  TANDEM_KV_CHECK(seq.loading && result.requested == static_cast<int32_t>(seq.loading_hashes.size()) &&
-                      result.loaded <= result.requested,
-                  "FinishLoads: sequence ", seq_id, " loads ", seq.loading_hashes.size(),
-                  " blocks, result says ", result.loaded, " of ", result.requested);
+  TANDEM_CHECK(seq.loading && result.requested == static_cast<int32_t>(seq.loading_hashes.size()) &&
+                   result.loaded <= result.requested,
+               "FinishLoads: sequence ", seq_id, " loads ", seq.loading_hashes.size(),
+               " blocks, result says ", result.loaded, " of ", result.requested);
   for (int32_t j = 0; j < result.loaded; ++j) {
     const absl::Span<const int32_t> tokens =
         absl::MakeConstSpan(seq.loading_tokens).subspan(static_cast<size_t>(j) * block_size_, block_size_);
@@ -189,8 +177,8 @@ std::vector<KvManager::LoadDone> KvManager::PollLoads() {
   for (const TierLoader::Result& r : loader_->Poll()) {
     const auto it = seqs_.find(r.id);
     // Cancelled sequences report nothing (FreeSequence cancels first).
-    TANDEM_KV_CHECK(it != seqs_.end() && it->second.loading, "PollLoads: result for sequence ", r.id,
-                    ", which is not loading");
+    TANDEM_CHECK(it != seqs_.end() && it->second.loading, "PollLoads: result for sequence ", r.id,
+                 ", which is not loading");
     --num_loading_;
     out.push_back(FinishLoads(r.id, it->second, r));
   }
@@ -249,7 +237,7 @@ int32_t KvManager::BlocksToAdmit(absl::Span<const int32_t> prompt_tokens, int32_
 
 int32_t KvManager::BlocksNeeded(int64_t seq_id, int32_t total_tokens) const {
   const auto it = seqs_.find(seq_id);
-  TANDEM_KV_CHECK(it != seqs_.end(), "unknown sequence ", seq_id);
+  TANDEM_CHECK(it != seqs_.end(), "unknown sequence ", seq_id);
   const int32_t have = static_cast<int32_t>(it->second.blocks.size());
   return std::max(0, BlocksForTokens(total_tokens) - have);
 }
@@ -291,14 +279,14 @@ absl::Status KvManager::EnsureCapacity(int64_t seq_id, int32_t total_tokens) {
 void KvManager::CommitFullBlocks(int64_t seq_id, absl::Span<const int32_t> all_tokens,
                                  int32_t num_computed_tokens) {
   const auto it = seqs_.find(seq_id);
-  TANDEM_KV_CHECK(it != seqs_.end(), "CommitFullBlocks: unknown sequence ", seq_id);
-  TANDEM_KV_CHECK(num_computed_tokens >= 0 && static_cast<size_t>(num_computed_tokens) <= all_tokens.size(),
-                  "CommitFullBlocks: ", num_computed_tokens, " computed tokens of ", all_tokens.size());
+  TANDEM_CHECK(it != seqs_.end(), "CommitFullBlocks: unknown sequence ", seq_id);
+  TANDEM_CHECK(num_computed_tokens >= 0 && static_cast<size_t>(num_computed_tokens) <= all_tokens.size(),
+               "CommitFullBlocks: ", num_computed_tokens, " computed tokens of ", all_tokens.size());
   Sequence& seq = it->second;
-  TANDEM_KV_CHECK(!seq.loading, "CommitFullBlocks: sequence ", seq_id, " is still loading from the tiers");
+  TANDEM_CHECK(!seq.loading, "CommitFullBlocks: sequence ", seq_id, " is still loading from the tiers");
   const size_t full = static_cast<size_t>(num_computed_tokens / block_size_);
-  TANDEM_KV_CHECK(full <= seq.blocks.size(), "CommitFullBlocks: sequence ", seq_id, " has ", full,
-                  " computed full blocks but a table of ", seq.blocks.size());
+  TANDEM_CHECK(full <= seq.blocks.size(), "CommitFullBlocks: sequence ", seq_id, " has ", full,
+               " computed full blocks but a table of ", seq.blocks.size());
   BlockHash prev = seq.hashes.empty() ? seed_ : seq.hashes.back();
   for (size_t i = seq.hashes.size(); i < full; ++i) {
     const absl::Span<const int32_t> tokens = all_tokens.subspan(i * block_size_, block_size_);
@@ -317,10 +305,10 @@ absl::Span<const int32_t> KvManager::BlockTable(int64_t seq_id) const {
 
 int32_t KvManager::Slot(int64_t seq_id, int32_t position) const {
   const auto it = seqs_.find(seq_id);
-  TANDEM_KV_CHECK(it != seqs_.end(), "Slot: unknown sequence ", seq_id);
+  TANDEM_CHECK(it != seqs_.end(), "Slot: unknown sequence ", seq_id);
   const std::vector<int32_t>& blocks = it->second.blocks;
-  TANDEM_KV_CHECK(position >= 0 && position / block_size_ < static_cast<int32_t>(blocks.size()),
-                  "Slot: position ", position, " outside sequence ", seq_id, "'s ", blocks.size(), " blocks");
+  TANDEM_CHECK(position >= 0 && position / block_size_ < static_cast<int32_t>(blocks.size()),
+               "Slot: position ", position, " outside sequence ", seq_id, "'s ", blocks.size(), " blocks");
   return blocks[position / block_size_] * block_size_ + position % block_size_;
 }
 
