@@ -107,7 +107,11 @@ absl::Status EngineRunner::ListenAndRunAsync(int64_t id, Listener listener,
         if (!s.ok()) listeners_.erase(id);
         return s;
       },
-      request_deadline,
+      // Always run (unless the runner stops): `fn` decides what happens to
+      // the existing request, which a skipped command would strand (e.g. a
+      // reservation nobody releases). A deadline already past ends the
+      // request at the next tick.
+      absl::InfiniteFuture(),
       [id, shared](const absl::Status& s) {
         if (!s.ok()) (*shared)(ErrorUpdate(id, s));
       });

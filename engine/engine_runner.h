@@ -145,8 +145,10 @@ class EngineRunner {
 
   // SubmitAsync for an existing request `id` (e.g. reserved): routes its
   // updates to `listener`, then runs `fn` (e.g. Activate) on the engine
-  // thread. When `fn` fails the listener's final update is kError with fn's
-  // status (fn cleans up the request itself, e.g. ReleaseReserved).
+  // thread — always, however late (fn owns the request's fate), so fn must
+  // be quick. When `fn` fails the listener's final update is kError with
+  // fn's status (fn cleans up the request itself, e.g. ReleaseReserved);
+  // after it, `request_deadline` bounds the request as in SubmitAsync.
   absl::Status ListenAndRunAsync(int64_t id, Listener listener, std::function<absl::Status(Engine&)> fn,
                                  absl::Time request_deadline);
 

@@ -293,6 +293,36 @@ TEST_F(EngineRunnerTest, ListenAndRunAsyncEndsTheListenerWhenItsCommandFails) {
   EXPECT_THAT(last->error, StatusIs(absl::StatusCode::kNotFound));
 }
 
+// Its command decides an existing request's fate, so it runs however late:
+// a reservation activated past its deadline is then ended (its blocks
+// freed), never stranded.
+TEST_F(EngineRunnerTest, ListenAndRunAsyncPastItsDeadlineStrandsNothing) {
+  EngineRunner runner(engine_.get(), {.tick = absl::Milliseconds(5)});
+  ASSERT_OK(runner.Run(
+      [](Engine& e) {
+        return e.Reserve({.id = 7, .prompt_tokens = {1, 2, 3, 4, 5}, .max_tokens = 50, .stop_at_eos = false})
+            .status();
+      },
+      absl::Now() + absl::Seconds(5)));
+  Collected got;
+  ASSERT_OK(runner.ListenAndRunAsync(
+      7, got.Listener(), [](Engine& e) { return e.Activate(7, 1); }, absl::InfinitePast()));
+  std::optional<SequenceUpdate> last = got.WaitFinal(absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(last.has_value());
+  // Ended by the deadline, unless the 50 tokens beat the first tick.
+  if (last->end == SequenceEnd::kError) {
+    EXPECT_THAT(last->error, StatusIs(absl::StatusCode::kDeadlineExceeded));
+  } else {
+    EXPECT_EQ(last->end, SequenceEnd::kLength);
+  }
+  EXPECT_OK(runner.Run(
+      [](Engine& e) {
+        return e.num_reserved() == 0 && e.num_running() == 0 ? absl::OkStatus()
+                                                             : absl::InternalError("request 7 stranded");
+      },
+      absl::Now() + absl::Seconds(5)));
+}
+
 TEST_F(EngineRunnerTest, PostRunsOnTheEngineThreadAndStopEndsEverything) {
   auto runner = std::make_unique<EngineRunner>(engine_.get(), EngineRunner::Options{});
   absl::Notification ran;

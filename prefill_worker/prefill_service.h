@@ -101,7 +101,9 @@ class PrefillService final : public tandem::v1::PrefillWorker::CallbackService {
   // covers the prompt inside its region.
   absl::Status CheckReservation(const tandem::v1::PrefillRequest& request) const;
   // Gives the held blocks of request `id` back on the engine thread, not
-  // waiting.
+  // waiting. (The engine keeps a finished request's held blocks in the same
+  // list as a decode worker's reservations, so this is its ReleaseReserved:
+  // nothing to do with DecodeWorker.Reserve.)
   void ReleaseHeldAsync(int64_t id);
 
   const PrefillServiceOptions options_;
