@@ -76,7 +76,7 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Create(const Options& options)
     const rocksdb::Status s = rocksdb::DB::Open(db_options, options.path, descriptors, &cfs, &db);
     if (!s.ok()) return FromRocks(s, "open " + options.path);
   }
-  std::unique_ptr<SsdTier> tier(new SsdTier(options, db, std::move(cfs)));
+  std::unique_ptr<SsdTier> tier(new SsdTier(options, std::unique_ptr<rocksdb::DB>(db), std::move(cfs)));
   // Nobody else sees the tier yet; the lock is for the analysis (uncontended).
   StdMutexLock lock(&tier->mu_);
   // Rebuild the FIFO index from the small "meta" column family.
@@ -102,13 +102,13 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Create(const Options& options)
   return tier;
 }
 
-SsdTier::SsdTier(const Options& options, rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> cfs)
-    : options_(options), capacity_bytes_(options.capacity_bytes), db_(db), cfs_(std::move(cfs)) {}
+SsdTier::SsdTier(const Options& options, std::unique_ptr<rocksdb::DB> db,
+                 std::vector<rocksdb::ColumnFamilyHandle*> cfs)
+    : options_(options), capacity_bytes_(options.capacity_bytes), db_(std::move(db)), cfs_(std::move(cfs)) {}
 
 SsdTier::~SsdTier() {
   for (rocksdb::ColumnFamilyHandle* cf : cfs_) (void)db_->DestroyColumnFamilyHandle(cf);
-  (void)db_->Close();
-  delete db_;
+  (void)db_->Close();  // db_ itself is deleted after this body
 }
 
 absl::Status SsdTier::EraseKeyLocked(const std::string& key, bool* removed) {

@@ -134,12 +134,13 @@ class SsdTier {
     uint64_t seq = 0;
   };
 
-  SsdTier(const Options& options, rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> cfs);
+  SsdTier(const Options& options, std::unique_ptr<rocksdb::DB> db,
+          std::vector<rocksdb::ColumnFamilyHandle*> cfs);
   absl::Status EraseKeyLocked(const std::string& key, bool* removed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;
   const size_t capacity_bytes_;
-  rocksdb::DB* const db_;                          // owned
+  const std::unique_ptr<rocksdb::DB> db_;          // closed and deleted after cfs_ by ~SsdTier
   std::vector<rocksdb::ColumnFamilyHandle*> cfs_;  // owned: [default, meta]
 
   mutable StdMutex mu_;
