@@ -9,7 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "cli/config_merge.h"
 #include "cli/process.h"
-#include "worker_common/worker_process.h"
+#include "worker/worker_process.h"
 
 namespace tandem::cli {
 namespace {
@@ -51,10 +51,9 @@ void AddWorkerFlags(CLI::App* cmd, WorkerFlags* f) {
 
 // The flags as the worker's Options (credentials and channels made by the
 // caller from the TLS flags).
-worker_common::WorkerProcess::Options WorkerOptions(const WorkerFlags& f, const std::string& role) {
-  worker_common::WorkerProcess::Options o;
-  o.role = role == "decode" ? worker_common::WorkerProcess::Role::kDecode
-                            : worker_common::WorkerProcess::Role::kPrefill;
+worker::WorkerProcess::Options WorkerOptions(const WorkerFlags& f, const std::string& role) {
+  worker::WorkerProcess::Options o;
+  o.role = role == "decode" ? worker::WorkerProcess::Role::kDecode : worker::WorkerProcess::Role::kPrefill;
   o.model = f.model;
   o.host = f.host;
   o.port = f.port;
@@ -78,7 +77,7 @@ worker_common::WorkerProcess::Options WorkerOptions(const WorkerFlags& f, const 
 }
 
 // The worker's ready line (keys sorted: nlohmann::json).
-nlohmann::json ReadyLine(const WorkerFlags& f, const worker_common::WorkerProcess::Info& info) {
+nlohmann::json ReadyLine(const WorkerFlags& f, const worker::WorkerProcess::Info& info) {
   return {{"role", info.role},
           {"pid", getpid()},
           {"grpc", info.address},
@@ -116,7 +115,7 @@ void RegisterDecode(CLI::App* cmd, WorkerFlags* f) {
 int RunWorkerCommand(const WorkerFlags& f, const std::string& role) {
   const std::string tag = "tandem " + role + ": ";
   TerminationSignals signals(tag);
-  worker_common::WorkerProcess::Options options = WorkerOptions(f, role);
+  worker::WorkerProcess::Options options = WorkerOptions(f, role);
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(f.tls);
   absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(f.tls);
   if (!credentials.ok() || !channels.ok()) {
@@ -125,8 +124,8 @@ int RunWorkerCommand(const WorkerFlags& f, const std::string& role) {
   }
   options.server_credentials = *std::move(credentials);
   options.channel_factory = *std::move(channels);
-  absl::StatusOr<std::unique_ptr<worker_common::WorkerProcess>> worker =
-      worker_common::WorkerProcess::Create(std::move(options));
+  absl::StatusOr<std::unique_ptr<worker::WorkerProcess>> worker =
+      worker::WorkerProcess::Create(std::move(options));
   if (!worker.ok()) {
     std::cerr << tag << worker.status().message() << "\n";
     return 1;

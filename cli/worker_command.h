@@ -1,7 +1,7 @@
 // `tandem prefill` and `tandem decode`: a worker process. The flags below
 // (over an optional `--config FILE`, cli/config_merge.h; TLS with --tls-*,
-// cli/tls.h) map onto worker_common::WorkerProcess::Options; the worker
-// itself is assembled there (worker_common/worker_process.h). Prints one
+// cli/tls.h) map onto worker::WorkerProcess::Options; the worker
+// itself is assembled there (worker/worker_process.h). Prints one
 // JSON ready line once registered with the router —
 // {"grpc":"host:port","kv_blocks":...,"metrics":...,"role":"decode",
 // "worker_id":...,...} — and stops cleanly on SIGINT/SIGTERM.

@@ -12,7 +12,7 @@
 //               (aggregated mode). Streams token chunks, then a summary.
 //   Release  -> gives a reservation back.
 //
-// A worker process builds it (worker_common/worker_process.cc):
+// A worker process builds it (worker/worker_process.cc):
 //
 //   engine::EngineRunner runner(engine, {.on_tick = [&](engine::Engine& e) {
 //     service->ExpireReservations(e); }});

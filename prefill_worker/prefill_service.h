@@ -3,7 +3,7 @@
 // already hold into the decode worker's reservation over UCX, and returns the
 // first token.
 //
-// A worker process builds it (worker_common/worker_process.cc):
+// A worker process builds it (worker/worker_process.cc):
 //
 //   engine::EngineRunner runner(engine, {});
 //   PrefillService service({.worker_id = "prefill-0", .model_id = model,

@@ -41,13 +41,13 @@
 #include "router/worker_registry.h"
 #include "tandem/v1/tandem.grpc.pb.h"
 #include "tandem/v1/worker.pb.h"
+#include "worker/worker_process.h"
 #include "worker_common/grpc_server.h"
-#include "worker_common/worker_process.h"
 
 namespace tandem {
 namespace {
 
-using worker_common::WorkerProcess;
+using worker::WorkerProcess;
 
 constexpr char kModel[] = "synthetic:tiny";
 constexpr char kReserve[] = "/tandem.v1.DecodeWorker/Reserve";

@@ -30,8 +30,8 @@
 //
 // Thread safety: Stop and info() may be called from any thread; Run from one
 // thread, once; the destructor after Run returned (or without Run).
-#ifndef TANDEM_WORKER_COMMON_WORKER_PROCESS_H_
-#define TANDEM_WORKER_COMMON_WORKER_PROCESS_H_
+#ifndef TANDEM_WORKER_WORKER_PROCESS_H_
+#define TANDEM_WORKER_WORKER_PROCESS_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -86,8 +86,13 @@ class PrefillService;
 }  // namespace tandem
 
 namespace tandem::worker_common {
-
 class KvSnapshotService;
+}  // namespace tandem::worker_common
+
+namespace tandem::worker {
+
+using worker_common::KvSnapshotService;
+using worker_common::ServerInterceptorFactories;
 
 class WorkerProcess {
  public:
@@ -253,6 +258,6 @@ class WorkerProcess {
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-}  // namespace tandem::worker_common
+}  // namespace tandem::worker
 
-#endif  // TANDEM_WORKER_COMMON_WORKER_PROCESS_H_
+#endif  // TANDEM_WORKER_WORKER_PROCESS_H_

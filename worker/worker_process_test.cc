@@ -2,7 +2,7 @@
 // 127.0.0.1:0 with no router, driven over real gRPC the way the router
 // drives them (Reserve, Prefill, Decode with kv_ready), against the decode
 // worker prefilling by itself. Also Stop/Run/destruction and Create's errors.
-#include "worker_common/worker_process.h"
+#include "worker/worker_process.h"
 
 #include <future>
 #include <memory>
@@ -16,7 +16,7 @@
 #include "gtest/gtest.h"
 #include "tandem/v1/worker.grpc.pb.h"
 
-namespace tandem::worker_common {
+namespace tandem::worker {
 namespace {
 
 using Role = WorkerProcess::Role;
@@ -193,4 +193,4 @@ TEST(WorkerProcessTest, CreateErrorsNameThePart) {
 }
 
 }  // namespace
-}  // namespace tandem::worker_common
+}  // namespace tandem::worker

@@ -1,4 +1,4 @@
-#include "worker_common/worker_process.h"
+#include "worker/worker_process.h"
 
 #include <unistd.h>
 
@@ -34,7 +34,14 @@
 #include "worker_common/router_membership.h"
 #include "worker_common/worker_status.h"
 
-namespace tandem::worker_common {
+namespace tandem::worker {
+
+using worker_common::KvEventPublisher;
+using worker_common::RouterMembership;
+using worker_common::RunningGrpcServer;
+using worker_common::StartGrpcServer;
+using worker_common::ToWorkerLoad;
+
 namespace {
 
 // `status` with its message prefixed by `what` (the part that failed).
@@ -436,4 +443,4 @@ void WorkerProcess::Shutdown() {
   if (runner_ != nullptr) runner_->Stop();
 }
 
-}  // namespace tandem::worker_common
+}  // namespace tandem::worker
