@@ -2,9 +2,15 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
+#include <system_error>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 #include "kvstore/block_format.h"
 #include "rocksdb/db.h"
@@ -45,6 +51,34 @@ std::string EncodeMeta(uint64_t bytes, uint64_t seq) {
   return meta;
 }
 
+// Whether RocksDB refused the database because another holder has its LOCK
+// (env/fs_posix.cc: "lock hold by current process" within this process,
+// "While lock file" from fcntl for another one): the database is in use,
+// not damaged, and must not be moved.
+bool IsLockHeld(const rocksdb::Status& s) {
+  const std::string text = s.ToString();
+  return absl::StrContains(text, "lock hold by current process") ||
+         absl::StrContains(text, "While lock file");
+}
+
+// A write failure of the device or the database's state (ENOSPC, a
+// read-only file system, RocksDB's background error), as opposed to a
+// refused request: after one, the tier stops writing.
+bool IsDeviceFailure(const rocksdb::Status& s) {
+  return s.IsIOError() || s.IsCorruption() || s.IsNoSpace() || s.IsIncomplete();
+}
+
+// `path` + `infix` + the UTC time, with a counter appended while that name
+// exists already (two quarantines within a second).
+std::string UnusedSibling(const std::string& path, const char* infix) {
+  const std::string base =
+      absl::StrCat(path, infix, absl::FormatTime("%Y%m%dT%H%M%SZ", absl::Now(), absl::UTCTimeZone()));
+  std::string candidate = base;
+  std::error_code ec;
+  for (int i = 1; std::filesystem::exists(candidate, ec) || ec; ++i) candidate = absl::StrCat(base, "-", i);
+  return candidate;
+}
+
 }  // namespace
 
 std::string SsdTier::SsdKey(uint64_t model_id_hash, BlockHash hash) {
@@ -54,9 +88,16 @@ std::string SsdTier::SsdKey(uint64_t model_id_hash, BlockHash hash) {
   return key;
 }
 
-absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Create(const Options& options) {
-  if (options.path.empty()) return absl::InvalidArgumentError("SsdTier: path must be set");
-  if (options.capacity_bytes == 0) return absl::InvalidArgumentError("SsdTier: capacity_bytes must be > 0");
+absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Open(const Options& options, const std::string& path,
+                                                       bool* locked) {
+  *locked = false;
+  // RocksDB creates the last directory only (create_if_missing).
+  std::error_code mkdir_error;
+  std::filesystem::create_directories(path, mkdir_error);
+  if (mkdir_error) {
+    return absl::UnavailableError(
+        absl::StrFormat("SSD tier: cannot create directory %s: %s", path, mkdir_error.message()));
+  }
   rocksdb::DBOptions db_options;
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
@@ -73,10 +114,13 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Create(const Options& options)
   std::vector<rocksdb::ColumnFamilyHandle*> cfs;
   rocksdb::DB* db = nullptr;
   {
-    const rocksdb::Status s = rocksdb::DB::Open(db_options, options.path, descriptors, &cfs, &db);
-    if (!s.ok()) return FromRocks(s, "open " + options.path);
+    const rocksdb::Status s = rocksdb::DB::Open(db_options, path, descriptors, &cfs, &db);
+    if (!s.ok()) {
+      *locked = IsLockHeld(s);
+      return FromRocks(s, "open " + path);
+    }
   }
-  std::unique_ptr<SsdTier> tier(new SsdTier(options, std::unique_ptr<rocksdb::DB>(db), std::move(cfs)));
+  std::unique_ptr<SsdTier> tier(new SsdTier(options, path, std::unique_ptr<rocksdb::DB>(db), std::move(cfs)));
   // Nobody else sees the tier yet; the lock is for the analysis (uncontended).
   StdMutexLock lock(&tier->mu_);
   // Rebuild the FIFO index from the small "meta" column family.
@@ -93,7 +137,7 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Create(const Options& options)
     tier->used_bytes_ += bytes;
     tier->next_seq_ = std::max(tier->next_seq_, seq + 1);
   }
-  if (!it->status().ok()) return FromRocks(it->status(), "scan index");
+  if (!it->status().ok()) return FromRocks(it->status(), "scan index of " + path);
   it.reset();
   // A database written with a larger budget: trim to this one.
   while (tier->used_bytes_ > tier->capacity_bytes_ && !tier->order_.empty()) {
@@ -102,13 +146,62 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Create(const Options& options)
   return tier;
 }
 
-SsdTier::SsdTier(const Options& options, std::unique_ptr<rocksdb::DB> db,
+absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Create(const Options& options) {
+  if (options.path.empty()) return absl::InvalidArgumentError("SsdTier: path must be set");
+  if (options.capacity_bytes == 0) return absl::InvalidArgumentError("SsdTier: capacity_bytes must be > 0");
+  bool locked = false;
+  absl::StatusOr<std::unique_ptr<SsdTier>> tier = Open(options, options.path, &locked);
+  if (tier.ok() || locked || !options.quarantine_unreadable) return tier;
+  const absl::Status unreadable = tier.status();
+  // A cache is disposable: keep the damaged directory for inspection, start
+  // empty. A path that cannot be moved (its parent is read-only, ...) stays
+  // and a fresh sibling is used.
+  std::string quarantined_to = UnusedSibling(options.path, ".quarantined-");
+  std::error_code rename_error;
+  std::filesystem::rename(options.path, quarantined_to, rename_error);
+  std::string path = options.path;
+  if (rename_error) {
+    quarantined_to.clear();
+    path = UnusedSibling(options.path, ".fresh-");
+  }
+  tier = Open(options, path, &locked);
+  if (!tier.ok()) {
+    return absl::Status(tier.status().code(),
+                        absl::StrFormat("%s (after: %s)", tier.status().message(), unreadable.message()));
+  }
+  (*tier)->quarantined_to_ = quarantined_to;
+  (*tier)->quarantine_reason_ = std::string(unreadable.message());
+  LOG(WARNING) << "KV SSD tier at " << options.path << " was unreadable (" << unreadable.message() << "); "
+               << (quarantined_to.empty()
+                       ? absl::StrCat("it could not be moved (", rename_error.message(), "): using ", path)
+                       : absl::StrCat("moved to ", quarantined_to))
+               << ", starting empty";
+  return tier;
+}
+
+SsdTier::SsdTier(const Options& options, std::string path, std::unique_ptr<rocksdb::DB> db,
                  std::vector<rocksdb::ColumnFamilyHandle*> cfs)
-    : options_(options), capacity_bytes_(options.capacity_bytes), db_(std::move(db)), cfs_(std::move(cfs)) {}
+    : options_(options),
+      path_(std::move(path)),
+      capacity_bytes_(options.capacity_bytes),
+      db_(std::move(db)),
+      cfs_(std::move(cfs)) {}
 
 SsdTier::~SsdTier() {
   for (rocksdb::ColumnFamilyHandle* cf : cfs_) (void)db_->DestroyColumnFamilyHandle(cf);
   (void)db_->Close();  // db_ itself is deleted after this body
+}
+
+absl::Status SsdTier::WriteLocked(rocksdb::WriteBatch* batch, const char* what) {
+  if (!writable()) return absl::UnavailableError(absl::StrFormat("SSD tier %s is read-only", path_));
+  rocksdb::WriteOptions wo;
+  wo.sync = options_.sync_writes;
+  const rocksdb::Status s = db_->Write(wo, batch);
+  if (!s.ok() && IsDeviceFailure(s) && writable_.exchange(false)) {
+    LOG(WARNING) << "KV SSD tier at " << path_ << " stops writing (" << s.ToString()
+                 << "); it keeps serving what it holds";
+  }
+  return FromRocks(s, what);
 }
 
 absl::Status SsdTier::EraseKeyLocked(const std::string& key, bool* removed) {
@@ -117,9 +210,9 @@ absl::Status SsdTier::EraseKeyLocked(const std::string& key, bool* removed) {
   rocksdb::WriteBatch batch;
   batch.Delete(cfs_[0], key);
   batch.Delete(cfs_[1], key);
-  rocksdb::WriteOptions wo;
-  wo.sync = options_.sync_writes;
-  TANDEM_RETURN_IF_ERROR(FromRocks(db_->Write(wo, &batch), "delete"));
+  // A read-only tier forgets the block all the same: it is never served
+  // again by this process (a reopen verifies it again).
+  if (absl::Status s = WriteLocked(&batch, "delete"); !s.ok() && writable()) return s;
   order_.erase(it->second.seq);
   used_bytes_ -= it->second.bytes;
   index_.erase(it);
@@ -151,9 +244,7 @@ absl::Status SsdTier::Put(BlockHash hash, absl::Span<const uint8_t> value, std::
   const uint64_t seq = next_seq_++;
   batch.Put(cfs_[0], key, rocksdb::Slice(reinterpret_cast<const char*>(value.data()), value.size()));
   batch.Put(cfs_[1], key, EncodeMeta(value.size(), seq));
-  rocksdb::WriteOptions wo;
-  wo.sync = options_.sync_writes;
-  TANDEM_RETURN_IF_ERROR(FromRocks(db_->Write(wo, &batch), "put"));
+  TANDEM_RETURN_IF_ERROR(WriteLocked(&batch, "put"));
   for (auto o : victims) {
     auto e = index_.find(o->second);
     used_bytes_ -= e->second.bytes;
@@ -198,6 +289,8 @@ absl::StatusOr<std::string> SsdTier::Get(BlockHash hash, bool* removed) {
     }
   } else if (s.IsNotFound()) {
     bad = absl::DataLossError(absl::StrFormat("block %016x indexed but missing on SSD", hash));
+  } else if (s.IsCorruption()) {
+    bad = FromRocks(s, "get");  // RocksDB's own checksum (blob record, SST block) failed
   } else {
     return FromRocks(s, "get");
   }

@@ -26,6 +26,19 @@
 // used_bytes() <= capacity_bytes() always. Disk usage runs above it by the
 // LSM/blob overhead and by deleted values not yet garbage-collected.
 //
+// Degrading, never failing (a cache is disposable). A directory whose
+// database cannot be opened or whose index cannot be read (corruption such
+// as a block checksum mismatch in an .sst file, a format this RocksDB does not
+// read, a permission error) is moved aside to `<path>.quarantined-<UTC time>`
+// (or, when it cannot be moved, left alone and a fresh sibling
+// `<path>.fresh-<UTC time>` used instead), the tier starts empty and logs one
+// WARNING line; quarantined_to() says where it went. A database locked by a
+// live process is never moved (Create fails). Missing directories of `path`
+// are created, parents included. A write that fails on the device (ENOSPC,
+// a file system turned read-only) makes the tier read-only until it is
+// reopened: writable() turns false, Put answers Unavailable at once, Get
+// still serves what is readable.
+//
 // Integrity. Get verifies the checksum and that the header names this key's
 // model and block; a value that fails is deleted, reported as Removed by the
 // caller, and answered with DataLoss: it is never served.
@@ -46,6 +59,7 @@
 #ifndef TANDEM_KVSTORE_SSD_TIER_H_
 #define TANDEM_KVSTORE_SSD_TIER_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -63,6 +77,7 @@
 namespace rocksdb {
 class DB;
 class ColumnFamilyHandle;
+class WriteBatch;
 }  // namespace rocksdb
 
 namespace tandem::kvstore {
@@ -70,8 +85,8 @@ namespace tandem::kvstore {
 class SsdTier {
  public:
   struct Options {
-    // Directory of the RocksDB database; created if missing. Default: ""
-    // (must be set). Fixed.
+    // Directory of the RocksDB database; created if missing (parents too).
+    // Default: "" (must be set). Fixed.
     std::string path;
 
     // Byte budget over stored value lengths. Must be > 0. Default: 0 (must be
@@ -89,11 +104,16 @@ class SsdTier {
     // Values at least this long go to blob files. Default: 4096 (a KV block
     // is far larger). Fixed.
     uint64_t min_blob_size = 4096;
+
+    // Move an unreadable database aside and start empty (see "Degrading,
+    // never failing"); false: Create fails instead. Default: true.
+    bool quarantine_unreadable = true;
   };
 
-  // Opens (or creates) the database and rebuilds the index. InvalidArgument
-  // for bad options; Internal / IOError text from RocksDB otherwise (e.g. the
-  // database is locked by another process).
+  // Opens (or creates) the database and rebuilds the index, quarantining an
+  // unreadable one (above). InvalidArgument for bad options; the RocksDB
+  // error otherwise: the database is locked by another process, or neither
+  // it nor a fresh directory beside it could be opened.
   static absl::StatusOr<std::unique_ptr<SsdTier>> Create(const Options& options);
   // Closes the database (flushing nothing extra: the WAL holds the rest).
   ~SsdTier();
@@ -103,7 +123,8 @@ class SsdTier {
   // Stores `value` under `hash` (a re-Put replaces it and makes it newest),
   // first deleting the oldest blocks while the budget would be exceeded;
   // their hashes (this model's only) are appended to *evicted (may be null).
-  // InvalidArgument if the value is empty or larger than the whole budget.
+  // InvalidArgument if the value is empty or larger than the whole budget;
+  // Unavailable once the tier is read-only (writable() false).
   absl::Status Put(BlockHash hash, absl::Span<const uint8_t> value, std::vector<BlockHash>* evicted);
 
   // The verified value. NotFound if absent; DataLoss if it failed
@@ -111,7 +132,8 @@ class SsdTier {
   absl::StatusOr<std::string> Get(BlockHash hash, bool* removed = nullptr);
 
   bool Contains(BlockHash hash) const;
-  // OK if it was absent too.
+  // OK if it was absent too. On a read-only tier the block leaves the index
+  // (it is never served again by this process) but stays on the device.
   absl::Status Erase(BlockHash hash, bool* removed = nullptr);
   // This model's hashes, oldest first.
   std::vector<BlockHash> Keys() const;
@@ -120,6 +142,19 @@ class SsdTier {
 
   size_t used_bytes() const;
   size_t capacity_bytes() const { return capacity_bytes_; }
+
+  // The directory in use: Options::path, or the fresh sibling opened when
+  // an unreadable one could not be moved aside.
+  const std::string& path() const { return path_; }
+  // Where the unreadable database found by Create was moved ("" when none
+  // was, or when it stayed in place because it could not be moved), and the
+  // error that made it unreadable ("" when it opened).
+  const std::string& quarantined_to() const { return quarantined_to_; }
+  const std::string& quarantine_reason() const { return quarantine_reason_; }
+  bool quarantined() const { return !quarantine_reason_.empty(); }
+  // False once a write failed on the device (see above); never true again
+  // in this process.
+  bool writable() const { return writable_.load(std::memory_order_relaxed); }
   size_t num_blocks() const;
 
   // The RocksDB key of a block: model_id_hash then hash, both big-endian.
@@ -134,11 +169,21 @@ class SsdTier {
     uint64_t seq = 0;
   };
 
-  SsdTier(const Options& options, std::unique_ptr<rocksdb::DB> db,
+  SsdTier(const Options& options, std::string path, std::unique_ptr<rocksdb::DB> db,
           std::vector<rocksdb::ColumnFamilyHandle*> cfs);
+  // Opens the database at `path` and rebuilds the index (no quarantine).
+  // *locked: the failure was another holder's lock on the database.
+  static absl::StatusOr<std::unique_ptr<SsdTier>> Open(const Options& options, const std::string& path,
+                                                       bool* locked);
+  // A write to RocksDB; a device failure turns the tier read-only.
+  absl::Status WriteLocked(rocksdb::WriteBatch* batch, const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status EraseKeyLocked(const std::string& key, bool* removed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;
+  const std::string path_;
+  std::string quarantined_to_;     // set by Create before the tier is shared
+  std::string quarantine_reason_;  // ditto
+  std::atomic<bool> writable_{true};
   const size_t capacity_bytes_;
   const std::unique_ptr<rocksdb::DB> db_;          // closed and deleted after cfs_ by ~SsdTier
   std::vector<rocksdb::ColumnFamilyHandle*> cfs_;  // owned: [default, meta]

@@ -1,5 +1,7 @@
 #include "kvstore/ssd_tier.h"
 
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 
@@ -13,6 +15,7 @@
 namespace tandem::kvstore {
 namespace {
 
+using ::tandem::kvstore::testing::FlipBytesInFiles;
 using ::tandem::kvstore::testing::PayloadFor;
 using ::tandem::kvstore::testing::TempDir;
 using ::tandem::kvstore::testing::TokensFor;
@@ -130,6 +133,124 @@ TEST(SsdTierTest, CorruptValueIsDetectedDeletedAndNeverServed) {
   ASSERT_OK_AND_ASSIGN(auto ssd, SsdTier::Create(Opts(dir.path())));
   EXPECT_THAT(ssd->Keys(), ElementsAre(1));
   EXPECT_EQ(ssd->used_bytes(), Value(1).size());
+}
+
+// The siblings of `path` whose names start with `path` + `infix`.
+std::vector<std::string> Siblings(const std::string& path, const std::string& infix) {
+  std::vector<std::string> out;
+  const std::filesystem::path p(path);
+  for (const auto& e : std::filesystem::directory_iterator(p.parent_path())) {
+    if (e.path().filename().string().rfind(p.filename().string() + infix, 0) == 0) out.push_back(e.path());
+  }
+  return out;
+}
+
+// A cache is disposable (issue #17): a database whose .sst and blob files
+// were damaged is moved aside (kept for inspection), the tier opens empty on
+// the same path and serves.
+TEST(SsdTierTest, UnreadableDatabaseIsQuarantinedAndOpensEmpty) {
+  TempDir dir;
+  const std::string path = dir.path() + "/kv";
+  {
+    ASSERT_OK_AND_ASSIGN(auto ssd, SsdTier::Create(Opts(path)));
+    for (BlockHash h = 1; h <= 8; ++h) ASSERT_OK(ssd->Put(h, Bytes(Value(h)), nullptr));
+    ASSERT_OK(ssd->Flush());
+    EXPECT_FALSE(ssd->quarantined());
+    EXPECT_EQ(ssd->quarantined_to(), "");
+  }
+  ASSERT_GE(FlipBytesInFiles(path, {".sst", ".blob"}), 2);
+  // Without quarantine the damage is fatal: the failure `tandem store` met.
+  SsdTier::Options strict = Opts(path);
+  strict.quarantine_unreadable = false;
+  EXPECT_THAT(SsdTier::Create(strict), StatusIs(absl::StatusCode::kDataLoss));
+
+  ASSERT_OK_AND_ASSIGN(auto ssd, SsdTier::Create(Opts(path)));
+  EXPECT_TRUE(ssd->quarantined());
+  EXPECT_NE(ssd->quarantine_reason(), "");
+  EXPECT_EQ(ssd->path(), path);
+  EXPECT_EQ(ssd->num_blocks(), 0u);
+  EXPECT_EQ(ssd->used_bytes(), 0u);
+  EXPECT_TRUE(ssd->writable());
+  // The damaged directory is kept beside it, files and all.
+  const std::vector<std::string> kept = Siblings(path, ".quarantined-");
+  ASSERT_EQ(kept.size(), 1u);
+  EXPECT_EQ(ssd->quarantined_to(), kept[0]);
+  bool kept_sst = false;
+  for (const auto& e : std::filesystem::directory_iterator(kept[0]))
+    kept_sst |= e.path().extension() == ".sst";
+  EXPECT_TRUE(kept_sst) << kept[0];
+  // It serves, and what it stores now survives a reopen (no second quarantine).
+  ASSERT_OK(ssd->Put(9, Bytes(Value(9)), nullptr));
+  ASSERT_OK_AND_ASSIGN(std::string v, ssd->Get(9));
+  EXPECT_EQ(v, Value(9));
+  ssd.reset();
+  ASSERT_OK_AND_ASSIGN(ssd, SsdTier::Create(Opts(path)));
+  EXPECT_FALSE(ssd->quarantined());
+  EXPECT_THAT(ssd->Keys(), ElementsAre(9));
+  EXPECT_EQ(Siblings(path, ".quarantined-").size(), 1u);
+}
+
+// `tandem up --kv-ssd-dir DIR` with DIR not there yet (issue #17): the
+// tier creates its directory's parents, not only the last component.
+TEST(SsdTierTest, MissingParentDirectoriesAreCreated) {
+  TempDir dir;
+  const std::string path = dir.path() + "/not/there/yet/prefill-0";
+  ASSERT_OK_AND_ASSIGN(auto ssd, SsdTier::Create(Opts(path)));
+  EXPECT_FALSE(ssd->quarantined());
+  ASSERT_OK(ssd->Put(1, Bytes(Value(1)), nullptr));
+  EXPECT_TRUE(std::filesystem::exists(path + "/CURRENT"));
+}
+
+// A database in use by another holder is not damaged: never moved aside.
+TEST(SsdTierTest, LockedDatabaseIsNeverQuarantined) {
+  TempDir dir;
+  const std::string path = dir.path() + "/kv";
+  ASSERT_OK_AND_ASSIGN(auto first, SsdTier::Create(Opts(path)));
+  ASSERT_OK(first->Put(1, Bytes(Value(1)), nullptr));
+  EXPECT_FALSE(SsdTier::Create(Opts(path)).ok());
+  EXPECT_TRUE(Siblings(path, ".quarantined-").empty());
+  EXPECT_TRUE(Siblings(path, ".fresh-").empty());
+  ASSERT_OK_AND_ASSIGN(std::string v, first->Get(1));
+  EXPECT_EQ(v, Value(1));
+}
+
+// A value whose blob record fails RocksDB's own checksum is dropped like one
+// failing the block's CRC32C: DataLoss once, then gone (not DataLoss forever).
+TEST(SsdTierTest, BlobFailingItsChecksumIsDropped) {
+  TempDir dir;
+  {
+    ASSERT_OK_AND_ASSIGN(auto ssd, SsdTier::Create(Opts(dir.path())));
+    for (BlockHash h = 1; h <= 4; ++h) ASSERT_OK(ssd->Put(h, Bytes(Value(h)), nullptr));
+    ASSERT_OK(ssd->Flush());
+  }
+  int damaged_files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+    if (e.path().extension() != ".blob") continue;
+    std::fstream f(e.path(), std::ios::in | std::ios::out | std::ios::binary);
+    const std::streamoff middle = static_cast<std::streamoff>(std::filesystem::file_size(e.path()) / 2);
+    char c = 0;
+    f.seekg(middle);
+    f.get(c);
+    f.seekp(middle);
+    f.put(static_cast<char>(c ^ 0x20));
+    damaged_files += f.good() ? 1 : 0;
+  }
+  ASSERT_GE(damaged_files, 1);
+  ASSERT_OK_AND_ASSIGN(auto ssd, SsdTier::Create(Opts(dir.path())));
+  ASSERT_EQ(ssd->num_blocks(), 4u);
+  int lost = 0;
+  for (BlockHash h = 1; h <= 4; ++h) {
+    absl::StatusOr<std::string> v = ssd->Get(h);
+    if (v.ok()) {
+      EXPECT_EQ(*v, Value(h));
+      continue;
+    }
+    ++lost;
+    EXPECT_THAT(v, StatusIs(absl::StatusCode::kDataLoss)) << h;
+    EXPECT_FALSE(ssd->Contains(h)) << h;
+    EXPECT_THAT(ssd->Get(h), StatusIs(absl::StatusCode::kNotFound)) << h;
+  }
+  EXPECT_GE(lost, 1);
 }
 
 }  // namespace

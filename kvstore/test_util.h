@@ -1,10 +1,15 @@
 // Helpers for the kvstore tests: a temporary directory
-// removed on destruction, deterministic block contents, and the Gate
-// (tests/testing/gate.h) that holds a tier copy until the test releases it.
+// removed on destruction, deterministic block contents, the Gate
+// (tests/testing/gate.h) that holds a tier copy until the test releases it,
+// and damage to a closed SSD tier's files (FlipBytesInFiles).
 #ifndef TANDEM_KVSTORE_TEST_UTIL_H_
 #define TANDEM_KVSTORE_TEST_UTIL_H_
 
+#include <algorithm>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -33,6 +38,29 @@ inline std::vector<uint8_t> PayloadFor(uint64_t i, size_t bytes) {
   std::mt19937_64 rng(i * 0x9E3779B97F4A7C15ull + 1);
   for (size_t k = 0; k < bytes; ++k) p[k] = static_cast<uint8_t>(rng());
   return p;
+}
+
+// Flips every `stride`-th byte (from byte 0) of each file directly in `dir`
+// whose extension is one of `extensions` (".sst", ".blob"), as a failing
+// disk would; how many files it changed.
+inline int FlipBytesInFiles(const std::string& dir, const std::vector<std::string>& extensions,
+                            size_t stride = 97) {
+  int changed = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const std::string ext = entry.path().extension().string();
+    if (std::find(extensions.begin(), extensions.end(), ext) == extensions.end()) continue;
+    std::string bytes;
+    {
+      std::ifstream in(entry.path(), std::ios::binary);
+      bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    if (bytes.empty()) continue;
+    for (size_t i = 0; i < bytes.size(); i += stride) bytes[i] = static_cast<char>(bytes[i] ^ 0x5a);
+    std::ofstream out(entry.path(), std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    changed += out.good() ? 1 : 0;
+  }
+  return changed;
 }
 
 }  // namespace tandem::kvstore::testing

@@ -73,7 +73,9 @@ absl::Status TieredStore::Put(BlockHash hash, absl::Span<const int32_t> tokens,
         absl::StrFormat("TieredStore::Put: %d tokens and %d bytes, the store holds blocks of %d and %d",
                         tokens.size(), payload.size(), options_.block_tokens, options_.payload_bytes));
   }
-  const bool write_behind = ssd_ != nullptr && !ssd_->Contains(hash);
+  // A read-only SSD tier (a full or failed device) is not written to; DRAM
+  // and the remote tier still take the block.
+  const bool write_behind = ssd_ != nullptr && ssd_->writable() && !ssd_->Contains(hash);
   if (write_behind) {
     // Reserve room in the write queue first, so that a rejected Put stores nothing.
     StdMutexLock lock(&queue_mu_);

@@ -21,7 +21,8 @@
 // values. Back-pressure: when it is full, Put waits up to put_timeout for
 // room and then fails with ResourceExhausted having stored nothing (the
 // caller, e.g. the engine's eviction hook, drops the block: it is only a
-// cache). A block already on SSD is not queued again.
+// cache). A block already on SSD is not queued again, nor any block once the
+// SSD tier is read-only (SsdTier::writable(): a full or failed device).
 //
 // Read path. Get looks in DRAM, then on SSD (checksum verified there); an SSD
 // hit is promoted into DRAM. A block whose tokens differ from the caller's
