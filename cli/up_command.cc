@@ -12,6 +12,7 @@
 #include <climits>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <iostream>
 
 #include "absl/strings/match.h"
@@ -587,6 +588,20 @@ std::vector<ChildSpec> WorkerSpecs(const UpFlags& f, const std::string& self,
   return workers;
 }
 
+// Creates --kv-ssd-dir and --store-ssd-dir (parents included) before any
+// child starts, so a directory that does not exist yet is no failure and one
+// that cannot be made is reported once, by name.
+absl::Status CreateSsdDirs(const UpFlags& f) {
+  for (const std::string& dir : {f.kv_ssd_dir, f.store ? f.store_ssd_dir : std::string()}) {
+    if (dir.empty()) continue;
+    std::error_code error;
+    std::filesystem::create_directories(dir, error);
+    if (error)
+      return absl::UnavailableError(absl::StrCat("cannot create directory ", dir, ": ", error.message()));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int RunUp(const UpFlags& f) {
@@ -614,6 +629,7 @@ int RunUp(const UpFlags& f) {
     return 1;
   };
 
+  if (absl::Status dirs = CreateSsdDirs(f); !dirs.ok()) return fail(dirs);
   const std::vector<std::string> common = CommonFlags(f);
   auto router_ready = sup.StartAndWaitReady({RouterSpec(f, self, common)}, deadline);
   if (!router_ready.ok()) return fail(router_ready.status());

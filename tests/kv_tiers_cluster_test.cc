@@ -23,6 +23,7 @@
 #include "http/test_client.h"
 #include "kvstore/block_format.h"
 #include "kvstore/ssd_tier.h"
+#include "kvstore/test_util.h"
 #include "model/loader.h"
 #include "nlohmann/json.hpp"
 #include "rocksdb/db.h"
@@ -602,6 +603,137 @@ TEST(KvTiersClusterTest, CorruptTransferredKvIsDetectedAndRecomputed) {
       << "the decode worker did not recompute the prompt whose KV failed its checksums";
 
   for (Proc* p : {&prefill, &decode, &router}) p->process.reset();
+}
+
+// Caches degrade, never fail (issue #17). Fills an SSD tier at `path` and
+// damages its .sst and blob files, as a failing disk would.
+void DamagedSsdTier(const std::string& path) {
+  {
+    auto ssd =
+        kvstore::SsdTier::Create({.path = path, .capacity_bytes = size_t{1} << 24, .model_id_hash = 7});
+    ASSERT_TRUE(ssd.ok()) << ssd.status();
+    for (BlockHash h = 1; h <= 6; ++h) {
+      const std::string value(8192, static_cast<char>('a' + h));
+      ASSERT_TRUE((*ssd)
+                      ->Put(h,
+                            absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value.data()), value.size()),
+                            nullptr)
+                      .ok());
+    }
+    ASSERT_TRUE((*ssd)->Flush().ok());
+  }
+  ASSERT_GE(kvstore::testing::FlipBytesInFiles(path, {".sst", ".blob"}), 2) << path;
+}
+
+// How many siblings of `path` are named `path`.quarantined-*.
+int QuarantinedCopies(const std::string& path) {
+  int n = 0;
+  const std::filesystem::path p(path);
+  for (const auto& e : std::filesystem::directory_iterator(p.parent_path())) {
+    n += absl::StartsWith(e.path().filename().string(), p.filename().string() + ".quarantined-") ? 1 : 0;
+  }
+  return n;
+}
+
+// `tandem store` and a prefill worker started on damaged SSD directories
+// (before: the store exited with "Corruption: block checksum mismatch" and
+// `tandem up` stopped the cluster) move them aside, start empty, say so in
+// the worker's /metrics, and the cluster serves.
+TEST(KvTiersClusterTest, DamagedSsdDirectoriesAreQuarantinedAndTheClusterServes) {
+  if (!std::ifstream(kStories)) GTEST_SKIP() << "shared data absent";
+  TempDir temp("kv_quarantine_");  // declared first: removed after the processes stop
+  const std::string dir = temp.path();
+  ASSERT_FALSE(dir.empty());
+  ASSERT_NO_FATAL_FAILURE(DamagedSsdTier(dir + "/store"));
+  ASSERT_NO_FATAL_FAILURE(DamagedSsdTier(dir + "/prefill-0"));
+
+  Proc router = Start({TANDEM_BINARY, "router", "--port", "0", "--model", kStories, "--heartbeat-ms", "200"});
+  ASSERT_FALSE(router.address.empty());
+  Proc store = Start({TANDEM_BINARY, "store", "--router", router.address, "--model", kStories, "--block-size",
+                      absl::StrCat(kBlockSize), "--dram-bytes", "1048576", "--ssd-path", dir + "/store",
+                      "--store-id", "store-0", "--ucx", "false"});
+  ASSERT_FALSE(store.address.empty()) << "the store did not start on a damaged SSD directory";
+  EXPECT_EQ(store.ready["ssd"], true);
+  EXPECT_EQ(store.ready["ssd_blocks_reopened"], 0);
+  EXPECT_EQ(QuarantinedCopies(dir + "/store"), 1);
+  Proc prefill = Start({TANDEM_BINARY,
+                        "prefill",
+                        "--router",
+                        router.address,
+                        "--model",
+                        kStories,
+                        "--threads",
+                        "1",
+                        "--block-size",
+                        absl::StrCat(kBlockSize),
+                        "--worker-id",
+                        "prefill-0",
+                        "--kv-dram-bytes",
+                        "262144",
+                        "--kv-ssd-path",
+                        dir + "/prefill-0",
+                        "--kv-store",
+                        store.address,
+                        "--kv-store-transport",
+                        "grpc",
+                        "--metrics-port",
+                        "0"});
+  ASSERT_FALSE(prefill.address.empty()) << "the prefill worker did not start on a damaged SSD directory";
+  EXPECT_EQ(prefill.ready["kv_ssd_blocks_reopened"], 0);
+  EXPECT_EQ(QuarantinedCopies(dir + "/prefill-0"), 1);
+  Proc decode = Start({TANDEM_BINARY, "decode", "--router", router.address, "--model", kStories, "--threads",
+                       "1", "--block-size", absl::StrCat(kBlockSize), "--worker-id", "decode-0"});
+  ASSERT_FALSE(decode.address.empty());
+
+  auto stub =
+      tandem::v1::Tandem::NewStub(grpc::CreateChannel(router.address, grpc::InsecureChannelCredentials()));
+  const Result r = Generate(stub.get(), Story(500, 60), 8);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.tokens.size(), 8u);
+  // The store serves its (empty) tiers' snapshot.
+  EXPECT_TRUE(SnapshotTier(store.address, tandem::v1::KV_TIER_SSD).empty());
+
+  const int metrics_port = MetricsPort(prefill);
+  ASSERT_GT(metrics_port, 0) << prefill.ready.dump();
+  const std::string m = HttpGet(metrics_port, "/metrics");
+  EXPECT_EQ(Sample(m, "tandem_kv_ssd_quarantined_total"), 1) << m;
+  EXPECT_EQ(Sample(m, "tandem_kv_ssd_writable"), 1) << m;
+  EXPECT_EQ(Sample(m, "tandem_kv_ssd_corrupt_blocks"), 0) << m;
+
+  for (Proc* p : {&prefill, &decode, &store, &router}) p->process.reset();
+}
+
+// `tandem up --kv-ssd-dir DIR --store` with DIR not there yet (before:
+// RocksDB's "IO error: No such file or directory: While mkdir if missing"
+// and up stopped): the directories are created and the cluster serves.
+TEST(KvTiersClusterTest, UpCreatesAMissingSsdDirAndServes) {
+  TempDir temp("kv_up_dirs_");
+  ASSERT_FALSE(temp.path().empty());
+  const std::string ssd_dir = temp.path() + "/not-yet/x";
+  Subprocess up({TANDEM_BINARY, "up", "--model", "synthetic:tiny", "--prefill", "1", "--decode", "1",
+                 "--port", "0", "--store", "--store-dram-bytes", "16777216", "--kv-ssd-dir", ssd_dir,
+                 "--ready-timeout-s", "60"});
+  std::string router;
+  const absl::Time deadline = absl::Now() + absl::Seconds(90);
+  while (std::optional<std::string> line = up.ReadLine(deadline)) {
+    const nlohmann::json j = nlohmann::json::parse(*line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.value("event", "") == "ready") {
+      router = j["router"].get<std::string>();
+      break;
+    }
+  }
+  ASSERT_FALSE(router.empty()) << "no ready event from tandem up --kv-ssd-dir " << ssd_dir << " --store";
+  auto stub = tandem::v1::Tandem::NewStub(grpc::CreateChannel(router, grpc::InsecureChannelCredentials()));
+  const Result r = Generate(stub.get(), "Once upon a time", 4);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_FALSE(r.tokens.empty());
+  for (const char* sub : {"/store", "/prefill-0", "/decode-0"}) {
+    EXPECT_TRUE(std::filesystem::exists(ssd_dir + sub + "/CURRENT")) << "no RocksDB at " << ssd_dir << sub;
+  }
+  up.Signal(SIGTERM);
+  const std::optional<int> status = up.Wait(absl::Now() + absl::Seconds(15));
+  ASSERT_TRUE(status.has_value()) << "tandem up did not stop on SIGTERM";
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << *status;
 }
 
 }  // namespace

@@ -113,7 +113,26 @@ std::function<void(engine::Engine&)> EngineTickGauges(MetricsRegistry& r, kvstor
   Gauge* const store_gauges[4] = {
       store_bytes->WithLabels({"fetch", "ucx"}), store_bytes->WithLabels({"put", "ucx"}),
       store_bytes->WithLabels({"fetch", "grpc"}), store_bytes->WithLabels({"put", "grpc"})};
-  return [hits, computed, store_gauges, tiers, store](engine::Engine& e) {
+  // The SSD tier's health (a full or failed device makes it read-only;
+  // values that failed their checksum were dropped), only with one.
+  Gauge* ssd_writable = nullptr;
+  Gauge* ssd_corrupt = nullptr;
+  if (tiers != nullptr && tiers->ssd() != nullptr) {
+    ssd_writable = r.Gauge("tandem_kv_ssd_writable",
+                           "1 while the SSD tier takes writes; 0 once a write failed on the device "
+                           "(full, read-only): it then only serves what it holds")
+                       ->WithLabels({});
+    ssd_corrupt = r.Gauge("tandem_kv_ssd_corrupt_blocks",
+                          "SSD tier values that failed verification on read (dropped, recomputed)")
+                      ->WithLabels({});
+    ssd_writable->Set(1);
+    ssd_corrupt->Set(0);
+  }
+  return [hits, computed, store_gauges, tiers, store, ssd_writable, ssd_corrupt](engine::Engine& e) {
+    if (ssd_writable != nullptr) {
+      ssd_writable->Set(tiers->ssd()->writable() ? 1 : 0);
+      ssd_corrupt->Set(static_cast<double>(tiers->stats().corrupt_blocks));
+    }
     if (store != nullptr) {
       const kvstore::StoreClient::Stats s = store->stats();
       store_gauges[0]->Set(static_cast<double>(s.ucx_fetch_bytes));
@@ -258,6 +277,15 @@ absl::Status WorkerProcess::BuildTiers() {
   if (!tiers.ok()) return Prefixed(tiers.status(), "KV tiers: ");
   tiers_ = *std::move(tiers);
   info_.kv_tiers = true;
+  if (kvstore::SsdTier* ssd = tiers_->ssd(); ssd != nullptr) {
+    // An unreadable SSD tier was moved aside and started empty (SsdTier
+    // logged it): the worker serves, /metrics says so.
+    metrics_
+        .Counter("tandem_kv_ssd_quarantined_total",
+                 "SSD tier directories found unreadable at start, moved aside and replaced by an empty one")
+        ->WithLabels({})
+        ->Increment(ssd->quarantined() ? 1 : 0);
+  }
   // Blocks found on a reopened SSD tier are announced first, so the
   // router's index (and its snapshot) sees them.
   for (const auto& [hash, tier] : tiers_->Snapshot()) {
