@@ -370,6 +370,29 @@ grpc::ServerUnaryReactor* DecodeService::Release(grpc::CallbackServerContext* co
   return reactor;
 }
 
+grpc::ServerUnaryReactor* DecodeService::Renew(grpc::CallbackServerContext* context,
+                                               const tandem::v1::RenewRequest* r,
+                                               tandem::v1::RenewResponse*) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const absl::Duration ttl =
+      r->reservation_ttl_ms() > 0 ? absl::Milliseconds(r->reservation_ttl_ms()) : options_.reservation_ttl;
+  bool found = false;
+  {
+    // No engine work: the expiry time is only read by ExpireReservations,
+    // under the same lock.
+    absl::MutexLock lock(&mu_);
+    auto it = reservations_.find(r->request_id());
+    if (it != reservations_.end()) {
+      it->second.expires = absl::Now() + ttl;
+      found = true;
+    }
+  }
+  reactor->Finish(
+      found ? grpc::Status::OK
+            : grpc::Status(grpc::StatusCode::NOT_FOUND, "request_id: no reservation (expired or unknown)"));
+  return reactor;
+}
+
 absl::StatusOr<DecodeService::Reservation> DecodeService::TakeReservation(const std::string& request_id) {
   absl::MutexLock lock(&mu_);
   auto it = reservations_.find(request_id);
@@ -394,6 +417,14 @@ void DecodeService::ExpireReservations(engine::Engine& engine) {
       }
     }
   }
+  if (expired.empty()) return;
+  static Counter* const expired_total =
+      DefaultMetricsRegistry()
+          .Counter("tandem_worker_reservations_expired_total",
+                   "Decode reservations that lapsed their TTL unrenewed (their blocks freed)", {})
+          ->WithLabels({});
+  expired_total->Increment(static_cast<double>(expired.size()));
+  LOG(WARNING) << "decode worker: " << expired.size() << " reservation(s) lapsed their TTL unrenewed";
   for (int64_t id : expired) (void)engine.ReleaseReserved(id);
 }
 

@@ -11,6 +11,10 @@
 //               prefilled here instead); without: prefills by itself
 //               (aggregated mode). Streams token chunks, then a summary.
 //   Release  -> gives a reservation back.
+//   Renew    -> the reservation lapses its TTL from now (the router renews
+//               each one while its prefill is queued or running, so a
+//               reservation lives as long as its request; one a dead router
+//               stops renewing frees its blocks within a TTL).
 //
 // A worker process builds it (worker/worker_process.cc):
 //
@@ -109,13 +113,17 @@ class DecodeService final : public tandem::v1::DecodeWorker::CallbackService {
   grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* context,
                                     const tandem::v1::ReleaseRequest* request,
                                     tandem::v1::ReleaseResponse* response) override;
+  grpc::ServerUnaryReactor* Renew(grpc::CallbackServerContext* context,
+                                  const tandem::v1::RenewRequest* request,
+                                  tandem::v1::RenewResponse* response) override;
   grpc::ServerWriteReactor<tandem::v1::GenerateResponse>* Decode(
       grpc::CallbackServerContext* context, const tandem::v1::DecodeRequest* request) override;
   grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* context,
                                    const tandem::v1::WorkerStatusRequest* request,
                                    tandem::v1::WorkerStatus* response) override;
 
-  // Releases reservations whose TTL passed. Called on the engine thread
+  // Releases reservations whose TTL passed (counted in
+  // tandem_worker_reservations_expired_total). Called on the engine thread
   // (EngineRunner::Options::on_tick).
   void ExpireReservations(engine::Engine& engine);
 
