@@ -63,12 +63,14 @@ RunSummary Summarize(const std::vector<RequestResult>& results, const Slo& slo, 
   RunSummary s;
   s.slo = slo;
   s.duration_s = duration_s;
-  std::vector<double> ttft, tpot, itl, e2e;
+  std::vector<double> ttft, tpot, itl, e2e, rejected;
   for (const RequestResult& r : results) {
     ++s.requests;
     switch (r.outcome) {
       case Outcome::kRejected:
         ++s.rejected;
+        rejected.push_back(r.e2e_ms);
+        s.rejected_max_ms = std::max(s.rejected_max_ms, r.e2e_ms);
         continue;
       case Outcome::kError:
         ++s.errors;
@@ -100,6 +102,7 @@ RunSummary Summarize(const std::vector<RequestResult>& results, const Slo& slo, 
   s.tpot_ms = ComputePercentiles(tpot);
   s.itl_ms = ComputePercentiles(itl);
   s.e2e_ms = ComputePercentiles(e2e);
+  s.rejected_ms = ComputePercentiles(rejected);
   return s;
 }
 
@@ -127,6 +130,8 @@ nlohmann::ordered_json SummaryToJson(const RunSummary& s, const std::vector<Requ
   j["cached_tokens"] = s.cached_tokens;
   j["output_tokens"] = s.output_tokens;
   j["slo"] = {{"ttft_ms", OrNull(s.slo.ttft_ms)}, {"tpot_ms", OrNull(s.slo.tpot_ms)}};
+  j["rejected_ms"] = ToJson(s.rejected_ms);
+  j["rejected_max_ms"] = s.rejected_max_ms;
   if (samples) {
     nlohmann::ordered_json list = nlohmann::ordered_json::array();
     for (const RequestResult& r : results) {

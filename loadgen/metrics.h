@@ -90,6 +90,10 @@ struct RunSummary {
   double output_tokens_per_s = 0;
   double prefix_hit_rate = 0;  // 0 when no prompt tokens
   Percentiles ttft_ms, tpot_ms, itl_ms, e2e_ms;
+  // Send -> refusal (RESOURCE_EXHAUSTED) over rejected requests: how fast
+  // the cluster says no.
+  Percentiles rejected_ms;
+  double rejected_max_ms = 0;
   Slo slo;
 };
 
@@ -99,7 +103,8 @@ RunSummary Summarize(const std::vector<RequestResult>& results, const Slo& slo, 
 // {"requests","completed","rejected","prefix_hit_rate","goodput_rps","ttft_ms":{"p50","p90","p99","mean"},
 //  "tpot_ms","itl_ms","e2e_ms", then
 //  "errors","errors_by_code","first_error_by_code","duration_s","throughput_rps",
-//  "output_tokens_per_s","prompt_tokens","cached_tokens","output_tokens","slo":{"ttft_ms","tpot_ms"}}.
+//  "output_tokens_per_s","prompt_tokens","cached_tokens","output_tokens","slo":{"ttft_ms","tpot_ms"},
+//  "rejected_ms":{"p50","p90","p99","mean"},"rejected_max_ms"}.
 // Missing values are null. With `samples`, also "samples": one object per
 // completed request in send order: {"ttft_ms","tpot_ms","e2e_ms","prompt_tokens",
 // "cached_tokens","output_tokens","met_slo"}.

@@ -114,5 +114,21 @@ TEST(SummarizeTest, NoCompletedRequestsGivesNullPercentiles) {
   EXPECT_TRUE(j["ttft_ms"]["p50"].is_null());
 }
 
+TEST(SummarizeTest, RefusalLatencyIsMeasuredOverRejectedRequests) {
+  std::vector<RequestResult> results(3);
+  for (int i = 0; i < 2; ++i) {
+    results[i].outcome = Outcome::kRejected;
+    results[i].e2e_ms = 2.0 + 2.0 * i;  // 2 and 4 ms
+  }
+  results[2].outcome = Outcome::kCompleted;
+  results[2].e2e_ms = 900;  // not a refusal
+  const RunSummary s = Summarize(results, {}, 1.0);
+  EXPECT_DOUBLE_EQ(*s.rejected_ms.p50, 3.0);
+  EXPECT_DOUBLE_EQ(s.rejected_max_ms, 4.0);
+  const nlohmann::ordered_json j = SummaryToJson(s, results, false);
+  EXPECT_DOUBLE_EQ(j["rejected_ms"]["p50"].get<double>(), 3.0);
+  EXPECT_DOUBLE_EQ(j["rejected_max_ms"].get<double>(), 4.0);
+}
+
 }  // namespace
 }  // namespace tandem::loadgen
