@@ -1,6 +1,8 @@
 #include "kvstore/ssd_tier.h"
 
 #include <algorithm>
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <system_error>
@@ -14,6 +16,7 @@
 #include "common/status_macros.h"
 #include "kvstore/block_format.h"
 #include "rocksdb/db.h"
+#include "rocksdb/env.h"
 #include "rocksdb/options.h"
 #include "rocksdb/write_batch.h"
 
@@ -50,6 +53,25 @@ std::string EncodeMeta(uint64_t bytes, uint64_t seq) {
   std::memcpy(meta.data() + 8, &seq, 8);
   return meta;
 }
+
+// RocksDB's own log, errors only, into glog instead of a LOG file inside
+// the tier's directory: on a full device a LOG file whose write failed once
+// aborts the process on its next line (Debian's librocksdb 7.8 keeps its
+// asserts: WritableFileWriter's `sync_without_flush_called_`), and the
+// directory then holds only the cache.
+class RocksLogToGlog : public rocksdb::Logger {
+ public:
+  RocksLogToGlog() : rocksdb::Logger(rocksdb::InfoLogLevel::ERROR_LEVEL) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    char line[1024];
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+    std::vsnprintf(line, sizeof(line), format, ap);
+#pragma GCC diagnostic pop
+    LOG(WARNING) << "rocksdb: " << line;
+  }
+};
 
 // Whether RocksDB refused the database because another holder has its LOCK
 // (env/fs_posix.cc: "lock hold by current process" within this process,
@@ -102,6 +124,7 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Open(const Options& options, c
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
   db_options.max_background_jobs = 2;
+  db_options.info_log = std::make_shared<RocksLogToGlog>();
   rocksdb::ColumnFamilyOptions values;
   values.enable_blob_files = true;
   values.min_blob_size = options.min_blob_size;

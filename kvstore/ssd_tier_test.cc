@@ -1,10 +1,13 @@
 #include "kvstore/ssd_tier.h"
 
+#include <sys/mount.h>
+
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvstore/block_format.h"
@@ -251,6 +254,49 @@ TEST(SsdTierTest, BlobFailingItsChecksumIsDropped) {
     EXPECT_THAT(ssd->Get(h), StatusIs(absl::StatusCode::kNotFound)) << h;
   }
   EXPECT_GE(lost, 1);
+}
+
+// A tmpfs of `bytes` on `dir` for a test's life (a disk that fills), when the
+// test may mount (CAP_SYS_ADMIN); mounted() says whether it could.
+class SmallFileSystem {
+ public:
+  SmallFileSystem(const std::string& dir, size_t bytes) : dir_(dir) {
+    std::filesystem::create_directories(dir);
+    mounted_ = mount("tmpfs", dir.c_str(), "tmpfs", 0, absl::StrCat("size=", bytes).c_str()) == 0;
+  }
+  ~SmallFileSystem() {
+    if (mounted_) umount2(dir_.c_str(), MNT_DETACH);
+  }
+  bool mounted() const { return mounted_; }
+
+ private:
+  std::string dir_;
+  bool mounted_ = false;
+};
+
+// A device that fills while serving (ENOSPC): the tier stops writing (Put
+// answers Unavailable at once, writable() says so) and keeps serving what it
+// holds.
+TEST(SsdTierTest, FullDeviceMakesTheTierReadOnlyAndItKeepsServing) {
+  TempDir dir;
+  const std::string mount_point = dir.path() + "/small";
+  SmallFileSystem fs(mount_point, size_t{2} << 20);
+  if (!fs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (needs CAP_SYS_ADMIN)";
+  ASSERT_OK_AND_ASSIGN(auto ssd, SsdTier::Create(Opts(mount_point + "/kv")));
+  absl::Status put;
+  BlockHash filled = 0;
+  while (filled < 1000 && put.ok()) {
+    ++filled;
+    put = ssd->Put(filled, Bytes(Value(filled)), nullptr);
+  }
+  ASSERT_FALSE(put.ok()) << "2 MiB never filled";
+  EXPECT_FALSE(ssd->writable()) << put;
+  ASSERT_GT(filled, 2u);
+  EXPECT_THAT(ssd->Put(5000, Bytes(Value(5000)), nullptr), StatusIs(absl::StatusCode::kUnavailable));
+  for (BlockHash h = 1; h < filled; ++h) {
+    ASSERT_OK_AND_ASSIGN(std::string v, ssd->Get(h));
+    EXPECT_EQ(v, Value(h)) << h;
+  }
 }
 
 }  // namespace
