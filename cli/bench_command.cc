@@ -15,6 +15,7 @@
 #include "loadgen/trace.h"
 #include "loadgen/workload.h"
 #include "nlohmann/json.hpp"
+#include "tandem/v1/tandem.grpc.pb.h"
 
 namespace tandem::cli {
 namespace {
@@ -38,6 +39,10 @@ void PrintTable(const BenchFlags& f, const loadgen::RunSummary& s) {
   std::string slo;
   if (s.slo.ttft_ms) slo += absl::StrFormat(" TTFT <= %g ms", *s.slo.ttft_ms);
   if (s.slo.tpot_ms) slo += absl::StrFormat(" TPOT <= %g ms", *s.slo.tpot_ms);
+  if (s.rejected > 0) {
+    std::cout << absl::StrFormat("  refused after (ms) p50 %s  p99 %s  max %.2f\n", Cell(s.rejected_ms.p50),
+                                 Cell(s.rejected_ms.p99), s.rejected_max_ms);
+  }
   std::cout << absl::StrFormat("  goodput %.3f req/s (%d within SLO:%s)\n", s.goodput_rps, s.good,
                                slo.empty() ? " none given" : slo);
   std::cout << absl::StrFormat("  throughput %.3f req/s, %.1f output tokens/s\n", s.throughput_rps,
@@ -95,7 +100,8 @@ void RegisterBench(CLI::App* cmd, BenchFlags* f) {
   cmd->add_option("--json", f->json, "Write the report (with per-request samples) to FILE");
   cmd->add_option("--label", f->label, "Label of this run in the report (e.g. the routing policy)");
   cmd->add_option("--block-tokens", f->block_tokens,
-                  "Tokens per trace block (shrinks the trace's 512; 0: 512 for --trace, 16 for --synthetic)")
+                  "Tokens per trace block (shrinks the trace's 512; 0: 512 for --trace, the cluster's KV "
+                  "block size for --synthetic)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-tokens-cap", f->max_tokens_cap, "Cap every request's output length; 0: none")
@@ -104,8 +110,10 @@ void RegisterBench(CLI::App* cmd, BenchFlags* f) {
   cmd->add_option("--max-input-tokens", f->max_input_tokens, "Cut prompts to N tokens (front kept); 0: none")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--context-length", f->context_length,
-                  "The model's context: prompts are cut so prompt + max_tokens - 1 fits; 0: unknown")
+  cmd->add_option(
+         "--context-length", f->context_length,
+         "Override the model's context (asked of the cluster otherwise): prompts are cut so prompt + "
+         "max_tokens - 1 fits; 0: the cluster's")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--concurrency-limit", f->concurrency_limit, "At most N requests in flight; 0: no limit")
@@ -201,10 +209,33 @@ absl::StatusOr<loadgen::Runner::Options> RunnerOptions(const BenchFlags& f, size
   return options;
 }
 
+// What the router says the cluster serves (tandem.v1.Tandem/GetClusterInfo),
+// or unset with a warning on stderr when it cannot say (a router without
+// the call, or none there: the run reports that itself).
+std::optional<tandem::v1::ClusterInfo> AskCluster(const BenchFlags& f) {
+  TlsFlags tls = f.tls;
+  tls.enabled = !tls.ca_file.empty() || !tls.cert_file.empty();
+  absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(tls);
+  if (!channels.ok()) return std::nullopt;
+  std::unique_ptr<tandem::v1::Tandem::Stub> stub = tandem::v1::Tandem::NewStub((*channels)(f.target));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  ctx.set_wait_for_ready(true);  // a cluster still starting answers within the deadline
+  tandem::v1::ClusterInfo info;
+  const grpc::Status s = stub->GetClusterInfo(&ctx, tandem::v1::ClusterInfoRequest(), &info);
+  if (!s.ok()) {
+    std::cerr << kPrefix << ": warning: could not ask " << f.target
+              << " for the model's context length and block size (" << s.error_message()
+              << "); using --context-length and --block-tokens as given\n";
+    return std::nullopt;
+  }
+  return info;
+}
+
 // --json FILE: the summary with per-request samples and the run's settings.
 bool WriteJsonReport(const BenchFlags& f, const loadgen::RunSummary& summary,
                      const loadgen::Runner::RunResult& run, const std::vector<absl::Duration>& times,
-                     int32_t block_tokens) {
+                     int32_t block_tokens, int32_t context_length) {
   nlohmann::ordered_json j = loadgen::SummaryToJson(summary, run.results, /*samples=*/true);
   j["label"] = f.label;
   j["workload"] = f.synthetic ? "synthetic" : f.trace;
@@ -215,6 +246,7 @@ bool WriteJsonReport(const BenchFlags& f, const loadgen::RunSummary& summary,
   j["offered_rps"] = span > 0 ? nlohmann::ordered_json(static_cast<double>(times.size() - 1) / span)
                               : nlohmann::ordered_json(nullptr);
   j["block_tokens"] = block_tokens;
+  j["context_length"] = context_length;
   j["concurrency_limit"] = f.concurrency_limit;
   std::ofstream out(f.json);
   out << j.dump(2) << "\n";
@@ -242,8 +274,24 @@ int RunBench(const BenchFlags& f) {
     return 2;
   }
 
+  // --- The cluster's context length and block size; the flags override.
+  const std::optional<tandem::v1::ClusterInfo> cluster = AskCluster(f);
+  const int32_t context_length =
+      f.context_length > 0 ? f.context_length : (cluster.has_value() ? cluster->context_length() : 0);
+  const int32_t cluster_block = cluster.has_value() ? cluster->block_size() : 0;
+  if (cluster.has_value() && !f.quiet) {
+    std::cerr << absl::StrFormat(
+        "%s: the cluster serves %s: context length %d%s, block size %d\n", kPrefix, cluster->model(),
+        cluster->context_length(),
+        f.context_length > 0 ? absl::StrFormat(" (--context-length %d used)", f.context_length) : "",
+        cluster_block);
+  }
+
   // --- The workload, as trace records, then prompts and send times.
-  const int32_t block_tokens = f.block_tokens > 0 ? f.block_tokens : (f.synthetic ? 16 : 512);
+  // A synthetic workload's blocks are the cluster's KV blocks, so shared
+  // prefixes are shared cache blocks; a trace keeps its own 512.
+  const int32_t block_tokens =
+      f.block_tokens > 0 ? f.block_tokens : (f.synthetic ? (cluster_block > 0 ? cluster_block : 16) : 512);
   int exit_code = 0;
   std::optional<std::vector<loadgen::TraceRequest>> records = LoadRecords(f, block_tokens, &exit_code);
   if (!records.has_value()) return exit_code;
@@ -255,7 +303,7 @@ int RunBench(const BenchFlags& f) {
       .block_tokens = block_tokens,
       .max_tokens_cap = f.max_tokens_cap,
       .max_input_tokens = f.max_input_tokens,
-      .context_length = f.context_length,
+      .context_length = context_length,
       .seed = 0,
   });
   if (!synth.ok()) {
@@ -286,7 +334,7 @@ int RunBench(const BenchFlags& f) {
   const loadgen::RunSummary summary =
       loadgen::Summarize(run.results, options->slo, absl::ToDoubleSeconds(run.duration));
   PrintTable(f, summary);
-  if (!f.json.empty() && !WriteJsonReport(f, summary, run, times, block_tokens)) return 1;
+  if (!f.json.empty() && !WriteJsonReport(f, summary, run, times, block_tokens, context_length)) return 1;
   if (summary.requests > 0 && summary.errors == summary.requests) {
     std::cerr << kPrefix << ": every request failed; is a router (tandem up / tandem router) serving at "
               << f.target << "?\n";

@@ -44,11 +44,11 @@ struct BenchFlags {
   std::string json;
   std::string label;
   // Tokens per hash block in the prompts; 0: 512 for --trace (no scaling),
-  // 16 for --synthetic.
+  // for --synthetic the cluster's KV block size (16 if it cannot say).
   int32_t block_tokens = 0;
   int32_t max_tokens_cap = 0;
   int32_t max_input_tokens = 0;
-  int32_t context_length = 0;
+  int32_t context_length = 0;  // override; 0: the cluster's (GetClusterInfo)
   int32_t concurrency_limit = 0;
   std::string model;
   int32_t vocab_size = 256;

@@ -1,5 +1,3 @@
-#include "cli/router_command.h"
-
 #include <unistd.h>
 
 #include <cstdlib>
@@ -11,6 +9,7 @@
 #include "absl/strings/str_split.h"
 #include "cli/config_merge.h"
 #include "cli/process.h"
+#include "cli/router_command.h"
 #include "grpcpp/security/server_credentials.h"
 #include "http/server.h"
 #include "model/model_info.h"
@@ -50,6 +49,7 @@ router::RouterOptions MakeRouterOptions(const RouterFlags& f) {
   options.placement.default_tpot_slo_ms = f.slo_tpot_ms;
   options.placement.aggregate_max_uncached_tokens = f.aggregate_max_uncached_tokens;
   options.placement.aggregate_when_queue_ms = f.aggregate_when_queue_ms;
+  options.max_queued_prefills_per_worker = f.max_queued_prefills;
   return options;
 }
 
@@ -123,6 +123,12 @@ void RegisterRouter(CLI::App* cmd, RouterFlags* f) {
   cmd->add_option("--aggregate-when-queue-ms", f->aggregate_when_queue_ms,
                   "kv policy: ...or when every prefill worker's predicted queue exceeds this (ms; 0: off)")
       ->capture_default_str();
+  cmd->add_option(
+         "--max-queued-prefills", f->max_queued_prefills,
+         "Requests waiting for their first token per prefill worker (per decode worker when none "
+         "prefills); beyond it a request is refused at once (RESOURCE_EXHAUSTED, HTTP 429); 0: no bound")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   AddTlsFlags(cmd, &f->tls);
   AddConfigFlags(cmd, &f->config, &f->dry_run);
   cmd->callback([cmd, f] { RunConfiguredCommand(cmd, f, "router", ResolveRouterFlags, RunRouter); });

@@ -31,6 +31,8 @@ struct RouterFlags {
   double slo_tpot_ms = 0;
   int32_t aggregate_max_uncached_tokens = 16;
   double aggregate_when_queue_ms = 0;
+  // --max-queued-prefills: RouterOptions::max_queued_prefills_per_worker.
+  int32_t max_queued_prefills = 64;
   int32_t http_port = -1;             // --http-port: OpenAI-compatible HTTP API; 0: any free port; -1: off
   std::vector<std::string> api_keys;  // --api-key (repeatable) plus TANDEM_API_KEYS; empty: no auth
   TlsFlags tls;

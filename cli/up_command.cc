@@ -1,5 +1,3 @@
-#include "cli/up_command.h"
-
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/prctl.h>
@@ -20,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "cli/config_merge.h"
+#include "cli/up_command.h"
 #include "common/status_macros.h"
 
 namespace tandem::cli {
@@ -47,6 +46,9 @@ void RegisterUp(CLI::App* cmd, UpFlags* f) {
   cmd->add_option("--slo-ttft-ms", f->slo_ttft_ms,
                   "Router's default TTFT target, ms (see tandem router --help)");
   cmd->add_option("--slo-tpot-ms", f->slo_tpot_ms, "Router's default TPOT target, ms");
+  cmd->add_option("--max-queued-prefills", f->max_queued_prefills,
+                  "Router's bound on requests waiting for their first token, per prefill worker "
+                  "(default 64; 0: none; see tandem router --help)");
   cmd->add_option(
          "--http-port", f->http_port,
          "Router's OpenAI-compatible HTTP port; 0: any free port (the ready event's \"http\"); -1: off")
@@ -529,6 +531,8 @@ ChildSpec RouterSpec(const UpFlags& f, const std::string& self, const std::vecto
     router.argv.insert(router.argv.end(), {"--slo-ttft-ms", absl::StrCat(f.slo_ttft_ms)});
   if (f.slo_tpot_ms >= 0)
     router.argv.insert(router.argv.end(), {"--slo-tpot-ms", absl::StrCat(f.slo_tpot_ms)});
+  if (f.max_queued_prefills >= 0)
+    router.argv.insert(router.argv.end(), {"--max-queued-prefills", absl::StrCat(f.max_queued_prefills)});
   if (f.http_port >= 0) router.argv.insert(router.argv.end(), {"--http-port", absl::StrCat(f.http_port)});
   for (const std::string& key : f.api_keys) router.argv.insert(router.argv.end(), {"--api-key", key});
   return router;

@@ -67,6 +67,11 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   // retry's Reserve of the same request id never races the Release.
   void Release(std::function<void()> then = nullptr);
   void Finish(absl::Status status);
+  // The request got its first token (or ended): it leaves the bounded
+  // queue (RouterOptions::max_queued_prefills_per_worker). Idempotent.
+  void LeaveQueue() {
+    if (queued_.exchange(false)) core_->queued_prefills_.fetch_sub(1);
+  }
   // Sets the context the next call uses as the cancellable one; false if
   // the request was cancelled already.
   bool Activate(grpc::ClientContext* ctx) {
@@ -94,6 +99,7 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   grpc::ClientContext* active_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<bool> queued_{false};
 
   // Set by Begin, read by later steps (one at a time).
   std::vector<int32_t> prompt_;
@@ -116,6 +122,8 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   tandem::v1::ReserveRequest reserve_req_;
   tandem::v1::KvReservation reservation_;
   bool reserved_ = false;
+  // RouterCore::KeepReservation's key while the prefill is pending; 0: none.
+  uint64_t kept_reservation_ = 0;
   tandem::v1::PrefillRequest prefill_req_;
   tandem::v1::PrefillResponse prefilled_;
   int64_t prefill_inflight_tokens_ = 0;
@@ -179,6 +187,10 @@ void RouterCore::Call::Begin(const GenerateRequest& request) {
   *summary_.mutable_prompt_token_ids() = {prompt_.begin(), prompt_.end()};
   summary_.mutable_usage()->set_prompt_tokens(static_cast<int32_t>(prompt_.size()));
   filter_.emplace(stops_);
+  // Admission into the bounded queue happens once, here: a retry of an
+  // admitted request is never refused for queue room.
+  if (absl::Status admitted = core_->EnterQueue(); !admitted.ok()) return Finish(admitted);
+  queued_ = true;
   Attempt();
 }
 
@@ -212,6 +224,11 @@ void RouterCore::Call::Attempt() {
   absl::StatusOr<PlacementDecision> placed = core_->placement_.Place(preq);
   if (!placed.ok()) {
     if (absl::IsUnavailable(placed.status()) && attempts_ > 1) {
+      if (last_error_.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+        // Every decode worker is full: a refusal before any prefill, not a failure.
+        return Finish(absl::ResourceExhaustedError(
+            absl::StrFormat("no decode worker has room for the request: %s", last_error_.error_message())));
+      }
       return Finish(absl::UnavailableError(
           absl::StrFormat("no worker could serve the request: %s", last_error_.error_message())));
     }
@@ -273,6 +290,9 @@ void RouterCore::Call::OnReserved(const grpc::Status& s) {
   }
   prefill_inflight_tokens_ = static_cast<int64_t>(prompt_.size()) - placement_->predicted_cached_tokens;
   core_->registry_->AddInflight(placement_->prefill->id, prefill_inflight_tokens_);
+  // The reservation lives as long as the request: renewed while the prefill
+  // queues or runs (see RouterOptions::reservation_ttl).
+  kept_reservation_ = core_->KeepReservation(request_id_, placement_->decode.stubs);
   prefilled_.Clear();
   placement_->prefill->stubs->prefill->async()->Prefill(
       ctx_.get(), &prefill_req_, &prefilled_,
@@ -283,6 +303,7 @@ void RouterCore::Call::OnPrefilled(const grpc::Status& s) {
   const std::string prefill_id = placement_->prefill->id;
   const std::string decode_id = placement_->decode.id;
   core_->registry_->RemoveInflight(prefill_id, prefill_inflight_tokens_);
+  core_->DropReservation(std::exchange(kept_reservation_, 0));
   if (!s.ok()) {
     core_->registry_->RemoveInflight(decode_id, 0);
     if (cancelled()) {
@@ -325,6 +346,7 @@ void RouterCore::Call::OnPrefilled(const grpc::Status& s) {
     return Finish(absl::OkStatus());
   }
   first_token_ = prefilled_.first_token();
+  LeaveQueue();
   core_->registry_->RemoveInflight(decode_id, 0);  // StartDecode counts it again
   StartDecode();
 }
@@ -376,6 +398,7 @@ bool RouterCore::Call::OnDecodeResponse(const GenerateResponse& in) {
   out.set_text(filter_->Push(chunk.text()));
   if (first_token_time_ == absl::InfinitePast() && chunk.token_ids_size() > 0) {
     first_token_time_ = core_->Now();
+    LeaveQueue();
     summary_.mutable_timings()->set_first_token_ms(Ms(first_token_time_ - start_));
   }
   observer_->OnChunk(out);
@@ -442,6 +465,7 @@ void RouterCore::Call::Finish(absl::Status status) {
     done_ = true;
     active_ = nullptr;
   }
+  LeaveQueue();
   const absl::Time now = core_->Now();
   summary_.mutable_timings()->set_total_ms(Ms(now - start_));
   RouterMetrics& m = RouterMetrics::Get();
@@ -478,12 +502,14 @@ RouterCore::~RouterCore() { Stop(); }
 void RouterCore::StartBackground() {
   if (!snapshot_thread_.joinable()) snapshot_thread_ = std::thread([this] { SnapshotLoop(); });
   if (!sweep_thread_.joinable()) sweep_thread_ = std::thread([this] { SweepLoop(); });
+  if (!renew_thread_.joinable()) renew_thread_ = std::thread([this] { RenewLoop(); });
 }
 
 void RouterCore::Stop() {
   if (!stop_.HasBeenNotified()) stop_.Notify();
   if (snapshot_thread_.joinable()) snapshot_thread_.join();
   if (sweep_thread_.joinable()) sweep_thread_.join();
+  if (renew_thread_.joinable()) renew_thread_.join();
 }
 
 std::shared_ptr<GenerationCall> RouterCore::Start(const GenerateRequest& request, absl::Time deadline,
@@ -492,6 +518,98 @@ std::shared_ptr<GenerationCall> RouterCore::Start(const GenerateRequest& request
   auto call = std::make_shared<Call>(this, std::min(deadline, cap), std::move(observer));
   call->Begin(request);
   return call;
+}
+
+absl::Status RouterCore::EnterQueue() {
+  const int per_worker = options_.max_queued_prefills_per_worker;
+  if (per_worker <= 0) {
+    queued_prefills_.fetch_add(1);
+    return absl::OkStatus();
+  }
+  int prefill_workers = 0, decode_workers = 0;
+  registry_->ForEachHealthy(tandem::v1::WORKER_ROLE_PREFILL, {},
+                            [&](const WorkerView&) { ++prefill_workers; });
+  if (prefill_workers == 0) {
+    registry_->ForEachHealthy(tandem::v1::WORKER_ROLE_DECODE, {},
+                              [&](const WorkerView&) { ++decode_workers; });
+  }
+  const int workers = std::max(1, prefill_workers > 0 ? prefill_workers : decode_workers);
+  const int64_t limit = int64_t{per_worker} * workers;
+  int64_t queued = queued_prefills_.load();
+  do {
+    if (queued >= limit) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "router queue full: %d requests are waiting for their first token, the bound is %d (%d per %s "
+          "worker, --max-queued-prefills); retry later",
+          queued, limit, per_worker, prefill_workers > 0 ? "prefill" : "decode"));
+    }
+  } while (!queued_prefills_.compare_exchange_weak(queued, queued + 1));
+  return absl::OkStatus();
+}
+
+uint64_t RouterCore::KeepReservation(std::string request_id, std::shared_ptr<const WorkerStubs> stubs) {
+  absl::MutexLock lock(&renew_mu_);
+  const uint64_t key = next_kept_++;
+  kept_[key] = {std::move(request_id), std::move(stubs)};
+  return key;
+}
+
+void RouterCore::DropReservation(uint64_t key) {
+  if (key == 0) return;
+  absl::MutexLock lock(&renew_mu_);
+  kept_.erase(key);
+}
+
+void RouterCore::RenewReservations() {
+  std::vector<KeptReservation> due;
+  {
+    absl::MutexLock lock(&renew_mu_);
+    due.reserve(kept_.size());
+    for (const auto& [key, kept] : kept_) due.push_back(kept);
+  }
+  const int32_t ttl_ms = static_cast<int32_t>(absl::ToInt64Milliseconds(options_.reservation_ttl));
+  for (KeptReservation& kept : due) {
+    if (kept.stubs == nullptr || kept.stubs->decode == nullptr) continue;
+    // Fire and forget, like Release: a lost renewal is covered by the next
+    // (every TTL/4); NOT_FOUND means the reservation ended on the worker's
+    // side and the request learns of it from its own calls.
+    struct Pending {
+      grpc::ClientContext ctx;
+      tandem::v1::RenewRequest req;
+      tandem::v1::RenewResponse resp;
+      std::shared_ptr<tandem::v1::DecodeWorker::Stub> stub;
+    };
+    auto* p = new Pending;
+    p->ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.reservation_ttl / 4));
+    p->req.set_request_id(std::move(kept.request_id));
+    p->req.set_reservation_ttl_ms(ttl_ms);
+    p->stub = kept.stubs->decode;
+    p->stub->async()->Renew(&p->ctx, &p->req, &p->resp, [p](grpc::Status) { delete p; });
+  }
+}
+
+void RouterCore::RenewLoop() {
+  // Real time on purpose: the decode worker expires reservations by its own
+  // real clock, whatever clock this core decides by.
+  const absl::Duration period = std::max(options_.reservation_ttl / 4, absl::Milliseconds(10));
+  while (!stop_.WaitForNotificationWithTimeout(period)) RenewReservations();
+}
+
+tandem::v1::ClusterInfo RouterCore::GetClusterInfo() const {
+  tandem::v1::ClusterInfo info;
+  info.set_model(model_->config.model_id);
+  info.set_context_length(model_->config.context_length);
+  int32_t block_size = 0, decode_workers = 0, prefill_workers = 0;
+  registry_->ForEachHealthy(tandem::v1::WORKER_ROLE_DECODE, {}, [&](const WorkerView& w) {
+    if (block_size == 0) block_size = w.block_size;
+    ++decode_workers;
+  });
+  registry_->ForEachHealthy(tandem::v1::WORKER_ROLE_PREFILL, {},
+                            [&](const WorkerView&) { ++prefill_workers; });
+  info.set_block_size(block_size);
+  info.set_decode_workers(decode_workers);
+  info.set_prefill_workers(prefill_workers);
+  return info;
 }
 
 void RouterCore::OnKvEvents(const tandem::v1::KvEventBatch& batch) {

@@ -32,6 +32,7 @@
 
 #include <atomic>
 #include <deque>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -44,6 +45,7 @@
 #include "router/kv_index.h"
 #include "router/placement.h"
 #include "router/worker_registry.h"
+#include "tandem/v1/tandem.pb.h"
 #include "tandem/v1/worker.pb.h"
 
 namespace tandem::router {
@@ -55,8 +57,20 @@ struct RouterOptions {
   int max_attempts = 3;
   // Deadline for a request whose client set none. Default: 10 min.
   absl::Duration default_deadline = absl::Minutes(10);
-  // How long a decode reservation waits for its prefill. Default: 30 s.
+  // How long a decode reservation lives unless renewed. While a request's
+  // prefill is queued or running the router renews its reservation every
+  // reservation_ttl / 4 (DecodeWorker.Renew), so the reservation lives as
+  // long as the request; only a router that stopped renewing (it died)
+  // leaves blocks held, for one TTL. Default: 30 s.
   absl::Duration reservation_ttl = absl::Seconds(30);
+  // Bound on the router's queue: requests admitted and still waiting for
+  // their first token (Reserve, the prefill worker's queue, the prefill),
+  // per healthy prefill worker (per decode worker when none prefills). A
+  // request beyond it is refused at once with RESOURCE_EXHAUSTED (HTTP 429
+  // + Retry-After) naming the bound, before any work, so what is admitted
+  // waits a bounded time and is never failed late. 0: no bound.
+  // Default: 64 (about 2 s of queue for stories260K on one prefill worker).
+  int max_queued_prefills_per_worker = 64;
   // Routing policy, cost model, conditional disaggregation and SLO defaults.
   PlacementOptions placement;
   // Deadline of a KvEventSource.Snapshot call. Default: 5 s.
@@ -97,12 +111,32 @@ class RouterCore final : public Generator {
 
   // Requests started and not yet done.
   int64_t in_flight() const { return in_flight_.load(); }
+  // Requests admitted and not yet past their first token (the queue that
+  // max_queued_prefills_per_worker bounds).
+  int64_t queued_prefills() const { return queued_prefills_.load(); }
+
+  // Sends DecodeWorker.Renew for every reservation whose prefill is still
+  // pending, without waiting for the answers. The renewer thread calls it
+  // every reservation_ttl / 4, in real time (the decode worker expires
+  // reservations in real time); tests may call it directly.
+  void RenewReservations();
+
+  // The model, its context length, the decode workers' block size and the
+  // healthy workers per role (tandem.v1.Tandem/GetClusterInfo).
+  tandem::v1::ClusterInfo GetClusterInfo() const;
 
  private:
   class Call;
   friend class Call;
 
   absl::Time Now() const { return options_.clock->Now(); }
+  // Admits a new request into the bounded queue (counts it in
+  // queued_prefills_) or refuses it with RESOURCE_EXHAUSTED.
+  absl::Status EnterQueue();
+  // A reservation to renew until DropReservation(key) (its prefill ended).
+  uint64_t KeepReservation(std::string request_id, std::shared_ptr<const WorkerStubs> stubs);
+  void DropReservation(uint64_t key);
+  void RenewLoop();
   void RequestSnapshot(const std::string& worker_id);
   // tandem_router_kv_index_entries{tier} from the index, after it changed.
   void PublishIndexGauges();
@@ -116,12 +150,22 @@ class RouterCore final : public Generator {
   Placement placement_;
   std::atomic<uint64_t> next_request_{1};
   std::atomic<int64_t> in_flight_{0};
+  std::atomic<int64_t> queued_prefills_{0};
 
   absl::Notification stop_;
   std::thread snapshot_thread_;
   std::thread sweep_thread_;
+  std::thread renew_thread_;
   absl::Mutex snapshot_mu_;
   std::deque<std::string> snapshot_queue_ ABSL_GUARDED_BY(snapshot_mu_);
+
+  struct KeptReservation {
+    std::string request_id;
+    std::shared_ptr<const WorkerStubs> stubs;  // the decode worker's
+  };
+  absl::Mutex renew_mu_;
+  uint64_t next_kept_ ABSL_GUARDED_BY(renew_mu_) = 1;
+  std::map<uint64_t, KeptReservation> kept_ ABSL_GUARDED_BY(renew_mu_);
 };
 
 }  // namespace tandem::router

@@ -118,6 +118,15 @@ grpc::ServerWriteReactor<GenerateResponse>* GenerateService::Generate(
   return new GenerateStream(core_, context, *request);
 }
 
+grpc::ServerUnaryReactor* GenerateService::GetClusterInfo(grpc::CallbackServerContext* context,
+                                                          const tandem::v1::ClusterInfoRequest*,
+                                                          tandem::v1::ClusterInfo* response) {
+  *response = core_->GetClusterInfo();
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
 grpc::Status RegistryService::Register(grpc::ServerContext*, const tandem::v1::RegisterRequest* r,
                                        tandem::v1::RegisterResponse* response) {
   if (absl::Status s = registry_->Register(*r); !s.ok()) return ToGrpc(s);

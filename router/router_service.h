@@ -22,6 +22,10 @@ class GenerateService final : public tandem::v1::Tandem::CallbackService {
 
   grpc::ServerWriteReactor<tandem::v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context, const tandem::v1::GenerateRequest* request) override;
+  // RouterCore::GetClusterInfo: the model, context length and block size.
+  grpc::ServerUnaryReactor* GetClusterInfo(grpc::CallbackServerContext* context,
+                                           const tandem::v1::ClusterInfoRequest* request,
+                                           tandem::v1::ClusterInfo* response) override;
 
  private:
   RouterCore* const core_;

@@ -181,6 +181,39 @@ TEST_F(BenchClusterTest, SyntheticWorkloadAtAPoissonRate) {
   for (const nlohmann::json& s : (*j)["samples"]) EXPECT_EQ(s["output_tokens"], 3);
 }
 
+// Prompts longer than the model's context (synthetic:tiny: 2,048 tokens)
+// and no --context-length: bench asks the router for the context length and
+// block size and cuts each prompt to fit, so every request completes.
+TEST_F(BenchClusterTest, ContextLengthAndBlockSizeComeFromTheCluster) {
+  const std::string json = TempPath("cluster_context.json");
+  const ExitResult r = RunCommand(absl::StrCat(TANDEM_BINARY, " bench --target ", *router_,
+                                               " --synthetic --num-requests 2 --input-len 3000 --output-len 2"
+                                               " --concurrency-limit 1 --json ",
+                                               json));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "context length 2048")) << r.out;
+  std::optional<nlohmann::json> j = ReadJson(json);
+  ASSERT_TRUE(j.has_value());
+  EXPECT_EQ((*j)["context_length"], 2048) << j->dump();
+  EXPECT_EQ((*j)["block_tokens"], 16) << j->dump();  // the workers' KV block size
+  EXPECT_EQ((*j)["completed"], 2) << r.out;
+  for (const nlohmann::json& s : (*j)["samples"]) {
+    EXPECT_EQ(s["prompt_tokens"], 2048 - 2 + 1) << s.dump();  // prompt + max_tokens - 1 fits
+  }
+  // --context-length still overrides what the cluster says.
+  const ExitResult shorter =
+      RunCommand(absl::StrCat(TANDEM_BINARY, " bench --target ", *router_,
+                              " --synthetic --num-requests 1 --input-len 3000 --output-len 2"
+                              " --context-length 500 --json ",
+                              json));
+  ASSERT_EQ(shorter.exit_code, 0) << shorter.out;
+  j = ReadJson(json);
+  ASSERT_TRUE(j.has_value());
+  EXPECT_EQ((*j)["context_length"], 500);
+  ASSERT_EQ((*j)["samples"].size(), 1u);
+  EXPECT_EQ((*j)["samples"][0]["prompt_tokens"], 499);
+}
+
 TEST(BenchCliTest, HelpAndUsageErrors) {
   ExitResult r = RunCommand(absl::StrCat(TANDEM_BINARY, " bench --help"));
   EXPECT_EQ(r.exit_code, 0) << r.out;

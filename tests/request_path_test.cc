@@ -52,6 +52,7 @@ using worker::WorkerProcess;
 constexpr char kModel[] = "synthetic:tiny";
 constexpr char kReserve[] = "/tandem.v1.DecodeWorker/Reserve";
 constexpr char kPrefill[] = "/tandem.v1.PrefillWorker/Prefill";
+constexpr char kRenew[] = "/tandem.v1.DecodeWorker/Renew";
 // Bound on every request and every wait in this file.
 constexpr absl::Duration kDeadline = absl::Seconds(60);
 
@@ -88,6 +89,17 @@ class Faults {
     hits_.push_back(worker + " checksum");
     return true;
   }
+  // Every call's end, counted per method (faulted or not).
+  void CountCall(const std::string& method) {
+    absl::MutexLock lock(&mu_);
+    ++calls_[method];
+  }
+  // Waits until `method` has ended `n` times; false at the deadline.
+  bool AwaitCalls(const std::string& method, int n, absl::Time deadline) {
+    absl::MutexLock lock(&mu_);
+    auto reached = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return calls_[method] >= n; };
+    return mu_.AwaitWithDeadline(absl::Condition(&reached), deadline);
+  }
   // "WORKER METHOD" or "WORKER checksum" for each fault applied, in order.
   std::vector<std::string> hits() {
     absl::MutexLock lock(&mu_);
@@ -99,6 +111,7 @@ class Faults {
   std::map<std::string, std::pair<int, grpc::Status>> statuses_ ABSL_GUARDED_BY(mu_);
   int corrupt_checksums_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::string> hits_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> calls_ ABSL_GUARDED_BY(mu_);
 };
 
 class FaultInterceptor final : public grpc::experimental::Interceptor {
@@ -118,6 +131,7 @@ class FaultInterceptor final : public grpc::experimental::Interceptor {
       }
     }
     if (methods->QueryInterceptionHookPoint(Hook::PRE_SEND_STATUS)) {
+      faults_->CountCall(method_);
       if (std::optional<grpc::Status> status = faults_->TakeStatus(method_, worker_)) {
         methods->ModifySendStatus(*status);
       }
@@ -148,14 +162,13 @@ class FaultInterceptorFactory final : public grpc::experimental::ServerIntercept
 // FakeClock.
 class InProcessRouter {
  public:
-  explicit InProcessRouter(FakeClock* clock) {
+  explicit InProcessRouter(FakeClock* clock, router::RouterOptions options = {}) {
     absl::StatusOr<std::unique_ptr<model::ModelInfo>> info = model::LoadModelInfo(kModel);
     EXPECT_TRUE(info.ok()) << info.status();
     if (!info.ok()) return;
     model_ = *std::move(info);
     registry_ = std::make_unique<router::WorkerRegistry>(
         router::WorkerRegistry::Options{.model_id = model_->config.model_id, .clock = clock});
-    router::RouterOptions options;
     options.clock = clock;
     options.placement.policy = router::Policy::kRoundRobin;
     core_ = std::make_unique<router::RouterCore>(options, model_.get(), registry_.get());
@@ -394,6 +407,92 @@ TEST_F(RequestPathTest, DecodeWorkerThatStopsMidStreamFailsTheStreamCleanly) {
   const size_t common = std::min(sent.size(), after.tokens.size());
   EXPECT_TRUE(std::equal(sent.begin(), sent.begin() + common, after.tokens.begin()))
       << "the interrupted stream's tokens are a prefix of an undisturbed one";
+}
+
+// Overload: a decode reservation lives as long as its request (the router
+// renews it while the prefill queues), and the router's queue is bounded
+// (what does not fit is refused at once).
+class RequestPathOverloadTest : public RequestPathTest {
+ protected:
+  // Reservations lapse after kTtl unless renewed (every kTtl / 4); one
+  // request may wait for its first token per prefill worker.
+  static constexpr absl::Duration kTtl = absl::Seconds(1);
+
+  void SetUp() override {
+    router::RouterOptions options;
+    options.reservation_ttl = kTtl;
+    options.max_queued_prefills_per_worker = 1;
+    router_ = std::make_unique<InProcessRouter>(&clock_, options);
+    ASSERT_FALSE(router_->address().empty());
+    stub_ = tandem::v1::Tandem::NewStub(
+        grpc::CreateChannel(router_->address(), grpc::InsecureChannelCredentials()));
+  }
+
+  // Holds `worker`'s engine thread until `release` is notified: its queued
+  // prefills wait, as behind a long queue.
+  static void HoldEngine(WorkerProcess* worker, absl::Notification* release) {
+    ASSERT_TRUE(worker->engine_runner()
+                    .Post(
+                        [release](engine::Engine&) {
+                          release->WaitForNotificationWithTimeout(kDeadline);
+                          return absl::OkStatus();
+                        },
+                        absl::Now() + kDeadline)
+                    .ok());
+  }
+};
+
+TEST_F(RequestPathOverloadTest, ReservationOutlivesItsTtlWhileItsPrefillIsQueued) {
+  WorkerProcess* prefill = AddWorker(WorkerProcess::Role::kPrefill, "prefill-0");
+  ASSERT_NE(prefill, nullptr);
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-0"), nullptr);
+  const double expired_before = ProcessCounter("tandem_worker_reservations_expired_total");
+  absl::Notification release;
+  HoldEngine(prefill, &release);
+  Outcome outcome;
+  std::thread client([&] { outcome = Generate(Request(8)); });
+  // Six renewals come from six ticks of the router's renewer, at least five
+  // periods (5 x kTtl/4 > kTtl) after the reservation was made: unrenewed,
+  // it would have lapsed while the prefill waited.
+  const bool renewed = faults_.AwaitCalls(kRenew, 6, absl::Now() + kDeadline);
+  release.Notify();
+  client.join();
+  ASSERT_TRUE(renewed);
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+  EXPECT_EQ(outcome.tokens.size(), 8u);
+  EXPECT_EQ(outcome.summary.prefill_worker(), "prefill-0");
+  EXPECT_EQ(ProcessCounter("tandem_worker_reservations_expired_total"), expired_before);
+}
+
+TEST_F(RequestPathOverloadTest, RequestBeyondTheQueueBoundIsRefusedAtOnce) {
+  WorkerProcess* prefill = AddWorker(WorkerProcess::Role::kPrefill, "prefill-0");
+  ASSERT_NE(prefill, nullptr);
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-0"), nullptr);
+  absl::Notification release;
+  HoldEngine(prefill, &release);
+  Outcome admitted;
+  std::thread client([&] { admitted = Generate(Request(8)); });
+  // The first request is admitted and waits for its prefill (its
+  // reservation is being renewed): the queue of one is full.
+  const bool waiting = faults_.AwaitCalls(kRenew, 1, absl::Now() + kDeadline);
+  const absl::Time sent = absl::Now();
+  Outcome refused = waiting ? Generate(Request(8)) : Outcome{};
+  const absl::Duration took = absl::Now() - sent;
+  release.Notify();
+  client.join();
+  ASSERT_TRUE(waiting);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << refused.status.error_message();
+  EXPECT_TRUE(absl::StrContains(refused.status.error_message(), "router queue full"))
+      << refused.status.error_message();
+  EXPECT_TRUE(refused.tokens.empty());
+  // At once: the held prefill would have kept a queued request until kDeadline.
+  EXPECT_LT(took, absl::Seconds(5));
+  ASSERT_TRUE(admitted.status.ok()) << admitted.status.error_message();
+  EXPECT_EQ(admitted.tokens.size(), 8u);
+  // The admitted request left the queue: the next one is served.
+  Outcome after = Generate(Request(8));
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message();
 }
 
 }  // namespace
