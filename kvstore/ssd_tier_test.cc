@@ -1,13 +1,10 @@
 #include "kvstore/ssd_tier.h"
 
-#include <sys/mount.h>
-
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
 
-#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvstore/block_format.h"
@@ -20,6 +17,7 @@ namespace {
 
 using ::tandem::kvstore::testing::FlipBytesInFiles;
 using ::tandem::kvstore::testing::PayloadFor;
+using ::tandem::kvstore::testing::SmallFileSystem;
 using ::tandem::kvstore::testing::TempDir;
 using ::tandem::kvstore::testing::TokensFor;
 using ::tandem::testing::StatusIs;
@@ -255,24 +253,6 @@ TEST(SsdTierTest, BlobFailingItsChecksumIsDropped) {
   }
   EXPECT_GE(lost, 1);
 }
-
-// A tmpfs of `bytes` on `dir` for a test's life (a disk that fills), when the
-// test may mount (CAP_SYS_ADMIN); mounted() says whether it could.
-class SmallFileSystem {
- public:
-  SmallFileSystem(const std::string& dir, size_t bytes) : dir_(dir) {
-    std::filesystem::create_directories(dir);
-    mounted_ = mount("tmpfs", dir.c_str(), "tmpfs", 0, absl::StrCat("size=", bytes).c_str()) == 0;
-  }
-  ~SmallFileSystem() {
-    if (mounted_) umount2(dir_.c_str(), MNT_DETACH);
-  }
-  bool mounted() const { return mounted_; }
-
- private:
-  std::string dir_;
-  bool mounted_ = false;
-};
 
 // A device that fills while serving (ENOSPC): the tier stops writing (Put
 // answers Unavailable at once, writable() says so) and keeps serving what it

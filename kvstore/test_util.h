@@ -1,9 +1,12 @@
 // Helpers for the kvstore tests: a temporary directory
 // removed on destruction, deterministic block contents, the Gate
 // (tests/testing/gate.h) that holds a tier copy until the test releases it,
-// and damage to a closed SSD tier's files (FlipBytesInFiles).
+// damage to a closed SSD tier's files (FlipBytesInFiles) and a small file
+// system that fills (SmallFileSystem).
 #ifndef TANDEM_KVSTORE_TEST_UTIL_H_
 #define TANDEM_KVSTORE_TEST_UTIL_H_
+
+#include <sys/mount.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -14,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/testing/gate.h"
 #include "tests/testing/temp_dir.h"
@@ -62,6 +66,24 @@ inline int FlipBytesInFiles(const std::string& dir, const std::vector<std::strin
   }
   return changed;
 }
+
+// A tmpfs of `bytes` on `dir` for a test's life (a disk that fills), when the
+// test may mount (CAP_SYS_ADMIN); mounted() says whether it could.
+class SmallFileSystem {
+ public:
+  SmallFileSystem(const std::string& dir, size_t bytes) : dir_(dir) {
+    std::filesystem::create_directories(dir);
+    mounted_ = mount("tmpfs", dir.c_str(), "tmpfs", 0, absl::StrCat("size=", bytes).c_str()) == 0;
+  }
+  ~SmallFileSystem() {
+    if (mounted_) umount2(dir_.c_str(), MNT_DETACH);
+  }
+  bool mounted() const { return mounted_; }
+
+ private:
+  std::string dir_;
+  bool mounted_ = false;
+};
 
 }  // namespace tandem::kvstore::testing
 

@@ -14,6 +14,7 @@ namespace tandem::kvstore {
 namespace {
 
 using ::tandem::kvstore::testing::PayloadFor;
+using ::tandem::kvstore::testing::SmallFileSystem;
 using ::tandem::kvstore::testing::TempDir;
 using ::tandem::kvstore::testing::TokensFor;
 using ::tandem::testing::StatusIs;
@@ -154,6 +155,39 @@ TEST(TieredStoreTest, DramOnlyStoreAndBadSizes) {
   EXPECT_THAT(store->Get(2, TokensFor(2, kTokens), absl::MakeSpan(small)),
               StatusIs(absl::StatusCode::kInvalidArgument));
   ASSERT_OK(store->Flush(absl::Now()));
+}
+
+// A full device under the SSD tier (issue #17): once a write fails there the
+// store stops writing behind (nothing more is queued for SSD) and keeps
+// serving from DRAM and from what SSD holds.
+TEST(TieredStoreTest, FullSsdDeviceStopsWriteBehindAndKeepsServing) {
+  TempDir dir;
+  const std::string mount_point = dir.path() + "/small";
+  SmallFileSystem fs(mount_point, size_t{1} << 20);
+  if (!fs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (needs CAP_SYS_ADMIN)";
+  ASSERT_OK_AND_ASSIGN(auto store, TieredStore::Create(Opts(mount_point + "/ssd", 4, nullptr)));
+  BlockHash h = 0;
+  while (store->ssd()->writable() && h < 1000) {
+    ++h;
+    ASSERT_OK(store->Put(h, TokensFor(h, kTokens), PayloadFor(h, kPayload)));
+    ASSERT_OK(store->Flush(absl::Now() + absl::Seconds(30)));
+  }
+  ASSERT_FALSE(store->ssd()->writable()) << "1 MiB never filled";
+  const TieredStore::Stats full = store->stats();
+  EXPECT_GE(full.ssd_write_errors, 1);
+  for (BlockHash more = h + 1; more <= h + 20; ++more) {
+    ASSERT_OK(store->Put(more, TokensFor(more, kTokens), PayloadFor(more, kPayload)));
+  }
+  ASSERT_OK(store->Flush(absl::Now() + absl::Seconds(30)));
+  EXPECT_EQ(store->stats().ssd_write_errors, full.ssd_write_errors) << "blocks were still queued for SSD";
+  EXPECT_EQ(store->stats().ssd_writes, full.ssd_writes);
+  std::vector<uint8_t> out(kPayload);
+  ASSERT_OK_AND_ASSIGN(Tier from, store->Get(h + 20, TokensFor(h + 20, kTokens), absl::MakeSpan(out)));
+  EXPECT_EQ(from, Tier::kDram);
+  EXPECT_EQ(out, PayloadFor(h + 20, kPayload));
+  ASSERT_OK_AND_ASSIGN(from, store->Get(1, TokensFor(1, kTokens), absl::MakeSpan(out)));
+  EXPECT_EQ(from, Tier::kSsd);
+  EXPECT_EQ(out, PayloadFor(1, kPayload));
 }
 
 }  // namespace
