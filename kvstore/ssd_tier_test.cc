@@ -279,5 +279,31 @@ TEST(SsdTierTest, FullDeviceMakesTheTierReadOnlyAndItKeepsServing) {
   }
 }
 
+// A damaged directory that cannot be moved (here: it is a mount point,
+// rename fails with EBUSY) stays where it is; a fresh sibling is used.
+TEST(SsdTierTest, UnmovableUnreadableDatabaseOpensAFreshSibling) {
+  TempDir dir;
+  const std::string path = dir.path() + "/kv";
+  SmallFileSystem fs(path, size_t{16} << 20);
+  if (!fs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (needs CAP_SYS_ADMIN)";
+  {
+    ASSERT_OK_AND_ASSIGN(auto ssd, SsdTier::Create(Opts(path)));
+    for (BlockHash h = 1; h <= 8; ++h) ASSERT_OK(ssd->Put(h, Bytes(Value(h)), nullptr));
+    ASSERT_OK(ssd->Flush());
+  }
+  ASSERT_GE(FlipBytesInFiles(path, {".sst", ".blob"}), 2);
+  ASSERT_OK_AND_ASSIGN(auto ssd, SsdTier::Create(Opts(path)));
+  EXPECT_TRUE(ssd->quarantined());
+  EXPECT_EQ(ssd->quarantined_to(), "");
+  const std::vector<std::string> fresh = Siblings(path, ".fresh-");
+  ASSERT_EQ(fresh.size(), 1u);
+  EXPECT_EQ(ssd->path(), fresh[0]);
+  EXPECT_EQ(ssd->num_blocks(), 0u);
+  ASSERT_OK(ssd->Put(9, Bytes(Value(9)), nullptr));
+  ASSERT_OK_AND_ASSIGN(std::string v, ssd->Get(9));
+  EXPECT_EQ(v, Value(9));
+  EXPECT_TRUE(std::filesystem::exists(path + "/CURRENT")) << "the damaged database was not left in place";
+}
+
 }  // namespace
 }  // namespace tandem::kvstore
