@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/notification.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
@@ -152,6 +153,56 @@ TEST_F(DecodeServiceTest, ReserveDescribesThePoolAsOneUcxRegion) {
 
 // Blocks that fail their checksum: the reservation is dropped and the prompt
 // prefilled here, so the stream is what an aggregated request gives.
+// Renew moves a reservation's expiry to its TTL from now: a renewed one
+// outlives the TTL it was reserved with; one nobody renews lapses; an
+// unknown one is NOT_FOUND.
+TEST_F(DecodeServiceTest, RenewedReservationOutlivesItsTtlAndAnUnrenewedOneLapses) {
+  auto renew = [&](const std::string& id, int32_t ttl_ms) {
+    tandem::v1::RenewRequest r;
+    r.set_request_id(id);
+    r.set_reservation_ttl_ms(ttl_ms);
+    tandem::v1::RenewResponse response;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    return stub_->Renew(&ctx, r, &response);
+  };
+  // What the engine thread's tick does in a worker (EngineRunner::Options::on_tick).
+  auto expire = [&] {
+    absl::Notification done;
+    EXPECT_TRUE(runner_
+                    ->Post(
+                        [&](engine::Engine& e) {
+                          service_->ExpireReservations(e);
+                          return absl::OkStatus();
+                        },
+                        absl::Now() + absl::Seconds(10), [&](const absl::Status&) { done.Notify(); })
+                    .ok());
+    done.WaitForNotificationWithTimeout(absl::Seconds(10));
+  };
+  tandem::v1::KvReservation kept, lapsed;
+  ASSERT_TRUE(Reserve("kept", {1, 2, 3, 4, 5, 6}, 2, &kept).ok());
+  ASSERT_TRUE(Reserve("lapsed", {1, 7, 8, 9, 10, 11}, 2, &lapsed).ok());
+  // Both now lapse 1 ms from now; "kept" is renewed for 10 minutes.
+  ASSERT_TRUE(renew("kept", 1).ok());
+  ASSERT_TRUE(renew("lapsed", 1).ok());
+  ASSERT_TRUE(renew("kept", 600000).ok());
+  EXPECT_TRUE(PollUntil(
+      [&] {
+        expire();
+        return renew("lapsed", 1).error_code() == grpc::StatusCode::NOT_FOUND;
+      },
+      absl::Seconds(10)));
+  EXPECT_TRUE(renew("kept", 600000).ok());
+  EXPECT_EQ(renew("unknown", 1000).error_code(), grpc::StatusCode::NOT_FOUND);
+  // The kept reservation is still there to release.
+  tandem::v1::ReleaseRequest release;
+  release.set_request_id("kept");
+  tandem::v1::ReleaseResponse released;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  EXPECT_TRUE(stub_->Release(&ctx, release, &released).ok());
+}
+
 TEST_F(DecodeServiceTest, CorruptTransferredKvIsPrefilledHere) {
   const std::vector<int32_t> prompt = {1, 11, 12, 13, 14, 15, 16, 17, 18, 19};
   tandem::v1::KvReservation reservation;
