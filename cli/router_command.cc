@@ -1,3 +1,5 @@
+#include "cli/router_command.h"
+
 #include <unistd.h>
 
 #include <cstdlib>
@@ -9,7 +11,6 @@
 #include "absl/strings/str_split.h"
 #include "cli/config_merge.h"
 #include "cli/process.h"
-#include "cli/router_command.h"
 #include "grpcpp/security/server_credentials.h"
 #include "http/server.h"
 #include "model/model_info.h"
@@ -50,6 +51,9 @@ router::RouterOptions MakeRouterOptions(const RouterFlags& f) {
   options.placement.aggregate_max_uncached_tokens = f.aggregate_max_uncached_tokens;
   options.placement.aggregate_when_queue_ms = f.aggregate_when_queue_ms;
   options.max_queued_prefills_per_worker = f.max_queued_prefills;
+  options.stream_stall_timeout = absl::Milliseconds(f.stream_stall_timeout_ms);
+  options.stream_stall_steps = f.stream_stall_steps;
+  options.stalled_worker_hold = absl::Milliseconds(f.stalled_worker_hold_ms);
   return options;
 }
 
@@ -129,6 +133,21 @@ void RegisterRouter(CLI::App* cmd, RouterFlags* f) {
          "prefills); beyond it a request is refused at once (RESOURCE_EXHAUSTED, HTTP 429); 0: no bound")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--stream-stall-timeout-ms", f->stream_stall_timeout_ms,
+                  "A stream whose decode worker sends no token (on any stream) for max(this, "
+                  "--stream-stall-steps x its time per token) is cancelled and retried or failed "
+                  "(UNAVAILABLE), and the worker leaves the rotation; 0: off")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--stream-stall-steps", f->stream_stall_steps,
+                  "Decode steps (predicted time per token) a stream may wait without a token, when longer "
+                  "than --stream-stall-timeout-ms")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--stalled-worker-hold-ms", f->stalled_worker_hold_ms,
+                  "How long a worker whose streams stalled stays out of the rotation although it heartbeats")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   AddTlsFlags(cmd, &f->tls);
   AddConfigFlags(cmd, &f->config, &f->dry_run);
   cmd->callback([cmd, f] { RunConfiguredCommand(cmd, f, "router", ResolveRouterFlags, RunRouter); });
@@ -144,7 +163,12 @@ int RunRouter(const RouterFlags& f) {
     return 1;
   }
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(f.tls);
-  absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(f.tls);
+  // Keepalive on every channel to a worker (router/worker_registry.h).
+  const router::WorkerRegistry::Options keepalive;
+  absl::StatusOr<ChannelFactory> channels =
+      MakeChannelFactory(f.tls, [keepalive](grpc::ChannelArguments* args) {
+        router::AddWorkerKeepalive(keepalive.keepalive_time, keepalive.keepalive_timeout, args);
+      });
   if (!credentials.ok() || !channels.ok()) {
     std::cerr << kTag << (credentials.ok() ? channels.status() : credentials.status()).message() << "\n";
     return 1;

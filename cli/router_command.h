@@ -31,6 +31,11 @@ struct RouterFlags {
   double slo_tpot_ms = 0;
   int32_t aggregate_max_uncached_tokens = 16;
   double aggregate_when_queue_ms = 0;
+  // RouterOptions::stream_stall_timeout (0: off), stream_stall_steps and
+  // stalled_worker_hold: gray-failure detection (router/router_core.h).
+  int32_t stream_stall_timeout_ms = 2000;
+  int32_t stream_stall_steps = 20;
+  int32_t stalled_worker_hold_ms = 10000;
   // --max-queued-prefills: RouterOptions::max_queued_prefills_per_worker.
   int32_t max_queued_prefills = 64;
   int32_t http_port = -1;             // --http-port: OpenAI-compatible HTTP API; 0: any free port; -1: off

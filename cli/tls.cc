@@ -50,10 +50,13 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(c
   return grpc::SslServerCredentials(options);
 }
 
-absl::StatusOr<ChannelFactory> MakeChannelFactory(const TlsFlags& t) {
+absl::StatusOr<ChannelFactory> MakeChannelFactory(const TlsFlags& t,
+                                                  std::function<void(grpc::ChannelArguments*)> configure) {
   if (!t.enabled) {
-    return ChannelFactory([](const std::string& target) {
-      return grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+    return ChannelFactory([configure](const std::string& target) {
+      grpc::ChannelArguments args;
+      if (configure) configure(&args);
+      return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
     });
   }
   grpc::SslCredentialsOptions options;
@@ -68,8 +71,9 @@ absl::StatusOr<ChannelFactory> MakeChannelFactory(const TlsFlags& t) {
   }
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::SslCredentials(options);
   const std::string server_name = t.server_name;
-  return ChannelFactory([credentials, server_name](const std::string& target) {
+  return ChannelFactory([credentials, server_name, configure](const std::string& target) {
     grpc::ChannelArguments args;
+    if (configure) configure(&args);
     if (!server_name.empty()) args.SetSslTargetNameOverride(server_name);
     return grpc::CreateCustomChannel(target, credentials, args);
   });

@@ -27,6 +27,7 @@
 
 namespace grpc {
 class Channel;
+class ChannelArguments;
 class ServerCredentials;
 }  // namespace grpc
 
@@ -57,8 +58,11 @@ using ChannelFactory = std::function<std::shared_ptr<grpc::Channel>(const std::s
 // A factory for channels secured by `tls` (plaintext when !tls.enabled): the
 // server is verified against ca_file (or the system roots) and, when
 // cert_file is set, this process presents it as its client certificate.
-// Reads the files now.
-absl::StatusOr<ChannelFactory> MakeChannelFactory(const TlsFlags& tls);
+// Reads the files now. `configure`, when set, adds arguments to every channel
+// (the router's keepalive on its channels to workers,
+// router/worker_registry.h AddWorkerKeepalive).
+absl::StatusOr<ChannelFactory> MakeChannelFactory(
+    const TlsFlags& tls, std::function<void(grpc::ChannelArguments*)> configure = nullptr);
 
 // The whole file at `path`; NotFound "<what>: cannot read '<path>'" when it
 // cannot be read (`what` names the flag or config field that gave the path).

@@ -1,3 +1,5 @@
+#include "cli/up_command.h"
+
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/prctl.h>
@@ -18,7 +20,6 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "cli/config_merge.h"
-#include "cli/up_command.h"
 #include "common/status_macros.h"
 
 namespace tandem::cli {
@@ -49,6 +50,9 @@ void RegisterUp(CLI::App* cmd, UpFlags* f) {
   cmd->add_option("--max-queued-prefills", f->max_queued_prefills,
                   "Router's bound on requests waiting for their first token, per prefill worker "
                   "(default 64; 0: none; see tandem router --help)");
+  cmd->add_option("--stream-stall-timeout-ms", f->stream_stall_timeout_ms,
+                  "Router's progress deadline for a stream without tokens (default 2000; 0: off; see "
+                  "tandem router --help)");
   cmd->add_option(
          "--http-port", f->http_port,
          "Router's OpenAI-compatible HTTP port; 0: any free port (the ready event's \"http\"); -1: off")
@@ -533,6 +537,10 @@ ChildSpec RouterSpec(const UpFlags& f, const std::string& self, const std::vecto
     router.argv.insert(router.argv.end(), {"--slo-tpot-ms", absl::StrCat(f.slo_tpot_ms)});
   if (f.max_queued_prefills >= 0)
     router.argv.insert(router.argv.end(), {"--max-queued-prefills", absl::StrCat(f.max_queued_prefills)});
+  if (f.stream_stall_timeout_ms >= 0) {
+    router.argv.insert(router.argv.end(),
+                       {"--stream-stall-timeout-ms", absl::StrCat(f.stream_stall_timeout_ms)});
+  }
   if (f.http_port >= 0) router.argv.insert(router.argv.end(), {"--http-port", absl::StrCat(f.http_port)});
   for (const std::string& key : f.api_keys) router.argv.insert(router.argv.end(), {"--api-key", key});
   return router;

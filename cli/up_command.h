@@ -65,6 +65,8 @@ struct UpFlags {
   double slo_tpot_ms = -1;
   // --max-queued-prefills for the router when >= 0 (-1: the router's default, 64).
   int32_t max_queued_prefills = -1;
+  // --stream-stall-timeout-ms for the router when >= 0 (-1: its default).
+  int32_t stream_stall_timeout_ms = -1;
   int32_t http_port = -1;             // --http-port for the router; 0: any free port; -1: off
   std::vector<std::string> api_keys;  // --api-key, passed to the router
   // Passed to every worker when > 0: --kv-cache-mb, --block-size,

@@ -6,11 +6,14 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
 #include "common/block_hash.h"
+#include "common/logging.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/support/client_callback.h"
 #include "proto/grpc_status.h"
+#include "router/progress_watch.h"
 #include "router/request_validation.h"
 #include "router/router_metrics.h"
 #include "router/stop_filter.h"
@@ -52,6 +55,22 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
     if (active_ != nullptr) active_->TryCancel();
   }
 
+  // For the sweeper ("Gray failures" in router_core.h): the RPC in flight
+  // and its serial number, if any.
+  std::optional<std::pair<uint64_t, InFlightCall>> InFlight() {
+    absl::MutexLock lock(&mu_);
+    if (active_ == nullptr || !watch_.has_value()) return std::nullopt;
+    return std::make_pair(serial_, *watch_);
+  }
+  // Cancels the RPC numbered `serial` if it is still in flight; its
+  // callback then takes the failure path with `verdict`'s reason.
+  void Abort(uint64_t serial, Verdict verdict) {
+    absl::MutexLock lock(&mu_);
+    if (serial != serial_ || active_ == nullptr || abort_.has_value()) return;
+    abort_ = std::move(verdict);
+    active_->TryCancel();
+  }
+
  private:
   class DecodeStream;
 
@@ -72,12 +91,42 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   void LeaveQueue() {
     if (queued_.exchange(false)) core_->queued_prefills_.fetch_sub(1);
   }
-  // Sets the context the next call uses as the cancellable one; false if
-  // the request was cancelled already.
-  bool Activate(grpc::ClientContext* ctx) {
+  // Sets the context the next call uses as the cancellable one and watched
+  // as `step` by the sweeper; false if the request was cancelled already.
+  bool Activate(grpc::ClientContext* ctx, InFlightCall::Step step) {
+    InFlightCall watch = Watched(step);
     absl::MutexLock lock(&mu_);
     active_ = ctx;
+    watch_ = std::move(watch);
+    ++serial_;
+    abort_.reset();
     return !cancelled_;
+  }
+  // What the sweeper judges while `step` runs on placement_'s workers.
+  InFlightCall Watched(InFlightCall::Step step) const;
+  // The active RPC ended with `s`: it is no longer cancellable or watched.
+  // If the sweeper cancelled it, the status says why: UNAVAILABLE naming
+  // the worker, or `decode_side` when the decode worker was at fault (a
+  // Prefill's: ABORTED, as a failed transfer answers).
+  grpc::Status Settle(const grpc::Status& s, grpc::StatusCode decode_side = grpc::StatusCode::UNAVAILABLE) {
+    std::optional<Verdict> abort;
+    {
+      absl::MutexLock lock(&mu_);
+      active_ = nullptr;
+      watch_.reset();
+      abort = std::exchange(abort_, std::nullopt);
+    }
+    if (!abort.has_value() || s.ok()) return s;
+    return grpc::Status(abort->worker == placement_->decode.id ? decode_side : grpc::StatusCode::UNAVAILABLE,
+                        abort->reason);
+  }
+  // The worker failed the call in a way that says it is gone. A
+  // DEADLINE_EXCEEDED past the request's own deadline is the client's
+  // limit, not the worker's fault (and must not take it out of rotation,
+  // which would cancel every other call on it).
+  bool Gone(const grpc::Status& s) const {
+    if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && core_->Now() >= deadline_) return false;
+    return WorkerGone(s);
   }
   bool cancelled() {
     absl::MutexLock lock(&mu_);
@@ -99,6 +148,11 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   grpc::ClientContext* active_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
+  // The active RPC as the sweeper sees it, its number, and the sweeper's
+  // verdict once it cancelled it.
+  std::optional<InFlightCall> watch_ ABSL_GUARDED_BY(mu_);
+  uint64_t serial_ ABSL_GUARDED_BY(mu_) = 0;
+  std::optional<Verdict> abort_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> queued_{false};
 
   // Set by Begin, read by later steps (one at a time).
@@ -134,6 +188,8 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   std::optional<StopFilter> filter_;
   int32_t sent_tokens_ = 0;
   absl::Time first_token_time_ = absl::InfinitePast();
+  // The current decode stream's last chunk (the decode worker's progress).
+  absl::Time last_token_ = absl::InfinitePast();
   tandem::v1::FinishReason finish_ = tandem::v1::FINISH_REASON_UNSPECIFIED;
 };
 
@@ -169,6 +225,27 @@ class RouterCore::Call::DecodeStream final : public grpc::ClientReadReactor<Gene
   GenerateResponse response_;
 };
 
+InFlightCall RouterCore::Call::Watched(InFlightCall::Step step) const {
+  const RouterOptions& options = core_->options_;
+  InFlightCall watch;
+  watch.step = step;
+  watch.decode = {placement_->decode.id, placement_->decode.rotation_epoch};
+  watch.began = core_->Now();
+  if (step == InFlightCall::Step::kPrefill) {
+    // A prefill computes for as long as its prompt needs: heartbeats and
+    // keepalive watch its worker, no progress deadline.
+    watch.prefill = WorkerRef{placement_->prefill->id, placement_->prefill->rotation_epoch};
+    return watch;
+  }
+  watch.allowance =
+      StallAllowance(options.stream_stall_timeout, options.stream_stall_steps, placement_->predicted_tpot_ms);
+  if (step == InFlightCall::Step::kDecode && !first_token_.has_value()) {
+    // Aggregated: the decode worker prefills the prompt before its first token.
+    watch.first_token_extra = absl::Milliseconds(std::max(0.0, placement_->predicted_ttft_ms));
+  }
+  return watch;
+}
+
 void RouterCore::Call::Begin(const GenerateRequest& request) {
   absl::StatusOr<ValidatedRequest> valid =
       ValidateRequest(request, *core_->model_, {.default_max_tokens = core_->options_.default_max_tokens});
@@ -191,6 +268,7 @@ void RouterCore::Call::Begin(const GenerateRequest& request) {
   // admitted request is never refused for queue room.
   if (absl::Status admitted = core_->EnterQueue(); !admitted.ok()) return Finish(admitted);
   queued_ = true;
+  core_->Watch(shared_from_this());
   Attempt();
 }
 
@@ -253,7 +331,8 @@ void RouterCore::Call::Attempt() {
   reserve_req_.set_stop_at_eos(stop_at_eos_);
   ctx_ = std::make_unique<grpc::ClientContext>();
   ctx_->set_deadline(absl::ToChronoTime(std::min(deadline_, core_->Now() + absl::Seconds(10))));
-  if (!Activate(ctx_.get())) return Finish(absl::CancelledError("client cancelled"));
+  if (!Activate(ctx_.get(), InFlightCall::Step::kReserve))
+    return Finish(absl::CancelledError("client cancelled"));
   reservation_.Clear();
   core_->registry_->AddInflight(placement_->decode.id, 0);
   placement_->decode.stubs->decode->async()->Reserve(
@@ -261,13 +340,14 @@ void RouterCore::Call::Attempt() {
       [self = shared_from_this()](grpc::Status s) { self->OnReserved(s); });
 }
 
-void RouterCore::Call::OnReserved(const grpc::Status& s) {
+void RouterCore::Call::OnReserved(const grpc::Status& result) {
+  const grpc::Status s = Settle(result);
   const std::string& decode_id = placement_->decode.id;
   if (!s.ok()) {
     core_->registry_->RemoveInflight(decode_id, 0);
     if (cancelled()) return Finish(absl::CancelledError("client cancelled"));
-    if (WorkerGone(s)) core_->registry_->MarkFailed(decode_id);
-    if (!WorkerGone(s) && s.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) return Finish(FromGrpc(s));
+    if (Gone(s)) core_->registry_->MarkFailed(decode_id);
+    if (!Gone(s) && s.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) return Finish(FromGrpc(s));
     exclude_decode_.push_back(decode_id);
     return Retry(s);
   }
@@ -283,7 +363,7 @@ void RouterCore::Call::OnReserved(const grpc::Status& s) {
   SetPrefetchHint(*placement_, prefill_req_.mutable_prefetch_hint());
   ctx_ = std::make_unique<grpc::ClientContext>();
   ctx_->set_deadline(absl::ToChronoTime(deadline_));
-  if (!Activate(ctx_.get())) {
+  if (!Activate(ctx_.get(), InFlightCall::Step::kPrefill)) {
     core_->registry_->RemoveInflight(decode_id, 0);
     Release();
     return Finish(absl::CancelledError("client cancelled"));
@@ -299,7 +379,8 @@ void RouterCore::Call::OnReserved(const grpc::Status& s) {
       [self = shared_from_this()](grpc::Status s) { self->OnPrefilled(s); });
 }
 
-void RouterCore::Call::OnPrefilled(const grpc::Status& s) {
+void RouterCore::Call::OnPrefilled(const grpc::Status& result) {
+  const grpc::Status s = Settle(result, grpc::StatusCode::ABORTED);
   const std::string prefill_id = placement_->prefill->id;
   const std::string decode_id = placement_->decode.id;
   core_->registry_->RemoveInflight(prefill_id, prefill_inflight_tokens_);
@@ -313,7 +394,7 @@ void RouterCore::Call::OnPrefilled(const grpc::Status& s) {
     if (s.error_code() == grpc::StatusCode::ABORTED) {  // the transfer to the decode worker failed
       core_->registry_->MarkFailed(decode_id);
       exclude_decode_.push_back(decode_id);
-    } else if (WorkerGone(s)) {
+    } else if (Gone(s)) {
       core_->registry_->MarkFailed(prefill_id);
       exclude_prefill_.push_back(prefill_id);
     } else {
@@ -373,7 +454,7 @@ void RouterCore::Call::StartDecode() {
   }
   auto* stream = new DecodeStream(shared_from_this(), std::move(req));
   stream->context()->set_deadline(absl::ToChronoTime(deadline_));
-  if (!Activate(stream->context())) {
+  if (!Activate(stream->context(), InFlightCall::Step::kDecode)) {
     delete stream;
     if (reserved_) Release();
     return Finish(absl::CancelledError("client cancelled"));
@@ -395,6 +476,11 @@ bool RouterCore::Call::OnDecodeResponse(const GenerateResponse& in) {
   tandem::v1::TokenChunk out;
   *out.mutable_token_ids() = chunk.token_ids();
   sent_tokens_ += chunk.token_ids_size();
+  if (chunk.token_ids_size() > 0) {
+    last_token_ = core_->Now();
+    absl::MutexLock lock(&mu_);
+    if (watch_.has_value()) watch_->last_token = last_token_;
+  }
   out.set_text(filter_->Push(chunk.text()));
   if (first_token_time_ == absl::InfinitePast() && chunk.token_ids_size() > 0) {
     first_token_time_ = core_->Now();
@@ -409,13 +495,17 @@ bool RouterCore::Call::OnDecodeResponse(const GenerateResponse& in) {
   return true;
 }
 
-void RouterCore::Call::OnDecodeDone(const grpc::Status& s) {
+void RouterCore::Call::OnDecodeDone(const grpc::Status& result) {
+  const grpc::Status s = Settle(result);
   const std::string decode_id = placement_->decode.id;
   core_->registry_->RemoveInflight(decode_id, decode_inflight_tokens_);
   if (cancelled()) return Finish(absl::CancelledError("client cancelled"));
   if (!filter_->stopped() && !s.ok()) {
-    if (WorkerGone(s)) core_->registry_->MarkFailed(decode_id);
-    if (sent_tokens_ == 0 && WorkerGone(s)) {
+    if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && !Gone(s)) {
+      return Finish(absl::DeadlineExceededError("request deadline passed"));
+    }
+    if (Gone(s)) core_->registry_->MarkFailed(decode_id);
+    if (sent_tokens_ == 0 && Gone(s)) {
       exclude_decode_.push_back(decode_id);
       return Retry(s);  // nothing reached the client: try another decode worker
     }
@@ -464,7 +554,9 @@ void RouterCore::Call::Finish(absl::Status status) {
     if (done_) return;
     done_ = true;
     active_ = nullptr;
+    watch_.reset();
   }
+  core_->Unwatch(this, placement_.has_value() ? placement_->decode.id : std::string(), last_token_);
   LeaveQueue();
   const absl::Time now = core_->Now();
   summary_.mutable_timings()->set_total_ms(Ms(now - start_));
@@ -673,11 +765,79 @@ void RouterCore::SnapshotLoop() {
   }
 }
 
+void RouterCore::Watch(const std::shared_ptr<Call>& call) {
+  absl::MutexLock lock(&watch_mu_);
+  watched_[call.get()] = call;
+}
+
+void RouterCore::Unwatch(const Call* call, const std::string& decode_worker, absl::Time last_token) {
+  absl::MutexLock lock(&watch_mu_);
+  watched_.erase(call);
+  if (decode_worker.empty() || last_token == absl::InfinitePast()) return;
+  absl::Time& progress = finished_progress_[decode_worker];
+  progress = std::max(progress, last_token);
+}
+
+void RouterCore::CheckInFlight() {
+  std::vector<std::shared_ptr<Call>> calls;
+  absl::flat_hash_map<std::string, absl::Time> progress;
+  {
+    absl::MutexLock lock(&watch_mu_);
+    progress = finished_progress_;
+    calls.reserve(watched_.size());
+    for (auto it = watched_.begin(); it != watched_.end();) {
+      if (std::shared_ptr<Call> call = it->second.lock()) {
+        calls.push_back(std::move(call));
+        ++it;
+      } else {
+        watched_.erase(it++);
+      }
+    }
+  }
+  // The calls first, then the registry: a handle a call took is never newer
+  // than the registry's state it is judged against.
+  std::vector<std::pair<Call*, std::pair<uint64_t, InFlightCall>>> in_flight;
+  for (const std::shared_ptr<Call>& call : calls) {
+    std::optional<std::pair<uint64_t, InFlightCall>> watched = call->InFlight();
+    if (!watched.has_value()) continue;
+    const InFlightCall& c = watched->second;
+    if (c.last_token != absl::InfinitePast()) {
+      absl::Time& p = progress[c.decode.id];
+      p = std::max(p, c.last_token);
+    }
+    in_flight.emplace_back(call.get(), *std::move(watched));
+  }
+  if (in_flight.empty()) return;
+  const absl::Duration heartbeat_deadline = registry_->heartbeat_deadline();
+  absl::flat_hash_map<std::string, WorkerState> workers;
+  for (const WorkerRegistry::WorkerInfo& w : registry_->List()) {
+    workers[w.id] = WorkerState{.in_rotation = w.healthy,
+                                .rotation_epoch = w.rotation_epoch,
+                                .heartbeat_late = w.since_heartbeat > heartbeat_deadline,
+                                .since_heartbeat = w.since_heartbeat};
+  }
+  const absl::Time now = Now();
+  absl::flat_hash_set<std::string> held;  // stalled workers, held out once per sweep
+  for (auto& [call, watched] : in_flight) {
+    std::optional<Verdict> verdict = JudgeCall(watched.second, workers, progress, now);
+    if (!verdict.has_value()) continue;
+    if (verdict->stalled && held.insert(verdict->worker).second) {
+      // Out of the rotation before the stream fails, so a retry or the
+      // client's next request goes elsewhere.
+      registry_->MarkFailed(verdict->worker, options_.stalled_worker_hold);
+      LOG(WARNING) << verdict->reason << "; out of the rotation for at least "
+                   << absl::FormatDuration(options_.stalled_worker_hold);
+    }
+    call->Abort(watched.first, *std::move(verdict));
+  }
+}
+
 void RouterCore::SweepLoop() {
   RouterMetrics& metrics = RouterMetrics::Get();
   Gauge* const workers[3] = {metrics.workers->WithLabels({"prefill"}),
                              metrics.workers->WithLabels({"decode"}), metrics.workers->WithLabels({"store"})};
   while (!stop_.WaitForNotificationWithTimeout(options_.sweep_interval)) {
+    CheckInFlight();
     for (const std::string& id : registry_->Unhealthy()) {
       if (index_.Known(id)) {
         index_.RemoveWorker(id);

@@ -21,6 +21,21 @@
 // leaves the rotation and the request is placed again without it while no
 // token has reached the client; after that, it fails with UNAVAILABLE.
 //
+// Gray failures: a worker that is alive but makes no progress (SIGSTOP, a
+// stuck device, swapping, a network black hole) must not hang the streams
+// already on it. The sweeper (every sweep_interval) judges every call in
+// flight (progress_watch.h): a call whose worker left the rotation (missed
+// its heartbeat deadline, was marked failed, or came back in a new rotation
+// epoch meanwhile), or whose decode worker sent no token on any stream for
+// the call's allowance (max(stream_stall_timeout, stream_stall_steps x the
+// worker's predicted time per token)), is cancelled, and the request takes
+// the failure path: placed again while no token reached the client, else
+// UNAVAILABLE "decode worker W failed mid-stream: W stopped making progress:
+// ...". A stalled worker is held out of the rotation for
+// stalled_worker_hold although it heartbeats. Detection takes at most the
+// deadline plus one sweep_interval; the cancel reaches the worker (at once,
+// or when it runs again), whose reactors then free the request's blocks.
+//
 // Time: every deadline, timeout and timing the core decides by reads
 // RouterOptions::clock (tests pass a FakeClock). gRPC receives the resulting
 // absolute deadlines and enforces them in real time, and the background
@@ -37,6 +52,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/clock.h"
@@ -75,8 +91,24 @@ struct RouterOptions {
   PlacementOptions placement;
   // Deadline of a KvEventSource.Snapshot call. Default: 5 s.
   absl::Duration snapshot_timeout = absl::Seconds(5);
-  // How often dead workers' blocks are dropped from the index. Default: 250 ms.
+  // How often dead workers' blocks are dropped from the index and calls in
+  // flight are judged (see "Gray failures"). Default: 250 ms.
   absl::Duration sweep_interval = absl::Milliseconds(250);
+  // The least time a decode stream (or a Reserve) may go without a token
+  // from its worker before it is stalled; the allowance is
+  // max(this, stream_stall_steps x the worker's predicted time per token).
+  // 2 s: a decode step of a GPU worker takes tens of ms, and the router's
+  // own heartbeat deadline is 1.5 s, so a stall is noticed about as fast as
+  // a frozen process; the worker-level test (progress_watch.h) keeps
+  // preempted or waiting streams on a busy worker from counting.
+  // 0: no progress deadline. Default: 2 s.
+  absl::Duration stream_stall_timeout = absl::Seconds(2);
+  // Steps of the predicted time per token that make the allowance on slow
+  // workers (a CPU worker at 200 ms a token: 4 s). Default: 20.
+  int stream_stall_steps = 20;
+  // How long a worker whose stream stalled stays out of the rotation
+  // although it heartbeats (a stuck device heartbeats). Default: 10 s.
+  absl::Duration stalled_worker_hold = absl::Seconds(10);
   // Time for deadlines, timeouts and request timings (borrowed; tests pass
   // a FakeClock). Default: Clock::Real().
   Clock* clock = Clock::Real();
@@ -142,6 +174,14 @@ class RouterCore final : public Generator {
   void PublishIndexGauges();
   void SnapshotLoop();
   void SweepLoop();
+  // Calls in flight, judged by the sweeper ("Gray failures"). Watch from a
+  // call's start, Unwatch when it finishes (with the last token its decode
+  // worker sent it, which counts as that worker's progress).
+  void Watch(const std::shared_ptr<Call>& call);
+  void Unwatch(const Call* call, const std::string& decode_worker, absl::Time last_token);
+  // Judges every watched call and cancels those whose worker left or
+  // stalled; holds stalled workers out of the rotation.
+  void CheckInFlight();
 
   const RouterOptions options_;
   const model::ModelInfo* const model_;
@@ -158,6 +198,12 @@ class RouterCore final : public Generator {
   std::thread renew_thread_;
   absl::Mutex snapshot_mu_;
   std::deque<std::string> snapshot_queue_ ABSL_GUARDED_BY(snapshot_mu_);
+
+  // Taken before any Call's own mutex, never after it.
+  absl::Mutex watch_mu_;
+  absl::flat_hash_map<const Call*, std::weak_ptr<Call>> watched_ ABSL_GUARDED_BY(watch_mu_);
+  // The last token each decode worker sent on a stream that has ended.
+  absl::flat_hash_map<std::string, absl::Time> finished_progress_ ABSL_GUARDED_BY(watch_mu_);
 
   struct KeptReservation {
     std::string request_id;

@@ -5,11 +5,21 @@
 #include "absl/strings/str_format.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
 #include "router/worker_stubs.h"
 
 namespace tandem::router {
 
 using tandem::v1::WorkerRole;
+
+void AddWorkerKeepalive(absl::Duration time, absl::Duration timeout, grpc::ChannelArguments* args) {
+  args->SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(absl::ToInt64Milliseconds(time)));
+  args->SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(absl::ToInt64Milliseconds(timeout)));
+  args->SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // gRPC stops pinging after 2 pings without data by default: exactly the
+  // case of a stream whose worker froze. 0: no limit.
+  args->SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+}
 
 absl::Status WorkerRegistry::Register(const tandem::v1::RegisterRequest& r) {
   if (r.worker_id().empty()) return absl::InvalidArgumentError("worker_id is empty");
@@ -27,9 +37,14 @@ absl::Status WorkerRegistry::Register(const tandem::v1::RegisterRequest& r) {
   e.handle.id = r.worker_id();
   e.handle.role = r.role();
   e.handle.address = r.address();
-  std::shared_ptr<grpc::Channel> channel =
-      options_.channel_factory ? options_.channel_factory(r.address())
-                               : grpc::CreateChannel(r.address(), grpc::InsecureChannelCredentials());
+  std::shared_ptr<grpc::Channel> channel;
+  if (options_.channel_factory) {
+    channel = options_.channel_factory(r.address());
+  } else {
+    grpc::ChannelArguments args;
+    AddWorkerKeepalive(options_.keepalive_time, options_.keepalive_timeout, &args);
+    channel = grpc::CreateCustomChannel(r.address(), grpc::InsecureChannelCredentials(), args);
+  }
   auto stubs = std::make_shared<WorkerStubs>();
   if (r.role() == tandem::v1::WORKER_ROLE_DECODE) {
     stubs->decode = tandem::v1::DecodeWorker::NewStub(channel);
@@ -43,6 +58,9 @@ absl::Status WorkerRegistry::Register(const tandem::v1::RegisterRequest& r) {
   e.block_size = r.block_size();
   absl::MutexLock lock(&mu_);
   auto [it, inserted] = workers_.try_emplace(r.worker_id());
+  // Registering again (a restarted worker, or this router forgot it) starts
+  // a new epoch: calls made to the previous incarnation are stale.
+  if (!inserted) e.handle.rotation_epoch = it->second.handle.rotation_epoch + 1;
   it->second = std::move(e);
   if (inserted) {
     order_.push_back(r.worker_id());
@@ -55,9 +73,14 @@ bool WorkerRegistry::Heartbeat(const tandem::v1::HeartbeatRequest& r) {
   absl::MutexLock lock(&mu_);
   auto it = workers_.find(r.worker_id());
   if (it == workers_.end()) return false;
-  it->second.last_heartbeat = options_.clock->Now();
-  it->second.failed = false;
-  it->second.load = r.load();
+  Entry& e = it->second;
+  const absl::Time now = options_.clock->Now();
+  const bool was_out = !Healthy(e, now);
+  e.last_heartbeat = now;
+  e.load = r.load();
+  if (e.failed && now < e.failed_until) return true;  // held out (MarkFailed)
+  e.failed = false;
+  if (was_out) ++e.handle.rotation_epoch;  // back in the rotation
   return true;
 }
 
@@ -158,10 +181,13 @@ std::vector<std::string> WorkerRegistry::Unhealthy() {
   return out;
 }
 
-void WorkerRegistry::MarkFailed(const std::string& worker_id) {
+void WorkerRegistry::MarkFailed(const std::string& worker_id, absl::Duration hold) {
+  const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
   auto it = workers_.find(worker_id);
-  if (it != workers_.end()) it->second.failed = true;
+  if (it == workers_.end()) return;
+  it->second.failed = true;
+  it->second.failed_until = std::max(it->second.failed_until, now + hold);
 }
 
 std::vector<WorkerRegistry::WorkerInfo> WorkerRegistry::List() {
@@ -170,7 +196,8 @@ std::vector<WorkerRegistry::WorkerInfo> WorkerRegistry::List() {
   std::vector<WorkerInfo> out;
   for (const std::string& id : order_) {
     const Entry& e = workers_.at(id);
-    out.push_back({id, e.handle.role, e.handle.address, Healthy(e, now), e.load});
+    out.push_back({id, e.handle.role, e.handle.address, Healthy(e, now), e.load, e.handle.rotation_epoch,
+                   now - e.last_heartbeat, e.failed});
   }
   return out;
 }

@@ -9,9 +9,19 @@
 //   absl::StatusOr<WorkerHandle> w = registry.Pick(tandem::v1::WORKER_ROLE_DECODE);
 //   w->stubs->decode->async()->Reserve(...);    // worker_stubs.h
 //
-// A worker is healthy when its last heartbeat is younger than the heartbeat
-// deadline (interval x misses_allowed) by Options::clock and no call to it
-// failed since then.
+// A worker is healthy (in the rotation) when its last heartbeat is younger
+// than the heartbeat deadline (interval x misses_allowed) by Options::clock
+// and no call to it failed since then (MarkFailed; with a hold, not before
+// the hold ends although it heartbeats). Each time a worker re-enters the
+// rotation after leaving it, its rotation_epoch grows: the router's core
+// cancels the calls it made through a handle of an older epoch
+// (router_core.h, "Gray failures"), so a worker that froze and came back
+// within one sweep still loses the streams that stalled on it.
+//
+// Every channel to a worker carries gRPC keepalive (AddWorkerKeepalive): a
+// peer that stops answering HTTP/2 pings (frozen, partitioned) breaks the
+// channel and fails its calls with UNAVAILABLE within keepalive_time +
+// keepalive_timeout, whatever the heartbeats say.
 //
 // The gRPC stubs live behind WorkerHandle::stubs (an opaque WorkerStubs,
 // defined in worker_stubs.h), so this header and placement.h, which only
@@ -40,6 +50,7 @@
 
 namespace grpc {
 class Channel;
+class ChannelArguments;
 }  // namespace grpc
 
 namespace tandem::router {
@@ -53,7 +64,17 @@ struct WorkerHandle {
   std::string address;
   // Shared by every copy of the handle; set for every registered worker.
   std::shared_ptr<const WorkerStubs> stubs;
+  // How many times the worker re-entered the rotation (or registered again)
+  // before this handle was taken; calls made through an older epoch's
+  // handle are stale.
+  uint64_t rotation_epoch = 0;
 };
+
+// Sets gRPC keepalive on a channel to a worker: an HTTP/2 ping every `time`
+// (also while no call is active and no data flows: a stalled stream sends
+// none), the channel closed when one is not answered within `timeout`.
+// Servers must accept such pings (worker_common/grpc_server.cc does).
+void AddWorkerKeepalive(absl::Duration time, absl::Duration timeout, grpc::ChannelArguments* args);
 
 // What placement reads about one healthy worker (valid during the callback).
 struct WorkerView {
@@ -75,8 +96,15 @@ class WorkerRegistry {
     int misses_allowed = 3;
     // The model every worker must serve.
     std::string model_id;
+    // Keepalive on the channels to workers (AddWorkerKeepalive). 1 s pings
+    // are cheap (one channel per worker) and, with the 2 s timeout, a
+    // worker whose process stops answering loses its calls within 3 s, as
+    // the heartbeat deadline takes it out of the rotation. Default: 1 s, 2 s.
+    absl::Duration keepalive_time = absl::Seconds(1);
+    absl::Duration keepalive_timeout = absl::Seconds(2);
     // Creates the channel to a worker's "host:port" (TLS settings live
-    // here). Default (empty): plaintext grpc::CreateChannel.
+    // here); it should apply AddWorkerKeepalive with the values above.
+    // Default (empty): plaintext, with keepalive.
     std::function<std::shared_ptr<grpc::Channel>(const std::string& target)> channel_factory;
     // Time for heartbeat deadlines (borrowed; tests pass a FakeClock).
     // Default: Clock::Real().
@@ -118,13 +146,15 @@ class WorkerRegistry {
   // does not count as one).
   void UpdateLoad(const std::string& worker_id, const tandem::v1::WorkerLoad& load);
 
-  // Workers whose heartbeat deadline passed longer than `grace` ago or that
-  // were marked failed (for the KV index to forget).
+  // Workers whose heartbeat deadline passed or that were marked failed (for
+  // the KV index to forget).
   std::vector<std::string> Unhealthy();
 
   // A call to the worker failed in a way that says it is gone: out of
-  // rotation until its next heartbeat.
-  void MarkFailed(const std::string& worker_id);
+  // rotation until its next heartbeat, and not before `hold` has passed (a
+  // worker that heartbeats but makes no progress, e.g. a stuck device).
+  // A later, shorter hold does not shorten an earlier one.
+  void MarkFailed(const std::string& worker_id, absl::Duration hold = absl::ZeroDuration());
 
   struct WorkerInfo {
     std::string id;
@@ -132,16 +162,25 @@ class WorkerRegistry {
     std::string address;
     bool healthy;
     tandem::v1::WorkerLoad load;
+    uint64_t rotation_epoch = 0;
+    // Since its last heartbeat, by Options::clock.
+    absl::Duration since_heartbeat;
+    // Out of the rotation because of MarkFailed (and not only a late
+    // heartbeat).
+    bool failed = false;
   };
   std::vector<WorkerInfo> List();
 
   absl::Duration heartbeat_interval() const { return options_.heartbeat_interval; }
+  // interval x misses_allowed.
+  absl::Duration heartbeat_deadline() const { return options_.heartbeat_interval * options_.misses_allowed; }
 
  private:
   struct Entry {
     WorkerHandle handle;
     absl::Time last_heartbeat;
     bool failed = false;
+    absl::Time failed_until = absl::InfinitePast();  // MarkFailed's hold
     tandem::v1::WorkerLoad load;
     int32_t block_size = 0;
     int64_t inflight_prefill_tokens = 0;

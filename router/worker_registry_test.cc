@@ -117,6 +117,99 @@ TEST(WorkerRegistryTest, FailedWorkerLeavesRotationUntilNextHeartbeat) {
   EXPECT_FALSE(reg.Heartbeat(hb));  // tells the worker to register again
 }
 
+// The rotation epoch of `id` as List reports it.
+uint64_t Epoch(WorkerRegistry& reg, const std::string& id) {
+  for (const WorkerRegistry::WorkerInfo& w : reg.List()) {
+    if (w.id == id) return w.rotation_epoch;
+  }
+  ADD_FAILURE() << id << " not listed";
+  return 0;
+}
+
+bool InRotation(WorkerRegistry& reg, const std::string& id) {
+  for (const WorkerRegistry::WorkerInfo& w : reg.List()) {
+    if (w.id == id) return w.healthy;
+  }
+  return false;
+}
+
+TEST(WorkerRegistryTest, RotationEpochGrowsEachTimeAWorkerComesBack) {
+  FakeClock clock;
+  WorkerRegistry reg({.heartbeat_interval = absl::Milliseconds(500), .model_id = "m", .clock = &clock});
+  ASSERT_OK(reg.Register(Worker("d1", WORKER_ROLE_DECODE)));
+  tandem::v1::HeartbeatRequest hb;
+  hb.set_worker_id("d1");
+  const uint64_t first = Epoch(reg, "d1");
+  EXPECT_EQ(reg.Pick(WORKER_ROLE_DECODE)->rotation_epoch, first);
+  // Beats in time: the same epoch.
+  clock.Advance(absl::Milliseconds(400));
+  ASSERT_TRUE(reg.Heartbeat(hb));
+  EXPECT_EQ(Epoch(reg, "d1"), first);
+  // Late (past 3 x 500 ms), then back: a new epoch, which handles carry.
+  clock.Advance(absl::Seconds(2));
+  EXPECT_FALSE(InRotation(reg, "d1"));
+  ASSERT_TRUE(reg.Heartbeat(hb));
+  EXPECT_TRUE(InRotation(reg, "d1"));
+  EXPECT_EQ(Epoch(reg, "d1"), first + 1);
+  EXPECT_EQ(reg.Pick(WORKER_ROLE_DECODE)->rotation_epoch, first + 1);
+  // Marked failed, then back: another.
+  reg.MarkFailed("d1");
+  ASSERT_TRUE(reg.Heartbeat(hb));
+  EXPECT_EQ(Epoch(reg, "d1"), first + 2);
+  // Registering again (a restarted worker): another.
+  ASSERT_OK(reg.Register(Worker("d1", WORKER_ROLE_DECODE)));
+  EXPECT_EQ(Epoch(reg, "d1"), first + 3);
+}
+
+TEST(WorkerRegistryTest, HeldOutWorkerStaysOutWhileItHeartbeatsUntilTheHoldEnds) {
+  FakeClock clock;
+  WorkerRegistry reg({.heartbeat_interval = absl::Milliseconds(500), .model_id = "m", .clock = &clock});
+  ASSERT_OK(reg.Register(Worker("d1", WORKER_ROLE_DECODE)));
+  tandem::v1::HeartbeatRequest hb;
+  hb.set_worker_id("d1");
+  // Its streams stalled although it heartbeats (a stuck device).
+  reg.MarkFailed("d1", absl::Seconds(10));
+  // A later failure without a hold does not shorten it.
+  reg.MarkFailed("d1");
+  for (int i = 0; i < 19; ++i) {
+    clock.Advance(absl::Milliseconds(500));
+    ASSERT_TRUE(reg.Heartbeat(hb));
+    EXPECT_FALSE(InRotation(reg, "d1")) << "after " << (i + 1) * 500 << " ms";
+  }
+  EXPECT_THAT(reg.Pick(WORKER_ROLE_DECODE).status(), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(reg.Unhealthy(), std::vector<std::string>{"d1"});
+  clock.Advance(absl::Milliseconds(500));  // 10 s
+  ASSERT_TRUE(reg.Heartbeat(hb));
+  EXPECT_TRUE(InRotation(reg, "d1"));
+  EXPECT_EQ(reg.Pick(WORKER_ROLE_DECODE)->id, "d1");
+}
+
+TEST(WorkerRegistryTest, ListSaysWhyAWorkerIsOut) {
+  FakeClock clock;
+  WorkerRegistry reg({.heartbeat_interval = absl::Milliseconds(500), .model_id = "m", .clock = &clock});
+  ASSERT_OK(reg.Register(Worker("d1", WORKER_ROLE_DECODE)));
+  ASSERT_OK(reg.Register(Worker("d2", WORKER_ROLE_DECODE)));
+  EXPECT_EQ(reg.heartbeat_deadline(), absl::Milliseconds(1500));
+  reg.MarkFailed("d2");
+  clock.Advance(absl::Milliseconds(700));
+  tandem::v1::HeartbeatRequest hb;
+  hb.set_worker_id("d2");
+  ASSERT_TRUE(reg.Heartbeat(hb));
+  reg.MarkFailed("d2");
+  clock.Advance(absl::Milliseconds(900));
+  for (const WorkerRegistry::WorkerInfo& w : reg.List()) {
+    if (w.id == "d1") {
+      EXPECT_FALSE(w.healthy);
+      EXPECT_FALSE(w.failed);
+      EXPECT_EQ(w.since_heartbeat, absl::Milliseconds(1600));
+    } else {
+      EXPECT_FALSE(w.healthy);
+      EXPECT_TRUE(w.failed);
+      EXPECT_EQ(w.since_heartbeat, absl::Milliseconds(900));
+    }
+  }
+}
+
 TEST(WorkerRegistryTest, RegistrationErrorsNameTheField) {
   WorkerRegistry reg({.model_id = "m"});
   EXPECT_THAT(reg.Register(Worker("", WORKER_ROLE_DECODE)),

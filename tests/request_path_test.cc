@@ -14,6 +14,7 @@
 // layer; this is the layer where a fault can be aimed at one call.
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <optional>
@@ -33,6 +34,7 @@
 #include "engine/engine_runner.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "grpcpp/support/client_interceptor.h"
 #include "grpcpp/support/server_interceptor.h"
 #include "gtest/gtest.h"
 #include "model/model_info.h"
@@ -41,6 +43,7 @@
 #include "router/worker_registry.h"
 #include "tandem/v1/tandem.grpc.pb.h"
 #include "tandem/v1/worker.pb.h"
+#include "tests/testing/poll.h"
 #include "worker/worker_process.h"
 #include "worker_common/grpc_server.h"
 
@@ -493,6 +496,318 @@ TEST_F(RequestPathOverloadTest, RequestBeyondTheQueueBoundIsRefusedAtOnce) {
   // The admitted request left the queue: the next one is served.
   Outcome after = Generate(Request(8));
   ASSERT_TRUE(after.status.ok()) << after.status.error_message();
+}
+
+// Gray failures (issue 17): a decode worker that stays alive but makes no
+// progress. Its engine thread is held after the first tokens (a stuck
+// device, or SIGSTOP); the router notices it by its progress deadline or
+// its heartbeat deadline, on the FakeClock, fails the stream cleanly long
+// before the request's deadline, takes the worker out of the rotation, and
+// lets it back once it heartbeats (and, after a stall, once its hold ends).
+class RequestPathGrayFailureTest : public RequestPathTest {
+ protected:
+  // The progress deadline of the stall test: shorter than the heartbeat
+  // deadline (3 x 500 ms), so advancing past it says nothing about heartbeats.
+  static constexpr absl::Duration kStall = absl::Seconds(1);
+  // Detection must come within one sweep (250 ms) of the deadline; the
+  // bound leaves room for a loaded machine, and is far below kDeadline.
+  static constexpr absl::Duration kDetectionBound = absl::Seconds(3);
+
+  // Each test starts its router with its own options.
+  void SetUp() override {}
+  void StartRouter(const router::RouterOptions& options) {
+    router_ = std::make_unique<InProcessRouter>(&clock_, options);
+    ASSERT_FALSE(router_->address().empty());
+    stub_ = tandem::v1::Tandem::NewStub(
+        grpc::CreateChannel(router_->address(), grpc::InsecureChannelCredentials()));
+  }
+
+  // Loses a worker's heartbeats (and its attempts to register again) on the
+  // way to the router while muted: the worker is alive, the router does not
+  // hear from it.
+  class HeartbeatMute final : public grpc::experimental::ClientInterceptorFactoryInterface {
+   public:
+    void Set(bool muted) { muted_ = muted; }
+    grpc::experimental::Interceptor* CreateClientInterceptor(
+        grpc::experimental::ClientRpcInfo* info) override {
+      return new Interceptor(this, info->method());
+    }
+
+   private:
+    class Interceptor final : public grpc::experimental::Interceptor {
+     public:
+      Interceptor(HeartbeatMute* mute, std::string method) : mute_(mute), method_(std::move(method)) {}
+      void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+        if (mute_->muted_ && methods->QueryInterceptionHookPoint(
+                                 grpc::experimental::InterceptionHookPoints::PRE_SEND_MESSAGE)) {
+          // The router answers an unknown id with known=false and refuses a
+          // registration for another model: nothing the worker sends counts.
+          if (method_ == "/tandem.v1.WorkerRegistry/Heartbeat") {
+            heartbeat_ = *static_cast<const tandem::v1::HeartbeatRequest*>(methods->GetSendMessage());
+            heartbeat_.set_worker_id("muted:" + heartbeat_.worker_id());
+            methods->ModifySendMessage(&heartbeat_);
+          } else if (method_ == "/tandem.v1.WorkerRegistry/Register") {
+            register_ = *static_cast<const tandem::v1::RegisterRequest*>(methods->GetSendMessage());
+            register_.set_model_id("muted");
+            methods->ModifySendMessage(&register_);
+          }
+        }
+        methods->Proceed();
+      }
+
+     private:
+      HeartbeatMute* const mute_;
+      const std::string method_;
+      tandem::v1::HeartbeatRequest heartbeat_;  // outlive the sends they replace
+      tandem::v1::RegisterRequest register_;
+    };
+    std::atomic<bool> muted_{false};
+  };
+
+  // A decode worker whose channel to the router passes through `mute`
+  // (shared: the worker's heartbeat thread outlives the test body).
+  WorkerProcess* AddMutableDecodeWorker(const std::string& id, std::shared_ptr<HeartbeatMute> mute) {
+    WorkerProcess::Options options;
+    options.role = WorkerProcess::Role::kDecode;
+    options.model = kModel;
+    options.worker_id = id;
+    options.router = router_->address();
+    options.kv_cache_bytes = size_t{16} << 20;
+    options.metrics = &metrics_[id];
+    options.channel_factory = [mute](const std::string& target) {
+      std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
+      interceptors.push_back(std::make_unique<Forwarder>(mute));
+      return grpc::experimental::CreateCustomChannelWithInterceptors(
+          target, grpc::InsecureChannelCredentials(), grpc::ChannelArguments(), std::move(interceptors));
+    };
+    absl::StatusOr<std::unique_ptr<WorkerProcess>> worker = WorkerProcess::Create(std::move(options));
+    EXPECT_TRUE(worker.ok()) << worker.status();
+    if (!worker.ok()) return nullptr;
+    workers_[id] = *std::move(worker);
+    return workers_[id].get();
+  }
+  // gRPC owns the factories it is given; this one shares the test's mute.
+  class Forwarder final : public grpc::experimental::ClientInterceptorFactoryInterface {
+   public:
+    explicit Forwarder(std::shared_ptr<HeartbeatMute> mute) : mute_(std::move(mute)) {}
+    grpc::experimental::Interceptor* CreateClientInterceptor(
+        grpc::experimental::ClientRpcInfo* info) override {
+      return mute_->CreateClientInterceptor(info);
+    }
+
+   private:
+    const std::shared_ptr<HeartbeatMute> mute_;
+  };
+
+  // A worker's engine thread held until `release` (released at the latest
+  // when the hold is destroyed, so a failing test does not wait kDeadline).
+  struct EngineHold {
+    absl::Notification held;
+    absl::Notification release;
+    // Decode rows the engine had computed when it was held: the worker
+    // produced 1 + this many tokens (the first one came from the prefill).
+    std::atomic<int64_t> decode_tokens{-1};
+  };
+  struct ReleaseOnExit {
+    std::shared_ptr<EngineHold> hold;
+    ~ReleaseOnExit() {
+      if (!hold->release.HasBeenNotified()) hold->release.Notify();
+    }
+  };
+  static bool Hold(WorkerProcess* worker, const std::shared_ptr<EngineHold>& hold) {
+    return worker->engine_runner()
+        .Post(
+            [hold](engine::Engine& engine) {
+              hold->decode_tokens = engine.stats().decode_tokens_computed;
+              hold->held.Notify();
+              hold->release.WaitForNotificationWithTimeout(kDeadline);
+              return absl::OkStatus();
+            },
+            absl::Now() + kDeadline)
+        .ok();
+  }
+
+  // A Generate stream read on a thread of its own, so the test acts while it
+  // runs.
+  class LiveStream {
+   public:
+    LiveStream(tandem::v1::Tandem::Stub* stub, const tandem::v1::GenerateRequest& request)
+        : thread_([this, stub, request] { Read(stub, request); }) {}
+    ~LiveStream() {
+      context_.TryCancel();
+      thread_.join();
+    }
+    bool AwaitTokens(size_t n) {
+      absl::MutexLock lock(&mu_);
+      auto reached = [&]()
+                         ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return outcome_.tokens.size() >= n || ended_; };
+      return mu_.AwaitWithTimeout(absl::Condition(&reached), kDeadline) && outcome_.tokens.size() >= n;
+    }
+    // The stream's end (real time), or nullopt at kDeadline.
+    std::optional<absl::Time> AwaitEnd() {
+      absl::MutexLock lock(&mu_);
+      if (!mu_.AwaitWithTimeout(absl::Condition(&ended_), kDeadline)) return std::nullopt;
+      return ended_at_;
+    }
+    Outcome outcome() {
+      absl::MutexLock lock(&mu_);
+      return outcome_;
+    }
+
+   private:
+    void Read(tandem::v1::Tandem::Stub* stub, const tandem::v1::GenerateRequest& request) {
+      context_.set_deadline(absl::ToChronoTime(absl::Now() + kDeadline));
+      std::unique_ptr<grpc::ClientReader<tandem::v1::GenerateResponse>> reader =
+          stub->Generate(&context_, request);
+      tandem::v1::GenerateResponse response;
+      while (reader->Read(&response)) {
+        absl::MutexLock lock(&mu_);
+        outcome_.tokens.insert(outcome_.tokens.end(), response.chunk().token_ids().begin(),
+                               response.chunk().token_ids().end());
+        if (response.has_summary()) outcome_.summary = response.summary();
+      }
+      grpc::Status status = reader->Finish();
+      absl::MutexLock lock(&mu_);
+      outcome_.status = std::move(status);
+      ended_at_ = absl::Now();
+      ended_ = true;
+    }
+
+    grpc::ClientContext context_;
+    absl::Mutex mu_;
+    Outcome outcome_ ABSL_GUARDED_BY(mu_);
+    bool ended_ ABSL_GUARDED_BY(mu_) = false;
+    absl::Time ended_at_ ABSL_GUARDED_BY(mu_);
+    std::thread thread_;  // last: starts once the rest exists
+  };
+
+  bool InRotation(const std::string& id) {
+    for (const router::WorkerRegistry::WorkerInfo& w : router_->registry().List()) {
+      if (w.id == id) return w.healthy;
+    }
+    return false;
+  }
+  // Sends requests until `worker` serves one (round robin: within as many
+  // requests as there are decode workers); each must succeed.
+  bool ServedBy(const std::string& worker) {
+    for (int i = 0; i < 4; ++i) {
+      Outcome outcome = Generate(Request(8));
+      EXPECT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+      if (outcome.summary.decode_worker() == worker) return true;
+    }
+    return false;
+  }
+  // Starts a long stream on `decode` (the only decode worker so far), holds
+  // its engine thread after the first tokens, and waits until every token
+  // it produced reached the client: from then on nothing moves on it.
+  // Returns the number of those tokens (0 on failure).
+  size_t StartStalledStream(WorkerProcess* decode, std::unique_ptr<LiveStream>* stream,
+                            const std::shared_ptr<EngineHold>& hold) {
+    *stream = std::make_unique<LiveStream>(stub_.get(), Request(1000));
+    EXPECT_TRUE((*stream)->AwaitTokens(1));
+    EXPECT_TRUE(Hold(decode, hold));
+    EXPECT_TRUE(hold->held.WaitForNotificationWithTimeout(kDeadline));
+    const size_t produced = 1 + static_cast<size_t>(std::max<int64_t>(0, hold->decode_tokens));
+    EXPECT_TRUE((*stream)->AwaitTokens(produced));
+    return ::testing::Test::HasFailure() ? 0 : produced;
+  }
+};
+
+TEST_F(RequestPathGrayFailureTest,
+       StalledDecodeWorkerFailsItsStreamAtTheProgressDeadlineAndLeavesTheRotation) {
+  router::RouterOptions options;
+  options.stream_stall_timeout = kStall;
+  StartRouter(options);
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kPrefill, "prefill-0"), nullptr);
+  WorkerProcess* decode = AddWorker(WorkerProcess::Role::kDecode, "decode-0");
+  ASSERT_NE(decode, nullptr);
+  auto hold = std::make_shared<EngineHold>();
+  ReleaseOnExit release_on_exit{hold};
+  std::unique_ptr<LiveStream> stream;
+  const size_t produced = StartStalledStream(decode, &stream, hold);
+  ASSERT_GT(produced, 0u);
+  // The worker heartbeats on (a stuck device does); only its progress
+  // deadline passes.
+  clock_.Advance(kStall + absl::Milliseconds(200));
+  const absl::Time advanced = absl::Now();
+  std::optional<absl::Time> ended = stream->AwaitEnd();
+  ASSERT_TRUE(ended.has_value()) << "the stream did not end";
+  const absl::Duration detection = *ended - advanced;
+  RecordProperty("stall_detection_ms", absl::StrCat(absl::ToInt64Milliseconds(detection)));
+  std::printf("stall: stream ended %s after the progress deadline passed\n",
+              absl::FormatDuration(detection).c_str());
+  EXPECT_LT(detection, kDetectionBound);
+  const Outcome outcome = stream->outcome();
+  EXPECT_EQ(outcome.status.error_code(), grpc::StatusCode::UNAVAILABLE) << outcome.status.error_message();
+  for (const char* part : {"decode-0", "stopped making progress", "no token for"}) {
+    EXPECT_TRUE(absl::StrContains(outcome.status.error_message(), part)) << outcome.status.error_message();
+  }
+  EXPECT_EQ(outcome.tokens.size(), produced);
+  // Out of the rotation although it heartbeats; new requests go elsewhere.
+  EXPECT_FALSE(InRotation("decode-0"));
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-1"), nullptr);
+  Outcome next = Generate(Request(8));
+  ASSERT_TRUE(next.status.ok()) << next.status.error_message();
+  EXPECT_EQ(next.summary.decode_worker(), "decode-1");
+  EXPECT_FALSE(InRotation("decode-0"));
+  // Released: the router's cancel reached the worker, whose reactor freed
+  // the stream's blocks; once its hold has passed it serves again.
+  hold->release.Notify();
+  EXPECT_TRUE(testing::PollUntil([&] { return decode->engine_runner().load().used_blocks == 0; }, kDeadline));
+  clock_.Advance(options.stalled_worker_hold);
+  ASSERT_TRUE(testing::PollUntil(
+      [&] { return InRotation("decode-0") && InRotation("decode-1") && InRotation("prefill-0"); },
+      kDeadline));
+  EXPECT_TRUE(ServedBy("decode-0"));
+}
+
+TEST_F(RequestPathGrayFailureTest, DecodeWorkerThatMissesItsHeartbeatsLosesItsStreamsUntilItBeatsAgain) {
+  router::RouterOptions options;
+  options.stream_stall_timeout = absl::ZeroDuration();  // off: the heartbeat deadline alone acts here
+  StartRouter(options);
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kPrefill, "prefill-0"), nullptr);
+  auto mute = std::make_shared<HeartbeatMute>();
+  WorkerProcess* decode = AddMutableDecodeWorker("decode-0", mute);
+  ASSERT_NE(decode, nullptr);
+  auto hold = std::make_shared<EngineHold>();
+  ReleaseOnExit release_on_exit{hold};
+  std::unique_ptr<LiveStream> stream;
+  const size_t produced = StartStalledStream(decode, &stream, hold);
+  ASSERT_GT(produced, 0u);
+  // Frozen (SIGSTOP): no heartbeat reaches the router; on its clock, the
+  // heartbeat deadline (3 x 500 ms) passes. The other workers' next
+  // heartbeats bring them back.
+  mute->Set(true);
+  clock_.Advance(absl::Seconds(2));
+  const absl::Time advanced = absl::Now();
+  std::optional<absl::Time> ended = stream->AwaitEnd();
+  ASSERT_TRUE(ended.has_value()) << "the stream did not end";
+  const absl::Duration detection = *ended - advanced;
+  RecordProperty("heartbeat_detection_ms", absl::StrCat(absl::ToInt64Milliseconds(detection)));
+  std::printf("heartbeat: stream ended %s after the heartbeat deadline passed\n",
+              absl::FormatDuration(detection).c_str());
+  EXPECT_LT(detection, kDetectionBound);
+  const Outcome outcome = stream->outcome();
+  EXPECT_EQ(outcome.status.error_code(), grpc::StatusCode::UNAVAILABLE) << outcome.status.error_message();
+  for (const char* part : {"decode-0", "stopped making progress", "heartbeat"}) {
+    EXPECT_TRUE(absl::StrContains(outcome.status.error_message(), part)) << outcome.status.error_message();
+  }
+  EXPECT_EQ(outcome.tokens.size(), produced);
+  // A new request goes to the other decode worker.
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-1"), nullptr);
+  ASSERT_TRUE(
+      testing::PollUntil([&] { return InRotation("prefill-0") && InRotation("decode-1"); }, kDeadline));
+  EXPECT_FALSE(InRotation("decode-0"));
+  Outcome next = Generate(Request(8));
+  ASSERT_TRUE(next.status.ok()) << next.status.error_message();
+  EXPECT_EQ(next.summary.decode_worker(), "decode-1");
+  // SIGCONT: it heartbeats again and re-enters the rotation; the stream the
+  // router cancelled was cancelled on its side too (its blocks are free).
+  hold->release.Notify();
+  mute->Set(false);
+  EXPECT_TRUE(testing::PollUntil([&] { return decode->engine_runner().load().used_blocks == 0; }, kDeadline));
+  ASSERT_TRUE(testing::PollUntil([&] { return InRotation("decode-0"); }, kDeadline));
+  EXPECT_TRUE(ServedBy("decode-0"));
 }
 
 }  // namespace

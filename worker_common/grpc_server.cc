@@ -22,6 +22,12 @@ absl::StatusOr<RunningGrpcServer> StartGrpcServer(const GrpcServerOptions& optio
     builder.SetMaxReceiveMessageSize(options.max_message_bytes);
     builder.SetMaxSendMessageSize(options.max_message_bytes);
   }
+  // The router pings its workers every second to notice a frozen one
+  // (router/worker_registry.h, keepalive), also between calls; gRPC answers
+  // pings more frequent than its default policy (one per 5 min without
+  // calls) with GOAWAY, which would fail the calls in flight.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500);
   for (grpc::Service* s : services) builder.RegisterService(s);
   if (options.interceptors) builder.experimental().SetInterceptorCreators(options.interceptors());
   RunningGrpcServer running;
