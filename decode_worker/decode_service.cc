@@ -67,24 +67,32 @@ class DecodeStream final : public grpc::ServerWriteReactor<GenerateResponse> {
     const absl::Status started =
         request.kv_ready() ? StartFromReservation(request) : StartAggregated(request);
     if (!started.ok()) {
-      absl::MutexLock lock(&mu_);
-      final_ = started;
-      PumpLocked();
+      std::optional<grpc::Status> finish;
+      {
+        absl::MutexLock lock(&mu_);
+        final_ = started;
+        finish = PumpLocked();
+      }
+      if (finish.has_value()) Finish(*finish);
     }
   }
 
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    writing_ = false;
-    if (!ok) {
-      // The client is gone: stop the request; its final update still comes
-      // and finishes the RPC.
-      queue_.clear();
-      StopEngineRequestLocked();
-    } else if (!queue_.empty()) {
-      queue_.pop_front();
+    std::optional<grpc::Status> finish;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok) {
+        // The client is gone: stop the request; its final update still comes
+        // and finishes the RPC.
+        queue_.clear();
+        StopEngineRequestLocked();
+      } else if (!queue_.empty()) {
+        queue_.pop_front();
+      }
+      finish = PumpLocked();
     }
-    PumpLocked();
+    if (finish.has_value()) Finish(*finish);
   }
 
   void OnCancel() override {
@@ -110,6 +118,8 @@ class DecodeStream final : public grpc::ServerWriteReactor<GenerateResponse> {
   void OnActivated(int32_t first_token);
   // Engine thread: a Step's update (the last has end != kNone).
   void OnUpdate(const engine::SequenceUpdate& u);
+  std::optional<grpc::Status> UpdateLocked(const engine::SequenceUpdate& u)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   void AddTokensLocked(absl::Span<const int32_t> tokens) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddTextLocked(const std::string& text) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -118,7 +128,12 @@ class DecodeStream final : public grpc::ServerWriteReactor<GenerateResponse> {
   tandem::v1::TokenChunk* PendingChunkLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   GenerateResponse SummaryLocked(engine::SequenceEnd end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StopEngineRequestLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Starts the next write, or returns the status to Finish the RPC with
+  // once everything is written and the request ended. The caller calls
+  // Finish after releasing mu_, as its last use of this reactor: OnDone
+  // (which deletes it) may run on another thread as soon as Finish is
+  // called, and an engine-thread caller is not a reaction gRPC waits for.
+  [[nodiscard]] std::optional<grpc::Status> PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   DecodeService* const service_;
   const std::string request_id_;
@@ -192,13 +207,25 @@ absl::Status DecodeStream::Activate(int64_t id, int32_t first_token) {
 }
 
 void DecodeStream::OnActivated(int32_t first_token) {
-  absl::MutexLock lock(&mu_);
-  AddTokensLocked({&first_token, 1});
-  PumpLocked();
+  std::optional<grpc::Status> finish;
+  {
+    absl::MutexLock lock(&mu_);
+    AddTokensLocked({&first_token, 1});
+    finish = PumpLocked();
+  }
+  if (finish.has_value()) Finish(*finish);
 }
 
 void DecodeStream::OnUpdate(const engine::SequenceUpdate& u) {
-  absl::MutexLock lock(&mu_);
+  std::optional<grpc::Status> finish;
+  {
+    absl::MutexLock lock(&mu_);
+    finish = UpdateLocked(u);
+  }
+  if (finish.has_value()) Finish(*finish);  // last use of this reactor
+}
+
+std::optional<grpc::Status> DecodeStream::UpdateLocked(const engine::SequenceUpdate& u) {
   cached_tokens_ = std::max(cached_tokens_, u.cached_tokens);
   AddTokensLocked(u.new_tokens);
   switch (u.end) {
@@ -217,7 +244,7 @@ void DecodeStream::OnUpdate(const engine::SequenceUpdate& u) {
       final_ = absl::OkStatus();
       break;
   }
-  PumpLocked();
+  return PumpLocked();
 }
 
 void DecodeStream::AddTokensLocked(absl::Span<const int32_t> tokens) {
@@ -262,18 +289,17 @@ void DecodeStream::StopEngineRequestLocked() {
   if (engine_id_.has_value() && !final_.has_value()) (void)service_->runner_->CancelAsync(*engine_id_);
 }
 
-void DecodeStream::PumpLocked() {
-  if (writing_ || finished_) return;
+std::optional<grpc::Status> DecodeStream::PumpLocked() {
+  if (writing_ || finished_) return std::nullopt;
   if (!queue_.empty() && !client_gone_) {
     writing_ = true;
     StartWrite(&queue_.front());
-    return;
+    return std::nullopt;
   }
-  if (final_.has_value()) {
-    finished_ = true;
-    Finish(client_gone_ && final_->ok() ? grpc::Status(grpc::StatusCode::CANCELLED, "client gone")
-                                        : ToGrpc(*final_));
-  }
+  if (!final_.has_value()) return std::nullopt;
+  finished_ = true;
+  return client_gone_ && final_->ok() ? grpc::Status(grpc::StatusCode::CANCELLED, "client gone")
+                                      : ToGrpc(*final_);
 }
 
 absl::Status VerifyTransferredBlocks(const uint8_t* kv_base, size_t block_bytes,

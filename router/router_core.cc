@@ -817,16 +817,20 @@ void RouterCore::CheckInFlight() {
                                 .since_heartbeat = w.since_heartbeat};
   }
   const absl::Time now = Now();
-  absl::flat_hash_set<std::string> held;  // stalled workers, held out once per sweep
+  absl::flat_hash_set<std::string> judged;  // workers at fault, acted on and logged once per sweep
   for (auto& [call, watched] : in_flight) {
     std::optional<Verdict> verdict = JudgeCall(watched.second, workers, progress, now);
     if (!verdict.has_value()) continue;
-    if (verdict->stalled && held.insert(verdict->worker).second) {
-      // Out of the rotation before the stream fails, so a retry or the
-      // client's next request goes elsewhere.
-      registry_->MarkFailed(verdict->worker, options_.stalled_worker_hold);
-      LOG(WARNING) << verdict->reason << "; out of the rotation for at least "
-                   << absl::FormatDuration(options_.stalled_worker_hold);
+    if (judged.insert(verdict->worker).second) {
+      if (verdict->stalled) {
+        // Out of the rotation before the stream fails, so a retry or the
+        // client's next request goes elsewhere.
+        registry_->MarkFailed(verdict->worker, options_.stalled_worker_hold);
+        LOG(WARNING) << verdict->reason << "; out of the rotation for at least "
+                     << absl::FormatDuration(options_.stalled_worker_hold) << "; cancelling its calls";
+      } else {
+        LOG(WARNING) << verdict->reason << "; cancelling its calls";
+      }
     }
     call->Abort(watched.first, *std::move(verdict));
   }
