@@ -401,7 +401,14 @@ TEST(KvTiersClusterTest, RouterHintPromotesSsdBlocksOnTheWorker) {
       absl::Seconds(10)));
   EXPECT_EQ(after.hint_requests - before.hint_requests, 1);
   EXPECT_EQ(after.prompt_requests, before.prompt_requests) << "the worker hashed the prompt despite the hint";
-  EXPECT_GT(after.hint_promoted - before.hint_promoted, 0) << "no block was promoted by the hinted prefetch";
+  // Every hinted block was handled by the prefetcher: promoted from SSD, or
+  // already in DRAM. Which of the two is a race the test cannot fix: the
+  // request's own admission loads the same blocks from SSD into DRAM on the
+  // engine thread while the prefetcher works (2 failures in 43 runs asserted
+  // "promoted > 0"), so only the sum is checked.
+  EXPECT_GE(after.hint_promoted + after.hint_dram - before.hint_promoted - before.hint_dram,
+            static_cast<double>(hashes.size()))
+      << "the hinted prefetch did not handle every block of the prompt";
 
   for (Proc* p : {&prefill, &decode, &router}) p->process.reset();
 }
