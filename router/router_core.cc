@@ -23,6 +23,9 @@
 namespace tandem::router {
 namespace {
 
+// How long Stop waits for requests still alive.
+constexpr absl::Duration kStopWaitForCalls = absl::Seconds(5);
+
 using tandem::v1::GenerateRequest;
 using tandem::v1::GenerateResponse;
 
@@ -45,6 +48,14 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
       : core_(core), deadline_(deadline), observer_(std::move(observer)), start_(core->Now()) {
     core_->in_flight_.fetch_add(1);
     RouterMetrics::Get().in_flight->Increment();
+    absl::MutexLock lock(&core_->alive_mu_);
+    ++core_->calls_alive_;
+  }
+  // The last thing a call does to its core: RouterCore::Stop waits for this,
+  // so no callback still pending on a gRPC thread outlives the core.
+  ~Call() override {
+    absl::MutexLock lock(&core_->alive_mu_);
+    --core_->calls_alive_;
   }
 
   void Begin(const GenerateRequest& request);
@@ -602,6 +613,25 @@ void RouterCore::Stop() {
   if (snapshot_thread_.joinable()) snapshot_thread_.join();
   if (sweep_thread_.joinable()) sweep_thread_.join();
   if (renew_thread_.joinable()) renew_thread_.join();
+  // Calls still alive (a front end stopped without waiting for them, or
+  // their last worker callbacks are still pending on gRPC's threads) hold a
+  // pointer to this core: cancel those on a worker and wait, bounded, until
+  // every call object is gone.
+  std::vector<std::shared_ptr<Call>> live;
+  {
+    absl::MutexLock lock(&watch_mu_);
+    for (const auto& [key, weak] : watched_) {
+      if (std::shared_ptr<Call> call = weak.lock()) live.push_back(std::move(call));
+    }
+  }
+  for (const std::shared_ptr<Call>& call : live) call->Cancel();
+  live.clear();
+  absl::MutexLock lock(&alive_mu_);
+  auto none_alive = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(alive_mu_) { return calls_alive_ == 0; };
+  if (!alive_mu_.AwaitWithTimeout(absl::Condition(&none_alive), kStopWaitForCalls)) {
+    LOG(WARNING) << "router: " << calls_alive_ << " request(s) still alive " << kStopWaitForCalls
+                 << " after stopping; their late callbacks may touch a destroyed core";
+  }
 }
 
 std::shared_ptr<GenerationCall> RouterCore::Start(const GenerateRequest& request, absl::Time deadline,

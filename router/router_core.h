@@ -123,7 +123,9 @@ class RouterCore final : public Generator {
 
   // Starts the snapshot fetcher and the health sweeper threads.
   void StartBackground();
-  // Stops and joins them (idempotent).
+  // Stops and joins them, cancels requests still on a worker and waits (at
+  // most 5 s) until no request object is left, so none outlives the core.
+  // Call it after the front ends stopped (idempotent).
   void Stop();
 
   std::shared_ptr<GenerationCall> Start(const tandem::v1::GenerateRequest& request, absl::Time deadline,
@@ -198,6 +200,10 @@ class RouterCore final : public Generator {
   std::thread renew_thread_;
   absl::Mutex snapshot_mu_;
   std::deque<std::string> snapshot_queue_ ABSL_GUARDED_BY(snapshot_mu_);
+
+  // Call objects alive (constructed, not destroyed): Stop waits for none.
+  absl::Mutex alive_mu_;
+  int64_t calls_alive_ ABSL_GUARDED_BY(alive_mu_) = 0;
 
   // Taken before any Call's own mutex, never after it.
   absl::Mutex watch_mu_;
