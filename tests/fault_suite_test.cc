@@ -1,0 +1,387 @@
+// The fault suite (issue #17 item 5, first version): a 2 prefill + 2 decode
+// cluster of real `tandem` processes on loopback, 16 concurrent greedy
+// streams, and one fault per test (SIGSTOP/SIGCONT and kill -9 of a decode
+// and of a prefill worker). Every stream must end inside its bound: completed
+// (tokens equal to an undisturbed run of the same prompts) or failed cleanly
+// (a non-OK status with a message, the tokens sent so far a prefix of the
+// undisturbed run); none may hang. After the fault the cluster serves all 16
+// again, identically, and every live worker's KV pool returns to idle.
+//
+// Each test prints one line starting "RELIABILITY |" (a row of the table in
+// docs/RELIABILITY.md); the suite prints them all again at the end.
+//
+// Timeline of a scenario: 8 streams start; once each has its first token the
+// fault is injected and 8 more start at once, so the fault meets streams
+// mid-decode (wave 1) and placements the router makes before it noticed
+// (wave 2). The router runs with its default heartbeat (500 ms x 3 misses)
+// and stall (2 s) deadlines, every request disaggregated.
+#include <signal.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tandem/v1/tandem.grpc.pb.h"
+#include "tandem/v1/worker.grpc.pb.h"
+#include "tests/testing/poll.h"
+#include "tests/testing/subprocess.h"
+
+namespace tandem {
+namespace {
+
+using ::tandem::testing::PollUntil;
+using ::tandem::testing::Subprocess;
+
+const std::string kStories = TANDEM_SHARED_DIR "/models/stories260K.gguf";
+constexpr int kStreams = 16;
+constexpr int kWave = 8;  // streams started before the fault; the rest right after it
+constexpr int32_t kMaxTokens = 160;
+// A stream not ended by then is hung (its client deadline).
+constexpr absl::Duration kStreamBound = absl::Seconds(20);
+// Short, so a SIGCONTed worker whose streams stalled comes back within the test.
+constexpr int kStalledWorkerHoldMs = 3000;
+
+struct Proc {
+  std::unique_ptr<Subprocess> process;
+  std::string id, address;
+};
+
+// Starts argv and reads its JSON ready line; fails the test without one in 60 s.
+Proc Start(const std::vector<std::string>& argv) {
+  Proc p;
+  p.process = std::make_unique<Subprocess>(argv);
+  std::optional<std::string> line = p.process->ReadLine(absl::Now() + absl::Seconds(60));
+  if (!line.has_value()) {
+    ADD_FAILURE() << argv[1] << " not ready";
+    return p;
+  }
+  const nlohmann::json ready = nlohmann::json::parse(*line);
+  p.address = ready.value("grpc", "");
+  p.id = ready.value("worker_id", "");
+  return p;
+}
+
+// A story-like prompt of about `words` words, distinct per `seed`.
+std::string Story(int seed, int words) {
+  static const char* kWords[] = {"the",   "little", "dog",  "ran",  "to",   "park", "and",
+                                 "saw",   "a",      "big",  "red",  "ball", "Lily", "was",
+                                 "happy", "sun",    "tree", "bird", "sang", "mom"};
+  std::string s = "Once upon a time";
+  for (int i = 0; i < words; ++i) absl::StrAppend(&s, " ", kWords[(i * 7 + seed * 13 + i * seed) % 20]);
+  return s;
+}
+
+// One Generate stream as the client saw it.
+struct Stream {
+  absl::Time start, end;
+  bool got_token = false;
+  bool ended = false;
+  std::vector<int32_t> tokens;
+  grpc::Status status;
+};
+
+// kStreams Generate streams on threads of their own, each bounded by its
+// client deadline (kStreamBound), so Join() always returns.
+// Thread safety: the public methods are called from the test's thread; the
+// stream threads write `streams_` under `mu_`.
+class StreamRun {
+ public:
+  StreamRun(tandem::v1::Tandem::Stub* stub, const std::vector<std::string>& prompts)
+      : stub_(stub), prompts_(prompts), streams_(prompts.size()) {}
+  ~StreamRun() { Join(); }
+
+  void Start(int begin, int end) {
+    for (int i = begin; i < end; ++i) threads_.emplace_back([this, i] { RunOne(i); });
+  }
+  // Whether streams [begin, end) all have a token (or ended) within `timeout`.
+  bool AwaitFirstTokens(int begin, int end, absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    auto ready = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      for (int i = begin; i < end; ++i) {
+        if (!streams_[i].got_token && !streams_[i].ended) return false;
+      }
+      return true;
+    };
+    return mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
+  }
+  int Ended() {
+    absl::MutexLock lock(&mu_);
+    return static_cast<int>(
+        std::count_if(streams_.begin(), streams_.end(), [](const Stream& s) { return s.ended; }));
+  }
+  // Joins the threads and returns the streams.
+  std::vector<Stream> Join() {
+    for (std::thread& t : threads_) t.join();
+    threads_.clear();
+    absl::MutexLock lock(&mu_);
+    return streams_;
+  }
+
+ private:
+  void RunOne(int i) {
+    tandem::v1::GenerateRequest req;
+    req.set_prompt(prompts_[i]);
+    req.set_max_tokens(kMaxTokens);
+    req.set_stop_at_eos(false);  // every completed stream has kMaxTokens tokens
+    grpc::ClientContext ctx;
+    const absl::Time start = absl::Now();
+    ctx.set_deadline(absl::ToChronoTime(start + kStreamBound));
+    {
+      absl::MutexLock lock(&mu_);
+      streams_[i].start = start;
+    }
+    auto reader = stub_->Generate(&ctx, req);
+    tandem::v1::GenerateResponse resp;
+    while (reader->Read(&resp)) {
+      if (!resp.has_chunk()) continue;
+      absl::MutexLock lock(&mu_);
+      Stream& s = streams_[i];
+      s.tokens.insert(s.tokens.end(), resp.chunk().token_ids().begin(), resp.chunk().token_ids().end());
+      s.got_token = true;
+    }
+    grpc::Status status = reader->Finish();
+    absl::MutexLock lock(&mu_);
+    streams_[i].status = std::move(status);
+    streams_[i].end = absl::Now();
+    streams_[i].ended = true;
+  }
+
+  tandem::v1::Tandem::Stub* stub_;
+  const std::vector<std::string> prompts_;
+  std::vector<std::thread> threads_;
+  absl::Mutex mu_;
+  std::vector<Stream> streams_ ABSL_GUARDED_BY(mu_);
+};
+
+enum class Role { kPrefill, kDecode };
+enum class Fault { kStopThenContinue, kKill };
+
+std::vector<std::string>& TableLines() {
+  static auto* lines = new std::vector<std::string>;
+  return *lines;
+}
+
+std::string Ms(std::optional<absl::Duration> d) {
+  return d.has_value() ? absl::StrFormat("%.0f ms", absl::ToDoubleMilliseconds(*d)) : "-";
+}
+
+class FaultSuiteTest : public ::testing::Test {
+ protected:
+  static void TearDownTestSuite() {
+    if (TableLines().empty()) return;
+    std::printf(
+        "RELIABILITY | scenario | streams | completed | migrated | failed cleanly | hung | out of rotation "
+        "after | last failed stream ended after | all streams ended after | back in rotation after |\n");
+    for (const std::string& line : TableLines()) std::printf("%s\n", line.c_str());
+  }
+
+  void SetUp() override {
+    if (!std::ifstream(kStories)) GTEST_SKIP() << "shared data absent: " << kStories;
+    router_ = Start({TANDEM_BINARY, "router", "--port", "0", "--model", kStories,
+                     // Every request through prefill -> decode, so a prefill fault meets requests.
+                     "--aggregate-max-uncached-tokens", "-1", "--stalled-worker-hold-ms",
+                     absl::StrCat(kStalledWorkerHoldMs)});
+    ASSERT_FALSE(router_.address.empty());
+    stub_ =
+        tandem::v1::Tandem::NewStub(grpc::CreateChannel(router_.address, grpc::InsecureChannelCredentials()));
+    for (int i = 0; i < 2; ++i) {
+      prefill_.push_back(StartWorker("prefill", i));
+      decode_.push_back(StartWorker("decode", i));
+      ASSERT_FALSE(prefill_.back().address.empty());
+      ASSERT_FALSE(decode_.back().address.empty());
+    }
+    ASSERT_TRUE(PollUntil([&] { return Healthy(Role::kPrefill) == 2 && Healthy(Role::kDecode) == 2; },
+                          absl::Seconds(30)))
+        << "the workers never all joined the rotation";
+    for (int i = 0; i < kStreams; ++i) prompts_.push_back(Story(i, 20 + 3 * i));
+    // The undisturbed run every disturbed stream is compared with.
+    const absl::Time start = absl::Now();
+    baseline_ = RunUndisturbed("undisturbed");
+    undisturbed_took_ = absl::Now() - start;
+  }
+
+  Proc StartWorker(const std::string& role, int index) {
+    return Start({TANDEM_BINARY, role, "--router", router_.address, "--model", kStories, "--threads", "1",
+                  "--kv-cache-mb", "16", "--worker-id", absl::StrCat(role, "-", index)});
+  }
+
+  // Healthy workers of `role` as the router reports them; -1 when it does not answer.
+  int Healthy(Role role) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    tandem::v1::ClusterInfo info;
+    if (!stub_->GetClusterInfo(&ctx, {}, &info).ok()) return -1;
+    return role == Role::kPrefill ? info.prefill_workers() : info.decode_workers();
+  }
+
+  std::optional<tandem::v1::WorkerStatus> Status(const Proc& w, Role role) {
+    auto channel = grpc::CreateChannel(w.address, grpc::InsecureChannelCredentials());
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    tandem::v1::WorkerStatus status;
+    const grpc::Status s = role == Role::kDecode
+                               ? tandem::v1::DecodeWorker::NewStub(channel)->Status(&ctx, {}, &status)
+                               : tandem::v1::PrefillWorker::NewStub(channel)->Status(&ctx, {}, &status);
+    if (!s.ok()) return std::nullopt;
+    return status;
+  }
+
+  // All kStreams prompts at once, nothing disturbed: every stream completes.
+  std::vector<std::vector<int32_t>> RunUndisturbed(const std::string& what) {
+    StreamRun run(stub_.get(), prompts_);
+    run.Start(0, kStreams);
+    std::vector<Stream> streams = run.Join();
+    std::vector<std::vector<int32_t>> tokens;
+    for (int i = 0; i < kStreams; ++i) {
+      EXPECT_TRUE(streams[i].status.ok())
+          << what << " stream " << i << ": " << streams[i].status.error_message();
+      EXPECT_EQ(streams[i].tokens.size(), static_cast<size_t>(kMaxTokens)) << what << " stream " << i;
+      tokens.push_back(streams[i].tokens);
+    }
+    return tokens;
+  }
+
+  // The decode worker with the most running streams now (the fault should
+  // meet streams), or the first prefill worker.
+  Proc& Target(Role role) {
+    if (role == Role::kPrefill) return prefill_[0];
+    int best = 0, most = -1;
+    for (int i = 0; i < 2; ++i) {
+      std::optional<tandem::v1::WorkerStatus> s = Status(decode_[i], role);
+      const int running = s.has_value() ? s->load().running() : 0;
+      if (running > most) most = running, best = i;
+    }
+    return decode_[best];
+  }
+
+  void RunScenario(const std::string& name, Role role, Fault fault) {
+    ASSERT_EQ(baseline_.size(), static_cast<size_t>(kStreams));
+    StreamRun run(stub_.get(), prompts_);
+    run.Start(0, kWave);
+    ASSERT_TRUE(run.AwaitFirstTokens(0, kWave, absl::Seconds(30))) << "wave 1 never started decoding";
+    Proc& target = Target(role);
+    const absl::Time fault_at = absl::Now();
+    target.process->Signal(fault == Fault::kKill ? SIGKILL : SIGSTOP);
+    const int ended_before_fault = run.Ended();
+    run.Start(kWave, kStreams);
+
+    // Until every stream ended (each is bounded by its deadline) and the
+    // router took the worker out of the rotation.
+    std::optional<absl::Duration> out_of_rotation;
+    PollUntil(
+        [&] {
+          if (!out_of_rotation.has_value() && Healthy(role) == 1) out_of_rotation = absl::Now() - fault_at;
+          return out_of_rotation.has_value() && run.Ended() == kStreams;
+        },
+        kStreamBound + absl::Seconds(5));
+    std::vector<Stream> streams = run.Join();
+
+    std::optional<absl::Duration> back_in_rotation;
+    if (fault == Fault::kStopThenContinue) {
+      const absl::Time cont_at = absl::Now();
+      target.process->Signal(SIGCONT);
+      EXPECT_TRUE(
+          PollUntil([&] { return Healthy(role) == 2; }, absl::Seconds(kStalledWorkerHoldMs / 1000 + 15)))
+          << target.id << " did not come back after SIGCONT";
+      if (Healthy(role) == 2) back_in_rotation = absl::Now() - cont_at;
+    } else {
+      EXPECT_TRUE(target.process->Wait(absl::Now() + absl::Seconds(10)).has_value());
+    }
+
+    int completed = 0, failed = 0, hung = 0;
+    absl::Time last_failed_end = absl::InfinitePast(), last_end = absl::InfinitePast();
+    for (int i = 0; i < kStreams; ++i) {
+      const Stream& s = streams[i];
+      last_end = std::max(last_end, s.end);
+      const std::vector<int32_t>& want = baseline_[i];
+      if (s.end - s.start >= kStreamBound) {
+        ++hung;
+        ADD_FAILURE() << name << ": stream " << i << " hung (" << s.tokens.size() << " tokens, "
+                      << s.status.error_message() << ")";
+      } else if (s.status.ok()) {
+        ++completed;
+        EXPECT_EQ(s.tokens, want) << name << ": completed stream " << i
+                                  << " differs from the undisturbed run";
+      } else {
+        ++failed;
+        last_failed_end = std::max(last_failed_end, s.end);
+        EXPECT_FALSE(s.status.error_message().empty())
+            << name << ": stream " << i << " failed without a message";
+        EXPECT_LE(s.tokens.size(), want.size());
+        EXPECT_TRUE(std::equal(s.tokens.begin(), s.tokens.end(), want.begin()))
+            << name << ": failed stream " << i << " sent tokens the undisturbed run did not";
+        std::printf("%s: stream %d failed after %zu tokens: %d %s\n", name.c_str(), i, s.tokens.size(),
+                    s.status.error_code(), s.status.error_message().c_str());
+      }
+    }
+    EXPECT_EQ(hung, 0);
+    EXPECT_TRUE(out_of_rotation.has_value())
+        << "the router never took " << target.id << " out of the rotation";
+    const std::string line = absl::StrFormat(
+        "RELIABILITY | %s | %d | %d | 0 | %d | %d | %s | %s | %s | %s |", name, kStreams, completed, failed,
+        hung, Ms(out_of_rotation), Ms(failed > 0 ? std::optional(last_failed_end - fault_at) : std::nullopt),
+        Ms(last_end - fault_at), Ms(back_in_rotation));
+    std::printf(
+        "%s\n(%d of %d streams had ended before the fault; undisturbed run of %d streams: %s; fault on %s)\n",
+        line.c_str(), ended_before_fault, kWave, kStreams, Ms(undisturbed_took_).c_str(), target.id.c_str());
+    TableLines().push_back(line);
+
+    // Afterwards the cluster serves every prompt again, identically.
+    EXPECT_EQ(RunUndisturbed(name + ", after"), baseline_);
+    ExpectIdlePools(fault == Fault::kKill ? &target : nullptr);
+  }
+
+  // Every live worker's KV pool returns to idle: no leaked blocks or reservations.
+  void ExpectIdlePools(const Proc* dead) {
+    for (Role role : {Role::kPrefill, Role::kDecode}) {
+      for (const Proc& w : role == Role::kPrefill ? prefill_ : decode_) {
+        if (&w == dead) continue;
+        std::optional<tandem::v1::WorkerStatus> last;
+        const bool idle = PollUntil(
+            [&] {
+              last = Status(w, role);
+              return last.has_value() && last->load().used_blocks() == 0 && last->reservations() == 0;
+            },
+            absl::Seconds(15), absl::Milliseconds(100));
+        EXPECT_TRUE(idle) << w.id << " did not return to idle: "
+                          << (last.has_value() ? last->ShortDebugString() : "no status");
+      }
+    }
+  }
+
+  Proc router_;
+  std::vector<Proc> prefill_, decode_;  // declared after router_: stopped first
+  std::unique_ptr<tandem::v1::Tandem::Stub> stub_;
+  std::vector<std::string> prompts_;
+  std::vector<std::vector<int32_t>> baseline_;
+  absl::Duration undisturbed_took_;
+};
+
+TEST_F(FaultSuiteTest, DecodeWorkerStoppedThenContinued) {
+  RunScenario("decode SIGSTOP, SIGCONT", Role::kDecode, Fault::kStopThenContinue);
+}
+
+TEST_F(FaultSuiteTest, DecodeWorkerKilled) { RunScenario("decode kill -9", Role::kDecode, Fault::kKill); }
+
+TEST_F(FaultSuiteTest, PrefillWorkerStoppedThenContinued) {
+  RunScenario("prefill SIGSTOP, SIGCONT", Role::kPrefill, Fault::kStopThenContinue);
+}
+
+TEST_F(FaultSuiteTest, PrefillWorkerKilled) { RunScenario("prefill kill -9", Role::kPrefill, Fault::kKill); }
+
+}  // namespace
+}  // namespace tandem
