@@ -47,14 +47,33 @@ void PrintTable(const BenchFlags& f, const loadgen::RunSummary& s) {
                                slo.empty() ? " none given" : slo);
   std::cout << absl::StrFormat("  throughput %.3f req/s, %.1f output tokens/s\n", s.throughput_rps,
                                s.output_tokens_per_s);
-  std::cout << absl::StrFormat("  prefix hit rate %.4f (%d of %d prompt tokens cached)\n", s.prefix_hit_rate,
+  std::cout << absl::StrFormat("  prefix hit rate %.4f (%d of %d prompt tokens cached)", s.prefix_hit_rate,
                                s.cached_tokens, s.prompt_tokens);
+  if (s.hit_rate_bound.has_value()) {
+    // The bound counts every request sent, the measured rate completed ones.
+    std::cout << absl::StrFormat("; sequential infinite-cache bound %.4f", *s.hit_rate_bound);
+    if (*s.hit_rate_bound > 0) {
+      std::cout << absl::StrFormat(" (%.0f%% of it)", 100 * s.prefix_hit_rate / *s.hit_rate_bound);
+    }
+  }
+  std::cout << "\n";
   std::cout << absl::StrFormat("  %-10s%10s%10s%10s%10s\n", "ms", "p50", "p90", "p99", "mean");
   const std::pair<const char*, const loadgen::Percentiles*> rows[] = {
       {"TTFT", &s.ttft_ms}, {"TPOT", &s.tpot_ms}, {"ITL", &s.itl_ms}, {"E2E", &s.e2e_ms}};
   for (const auto& [name, p] : rows) {
     std::cout << absl::StrFormat("  %-10s", name) << Cell(p->p50) << Cell(p->p90) << Cell(p->p99)
               << Cell(p->mean) << "\n";
+  }
+  if (s.predicted > 0) {
+    // The router's TTFT prediction against the TTFT the router measured.
+    std::cout << absl::StrFormat("  TTFT prediction error (router-measured - predicted, %d requests)\n",
+                                 s.predicted);
+    const std::pair<const char*, const loadgen::Percentiles*> errors[] = {
+        {"signed", &s.ttft_prediction_error_ms}, {"|error|", &s.ttft_prediction_abs_error_ms}};
+    for (const auto& [name, p] : errors) {
+      std::cout << absl::StrFormat("  %-10s", name) << Cell(p->p50) << Cell(p->p90) << Cell(p->p99)
+                << Cell(p->mean) << "\n";
+    }
   }
   std::cout << std::flush;
 }
@@ -314,12 +333,15 @@ int RunBench(const BenchFlags& f) {
   const std::vector<absl::Duration> times = SendTimes(f, *records);
   std::vector<loadgen::Runner::Scheduled> schedule;
   schedule.reserve(records->size());
+  std::vector<int32_t> prompt_lengths;  // as sent, for the hit-rate bound
+  prompt_lengths.reserve(records->size());
   for (size_t i = 0; i < records->size(); ++i) {
     absl::StatusOr<loadgen::LoadRequest> r = (*synth)->Synthesize((*records)[i]);
     if (!r.ok()) {
       std::cerr << kPrefix << ": request " << i << ": " << r.status().message() << "\n";
       return 2;
     }
+    prompt_lengths.push_back(static_cast<int32_t>(r->prompt.size()));
     schedule.push_back({.send_at = times[i], .request = *std::move(r)});
   }
 
@@ -332,8 +354,10 @@ int RunBench(const BenchFlags& f) {
     return 2;
   }
   const loadgen::Runner::RunResult run = (*runner)->Run(schedule);
-  const loadgen::RunSummary summary =
+  loadgen::RunSummary summary =
       loadgen::Summarize(run.results, options->slo, absl::ToDoubleSeconds(run.duration));
+  summary.hit_rate_bound =
+      loadgen::InfiniteCacheHitRateBound(*records, prompt_lengths, block_tokens).hit_rate;
   PrintTable(f, summary);
   if (!f.json.empty() && !WriteJsonReport(f, summary, run, times, block_tokens, context_length)) return 1;
   if (summary.requests > 0 && summary.errors == summary.requests) {

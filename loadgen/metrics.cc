@@ -27,6 +27,11 @@ std::optional<double> TpotMs(const RequestResult& r) {
   return (r.e2e_ms - *r.ttft_ms) / (r.output_tokens - 1);
 }
 
+std::optional<double> TtftPredictionErrorMs(const RequestResult& r) {
+  if (!r.predicted_ttft_ms.has_value() || !r.router_ttft_ms.has_value()) return std::nullopt;
+  return *r.router_ttft_ms - *r.predicted_ttft_ms;
+}
+
 bool MeetsSlo(const RequestResult& r, const Slo& slo) {
   if (r.outcome != Outcome::kCompleted) return false;
   if (slo.ttft_ms.has_value() && !(r.ttft_ms.has_value() && *r.ttft_ms <= *slo.ttft_ms)) return false;
@@ -63,7 +68,7 @@ RunSummary Summarize(const std::vector<RequestResult>& results, const Slo& slo, 
   RunSummary s;
   s.slo = slo;
   s.duration_s = duration_s;
-  std::vector<double> ttft, tpot, itl, e2e, rejected;
+  std::vector<double> ttft, tpot, itl, e2e, rejected, prediction_error, prediction_abs_error;
   for (const RequestResult& r : results) {
     ++s.requests;
     switch (r.outcome) {
@@ -89,6 +94,10 @@ RunSummary Summarize(const std::vector<RequestResult>& results, const Slo& slo, 
     if (std::optional<double> t = TpotMs(r)) tpot.push_back(*t);
     itl.insert(itl.end(), r.itl_ms.begin(), r.itl_ms.end());
     e2e.push_back(r.e2e_ms);
+    if (std::optional<double> error = TtftPredictionErrorMs(r)) {
+      prediction_error.push_back(*error);
+      prediction_abs_error.push_back(std::abs(*error));
+    }
   }
   if (duration_s > 0) {
     s.goodput_rps = static_cast<double>(s.good) / duration_s;
@@ -103,6 +112,9 @@ RunSummary Summarize(const std::vector<RequestResult>& results, const Slo& slo, 
   s.itl_ms = ComputePercentiles(itl);
   s.e2e_ms = ComputePercentiles(e2e);
   s.rejected_ms = ComputePercentiles(rejected);
+  s.predicted = static_cast<int64_t>(prediction_error.size());
+  s.ttft_prediction_error_ms = ComputePercentiles(prediction_error);
+  s.ttft_prediction_abs_error_ms = ComputePercentiles(prediction_abs_error);
   return s;
 }
 
@@ -113,6 +125,7 @@ nlohmann::ordered_json SummaryToJson(const RunSummary& s, const std::vector<Requ
   j["completed"] = s.completed;
   j["rejected"] = s.rejected;
   j["prefix_hit_rate"] = s.prefix_hit_rate;
+  j["hit_rate_bound"] = OrNull(s.hit_rate_bound);
   j["goodput_rps"] = s.goodput_rps;
   j["ttft_ms"] = ToJson(s.ttft_ms);
   j["tpot_ms"] = ToJson(s.tpot_ms);
@@ -132,6 +145,9 @@ nlohmann::ordered_json SummaryToJson(const RunSummary& s, const std::vector<Requ
   j["slo"] = {{"ttft_ms", OrNull(s.slo.ttft_ms)}, {"tpot_ms", OrNull(s.slo.tpot_ms)}};
   j["rejected_ms"] = ToJson(s.rejected_ms);
   j["rejected_max_ms"] = s.rejected_max_ms;
+  j["predicted_requests"] = s.predicted;
+  j["ttft_prediction_error_ms"] = ToJson(s.ttft_prediction_error_ms);
+  j["ttft_prediction_abs_error_ms"] = ToJson(s.ttft_prediction_abs_error_ms);
   if (samples) {
     nlohmann::ordered_json list = nlohmann::ordered_json::array();
     for (const RequestResult& r : results) {
@@ -144,6 +160,8 @@ nlohmann::ordered_json SummaryToJson(const RunSummary& s, const std::vector<Requ
       one["cached_tokens"] = r.cached_tokens;
       one["output_tokens"] = r.output_tokens;
       one["met_slo"] = MeetsSlo(r, s.slo);
+      one["predicted_ttft_ms"] = OrNull(r.predicted_ttft_ms);
+      one["router_ttft_ms"] = OrNull(r.router_ttft_ms);
       list.push_back(std::move(one));
     }
     j["samples"] = std::move(list);

@@ -47,6 +47,11 @@ struct RequestResult {
   // From the summary (completed requests).
   int32_t prompt_tokens = 0;
   int32_t cached_tokens = 0;
+  // The router's predicted TTFT for the placement that served the request
+  // and the TTFT the router measured (Timings.predicted_ttft_ms and
+  // first_token_ms); unset when the router did not report them.
+  std::optional<double> predicted_ttft_ms;
+  std::optional<double> router_ttft_ms;
 };
 
 // Latency targets; unset: not checked.
@@ -57,6 +62,10 @@ struct Slo {
 
 // (e2e - ttft) / (output_tokens - 1); unset with fewer than 2 tokens or no TTFT.
 std::optional<double> TpotMs(const RequestResult& r);
+
+// The router's TTFT prediction error, router_ttft_ms - predicted_ttft_ms
+// (positive: slower than predicted); unset unless both are set.
+std::optional<double> TtftPredictionErrorMs(const RequestResult& r);
 
 // Whether a completed request met every target in `slo`. A request without
 // a TTFT misses a TTFT target; one without a TPOT (a single token) meets any
@@ -89,25 +98,34 @@ struct RunSummary {
   int64_t output_tokens = 0;
   double output_tokens_per_s = 0;
   double prefix_hit_rate = 0;  // 0 when no prompt tokens
+  // The workload's sequential infinite-cache hit-rate bound
+  // (workload.h: InfiniteCacheHitRateBound), set by the caller; unset: not
+  // computed.
+  std::optional<double> hit_rate_bound;
   Percentiles ttft_ms, tpot_ms, itl_ms, e2e_ms;
   // Send -> refusal (RESOURCE_EXHAUSTED) over rejected requests: how fast
   // the cluster says no.
   Percentiles rejected_ms;
   double rejected_max_ms = 0;
+  // Over completed requests with a prediction (TtftPredictionErrorMs):
+  // signed error (measured - predicted) and its absolute value, ms.
+  int64_t predicted = 0;
+  Percentiles ttft_prediction_error_ms, ttft_prediction_abs_error_ms;
   Slo slo;
 };
 
 // REQUIRES: duration_s > 0 (rates are 0 otherwise).
 RunSummary Summarize(const std::vector<RequestResult>& results, const Slo& slo, double duration_s);
 
-// {"requests","completed","rejected","prefix_hit_rate","goodput_rps","ttft_ms":{"p50","p90","p99","mean"},
+// {"requests","completed","rejected","prefix_hit_rate","hit_rate_bound","goodput_rps","ttft_ms":{"p50","p90","p99","mean"},
 //  "tpot_ms","itl_ms","e2e_ms", then
 //  "errors","errors_by_code","first_error_by_code","duration_s","throughput_rps",
 //  "output_tokens_per_s","prompt_tokens","cached_tokens","output_tokens","slo":{"ttft_ms","tpot_ms"},
-//  "rejected_ms":{"p50","p90","p99","mean"},"rejected_max_ms"}.
+//  "rejected_ms":{"p50","p90","p99","mean"},"rejected_max_ms","predicted_requests",
+//  "ttft_prediction_error_ms":{...},"ttft_prediction_abs_error_ms":{...}}.
 // Missing values are null. With `samples`, also "samples": one object per
 // completed request in send order: {"ttft_ms","tpot_ms","e2e_ms","prompt_tokens",
-// "cached_tokens","output_tokens","met_slo"}.
+// "cached_tokens","output_tokens","met_slo","predicted_ttft_ms","router_ttft_ms"}.
 nlohmann::ordered_json SummaryToJson(const RunSummary& summary, const std::vector<RequestResult>& results,
                                      bool samples);
 

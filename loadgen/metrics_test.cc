@@ -130,5 +130,44 @@ TEST(SummarizeTest, RefusalLatencyIsMeasuredOverRejectedRequests) {
   EXPECT_DOUBLE_EQ(j["rejected_max_ms"].get<double>(), 4.0);
 }
 
+TEST(SummarizeTest, TtftPredictionErrorIsMeasuredMinusPredictedOverPredictedRequests) {
+  std::vector<RequestResult> results;
+  const double predicted[] = {100, 100, 100, 50};
+  const double measured[] = {90, 130, 160, 50};  // errors -10, 30, 60, 0
+  for (int i = 0; i < 4; ++i) {
+    RequestResult r = Completed(measured[i] + 2, 500, 4);
+    r.predicted_ttft_ms = predicted[i];
+    r.router_ttft_ms = measured[i];
+    results.push_back(r);
+  }
+  results.push_back(Completed(10, 20, 2));  // an old router: no prediction
+  RequestResult only_predicted = Completed(10, 20, 2);
+  only_predicted.predicted_ttft_ms = 5;  // no first token at the router
+  results.push_back(only_predicted);
+  EXPECT_DOUBLE_EQ(*TtftPredictionErrorMs(results[0]), -10);
+  EXPECT_FALSE(TtftPredictionErrorMs(results[4]).has_value());
+  EXPECT_FALSE(TtftPredictionErrorMs(results[5]).has_value());
+
+  RunSummary s = Summarize(results, {}, 1.0);
+  EXPECT_EQ(s.predicted, 4);
+  // Signed, sorted -10 0 30 60: p50 at rank 1.5 = 15, p90 at rank 2.7 = 30 + 0.7 * 30 = 51.
+  EXPECT_DOUBLE_EQ(*s.ttft_prediction_error_ms.p50, 15);
+  EXPECT_DOUBLE_EQ(*s.ttft_prediction_error_ms.p90, 51);
+  // Absolute, sorted 0 10 30 60: p50 = 20, p90 = 51.
+  EXPECT_DOUBLE_EQ(*s.ttft_prediction_abs_error_ms.p50, 20);
+  EXPECT_DOUBLE_EQ(*s.ttft_prediction_abs_error_ms.p90, 51);
+
+  s.hit_rate_bound = 0.5;
+  const nlohmann::ordered_json j = SummaryToJson(s, results, /*samples=*/true);
+  EXPECT_EQ(j["predicted_requests"].get<int64_t>(), 4);
+  EXPECT_DOUBLE_EQ(j["ttft_prediction_error_ms"]["p50"].get<double>(), 15);
+  EXPECT_DOUBLE_EQ(j["ttft_prediction_abs_error_ms"]["p90"].get<double>(), 51);
+  EXPECT_DOUBLE_EQ(j["hit_rate_bound"].get<double>(), 0.5);
+  EXPECT_DOUBLE_EQ(j["samples"][1]["predicted_ttft_ms"].get<double>(), 100);
+  EXPECT_TRUE(j["samples"][4]["predicted_ttft_ms"].is_null());
+  // Without a bound computed, the key is null.
+  EXPECT_TRUE(SummaryToJson(Summarize(results, {}, 1.0), results, false)["hit_rate_bound"].is_null());
+}
+
 }  // namespace
 }  // namespace tandem::loadgen

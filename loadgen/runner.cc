@@ -73,6 +73,9 @@ class Runner::Call : public grpc::ClientReadReactor<v1::GenerateResponse> {
       result_.prompt_tokens = usage.prompt_tokens();
       result_.cached_tokens = usage.cached_tokens();
       if (usage.completion_tokens() > 0) result_.output_tokens = usage.completion_tokens();
+      const v1::Timings& timings = response_.summary().timings();
+      if (timings.has_predicted_ttft_ms()) result_.predicted_ttft_ms = timings.predicted_ttft_ms();
+      if (timings.first_token_ms() > 0) result_.router_ttft_ms = timings.first_token_ms();
     }
     StartRead(&response_);
   }

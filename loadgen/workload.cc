@@ -4,6 +4,7 @@
 #include <cmath>
 #include <random>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "xxhash.h"
@@ -122,6 +123,28 @@ std::vector<absl::Duration> PoissonSchedule(int64_t n, double rate_per_s, uint64
     out.push_back(absl::Seconds(t));
   }
   return out;
+}
+
+HitRateBound InfiniteCacheHitRateBound(const std::vector<TraceRequest>& records,
+                                       const std::vector<int32_t>& prompt_lengths, int32_t block_tokens) {
+  HitRateBound bound;
+  absl::flat_hash_set<int64_t> seen;
+  const size_t n = std::min(records.size(), prompt_lengths.size());
+  for (size_t i = 0; i < n; ++i) {
+    const int32_t length = prompt_lengths[i];
+    const std::vector<int64_t>& ids = records[i].hash_ids;
+    const size_t full = std::min(ids.size(), static_cast<size_t>(length / block_tokens));
+    size_t leading = 0;
+    while (leading < full && seen.contains(ids[leading])) ++leading;
+    bound.prompt_tokens += length;
+    bound.cached_tokens +=
+        std::min<int64_t>(static_cast<int64_t>(leading) * block_tokens, std::max(0, length - 1));
+    seen.insert(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(full));
+  }
+  if (bound.prompt_tokens > 0) {
+    bound.hit_rate = static_cast<double>(bound.cached_tokens) / static_cast<double>(bound.prompt_tokens);
+  }
+  return bound;
 }
 
 }  // namespace tandem::loadgen

@@ -106,6 +106,28 @@ std::vector<absl::Duration> TraceSchedule(const std::vector<TraceRequest>& reque
 // every platform.
 std::vector<absl::Duration> PoissonSchedule(int64_t n, double rate_per_s, uint64_t seed);
 
+// The sequential infinite-cache prefix hit-rate bound of a replay
+// (bench/trace_bound.py's "infinite", ported): requests in send order, every
+// block a request brings cached the moment it is sent and never evicted. A
+// request's cached tokens are counted the way the engine counts them: the
+// leading run of its full blocks seen before, times block_tokens, at most
+// prompt - 1 (the last token is always computed). No cache and no routing
+// can do better over a whole run, except when requests that share a prefix
+// run at once (each may miss the other's blocks, which only lowers the
+// measured rate).
+//
+// Request i's prompt is `prompt_lengths[i]` tokens as sent (after scaling
+// and the clamps); its full blocks are records[i].hash_ids[0, length /
+// block_tokens). REQUIRES: the two vectors have the same size;
+// block_tokens > 0.
+struct HitRateBound {
+  int64_t prompt_tokens = 0;
+  int64_t cached_tokens = 0;
+  double hit_rate = 0;  // cached / prompt tokens; 0 when no prompt tokens
+};
+HitRateBound InfiniteCacheHitRateBound(const std::vector<TraceRequest>& records,
+                                       const std::vector<int32_t>& prompt_lengths, int32_t block_tokens);
+
 }  // namespace tandem::loadgen
 
 #endif  // TANDEM_LOADGEN_WORKLOAD_H_

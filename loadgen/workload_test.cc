@@ -148,5 +148,38 @@ TEST(ScheduleTest, PoissonIsSeededAndHasTheRequestedRate) {
   EXPECT_NEAR(absl::ToDoubleSeconds(a[1]), -std::log1p(-u) / 50.0, 1e-9);  // Duration: 1/4 ns ticks
 }
 
+TEST(HitRateBoundTest, CountsTheLeadingRunOfBlocksSeenBeforeAtMostPromptMinusOne) {
+  // Blocks of 4 tokens; computed by hand (and by bench/trace_bound.py on the
+  // same records with --source-block-tokens 4 --block-tokens 4):
+  //   r0 [1 2 3], 10 tokens: full blocks 1 2 (3 partial); none seen      -> 0
+  //   r1 [1 2 5], 12 tokens: full blocks 1 2 5; 1 2 seen, then 5 is new  -> 8
+  //   r2 [1 2],    8 tokens: 1 2 seen -> 8, but the last token is computed -> 7
+  //   r3 [9 1],    8 tokens: 9 is new, so 1 after it does not count     -> 0
+  // 15 of 38 prompt tokens.
+  const std::vector<TraceRequest> records = {
+      {.hash_ids = {1, 2, 3}}, {.hash_ids = {1, 2, 5}}, {.hash_ids = {1, 2}}, {.hash_ids = {9, 1}}};
+  const HitRateBound b = InfiniteCacheHitRateBound(records, {10, 12, 8, 8}, 4);
+  EXPECT_EQ(b.prompt_tokens, 38);
+  EXPECT_EQ(b.cached_tokens, 15);
+  EXPECT_DOUBLE_EQ(b.hit_rate, 15.0 / 38.0);
+  // A partial block is never cached: block 3 of r0 (partial) does not make
+  // r4's third block a hit.
+  std::vector<TraceRequest> more = records;
+  more.push_back({.hash_ids = {1, 2, 3}});
+  EXPECT_EQ(InfiniteCacheHitRateBound(more, {10, 12, 8, 8, 12}, 4).cached_tokens, 15 + 8);
+  EXPECT_EQ(InfiniteCacheHitRateBound({}, {}, 4).hit_rate, 0);
+}
+
+TEST(HitRateBoundTest, UsesThePromptsAsSentAfterScalingAndClamps) {
+  // Two 1000-token Mooncake requests with the same two ids, scaled 512 -> 16:
+  // each prompt is 16 + ceil(488 * 16 / 512) = 32 tokens, two full blocks.
+  ASSERT_OK_AND_ASSIGN(auto synth, PromptSynthesizer::Create({.vocab_size = 512, .block_tokens = 16}));
+  const TraceRequest r{.input_length = 1000, .output_length = 8, .hash_ids = {7, 8}};
+  ASSERT_EQ(synth->ScaledInputLength(r), 32);
+  EXPECT_EQ(InfiniteCacheHitRateBound({r, r}, {32, 32}, 16).cached_tokens, 31);
+  // Cut to 20 tokens (e.g. --max-input-tokens): one full block each.
+  EXPECT_EQ(InfiniteCacheHitRateBound({r, r}, {20, 20}, 16).cached_tokens, 16);
+}
+
 }  // namespace
 }  // namespace tandem::loadgen

@@ -324,6 +324,9 @@ void RouterCore::Call::Attempt() {
     return Finish(placed.status());
   }
   placement_ = std::move(*placed);
+  // Sent back to the client and compared with the measured TTFT in Finish
+  // (a retry's new placement replaces its prediction).
+  summary_.mutable_timings()->set_predicted_ttft_ms(placement_->predicted_ttft_ms);
   reserved_ = false;
   first_token_.reset();
   summary_.set_decode_worker(placement_->decode.id);
@@ -424,6 +427,10 @@ void RouterCore::Call::OnPrefilled(const grpc::Status& result) {
           ? static_cast<int32_t>(prefilled_.transferred_bytes() / reservation_.block_bytes())
           : 0;
   core_->placement_.ObservePrefill(prefill_id, obs);
+  // The learned cost, visible in /metrics beside the predictions it makes.
+  RouterMetrics::Get()
+      .prefill_cost->WithLabels({prefill_id})
+      ->Set(core_->placement_.MsPerToken(prefill_id) / 1000.0);
   RouterMetrics::Get().kv_bytes->WithLabels({})->Increment(
       static_cast<double>(prefilled_.transferred_bytes()));
   summary_.mutable_usage()->set_cached_tokens(prefilled_.cached_tokens());
@@ -579,6 +586,10 @@ void RouterCore::Call::Finish(absl::Status status) {
     m.cached_tokens->WithLabels({summary_.prefill_worker().empty() ? "decode" : "prefill"})
         ->Increment(summary_.usage().cached_tokens());
     m.e2e->WithLabels({policy})->Observe(absl::ToDoubleSeconds(now - start_));
+    if (summary_.timings().has_predicted_ttft_ms() && summary_.timings().first_token_ms() > 0) {
+      m.ttft_prediction_error->WithLabels({policy})->Observe(
+          (summary_.timings().first_token_ms() - summary_.timings().predicted_ttft_ms()) / 1000.0);
+    }
     if (first_token_time_ != absl::InfinitePast()) {
       m.ttft->WithLabels({policy})->Observe(absl::ToDoubleSeconds(first_token_time_ - start_));
       if (sent_tokens_ > 1) {

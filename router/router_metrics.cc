@@ -15,6 +15,17 @@ RouterMetrics& RouterMetrics::Get() {
                             "Time per output token after the first ((e2e - ttft) / (tokens - 1))", {"policy"},
                             ExponentialBuckets(0.0001, 2, 18));
     out->e2e = r.Histogram("tandem_router_e2e_seconds", "Whole request", {"policy"}, latency);
+    // Signed: -65.5 s .. -1 ms, 0, 1 ms .. 65.5 s (powers of 2).
+    std::vector<double> signed_latency = ExponentialBuckets(0.001, 2, 17);
+    for (const double b : ExponentialBuckets(0.001, 2, 17)) signed_latency.push_back(-b);
+    signed_latency.push_back(0);
+    out->ttft_prediction_error =
+        r.Histogram("tandem_router_ttft_prediction_error_seconds",
+                    "Measured TTFT minus the placement's predicted TTFT (signed; > 0: slower than predicted)",
+                    {"policy"}, signed_latency);
+    out->prefill_cost =
+        r.Gauge("tandem_router_prefill_seconds_per_token",
+                "Learned prefill cost of each prefill worker, seconds per computed prompt token", {"worker"});
     out->requests =
         r.Counter("tandem_router_requests_total",
                   "Requests by outcome (ok, rejected, invalid, unavailable, cancelled, error)", {"outcome"});

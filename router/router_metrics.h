@@ -15,9 +15,16 @@
 namespace tandem::router {
 
 struct RouterMetrics {
-  HistogramFamily* ttft;         // {policy}
-  HistogramFamily* tpot;         // {policy}
-  HistogramFamily* e2e;          // {policy}
+  HistogramFamily* ttft;  // {policy}
+  HistogramFamily* tpot;  // {policy}
+  HistogramFamily* e2e;   // {policy}
+  // {policy}: the placement's predicted TTFT against the measured one,
+  // signed seconds (measured - predicted: > 0 slower than predicted), over
+  // requests that finished OK with a first token.
+  HistogramFamily* ttft_prediction_error;
+  // {worker}: the learned per-token prefill cost of each prefill worker
+  // (seconds per computed prompt token), set when it reports a prefill.
+  GaugeFamily* prefill_cost;
   CounterFamily* requests;       // {outcome}: RequestOutcome
   CounterFamily* prompt_tokens;  // {}
   CounterFamily* cached_tokens;  // {where}: "prefill" or "decode"

@@ -2,9 +2,15 @@
 // replaying the head of the Mooncake conversation trace and a synthetic
 // workload, the JSON report checked for consistency; the CLI's usage errors;
 // and bench/plot_bench.py rendering PNGs from reports.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -14,7 +20,9 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
@@ -85,16 +93,60 @@ void ExpectConsistentReport(const nlohmann::json& j, int64_t requests) {
   }
 }
 
+// GET /metrics from the router's HTTP address "host:port" (Connection:
+// close, read to EOF, 10 s socket timeouts); the whole response, "" on
+// failure.
+std::string ScrapeMetrics(const std::string& address) {
+  const std::vector<std::string> parts = absl::StrSplit(address, ':');
+  int port = 0;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[1], &port)) return "";
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  timeval timeout{.tv_sec = 10, .tv_usec = 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string request = "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      std::array<char, 4096> buf;
+      ssize_t n;
+      while ((n = read(fd, buf.data(), buf.size())) > 0) out.append(buf.data(), static_cast<size_t>(n));
+    }
+  }
+  close(fd);
+  return out;
+}
+
+// The sum of the samples whose line starts with `prefix` (a metric name and
+// the start of its labels) in a Prometheus text body; -1 when none.
+double SumSamples(const std::string& body, const std::string& prefix) {
+  double sum = -1;
+  for (absl::string_view line : absl::StrSplit(body, '\n')) {
+    if (!absl::StartsWith(line, prefix)) continue;
+    double v = 0;
+    const size_t space = line.rfind(' ');
+    if (space == absl::string_view::npos || !absl::SimpleAtod(line.substr(space + 1), &v)) continue;
+    sum = (sum < 0 ? 0 : sum) + v;
+  }
+  return sum;
+}
+
 class BenchClusterTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     up_ = new Subprocess({TANDEM_BINARY, "up", "--model", "synthetic:tiny", "--prefill", "1", "--decode", "1",
-                          "--port", "0", "--threads", "1", "--ready-timeout-s", "60"});
+                          "--port", "0", "--http-port", "0", "--threads", "1", "--ready-timeout-s", "60"});
     const absl::Time deadline = absl::Now() + absl::Seconds(90);
     while (auto line = up_->ReadLine(deadline)) {
       nlohmann::json j = nlohmann::json::parse(*line, nullptr, false);
       if (j.is_object() && j.value("event", "") == "ready") {
         router_ = new std::string(j["router"].get<std::string>());
+        http_ = new std::string(j.value("http", ""));
         break;
       }
     }
@@ -106,16 +158,20 @@ class BenchClusterTest : public ::testing::Test {
     }
     delete up_;
     delete router_;
+    delete http_;
     up_ = nullptr;
     router_ = nullptr;
+    http_ = nullptr;
   }
   void SetUp() override { ASSERT_NE(router_, nullptr) << "tandem up did not become ready"; }
 
   static Subprocess* up_;
   static std::string* router_;
+  static std::string* http_;  // the router's HTTP (OpenAI, /metrics) address
 };
 Subprocess* BenchClusterTest::up_ = nullptr;
 std::string* BenchClusterTest::router_ = nullptr;
+std::string* BenchClusterTest::http_ = nullptr;
 
 // The first 40 requests of the trace, 512-token blocks shrunk to 16 (the
 // engine's block size, so shared trace blocks are shared cache blocks),
@@ -146,6 +202,49 @@ TEST_F(BenchClusterTest, ReplaysTheMooncakeTraceHead) {
   EXPECT_EQ((*j)["label"], "trace");
   // Without SLOs, every completed request is good.
   EXPECT_DOUBLE_EQ((*j)["goodput_rps"].get<double>(), (*j)["throughput_rps"].get<double>());
+  // The sequential infinite-cache bound: printed beside the measured rate,
+  // in the report, and (every request completed) never below it.
+  EXPECT_TRUE(absl::StrContains(r.out, "sequential infinite-cache bound")) << r.out;
+  ASSERT_TRUE((*j)["hit_rate_bound"].is_number()) << j->dump();
+  EXPECT_GT((*j)["hit_rate_bound"].get<double>(), 0.0);
+  EXPECT_LE((*j)["prefix_hit_rate"].get<double>(), (*j)["hit_rate_bound"].get<double>() + 1e-9) << j->dump();
+}
+
+// Every request carries the router's TTFT prediction back (Timings.
+// predicted_ttft_ms); bench reports the error's percentiles, and the router
+// exports the same error as a histogram and its learned costs as gauges.
+TEST_F(BenchClusterTest, ReportsTheRoutersTtftPredictionError) {
+  if (!std::filesystem::exists(kTrace)) GTEST_SKIP() << "no shared trace at " << kTrace;
+  const std::string before = ScrapeMetrics(*http_);
+  const std::string count = "tandem_router_ttft_prediction_error_seconds_count{";
+  const double counted_before = std::max(0.0, SumSamples(before, count));
+  const std::string json = TempPath("prediction.json");
+  const ExitResult r = RunCommand(
+      absl::StrCat(TANDEM_BINARY, " bench --target ", *router_, TraceArgs(), " --quiet --json ", json));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "TTFT prediction error")) << r.out;
+  std::optional<nlohmann::json> j = ReadJson(json);
+  ASSERT_TRUE(j.has_value());
+  ASSERT_EQ((*j)["completed"], 40) << r.out;
+  EXPECT_EQ((*j)["predicted_requests"], 40) << j->dump();
+  const nlohmann::json& abs_error = (*j)["ttft_prediction_abs_error_ms"];
+  ASSERT_TRUE(abs_error["p50"].is_number()) << j->dump();
+  EXPECT_GE(abs_error["p50"].get<double>(), 0.0);
+  EXPECT_LE(abs_error["p50"].get<double>(), abs_error["p90"].get<double>());
+  const nlohmann::json& error = (*j)["ttft_prediction_error_ms"];
+  ASSERT_TRUE(error["p90"].is_number());
+  EXPECT_LE(error["p90"].get<double>(), abs_error["p90"].get<double>() + 1e-9);
+  for (const nlohmann::json& s : (*j)["samples"]) {
+    ASSERT_TRUE(s["predicted_ttft_ms"].is_number()) << s.dump();
+    EXPECT_GE(s["predicted_ttft_ms"].get<double>(), 0.0);
+  }
+  // /metrics: the bench's 40 requests are counted in the error histogram
+  // (recorded before the summary reaches the client), and the prefill
+  // worker's learned cost is there.
+  const std::string after = ScrapeMetrics(*http_);
+  ASSERT_FALSE(after.empty()) << "no /metrics at " << *http_;
+  EXPECT_GE(SumSamples(after, count) - counted_before, 40.0) << after;
+  EXPECT_GT(SumSamples(after, "tandem_router_prefill_seconds_per_token{worker="), 0.0) << after;
 }
 
 TEST_F(BenchClusterTest, ImpossibleTtftSloGivesZeroGoodput) {
