@@ -92,6 +92,7 @@ struct Stream {
   bool ended = false;
   std::vector<int32_t> tokens;
   grpc::Status status;
+  std::string prefill_worker;  // from the summary of a completed stream
 };
 
 // kStreams Generate streams on threads of their own, each bounded by its
@@ -100,8 +101,9 @@ struct Stream {
 // stream threads write `streams_` under `mu_`.
 class StreamRun {
  public:
-  StreamRun(tandem::v1::Tandem::Stub* stub, const std::vector<std::string>& prompts)
-      : stub_(stub), prompts_(prompts), streams_(prompts.size()) {}
+  StreamRun(tandem::v1::Tandem::Stub* stub, const std::vector<std::string>& prompts,
+            int32_t max_tokens = kMaxTokens)
+      : stub_(stub), prompts_(prompts), max_tokens_(max_tokens), streams_(prompts.size()) {}
   ~StreamRun() { Join(); }
 
   void Start(int begin, int end) {
@@ -135,8 +137,8 @@ class StreamRun {
   void RunOne(int i) {
     tandem::v1::GenerateRequest req;
     req.set_prompt(prompts_[i]);
-    req.set_max_tokens(kMaxTokens);
-    req.set_stop_at_eos(false);  // every completed stream has kMaxTokens tokens
+    req.set_max_tokens(max_tokens_);
+    req.set_stop_at_eos(false);  // every completed stream has max_tokens_ tokens
     grpc::ClientContext ctx;
     const absl::Time start = absl::Now();
     ctx.set_deadline(absl::ToChronoTime(start + kStreamBound));
@@ -147,9 +149,12 @@ class StreamRun {
     auto reader = stub_->Generate(&ctx, req);
     tandem::v1::GenerateResponse resp;
     while (reader->Read(&resp)) {
-      if (!resp.has_chunk()) continue;
       absl::MutexLock lock(&mu_);
       Stream& s = streams_[i];
+      if (!resp.has_chunk()) {
+        s.prefill_worker = resp.summary().prefill_worker();
+        continue;
+      }
       s.tokens.insert(s.tokens.end(), resp.chunk().token_ids().begin(), resp.chunk().token_ids().end());
       s.got_token = true;
     }
@@ -162,12 +167,13 @@ class StreamRun {
 
   tandem::v1::Tandem::Stub* stub_;
   const std::vector<std::string> prompts_;
+  const int32_t max_tokens_;
   std::vector<std::thread> threads_;
   absl::Mutex mu_;
   std::vector<Stream> streams_ ABSL_GUARDED_BY(mu_);
 };
 
-enum class Role { kPrefill, kDecode };
+enum class Role { kPrefill, kDecode, kStore };
 enum class Fault { kStopThenContinue, kKill };
 
 std::vector<std::string>& TableLines() {
@@ -198,6 +204,11 @@ class FaultSuiteTest : public ::testing::Test {
     ASSERT_FALSE(router_.address.empty());
     stub_ =
         tandem::v1::Tandem::NewStub(grpc::CreateChannel(router_.address, grpc::InsecureChannelCredentials()));
+    if (WithStore()) {
+      store_ = Start({TANDEM_BINARY, "store", "--router", router_.address, "--model", kStories,
+                      "--dram-bytes", "16777216", "--store-id", "store-0"});
+      ASSERT_FALSE(store_.address.empty());
+    }
     for (int i = 0; i < 2; ++i) {
       prefill_.push_back(StartWorker("prefill", i));
       decode_.push_back(StartWorker("decode", i));
@@ -212,11 +223,35 @@ class FaultSuiteTest : public ::testing::Test {
     const absl::Time start = absl::Now();
     baseline_ = RunUndisturbed("undisturbed");
     undisturbed_took_ = absl::Now() - start;
+    if (WithStore()) ASSERT_NO_FATAL_FAILURE(FillStore());
   }
 
+  // Other prompts until the prefill pools evicted blocks and the store holds
+  // them, so that the disturbed run's prefills look the store up and fetch.
+  void FillStore() {
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    for (int filler = 0; StoreBlocks() <= 0; ++filler) {
+      ASSERT_LT(absl::Now(), deadline) << "the workers never offered the store a block";
+      ASSERT_LT(filler, 100);
+      StreamRun run(stub_.get(), {Story(1000 + filler, 120), Story(2000 + filler, 120)}, /*max_tokens=*/1);
+      run.Start(0, 2);
+      for (const Stream& s : run.Join()) ASSERT_TRUE(s.status.ok()) << s.status.error_message();
+    }
+  }
+
+  // A shared KV store (`tandem store`) the workers offer blocks to and look
+  // prompts up in, behind a DRAM tier of their own.
+  virtual bool WithStore() const { return false; }
+
   Proc StartWorker(const std::string& role, int index) {
-    return Start({TANDEM_BINARY, role, "--router", router_.address, "--model", kStories, "--threads", "1",
-                  "--kv-cache-mb", "16", "--worker-id", absl::StrCat(role, "-", index)});
+    // With a store, a prefill pool of ~50 blocks evicts what fillers push out
+    // and offers it to the store.
+    const std::string pool_mb = WithStore() && role == "prefill" ? "1" : "16";
+    std::vector<std::string> argv = {
+        TANDEM_BINARY, role, "--router",      router_.address, "--model",     kStories,
+        "--threads",   "1",  "--kv-cache-mb", pool_mb,         "--worker-id", absl::StrCat(role, "-", index)};
+    if (WithStore()) argv.insert(argv.end(), {"--kv-dram-bytes", "262144", "--kv-store", store_.address});
+    return Start(argv);
   }
 
   // Healthy workers of `role` as the router reports them; -1 when it does not answer.
@@ -240,6 +275,19 @@ class FaultSuiteTest : public ::testing::Test {
     return status;
   }
 
+  // Blocks the store holds (its snapshot), -1 when it does not answer.
+  int StoreBlocks() {
+    auto stub = tandem::v1::KvEventSource::NewStub(
+        grpc::CreateChannel(store_.address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    tandem::v1::KvEventBatch batch;
+    if (!stub->Snapshot(&ctx, {}, &batch).ok()) return -1;
+    int blocks = 0;
+    for (const tandem::v1::KvEvent& e : batch.events()) blocks += e.block_hashes_size();
+    return blocks;
+  }
+
   // All kStreams prompts at once, nothing disturbed: every stream completes.
   std::vector<std::vector<int32_t>> RunUndisturbed(const std::string& what) {
     StreamRun run(stub_.get(), prompts_);
@@ -251,6 +299,7 @@ class FaultSuiteTest : public ::testing::Test {
           << what << " stream " << i << ": " << streams[i].status.error_message();
       EXPECT_EQ(streams[i].tokens.size(), static_cast<size_t>(kMaxTokens)) << what << " stream " << i;
       tokens.push_back(streams[i].tokens);
+      if (baseline_.empty()) baseline_prefill_worker_.push_back(streams[i].prefill_worker);
     }
     return tokens;
   }
@@ -258,7 +307,15 @@ class FaultSuiteTest : public ::testing::Test {
   // The decode worker with the most running streams now (the fault should
   // meet streams), or the first prefill worker.
   Proc& Target(Role role) {
-    if (role == Role::kPrefill) return prefill_[0];
+    if (role == Role::kStore) return store_;
+    if (role == Role::kPrefill) {
+      // The KV-aware router sends a prompt back to the prefill worker that
+      // holds its blocks: the one that served most of wave 2's prompts in the
+      // undisturbed run meets wave 2.
+      const auto begin = baseline_prefill_worker_.begin();
+      const auto served = [&](const Proc& w) { return std::count(begin + kWave, begin + kStreams, w.id); };
+      return served(prefill_[1]) > served(prefill_[0]) ? prefill_[1] : prefill_[0];
+    }
     int best = 0, most = -1;
     for (int i = 0; i < 2; ++i) {
       std::optional<tandem::v1::WorkerStatus> s = Status(decode_[i], role);
@@ -274,6 +331,10 @@ class FaultSuiteTest : public ::testing::Test {
     run.Start(0, kWave);
     ASSERT_TRUE(run.AwaitFirstTokens(0, kWave, absl::Seconds(30))) << "wave 1 never started decoding";
     Proc& target = Target(role);
+    if (role == Role::kStore) {
+      // The store must be in use when it dies: the workers offered it blocks.
+      EXPECT_GT(StoreBlocks(), 0) << "the workers never used the store";
+    }
     const absl::Time fault_at = absl::Now();
     target.process->Signal(fault == Fault::kKill ? SIGKILL : SIGSTOP);
     const int ended_before_fault = run.Ended();
@@ -284,8 +345,11 @@ class FaultSuiteTest : public ::testing::Test {
     std::optional<absl::Duration> out_of_rotation;
     PollUntil(
         [&] {
-          if (!out_of_rotation.has_value() && Healthy(role) == 1) out_of_rotation = absl::Now() - fault_at;
-          return out_of_rotation.has_value() && run.Ended() == kStreams;
+          // The router keeps no rotation of stores: a store down is the workers' concern.
+          if (role != Role::kStore && !out_of_rotation.has_value() && Healthy(role) == 1) {
+            out_of_rotation = absl::Now() - fault_at;
+          }
+          return (role == Role::kStore || out_of_rotation.has_value()) && run.Ended() == kStreams;
         },
         kStreamBound + absl::Seconds(5));
     std::vector<Stream> streams = run.Join();
@@ -329,8 +393,10 @@ class FaultSuiteTest : public ::testing::Test {
       }
     }
     EXPECT_EQ(hung, 0);
-    EXPECT_TRUE(out_of_rotation.has_value())
-        << "the router never took " << target.id << " out of the rotation";
+    if (role != Role::kStore) {
+      EXPECT_TRUE(out_of_rotation.has_value())
+          << "the router never took " << target.id << " out of the rotation";
+    }
     const std::string line = absl::StrFormat(
         "RELIABILITY | %s | %d | %d | 0 | %d | %d | %s | %s | %s | %s |", name, kStreams, completed, failed,
         hung, Ms(out_of_rotation), Ms(failed > 0 ? std::optional(last_failed_end - fault_at) : std::nullopt),
@@ -364,10 +430,12 @@ class FaultSuiteTest : public ::testing::Test {
   }
 
   Proc router_;
-  std::vector<Proc> prefill_, decode_;  // declared after router_: stopped first
+  Proc store_;                          // with WithStore() only
+  std::vector<Proc> prefill_, decode_;  // declared after router_ and store_: stopped first
   std::unique_ptr<tandem::v1::Tandem::Stub> stub_;
   std::vector<std::string> prompts_;
   std::vector<std::vector<int32_t>> baseline_;
+  std::vector<std::string> baseline_prefill_worker_;  // per prompt, in the first undisturbed run
   absl::Duration undisturbed_took_;
 };
 
@@ -382,6 +450,15 @@ TEST_F(FaultSuiteTest, PrefillWorkerStoppedThenContinued) {
 }
 
 TEST_F(FaultSuiteTest, PrefillWorkerKilled) { RunScenario("prefill kill -9", Role::kPrefill, Fault::kKill); }
+
+// Caches never take a node down (kvstore/README.md): the workers' shared
+// store dies under load and every stream completes.
+class FaultSuiteWithStoreTest : public FaultSuiteTest {
+ protected:
+  bool WithStore() const override { return true; }
+};
+
+TEST_F(FaultSuiteWithStoreTest, StoreKilled) { RunScenario("store kill -9", Role::kStore, Fault::kKill); }
 
 }  // namespace
 }  // namespace tandem
