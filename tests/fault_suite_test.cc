@@ -1,11 +1,12 @@
 // The fault suite (issue #17 item 5, first version): a 2 prefill + 2 decode
 // cluster of real `tandem` processes on loopback, 16 concurrent greedy
 // streams, and one fault per test (SIGSTOP/SIGCONT and kill -9 of a decode
-// and of a prefill worker). Every stream must end inside its bound: completed
-// (tokens equal to an undisturbed run of the same prompts) or failed cleanly
-// (a non-OK status with a message, the tokens sent so far a prefix of the
-// undisturbed run); none may hang. After the fault the cluster serves all 16
-// again, identically, and every live worker's KV pool returns to idle.
+// worker, of a prefill worker, and of the workers' shared store). Every stream
+// must end inside its bound: completed (tokens equal to an undisturbed run of
+// the same prompts) or failed cleanly (a non-OK status with a message, the
+// tokens sent so far a prefix of the undisturbed run); none may hang. After
+// the fault the cluster serves all 16 again, identically, and every live
+// worker's KV pool returns to idle.
 //
 // Each test prints one line starting "RELIABILITY |" (a row of the table in
 // docs/RELIABILITY.md); the suite prints them all again at the end.
@@ -355,14 +356,14 @@ class FaultSuiteTest : public ::testing::Test {
     std::vector<Stream> streams = run.Join();
 
     std::optional<absl::Duration> back_in_rotation;
-    if (fault == Fault::kStopThenContinue) {
-      const absl::Time cont_at = absl::Now();
-      target.process->Signal(SIGCONT);
+    const absl::Time cont_at = absl::Now();
+    if (fault == Fault::kStopThenContinue) target.process->Signal(SIGCONT);
+    if (fault == Fault::kStopThenContinue && role != Role::kStore) {
       EXPECT_TRUE(
           PollUntil([&] { return Healthy(role) == 2; }, absl::Seconds(kStalledWorkerHoldMs / 1000 + 15)))
           << target.id << " did not come back after SIGCONT";
       if (Healthy(role) == 2) back_in_rotation = absl::Now() - cont_at;
-    } else {
+    } else if (fault == Fault::kKill) {
       EXPECT_TRUE(target.process->Wait(absl::Now() + absl::Seconds(10)).has_value());
     }
 
@@ -457,6 +458,10 @@ class FaultSuiteWithStoreTest : public FaultSuiteTest {
  protected:
   bool WithStore() const override { return true; }
 };
+
+TEST_F(FaultSuiteWithStoreTest, StoreStoppedThenContinued) {
+  RunScenario("store SIGSTOP, SIGCONT", Role::kStore, Fault::kStopThenContinue);
+}
 
 TEST_F(FaultSuiteWithStoreTest, StoreKilled) { RunScenario("store kill -9", Role::kStore, Fault::kKill); }
 
