@@ -174,7 +174,10 @@ class StreamRun {
   std::vector<Stream> streams_ ABSL_GUARDED_BY(mu_);
 };
 
-enum class Role { kPrefill, kDecode, kStore };
+enum class Role { kPrefill, kDecode, kStore, kRouter };
+// Whether the router keeps a rotation of the role (a store down is its
+// clients' concern; the router is the one that keeps it).
+bool HasRotation(Role role) { return role == Role::kPrefill || role == Role::kDecode; }
 enum class Fault { kStopThenContinue, kKill };
 
 std::vector<std::string>& TableLines() {
@@ -198,10 +201,7 @@ class FaultSuiteTest : public ::testing::Test {
 
   void SetUp() override {
     if (!std::ifstream(kStories)) GTEST_SKIP() << "shared data absent: " << kStories;
-    router_ = Start({TANDEM_BINARY, "router", "--port", "0", "--model", kStories,
-                     // Every request through prefill -> decode, so a prefill fault meets requests.
-                     "--aggregate-max-uncached-tokens", "-1", "--stalled-worker-hold-ms",
-                     absl::StrCat(kStalledWorkerHoldMs)});
+    router_ = StartRouter("0");
     ASSERT_FALSE(router_.address.empty());
     stub_ =
         tandem::v1::Tandem::NewStub(grpc::CreateChannel(router_.address, grpc::InsecureChannelCredentials()));
@@ -238,6 +238,15 @@ class FaultSuiteTest : public ::testing::Test {
       run.Start(0, 2);
       for (const Stream& s : run.Join()) ASSERT_TRUE(s.status.ok()) << s.status.error_message();
     }
+  }
+
+  Proc StartRouter(const std::string& port) {
+    Proc router = Start({TANDEM_BINARY, "router", "--port", port, "--model", kStories,
+                         // Every request through prefill -> decode, so a prefill fault meets requests.
+                         "--aggregate-max-uncached-tokens", "-1", "--stalled-worker-hold-ms",
+                         absl::StrCat(kStalledWorkerHoldMs)});
+    router.id = "router";
+    return router;
   }
 
   // A shared KV store (`tandem store`) the workers offer blocks to and look
@@ -309,6 +318,7 @@ class FaultSuiteTest : public ::testing::Test {
   // meet streams), or the first prefill worker.
   Proc& Target(Role role) {
     if (role == Role::kStore) return store_;
+    if (role == Role::kRouter) return router_;
     if (role == Role::kPrefill) {
       // The KV-aware router sends a prompt back to the prefill worker that
       // holds its blocks: the one that served most of wave 2's prompts in the
@@ -346,11 +356,10 @@ class FaultSuiteTest : public ::testing::Test {
     std::optional<absl::Duration> out_of_rotation;
     PollUntil(
         [&] {
-          // The router keeps no rotation of stores: a store down is the workers' concern.
-          if (role != Role::kStore && !out_of_rotation.has_value() && Healthy(role) == 1) {
+          if (HasRotation(role) && !out_of_rotation.has_value() && Healthy(role) == 1) {
             out_of_rotation = absl::Now() - fault_at;
           }
-          return (role == Role::kStore || out_of_rotation.has_value()) && run.Ended() == kStreams;
+          return (!HasRotation(role) || out_of_rotation.has_value()) && run.Ended() == kStreams;
         },
         kStreamBound + absl::Seconds(5));
     std::vector<Stream> streams = run.Join();
@@ -358,13 +367,25 @@ class FaultSuiteTest : public ::testing::Test {
     std::optional<absl::Duration> back_in_rotation;
     const absl::Time cont_at = absl::Now();
     if (fault == Fault::kStopThenContinue) target.process->Signal(SIGCONT);
-    if (fault == Fault::kStopThenContinue && role != Role::kStore) {
+    if (fault == Fault::kStopThenContinue && HasRotation(role)) {
       EXPECT_TRUE(
           PollUntil([&] { return Healthy(role) == 2; }, absl::Seconds(kStalledWorkerHoldMs / 1000 + 15)))
           << target.id << " did not come back after SIGCONT";
       if (Healthy(role) == 2) back_in_rotation = absl::Now() - cont_at;
     } else if (fault == Fault::kKill) {
       EXPECT_TRUE(target.process->Wait(absl::Now() + absl::Seconds(10)).has_value());
+    }
+    if (role == Role::kRouter) {
+      // A new router on the same port: the workers register again (they retry
+      // until it answers) and the clients' channel reconnects.
+      const std::string port = router_.address.substr(router_.address.rfind(':') + 1);
+      const absl::Time restart_at = absl::Now();
+      router_ = StartRouter(port);
+      ASSERT_FALSE(router_.address.empty()) << "the router did not restart on port " << port;
+      EXPECT_TRUE(PollUntil([&] { return Healthy(Role::kPrefill) == 2 && Healthy(Role::kDecode) == 2; },
+                            absl::Seconds(30)))
+          << "the workers did not register with the restarted router";
+      back_in_rotation = absl::Now() - restart_at;  // all four workers again
     }
 
     int completed = 0, failed = 0, hung = 0;
@@ -394,7 +415,7 @@ class FaultSuiteTest : public ::testing::Test {
       }
     }
     EXPECT_EQ(hung, 0);
-    if (role != Role::kStore) {
+    if (HasRotation(role)) {
       EXPECT_TRUE(out_of_rotation.has_value())
           << "the router never took " << target.id << " out of the rotation";
     }
@@ -409,7 +430,7 @@ class FaultSuiteTest : public ::testing::Test {
 
     // Afterwards the cluster serves every prompt again, identically.
     EXPECT_EQ(RunUndisturbed(name + ", after"), baseline_);
-    ExpectIdlePools(fault == Fault::kKill ? &target : nullptr);
+    ExpectIdlePools(fault == Fault::kKill && role != Role::kRouter ? &target : nullptr);
   }
 
   // Every live worker's KV pool returns to idle: no leaked blocks or reservations.
@@ -445,6 +466,12 @@ TEST_F(FaultSuiteTest, DecodeWorkerStoppedThenContinued) {
 }
 
 TEST_F(FaultSuiteTest, DecodeWorkerKilled) { RunScenario("decode kill -9", Role::kDecode, Fault::kKill); }
+
+// The one router dies: every stream fails cleanly (none can hang on it); a
+// router restarted on its port gets every worker back and serves.
+TEST_F(FaultSuiteTest, RouterKilledAndRestarted) {
+  RunScenario("router kill -9, restart", Role::kRouter, Fault::kKill);
+}
 
 TEST_F(FaultSuiteTest, PrefillWorkerStoppedThenContinued) {
   RunScenario("prefill SIGSTOP, SIGCONT", Role::kPrefill, Fault::kStopThenContinue);
