@@ -195,7 +195,8 @@ class FaultSuiteTest : public ::testing::Test {
     if (TableLines().empty()) return;
     std::printf(
         "RELIABILITY | scenario | streams | completed | migrated | failed cleanly | hung | out of rotation "
-        "after | last failed stream ended after | all streams ended after | back in rotation after |\n");
+        "after | last failed stream ended after | all streams ended after | back after SIGCONT / restart "
+        "|\n");
     for (const std::string& line : TableLines()) std::printf("%s\n", line.c_str());
   }
 
