@@ -39,12 +39,14 @@
 #include "tandem/v1/tandem.grpc.pb.h"
 #include "tandem/v1/worker.grpc.pb.h"
 #include "tests/testing/poll.h"
+#include "tests/testing/story.h"
 #include "tests/testing/subprocess.h"
 
 namespace tandem {
 namespace {
 
 using ::tandem::testing::PollUntil;
+using ::tandem::testing::Story;
 using ::tandem::testing::Subprocess;
 
 const std::string kStories = TANDEM_SHARED_DIR "/models/stories260K.gguf";
@@ -74,16 +76,6 @@ Proc Start(const std::vector<std::string>& argv) {
   p.address = ready.value("grpc", "");
   p.id = ready.value("worker_id", "");
   return p;
-}
-
-// A story-like prompt of about `words` words, distinct per `seed`.
-std::string Story(int seed, int words) {
-  static const char* kWords[] = {"the",   "little", "dog",  "ran",  "to",   "park", "and",
-                                 "saw",   "a",      "big",  "red",  "ball", "Lily", "was",
-                                 "happy", "sun",    "tree", "bird", "sang", "mom"};
-  std::string s = "Once upon a time";
-  for (int i = 0; i < words; ++i) absl::StrAppend(&s, " ", kWords[(i * 7 + seed * 13 + i * seed) % 20]);
-  return s;
 }
 
 // One Generate stream as the client saw it.

@@ -30,6 +30,7 @@
 #include "tandem/v1/tandem.grpc.pb.h"
 #include "tandem/v1/worker.grpc.pb.h"
 #include "tests/testing/poll.h"
+#include "tests/testing/story.h"
 #include "tests/testing/subprocess.h"
 #include "tests/testing/temp_dir.h"
 
@@ -37,6 +38,7 @@ namespace tandem {
 namespace {
 
 using ::tandem::testing::PollUntil;
+using ::tandem::testing::Story;
 using ::tandem::testing::Subprocess;
 using ::tandem::testing::TempDir;
 
@@ -140,16 +142,6 @@ bool ContainsAll(const std::set<BlockHash>& held, const std::vector<BlockHash>& 
     if (!held.contains(h)) return false;
   }
   return true;
-}
-
-// A story-like prompt of about `words` words, distinct per `seed`.
-std::string Story(int seed, int words) {
-  static const char* kWords[] = {"the",   "little", "dog",  "ran",  "to",   "park", "and",
-                                 "saw",   "a",      "big",  "red",  "ball", "Lily", "was",
-                                 "happy", "sun",    "tree", "bird", "sang", "mom"};
-  std::string s = "Once upon a time";
-  for (int i = 0; i < words; ++i) absl::StrAppend(&s, " ", kWords[(i * 7 + seed * 13 + i * seed) % 20]);
-  return s;
 }
 
 TEST(KvTiersFlagsTest, WorkerTierFlagsReachTheEffectiveConfig) {
