@@ -13,13 +13,13 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
-#include "grpcpp/server_builder.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kvstore/block_format.h"
 #include "model/loader.h"
 #include "tests/testing/status_matchers.h"
 #include "transfer/ucx_region_proto.h"
+#include "worker_common/grpc_server.h"
 
 namespace tandem::prefill_worker {
 namespace {
@@ -55,14 +55,13 @@ class PrefillServiceTest : public ::testing::Test {
                               .block_bytes = block_bytes_,
                               .kv_base = reinterpret_cast<const uint8_t*>(kv.base)},
         runner_.get(), sender_.get());
-    grpc::ServerBuilder builder;
-    int port = 0;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    builder.RegisterService(service_.get());
-    server_ = builder.BuildAndStart();
-    ASSERT_NE(server_, nullptr);
+    // Started as a worker process starts its server (127.0.0.1, a free port).
+    absl::StatusOr<worker_common::RunningGrpcServer> server =
+        worker_common::StartGrpcServer({}, {service_.get()});
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(server->server);
     stub_ = tandem::v1::PrefillWorker::NewStub(
-        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+        grpc::CreateChannel(server->address, grpc::InsecureChannelCredentials()));
   }
 
   void TearDown() override {
