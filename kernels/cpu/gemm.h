@@ -1,0 +1,50 @@
+// The CPU backend's matrix multiply: out[r][o] = sum_i x[r][i] * w[o][i] for
+// F32, F16, BF16 and Q8_0 weights, in the weights' own row-major layout.
+//
+//   cpu::MatMul(cpu::DefaultGemmPath(), &pool, x, rows, w, out);
+//
+// Two paths, one picked per machine at run time (DefaultGemmPath):
+// - kAvx2 (AVX2 + FMA + F16C): register-blocked tiles of 4 weight rows x 3
+//   tokens (2 x 4 for Q8_0), so each weight vector loaded and converted serves
+//   several tokens and each token vector several weight rows. Q8_0 quantizes
+//   each activation row per 32-block to int8 (d = max|x| / 127, as llama.cpp's
+//   quantize_row_q8_0) and multiplies in integers.
+// - kScalar: the portable loops, for CPUs without AVX2/FMA/F16C.
+//
+// Determinism (the contract of kernels/backend.h): every output element owns
+// one 8-lane accumulator that takes its K elements in the same order, one FMA
+// per 8 elements (per 32-block for Q8_0; a zero-padded final vector for a
+// ragged tail), and the same horizontal combine at the end, whatever tile,
+// batch size, thread count or position in the batch computed it. Integer
+// block sums are exact, so their internal order cannot matter. Results
+// therefore depend only on the element's own inputs on a given machine and
+// path; the two paths differ from each other by float rounding (FMA vs
+// multiply-then-add; Q8_0's int8 activations), bounded in gemm_test.cc.
+//
+// Thread safety: MatMul may run concurrently on different outputs; its Q8_0
+// activation buffer is per calling thread.
+#ifndef TANDEM_KERNELS_CPU_GEMM_H_
+#define TANDEM_KERNELS_CPU_GEMM_H_
+
+#include <cstdint>
+
+#include "common/thread_pool.h"
+#include "kernels/backend.h"
+
+namespace tandem::kernels::cpu {
+
+enum class GemmPath { kScalar, kAvx2 };
+
+// The fastest path this CPU supports (asked of the CPU once per process).
+GemmPath DefaultGemmPath();
+const char* GemmPathName(GemmPath path);
+
+// out[r * w.rows + o] = sum_i x[r * w.cols + i] * w[o][i] for r < rows,
+// o < w.rows. Output rows are split over `pool` (nullptr: the calling thread
+// only). REQUIRES: Q8_0 weights have w.cols % 32 == 0; kAvx2 only where the
+// CPU supports it.
+void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const Weight& w, float* out);
+
+}  // namespace tandem::kernels::cpu
+
+#endif  // TANDEM_KERNELS_CPU_GEMM_H_

@@ -1,0 +1,237 @@
+// The CPU GEMM paths (gemm.h): each against a double-precision reference
+// within a stated bound, the AVX2 path against the scalar one, and bit-exact
+// batch and thread invariance for every weight type.
+#include "kernels/cpu/gemm.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "common/dtype.h"
+#include "common/thread_pool.h"
+#include "gtest/gtest.h"
+
+namespace tandem::kernels::cpu {
+namespace {
+
+std::vector<float> Random(size_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// `f` (rows x cols) encoded as `type`; *represented gets the values the
+// encoding holds. Q8_0 blocks use GGML's rule (d = max|w| / 127).
+std::vector<uint8_t> Encode(const std::vector<float>& f, int64_t rows, int64_t cols, DType type,
+                            std::vector<float>* represented) {
+  std::vector<uint8_t> bytes(DTypeBytes(type, rows * cols));
+  represented->resize(f.size());
+  if (type == DType::kQ8_0) {
+    for (int64_t b = 0; b < rows * cols / 32; ++b) {
+      float amax = 0;
+      for (int k = 0; k < 32; ++k) amax = std::max(amax, std::abs(f[b * 32 + k]));
+      const uint16_t d = FloatToHalf(amax / 127.0f);
+      const float scale = HalfToFloat(d);
+      uint8_t* blk = &bytes[b * 34];
+      std::memcpy(blk, &d, 2);
+      for (int k = 0; k < 32; ++k) {
+        const auto q = static_cast<int8_t>(std::lround(scale == 0 ? 0 : f[b * 32 + k] / scale));
+        blk[2 + k] = static_cast<uint8_t>(q);
+        (*represented)[b * 32 + k] = scale * q;
+      }
+    }
+    return bytes;
+  }
+  for (size_t i = 0; i < f.size(); ++i) {
+    if (type == DType::kF32) {
+      std::memcpy(&bytes[i * 4], &f[i], 4);
+      (*represented)[i] = f[i];
+    } else {
+      const uint16_t h = type == DType::kF16 ? FloatToHalf(f[i]) : FloatToBF16(f[i]);
+      std::memcpy(&bytes[i * 2], &h, 2);
+      (*represented)[i] = type == DType::kF16 ? HalfToFloat(h) : BF16ToFloat(h);
+    }
+  }
+  return bytes;
+}
+
+std::vector<GemmPath> Paths() {
+  std::vector<GemmPath> paths = {GemmPath::kScalar};
+  if (DefaultGemmPath() == GemmPath::kAvx2) paths.push_back(GemmPath::kAvx2);
+  return paths;
+}
+
+struct Problem {
+  int64_t rows, out, in;
+  std::vector<float> x, wr;  // wr: the weight values the encoding represents
+  std::vector<uint8_t> wb;
+  Weight w;
+};
+
+Problem MakeProblem(DType type, int64_t rows, int64_t out, int64_t in, uint32_t seed) {
+  std::mt19937 rng(seed);
+  Problem p{rows, out, in, Random(rows * in, rng), {}, {}, {}};
+  p.wb = Encode(Random(out * in, rng), out, in, type, &p.wr);
+  p.w = Weight{p.wb.data(), type, out, in};
+  return p;
+}
+
+// Bound on |dot(x, w) - dot(int8(x), w)| for activations quantized per
+// 32-block: each int8 value is within d_x / 2 of the real one (d_x = max|x| /
+// 127 over its block), so the error is at most sum_i |w_i| d_x(i) / 2.
+double Int8ActivationBound(const float* x, const float* w, int64_t n) {
+  double bound = 0;
+  for (int64_t b = 0; b < n / 32; ++b) {
+    double amax = 0, wsum = 0;
+    for (int k = 0; k < 32; ++k) {
+      amax = std::max(amax, double{std::abs(x[b * 32 + k])});
+      wsum += std::abs(w[b * 32 + k]);
+    }
+    bound += wsum * amax / 127 / 2 * 1.001;
+  }
+  return bound;
+}
+
+class GemmTest : public ::testing::TestWithParam<DType> {};
+
+// Both paths within 1e-4 of the double reference (K <= 200 terms of
+// magnitude <= 1: float rounding stays far below that), plus, for Q8_0 on the
+// AVX2 path, the int8 activations' bound.
+TEST_P(GemmTest, MatchesDoubleReferenceOnEveryPath) {
+  const DType type = GetParam();
+  // Sizes that are not multiples of the tile (4 x 3, 2 x 4), the 8-lane width
+  // or the 16/64-row chunks.
+  Problem p = MakeProblem(type, 7, 37, type == DType::kQ8_0 ? 160 : 77, 1);
+  ThreadPool pool(ThreadPool::Options{.num_threads = 2});
+  for (GemmPath path : Paths()) {
+    SCOPED_TRACE(GemmPathName(path));
+    std::vector<float> y(p.rows * p.out, NAN);
+    MatMul(path, &pool, p.x.data(), p.rows, p.w, y.data());
+    for (int64_t r = 0; r < p.rows; ++r) {
+      const float* xr = &p.x[r * p.in];
+      for (int64_t o = 0; o < p.out; ++o) {
+        double ref = 0, bound = 1e-4;
+        for (int64_t i = 0; i < p.in; ++i) ref += double{xr[i]} * p.wr[o * p.in + i];
+        if (type == DType::kQ8_0 && path == GemmPath::kAvx2)
+          bound += Int8ActivationBound(xr, &p.wr[o * p.in], p.in);
+        EXPECT_NEAR(y[r * p.out + o], ref, bound) << "row " << r << " out " << o;
+      }
+    }
+  }
+}
+
+// The AVX2 path against the scalar (pre-AVX2) one: float weights agree to
+// float rounding of a 131-term sum (FMA vs multiply-then-add).
+TEST_P(GemmTest, Avx2AgreesWithScalar) {
+  if (DefaultGemmPath() != GemmPath::kAvx2) GTEST_SKIP() << "no AVX2+FMA+F16C on this CPU";
+  const DType type = GetParam();
+  Problem p = MakeProblem(type, 9, 50, type == DType::kQ8_0 ? 256 : 131, 5);
+  std::vector<float> scalar(p.rows * p.out), avx2(p.rows * p.out);
+  MatMul(GemmPath::kScalar, nullptr, p.x.data(), p.rows, p.w, scalar.data());
+  MatMul(GemmPath::kAvx2, nullptr, p.x.data(), p.rows, p.w, avx2.data());
+  int differ = 0;
+  for (int64_t r = 0; r < p.rows; ++r) {
+    for (int64_t o = 0; o < p.out; ++o) {
+      const int64_t i = r * p.out + o;
+      // Q8_0: the int8 activations' error bound, as above.
+      const double tol =
+          type == DType::kQ8_0 ? Int8ActivationBound(&p.x[r * p.in], &p.wr[o * p.in], p.in) + 1e-4 : 2e-5;
+      EXPECT_NEAR(avx2[i], scalar[i], tol) << i;
+      differ += avx2[i] != scalar[i];
+    }
+  }
+  // Guards against the test comparing a path with itself.
+  if (type == DType::kQ8_0) {
+    EXPECT_GT(differ, 0);
+  }
+}
+
+// Bit-identical results for a token alone (1 thread) and at every position
+// of batches of 2, 3, 5, 13 and 64 (2 threads): the contract of backend.h.
+TEST_P(GemmTest, BatchAndThreadInvariantOnEveryPath) {
+  const DType type = GetParam();
+  Problem p = MakeProblem(type, 64, 300, type == DType::kQ8_0 ? 256 : 131, 2);
+  ThreadPool one(ThreadPool::Options{.num_threads = 1});
+  ThreadPool two(ThreadPool::Options{.num_threads = 2});
+  for (GemmPath path : Paths()) {
+    SCOPED_TRACE(GemmPathName(path));
+    std::vector<std::vector<float>> alone(p.rows, std::vector<float>(p.out));
+    for (int64_t r = 0; r < p.rows; ++r) MatMul(path, &one, &p.x[r * p.in], 1, p.w, alone[r].data());
+    for (int64_t batch : {2, 3, 5, 13, 64}) {
+      std::vector<float> y(batch * p.out);
+      for (int64_t start = 0; start + batch <= p.rows; start += batch) {
+        MatMul(path, &two, &p.x[start * p.in], batch, p.w, y.data());
+        for (int64_t r = 0; r < batch; ++r) {
+          ASSERT_EQ(std::memcmp(alone[start + r].data(), &y[r * p.out], p.out * sizeof(float)), 0)
+              << "batch " << batch << " row " << start + r;
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, GemmTest,
+                         ::testing::Values(DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0),
+                         [](const ::testing::TestParamInfo<DType>& info) {
+                           switch (info.param) {
+                             case DType::kF32:
+                               return "F32";
+                             case DType::kF16:
+                               return "F16";
+                             case DType::kBF16:
+                               return "BF16";
+                             case DType::kQ8_0:
+                               return "Q8_0";
+                           }
+                           return "unknown";
+                         });
+
+// Q8_0 weights holding -128 (not produced by GGML's quantizer but legal in a
+// file): the unsigned absolute value keeps the integer product exact.
+TEST(GemmQ8Test, WeightOfMinus128) {
+  std::vector<uint8_t> w(34, 0);
+  const uint16_t one = FloatToHalf(1.0f);
+  std::memcpy(w.data(), &one, 2);
+  w[2] = 0x80;  // -128
+  w[3] = 0x7f;  // 127
+  std::vector<float> x(32, 0.0f);
+  x[0] = -1.0f;
+  x[1] = 1.0f;
+  float y = 0;
+  for (GemmPath path : Paths()) {
+    MatMul(path, nullptr, x.data(), 1, Weight{w.data(), DType::kQ8_0, 1, 32}, &y);
+    EXPECT_FLOAT_EQ(y, 128.0f + 127.0f) << GemmPathName(path);
+  }
+}
+
+// Not a check: GFLOP/s of each path on a Llama-110M-shaped projection, for
+// tuning (--gtest_also_run_disabled_tests --gtest_filter=*Throughput*).
+TEST(GemmBench, DISABLED_Throughput) {
+  ThreadPool pool(ThreadPool::Options{.num_threads = 2});
+  for (DType type : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0}) {
+    for (int64_t rows : {1, 512}) {
+      Problem p = MakeProblem(type, rows, 2048, 768, 3);
+      std::vector<float> y(rows * p.out);
+      for (GemmPath path : Paths()) {
+        double best = 1e30;
+        for (int rep = 0; rep < 5; ++rep) {
+          const auto t0 = std::chrono::steady_clock::now();
+          const int iters = rows == 1 ? 200 : 2;
+          for (int it = 0; it < iters; ++it) MatMul(path, &pool, p.x.data(), rows, p.w, y.data());
+          best = std::min(
+              best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters);
+        }
+        std::printf("type %d rows %3lld %-14s %8.2f GFLOP/s %8.2f GB/s weights\n", static_cast<int>(type),
+                    static_cast<long long>(rows), GemmPathName(path), 2.0 * rows * p.out * p.in / best / 1e9,
+                    p.wb.size() / best / 1e9);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tandem::kernels::cpu
