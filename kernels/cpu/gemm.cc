@@ -256,22 +256,29 @@ constexpr std::array<std::array<FloatTileFn<L>, kFloatNR>, sizeof...(MR)> FloatT
   return {FloatRow<L, MR + 1>(std::make_integer_sequence<int, kFloatNR>())...};
 }
 
+// Visits the tiles covering weight rows [o_begin, o_end) x tokens [0, rows):
+// token blocks of kTokenBlock, MR-row panels, NR-token groups; fn(tile, o, t)
+// with the table entry for the tile's actual size.
+template <typename Table, typename Fn>
+inline void SweepTiles(const Table& tiles, int64_t mr_max, int64_t nr_max, int64_t rows, int64_t o_begin,
+                       int64_t o_end, Fn fn) {
+  for (int64_t tb = 0; tb < rows; tb += kTokenBlock) {
+    const int64_t te = std::min(rows, tb + kTokenBlock);
+    for (int64_t o = o_begin; o < o_end; o += mr_max) {
+      const int64_t mr = std::min(mr_max, o_end - o);
+      for (int64_t t = tb; t < te; t += nr_max) fn(tiles[mr - 1][std::min(nr_max, te - t) - 1], o, t);
+    }
+  }
+}
+
 template <typename L>
 TANDEM_AVX2 void RangeFloat(const float* x, int64_t rows, const Weight& w, float* out, int64_t o_begin,
                             int64_t o_end) {
   static constexpr auto kTiles = FloatTable<L>(std::make_integer_sequence<int, kFloatMR>());
-  const auto* wt = static_cast<const typename L::T*>(w.data);
-  const int64_t n = w.cols;
-  for (int64_t tb = 0; tb < rows; tb += kTokenBlock) {
-    const int64_t te = std::min(rows, tb + kTokenBlock);
-    for (int64_t o = o_begin; o < o_end; o += kFloatMR) {
-      const int64_t mr = std::min<int64_t>(kFloatMR, o_end - o);
-      for (int64_t t = tb; t < te; t += kFloatNR) {
-        const int64_t nr = std::min<int64_t>(kFloatNR, te - t);
-        kTiles[mr - 1][nr - 1](x + t * n, n, wt + o * n, n, n, out + t * w.rows + o, w.rows);
-      }
-    }
-  }
+  SweepTiles(kTiles, kFloatMR, kFloatNR, rows, o_begin, o_end, [&](auto tile, int64_t o, int64_t t) {
+    tile(x + t * w.cols, w.cols, static_cast<const typename L::T*>(w.data) + o * w.cols, w.cols, w.cols,
+         out + t * w.rows + o, w.rows);
+  });
 }
 
 using Q8TileFn = void (*)(const QuantizedRows&, int64_t, const uint8_t*, int64_t, float*, int64_t);
@@ -289,18 +296,198 @@ constexpr std::array<std::array<Q8TileFn, kQ8NR>, sizeof...(MR)> Q8Table(std::in
 TANDEM_AVX2 void RangeQ8_0(const QuantizedRows& xq, int64_t rows, const Weight& w, float* out,
                            int64_t o_begin, int64_t o_end) {
   static constexpr auto kTiles = Q8Table(std::make_integer_sequence<int, kQ8MR>());
-  const auto* wt = static_cast<const uint8_t*>(w.data);
   const int64_t ldw = DTypeBytes(DType::kQ8_0, w.cols);
-  for (int64_t tb = 0; tb < rows; tb += kTokenBlock) {
-    const int64_t te = std::min(rows, tb + kTokenBlock);
-    for (int64_t o = o_begin; o < o_end; o += kQ8MR) {
-      const int64_t mr = std::min<int64_t>(kQ8MR, o_end - o);
-      for (int64_t t = tb; t < te; t += kQ8NR) {
-        const int64_t nr = std::min<int64_t>(kQ8NR, te - t);
-        kTiles[mr - 1][nr - 1](xq, t, wt + o * ldw, ldw, out + t * w.rows + o, w.rows);
+  SweepTiles(kTiles, kQ8MR, kQ8NR, rows, o_begin, o_end, [&](auto tile, int64_t o, int64_t t) {
+    tile(xq, t, static_cast<const uint8_t*>(w.data) + o * ldw, ldw, out + t * w.rows + o, w.rows);
+  });
+}
+
+// ---------------------------------------------------------------------------
+// AVX-512 path (F, BW, VL, DQ, VNNI): the same scheme with 16-lane
+// accumulators and 32 registers, so larger tiles. Its own lane order, so its
+// results differ from the AVX2 path's by float rounding; a machine runs one.
+
+// GCC 12's AVX-512 headers initialise "undefined" vectors from themselves
+// (_mm512_undefined_*), which -Wuninitialized reports at every use.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#define TANDEM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+
+// The 16 lanes in one fixed order: lane i + lane i+8, then Hsum's order.
+TANDEM_AVX512 inline float Hsum512(__m512 v) {
+  return Hsum(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
+}
+
+struct Load512F32 {
+  using T = float;
+  TANDEM_AVX512 static __m512 Load(const float* p) { return _mm512_loadu_ps(p); }
+  static float One(float v) { return v; }
+};
+struct Load512F16 {
+  using T = uint16_t;
+  TANDEM_AVX512 static __m512 Load(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static float One(uint16_t v) { return HalfToFloat(v); }
+};
+struct Load512BF16 {
+  using T = uint16_t;
+  TANDEM_AVX512 static __m512 Load(const uint16_t* p) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+  }
+  static float One(uint16_t v) { return BF16ToFloat(v); }
+};
+
+template <typename L, int MR, int NR>
+TANDEM_AVX512 void TileFloat512(const float* x, int64_t ldx, const typename L::T* w, int64_t ldw, int64_t n,
+                                float* out, int64_t ldo) {
+  __m512 acc[MR][NR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 16
+    for (int t = 0; t < NR; ++t) acc[i][t] = _mm512_setzero_ps();
+  }
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    __m512 wv[MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) wv[i] = L::Load(w + i * ldw + k);
+#pragma GCC unroll 16
+    for (int t = 0; t < NR; ++t) {
+      const __m512 xv = _mm512_loadu_ps(x + t * ldx + k);
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
+    }
+  }
+  if (k < n) {  // ragged tail: one more FMA on zero-padded vectors
+    alignas(64) float buf[16];
+    __m512 wv[MR];
+    for (int i = 0; i < MR; ++i) {
+      std::fill(buf, buf + 16, 0.0f);
+      for (int64_t j = k; j < n; ++j) buf[j - k] = L::One(w[i * ldw + j]);
+      wv[i] = _mm512_load_ps(buf);
+    }
+    for (int t = 0; t < NR; ++t) {
+      std::fill(buf, buf + 16, 0.0f);
+      std::copy(x + t * ldx + k, x + t * ldx + n, buf);
+      const __m512 xv = _mm512_load_ps(buf);
+      for (int i = 0; i < MR; ++i) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 16
+    for (int t = 0; t < NR; ++t) out[t * ldo + i] = Hsum512(acc[i][t]);
+  }
+}
+
+// Q8_0, two 32-blocks per step: lanes 0-7 take block b, lanes 8-15 block b+1
+// (a lone last block leaves lanes 8-15 zero). The integer products use
+// VNNI's dpbusd on |w| (unsigned) and x negated where w < 0: exact, as AVX2's.
+template <int MR, int NR>
+TANDEM_AVX512 void TileQ8_0_512(const QuantizedRows& xq, int64_t t0, const uint8_t* w, int64_t ldw_bytes,
+                                float* out, int64_t ldo) {
+  __m512 acc[MR][NR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 16
+    for (int t = 0; t < NR; ++t) acc[i][t] = _mm512_setzero_ps();
+  }
+  const int64_t n = xq.nb * kQ8_0BlockElements;
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t b = 0; b < xq.nb; b += 2) {
+    const bool pair = b + 1 < xq.nb;
+    __m512i wabs[MR];
+    __mmask64 wneg[MR];
+    float wd[MR][2];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const uint8_t* blk = w + i * ldw_bytes + b * kQ8_0BlockBytes;
+      uint16_t h;
+      std::memcpy(&h, blk, 2);
+      wd[i][0] = _cvtsh_ss(h);
+      __m256i hi = _mm256_setzero_si256();
+      wd[i][1] = 0.0f;
+      if (pair) {
+        std::memcpy(&h, blk + kQ8_0BlockBytes, 2);
+        wd[i][1] = _cvtsh_ss(h);
+        hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + kQ8_0BlockBytes + 2));
+      }
+      const __m512i wq = _mm512_inserti64x4(
+          _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2))), hi, 1);
+      wabs[i] = _mm512_abs_epi8(wq);
+      wneg[i] = _mm512_movepi8_mask(wq);
+    }
+#pragma GCC unroll 16
+    for (int t = 0; t < NR; ++t) {
+      const int64_t row = t0 + t;
+      const int8_t* xp = xq.q + row * n + b * 32;
+      const __m512i xv =
+          pair ? _mm512_loadu_si512(xp)
+               : _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp)));
+      const float xd0 = xq.d[row * xq.nb + b];
+      const float xd1 = pair ? xq.d[row * xq.nb + b + 1] : 0.0f;
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        const __m512i sx = _mm512_mask_sub_epi8(xv, wneg[i], zero, xv);
+        const __m512i p32 = _mm512_dpbusd_epi32(zero, wabs[i], sx);
+        const __m512 scale =
+            _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(wd[i][0] * xd0), _mm512_set1_ps(wd[i][1] * xd1));
+        acc[i][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(p32), acc[i][t]);
       }
     }
   }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 16
+    for (int t = 0; t < NR; ++t) out[t * ldo + i] = Hsum512(acc[i][t]);
+  }
+}
+
+constexpr int k512MR = 4, k512NR = 6;
+constexpr int k512Q8MR = 4, k512Q8NR = 4;
+
+template <typename L, int MR, int... NR>
+constexpr std::array<FloatTileFn<L>, sizeof...(NR)> Float512Row(std::integer_sequence<int, NR...>) {
+  return {&TileFloat512<L, MR, NR + 1>...};
+}
+
+template <typename L, int... MR>
+constexpr std::array<std::array<FloatTileFn<L>, k512NR>, sizeof...(MR)> Float512Table(
+    std::integer_sequence<int, MR...>) {
+  return {Float512Row<L, MR + 1>(std::make_integer_sequence<int, k512NR>())...};
+}
+
+template <int MR, int... NR>
+constexpr std::array<Q8TileFn, sizeof...(NR)> Q8_512Row(std::integer_sequence<int, NR...>) {
+  return {&TileQ8_0_512<MR, NR + 1>...};
+}
+
+template <int... MR>
+constexpr std::array<std::array<Q8TileFn, k512Q8NR>, sizeof...(MR)> Q8_512Table(
+    std::integer_sequence<int, MR...>) {
+  return {Q8_512Row<MR + 1>(std::make_integer_sequence<int, k512Q8NR>())...};
+}
+
+template <typename L>
+TANDEM_AVX512 void RangeFloat512(const float* x, int64_t rows, const Weight& w, float* out, int64_t o_begin,
+                                 int64_t o_end) {
+  static constexpr auto kTiles = Float512Table<L>(std::make_integer_sequence<int, k512MR>());
+  SweepTiles(kTiles, k512MR, k512NR, rows, o_begin, o_end, [&](auto tile, int64_t o, int64_t t) {
+    tile(x + t * w.cols, w.cols, static_cast<const typename L::T*>(w.data) + o * w.cols, w.cols, w.cols,
+         out + t * w.rows + o, w.rows);
+  });
+}
+
+TANDEM_AVX512 void RangeQ8_0_512(const QuantizedRows& xq, int64_t rows, const Weight& w, float* out,
+                                 int64_t o_begin, int64_t o_end) {
+  static constexpr auto kTiles = Q8_512Table(std::make_integer_sequence<int, k512Q8MR>());
+  const int64_t ldw = DTypeBytes(DType::kQ8_0, w.cols);
+  SweepTiles(kTiles, k512Q8MR, k512Q8NR, rows, o_begin, o_end, [&](auto tile, int64_t o, int64_t t) {
+    tile(xq, t, static_cast<const uint8_t*>(w.data) + o * ldw, ldw, out + t * w.rows + o, w.rows);
+  });
 }
 
 // Per 32-block: d = max|x| / 127, q = round-to-nearest-even(x * 127 / max|x|)
@@ -323,6 +510,13 @@ bool CpuHasAvx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
 
+bool CpuHasAvx512() {
+  __builtin_cpu_init();
+  return CpuHasAvx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vnni");
+}
+
 // Below this many multiply-adds an op runs on the calling thread: waking
 // workers costs more than it saves.
 constexpr int64_t kParallelThreshold = 1 << 15;
@@ -340,34 +534,59 @@ void ForChunks(ThreadPool* pool, int64_t work, int64_t out_cols, int64_t chunk,
 
 }  // namespace
 
+std::vector<GemmPath> SupportedGemmPaths() {
+  std::vector<GemmPath> paths = {GemmPath::kScalar};
+  if (CpuHasAvx2()) paths.push_back(GemmPath::kAvx2);
+  if (CpuHasAvx512()) paths.push_back(GemmPath::kAvx512);
+  return paths;
+}
+
 GemmPath DefaultGemmPath() {
-  static const GemmPath path = CpuHasAvx2() ? GemmPath::kAvx2 : GemmPath::kScalar;
+  static const GemmPath path = SupportedGemmPaths().back();
   return path;
 }
 
-const char* GemmPathName(GemmPath path) { return path == GemmPath::kAvx2 ? "avx2+fma+f16c" : "scalar"; }
+const char* GemmPathName(GemmPath path) {
+  switch (path) {
+    case GemmPath::kScalar:
+      return "scalar";
+    case GemmPath::kAvx2:
+      return "avx2+fma+f16c";
+    case GemmPath::kAvx512:
+      return "avx512+vnni";
+  }
+  return "?";
+}
 
 void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const Weight& w, float* out) {
   const int64_t work = rows * w.rows * w.cols;
   // Weight rows per work item: small for decode (balance), larger for
   // batches (fewer passes over the activations). A multiple of every MR.
   const int64_t chunk = rows <= 4 ? 16 : 64;
+  auto run = [&](auto range) {
+    ForChunks(pool, work, w.rows, path == GemmPath::kScalar ? 16 : chunk, range);
+  };
+  const bool wide = path == GemmPath::kAvx512;
   if (path == GemmPath::kScalar) {
-    ForChunks(pool, work, w.rows, 16, [&](int64_t b, int64_t e) { RangeScalar(x, rows, w, out, b, e); });
+    run([&](int64_t b, int64_t e) { RangeScalar(x, rows, w, out, b, e); });
     return;
   }
   switch (w.dtype) {
     case DType::kF32:
-      ForChunks(pool, work, w.rows, chunk,
-                [&](int64_t b, int64_t e) { RangeFloat<LoadF32>(x, rows, w, out, b, e); });
+      run([&](int64_t b, int64_t e) {
+        wide ? RangeFloat512<Load512F32>(x, rows, w, out, b, e) : RangeFloat<LoadF32>(x, rows, w, out, b, e);
+      });
       return;
     case DType::kF16:
-      ForChunks(pool, work, w.rows, chunk,
-                [&](int64_t b, int64_t e) { RangeFloat<LoadF16>(x, rows, w, out, b, e); });
+      run([&](int64_t b, int64_t e) {
+        wide ? RangeFloat512<Load512F16>(x, rows, w, out, b, e) : RangeFloat<LoadF16>(x, rows, w, out, b, e);
+      });
       return;
     case DType::kBF16:
-      ForChunks(pool, work, w.rows, chunk,
-                [&](int64_t b, int64_t e) { RangeFloat<LoadBF16>(x, rows, w, out, b, e); });
+      run([&](int64_t b, int64_t e) {
+        wide ? RangeFloat512<Load512BF16>(x, rows, w, out, b, e)
+             : RangeFloat<LoadBF16>(x, rows, w, out, b, e);
+      });
       return;
     case DType::kQ8_0: {
       const int64_t nb = w.cols / kQ8_0BlockElements;
@@ -379,7 +598,9 @@ void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const
         QuantizeRow(x + r * w.cols, w.cols, scales.data() + r * nb, quants.data() + r * w.cols);
       }
       const QuantizedRows xq{scales.data(), quants.data(), nb};
-      ForChunks(pool, work, w.rows, chunk, [&](int64_t b, int64_t e) { RangeQ8_0(xq, rows, w, out, b, e); });
+      run([&](int64_t b, int64_t e) {
+        wide ? RangeQ8_0_512(xq, rows, w, out, b, e) : RangeQ8_0(xq, rows, w, out, b, e);
+      });
       return;
     }
   }

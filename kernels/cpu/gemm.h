@@ -3,7 +3,11 @@
 //
 //   cpu::MatMul(cpu::DefaultGemmPath(), &pool, x, rows, w, out);
 //
-// Two paths, one picked per machine at run time (DefaultGemmPath):
+// Three paths, the fastest the machine runs picked at run time
+// (DefaultGemmPath):
+// - kAvx512 (AVX-512 F/BW/VL/DQ + VNNI): the same scheme with 16-lane
+//   accumulators, tiles of 4 x 6 (4 x 4 for Q8_0, two 32-blocks per step,
+//   integer products by vpdpbusd).
 // - kAvx2 (AVX2 + FMA + F16C): register-blocked tiles of 4 weight rows x 3
 //   tokens (2 x 4 for Q8_0), so each weight vector loaded and converted serves
 //   several tokens and each token vector several weight rows. Q8_0 quantizes
@@ -27,15 +31,18 @@
 #define TANDEM_KERNELS_CPU_GEMM_H_
 
 #include <cstdint>
+#include <vector>
 
 #include "common/thread_pool.h"
 #include "kernels/backend.h"
 
 namespace tandem::kernels::cpu {
 
-enum class GemmPath { kScalar, kAvx2 };
+enum class GemmPath { kScalar, kAvx2, kAvx512 };
 
-// The fastest path this CPU supports (asked of the CPU once per process).
+// The paths this CPU can run, slowest first (kScalar always).
+std::vector<GemmPath> SupportedGemmPaths();
+// The fastest of them (asked of the CPU once per process).
 GemmPath DefaultGemmPath();
 const char* GemmPathName(GemmPath path);
 

@@ -59,11 +59,7 @@ std::vector<uint8_t> Encode(const std::vector<float>& f, int64_t rows, int64_t c
   return bytes;
 }
 
-std::vector<GemmPath> Paths() {
-  std::vector<GemmPath> paths = {GemmPath::kScalar};
-  if (DefaultGemmPath() == GemmPath::kAvx2) paths.push_back(GemmPath::kAvx2);
-  return paths;
-}
+std::vector<GemmPath> Paths() { return SupportedGemmPaths(); }
 
 struct Problem {
   int64_t rows, out, in;
@@ -116,36 +112,39 @@ TEST_P(GemmTest, MatchesDoubleReferenceOnEveryPath) {
       for (int64_t o = 0; o < p.out; ++o) {
         double ref = 0, bound = 1e-4;
         for (int64_t i = 0; i < p.in; ++i) ref += double{xr[i]} * p.wr[o * p.in + i];
-        if (type == DType::kQ8_0 && path == GemmPath::kAvx2)
+        if (type == DType::kQ8_0 && path != GemmPath::kScalar) {
           bound += Int8ActivationBound(xr, &p.wr[o * p.in], p.in);
+        }
         EXPECT_NEAR(y[r * p.out + o], ref, bound) << "row " << r << " out " << o;
       }
     }
   }
 }
 
-// The AVX2 path against the scalar (pre-AVX2) one: float weights agree to
-// float rounding of a 131-term sum (FMA vs multiply-then-add).
-TEST_P(GemmTest, Avx2AgreesWithScalar) {
-  if (DefaultGemmPath() != GemmPath::kAvx2) GTEST_SKIP() << "no AVX2+FMA+F16C on this CPU";
+// Each vector path against the scalar (pre-AVX2) one: float weights agree to
+// float rounding of a 131-term sum (FMA vs multiply-then-add, other lane
+// orders); Q8_0 within the int8 activations' bound.
+TEST_P(GemmTest, VectorPathsAgreeWithScalar) {
+  if (Paths().size() == 1) GTEST_SKIP() << "no AVX2+FMA+F16C on this CPU";
   const DType type = GetParam();
   Problem p = MakeProblem(type, 9, 50, type == DType::kQ8_0 ? 256 : 131, 5);
-  std::vector<float> scalar(p.rows * p.out), avx2(p.rows * p.out);
+  std::vector<float> scalar(p.rows * p.out), vec(p.rows * p.out);
   MatMul(GemmPath::kScalar, nullptr, p.x.data(), p.rows, p.w, scalar.data());
-  MatMul(GemmPath::kAvx2, nullptr, p.x.data(), p.rows, p.w, avx2.data());
-  int differ = 0;
-  for (int64_t r = 0; r < p.rows; ++r) {
-    for (int64_t o = 0; o < p.out; ++o) {
-      const int64_t i = r * p.out + o;
-      // Q8_0: the int8 activations' error bound, as above.
-      const double tol =
-          type == DType::kQ8_0 ? Int8ActivationBound(&p.x[r * p.in], &p.wr[o * p.in], p.in) + 1e-4 : 2e-5;
-      EXPECT_NEAR(avx2[i], scalar[i], tol) << i;
-      differ += avx2[i] != scalar[i];
+  for (GemmPath path : Paths()) {
+    if (path == GemmPath::kScalar) continue;
+    SCOPED_TRACE(GemmPathName(path));
+    MatMul(path, nullptr, p.x.data(), p.rows, p.w, vec.data());
+    int differ = 0;
+    for (int64_t r = 0; r < p.rows; ++r) {
+      for (int64_t o = 0; o < p.out; ++o) {
+        const int64_t i = r * p.out + o;
+        const double tol =
+            type == DType::kQ8_0 ? Int8ActivationBound(&p.x[r * p.in], &p.wr[o * p.in], p.in) + 1e-4 : 2e-5;
+        EXPECT_NEAR(vec[i], scalar[i], tol) << i;
+        differ += vec[i] != scalar[i];
+      }
     }
-  }
-  // Guards against the test comparing a path with itself.
-  if (type == DType::kQ8_0) {
+    // Guards against the test comparing a path with itself.
     EXPECT_GT(differ, 0);
   }
 }
