@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -541,8 +542,23 @@ std::vector<GemmPath> SupportedGemmPaths() {
   return paths;
 }
 
+// TANDEM_CPU_GEMM=scalar|avx2|avx512 picks a path (before/after benchmarks
+// in one build); one the CPU lacks falls back to the fastest it has.
+GemmPath PickGemmPath() {
+  const std::vector<GemmPath> paths = SupportedGemmPaths();
+  const char* cap = std::getenv("TANDEM_CPU_GEMM");
+  if (cap != nullptr) {
+    for (GemmPath p : paths) {
+      if (std::strncmp(GemmPathName(p), cap, std::strlen(cap)) == 0) {
+        return p;
+      }
+    }
+  }
+  return paths.back();
+}
+
 GemmPath DefaultGemmPath() {
-  static const GemmPath path = SupportedGemmPaths().back();
+  static const GemmPath path = PickGemmPath();
   return path;
 }
 

@@ -42,7 +42,9 @@ enum class GemmPath { kScalar, kAvx2, kAvx512 };
 
 // The paths this CPU can run, slowest first (kScalar always).
 std::vector<GemmPath> SupportedGemmPaths();
-// The fastest of them (asked of the CPU once per process).
+// The fastest of them (asked of the CPU once per process), unless the
+// environment variable TANDEM_CPU_GEMM names another supported one (scalar,
+// avx2, avx512): for before/after measurements in one build.
 GemmPath DefaultGemmPath();
 const char* GemmPathName(GemmPath path);
 

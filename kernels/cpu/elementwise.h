@@ -1,0 +1,23 @@
+// Element-wise CPU ops with vector paths (AVX2 + FMA), picked with the GEMM
+// path (gemm.h: TANDEM_CPU_GEMM=scalar selects the portable loops for both).
+//
+// Each element's result depends only on that element: a ragged tail runs
+// through the same vector code on a zero-padded copy, so an element computes
+// identically whatever n is and wherever it sits.
+#ifndef TANDEM_KERNELS_CPU_ELEMENTWISE_H_
+#define TANDEM_KERNELS_CPU_ELEMENTWISE_H_
+
+#include <cstdint>
+
+#include "kernels/cpu/gemm.h"
+
+namespace tandem::kernels::cpu {
+
+// out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + exp(-gate[i])) * up[i].
+// The vector paths use llama.cpp's ggml_v_expf (max error about 1.5 ulp);
+// kScalar uses std::exp. out may equal gate.
+void SwiGlu(GemmPath path, const float* gate, const float* up, int64_t n, float* out);
+
+}  // namespace tandem::kernels::cpu
+
+#endif  // TANDEM_KERNELS_CPU_ELEMENTWISE_H_
