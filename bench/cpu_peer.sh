@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Tandem's CPU backend beside llama.cpp on the same random-weight GGUF files
+# (issue #19): prefill of a 512-token prompt and decode after it, 2 threads,
+# alternating runs, best of N, one table with the ratio.
+#
+#   bench/cpu_peer.sh                         # 110m shape, F16 and Q8_0
+#   SHAPES="110m llama-1b" TYPES="f16 bf16 q8_0" REPEATS=3 bench/cpu_peer.sh
+#
+# llama.cpp is built from source outside the tree, in $PEER_DIR (default
+# /work/llama-peer): the npm package node-llama-cpp ships llama.cpp's sources
+# as a git bundle (llama/gitRelease.bundle); only llama-bench and
+# llama-batched-bench are built (-DGGML_NATIVE=ON, so AVX-512 where the CPU
+# has it, nice -n 10, -j2). The GGUF files are written there too
+# (bench/make_peer_gguf.py). Tandem's side is build/bin/cpu_generate_bench,
+# which must be built already (cmake --build build --target cpu_generate_bench).
+#
+# Both programs measure the same things: llama-bench's pp512 (prefill of 512
+# tokens into an empty cache) and tg$DECODE at depth 512 (decode after a
+# 512-token context); cpu_generate_bench prefills a 512-token prompt and then
+# decodes $DECODE tokens. Each figure is the best of $REPEATS runs, the two
+# programs alternating so a busy spell on a shared machine hits both.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PEER_DIR=${PEER_DIR:-/work/llama-peer}
+SHAPES=${SHAPES:-110m}
+TYPES=${TYPES:-f16 q8_0}
+THREADS=${THREADS:-2}
+PROMPT=${PROMPT:-512}
+DECODE=${DECODE:-64}
+REPEATS=${REPEATS:-3}
+TANDEM_BENCH=${TANDEM_BENCH:-$ROOT/build/bin/cpu_generate_bench}
+LLAMA_BENCH=$PEER_DIR/build/bin/llama-bench
+
+case "$PEER_DIR" in
+  "$ROOT"|"$ROOT"/*) echo "PEER_DIR must be outside the repository" >&2; exit 1 ;;
+esac
+[[ -x $TANDEM_BENCH ]] || { echo "build cpu_generate_bench first ($TANDEM_BENCH)" >&2; exit 1; }
+
+build_llama() {
+  mkdir -p "$PEER_DIR"
+  if [[ ! -d $PEER_DIR/llama.cpp ]]; then
+    (cd "$PEER_DIR" && npm pack node-llama-cpp >/dev/null && tar xzf node-llama-cpp-*.tgz &&
+      git clone -q package/llama/gitRelease.bundle llama.cpp)
+  fi
+  nice -n 10 cmake -S "$PEER_DIR/llama.cpp" -B "$PEER_DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >"$PEER_DIR/configure.log"
+  nice -n 10 cmake --build "$PEER_DIR/build" -j2 --target llama-bench llama-batched-bench >"$PEER_DIR/build.log"
+}
+[[ -x $LLAMA_BENCH ]] || build_llama
+LLAMA_COMMIT=$(git -C "$PEER_DIR/llama.cpp" rev-parse --short=10 HEAD)
+LLAMA_TAG=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['tag'])" \
+  "$PEER_DIR/package/llama/llama.cpp.info.json" 2>/dev/null || echo "?")
+
+mkdir -p "$PEER_DIR/models"
+RESULTS=$(mktemp)
+trap 'rm -f "$RESULTS"' EXIT
+
+# One llama-bench run of one test; prints tokens/s.
+llama_tps() {  # file, args...
+  local file=$1
+  shift
+  "$LLAMA_BENCH" -m "$file" -t "$THREADS" -r 1 -o json "$@" 2>/dev/null |
+    python3 -c "import json,sys; print(json.load(sys.stdin)[0]['avg_ts'])"
+}
+
+for shape in $SHAPES; do
+  for type in $TYPES; do
+    file=$PEER_DIR/models/$shape-$type.gguf
+    [[ -f $file ]] || python3 "$ROOT/bench/make_peer_gguf.py" --shape "$shape" --type "$type" --out "$file" >&2
+    for rep in $(seq "$REPEATS"); do
+      echo "# $shape $type run $rep/$REPEATS" >&2
+      t=$("$TANDEM_BENCH" --models "$file" --threads "$THREADS" --prompt-tokens "$PROMPT" \
+        --decode-tokens "$DECODE" --repeats 1 2>/dev/null |
+        python3 -c "import json,sys; r=json.load(sys.stdin)['results'][0]; print(r['prefill_tokens_per_s'], r['decode_tokens_per_s'])")
+      lp=$(llama_tps "$file" -p "$PROMPT" -n 0)
+      lg=$(llama_tps "$file" -p 0 -n "$DECODE" -d "$PROMPT")
+      echo "$shape $type $t $lp $lg" >>"$RESULTS"
+    done
+  done
+done
+
+python3 - "$RESULTS" "$LLAMA_COMMIT" "$LLAMA_TAG" "$THREADS" "$PROMPT" "$DECODE" "$REPEATS" <<'EOF'
+import sys
+path, commit, tag, threads, prompt, decode, repeats = sys.argv[1:]
+best = {}
+for line in open(path):
+    shape, typ, tp, td, lp, ld = line.split()
+    key = (shape, typ)
+    b = best.setdefault(key, [0.0, 0.0, 0.0, 0.0])
+    for i, v in enumerate((tp, td, lp, ld)):
+        b[i] = max(b[i], float(v))
+print(f"llama.cpp {tag} ({commit}), {threads} threads, best of {repeats} alternating runs")
+print()
+print("| shape, weights | phase | Tandem tok/s | llama.cpp tok/s | Tandem / llama.cpp |")
+print("|---|---|---:|---:|---:|")
+for (shape, typ), (tp, td, lp, ld) in best.items():
+    print(f"| {shape}, {typ.upper()} | prefill {prompt} | {tp:,.1f} | {lp:,.1f} | {tp / lp:.2f} |")
+    print(f"| {shape}, {typ.upper()} | decode {decode} after {prompt} | {td:,.1f} | {ld:,.1f} | {td / ld:.2f} |")
+EOF
