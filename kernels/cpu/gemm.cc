@@ -402,24 +402,25 @@ TANDEM_AVX512 void TileQ8_0_512(const QuantizedRows& xq, int64_t t0, const uint8
     const bool pair = b + 1 < xq.nb;
     __m512i wabs[MR];
     __mmask64 wneg[MR];
-    float wd[MR][2];
+    __m512 wd[MR];  // lanes 0-7: block b's scale, 8-15: block b+1's
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const uint8_t* blk = w + i * ldw_bytes + b * kQ8_0BlockBytes;
       uint16_t h;
       std::memcpy(&h, blk, 2);
-      wd[i][0] = _cvtsh_ss(h);
+      const float d0 = _cvtsh_ss(h);
       __m256i hi = _mm256_setzero_si256();
-      wd[i][1] = 0.0f;
+      float d1 = 0.0f;
       if (pair) {
         std::memcpy(&h, blk + kQ8_0BlockBytes, 2);
-        wd[i][1] = _cvtsh_ss(h);
+        d1 = _cvtsh_ss(h);
         hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + kQ8_0BlockBytes + 2));
       }
       const __m512i wq = _mm512_inserti64x4(
           _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2))), hi, 1);
       wabs[i] = _mm512_abs_epi8(wq);
       wneg[i] = _mm512_movepi8_mask(wq);
+      wd[i] = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0), _mm512_set1_ps(d1));
     }
 #pragma GCC unroll 16
     for (int t = 0; t < NR; ++t) {
@@ -428,15 +429,13 @@ TANDEM_AVX512 void TileQ8_0_512(const QuantizedRows& xq, int64_t t0, const uint8
       const __m512i xv =
           pair ? _mm512_loadu_si512(xp)
                : _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp)));
-      const float xd0 = xq.d[row * xq.nb + b];
-      const float xd1 = pair ? xq.d[row * xq.nb + b + 1] : 0.0f;
+      const __m512 xd = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(xq.d[row * xq.nb + b]),
+                                             _mm512_set1_ps(pair ? xq.d[row * xq.nb + b + 1] : 0.0f));
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
         const __m512i sx = _mm512_mask_sub_epi8(xv, wneg[i], zero, xv);
         const __m512i p32 = _mm512_dpbusd_epi32(zero, wabs[i], sx);
-        const __m512 scale =
-            _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(wd[i][0] * xd0), _mm512_set1_ps(wd[i][1] * xd1));
-        acc[i][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(p32), acc[i][t]);
+        acc[i][t] = _mm512_fmadd_ps(_mm512_mul_ps(wd[i], xd), _mm512_cvtepi32_ps(p32), acc[i][t]);
       }
     }
   }
