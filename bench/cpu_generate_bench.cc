@@ -99,7 +99,7 @@ int main(int argc, char** argv) {
     kv.layout = (*m)->config.KvLayoutFor(16);
     kv.num_blocks = (total + 15) / 16;
     void* mem = *backend->Allocate(kv.num_blocks * kv.layout.BlockBytes());
-    kv.base = static_cast<float*>(mem);
+    kv.base = mem;
     std::vector<int32_t> table(kv.num_blocks);
     std::iota(table.begin(), table.end(), 0);
     std::vector<float> logits(vocab);

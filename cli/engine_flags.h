@@ -36,14 +36,25 @@ inline void AddEngineFlags(CLI::App* cmd, int32_t* block_size, int32_t* kv_cache
 
 // Which kernel backend runs the model (kernels/backend_factory.h).
 struct DeviceFlags {
-  std::string device = "auto";  // --device cpu|cuda|auto
-  bool cuda_fp32 = false;       // --cuda-fp32
+  std::string device = "auto";    // --device cpu|cuda|auto|cpu-guarded
+  bool cuda_fp32 = false;         // --cuda-fp32
+  std::string kv_dtype = "auto";  // --kv-dtype f32|bf16|f16|auto
 };
 
 inline void AddDeviceFlags(CLI::App* cmd, DeviceFlags* f) {
-  cmd->add_option("--device", f->device, "Kernel backend: cpu, cuda, or auto (cuda when a GPU is present)")
+  cmd->add_option("--device", f->device,
+                  "Kernel backend: cpu, cuda, or auto (cuda when a GPU is present); cpu-guarded is the CPU "
+                  "backend with its memory unreadable outside backend calls (the GPU's data path, on a CPU)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+      ->envname("TANDEM_DEVICE")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda", "cpu-guarded"}));
+  cmd->add_option(
+         "--kv-dtype", f->kv_dtype,
+         "KV cache element type: f32, bf16, f16, or auto (bf16 on CUDA, f32 on the CPU); the same on "
+         "every worker and store of a cluster")
+      ->capture_default_str()
+      ->envname("TANDEM_KV_DTYPE")
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "f16"}));
   cmd->add_flag("--cuda-fp32", f->cuda_fp32,
                 "CUDA: F32 weights and FP32 GEMMs instead of BF16 (exact checks)");
 }
@@ -72,10 +83,10 @@ inline void AddKvTierFlags(CLI::App* cmd, KvTierFlags* f) {
 }
 
 // The TieredStore the flags ask for, sized for `config`'s blocks of
-// `block_size` tokens; null when --kv-dram-bytes is 0. `remote` (borrowed,
-// may be null) is the shared store below the local tiers.
+// `block_size` tokens of `kv_dtype`; null when --kv-dram-bytes is 0. `remote`
+// (borrowed, may be null) is the shared store below the local tiers.
 inline absl::StatusOr<std::unique_ptr<kvstore::TieredStore>> MakeKvTiers(
-    const KvTierFlags& f, const model::ModelConfig& config, int32_t block_size,
+    const KvTierFlags& f, const model::ModelConfig& config, int32_t block_size, DType kv_dtype,
     std::function<void(const kvstore::TierEvent&)> on_event = nullptr,
     kvstore::RemoteTier* remote = nullptr) {
   if (f.dram_bytes <= 0) {
@@ -85,7 +96,7 @@ inline absl::StatusOr<std::unique_ptr<kvstore::TieredStore>> MakeKvTiers(
   kvstore::TieredStore::Options options;
   options.model_id = config.model_id;
   options.block_tokens = block_size;
-  options.payload_bytes = config.KvLayoutFor(block_size).BlockBytes();
+  options.payload_bytes = config.KvLayoutFor(block_size, kv_dtype).BlockBytes();
   options.dram_bytes = static_cast<size_t>(f.dram_bytes);
   options.ssd_path = f.ssd_path;
   options.ssd_bytes = static_cast<size_t>(f.ssd_bytes);

@@ -122,7 +122,13 @@ int RunPromptsFile(const GenerateFlags& f, model::LoadedModel& m, kernels::Backe
   options.kv_cache_bytes = static_cast<size_t>(f.kv_cache_mb) << 20;
   options.max_running = f.max_running;
   options.max_step_tokens = f.max_step_tokens;
-  auto tiers = MakeKvTiers(f.kv_tiers, llama.config(), f.block_size);
+  auto kv_dtype = kernels::ResolveKvDType(f.device.kv_dtype, backend);
+  if (!kv_dtype.ok()) {
+    std::cerr << "tandem generate: " << kv_dtype.status().message() << "\n";
+    return 1;
+  }
+  options.kv_dtype = *kv_dtype;
+  auto tiers = MakeKvTiers(f.kv_tiers, llama.config(), f.block_size, *kv_dtype);
   if (!tiers.ok()) {
     std::cerr << "tandem generate: KV tiers: " << tiers.status().message() << "\n";
     return 1;
@@ -195,11 +201,6 @@ int RunGenerate(const GenerateFlags& f) {
     return 1;
   }
   std::unique_ptr<kernels::Backend> backend = std::move(*created);
-  if (backend->name() != "cpu" && f.kv_tiers.dram_bytes > 0) {
-    // The tiers copy pool blocks as host memory; a device pool needs staging first.
-    std::cerr << "tandem generate: KV tiers (--kv-dram-bytes) need --device cpu for now\n";
-    return 1;
-  }
   auto llama = model::LlamaModel::Create(m.config, m.weights, backend.get());
   if (!llama.ok()) {
     std::cerr << "tandem generate: " << llama.status().message() << "\n";
@@ -213,6 +214,12 @@ int RunGenerate(const GenerateFlags& f) {
   request.sampling.top_k = f.top_k;
   request.sampling.top_p = f.top_p;
   request.sampling.seed = f.seed;
+  auto kv_dtype = kernels::ResolveKvDType(f.device.kv_dtype, *backend);
+  if (!kv_dtype.ok()) {
+    std::cerr << "tandem generate: " << kv_dtype.status().message() << "\n";
+    return 1;
+  }
+  request.kv_dtype = *kv_dtype;
   auto result = engine::GenerateOne(**llama, *backend, *m.tokenizer, request);
   if (!result.ok()) {
     std::cerr << "tandem generate: " << result.status().message() << "\n";

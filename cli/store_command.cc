@@ -25,6 +25,11 @@ namespace {
 
 constexpr const char* kTag = "tandem store: ";
 
+// The workers' KV element type (--kv-dtype; the flag's check admits only these).
+DType StoreKvDType(const StoreFlags& f) {
+  return f.kv_dtype == "bf16" ? DType::kBF16 : f.kv_dtype == "f16" ? DType::kF16 : DType::kF32;
+}
+
 // The store's tiers, reporting into `kv_events` as tiers DRAM and SSD; their
 // DRAM pool is registered with `transfer` (may be null: gRPC bytes only).
 absl::StatusOr<std::unique_ptr<kvstore::TieredStore>> CreateTiers(const StoreFlags& f,
@@ -34,7 +39,7 @@ absl::StatusOr<std::unique_ptr<kvstore::TieredStore>> CreateTiers(const StoreFla
   kvstore::TieredStore::Options options;
   options.model_id = config.model_id;
   options.block_tokens = f.block_size;
-  options.payload_bytes = config.KvLayoutFor(f.block_size).BlockBytes();
+  options.payload_bytes = config.KvLayoutFor(f.block_size, StoreKvDType(f)).BlockBytes();
   options.dram_bytes = static_cast<size_t>(f.dram_bytes);
   options.ssd_path = f.ssd_path;
   options.ssd_bytes = static_cast<size_t>(f.ssd_bytes);
@@ -99,6 +104,10 @@ void RegisterStore(CLI::App* cmd, StoreFlags* f) {
   cmd->add_option("--block-size", f->block_size, "Tokens per KV block (the workers')")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--kv-dtype", f->kv_dtype, "KV element type (the workers'): f32, bf16 or f16")
+      ->capture_default_str()
+      ->envname("TANDEM_KV_DTYPE")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}));
   cmd->add_option("--dram-bytes", f->dram_bytes, "DRAM tier budget in bytes")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

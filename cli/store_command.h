@@ -33,6 +33,7 @@ struct StoreFlags {
   int32_t port = 0;
   std::string model = "synthetic:tiny";
   int32_t block_size = 16;                    // must equal the workers'
+  std::string kv_dtype = "f32";               // --kv-dtype: must equal the workers'
   int64_t dram_bytes = int64_t{1} << 30;      // --dram-bytes
   std::string ssd_path;                       // --ssd-path; empty: DRAM only
   int64_t ssd_bytes = int64_t{10} << 30;      // --ssd-bytes

@@ -21,6 +21,7 @@
 #include "absl/strings/str_join.h"
 #include "cli/config_merge.h"
 #include "common/status_macros.h"
+#include "kernels/backend_factory.h"
 
 namespace tandem::cli {
 
@@ -62,6 +63,16 @@ void RegisterUp(CLI::App* cmd, UpFlags* f) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--block-size", f->block_size, "Tokens per KV block on every worker")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--device", f->device, "Every worker's kernel backend (see tandem prefill --help)")
+      ->capture_default_str()
+      ->envname("TANDEM_DEVICE")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda", "cpu-guarded"}));
+  cmd->add_option("--kv-dtype", f->kv_dtype,
+                  "KV element type of every worker and the store: f32, bf16, f16, or auto (bf16 when the "
+                  "workers run on CUDA, else f32)")
+      ->capture_default_str()
+      ->envname("TANDEM_KV_DTYPE")
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "f16"}));
   cmd->add_option("--max-running", f->max_running, "Most sequences in a worker's batch")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--kv-dram-bytes", f->kv_dram_bytes, "Host-memory KV tier per worker, bytes (0: no tiers)")
@@ -546,18 +557,27 @@ ChildSpec RouterSpec(const UpFlags& f, const std::string& self, const std::vecto
   return router;
 }
 
+// --kv-dtype for every child: "auto" resolved here, once, as each worker
+// would resolve it (kernels::ResolveKvDType), so the store agrees with them.
+std::string ClusterKvDType(const UpFlags& f) {
+  if (f.kv_dtype != "auto") return f.kv_dtype;
+  const bool cuda = f.device == "cuda" || (f.device == "auto" && kernels::CudaDevicesPresent() > 0);
+  return cuda ? "bf16" : "f32";
+}
+
 // The shared store (--store). Not essential: workers whose store is gone
 // miss and compute.
 ChildSpec StoreSpec(const UpFlags& f, const std::string& self, const std::string& router_address) {
   const std::string ssd_dir = !f.store_ssd_dir.empty() ? f.store_ssd_dir
                               : f.kv_ssd_dir.empty()   ? ""
                                                        : f.kv_ssd_dir + "/store";
-  ChildSpec store{.role = "store",
-                  .name = "store",
-                  .executable = kSelfExe,
-                  .argv = {self, "store", "--router", router_address, "--model", f.model, "--host", f.host,
-                           "--port", "0", "--block-size", absl::StrCat(f.block_size > 0 ? f.block_size : 16),
-                           "--dram-bytes", absl::StrCat(f.store_dram_bytes), "--store-id", "store-0"}};
+  ChildSpec store{
+      .role = "store",
+      .name = "store",
+      .executable = kSelfExe,
+      .argv = {self, "store", "--router", router_address, "--model", f.model, "--host", f.host, "--port", "0",
+               "--block-size", absl::StrCat(f.block_size > 0 ? f.block_size : 16), "--dram-bytes",
+               absl::StrCat(f.store_dram_bytes), "--store-id", "store-0", "--kv-dtype", ClusterKvDType(f)}};
   if (!ssd_dir.empty()) store.argv.insert(store.argv.end(), {"--ssd-path", ssd_dir});
   // `tandem store` takes no --config: only the TLS flags of CommonFlags.
   for (const auto& [flag, value] : {std::pair{"--tls-cert", &f.tls_cert}, std::pair{"--tls-key", &f.tls_key},
@@ -580,7 +600,8 @@ std::vector<ChildSpec> WorkerSpecs(const UpFlags& f, const std::string& self,
                          .name = absl::StrCat(role, " ", i),
                          .executable = kSelfExe,
                          .argv = {self, role, "--router", router_address, "--model", f.model, "--host",
-                                  f.host, "--port", "0", "--threads", absl::StrCat(f.threads)}});
+                                  f.host, "--port", "0", "--threads", absl::StrCat(f.threads), "--device",
+                                  f.device, "--kv-dtype", ClusterKvDType(f)}});
       std::vector<std::string>& argv = workers.back().argv;
       argv.insert(argv.end(), common.begin(), common.end());
       for (const auto& [flag, value] :

@@ -74,6 +74,11 @@ struct UpFlags {
   int32_t kv_cache_mb = 0;
   int32_t block_size = 0;
   int32_t max_running = 0;
+  // --device for every worker; --kv-dtype for every worker and the store,
+  // "auto" resolved once for the whole cluster (bf16 when the workers run
+  // on CUDA, else f32) so the store's blocks match the workers'.
+  std::string device = "auto";
+  std::string kv_dtype = "auto";
   // KV tiers on every worker (cli/engine_flags.h): --kv-dram-bytes and
   // --kv-ssd-bytes passed when > 0; --kv-ssd-dir DIR gives worker i of a
   // role --kv-ssd-path DIR/<role>-<i> (so a restarted cluster finds its

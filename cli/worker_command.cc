@@ -25,6 +25,12 @@ void AddWorkerFlags(CLI::App* cmd, WorkerFlags* f) {
   AddEngineFlags(cmd, &f->block_size, &f->kv_cache_mb, &f->max_running, &f->max_step_tokens,
                  "Tokens per KV block (same on every worker)");
   AddDeviceFlags(cmd, &f->device);
+  cmd->add_option(
+         "--kv-staging-mb", f->kv_staging_mb,
+         "Pinned host memory staging KV in and out of a device pool (--device cuda / cpu-guarded): a "
+         "prefill worker's send buffers, a decode worker's landing slots")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--worker-id", f->worker_id, "Worker id (default: ROLE-HOST-PID)");
   AddKvTierFlags(cmd, &f->kv_tiers);
   cmd->add_option(
@@ -60,6 +66,8 @@ worker::WorkerProcess::Options WorkerOptions(const WorkerFlags& f, const std::st
   o.worker_id = f.worker_id;
   o.device = f.device.device;
   o.cuda_fp32 = f.device.cuda_fp32;
+  o.kv_dtype = f.device.kv_dtype;
+  o.kv_staging_bytes = static_cast<size_t>(f.kv_staging_mb) << 20;
   o.threads = f.threads;
   o.block_size = f.block_size;
   o.kv_cache_bytes = static_cast<size_t>(f.kv_cache_mb) << 20;
@@ -91,6 +99,8 @@ nlohmann::json ReadyLine(const WorkerFlags& f, const worker::WorkerProcess::Info
           {"kv_prefetch", info.kv_prefetch},
           {"kv_store", f.kv_store},
           {"kv_store_transport", info.kv_store_transport},
+          {"device", info.device},
+          {"kv_dtype", info.kv_dtype},
           {"metrics", info.metrics_port >= 0 ? absl::StrFormat("%s:%d", f.host, info.metrics_port) : ""}};
 }
 

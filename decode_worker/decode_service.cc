@@ -6,6 +6,7 @@
 #include <optional>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/logging.h"
 #include "common/metrics.h"
@@ -155,15 +156,13 @@ class DecodeStream final : public grpc::ServerWriteReactor<GenerateResponse> {
 
 absl::Status DecodeStream::StartFromReservation(const tandem::v1::DecodeRequest& r) {
   TANDEM_ASSIGN_OR_RETURN(DecodeService::Reservation reserved, service_->TakeReservation(r.request_id()));
-  if (r.kv_block_crc32c_size() > 0) {
-    const absl::Status verified = service_->CheckTransferredBlocks(r, reserved);
-    if (!verified.ok()) {
-      // A block that fails its checksum: drop the reservation and prefill
-      // the prompt here from its ReserveRequest (same stream for the client).
-      service_->ReleaseReservedAsync(reserved.engine_id);
-      if (verified.code() != absl::StatusCode::kDataLoss) return verified;
-      return StartEngineRequest(ToEngineRequest(service_->NextEngineId(), reserved.request));
-    }
+  const absl::Status landed = service_->LandTransferredBlocks(r, reserved);
+  if (!landed.ok()) {
+    // A block that fails its checksum: drop the reservation and prefill
+    // the prompt here from its ReserveRequest (same stream for the client).
+    service_->ReleaseReservedAsync(reserved.engine_id);
+    if (landed.code() != absl::StatusCode::kDataLoss) return landed;
+    return StartEngineRequest(ToEngineRequest(service_->NextEngineId(), reserved.request));
   }
   return Activate(reserved.engine_id, r.first_token());
 }
@@ -365,16 +364,34 @@ absl::Status DecodeService::ReserveOnEngine(engine::Engine& e, int64_t id,
   const absl::Duration ttl =
       r.reservation_ttl_ms() > 0 ? absl::Milliseconds(r.reservation_ttl_ms()) : options_.reservation_ttl;
   const int32_t cached_blocks = reservation.cached_tokens / options_.block_size;
+  // The ids the prefill worker writes to: pool blocks, or landing slots.
+  std::vector<int32_t> transfer_ids = reservation.block_ids;
+  LandingArea::Slots landing;
+  if (options_.landing != nullptr) {
+    const int32_t prompt_blocks =
+        static_cast<int32_t>((r.prompt_token_ids_size() + options_.block_size - 1) / options_.block_size);
+    absl::StatusOr<LandingArea::Slots> slots =
+        options_.landing->Acquire(std::max(0, prompt_blocks - cached_blocks));
+    if (!slots.ok()) {
+      (void)e.ReleaseReserved(id);
+      return slots.status();
+    }
+    landing = *std::move(slots);
+    for (size_t i = 0; i < landing.ids().size(); ++i) transfer_ids[cached_blocks + i] = landing.ids()[i];
+  }
   {
     absl::MutexLock lock(&mu_);
-    reservations_[r.request_id()] = {id, absl::Now() + ttl, reservation.block_ids, cached_blocks, r};
+    reservations_[r.request_id()] = {id, absl::Now() + ttl, reservation.block_ids, cached_blocks,
+                                     r,  std::move(landing)};
   }
   response->set_request_id(r.request_id());
-  transfer::RegionToProto(options_.ucx_worker_address, options_.kv_region, response->mutable_region());
+  transfer::RegionToProto(options_.ucx_worker_address,
+                          options_.landing != nullptr ? options_.landing->region() : options_.kv_region,
+                          response->mutable_region());
   response->set_block_size(options_.block_size);
   response->set_block_bytes(options_.block_bytes);
   response->set_model_id(options_.model_id);
-  *response->mutable_block_ids() = {reservation.block_ids.begin(), reservation.block_ids.end()};
+  *response->mutable_block_ids() = {transfer_ids.begin(), transfer_ids.end()};
   response->set_cached_blocks(cached_blocks);
   return absl::OkStatus();
 }
@@ -456,12 +473,21 @@ void DecodeService::ExpireReservations(engine::Engine& engine) {
 
 absl::Status DecodeService::CheckTransferredBlocks(const tandem::v1::DecodeRequest& r,
                                                    const Reservation& reserved) {
-  // The reserved blocks are this request's alone until Activate or
-  // ReleaseReserved, and the prefill worker's write completed before the
-  // router sent this call: reading them here races with nothing.
+  // The reserved blocks (or landing slots) are this request's alone until
+  // Activate or ReleaseReserved, and the prefill worker's write completed
+  // before the router sent this call: reading them here races with nothing.
+  std::vector<int32_t> written = reserved.block_ids;
+  const uint8_t* base = reinterpret_cast<const uint8_t*>(options_.kv_region.base_address);
+  if (options_.landing != nullptr) {
+    base = reinterpret_cast<const uint8_t*>(options_.landing->region().base_address);
+    const std::vector<int32_t>& slots = reserved.landing.ids();
+    written.resize(std::min(written.size(), reserved.cached_blocks + slots.size()));
+    for (size_t i = 0; i < slots.size() && reserved.cached_blocks + i < written.size(); ++i) {
+      written[reserved.cached_blocks + i] = slots[i];
+    }
+  }
   const absl::Status verified =
-      VerifyTransferredBlocks(reinterpret_cast<const uint8_t*>(options_.kv_region.base_address),
-                              options_.block_bytes, reserved.block_ids, reserved.cached_blocks,
+      VerifyTransferredBlocks(base, options_.block_bytes, written, reserved.cached_blocks,
                               absl::MakeConstSpan(r.kv_block_crc32c().data(), r.kv_block_crc32c_size()));
   static Counter* const verified_blocks =
       DefaultMetricsRegistry()
@@ -481,6 +507,27 @@ absl::Status DecodeService::CheckTransferredBlocks(const tandem::v1::DecodeReque
                  << "; prefilling it here";
   }
   return verified;
+}
+
+absl::Status DecodeService::LandTransferredBlocks(const tandem::v1::DecodeRequest& r,
+                                                  const Reservation& reserved) {
+  if (r.kv_block_crc32c_size() > 0) TANDEM_RETURN_IF_ERROR(CheckTransferredBlocks(r, reserved));
+  if (options_.landing == nullptr) return absl::OkStatus();
+  // Landing slots -> the reserved pool blocks, before Activate lets the
+  // engine compute on them. Blocking, on this gRPC thread: a reservation's
+  // blocks copy in milliseconds at device copy bandwidth.
+  const std::vector<int32_t>& slots = reserved.landing.ids();
+  std::vector<absl::Span<uint8_t>> pool_blocks;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const int32_t block = reserved.block_ids[reserved.cached_blocks + i];
+    pool_blocks.emplace_back(options_.kv_base + static_cast<size_t>(block) * options_.block_bytes,
+                             options_.block_bytes);
+  }
+  const absl::Status copied = options_.landing->CopyToPool(reserved.landing, pool_blocks);
+  if (!copied.ok()) {
+    return absl::Status(copied.code(), absl::StrCat("copying landed KV into the pool: ", copied.message()));
+  }
+  return absl::OkStatus();
 }
 
 grpc::ServerWriteReactor<GenerateResponse>* DecodeService::Decode(grpc::CallbackServerContext* context,

@@ -55,6 +55,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "decode_worker/landing_area.h"
 #include "engine/engine_runner.h"
 #include "model/tokenizer.h"
 #include "tandem/v1/worker.grpc.pb.h"
@@ -80,8 +81,17 @@ struct DecodeServiceOptions {
   // The engine's KV pool as registered with the transfer engine
   // (TransferEngine::Register). Its base_address is also read here, to
   // verify transferred blocks: the pool memory is borrowed and must stay
-  // registered and valid until the service is destroyed. Required.
+  // registered and valid until the service is destroyed. Required unless
+  // `landing` is set.
   transfer::RegisteredRegion kv_region;
+  // Where the pool is memory the host may not touch (a GPU's; the CPU's
+  // guarded mode): prefill workers write into this area's pinned slots
+  // instead, which are verified there and copied into the pool before the
+  // request joins the batch. Borrowed. Default: null (write the pool).
+  LandingArea* landing = nullptr;
+  // The engine's KV pool (KvCacheView::base, backend memory): where landed
+  // blocks are copied. Required with `landing`.
+  uint8_t* kv_base = nullptr;
   // The transfer engine's TransferEngine::worker_address(), which prefill
   // workers connect to. Required.
   std::string ucx_worker_address;
@@ -138,6 +148,9 @@ class DecodeService final : public tandem::v1::DecodeWorker::CallbackService {
     std::vector<int32_t> block_ids;
     int32_t cached_blocks = 0;
     tandem::v1::ReserveRequest request;
+    // With a landing area: the slots blocks [cached_blocks, cached_blocks +
+    // n) land in, before they are copied to block_ids' pool blocks.
+    LandingArea::Slots landing;
   };
 
   int64_t NextEngineId();
@@ -151,6 +164,10 @@ class DecodeService final : public tandem::v1::DecodeWorker::CallbackService {
   // The transferred blocks of `reserved` checked against the request's
   // CRC32Cs, counted in the worker's metrics.
   absl::Status CheckTransferredBlocks(const tandem::v1::DecodeRequest& request, const Reservation& reserved);
+  // Makes the transferred blocks of `reserved` ready to compute on: checks
+  // them (when the request carries CRC32Cs; DataLoss when one differs), then
+  // copies them from their landing slots into the pool (with a landing area).
+  absl::Status LandTransferredBlocks(const tandem::v1::DecodeRequest& request, const Reservation& reserved);
   // Gives reservation `id`'s blocks back on the engine thread, not waiting.
   void ReleaseReservedAsync(int64_t id);
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 
@@ -32,8 +33,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
         "engine: block_size, max_running and max_step_tokens must be >= 1; "
         "max_prefill_chunk and num_blocks >= 0");
   }
+  if (!kernels::IsKvDType(options.kv_dtype)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("engine: KV dtype %s is not f32, bf16 or f16", DTypeName(options.kv_dtype)));
+  }
   std::unique_ptr<Engine> e(new Engine(options, llama, backend, tokenizer));
-  const kernels::KvLayout layout = llama->config().KvLayoutFor(options.block_size);
+  const kernels::KvLayout layout = llama->config().KvLayoutFor(options.block_size, options.kv_dtype);
   const int32_t num_blocks = options.num_blocks > 0
                                  ? options.num_blocks
                                  : BlockPool::BlocksForBudget(options.kv_cache_bytes, layout);
@@ -42,7 +47,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
                                                       options.kv_cache_bytes, layout.BlockBytes()));
   }
   TANDEM_ASSIGN_OR_RETURN(e->kv_memory_, backend->Allocate(num_blocks * layout.BlockBytes()));
-  e->kv_view_ = kernels::KvCacheView{static_cast<float*>(e->kv_memory_), layout, num_blocks};
+  e->kv_view_ = kernels::KvCacheView{e->kv_memory_, layout, num_blocks};
   BlockPool::Options pool_options;
   pool_options.num_blocks = num_blocks;
   pool_options.block_size = options.block_size;
@@ -64,24 +69,30 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
                           options.tiers->payload_bytes(), layout.BlockBytes()));
     }
     // HBM eviction offers the block to the tiers (after the KV-event hook, if
-    // any). The CPU backend's KV is host memory, so the bytes are copied
-    // straight from the pool; a device backend must stage them through the
-    // backend (device -> pinned host) here instead. A failed Offload (SSD write
+    // any): read in place from a host pool, else copied device -> pinned host
+    // by the engine thread's evict copier (the evicted block is not in use:
+    // Allocate is about to hand it out). A failed copy or Offload (SSD write
     // queue full past put_timeout) drops the block: the tiers are a cache.
+    TANDEM_ASSIGN_OR_RETURN(e->evict_copier_, PoolCopier::Create(backend, layout.BlockBytes()));
     KvTiers* tiers = options.tiers;
-    pool_options.on_evict = [tiers, hbm_events = std::move(pool_options.on_evict)](const EvictedBlock& b) {
+    PoolCopier* copier = e->evict_copier_.get();
+    pool_options.on_evict = [tiers, copier,
+                             hbm_events = std::move(pool_options.on_evict)](const EvictedBlock& b) {
       if (hbm_events) hbm_events(b);
-      if (!b.bytes.empty()) (void)tiers->Offload(b.hash, b.tokens, b.bytes);
+      if (b.bytes.empty()) return;
+      absl::StatusOr<absl::Span<const uint8_t>> host = copier->Read(b.bytes);
+      if (host.ok()) (void)tiers->Offload(b.hash, b.tokens, *host);
     };
     kv_options.tiers = tiers;
-    // Tier hits are copied into pool blocks: the same host-memory caveat
-    // (a device backend copies host -> device).
+    // Tier hits are copied into pool blocks (KvManager's PoolCopiers: in
+    // place, or host -> device).
+    kv_options.backend = backend;
     kv_options.block_memory = [raw](int32_t block) {
       return absl::Span<uint8_t>(reinterpret_cast<uint8_t*>(raw->kv_view_.Block(block)),
                                  raw->kv_view_.layout.BlockBytes());
     };
-    // The loader thread writes into those spans (host memory here; a device
-    // backend needs an asynchronous host -> device copy on its own stream).
+    // The loader thread copies on its own copy stream, overlapping the
+    // engine's compute.
     kv_options.async_tier_loads = options.async_tier_loads;
     kv_options.tier_load_hook = options.tier_load_hook;
   }
@@ -276,6 +287,13 @@ absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
   logits_.resize(static_cast<size_t>(vocab) * std::max<size_t>(1, step_logit_rows_.size()));
   model::ForwardBatch batch{step_tokens_, step_positions_, step_slots_, step_seqs_, step_logit_rows_};
   TANDEM_RETURN_IF_ERROR(llama_->Forward(batch, kv_view_, logits_.data()));
+  // A device fault anywhere in the step (the backend's sticky error) fails
+  // the step, and with it every request in it, before a token is sampled
+  // from logits it produced.
+  if (absl::Status device = backend_->status(); !device.ok()) {
+    return absl::Status(device.code(),
+                        absl::StrCat("backend ", std::string(backend_->name()), ": ", device.message()));
+  }
   ++stats_.steps;
   if (!loading_.empty()) ++stats_.steps_with_tier_loads;
   CommitComputed(plan);

@@ -76,6 +76,10 @@ struct EngineOptions {
   size_t kv_cache_bytes = size_t{256} << 20;
   // Exact number of KV blocks (tests, tight pools). Default: 0 (use bytes).
   int32_t num_blocks = 0;
+  // Element type of the KV pool: kF32, kBF16 or kF16 (kernels/kv_layout.h).
+  // Every process that exchanges this engine's blocks (transfers, tiers, the
+  // shared store) must use the same. Default: kF32.
+  DType kv_dtype = DType::kF32;
   // Most sequences in the running batch. Default: 64.
   int32_t max_running = 64;
   // Most token rows in one forward pass (decode rows plus prefill chunks).
@@ -286,6 +290,8 @@ class Engine {
 
   void* kv_memory_ = nullptr;
   kernels::KvCacheView kv_view_;
+  // The engine thread's copier for blocks evicted to the tiers (with tiers).
+  std::unique_ptr<PoolCopier> evict_copier_;
   std::unique_ptr<BlockPool> pool_;
   std::unique_ptr<KvManager> kv_;
 

@@ -12,6 +12,7 @@
 #include "kernels/backend.h"
 #include "model/loader.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/device.h"
 #include "tests/testing/status_matchers.h"
 
 namespace tandem::engine {
@@ -31,7 +32,7 @@ class EngineTest : public ::testing::Test {
     auto m = model::LoadModel(spec);
     ASSERT_OK(m);
     model_ = std::move(*m);
-    backend_ = kernels::CreateCpuBackend({.num_threads = 2});
+    backend_ = ::tandem::testing::TestBackend(2);
     auto l = model::LlamaModel::Create(model_->config, model_->weights, backend_.get());
     ASSERT_OK(l);
     llama_ = std::move(*l);

@@ -36,11 +36,11 @@ absl::StatusOr<GenerateResult> GenerateOne(model::LlamaModel& llama, kernels::Ba
 
   // A private KV region for this one sequence, in the paged layout.
   kernels::KvCacheView kv;
-  kv.layout = config.KvLayoutFor(request.block_size);
+  kv.layout = config.KvLayoutFor(request.block_size, request.kv_dtype);
   kv.num_blocks = static_cast<int32_t>((total + request.block_size - 1) / request.block_size);
   TANDEM_ASSIGN_OR_RETURN(void* kv_memory, backend.Allocate(kv.num_blocks * kv.layout.BlockBytes()));
   absl::Cleanup free_kv = [&] { backend.Free(kv_memory); };
-  kv.base = static_cast<float*>(kv_memory);
+  kv.base = kv_memory;
   std::vector<int32_t> block_table(kv.num_blocks);
   std::iota(block_table.begin(), block_table.end(), 0);
 

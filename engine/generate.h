@@ -29,6 +29,8 @@ struct GenerateRequest {
   bool stop_at_eos = true;
   // Tokens per KV block. Default: 16.
   int32_t block_size = 16;
+  // The KV cache's element type (kernels/kv_layout.h). Default: F32.
+  DType kv_dtype = DType::kF32;
 };
 
 enum class FinishReason { kLength, kStop };

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/status_macros.h"
 
 namespace tandem::engine {
 
@@ -34,7 +35,22 @@ absl::StatusOr<std::unique_ptr<KvManager>> KvManager::Create(const Options& opti
                        " tokens of '", options.model_id, "'"));
     }
   }
-  return std::unique_ptr<KvManager>(new KvManager(options, pool, pool->block_size()));
+  std::unique_ptr<KvManager> manager(new KvManager(options, pool, pool->block_size()));
+  if (options.tiers != nullptr) {
+    // One copier per thread that copies: this one for the engine thread, one
+    // for the loader's.
+    const size_t bytes = options.tiers->payload_bytes();
+    TANDEM_ASSIGN_OR_RETURN(manager->sync_copier_, PoolCopier::Create(options.backend, bytes));
+    if (options.async_tier_loads) {
+      TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<PoolCopier> copier, PoolCopier::Create(options.backend, bytes));
+      manager->loader_ =
+          std::make_unique<TierLoader>(manager->tiers_,
+                                       TierLoader::Options{.max_queued_jobs = options.max_queued_tier_loads,
+                                                           .hook = options.tier_load_hook},
+                                       std::move(copier));
+    }
+  }
+  return manager;
 }
 
 KvManager::KvManager(const Options& options, BlockPool* pool, int32_t block_size)
@@ -44,13 +60,7 @@ KvManager::KvManager(const Options& options, BlockPool* pool, int32_t block_size
       pool_(pool),
       tiers_(options.tiers),
       block_memory_(options.block_memory),
-      tier_load_hook_(options.tier_load_hook) {
-  if (tiers_ != nullptr && options.async_tier_loads) {
-    loader_ = std::make_unique<TierLoader>(
-        tiers_, TierLoader::Options{.max_queued_jobs = options.max_queued_tier_loads,
-                                    .hook = options.tier_load_hook});
-  }
-}
+      tier_load_hook_(options.tier_load_hook) {}
 
 KvManager::~KvManager() {
   loader_.reset();  // no copy runs into a block after this
@@ -105,13 +115,18 @@ absl::StatusOr<int32_t> KvManager::StartSequence(int64_t seq_id, absl::Span<cons
     // out of a small DRAM tier.
     const int32_t index = sync_result.requested++;
     if (tier_load_hook_) tier_load_hook_(seq_id, index, hash);
-    const absl::StatusOr<KvTierSource> tier = tiers_->Load(hash, tokens, block_memory_(*block));
-    if (!tier.ok()) {  // evicted meanwhile, a collision, or corrupt: compute it instead
-      sync_result.error = tier.status();
+    KvTierSource source = KvTierSource::kDram;
+    const absl::Status loaded = sync_copier_->Write(block_memory_(*block), [&](absl::Span<uint8_t> host) {
+      absl::StatusOr<KvTierSource> tier = tiers_->Load(hash, tokens, host);
+      if (tier.ok()) source = *tier;
+      return tier.status();
+    });
+    if (!loaded.ok()) {  // evicted meanwhile, a collision, or corrupt: compute it instead
+      sync_result.error = loaded;
       return false;
     }
     ++sync_result.loaded;
-    ++(*tier == KvTierSource::kDram ? sync_result.dram : sync_result.ssd);
+    ++(source == KvTierSource::kDram ? sync_result.dram : sync_result.ssd);
     return true;
   };
   WalkPrefix(prompt_tokens, in_pool, in_tiers);
@@ -134,7 +149,8 @@ absl::StatusOr<int32_t> KvManager::StartSequence(int64_t seq_id, absl::Span<cons
   }
   // The loader's queue is full: copy here, now (a failed Submit left `job` intact).
   stats_.sync_load_blocks += num_loads;
-  return FinishLoads(seq_id, seq, TierLoader::Run(tiers_, job, tier_load_hook_, {})).cached_tokens;
+  return FinishLoads(seq_id, seq, TierLoader::Run(tiers_, sync_copier_.get(), job, tier_load_hook_, {}))
+      .cached_tokens;
 }
 
 KvManager::LoadDone KvManager::FinishLoads(int64_t seq_id, Sequence& seq, const TierLoader::Result& result) {

@@ -113,11 +113,14 @@ class KvManager {
     // payload_bytes must match the pool's blocks. Default: null.
     KvTiers* tiers = nullptr;
 
-    // Writable KV bytes of a pool block (host memory), where tier hits are
-    // copied. Required with tiers. For a device backend this must become a
-    // backend copy (host -> device) instead of a host span.
+    // The KV bytes of a pool block, where tier hits are copied: an address
+    // and length in `backend`'s memory, written through a PoolCopier (in
+    // place when the host may touch it). Required with tiers.
     // Default: empty.
     std::function<absl::Span<uint8_t>(int32_t block_id)> block_memory;
+    // The backend whose memory block_memory points into; null: host memory
+    // (bookkeeping tests). Borrowed; must outlive the manager. Default: null.
+    kernels::Backend* backend = nullptr;
 
     // Tier hits are copied by a background loader instead of inside
     // StartSequence (see "Tiers" in the header comment). Only with tiers.
@@ -302,6 +305,8 @@ class KvManager {
   KvTiers* const tiers_;   // borrowed, may be null
   const std::function<absl::Span<uint8_t>(int32_t)> block_memory_;
   const TierLoader::Hook tier_load_hook_;
+  // The engine thread's copier for synchronous tier loads; set with tiers.
+  std::unique_ptr<PoolCopier> sync_copier_;
   absl::flat_hash_map<int64_t, Sequence> seqs_;
   int32_t num_loading_ = 0;
   Stats stats_;

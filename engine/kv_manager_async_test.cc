@@ -161,9 +161,14 @@ TEST(TierLoaderTest, NoWriteAfterCancelAndNoResult) {
       FakeKvTiers::Options{.model_id = "test-model", .block_tokens = kTokens, .payload_bytes = kPayload});
   for (BlockHash h = 1; h <= 4; ++h) ASSERT_OK(store->Insert(h, TokensOf(h), PayloadOf(h)));
   Gate gate;
-  TierLoader loader(store.get(), {.max_queued_jobs = 1, .hook = [&](int64_t id, int32_t index, BlockHash) {
-                                    if (id == 1 && index == 0) gate.Enter();
-                                  }});
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<PoolCopier> copier, PoolCopier::Create(nullptr, kPayload));
+  TierLoader loader(store.get(),
+                    {.max_queued_jobs = 1,
+                     .hook =
+                         [&](int64_t id, int32_t index, BlockHash) {
+                           if (id == 1 && index == 0) gate.Enter();
+                         }},
+                    std::move(copier));
   absl::Cleanup release = [&] { gate.Release(); };
   std::vector<std::vector<uint8_t>> bufs(4, std::vector<uint8_t>(kPayload, 0));
   TierLoader::Job job1{.id = 1, .loads = {}};

@@ -5,7 +5,8 @@
 
 namespace tandem::engine {
 
-TierLoader::TierLoader(KvTiers* tiers, Options options) : tiers_(tiers), options_(std::move(options)) {
+TierLoader::TierLoader(KvTiers* tiers, Options options, std::unique_ptr<PoolCopier> copier)
+    : tiers_(tiers), options_(std::move(options)), copier_(std::move(copier)) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -20,7 +21,7 @@ TierLoader::~TierLoader() {
   if (thread_.joinable()) thread_.join();
 }
 
-TierLoader::Result TierLoader::Run(KvTiers* tiers, const Job& job, const Hook& hook,
+TierLoader::Result TierLoader::Run(KvTiers* tiers, PoolCopier* copier, const Job& job, const Hook& hook,
                                    const std::function<bool()>& stop) {
   Result r;
   r.id = job.id;
@@ -32,13 +33,18 @@ TierLoader::Result TierLoader::Run(KvTiers* tiers, const Job& job, const Hook& h
     }
     const Load& load = job.loads[i];
     if (hook) hook(job.id, static_cast<int32_t>(i), load.hash);
-    const absl::StatusOr<KvTierSource> tier = tiers->Load(load.hash, load.tokens, load.dst);
-    if (!tier.ok()) {
-      r.error = tier.status();
+    KvTierSource source = KvTierSource::kDram;
+    const absl::Status loaded = copier->Write(load.dst, [&](absl::Span<uint8_t> host) {
+      absl::StatusOr<KvTierSource> tier = tiers->Load(load.hash, load.tokens, host);
+      if (tier.ok()) source = *tier;
+      return tier.status();
+    });
+    if (!loaded.ok()) {
+      r.error = loaded;
       break;
     }
     ++r.loaded;
-    ++(*tier == KvTierSource::kDram ? r.dram : r.ssd);
+    ++(source == KvTierSource::kDram ? r.dram : r.ssd);
   }
   return r;
 }
@@ -54,7 +60,7 @@ void TierLoader::Loop() {
     cancel_active_ = false;
     lock.unlock();
     // The stop check takes the lock once per block: cheap next to the copy.
-    Result r = Run(tiers_, job, options_.hook, [this] {
+    Result r = Run(tiers_, copier_.get(), job, options_.hook, [this] {
       std::lock_guard<std::mutex> l(mu_);
       return cancel_active_ || stop_;
     });

@@ -5,7 +5,7 @@
 //   TierLoader loader(tiers, {.max_queued_jobs = 64});
 //   TierLoader::Job job{.id = seq_id, .loads = {{hash, tokens, block_bytes}, ...}};
 //   if (!loader.Submit(std::move(job))) {  // queue full: `job` is untouched
-//     TierLoader::Result r = TierLoader::Run(tiers, job, hook, {});  // copy on this thread
+//     TierLoader::Result r = TierLoader::Run(tiers, copier, job, hook, {});  // copy on this thread
 //   }
 //   ... each engine step: for (const TierLoader::Result& r : loader.Poll()) { ... }
 //   loader.Cancel(seq_id);  // before the job's destination blocks are reused
@@ -50,6 +50,7 @@
 #include "absl/types/span.h"
 #include "common/block_hash.h"
 #include "engine/kv_tiers.h"
+#include "engine/pool_copier.h"
 
 namespace tandem::engine {
 
@@ -72,7 +73,7 @@ class TierLoader {
   struct Load {
     BlockHash hash = 0;
     std::vector<int32_t> tokens;  // the block's tokens (block_tokens of the tiers)
-    absl::Span<uint8_t> dst;      // payload_bytes of the tiers
+    absl::Span<uint8_t> dst;      // the pool block (backend memory), payload_bytes of the tiers
   };
 
   struct Job {
@@ -89,8 +90,9 @@ class TierLoader {
     absl::Status error;     // the first failure; OK when loaded == requested
   };
 
-  // `tiers` is borrowed and must outlive the loader. Starts the thread.
-  TierLoader(KvTiers* tiers, Options options);
+  // `tiers` is borrowed and must outlive the loader; `copier` (this
+  // thread's own) moves each loaded block into the pool. Starts the thread.
+  TierLoader(KvTiers* tiers, Options options, std::unique_ptr<PoolCopier> copier);
   ~TierLoader();
   TierLoader(const TierLoader&) = delete;
   TierLoader& operator=(const TierLoader&) = delete;
@@ -114,15 +116,18 @@ class TierLoader {
   int32_t outstanding() const;
 
   // Runs `job` on the calling thread (the synchronous path): the same loads,
-  // hook and stop-at-first-failure as the loader thread. `stop`, if set, is
-  // asked before each load; true ends the job there.
-  static Result Run(KvTiers* tiers, const Job& job, const Hook& hook, const std::function<bool()>& stop);
+  // hook and stop-at-first-failure as the loader thread, through the calling
+  // thread's `copier`. `stop`, if set, is asked before each load; true ends
+  // the job there.
+  static Result Run(KvTiers* tiers, PoolCopier* copier, const Job& job, const Hook& hook,
+                    const std::function<bool()>& stop);
 
  private:
   void Loop();
 
   KvTiers* const tiers_;
   const Options options_;
+  const std::unique_ptr<PoolCopier> copier_;
 
   mutable std::mutex mu_;
   std::condition_variable work_cv_;  // loader: a job or stop

@@ -9,7 +9,12 @@
 //
 // Memory: pointers passed to the ops are in the backend's memory (host memory
 // for the CPU backend, device memory for CUDA). Allocate/CopyToHost/CopyFromHost
-// move data across that boundary.
+// move data across that boundary on the compute thread; a CopyStream moves it
+// from any other thread while the compute thread runs ops. Where
+// host_accessible() is false (CUDA, and the CPU backend's guarded mode, whose
+// memory is mapped PROT_NONE outside backend calls so a stray host access
+// crashes), nothing outside the backend may dereference backend memory: KV
+// leaves and enters it through pinned host staging (AllocatePinnedHost).
 //
 // Determinism: every op computes each output element with a reduction order
 // that depends only on that element's inputs, never on the batch size, the
@@ -26,7 +31,9 @@
 #include <memory>
 #include <string_view>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/dtype.h"
 #include "kernels/kv_layout.h"
@@ -59,6 +66,25 @@ struct AttentionSequence {
   absl::Span<const int32_t> block_table;
 };
 
+// A queue of copies between backend memory and host memory, apart from the
+// compute ops (CUDA: its own stream, so copies overlap kernels; CPU: done at
+// once). Copies run in the order queued. Both sides must stay valid, and the
+// source unchanged, until Synchronize returns. The caller keeps backend memory
+// it copies out of or into away from concurrent ops (e.g. blocks it holds).
+//
+// Thread safety: one stream is used by one thread at a time; different
+// streams and the compute thread's ops may run at once.
+class CopyStream {
+ public:
+  virtual ~CopyStream() = default;
+  virtual void ToHost(const void* src, size_t bytes, void* host_dst) = 0;
+  virtual void FromHost(const void* host_src, size_t bytes, void* dst) = 0;
+  // Waits until every queued copy is done. The first failed copy's error
+  // (sticky for the stream); DeadlineExceeded if they are not done by then
+  // (the copies stay queued: call again before touching their memory).
+  virtual absl::Status Synchronize(absl::Time deadline) = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -75,6 +101,21 @@ class Backend {
   virtual void CopyFromHost(const void* host_src, size_t bytes, void* dst) = 0;
   // Copy within backend memory.
   virtual void Copy(const void* src, size_t bytes, void* dst) = 0;
+
+  // Whether code outside the backend may dereference backend memory (the
+  // plain CPU backend: it is ordinary host memory). When false, only backend
+  // calls touch it (see "Memory" above).
+  virtual bool host_accessible() const = 0;
+  // A new copy queue (see CopyStream). Any thread.
+  virtual absl::StatusOr<std::unique_ptr<CopyStream>> CreateCopyStream() = 0;
+  // Zeroed host memory that copy streams move to and from at full speed and
+  // UCX can register: page-locked on CUDA (cudaHostAlloc), ordinary memory on
+  // the CPU. Any thread. ResourceExhausted when it cannot be had.
+  virtual absl::StatusOr<void*> AllocatePinnedHost(size_t bytes) = 0;
+  virtual void FreePinnedHost(void* ptr) = 0;
+  // The first error an op hit (a device fault), OK if none: sticky, so a
+  // caller that checks it once per step learns of any failure in the step.
+  virtual absl::Status status() const { return absl::OkStatus(); }
 
   // Makes a host-resident weight usable by this backend. The CPU backend uses
   // the host memory in place (the result borrows `host`, e.g. an mmap);
@@ -138,6 +179,14 @@ struct CpuBackendOptions {
 };
 
 std::unique_ptr<Backend> CreateCpuBackend(const CpuBackendOptions& options);
+
+// The CPU backend in guarded mode, the proof that the rest of the process
+// treats backend memory as a device's: every Allocate'd buffer is its own
+// mapping, PROT_NONE except while a backend call (an op, a copy) runs, so any
+// host access from outside the backend faults. host_accessible() is false.
+// Ops are bit-identical to CreateCpuBackend's. (Accesses from another thread
+// during a backend call are not caught: the mapping is open for that call.)
+std::unique_ptr<Backend> CreateGuardedCpuBackend(const CpuBackendOptions& options);
 
 }  // namespace tandem::kernels
 

@@ -334,7 +334,8 @@ void RunAttentionCase(Backend* cpu, Backend* backend, std::mt19937& rng, const s
   float* out = dev.Poisoned(want.size());
   backend->PagedAttention(dev.Upload(q), dev_kv, layer, num_heads, seqs, scale, out);
   // WriteKv is a copy: the pools must be bit-identical.
-  EXPECT_EQ(dev.Download(dev_kv.base, pool_floats), cpu_pool) << "KV pool after WriteKv differs";
+  EXPECT_EQ(dev.Download(static_cast<const float*>(dev_kv.base), pool_floats), cpu_pool)
+      << "KV pool after WriteKv differs";
   // Outputs are convex combinations of V values in [-1, 1].
   ExpectClose(dev.Download(out, want.size()), want, 2e-5, 1e-4);
 }

@@ -225,6 +225,12 @@ class NoFreqFactorsBackend : public kernels::Backend {
   }
   void SwiGlu(const float* g, const float* u, int64_t n, float* out) override { cpu_->SwiGlu(g, u, n, out); }
   void Add(float* x, const float* y, int64_t n) override { cpu_->Add(x, y, n); }
+  bool host_accessible() const override { return true; }
+  absl::StatusOr<std::unique_ptr<kernels::CopyStream>> CreateCopyStream() override {
+    return cpu_->CreateCopyStream();
+  }
+  absl::StatusOr<void*> AllocatePinnedHost(size_t bytes) override { return cpu_->AllocatePinnedHost(bytes); }
+  void FreePinnedHost(void* p) override { cpu_->FreePinnedHost(p); }
 
  private:
   std::unique_ptr<kernels::Backend> cpu_ = kernels::CreateCpuBackend({.num_threads = 1});

@@ -52,8 +52,10 @@ struct ModelConfig {
   // divide heads, rope dims even and <= head_dim, llama3 rope_scaling factors
   // positive with high_freq_factor > low_freq_factor).
   absl::Status Validate() const;
-  kernels::KvLayout KvLayoutFor(int32_t block_size) const {
-    return kernels::KvLayout{num_layers, num_kv_heads, head_dim, block_size};
+  // The KV pool's shape for this model; `kv_dtype` must satisfy
+  // kernels::IsKvDType.
+  kernels::KvLayout KvLayoutFor(int32_t block_size, DType kv_dtype = DType::kF32) const {
+    return kernels::KvLayout{num_layers, num_kv_heads, head_dim, block_size, kv_dtype};
   }
 };
 

@@ -5,9 +5,11 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "common/metrics.h"
+#include "common/status_macros.h"
 #include "kvstore/block_format.h"
 #include "proto/grpc_status.h"
 #include "proto/sampling_defaults.h"
@@ -201,25 +203,46 @@ absl::Status PrefillCall::WriteBlocks(absl::Span<const int32_t> held_blocks) {
   // are immutable cache entries, the partial last one belongs to this request.
   const PrefillServiceOptions& options = service_->options_;
   const tandem::v1::KvReservation& res = request_.reservation();
-  std::vector<transfer::WriteRequest> writes;
-  for (int64_t i = res.cached_blocks(); i < PromptBlocks(request_, options.block_size); ++i) {
-    writes.push_back({options.kv_base + static_cast<uint64_t>(held_blocks[i]) * options.block_bytes,
-                      static_cast<uint64_t>(res.block_ids(i)) * res.block_bytes(), options.block_bytes});
+  const int64_t first = res.cached_blocks();
+  const int64_t end = PromptBlocks(request_, options.block_size);
+  if (first >= end) return absl::OkStatus();
+  TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<engine::PoolCopier> copier, service_->AcquireCopier());
+  const transfer::RemoteRegion region =
+      transfer::RegionFromProto(res.region(), "decode reservation " + request_.request_id());
+  const absl::Time deadline = std::min(deadline_, absl::Now() + options.transfer_timeout);
+  absl::Status sent;
+  // Batches of at most the copier's staging capacity (all at once when the
+  // pool is host memory): stage, checksum, write.
+  for (int64_t begin = first; begin < end && sent.ok();) {
+    const int64_t stop = std::min<int64_t>(end, begin + copier->capacity());
+    std::vector<absl::Span<const uint8_t>> pool_blocks;
+    for (int64_t i = begin; i < stop; ++i) {
+      pool_blocks.emplace_back(options.kv_base + static_cast<uint64_t>(held_blocks[i]) * options.block_bytes,
+                               options.block_bytes);
+    }
+    absl::StatusOr<std::vector<absl::Span<const uint8_t>>> host = copier->ReadBlocks(pool_blocks);
+    if (!host.ok()) {
+      sent = absl::Status(host.status().code(), absl::StrCat("staging KV blocks: ", host.status().message()));
+      break;
+    }
+    std::vector<transfer::WriteRequest> writes;
+    for (int64_t i = begin; i < stop; ++i) {
+      const absl::Span<const uint8_t> bytes = (*host)[i - begin];
+      // The checksums travel with the blocks (issue #6: integrity end to
+      // end): the decode worker verifies what landed against what was sent.
+      response_->add_kv_block_crc32c(kvstore::Crc32c(bytes));
+      writes.push_back(
+          {bytes.data(), static_cast<uint64_t>(res.block_ids(i)) * res.block_bytes(), bytes.size()});
+    }
+    sent = service_->transfer_->Write(region, writes, deadline);
+    if (!sent.ok()) {
+      sent = absl::AbortedError(absl::StrFormat("transfer to decode worker failed: %s", sent.message()));
+    }
+    begin = stop;
   }
-  // The checksums travel with the blocks (issue #6: integrity end to end):
-  // the decode worker verifies what landed against what was sent.
-  for (const transfer::WriteRequest& w : writes) {
-    response_->add_kv_block_crc32c(
-        kvstore::Crc32c(absl::MakeConstSpan(static_cast<const uint8_t*>(w.local), w.bytes)));
-  }
-  if (writes.empty()) return absl::OkStatus();
-  const absl::Status sent = service_->transfer_->Write(
-      transfer::RegionFromProto(res.region(), "decode reservation " + request_.request_id()), writes,
-      std::min(deadline_, absl::Now() + options.transfer_timeout));
-  if (!sent.ok()) {
-    return absl::AbortedError(absl::StrFormat("transfer to decode worker failed: %s", sent.message()));
-  }
-  response_->set_transferred_bytes(writes.size() * options.block_bytes);
+  service_->ReturnCopier(std::move(copier));
+  TANDEM_RETURN_IF_ERROR(sent);
+  response_->set_transferred_bytes((end - first) * options.block_bytes);
   return absl::OkStatus();
 }
 
@@ -246,13 +269,33 @@ absl::Status PrefillService::CheckReservation(const tandem::v1::PrefillRequest& 
   if (res.block_ids_size() < blocks || res.cached_blocks() < 0 || res.cached_blocks() > blocks) {
     return absl::InvalidArgumentError("reservation: block_ids do not cover the prompt");
   }
-  for (int64_t i = 0; i < blocks; ++i) {
+  // Only the blocks this worker writes must lie in the region: the decode
+  // worker's cached ones stay where they are (and, when it stages through
+  // landing slots, are named by pool ids the region does not cover).
+  for (int64_t i = res.cached_blocks(); i < blocks; ++i) {
     const uint64_t end = (static_cast<uint64_t>(res.block_ids(i)) + 1) * res.block_bytes();
     if (res.block_ids(i) < 0 || end > res.region().bytes()) {
       return absl::InvalidArgumentError("reservation: block id outside the region");
     }
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<engine::PoolCopier>> PrefillService::AcquireCopier() {
+  {
+    absl::MutexLock lock(&copiers_mu_);
+    if (!idle_copiers_.empty()) {
+      std::unique_ptr<engine::PoolCopier> copier = std::move(idle_copiers_.back());
+      idle_copiers_.pop_back();
+      return copier;
+    }
+  }
+  return engine::PoolCopier::Create(options_.backend, options_.block_bytes, options_.staging_blocks);
+}
+
+void PrefillService::ReturnCopier(std::unique_ptr<engine::PoolCopier> copier) {
+  absl::MutexLock lock(&copiers_mu_);
+  idle_copiers_.push_back(std::move(copier));
 }
 
 void PrefillService::ReleaseHeldAsync(int64_t id) {

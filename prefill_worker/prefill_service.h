@@ -38,8 +38,10 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "engine/engine_runner.h"
+#include "engine/pool_copier.h"
 #include "prefill_worker/send_queue.h"
 #include "tandem/v1/worker.grpc.pb.h"
 #include "transfer/transfer_engine.h"
@@ -58,10 +60,19 @@ struct PrefillServiceOptions {
   // Bytes per KV block in the pool (KvCacheLayout::BlockBytes()); must equal
   // the decode worker's. Required.
   uint64_t block_bytes = 0;
-  // The engine's KV pool (host memory, KvCacheView::base) that blocks are
+  // The engine's KV pool (KvCacheView::base, backend memory) that blocks are
   // sent from. Borrowed: must stay valid until the service is destroyed.
   // Required.
   const uint8_t* kv_base = nullptr;
+  // The backend owning the pool. Where the host may not touch its memory (a
+  // GPU; the CPU's guarded mode) blocks are staged: copied pool -> pinned
+  // host in batches of staging_blocks on a copy stream, then written from
+  // there. Null or host-accessible: written straight from the pool.
+  // Borrowed. Default: null.
+  kernels::Backend* backend = nullptr;
+  // Blocks staged at once per sending thread (pinned memory: send_threads *
+  // staging_blocks * block_bytes at most). Must be >= 1. Default: 64.
+  int32_t staging_blocks = 64;
   // Deadline of one request's KV transfer. Default: 10 s.
   absl::Duration transfer_timeout = absl::Seconds(10);
   // Longest a Prefill may take when the client set no earlier deadline.
@@ -105,11 +116,17 @@ class PrefillService final : public tandem::v1::PrefillWorker::CallbackService {
   // list as a decode worker's reservations, so this is its ReleaseReserved:
   // nothing to do with DecodeWorker.Reserve.)
   void ReleaseHeldAsync(int64_t id);
+  // A sending thread's pool copier (made on first use; at most one per
+  // sending thread ever exists), and its return.
+  absl::StatusOr<std::unique_ptr<engine::PoolCopier>> AcquireCopier();
+  void ReturnCopier(std::unique_ptr<engine::PoolCopier> copier);
 
   const PrefillServiceOptions options_;
   engine::EngineRunner* const runner_;
   transfer::TransferEngine* const transfer_;
   std::atomic<int64_t> next_engine_id_{1};
+  absl::Mutex copiers_mu_;
+  std::vector<std::unique_ptr<engine::PoolCopier>> idle_copiers_ ABSL_GUARDED_BY(copiers_mu_);
   // Last member: destroyed (its threads joined) first.
   SendQueue senders_;
 };

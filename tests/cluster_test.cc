@@ -26,6 +26,7 @@
 #include "nlohmann/json.hpp"
 #include "tandem/v1/tandem.grpc.pb.h"
 #include "tandem/v1/worker.grpc.pb.h"
+#include "tests/testing/device.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/subprocess.h"
 #include "tests/testing/temp_dir.h"
@@ -140,7 +141,7 @@ class LocalModel {
  public:
   explicit LocalModel(const std::string& spec) {
     model_ = *model::LoadModel(spec);
-    backend_ = kernels::CreateCpuBackend({.num_threads = 1});
+    backend_ = ::tandem::testing::TestBackend(1);
     llama_ = *model::LlamaModel::Create(model_->config, model_->weights, backend_.get());
   }
   std::vector<int32_t> Greedy(const std::string& prompt, int32_t max_tokens) {

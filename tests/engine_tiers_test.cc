@@ -23,6 +23,7 @@
 #include "kvstore/test_util.h"
 #include "kvstore/tiered_store.h"
 #include "model/loader.h"
+#include "tests/testing/device.h"
 #include "tests/testing/status_matchers.h"
 
 namespace tandem::kvstore {
@@ -47,7 +48,7 @@ class EngineTiersTest : public ::testing::TestWithParam<std::tuple<std::string, 
       if (!std::filesystem::exists(spec)) GTEST_SKIP() << spec << " not found";
     }
     ASSERT_OK_AND_ASSIGN(model_, model::LoadModel(spec));
-    backend_ = kernels::CreateCpuBackend({.num_threads = 2});
+    backend_ = ::tandem::testing::TestBackend(2);
     ASSERT_OK_AND_ASSIGN(llama_, model::LlamaModel::Create(model_->config, model_->weights, backend_.get()));
     std::mt19937 rng(42);
     for (auto* p : {&prompt_a_, &prompt_b_, &prompt_c_}) {

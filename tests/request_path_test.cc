@@ -43,6 +43,7 @@
 #include "router/worker_registry.h"
 #include "tandem/v1/tandem.grpc.pb.h"
 #include "tandem/v1/worker.pb.h"
+#include "tests/testing/device.h"
 #include "tests/testing/poll.h"
 #include "worker/worker_process.h"
 #include "worker_common/grpc_server.h"
@@ -222,6 +223,7 @@ class RequestPathTest : public ::testing::Test {
     WorkerProcess::Options options;
     options.role = role;
     options.model = kModel;
+    options.device = ::tandem::testing::TestDevice();
     options.worker_id = id;
     options.router = router_->address();
     options.kv_cache_bytes = size_t{16} << 20;
@@ -570,6 +572,7 @@ class RequestPathGrayFailureTest : public RequestPathTest {
     WorkerProcess::Options options;
     options.role = WorkerProcess::Role::kDecode;
     options.model = kModel;
+    options.device = ::tandem::testing::TestDevice();
     options.worker_id = id;
     options.router = router_->address();
     options.kv_cache_bytes = size_t{16} << 20;

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include "common/metrics.h"
 #include "common/status_macros.h"
 #include "decode_worker/decode_service.h"
+#include "decode_worker/landing_area.h"
 #include "engine/engine.h"
 #include "engine/engine_runner.h"
 #include "engine/kv_events.h"
@@ -224,12 +226,9 @@ absl::Status WorkerProcess::LoadModelAndBackend() {
   TANDEM_ASSIGN_OR_RETURN(backend_, kernels::CreateBackend({.device = options_.device,
                                                             .num_threads = options_.threads,
                                                             .cuda_fp32 = options_.cuda_fp32}));
-  if (backend_->name() != "cpu") {
-    // The transfer engine and the KV tiers read the pool as host memory; a
-    // device pool needs staged copies first (kernels/cuda/README.md).
-    return absl::UnimplementedError(absl::StrCat("--device ", std::string(backend_->name()),
-                                                 " is not supported by workers yet; use --device cpu"));
-  }
+  info_.device = std::string(backend_->name());
+  TANDEM_ASSIGN_OR_RETURN(kv_dtype_, kernels::ResolveKvDType(options_.kv_dtype, *backend_));
+  info_.kv_dtype = std::string(DTypeName(kv_dtype_));
   TANDEM_ASSIGN_OR_RETURN(llama_, model::LlamaModel::Create(model_->config, model_->weights, backend_.get()));
   return absl::OkStatus();
 }
@@ -245,8 +244,8 @@ absl::Status WorkerProcess::StartTransferAndStore() {
   kvstore::StoreClient::Options store_options{.model_id = config.model_id};
   if (options_.kv_store_transport == "ucx") {
     store_options.transfer = transfer_.get();
-    store_options.slot_bytes =
-        kvstore::EncodedBlockBytes(options_.block_size, config.KvLayoutFor(options_.block_size).BlockBytes());
+    store_options.slot_bytes = kvstore::EncodedBlockBytes(
+        options_.block_size, config.KvLayoutFor(options_.block_size, kv_dtype_).BlockBytes());
   }
   auto client = kvstore::StoreClient::Create(store_options, options_.channel_factory(options_.kv_store));
   if (!client.ok()) return Prefixed(client.status(), "--kv-store: ");
@@ -267,7 +266,7 @@ absl::Status WorkerProcess::BuildTiers() {
   kvstore::TieredStore::Options options;
   options.model_id = config.model_id;
   options.block_tokens = options_.block_size;
-  options.payload_bytes = config.KvLayoutFor(options_.block_size).BlockBytes();
+  options.payload_bytes = config.KvLayoutFor(options_.block_size, kv_dtype_).BlockBytes();
   options.dram_bytes = static_cast<size_t>(options_.kv_dram_bytes);
   options.ssd_path = options_.kv_ssd_path;
   options.ssd_bytes = static_cast<size_t>(options_.kv_ssd_bytes);
@@ -314,6 +313,7 @@ absl::Status WorkerProcess::StartEngine() {
   TANDEM_ASSIGN_OR_RETURN(engine_,
                           engine::Engine::Create({.block_size = options_.block_size,
                                                   .kv_cache_bytes = options_.kv_cache_bytes,
+                                                  .kv_dtype = kv_dtype_,
                                                   .max_running = options_.max_running,
                                                   .max_step_tokens = options_.max_step_tokens,
                                                   .kv_events = kv_events_.get(),
@@ -348,30 +348,46 @@ absl::StatusOr<grpc::Service*> WorkerProcess::MakeService() {
     };
   }
   const kernels::KvCacheView& kv = engine_->kv_view();
+  const size_t block_bytes = kv.layout.BlockBytes();
+  const int32_t staging_blocks = static_cast<int32_t>(
+      std::clamp<size_t>(options_.kv_staging_bytes / block_bytes, 1, static_cast<size_t>(kv.num_blocks)));
   if (options_.role == Role::kPrefill) {
-    prefill_service_ = std::make_unique<prefill_worker::PrefillService>(
-        prefill_worker::PrefillServiceOptions{.worker_id = info_.worker_id,
-                                              .model_id = info_.model_id,
-                                              .block_size = options_.block_size,
-                                              .block_bytes = kv.layout.BlockBytes(),
-                                              .kv_base = reinterpret_cast<const uint8_t*>(kv.base),
-                                              .on_prompt = on_prompt},
-        runner_.get(), transfer_.get());
+    // Each sending thread stages its share of the staging memory.
+    prefill_worker::PrefillServiceOptions prefill{.worker_id = info_.worker_id,
+                                                  .model_id = info_.model_id,
+                                                  .block_size = options_.block_size,
+                                                  .block_bytes = block_bytes,
+                                                  .kv_base = static_cast<const uint8_t*>(kv.base),
+                                                  .backend = backend_.get(),
+                                                  .on_prompt = on_prompt};
+    prefill.staging_blocks = std::max(1, staging_blocks / prefill.send_threads);
+    prefill_service_ =
+        std::make_unique<prefill_worker::PrefillService>(prefill, runner_.get(), transfer_.get());
     return prefill_service_.get();
   }
-  // Prefill workers write prompts' KV straight into this pool over UCX.
-  const size_t pool_bytes = static_cast<size_t>(kv.num_blocks) * kv.layout.BlockBytes();
-  auto region = transfer_->Register(kv.base, pool_bytes, transfer::MemoryKind::kHost);
-  if (!region.ok()) return Prefixed(region.status(), "cannot register the KV pool: ");
-  decode_service_ = std::make_unique<decode_worker::DecodeService>(
-      decode_worker::DecodeServiceOptions{.worker_id = info_.worker_id,
-                                          .model_id = info_.model_id,
-                                          .kv_region = *region,
-                                          .ucx_worker_address = transfer_->worker_address(),
-                                          .block_size = options_.block_size,
-                                          .block_bytes = kv.layout.BlockBytes(),
-                                          .on_prompt = on_prompt},
-      runner_.get(), model_->tokenizer.get());
+  decode_worker::DecodeServiceOptions decode{.worker_id = info_.worker_id,
+                                             .model_id = info_.model_id,
+                                             .kv_base = static_cast<uint8_t*>(kv.base),
+                                             .ucx_worker_address = transfer_->worker_address(),
+                                             .block_size = options_.block_size,
+                                             .block_bytes = block_bytes,
+                                             .on_prompt = on_prompt};
+  if (backend_->host_accessible()) {
+    // Prefill workers write prompts' KV straight into this pool over UCX.
+    auto region = transfer_->Register(kv.base, static_cast<size_t>(kv.num_blocks) * block_bytes,
+                                      transfer::MemoryKind::kHost);
+    if (!region.ok()) return Prefixed(region.status(), "cannot register the KV pool: ");
+    decode.kv_region = *region;
+  } else {
+    // ... or into pinned landing slots, copied into the pool before Activate.
+    auto landing =
+        decode_worker::LandingArea::Create(backend_.get(), transfer_.get(), block_bytes, staging_blocks);
+    if (!landing.ok()) return Prefixed(landing.status(), "KV landing slots: ");
+    landing_ = *std::move(landing);
+    decode.landing = landing_.get();
+  }
+  decode_service_ =
+      std::make_unique<decode_worker::DecodeService>(decode, runner_.get(), model_->tokenizer.get());
   return decode_service_.get();
 }
 

@@ -43,6 +43,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "common/dtype.h"
 #include "worker_common/server_interceptors.h"
 
 namespace grpc {
@@ -78,6 +79,7 @@ namespace http {
 class Server;
 }  // namespace http
 namespace decode_worker {
+class LandingArea;
 class DecodeService;
 }  // namespace decode_worker
 namespace prefill_worker {
@@ -113,9 +115,14 @@ class WorkerProcess {
     // (ROLE-HOST-PID, e.g. "decode-127.0.0.1-4242").
     std::string worker_id;
 
-    // Kernel backend (kernels/backend_factory.h). Only "cpu" for now: KV
-    // transfers and tiers read the pool as host memory. Default: "cpu".
+    // Kernel backend (kernels/backend_factory.h): "cpu", "cuda", "auto", or
+    // "cpu-guarded" (the device data path on a CPU: the pool is unreadable
+    // outside backend calls, so KV moves through pinned staging as on a
+    // GPU). Default: "cpu".
     std::string device = "cpu";
+    // The KV pool's element type: "f32", "bf16", "f16" or "auto"
+    // (kernels::ResolveKvDType). Default: "auto".
+    std::string kv_dtype = "auto";
     // CUDA: F32 weights and FP32 GEMMs. Default: false.
     bool cuda_fp32 = false;
     // CPU threads of the engine; 0: one per core. Default: 1.
@@ -146,6 +153,11 @@ class WorkerProcess {
     // How block bytes move to and from kv_store: "ucx" or "grpc".
     // Default: "ucx".
     std::string kv_store_transport = "ucx";
+    // Pinned host memory for KV moving in and out of a pool the host may
+    // not touch (--device cuda / cpu-guarded): a prefill worker's send
+    // staging, a decode worker's landing slots (at most the pool's size).
+    // Unused on the plain CPU backend. Default: 64 MiB.
+    size_t kv_staging_bytes = size_t{64} << 20;
 
     // HTTP port of /metrics and /health; 0: any free port; -1: none.
     // Default: -1.
@@ -182,6 +194,8 @@ class WorkerProcess {
     int64_t kv_ssd_blocks_reopened = 0;  // found on the SSD tier at start
     bool kv_prefetch = false;
     std::string kv_store_transport;  // "ucx", "grpc", or "" without a store
+    std::string device;              // the backend's name: "cpu", "cuda", "cpu-guarded"
+    std::string kv_dtype;            // the pool's element type: "F32", "BF16", "F16"
   };
 
   // Builds and starts the worker. Errors name the part that failed
@@ -234,6 +248,7 @@ class WorkerProcess {
   // part outlives those that borrow it.
   std::unique_ptr<model::LoadedModel> model_;
   std::unique_ptr<kernels::Backend> backend_;
+  DType kv_dtype_ = DType::kF32;  // resolved from Options::kv_dtype
   std::unique_ptr<model::LlamaModel> llama_;
   std::unique_ptr<engine::KvEventLog> kv_events_;  // the engine and tiers append until destroyed
   std::unique_ptr<transfer::TransferEngine> transfer_;
@@ -242,6 +257,9 @@ class WorkerProcess {
   std::unique_ptr<kvstore::Prefetcher> prefetcher_;
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<engine::EngineRunner> runner_;
+  // A decode worker's landing slots when the pool is not host memory
+  // (registered with transfer_; reservations of decode_service_ hold slots).
+  std::unique_ptr<decode_worker::LandingArea> landing_;
   // The decode service as the engine thread's tick sees it (reservations
   // expire there); read and written only on the engine thread.
   decode_worker::DecodeService* decode_on_engine_thread_ = nullptr;

@@ -114,6 +114,63 @@ __attribute__((target_clones("avx2", "default"))) void MatMulRange(const float* 
 // workers costs more than it saves.
 constexpr int64_t kParallelThreshold = 1 << 15;
 
+// KV pool elements (kv_layout.h): stored as F32, BF16 or F16, computed in F32.
+inline float Identity(float x) { return x; }
+
+// q . K[at .. at + n) of a block whose elements are `dtype`; the same
+// fixed-order reduction as the weight dot products.
+inline float DotKv(const float* q, const uint8_t* block, int64_t at, DType dtype, int32_t n) {
+  switch (dtype) {
+    case DType::kBF16:
+      return DotBF16(q, reinterpret_cast<const uint16_t*>(block) + at, n);
+    case DType::kF16:
+      return DotF16(q, reinterpret_cast<const uint16_t*>(block) + at, n);
+    default:
+      return DotF32(q, reinterpret_cast<const float*>(block) + at, n);
+  }
+}
+
+// o[d] += w * V[at + d] for d < n, V's elements widened to F32.
+inline void AccumulateKv(float w, const uint8_t* block, int64_t at, DType dtype, int32_t n, float* o) {
+  if (dtype == DType::kF32) {
+    const float* vp = reinterpret_cast<const float*>(block) + at;
+    for (int32_t d = 0; d < n; ++d) o[d] += w * vp[d];
+    return;
+  }
+  const uint16_t* vp = reinterpret_cast<const uint16_t*>(block) + at;
+  if (dtype == DType::kBF16) {
+    for (int32_t d = 0; d < n; ++d) o[d] += w * BF16ToFloat(vp[d]);
+  } else {
+    for (int32_t d = 0; d < n; ++d) o[d] += w * HalfToFloat(vp[d]);
+  }
+}
+
+// Writes rows of K and V into their slots, converting F32 to the pool's type.
+template <typename Stored, Stored (*Convert)(float)>
+void WriteKvAs(const KvCacheView& kv, int32_t layer, const float* k, const float* v,
+               absl::Span<const int32_t> slots) {
+  const KvLayout& l = kv.layout;
+  const int64_t stride = l.TokenStride();
+  for (size_t r = 0; r < slots.size(); ++r) {
+    Stored* block = reinterpret_cast<Stored*>(kv.Block(slots[r] / l.block_size));
+    const int32_t t = slots[r] % l.block_size;
+    Stored* dk = block + l.Offset(layer, 0, t);
+    Stored* dv = block + l.Offset(layer, 1, t);
+    for (int64_t i = 0; i < stride; ++i) {
+      dk[i] = Convert(k[r * stride + i]);
+      dv[i] = Convert(v[r * stride + i]);
+    }
+  }
+}
+
+// Backend memory is host memory: a copy is a memcpy, done when queued.
+class HostCopyStream final : public CopyStream {
+ public:
+  void ToHost(const void* src, size_t bytes, void* host_dst) override { std::memcpy(host_dst, src, bytes); }
+  void FromHost(const void* host_src, size_t bytes, void* dst) override { std::memcpy(dst, host_src, bytes); }
+  absl::Status Synchronize(absl::Time) override { return absl::OkStatus(); }
+};
+
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(const CpuBackendOptions& options)
@@ -134,6 +191,22 @@ class CpuBackend final : public Backend {
   void CopyFromHost(const void* src, size_t bytes, void* dst) override { std::memcpy(dst, src, bytes); }
 
   void Copy(const void* src, size_t bytes, void* dst) override { std::memcpy(dst, src, bytes); }
+
+  bool host_accessible() const override { return true; }
+  absl::StatusOr<std::unique_ptr<CopyStream>> CreateCopyStream() override {
+    return std::unique_ptr<CopyStream>(std::make_unique<HostCopyStream>());
+  }
+  absl::StatusOr<void*> AllocatePinnedHost(size_t bytes) override {
+    // calloc: large blocks come from fresh mappings, zero without a memset,
+    // so a big staging area costs memory only as it is used.
+    void* p = std::calloc(std::max<size_t>(bytes, 1), 1);
+    if (p == nullptr) {
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("cpu backend: cannot allocate %d host bytes", bytes));
+    }
+    return p;
+  }
+  void FreePinnedHost(void* ptr) override { std::free(ptr); }
 
   absl::StatusOr<Weight> PrepareWeight(const Weight& host) override {
     if (host.dtype == DType::kQ8_0 && host.cols % kQ8_0BlockElements != 0) {
@@ -191,13 +264,13 @@ class CpuBackend final : public Backend {
 
   void WriteKv(const KvCacheView& kv, int32_t layer, const float* k, const float* v,
                absl::Span<const int32_t> slots) override {
-    const KvLayout& l = kv.layout;
-    const int64_t stride = l.TokenStride();
-    for (size_t r = 0; r < slots.size(); ++r) {
-      float* block = kv.Block(slots[r] / l.block_size);
-      const int32_t t = slots[r] % l.block_size;
-      std::memcpy(block + l.Offset(layer, 0, t), k + r * stride, stride * sizeof(float));
-      std::memcpy(block + l.Offset(layer, 1, t), v + r * stride, stride * sizeof(float));
+    switch (kv.layout.dtype) {
+      case DType::kBF16:
+        return WriteKvAs<uint16_t, FloatToBF16>(kv, layer, k, v, slots);
+      case DType::kF16:
+        return WriteKvAs<uint16_t, FloatToHalf>(kv, layer, k, v, slots);
+      default:
+        return WriteKvAs<float, Identity>(kv, layer, k, v, slots);
     }
   }
 
@@ -226,9 +299,9 @@ class CpuBackend final : public Backend {
       scores.resize(n_ctx);
       float max_score = -INFINITY;
       for (int32_t p = 0; p < n_ctx; ++p) {
-        const float* block = kv.Block(seq.block_table[p / l.block_size]);
-        const float* kp = block + l.Offset(layer, 0, p % l.block_size) + kv_head * head_dim;
-        scores[p] = DotF32(qv, kp, head_dim) * scale;
+        const uint8_t* block = kv.Block(seq.block_table[p / l.block_size]);
+        const int64_t at = l.Offset(layer, 0, p % l.block_size) + kv_head * head_dim;
+        scores[p] = DotKv(qv, block, at, l.dtype, head_dim) * scale;
         max_score = std::max(max_score, scores[p]);
       }
       double sum = 0;
@@ -240,10 +313,9 @@ class CpuBackend final : public Backend {
       float* o = out + (row * num_heads + h) * head_dim;
       std::fill(o, o + head_dim, 0.0f);
       for (int32_t p = 0; p < n_ctx; ++p) {
-        const float* block = kv.Block(seq.block_table[p / l.block_size]);
-        const float* vp = block + l.Offset(layer, 1, p % l.block_size) + kv_head * head_dim;
-        const float w = scores[p] * inv;
-        for (int32_t d = 0; d < head_dim; ++d) o[d] += w * vp[d];
+        const uint8_t* block = kv.Block(seq.block_table[p / l.block_size]);
+        const int64_t at = l.Offset(layer, 1, p % l.block_size) + kv_head * head_dim;
+        AccumulateKv(scores[p] * inv, block, at, l.dtype, head_dim, o);
       }
     };
     const int64_t items = static_cast<int64_t>(rows.size()) * num_heads;

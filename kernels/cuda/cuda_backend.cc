@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/dtype.h"
 #include "common/status_macros.h"
 #include "kernels/cuda/cublas_loader.h"
@@ -47,6 +49,54 @@ void DequantizeRow(const Weight& w, int64_t r, float* out) {
   ::tandem::DequantizeRow(w.dtype, static_cast<const uint8_t*>(w.data) + DTypeBytes(w.dtype, w.cols) * r,
                           w.cols, out);
 }
+
+// A copy queue on its own non-blocking CUDA stream (Backend::CreateCopyStream).
+// Errors are the stream's own (sticky); a caller that sees one fails its
+// transfer and the worker reports the backend unhealthy through status().
+class CudaCopyStream final : public CopyStream {
+ public:
+  CudaCopyStream(int device, cudaStream_t stream) : device_(device), stream_(stream) {}
+  ~CudaCopyStream() override {
+    cudaSetDevice(device_);
+    cudaStreamSynchronize(stream_);
+    cudaStreamDestroy(stream_);
+  }
+  void ToHost(const void* src, size_t bytes, void* host_dst) override {
+    Enqueue(host_dst, src, bytes, cudaMemcpyDeviceToHost, "D2H (copy stream)");
+  }
+  void FromHost(const void* host_src, size_t bytes, void* dst) override {
+    Enqueue(dst, host_src, bytes, cudaMemcpyHostToDevice, "H2D (copy stream)");
+  }
+  absl::Status Synchronize(absl::Time deadline) override {
+    if (!status_.ok()) return status_;
+    cudaSetDevice(device_);
+    // cudaStreamSynchronize has no deadline; poll the stream instead. Copies
+    // of a few MB finish in well under a millisecond, so the poll is short.
+    while (true) {
+      const cudaError_t err = cudaStreamQuery(stream_);
+      if (err == cudaSuccess) return status_;
+      if (err != cudaErrorNotReady) {
+        status_ = CudaError(err, "copy stream");
+        return status_;
+      }
+      if (absl::Now() >= deadline)
+        return absl::DeadlineExceededError("device copies still running at the deadline");
+      absl::SleepFor(absl::Microseconds(20));
+    }
+  }
+
+ private:
+  void Enqueue(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, std::string_view what) {
+    if (!status_.ok()) return;
+    cudaSetDevice(device_);
+    const cudaError_t err = cudaMemcpyAsync(dst, src, bytes, kind, stream_);
+    if (err != cudaSuccess) status_ = CudaError(err, what);
+  }
+
+  const int device_;
+  const cudaStream_t stream_;
+  absl::Status status_;
+};
 
 // A device buffer that only grows.
 struct Scratch {
@@ -140,6 +190,35 @@ class CudaBackendImpl final : public CudaBackend {
   void Copy(const void* src, size_t bytes, void* dst) override {
     if (!status_.ok()) return;
     (void)Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_), "D2D");
+  }
+
+  bool host_accessible() const override { return false; }
+
+  absl::StatusOr<std::unique_ptr<CopyStream>> CreateCopyStream() override {
+    TANDEM_RETURN_IF_ERROR(status_);
+    cudaSetDevice(options_.device);
+    cudaStream_t stream = nullptr;
+    TANDEM_RETURN_IF_ERROR(
+        Check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate"));
+    return std::unique_ptr<CopyStream>(std::make_unique<CudaCopyStream>(options_.device, stream));
+  }
+
+  absl::StatusOr<void*> AllocatePinnedHost(size_t bytes) override {
+    cudaSetDevice(options_.device);
+    void* p = nullptr;
+    // Portable: any device's copies may use it. Not a sticky error when it
+    // fails: pinned memory is a host resource that can run out.
+    const cudaError_t err = cudaHostAlloc(&p, std::max<size_t>(bytes, 1), cudaHostAllocPortable);
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("cuda backend: cannot pin %d host bytes: %s", bytes, cudaGetErrorString(err)));
+    }
+    std::memset(p, 0, bytes);
+    return p;
+  }
+  void FreePinnedHost(void* ptr) override {
+    if (ptr != nullptr) cudaFreeHost(ptr);
   }
 
   absl::StatusOr<Weight> PrepareWeight(const Weight& host) override {
@@ -352,6 +431,9 @@ class CudaBackendImpl final : public CudaBackend {
   static DeviceKvLayout DeviceLayout(const KvCacheView& kv) {
     DeviceKvLayout d;
     d.base = kv.base;
+    d.dtype = kv.layout.dtype == DType::kBF16  ? cuda::DeviceKvDType::kBF16
+              : kv.layout.dtype == DType::kF16 ? cuda::DeviceKvDType::kF16
+                                               : cuda::DeviceKvDType::kF32;
     d.block_elements = kv.layout.BlockElements();
     d.layer_stride = kv.layout.LayerStride();
     d.plane_stride = kv.layout.PlaneStride();

@@ -22,7 +22,9 @@
 //
 // Thread safety: like every Backend, driven by one thread. Ops are queued on
 // one CUDA stream owned by the backend; CopyToHost and CopyFromHost
-// synchronise with it.
+// synchronise with it. Copy streams (CreateCopyStream) are separate CUDA
+// streams, usable from other threads (each sets the device first): they
+// overlap device<->pinned-host copies with the compute stream's kernels.
 #ifndef TANDEM_KERNELS_CUDA_CUDA_BACKEND_H_
 #define TANDEM_KERNELS_CUDA_CUDA_BACKEND_H_
 
@@ -46,8 +48,7 @@ struct CudaBackendOptions {
 
 class CudaBackend : public Backend {
  public:
-  // The first error any op hit (OK if none).
-  virtual absl::Status status() const = 0;
+  // (Backend::status() is the first error any op hit, OK if none.)
   // Waits for every queued op; returns status().
   virtual absl::Status Synchronize() = 0;
   // "NVIDIA H100 80GB HBM3", etc.

@@ -1,6 +1,9 @@
 // Device kernels of the CUDA backend; see cuda_kernels.h. Written for
 // clarity: one obvious indexing scheme per kernel, spelled out in comments,
 // every global index bounds-checked, int64 arithmetic for every offset.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <cmath>
 
 #include "kernels/cuda/cuda_kernels.h"
@@ -125,8 +128,28 @@ __global__ void RopeKernel(float* x, int64_t rows, int32_t num_heads, int32_t he
   }
 }
 
+// KV elements: stored as float, __nv_bfloat16 or __half; computed in F32.
+__device__ __forceinline__ float KvToFloat(float x) { return x; }
+__device__ __forceinline__ float KvToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float KvToFloat(__half x) { return __half2float(x); }
+template <typename KvT>
+__device__ __forceinline__ KvT KvFromFloat(float x);
+template <>
+__device__ __forceinline__ float KvFromFloat<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 KvFromFloat<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <>
+__device__ __forceinline__ __half KvFromFloat<__half>(float x) {
+  return __float2half_rn(x);
+}
+
 // WriteKv: grid.x = row r; threads stride over the token's kv_heads * head_dim
-// floats. Slot s lands in block s / block_size at token s % block_size.
+// elements. Slot s lands in block s / block_size at token s % block_size.
+template <typename KvT>
 __global__ void WriteKvKernel(DeviceKvLayout kv, int32_t layer, const float* k, const float* v,
                               const int32_t* slots) {
   const int64_t r = blockIdx.x;
@@ -135,13 +158,14 @@ __global__ void WriteKvKernel(DeviceKvLayout kv, int32_t layer, const float* k, 
   const int32_t block = slot / kv.block_size;
   const int32_t t = slot % kv.block_size;
   if (block >= kv.num_blocks) return;  // the model validates slots; never write out of the pool
-  float* dst_k = kv.base + block * kv.block_elements + layer * kv.layer_stride + t * kv.token_stride;
-  float* dst_v = dst_k + kv.plane_stride;
+  KvT* dst_k =
+      static_cast<KvT*>(kv.base) + block * kv.block_elements + layer * kv.layer_stride + t * kv.token_stride;
+  KvT* dst_v = dst_k + kv.plane_stride;
   const float* src_k = k + r * kv.token_stride;
   const float* src_v = v + r * kv.token_stride;
   for (int64_t i = threadIdx.x; i < kv.token_stride; i += blockDim.x) {
-    dst_k[i] = src_k[i];
-    dst_v[i] = src_v[i];
+    dst_k[i] = KvFromFloat<KvT>(src_k[i]);
+    dst_v[i] = KvFromFloat<KvT>(src_v[i]);
   }
 }
 
@@ -153,12 +177,13 @@ constexpr int kAttnTile = 64;                                        // position
 constexpr int kDimsPerThread = kMaxAttentionHeadDim / kAttnThreads;  // 2
 
 // Address of position p's K (kv = 0) or V (kv = 1) vector for `kv_head`.
-__device__ __forceinline__ const float* KvVector(const DeviceKvLayout& kv, const int32_t* table,
-                                                 int32_t layer, int32_t which, int32_t p, int32_t kv_head) {
+template <typename KvT>
+__device__ __forceinline__ const KvT* KvVector(const DeviceKvLayout& kv, const int32_t* table, int32_t layer,
+                                               int32_t which, int32_t p, int32_t kv_head) {
   const int64_t block = table[p / kv.block_size];
   const int64_t t = p % kv.block_size;
-  return kv.base + block * kv.block_elements + layer * kv.layer_stride + which * kv.plane_stride +
-         t * kv.token_stride + static_cast<int64_t>(kv_head) * kv.head_dim;
+  return static_cast<const KvT*>(kv.base) + block * kv.block_elements + layer * kv.layer_stride +
+         which * kv.plane_stride + t * kv.token_stride + static_cast<int64_t>(kv_head) * kv.head_dim;
 }
 
 // grid = (num_items, num_heads), block = kAttnThreads. Block (item, h) covers
@@ -167,6 +192,7 @@ __device__ __forceinline__ const float* KvVector(const DeviceKvLayout& kv, const
 // tile (lanes split head_dim, then a warp sum); then every thread rescales
 // its accumulators acc[k] for dims d = threadIdx.x + k * kAttnThreads and
 // adds the tile's weighted V rows.
+template <typename KvT>
 __global__ void PagedAttentionKernel(const float* q, DeviceKvLayout kv, int32_t layer, int32_t num_heads,
                                      const AttentionRow* rows, const AttentionItem* items,
                                      const int32_t* block_tables, int32_t split_tokens, float scale,
@@ -199,9 +225,9 @@ __global__ void PagedAttentionKernel(const float* q, DeviceKvLayout kv, int32_t 
   for (int32_t tile = begin; tile < end; tile += kAttnTile) {
     const int32_t tile_len = min(kAttnTile, end - tile);
     for (int32_t j = warp; j < tile_len; j += kAttnWarps) {
-      const float* kp = KvVector(kv, table, layer, 0, tile + j, kv_head);
+      const KvT* kp = KvVector<KvT>(kv, table, layer, 0, tile + j, kv_head);
       float dot = 0;
-      for (int d = lane; d < head_dim; d += 32) dot += q_s[d] * kp[d];
+      for (int d = lane; d < head_dim; d += 32) dot += q_s[d] * KvToFloat(kp[d]);
       dot = WarpSum(dot);
       if (lane == 0) p_s[j] = dot * scale;
     }
@@ -219,10 +245,10 @@ __global__ void PagedAttentionKernel(const float* q, DeviceKvLayout kv, int32_t 
     for (int32_t j = 0; j < tile_len; ++j) {
       const float w = p_s[j];
       l += w;
-      const float* vp = KvVector(kv, table, layer, 1, tile + j, kv_head);
+      const KvT* vp = KvVector<KvT>(kv, table, layer, 1, tile + j, kv_head);
       for (int k = 0; k < kDimsPerThread; ++k) {
         const int d = tid + k * kAttnThreads;
-        if (d < head_dim) acc[k] += w * vp[d];
+        if (d < head_dim) acc[k] += w * KvToFloat(vp[d]);
       }
     }
     m = m_new;
@@ -328,7 +354,17 @@ cudaError_t LaunchRope(float* x, int64_t rows, int32_t num_heads, int32_t head_d
 cudaError_t LaunchWriteKv(const DeviceKvLayout& kv, int32_t layer, const float* k, const float* v,
                           const int32_t* slots, int64_t rows, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
-  WriteKvKernel<<<static_cast<unsigned int>(rows), kThreads, 0, stream>>>(kv, layer, k, v, slots);
+  const unsigned int grid = static_cast<unsigned int>(rows);
+  switch (kv.dtype) {
+    case DeviceKvDType::kBF16:
+      WriteKvKernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(kv, layer, k, v, slots);
+      break;
+    case DeviceKvDType::kF16:
+      WriteKvKernel<__half><<<grid, kThreads, 0, stream>>>(kv, layer, k, v, slots);
+      break;
+    default:
+      WriteKvKernel<float><<<grid, kThreads, 0, stream>>>(kv, layer, k, v, slots);
+  }
   return cudaGetLastError();
 }
 
@@ -339,8 +375,22 @@ cudaError_t LaunchPagedAttention(const float* q, const DeviceKvLayout& kv, int32
                                  float* out, cudaStream_t stream) {
   if (num_items <= 0 || num_heads <= 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned int>(num_items), static_cast<unsigned int>(num_heads));
-  PagedAttentionKernel<<<grid, kAttnThreads, 0, stream>>>(q, kv, layer, num_heads, rows, items, block_tables,
-                                                          split_tokens, scale, partial_acc, partial_ml, out);
+  switch (kv.dtype) {
+    case DeviceKvDType::kBF16:
+      PagedAttentionKernel<__nv_bfloat16>
+          <<<grid, kAttnThreads, 0, stream>>>(q, kv, layer, num_heads, rows, items, block_tables,
+                                              split_tokens, scale, partial_acc, partial_ml, out);
+      break;
+    case DeviceKvDType::kF16:
+      PagedAttentionKernel<__half><<<grid, kAttnThreads, 0, stream>>>(q, kv, layer, num_heads, rows, items,
+                                                                      block_tables, split_tokens, scale,
+                                                                      partial_acc, partial_ml, out);
+      break;
+    default:
+      PagedAttentionKernel<float><<<grid, kAttnThreads, 0, stream>>>(q, kv, layer, num_heads, rows, items,
+                                                                     block_tables, split_tokens, scale,
+                                                                     partial_acc, partial_ml, out);
+  }
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || !any_split) return err;
   const dim3 combine_grid(static_cast<unsigned int>(num_rows), static_cast<unsigned int>(num_heads));

@@ -21,10 +21,15 @@ namespace tandem::kernels::cuda {
 // How a device weight table stores its elements.
 enum class DeviceDType : int32_t { kF32 = 0, kBF16 = 1 };
 
+// How the KV pool stores its elements (kv_layout.h's dtype); kernels convert
+// to F32 on read and from F32 on write.
+enum class DeviceKvDType : int32_t { kF32 = 0, kBF16 = 1, kF16 = 2 };
+
 // The paged KV pool (kv_layout.h) as plain numbers a kernel can read:
-// block[layer][kv][token][kv_head][head_dim], F32. All strides in floats.
+// block[layer][kv][token][kv_head][head_dim]. All strides in elements.
 struct DeviceKvLayout {
-  float* base = nullptr;
+  void* base = nullptr;
+  DeviceKvDType dtype = DeviceKvDType::kF32;
   int64_t block_elements = 0;  // KvLayout::BlockElements()
   int64_t layer_stride = 0;    // KvLayout::LayerStride()
   int64_t plane_stride = 0;    // KvLayout::PlaneStride()
