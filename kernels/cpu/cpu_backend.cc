@@ -13,6 +13,8 @@
 #include "absl/strings/str_format.h"
 #include "common/thread_pool.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/gemm.h"
 
 namespace tandem::kernels {
 namespace {
@@ -58,56 +60,10 @@ inline float DotF16(const float* a, const uint16_t* b, int64_t n) {
   return CombineLanes(acc) + tail;
 }
 
-// Q8_0 row: n / 32 blocks of {f16 scale, int8 q[32]}.
-inline float DotQ8_0(const float* a, const uint8_t* b, int64_t n) {
-  float total = 0;
-  for (int64_t blk = 0; blk < n / kQ8_0BlockElements; ++blk) {
-    const uint8_t* p = b + blk * kQ8_0BlockBytes;
-    const int8_t* q = reinterpret_cast<const int8_t*>(p + 2);
-    const float* x = a + blk * kQ8_0BlockElements;
-    float acc[kLanes] = {};
-    for (int i = 0; i < kQ8_0BlockElements; i += kLanes) {
-      for (int l = 0; l < kLanes; ++l) acc[l] += x[i + l] * static_cast<float>(q[i + l]);
-    }
-    total += Q8_0BlockScale(p) * CombineLanes(acc);
-  }
-  return total;
-}
-
 // Dequantises row `r` of `w` into out[0, w.cols) (common/dtype.h).
 void DequantizeRow(const Weight& w, int64_t r, float* out) {
   ::tandem::DequantizeRow(w.dtype, static_cast<const uint8_t*>(w.data) + DTypeBytes(w.dtype, w.cols) * r,
                           w.cols, out);
-}
-
-inline float RowDot(const float* x, const Weight& w, int64_t o) {
-  const int64_t n = w.cols;
-  const uint8_t* row = static_cast<const uint8_t*>(w.data) + DTypeBytes(w.dtype, n) * o;
-  switch (w.dtype) {
-    case DType::kF32:
-      return DotF32(x, reinterpret_cast<const float*>(row), n);
-    case DType::kF16:
-      return DotF16(x, reinterpret_cast<const uint16_t*>(row), n);
-    case DType::kBF16:
-      return DotBF16(x, reinterpret_cast<const uint16_t*>(row), n);
-    case DType::kQ8_0:
-      return DotQ8_0(x, row, n);
-  }
-  return 0;
-}
-
-// out[r][o] for o in [o_begin, o_end): the matmul's inner loops. Compiled
-// twice (AVX2 and baseline x86-64) and picked once at load time by the CPU,
-// so the vectoriser gets 8-wide registers where the machine has them. Each
-// clone is deterministic on its own: results are identical for any batch on
-// one machine, and agree across machines to float rounding.
-__attribute__((target_clones("avx2", "default"))) void MatMulRange(const float* x, int64_t rows,
-                                                                   const Weight& w, float* out,
-                                                                   int64_t o_begin, int64_t o_end) {
-  const int64_t out_cols = w.rows;
-  for (int64_t o = o_begin; o < o_end; ++o) {
-    for (int64_t r = 0; r < rows; ++r) out[r * out_cols + o] = RowDot(x + r * w.cols, w, o);
-  }
 }
 
 // Below this many multiply-adds an op runs on the calling thread: waking
@@ -236,18 +192,10 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // cpu/gemm.h: register-blocked AVX-512/AVX2 kernels (scalar loops on
+  // older CPUs), output rows split over the pool.
   void MatMul(const float* x, int64_t rows, const Weight& w, float* out) override {
-    const int64_t out_cols = w.rows;
-    constexpr int64_t kChunk = 16;  // weight rows per work item
-    const int64_t chunks = (out_cols + kChunk - 1) / kChunk;
-    auto run_chunk = [&](int64_t c) {
-      MatMulRange(x, rows, w, out, c * kChunk, std::min(out_cols, (c + 1) * kChunk));
-    };
-    if (rows * out_cols * w.cols < kParallelThreshold) {
-      for (int64_t c = 0; c < chunks; ++c) run_chunk(c);
-    } else {
-      pool_.ParallelFor(chunks, run_chunk);
-    }
+    cpu::MatMul(gemm_path_, &pool_, x, rows, w, out);
   }
 
   void Rope(float* x, int64_t rows, int32_t num_heads, int32_t head_dim, int32_t rope_dims,
@@ -327,10 +275,7 @@ class CpuBackend final : public Backend {
   }
 
   void SwiGlu(const float* gate, const float* up, int64_t n, float* out) override {
-    for (int64_t i = 0; i < n; ++i) {
-      const float g = gate[i];
-      out[i] = g / (1.0f + std::exp(-g)) * up[i];
-    }
+    cpu::SwiGlu(gemm_path_, gate, up, n, out);
   }
 
   void Add(float* x, const float* y, int64_t n) override {
@@ -372,6 +317,7 @@ class CpuBackend final : public Backend {
   }
 
   ThreadPool pool_;
+  const cpu::GemmPath gemm_path_ = cpu::DefaultGemmPath();
 };
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "common/dtype.h"
 #include "common/thread_pool.h"
 #include "gtest/gtest.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/elementwise.h"
 
 namespace tandem::kernels::cpu {
@@ -171,6 +172,20 @@ TEST_P(GemmTest, BatchAndThreadInvariantOnEveryPath) {
         }
       }
     }
+  }
+}
+
+// The same through the CPU backend's MatMul (what the model calls): a token
+// alone on 1 thread equals it inside a batch of 64 on 2 threads, bit for bit.
+TEST_P(GemmTest, BackendMatMulBatchAndThreadInvariant) {
+  Problem p = MakeProblem(GetParam(), 64, 200, GetParam() == DType::kQ8_0 ? 320 : 136, 11);
+  auto one = CreateCpuBackend({.num_threads = 1});
+  auto two = CreateCpuBackend({.num_threads = 2});
+  std::vector<float> batched(p.rows * p.out), alone(p.out);
+  two->MatMul(p.x.data(), p.rows, p.w, batched.data());
+  for (int64_t r = 0; r < p.rows; r += 7) {
+    one->MatMul(&p.x[r * p.in], 1, p.w, alone.data());
+    EXPECT_EQ(std::memcmp(alone.data(), &batched[r * p.out], p.out * sizeof(float)), 0) << r;
   }
 }
 
