@@ -370,6 +370,19 @@ void CheckChart(const std::vector<std::string>& values_files, const std::vector<
       EXPECT_TRUE(has_grpc_port);
       EXPECT_EQ(ProbePort(c["readinessProbe"]), port);
       EXPECT_EQ(ProbePort(c["livenessProbe"]), port);
+      if (role == "prefill" || role == "decode") {
+        // A pod holding a GPU runs the CUDA backend, one without the CPU's;
+        // every worker stores KV in the same element type.
+        const auto flag = [&args](const std::string& name) {
+          for (size_t i = 0; i + 1 < args.size(); ++i) {
+            if (args[i] == name) return args[i + 1];
+          }
+          return std::string("(absent)");
+        };
+        const bool gpu = c["resources"]["limits"].value("nvidia.com/gpu", 0) > 0;
+        EXPECT_EQ(flag("--device"), gpu ? "cuda" : "cpu");
+        EXPECT_EQ(flag("--kv-dtype"), gpu ? "bf16" : "f32");
+      }
       ++containers_checked;
     }
   }
@@ -389,6 +402,8 @@ TEST(HelmChartTest, DefaultValuesRenderAndMatchTheBinary) { CheckChart({}, {}); 
 TEST(HelmChartTest, GpuRdmaValuesRenderAndMatchTheBinary) { CheckChart({"values-gpu-rdma.yaml"}, {}); }
 
 TEST(HelmChartTest, TlsValuesRenderAndMatchTheBinary) { CheckChart({}, {"tls.enabled=true"}); }
+
+TEST(HelmChartTest, CpuValuesRenderAndMatchTheBinary) { CheckChart({}, {"prefill.gpus=0", "decode.gpus=0"}); }
 
 TEST(HelmChartTest, HttpFrontIsReservedAndFailsTheRender) {
   std::string why;

@@ -101,3 +101,55 @@ livenessProbe:
   {{- toYaml .Values.model.volume | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/*
+A worker role's kernel backend (--device): its `device` value, else cuda when
+the role asks for GPUs and cpu when it does not, so a pod that holds a GPU
+uses it. Call with (dict "ctx" $ "role" "prefill").
+*/}}
+{{- define "tandem.device" -}}
+{{- $w := index .ctx.Values .role -}}
+{{- $d := $w.device | default (ternary "cuda" "cpu" (gt (int $w.gpus) 0)) -}}
+{{- if not (has $d (list "cuda" "cpu" "cpu-guarded" "auto")) -}}
+{{- fail (printf "%s.device must be cuda, cpu, cpu-guarded, auto or empty, not %q" .role $d) -}}
+{{- end -}}
+{{- if and (eq $d "cuda") (eq (int $w.gpus) 0) -}}
+{{- fail (printf "%s.device is cuda but %s.gpus is 0: the pod would get no GPU" .role .role) -}}
+{{- end -}}
+{{- $d -}}
+{{- end -}}
+
+{{/*
+The KV element type of every worker and the store (--kv-dtype). Workers that
+exchange KV must agree, so "auto" is resolved here once, as `tandem up`
+resolves it: bf16 when the workers run on CUDA, f32 on the CPU backends. Left
+"auto" when a role's device is auto (each worker then picks for its own node);
+a render whose prefill and decode run different backends must name one.
+*/}}
+{{- define "tandem.kvDtype" -}}
+{{- $v := .Values.cluster.worker.kvDtype | default "auto" -}}
+{{- if not (has $v (list "auto" "f32" "bf16" "f16")) -}}
+{{- fail (printf "cluster.worker.kvDtype must be auto, f32, bf16 or f16, not %q" $v) -}}
+{{- end -}}
+{{- if ne $v "auto" -}}
+{{- $v -}}
+{{- else -}}
+{{- $devices := list -}}
+{{- range $role := list "prefill" "decode" -}}
+{{- if gt (int (index $.Values $role).replicas) 0 -}}
+{{- $devices = append $devices (include "tandem.device" (dict "ctx" $ "role" $role)) -}}
+{{- end -}}
+{{- end -}}
+{{- if has "auto" $devices -}}
+auto
+{{- else if has "cuda" $devices -}}
+{{- if eq (len (without $devices "cuda")) 0 -}}
+bf16
+{{- else -}}
+{{- fail "prefill and decode run different backends (cuda and cpu): set cluster.worker.kvDtype (f32, bf16 or f16) so their KV agrees" -}}
+{{- end -}}
+{{- else -}}
+f32
+{{- end -}}
+{{- end -}}
+{{- end -}}
