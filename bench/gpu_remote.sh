@@ -61,6 +61,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 case $DEV in cuda | cpu | cpu-guarded) ;; *) echo "gpu_remote: --device must be cuda, cpu or cpu-guarded" >&2; exit 2 ;; esac
+[[ -n $RES ]] || { echo "gpu_remote: RESULTS_DIR is empty (is \$OUT set?)" >&2; exit 2; }
 mkdir -p "$RES" && RES=$(cd "$RES" && pwd) || exit 2
 
 BUDGET_S=${GPU_REMOTE_BUDGET_S:-450}
@@ -207,12 +208,20 @@ check_libs() {
   outside=${outside% }
   echo "resolved outside the pack: ${outside:-none}"
   STEP_NOTE="outside the pack: ${outside:-none}"
+  # The machine, for reading a failure later: UCX's shared-memory transports
+  # want /dev/shm, pinned staging wants the memlock limit.
+  echo "== machine"
+  grep -h PRETTY_NAME /etc/os-release 2>/dev/null
+  echo "kernel $(uname -r), $(nproc) cpus, memlock $(ulimit -l)"
+  grep -E 'MemTotal|MemAvailable' /proc/meminfo
+  df -h /dev/shm /tmp 2>/dev/null
+  env | grep -E '^(UCX_|CUDA_|NVIDIA_|LD_LIBRARY_PATH|TANDEM_)' | sort
   ((missing == 0)) || { STEP_NOTE="a library is not found (see libs.log)"; return 1; }
 }
 
 gpu_env() {
   timeout -k 5 "$STEP_TIMEOUT" nvidia-smi -L || return
-  timeout -k 5 "$STEP_TIMEOUT" nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used \
+  timeout -k 5 "$STEP_TIMEOUT" nvidia-smi --query-gpu=name,driver_version,compute_mode,memory.total,memory.used \
     --format=csv || true
   local cublas=${TANDEM_CUBLAS_LIBRARY:-}
   [[ -n $cublas ]] || cublas=$(ldconfig -p 2>/dev/null | awk '/libcublas\.so\.13 /{print $NF; exit}')

@@ -76,11 +76,11 @@ fi
 
 cat <<CMD
 
-On the GPU machine (device tool: carry ["$out"], from the repository root), one command:
+On the GPU machine (device tool: carry ["$out"], timeout_s 570, from the repository root), one command:
 
   bash $out/gpu_remote.sh $out "\$OUT"
 
-It runs in at most ~8 minutes and writes \$OUT/summary.json, the JSON results
+It runs in at most ~8 minutes (450 s budget + unpacking) and writes \$OUT/summary.json, the JSON results
 and logs.tar.gz; it stops at the first failing step and names it
 (add --keep-going to run the independent steps after a failure).
 CMD
