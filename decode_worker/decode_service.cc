@@ -523,7 +523,20 @@ absl::Status DecodeService::LandTransferredBlocks(const tandem::v1::DecodeReques
     pool_blocks.emplace_back(options_.kv_base + static_cast<size_t>(block) * options_.block_bytes,
                              options_.block_bytes);
   }
+  const absl::Time start = absl::Now();
   const absl::Status copied = options_.landing->CopyToPool(reserved.landing, pool_blocks);
+  static Counter* const bytes_total =
+      DefaultMetricsRegistry()
+          .Counter("tandem_worker_kv_staged_bytes_total",
+                   "KV bytes copied between the device pool and pinned host staging", {"direction"})
+          ->WithLabels({"in"});
+  static Counter* const seconds_total =
+      DefaultMetricsRegistry()
+          .Counter("tandem_worker_kv_staging_copy_seconds_total",
+                   "Time spent copying KV between the device pool and pinned host staging", {"direction"})
+          ->WithLabels({"in"});
+  bytes_total->Increment(static_cast<double>(pool_blocks.size() * options_.block_bytes));
+  seconds_total->Increment(absl::ToDoubleSeconds(absl::Now() - start));
   if (!copied.ok()) {
     return absl::Status(copied.code(), absl::StrCat("copying landed KV into the pool: ", copied.message()));
   }

@@ -9,6 +9,7 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "model/loader.h"
+#include "tests/testing/faulty_backend.h"
 #include "tests/testing/status_matchers.h"
 
 namespace tandem::engine {
@@ -31,6 +32,49 @@ class EngineRunnerTest : public ::testing::Test {
   std::unique_ptr<model::LlamaModel> llama_;
   std::unique_ptr<Engine> engine_;
 };
+
+// A device fault mid-stream (the backend's sticky error, as CUDA reports an
+// illegal address): every request in the step ends with an error naming it,
+// none hangs, and the engine stays failed for new requests.
+TEST_F(EngineRunnerTest, ADeviceFaultFailsItsRequestsAndNothingHangs) {
+  testing::FaultyBackend faulty(kernels::CreateCpuBackend({.num_threads = 1}));
+  auto llama = *model::LlamaModel::Create(model_->config, model_->weights, &faulty);
+  auto engine =
+      *Engine::Create({.block_size = 4, .num_blocks = 600}, llama.get(), &faulty, model_->tokenizer.get());
+  EngineRunner runner(engine.get(), {});
+  std::vector<std::shared_ptr<UpdateQueue>> queues;
+  for (int64_t id = 0; id < 2; ++id) {
+    queues.push_back(std::make_shared<UpdateQueue>());
+    ASSERT_OK(runner.Submit(
+        {.id = id, .prompt_tokens = {1, 5, 6}, .max_tokens = 1000, .stop_at_eos = false},
+        [q = queues.back()](const SequenceUpdate& u) { q->Push(u); }, absl::Now() + absl::Seconds(30)));
+  }
+  for (auto& q : queues) {  // both are decoding
+    std::optional<SequenceUpdate> first = q->Pop(absl::Now() + absl::Seconds(10));
+    ASSERT_TRUE(first.has_value());
+    ASSERT_EQ(first->end, SequenceEnd::kNone);
+  }
+  faulty.Fail(absl::InternalError("an illegal memory access was encountered"));
+  for (auto& q : queues) {
+    for (;;) {
+      std::optional<SequenceUpdate> u = q->Pop(absl::Now() + absl::Seconds(10));
+      ASSERT_TRUE(u.has_value()) << "a request hung after the device fault";
+      if (u->end == SequenceEnd::kNone) continue;
+      EXPECT_EQ(u->end, SequenceEnd::kError);
+      EXPECT_THAT(u->error,
+                  StatusIs(absl::StatusCode::kInternal, ::testing::HasSubstr("illegal memory access")));
+      break;
+    }
+  }
+  auto late = std::make_shared<UpdateQueue>();
+  ASSERT_OK(runner.Submit(
+      {.id = 7, .prompt_tokens = {1, 2}, .max_tokens = 2}, [late](const SequenceUpdate& u) { late->Push(u); },
+      absl::Now() + absl::Seconds(30)));
+  std::optional<SequenceUpdate> u = late->Pop(absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(u.has_value());
+  EXPECT_EQ(u->end, SequenceEnd::kError) << "the fault is sticky";
+  runner.Stop();
+}
 
 // Requests submitted from many threads at once each get their own updates,
 // in order, ending once, with the tokens a lone run gives.

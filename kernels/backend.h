@@ -117,6 +117,15 @@ class Backend {
   // caller that checks it once per step learns of any failure in the step.
   virtual absl::Status status() const { return absl::OkStatus(); }
 
+  // Brackets a run of ops (a forward pass; OpsScope below). The guarded CPU
+  // mode opens its memory once for the run instead of around every op (each
+  // opening is an mprotect of every buffer: per op it made decode 30x
+  // slower); other backends ignore it. Nested runs count. Code between the
+  // ops of a run (the model's own) is then unguarded: the guarded mode's
+  // guard_each_op option keeps per-op windows to check it too.
+  virtual void BeginOps() {}
+  virtual void EndOps() {}
+
   // Makes a host-resident weight usable by this backend. The CPU backend uses
   // the host memory in place (the result borrows `host`, e.g. an mmap);
   // a device backend copies (and may convert). The result lives until the
@@ -176,6 +185,28 @@ struct CpuBackendOptions {
   // Threads for data-parallel ops, the caller included. Default: 0, one per
   // hardware thread.
   int num_threads = 0;
+  // Guarded mode only: close the memory after every op, even inside a
+  // BeginOps run, so the model's code between ops is checked too (tests of
+  // model code; much slower). Default: false.
+  bool guard_each_op = false;
+  // Guarded mode only: false keeps the device-style behaviour (own
+  // mappings, host_accessible() false, copies queued until Synchronize) but
+  // never protects the memory, to measure the staged path's own cost
+  // without the mprotect cost of enforcing it (bench/staged_transfer_bench).
+  // Default: true.
+  bool protect = true;
+};
+
+// Calls BeginOps/EndOps for its lifetime.
+class OpsScope {
+ public:
+  explicit OpsScope(Backend& backend) : backend_(backend) { backend_.BeginOps(); }
+  ~OpsScope() { backend_.EndOps(); }
+  OpsScope(const OpsScope&) = delete;
+  OpsScope& operator=(const OpsScope&) = delete;
+
+ private:
+  Backend& backend_;
 };
 
 std::unique_ptr<Backend> CreateCpuBackend(const CpuBackendOptions& options);

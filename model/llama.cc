@@ -157,6 +157,7 @@ absl::Status LlamaModel::Forward(const ForwardBatch& b, const kernels::KvCacheVi
   const int64_t rows = static_cast<int64_t>(b.tokens.size());
   TANDEM_RETURN_IF_ERROR(EnsureWorkspace(rows));
   kernels::Backend& be = *backend_;
+  const kernels::OpsScope ops(be);  // one run of ops (see Backend::BeginOps)
   const int64_t q_dim = int64_t{c.num_heads} * c.head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
 

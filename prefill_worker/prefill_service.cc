@@ -198,6 +198,23 @@ void PrefillCall::SendBlocks(std::vector<int32_t> held_blocks) {
   End(sent);
 }
 
+// Blocks copied pool -> pinned staging before their UCX write (a device
+// pool), and the time the copies took.
+void RecordStaging(uint64_t bytes, absl::Duration time) {
+  static Counter* const bytes_total =
+      DefaultMetricsRegistry()
+          .Counter("tandem_worker_kv_staged_bytes_total",
+                   "KV bytes copied between the device pool and pinned host staging", {"direction"})
+          ->WithLabels({"out"});
+  static Counter* const seconds_total =
+      DefaultMetricsRegistry()
+          .Counter("tandem_worker_kv_staging_copy_seconds_total",
+                   "Time spent copying KV between the device pool and pinned host staging", {"direction"})
+          ->WithLabels({"out"});
+  bytes_total->Increment(static_cast<double>(bytes));
+  seconds_total->Increment(absl::ToDoubleSeconds(time));
+}
+
 absl::Status PrefillCall::WriteBlocks(absl::Span<const int32_t> held_blocks) {
   // The held blocks are not touched by the engine until released: full ones
   // are immutable cache entries, the partial last one belongs to this request.
@@ -220,7 +237,11 @@ absl::Status PrefillCall::WriteBlocks(absl::Span<const int32_t> held_blocks) {
       pool_blocks.emplace_back(options.kv_base + static_cast<uint64_t>(held_blocks[i]) * options.block_bytes,
                                options.block_bytes);
     }
+    const absl::Time copy_start = absl::Now();
     absl::StatusOr<std::vector<absl::Span<const uint8_t>>> host = copier->ReadBlocks(pool_blocks);
+    if (host.ok() && !copier->direct()) {
+      RecordStaging(pool_blocks.size() * options.block_bytes, absl::Now() - copy_start);
+    }
     if (!host.ok()) {
       sent = absl::Status(host.status().code(), absl::StrCat("staging KV blocks: ", host.status().message()));
       break;

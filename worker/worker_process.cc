@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
+#include "common/logging.h"
 #include "common/metrics.h"
 #include "common/status_macros.h"
 #include "decode_worker/decode_service.h"
@@ -18,6 +19,7 @@
 #include "engine/engine_runner.h"
 #include "engine/kv_events.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/credentials.h"
 #include "http/server.h"
 #include "kernels/backend.h"
@@ -325,9 +327,25 @@ absl::Status WorkerProcess::StartEngine() {
       [this, gauges = EngineTickGauges(metrics_, tiers_.get(), store_client_.get())](engine::Engine& e) {
         gauges(e);
         if (decode_on_engine_thread_ != nullptr) decode_on_engine_thread_->ExpireReservations(e);
+        CheckDevice();
       };
   runner_ = std::make_unique<engine::EngineRunner>(engine_.get(), runner_options);
   return absl::OkStatus();
+}
+
+void WorkerProcess::CheckDevice() {
+  const absl::Status device = backend_->status();
+  if (device.ok()) return;
+  absl::MutexLock lock(&mu_);
+  if (!device_error_.empty()) return;
+  // Sticky: every later step fails too (Engine::Step checks it), so the
+  // worker stops claiming to serve: /health answers 503 and the gRPC health
+  // service NOT_SERVING, for the router's and Kubernetes' probes.
+  device_error_ = std::string(device.message());
+  LOG(ERROR) << "worker " << info_.worker_id << ": the " << backend_->name()
+             << " backend failed; reporting unhealthy: " << device;
+  if (grpc_server_for_health_ != nullptr)
+    grpc_server_for_health_->GetHealthCheckService()->SetServingStatus(false);
 }
 
 absl::StatusOr<grpc::Service*> WorkerProcess::MakeService() {
@@ -410,6 +428,10 @@ absl::Status WorkerProcess::StartServices() {
                                            .interceptors = options_.server_interceptors},
                                           {service, snapshot_service_.get()}));
   grpc_server_ = std::move(server.server);
+  {
+    absl::MutexLock lock(&mu_);
+    grpc_server_for_health_ = grpc_server_.get();
+  }
   info_.grpc_port = server.port;
   info_.address = server.address;
   return absl::OkStatus();
@@ -427,10 +449,19 @@ absl::Status WorkerProcess::StartMetricsServer() {
                  .content_type = "text/plain; version=0.0.4; charset=utf-8",
                  .body = metrics.RenderPrometheus()});
       });
-  metrics_server_->Handle("GET", "/health",
-                          [](const http::Request&, std::shared_ptr<http::ResponseWriter> w) {
-                            w->Send({.status = 200, .content_type = "text/plain", .body = "ok\n"});
-                          });
+  metrics_server_->Handle(
+      "GET", "/health", [this](const http::Request&, std::shared_ptr<http::ResponseWriter> w) {
+        std::string failed;
+        {
+          absl::MutexLock lock(&mu_);
+          failed = device_error_;
+        }
+        if (failed.empty()) {
+          w->Send({.status = 200, .content_type = "text/plain", .body = "ok\n"});
+        } else {
+          w->Send({.status = 503, .content_type = "text/plain", .body = "device failed: " + failed + "\n"});
+        }
+      });
   if (absl::Status s = metrics_server_->Start(); !s.ok()) return Prefixed(s, "metrics: ");
   info_.metrics_port = metrics_server_->port();
   return absl::OkStatus();

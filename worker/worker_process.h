@@ -239,6 +239,8 @@ class WorkerProcess {
   absl::StatusOr<grpc::Service*> MakeService();
   // Leaves the router, stops the servers and the engine thread; once.
   void Shutdown();
+  // Engine thread, each tick: a failed device makes the worker unhealthy.
+  void CheckDevice();
 
   const Options options_;
   MetricsRegistry& metrics_;
@@ -272,6 +274,10 @@ class WorkerProcess {
   std::unique_ptr<RouterLink> router_link_;
 
   absl::Mutex mu_;
+  // The backend's sticky error once the engine thread saw it ("": healthy),
+  // and the server whose health service then says NOT_SERVING.
+  std::string device_error_ ABSL_GUARDED_BY(mu_);
+  grpc::Server* grpc_server_for_health_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool stop_requested_ ABSL_GUARDED_BY(mu_) = false;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
 };

@@ -7,12 +7,14 @@
 // pool for UCX) dies with SIGSEGV at the faulting line instead of working by
 // accident on the CPU and failing on a GPU. Each backend call opens every
 // mapping for its duration (a counted window: the compute thread's op and
-// another thread's copy stream may overlap).
+// another thread's copy stream may overlap); a BeginOps/EndOps run (a forward
+// pass) holds one window open for all its ops unless guard_each_op is set.
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -38,26 +40,40 @@ class Window {
   GuardedCpuBackend* const backend_;
 };
 
+// Copies are queued and done together in Synchronize, inside one window: as
+// a device's stream, they are complete only once Synchronize returns (and
+// one window per batch, not per block, keeps the mprotect cost down).
 class GuardedCopyStream final : public CopyStream {
  public:
   explicit GuardedCopyStream(GuardedCpuBackend* backend) : backend_(backend) {}
   void ToHost(const void* src, size_t bytes, void* host_dst) override {
-    Window open(backend_);
-    std::memcpy(host_dst, src, bytes);
+    queued_.push_back({src, host_dst, bytes});
   }
   void FromHost(const void* host_src, size_t bytes, void* dst) override {
-    Window open(backend_);
-    std::memcpy(dst, host_src, bytes);
+    queued_.push_back({host_src, dst, bytes});
   }
-  absl::Status Synchronize(absl::Time) override { return absl::OkStatus(); }
+  absl::Status Synchronize(absl::Time) override {
+    if (queued_.empty()) return absl::OkStatus();
+    Window open(backend_);
+    for (const Copy& c : queued_) std::memcpy(c.dst, c.src, c.bytes);
+    queued_.clear();
+    return absl::OkStatus();
+  }
 
  private:
+  struct Copy {
+    const void* src;
+    void* dst;
+    size_t bytes;
+  };
   GuardedCpuBackend* const backend_;
+  std::vector<Copy> queued_;
 };
 
 class GuardedCpuBackend final : public Backend {
  public:
-  explicit GuardedCpuBackend(const CpuBackendOptions& options) : cpu_(CreateCpuBackend(options)) {}
+  explicit GuardedCpuBackend(const CpuBackendOptions& options)
+      : cpu_(CreateCpuBackend(options)), guard_each_op_(options.guard_each_op), protect_(options.protect) {}
   ~GuardedCpuBackend() override {
     absl::MutexLock lock(&mu_);
     for (const auto& [base, bytes] : mappings_) munmap(base, bytes);
@@ -71,7 +87,7 @@ class GuardedCpuBackend final : public Backend {
     const size_t rounded = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
     absl::MutexLock lock(&mu_);
     // Fresh anonymous pages are zero, as Allocate promises.
-    void* p = mmap(nullptr, rounded, depth_ > 0 ? PROT_READ | PROT_WRITE : PROT_NONE,
+    void* p = mmap(nullptr, rounded, depth_ > 0 || !protect_ ? PROT_READ | PROT_WRITE : PROT_NONE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) {
       return absl::ResourceExhaustedError(
@@ -155,6 +171,13 @@ class GuardedCpuBackend final : public Backend {
     cpu_->Add(x, y, n);
   }
 
+  void BeginOps() override {
+    if (!guard_each_op_) OpenWindow();
+  }
+  void EndOps() override {
+    if (!guard_each_op_) CloseWindow();
+  }
+
   void OpenWindow() {
     absl::MutexLock lock(&mu_);
     if (depth_++ == 0) ProtectAllLocked(PROT_READ | PROT_WRITE);
@@ -166,6 +189,7 @@ class GuardedCpuBackend final : public Backend {
 
  private:
   void ProtectAllLocked(int protection) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!protect_) return;
     for (const auto& [base, bytes] : mappings_) {
       TANDEM_CHECK(mprotect(base, bytes, protection) == 0,
                    "cpu-guarded backend: mprotect failed: ", std::strerror(errno));
@@ -173,6 +197,8 @@ class GuardedCpuBackend final : public Backend {
   }
 
   const std::unique_ptr<Backend> cpu_;
+  const bool guard_each_op_;
+  const bool protect_;
   absl::Mutex mu_;
   absl::flat_hash_map<void*, size_t> mappings_ ABSL_GUARDED_BY(mu_);
   int depth_ ABSL_GUARDED_BY(mu_) = 0;  // backend calls now running

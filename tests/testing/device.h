@@ -22,7 +22,13 @@ inline std::string TestDevice() {
 
 // A backend on TestDevice(); aborts the test binary if it cannot be made
 // (an unknown TANDEM_DEVICE is a broken test setup, not a test result).
+// In-process tests check the model's code too: a guarded backend here closes
+// its memory after every op (guard_each_op), where the workers' guards
+// bracket whole forward passes.
 inline std::unique_ptr<kernels::Backend> TestBackend(int num_threads) {
+  if (TestDevice() == "cpu-guarded") {
+    return kernels::CreateGuardedCpuBackend({.num_threads = num_threads, .guard_each_op = true});
+  }
   auto backend = kernels::CreateBackend({.device = TestDevice(), .num_threads = num_threads});
   if (!backend.ok()) std::abort();
   return *std::move(backend);
