@@ -29,6 +29,8 @@ inline float CombineLanes(const float* acc) {
   return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
+// Convert is a lambda (not a function pointer) so it inlines as the old
+// loops' direct calls did.
 template <typename Convert>
 inline float DotScalar(const float* a, const uint16_t* b, int64_t n, Convert convert) {
   float acc[kLanes] = {};
@@ -77,9 +79,11 @@ inline float RowDotScalar(const float* x, const Weight& w, int64_t o) {
     case DType::kF32:
       return DotF32Scalar(x, reinterpret_cast<const float*>(row), n);
     case DType::kF16:
-      return DotScalar(x, reinterpret_cast<const uint16_t*>(row), n, HalfToFloat);
+      return DotScalar(x, reinterpret_cast<const uint16_t*>(row), n,
+                       [](uint16_t v) { return HalfToFloat(v); });
     case DType::kBF16:
-      return DotScalar(x, reinterpret_cast<const uint16_t*>(row), n, BF16ToFloat);
+      return DotScalar(x, reinterpret_cast<const uint16_t*>(row), n,
+                       [](uint16_t v) { return BF16ToFloat(v); });
     case DType::kQ8_0:
       return DotQ8_0Scalar(x, row, n);
   }
