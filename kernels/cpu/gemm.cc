@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -285,9 +286,48 @@ inline void SweepTiles(const Table& tiles, int64_t mr_max, int64_t nr_max, int64
   }
 }
 
+// F16/BF16 with several tokens on AVX2: each 4-row panel is converted to F32
+// once per token block and the F32 tiles run on it, so the conversions
+// (2 uops each) stop competing with the FMAs. Conversion is exact, so every
+// FMA sees the same operands as in the direct tiles: identical results.
+constexpr int64_t kConvertMinRows = 8;
+
+template <typename L>
+TANDEM_AVX2 void RangeFloatConverted(const float* x, int64_t rows, const Weight& w, float* out,
+                                     int64_t o_begin, int64_t o_end) {
+  static constexpr auto kTiles = FloatTable<LoadF32>(std::make_integer_sequence<int, kFloatMR>());
+  const auto* wt = static_cast<const typename L::T*>(w.data);
+  const int64_t n = w.cols;
+  thread_local std::vector<float> panel;
+  panel.resize(kFloatMR * n);
+  for (int64_t tb = 0; tb < rows; tb += kTokenBlock) {
+    const int64_t te = std::min(rows, tb + kTokenBlock);
+    for (int64_t o = o_begin; o < o_end; o += kFloatMR) {
+      const int64_t mr = std::min<int64_t>(kFloatMR, o_end - o);
+      for (int64_t i = 0; i < mr; ++i) {
+        const typename L::T* src = wt + (o + i) * n;
+        float* dst = panel.data() + i * n;
+        int64_t k = 0;
+        for (; k + 8 <= n; k += 8) _mm256_storeu_ps(dst + k, L::Load(src + k));
+        for (; k < n; ++k) dst[k] = L::One(src[k]);
+      }
+      for (int64_t t = tb; t < te; t += kFloatNR) {
+        kTiles[mr - 1][std::min<int64_t>(kFloatNR, te - t) - 1](x + t * n, n, panel.data(), n, n,
+                                                                out + t * w.rows + o, w.rows);
+      }
+    }
+  }
+}
+
 template <typename L>
 TANDEM_AVX2 void RangeFloat(const float* x, int64_t rows, const Weight& w, float* out, int64_t o_begin,
                             int64_t o_end) {
+  if constexpr (!std::is_same_v<L, LoadF32>) {
+    if (rows >= kConvertMinRows) {
+      RangeFloatConverted<L>(x, rows, w, out, o_begin, o_end);
+      return;
+    }
+  }
   static constexpr auto kTiles = FloatTable<L>(std::make_integer_sequence<int, kFloatMR>());
   SweepTiles(kTiles, kFloatMR, kFloatNR, rows, o_begin, o_end, [&](auto tile, int64_t o, int64_t t) {
     tile(x + t * w.cols, w.cols, static_cast<const typename L::T*>(w.data) + o * w.cols, w.cols, w.cols,
