@@ -5,6 +5,7 @@
 #
 #   bench/cpu_peer.sh                         # 110m shape, F16 and Q8_0
 #   SHAPES="110m llama-1b" TYPES="f16 bf16 q8_0" REPEATS=3 bench/cpu_peer.sh
+#   BATCHES=1,4,16,64 SHAPES=110m TYPES=f16 bench/cpu_peer.sh   # + batched decode
 #
 # llama.cpp is built from source outside the tree, in $PEER_DIR (default
 # /work/llama-peer): the npm package node-llama-cpp ships llama.cpp's sources
@@ -19,6 +20,10 @@
 # 512-token context); cpu_generate_bench prefills a 512-token prompt and then
 # decodes $DECODE tokens. Each figure is the best of $REPEATS runs, the two
 # programs alternating so a busy spell on a shared machine hits both.
+#
+# With BATCHES set, a second table: decode tokens/s of all sequences together
+# at each batch size, Tandem's engine_bench (32-token prompts, 32 timed steps)
+# against llama-batched-bench's S_TG (npp 32, ntg 32), same file.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -54,7 +59,8 @@ LLAMA_TAG=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['tag
 
 mkdir -p "$PEER_DIR/models"
 RESULTS=$(mktemp)
-trap 'rm -f "$RESULTS"' EXIT
+BATCHED=$(mktemp)
+trap 'rm -f "$RESULTS" "$BATCHED"' EXIT
 
 # One llama-bench run of one test; prints tokens/s.
 llama_tps() {  # file, args...
@@ -80,6 +86,30 @@ for shape in $SHAPES; do
   done
 done
 
+if [[ -n ${BATCHES:-} ]]; then
+  ENGINE_BENCH=${ENGINE_BENCH:-$ROOT/build/bin/engine_bench}
+  for shape in $SHAPES; do
+    for type in $TYPES; do
+      file=$PEER_DIR/models/$shape-$type.gguf
+      for rep in $(seq "$REPEATS"); do
+        echo "# batched $shape $type run $rep/$REPEATS" >&2
+        "$ENGINE_BENCH" --models "$file" --threads "$THREADS" --batches "$BATCHES" --decode-steps 32 \
+          --repeats 1 2>/dev/null | python3 -c "
+import json, sys
+for d in json.load(sys.stdin)['results'][0]['decode']:
+    print('$shape', '$type', 'tandem', d['batch'], d['decode_tokens_per_s'])" >>"$BATCHED"
+        "$PEER_DIR/build/bin/llama-batched-bench" -m "$file" -c 4096 -b 2048 -ub 512 -npp 32 -ntg 32 \
+          -npl "$BATCHES" -t "$THREADS" --output-format jsonl 2>/dev/null | python3 -c "
+import json, sys
+for line in sys.stdin:
+    if line.startswith('{'):
+        r = json.loads(line)
+        print('$shape', '$type', 'llama', r['pl'], r['speed_tg'])" >>"$BATCHED"
+      done
+    done
+  done
+fi
+
 python3 - "$RESULTS" "$LLAMA_COMMIT" "$LLAMA_TAG" "$THREADS" "$PROMPT" "$DECODE" "$REPEATS" <<'EOF'
 import sys
 path, commit, tag, threads, prompt, decode, repeats = sys.argv[1:]
@@ -98,3 +128,20 @@ for (shape, typ), (tp, td, lp, ld) in best.items():
     print(f"| {shape}, {typ.upper()} | prefill {prompt} | {tp:,.1f} | {lp:,.1f} | {tp / lp:.2f} |")
     print(f"| {shape}, {typ.upper()} | decode {decode} after {prompt} | {td:,.1f} | {ld:,.1f} | {td / ld:.2f} |")
 EOF
+
+if [[ -s $BATCHED ]]; then
+  python3 - "$BATCHED" <<'EOF'
+import sys
+best = {}
+for line in open(sys.argv[1]):
+    shape, typ, who, batch, tps = line.split()
+    b = best.setdefault((shape, typ, int(batch)), {"tandem": 0.0, "llama": 0.0})
+    b[who] = max(b[who], float(tps))
+print()
+print("| shape, weights | batch | Tandem decode tok/s | llama.cpp S_TG tok/s | Tandem / llama.cpp |")
+print("|---|---:|---:|---:|---:|")
+for (shape, typ, batch), b in sorted(best.items()):
+    ratio = b["tandem"] / b["llama"] if b["llama"] else float("nan")
+    print(f"| {shape}, {typ.upper()} | {batch} | {b['tandem']:,.1f} | {b['llama']:,.1f} | {ratio:.2f} |")
+EOF
+fi
