@@ -31,6 +31,11 @@ void AddWorkerFlags(CLI::App* cmd, WorkerFlags* f) {
          "prefill worker's send buffers, a decode worker's landing slots")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd->add_option(
+         "--kv-stream-chunks", f->kv_stream_chunks,
+         "Prefill: send the KV of each prefill chunk (prompts over --max-step-tokens) while the next "
+         "computes; false: all of it after the last chunk")
+      ->capture_default_str();
   cmd->add_option("--worker-id", f->worker_id, "Worker id (default: ROLE-HOST-PID)");
   AddKvTierFlags(cmd, &f->kv_tiers);
   cmd->add_option(
@@ -68,6 +73,7 @@ worker::WorkerProcess::Options WorkerOptions(const WorkerFlags& f, const std::st
   o.cuda_fp32 = f.device.cuda_fp32;
   o.kv_dtype = f.device.kv_dtype;
   o.kv_staging_bytes = static_cast<size_t>(f.kv_staging_mb) << 20;
+  o.kv_stream_chunks = f.kv_stream_chunks;
   o.threads = f.threads;
   o.block_size = f.block_size;
   o.kv_cache_bytes = static_cast<size_t>(f.kv_cache_mb) << 20;

@@ -30,7 +30,8 @@ struct WorkerFlags {
   DeviceFlags device{.device = "cpu"};
   int32_t block_size = 16;
   int32_t kv_cache_mb = 256;
-  int32_t kv_staging_mb = 64;  // --kv-staging-mb: pinned staging for a device pool
+  int32_t kv_staging_mb = 64;
+  bool kv_stream_chunks = true;  // --kv-stream-chunks  // --kv-staging-mb: pinned staging for a device pool
   int32_t max_running = 64;
   int32_t max_step_tokens = 512;
   std::string worker_id;    // default: role-host-pid

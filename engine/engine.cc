@@ -297,6 +297,7 @@ absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
   ++stats_.steps;
   if (!loading_.empty()) ++stats_.steps_with_tier_loads;
   CommitComputed(plan);
+  ReportComputedBlocks(plan, &out);
   SampleAndFinish(sampled_ids, &out);
   return out;
 }
@@ -453,6 +454,26 @@ void Engine::CommitComputed(const StepPlan& plan) {
     stats_.decode_tokens_computed += p.rows - prompt_rows;
     seq.num_computed += p.rows;
     kv_->CommitFullBlocks(p.id, seq.tokens, seq.num_computed);
+  }
+}
+
+void Engine::ReportComputedBlocks(const StepPlan& plan, std::vector<SequenceUpdate>* out) {
+  for (const Planned& p : plan.rows) {
+    Sequence& seq = *sequences_.at(p.id);
+    const int32_t prompt_len = static_cast<int32_t>(seq.request.prompt_tokens.size());
+    // A sequence that finished its prompt this step is sampled now: its
+    // final update carries every held block.
+    if (!seq.request.stream_prompt_blocks || seq.num_computed >= prompt_len) continue;
+    const int32_t full = seq.num_computed / options_.block_size;
+    if (full <= seq.streamed_blocks) continue;
+    const absl::Span<const int32_t> table = kv_->BlockTable(p.id);
+    SequenceUpdate u;
+    u.id = p.id;
+    u.cached_tokens = std::max(seq.cached_tokens, 0);
+    u.first_computed_block = seq.streamed_blocks;
+    u.computed_blocks.assign(table.begin() + seq.streamed_blocks, table.begin() + full);
+    seq.streamed_blocks = full;
+    out->push_back(std::move(u));
   }
 }
 

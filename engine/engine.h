@@ -119,6 +119,14 @@ struct EngineRequest {
   // must send) until ReleaseReserved(id); the final update carries the block
   // table in held_blocks. Default: false.
   bool hold_blocks_on_finish = false;
+  // Prefill workers streaming KV (chunked prefill): after a step that
+  // completes full prompt blocks without finishing the prompt, a kNone
+  // update lists them (computed_blocks), so they can be sent while the next
+  // chunk computes. The blocks stay valid only while the update is delivered
+  // (the listener runs on the engine thread; a later preemption may reuse
+  // them): a listener copies what it sends. The prompt's remaining blocks
+  // come with the final update's held_blocks. Default: false.
+  bool stream_prompt_blocks = false;
 };
 
 // Blocks reserved for a prompt whose KV another process will write.
@@ -140,6 +148,11 @@ struct SequenceUpdate {
   int32_t cached_tokens = 0;
   // hold_blocks_on_finish requests: the held block table, on the final update.
   std::vector<int32_t> held_blocks;
+  // stream_prompt_blocks requests: full prompt blocks computed this step,
+  // blocks [first_computed_block, first_computed_block + size) of the
+  // sequence's table (each reported once, in order).
+  std::vector<int32_t> computed_blocks;
+  int32_t first_computed_block = 0;
 };
 
 struct EngineStats {
@@ -226,9 +239,10 @@ class Engine {
     EngineRequest request;
     std::vector<int32_t> tokens;  // prompt then generated
     int32_t num_generated = 0;
-    int32_t num_computed = 0;    // tokens whose KV is in this sequence's blocks
-    int32_t cached_tokens = -1;  // at first admission; -1 before
-    int32_t loading_cached = 0;  // while loading: the prefix it will have if every copy succeeds
+    int32_t num_computed = 0;     // tokens whose KV is in this sequence's blocks
+    int32_t cached_tokens = -1;   // at first admission; -1 before
+    int32_t loading_cached = 0;   // while loading: the prefix it will have if every copy succeeds
+    int32_t streamed_blocks = 0;  // stream_prompt_blocks: leading blocks reported so far
     std::unique_ptr<Sampler> sampler;
   };
 
@@ -278,6 +292,9 @@ class Engine {
   // last row yields logits (their prompt is done), in logit-row order.
   std::vector<int64_t> BuildBatch(const StepPlan& plan);
   // After the forward pass: counts the rows and commits full blocks.
+  // Reports the prompt blocks this step completed, for stream_prompt_blocks
+  // sequences still inside their prompt (see EngineRequest).
+  void ReportComputedBlocks(const StepPlan& plan, std::vector<SequenceUpdate>* out);
   void CommitComputed(const StepPlan& plan);
   // Samples the next token of each of `sampled_ids` and finishes those at a
   // stop token or max_tokens.

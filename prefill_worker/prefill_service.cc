@@ -1,6 +1,9 @@
 #include "prefill_worker/prefill_service.h"
 
 #include <algorithm>
+#include <cstring>
+#include <deque>
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -43,6 +46,23 @@ void RecordTransfer(uint64_t bytes, absl::Duration time) {
   if (time > absl::ZeroDuration()) {
     gbps->Set(static_cast<double>(bytes) / absl::ToDoubleSeconds(time) / 1e9);
   }
+}
+
+// KV written while later prefill chunks computed (chunk streaming), and the
+// time those writes took: transfer time hidden behind compute.
+void RecordStreamed(uint64_t bytes, absl::Duration time) {
+  static Counter* const bytes_total =
+      DefaultMetricsRegistry()
+          .Counter("tandem_worker_kv_streamed_bytes_total",
+                   "KV bytes sent while later prefill chunks computed (chunk streaming)")
+          ->WithLabels({});
+  static Counter* const seconds_total =
+      DefaultMetricsRegistry()
+          .Counter("tandem_worker_kv_streamed_seconds_total",
+                   "Time spent writing KV while later prefill chunks computed (hidden behind compute)")
+          ->WithLabels({});
+  bytes_total->Increment(static_cast<double>(bytes));
+  seconds_total->Increment(absl::ToDoubleSeconds(time));
 }
 
 }  // namespace
@@ -93,6 +113,19 @@ class PrefillCall final : public grpc::ServerUnaryReactor {
   // Finishes the RPC; called exactly once.
   void End(const absl::Status& status);
 
+  // Chunk streaming (PrefillServiceOptions::stream_kv). Engine thread: copies
+  // the prompt blocks a prefill chunk completed (the engine may reuse them
+  // after this update) and queues their send.
+  void StreamChunk(const engine::SequenceUpdate& u);
+  // Strand: writes blocks [first, first + n) of the prompt from `bytes`.
+  void WriteChunk(int64_t first, const std::vector<uint8_t>& bytes);
+  // The call's strand: jobs run one at a time, in order, on SendQueue
+  // threads, so streamed chunks, the final send and End never overlap and
+  // the checksums stay in block order. `last` ends the call (nothing of the
+  // call is touched after it runs).
+  void Post(std::function<void()> job, bool last);
+  void Drain();
+
   PrefillService* const service_;
   const tandem::v1::PrefillRequest& request_;  // gRPC's, valid until Finish
   tandem::v1::PrefillResponse* const response_;
@@ -106,6 +139,16 @@ class PrefillCall final : public grpc::ServerUnaryReactor {
   Phase phase_ ABSL_GUARDED_BY(mu_) = Phase::kComputing;
   bool submitted_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<std::pair<std::function<void()>, bool>> jobs_ ABSL_GUARDED_BY(mu_);
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Strand-only (see Post): prompt blocks sent ahead of the final update
+  // end at streamed_upto_ (0: none), their bytes and write time, and the
+  // first failure, which the final send reports.
+  int64_t streamed_upto_ = 0;
+  uint64_t streamed_bytes_ = 0;
+  absl::Duration streamed_time_;
+  absl::Status stream_error_;
 };
 
 absl::Status PrefillCall::Start() {
@@ -125,6 +168,7 @@ absl::Status PrefillCall::Start() {
   if (request_.sampling().has_seed()) req.sampling.seed = request_.sampling().seed();
   req.stop_at_eos = request_.stop_at_eos();
   req.hold_blocks_on_finish = true;
+  req.stream_prompt_blocks = service_->options_.stream_kv;
   absl::MutexLock lock(&mu_);
   absl::Status queued = service_->runner_->SubmitAsync(
       std::move(req), [this](const engine::SequenceUpdate& u) { OnUpdate(u); }, deadline_);
@@ -135,12 +179,13 @@ absl::Status PrefillCall::Start() {
 void PrefillCall::OnUpdate(const engine::SequenceUpdate& u) {
   switch (u.end) {
     case engine::SequenceEnd::kNone:
+      if (!u.computed_blocks.empty()) StreamChunk(u);
       return;
     case engine::SequenceEnd::kError:
-      End(u.error);
+      Post([this, error = u.error] { End(error); }, /*last=*/true);
       return;
     case engine::SequenceEnd::kCancelled:
-      End(absl::CancelledError("cancelled"));
+      Post([this] { End(absl::CancelledError("cancelled")); }, /*last=*/true);
       return;
     case engine::SequenceEnd::kLength:
     case engine::SequenceEnd::kStop:
@@ -148,14 +193,100 @@ void PrefillCall::OnUpdate(const engine::SequenceUpdate& u) {
   }
   if (absl::Status taken = TakeResult(u); !taken.ok()) {
     service_->ReleaseHeldAsync(id_);
-    End(taken);
+    Post([this, taken] { End(taken); }, /*last=*/true);
     return;
   }
   {
     absl::MutexLock lock(&mu_);
     phase_ = Phase::kSending;
   }
-  service_->senders_.Push([this, held = u.held_blocks]() mutable { SendBlocks(std::move(held)); });
+  Post([this, held = u.held_blocks]() mutable { SendBlocks(std::move(held)); }, /*last=*/true);
+}
+
+void PrefillCall::Post(std::function<void()> job, bool last) {
+  absl::MutexLock lock(&mu_);
+  jobs_.emplace_back(std::move(job), last);
+  if (draining_) return;
+  draining_ = true;
+  service_->senders_.Push([this] { Drain(); });
+}
+
+void PrefillCall::Drain() {
+  for (;;) {
+    std::pair<std::function<void()>, bool> job;
+    {
+      absl::MutexLock lock(&mu_);
+      if (jobs_.empty()) {
+        draining_ = false;
+        return;
+      }
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    const bool last = job.second;
+    job.first();
+    if (last) return;  // the call may be gone
+  }
+}
+
+void PrefillCall::StreamChunk(const engine::SequenceUpdate& u) {
+  const PrefillServiceOptions& options = service_->options_;
+  const int64_t first = std::max<int64_t>(u.first_computed_block, request_.reservation().cached_blocks());
+  const int64_t end =
+      std::min<int64_t>(u.first_computed_block + static_cast<int64_t>(u.computed_blocks.size()),
+                        PromptBlocks(request_, options.block_size));
+  if (first >= end || eos_) return;
+  std::vector<uint8_t> bytes((end - first) * options.block_bytes);
+  absl::Status copied = [&]() -> absl::Status {
+    TANDEM_ASSIGN_OR_RETURN(engine::PoolCopier * copier, service_->StreamCopier());
+    for (int64_t begin = first; begin < end;) {
+      const int64_t stop = std::min<int64_t>(end, begin + copier->capacity());
+      std::vector<absl::Span<const uint8_t>> pool_blocks;
+      for (int64_t i = begin; i < stop; ++i) {
+        const int32_t block = u.computed_blocks[i - u.first_computed_block];
+        pool_blocks.emplace_back(options.kv_base + static_cast<uint64_t>(block) * options.block_bytes,
+                                 options.block_bytes);
+      }
+      TANDEM_ASSIGN_OR_RETURN(std::vector<absl::Span<const uint8_t>> host, copier->ReadBlocks(pool_blocks));
+      for (int64_t i = begin; i < stop; ++i) {
+        std::memcpy(bytes.data() + (i - first) * options.block_bytes, host[i - begin].data(),
+                    options.block_bytes);
+      }
+      begin = stop;
+    }
+    return absl::OkStatus();
+  }();
+  if (!copied.ok()) {
+    Post([this, copied] { stream_error_.Update(copied); }, /*last=*/false);
+    return;
+  }
+  Post([this, first, bytes = std::move(bytes)] { WriteChunk(first, bytes); }, /*last=*/false);
+}
+
+void PrefillCall::WriteChunk(int64_t first, const std::vector<uint8_t>& bytes) {
+  if (!stream_error_.ok()) return;
+  const PrefillServiceOptions& options = service_->options_;
+  const tandem::v1::KvReservation& res = request_.reservation();
+  const int64_t n = static_cast<int64_t>(bytes.size() / options.block_bytes);
+  std::vector<transfer::WriteRequest> writes;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t* block = bytes.data() + i * options.block_bytes;
+    response_->add_kv_block_crc32c(kvstore::Crc32c(absl::MakeConstSpan(block, options.block_bytes)));
+    writes.push_back(
+        {block, static_cast<uint64_t>(res.block_ids(first + i)) * res.block_bytes(), options.block_bytes});
+  }
+  const absl::Time start = absl::Now();
+  const absl::Status sent = service_->transfer_->Write(
+      transfer::RegionFromProto(res.region(), "decode reservation " + request_.request_id()), writes,
+      std::min(deadline_, absl::Now() + options.transfer_timeout));
+  if (!sent.ok()) {
+    stream_error_ =
+        absl::AbortedError(absl::StrFormat("transfer to decode worker failed: %s", sent.message()));
+    return;
+  }
+  streamed_upto_ = first + n;
+  streamed_bytes_ += bytes.size();
+  streamed_time_ += absl::Now() - start;
 }
 
 absl::Status PrefillCall::TakeResult(const engine::SequenceUpdate& done) {
@@ -192,8 +323,13 @@ void PrefillCall::SendBlocks(std::vector<int32_t> held_blocks) {
   const absl::Duration transfer_time = absl::Now() - computed_;
   service_->ReleaseHeldAsync(id_);
   if (sent.ok()) {
+    // transfer_ms is what the prompt waited for after its last chunk; the
+    // streamed chunks were written while later chunks computed.
     response_->set_transfer_ms(absl::ToDoubleMilliseconds(transfer_time));
-    if (response_->transferred_bytes() > 0) RecordTransfer(response_->transferred_bytes(), transfer_time);
+    if (response_->transferred_bytes() > 0) {
+      RecordTransfer(response_->transferred_bytes(), transfer_time + streamed_time_);
+    }
+    if (streamed_bytes_ > 0) RecordStreamed(streamed_bytes_, streamed_time_);
   }
   End(sent);
 }
@@ -220,8 +356,11 @@ absl::Status PrefillCall::WriteBlocks(absl::Span<const int32_t> held_blocks) {
   // are immutable cache entries, the partial last one belongs to this request.
   const PrefillServiceOptions& options = service_->options_;
   const tandem::v1::KvReservation& res = request_.reservation();
-  const int64_t first = res.cached_blocks();
+  TANDEM_RETURN_IF_ERROR(stream_error_);
+  // Blocks streamed ahead while later chunks computed are already there.
+  const int64_t first = std::max<int64_t>(res.cached_blocks(), streamed_upto_);
   const int64_t end = PromptBlocks(request_, options.block_size);
+  response_->set_transferred_bytes(streamed_bytes_);
   if (first >= end) return absl::OkStatus();
   TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<engine::PoolCopier> copier, service_->AcquireCopier());
   const transfer::RemoteRegion region =
@@ -263,7 +402,7 @@ absl::Status PrefillCall::WriteBlocks(absl::Span<const int32_t> held_blocks) {
   }
   service_->ReturnCopier(std::move(copier));
   TANDEM_RETURN_IF_ERROR(sent);
-  response_->set_transferred_bytes((end - first) * options.block_bytes);
+  response_->set_transferred_bytes(streamed_bytes_ + (end - first) * options.block_bytes);
   return absl::OkStatus();
 }
 
@@ -300,6 +439,14 @@ absl::Status PrefillService::CheckReservation(const tandem::v1::PrefillRequest& 
     }
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<engine::PoolCopier*> PrefillService::StreamCopier() {
+  if (stream_copier_ == nullptr) {
+    TANDEM_ASSIGN_OR_RETURN(stream_copier_, engine::PoolCopier::Create(options_.backend, options_.block_bytes,
+                                                                       options_.staging_blocks));
+  }
+  return stream_copier_.get();
 }
 
 absl::StatusOr<std::unique_ptr<engine::PoolCopier>> PrefillService::AcquireCopier() {

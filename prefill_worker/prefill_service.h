@@ -73,6 +73,10 @@ struct PrefillServiceOptions {
   // Blocks staged at once per sending thread (pinned memory: send_threads *
   // staging_blocks * block_bytes at most). Must be >= 1. Default: 64.
   int32_t staging_blocks = 64;
+  // Chunk streaming: with chunked prefill, send the blocks each chunk
+  // completes while the next chunk computes, instead of all after the last
+  // (the engine's stream_prompt_blocks). Default: true.
+  bool stream_kv = true;
   // Deadline of one request's KV transfer. Default: 10 s.
   absl::Duration transfer_timeout = absl::Seconds(10);
   // Longest a Prefill may take when the client set no earlier deadline.
@@ -120,6 +124,9 @@ class PrefillService final : public tandem::v1::PrefillWorker::CallbackService {
   // sending thread ever exists), and its return.
   absl::StatusOr<std::unique_ptr<engine::PoolCopier>> AcquireCopier();
   void ReturnCopier(std::unique_ptr<engine::PoolCopier> copier);
+  // The engine thread's copier for streamed chunks (made on first use;
+  // only the engine thread, which runs the listeners, calls this).
+  absl::StatusOr<engine::PoolCopier*> StreamCopier();
 
   const PrefillServiceOptions options_;
   engine::EngineRunner* const runner_;
@@ -127,6 +134,7 @@ class PrefillService final : public tandem::v1::PrefillWorker::CallbackService {
   std::atomic<int64_t> next_engine_id_{1};
   absl::Mutex copiers_mu_;
   std::vector<std::unique_ptr<engine::PoolCopier>> idle_copiers_ ABSL_GUARDED_BY(copiers_mu_);
+  std::unique_ptr<engine::PoolCopier> stream_copier_;  // engine thread only
   // Last member: destroyed (its threads joined) first.
   SendQueue senders_;
 };

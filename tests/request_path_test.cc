@@ -37,6 +37,9 @@
 #include "grpcpp/support/client_interceptor.h"
 #include "grpcpp/support/server_interceptor.h"
 #include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "model/llama.h"
+#include "model/loader.h"
 #include "model/model_info.h"
 #include "router/router_core.h"
 #include "router/router_service.h"
@@ -45,6 +48,7 @@
 #include "tandem/v1/worker.pb.h"
 #include "tests/testing/device.h"
 #include "tests/testing/poll.h"
+#include "tests/testing/status_matchers.h"
 #include "worker/worker_process.h"
 #include "worker_common/grpc_server.h"
 
@@ -219,8 +223,9 @@ class RequestPathTest : public ::testing::Test {
   }
 
   // A worker registered with the router (Create returns once it is).
-  WorkerProcess* AddWorker(WorkerProcess::Role role, const std::string& id) {
+  WorkerProcess* AddWorker(WorkerProcess::Role role, const std::string& id, int32_t max_step_tokens = 0) {
     WorkerProcess::Options options;
+    if (max_step_tokens > 0) options.max_step_tokens = max_step_tokens;
     options.role = role;
     options.model = kModel;
     options.device = ::tandem::testing::TestDevice();
@@ -316,6 +321,40 @@ TEST_F(RequestPathTest, DisaggregatedRequestMatchesAggregatedDecode) {
   ASSERT_TRUE(again.status.ok()) << again.status.error_message();
   EXPECT_EQ(again.summary.usage().cached_tokens(), 48);
   EXPECT_EQ(again.tokens, split.tokens);
+  EXPECT_TRUE(faults_.hits().empty());
+}
+
+// Chunk streaming: a prefill worker whose steps hold 16 tokens computes the
+// 56-token prompt in four chunks and sends each chunk's finished block while
+// the next computes; the decode worker then decodes exactly what one engine
+// computing the whole prompt itself decodes.
+TEST_F(RequestPathTest, ChunkStreamedKvDecodesLikeAnUnsplitPrompt) {
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kPrefill, "prefill-0", /*max_step_tokens=*/16), nullptr);
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-0"), nullptr);
+  const double streamed_before = ProcessCounter("tandem_worker_kv_streamed_bytes_total");
+  const tandem::v1::GenerateRequest request = Request(12);
+  Outcome split = Generate(request);
+  ASSERT_TRUE(split.status.ok()) << split.status.error_message();
+  EXPECT_EQ(split.summary.prefill_worker(), "prefill-0");
+  // Blocks 0-2 went out with chunks 1-3; the partial block 3 after the last.
+  EXPECT_GT(ProcessCounter("tandem_worker_kv_streamed_bytes_total"), streamed_before);
+
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<model::LoadedModel> m, model::LoadModel(kModel));
+  auto backend = kernels::CreateCpuBackend({.num_threads = 1});
+  ASSERT_OK_AND_ASSIGN(auto llama, model::LlamaModel::Create(m->config, m->weights, backend.get()));
+  ASSERT_OK_AND_ASSIGN(auto engine, engine::Engine::Create({.num_blocks = 64}, llama.get(), backend.get(),
+                                                           m->tokenizer.get()));
+  engine::EngineRequest local{.id = 1, .max_tokens = 12, .stop_at_eos = false};
+  local.prompt_tokens.assign(request.prompt_token_ids().ids().begin(),
+                             request.prompt_token_ids().ids().end());
+  ASSERT_OK(engine->Add(std::move(local)));
+  std::vector<int32_t> want;
+  while (engine->HasWork()) {
+    ASSERT_OK_AND_ASSIGN(std::vector<engine::SequenceUpdate> updates, engine->Step());
+    for (const engine::SequenceUpdate& u : updates)
+      want.insert(want.end(), u.new_tokens.begin(), u.new_tokens.end());
+  }
+  EXPECT_EQ(split.tokens, want);
   EXPECT_TRUE(faults_.hits().empty());
 }
 

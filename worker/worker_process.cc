@@ -379,6 +379,7 @@ absl::StatusOr<grpc::Service*> WorkerProcess::MakeService() {
                                                   .backend = backend_.get(),
                                                   .on_prompt = on_prompt};
     prefill.staging_blocks = std::max(1, staging_blocks / prefill.send_threads);
+    prefill.stream_kv = options_.kv_stream_chunks;
     prefill_service_ =
         std::make_unique<prefill_worker::PrefillService>(prefill, runner_.get(), transfer_.get());
     return prefill_service_.get();

@@ -158,6 +158,10 @@ class WorkerProcess {
     // staging, a decode worker's landing slots (at most the pool's size).
     // Unused on the plain CPU backend. Default: 64 MiB.
     size_t kv_staging_bytes = size_t{64} << 20;
+    // Prefill workers: send the KV blocks each prefill chunk completes while
+    // the next chunk computes (prompts longer than max_step_tokens), instead
+    // of all of them after the last chunk. Default: true.
+    bool kv_stream_chunks = true;
 
     // HTTP port of /metrics and /health; 0: any free port; -1: none.
     // Default: -1.
