@@ -66,7 +66,12 @@ def main():
                 try:
                     with torch.inference_mode():
                         ids = torch.randint(0, config.vocab_size, (batch, context), device="cuda")
-                        o = model(input_ids=ids, use_cache=True)
+                        # Only the last position's logits: all of them at
+                        # batch 64 x 4096 would be ~67 GB of BF16.
+                        try:
+                            o = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+                        except TypeError:  # transformers < 4.45
+                            o = model(input_ids=ids, use_cache=True, num_logits_to_keep=1)
                         past = o.past_key_values
                         nxt = o.logits[:, -1:].argmax(-1)
                         del o

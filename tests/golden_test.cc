@@ -16,6 +16,7 @@
 #include "model/llama.h"
 #include "model/loader.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/all_logits.h"
 #include "tests/testing/device.h"
 #include "tests/testing/status_matchers.h"
 
@@ -73,29 +74,6 @@ TEST_P(GoldenTest, MatchesLlamaCpp) {
 // One thread and several: the result must not depend on the thread count.
 INSTANTIATE_TEST_SUITE_P(Threads, GoldenTest, ::testing::Values(1, 4));
 
-// Next-token logits at every position of `tokens`, one prefill over a paged
-// KV cache of `kv_dtype`.
-std::vector<std::vector<float>> AllLogits(model::LlamaModel& llama, kernels::Backend& backend,
-                                          const std::vector<int32_t>& tokens, DType kv_dtype) {
-  const int32_t n = static_cast<int32_t>(tokens.size());
-  kernels::KvCacheView kv;
-  kv.layout = llama.config().KvLayoutFor(16, kv_dtype);
-  kv.num_blocks = (n + 15) / 16;
-  kv.base = *backend.Allocate(kv.num_blocks * kv.layout.BlockBytes());
-  std::vector<int32_t> table(kv.num_blocks), positions(n);
-  std::iota(table.begin(), table.end(), 0);
-  std::iota(positions.begin(), positions.end(), 0);
-  const kernels::AttentionSequence seq{0, n, n, table};
-  const int32_t vocab = llama.config().vocab_size;
-  std::vector<float> flat(static_cast<size_t>(n) * vocab);
-  const model::ForwardBatch batch{tokens, positions, positions, absl::MakeConstSpan(&seq, 1), positions};
-  EXPECT_OK(llama.Forward(batch, kv, flat.data()));
-  backend.Free(kv.base);
-  std::vector<std::vector<float>> out(n);
-  for (int32_t i = 0; i < n; ++i) out[i].assign(flat.begin() + i * vocab, flat.begin() + (i + 1) * vocab);
-  return out;
-}
-
 // A BF16 or F16 KV cache (--kv-dtype) on the llama.cpp references, teacher
 // forced: wherever the reference's top-2 logit margin (from the F32 run, which
 // matches llama.cpp) is wider than the narrow cache can move a logit, the
@@ -123,8 +101,8 @@ TEST_P(GoldenKvDTypeTest, NarrowKvCacheKeepsTheReferenceWhereTheMarginAllows) {
     const size_t prompt = tokens.size();
     const auto generated = rec["generated_token_ids"].get<std::vector<int32_t>>();
     tokens.insert(tokens.end(), generated.begin(), generated.end() - 1);
-    const auto f32 = AllLogits(*llama, *backend, tokens, DType::kF32);
-    const auto narrow = AllLogits(*llama, *backend, tokens, GetParam().dtype);
+    const auto f32 = ::tandem::testing::AllLogits(*llama, *backend, tokens, DType::kF32);
+    const auto narrow = ::tandem::testing::AllLogits(*llama, *backend, tokens, GetParam().dtype);
     for (size_t t = prompt - 1; t < tokens.size(); ++t) {
       const int32_t want = generated[t - (prompt - 1)];
       std::vector<float> sorted = f32[t];
