@@ -36,14 +36,8 @@ absl::Status PoolCopier::Write(absl::Span<uint8_t> dst,
 }
 
 absl::StatusOr<absl::Span<const uint8_t>> PoolCopier::Read(absl::Span<const uint8_t> src) {
-  if (src.size() != block_bytes_) {
-    return absl::InternalError(
-        absl::StrFormat("pool copier: %d-byte block, want %d", src.size(), block_bytes_));
-  }
-  if (direct()) return src;
-  stream_->ToHost(src.data(), block_bytes_, staging_);
-  TANDEM_RETURN_IF_ERROR(stream_->Synchronize(absl::Now() + kCopyTimeout));
-  return absl::Span<const uint8_t>(staging_, block_bytes_);
+  TANDEM_ASSIGN_OR_RETURN(std::vector<absl::Span<const uint8_t>> host, ReadBlocks({&src, 1}));
+  return host[0];
 }
 
 absl::StatusOr<std::vector<absl::Span<const uint8_t>>> PoolCopier::ReadBlocks(
