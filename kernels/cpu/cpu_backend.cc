@@ -15,49 +15,18 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/scalar_dot.h"
 
 namespace tandem::kernels {
 namespace {
 
-constexpr int kLanes = 8;
-
-inline float CombineLanes(const float* acc) {
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-
-inline float DotF32(const float* a, const float* b, int64_t n) {
-  float acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) acc[l] += a[i + l] * b[i + l];
-  }
-  float tail = 0;
-  for (; i < n; ++i) tail += a[i] * b[i];
-  return CombineLanes(acc) + tail;
-}
-
+// The attention's dot products over KV vectors (cpu/scalar_dot.h).
+inline float DotF32(const float* a, const float* b, int64_t n) { return cpu::DotF32Scalar(a, b, n); }
 inline float DotBF16(const float* a, const uint16_t* b, int64_t n) {
-  float acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) acc[l] += a[i + l] * BF16ToFloat(b[i + l]);
-  }
-  float tail = 0;
-  for (; i < n; ++i) tail += a[i] * BF16ToFloat(b[i]);
-  return CombineLanes(acc) + tail;
+  return cpu::DotScalar(a, b, n, [](uint16_t x) { return BF16ToFloat(x); });
 }
-
 inline float DotF16(const float* a, const uint16_t* b, int64_t n) {
-  float acc[kLanes] = {};
-  float wb[kLanes];
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) wb[l] = HalfToFloat(b[i + l]);
-    for (int l = 0; l < kLanes; ++l) acc[l] += a[i + l] * wb[l];
-  }
-  float tail = 0;
-  for (; i < n; ++i) tail += a[i] * HalfToFloat(b[i]);
-  return CombineLanes(acc) + tail;
+  return cpu::DotScalar(a, b, n, [](uint16_t x) { return HalfToFloat(x); });
 }
 
 // Dequantises row `r` of `w` into out[0, w.cols) (common/dtype.h).

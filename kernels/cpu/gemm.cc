@@ -16,6 +16,7 @@
 
 #include "absl/functional/function_ref.h"
 #include "common/dtype.h"
+#include "kernels/cpu/scalar_dot.h"
 
 namespace tandem::kernels::cpu {
 namespace {
@@ -24,38 +25,7 @@ namespace {
 // Scalar path: the loops the backend ran before the AVX2 kernels, kept for
 // CPUs without AVX2/FMA/F16C and as the reference gemm_test.cc compares with.
 
-constexpr int kLanes = 8;
-
-inline float CombineLanes(const float* acc) {
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-
-// Convert is a lambda (not a function pointer) so it inlines as the old
-// loops' direct calls did.
-template <typename Convert>
-inline float DotScalar(const float* a, const uint16_t* b, int64_t n, Convert convert) {
-  float acc[kLanes] = {};
-  float wb[kLanes];
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) wb[l] = convert(b[i + l]);
-    for (int l = 0; l < kLanes; ++l) acc[l] += a[i + l] * wb[l];
-  }
-  float tail = 0;
-  for (; i < n; ++i) tail += a[i] * convert(b[i]);
-  return CombineLanes(acc) + tail;
-}
-
-inline float DotF32Scalar(const float* a, const float* b, int64_t n) {
-  float acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) acc[l] += a[i + l] * b[i + l];
-  }
-  float tail = 0;
-  for (; i < n; ++i) tail += a[i] * b[i];
-  return CombineLanes(acc) + tail;
-}
+// (kLanes, CombineLanes, DotScalar, DotF32Scalar: scalar_dot.h.)
 
 // Q8_0 row: n / 32 blocks of {f16 scale, int8 q[32]}; F32 activations.
 inline float DotQ8_0Scalar(const float* a, const uint8_t* b, int64_t n) {

@@ -192,17 +192,7 @@ TEST_P(GemmTest, BackendMatMulBatchAndThreadInvariant) {
 INSTANTIATE_TEST_SUITE_P(AllTypes, GemmTest,
                          ::testing::Values(DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0),
                          [](const ::testing::TestParamInfo<DType>& info) {
-                           switch (info.param) {
-                             case DType::kF32:
-                               return "F32";
-                             case DType::kF16:
-                               return "F16";
-                             case DType::kBF16:
-                               return "BF16";
-                             case DType::kQ8_0:
-                               return "Q8_0";
-                           }
-                           return "unknown";
+                           return std::string(DTypeName(info.param));
                          });
 
 // Q8_0 weights holding -128 (not produced by GGML's quantizer but legal in a
