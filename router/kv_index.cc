@@ -45,6 +45,7 @@ void KvIndex::SetTier(uint32_t slot, BlockHash hash, int tier, bool present) {
     ++tier_entries_[tier];
     w.hashes.insert(hash);
     ++entries_;
+    if (!inflight_.empty()) ErasePending(slot, hash);  // announced: no longer only in flight
     return;
   }
   auto it = blocks_.find(hash);
@@ -93,11 +94,86 @@ void KvIndex::ClearWorker(uint32_t slot) {
   w.hashes.clear();
 }
 
+void KvIndex::ErasePending(uint32_t slot, BlockHash hash, absl::Time expired_by) {
+  auto it = inflight_.find(hash);
+  if (it == inflight_.end()) return;
+  Pendings& pendings = it->second;
+  for (size_t i = 0; i < pendings.size(); ++i) {
+    if (pendings[i].slot != slot) continue;
+    // A later AddInflight of the same pair pushed its expiry out: keep it.
+    if (pendings[i].expires > expired_by) return;
+    pendings.erase(pendings.begin() + static_cast<ptrdiff_t>(i));
+    --inflight_entries_;
+    if (pendings.empty()) inflight_.erase(it);
+    return;
+  }
+}
+
+void KvIndex::ExpireInflight(absl::Time now) {
+  while (!inflight_records_.empty() && inflight_records_.front().expires <= now) {
+    const InflightRecord& r = inflight_records_.front();
+    for (BlockHash hash : r.hashes) ErasePending(r.slot, hash, now);
+    inflight_records_.pop_front();
+  }
+}
+
+void KvIndex::ClearInflight(uint32_t slot) {
+  for (const InflightRecord& r : inflight_records_) {
+    if (r.slot != slot) continue;
+    for (BlockHash hash : r.hashes) ErasePending(slot, hash);
+  }
+  inflight_records_.erase(std::remove_if(inflight_records_.begin(), inflight_records_.end(),
+                                         [slot](const InflightRecord& r) { return r.slot == slot; }),
+                          inflight_records_.end());
+}
+
+void KvIndex::AddInflight(const std::string& worker_id, absl::Span<const BlockHash> hashes) {
+  if (options_.inflight_ttl <= absl::ZeroDuration() || hashes.empty()) return;
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = options_.clock ? options_.clock() : absl::Now();
+  ExpireInflight(now);
+  const bool existed = slots_.contains(worker_id);
+  const uint32_t slot = SlotFor(worker_id);
+  if (!existed) {
+    workers_[slot].inflight_only = true;
+    ++inflight_only_workers_;
+  }
+  InflightRecord record{now + options_.inflight_ttl, slot, {}};
+  record.hashes.reserve(hashes.size());
+  for (BlockHash hash : hashes) {
+    if (workers_[slot].hashes.contains(hash)) continue;  // announced already
+    Pendings& pendings = inflight_[hash];
+    auto same =
+        std::find_if(pendings.begin(), pendings.end(), [slot](const Pending& p) { return p.slot == slot; });
+    if (same != pendings.end()) {
+      same->expires = record.expires;
+    } else {
+      pendings.push_back({slot, record.expires});
+      ++inflight_entries_;
+    }
+    record.hashes.push_back(hash);
+  }
+  if (!record.hashes.empty()) inflight_records_.push_back(std::move(record));
+}
+
+void KvIndex::RemoveInflight(const std::string& worker_id, absl::Span<const BlockHash> hashes) {
+  absl::MutexLock lock(&mu_);
+  auto it = slots_.find(worker_id);
+  if (it == slots_.end()) return;
+  for (BlockHash hash : hashes) ErasePending(it->second, hash);
+}
+
 KvIndex::Outcome KvIndex::Apply(const tandem::v1::KvEventBatch& batch) {
   absl::MutexLock lock(&mu_);
-  const bool known = slots_.contains(batch.worker_id());
+  if (!inflight_records_.empty()) ExpireInflight(options_.clock ? options_.clock() : absl::Now());
+  auto existing = slots_.find(batch.worker_id());
+  const bool known = existing != slots_.end() && !workers_[existing->second].inflight_only;
   const uint32_t slot = SlotFor(batch.worker_id());
   Worker& w = workers_[slot];
+  if (w.inflight_only) {  // its first KV event: from now on an ordinary worker
+    w.inflight_only = false;
+    --inflight_only_workers_;
+  }
   if (!known && batch.sequence_number() == 1) w.awaiting_snapshot = false;  // a fresh worker
   if (w.awaiting_snapshot) {
     w.buffered.push_back(batch);
@@ -120,6 +196,10 @@ KvIndex::Outcome KvIndex::Apply(const tandem::v1::KvEventBatch& batch) {
 void KvIndex::ApplySnapshot(const tandem::v1::KvEventBatch& snapshot) {
   absl::MutexLock lock(&mu_);
   const uint32_t slot = SlotFor(snapshot.worker_id());
+  if (workers_[slot].inflight_only) {
+    workers_[slot].inflight_only = false;
+    --inflight_only_workers_;
+  }
   ClearWorker(slot);
   for (const tandem::v1::KvEvent& e : snapshot.events()) {
     if (e.kind() != tandem::v1::KvEvent::KIND_STORED) continue;
@@ -153,6 +233,8 @@ void KvIndex::RemoveWorker(const std::string& worker_id) {
   if (it == slots_.end()) return;
   const uint32_t slot = it->second;
   ClearWorker(slot);
+  ClearInflight(slot);
+  if (workers_[slot].inflight_only) --inflight_only_workers_;
   workers_[slot] = Worker{};
   slots_.erase(it);
   free_slots_.push_back(slot);
@@ -160,43 +242,91 @@ void KvIndex::RemoveWorker(const std::string& worker_id) {
 
 bool KvIndex::Known(const std::string& worker_id) const {
   absl::ReaderMutexLock lock(&mu_);
-  return slots_.contains(worker_id);
+  auto it = slots_.find(worker_id);
+  return it != slots_.end() && !workers_[it->second].inflight_only;
 }
 
 bool KvIndex::AwaitingSnapshot(const std::string& worker_id) const {
   absl::ReaderMutexLock lock(&mu_);
   auto it = slots_.find(worker_id);
-  return it != slots_.end() && workers_[it->second].awaiting_snapshot;
+  return it != slots_.end() && !workers_[it->second].inflight_only && workers_[it->second].awaiting_snapshot;
 }
 
 std::vector<KvIndex::PrefixMatch> KvIndex::Match(absl::Span<const BlockHash> hashes) const {
   std::vector<PrefixMatch> out;
   if (hashes.empty()) return out;
   absl::ReaderMutexLock lock(&mu_);
-  auto first = blocks_.find(hashes[0]);
-  if (first == blocks_.end()) return out;
+  // In-flight entries live until a writer sweeps them; past their expiry
+  // they are ignored here. No clock read when nothing is in flight.
+  const bool any_inflight = !inflight_.empty();
+  const absl::Time now =
+      any_inflight ? (options_.clock ? options_.clock() : absl::Now()) : absl::InfinitePast();
+  // The holders and in-flight entries of block `i` (either may be null).
+  auto holders_of = [&](size_t i) ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    auto it = blocks_.find(hashes[i]);
+    return it == blocks_.end() ? nullptr : &it->second;
+  };
+  auto pendings_of = [&](size_t i) ABSL_SHARED_LOCKS_REQUIRED(mu_) -> const Pendings* {
+    if (!any_inflight) return nullptr;
+    auto it = inflight_.find(hashes[i]);
+    return it == inflight_.end() ? nullptr : &it->second;
+  };
+  const Holders* holders = holders_of(0);
+  const Pendings* pendings = pendings_of(0);
+  if (holders == nullptr && pendings == nullptr) return out;
 
   // Workers still matching, with their per-tier counts. `mark` (per thread,
   // indexed by slot) holds the generation at which a slot was last seen
-  // among a block's holders, and with which tiers; every block of every
-  // query takes a new generation, so the array is never cleared.
+  // among a block's holders, and with which tiers (bit 0: in flight); every
+  // block of every query takes a new generation, so the array is never
+  // cleared.
   struct Live {
     uint32_t slot;
     int32_t tier_blocks[4];
     int32_t first_lower;  // -1 until a block not in HBM
+    int32_t inflight;
   };
   thread_local std::vector<uint64_t> mark;  // generation << 8 | tiers
   thread_local uint64_t generation = 0;
   if (mark.size() < workers_.size()) mark.resize(workers_.size(), 0);
+  // Marks block i's holders and live in-flight entries with a new generation.
+  auto mark_block = [&](const Holders* hs, const Pendings* ps) {
+    const uint64_t gen = ++generation;
+    if (hs != nullptr) {
+      for (const Holder& h : *hs) mark[h.slot] = (gen << 8) | h.tiers;
+    }
+    if (ps != nullptr) {
+      for (const Pending& p : *ps) {
+        if (p.expires <= now) continue;
+        mark[p.slot] = (mark[p.slot] >> 8) == gen ? (mark[p.slot] | 1) : ((gen << 8) | 1);
+      }
+    }
+    return gen;
+  };
+  // The first block's holders, each once, start the walk.
   std::vector<Live> live;
-  live.reserve(first->second.size());
-  for (const Holder& h : first->second) live.push_back({h.slot, {0, 0, 0, 0}, -1});
+  {
+    const uint64_t gen = mark_block(holders, pendings);
+    auto start = [&](uint32_t slot) {
+      if ((mark[slot] >> 8) != gen || (mark[slot] & 0xff) == 0) return;
+      live.push_back({slot, {0, 0, 0, 0}, -1, 0});
+      mark[slot] = gen << 8;  // seen: not again
+    };
+    if (holders != nullptr) {
+      live.reserve(holders->size());
+      for (const Holder& h : *holders) start(h.slot);
+    }
+    if (pendings != nullptr) {
+      for (const Pending& p : *pendings) start(p.slot);
+    }
+    if (live.empty()) return out;
+  }
 
   auto best_tier = [](uint8_t tiers) {
     for (int t = 1; t <= kMaxTier; ++t) {
       if (tiers & (1u << t)) return t;
     }
-    return 0;
+    return 0;  // only in flight
   };
   // Runs under `lock`; a lambda is analysed on its own, so it says so.
   auto finish = [&](const Live& l, size_t depth) ABSL_SHARED_LOCKS_REQUIRED(mu_) {
@@ -205,19 +335,22 @@ std::vector<KvIndex::PrefixMatch> KvIndex::Match(absl::Span<const BlockHash> has
     m.blocks = static_cast<int32_t>(depth);
     std::copy(l.tier_blocks, l.tier_blocks + 4, m.tier_blocks);
     m.first_lower_block = l.first_lower < 0 ? m.blocks : l.first_lower;
+    m.inflight_blocks = l.inflight;
     out.push_back(std::move(m));
   };
 
   size_t depth = 0;
-  const Holders* holders = &first->second;
   while (true) {
-    const uint64_t gen = ++generation;
-    for (const Holder& h : *holders) mark[h.slot] = (gen << 8) | h.tiers;
+    const uint64_t gen = mark_block(holders, pendings);
     size_t kept = 0;
     for (Live& l : live) {
       const uint64_t m = mark[l.slot];
       if ((m >> 8) == gen) {
-        const int tier = best_tier(static_cast<uint8_t>(m & 0xff));
+        int tier = best_tier(static_cast<uint8_t>(m & 0xff));
+        if (tier == 0) {  // in flight: in HBM once computed there
+          tier = tandem::v1::KV_TIER_HBM;
+          ++l.inflight;
+        }
         ++l.tier_blocks[tier];
         if (tier != tandem::v1::KV_TIER_HBM && l.first_lower < 0) l.first_lower = static_cast<int32_t>(depth);
         live[kept++] = l;
@@ -228,9 +361,9 @@ std::vector<KvIndex::PrefixMatch> KvIndex::Match(absl::Span<const BlockHash> has
     live.resize(kept);
     ++depth;
     if (live.empty() || depth == hashes.size()) break;
-    auto next = blocks_.find(hashes[depth]);
-    if (next == blocks_.end()) break;
-    holders = &next->second;
+    holders = holders_of(depth);
+    pendings = pendings_of(depth);
+    if (holders == nullptr && pendings == nullptr) break;
   }
   for (const Live& l : live) finish(l, depth);
   return out;
@@ -238,12 +371,13 @@ std::vector<KvIndex::PrefixMatch> KvIndex::Match(absl::Span<const BlockHash> has
 
 KvIndex::Stats KvIndex::stats() const {
   absl::ReaderMutexLock lock(&mu_);
-  return {.workers = slots_.size(),
+  return {.workers = slots_.size() - inflight_only_workers_,
           .blocks = blocks_.size(),
           .entries = entries_,
           .gaps = gaps_,
           .snapshots = snapshots_,
-          .tier_entries = {tier_entries_[0], tier_entries_[1], tier_entries_[2], tier_entries_[3]}};
+          .tier_entries = {tier_entries_[0], tier_entries_[1], tier_entries_[2], tier_entries_[3]},
+          .inflight_entries = inflight_entries_};
 }
 
 }  // namespace tandem::router

@@ -8,6 +8,7 @@
 //   }
 //   std::vector<KvIndex::PrefixMatch> m = index.Match(prompt_hashes);
 //   index.RemoveWorker("decode-host-42");     // died: forget its blocks
+//   index.AddInflight("prefill-7", hashes);   // assigned there, not computed yet
 //
 // Blocks are named by chained hashes (common/block_hash.h), so block i of a
 // prompt can only be reused if blocks 0..i-1 are too: a worker's usable
@@ -24,6 +25,20 @@
 // A router that restarts starts empty and fills itself from snapshots as the
 // workers register again.
 //
+// In-flight blocks: a request assigned to a worker will leave its prompt's
+// blocks there, but the worker announces them (KV events) only once they are
+// computed, which under load is seconds later. Requests sharing the prefix
+// that arrive meanwhile would see no holder and be spread out, each
+// computing the prefix again. AddInflight records the blocks as in flight to
+// the worker; Match counts them as held in HBM (they will be when the
+// request runs there) and reports them in PrefixMatch::inflight_blocks. An
+// in-flight entry ends when the worker's Stored event for that block
+// arrives, when the worker is removed or snapshotted, or after
+// Options::inflight_ttl (a prefill that failed or was cancelled never
+// announces its blocks; the TTL bounds how long the index believes it). A
+// snapshot does not end them: it says what is computed, not what is
+// assigned.
+//
 // Thread safety: all methods are thread-safe; Match takes a shared lock and
 // may run concurrently with other Matches.
 #ifndef TANDEM_ROUTER_KV_INDEX_H_
@@ -31,6 +46,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -39,6 +55,8 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/container/inlined_vector.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/block_hash.h"
 #include "tandem/v1/worker.pb.h"
@@ -52,6 +70,14 @@ class KvIndex {
     // oldest are dropped (the snapshot covers them anyway unless it is
     // older). Default: 64.
     size_t max_buffered_batches = 64;
+    // How long a block recorded by AddInflight counts as held by its worker
+    // if the worker never announces it. Long enough for a request queued
+    // behind an overloaded prefill worker; a stale entry costs at most one
+    // misplaced request per prefix. 0 turns in-flight counting off.
+    // Default: 30 s.
+    absl::Duration inflight_ttl = absl::Seconds(30);
+    // The clock the TTL runs on (tests). Default: absl::Now.
+    std::function<absl::Time()> clock = [] { return absl::Now(); };
   };
 
   enum class Outcome {
@@ -73,6 +99,9 @@ class KvIndex {
     // are): blocks [first_lower_block, blocks) are what the worker would
     // load from its lower tiers (some may be in HBM again, interleaved).
     int32_t first_lower_block = 0;
+    // Of `blocks`, those only in flight to the worker (AddInflight, not yet
+    // announced); they are counted in tier_blocks[KV_TIER_HBM].
+    int32_t inflight_blocks = 0;
   };
 
   struct Stats {
@@ -84,6 +113,9 @@ class KvIndex {
     // (hash, worker) pairs held in each tier, by tandem::v1::KvTier (1 HBM,
     // 2 DRAM, 3 SSD; a block in two tiers counts in both).
     int64_t tier_entries[4] = {0, 0, 0, 0};
+    // (hash, worker) pairs in flight (AddInflight), expired ones included
+    // until they are swept.
+    size_t inflight_entries = 0;
   };
 
   KvIndex() : KvIndex(Options{}) {}
@@ -109,8 +141,21 @@ class KvIndex {
   // loop).
   bool AwaitingSnapshot(const std::string& worker_id) const;
 
-  // Every worker holding at least the first of `hashes`, with its matched
-  // prefix. Order unspecified.
+  // Records `hashes` (a prompt's chained block hashes, or a run of them) as
+  // in flight to `worker_id`: Match counts them as held there until the
+  // worker's Stored event for each (in any tier, also from a snapshot),
+  // RemoveWorker, RemoveInflight, or Options::inflight_ttl. Hashes the worker
+  // already holds are skipped. A worker unknown to the index gets an entry
+  // that does not count as Known until its first KV event.
+  void AddInflight(const std::string& worker_id, absl::Span<const BlockHash> hashes);
+
+  // Ends the in-flight entries of `hashes` on `worker_id` (the request
+  // failed or was cancelled before computing them). Optional: the TTL ends
+  // them anyway.
+  void RemoveInflight(const std::string& worker_id, absl::Span<const BlockHash> hashes);
+
+  // Every worker holding (or with in flight) at least the first of
+  // `hashes`, with its matched prefix. Order unspecified.
   std::vector<PrefixMatch> Match(absl::Span<const BlockHash> hashes) const;
 
   Stats stats() const;
@@ -127,11 +172,33 @@ class KvIndex {
     uint64_t next_sequence = 1;
     bool awaiting_snapshot = false;
     bool live = false;  // slot in use
+    // Made by AddInflight before any KV event: not Known, and its first
+    // batch is treated as a new worker's.
+    bool inflight_only = false;
     std::deque<tandem::v1::KvEventBatch> buffered;
     absl::flat_hash_set<BlockHash> hashes;
   };
 
+  // An in-flight (hash, worker) pair.
+  struct Pending {
+    uint32_t slot;
+    absl::Time expires;
+  };
+  using Pendings = absl::InlinedVector<Pending, 1>;
+  // One AddInflight call, for expiring its entries in TTL order.
+  struct InflightRecord {
+    absl::Time expires;
+    uint32_t slot;
+    std::vector<BlockHash> hashes;
+  };
+
   uint32_t SlotFor(const std::string& worker_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops the in-flight entry of (hash, slot), if any; with `expired_by`,
+  // only one that expires by then.
+  void ErasePending(uint32_t slot, BlockHash hash, absl::Time expired_by = absl::InfiniteFuture())
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ExpireInflight(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ClearInflight(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyEvents(uint32_t slot, const tandem::v1::KvEventBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SetTier(uint32_t slot, BlockHash hash, int tier, bool present) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ClearWorker(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -146,6 +213,10 @@ class KvIndex {
   int64_t gaps_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t snapshots_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t tier_entries_[4] ABSL_GUARDED_BY(mu_) = {0, 0, 0, 0};
+  absl::flat_hash_map<BlockHash, Pendings> inflight_ ABSL_GUARDED_BY(mu_);
+  std::deque<InflightRecord> inflight_records_ ABSL_GUARDED_BY(mu_);  // by expiry
+  size_t inflight_entries_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t inflight_only_workers_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace tandem::router

@@ -145,6 +145,71 @@ TEST(KvIndexTest, RemoveWorkerDropsItsEntriesAndItStartsOverOnReturn) {
   EXPECT_EQ(Prefixes(index, {1, 2}), (std::map<std::string, int32_t>{{"a", 1}, {"b", 1}}));
 }
 
+// Blocks assigned to a worker but not yet announced count as held there, so
+// a burst of same-prefix requests sees them before the worker computes them.
+TEST(KvIndexTest, InflightBlocksCountAsHeldUntilAnnounced) {
+  KvIndex index;
+  index.AddInflight("a", std::vector<BlockHash>{1, 2, 3});
+  std::vector<KvIndex::PrefixMatch> m = index.Match(std::vector<BlockHash>{1, 2, 3, 4});
+  ASSERT_EQ(m.size(), 1u);
+  EXPECT_EQ(m[0].worker_id, "a");
+  EXPECT_EQ(m[0].blocks, 3);
+  EXPECT_EQ(m[0].inflight_blocks, 3);
+  EXPECT_EQ(m[0].tier_blocks[tandem::v1::KV_TIER_HBM], 3);
+  EXPECT_EQ(m[0].first_lower_block, 3);  // nothing to load from a lower tier
+  EXPECT_FALSE(index.Known("a"));        // no KV event from it yet
+  EXPECT_EQ(index.stats().workers, 0u);
+  EXPECT_EQ(index.stats().inflight_entries, 3u);
+
+  // Its first batch is a new worker's; announced blocks stop being in flight.
+  ASSERT_EQ(index.Apply(Stored("a", 1, {1, 2})), KvIndex::Outcome::kApplied);
+  EXPECT_TRUE(index.Known("a"));
+  m = index.Match(std::vector<BlockHash>{1, 2, 3, 4});
+  ASSERT_EQ(m.size(), 1u);
+  EXPECT_EQ(m[0].blocks, 3);
+  EXPECT_EQ(m[0].inflight_blocks, 1);
+  EXPECT_EQ(index.stats().inflight_entries, 1u);
+
+  // In flight on one worker, held by another: each its own prefix.
+  ASSERT_EQ(index.Apply(Stored("b", 1, {1})), KvIndex::Outcome::kApplied);
+  index.AddInflight("b", std::vector<BlockHash>{2});
+  EXPECT_EQ(Prefixes(index, {1, 2, 3, 4}), (std::map<std::string, int32_t>{{"a", 3}, {"b", 2}}));
+  // In flight only from the second block on: no usable prefix.
+  index.AddInflight("c", std::vector<BlockHash>{2, 3});
+  EXPECT_EQ(Prefixes(index, {1, 2, 3}), (std::map<std::string, int32_t>{{"a", 3}, {"b", 2}}));
+  EXPECT_EQ(Prefixes(index, {2, 3}), (std::map<std::string, int32_t>{{"a", 2}, {"b", 1}, {"c", 2}}));
+}
+
+TEST(KvIndexTest, InflightEntriesEndWithTheirTtlRemovalOrTheWorker) {
+  absl::Time now = absl::FromUnixSeconds(1000);
+  KvIndex index({.inflight_ttl = absl::Seconds(10), .clock = [&now] { return now; }});
+  index.AddInflight("a", std::vector<BlockHash>{1, 2});
+  now += absl::Seconds(5);
+  index.AddInflight("b", std::vector<BlockHash>{1});
+  EXPECT_EQ(Prefixes(index, {1, 2}), (std::map<std::string, int32_t>{{"a", 2}, {"b", 1}}));
+  now += absl::Seconds(6);  // a's expired, b's not
+  EXPECT_EQ(Prefixes(index, {1, 2}), (std::map<std::string, int32_t>{{"b", 1}}));
+  // A writer sweeps what expired.
+  index.AddInflight("c", std::vector<BlockHash>{7});
+  EXPECT_EQ(index.stats().inflight_entries, 2u);
+  // Renewed by a later assignment: lives past the first one's expiry.
+  index.AddInflight("b", std::vector<BlockHash>{1});
+  now += absl::Seconds(6);
+  index.AddInflight("c", std::vector<BlockHash>{8});
+  EXPECT_EQ(Prefixes(index, {1}), (std::map<std::string, int32_t>{{"b", 1}}));
+
+  index.RemoveInflight("b", std::vector<BlockHash>{1});
+  EXPECT_TRUE(Prefixes(index, {1}).empty());
+  index.RemoveWorker("c");
+  EXPECT_TRUE(Prefixes(index, {7}).empty());
+  EXPECT_EQ(index.stats().inflight_entries, 0u);
+
+  // Off: nothing recorded.
+  KvIndex off({.inflight_ttl = absl::ZeroDuration()});
+  off.AddInflight("a", std::vector<BlockHash>{1});
+  EXPECT_TRUE(Prefixes(off, {1}).empty());
+}
+
 // Random events against a naive model: per worker a set of (hash, tier).
 TEST(KvIndexTest, AgreesWithANaiveModelUnderRandomEvents) {
   std::mt19937_64 rng(7);

@@ -128,7 +128,10 @@ std::optional<PrefillPick> PickPrefill(WorkerRegistry& registry, const Placement
                                                      .queued_tokens = QueuedTokens(w),
                                                      .ms_per_token = costs.MsPerToken(w.handle.id),
                                                      .transfer_ms = transfer_ms}));
-      candidates.push_back({QueuedTokens(w), predictions.back().ttft_ms});
+      const PrefillPrediction& p = predictions.back();
+      candidates.push_back(
+          {QueuedTokens(w), p.ttft_ms,
+           options.compute_weight * (req.prompt_tokens - p.cached_tokens) * costs.MsPerToken(w.handle.id)});
     }
     const size_t i = choose(candidates, state);
     pick = PrefillPick{workers[i].handle, predictions[i]};
@@ -164,7 +167,7 @@ void SetPrefetchHint(const PlacementDecision& decision, tandem::v1::PrefetchHint
   hint->mutable_block_hashes()->Assign(decision.prefetch_hashes.begin(), decision.prefetch_hashes.end());
 }
 
-Placement::Placement(PlacementOptions options, WorkerRegistry* registry, const KvIndex* index)
+Placement::Placement(PlacementOptions options, WorkerRegistry* registry, KvIndex* index)
     : options_(options),
       registry_(registry),
       index_(index),
@@ -208,6 +211,7 @@ void Placement::ObservePrefill(const std::string& worker_id, const PrefillObserv
 }
 
 absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) {
+  absl::MutexLock serial(&place_mu_);
   const PromptShape shape(req);
   // Every worker's cached prefix (also for the baselines: their predictions
   // feed admission and the reported hit rate).
@@ -270,6 +274,14 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
                        .predicted_tpot_ms = decision.predicted_tpot_ms,
                        .prefill_worker = decision.prefill ? decision.prefill->id : decision.decode.id,
                        .decode_worker = decision.decode.id}));
+
+  // Step 5: the blocks past its cached prefix are in flight to the worker
+  // that prefills.
+  const std::string& prefiller = decision.prefill ? decision.prefill->id : decision.decode.id;
+  const KvIndex::PrefixMatch* own = matches.Of(prefiller);
+  const size_t own_blocks = own == nullptr ? 0 : static_cast<size_t>(own->blocks);
+  if (own_blocks < req.block_hashes.size())
+    index_->AddInflight(prefiller, req.block_hashes.subspan(own_blocks));
   return decision;
 }
 

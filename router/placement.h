@@ -17,7 +17,16 @@
 //   3. DecideAggregation: the decode worker prefills by itself when there is
 //      no prefill worker or (kv) when that is predicted cheaper;
 //   4. Admit: ResourceExhausted at once when the predicted TTFT or TPOT
-//      misses the request's target.
+//      misses the request's target;
+//   5. an admitted placement records the prompt's blocks beyond the chosen
+//      prefilling worker's cached prefix as in flight to it
+//      (KvIndex::AddInflight), so that requests with the same prefix placed
+//      before that worker announces the blocks see them there: a burst of
+//      same-prefix requests goes to one worker instead of being spread out
+//      and computing the prefix on each. The entries end with the worker's
+//      KV events, or KvIndex::Options::inflight_ttl (a failed request's).
+// Places are serialised (one at a time) so that a burst's requests each see
+// the in-flight blocks of those placed before them.
 // The cost model and each policy's rule are documented with those functions
 // (placement_policies.h). The per-token prefill cost c(p) is learned here
 // online (exponentially weighted) from the prefill_ms and cached_tokens each
@@ -102,8 +111,9 @@ struct PrefillObservation {
 
 class Placement {
  public:
-  // `registry` and `index` are borrowed and must outlive the placement.
-  Placement(PlacementOptions options, WorkerRegistry* registry, const KvIndex* index);
+  // `registry` and `index` are borrowed and must outlive the placement;
+  // Place records in-flight blocks in `index`.
+  Placement(PlacementOptions options, WorkerRegistry* registry, KvIndex* index);
 
   // Unavailable when no decode worker is healthy; ResourceExhausted when
   // the SLO cannot be met.
@@ -122,8 +132,10 @@ class Placement {
 
   const PlacementOptions options_;
   WorkerRegistry* const registry_;
-  const KvIndex* const index_;
+  KvIndex* const index_;
 
+  // Held through Place: match, decide, record in flight, as one step.
+  absl::Mutex place_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;
   // Learned prefill cost (ms per computed token) by worker id.
   absl::flat_hash_map<std::string, double> ms_per_token_ ABSL_GUARDED_BY(mu_);

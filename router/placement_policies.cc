@@ -70,7 +70,8 @@ size_t ChooseDecodeRandom(absl::Span<const DecodeCandidate> candidates, int32_t,
 }
 
 size_t ChoosePrefillKv(absl::Span<const PrefillCandidate> candidates, ChooserState*) {
-  return ArgMin(candidates, [](const PrefillCandidate& c) { return c.predicted_ttft_ms; });
+  return ArgMin(candidates,
+                [](const PrefillCandidate& c) { return c.predicted_ttft_ms + c.weighted_compute_ms; });
 }
 
 size_t ChoosePrefillLeastLoaded(absl::Span<const PrefillCandidate> candidates, ChooserState*) {

@@ -18,7 +18,9 @@
 //   kv            decode: room for the request first (a worker whose free
 //                 blocks cannot hold prompt + max_tokens would preempt), then
 //                 fewest running sequences, then most free blocks;
-//                 prefill: lowest predicted TTFT (PredictPrefill);
+//                 prefill: lowest predicted TTFT (PredictPrefill) plus
+//                 compute_weight x the time it computes (its uncached
+//                 tokens x c);
 //                 conditional disaggregation (DecideAggregation)
 //   round_robin   the next healthy worker of each role in turn
 //   least_loaded  decode: fewest running sequences, then most free blocks;
@@ -82,6 +84,13 @@ struct PlacementOptions {
   // healthy WORKER_ROLE_STORE holder in the index) into a prefill worker.
   // Default: 0.3 ms.
   double store_load_ms_per_block = 0.3;
+  // kv prefill chooser: weight of the candidate's own compute time (uncached
+  // tokens x c) added to its predicted TTFT. A TTFT prediction alone sees no
+  // difference between waiting behind a worker that is computing this
+  // prompt's prefix and computing the prefix again on an idle worker; the
+  // second costs the cluster the prefix a second time, which under load is
+  // every later request's queue. 0: TTFT alone. Default: 1.
+  double compute_weight = 1.0;
 };
 
 // --- 1 and 2. Choosers.
@@ -100,6 +109,9 @@ struct PrefillCandidate {
   // max(reported queued prefill tokens, tokens this router has in flight there).
   int64_t queued_tokens = 0;
   double predicted_ttft_ms = 0;  // PredictPrefill
+  // The candidate's own compute time for the request (uncached tokens x c)
+  // times PlacementOptions::compute_weight.
+  double weighted_compute_ms = 0;
 };
 
 // What round_robin (a cursor) and random (a generator) keep between

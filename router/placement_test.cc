@@ -12,7 +12,12 @@ using tandem::v1::KvEvent;
 
 class PlacementTest : public ::testing::Test {
  protected:
-  PlacementTest() : registry_({.heartbeat_interval = absl::Seconds(60), .model_id = "m"}) {}
+  // In-flight counting off in the shared index: most tests place one
+  // prompt repeatedly to look at the cost model over what Hold put there;
+  // ABurstSharingAPrefix... tests in-flight counting with its own index.
+  PlacementTest()
+      : registry_({.heartbeat_interval = absl::Seconds(60), .model_id = "m"}),
+        index_({.inflight_ttl = absl::ZeroDuration()}) {}
 
   void AddWorker(const std::string& id, tandem::v1::WorkerRole role, int64_t queued = 0, int32_t running = 0,
                  int32_t free_blocks = 1000) {
@@ -307,6 +312,42 @@ TEST_F(PlacementTest, InflightWorkCountsBetweenHeartbeats) {
   registry_.AddInflight("p2", 1000);
   ASSERT_OK_AND_ASSIGN(d, placement.Place(Request({1}, 20)));
   EXPECT_EQ(d.prefill->id, "p1");
+}
+
+// A burst of requests sharing a 40-block prefix on a loaded cluster: each
+// placement sees the blocks in flight to the worker chosen for the first
+// (before that worker announces them) and joins it, instead of spreading out
+// and computing the prefix on every worker.
+TEST_F(PlacementTest, ABurstSharingAPrefixGoesToTheWorkerComputingIt) {
+  AddWorker("d", tandem::v1::WORKER_ROLE_DECODE);
+  std::map<std::string, int64_t> queued;
+  for (const char* id : {"p1", "p2", "p3", "p4"}) {
+    AddWorker(id, tandem::v1::WORKER_ROLE_PREFILL, /*queued=*/1000);
+    queued[id] = 1000;
+  }
+  KvIndex index;  // in-flight counting on (the default)
+  Placement placement({.policy = Policy::kKv, .aggregate_max_uncached_tokens = -1}, &registry_, &index);
+  std::set<std::string> chosen;
+  for (BlockHash suffix = 100; suffix < 108; ++suffix) {
+    std::vector<BlockHash> hashes;
+    for (BlockHash b = 1; b <= 40; ++b) hashes.push_back(b);
+    hashes.push_back(suffix);
+    ASSERT_OK_AND_ASSIGN(PlacementDecision d, placement.Place(Request(hashes, 41 * kBlock)));
+    ASSERT_TRUE(d.prefill.has_value());
+    chosen.insert(d.prefill->id);
+    if (suffix > 100) {
+      EXPECT_EQ(d.predicted_cached_tokens, 40 * kBlock);
+    }
+    // The worker queues what it must compute (its next load report).
+    queued[d.prefill->id] += 41 * kBlock - d.predicted_cached_tokens;
+    tandem::v1::WorkerLoad load;
+    load.set_queued_prefill_tokens(queued[d.prefill->id]);
+    load.set_free_blocks(1000);
+    load.set_total_blocks(1000);
+    registry_.UpdateLoad(d.prefill->id, load);
+  }
+  EXPECT_EQ(chosen.size(), 1u);
+  EXPECT_EQ(index.stats().inflight_entries, 40u + 8);
 }
 
 TEST_F(PlacementTest, RejectsWhenThePredictionMissesTheSlo) {
