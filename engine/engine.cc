@@ -370,18 +370,41 @@ Engine::Room Engine::MakeRoom(int64_t id, int32_t total_tokens, const StepPlan& 
   return Room::kMade;
 }
 
+bool Engine::NextBlockBeingComputed(const Sequence& seq, int32_t cached_tokens) const {
+  const int32_t bs = options_.block_size;
+  const int32_t end = cached_tokens + bs;
+  // Only blocks a prefix match can reuse: full, and not holding the last
+  // token (KvManager always leaves that one to compute).
+  if (end > (static_cast<int32_t>(seq.tokens.size()) - 1) / bs * bs) return false;
+  for (int64_t id : running_) {
+    const Sequence& r = *sequences_.at(id);
+    // It commits [cached_tokens, end) when it computes that far; past it,
+    // the block is committed already (and matched unless evicted).
+    if (r.num_computed >= end || static_cast<int32_t>(r.tokens.size()) < end) continue;
+    if (std::equal(seq.tokens.begin(), seq.tokens.begin() + end, r.tokens.begin())) return true;
+  }
+  return false;
+}
+
 absl::Status Engine::AdmitWaiting(StepPlan& plan) {
   // In arrival order, while the running count (loading included), the
-  // budget and the pool allow.
-  while (!waiting_.empty() && plan.budget > 0 &&
+  // budget and the pool allow; a request waiting for a block another
+  // sequence is computing stays in its place and the next one is tried.
+  size_t i = 0;
+  while (i < waiting_.size() && plan.budget > 0 &&
          static_cast<int32_t>(running_.size() + loading_.size()) < options_.max_running) {
-    const int64_t id = waiting_.front();
+    const int64_t id = waiting_[i];
     Sequence& seq = *sequences_.at(id);
     const KvManager::PrefixMatch match = kv_->MatchPrefix(seq.tokens);
+    if (NextBlockBeingComputed(seq, match.cached_tokens)) {
+      ++stats_.prefix_waits;
+      ++i;
+      continue;
+    }
     const int32_t pending = static_cast<int32_t>(seq.tokens.size()) - match.cached_tokens;
     const int32_t n = std::min({pending, plan.budget, plan.chunk_limit});
     if (kv_->BlocksToAdmit(seq.tokens, match.cached_tokens + n) > pool_->num_free_blocks()) {
-      break;  // FCFS: nobody overtakes the head of the queue
+      break;  // FCFS: nobody overtakes a request the pool cannot hold yet
     }
     TANDEM_ASSIGN_OR_RETURN(const int32_t cached, kv_->StartSequence(id, seq.tokens));
     // Blocks for this step's rows. With a remote tier StartSequence may
@@ -397,7 +420,7 @@ absl::Status Engine::AdmitWaiting(StepPlan& plan) {
       kv_->FreeSequence(id);
       return s;  // cannot happen after the clamp above: a broken invariant
     }
-    waiting_.pop_front();
+    waiting_.erase(waiting_.begin() + static_cast<ptrdiff_t>(i));
     if (kv_->IsLoading(id)) {
       // Its prefix is being copied from the tiers: no rows until it is in
       // (CollectTierLoads); the budget stays for the others.

@@ -20,7 +20,12 @@
 //   3. waiting requests are admitted in arrival order while the running count
 //      (loading sequences included), the token budget and the pool allow; a
 //      prompt's cached prefix (full blocks found by chained hash) is reused
-//      and not recomputed.
+//      and not recomputed. A request whose next uncached block a running
+//      sequence is computing right now (same tokens up to the end of that
+//      block) is not admitted yet: it waits, without blocks, until the
+//      block is committed and then reuses it as cached prefix, instead of
+//      computing it a second time (a burst of same-prefix requests computes
+//      the prefix once). Requests behind it may be admitted meanwhile.
 //
 // Tier loads (EngineOptions::tiers with async_tier_loads): a request whose
 // cached prefix continues into the DRAM/SSD tiers is admitted with pool
@@ -161,6 +166,9 @@ struct EngineStats {
   int64_t decode_tokens_computed = 0;  // forward rows past the prompt
   int64_t cached_prompt_tokens = 0;    // prompt tokens skipped via prefix cache
   int64_t preemptions = 0;
+  // Admission passes that left a request waiting because a running
+  // sequence was computing its next prefix block (header comment, step 3).
+  int64_t prefix_waits = 0;
   // Asynchronous tier loads: sequences admitted loading, those whose prefix
   // was truncated by a failed copy, forward steps run while at least one
   // sequence was loading, and Steps that waited for a load (nothing else to
@@ -288,6 +296,10 @@ class Engine {
   Room MakeRoom(int64_t id, int32_t total_tokens, const StepPlan& plan, size_t* index);
   // Step 3: admits waiting requests in arrival order.
   absl::Status AdmitWaiting(StepPlan& plan);
+  // Whether a running sequence is computing the full block of `seq` that
+  // starts at `cached_tokens` (its first uncached one) and is reusable, with
+  // the same tokens before it: `seq` will find it cached once committed.
+  bool NextBlockBeingComputed(const Sequence& seq, int32_t cached_tokens) const;
   // Fills the step_* scratch with the plan's rows; returns the ids whose
   // last row yields logits (their prompt is done), in logit-row order.
   std::vector<int64_t> BuildBatch(const StepPlan& plan);

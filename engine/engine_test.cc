@@ -165,6 +165,40 @@ TEST_F(EngineTest, PrefixCacheComputesOnlyUncachedTokens) {
   EXPECT_EQ(out[2].tokens, uncached[2].tokens);
 }
 
+// Two requests sharing a prefix, submitted together: the second waits for
+// the blocks the first is computing and reuses them, so the shared prefix is
+// computed once, in one-shot and in chunked prefill, with the same tokens as
+// each request alone.
+TEST_F(EngineTest, SamePrefixSubmittedTogetherIsComputedOnce) {
+  Load("synthetic:tiny");
+  std::mt19937 rng(11);
+  std::vector<int32_t> first(200);
+  for (int32_t& t : first) t = 3 + rng() % (model_->config.vocab_size - 3);
+  first[0] = 1;
+  std::vector<int32_t> second(first.begin(), first.begin() + 180);
+  for (int i = 0; i < 20; ++i) second.push_back(3 + rng() % 200);
+  const int32_t shared = 180 / 16 * 16;  // full shared blocks
+
+  std::map<int64_t, std::vector<int32_t>> alone;
+  for (const auto& [id, prompt] : {std::pair{1, first}, std::pair{2, second}}) {
+    auto e = MakeEngine({.block_size = 16});
+    ASSERT_OK(e->Add({.id = id, .prompt_tokens = prompt, .max_tokens = 6, .stop_at_eos = false}));
+    alone[id] = RunAll(*e)[id].tokens;
+  }
+  for (int32_t chunk : {0, 32}) {
+    SCOPED_TRACE(chunk);
+    auto engine = MakeEngine({.block_size = 16, .max_prefill_chunk = chunk});
+    ASSERT_OK(engine->Add({.id = 1, .prompt_tokens = first, .max_tokens = 6, .stop_at_eos = false}));
+    ASSERT_OK(engine->Add({.id = 2, .prompt_tokens = second, .max_tokens = 6, .stop_at_eos = false}));
+    std::map<int64_t, Outcome> out = RunAll(*engine);
+    EXPECT_EQ(engine->stats().prompt_tokens_computed, 200 + (200 - shared));
+    EXPECT_EQ(out[2].cached_tokens, shared);
+    EXPECT_GT(engine->stats().prefix_waits, 0);
+    EXPECT_EQ(out[1].tokens, alone[1]);
+    EXPECT_EQ(out[2].tokens, alone[2]);
+  }
+}
+
 TEST_F(EngineTest, PreemptionLeavesOutputsUnchanged) {
   Load("synthetic:tiny");
   const std::vector<std::string> prompts =
