@@ -13,21 +13,12 @@
 #include "absl/strings/str_format.h"
 #include "common/thread_pool.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/gemm.h"
-#include "kernels/cpu/scalar_dot.h"
 
 namespace tandem::kernels {
 namespace {
-
-// The attention's dot products over KV vectors (cpu/scalar_dot.h).
-inline float DotF32(const float* a, const float* b, int64_t n) { return cpu::DotF32Scalar(a, b, n); }
-inline float DotBF16(const float* a, const uint16_t* b, int64_t n) {
-  return cpu::DotScalar(a, b, n, [](uint16_t x) { return BF16ToFloat(x); });
-}
-inline float DotF16(const float* a, const uint16_t* b, int64_t n) {
-  return cpu::DotScalar(a, b, n, [](uint16_t x) { return HalfToFloat(x); });
-}
 
 // Dequantises row `r` of `w` into out[0, w.cols) (common/dtype.h).
 void DequantizeRow(const Weight& w, int64_t r, float* out) {
@@ -35,40 +26,8 @@ void DequantizeRow(const Weight& w, int64_t r, float* out) {
                           w.cols, out);
 }
 
-// Below this many multiply-adds an op runs on the calling thread: waking
-// workers costs more than it saves.
-constexpr int64_t kParallelThreshold = 1 << 15;
-
 // KV pool elements (kv_layout.h): stored as F32, BF16 or F16, computed in F32.
 inline float Identity(float x) { return x; }
-
-// q . K[at .. at + n) of a block whose elements are `dtype`; the same
-// fixed-order reduction as the weight dot products.
-inline float DotKv(const float* q, const uint8_t* block, int64_t at, DType dtype, int32_t n) {
-  switch (dtype) {
-    case DType::kBF16:
-      return DotBF16(q, reinterpret_cast<const uint16_t*>(block) + at, n);
-    case DType::kF16:
-      return DotF16(q, reinterpret_cast<const uint16_t*>(block) + at, n);
-    default:
-      return DotF32(q, reinterpret_cast<const float*>(block) + at, n);
-  }
-}
-
-// o[d] += w * V[at + d] for d < n, V's elements widened to F32.
-inline void AccumulateKv(float w, const uint8_t* block, int64_t at, DType dtype, int32_t n, float* o) {
-  if (dtype == DType::kF32) {
-    const float* vp = reinterpret_cast<const float*>(block) + at;
-    for (int32_t d = 0; d < n; ++d) o[d] += w * vp[d];
-    return;
-  }
-  const uint16_t* vp = reinterpret_cast<const uint16_t*>(block) + at;
-  if (dtype == DType::kBF16) {
-    for (int32_t d = 0; d < n; ++d) o[d] += w * BF16ToFloat(vp[d]);
-  } else {
-    for (int32_t d = 0; d < n; ++d) o[d] += w * HalfToFloat(vp[d]);
-  }
-}
 
 // Writes rows of K and V into their slots, converting F32 to the pool's type.
 template <typename Stored, Stored (*Convert)(float)>
@@ -193,54 +152,7 @@ class CpuBackend final : public Backend {
 
   void PagedAttention(const float* q, const KvCacheView& kv, int32_t layer, int32_t num_heads,
                       absl::Span<const AttentionSequence> seqs, float scale, float* out) override {
-    const KvLayout& l = kv.layout;
-    const int32_t head_dim = l.head_dim;
-    const int32_t group = num_heads / l.num_kv_heads;
-    // Work items: (sequence, query row, head), flattened.
-    std::vector<std::pair<int32_t, int32_t>> rows;  // (seq index, row within seq)
-    int64_t cost = 0;
-    for (size_t s = 0; s < seqs.size(); ++s) {
-      for (int32_t j = 0; j < seqs[s].num_queries; ++j) rows.emplace_back(s, j);
-      cost += int64_t{seqs[s].num_queries} * seqs[s].context_len * num_heads * head_dim;
-    }
-    auto run = [&](int64_t item) {
-      const auto [s, j] = rows[item / num_heads];
-      const int32_t h = static_cast<int32_t>(item % num_heads);
-      const AttentionSequence& seq = seqs[s];
-      const int32_t pos = seq.context_len - seq.num_queries + j;
-      const int32_t n_ctx = pos + 1;
-      const int32_t kv_head = h / group;
-      const int64_t row = seq.query_start + j;
-      const float* qv = q + (row * num_heads + h) * head_dim;
-      thread_local std::vector<float> scores;
-      scores.resize(n_ctx);
-      float max_score = -INFINITY;
-      for (int32_t p = 0; p < n_ctx; ++p) {
-        const uint8_t* block = kv.Block(seq.block_table[p / l.block_size]);
-        const int64_t at = l.Offset(layer, 0, p % l.block_size) + kv_head * head_dim;
-        scores[p] = DotKv(qv, block, at, l.dtype, head_dim) * scale;
-        max_score = std::max(max_score, scores[p]);
-      }
-      double sum = 0;
-      for (int32_t p = 0; p < n_ctx; ++p) {
-        scores[p] = std::exp(scores[p] - max_score);
-        sum += scores[p];
-      }
-      const float inv = static_cast<float>(1.0 / sum);
-      float* o = out + (row * num_heads + h) * head_dim;
-      std::fill(o, o + head_dim, 0.0f);
-      for (int32_t p = 0; p < n_ctx; ++p) {
-        const uint8_t* block = kv.Block(seq.block_table[p / l.block_size]);
-        const int64_t at = l.Offset(layer, 1, p % l.block_size) + kv_head * head_dim;
-        AccumulateKv(scores[p] * inv, block, at, l.dtype, head_dim, o);
-      }
-    };
-    const int64_t items = static_cast<int64_t>(rows.size()) * num_heads;
-    if (cost < kParallelThreshold) {
-      for (int64_t i = 0; i < items; ++i) run(i);
-    } else {
-      pool_.ParallelFor(items, run);
-    }
+    cpu::PagedAttention(gemm_path_, &pool_, q, kv, layer, num_heads, seqs, scale, out);
   }
 
   void SwiGlu(const float* gate, const float* up, int64_t n, float* out) override {

@@ -63,7 +63,34 @@ TANDEM_AVX2 void SwiGluAvx2(const float* gate, const float* up, int64_t n, float
   }
 }
 
+TANDEM_AVX2 double ExpShiftSumAvx2(float* x, int64_t n, float shift) {
+  const __m256 s = _mm256_set1_ps(shift);
+  double sum = 0;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(x + i, ExpF(_mm256_sub_ps(_mm256_loadu_ps(x + i), s)));
+    for (int l = 0; l < 8; ++l) sum += x[i + l];
+  }
+  if (i < n) {  // the same vector code on a padded copy
+    alignas(32) float t[8] = {};
+    std::copy(x + i, x + n, t);
+    _mm256_store_ps(t, ExpF(_mm256_sub_ps(_mm256_load_ps(t), s)));
+    for (int64_t l = 0; l < n - i; ++l) sum += (x[i + l] = t[l]);
+  }
+  return sum;
+}
+
 }  // namespace
+
+double ExpShiftSum(GemmPath path, float* x, int64_t n, float shift) {
+  if (path != GemmPath::kScalar) return ExpShiftSumAvx2(x, n, shift);
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - shift);
+    sum += x[i];
+  }
+  return sum;
+}
 
 void SwiGlu(GemmPath path, const float* gate, const float* up, int64_t n, float* out) {
   if (path != GemmPath::kScalar) {

@@ -18,6 +18,11 @@ namespace tandem::kernels::cpu {
 // kScalar uses std::exp. out may equal gate.
 void SwiGlu(GemmPath path, const float* gate, const float* up, int64_t n, float* out);
 
+// The softmax's exponentials: x[i] = exp(x[i] - shift) for i < n, returning
+// their sum in double, added in index order (llama.cpp's soft_max also sums
+// in double). Same exp as SwiGlu per path.
+double ExpShiftSum(GemmPath path, float* x, int64_t n, float shift);
+
 }  // namespace tandem::kernels::cpu
 
 #endif  // TANDEM_KERNELS_CPU_ELEMENTWISE_H_
