@@ -54,6 +54,7 @@ router::RouterOptions MakeRouterOptions(const RouterFlags& f) {
   options.stream_stall_timeout = absl::Milliseconds(f.stream_stall_timeout_ms);
   options.stream_stall_steps = f.stream_stall_steps;
   options.stalled_worker_hold = absl::Milliseconds(f.stalled_worker_hold_ms);
+  options.max_migrations = f.max_migrations;
   return options;
 }
 
@@ -146,6 +147,12 @@ void RegisterRouter(CLI::App* cmd, RouterFlags* f) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--stalled-worker-hold-ms", f->stalled_worker_hold_ms,
                   "How long a worker whose streams stalled stays out of the rotation although it heartbeats")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-migrations", f->max_migrations,
+                  "Times a stream may move to another decode worker when its own dies or stalls after "
+                  "tokens reached the client (re-prefilled, resumed token-exact); 0: such a stream fails "
+                  "with UNAVAILABLE")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   AddTlsFlags(cmd, &f->tls);

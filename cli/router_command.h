@@ -36,6 +36,7 @@ struct RouterFlags {
   int32_t stream_stall_timeout_ms = 2000;
   int32_t stream_stall_steps = 20;
   int32_t stalled_worker_hold_ms = 10000;
+  int32_t max_migrations = 3;
   // --max-queued-prefills: RouterOptions::max_queued_prefills_per_worker.
   int32_t max_queued_prefills = 64;
   int32_t http_port = -1;             // --http-port: OpenAI-compatible HTTP API; 0: any free port; -1: off

@@ -14,8 +14,8 @@
 #include "kvstore/block_format.h"
 #include "model/text_stream.h"
 #include "proto/grpc_status.h"
-#include "proto/sampling_defaults.h"
 #include "transfer/ucx_region_proto.h"
+#include "worker_common/sampling.h"
 #include "worker_common/worker_status.h"
 
 namespace tandem::decode_worker {
@@ -26,15 +26,6 @@ using tandem::v1::GenerateResponse;
 // How long a unary call's work may wait for the engine thread.
 constexpr absl::Duration kEngineCallTimeout = absl::Seconds(10);
 
-engine::SamplingParams FromProto(const tandem::v1::SamplingParams& p) {
-  engine::SamplingParams s;
-  s.temperature = p.temperature();
-  s.top_k = p.top_k();
-  s.top_p = EffectiveTopP(p);
-  if (p.has_seed()) s.seed = p.seed();
-  return s;
-}
-
 // ReserveRequest and DecodeRequest carry the same request fields.
 template <typename Proto>
 engine::EngineRequest ToEngineRequest(int64_t id, const Proto& r) {
@@ -42,7 +33,7 @@ engine::EngineRequest ToEngineRequest(int64_t id, const Proto& r) {
   req.id = id;
   req.prompt_tokens.assign(r.prompt_token_ids().begin(), r.prompt_token_ids().end());
   req.max_tokens = r.max_tokens();
-  req.sampling = FromProto(r.sampling());
+  req.sampling = worker_common::SamplingFromProto(r.sampling());
   req.stop_at_eos = r.stop_at_eos();
   return req;
 }

@@ -29,6 +29,12 @@ absl::Status SamplingParams::Validate() const {
   if (!(top_p > 0.0f && top_p <= 1.0f)) {
     return absl::InvalidArgumentError(absl::StrFormat("top_p must be in (0, 1], got %g", top_p));
   }
+  // A resumed stream has drawn at most one value per token of its context;
+  // the bound keeps a hostile value from costing the constructor seconds.
+  if (skip_draws < 0 || skip_draws > kMaxSkipDraws) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("skip_draws must be in [0, %d], got %d", kMaxSkipDraws, skip_draws));
+  }
   return absl::OkStatus();
 }
 
@@ -44,6 +50,7 @@ Sampler::Sampler(const SamplingParams& params) : params_(params) {
   uint64_t s = params.seed.has_value() ? *params.seed
                                        : std::random_device{}() * 0x100000001ull ^ std::random_device{}();
   for (uint64_t& word : state_) word = SplitMix64(s);
+  Advance(std::clamp(params.skip_draws, 0, SamplingParams::kMaxSkipDraws));
 }
 
 double Sampler::NextUniform() {

@@ -30,6 +30,11 @@ struct SamplingParams {
   float top_p = 1.0f;
   // Seed for reproducible sampling. Default: unset (a random seed).
   std::optional<uint64_t> seed;
+  // Draws already consumed elsewhere (a resumed stream's tokens sampled
+  // before it moved): the sampler starts Advance(skip_draws) in, so a seeded
+  // sequence continues exactly. Default: 0. Must be >= 0.
+  int32_t skip_draws = 0;
+  static constexpr int32_t kMaxSkipDraws = 1 << 24;
 
   // InvalidArgument naming the field when out of range.
   absl::Status Validate() const;

@@ -31,6 +31,26 @@ TEST(SamplerTest, SeedMakesDrawsReproducible) {
   EXPECT_NE(da, dc);
 }
 
+// A stream resumed elsewhere after 37 sampled tokens continues the seeded
+// sequence exactly (the router's live migration relies on it).
+TEST(SamplerTest, SkipDrawsContinuesTheSeededSequence) {
+  std::vector<float> logits = {1.0f, 1.1f, 0.9f, 1.05f, 0.2f};
+  SamplingParams p{.temperature = 0.8f, .top_p = 0.95f, .seed = 5};
+  Sampler whole(p);
+  std::vector<int32_t> all;
+  for (int i = 0; i < 100; ++i) all.push_back(whole.Sample(logits));
+  p.skip_draws = 37;
+  Sampler resumed(p);
+  std::vector<int32_t> rest;
+  for (int i = 37; i < 100; ++i) rest.push_back(resumed.Sample(logits));
+  EXPECT_EQ(rest, std::vector<int32_t>(all.begin() + 37, all.end()));
+  p.skip_draws = 36;
+  Sampler off_by_one(p);
+  std::vector<int32_t> shifted;
+  for (int i = 37; i < 100; ++i) shifted.push_back(off_by_one.Sample(logits));
+  EXPECT_NE(shifted, rest);
+}
+
 TEST(SamplerTest, TopKRestrictsSupport) {
   std::vector<float> logits = {0.0f, 3.0f, 2.9f, 1.0f, 2.8f};
   Sampler s(SamplingParams{.temperature = 5.0f, .top_k = 2, .seed = 7});
@@ -64,6 +84,8 @@ TEST(SamplerTest, ValidateNamesTheField) {
   EXPECT_NE(SamplingParams{.temperature = -1}.Validate().message().find("temperature"), std::string::npos);
   EXPECT_NE(SamplingParams{.top_k = -1}.Validate().message().find("top_k"), std::string::npos);
   EXPECT_NE(SamplingParams{.top_p = 0}.Validate().message().find("top_p"), std::string::npos);
+  EXPECT_NE(SamplingParams{.skip_draws = -1}.Validate().message().find("skip_draws"), std::string::npos);
+  EXPECT_FALSE(SamplingParams{.skip_draws = SamplingParams::kMaxSkipDraws + 1}.Validate().ok());
   EXPECT_TRUE(SamplingParams{}.Validate().ok());
 }
 

@@ -15,8 +15,8 @@
 #include "common/status_macros.h"
 #include "kvstore/block_format.h"
 #include "proto/grpc_status.h"
-#include "proto/sampling_defaults.h"
 #include "transfer/ucx_region_proto.h"
+#include "worker_common/sampling.h"
 #include "worker_common/worker_status.h"
 
 namespace tandem::prefill_worker {
@@ -162,10 +162,7 @@ absl::Status PrefillCall::Start() {
                                  request_.has_prefetch_hint() ? &request_.prefetch_hint() : nullptr);
   }
   req.max_tokens = 1;
-  req.sampling.temperature = request_.sampling().temperature();
-  req.sampling.top_k = request_.sampling().top_k();
-  req.sampling.top_p = EffectiveTopP(request_.sampling());
-  if (request_.sampling().has_seed()) req.sampling.seed = request_.sampling().seed();
+  req.sampling = worker_common::SamplingFromProto(request_.sampling());
   req.stop_at_eos = request_.stop_at_eos();
   req.hold_blocks_on_finish = true;
   req.stream_prompt_blocks = service_->options_.stream_kv;

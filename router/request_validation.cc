@@ -38,6 +38,10 @@ absl::Status CheckSampling(const tandem::v1::SamplingParams& s) {
   if (s.top_k() < 0) return absl::InvalidArgumentError("sampling.top_k: must be >= 0");
   if (!(s.top_p() > 0 && s.top_p() <= 1))
     return absl::InvalidArgumentError("sampling.top_p: must be in (0, 1]");
+  // The engine's bound (engine::SamplingParams::kMaxSkipDraws): a resumed
+  // stream drew at most one value per token of its context.
+  if (s.skip_draws() < 0 || s.skip_draws() > (1 << 24))
+    return absl::InvalidArgumentError("sampling.skip_draws: must be in [0, 16777216]");
   return absl::OkStatus();
 }
 

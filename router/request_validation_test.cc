@@ -125,6 +125,12 @@ TEST_F(RequestValidationTest, SamplingRangesNameTheirField) {
     r.mutable_sampling()->set_top_k(k.top_k);
     EXPECT_THAT(Validate(r).status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(k.field)));
   }
+  GenerateRequest resumed = Ids({5});
+  resumed.mutable_sampling()->set_skip_draws(-1);
+  EXPECT_THAT(Validate(resumed).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("sampling.skip_draws")));
+  resumed.mutable_sampling()->set_skip_draws(40);
+  EXPECT_OK(Validate(resumed).status());
 }
 
 TEST_F(RequestValidationTest, StopStringsAreBounded) {

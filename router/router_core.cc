@@ -12,6 +12,7 @@
 #include "common/logging.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/support/client_callback.h"
+#include "model/text_stream.h"
 #include "proto/grpc_status.h"
 #include "router/progress_watch.h"
 #include "router/request_validation.h"
@@ -92,6 +93,12 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   // From the decode stream; false stops reading.
   bool OnDecodeResponse(const GenerateResponse& in);
   void OnDecodeDone(const grpc::Status& s);
+  // The stream ended well (or everything was sent): flush and finish OK.
+  void Complete();
+  // The decode worker `from` died or stalled after tokens reached the
+  // client: continue the stream on another decode worker (see
+  // RouterOptions::max_migrations).
+  void Migrate(const std::string& from, const grpc::Status& why);
   // Gives the decode worker's reservation back (if any), then runs `then`
   // (on the callback thread) once the worker answered or 2 s passed, so a
   // retry's Reserve of the same request id never races the Release.
@@ -177,6 +184,12 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   double ttft_slo_ms_ = 0, tpot_slo_ms_ = 0;
   std::string request_id_;
   tandem::v1::GenerateSummary summary_;
+  // What the workers compute from and how many tokens they generate: the
+  // prompt and max_tokens_, and after a migration the prompt plus the
+  // tokens already sent and what is left to generate.
+  std::vector<int32_t> context_;
+  int32_t to_generate_ = 0;
+  int32_t client_skip_draws_ = 0;  // the request's own sampling.skip_draws
 
   // Per attempt.
   int attempts_ = 0;
@@ -198,6 +211,16 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   // The stream.
   std::optional<StopFilter> filter_;
   int32_t sent_tokens_ = 0;
+  std::vector<int32_t> sent_ids_;  // the token ids that reached the client
+  // Streams moved to another decode worker so far; whether the last move
+  // has not reached a new decode stream yet.
+  int migrations_ = 0;
+  bool migrating_ = false;
+  // After a migration the router renders the text from the token ids: the
+  // lost worker may have held back the first bytes of a character
+  // (model/text_stream.h), which the router's own stream, fed every id
+  // sent, still holds.
+  std::optional<model::TextStream> resumed_text_;
   absl::Time first_token_time_ = absl::InfinitePast();
   // The current decode stream's last chunk (the decode worker's progress).
   absl::Time last_token_ = absl::InfinitePast();
@@ -264,6 +287,9 @@ void RouterCore::Call::Begin(const GenerateRequest& request) {
   prompt_ = std::move(valid->prompt);
   max_tokens_ = valid->max_tokens;
   sampling_ = std::move(valid->sampling);
+  context_ = prompt_;
+  to_generate_ = max_tokens_;
+  client_skip_draws_ = sampling_.skip_draws();
   stops_ = std::move(valid->stops);
   ttft_slo_ms_ = valid->ttft_slo_ms;
   tpot_slo_ms_ = valid->tpot_slo_ms;
@@ -299,12 +325,12 @@ void RouterCore::Call::Attempt() {
   });
   if (block_size > 0 && (block_size != block_size_ || hashes_.empty())) {
     block_size_ = block_size;
-    hashes_ = HashFullBlocks(core_->model_->config.model_id, prompt_, block_size_);
+    hashes_ = HashFullBlocks(core_->model_->config.model_id, context_, block_size_);
   }
   PlacementRequest preq;
   preq.block_hashes = hashes_;
-  preq.prompt_tokens = static_cast<int32_t>(prompt_.size());
-  preq.max_tokens = max_tokens_;
+  preq.prompt_tokens = static_cast<int32_t>(context_.size());
+  preq.max_tokens = to_generate_;
   preq.block_size = block_size_;
   preq.ttft_slo_ms = ttft_slo_ms_;
   preq.tpot_slo_ms = tpot_slo_ms_;
@@ -312,7 +338,7 @@ void RouterCore::Call::Attempt() {
   preq.exclude_prefill = exclude_prefill_;
   absl::StatusOr<PlacementDecision> placed = core_->placement_.Place(preq);
   if (!placed.ok()) {
-    if (absl::IsUnavailable(placed.status()) && attempts_ > 1) {
+    if (absl::IsUnavailable(placed.status()) && (attempts_ > 1 || migrations_ > 0)) {
       if (last_error_.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
         // Every decode worker is full: a refusal before any prefill, not a failure.
         return Finish(absl::ResourceExhaustedError(
@@ -325,8 +351,9 @@ void RouterCore::Call::Attempt() {
   }
   placement_ = std::move(*placed);
   // Sent back to the client and compared with the measured TTFT in Finish
-  // (a retry's new placement replaces its prediction).
-  summary_.mutable_timings()->set_predicted_ttft_ms(placement_->predicted_ttft_ms);
+  // (a retry's new placement replaces its prediction; a migration's does
+  // not: the first token is long sent).
+  if (sent_tokens_ == 0) summary_.mutable_timings()->set_predicted_ttft_ms(placement_->predicted_ttft_ms);
   reserved_ = false;
   first_token_.reset();
   summary_.set_decode_worker(placement_->decode.id);
@@ -337,8 +364,8 @@ void RouterCore::Call::Attempt() {
   summary_.set_prefill_worker(placement_->prefill->id);
   reserve_req_.Clear();
   reserve_req_.set_request_id(request_id_);
-  *reserve_req_.mutable_prompt_token_ids() = {prompt_.begin(), prompt_.end()};
-  reserve_req_.set_max_tokens(max_tokens_);
+  *reserve_req_.mutable_prompt_token_ids() = {context_.begin(), context_.end()};
+  reserve_req_.set_max_tokens(to_generate_);
   reserve_req_.set_reservation_ttl_ms(
       static_cast<int32_t>(absl::ToInt64Milliseconds(core_->options_.reservation_ttl)));
   *reserve_req_.mutable_sampling() = sampling_;
@@ -370,7 +397,7 @@ void RouterCore::Call::OnReserved(const grpc::Status& result) {
   // 2. A prefill worker computes the KV and writes it into the reservation.
   prefill_req_.Clear();
   prefill_req_.set_request_id(request_id_);
-  *prefill_req_.mutable_prompt_token_ids() = {prompt_.begin(), prompt_.end()};
+  *prefill_req_.mutable_prompt_token_ids() = {context_.begin(), context_.end()};
   *prefill_req_.mutable_sampling() = sampling_;
   *prefill_req_.mutable_reservation() = reservation_;
   prefill_req_.set_stop_at_eos(stop_at_eos_);
@@ -382,7 +409,7 @@ void RouterCore::Call::OnReserved(const grpc::Status& result) {
     Release();
     return Finish(absl::CancelledError("client cancelled"));
   }
-  prefill_inflight_tokens_ = static_cast<int64_t>(prompt_.size()) - placement_->predicted_cached_tokens;
+  prefill_inflight_tokens_ = static_cast<int64_t>(context_.size()) - placement_->predicted_cached_tokens;
   core_->registry_->AddInflight(placement_->prefill->id, prefill_inflight_tokens_);
   // The reservation lives as long as the request: renewed while the prefill
   // queues or runs (see RouterOptions::reservation_ttl).
@@ -418,7 +445,7 @@ void RouterCore::Call::OnPrefilled(const grpc::Status& result) {
     return Release([self = shared_from_this(), s] { self->Retry(s); });
   }
   PrefillObservation obs;
-  obs.prompt_tokens = static_cast<int32_t>(prompt_.size());
+  obs.prompt_tokens = static_cast<int32_t>(context_.size());
   obs.cached_tokens = prefilled_.cached_tokens();
   obs.prefill_ms = prefilled_.prefill_ms();
   obs.transfer_ms = prefilled_.transfer_ms();
@@ -433,16 +460,18 @@ void RouterCore::Call::OnPrefilled(const grpc::Status& result) {
       ->Set(core_->placement_.MsPerToken(prefill_id) / 1000.0);
   RouterMetrics::Get().kv_bytes->WithLabels({})->Increment(
       static_cast<double>(prefilled_.transferred_bytes()));
-  summary_.mutable_usage()->set_cached_tokens(prefilled_.cached_tokens());
+  // Usage describes the client's prompt: a migration's prefill of prompt +
+  // sent tokens does not replace it.
+  if (migrations_ == 0) summary_.mutable_usage()->set_cached_tokens(prefilled_.cached_tokens());
   summary_.mutable_timings()->set_prefill_ms(prefilled_.prefill_ms());
   summary_.mutable_timings()->set_transfer_ms(prefilled_.transfer_ms());
   summary_.mutable_timings()->set_queue_ms(summary_.timings().queue_ms() + prefilled_.queue_ms());
   if (prefilled_.first_token_is_eos()) {
     core_->registry_->RemoveInflight(decode_id, 0);
     Release();
-    summary_.set_finish_reason(tandem::v1::FINISH_REASON_STOP);
-    summary_.mutable_timings()->set_first_token_ms(Ms(core_->Now() - start_));
-    return Finish(absl::OkStatus());
+    finish_ = tandem::v1::FINISH_REASON_STOP;
+    if (sent_tokens_ == 0) summary_.mutable_timings()->set_first_token_ms(Ms(core_->Now() - start_));
+    return Complete();
   }
   first_token_ = prefilled_.first_token();
   LeaveQueue();
@@ -461,12 +490,12 @@ void RouterCore::Call::StartDecode() {
     *req.mutable_kv_block_crc32c() = prefilled_.kv_block_crc32c();
     decode_inflight_tokens_ = 0;
   } else {  // aggregated: the decode worker prefills too
-    *req.mutable_prompt_token_ids() = {prompt_.begin(), prompt_.end()};
-    req.set_max_tokens(max_tokens_);
+    *req.mutable_prompt_token_ids() = {context_.begin(), context_.end()};
+    req.set_max_tokens(to_generate_);
     *req.mutable_sampling() = sampling_;
     req.set_stop_at_eos(stop_at_eos_);
     SetPrefetchHint(*placement_, req.mutable_prefetch_hint());
-    decode_inflight_tokens_ = static_cast<int64_t>(prompt_.size()) - placement_->predicted_cached_tokens;
+    decode_inflight_tokens_ = static_cast<int64_t>(context_.size()) - placement_->predicted_cached_tokens;
     if (summary_.timings().queue_ms() == 0)
       summary_.mutable_timings()->set_queue_ms(Ms(core_->Now() - start_));
   }
@@ -478,6 +507,7 @@ void RouterCore::Call::StartDecode() {
     return Finish(absl::CancelledError("client cancelled"));
   }
   core_->registry_->AddInflight(placement_->decode.id, decode_inflight_tokens_);
+  if (std::exchange(migrating_, false)) RouterMetrics::Get().migrations->WithLabels({"moved"})->Increment();
   stream->Go(placement_->decode.stubs->decode.get());
 }
 
@@ -485,7 +515,7 @@ bool RouterCore::Call::OnDecodeResponse(const GenerateResponse& in) {
   if (cancelled()) return false;
   if (in.has_summary()) {
     finish_ = in.summary().finish_reason();
-    if (!first_token_.has_value()) {  // aggregated: the decode worker's cache hit
+    if (!first_token_.has_value() && migrations_ == 0) {  // aggregated: the decode worker's cache hit
       summary_.mutable_usage()->set_cached_tokens(in.summary().usage().cached_tokens());
     }
     return true;
@@ -494,12 +524,19 @@ bool RouterCore::Call::OnDecodeResponse(const GenerateResponse& in) {
   tandem::v1::TokenChunk out;
   *out.mutable_token_ids() = chunk.token_ids();
   sent_tokens_ += chunk.token_ids_size();
+  sent_ids_.insert(sent_ids_.end(), chunk.token_ids().begin(), chunk.token_ids().end());
   if (chunk.token_ids_size() > 0) {
     last_token_ = core_->Now();
     absl::MutexLock lock(&mu_);
     if (watch_.has_value()) watch_->last_token = last_token_;
   }
-  out.set_text(filter_->Push(chunk.text()));
+  if (resumed_text_.has_value()) {
+    std::string text;
+    for (int32_t id : chunk.token_ids()) text += resumed_text_->Push(id);
+    out.set_text(filter_->Push(text));
+  } else {
+    out.set_text(filter_->Push(chunk.text()));
+  }
   if (first_token_time_ == absl::InfinitePast() && chunk.token_ids_size() > 0) {
     first_token_time_ = core_->Now();
     LeaveQueue();
@@ -522,15 +559,22 @@ void RouterCore::Call::OnDecodeDone(const grpc::Status& result) {
     if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && !Gone(s)) {
       return Finish(absl::DeadlineExceededError("request deadline passed"));
     }
-    if (Gone(s)) core_->registry_->MarkFailed(decode_id);
-    if (sent_tokens_ == 0 && Gone(s)) {
-      exclude_decode_.push_back(decode_id);
-      return Retry(s);  // nothing reached the client: try another decode worker
+    if (!Gone(s)) {
+      return Finish(absl::UnavailableError(
+          absl::StrFormat("decode worker %s failed mid-stream: %s", decode_id, s.error_message())));
     }
-    return Finish(absl::UnavailableError(
-        absl::StrFormat("decode worker %s failed mid-stream: %s", decode_id, s.error_message())));
+    core_->registry_->MarkFailed(decode_id);
+    exclude_decode_.push_back(decode_id);
+    if (sent_tokens_ == 0) return Retry(s);  // nothing reached the client: try another decode worker
+    return Migrate(decode_id, s);
   }
-  if (std::string rest = filter_->Flush(); !rest.empty()) {
+  Complete();
+}
+
+void RouterCore::Call::Complete() {
+  std::string rest = resumed_text_.has_value() ? filter_->Push(resumed_text_->Finish()) : std::string();
+  rest += filter_->Flush();
+  if (!rest.empty()) {
     tandem::v1::TokenChunk out;
     out.set_text(rest);
     observer_->OnChunk(out);
@@ -538,6 +582,43 @@ void RouterCore::Call::OnDecodeDone(const grpc::Status& result) {
   summary_.set_finish_reason(finish_);
   summary_.mutable_usage()->set_completion_tokens(sent_tokens_);
   Finish(absl::OkStatus());
+}
+
+// The continuation is exact: the workers compute the KV of prompt + sent
+// tokens with batch-invariant kernels (bit-identical to the KV the lost
+// worker built token by token), and a seeded sampler skips the draws the
+// sent tokens used, so the new worker sends what the lost one would have.
+void RouterCore::Call::Migrate(const std::string& from, const grpc::Status& why) {
+  last_error_ = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                             absl::StrFormat("decode worker %s failed mid-stream after %d tokens: %s", from,
+                                             sent_tokens_, why.error_message()));
+  if (migrations_ >= core_->options_.max_migrations) {
+    RouterMetrics::Get().migrations->WithLabels({"failed"})->Increment();
+    return Finish(absl::UnavailableError(migrations_ == 0
+                                             ? last_error_.error_message()
+                                             : absl::StrFormat("%s (the stream had moved %d times already)",
+                                                               last_error_.error_message(), migrations_)));
+  }
+  const int32_t remaining = max_tokens_ - sent_tokens_;
+  if (remaining <= 0) {  // every token was sent; only the summary was lost
+    finish_ = tandem::v1::FINISH_REASON_LENGTH;
+    return Complete();
+  }
+  ++migrations_;
+  migrating_ = true;
+  context_ = prompt_;
+  context_.insert(context_.end(), sent_ids_.begin(), sent_ids_.end());
+  to_generate_ = remaining;
+  sampling_.set_skip_draws(client_skip_draws_ + sent_tokens_);
+  hashes_.clear();  // recomputed over the new context
+  attempts_ = 0;    // the moved stream gets max_attempts placements of its own
+  if (!resumed_text_.has_value() && core_->model_->tokenizer != nullptr) {
+    resumed_text_.emplace(core_->model_->tokenizer.get());
+    for (int32_t id : sent_ids_) resumed_text_->Push(id);  // already sent: only its held bytes matter
+  }
+  LOG(INFO) << "request " << request_id_ << ": moving its stream off " << from << " after " << sent_tokens_
+            << " tokens (" << why.error_message() << ")";
+  Attempt();
 }
 
 void RouterCore::Call::Release(std::function<void()> then) {
@@ -576,6 +657,8 @@ void RouterCore::Call::Finish(absl::Status status) {
   }
   core_->Unwatch(this, placement_.has_value() ? placement_->decode.id : std::string(), last_token_);
   LeaveQueue();
+  summary_.set_migrations(migrations_);
+  if (migrating_ && !status.ok()) RouterMetrics::Get().migrations->WithLabels({"failed"})->Increment();
   const absl::Time now = core_->Now();
   summary_.mutable_timings()->set_total_ms(Ms(now - start_));
   RouterMetrics& m = RouterMetrics::Get();

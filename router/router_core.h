@@ -19,7 +19,10 @@
 // Every call is asynchronous (gRPC's callback API) with the request's
 // deadline, so no thread waits on a request. A worker that fails a call
 // leaves the rotation and the request is placed again without it while no
-// token has reached the client; after that, it fails with UNAVAILABLE.
+// token has reached the client; after that, the stream migrates: it is
+// placed again with the prompt plus the tokens sent as its context and
+// continues where the client is (RouterOptions::max_migrations), and fails
+// with UNAVAILABLE only when no decode worker can take it.
 //
 // Gray failures: a worker that is alive but makes no progress (SIGSTOP, a
 // stuck device, swapping, a network black hole) must not hang the streams
@@ -30,11 +33,11 @@
 // the call's allowance (max(stream_stall_timeout, stream_stall_steps x the
 // worker's predicted time per token)), is cancelled, and the request takes
 // the failure path: placed again while no token reached the client, else
-// UNAVAILABLE "decode worker W failed mid-stream: W stopped making progress:
-// ...". A stalled worker is held out of the rotation for
-// stalled_worker_hold although it heartbeats. Detection takes at most the
-// deadline plus one sweep_interval; the cancel reaches the worker (at once,
-// or when it runs again), whose reactors then free the request's blocks.
+// migrated, else (no decode worker can take it) UNAVAILABLE "decode worker W
+// failed mid-stream after N tokens: W stopped making progress: ...". A stalled worker is held out of the
+// rotation for stalled_worker_hold although it heartbeats. Detection takes at most the deadline plus one
+// sweep_interval; the cancel reaches the worker (at once, or when it runs again), whose reactors then free
+// the request's blocks.
 //
 // Time: every deadline, timeout and timing the core decides by reads
 // RouterOptions::clock (tests pass a FakeClock). gRPC receives the resulting
@@ -71,6 +74,13 @@ struct RouterOptions {
   int32_t default_max_tokens = 64;
   // Placements per request across workers before giving up. Default: 3.
   int max_attempts = 3;
+  // Live migration: how many times one stream may move to another decode
+  // worker when its worker dies or stalls after tokens reached the client.
+  // The router re-prefills the prompt plus the tokens sent (seeded sampling
+  // skips their draws) and resumes where the client is, token-for-token
+  // what the lost worker would have sent. 0: such a stream fails with
+  // UNAVAILABLE. Default: 3.
+  int max_migrations = 3;
   // Deadline for a request whose client set none. Default: 10 min.
   absl::Duration default_deadline = absl::Minutes(10);
   // How long a decode reservation lives unless renewed. While a request's

@@ -46,6 +46,10 @@ RouterMetrics& RouterMetrics::Get() {
                 "(block, worker) pairs the router's KV index holds, by tier (hbm, dram, ssd)", {"tier"});
     out->retries = r.Counter("tandem_router_retries_total", "Placements retried after a worker failed", {})
                        ->WithLabels({});
+    out->migrations = r.Counter("tandem_router_stream_migrations_total",
+                                "Streams whose decode worker died or stalled mid-stream, by outcome "
+                                "(moved: resumed on another decode worker; failed: none could take it)",
+                                {"outcome"});
     return out;
   }();
   return *m;

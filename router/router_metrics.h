@@ -31,6 +31,9 @@ struct RouterMetrics {
   CounterFamily* kv_bytes;       // {}
   Gauge* in_flight;
   Counter* retries;
+  // {outcome}: "moved" (a stream continued on another decode worker after
+  // its own died or stalled mid-stream) or "failed" (no worker could take it).
+  CounterFamily* migrations;
   GaugeFamily* workers;  // {role}: prefill, decode, store
   // {tier}: hbm, dram, ssd. (hash, worker) pairs in the KV index: shows the
   // index catching up with the workers' KV events.

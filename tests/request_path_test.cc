@@ -453,6 +453,101 @@ TEST_F(RequestPathTest, DecodeWorkerThatStopsMidStreamFailsTheStreamCleanly) {
       << "the interrupted stream's tokens are a prefix of an undisturbed one";
 }
 
+// Live migration (issue #17 item 2): a decode worker shut down mid-stream
+// while another decode worker exists. The router re-prefills the prompt plus
+// the tokens already sent and the stream resumes on the other worker, token
+// for token what an undisturbed run sends: greedy, and seeded sampling (the
+// new workers skip the draws of the tokens already sent).
+class RequestPathMigrationTest : public RequestPathTest, public ::testing::WithParamInterface<bool> {
+ protected:
+  tandem::v1::GenerateRequest MigratingRequest() const {
+    tandem::v1::GenerateRequest request = Request(160);
+    if (GetParam()) {  // seeded sampling
+      request.mutable_sampling()->set_temperature(0.9f);
+      request.mutable_sampling()->set_seed(20261203);
+    }
+    return request;
+  }
+};
+
+TEST_P(RequestPathMigrationTest, StreamMovesToAnotherDecodeWorkerAndMatchesAnUndisturbedRun) {
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kPrefill, "prefill-0"), nullptr);
+  WorkerProcess* decode = AddWorker(WorkerProcess::Role::kDecode, "decode-0");
+  ASSERT_NE(decode, nullptr);
+  const tandem::v1::GenerateRequest request = MigratingRequest();
+  const std::vector<int32_t> undisturbed = Reference(request);
+  ASSERT_EQ(undisturbed.size(), 160u);
+  static const std::string kMoved = "tandem_router_stream_migrations_total{outcome=\"moved\"}";
+  const double moved_before = ProcessCounter(kMoved);
+  // Once the first tokens reached the client, decode-0's engine thread is
+  // held (nothing more comes from it), decode-1 joins, and decode-0 is shut
+  // down with the stream on it.
+  absl::Notification release_engine;
+  std::thread shutdown;
+  Outcome outcome = Generate(request, [&] {
+    ASSERT_TRUE(decode->engine_runner()
+                    .Post(
+                        [&release_engine](engine::Engine&) {
+                          release_engine.WaitForNotificationWithTimeout(kDeadline);
+                          return absl::OkStatus();
+                        },
+                        absl::Now() + kDeadline)
+                    .ok());
+    ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-1"), nullptr);
+    shutdown = std::thread([this] { workers_.erase("decode-0"); });
+  });
+  release_engine.Notify();
+  ASSERT_TRUE(shutdown.joinable());
+  shutdown.join();
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+  EXPECT_EQ(outcome.summary.migrations(), 1);
+  EXPECT_EQ(outcome.summary.decode_worker(), "decode-1");
+  EXPECT_EQ(outcome.summary.usage().completion_tokens(), 160);
+  EXPECT_EQ(outcome.summary.usage().prompt_tokens(), 56);
+  EXPECT_EQ(outcome.tokens, undisturbed);
+  EXPECT_EQ(ProcessCounter(kMoved), moved_before + 1);
+}
+
+// With no other decode worker the stream cannot move: it fails cleanly,
+// naming the lost worker (covered by
+// DecodeWorkerThatStopsMidStreamFailsTheStreamCleanly); with migration off
+// (max_migrations 0) as well.
+TEST_P(RequestPathMigrationTest, MigrationOffFailsTheStreamNamingTheWorker) {
+  router::RouterOptions options;
+  options.max_migrations = 0;
+  router_ = std::make_unique<InProcessRouter>(&clock_, options);
+  stub_ = tandem::v1::Tandem::NewStub(
+      grpc::CreateChannel(router_->address(), grpc::InsecureChannelCredentials()));
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kPrefill, "prefill-0"), nullptr);
+  WorkerProcess* decode = AddWorker(WorkerProcess::Role::kDecode, "decode-0");
+  ASSERT_NE(decode, nullptr);
+  absl::Notification release_engine;
+  std::thread shutdown;
+  Outcome outcome = Generate(MigratingRequest(), [&] {
+    ASSERT_TRUE(decode->engine_runner()
+                    .Post(
+                        [&release_engine](engine::Engine&) {
+                          release_engine.WaitForNotificationWithTimeout(kDeadline);
+                          return absl::OkStatus();
+                        },
+                        absl::Now() + kDeadline)
+                    .ok());
+    ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-1"), nullptr);
+    shutdown = std::thread([this] { workers_.erase("decode-0"); });
+  });
+  release_engine.Notify();
+  ASSERT_TRUE(shutdown.joinable());
+  shutdown.join();
+  EXPECT_EQ(outcome.status.error_code(), grpc::StatusCode::UNAVAILABLE) << outcome.status.error_message();
+  EXPECT_TRUE(absl::StrContains(outcome.status.error_message(), "decode-0 failed mid-stream after"))
+      << outcome.status.error_message();
+}
+
+INSTANTIATE_TEST_SUITE_P(GreedyAndSeeded, RequestPathMigrationTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? std::string("SeededSampling") : std::string("Greedy");
+                         });
+
 // Overload: a decode reservation lives as long as its request (the router
 // renews it while the prefill queues), and the router's queue is bounded
 // (what does not fit is refused at once).
@@ -669,6 +764,15 @@ class RequestPathGrayFailureTest : public RequestPathTest {
         .ok();
   }
 
+  // engine.stats().decode_tokens_computed, read on the worker's engine thread.
+  static int64_t DecodeTokensComputed(WorkerProcess* worker) {
+    auto read = std::make_shared<EngineHold>();
+    read->release.Notify();  // read, do not hold
+    EXPECT_TRUE(Hold(worker, read));
+    EXPECT_TRUE(read->held.WaitForNotificationWithTimeout(kDeadline));
+    return std::max<int64_t>(0, read->decode_tokens);
+  }
+
   // A Generate stream read on a thread of its own, so the test acts while it
   // runs.
   class LiveStream {
@@ -744,12 +848,16 @@ class RequestPathGrayFailureTest : public RequestPathTest {
   // it produced reached the client: from then on nothing moves on it.
   // Returns the number of those tokens (0 on failure).
   size_t StartStalledStream(WorkerProcess* decode, std::unique_ptr<LiveStream>* stream,
-                            const std::shared_ptr<EngineHold>& hold) {
-    *stream = std::make_unique<LiveStream>(stub_.get(), Request(1000));
+                            const std::shared_ptr<EngineHold>& hold,
+                            const tandem::v1::GenerateRequest& request = Request(1000)) {
+    // Decode rows the worker computed for earlier requests (the engine's
+    // counter spans its life).
+    const int64_t before = DecodeTokensComputed(decode);
+    *stream = std::make_unique<LiveStream>(stub_.get(), request);
     EXPECT_TRUE((*stream)->AwaitTokens(1));
     EXPECT_TRUE(Hold(decode, hold));
     EXPECT_TRUE(hold->held.WaitForNotificationWithTimeout(kDeadline));
-    const size_t produced = 1 + static_cast<size_t>(std::max<int64_t>(0, hold->decode_tokens));
+    const size_t produced = 1 + static_cast<size_t>(std::max<int64_t>(0, hold->decode_tokens - before));
     EXPECT_TRUE((*stream)->AwaitTokens(produced));
     return ::testing::Test::HasFailure() ? 0 : produced;
   }
@@ -801,6 +909,43 @@ TEST_F(RequestPathGrayFailureTest,
       [&] { return InRotation("decode-0") && InRotation("decode-1") && InRotation("prefill-0"); },
       kDeadline));
   EXPECT_TRUE(ServedBy("decode-0"));
+}
+
+// A stalled decode worker's stream moves to the other decode worker at the
+// progress deadline and ends exactly as an undisturbed seeded run does.
+TEST_F(RequestPathGrayFailureTest, StalledDecodeWorkersStreamMovesToAnotherAndMatchesAnUndisturbedRun) {
+  router::RouterOptions options;
+  options.stream_stall_timeout = kStall;
+  StartRouter(options);
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kPrefill, "prefill-0"), nullptr);
+  WorkerProcess* decode = AddWorker(WorkerProcess::Role::kDecode, "decode-0");
+  ASSERT_NE(decode, nullptr);
+  tandem::v1::GenerateRequest request = Request(300);
+  request.mutable_sampling()->set_temperature(0.8f);
+  request.mutable_sampling()->set_top_p(0.9f);
+  request.mutable_sampling()->set_seed(17);
+  const std::vector<int32_t> undisturbed = Reference(request);
+  ASSERT_EQ(undisturbed.size(), 300u);
+  auto hold = std::make_shared<EngineHold>();
+  ReleaseOnExit release_on_exit{hold};
+  std::unique_ptr<LiveStream> stream;
+  const size_t produced = StartStalledStream(decode, &stream, hold, request);
+  ASSERT_GT(produced, 0u);
+  ASSERT_LT(produced, 300u) << "the stream ended before it could be stalled";
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-1"), nullptr);
+  clock_.Advance(kStall + absl::Milliseconds(200));
+  std::optional<absl::Time> ended = stream->AwaitEnd();
+  ASSERT_TRUE(ended.has_value()) << "the stream did not end";
+  const Outcome outcome = stream->outcome();
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+  EXPECT_EQ(outcome.summary.migrations(), 1);
+  EXPECT_EQ(outcome.summary.decode_worker(), "decode-1");
+  EXPECT_EQ(outcome.tokens, undisturbed) << "moved after " << produced << " tokens";
+  EXPECT_FALSE(InRotation("decode-0"));
+  // The stalled worker, released, frees the stream's blocks (the router's
+  // cancel reached it).
+  hold->release.Notify();
+  EXPECT_TRUE(testing::PollUntil([&] { return decode->engine_runner().load().used_blocks == 0; }, kDeadline));
 }
 
 TEST_F(RequestPathGrayFailureTest, DecodeWorkerThatMissesItsHeartbeatsLosesItsStreamsUntilItBeatsAgain) {
