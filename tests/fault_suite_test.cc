@@ -1,12 +1,16 @@
-// The fault suite (issue #17 item 5, first version): a 2 prefill + 2 decode
-// cluster of real `tandem` processes on loopback, 16 concurrent greedy
-// streams, and one fault per test (SIGSTOP/SIGCONT and kill -9 of a decode
-// worker, of a prefill worker, and of the workers' shared store). Every stream
-// must end inside its bound: completed (tokens equal to an undisturbed run of
-// the same prompts) or failed cleanly (a non-OK status with a message, the
-// tokens sent so far a prefix of the undisturbed run); none may hang. After
-// the fault the cluster serves all 16 again, identically, and every live
-// worker's KV pool returns to idle.
+// The fault suite (issue #17 item 5): a 2 prefill + 2 decode cluster of real
+// `tandem` processes on loopback, 16 concurrent streams (even ones greedy,
+// odd ones seeded sampling), and one fault per test (SIGSTOP/SIGCONT and
+// kill -9 of a decode worker, of a prefill worker, of the workers' shared
+// store, and kill -9 + restart of the router). Every stream must end inside
+// its bound: completed or migrated (moved to the other decode worker
+// mid-stream; tokens equal to an undisturbed run of the same prompts either
+// way), or failed cleanly (a non-OK status with a message, the tokens sent so
+// far a prefix of the undisturbed run); none may hang, and none may fail
+// where another worker of the faulted role exists. After the fault the
+// cluster serves all 16 again, identically, and every live worker's KV pool
+// returns to idle. MigrationTrials interrupts streams at random tokens, by
+// kill -9 and by SIGSTOP, until at least 50 have migrated.
 //
 // Each test prints one line starting "RELIABILITY |" (a row of the table in
 // docs/RELIABILITY.md); the suite prints them all again at the end.
@@ -23,6 +27,7 @@
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -86,7 +91,16 @@ struct Stream {
   std::vector<int32_t> tokens;
   grpc::Status status;
   std::string prefill_worker;  // from the summary of a completed stream
+  int migrations = 0;          // from the summary: times it moved mid-stream
 };
+
+// Odd streams sample (seeded), even ones are greedy: a migrated stream must
+// continue either exactly.
+void SetSampling(int stream, tandem::v1::GenerateRequest* req) {
+  if (stream % 2 == 0) return;
+  req->mutable_sampling()->set_temperature(0.8f);
+  req->mutable_sampling()->set_seed(1000 + stream);
+}
 
 // kStreams Generate streams on threads of their own, each bounded by its
 // client deadline (kStreamBound), so Join() always returns.
@@ -113,6 +127,21 @@ class StreamRun {
     };
     return mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
   }
+  // Whether stream `i` has `tokens` tokens (or ended) within `timeout`.
+  bool AwaitTokens(int i, size_t tokens, absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    auto reached = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return streams_[i].tokens.size() >= tokens || streams_[i].ended;
+    };
+    return mu_.AwaitWithTimeout(absl::Condition(&reached), timeout);
+  }
+  // Tokens each stream has received so far.
+  std::vector<size_t> TokenCounts() {
+    absl::MutexLock lock(&mu_);
+    std::vector<size_t> counts;
+    for (const Stream& s : streams_) counts.push_back(s.tokens.size());
+    return counts;
+  }
   int Ended() {
     absl::MutexLock lock(&mu_);
     return static_cast<int>(
@@ -132,6 +161,7 @@ class StreamRun {
     req.set_prompt(prompts_[i]);
     req.set_max_tokens(max_tokens_);
     req.set_stop_at_eos(false);  // every completed stream has max_tokens_ tokens
+    SetSampling(i, &req);
     grpc::ClientContext ctx;
     const absl::Time start = absl::Now();
     ctx.set_deadline(absl::ToChronoTime(start + kStreamBound));
@@ -146,6 +176,7 @@ class StreamRun {
       Stream& s = streams_[i];
       if (!resp.has_chunk()) {
         s.prefill_worker = resp.summary().prefill_worker();
+        s.migrations = resp.summary().migrations();
         continue;
       }
       s.tokens.insert(s.tokens.end(), resp.chunk().token_ids().begin(), resp.chunk().token_ids().end());
@@ -381,7 +412,7 @@ class FaultSuiteTest : public ::testing::Test {
       back_in_rotation = absl::Now() - restart_at;  // all four workers again
     }
 
-    int completed = 0, failed = 0, hung = 0;
+    int completed = 0, migrated = 0, failed = 0, hung = 0;
     absl::Time last_failed_end = absl::InfinitePast(), last_end = absl::InfinitePast();
     for (int i = 0; i < kStreams; ++i) {
       const Stream& s = streams[i];
@@ -392,9 +423,9 @@ class FaultSuiteTest : public ::testing::Test {
         ADD_FAILURE() << name << ": stream " << i << " hung (" << s.tokens.size() << " tokens, "
                       << s.status.error_message() << ")";
       } else if (s.status.ok()) {
-        ++completed;
-        EXPECT_EQ(s.tokens, want) << name << ": completed stream " << i
-                                  << " differs from the undisturbed run";
+        ++(s.migrations > 0 ? migrated : completed);
+        EXPECT_EQ(s.tokens, want) << name << ": " << (s.migrations > 0 ? "migrated" : "completed")
+                                  << " stream " << i << " differs from the undisturbed run";
       } else {
         ++failed;
         last_failed_end = std::max(last_failed_end, s.end);
@@ -408,14 +439,17 @@ class FaultSuiteTest : public ::testing::Test {
       }
     }
     EXPECT_EQ(hung, 0);
+    // The router is the one role with no second instance here.
+    if (role != Role::kRouter) EXPECT_EQ(failed, 0) << name << ": another worker of the role was there";
     if (HasRotation(role)) {
       EXPECT_TRUE(out_of_rotation.has_value())
           << "the router never took " << target.id << " out of the rotation";
     }
-    const std::string line = absl::StrFormat(
-        "RELIABILITY | %s | %d | %d | 0 | %d | %d | %s | %s | %s | %s |", name, kStreams, completed, failed,
-        hung, Ms(out_of_rotation), Ms(failed > 0 ? std::optional(last_failed_end - fault_at) : std::nullopt),
-        Ms(last_end - fault_at), Ms(back_in_rotation));
+    const std::string line =
+        absl::StrFormat("RELIABILITY | %s | %d | %d | %d | %d | %d | %s | %s | %s | %s |", name, kStreams,
+                        completed, migrated, failed, hung, Ms(out_of_rotation),
+                        Ms(failed > 0 ? std::optional(last_failed_end - fault_at) : std::nullopt),
+                        Ms(last_end - fault_at), Ms(back_in_rotation));
     std::printf(
         "%s\n(%d of %d streams had ended before the fault; undisturbed run of %d streams: %s; fault on %s)\n",
         line.c_str(), ended_before_fault, kWave, kStreams, Ms(undisturbed_took_).c_str(), target.id.c_str());
@@ -424,6 +458,55 @@ class FaultSuiteTest : public ::testing::Test {
     // Afterwards the cluster serves every prompt again, identically.
     EXPECT_EQ(RunUndisturbed(name + ", after"), baseline_);
     ExpectIdlePools(fault == Fault::kKill && role != Role::kRouter ? &target : nullptr);
+  }
+
+  // Migrations of one kind of fault: streams moved, and the token each was
+  // at when the fault came (as its client had counted).
+  struct Trials {
+    int rounds = 0;
+    int migrated = 0;
+    size_t first_token = SIZE_MAX, last_token = 0;
+  };
+
+  // One round of MigrationTrials: all 16 streams start; when stream 0 has
+  // received a random number of tokens, the decode worker running the most
+  // streams is killed or stopped. Every stream must complete (the other
+  // decode worker takes the moved ones) with the undisturbed run's tokens.
+  // Then the worker is restarted (same id) or continued, and both decode
+  // workers are back in the rotation.
+  void RunMigrationRound(Fault fault, std::mt19937* rng, Trials* trials) {
+    StreamRun run(stub_.get(), prompts_);
+    run.Start(0, kStreams);
+    const size_t at = std::uniform_int_distribution<size_t>(1, kMaxTokens - 20)(*rng);
+    ASSERT_TRUE(run.AwaitTokens(0, at, absl::Seconds(30))) << "stream 0 never reached token " << at;
+    Proc& target = Target(Role::kDecode);
+    const int index = &target == &decode_[0] ? 0 : 1;
+    target.process->Signal(fault == Fault::kKill ? SIGKILL : SIGSTOP);
+    const std::vector<size_t> at_fault = run.TokenCounts();
+    std::vector<Stream> streams = run.Join();
+    for (int i = 0; i < kStreams; ++i) {
+      const Stream& s = streams[i];
+      ASSERT_TRUE(s.status.ok()) << "stream " << i << " failed after " << s.tokens.size()
+                                 << " tokens: " << s.status.error_message();
+      EXPECT_EQ(s.tokens, baseline_[i])
+          << "stream " << i << " (" << (i % 2 ? "seeded" : "greedy") << ", " << s.migrations
+          << " migrations, fault at token " << at_fault[i] << ") differs from the undisturbed run";
+      if (s.migrations == 0) continue;
+      ++trials->migrated;
+      trials->first_token = std::min(trials->first_token, at_fault[i]);
+      trials->last_token = std::max(trials->last_token, at_fault[i]);
+    }
+    ++trials->rounds;
+    if (fault == Fault::kKill) {
+      ASSERT_TRUE(target.process->Wait(absl::Now() + absl::Seconds(10)).has_value());
+      decode_[index] = StartWorker("decode", index);
+      ASSERT_FALSE(decode_[index].address.empty());
+    } else {
+      target.process->Signal(SIGCONT);
+    }
+    ASSERT_TRUE(PollUntil([&] { return Healthy(Role::kDecode) == 2; },
+                          absl::Seconds(kStalledWorkerHoldMs / 1000 + 15)))
+        << "decode-" << index << " did not come back";
   }
 
   // Every live worker's KV pool returns to idle: no leaked blocks or reservations.
@@ -462,6 +545,31 @@ TEST_F(FaultSuiteTest, DecodeWorkerKilled) { RunScenario("decode kill -9", Role:
 
 // The one router dies: every stream fails cleanly (none can hang on it); a
 // router restarted on its port gets every worker back and serves.
+// Migration exactness (issue #17): streams interrupted at random tokens by
+// kill -9 and by SIGSTOP of their decode worker, greedy and seeded sampled,
+// each identical to its undisturbed run; at least 25 of each, 50 in all.
+TEST_F(FaultSuiteTest, MigrationTrials) {
+  constexpr int kPerFault = 25;
+  const uint32_t seed = static_cast<uint32_t>(absl::ToUnixNanos(absl::Now()));
+  std::mt19937 rng(seed);
+  std::printf("migration trials: random seed %u\n", seed);
+  for (Fault fault : {Fault::kKill, Fault::kStopThenContinue}) {
+    const char* name = fault == Fault::kKill ? "decode kill -9" : "decode SIGSTOP";
+    Trials trials;
+    while (trials.migrated < kPerFault && trials.rounds < 12 && !HasFatalFailure()) {
+      RunMigrationRound(fault, &rng, &trials);
+    }
+    EXPECT_GE(trials.migrated, kPerFault) << name << ": too few streams were on the faulted worker";
+    const std::string line = absl::StrFormat(
+        "MIGRATION | %s | %d rounds | %d streams migrated, all equal to undisturbed runs | "
+        "interrupted at tokens %zu..%zu of %d |",
+        name, trials.rounds, trials.migrated, trials.first_token, trials.last_token, kMaxTokens);
+    std::printf("%s\n", line.c_str());
+    TableLines().push_back(line);
+  }
+  ExpectIdlePools(nullptr);
+}
+
 TEST_F(FaultSuiteTest, RouterKilledAndRestarted) {
   RunScenario("router kill -9, restart", Role::kRouter, Fault::kKill);
 }
