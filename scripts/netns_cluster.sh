@@ -9,11 +9,16 @@
 #   scripts/netns_cluster.sh down [PREFIX]   remove everything PREFIX made
 #   scripts/netns_cluster.sh link [PREFIX] HOST up|down
 #                                            take a host's link down or up
-#                                            (bridge side; HOST: router|prefill|decode)
+#                                            (bridge side; HOST: router|prefill|decode|decode2)
+#   scripts/netns_cluster.sh netem [PREFIX] HOST "delay 50ms loss 5%"|off
+#                                            tc netem on both directions of a
+#                                            host's link (needs the kernel's sch_netem)
 #
 # PREFIX (default "tandem") names the namespaces PREFIX-router, PREFIX-prefill,
-# PREFIX-decode and PREFIX-br (the bridge). Addresses, on NET (default
-# 10.77.0): router NET.1, prefill NET.2, decode NET.3, each /24. `run` uses
+# PREFIX-decode, PREFIX-decode2 and PREFIX-br (the bridge). Addresses, on NET
+# (default 10.77.0): router NET.1, prefill NET.2, decode NET.3, decode2 NET.4,
+# each /24 (`run` starts no worker on decode2: it is the second decode host
+# the fault tests use). `run` uses
 # TANDEM (default build/bin/tandem), MODEL (default synthetic:tiny) and
 # UCX_TLS (default tcp: keeps KV transfers on the namespaces' addresses; UCX's
 # shared-memory transports would otherwise cross namespaces on one kernel).
@@ -23,13 +28,14 @@ set -euo pipefail
 cmd="${1:-}"
 prefix="${2:-tandem}"
 net="${NET:-10.77.0}"
-hosts=(router prefill decode)
+hosts=(router prefill decode decode2)
 
 address_of() {
   case "$1" in
     router) echo "$net.1" ;;
     prefill) echo "$net.2" ;;
     decode) echo "$net.3" ;;
+    decode2) echo "$net.4" ;;
     *) echo "netns_cluster: unknown host '$1'" >&2; exit 2 ;;
   esac
 }
@@ -37,8 +43,9 @@ address_of() {
 # veth names are at most 15 bytes: a short hash of the prefix keeps
 # concurrent prefixes apart.
 tag="$(printf '%s' "$prefix" | cksum | cut -c1-6)"
-host_if() { echo "th${tag}${1:0:1}"; }    # inside the host's namespace
-bridge_if() { echo "tb${tag}${1:0:1}"; }  # the bridge's end
+host_index() { address_of "$1" | sed 's/.*\.//'; }  # the last octet: unique per host
+host_if() { echo "th${tag}$(host_index "$1")"; }    # inside the host's namespace
+bridge_if() { echo "tb${tag}$(host_index "$1")"; }  # the bridge's end
 
 down() {
   for h in "${hosts[@]}"; do
@@ -83,6 +90,22 @@ link() {
   ip -n "$prefix-br" link set "$(bridge_if "$h")" "$state"
 }
 
+# Delay/loss both ways: the bridge's end shapes what reaches the host, the
+# host's end what it sends.
+netem() {
+  local h="${1:?host}" spec="${2:?netem spec or off}"
+  address_of "$h" >/dev/null
+  if [ "$spec" = off ]; then
+    ip netns exec "$prefix-br" tc qdisc del dev "$(bridge_if "$h")" root 2>/dev/null || true
+    ip netns exec "$prefix-$h" tc qdisc del dev "$(host_if "$h")" root 2>/dev/null || true
+    return 0
+  fi
+  # shellcheck disable=SC2086  # the spec is tc's own words
+  ip netns exec "$prefix-br" tc qdisc replace dev "$(bridge_if "$h")" root netem $spec
+  # shellcheck disable=SC2086
+  ip netns exec "$prefix-$h" tc qdisc replace dev "$(host_if "$h")" root netem $spec
+}
+
 run() {
   local tandem="${TANDEM:-build/bin/tandem}" model="${MODEL:-synthetic:tiny}"
   export UCX_TLS="${UCX_TLS:-tcp}"
@@ -107,5 +130,6 @@ case "$cmd" in
   down) down ;;
   run) run ;;
   link) link "${3:-}" "${4:-}" ;;
-  *) sed -n '2,22p' "$0"; exit 2 ;;
+  netem) netem "${3:-}" "${4:-}" ;;
+  *) sed -n '2,27p' "$0"; exit 2 ;;
 esac

@@ -4,7 +4,9 @@
 // cluster, takes the decode host's link down and checks that the router
 // takes it out of rotation within its heartbeat deadline — requests then fail
 // cleanly with UNAVAILABLE, quickly, instead of hanging — and that the host
-// serves again once its link is back.
+// serves again once its link is back. With two decode hosts: a host
+// partitioned mid-stream loses no stream (they migrate), and delay and loss
+// on a link (tc netem, where the kernel has it) lose none either.
 //
 // Needs root and `ip netns`; skips with a message otherwise. UCX runs with
 // UCX_TLS=tcp here so that KV transfers use the namespaces' addresses (its
@@ -13,8 +15,10 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <functional>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/testing/poll.h"
 #include "tests/testing/shell.h"
 #include "tests/testing/subprocess.h"
@@ -52,6 +57,10 @@ class Namespaces {
   CommandResult Up() { return Shell(absl::StrCat(kScript, " up ", prefix_)); }
   CommandResult Link(const std::string& host, const std::string& state) {
     return Shell(absl::StrCat(kScript, " link ", prefix_, " ", host, " ", state));
+  }
+  // `spec`: tc netem's words ("delay 20ms loss 2%") or "off".
+  CommandResult Netem(const std::string& host, const std::string& spec) {
+    return Shell(absl::StrCat(kScript, " netem ", prefix_, " ", host, " '", spec, "'"));
   }
   std::string ns(const std::string& host) const { return absl::StrCat(prefix_, "-", host); }
 
@@ -134,6 +143,167 @@ TEST(NetnsTest, DecodeHostLinkDownLeavesRotationWithinHeartbeatDeadline) {
       },
       absl::Seconds(20), absl::Milliseconds(200)))
       << again.output;
+}
+
+// A cluster with two decode hosts, for the faults that meet streams: a
+// router, a prefill host and decode hosts "decode" and "decode2".
+class TwoDecodeHosts {
+ public:
+  explicit TwoDecodeHosts(Namespaces* net) : net_(net) {}
+
+  // Starts the processes; false (with a test failure) if one is not ready.
+  bool Start() {
+    router_ = std::make_unique<Subprocess>(
+        net_->Tandem("router", {"router", "--host", "10.77.0.1", "--port", "50051", "--heartbeat-ms",
+                                absl::StrCat(kHeartbeatMs), "--heartbeat-misses", absl::StrCat(kMisses)}));
+    if (!router_->ReadLine(absl::Now() + absl::Seconds(60)).has_value()) {
+      ADD_FAILURE() << "router not ready";
+      return false;
+    }
+    workers_.push_back(Worker("prefill", "prefill", "10.77.0.2"));
+    workers_.push_back(Worker("decode", "decode", "10.77.0.3"));
+    workers_.push_back(Worker("decode2", "decode", "10.77.0.4"));
+    for (const std::unique_ptr<Subprocess>& w : workers_) {
+      if (!w->ReadLine(absl::Now() + absl::Seconds(60)).has_value()) {
+        ADD_FAILURE() << "worker not ready";
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // kStreams concurrent `tandem generate --remote --json` clients on the
+  // router host (greedy, 1,000 tokens each, distinct prompts); `during`
+  // runs once `fault_after` passed since they started. Returns each
+  // client's exit code and JSON line.
+  std::vector<CommandResult> Streams(absl::Duration fault_after = absl::InfiniteDuration(),
+                                     const std::function<void()>& during = nullptr) {
+    std::vector<std::unique_ptr<Subprocess>> clients;
+    for (int i = 0; i < kStreams; ++i) {
+      clients.push_back(std::make_unique<Subprocess>(net_->Tandem(
+          "router", {"generate", "--remote", kRouter, "--prompt", absl::StrCat("Story number ", i, ": once"),
+                     "--max-tokens", "1000", "--json", "--timeout-s", "60"})));
+    }
+    if (during) {
+      // The fault's moment, measured from the streams' start: a point in
+      // their decode (the caller passes a fraction of an undisturbed run).
+      absl::SleepFor(fault_after);
+      during();
+    }
+    std::vector<CommandResult> out;
+    for (std::unique_ptr<Subprocess>& c : clients) {
+      CommandResult r;
+      std::optional<std::string> line = c->ReadLine(absl::Now() + absl::Seconds(90));
+      r.output = line.value_or("");
+      std::optional<int> code = c->Wait(absl::Now() + absl::Seconds(30));
+      r.exit_code = code.value_or(-1);
+      out.push_back(std::move(r));
+    }
+    return out;
+  }
+
+  static constexpr int kStreams = 4;
+  static constexpr char kRouter[] = "10.77.0.1:50051";
+
+ private:
+  std::unique_ptr<Subprocess> Worker(const std::string& host, const std::string& role,
+                                     const std::string& address) {
+    return std::make_unique<Subprocess>(
+        net_->Tandem(host, {role, "--router", kRouter, "--host", address, "--port", "50061", "--threads", "1",
+                            "--kv-cache-mb", "32", "--worker-id", host}));
+  }
+
+  Namespaces* const net_;
+  std::unique_ptr<Subprocess> router_;
+  std::vector<std::unique_ptr<Subprocess>> workers_;
+};
+
+// Issue #17 item 4: a decode host partitioned from the network while streams
+// run on it. Its streams move to the other decode host (live migration) and
+// complete with the text of an undisturbed run; none fails or hangs. Healed,
+// the host rejoins the rotation.
+TEST(NetnsTest, PartitionedDecodeHostsStreamsMigrateAndTheHostRejoinsWhenHealed) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root for ip netns";
+  if (Shell("command -v ip").exit_code != 0) GTEST_SKIP() << "iproute2 (ip) not installed";
+  Namespaces net(absl::StrCat("tnp", getpid()));
+  CommandResult up = net.Up();
+  if (up.exit_code != 0) GTEST_SKIP() << "cannot build network namespaces here: " << up.output;
+  TwoDecodeHosts cluster(&net);
+  ASSERT_TRUE(cluster.Start());
+
+  const absl::Time start = absl::Now();
+  const std::vector<CommandResult> undisturbed = cluster.Streams();
+  const absl::Duration took = absl::Now() - start;
+  for (const CommandResult& r : undisturbed) ASSERT_EQ(r.exit_code, 0) << r.output;
+
+  // A third of the way into the streams, the first decode host loses its
+  // link (the bridge side: the host itself sees nothing).
+  absl::Time down_at;
+  const std::vector<CommandResult> disturbed = cluster.Streams(took / 3, [&] {
+    ASSERT_EQ(net.Link("decode", "down").exit_code, 0);
+    down_at = absl::Now();
+  });
+  const absl::Duration ended_after = absl::Now() - down_at;
+  int migrated = 0;
+  for (int i = 0; i < TwoDecodeHosts::kStreams; ++i) {
+    ASSERT_EQ(disturbed[i].exit_code, 0) << "stream " << i << ": " << disturbed[i].output;
+    const nlohmann::json got = nlohmann::json::parse(disturbed[i].output);
+    const nlohmann::json want = nlohmann::json::parse(undisturbed[i].output);
+    EXPECT_EQ(got["generated_token_ids"], want["generated_token_ids"]) << "stream " << i;
+    migrated += got.value("migrations", 0) > 0 ? 1 : 0;
+    if (got.value("migrations", 0) > 0) EXPECT_EQ(got.value("decode_worker", ""), "decode2");
+  }
+  std::cerr << "netns_test: partition " << took / 3 << " into an undisturbed run of " << took << ": "
+            << migrated << " of " << TwoDecodeHosts::kStreams << " streams migrated; all ended "
+            << ended_after << " after the link went down\n";
+  EXPECT_GE(migrated, 1) << "no stream was on the partitioned host";
+
+  // Healed: its heartbeats resume, it re-registers, and it serves again.
+  ASSERT_EQ(net.Link("decode", "up").exit_code, 0);
+  const absl::Time healed = absl::Now();
+  CommandResult served;
+  EXPECT_TRUE(PollUntil(
+      [&] {
+        served = Shell(
+            ShellJoin(net.Tandem("router", {"generate", "--remote", TwoDecodeHosts::kRouter, "--prompt",
+                                            "Once", "--max-tokens", "4", "--json", "--timeout-s", "10"})));
+        return served.exit_code == 0 && absl::StrContains(served.output, "\"decode_worker\":\"decode\"");
+      },
+      absl::Seconds(30), absl::Milliseconds(100)))
+      << served.output;
+  std::cerr << "netns_test: the healed host served again " << absl::Now() - healed
+            << " after its link came up\n";
+}
+
+// Delay and loss on a decode host's link (tc netem): streams slow down but
+// none fails, and the result is the undisturbed run's. Skips where the
+// kernel has no sch_netem (this project's CI VM has none).
+TEST(NetnsTest, DelayAndLossOnADecodeHostsLinkLoseNoStream) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root for ip netns";
+  if (Shell("command -v ip && command -v tc").exit_code != 0)
+    GTEST_SKIP() << "iproute2 (ip, tc) not installed";
+  Namespaces net(absl::StrCat("tnq", getpid()));
+  CommandResult up = net.Up();
+  if (up.exit_code != 0) GTEST_SKIP() << "cannot build network namespaces here: " << up.output;
+  CommandResult probe = net.Netem("decode", "delay 1ms");
+  if (probe.exit_code != 0)
+    GTEST_SKIP() << "tc netem unavailable (kernel without sch_netem?): " << probe.output;
+  ASSERT_EQ(net.Netem("decode", "off").exit_code, 0);
+  TwoDecodeHosts cluster(&net);
+  ASSERT_TRUE(cluster.Start());
+  const std::vector<CommandResult> undisturbed = cluster.Streams();
+  for (const CommandResult& r : undisturbed) ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_EQ(net.Netem("decode", "delay 20ms 5ms loss 2%").exit_code, 0);
+  const absl::Time start = absl::Now();
+  const std::vector<CommandResult> slowed = cluster.Streams();
+  std::cerr << "netns_test: 4 streams with 20 ms +- 5 ms delay and 2% loss on a decode link took "
+            << absl::Now() - start << "\n";
+  for (int i = 0; i < TwoDecodeHosts::kStreams; ++i) {
+    ASSERT_EQ(slowed[i].exit_code, 0) << "stream " << i << ": " << slowed[i].output;
+    EXPECT_EQ(nlohmann::json::parse(slowed[i].output)["generated_token_ids"],
+              nlohmann::json::parse(undisturbed[i].output)["generated_token_ids"])
+        << "stream " << i;
+  }
 }
 
 }  // namespace
