@@ -124,10 +124,13 @@ int RunRemoteGenerate(const GenerateFlags& f) {
     j["generated_token_ids"] = generated;
     j["text"] = text;
     j["finish_reason"] = FinishReasonName(summary->finish_reason());
-    // Only a cluster has these: who decoded, and how often the stream moved
-    // to another decode worker mid-stream (router_core.h, live migration).
-    j["decode_worker"] = summary->decode_worker();
-    j["migrations"] = summary->migrations();
+    // A stream that moved to another decode worker mid-stream (live
+    // migration, router_core.h) says so; otherwise the line is exactly what
+    // local generate prints (up_test compares them).
+    if (summary->migrations() > 0) {
+      j["decode_worker"] = summary->decode_worker();
+      j["migrations"] = summary->migrations();
+    }
     std::cout << j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
   } else {
     if (!prompt_printed) std::cout << f.prompt;
