@@ -6,6 +6,15 @@ namespace tandem::router {
 namespace {
 constexpr int kMaxTier = 3;
 bool ValidTier(int tier) { return tier >= 1 && tier <= kMaxTier; }
+
+// The best tier among a holder's tier bits (bit t: tier t); 0 when only bit
+// 0 (in flight) is set.
+int BestTier(uint8_t tiers) {
+  for (int t = 1; t <= kMaxTier; ++t) {
+    if (tiers & (1u << t)) return t;
+  }
+  return 0;
+}
 }  // namespace
 
 uint32_t KvIndex::SlotFor(const std::string& worker_id) {
@@ -320,14 +329,9 @@ std::vector<KvIndex::PrefixMatch> KvIndex::Match(absl::Span<const BlockHash> has
       for (const Pending& p : *pendings) start(p.slot);
     }
     if (live.empty()) return out;
+    out.reserve(live.size());
   }
 
-  auto best_tier = [](uint8_t tiers) {
-    for (int t = 1; t <= kMaxTier; ++t) {
-      if (tiers & (1u << t)) return t;
-    }
-    return 0;  // only in flight
-  };
   // Runs under `lock`; a lambda is analysed on its own, so it says so.
   auto finish = [&](const Live& l, size_t depth) ABSL_SHARED_LOCKS_REQUIRED(mu_) {
     PrefixMatch m;
@@ -339,14 +343,22 @@ std::vector<KvIndex::PrefixMatch> KvIndex::Match(absl::Span<const BlockHash> has
     out.push_back(std::move(m));
   };
 
+  // A long prompt's walk is a chain of dependent cache misses in a large
+  // table; asking for the blocks a few steps ahead overlaps them.
+  constexpr size_t kPrefetchAhead = 4;
+  for (size_t i = 1; i <= kPrefetchAhead && i < hashes.size(); ++i) blocks_.prefetch(hashes[i]);
   size_t depth = 0;
   while (true) {
+    if (depth + kPrefetchAhead < hashes.size()) {
+      blocks_.prefetch(hashes[depth + kPrefetchAhead]);
+      if (any_inflight) inflight_.prefetch(hashes[depth + kPrefetchAhead]);
+    }
     const uint64_t gen = mark_block(holders, pendings);
     size_t kept = 0;
     for (Live& l : live) {
       const uint64_t m = mark[l.slot];
       if ((m >> 8) == gen) {
-        int tier = best_tier(static_cast<uint8_t>(m & 0xff));
+        int tier = BestTier(static_cast<uint8_t>(m & 0xff));
         if (tier == 0) {  // in flight: in HBM once computed there
           tier = tandem::v1::KV_TIER_HBM;
           ++l.inflight;
