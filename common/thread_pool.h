@@ -8,6 +8,12 @@
 // split work by output element, never by reduction, so results are identical
 // for any thread count (the engine's batch invariance relies on this).
 //
+// Between jobs, workers (and the caller, waiting for them) spin for up to
+// `spin_us` before sleeping on the mutex: a forward pass issues one
+// ParallelFor per op, tens of microseconds apart, and a futex wake-up per op
+// cost more than the small ops themselves. A worker idle for longer (between
+// steps) sleeps, so an idle engine takes no CPU.
+//
 // Thread safety: ParallelFor may be called by one thread at a time (the
 // engine thread that owns the backend). The destructor stops and joins every
 // worker.
@@ -31,6 +37,10 @@ class ThreadPool {
     // Threads that run work, including the caller of ParallelFor.
     // Default: 0, meaning std::thread::hardware_concurrency().
     int num_threads = 0;
+    // How long an idle worker polls for the next job, and the caller for the
+    // workers to finish, before blocking. Default: 100 (microseconds); 0
+    // blocks at once.
+    int spin_us = 100;
   };
 
   explicit ThreadPool(const Options& options);
@@ -47,14 +57,22 @@ class ThreadPool {
  private:
   void WorkerLoop();
   void RunItems();
+  // Polls until pred() or spin_us passes; returns pred()'s last value.
+  template <typename Pred>
+  bool Spin(Pred pred) const;
 
+  const int spin_us_;
   std::vector<std::thread> workers_;
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
-  int busy_workers_ ABSL_GUARDED_BY(mu_) = 0;
-  // The current job; written by the caller before generation_ moves on and
-  // read by workers after they observe the new generation (ordered by mu_).
+  // Moved on (under mu_, so sleeping workers re-check) to start a job; read
+  // without mu_ by spinning workers.
+  std::atomic<uint64_t> generation_{0};
+  // Workers still in the current job; the last one out takes mu_ so a
+  // sleeping caller re-checks.
+  std::atomic<int> busy_workers_{0};
+  // The current job; written by the caller before generation_ moves on
+  // (release) and read by workers after they observe it (acquire).
   const absl::FunctionRef<void(int64_t)>* job_fn_ = nullptr;
   int64_t job_size_ = 0;
   std::atomic<int64_t> next_item_{0};
