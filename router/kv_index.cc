@@ -9,6 +9,14 @@ bool ValidTier(int tier) { return tier >= 1 && tier <= kMaxTier; }
 
 // The best tier among a holder's tier bits (bit t: tier t); 0 when only bit
 // 0 (in flight) is set.
+// A worker still matching in KvIndex::Match, with its per-tier counts.
+struct Live {
+  uint32_t slot;
+  int32_t tier_blocks[4];
+  int32_t first_lower;  // -1 until a block not in HBM
+  int32_t inflight;
+};
+
 int BestTier(uint8_t tiers) {
   for (int t = 1; t <= kMaxTier; ++t) {
     if (tiers & (1u << t)) return t;
@@ -284,38 +292,32 @@ std::vector<KvIndex::PrefixMatch> KvIndex::Match(absl::Span<const BlockHash> has
   const Pendings* pendings = pendings_of(0);
   if (holders == nullptr && pendings == nullptr) return out;
 
-  // Workers still matching, with their per-tier counts. `mark` (per thread,
+  // Workers still matching (Live). `mark` (per thread,
   // indexed by slot) holds the generation at which a slot was last seen
   // among a block's holders, and with which tiers (bit 0: in flight); every
   // block of every query takes a new generation, so the array is never
   // cleared.
-  struct Live {
-    uint32_t slot;
-    int32_t tier_blocks[4];
-    int32_t first_lower;  // -1 until a block not in HBM
-    int32_t inflight;
-  };
   thread_local std::vector<uint64_t> mark;  // generation << 8 | tiers
   thread_local uint64_t generation = 0;
   if (mark.size() < workers_.size()) mark.resize(workers_.size(), 0);
-  // Marks block i's holders and live in-flight entries with a new generation.
-  auto mark_block = [&](const Holders* hs, const Pendings* ps) {
-    const uint64_t gen = ++generation;
-    if (hs != nullptr) {
-      for (const Holder& h : *hs) mark[h.slot] = (gen << 8) | h.tiers;
+  // Mark a block's holders, and its unexpired in-flight entries (bit 0), with `gen`.
+  auto mark_holders = [&](const Holders* hs, uint64_t gen) {
+    if (hs == nullptr) return;
+    for (const Holder& h : *hs) mark[h.slot] = (gen << 8) | h.tiers;
+  };
+  auto mark_pendings = [&](const Pendings* ps, uint64_t gen) {
+    if (ps == nullptr) return;
+    for (const Pending& p : *ps) {
+      if (p.expires <= now) continue;
+      mark[p.slot] = (mark[p.slot] >> 8) == gen ? (mark[p.slot] | 1) : ((gen << 8) | 1);
     }
-    if (ps != nullptr) {
-      for (const Pending& p : *ps) {
-        if (p.expires <= now) continue;
-        mark[p.slot] = (mark[p.slot] >> 8) == gen ? (mark[p.slot] | 1) : ((gen << 8) | 1);
-      }
-    }
-    return gen;
   };
   // The first block's holders, each once, start the walk.
   std::vector<Live> live;
   {
-    const uint64_t gen = mark_block(holders, pendings);
+    const uint64_t gen = ++generation;
+    mark_holders(holders, gen);
+    mark_pendings(pendings, gen);
     auto start = [&](uint32_t slot) {
       if ((mark[slot] >> 8) != gen || (mark[slot] & 0xff) == 0) return;
       live.push_back({slot, {0, 0, 0, 0}, -1, 0});
@@ -349,11 +351,16 @@ std::vector<KvIndex::PrefixMatch> KvIndex::Match(absl::Span<const BlockHash> has
   for (size_t i = 1; i <= kPrefetchAhead && i < hashes.size(); ++i) blocks_.prefetch(hashes[i]);
   size_t depth = 0;
   while (true) {
-    if (depth + kPrefetchAhead < hashes.size()) {
-      blocks_.prefetch(hashes[depth + kPrefetchAhead]);
-      if (any_inflight) inflight_.prefetch(hashes[depth + kPrefetchAhead]);
+    if (depth + kPrefetchAhead < hashes.size()) blocks_.prefetch(hashes[depth + kPrefetchAhead]);
+    const uint64_t gen = ++generation;
+    mark_holders(holders, gen);
+    mark_pendings(pendings, gen);
+    // Past block 0 the in-flight entries are looked up only when a live
+    // worker lacks the block (through a long cached prefix, never).
+    if (pendings == nullptr && depth > 0 && any_inflight &&
+        std::any_of(live.begin(), live.end(), [&](const Live& l) { return (mark[l.slot] >> 8) != gen; })) {
+      mark_pendings(pendings_of(depth), gen);
     }
-    const uint64_t gen = mark_block(holders, pendings);
     size_t kept = 0;
     for (Live& l : live) {
       const uint64_t m = mark[l.slot];
@@ -374,7 +381,7 @@ std::vector<KvIndex::PrefixMatch> KvIndex::Match(absl::Span<const BlockHash> has
     ++depth;
     if (live.empty() || depth == hashes.size()) break;
     holders = holders_of(depth);
-    pendings = pendings_of(depth);
+    pendings = holders == nullptr ? pendings_of(depth) : nullptr;
     if (holders == nullptr && pendings == nullptr) break;
   }
   for (const Live& l : live) finish(l, depth);
