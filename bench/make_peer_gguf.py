@@ -3,8 +3,9 @@
 
 Both Tandem and llama.cpp load the same file (bench/cpu_peer.sh), so the
 weights only need the right shapes and types and harmless values: F16/BF16
-weights of magnitude 2^-9..2^-3 (no subnormals, no NaN), Q8_0 blocks with a
-fixed scale and random int8 values. The vocabulary is SentencePiece-style
+weights of magnitude 2^-9..2^-3 (no subnormals, no NaN), Q8_0 and Q4_0
+blocks with a fixed scale and random int8 / 4-bit values (the same spread:
+about 0.14 standard deviation). The vocabulary is SentencePiece-style
 ("llama"): <unk>, <s>, </s>, the 256 byte tokens, then filler pieces.
 Pure Python (no numpy) so it runs wherever the benchmark does.
 
@@ -23,9 +24,11 @@ SHAPES = {
                      rope_base=500000.0),
 }
 
-GGML_F32, GGML_F16, GGML_Q8_0, GGML_BF16 = 0, 1, 8, 30
+GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0, GGML_BF16 = 0, 1, 2, 8, 30
 # general.file_type (llama_ftype) for each weight type.
-FTYPE = {"f16": (GGML_F16, 1), "bf16": (GGML_BF16, 32), "q8_0": (GGML_Q8_0, 7)}
+FTYPE = {"f16": (GGML_F16, 1), "bf16": (GGML_BF16, 32), "q8_0": (GGML_Q8_0, 7), "q4_0": (GGML_Q4_0, 2)}
+# Bytes per 32-element block and the fixed F16 scale of each block type.
+BLOCKS = {GGML_Q8_0: (34, 1.0 / 512), GGML_Q4_0: (18, 1.0 / 32)}
 ALIGN = 32
 
 
@@ -65,12 +68,13 @@ def random_tensor(ggml_type, n):
         raw = bytearray(os.urandom(2 * n))
         raw[1::2] = raw[1::2].translate(F16_HIGH if ggml_type == GGML_F16 else BF16_HIGH)
         return raw
-    assert ggml_type == GGML_Q8_0 and n % 32 == 0
+    size, d = BLOCKS[ggml_type]
+    assert n % 32 == 0
     blocks = n // 32
-    raw = bytearray(os.urandom(34 * blocks))
-    scale = struct.pack("<e", 1.0 / 512)
-    raw[0::34] = scale[0:1] * blocks
-    raw[1::34] = scale[1:2] * blocks
+    raw = bytearray(os.urandom(size * blocks))
+    scale = struct.pack("<e", d)
+    raw[0::size] = scale[0:1] * blocks
+    raw[1::size] = scale[1:2] * blocks
     return raw
 
 
@@ -125,7 +129,7 @@ def main():
         n = 1
         for d in ne:
             n *= d
-        return {GGML_F32: 4 * n, GGML_F16: 2 * n, GGML_BF16: 2 * n, GGML_Q8_0: n // 32 * 34}[t]
+        return {GGML_F32: 4 * n, GGML_F16: 2 * n, GGML_BF16: 2 * n, GGML_Q8_0: n // 32 * 34, GGML_Q4_0: n // 32 * 18}[t]
 
     infos, offset = [], 0
     for name, ne, t in tensors:

@@ -12,6 +12,8 @@ std::string_view DTypeName(DType type) {
       return "BF16";
     case DType::kQ8_0:
       return "Q8_0";
+    case DType::kQ4_0:
+      return "Q4_0";
   }
   return "unknown";
 }
@@ -37,6 +39,17 @@ void DequantizeRow(DType type, const void* src, int64_t n, float* out) {
         const int8_t* q = reinterpret_cast<const int8_t*>(block + 2);
         for (int i = 0; i < kQ8_0BlockElements; ++i) {
           out[blk * kQ8_0BlockElements + i] = d * static_cast<float>(q[i]);
+        }
+      }
+      break;
+    case DType::kQ4_0:
+      for (int64_t blk = 0; blk < n / kQ4_0BlockElements; ++blk) {
+        const uint8_t* block = base + blk * kQ4_0BlockBytes;
+        const float d = Q8_0BlockScale(block);  // the same leading F16 scale
+        float* o = out + blk * kQ4_0BlockElements;
+        for (int j = 0; j < kQ4_0BlockElements / 2; ++j) {
+          o[j] = d * static_cast<float>((block[2 + j] & 0x0F) - 8);
+          o[j + 16] = d * static_cast<float>((block[2 + j] >> 4) - 8);
         }
       }
       break;

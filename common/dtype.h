@@ -23,14 +23,25 @@ enum class DType : uint8_t {
   // GGML's Q8_0: blocks of 32 weights, each block an F16 scale followed by 32
   // int8 values (34 bytes); value = scale * q.
   kQ8_0,
+  // GGML's Q4_0: blocks of 32 weights, each an F16 scale followed by 16
+  // bytes of 4-bit values (18 bytes); byte j holds element j in its low
+  // nibble and element j + 16 in its high one; value = scale * (nibble - 8).
+  kQ4_0,
 };
 
 inline constexpr int kQ8_0BlockElements = 32;
 inline constexpr int kQ8_0BlockBytes = 34;
+inline constexpr int kQ4_0BlockElements = 32;
+inline constexpr int kQ4_0BlockBytes = 18;
+
+// Whether `type` stores rows in blocks of 32 elements (Q8_0, Q4_0): such a
+// row's length must be a multiple of 32.
+inline bool IsBlockQuantized(DType type) { return type == DType::kQ8_0 || type == DType::kQ4_0; }
 
 std::string_view DTypeName(DType type);
 
-// Bytes taken by `n` elements of `type`. For Q8_0, REQUIRES: n % 32 == 0.
+// Bytes taken by `n` elements of `type`. For Q8_0 and Q4_0, REQUIRES:
+// n % 32 == 0.
 inline size_t DTypeBytes(DType type, size_t n) {
   switch (type) {
     case DType::kF32:
@@ -40,6 +51,8 @@ inline size_t DTypeBytes(DType type, size_t n) {
       return n * 2;
     case DType::kQ8_0:
       return n / kQ8_0BlockElements * kQ8_0BlockBytes;
+    case DType::kQ4_0:
+      return n / kQ4_0BlockElements * kQ4_0BlockBytes;
   }
   return 0;
 }
@@ -124,8 +137,8 @@ inline float Q8_0BlockScale(const uint8_t* block) {
 
 // Converts `n` consecutive elements of `type` at `src` (one weight row, any
 // alignment) to F32 in out[0, n): the one dequantisation every backend uses.
-// Exact: every F16/BF16 value, and every Q8_0 scale * q (an 11-bit by 8-bit
-// product), is a float. For Q8_0, REQUIRES: n % 32 == 0.
+// Exact: every F16/BF16 value, and every Q8_0/Q4_0 scale * q (an 11-bit by
+// 8-bit product), is a float. For Q8_0 and Q4_0, REQUIRES: n % 32 == 0.
 void DequantizeRow(DType type, const void* src, int64_t n, float* out);
 
 }  // namespace tandem

@@ -122,6 +122,8 @@ HostWeight MakeWeight(const std::vector<float>& values, int64_t rows, int64_t co
             }
           }
           break;
+        case DType::kQ4_0:  // not among the types compared here
+          break;
       }
     }
   }

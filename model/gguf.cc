@@ -76,6 +76,8 @@ std::optional<DType> DTypeFromGgml(uint32_t id) {
       return DType::kF32;
     case 1:
       return DType::kF16;
+    case 2:
+      return DType::kQ4_0;
     case 8:
       return DType::kQ8_0;
     case 30:
@@ -554,21 +556,22 @@ absl::Status GgufFile::Parse() {
           info.size_bytes = num_elements * 2;  // num_elements <= INT64_MAX: cannot overflow.
           break;
         case DType::kQ8_0:
-          // Q8_0 quantises whole blocks of 32 along the innermost dimension.
+        case DType::kQ4_0:
+          // Q8_0 and Q4_0 quantise whole blocks of 32 along the innermost dimension.
           if (info.dims[0] % kQ8_0Block != 0) {
             return Malformed(
-                absl::StrFormat("tensor %s of type Q8_0 has innermost dimension %d, not a multiple of %d "
+                absl::StrFormat("tensor %s of type %s has innermost dimension %d, not a multiple of %d "
                                 "(type at byte offset %d)",
-                                Quote(name), info.dims[0], kQ8_0Block, type_at));
+                                Quote(name), Absl(DTypeName(info.type)), info.dims[0], kQ8_0Block, type_at));
           }
-          info.size_bytes = num_elements / kQ8_0Block * kQ8_0BlockBytes;
+          info.size_bytes = DTypeBytes(info.type, num_elements);
           break;
       }
     } else if (unsupported.ok()) {
       const std::string_view ggml_name = GgmlTypeName(ggml_type);
       unsupported = absl::UnimplementedError(absl::StrFormat(
           "gguf: tensor %s has ggml type %d%s at byte offset %d, which Tandem does not support "
-          "(supported: F32, F16, BF16, Q8_0)",
+          "(supported: F32, F16, BF16, Q8_0, Q4_0)",
           Quote(name), ggml_type, ggml_name.empty() ? "" : absl::StrCat(" (", Absl(ggml_name), ")"),
           type_at));
     }

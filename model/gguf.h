@@ -6,7 +6,7 @@
 //
 // Versions 2 and 3, every metadata value type (arrays included, nested arrays
 // too), tensor infos with alignment (`general.alignment`, default 32) and
-// tensor types F32, F16, BF16 and Q8_0. The file is memory-mapped; tensor
+// tensor types F32, F16, BF16, Q8_0 and Q4_0. The file is memory-mapped; tensor
 // data pointers point into the mapping and live as long as the GgufFile.
 //
 // Every malformed input - truncation, bad magic or version, counts, offsets,

@@ -24,9 +24,9 @@ absl::StatusOr<kernels::Weight> Tensor(const GgufFile& gguf, const std::string& 
                                                       got, cols,
                                                       vector ? "" : absl::StrFormat(", %d", rows)));
   }
-  if (t->type == DType::kQ8_0 && cols % kQ8_0BlockElements != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("gguf: Q8_0 tensor %s rows not a multiple of 32", name));
+  if (IsBlockQuantized(t->type) && cols % kQ8_0BlockElements != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("gguf: %s tensor %s rows not a multiple of 32",
+                                                      std::string(DTypeName(t->type)), name));
   }
   return kernels::Weight{t->data, t->type, vector ? 1 : rows, cols};
 }
@@ -92,6 +92,7 @@ absl::StatusOr<LlamaWeights> LlamaWeightsFromSafetensors(const SafetensorsCheckp
           f = BF16ToFloat(static_cast<const uint16_t*>(v.data)[i]);
           break;
         case DType::kQ8_0:
+        case DType::kQ4_0:
           break;
       }
       bias_storage->push_back(f);

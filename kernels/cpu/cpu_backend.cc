@@ -93,9 +93,10 @@ class CpuBackend final : public Backend {
   void FreePinnedHost(void* ptr) override { std::free(ptr); }
 
   absl::StatusOr<Weight> PrepareWeight(const Weight& host) override {
-    if (host.dtype == DType::kQ8_0 && host.cols % kQ8_0BlockElements != 0) {
+    if (IsBlockQuantized(host.dtype) && host.cols % kQ8_0BlockElements != 0) {
       return absl::InvalidArgumentError(
-          absl::StrFormat("cpu backend: Q8_0 weight row of %d elements is not a multiple of 32", host.cols));
+          absl::StrFormat("cpu backend: %s weight row of %d elements is not a multiple of 32",
+                          std::string(DTypeName(host.dtype)), host.cols));
     }
     return host;  // host memory is this backend's memory
   }

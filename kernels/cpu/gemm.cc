@@ -43,6 +43,26 @@ inline float DotQ8_0Scalar(const float* a, const uint8_t* b, int64_t n) {
   return total;
 }
 
+// Q4_0 row: n / 32 blocks of {f16 scale, 16 bytes of nibbles}; F32 activations.
+inline float DotQ4_0Scalar(const float* a, const uint8_t* b, int64_t n) {
+  float total = 0;
+  float q[kQ4_0BlockElements];
+  for (int64_t blk = 0; blk < n / kQ4_0BlockElements; ++blk) {
+    const uint8_t* p = b + blk * kQ4_0BlockBytes;
+    for (int j = 0; j < 16; ++j) {
+      q[j] = static_cast<float>((p[2 + j] & 0x0F) - 8);
+      q[j + 16] = static_cast<float>((p[2 + j] >> 4) - 8);
+    }
+    const float* x = a + blk * kQ4_0BlockElements;
+    float acc[kLanes] = {};
+    for (int i = 0; i < kQ4_0BlockElements; i += kLanes) {
+      for (int l = 0; l < kLanes; ++l) acc[l] += x[i + l] * q[i + l];
+    }
+    total += Q8_0BlockScale(p) * CombineLanes(acc);
+  }
+  return total;
+}
+
 inline float RowDotScalar(const float* x, const Weight& w, int64_t o) {
   const int64_t n = w.cols;
   const uint8_t* row = static_cast<const uint8_t*>(w.data) + DTypeBytes(w.dtype, n) * o;
@@ -57,6 +77,8 @@ inline float RowDotScalar(const float* x, const Weight& w, int64_t o) {
                        [](uint16_t v) { return BF16ToFloat(v); });
     case DType::kQ8_0:
       return DotQ8_0Scalar(x, row, n);
+    case DType::kQ4_0:
+      return DotQ4_0Scalar(x, row, n);
   }
   return 0;
 }
@@ -170,12 +192,29 @@ struct QuantizedRows {
   int64_t nb;
 };
 
-// Q8_0 tile: MR weight rows x NR token rows. Per 32-block the integer dot
-// product is exact (|w| <= 128 unsigned times |x| <= 127, pair sums < 2^15),
-// then one FMA adds d_w * d_x * sum into the element's 8-lane accumulator.
-// The weight takes the absolute value (unsigned -128 is 128) and the
-// activation its sign, as llama.cpp's mul_sum_i8_pairs_float.
-template <int MR, int NR>
+// The 32 int8 values of one weight block (after its F16 scale), by format.
+struct BlockQ8_0 {
+  static constexpr int kBytes = kQ8_0BlockBytes;
+  TANDEM_AVX2 static __m256i Quants(const uint8_t* blk) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+  }
+};
+// Q4_0: low nibbles are elements 0-15, high nibbles 16-31; minus 8.
+struct BlockQ4_0 {
+  static constexpr int kBytes = kQ4_0BlockBytes;
+  TANDEM_AVX2 static __m256i Quants(const uint8_t* blk) {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+    const __m256i nib =
+        _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
+    return _mm256_sub_epi8(nib, _mm256_set1_epi8(8));
+  }
+};
+
+// Q8_0 (and Q4_0, its values unpacked to int8 by B) tile: MR weight rows x NR token rows. Per 32-block the
+// integer dot product is exact (|w| <= 128 unsigned times |x| <= 127, pair sums < 2^15), then one FMA adds
+// d_w * d_x * sum into the element's 8-lane accumulator. The weight takes the absolute value (unsigned -128
+// is 128) and the activation its sign, as llama.cpp's mul_sum_i8_pairs_float.
+template <typename B, int MR, int NR>
 TANDEM_AVX2 void TileQ8_0(const QuantizedRows& xq, int64_t t0, const uint8_t* w, int64_t ldw_bytes,
                           float* out, int64_t ldo) {
   __m256 acc[MR][NR];
@@ -191,12 +230,12 @@ TANDEM_AVX2 void TileQ8_0(const QuantizedRows& xq, int64_t t0, const uint8_t* w,
     float wd[MR];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const uint8_t* blk = w + i * ldw_bytes + b * kQ8_0BlockBytes;
+      const uint8_t* blk = w + i * ldw_bytes + b * B::kBytes;
       _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetchBytes, _MM_HINT_T0);
       uint16_t h;
       std::memcpy(&h, blk, 2);
       wd[i] = _cvtsh_ss(h);
-      wq[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+      wq[i] = B::Quants(blk);
       wabs[i] = _mm256_sign_epi8(wq[i], wq[i]);
     }
 #pragma GCC unroll 16
@@ -307,20 +346,21 @@ TANDEM_AVX2 void RangeFloat(const float* x, int64_t rows, const Weight& w, float
 
 using Q8TileFn = void (*)(const QuantizedRows&, int64_t, const uint8_t*, int64_t, float*, int64_t);
 
-template <int MR, int... NR>
+template <typename B, int MR, int... NR>
 constexpr std::array<Q8TileFn, sizeof...(NR)> Q8Row(std::integer_sequence<int, NR...>) {
-  return {&TileQ8_0<MR, NR + 1>...};
+  return {&TileQ8_0<B, MR, NR + 1>...};
 }
 
-template <int... MR>
+template <typename B, int... MR>
 constexpr std::array<std::array<Q8TileFn, kQ8NR>, sizeof...(MR)> Q8Table(std::integer_sequence<int, MR...>) {
-  return {Q8Row<MR + 1>(std::make_integer_sequence<int, kQ8NR>())...};
+  return {Q8Row<B, MR + 1>(std::make_integer_sequence<int, kQ8NR>())...};
 }
 
+template <typename B>
 TANDEM_AVX2 void RangeQ8_0(const QuantizedRows& xq, int64_t rows, const Weight& w, float* out,
                            int64_t o_begin, int64_t o_end) {
-  static constexpr auto kTiles = Q8Table(std::make_integer_sequence<int, kQ8MR>());
-  const int64_t ldw = DTypeBytes(DType::kQ8_0, w.cols);
+  static constexpr auto kTiles = Q8Table<B>(std::make_integer_sequence<int, kQ8MR>());
+  const int64_t ldw = DTypeBytes(w.dtype, w.cols);
   SweepTiles(kTiles, kQ8MR, kQ8NR, rows, o_begin, o_end, [&](auto tile, int64_t o, int64_t t) {
     tile(xq, t, static_cast<const uint8_t*>(w.data) + o * ldw, ldw, out + t * w.rows + o, w.rows);
   });
@@ -415,7 +455,7 @@ TANDEM_AVX512 void TileFloat512(const float* x, int64_t ldx, const typename L::T
 // Q8_0, two 32-blocks per step: lanes 0-7 take block b, lanes 8-15 block b+1
 // (a lone last block leaves lanes 8-15 zero). The integer products use
 // VNNI's dpbusd on |w| (unsigned) and x negated where w < 0: exact, as AVX2's.
-template <int MR, int NR>
+template <typename B, int MR, int NR>
 TANDEM_AVX512 void TileQ8_0_512(const QuantizedRows& xq, int64_t t0, const uint8_t* w, int64_t ldw_bytes,
                                 float* out, int64_t ldo) {
   __m512 acc[MR][NR];
@@ -433,7 +473,7 @@ TANDEM_AVX512 void TileQ8_0_512(const QuantizedRows& xq, int64_t t0, const uint8
     __m512 wd[MR];  // lanes 0-7: block b's scale, 8-15: block b+1's
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const uint8_t* blk = w + i * ldw_bytes + b * kQ8_0BlockBytes;
+      const uint8_t* blk = w + i * ldw_bytes + b * B::kBytes;
       _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetchBytes, _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetchBytes + 64, _MM_HINT_T0);
       uint16_t h;
@@ -442,12 +482,11 @@ TANDEM_AVX512 void TileQ8_0_512(const QuantizedRows& xq, int64_t t0, const uint8
       __m256i hi = _mm256_setzero_si256();
       float d1 = 0.0f;
       if (pair) {
-        std::memcpy(&h, blk + kQ8_0BlockBytes, 2);
+        std::memcpy(&h, blk + B::kBytes, 2);
         d1 = _cvtsh_ss(h);
-        hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + kQ8_0BlockBytes + 2));
+        hi = B::Quants(blk + B::kBytes);
       }
-      const __m512i wq = _mm512_inserti64x4(
-          _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2))), hi, 1);
+      const __m512i wq = _mm512_inserti64x4(_mm512_zextsi256_si512(B::Quants(blk)), hi, 1);
       wabs[i] = _mm512_abs_epi8(wq);
       wneg[i] = _mm512_movepi8_mask(wq);
       wd[i] = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0), _mm512_set1_ps(d1));
@@ -490,15 +529,15 @@ constexpr std::array<std::array<FloatTileFn<L>, k512NR>, sizeof...(MR)> Float512
   return {Float512Row<L, MR + 1>(std::make_integer_sequence<int, k512NR>())...};
 }
 
-template <int MR, int... NR>
+template <typename B, int MR, int... NR>
 constexpr std::array<Q8TileFn, sizeof...(NR)> Q8_512Row(std::integer_sequence<int, NR...>) {
-  return {&TileQ8_0_512<MR, NR + 1>...};
+  return {&TileQ8_0_512<B, MR, NR + 1>...};
 }
 
-template <int... MR>
+template <typename B, int... MR>
 constexpr std::array<std::array<Q8TileFn, k512Q8NR>, sizeof...(MR)> Q8_512Table(
     std::integer_sequence<int, MR...>) {
-  return {Q8_512Row<MR + 1>(std::make_integer_sequence<int, k512Q8NR>())...};
+  return {Q8_512Row<B, MR + 1>(std::make_integer_sequence<int, k512Q8NR>())...};
 }
 
 template <typename L>
@@ -511,10 +550,11 @@ TANDEM_AVX512 void RangeFloat512(const float* x, int64_t rows, const Weight& w, 
   });
 }
 
+template <typename B>
 TANDEM_AVX512 void RangeQ8_0_512(const QuantizedRows& xq, int64_t rows, const Weight& w, float* out,
                                  int64_t o_begin, int64_t o_end) {
-  static constexpr auto kTiles = Q8_512Table(std::make_integer_sequence<int, k512Q8MR>());
-  const int64_t ldw = DTypeBytes(DType::kQ8_0, w.cols);
+  static constexpr auto kTiles = Q8_512Table<B>(std::make_integer_sequence<int, k512Q8MR>());
+  const int64_t ldw = DTypeBytes(w.dtype, w.cols);
   SweepTiles(kTiles, k512Q8MR, k512Q8NR, rows, o_begin, o_end, [&](auto tile, int64_t o, int64_t t) {
     tile(xq, t, static_cast<const uint8_t*>(w.data) + o * ldw, ldw, out + t * w.rows + o, w.rows);
   });
@@ -633,7 +673,8 @@ void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const
              : RangeFloat<LoadBF16>(x, rows, w, out, b, e);
       });
       return;
-    case DType::kQ8_0: {
+    case DType::kQ8_0:
+    case DType::kQ4_0: {
       const int64_t nb = w.cols / kQ8_0BlockElements;
       thread_local std::vector<float> scales;
       thread_local std::vector<int8_t> quants;
@@ -643,8 +684,16 @@ void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const
         QuantizeRow(x + r * w.cols, w.cols, scales.data() + r * nb, quants.data() + r * w.cols);
       }
       const QuantizedRows xq{scales.data(), quants.data(), nb};
+      if (w.dtype == DType::kQ4_0) {
+        run([&](int64_t b, int64_t e) {
+          wide ? RangeQ8_0_512<BlockQ4_0>(xq, rows, w, out, b, e)
+               : RangeQ8_0<BlockQ4_0>(xq, rows, w, out, b, e);
+        });
+        return;
+      }
       run([&](int64_t b, int64_t e) {
-        wide ? RangeQ8_0_512(xq, rows, w, out, b, e) : RangeQ8_0(xq, rows, w, out, b, e);
+        wide ? RangeQ8_0_512<BlockQ8_0>(xq, rows, w, out, b, e)
+             : RangeQ8_0<BlockQ8_0>(xq, rows, w, out, b, e);
       });
       return;
     }

@@ -1,5 +1,5 @@
 // The CPU backend's matrix multiply: out[r][o] = sum_i x[r][i] * w[o][i] for
-// F32, F16, BF16 and Q8_0 weights, in the weights' own row-major layout.
+// F32, F16, BF16, Q8_0 and Q4_0 weights, in the weights' own row-major layout.
 //
 //   cpu::MatMul(cpu::DefaultGemmPath(), &pool, x, rows, w, out);
 //
@@ -7,7 +7,9 @@
 // (DefaultGemmPath):
 // - kAvx512 (AVX-512 F/BW/VL/DQ + VNNI): the same scheme with 16-lane
 //   accumulators, tiles of 4 x 6 (4 x 4 for Q8_0, two 32-blocks per step,
-//   integer products by vpdpbusd).
+//   integer products by vpdpbusd). Q4_0 runs the Q8_0 tiles on its nibbles
+//   unpacked to int8 (-8..7) in registers, against the same int8
+//   activations (as llama.cpp's vec_dot_q4_0_q8_0).
 // - kAvx2 (AVX2 + FMA + F16C): register-blocked tiles of 4 weight rows x 3
 //   tokens (2 x 4 for Q8_0), so each weight vector loaded and converted serves
 //   several tokens and each token vector several weight rows. Q8_0 quantizes
@@ -50,7 +52,7 @@ const char* GemmPathName(GemmPath path);
 
 // out[r * w.rows + o] = sum_i x[r * w.cols + i] * w[o][i] for r < rows,
 // o < w.rows. Output rows are split over `pool` (nullptr: the calling thread
-// only). REQUIRES: Q8_0 weights have w.cols % 32 == 0; kAvx2 only where the
+// only). REQUIRES: Q8_0 and Q4_0 weights have w.cols % 32 == 0; kAvx2 only where the
 // CPU supports it.
 void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const Weight& w, float* out);
 

@@ -3,6 +3,7 @@
 // batch and thread invariance for every weight type.
 #include "kernels/cpu/gemm.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -27,11 +28,30 @@ std::vector<float> Random(size_t n, std::mt19937& rng) {
 }
 
 // `f` (rows x cols) encoded as `type`; *represented gets the values the
-// encoding holds. Q8_0 blocks use GGML's rule (d = max|w| / 127).
+// encoding holds. Q8_0 blocks use GGML's rule (d = max|w| / 127), Q4_0
+// blocks GGML's quantize_row_q4_0_ref (d = the signed value of largest
+// magnitude / -8, q = min(15, trunc(w / d + 8.5))).
 std::vector<uint8_t> Encode(const std::vector<float>& f, int64_t rows, int64_t cols, DType type,
                             std::vector<float>* represented) {
   std::vector<uint8_t> bytes(DTypeBytes(type, rows * cols));
   represented->resize(f.size());
+  if (type == DType::kQ4_0) {
+    for (int64_t b = 0; b < rows * cols / 32; ++b) {
+      float amax = 0, max = 0;
+      for (int k = 0; k < 32; ++k) {
+        if (std::abs(f[b * 32 + k]) > amax) amax = std::abs(max = f[b * 32 + k]);
+      }
+      const uint16_t d = FloatToHalf(max / -8);
+      const float id = max != 0 ? -8 / max : 0.0f;
+      uint8_t* blk = &bytes[b * 18];
+      std::memcpy(blk, &d, 2);
+      int q[32];
+      for (int k = 0; k < 32; ++k) q[k] = std::min(15, static_cast<int>(f[b * 32 + k] * id + 8.5f));
+      for (int k = 0; k < 16; ++k) blk[2 + k] = static_cast<uint8_t>(q[k] | (q[k + 16] << 4));
+      for (int k = 0; k < 32; ++k) (*represented)[b * 32 + k] = HalfToFloat(d) * (q[k] - 8);
+    }
+    return bytes;
+  }
   if (type == DType::kQ8_0) {
     for (int64_t b = 0; b < rows * cols / 32; ++b) {
       float amax = 0;
@@ -96,14 +116,15 @@ double Int8ActivationBound(const float* x, const float* w, int64_t n) {
 
 class GemmTest : public ::testing::TestWithParam<DType> {};
 
-// Both paths within 1e-4 of the double reference (K <= 200 terms of
-// magnitude <= 1: float rounding stays far below that), plus, for Q8_0 on the
-// AVX2 path, the int8 activations' bound.
+// Both paths within 1e-4 of the double reference on the weights the encoding
+// represents, i.e. dequantize-then-F32 (K <= 200 terms of magnitude <= 1:
+// float rounding stays far below that), plus, for Q8_0 and Q4_0 on the vector
+// paths, the int8 activations' bound.
 TEST_P(GemmTest, MatchesDoubleReferenceOnEveryPath) {
   const DType type = GetParam();
   // Sizes that are not multiples of the tile (4 x 3, 2 x 4), the 8-lane width
   // or the 16/64-row chunks.
-  Problem p = MakeProblem(type, 7, 37, type == DType::kQ8_0 ? 160 : 77, 1);
+  Problem p = MakeProblem(type, 7, 37, IsBlockQuantized(type) ? 160 : 77, 1);
   ThreadPool pool(ThreadPool::Options{.num_threads = 2});
   for (GemmPath path : Paths()) {
     SCOPED_TRACE(GemmPathName(path));
@@ -114,7 +135,7 @@ TEST_P(GemmTest, MatchesDoubleReferenceOnEveryPath) {
       for (int64_t o = 0; o < p.out; ++o) {
         double ref = 0, bound = 1e-4;
         for (int64_t i = 0; i < p.in; ++i) ref += double{xr[i]} * p.wr[o * p.in + i];
-        if (type == DType::kQ8_0 && path != GemmPath::kScalar) {
+        if (IsBlockQuantized(type) && path != GemmPath::kScalar) {
           bound += Int8ActivationBound(xr, &p.wr[o * p.in], p.in);
         }
         EXPECT_NEAR(y[r * p.out + o], ref, bound) << "row " << r << " out " << o;
@@ -129,7 +150,7 @@ TEST_P(GemmTest, MatchesDoubleReferenceOnEveryPath) {
 TEST_P(GemmTest, VectorPathsAgreeWithScalar) {
   if (Paths().size() == 1) GTEST_SKIP() << "no AVX2+FMA+F16C on this CPU";
   const DType type = GetParam();
-  Problem p = MakeProblem(type, 9, 50, type == DType::kQ8_0 ? 256 : 131, 5);
+  Problem p = MakeProblem(type, 9, 50, IsBlockQuantized(type) ? 256 : 131, 5);
   std::vector<float> scalar(p.rows * p.out), vec(p.rows * p.out);
   MatMul(GemmPath::kScalar, nullptr, p.x.data(), p.rows, p.w, scalar.data());
   for (GemmPath path : Paths()) {
@@ -141,7 +162,7 @@ TEST_P(GemmTest, VectorPathsAgreeWithScalar) {
       for (int64_t o = 0; o < p.out; ++o) {
         const int64_t i = r * p.out + o;
         const double tol =
-            type == DType::kQ8_0 ? Int8ActivationBound(&p.x[r * p.in], &p.wr[o * p.in], p.in) + 1e-4 : 2e-5;
+            IsBlockQuantized(type) ? Int8ActivationBound(&p.x[r * p.in], &p.wr[o * p.in], p.in) + 1e-4 : 2e-5;
         EXPECT_NEAR(vec[i], scalar[i], tol) << i;
         differ += vec[i] != scalar[i];
       }
@@ -155,7 +176,7 @@ TEST_P(GemmTest, VectorPathsAgreeWithScalar) {
 // of batches of 2, 3, 5, 13 and 64 (2 threads): the contract of backend.h.
 TEST_P(GemmTest, BatchAndThreadInvariantOnEveryPath) {
   const DType type = GetParam();
-  Problem p = MakeProblem(type, 64, 300, type == DType::kQ8_0 ? 256 : 131, 2);
+  Problem p = MakeProblem(type, 64, 300, IsBlockQuantized(type) ? 256 : 131, 2);
   ThreadPool one(ThreadPool::Options{.num_threads = 1});
   ThreadPool two(ThreadPool::Options{.num_threads = 2});
   for (GemmPath path : Paths()) {
@@ -178,7 +199,7 @@ TEST_P(GemmTest, BatchAndThreadInvariantOnEveryPath) {
 // The same through the CPU backend's MatMul (what the model calls): a token
 // alone on 1 thread equals it inside a batch of 64 on 2 threads, bit for bit.
 TEST_P(GemmTest, BackendMatMulBatchAndThreadInvariant) {
-  Problem p = MakeProblem(GetParam(), 64, 200, GetParam() == DType::kQ8_0 ? 320 : 136, 11);
+  Problem p = MakeProblem(GetParam(), 64, 200, IsBlockQuantized(GetParam()) ? 320 : 136, 11);
   auto one = CreateCpuBackend({.num_threads = 1});
   auto two = CreateCpuBackend({.num_threads = 2});
   std::vector<float> batched(p.rows * p.out), alone(p.out);
@@ -189,11 +210,25 @@ TEST_P(GemmTest, BackendMatMulBatchAndThreadInvariant) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllTypes, GemmTest,
-                         ::testing::Values(DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0),
-                         [](const ::testing::TestParamInfo<DType>& info) {
-                           return std::string(DTypeName(info.param));
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    AllTypes, GemmTest, ::testing::Values(DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0),
+    [](const ::testing::TestParamInfo<DType>& info) { return std::string(DTypeName(info.param)); });
+
+// DequantizeRow (common/dtype.h, the reference every backend shares) gives
+// exactly the values the Q4_0 encoder meant, nibble order included.
+TEST(GemmQ4Test, DequantizeRowMatchesEncoding) {
+  std::mt19937 rng(9);
+  std::vector<float> represented, row(96);
+  const std::vector<uint8_t> bytes = Encode(Random(2 * 96, rng), 2, 96, DType::kQ4_0, &represented);
+  for (int r = 0; r < 2; ++r) {
+    DequantizeRow(DType::kQ4_0, bytes.data() + r * DTypeBytes(DType::kQ4_0, 96), 96, row.data());
+    for (int i = 0; i < 96; ++i) ASSERT_EQ(row[i], represented[r * 96 + i]) << r << " " << i;
+  }
+  // GGML's rule puts the block's largest magnitude at q = 0 exactly: -8 d.
+  EXPECT_NE(
+      std::count(represented.begin(), represented.begin() + 32, -8 * HalfToFloat(bytes[0] | bytes[1] << 8)),
+      0);
+}
 
 // Q8_0 weights holding -128 (not produced by GGML's quantizer but legal in a
 // file): the unsigned absolute value keeps the integer product exact.
@@ -250,7 +285,7 @@ TEST(ElementwiseTest, SwiGluVectorPathMatchesScalarAndIgnoresPosition) {
 // tuning (--gtest_also_run_disabled_tests --gtest_filter=*Throughput*).
 TEST(GemmBench, DISABLED_Throughput) {
   ThreadPool pool(ThreadPool::Options{.num_threads = 2});
-  for (DType type : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0}) {
+  for (DType type : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
     for (int64_t rows : {1, 512}) {
       // Decode: 8192 x 4096 weights (32-64 MiB) stream from DRAM, as a model's do.
       Problem p = rows == 1 ? MakeProblem(type, 1, 8192, 4096, 3) : MakeProblem(type, rows, 2048, 768, 3);
