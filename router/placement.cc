@@ -190,9 +190,11 @@ void Placement::ObservePrefill(const std::string& worker_id, const PrefillObserv
   absl::MutexLock lock(&mu_);
   const double a = options_.learning_rate;
   if (computed > 0 && o.prefill_ms > 0) {
-    const double sample = o.prefill_ms / computed;
-    double& learned = ms_per_token_[worker_id];
-    learned = learned == 0 ? sample : (1 - a) * learned + a * sample;
+    Observed& seen = observed_[worker_id];
+    const bool first = seen.tokens == 0;
+    seen.ms = first ? o.prefill_ms : (1 - a) * seen.ms + a * o.prefill_ms;
+    seen.tokens = first ? computed : (1 - a) * seen.tokens + a * computed;
+    ms_per_token_[worker_id] = seen.ms / seen.tokens;
     double sum = 0;
     int n = 0;
     for (const auto& [id, ms] : ms_per_token_) {

@@ -29,9 +29,15 @@
 // the in-flight blocks of those placed before them.
 // The cost model and each policy's rule are documented with those functions
 // (placement_policies.h). The per-token prefill cost c(p) is learned here
-// online (exponentially weighted) from the prefill_ms and cached_tokens each
+// online from the prefill_ms and cached_tokens each
 // prefill response reports; before a worker's first report, the mean of the
-// learned workers, else Options::default_ms_per_token. The transfer cost per
+// learned workers, else Options::default_ms_per_token: c = an exponentially
+// weighted mean of prefill_ms over one of computed tokens, so each response
+// counts by the tokens it computed. (A mean of per-response ratios let a
+// response that computed a few tokens after waiting in the worker's queue,
+// or for a prefix another request was computing, multiply c; under load
+// with a warm cache that made every prediction, and admission, pessimistic.)
+// The transfer cost per
 // block is learned the same way, for the cluster as a whole.
 //
 // Thread safety: all methods are thread-safe.
@@ -139,6 +145,12 @@ class Placement {
   mutable absl::Mutex mu_;
   // Learned prefill cost (ms per computed token) by worker id.
   absl::flat_hash_map<std::string, double> ms_per_token_ ABSL_GUARDED_BY(mu_);
+  // The weighted means c is their ratio of: prefill ms and computed tokens.
+  struct Observed {
+    double ms = 0;
+    double tokens = 0;
+  };
+  absl::flat_hash_map<std::string, Observed> observed_ ABSL_GUARDED_BY(mu_);
   double mean_ms_per_token_ ABSL_GUARDED_BY(mu_) = 0;      // 0 until observed
   double transfer_ms_per_block_ ABSL_GUARDED_BY(mu_) = 0;  // 0 until observed
   ChooserState decode_state_ ABSL_GUARDED_BY(mu_);

@@ -112,6 +112,21 @@ TEST_F(PlacementTest, LearnedCostsChangeThePick) {
   EXPECT_NEAR(after.predicted_ttft_ms, 6.4 + 4 * 0.05, 1e-9);
 }
 
+// A response that computed a few tokens after waiting (in the worker's
+// queue, or for a prefix another request was computing) counts by the
+// tokens it computed: it does not multiply the learned cost.
+TEST_F(PlacementTest, AResponseCountsByTheTokensItComputed) {
+  AddWorker("d", tandem::v1::WORKER_ROLE_DECODE);
+  AddWorker("p", tandem::v1::WORKER_ROLE_PREFILL);
+  Placement placement({.policy = Policy::kKv}, &registry_, &index_);
+  placement.ObservePrefill("p", {.prompt_tokens = 1000, .cached_tokens = 0, .prefill_ms = 100});
+  EXPECT_DOUBLE_EQ(placement.MsPerToken("p"), 0.1);
+  placement.ObservePrefill("p", {.prompt_tokens = 1000, .cached_tokens = 990, .prefill_ms = 100});
+  // (0.8 x 100 + 0.2 x 100) / (0.8 x 1000 + 0.2 x 10); a mean of ratios
+  // would say 0.8 x 0.1 + 0.2 x 10 = 2.08.
+  EXPECT_NEAR(placement.MsPerToken("p"), 100.0 / 802, 1e-9);
+}
+
 TEST_F(PlacementTest, LowerTiersCostTheirLoadTime) {
   AddWorker("d", tandem::v1::WORKER_ROLE_DECODE);
   AddWorker("p", tandem::v1::WORKER_ROLE_PREFILL);
