@@ -10,8 +10,11 @@
 
 #include "absl/strings/str_format.h"
 #include "cli/process.h"
+#include "common/metrics.h"
+#include "common/status_macros.h"
 #include "engine/kv_events.h"
 #include "grpcpp/security/server_credentials.h"
+#include "http/server.h"
 #include "kvstore/store_service.h"
 #include "kvstore/tiered_store.h"
 #include "model/model_info.h"
@@ -91,6 +94,56 @@ tandem::v1::RegisterRequest Registration(const StoreFlags& f, const std::string&
   return reg;
 }
 
+// The store's /metrics (read from the tiers at each scrape), /health and
+// /ready on --metrics-port. A degraded SSD tier (read-only after a device
+// error, quarantined at start) keeps the store ready: /ready says so in its
+// detail, and /metrics counts it.
+absl::StatusOr<std::unique_ptr<http::Server>> StartStoreHttp(const StoreFlags& f, kvstore::TieredStore* store,
+                                                             MetricsRegistry* metrics) {
+  TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<http::Server> server,
+                          http::Server::Create({.host = f.host, .port = f.metrics_port}));
+  Gauge* dram_bytes =
+      metrics->Gauge("tandem_store_dram_used_bytes", "Bytes of blocks in the DRAM tier")->WithLabels({});
+  Gauge* ssd_blocks = metrics->Gauge("tandem_store_ssd_blocks", "Blocks in the SSD tier")->WithLabels({});
+  Gauge* writable = metrics
+                        ->Gauge("tandem_kv_ssd_writable",
+                                "1 while the SSD tier takes writes; 0 once a write failed on the device "
+                                "(full, read-only): it then only serves what it holds")
+                        ->WithLabels({});
+  Gauge* corrupt = metrics
+                       ->Gauge("tandem_kv_ssd_corrupt_blocks",
+                               "SSD tier values that failed verification on read (dropped)")
+                       ->WithLabels({});
+  Counter* quarantined =
+      metrics
+          ->Counter(
+              "tandem_kv_ssd_quarantined_total",
+              "SSD tier directories found unreadable at start, moved aside and replaced by an empty one")
+          ->WithLabels({});
+  if (store->ssd() != nullptr && store->ssd()->quarantined()) quarantined->Increment();
+  server->Handle("GET", "/metrics", [=](const http::Request&, std::shared_ptr<http::ResponseWriter> w) {
+    dram_bytes->Set(static_cast<double>(store->dram().used_bytes()));
+    if (kvstore::SsdTier* ssd = store->ssd(); ssd != nullptr) {
+      ssd_blocks->Set(static_cast<double>(ssd->num_blocks()));
+      writable->Set(ssd->writable() ? 1 : 0);
+      corrupt->Set(static_cast<double>(store->stats().corrupt_blocks));
+    }
+    w->Send({.status = 200,
+             .content_type = "text/plain; version=0.0.4; charset=utf-8",
+             .body = metrics->RenderPrometheus()});
+  });
+  server->Handle("GET", "/health", [](const http::Request&, std::shared_ptr<http::ResponseWriter> w) {
+    w->Send({.status = 200, .content_type = "text/plain", .body = "ok\n"});
+  });
+  server->Handle("GET", "/ready", [store](const http::Request&, std::shared_ptr<http::ResponseWriter> w) {
+    std::string body = "ready\n";
+    if (store->ssd() != nullptr) body += store->ssd()->HealthDetail() + "\n";
+    w->Send({.status = 200, .content_type = "text/plain", .body = std::move(body)});
+  });
+  TANDEM_RETURN_IF_ERROR(server->Start());
+  return server;
+}
+
 }  // namespace
 
 void RegisterStore(CLI::App* cmd, StoreFlags* f) {
@@ -122,6 +175,10 @@ void RegisterStore(CLI::App* cmd, StoreFlags* f) {
   cmd->add_option("--staging-bytes", f->staging_bytes, "Registered staging memory for workers' UCX puts")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--metrics-port", f->metrics_port,
+                  "HTTP port for /metrics, /health and /ready (0: any free port; -1: off)")
+      ->capture_default_str()
+      ->check(CLI::Range(-1, 65535));
   AddTlsFlags(cmd, &f->tls);
   cmd->callback([f] {
     const int code = RunStore(*f);
@@ -175,6 +232,16 @@ int RunStore(const StoreFlags& f) {
     return 1;
   }
   worker_common::KvSnapshotService snapshot_service(&kv_events, store_id, load);
+  MetricsRegistry metrics;  // outlives the HTTP server that renders it
+  std::unique_ptr<http::Server> http;
+  if (f.metrics_port >= 0) {
+    auto started = StartStoreHttp(f, store->get(), &metrics);
+    if (!started.ok()) {
+      std::cerr << kTag << "metrics: " << started.status().message() << "\n";
+      return 1;
+    }
+    http = *std::move(started);
+  }
   auto server = worker_common::StartGrpcServer(
       {.host = f.host, .port = f.port, .credentials = *credentials, .max_message_bytes = 256 << 20},
       {service->get(), &snapshot_service});
@@ -205,7 +272,8 @@ int RunStore(const StoreFlags& f) {
                   {"dram_blocks", static_cast<int64_t>((*store)->dram().num_slots())},
                   {"ssd", !f.ssd_path.empty()},
                   {"transport", transfer != nullptr ? "ucx" : "grpc"},
-                  {"ssd_blocks_reopened", reopened}});
+                  {"ssd_blocks_reopened", reopened},
+                  {"metrics", http != nullptr ? absl::StrFormat("%s:%d", f.host, http->port()) : ""}});
   signals.WaitForSignal();
   membership.Stop();
   server->server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));

@@ -13,9 +13,12 @@
 //       --dram-bytes 1073741824 --ssd-path /nvme/tandem-store  (one line)
 //
 // On restart with the same --ssd-path the blocks on SSD are served again
-// and announced in the store's KV snapshot. Prints one JSON ready line
-// ({"role":"store","grpc":...,"worker_id":...,"ssd_blocks_reopened":N}) once
-// registered; stops cleanly on SIGINT/SIGTERM.
+// and announced in the store's KV snapshot. With --metrics-port it serves
+// /metrics (tiers, SSD health), /health and /ready (its detail says when the
+// SSD tier turned read-only or was quarantined at start). Prints one JSON
+// ready line ({"role":"store","grpc":...,"worker_id":...,
+// "ssd_blocks_reopened":N,"metrics":"HOST:PORT"}) once registered; stops
+// cleanly on SIGINT/SIGTERM.
 #ifndef TANDEM_CLI_STORE_COMMAND_H_
 #define TANDEM_CLI_STORE_COMMAND_H_
 
@@ -40,6 +43,7 @@ struct StoreFlags {
   std::string store_id;                       // default: store-HOST-PID
   bool ucx = true;                            // --ucx: serve the UCX data path
   int64_t staging_bytes = int64_t{64} << 20;  // --staging-bytes
+  int32_t metrics_port = -1;                  // --metrics-port: /metrics, /health, /ready; -1: off
   TlsFlags tls;
 };
 

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -221,6 +222,7 @@ absl::Status SsdTier::WriteLocked(rocksdb::WriteBatch* batch, const char* what) 
   wo.sync = options_.sync_writes;
   const rocksdb::Status s = db_->Write(wo, batch);
   if (!s.ok() && IsDeviceFailure(s) && writable_.exchange(false)) {
+    read_only_reason_ = s.ToString();
     LOG(WARNING) << "KV SSD tier at " << path_ << " stops writing (" << s.ToString()
                  << "); it keeps serving what it holds";
   }
@@ -360,6 +362,30 @@ size_t SsdTier::used_bytes() const {
 size_t SsdTier::num_blocks() const {
   StdMutexLock lock(&mu_);
   return index_.size();
+}
+
+std::string SsdTier::read_only_reason() const {
+  StdMutexLock lock(&mu_);
+  return read_only_reason_;
+}
+
+std::string SsdTier::HealthDetail() const {
+  std::string detail;
+  {
+    StdMutexLock lock(&mu_);
+    detail = read_only_reason_.empty()
+                 ? absl::StrFormat("kv ssd %s: writable, %d blocks", path_, index_.size())
+                 : absl::StrFormat(
+                       "kv ssd %s: read-only (a write failed on the device: %s); serving the %d "
+                       "blocks it holds",
+                       path_, read_only_reason_, index_.size());
+  }
+  if (quarantined()) {
+    absl::StrAppendFormat(&detail, "; started empty: the database found at start was unreadable (%s)%s",
+                          quarantine_reason_,
+                          quarantined_to_.empty() ? "" : absl::StrCat(", moved to ", quarantined_to_));
+  }
+  return detail;
 }
 
 }  // namespace tandem::kvstore

@@ -155,7 +155,12 @@ class SsdTier {
   // False once a write failed on the device (see above); never true again
   // in this process.
   bool writable() const { return writable_.load(std::memory_order_relaxed); }
+  // The device error that made the tier read-only ("" while writable).
+  std::string read_only_reason() const;
   size_t num_blocks() const;
+  // One line for an operator (a process's /ready detail): "writable", or
+  // read-only with the device error, and the quarantine found at start.
+  std::string HealthDetail() const;
 
   // The RocksDB key of a block: model_id_hash then hash, both big-endian.
   static std::string SsdKey(uint64_t model_id_hash, BlockHash hash);
@@ -193,6 +198,7 @@ class SsdTier {
   std::map<uint64_t, std::string> order_ ABSL_GUARDED_BY(mu_);          // seq -> key, oldest first
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   size_t used_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string read_only_reason_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tandem::kvstore

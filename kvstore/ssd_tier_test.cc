@@ -22,6 +22,7 @@ using ::tandem::kvstore::testing::TempDir;
 using ::tandem::kvstore::testing::TokensFor;
 using ::tandem::testing::StatusIs;
 using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 
 constexpr uint64_t kModel = 0xABCDEF;
 
@@ -271,6 +272,8 @@ TEST(SsdTierTest, FullDeviceMakesTheTierReadOnlyAndItKeepsServing) {
   }
   ASSERT_FALSE(put.ok()) << "2 MiB never filled";
   EXPECT_FALSE(ssd->writable()) << put;
+  EXPECT_FALSE(ssd->read_only_reason().empty());
+  EXPECT_THAT(ssd->HealthDetail(), HasSubstr("read-only (a write failed on the device: "));
   ASSERT_GT(filled, 2u);
   EXPECT_THAT(ssd->Put(5000, Bytes(Value(5000)), nullptr), StatusIs(absl::StatusCode::kUnavailable));
   for (BlockHash h = 1; h < filled; ++h) {
@@ -295,6 +298,9 @@ TEST(SsdTierTest, UnmovableUnreadableDatabaseOpensAFreshSibling) {
   ASSERT_OK_AND_ASSIGN(auto ssd, SsdTier::Create(Opts(path)));
   EXPECT_TRUE(ssd->quarantined());
   EXPECT_EQ(ssd->quarantined_to(), "");
+  EXPECT_THAT(ssd->HealthDetail(),
+              HasSubstr(": writable, 0 blocks; started empty: the database found at start "
+                        "was unreadable ("));
   const std::vector<std::string> fresh = Siblings(path, ".fresh-");
   ASSERT_EQ(fresh.size(), 1u);
   EXPECT_EQ(ssd->path(), fresh[0]);

@@ -650,7 +650,7 @@ TEST(KvTiersClusterTest, DamagedSsdDirectoriesAreQuarantinedAndTheClusterServes)
   ASSERT_FALSE(router.address.empty());
   Proc store = Start({TANDEM_BINARY, "store", "--router", router.address, "--model", kStories, "--block-size",
                       absl::StrCat(kBlockSize), "--dram-bytes", "1048576", "--ssd-path", dir + "/store",
-                      "--store-id", "store-0", "--ucx", "false"});
+                      "--store-id", "store-0", "--ucx", "false", "--metrics-port", "0"});
   ASSERT_FALSE(store.address.empty()) << "the store did not start on a damaged SSD directory";
   EXPECT_EQ(store.ready["ssd"], true);
   EXPECT_EQ(store.ready["ssd_blocks_reopened"], 0);
@@ -698,6 +698,18 @@ TEST(KvTiersClusterTest, DamagedSsdDirectoriesAreQuarantinedAndTheClusterServes)
   EXPECT_EQ(Sample(m, "tandem_kv_ssd_quarantined_total"), 1) << m;
   EXPECT_EQ(Sample(m, "tandem_kv_ssd_writable"), 1) << m;
   EXPECT_EQ(Sample(m, "tandem_kv_ssd_corrupt_blocks"), 0) << m;
+  // Ready, saying why the tier started empty; the store's endpoints too.
+  const std::string ready = HttpGet(metrics_port, "/ready");
+  EXPECT_TRUE(absl::StrContains(ready, "ready\n")) << ready;
+  EXPECT_TRUE(absl::StrContains(ready, "started empty: the database found at start was unreadable")) << ready;
+  const int store_port = MetricsPort(store);
+  ASSERT_GT(store_port, 0) << store.ready.dump();
+  const std::string store_metrics = HttpGet(store_port, "/metrics");
+  EXPECT_EQ(Sample(store_metrics, "tandem_kv_ssd_quarantined_total"), 1) << store_metrics;
+  EXPECT_EQ(Sample(store_metrics, "tandem_kv_ssd_writable"), 1) << store_metrics;
+  const std::string store_ready = HttpGet(store_port, "/ready");
+  EXPECT_TRUE(absl::StrContains(store_ready, "started empty: the database found at start was unreadable"))
+      << store_ready;
 
   for (Proc* p : {&prefill, &decode, &store, &router}) p->process.reset();
 }

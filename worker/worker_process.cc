@@ -463,6 +463,20 @@ absl::Status WorkerProcess::StartMetricsServer() {
           w->Send({.status = 503, .content_type = "text/plain", .body = "device failed: " + failed + "\n"});
         }
       });
+  // Ready: serving, with the caches' state as detail (a read-only or
+  // quarantined SSD tier degrades the worker, it does not stop it).
+  metrics_server_->Handle(
+      "GET", "/ready", [this](const http::Request&, std::shared_ptr<http::ResponseWriter> w) {
+        std::string failed;
+        {
+          absl::MutexLock lock(&mu_);
+          failed = device_error_;
+        }
+        std::string body = failed.empty() ? "ready\n" : "not ready: device failed: " + failed + "\n";
+        if (tiers_ != nullptr && tiers_->ssd() != nullptr) body += tiers_->ssd()->HealthDetail() + "\n";
+        w->Send(
+            {.status = failed.empty() ? 200 : 503, .content_type = "text/plain", .body = std::move(body)});
+      });
   if (absl::Status s = metrics_server_->Start(); !s.ok()) return Prefixed(s, "metrics: ");
   info_.metrics_port = metrics_server_->port();
   return absl::OkStatus();
