@@ -169,19 +169,11 @@ class CpuBackend final : public Backend {
   // theta_i computed as llama.cpp's ggml_rope_cache_init does: an iterated
   // float product divided by the pair's factor, so angles agree with the
   // reference to the last bit (x / 1.0f is exact: no factors, same bits).
-  static void RopeImpl(float* x, int64_t rows, int32_t num_heads, int32_t head_dim, int32_t rope_dims,
-                       absl::Span<const int32_t> positions, float freq_base, const float* freq_factors,
-                       RopeStyle style) {
-    const float theta_scale = std::pow(freq_base, -2.0f / static_cast<float>(rope_dims));
-    std::vector<float> cos_sin(rope_dims);
+  void RopeImpl(float* x, int64_t rows, int32_t num_heads, int32_t head_dim, int32_t rope_dims,
+                absl::Span<const int32_t> positions, float freq_base, const float* freq_factors,
+                RopeStyle style) {
     for (int64_t r = 0; r < rows; ++r) {
-      float theta = static_cast<float>(positions[r]);
-      for (int32_t i = 0; i < rope_dims; i += 2) {
-        const float t = freq_factors == nullptr ? theta : theta / freq_factors[i / 2];
-        cos_sin[i] = std::cos(t);
-        cos_sin[i + 1] = std::sin(t);
-        theta *= theta_scale;
-      }
+      const float* cos_sin = RopeAngles(positions[r], rope_dims, freq_base, freq_factors);
       for (int32_t h = 0; h < num_heads; ++h) {
         float* v = x + (r * num_heads + h) * head_dim;
         for (int32_t i = 0; i < rope_dims; i += 2) {
@@ -198,7 +190,50 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // cos, sin of each pair's angle at `pos`: rope_dims floats, computed once
+  // per position and kept while the parameters stay the same, since every
+  // layer's q and k rotate the same positions (2 x layers calls per step,
+  // each of rope_dims trig calls per row otherwise). Computed by the same
+  // expressions whenever asked, so caching changes no bits.
+  const float* RopeAngles(int32_t pos, int32_t rope_dims, float freq_base, const float* freq_factors) {
+    RopeCache& c = rope_cache_;
+    const bool same =
+        c.rope_dims == rope_dims && c.freq_base == freq_base &&
+        (freq_factors == nullptr ? c.factors.empty()
+                                 : c.factors.size() == static_cast<size_t>(rope_dims / 2) &&
+                                       std::equal(c.factors.begin(), c.factors.end(), freq_factors));
+    if (!same) {
+      c = RopeCache{rope_dims, freq_base, {}, {}, {}};
+      if (freq_factors != nullptr) c.factors.assign(freq_factors, freq_factors + rope_dims / 2);
+    }
+    if (static_cast<size_t>(pos) >= c.have.size()) {
+      c.have.resize(pos + 1, 0);
+      c.cos_sin.resize(c.have.size() * rope_dims);
+    }
+    float* cos_sin = c.cos_sin.data() + static_cast<size_t>(pos) * rope_dims;
+    if (c.have[pos]) return cos_sin;
+    const float theta_scale = std::pow(freq_base, -2.0f / static_cast<float>(rope_dims));
+    float theta = static_cast<float>(pos);
+    for (int32_t i = 0; i < rope_dims; i += 2) {
+      const float t = freq_factors == nullptr ? theta : theta / freq_factors[i / 2];
+      cos_sin[i] = std::cos(t);
+      cos_sin[i + 1] = std::sin(t);
+      theta *= theta_scale;
+    }
+    c.have[pos] = 1;
+    return cos_sin;
+  }
+
+  struct RopeCache {
+    int32_t rope_dims = 0;
+    float freq_base = 0;
+    std::vector<float> factors;  // empty: none
+    std::vector<float> cos_sin;  // [position][rope_dims]
+    std::vector<uint8_t> have;   // [position]: cos_sin filled
+  };
+
   ThreadPool pool_;
+  RopeCache rope_cache_;  // only the engine thread calls ops
   const cpu::GemmPath gemm_path_ = cpu::DefaultGemmPath();
 };
 

@@ -155,6 +155,31 @@ TEST(CpuBackendTest, RopeWithUnitFreqFactorsEqualsRopeBitForBit) {
   }
 }
 
+// The backend keeps each position's angles between calls: a second rotation
+// after calls with another base, other factors and other dims gives what a
+// fresh backend gives, bit for bit.
+TEST(CpuBackendTest, RopeAnglesKeptAcrossCallsChangeNothing) {
+  auto backend = CreateCpuBackend({.num_threads = 1});
+  std::mt19937 rng(8);
+  std::uniform_real_distribution<float> dist(-1, 1);
+  std::vector<float> x(4 * 2 * 16);
+  for (float& v : x) v = dist(rng);
+  const std::vector<int32_t> pos = {5, 0, 4097, 5};
+  const std::vector<float> factors(6, 3.0f);
+  std::vector<float> first = x, again = x, fresh = x, other = x;
+  backend->Rope(first.data(), 4, 2, 16, 12, pos, 10000.0f, RopeStyle::kNormal);
+  backend->Rope(other.data(), 4, 2, 16, 12, pos, 500000.0f, RopeStyle::kNormal);
+  ASSERT_TRUE(
+      backend->RopeWithFreqFactors(other.data(), 4, 2, 16, 12, pos, 10000.0f, factors, RopeStyle::kNeox));
+  backend->Rope(other.data(), 4, 2, 16, 16, pos, 10000.0f, RopeStyle::kNormal);
+  backend->Rope(again.data(), 4, 2, 16, 12, pos, 10000.0f, RopeStyle::kNormal);
+  CreateCpuBackend({.num_threads = 1})->Rope(fresh.data(), 4, 2, 16, 12, pos, 10000.0f, RopeStyle::kNormal);
+  ASSERT_NE(first, x);
+  EXPECT_NE(first, other);
+  EXPECT_EQ(0, std::memcmp(first.data(), again.data(), x.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(first.data(), fresh.data(), x.size() * sizeof(float)));
+}
+
 TEST(CpuBackendTest, RopeWithFreqFactorsDividesEachPairsAngle) {
   auto backend = CreateCpuBackend({.num_threads = 1});
   // One head of dim 8; pair i's angle is pos * 100^(-2i/8) / factors[i].
