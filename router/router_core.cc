@@ -941,6 +941,12 @@ void RouterCore::CheckInFlight() {
                                 .since_heartbeat = w.since_heartbeat};
   }
   const absl::Time now = Now();
+  // Time the router itself did not run (WorkerRegistry::Options::
+  // pause_threshold) is no worker's stall: progress counts from its end.
+  if (const absl::Time awake = registry_->awake_since(); awake != absl::InfinitePast()) {
+    for (auto& [worker, last] : progress) last = std::max(last, awake);
+    for (auto& [call, watched] : in_flight) watched.second.began = std::max(watched.second.began, awake);
+  }
   absl::flat_hash_set<std::string> judged;  // workers at fault, acted on and logged once per sweep
   for (auto& [call, watched] : in_flight) {
     std::optional<Verdict> verdict = JudgeCall(watched.second, workers, progress, now);

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_format.h"
+#include "common/logging.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
@@ -71,6 +72,7 @@ absl::Status WorkerRegistry::Register(const tandem::v1::RegisterRequest& r) {
 
 bool WorkerRegistry::Heartbeat(const tandem::v1::HeartbeatRequest& r) {
   absl::MutexLock lock(&mu_);
+  NoteRunning();
   auto it = workers_.find(r.worker_id());
   if (it == workers_.end()) return false;
   Entry& e = it->second;
@@ -85,12 +87,34 @@ bool WorkerRegistry::Heartbeat(const tandem::v1::HeartbeatRequest& r) {
 }
 
 bool WorkerRegistry::Healthy(const Entry& e, absl::Time now) const {
-  return !e.failed && now - e.last_heartbeat <= options_.heartbeat_interval * options_.misses_allowed;
+  return !e.failed && Silence(e, now) <= options_.heartbeat_interval * options_.misses_allowed;
+}
+
+absl::Duration WorkerRegistry::Silence(const Entry& e, absl::Time now) const {
+  return now - std::max(e.last_heartbeat, awake_since_);
+}
+
+void WorkerRegistry::NoteRunning() {
+  const absl::Time real = options_.awake_clock->Now();
+  if (options_.pause_threshold > absl::ZeroDuration() && last_run_ != absl::InfiniteFuture() &&
+      real - last_run_ > options_.pause_threshold) {
+    awake_since_ = options_.clock->Now();
+    LOG(WARNING) << "the router did not run for " << absl::FormatDuration(real - last_run_)
+                 << "; workers' silence until now is not held against them";
+  }
+  last_run_ = real;
+}
+
+absl::Time WorkerRegistry::awake_since() {
+  absl::MutexLock lock(&mu_);
+  NoteRunning();
+  return awake_since_;
 }
 
 absl::StatusOr<WorkerHandle> WorkerRegistry::Pick(WorkerRole role, const std::vector<std::string>& exclude) {
   const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
+  NoteRunning();
   const size_t n = order_.size();
   size_t& cursor = next_[static_cast<int>(role) % 3];
   for (size_t k = 0; k < n; ++k) {
@@ -108,6 +132,7 @@ absl::StatusOr<WorkerHandle> WorkerRegistry::Pick(WorkerRole role, const std::ve
 bool WorkerRegistry::HasHealthy(WorkerRole role) {
   const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
+  NoteRunning();
   for (const auto& [id, e] : workers_) {
     if (e.handle.role == role && Healthy(e, now)) return true;
   }
@@ -118,6 +143,7 @@ void WorkerRegistry::ForEachHealthy(WorkerRole role, const std::vector<std::stri
                                     absl::FunctionRef<void(const WorkerView&)> fn) {
   const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
+  NoteRunning();
   for (const Entry* entry : entries_) {
     const Entry& e = *entry;
     if (e.handle.role != role || !Healthy(e, now)) continue;
@@ -130,6 +156,7 @@ void WorkerRegistry::WithHealthy(WorkerRole role, const std::vector<std::string>
                                  absl::FunctionRef<void(absl::Span<const WorkerView>)> fn) {
   const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
+  NoteRunning();
   std::vector<WorkerView> views;
   for (const Entry* entry : entries_) {
     const Entry& e = *entry;
@@ -174,6 +201,7 @@ void WorkerRegistry::UpdateLoad(const std::string& worker_id, const tandem::v1::
 std::vector<std::string> WorkerRegistry::Unhealthy() {
   const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
+  NoteRunning();
   std::vector<std::string> out;
   for (const std::string& id : order_) {
     if (!Healthy(workers_.at(id), now)) out.push_back(id);
@@ -193,11 +221,12 @@ void WorkerRegistry::MarkFailed(const std::string& worker_id, absl::Duration hol
 std::vector<WorkerRegistry::WorkerInfo> WorkerRegistry::List() {
   const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
+  NoteRunning();
   std::vector<WorkerInfo> out;
   for (const std::string& id : order_) {
     const Entry& e = workers_.at(id);
     out.push_back({id, e.handle.role, e.handle.address, Healthy(e, now), e.load, e.handle.rotation_epoch,
-                   now - e.last_heartbeat, e.failed});
+                   Silence(e, now), e.failed});
   }
   return out;
 }

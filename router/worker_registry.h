@@ -109,9 +109,23 @@ class WorkerRegistry {
     // Time for heartbeat deadlines (borrowed; tests pass a FakeClock).
     // Default: Clock::Real().
     Clock* clock = Clock::Real();
+    // A router that did not run (SIGSTOP, a starved or swapped-out
+    // process) heard no heartbeat meanwhile through no fault of the
+    // workers. When the registry's judging (the sweeper runs it every
+    // 250 ms) has not run for pause_threshold of `awake_clock` time,
+    // silence before that moment is forgiven: deadlines count from it.
+    // Without this, a router stopped for 3 s took every worker out of the
+    // rotation on waking and failed the streams in flight. 0: off.
+    // Default: 1 s (a third of the heartbeat deadline's 1.5 s would be too
+    // eager on a loaded machine; 1 s still catches every pause that could
+    // push a heartbeat past the deadline). Judged by awake_clock; off when
+    // `clock` is a test's clock and awake_clock was left real (such a test
+    // judges by its own clock alone; a slow machine must not excuse it).
+    absl::Duration pause_threshold = absl::Seconds(1);
+    Clock* awake_clock = Clock::Real();
   };
 
-  explicit WorkerRegistry(Options options) : options_(std::move(options)) {}
+  explicit WorkerRegistry(Options options) : options_(WithPauseDetection(std::move(options))) {}
 
   // InvalidArgument when the worker serves another model or names no address.
   absl::Status Register(const tandem::v1::RegisterRequest& request);
@@ -163,7 +177,8 @@ class WorkerRegistry {
     bool healthy;
     tandem::v1::WorkerLoad load;
     uint64_t rotation_epoch = 0;
-    // Since its last heartbeat, by Options::clock.
+    // Since its last heartbeat, by Options::clock, not counting the router's
+    // own pauses (Options::pause_threshold).
     absl::Duration since_heartbeat;
     // Out of the rotation because of MarkFailed (and not only a late
     // heartbeat).
@@ -174,6 +189,9 @@ class WorkerRegistry {
   absl::Duration heartbeat_interval() const { return options_.heartbeat_interval; }
   // interval x misses_allowed.
   absl::Duration heartbeat_deadline() const { return options_.heartbeat_interval * options_.misses_allowed; }
+  // Since when (Options::clock) silence counts: the end of the last pause
+  // of the router itself (Options::pause_threshold); InfinitePast if none.
+  absl::Time awake_since();
 
  private:
   struct Entry {
@@ -186,7 +204,18 @@ class WorkerRegistry {
     int64_t inflight_prefill_tokens = 0;
     int32_t inflight_requests = 0;
   };
-  bool Healthy(const Entry& e, absl::Time now) const;
+  static Options WithPauseDetection(Options options) {
+    if (options.clock != Clock::Real() && options.awake_clock == Clock::Real()) {
+      options.pause_threshold = absl::ZeroDuration();
+    }
+    return options;
+  }
+  bool Healthy(const Entry& e, absl::Time now) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // How long `e` has been silent, not counting the router's own pauses.
+  absl::Duration Silence(const Entry& e, absl::Time now) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Every judging method calls this first: detects a pause of the router
+  // (Options::pause_threshold) and forgives the silence up to now.
+  void NoteRunning() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;
   absl::Mutex mu_;
@@ -196,7 +225,9 @@ class WorkerRegistry {
   // order_'s entries, for scans that must not hash every id (placement over
   // 1,000 workers per request).
   std::vector<Entry*> entries_ ABSL_GUARDED_BY(mu_);
-  size_t next_[3] ABSL_GUARDED_BY(mu_) = {0, 0, 0};  // round-robin cursor per role
+  size_t next_[3] ABSL_GUARDED_BY(mu_) = {0, 0, 0};                     // round-robin cursor per role
+  absl::Time last_run_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();   // awake_clock
+  absl::Time awake_since_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();  // clock
 };
 
 }  // namespace tandem::router

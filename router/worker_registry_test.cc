@@ -67,6 +67,54 @@ TEST(WorkerRegistryTest, MissedHeartbeatDeadlineTakesWorkerOutUntilItBeats) {
   EXPECT_TRUE(reg.Unhealthy().empty());
 }
 
+// The router itself stopped (SIGSTOP) for longer than the heartbeat
+// deadline: on waking it forgives the silence it could not hear, and a
+// worker that stays silent afterwards still leaves after one deadline.
+TEST(WorkerRegistryTest, TheRoutersOwnPauseIsNotHeldAgainstTheWorkers) {
+  FakeClock clock, awake;  // the registry's judging clock; the router's running time
+  WorkerRegistry reg({.heartbeat_interval = absl::Milliseconds(500),
+                      .misses_allowed = 3,
+                      .model_id = "m",
+                      .clock = &clock,
+                      .pause_threshold = absl::Seconds(1),
+                      .awake_clock = &awake});
+  ASSERT_OK(reg.Register(Worker("d1", WORKER_ROLE_DECODE)));
+  ASSERT_OK(reg.Register(Worker("d2", WORKER_ROLE_DECODE)));
+  EXPECT_TRUE(reg.Unhealthy().empty());
+  // Stopped for 3 s: both clocks move, no judging runs meanwhile.
+  clock.Advance(absl::Seconds(3));
+  awake.Advance(absl::Seconds(3));
+  EXPECT_TRUE(reg.Unhealthy().empty()) << "the router's pause was held against the workers";
+  EXPECT_EQ(reg.awake_since(), clock.Now());
+  for (const WorkerRegistry::WorkerInfo& w : reg.List()) EXPECT_EQ(w.since_heartbeat, absl::ZeroDuration());
+  // Running again (judging every 250 ms): d2 beats, d1 stays silent and
+  // leaves once the deadline passed after the pause.
+  tandem::v1::HeartbeatRequest beat;
+  beat.set_worker_id("d2");
+  for (int i = 0; i < 7; ++i) {
+    clock.Advance(absl::Milliseconds(250));
+    awake.Advance(absl::Milliseconds(250));
+    ASSERT_TRUE(reg.Heartbeat(beat));
+  }
+  EXPECT_EQ(reg.Unhealthy(), (std::vector<std::string>{"d1"}));
+  // A pause shorter than the threshold forgives nothing.
+  clock.Advance(absl::Milliseconds(900));
+  awake.Advance(absl::Milliseconds(900));
+  const absl::Time before = reg.awake_since();
+  EXPECT_EQ(reg.Unhealthy(), (std::vector<std::string>{"d1"}));
+  EXPECT_EQ(reg.awake_since(), before);
+}
+
+// A test's FakeClock alone: pause detection stays off (awake_clock left real).
+TEST(WorkerRegistryTest, PauseDetectionIsOffForATestClockAlone) {
+  FakeClock clock;
+  WorkerRegistry reg({.heartbeat_interval = absl::Milliseconds(50), .model_id = "m", .clock = &clock});
+  ASSERT_OK(reg.Register(Worker("d1", WORKER_ROLE_DECODE)));
+  clock.Advance(absl::Seconds(5));
+  EXPECT_EQ(reg.Unhealthy(), (std::vector<std::string>{"d1"}));
+  EXPECT_EQ(reg.awake_since(), absl::InfinitePast());
+}
+
 TEST(WorkerRegistryTest, WithHealthySeesEveryCandidateAtOnceInRegistrationOrder) {
   FakeClock clock;
   WorkerRegistry reg({.heartbeat_interval = absl::Seconds(1), .model_id = "m", .clock = &clock});
