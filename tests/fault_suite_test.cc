@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -32,6 +33,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
@@ -40,6 +43,8 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
+#include "http/test_client.h"
+#include "kvstore/test_util.h"
 #include "nlohmann/json.hpp"
 #include "tandem/v1/tandem.grpc.pb.h"
 #include "tandem/v1/worker.grpc.pb.h"
@@ -66,20 +71,23 @@ constexpr int kStalledWorkerHoldMs = 3000;
 struct Proc {
   std::unique_ptr<Subprocess> process;
   std::string id, address;
+  nlohmann::json ready;           // its ready line
+  std::vector<std::string> argv;  // how it was started (a restart reuses it)
 };
 
 // Starts argv and reads its JSON ready line; fails the test without one in 60 s.
 Proc Start(const std::vector<std::string>& argv) {
   Proc p;
+  p.argv = argv;
   p.process = std::make_unique<Subprocess>(argv);
   std::optional<std::string> line = p.process->ReadLine(absl::Now() + absl::Seconds(60));
   if (!line.has_value()) {
     ADD_FAILURE() << argv[1] << " not ready";
     return p;
   }
-  const nlohmann::json ready = nlohmann::json::parse(*line);
-  p.address = ready.value("grpc", "");
-  p.id = ready.value("worker_id", "");
+  p.ready = nlohmann::json::parse(*line);
+  p.address = p.ready.value("grpc", "");
+  p.id = p.ready.value("worker_id", "");
   return p;
 }
 
@@ -201,7 +209,16 @@ enum class Role { kPrefill, kDecode, kStore, kRouter };
 // Whether the router keeps a rotation of the role (a store down is its
 // clients' concern; the router is the one that keeps it).
 bool HasRotation(Role role) { return role == Role::kPrefill || role == Role::kDecode; }
-enum class Fault { kStopThenContinue, kKill };
+enum class Fault {
+  kStopThenContinue,
+  kKill,
+  kKillThenRestart,        // and a new process on the same port (the router, the store)
+  kCorruptSsdThenRestart,  // kill -9, damage its SSD tier's files, start it again on them
+  kFillSsdDevice,          // the file system under the prefill workers' SSD tiers fills up
+};
+// How long a SIGSTOPped router stays stopped: longer than the workers'
+// heartbeat deadline (3 x 500 ms), so it wakes to find every heartbeat late.
+constexpr absl::Duration kRouterPause = absl::Seconds(3);
 
 std::vector<std::string>& TableLines() {
   static auto* lines = new std::vector<std::string>;
@@ -225,13 +242,17 @@ class FaultSuiteTest : public ::testing::Test {
 
   void SetUp() override {
     if (!std::ifstream(kStories)) GTEST_SKIP() << "shared data absent: " << kStories;
+    if (WithSsd()) {
+      ssd_fs_ =
+          std::make_unique<kvstore::testing::SmallFileSystem>(ssd_root_.path() + "/fs", size_t{64} << 20);
+      if (!ssd_fs_->mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (needs CAP_SYS_ADMIN)";
+    }
     router_ = StartRouter("0");
     ASSERT_FALSE(router_.address.empty());
     stub_ =
         tandem::v1::Tandem::NewStub(grpc::CreateChannel(router_.address, grpc::InsecureChannelCredentials()));
     if (WithStore()) {
-      store_ = Start({TANDEM_BINARY, "store", "--router", router_.address, "--model", kStories,
-                      "--dram-bytes", "16777216", "--store-id", "store-0"});
+      store_ = StartStore("0");
       ASSERT_FALSE(store_.address.empty());
     }
     for (int i = 0; i < 2; ++i) {
@@ -249,6 +270,44 @@ class FaultSuiteTest : public ::testing::Test {
     baseline_ = RunUndisturbed("undisturbed");
     undisturbed_took_ = absl::Now() - start;
     if (WithStore()) ASSERT_NO_FATAL_FAILURE(FillStore());
+    if (WithSsd()) ASSERT_NO_FATAL_FAILURE(FillSsd());
+  }
+
+  // Other prompts until the prefill workers hold blocks on their SSD tiers
+  // (the KV-aware router may send every filler to the same one).
+  void FillSsd() {
+    for (int filler = 0; SsdBlocks(prefill_[0]) + SsdBlocks(prefill_[1]) <= 0; ++filler) {
+      ASSERT_LT(filler, 100) << "the prefill workers never wrote a block to their SSD tiers";
+      StreamRun run(stub_.get(), {Story(3000 + filler, 120), Story(4000 + filler, 120)}, /*max_tokens=*/1);
+      run.Start(0, 2);
+      for (const Stream& s : run.Join()) ASSERT_TRUE(s.status.ok()) << s.status.error_message();
+    }
+  }
+
+  // Blocks a worker's KV snapshot lists on its SSD tier; -1 when it does not answer.
+  int SsdBlocks(const Proc& worker) {
+    auto stub = tandem::v1::KvEventSource::NewStub(
+        grpc::CreateChannel(worker.address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    tandem::v1::KvEventBatch batch;
+    if (!stub->Snapshot(&ctx, {}, &batch).ok()) return -1;
+    int blocks = 0;
+    for (const tandem::v1::KvEvent& e : batch.events()) {
+      if (e.tier() == tandem::v1::KV_TIER_SSD) blocks += e.block_hashes_size();
+    }
+    return blocks;
+  }
+
+  // GET `path` from a worker's --metrics-port server; "" when it does not answer 200.
+  static std::string HttpGet(const Proc& p, const std::string& path) {
+    const std::string metrics = p.ready.value("metrics", "");
+    int port = 0;
+    if (metrics.empty() || !absl::SimpleAtoi(metrics.substr(metrics.rfind(':') + 1), &port)) return "";
+    http::testing::TestClient client(port);
+    if (!client.ok() || !client.Send(absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: t\r\n\r\n"))) return "";
+    std::optional<http::testing::ParsedResponse> r = client.ReadResponse(absl::Seconds(10));
+    return r.has_value() && r->status == 200 ? r->body : "";
   }
 
   // Other prompts until the prefill pools evicted blocks and the store holds
@@ -262,6 +321,11 @@ class FaultSuiteTest : public ::testing::Test {
       run.Start(0, 2);
       for (const Stream& s : run.Join()) ASSERT_TRUE(s.status.ok()) << s.status.error_message();
     }
+  }
+
+  Proc StartStore(const std::string& port) {
+    return Start({TANDEM_BINARY, "store", "--router", router_.address, "--model", kStories, "--dram-bytes",
+                  "16777216", "--store-id", "store-0", "--port", port});
   }
 
   Proc StartRouter(const std::string& port) {
@@ -280,13 +344,22 @@ class FaultSuiteTest : public ::testing::Test {
   Proc StartWorker(const std::string& role, int index) {
     // With a store, a prefill pool of ~50 blocks evicts what fillers push out
     // and offers it to the store.
-    const std::string pool_mb = WithStore() && role == "prefill" ? "1" : "16";
+    const std::string pool_mb = (WithStore() || WithSsd()) && role == "prefill" ? "1" : "16";
     std::vector<std::string> argv = {
         TANDEM_BINARY, role, "--router",      router_.address, "--model",     kStories,
         "--threads",   "1",  "--kv-cache-mb", pool_mb,         "--worker-id", absl::StrCat(role, "-", index)};
     if (WithStore()) argv.insert(argv.end(), {"--kv-dram-bytes", "262144", "--kv-store", store_.address});
+    if (WithSsd() && role == "prefill") {
+      argv.insert(argv.end(),
+                  {"--kv-dram-bytes", "262144", "--kv-ssd-path", SsdPath(index), "--metrics-port", "0"});
+    }
     return Start(argv);
   }
+
+  // The prefill workers' SSD tiers: a small tmpfs of their own (a disk that
+  // can fill), so their pools (1 MiB) evict through a 256 KiB DRAM tier to it.
+  virtual bool WithSsd() const { return false; }
+  std::string SsdPath(int index) const { return absl::StrCat(ssd_root_.path(), "/fs/prefill-", index); }
 
   // Healthy workers of `role` as the router reports them; -1 when it does not answer.
   int Healthy(Role role) {
@@ -371,46 +444,27 @@ class FaultSuiteTest : public ::testing::Test {
       EXPECT_GT(StoreBlocks(), 0) << "the workers never used the store";
     }
     const absl::Time fault_at = absl::Now();
-    target.process->Signal(fault == Fault::kKill ? SIGKILL : SIGSTOP);
+    std::optional<absl::Duration> back_in_rotation;
+    ASSERT_NO_FATAL_FAILURE(Inject(role, fault, &target, &back_in_rotation));
     const int ended_before_fault = run.Ended();
     run.Start(kWave, kStreams);
 
     // Until every stream ended (each is bounded by its deadline) and the
-    // router took the worker out of the rotation.
+    // router took the worker out of the rotation (where the fault leaves it
+    // out long enough to see).
+    const bool leaves_rotation =
+        HasRotation(role) && (fault == Fault::kStopThenContinue || fault == Fault::kKill);
     std::optional<absl::Duration> out_of_rotation;
     PollUntil(
         [&] {
-          if (HasRotation(role) && !out_of_rotation.has_value() && Healthy(role) == 1) {
+          if (leaves_rotation && !out_of_rotation.has_value() && Healthy(role) == 1) {
             out_of_rotation = absl::Now() - fault_at;
           }
-          return (!HasRotation(role) || out_of_rotation.has_value()) && run.Ended() == kStreams;
+          return (!leaves_rotation || out_of_rotation.has_value()) && run.Ended() == kStreams;
         },
         kStreamBound + absl::Seconds(5));
     std::vector<Stream> streams = run.Join();
-
-    std::optional<absl::Duration> back_in_rotation;
-    const absl::Time cont_at = absl::Now();
-    if (fault == Fault::kStopThenContinue) target.process->Signal(SIGCONT);
-    if (fault == Fault::kStopThenContinue && HasRotation(role)) {
-      EXPECT_TRUE(
-          PollUntil([&] { return Healthy(role) == 2; }, absl::Seconds(kStalledWorkerHoldMs / 1000 + 15)))
-          << target.id << " did not come back after SIGCONT";
-      if (Healthy(role) == 2) back_in_rotation = absl::Now() - cont_at;
-    } else if (fault == Fault::kKill) {
-      EXPECT_TRUE(target.process->Wait(absl::Now() + absl::Seconds(10)).has_value());
-    }
-    if (role == Role::kRouter) {
-      // A new router on the same port: the workers register again (they retry
-      // until it answers) and the clients' channel reconnects.
-      const std::string port = router_.address.substr(router_.address.rfind(':') + 1);
-      const absl::Time restart_at = absl::Now();
-      router_ = StartRouter(port);
-      ASSERT_FALSE(router_.address.empty()) << "the router did not restart on port " << port;
-      EXPECT_TRUE(PollUntil([&] { return Healthy(Role::kPrefill) == 2 && Healthy(Role::kDecode) == 2; },
-                            absl::Seconds(30)))
-          << "the workers did not register with the restarted router";
-      back_in_rotation = absl::Now() - restart_at;  // all four workers again
-    }
+    ASSERT_NO_FATAL_FAILURE(Recover(role, fault, &target, &back_in_rotation));
 
     int completed = 0, migrated = 0, failed = 0, hung = 0;
     absl::Time last_failed_end = absl::InfinitePast(), last_end = absl::InfinitePast();
@@ -441,7 +495,7 @@ class FaultSuiteTest : public ::testing::Test {
     EXPECT_EQ(hung, 0);
     // The router is the one role with no second instance here.
     if (role != Role::kRouter) EXPECT_EQ(failed, 0) << name << ": another worker of the role was there";
-    if (HasRotation(role)) {
+    if (leaves_rotation) {
       EXPECT_TRUE(out_of_rotation.has_value())
           << "the router never took " << target.id << " out of the rotation";
     }
@@ -457,7 +511,7 @@ class FaultSuiteTest : public ::testing::Test {
 
     // Afterwards the cluster serves every prompt again, identically.
     EXPECT_EQ(RunUndisturbed(name + ", after"), baseline_);
-    ExpectIdlePools(fault == Fault::kKill && role != Role::kRouter ? &target : nullptr);
+    ExpectIdlePools(fault == Fault::kKill && HasRotation(role) ? &target : nullptr);
   }
 
   // Migrations of one kind of fault: streams moved, and the token each was
@@ -509,6 +563,114 @@ class FaultSuiteTest : public ::testing::Test {
         << "decode-" << index << " did not come back";
   }
 
+  // The fault itself. A SIGSTOPped router is continued after kRouterPause
+  // (it is the one process whose pause the clients wait through); a worker
+  // restarted on damaged files replaces *target.
+  void Inject(Role role, Fault fault, Proc* target, std::optional<absl::Duration>* back) {
+    switch (fault) {
+      case Fault::kStopThenContinue:
+        target->process->Signal(SIGSTOP);
+        if (role == Role::kRouter) {
+          absl::SleepFor(kRouterPause);  // the fault's length, not a synchronisation
+          target->process->Signal(SIGCONT);
+        }
+        return;
+      case Fault::kKill:
+      case Fault::kKillThenRestart:
+        target->process->Signal(SIGKILL);
+        return;
+      case Fault::kCorruptSsdThenRestart: {
+        target->process->Signal(SIGKILL);
+        ASSERT_TRUE(target->process->Wait(absl::Now() + absl::Seconds(10)).has_value());
+        const std::string dir = SsdPath(target == &prefill_[0] ? 0 : 1);
+        // Every file of the database, CURRENT and MANIFEST included.
+        ASSERT_GE(kvstore::testing::FlipBytesInFiles(dir, {"", ".log", ".sst", ".blob"}), 1) << dir;
+        const absl::Time restart_at = absl::Now();
+        *target = Start(target->argv);
+        ASSERT_FALSE(target->address.empty()) << "the worker did not start on its damaged SSD tier";
+        EXPECT_TRUE(PollUntil([&] { return Healthy(role) == 2; }, absl::Seconds(15)));
+        *back = absl::Now() - restart_at;
+        return;
+      }
+      case Fault::kFillSsdDevice: {
+        // One file takes whatever the tmpfs has left.
+        std::ofstream filler(ssd_root_.path() + "/fs/filler", std::ios::binary);
+        const std::string chunk(1 << 20, 'x');
+        while (filler.write(chunk.data(), static_cast<std::streamsize>(chunk.size()))) {
+        }
+        return;
+      }
+    }
+  }
+
+  // After every stream ended: continue, restart or inspect what the fault left.
+  void Recover(Role role, Fault fault, Proc* target, std::optional<absl::Duration>* back) {
+    const absl::Time cont_at = absl::Now();
+    if (fault == Fault::kStopThenContinue && role != Role::kRouter) target->process->Signal(SIGCONT);
+    if (fault == Fault::kStopThenContinue && HasRotation(role)) {
+      EXPECT_TRUE(
+          PollUntil([&] { return Healthy(role) == 2; }, absl::Seconds(kStalledWorkerHoldMs / 1000 + 15)))
+          << target->id << " did not come back after SIGCONT";
+      if (Healthy(role) == 2) *back = absl::Now() - cont_at;
+    }
+    if (fault == Fault::kKill || fault == Fault::kKillThenRestart) {
+      EXPECT_TRUE(target->process->Wait(absl::Now() + absl::Seconds(10)).has_value());
+    }
+    if (role == Role::kRouter && fault == Fault::kKill) {
+      // A new router on the same port: the workers register again (they retry
+      // until it answers) and the clients' channel reconnects.
+      const std::string port = router_.address.substr(router_.address.rfind(':') + 1);
+      const absl::Time restart_at = absl::Now();
+      router_ = StartRouter(port);
+      ASSERT_FALSE(router_.address.empty()) << "the router did not restart on port " << port;
+      EXPECT_TRUE(PollUntil([&] { return Healthy(Role::kPrefill) == 2 && Healthy(Role::kDecode) == 2; },
+                            absl::Seconds(30)))
+          << "the workers did not register with the restarted router";
+      *back = absl::Now() - restart_at;  // all four workers again
+    }
+    if (role == Role::kStore && fault == Fault::kKillThenRestart) {
+      // A new, empty store on the same port; the workers' clients reconnect.
+      const std::string port = store_.address.substr(store_.address.rfind(':') + 1);
+      const absl::Time restart_at = absl::Now();
+      store_ = StartStore(port);
+      ASSERT_FALSE(store_.address.empty()) << "the store did not restart on port " << port;
+      EXPECT_TRUE(PollUntil([&] { return StoreBlocks() >= 0; }, absl::Seconds(15)));
+      *back = absl::Now() - restart_at;
+    }
+    if (fault == Fault::kCorruptSsdThenRestart) {
+      const std::string dir = SsdPath(target == &prefill_[0] ? 0 : 1);
+      int quarantined = 0;
+      for (const auto& e : std::filesystem::directory_iterator(std::filesystem::path(dir).parent_path())) {
+        const std::string name = e.path().filename().string();
+        quarantined += name.rfind(std::filesystem::path(dir).filename().string() + ".quarantined-", 0) == 0;
+      }
+      EXPECT_EQ(quarantined, 1) << "the damaged SSD tier was not moved aside";
+      EXPECT_TRUE(absl::StrContains(HttpGet(*target, "/ready"), "started empty"));
+    }
+    if (fault == Fault::kFillSsdDevice) {
+      // More prompts until a prefill worker's pool evicts onto the full
+      // device (the 16 streams may have fit in the pools): each must succeed.
+      const auto read_only = [&] {
+        int n = 0;
+        for (const Proc& w : prefill_) n += absl::StrContains(HttpGet(w, "/ready"), "read-only") ? 1 : 0;
+        return n;
+      };
+      int fillers = 0;
+      for (; read_only() == 0 && fillers < 60; ++fillers) {
+        StreamRun load(stub_.get(), {Story(5000 + fillers, 120), Story(6000 + fillers, 120)},
+                       /*max_tokens=*/1);
+        load.Start(0, 2);
+        for (const Stream& s : load.Join()) EXPECT_TRUE(s.status.ok()) << s.status.error_message();
+      }
+      std::printf(
+          "full SSD device: %d of 2 prefill workers' SSD tiers read-only after the 16 streams and %d more "
+          "prompt pairs, every one served\n",
+          read_only(), fillers);
+      EXPECT_GE(read_only(), 1) << "no prefill worker wrote to its full SSD tier";
+      std::filesystem::remove(ssd_root_.path() + "/fs/filler");
+    }
+  }
+
   // Every live worker's KV pool returns to idle: no leaked blocks or reservations.
   void ExpectIdlePools(const Proc* dead) {
     for (Role role : {Role::kPrefill, Role::kDecode}) {
@@ -527,6 +689,8 @@ class FaultSuiteTest : public ::testing::Test {
     }
   }
 
+  ::tandem::testing::TempDir ssd_root_{"fault_suite_"};        // with WithSsd(): the tmpfs mount point
+  std::unique_ptr<kvstore::testing::SmallFileSystem> ssd_fs_;  // unmounted after the workers stop
   Proc router_;
   Proc store_;                          // with WithStore() only
   std::vector<Proc> prefill_, decode_;  // declared after router_ and store_: stopped first
@@ -592,6 +756,28 @@ TEST_F(FaultSuiteWithStoreTest, StoreStoppedThenContinued) {
 }
 
 TEST_F(FaultSuiteWithStoreTest, StoreKilled) { RunScenario("store kill -9", Role::kStore, Fault::kKill); }
+
+TEST_F(FaultSuiteWithStoreTest, StoreKilledAndRestarted) {
+  RunScenario("store kill -9, restart", Role::kStore, Fault::kKillThenRestart);
+}
+
+TEST_F(FaultSuiteTest, RouterStoppedThenContinued) {
+  RunScenario("router SIGSTOP 3 s, SIGCONT", Role::kRouter, Fault::kStopThenContinue);
+}
+
+// The prefill workers' SSD tiers on a small file system of their own.
+class FaultSuiteWithSsdTest : public FaultSuiteTest {
+ protected:
+  bool WithSsd() const override { return true; }
+};
+
+TEST_F(FaultSuiteWithSsdTest, PrefillWorkerRestartedOnDamagedSsdFiles) {
+  RunScenario("prefill kill -9, SSD files damaged, restart", Role::kPrefill, Fault::kCorruptSsdThenRestart);
+}
+
+TEST_F(FaultSuiteWithSsdTest, SsdDeviceFillsUnderLoad) {
+  RunScenario("prefill SSD device full", Role::kPrefill, Fault::kFillSsdDevice);
+}
 
 }  // namespace
 }  // namespace tandem
