@@ -15,7 +15,9 @@
 # cluster for: prompts are cut to fit), MAX_INPUT [0] (cut prompts to this
 # many tokens; 0: no cut), THREADS [0] (per worker; 0: tandem up's default).
 # At the end a markdown row per policy: hit rate vs the bound bench reports,
-# TTFT p50/p90, goodput, completed/rejected/errors.
+# TTFT p50/p90, goodput, completed/rejected/errors. TANDEM_BIN
+# [build/bin/tandem]: a copy keeps a series of runs on one binary while
+# others rebuild.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:?usage: routing_compare.sh OUT_DIR [policies...]}"
@@ -36,7 +38,7 @@ max_tokens="${MAX_TOKENS:-4}"
 slo_ttft="${SLO_TTFT:-2000}"
 slo_tpot="${SLO_TPOT:-100}"
 trace=../shared/data/traces/mooncake_conversation.jsonl
-bin=build/bin/tandem
+bin="${TANDEM_BIN:-build/bin/tandem}"
 mkdir -p "$out"
 
 for policy in "${policies[@]}"; do
