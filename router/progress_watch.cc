@@ -52,8 +52,21 @@ std::optional<Verdict> JudgeCall(const InFlightCall& call,
   if (call.prefill.has_value()) {
     if (std::optional<Verdict> v = JudgeWorker(*call.prefill, workers)) return v;
   }
-  if (call.step == InFlightCall::Step::kPrefill || call.allowance == absl::InfiniteDuration()) {
-    return std::nullopt;
+  if (call.allowance == absl::InfiniteDuration()) return std::nullopt;
+  if (call.step == InFlightCall::Step::kPrefill) {
+    // A prefill sends nothing until it ends: its worker's progress is any
+    // prefill it finished (a busy worker finishing others is not stuck).
+    absl::Time last = call.began;
+    if (auto it = last_progress.find(call.prefill->id); it != last_progress.end())
+      last = std::max(last, it->second);
+    const absl::Duration idle = now - last;
+    if (idle <= call.allowance) return std::nullopt;
+    return Verdict{
+        call.prefill->id,
+        absl::StrFormat("%s stopped making progress: no prefill finished for %s (allowed %s)",
+                        call.prefill->id, absl::FormatDuration(absl::Trunc(idle, absl::Milliseconds(1))),
+                        absl::FormatDuration(absl::Trunc(call.allowance, absl::Milliseconds(1)))),
+        /*stalled=*/true};
   }
   absl::Time last = std::max(call.began, call.last_token);
   if (auto it = last_progress.find(call.decode.id); it != last_progress.end())

@@ -48,9 +48,9 @@ struct InFlightCall {
   absl::Time began;
   // The decode stream's last chunk; InfinitePast before the first.
   absl::Time last_token = absl::InfinitePast();
-  // Longest time without progress on the decode worker before the call is
-  // stalled; InfiniteDuration: never (a Prefill: its worker computes for a
-  // predicted time, heartbeats and keepalive watch it).
+  // Longest time without progress on the decode worker (a Prefill: on the
+  // prefill worker, which progresses when it finishes any prefill) before
+  // the call is stalled; InfiniteDuration: never.
   absl::Duration allowance = absl::InfiniteDuration();
   // Added to the allowance until this call's first token (the decode
   // worker prefills an aggregated request first).
@@ -83,8 +83,9 @@ struct Verdict {
 absl::Duration StallAllowance(absl::Duration floor, int steps, double tpot_ms);
 
 // The verdict on one call, given every worker's state (`workers`; a worker
-// missing from it is no longer registered) and the last token each decode
-// worker sent on any stream (`last_progress`; missing: none yet), at `now`.
+// missing from it is no longer registered) and each worker's last progress
+// (`last_progress`: the last token a decode worker sent on any stream, the
+// last prefill a prefill worker finished; missing: none yet), at `now`.
 // nullopt: let it run.
 std::optional<Verdict> JudgeCall(const InFlightCall& call,
                                  const absl::flat_hash_map<std::string, WorkerState>& workers,

@@ -79,6 +79,27 @@ TEST(JudgeCallTest, AReserveWithoutAnswerIsAStallButAPrefillIsNot) {
   EXPECT_EQ(JudgeCall(prefill, Workers(), {}, kT0 + absl::Hours(1)), std::nullopt);
 }
 
+// A prefill worker whose device hangs heartbeats on but finishes nothing:
+// past the allowance its prefill is a stall, blamed on the prefill worker;
+// a busy one that finishes other prefills is not.
+TEST(JudgeCallTest, APrefillWorkerThatFinishesNothingPastTheAllowanceIsStalled) {
+  InFlightCall prefill = Stream();
+  prefill.step = InFlightCall::Step::kPrefill;
+  prefill.prefill = WorkerRef{"p0", 1};
+  prefill.allowance = absl::Seconds(5);
+  EXPECT_EQ(JudgeCall(prefill, Workers(), {}, kT0 + absl::Seconds(5)), std::nullopt);
+  std::optional<Verdict> v = JudgeCall(prefill, Workers(), {}, kT0 + absl::Seconds(6));
+  ASSERT_TRUE(v.has_value());
+  EXPECT_EQ(v->worker, "p0");
+  EXPECT_TRUE(v->stalled);
+  EXPECT_TRUE(absl::StrContains(v->reason, "no prefill finished for 6s")) << v->reason;
+  const absl::flat_hash_map<std::string, absl::Time> busy = {{"p0", kT0 + absl::Seconds(4)}};
+  EXPECT_EQ(JudgeCall(prefill, Workers(), busy, kT0 + absl::Seconds(8)), std::nullopt);
+  // The decode worker's progress does not count for the prefill worker.
+  const absl::flat_hash_map<std::string, absl::Time> decode_only = {{"d0", kT0 + absl::Seconds(7)}};
+  EXPECT_TRUE(JudgeCall(prefill, Workers(), decode_only, kT0 + absl::Seconds(8)).has_value());
+}
+
 TEST(JudgeCallTest, AWorkerOutOfTheRotationLosesItsCallsWhateverTheirProgress) {
   InFlightCall call = Stream();
   call.last_token = kT0;

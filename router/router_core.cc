@@ -266,9 +266,16 @@ InFlightCall RouterCore::Call::Watched(InFlightCall::Step step) const {
   watch.decode = {placement_->decode.id, placement_->decode.rotation_epoch};
   watch.began = core_->Now();
   if (step == InFlightCall::Step::kPrefill) {
-    // A prefill computes for as long as its prompt needs: heartbeats and
-    // keepalive watch its worker, no progress deadline.
+    // A prefill computes for as long as its prompt (and the queue before
+    // it) needs: a generous multiple of the prediction (RouterOptions::
+    // prefill_stall_factor).
     watch.prefill = WorkerRef{placement_->prefill->id, placement_->prefill->rotation_epoch};
+    // Only once the worker finished a prefill: before, its cost is a guess
+    // (PlacementOptions::default_ms_per_token) that a CPU worker exceeds.
+    if (options.prefill_stall_factor > 0 && core_->HasProgressed(placement_->prefill->id)) {
+      watch.allowance = StallAllowance(options.stream_stall_timeout, options.prefill_stall_factor,
+                                       placement_->predicted_ttft_ms);
+    }
     return watch;
   }
   watch.allowance =
@@ -426,6 +433,7 @@ void RouterCore::Call::OnPrefilled(const grpc::Status& result) {
   const std::string decode_id = placement_->decode.id;
   core_->registry_->RemoveInflight(prefill_id, prefill_inflight_tokens_);
   core_->DropReservation(std::exchange(kept_reservation_, 0));
+  if (s.ok()) core_->NoteProgress(prefill_id, core_->Now());  // the worker is not stuck
   if (!s.ok()) {
     core_->registry_->RemoveInflight(decode_id, 0);
     if (cancelled()) {
@@ -900,6 +908,17 @@ void RouterCore::Unwatch(const Call* call, const std::string& decode_worker, abs
   if (decode_worker.empty() || last_token == absl::InfinitePast()) return;
   absl::Time& progress = finished_progress_[decode_worker];
   progress = std::max(progress, last_token);
+}
+
+bool RouterCore::HasProgressed(const std::string& worker) {
+  absl::MutexLock lock(&watch_mu_);
+  return finished_progress_.contains(worker);
+}
+
+void RouterCore::NoteProgress(const std::string& worker, absl::Time at) {
+  absl::MutexLock lock(&watch_mu_);
+  absl::Time& progress = finished_progress_[worker];
+  progress = std::max(progress, at);
 }
 
 void RouterCore::CheckInFlight() {

@@ -116,6 +116,15 @@ struct RouterOptions {
   // Steps of the predicted time per token that make the allowance on slow
   // workers (a CPU worker at 200 ms a token: 4 s). Default: 20.
   int stream_stall_steps = 20;
+  // A Prefill's allowance, once its worker finished a prefill before:
+  // max(stream_stall_timeout, this x the request's predicted TTFT) without
+  // the prefill worker finishing any prefill; then
+  // it is stalled (held out, the request placed again). Generous because
+  // the TTFT prediction errs (docs/PERFORMANCE.md) and a false verdict
+  // recomputes a prompt; a hung device is caught all the same. 0: no
+  // progress deadline for prefills (heartbeats and keepalive only).
+  // Default: 10.
+  int prefill_stall_factor = 10;
   // How long a worker whose stream stalled stays out of the rotation
   // although it heartbeats (a stuck device heartbeats). Default: 10 s.
   absl::Duration stalled_worker_hold = absl::Seconds(10);
@@ -191,6 +200,10 @@ class RouterCore final : public Generator {
   // worker sent it, which counts as that worker's progress).
   void Watch(const std::shared_ptr<Call>& call);
   void Unwatch(const Call* call, const std::string& decode_worker, absl::Time last_token);
+  // `worker` made progress at `at` (a prefill worker finished a prefill).
+  void NoteProgress(const std::string& worker, absl::Time at);
+  // Whether `worker` made progress before (NoteProgress or a stream's end).
+  bool HasProgressed(const std::string& worker);
   // Judges every watched call and cancels those whose worker left or
   // stalled; holds stalled workers out of the rotation.
   void CheckInFlight();
@@ -218,7 +231,8 @@ class RouterCore final : public Generator {
   // Taken before any Call's own mutex, never after it.
   absl::Mutex watch_mu_;
   absl::flat_hash_map<const Call*, std::weak_ptr<Call>> watched_ ABSL_GUARDED_BY(watch_mu_);
-  // The last token each decode worker sent on a stream that has ended.
+  // The last token each decode worker sent on a stream that has ended; the
+  // last prefill each prefill worker finished.
   absl::flat_hash_map<std::string, absl::Time> finished_progress_ ABSL_GUARDED_BY(watch_mu_);
 
   struct KeptReservation {

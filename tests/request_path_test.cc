@@ -948,6 +948,51 @@ TEST_F(RequestPathGrayFailureTest, StalledDecodeWorkersStreamMovesToAnotherAndMa
   EXPECT_TRUE(testing::PollUntil([&] { return decode->engine_runner().load().used_blocks == 0; }, kDeadline));
 }
 
+// A prefill worker whose device hangs (its engine thread held) heartbeats on
+// and finishes nothing: past its allowance (here the kStall floor: one
+// predicted TTFT of the tiny model is far below it) the router abandons the
+// Prefill, holds the worker out and the request is prefilled elsewhere.
+TEST_F(RequestPathGrayFailureTest, StalledPrefillWorkersRequestIsPrefilledElsewhere) {
+  router::RouterOptions options;
+  options.stream_stall_timeout = kStall;
+  options.prefill_stall_factor = 1;  // the clock may move less than the heartbeat deadline here
+  StartRouter(options);
+  WorkerProcess* prefill = AddWorker(WorkerProcess::Role::kPrefill, "prefill-0");
+  ASSERT_NE(prefill, nullptr);
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-0"), nullptr);
+  // One prefill done: the router has seen this worker make progress (its
+  // deadline applies only then).
+  const std::vector<int32_t> undisturbed = Reference(Request(24));
+  ASSERT_EQ(undisturbed.size(), 24u);
+  auto hold = std::make_shared<EngineHold>();
+  ReleaseOnExit release_on_exit{hold};
+  ASSERT_TRUE(Hold(prefill, hold));
+  ASSERT_TRUE(hold->held.WaitForNotificationWithTimeout(kDeadline));
+  tandem::v1::GenerateRequest request = Request(24);
+  request.mutable_prompt_token_ids()->set_ids(0, 7);  // another prompt: no cached prefix to skip the wait
+  LiveStream stream(stub_.get(), request);
+  // The Prefill is in flight on prefill-0 (the router counts it there).
+  ASSERT_TRUE(testing::PollUntil(
+      [&] {
+        int inflight = 0;
+        router_->registry().ForEachHealthy(tandem::v1::WORKER_ROLE_PREFILL, {},
+                                           [&](const router::WorkerView& w) {
+                                             if (w.handle.id == "prefill-0") inflight = w.inflight_requests;
+                                           });
+        return inflight > 0;
+      },
+      kDeadline));
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kPrefill, "prefill-1"), nullptr);
+  clock_.Advance(kStall + absl::Milliseconds(200));
+  ASSERT_TRUE(stream.AwaitEnd().has_value()) << "the stream did not end";
+  const Outcome outcome = stream.outcome();
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+  EXPECT_EQ(outcome.summary.prefill_worker(), "prefill-1");
+  EXPECT_EQ(outcome.tokens.size(), 24u);
+  EXPECT_FALSE(InRotation("prefill-0"));
+  hold->release.Notify();
+}
+
 TEST_F(RequestPathGrayFailureTest, DecodeWorkerThatMissesItsHeartbeatsLosesItsStreamsUntilItBeatsAgain) {
   router::RouterOptions options;
   options.stream_stall_timeout = absl::ZeroDuration();  // off: the heartbeat deadline alone acts here
