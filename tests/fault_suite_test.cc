@@ -667,6 +667,7 @@ class FaultSuiteTest : public ::testing::Test {
           "prompt pairs, every one served\n",
           read_only(), fillers);
       EXPECT_GE(read_only(), 1) << "no prefill worker wrote to its full SSD tier";
+      for (const Proc& w : prefill_) std::printf("%s /ready: %s", w.id.c_str(), HttpGet(w, "/ready").c_str());
       std::filesystem::remove(ssd_root_.path() + "/fs/filler");
     }
   }
