@@ -13,6 +13,9 @@
 #   scripts/netns_cluster.sh netem [PREFIX] HOST "delay 50ms loss 5%"|off
 #                                            tc netem on both directions of a
 #                                            host's link (needs the kernel's sch_netem)
+#   scripts/netns_cluster.sh qdisc [PREFIX] HOST "tbf rate 2mbit burst 16kb latency 200ms"|off
+#                                            any root qdisc on both directions
+#                                            (a throttled link where netem is absent)
 #
 # PREFIX (default "tandem") names the namespaces PREFIX-router, PREFIX-prefill,
 # PREFIX-decode, PREFIX-decode2 and PREFIX-br (the bridge). Addresses, on NET
@@ -90,10 +93,10 @@ link() {
   ip -n "$prefix-br" link set "$(bridge_if "$h")" "$state"
 }
 
-# Delay/loss both ways: the bridge's end shapes what reaches the host, the
+# A qdisc both ways: the bridge's end shapes what reaches the host, the
 # host's end what it sends.
-netem() {
-  local h="${1:?host}" spec="${2:?netem spec or off}"
+qdisc() {
+  local h="${1:?host}" spec="${2:?qdisc spec or off}"
   address_of "$h" >/dev/null
   if [ "$spec" = off ]; then
     ip netns exec "$prefix-br" tc qdisc del dev "$(bridge_if "$h")" root 2>/dev/null || true
@@ -101,9 +104,13 @@ netem() {
     return 0
   fi
   # shellcheck disable=SC2086  # the spec is tc's own words
-  ip netns exec "$prefix-br" tc qdisc replace dev "$(bridge_if "$h")" root netem $spec
+  ip netns exec "$prefix-br" tc qdisc replace dev "$(bridge_if "$h")" root $spec
   # shellcheck disable=SC2086
-  ip netns exec "$prefix-$h" tc qdisc replace dev "$(host_if "$h")" root netem $spec
+  ip netns exec "$prefix-$h" tc qdisc replace dev "$(host_if "$h")" root $spec
+}
+
+netem() {
+  if [ "${2:-}" = off ]; then qdisc "${1:-}" off; else qdisc "${1:-}" "netem ${2:?netem spec or off}"; fi
 }
 
 run() {
@@ -131,5 +138,6 @@ case "$cmd" in
   run) run ;;
   link) link "${3:-}" "${4:-}" ;;
   netem) netem "${3:-}" "${4:-}" ;;
-  *) sed -n '2,27p' "$0"; exit 2 ;;
+  qdisc) qdisc "${3:-}" "${4:-}" ;;
+  *) sed -n '2,30p' "$0"; exit 2 ;;
 esac

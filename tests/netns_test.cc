@@ -62,6 +62,10 @@ class Namespaces {
   CommandResult Netem(const std::string& host, const std::string& spec) {
     return Shell(absl::StrCat(kScript, " netem ", prefix_, " ", host, " '", spec, "'"));
   }
+  // `spec`: a whole root qdisc ("tbf rate 2mbit burst 16kb latency 200ms") or "off".
+  CommandResult Qdisc(const std::string& host, const std::string& spec) {
+    return Shell(absl::StrCat(kScript, " qdisc ", prefix_, " ", host, " '", spec, "'"));
+  }
   std::string ns(const std::string& host) const { return absl::StrCat(prefix_, "-", host); }
 
   // argv running `tandem args...` in `host`'s namespace with UCX on TCP.
@@ -304,6 +308,40 @@ TEST(NetnsTest, DelayAndLossOnADecodeHostsLinkLoseNoStream) {
   for (int i = 0; i < TwoDecodeHosts::kStreams; ++i) {
     ASSERT_EQ(slowed[i].exit_code, 0) << "stream " << i << ": " << slowed[i].output;
     EXPECT_EQ(nlohmann::json::parse(slowed[i].output)["generated_token_ids"],
+              nlohmann::json::parse(undisturbed[i].output)["generated_token_ids"])
+        << "stream " << i;
+  }
+}
+
+// A throttled decode link (tc tbf: 256 kbit/s, 16 KiB bursts, up to 400 ms
+// of queue), which kernels without sch_netem have: the streams on that host
+// slow down (the KV transfer, the tokens, the heartbeats queue behind each
+// other) but none fails and each equals the undisturbed run.
+TEST(NetnsTest, ThrottledDecodeHostLinkLosesNoStream) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root for ip netns";
+  if (Shell("command -v ip && command -v tc").exit_code != 0)
+    GTEST_SKIP() << "iproute2 (ip, tc) not installed";
+  Namespaces net(absl::StrCat("tnr", getpid()));
+  CommandResult up = net.Up();
+  if (up.exit_code != 0) GTEST_SKIP() << "cannot build network namespaces here: " << up.output;
+  constexpr char kThrottle[] = "tbf rate 256kbit burst 16kb latency 400ms";
+  CommandResult probe = net.Qdisc("decode", kThrottle);
+  if (probe.exit_code != 0) GTEST_SKIP() << "tc tbf unavailable: " << probe.output;
+  ASSERT_EQ(net.Qdisc("decode", "off").exit_code, 0);
+  TwoDecodeHosts cluster(&net);
+  ASSERT_TRUE(cluster.Start());
+  absl::Time start = absl::Now();
+  const std::vector<CommandResult> undisturbed = cluster.Streams();
+  const absl::Duration clear = absl::Now() - start;
+  for (const CommandResult& r : undisturbed) ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_EQ(net.Qdisc("decode", kThrottle).exit_code, 0);
+  start = absl::Now();
+  const std::vector<CommandResult> throttled = cluster.Streams();
+  std::cerr << "netns_test: 4 streams took " << absl::Now() - start << " with the decode link at "
+            << kThrottle << " (" << clear << " unthrottled)\n";
+  for (int i = 0; i < TwoDecodeHosts::kStreams; ++i) {
+    ASSERT_EQ(throttled[i].exit_code, 0) << "stream " << i << ": " << throttled[i].output;
+    EXPECT_EQ(nlohmann::json::parse(throttled[i].output)["generated_token_ids"],
               nlohmann::json::parse(undisturbed[i].output)["generated_token_ids"])
         << "stream " << i;
   }
