@@ -190,6 +190,9 @@ struct QuantizedRows {
   const float* d;
   const int8_t* q;
   int64_t nb;
+  // For Q4_0 on the AVX-512 path: 8 x the sum of each 4 consecutive q (one
+  // int32 lane of vpdpbusd), row r's at sum4[r * n / 4 ..].
+  const int32_t* sum4 = nullptr;
 };
 
 // The 32 int8 values of one weight block (after its F16 scale), by format.
@@ -515,6 +518,75 @@ TANDEM_AVX512 void TileQ8_0_512(const QuantizedRows& xq, int64_t t0, const uint8
   }
 }
 
+// Q4_0, two blocks per step as TileQ8_0_512, but the nibbles (0..15) go
+// into vpdpbusd unsigned as they are and each lane then subtracts 8 x the
+// sum of its 4 activations: the same integers as (q - 8) . x, so the same
+// bits as the Q8_0 tiles on unpacked values, without unpacking to signed
+// bytes or the sign trick.
+template <int MR, int NR>
+TANDEM_AVX512 void TileQ4_0_512(const QuantizedRows& xq, int64_t t0, const uint8_t* w, int64_t ldw_bytes,
+                                float* out, int64_t ldo) {
+  __m512 acc[MR][NR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 16
+    for (int t = 0; t < NR; ++t) acc[i][t] = _mm512_setzero_ps();
+  }
+  const int64_t n = xq.nb * kQ4_0BlockElements;
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  for (int64_t b = 0; b < xq.nb; b += 2) {
+    const bool pair = b + 1 < xq.nb;
+    __m512i wq[MR];
+    __m512 wd[MR];  // lanes 0-7: block b's scale, 8-15: block b+1's
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const uint8_t* blk = w + i * ldw_bytes + b * kQ4_0BlockBytes;
+      _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetchBytes, _MM_HINT_T0);
+      uint16_t h;
+      std::memcpy(&h, blk, 2);
+      const float d0 = _cvtsh_ss(h);
+      __m128i raw1 = _mm_setzero_si128();
+      float d1 = 0.0f;
+      if (pair) {
+        std::memcpy(&h, blk + kQ4_0BlockBytes, 2);
+        d1 = _cvtsh_ss(h);
+        raw1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + kQ4_0BlockBytes + 2));
+      }
+      // [qs_b | qs_b+1] -> 128-bit lanes lo_b, lo_b+1, hi_b, hi_b+1 -> element order.
+      const __m256i raw = _mm256_set_m128i(raw1, _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)));
+      const __m512i both = _mm512_and_si512(
+          _mm512_inserti64x4(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4), 1), low4);
+      wq[i] = _mm512_shuffle_i64x2(both, both, _MM_SHUFFLE(3, 1, 2, 0));
+      wd[i] = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0), _mm512_set1_ps(d1));
+    }
+#pragma GCC unroll 16
+    for (int t = 0; t < NR; ++t) {
+      const int64_t row = t0 + t;
+      const int8_t* xp = xq.q + row * n + b * 32;
+      const int32_t* sp = xq.sum4 + row * (n / 4) + b * 8;
+      const __m512i xv =
+          pair ? _mm512_loadu_si512(xp)
+               : _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp)));
+      const __m512i sx =
+          pair ? _mm512_loadu_si512(sp)
+               : _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp)));
+      const __m512 xd = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(xq.d[row * xq.nb + b]),
+                                             _mm512_set1_ps(pair ? xq.d[row * xq.nb + b + 1] : 0.0f));
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        const __m512i p32 = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, wq[i], xv), sx);
+        acc[i][t] = _mm512_fmadd_ps(_mm512_mul_ps(wd[i], xd), _mm512_cvtepi32_ps(p32), acc[i][t]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 16
+    for (int t = 0; t < NR; ++t) out[t * ldo + i] = Hsum512(acc[i][t]);
+  }
+}
+
 constexpr int k512MR = 4, k512NR = 6;
 constexpr int k512Q8MR = 4, k512Q8NR = 4;
 
@@ -529,9 +601,14 @@ constexpr std::array<std::array<FloatTileFn<L>, k512NR>, sizeof...(MR)> Float512
   return {Float512Row<L, MR + 1>(std::make_integer_sequence<int, k512NR>())...};
 }
 
+// B = BlockQ4_0 selects TileQ4_0_512.
 template <typename B, int MR, int... NR>
 constexpr std::array<Q8TileFn, sizeof...(NR)> Q8_512Row(std::integer_sequence<int, NR...>) {
-  return {&TileQ8_0_512<B, MR, NR + 1>...};
+  if constexpr (std::is_same_v<B, BlockQ4_0>) {
+    return {&TileQ4_0_512<MR, NR + 1>...};
+  } else {
+    return {&TileQ8_0_512<B, MR, NR + 1>...};
+  }
 }
 
 template <typename B, int... MR>
@@ -683,8 +760,17 @@ void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const
       for (int64_t r = 0; r < rows; ++r) {
         QuantizeRow(x + r * w.cols, w.cols, scales.data() + r * nb, quants.data() + r * w.cols);
       }
-      const QuantizedRows xq{scales.data(), quants.data(), nb};
+      QuantizedRows xq{scales.data(), quants.data(), nb};
       if (w.dtype == DType::kQ4_0) {
+        thread_local std::vector<int32_t> sums;
+        if (wide) {
+          sums.resize(rows * w.cols / 4);
+          for (int64_t i = 0; i < rows * w.cols / 4; ++i) {
+            const int8_t* q = quants.data() + 4 * i;
+            sums[i] = 8 * (q[0] + q[1] + q[2] + q[3]);
+          }
+          xq.sum4 = sums.data();
+        }
         run([&](int64_t b, int64_t e) {
           wide ? RangeQ8_0_512<BlockQ4_0>(xq, rows, w, out, b, e)
                : RangeQ8_0<BlockQ4_0>(xq, rows, w, out, b, e);

@@ -9,7 +9,9 @@
 //   accumulators, tiles of 4 x 6 (4 x 4 for Q8_0, two 32-blocks per step,
 //   integer products by vpdpbusd). Q4_0 runs the Q8_0 tiles on its nibbles
 //   unpacked to int8 (-8..7) in registers, against the same int8
-//   activations (as llama.cpp's vec_dot_q4_0_q8_0).
+//   activations (as llama.cpp's vec_dot_q4_0_q8_0); AVX-512 feeds the
+//   unsigned nibbles to vpdpbusd and subtracts 8 x each lane's activation
+//   sum instead, the same integers, so the same bits.
 // - kAvx2 (AVX2 + FMA + F16C): register-blocked tiles of 4 weight rows x 3
 //   tokens (2 x 4 for Q8_0), so each weight vector loaded and converted serves
 //   several tokens and each token vector several weight rows. Q8_0 quantizes

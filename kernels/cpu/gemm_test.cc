@@ -230,6 +230,34 @@ TEST(GemmQ4Test, DequantizeRowMatchesEncoding) {
       0);
 }
 
+// Q4_0 weights compute exactly as Q8_0 weights holding the same values (the
+// same scales, q - 8 as int8) on every path, bit for bit: Q4_0's integer
+// products are the Q8_0 tiles' (AVX-512 reaches them through unsigned nibbles
+// minus 8 x the activation sums).
+TEST(GemmQ4Test, BitIdenticalToQ8_0WithTheSameValues) {
+  Problem p = MakeProblem(DType::kQ4_0, 13, 70, 320, 21);  // 10 blocks: pairs; 9 would leave one alone
+  Problem odd = MakeProblem(DType::kQ4_0, 5, 9, 288, 22);  // 9 blocks
+  for (Problem* pr : {&p, &odd}) {
+    std::vector<uint8_t> q8(DTypeBytes(DType::kQ8_0, pr->out * pr->in));
+    for (int64_t b = 0; b < pr->out * pr->in / 32; ++b) {
+      const uint8_t* src = &pr->wb[b * 18];
+      uint8_t* dst = &q8[b * 34];
+      std::memcpy(dst, src, 2);
+      for (int k = 0; k < 16; ++k) {
+        dst[2 + k] = static_cast<uint8_t>(static_cast<int8_t>((src[2 + k] & 0x0F) - 8));
+        dst[18 + k] = static_cast<uint8_t>(static_cast<int8_t>((src[2 + k] >> 4) - 8));
+      }
+    }
+    const Weight w8{q8.data(), DType::kQ8_0, pr->out, pr->in};
+    for (GemmPath path : Paths()) {
+      std::vector<float> y4(pr->rows * pr->out), y8(pr->rows * pr->out);
+      MatMul(path, nullptr, pr->x.data(), pr->rows, pr->w, y4.data());
+      MatMul(path, nullptr, pr->x.data(), pr->rows, w8, y8.data());
+      EXPECT_EQ(0, std::memcmp(y4.data(), y8.data(), y4.size() * sizeof(float))) << GemmPathName(path);
+    }
+  }
+}
+
 // Q8_0 weights holding -128 (not produced by GGML's quantizer but legal in a
 // file): the unsigned absolute value keeps the integer product exact.
 TEST(GemmQ8Test, WeightOfMinus128) {
