@@ -1,7 +1,12 @@
 #include "cli/config_merge.h"
 
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "cli/router_command.h"
 #include "cli/tls.h"
 #include "cli/worker_command.h"
@@ -87,6 +92,15 @@ tandem::v1::ClusterConfig EffectiveConfig(const RouterFlags& f) {
   r->set_heartbeat_ms(f.heartbeat_ms);
   r->set_heartbeat_misses(f.heartbeat_misses);
   r->set_policy(f.policy);
+  r->set_slo_ttft_ms(f.slo_ttft_ms);
+  r->set_slo_tpot_ms(f.slo_tpot_ms);
+  r->set_aggregate_max_uncached_tokens(f.aggregate_max_uncached_tokens);
+  r->set_aggregate_when_queue_ms(f.aggregate_when_queue_ms);
+  r->set_max_queued_prefills(f.max_queued_prefills);
+  r->set_stream_stall_timeout_ms(f.stream_stall_timeout_ms);
+  r->set_stream_stall_steps(f.stream_stall_steps);
+  r->set_stalled_worker_hold_ms(f.stalled_worker_hold_ms);
+  r->set_max_migrations(f.max_migrations);
   *c.mutable_tls() = TlsProto(f.tls);
   return c;
 }
@@ -109,6 +123,11 @@ tandem::v1::ClusterConfig EffectiveConfig(const WorkerFlags& f) {
   w->set_kv_prefetch(f.kv_prefetch);
   w->set_kv_store(f.kv_store);
   w->set_kv_store_transport(f.kv_store_transport);
+  w->set_device(f.device.device);
+  w->set_kv_dtype(f.device.kv_dtype);
+  w->set_kv_staging_mb(f.kv_staging_mb);
+  w->set_kv_stream_chunks(f.kv_stream_chunks);
+  w->set_metrics_port(f.metrics_port);
   *c.mutable_tls() = TlsProto(f.tls);
   return c;
 }
@@ -159,6 +178,14 @@ absl::Status ResolveRouterFlags(const CLI::App& cmd, RouterFlags* f) {
           r.aggregate_max_uncached_tokens(), &f->aggregate_max_uncached_tokens);
     m.Set("--aggregate-when-queue-ms", r.has_aggregate_when_queue_ms(), r.aggregate_when_queue_ms(),
           &f->aggregate_when_queue_ms);
+    m.Set("--max-queued-prefills", r.has_max_queued_prefills(), r.max_queued_prefills(),
+          &f->max_queued_prefills);
+    m.Set("--stream-stall-timeout-ms", r.has_stream_stall_timeout_ms(), r.stream_stall_timeout_ms(),
+          &f->stream_stall_timeout_ms);
+    m.Set("--stream-stall-steps", r.has_stream_stall_steps(), r.stream_stall_steps(), &f->stream_stall_steps);
+    m.Set("--stalled-worker-hold-ms", r.has_stalled_worker_hold_ms(), r.stalled_worker_hold_ms(),
+          &f->stalled_worker_hold_ms);
+    m.Set("--max-migrations", r.has_max_migrations(), r.max_migrations(), &f->max_migrations);
     MergeTls(m, config->tls(), &f->tls);
   }
   const std::string source = Source(f->config);
@@ -166,7 +193,16 @@ absl::Status ResolveRouterFlags(const CLI::App& cmd, RouterFlags* f) {
   for (absl::Status s :
        {CheckRange(source, "router.port", "--port", f->port, 0, 65535),
         CheckRange(source, "router.heartbeat_ms", "--heartbeat-ms", f->heartbeat_ms, 1, 3600000),
-        CheckRange(source, "router.heartbeat_misses", "--heartbeat-misses", f->heartbeat_misses, 1, 1000)}) {
+        CheckRange(source, "router.heartbeat_misses", "--heartbeat-misses", f->heartbeat_misses, 1, 1000),
+        CheckRange(source, "router.max_queued_prefills", "--max-queued-prefills", f->max_queued_prefills, 0,
+                   1 << 24),
+        CheckRange(source, "router.stream_stall_timeout_ms", "--stream-stall-timeout-ms",
+                   f->stream_stall_timeout_ms, 0, 3600000),
+        CheckRange(source, "router.stream_stall_steps", "--stream-stall-steps", f->stream_stall_steps, 0,
+                   1 << 20),
+        CheckRange(source, "router.stalled_worker_hold_ms", "--stalled-worker-hold-ms",
+                   f->stalled_worker_hold_ms, 0, 3600000),
+        CheckRange(source, "router.max_migrations", "--max-migrations", f->max_migrations, 0, 1000)}) {
     if (!s.ok()) return s;
   }
   if (!router::ParsePolicy(f->policy).ok()) {
@@ -206,6 +242,11 @@ absl::Status ResolveWorkerFlags(const CLI::App& cmd, WorkerFlags* f) {
     m.Set("--kv-prefetch", w.has_kv_prefetch(), w.kv_prefetch(), &f->kv_prefetch);
     m.Set("--kv-store", w.has_kv_store(), w.kv_store(), &f->kv_store);
     m.Set("--kv-store-transport", w.has_kv_store_transport(), w.kv_store_transport(), &f->kv_store_transport);
+    m.Set("--device", w.has_device(), w.device(), &f->device.device);
+    m.Set("--kv-dtype", w.has_kv_dtype(), w.kv_dtype(), &f->device.kv_dtype);
+    m.Set("--kv-staging-mb", w.has_kv_staging_mb(), w.kv_staging_mb(), &f->kv_staging_mb);
+    m.Set("--kv-stream-chunks", w.has_kv_stream_chunks(), w.kv_stream_chunks(), &f->kv_stream_chunks);
+    m.Set("--metrics-port", w.has_metrics_port(), w.metrics_port(), &f->metrics_port);
     MergeTls(m, config->tls(), &f->tls);
   }
   const std::string source = Source(f->config);
@@ -221,12 +262,24 @@ absl::Status ResolveWorkerFlags(const CLI::App& cmd, WorkerFlags* f) {
         CheckRange(source, "worker.kv_dram_bytes", "--kv-dram-bytes", f->kv_tiers.dram_bytes, 0,
                    int64_t{1} << 50),
         CheckRange(source, "worker.kv_ssd_bytes", "--kv-ssd-bytes", f->kv_tiers.ssd_bytes, 1,
-                   int64_t{1} << 56)}) {
+                   int64_t{1} << 56),
+        CheckRange(source, "worker.kv_staging_mb", "--kv-staging-mb", f->kv_staging_mb, 1, 1 << 20),
+        CheckRange(source, "worker.metrics_port", "--metrics-port", f->metrics_port, -1, 65535)}) {
     if (!s.ok()) return s;
   }
   if (!f->kv_tiers.ssd_path.empty() && f->kv_tiers.dram_bytes == 0) {
     return absl::InvalidArgumentError(
         source + ": worker.kv_ssd_path (--kv-ssd-path) needs worker.kv_dram_bytes (--kv-dram-bytes) > 0");
+  }
+  // --config bypasses the flags' own checks (CLI::IsMember).
+  for (const auto& [field, value, allowed] :
+       {std::tuple<const char*, const std::string*, std::vector<std::string>>{
+            "worker.device (--device)", &f->device.device, {"auto", "cpu", "cuda", "cpu-guarded"}},
+        {"worker.kv_dtype (--kv-dtype)", &f->device.kv_dtype, {"auto", "f32", "bf16", "f16"}}}) {
+    if (std::find(allowed.begin(), allowed.end(), *value) == allowed.end()) {
+      return absl::InvalidArgumentError(absl::StrFormat("%s: %s is '%s'; must be one of: %s", source, field,
+                                                        *value, absl::StrJoin(allowed, ", ")));
+    }
   }
   if (f->kv_store_transport != "ucx" && f->kv_store_transport != "grpc") {
     return absl::InvalidArgumentError(source + ": worker.kv_store_transport (--kv-store-transport) is '" +

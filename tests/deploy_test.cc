@@ -114,6 +114,43 @@ TEST(ConfigFileTest, FileSetsDefaultsAndFlagsOverride) {
   EXPECT_EQ(worker["block_size"], 16);
 }
 
+// The flags added after the schema (gray failures, migration, the queue
+// bound, the device data path) are in it too: set from the file, shown by
+// --dry-run, checked like the flags.
+TEST(ConfigFileTest, RouterReliabilityAndWorkerDeviceFieldsRoundTrip) {
+  TempDir dir("tandem_deploy_");
+  const std::string file = dir.Write("good.json", R"({
+    "router": {"max_queued_prefills": 8, "stream_stall_timeout_ms": 1500, "stream_stall_steps": 12,
+               "stalled_worker_hold_ms": 4000, "max_migrations": 0},
+    "worker": {"device": "cpu-guarded", "kv_dtype": "bf16", "kv_staging_mb": 16, "kv_stream_chunks": false,
+               "metrics_port": 0}})");
+  CommandResult r = DryRun({"router", "--config", file, "--max-migrations", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  json router = json::parse(r.output)["router"];
+  EXPECT_EQ(router["max_queued_prefills"], 8);
+  EXPECT_EQ(router["stream_stall_timeout_ms"], 1500);
+  EXPECT_EQ(router["stream_stall_steps"], 12);
+  EXPECT_EQ(router["stalled_worker_hold_ms"], 4000);
+  EXPECT_EQ(router["max_migrations"], 2);  // the flag wins
+  r = DryRun({"decode", "--config", file});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  json worker = json::parse(r.output)["worker"];
+  EXPECT_EQ(worker["device"], "cpu-guarded");
+  EXPECT_EQ(worker["kv_dtype"], "bf16");
+  EXPECT_EQ(worker["kv_staging_mb"], 16);
+  EXPECT_EQ(worker["kv_stream_chunks"], false);
+  EXPECT_EQ(worker["metrics_port"], 0);
+  // Values the flags' own checks would refuse are refused from the file too.
+  const std::string bad =
+      dir.Write("bad.json", R"({"worker": {"device": "tpu"}, "router": {"max_migrations": -1}})");
+  r = DryRun({"decode", "--config", bad});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_TRUE(absl::StrContains(r.output, "worker.device (--device) is 'tpu'")) << r.output;
+  r = DryRun({"router", "--config", bad});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_TRUE(absl::StrContains(r.output, "router.max_migrations (--max-migrations)")) << r.output;
+}
+
 TEST(ConfigFileTest, RouterServesOnTheConfiguredAddress) {
   TempDir dir("tandem_deploy_");
   const std::string file = dir.Write("c.json", R"({"router": {"host": "127.0.0.1", "port": 0}})");
