@@ -150,8 +150,19 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
     absl::MutexLock lock(&mu_);
     return cancelled_;
   }
+  // The placement recorded the prompt's uncached blocks as in flight to
+  // the worker that prefills (Placement::Place, KvIndex::AddInflight); a
+  // prefill that will not complete ends them now rather than at their TTL,
+  // so later prompts are not sent to wait for blocks nobody computes.
+  void ForgetInflight() {
+    if (!inflight_recorded_ || !placement_.has_value()) return;
+    inflight_recorded_ = false;
+    core_->index_.RemoveInflight(
+        placement_->prefill.has_value() ? placement_->prefill->id : placement_->decode.id, hashes_);
+  }
   // Retries with a new placement, or finishes when attempts are used up.
   void Retry(grpc::Status why) {
+    ForgetInflight();
     last_error_ = std::move(why);
     RouterMetrics::Get().retries->Increment();
     Attempt();
@@ -200,6 +211,7 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   tandem::v1::ReserveRequest reserve_req_;
   tandem::v1::KvReservation reservation_;
   bool reserved_ = false;
+  bool inflight_recorded_ = false;  // see ForgetInflight
   // RouterCore::KeepReservation's key while the prefill is pending; 0: none.
   uint64_t kept_reservation_ = 0;
   tandem::v1::PrefillRequest prefill_req_;
@@ -357,6 +369,7 @@ void RouterCore::Call::Attempt() {
     return Finish(placed.status());
   }
   placement_ = std::move(*placed);
+  inflight_recorded_ = true;
   // Sent back to the client and compared with the measured TTFT in Finish
   // (a retry's new placement replaces its prediction; a migration's does
   // not: the first token is long sent).
@@ -482,6 +495,7 @@ void RouterCore::Call::OnPrefilled(const grpc::Status& result) {
     return Complete();
   }
   first_token_ = prefilled_.first_token();
+  inflight_recorded_ = false;  // computed: the worker's Stored events take over
   LeaveQueue();
   core_->registry_->RemoveInflight(decode_id, 0);  // StartDecode counts it again
   StartDecode();
@@ -545,6 +559,7 @@ bool RouterCore::Call::OnDecodeResponse(const GenerateResponse& in) {
   } else {
     out.set_text(filter_->Push(chunk.text()));
   }
+  if (chunk.token_ids_size() > 0) inflight_recorded_ = false;  // an aggregated prefill is done
   if (first_token_time_ == absl::InfinitePast() && chunk.token_ids_size() > 0) {
     first_token_time_ = core_->Now();
     LeaveQueue();
@@ -663,6 +678,7 @@ void RouterCore::Call::Finish(absl::Status status) {
     active_ = nullptr;
     watch_.reset();
   }
+  if (!status.ok()) ForgetInflight();
   core_->Unwatch(this, placement_.has_value() ? placement_->decode.id : std::string(), last_token_);
   LeaveQueue();
   summary_.set_migrations(migrations_);

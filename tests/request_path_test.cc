@@ -196,6 +196,7 @@ class InProcessRouter {
 
   const std::string& address() const { return server_.address; }
   router::WorkerRegistry& registry() { return *registry_; }
+  router::RouterCore& core() { return *core_; }
 
  private:
   std::unique_ptr<model::ModelInfo> model_;
@@ -990,6 +991,31 @@ TEST_F(RequestPathGrayFailureTest, StalledPrefillWorkersRequestIsPrefilledElsewh
   EXPECT_EQ(outcome.summary.prefill_worker(), "prefill-1");
   EXPECT_EQ(outcome.tokens.size(), 24u);
   EXPECT_FALSE(InRotation("prefill-0"));
+  hold->release.Notify();
+}
+
+// A request cancelled while its prefill waits: the blocks the placement
+// counted as in flight to the prefill worker (KvIndex::AddInflight) are
+// forgotten at once, not left for their 30 s TTL (this clock never gets
+// there), so later prompts are not sent to wait for blocks nobody computes.
+TEST_F(RequestPathGrayFailureTest, ACancelledPrefillsBlocksAreNoLongerCountedInFlight) {
+  StartRouter({});
+  WorkerProcess* prefill = AddWorker(WorkerProcess::Role::kPrefill, "prefill-0");
+  ASSERT_NE(prefill, nullptr);
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-0"), nullptr);
+  auto hold = std::make_shared<EngineHold>();
+  ReleaseOnExit release_on_exit{hold};
+  ASSERT_TRUE(Hold(prefill, hold));
+  ASSERT_TRUE(hold->held.WaitForNotificationWithTimeout(kDeadline));
+  const auto inflight = [&] { return router_->core().index().stats().inflight_entries; };
+  {
+    LiveStream stream(stub_.get(), Request(8));
+    ASSERT_TRUE(testing::PollUntil([&] { return inflight() > 0; }, kDeadline))
+        << "the placement recorded no block in flight";
+  }  // the client cancels
+  EXPECT_TRUE(testing::PollUntil([&] { return inflight() == 0; }, kDeadline))
+      << inflight() << " in-flight entries left after the request was cancelled";
+  EXPECT_TRUE(InRotation("prefill-0"));  // not removed with the worker: it is healthy
   hold->release.Notify();
 }
 
