@@ -269,8 +269,12 @@ class FaultSuiteTest : public ::testing::Test {
     const absl::Time start = absl::Now();
     baseline_ = RunUndisturbed("undisturbed");
     undisturbed_took_ = absl::Now() - start;
-    if (WithStore()) ASSERT_NO_FATAL_FAILURE(FillStore());
-    if (WithSsd()) ASSERT_NO_FATAL_FAILURE(FillSsd());
+    if (WithStore()) {
+      ASSERT_NO_FATAL_FAILURE(FillStore());
+    }
+    if (WithSsd()) {
+      ASSERT_NO_FATAL_FAILURE(FillSsd());
+    }
   }
 
   // Other prompts until the prefill workers hold blocks on their SSD tiers
@@ -494,7 +498,9 @@ class FaultSuiteTest : public ::testing::Test {
     }
     EXPECT_EQ(hung, 0);
     // The router is the one role with no second instance here.
-    if (role != Role::kRouter) EXPECT_EQ(failed, 0) << name << ": another worker of the role was there";
+    if (role != Role::kRouter) {
+      EXPECT_EQ(failed, 0) << name << ": another worker of the role was there";
+    }
     if (leaves_rotation) {
       EXPECT_TRUE(out_of_rotation.has_value())
           << "the router never took " << target.id << " out of the rotation";

@@ -255,7 +255,9 @@ TEST(NetnsTest, PartitionedDecodeHostsStreamsMigrateAndTheHostRejoinsWhenHealed)
     const nlohmann::json want = nlohmann::json::parse(undisturbed[i].output);
     EXPECT_EQ(got["generated_token_ids"], want["generated_token_ids"]) << "stream " << i;
     migrated += got.value("migrations", 0) > 0 ? 1 : 0;
-    if (got.value("migrations", 0) > 0) EXPECT_EQ(got.value("decode_worker", ""), "decode2");
+    if (got.value("migrations", 0) > 0) {
+      EXPECT_EQ(got.value("decode_worker", ""), "decode2");
+    }
   }
   std::cerr << "netns_test: partition " << took / 3 << " into an undisturbed run of " << took << ": "
             << migrated << " of " << TwoDecodeHosts::kStreams << " streams migrated; all ended "
