@@ -289,16 +289,20 @@ class FaultSuiteTest : public ::testing::Test {
   }
 
   // Blocks a worker's KV snapshot lists on its SSD tier; -1 when it does not answer.
-  int SsdBlocks(const Proc& worker) {
-    auto stub = tandem::v1::KvEventSource::NewStub(
-        grpc::CreateChannel(worker.address, grpc::InsecureChannelCredentials()));
+  static int SsdBlocks(const Proc& worker) { return SnapshotBlocks(worker.address, tandem::v1::KV_TIER_SSD); }
+
+  // Blocks in the KV snapshot of the process at `address` (of `tier` only,
+  // unless KV_TIER_UNSPECIFIED); -1 when it does not answer.
+  static int SnapshotBlocks(const std::string& address, tandem::v1::KvTier tier) {
+    auto stub =
+        tandem::v1::KvEventSource::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
     tandem::v1::KvEventBatch batch;
     if (!stub->Snapshot(&ctx, {}, &batch).ok()) return -1;
     int blocks = 0;
     for (const tandem::v1::KvEvent& e : batch.events()) {
-      if (e.tier() == tandem::v1::KV_TIER_SSD) blocks += e.block_hashes_size();
+      if (tier == tandem::v1::KV_TIER_UNSPECIFIED || e.tier() == tier) blocks += e.block_hashes_size();
     }
     return blocks;
   }
@@ -387,17 +391,7 @@ class FaultSuiteTest : public ::testing::Test {
   }
 
   // Blocks the store holds (its snapshot), -1 when it does not answer.
-  int StoreBlocks() {
-    auto stub = tandem::v1::KvEventSource::NewStub(
-        grpc::CreateChannel(store_.address, grpc::InsecureChannelCredentials()));
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-    tandem::v1::KvEventBatch batch;
-    if (!stub->Snapshot(&ctx, {}, &batch).ok()) return -1;
-    int blocks = 0;
-    for (const tandem::v1::KvEvent& e : batch.events()) blocks += e.block_hashes_size();
-    return blocks;
-  }
+  int StoreBlocks() { return SnapshotBlocks(store_.address, tandem::v1::KV_TIER_UNSPECIFIED); }
 
   // All kStreams prompts at once, nothing disturbed: every stream completes.
   std::vector<std::vector<int32_t>> RunUndisturbed(const std::string& what) {

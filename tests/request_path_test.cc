@@ -469,6 +469,30 @@ class RequestPathMigrationTest : public RequestPathTest, public ::testing::WithP
     }
     return request;
   }
+
+  // Runs `request` on `decode` ("decode-0"); once its first tokens reached
+  // the client, decode-0's engine thread is held (nothing more comes from
+  // it), decode-1 joins, and decode-0 is shut down with the stream on it.
+  Outcome LoseDecodeWorkerMidStream(WorkerProcess* decode, const tandem::v1::GenerateRequest& request) {
+    absl::Notification release_engine;
+    std::thread shutdown;
+    Outcome outcome = Generate(request, [&] {
+      EXPECT_TRUE(decode->engine_runner()
+                      .Post(
+                          [&release_engine](engine::Engine&) {
+                            release_engine.WaitForNotificationWithTimeout(kDeadline);
+                            return absl::OkStatus();
+                          },
+                          absl::Now() + kDeadline)
+                      .ok());
+      EXPECT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-1"), nullptr);
+      shutdown = std::thread([this] { workers_.erase("decode-0"); });
+    });
+    release_engine.Notify();
+    EXPECT_TRUE(shutdown.joinable());
+    if (shutdown.joinable()) shutdown.join();
+    return outcome;
+  }
 };
 
 TEST_P(RequestPathMigrationTest, StreamMovesToAnotherDecodeWorkerAndMatchesAnUndisturbedRun) {
@@ -480,26 +504,7 @@ TEST_P(RequestPathMigrationTest, StreamMovesToAnotherDecodeWorkerAndMatchesAnUnd
   ASSERT_EQ(undisturbed.size(), 160u);
   static const std::string kMoved = "tandem_router_stream_migrations_total{outcome=\"moved\"}";
   const double moved_before = ProcessCounter(kMoved);
-  // Once the first tokens reached the client, decode-0's engine thread is
-  // held (nothing more comes from it), decode-1 joins, and decode-0 is shut
-  // down with the stream on it.
-  absl::Notification release_engine;
-  std::thread shutdown;
-  Outcome outcome = Generate(request, [&] {
-    ASSERT_TRUE(decode->engine_runner()
-                    .Post(
-                        [&release_engine](engine::Engine&) {
-                          release_engine.WaitForNotificationWithTimeout(kDeadline);
-                          return absl::OkStatus();
-                        },
-                        absl::Now() + kDeadline)
-                    .ok());
-    ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-1"), nullptr);
-    shutdown = std::thread([this] { workers_.erase("decode-0"); });
-  });
-  release_engine.Notify();
-  ASSERT_TRUE(shutdown.joinable());
-  shutdown.join();
+  const Outcome outcome = LoseDecodeWorkerMidStream(decode, request);
   ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
   EXPECT_EQ(outcome.summary.migrations(), 1);
   EXPECT_EQ(outcome.summary.decode_worker(), "decode-1");
@@ -522,23 +527,7 @@ TEST_P(RequestPathMigrationTest, MigrationOffFailsTheStreamNamingTheWorker) {
   ASSERT_NE(AddWorker(WorkerProcess::Role::kPrefill, "prefill-0"), nullptr);
   WorkerProcess* decode = AddWorker(WorkerProcess::Role::kDecode, "decode-0");
   ASSERT_NE(decode, nullptr);
-  absl::Notification release_engine;
-  std::thread shutdown;
-  Outcome outcome = Generate(MigratingRequest(), [&] {
-    ASSERT_TRUE(decode->engine_runner()
-                    .Post(
-                        [&release_engine](engine::Engine&) {
-                          release_engine.WaitForNotificationWithTimeout(kDeadline);
-                          return absl::OkStatus();
-                        },
-                        absl::Now() + kDeadline)
-                    .ok());
-    ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-1"), nullptr);
-    shutdown = std::thread([this] { workers_.erase("decode-0"); });
-  });
-  release_engine.Notify();
-  ASSERT_TRUE(shutdown.joinable());
-  shutdown.join();
+  const Outcome outcome = LoseDecodeWorkerMidStream(decode, MigratingRequest());
   EXPECT_EQ(outcome.status.error_code(), grpc::StatusCode::UNAVAILABLE) << outcome.status.error_message();
   EXPECT_TRUE(absl::StrContains(outcome.status.error_message(), "decode-0 failed mid-stream after"))
       << outcome.status.error_message();
