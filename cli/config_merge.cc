@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "cli/router_command.h"
+#include "cli/store_command.h"
 #include "cli/tls.h"
 #include "cli/worker_command.h"
 #include "google/protobuf/util/json_util.h"
@@ -128,6 +129,24 @@ tandem::v1::ClusterConfig EffectiveConfig(const WorkerFlags& f) {
   w->set_kv_staging_mb(f.kv_staging_mb);
   w->set_kv_stream_chunks(f.kv_stream_chunks);
   w->set_metrics_port(f.metrics_port);
+  *c.mutable_tls() = TlsProto(f.tls);
+  return c;
+}
+
+tandem::v1::ClusterConfig EffectiveConfig(const StoreFlags& f) {
+  tandem::v1::ClusterConfig c;
+  tandem::v1::StoreConfig* s = c.mutable_store();
+  s->set_router(f.router);
+  s->set_host(f.host);
+  s->set_port(f.port);
+  s->set_model(f.model);
+  s->set_block_size(f.block_size);
+  s->set_kv_dtype(f.kv_dtype);
+  s->set_dram_bytes(f.dram_bytes);
+  s->set_ssd_path(f.ssd_path);
+  s->set_ssd_bytes(f.ssd_bytes);
+  s->set_ucx(f.ucx);
+  s->set_metrics_port(f.metrics_port);
   *c.mutable_tls() = TlsProto(f.tls);
   return c;
 }
@@ -295,5 +314,44 @@ absl::Status ResolveWorkerFlags(const CLI::App& cmd, WorkerFlags* f) {
 std::string EffectiveConfigJson(const RouterFlags& f) { return ToJson(EffectiveConfig(f)); }
 
 std::string EffectiveConfigJson(const WorkerFlags& f) { return ToJson(EffectiveConfig(f)); }
+
+std::string EffectiveConfigJson(const StoreFlags& f) { return ToJson(EffectiveConfig(f)); }
+
+absl::Status ResolveStoreFlags(const CLI::App& cmd, StoreFlags* f) {
+  if (!f->config.empty()) {
+    absl::StatusOr<tandem::v1::ClusterConfig> config = LoadClusterConfig(f->config);
+    if (!config.ok()) return config.status();
+    const Merger m(cmd);
+    const tandem::v1::StoreConfig& s = config->store();
+    m.Set("--router", s.has_router(), s.router(), &f->router);
+    m.Set("--host", s.has_host(), s.host(), &f->host);
+    m.Set("--port", s.has_port(), s.port(), &f->port);
+    m.Set("--model", s.has_model(), s.model(), &f->model);
+    m.Set("--block-size", s.has_block_size(), s.block_size(), &f->block_size);
+    m.Set("--kv-dtype", s.has_kv_dtype(), s.kv_dtype(), &f->kv_dtype);
+    m.Set("--dram-bytes", s.has_dram_bytes(), s.dram_bytes(), &f->dram_bytes);
+    m.Set("--ssd-path", s.has_ssd_path(), s.ssd_path(), &f->ssd_path);
+    m.Set("--ssd-bytes", s.has_ssd_bytes(), s.ssd_bytes(), &f->ssd_bytes);
+    m.Set("--ucx", s.has_ucx(), s.ucx(), &f->ucx);
+    m.Set("--metrics-port", s.has_metrics_port(), s.metrics_port(), &f->metrics_port);
+    MergeTls(m, config->tls(), &f->tls);
+  }
+  const std::string source = Source(f->config);
+  if (f->host.empty()) return absl::InvalidArgumentError(source + ": store.host (--host) is empty");
+  if (f->router.empty()) return absl::InvalidArgumentError(source + ": store.router (--router) is empty");
+  for (absl::Status s :
+       {CheckRange(source, "store.port", "--port", f->port, 0, 65535),
+        CheckRange(source, "store.block_size", "--block-size", f->block_size, 1, 1 << 16),
+        CheckRange(source, "store.dram_bytes", "--dram-bytes", f->dram_bytes, 1, int64_t{1} << 50),
+        CheckRange(source, "store.ssd_bytes", "--ssd-bytes", f->ssd_bytes, 1, int64_t{1} << 56),
+        CheckRange(source, "store.metrics_port", "--metrics-port", f->metrics_port, -1, 65535)}) {
+    if (!s.ok()) return s;
+  }
+  if (f->kv_dtype != "f32" && f->kv_dtype != "bf16" && f->kv_dtype != "f16") {
+    return absl::InvalidArgumentError(source + ": store.kv_dtype (--kv-dtype) is '" + f->kv_dtype +
+                                      "'; must be one of: f32, bf16, f16");
+  }
+  return ValidateTls(source, &f->tls);
+}
 
 }  // namespace tandem::cli

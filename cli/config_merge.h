@@ -24,6 +24,7 @@ namespace tandem::cli {
 
 struct RouterFlags;  // cli/router_command.h
 struct WorkerFlags;  // cli/worker_command.h
+struct StoreFlags;   // cli/store_command.h
 
 // Reads a ClusterConfig from the JSON file at `path`. InvalidArgument naming
 // the file and the offending field (unknown field, wrong type); NotFound when
@@ -37,10 +38,12 @@ void AddConfigFlags(CLI::App* cmd, std::string* config, bool* dry_run);
 // validate the result; InvalidArgument naming the field and flag.
 absl::Status ResolveRouterFlags(const CLI::App& cmd, RouterFlags* flags);
 absl::Status ResolveWorkerFlags(const CLI::App& cmd, WorkerFlags* flags);
+absl::Status ResolveStoreFlags(const CLI::App& cmd, StoreFlags* flags);
 
 // The effective configuration as one line of ClusterConfig JSON (--dry-run).
 std::string EffectiveConfigJson(const RouterFlags& flags);
 std::string EffectiveConfigJson(const WorkerFlags& flags);
+std::string EffectiveConfigJson(const StoreFlags& flags);
 
 // A server subcommand's callback: resolve the flags, then print the
 // effective configuration (--dry-run) or run. Exits 2 on a bad

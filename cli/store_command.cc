@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "absl/strings/str_format.h"
+#include "cli/config_merge.h"
 #include "cli/process.h"
 #include "common/metrics.h"
 #include "common/status_macros.h"
@@ -180,10 +181,8 @@ void RegisterStore(CLI::App* cmd, StoreFlags* f) {
       ->capture_default_str()
       ->check(CLI::Range(-1, 65535));
   AddTlsFlags(cmd, &f->tls);
-  cmd->callback([f] {
-    const int code = RunStore(*f);
-    if (code != 0) throw CLI::RuntimeError(code);
-  });
+  AddConfigFlags(cmd, &f->config, &f->dry_run);
+  cmd->callback([cmd, f] { RunConfiguredCommand(cmd, f, "store", ResolveStoreFlags, RunStore); });
 }
 
 int RunStore(const StoreFlags& f) {

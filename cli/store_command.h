@@ -45,6 +45,8 @@ struct StoreFlags {
   int64_t staging_bytes = int64_t{64} << 20;  // --staging-bytes
   int32_t metrics_port = -1;                  // --metrics-port: /metrics, /health, /ready; -1: off
   TlsFlags tls;
+  std::string config;    // --config FILE (ClusterConfig's store and tls sections); empty: none
+  bool dry_run = false;  // --dry-run
 };
 
 void RegisterStore(CLI::App* cmd, StoreFlags* flags);

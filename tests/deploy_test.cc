@@ -393,7 +393,7 @@ void CheckChart(const std::vector<std::string>& values_files, const std::vector<
       ASSERT_EQ(dry.exit_code, 0) << "the binary rejects the chart's args: " << QuoteAll(args) << "\n"
                                   << dry.output;
       const json effective = json::parse(dry.output);
-      const json& section = effective[role == "router" ? "router" : "worker"];
+      const json& section = effective[role == "router" ? "router" : role == "store" ? "store" : "worker"];
       const int port = section["port"];
       EXPECT_EQ(section["host"], "10.0.0.7") << "binds only the pod's address";
       EXPECT_GT(port, 0) << "a server in a pod needs a fixed port";
@@ -420,6 +420,14 @@ void CheckChart(const std::vector<std::string>& values_files, const std::vector<
         EXPECT_EQ(flag("--device"), gpu ? "cuda" : "cpu");
         EXPECT_EQ(flag("--kv-dtype"), gpu ? "bf16" : "f32");
       }
+      if (role == "store") {
+        // It registers with the chart's router, not the default address,
+        // and stores KV in the workers' element type.
+        EXPECT_NE(section["router"], "127.0.0.1:50051");
+        EXPECT_EQ(section["router"], json::parse(config_json)["worker"]["router"]);
+        EXPECT_TRUE(section["kv_dtype"] == "bf16" || section["kv_dtype"] == "f32") << section.dump();
+        EXPECT_EQ(section["ssd_path"], "/var/lib/tandem/store");
+      }
       ++containers_checked;
     }
   }
@@ -441,6 +449,14 @@ TEST(HelmChartTest, GpuRdmaValuesRenderAndMatchTheBinary) { CheckChart({"values-
 TEST(HelmChartTest, TlsValuesRenderAndMatchTheBinary) { CheckChart({}, {"tls.enabled=true"}); }
 
 TEST(HelmChartTest, CpuValuesRenderAndMatchTheBinary) { CheckChart({}, {"prefill.gpus=0", "decode.gpus=0"}); }
+
+// The shared store's container (off by default): before, it passed flags
+// `tandem store` does not have (--config, --path, --dram-mb) and never named
+// the router, so its pod could not start.
+TEST(HelmChartTest, StoreValuesRenderAndMatchTheBinary) {
+  CheckChart({}, {"store.enabled=true"});
+  CheckChart({}, {"store.enabled=true", "prefill.gpus=0", "decode.gpus=0"});
+}
 
 TEST(HelmChartTest, HttpFrontIsReservedAndFailsTheRender) {
   std::string why;
