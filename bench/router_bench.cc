@@ -161,14 +161,14 @@ int main(int argc, char** argv) {
                stats.blocks, stats.entries);
 
   tandem::router::Placement placement({.policy = tandem::router::Policy::kKv}, &registry, &index);
-  std::vector<double> place_us, match_us, place_cpu_us;
-  place_us.reserve(static_cast<size_t>(queries));
-  int64_t matched_blocks = 0;
-  for (int q = 0; q < queries; ++q) {
-    const auto& chain = chain_hashes[rng() % chain_hashes.size()];
-    std::vector<BlockHash> prompt(chain.begin(),
-                                  chain.begin() + 1 + static_cast<ptrdiff_t>(rng() % chain.size()));
-    for (int i = 0; i < 8; ++i) prompt.push_back(rng());  // the new turn
+  // One routing decision on `prompt` (block hashes of 16 tokens): the
+  // index's Match alone, then Place (wall and on-CPU time); false if Place
+  // failed. *cached_blocks: the decision's predicted cached blocks.
+  struct Timed {
+    double match_us, place_us, place_cpu_us;
+    int64_t cached_blocks;
+  };
+  const auto time_place = [&](const std::vector<BlockHash>& prompt, Timed* out) {
     tandem::router::PlacementRequest req;
     req.block_hashes = prompt;
     req.prompt_tokens = static_cast<int32_t>(prompt.size()) * 16;
@@ -181,11 +181,26 @@ int main(int argc, char** argv) {
     absl::StatusOr<tandem::router::PlacementDecision> d = placement.Place(req);
     const double c2 = ThreadCpuUs();
     auto t2 = std::chrono::steady_clock::now();
-    place_cpu_us.push_back(c2 - c1);
-    if (!d.ok()) return 1;
-    matched_blocks += d->predicted_cached_tokens / 16;
-    match_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
-    place_us.push_back(std::chrono::duration<double, std::micro>(t2 - t1).count());
+    if (!d.ok()) return false;
+    *out = Timed{std::chrono::duration<double, std::micro>(t1 - t0).count(),
+                 std::chrono::duration<double, std::micro>(t2 - t1).count(), c2 - c1,
+                 d->predicted_cached_tokens / 16};
+    return true;
+  };
+  std::vector<double> place_us, match_us, place_cpu_us;
+  place_us.reserve(static_cast<size_t>(queries));
+  int64_t matched_blocks = 0;
+  for (int q = 0; q < queries; ++q) {
+    const auto& chain = chain_hashes[rng() % chain_hashes.size()];
+    std::vector<BlockHash> prompt(chain.begin(),
+                                  chain.begin() + 1 + static_cast<ptrdiff_t>(rng() % chain.size()));
+    for (int i = 0; i < 8; ++i) prompt.push_back(rng());  // the new turn
+    Timed t;
+    if (!time_place(prompt, &t)) return 1;
+    place_cpu_us.push_back(t.place_cpu_us);
+    matched_blocks += t.cached_blocks;
+    match_us.push_back(t.match_us);
+    place_us.push_back(t.place_us);
   }
   const KvIndex::Stats after = index.stats();
   malloc_trim(0);
@@ -197,23 +212,12 @@ int main(int argc, char** argv) {
   for (int q = 0; q < long_queries; ++q) {
     std::vector<BlockHash> prompt = long_chain;
     for (int i = 0; i < 8; ++i) prompt.push_back(rng());
-    tandem::router::PlacementRequest req;
-    req.block_hashes = prompt;
-    req.prompt_tokens = static_cast<int32_t>(prompt.size()) * 16;
-    req.max_tokens = 256;
-    req.block_size = 16;
-    auto t0 = std::chrono::steady_clock::now();
-    std::vector<KvIndex::PrefixMatch> m = index.Match(prompt);
-    auto t1 = std::chrono::steady_clock::now();
-    const double c1 = ThreadCpuUs();
-    absl::StatusOr<tandem::router::PlacementDecision> d = placement.Place(req);
-    const double c2 = ThreadCpuUs();
-    auto t2 = std::chrono::steady_clock::now();
-    if (!d.ok()) return 1;
-    long_matched += d->predicted_cached_tokens / 16;
-    long_cpu_us.push_back(c2 - c1);
-    long_match_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
-    long_us.push_back(std::chrono::duration<double, std::micro>(t2 - t1).count());
+    Timed t;
+    if (!time_place(prompt, &t)) return 1;
+    long_matched += t.cached_blocks;
+    long_cpu_us.push_back(t.place_cpu_us);
+    long_match_us.push_back(t.match_us);
+    long_us.push_back(t.place_us);
   }
   nlohmann::ordered_json out;
   out["workers"] = workers;

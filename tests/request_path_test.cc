@@ -289,6 +289,32 @@ class RequestPathTest : public ::testing::Test {
     return outcome.tokens;
   }
 
+  // Runs `request` on `decode` ("decode-0"); once its first tokens reached
+  // the client, decode-0's engine thread is held (a stuck device: nothing
+  // more comes from it), `replacement` (if any) joins as a decode worker,
+  // and decode-0 is shut down with the stream on it, as a supervisor would.
+  Outcome LoseDecodeWorkerMidStream(WorkerProcess* decode, const tandem::v1::GenerateRequest& request,
+                                    const std::string& replacement = "") {
+    absl::Notification release_engine;
+    std::thread shutdown;
+    Outcome outcome = Generate(request, [&] {
+      EXPECT_TRUE(decode->engine_runner()
+                      .Post(
+                          [&release_engine](engine::Engine&) {
+                            release_engine.WaitForNotificationWithTimeout(kDeadline);
+                            return absl::OkStatus();
+                          },
+                          absl::Now() + kDeadline)
+                      .ok());
+      if (!replacement.empty()) EXPECT_NE(AddWorker(WorkerProcess::Role::kDecode, replacement), nullptr);
+      shutdown = std::thread([this] { workers_.erase("decode-0"); });
+    });
+    release_engine.Notify();
+    EXPECT_TRUE(shutdown.joinable());
+    if (shutdown.joinable()) shutdown.join();
+    return outcome;
+  }
+
   static double ProcessCounter(const std::string& name) {
     const std::string text = DefaultMetricsRegistry().RenderPrometheus();
     for (absl::string_view line : absl::StrSplit(text, '\n')) {
@@ -413,26 +439,10 @@ TEST_F(RequestPathTest, DecodeWorkerThatStopsMidStreamFailsTheStreamCleanly) {
   ASSERT_NE(AddWorker(WorkerProcess::Role::kPrefill, "prefill-0"), nullptr);
   WorkerProcess* decode = AddWorker(WorkerProcess::Role::kDecode, "decode-0");
   ASSERT_NE(decode, nullptr);
-  // When the first tokens reach the client, the decode worker's engine
-  // thread is held (a stuck device: the stream can no longer finish by
-  // itself) and the worker is then shut down, as a supervisor would.
-  absl::Notification release_engine;
-  std::thread shutdown;
-  Outcome outcome = Generate(Request(1000), [&] {
-    ASSERT_TRUE(decode->engine_runner()
-                    .Post(
-                        [&release_engine](engine::Engine&) {
-                          release_engine.WaitForNotificationWithTimeout(kDeadline);
-                          return absl::OkStatus();
-                        },
-                        absl::Now() + kDeadline)
-                    .ok());
-    shutdown = std::thread([this] { workers_.erase("decode-0"); });
-  });
+  // The decode worker stops mid-stream and is shut down; no other decode
+  // worker exists.
+  const Outcome outcome = LoseDecodeWorkerMidStream(decode, Request(1000));
   const std::vector<int32_t> sent = outcome.tokens;
-  release_engine.Notify();
-  ASSERT_TRUE(shutdown.joinable());
-  shutdown.join();
   // Tokens had reached the client, so the router cannot retry: it fails the
   // stream with UNAVAILABLE naming the worker, within the deadline.
   EXPECT_EQ(outcome.status.error_code(), grpc::StatusCode::UNAVAILABLE) << outcome.status.error_message();
@@ -469,30 +479,6 @@ class RequestPathMigrationTest : public RequestPathTest, public ::testing::WithP
     }
     return request;
   }
-
-  // Runs `request` on `decode` ("decode-0"); once its first tokens reached
-  // the client, decode-0's engine thread is held (nothing more comes from
-  // it), decode-1 joins, and decode-0 is shut down with the stream on it.
-  Outcome LoseDecodeWorkerMidStream(WorkerProcess* decode, const tandem::v1::GenerateRequest& request) {
-    absl::Notification release_engine;
-    std::thread shutdown;
-    Outcome outcome = Generate(request, [&] {
-      EXPECT_TRUE(decode->engine_runner()
-                      .Post(
-                          [&release_engine](engine::Engine&) {
-                            release_engine.WaitForNotificationWithTimeout(kDeadline);
-                            return absl::OkStatus();
-                          },
-                          absl::Now() + kDeadline)
-                      .ok());
-      EXPECT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-1"), nullptr);
-      shutdown = std::thread([this] { workers_.erase("decode-0"); });
-    });
-    release_engine.Notify();
-    EXPECT_TRUE(shutdown.joinable());
-    if (shutdown.joinable()) shutdown.join();
-    return outcome;
-  }
 };
 
 TEST_P(RequestPathMigrationTest, StreamMovesToAnotherDecodeWorkerAndMatchesAnUndisturbedRun) {
@@ -504,7 +490,7 @@ TEST_P(RequestPathMigrationTest, StreamMovesToAnotherDecodeWorkerAndMatchesAnUnd
   ASSERT_EQ(undisturbed.size(), 160u);
   static const std::string kMoved = "tandem_router_stream_migrations_total{outcome=\"moved\"}";
   const double moved_before = ProcessCounter(kMoved);
-  const Outcome outcome = LoseDecodeWorkerMidStream(decode, request);
+  const Outcome outcome = LoseDecodeWorkerMidStream(decode, request, "decode-1");
   ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
   EXPECT_EQ(outcome.summary.migrations(), 1);
   EXPECT_EQ(outcome.summary.decode_worker(), "decode-1");
@@ -527,7 +513,7 @@ TEST_P(RequestPathMigrationTest, MigrationOffFailsTheStreamNamingTheWorker) {
   ASSERT_NE(AddWorker(WorkerProcess::Role::kPrefill, "prefill-0"), nullptr);
   WorkerProcess* decode = AddWorker(WorkerProcess::Role::kDecode, "decode-0");
   ASSERT_NE(decode, nullptr);
-  const Outcome outcome = LoseDecodeWorkerMidStream(decode, MigratingRequest());
+  const Outcome outcome = LoseDecodeWorkerMidStream(decode, MigratingRequest(), "decode-1");
   EXPECT_EQ(outcome.status.error_code(), grpc::StatusCode::UNAVAILABLE) << outcome.status.error_message();
   EXPECT_TRUE(absl::StrContains(outcome.status.error_message(), "decode-0 failed mid-stream after"))
       << outcome.status.error_message();
