@@ -1,0 +1,254 @@
+#include "router/flow_queue.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+
+namespace tandem::router {
+
+FlowQueue::FlowQueue(Options options) : options_(std::move(options)) {}
+
+double FlowQueue::Weight(const std::string& tenant) const {
+  auto it = options_.tenant_weights.find(tenant);
+  const double w = it != options_.tenant_weights.end() ? it->second : options_.default_weight;
+  return w > 0 ? w : 1;
+}
+
+absl::Status FlowQueue::Enter(Request request) {
+  const Limits limits = CurrentLimits();
+  const absl::Time now = options_.clock->Now();
+  Actions actions;
+  bool pumping = false;
+  absl::Status refused;
+  {
+    absl::MutexLock lock(&mu_);
+    const int64_t admitted = static_cast<int64_t>(waiting_.size() + running_.size());
+    if (limits.max_admitted > 0 && admitted >= limits.max_admitted) {
+      // Full: shed the newest waiting request of the lowest band below this
+      // one, or refuse this one.
+      auto lowest = std::find_if(bands_.rbegin(), bands_.rend(),
+                                 [](const auto& b) { return !b.second.by_seq.empty(); });
+      if (lowest == bands_.rend() || lowest->first >= request.priority) {
+        refused =
+            ShedStatus(kShedQueueFull,
+                       absl::StrFormat(
+                           "router queue full: %d requests admitted (%d waiting at the router), the bound is "
+                           "%d, none waiting of lower priority than %d; retry later",
+                           admitted, waiting_.size(), limits.max_admitted, request.priority));
+      } else {
+        Entry shed = TakeLocked(*lowest->second.by_seq.rbegin(), /*served=*/false);
+        actions.shed.push_back(kShedLowerPriority);
+        actions.drop.emplace_back(
+            std::move(shed.request.drop),
+            ShedStatus(
+                kShedLowerPriority,
+                absl::StrFormat("shed from the router queue (priority %d) for a request of priority %d; "
+                                "retry later",
+                                shed.request.priority, request.priority)));
+      }
+    }
+    if (refused.ok()) pumping = InsertLocked(std::move(request), limits, now, &actions);
+  }
+  if (!refused.ok()) {
+    if (options_.on_shed) options_.on_shed(kShedQueueFull);
+    return refused;
+  }
+  Run(std::move(actions), pumping);
+  return absl::OkStatus();
+}
+
+bool FlowQueue::InsertLocked(Request request, const Limits& limits, absl::Time now, Actions* actions) {
+  {
+    Entry e;
+    e.seq = next_seq_++;
+    e.enqueued = now;
+    Band& band = bands_[request.priority];
+    auto [last, inserted] = band.last_finish.try_emplace(request.tenant, band.virtual_time);
+    e.start = std::max(band.virtual_time, last->second);
+    e.finish = e.start + std::max(1.0, request.cost) / Weight(request.tenant);
+    last->second = e.finish;
+    ++band.waiting[request.tenant];
+    band.by_start.emplace(e.start, e.seq);
+    band.by_seq.insert(e.seq);
+    waiting_key_[request.key] = e.seq;
+    e.request = std::move(request);
+    waiting_.emplace(e.seq, std::move(e));
+  }
+  return PumpLocked(limits, now, actions);
+}
+
+void FlowQueue::Done(uint64_t key) {
+  const Limits limits = CurrentLimits();
+  const absl::Time now = options_.clock->Now();
+  Actions actions;
+  bool pumping = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto it = waiting_key_.find(key); it != waiting_key_.end()) {
+      TakeLocked(it->second, /*served=*/false);
+      return;
+    }
+    if (running_.erase(key) == 0) return;
+    pumping = PumpLocked(limits, now, &actions);
+  }
+  Run(std::move(actions), pumping);
+}
+
+bool FlowQueue::Remove(uint64_t key) {
+  absl::MutexLock lock(&mu_);
+  auto it = waiting_key_.find(key);
+  if (it == waiting_key_.end()) return false;
+  TakeLocked(it->second, /*served=*/false);
+  return true;
+}
+
+void FlowQueue::Expire() {
+  const Limits limits = CurrentLimits();
+  const absl::Time now = options_.clock->Now();
+  Actions actions;
+  bool pumping = false;
+  {
+    absl::MutexLock lock(&mu_);
+    std::vector<uint64_t> expired;
+    for (const auto& [seq, e] : waiting_) {
+      absl::Status why;
+      if (ExpiredLocked(e, now, &why)) expired.push_back(seq);
+    }
+    for (uint64_t seq : expired) {
+      absl::Status why;
+      ExpiredLocked(waiting_.at(seq), now, &why);
+      Entry e = TakeLocked(seq, /*served=*/false);
+      if (absl::IsResourceExhausted(why)) actions.shed.push_back(kShedQueueTtl);
+      actions.drop.emplace_back(std::move(e.request.drop), std::move(why));
+    }
+    // Forget tenants whose tags no longer matter (their next start would be
+    // the band's virtual time anyway), so tenant state stays bounded by the
+    // tenants active recently.
+    for (auto it = bands_.begin(); it != bands_.end();) {
+      Band& band = it->second;
+      for (auto t = band.last_finish.begin(); t != band.last_finish.end();) {
+        if (t->second <= band.virtual_time && !band.waiting.contains(t->first)) {
+          band.last_finish.erase(t++);
+        } else {
+          ++t;
+        }
+      }
+      if (band.by_seq.empty() && band.last_finish.empty()) {
+        bands_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+    pumping = PumpLocked(limits, now, &actions);
+  }
+  Run(std::move(actions), pumping);
+}
+
+FlowQueue::Stats FlowQueue::stats() const {
+  absl::MutexLock lock(&mu_);
+  Stats s;
+  s.waiting = static_cast<int64_t>(waiting_.size());
+  s.running = static_cast<int64_t>(running_.size());
+  for (const auto& [priority, band] : bands_) {
+    if (!band.by_seq.empty()) s.waiting_by_priority[priority] = static_cast<int64_t>(band.by_seq.size());
+    s.tenants += static_cast<int64_t>(band.last_finish.size());
+  }
+  return s;
+}
+
+FlowQueue::Entry FlowQueue::TakeLocked(uint64_t seq, bool served) {
+  auto node = waiting_.extract(seq);
+  Entry e = std::move(node.mapped());
+  waiting_key_.erase(e.request.key);
+  auto band_it = bands_.find(e.request.priority);
+  Band& band = band_it->second;
+  band.by_start.erase({e.start, e.seq});
+  band.by_seq.erase(e.seq);
+  auto w = band.waiting.find(e.request.tenant);
+  if (--w->second == 0) band.waiting.erase(w);
+  // A request that leaves unserved gives its share back when it was the
+  // tenant's newest (the next one starts where it would have).
+  if (!served) {
+    auto last = band.last_finish.find(e.request.tenant);
+    if (last != band.last_finish.end() && last->second == e.finish) last->second = e.start;
+  }
+  return e;
+}
+
+bool FlowQueue::ExpiredLocked(const Entry& e, absl::Time now, absl::Status* why) const {
+  if (now >= e.request.deadline) {
+    *why = absl::DeadlineExceededError("request deadline passed while waiting in the router queue");
+    return true;
+  }
+  if (options_.queue_ttl > absl::ZeroDuration() && now - e.enqueued >= options_.queue_ttl) {
+    *why = ShedStatus(kShedQueueTtl,
+                      absl::StrFormat("waited %s in the router queue (the queue TTL) without a free worker; "
+                                      "retry later",
+                                      absl::FormatDuration(options_.queue_ttl)));
+    return true;
+  }
+  return false;
+}
+
+void FlowQueue::DispatchLocked(const Limits& limits, absl::Time now, Actions* actions) {
+  while (!waiting_.empty() &&
+         (limits.max_running <= 0 || static_cast<int64_t>(running_.size()) < limits.max_running)) {
+    auto band_it =
+        std::find_if(bands_.begin(), bands_.end(), [](const auto& b) { return !b.second.by_start.empty(); });
+    Band& band = band_it->second;
+    const uint64_t seq = band.by_start.begin()->second;
+    absl::Status why;
+    const bool expired = ExpiredLocked(waiting_.at(seq), now, &why);
+    Entry e = TakeLocked(seq, /*served=*/!expired);
+    if (expired) {
+      if (absl::IsResourceExhausted(why)) actions->shed.push_back(kShedQueueTtl);
+      actions->drop.emplace_back(std::move(e.request.drop), std::move(why));
+      continue;
+    }
+    // The band's virtual time is the start tag in service (SFQ); when the
+    // band has nothing more waiting (its busy period ends), the largest
+    // finish tag served, so a tenant's old tags do not outlive its share.
+    band.virtual_time = std::max(band.virtual_time, e.start);
+    band.max_finish = std::max(band.max_finish, e.finish);
+    if (band.by_start.empty()) band.virtual_time = band.max_finish;
+    running_.insert(e.request.key);
+    actions->dispatch.push_back(std::move(e.request.dispatch));
+  }
+}
+
+bool FlowQueue::PumpLocked(const Limits& limits, absl::Time now, Actions* actions) {
+  if (pumping_) {
+    pump_again_ = true;
+    return false;
+  }
+  DispatchLocked(limits, now, actions);
+  if (actions->dispatch.empty()) return false;
+  pumping_ = true;
+  return true;
+}
+
+void FlowQueue::Run(Actions actions, bool pumping) {
+  while (true) {
+    if (options_.on_shed) {
+      for (std::string_view reason : actions.shed) options_.on_shed(reason);
+    }
+    for (auto& [drop, why] : actions.drop) {
+      if (drop) drop(std::move(why));
+    }
+    for (auto& dispatch : actions.dispatch) {
+      if (dispatch) dispatch();
+    }
+    if (!pumping) return;
+    actions = Actions();
+    const Limits limits = CurrentLimits();
+    const absl::Time now = options_.clock->Now();
+    absl::MutexLock lock(&mu_);
+    if (!std::exchange(pump_again_, false)) {
+      pumping_ = false;
+      return;
+    }
+    DispatchLocked(limits, now, &actions);
+  }
+}
+
+}  // namespace tandem::router

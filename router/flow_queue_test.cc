@@ -1,0 +1,226 @@
+// FlowQueue on a FakeClock: admission, dispatch order (priority bands, fair
+// shares across tenants), shedding, the queue TTL and deadlines, and
+// callbacks that re-enter the queue.
+#include "router/flow_queue.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/status_matchers.h"
+
+namespace tandem::router {
+namespace {
+
+using ::tandem::testing::StatusIs;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+// A queue under fixed limits that records what it dispatched and dropped.
+class FlowQueueTest : public ::testing::Test {
+ protected:
+  void Make(int64_t max_admitted, int64_t max_running, FlowQueue::Options options = {}) {
+    limits_ = {max_admitted, max_running};
+    options.limits = [this] { return limits_; };
+    options.clock = &clock_;
+    options.on_shed = [this](std::string_view reason) { shed_.emplace_back(reason); };
+    queue_ = std::make_unique<FlowQueue>(std::move(options));
+  }
+  absl::Status Enter(uint64_t key, std::string tenant, int32_t priority = 0, double cost = 100,
+                     absl::Time deadline = absl::InfiniteFuture()) {
+    return queue_->Enter({.key = key,
+                          .priority = priority,
+                          .tenant = std::move(tenant),
+                          .cost = cost,
+                          .deadline = deadline,
+                          .dispatch = [this, key] { dispatched_.push_back(key); },
+                          .drop = [this, key](absl::Status why) { dropped_.emplace_back(key, why); }});
+  }
+
+  FakeClock clock_;
+  FlowQueue::Limits limits_;
+  std::unique_ptr<FlowQueue> queue_;
+  std::vector<uint64_t> dispatched_;
+  std::vector<std::pair<uint64_t, absl::Status>> dropped_;
+  std::vector<std::string> shed_;
+};
+
+TEST_F(FlowQueueTest, DispatchesAtOnceWhileThereIsRoomThenHoldsUntilDone) {
+  Make(/*max_admitted=*/0, /*max_running=*/2);
+  ASSERT_OK(Enter(1, "a"));
+  ASSERT_OK(Enter(2, "a"));
+  ASSERT_OK(Enter(3, "a"));
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2));
+  EXPECT_EQ(queue_->stats().waiting, 1);
+  EXPECT_EQ(queue_->stats().running, 2);
+  queue_->Done(2);
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3));
+  queue_->Done(2);  // idempotent: frees nothing more
+  EXPECT_EQ(queue_->stats().running, 2);
+}
+
+TEST_F(FlowQueueTest, NoRunningLimitMeansNothingWaits) {
+  Make(/*max_admitted=*/0, /*max_running=*/0);
+  for (uint64_t k = 1; k <= 5; ++k) ASSERT_OK(Enter(k, "a"));
+  EXPECT_EQ(dispatched_.size(), 5u);
+  EXPECT_EQ(queue_->stats().waiting, 0);
+}
+
+TEST_F(FlowQueueTest, HigherPriorityBandGoesFirst) {
+  Make(0, 1);
+  ASSERT_OK(Enter(1, "a"));  // runs
+  ASSERT_OK(Enter(2, "a", /*priority=*/0));
+  ASSERT_OK(Enter(3, "a", /*priority=*/-5));
+  ASSERT_OK(Enter(4, "b", /*priority=*/7));
+  EXPECT_THAT(queue_->stats().waiting_by_priority,
+              ElementsAre(std::pair{-5, 1}, std::pair{0, 1}, std::pair{7, 1}));
+  queue_->Done(1);
+  queue_->Done(4);
+  queue_->Done(2);
+  EXPECT_THAT(dispatched_, ElementsAre(1, 4, 2, 3));
+}
+
+TEST_F(FlowQueueTest, LightTenantSkipsAHeavyTenantsBacklog) {
+  Make(0, 1);
+  ASSERT_OK(Enter(999, "x"));  // runs while heavy's backlog builds
+  for (uint64_t k = 1; k <= 10; ++k) ASSERT_OK(Enter(k, "heavy"));
+  queue_->Done(999);  // heavy's first runs
+  ASSERT_OK(Enter(100, "light"));
+  // The light request goes next, before heavy's nine waiting.
+  queue_->Done(1);
+  EXPECT_THAT(dispatched_, ElementsAre(999, 1, 100));
+  queue_->Done(100);
+  EXPECT_THAT(dispatched_, ElementsAre(999, 1, 100, 2));
+}
+
+TEST_F(FlowQueueTest, BackloggedTenantsShareByWeightAndCost) {
+  FlowQueue::Options options;
+  options.tenant_weights = {{"gold", 3}};
+  Make(0, 1, std::move(options));
+  ASSERT_OK(Enter(999, "x"));  // occupies the slot while both backlogs build
+  for (uint64_t k = 1; k <= 40; ++k) {
+    ASSERT_OK(Enter(k, "gold"));
+    ASSERT_OK(Enter(1000 + k, "plain"));
+  }
+  for (int i = 0; i < 40; ++i) queue_->Done(dispatched_.back());
+  int gold = 0;
+  for (uint64_t k : dispatched_) gold += k <= 40 ? 1 : 0;
+  EXPECT_EQ(gold, 30);  // 3 of every 4 dispatches
+  // Cost counts too: a tenant sending prompts twice as long gets half the
+  // requests through.
+  Make(0, 1);
+  dispatched_.clear();
+  ASSERT_OK(Enter(999, "x"));
+  for (uint64_t k = 1; k <= 40; ++k) {
+    ASSERT_OK(Enter(k, "long", 0, /*cost=*/200));
+    ASSERT_OK(Enter(1000 + k, "short", 0, /*cost=*/100));
+  }
+  for (int i = 0; i < 30; ++i) queue_->Done(dispatched_.back());
+  int long_ones = 0;
+  for (uint64_t k : dispatched_) long_ones += k <= 40 ? 1 : 0;
+  EXPECT_EQ(long_ones, 10);
+}
+
+TEST_F(FlowQueueTest, FullQueueShedsTheNewestOfTheLowestBandOrRefuses) {
+  Make(/*max_admitted=*/4, /*max_running=*/1);
+  ASSERT_OK(Enter(1, "a", 0));  // runs
+  ASSERT_OK(Enter(2, "a", -1));
+  ASSERT_OK(Enter(3, "a", -1));
+  ASSERT_OK(Enter(4, "a", 0));
+  // Same priority as the lowest waiting would need to be lower: refused.
+  EXPECT_THAT(Enter(5, "b", -1), StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("queue_full:")));
+  EXPECT_EQ(ShedReasonOf(Enter(5, "b", -1)), kShedQueueFull);
+  // Higher: sheds 3 (the newest of band -1), not 2 and not running 1.
+  ASSERT_OK(Enter(6, "b", 2));
+  ASSERT_EQ(dropped_.size(), 1u);
+  EXPECT_EQ(dropped_[0].first, 3u);
+  EXPECT_EQ(ShedReasonOf(dropped_[0].second), kShedLowerPriority);
+  EXPECT_THAT(shed_, ElementsAre("queue_full", "queue_full", "lower_priority"));
+  // A running request is never shed: with only it and band 2 left, priority 1 is refused.
+  queue_->Remove(2);
+  queue_->Remove(4);
+  ASSERT_OK(Enter(7, "c", 2));
+  ASSERT_OK(Enter(8, "c", 2));
+  EXPECT_THAT(Enter(9, "c", 1), StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(dispatched_, ElementsAre(1));
+}
+
+TEST_F(FlowQueueTest, QueueTtlAndDeadlinesBoundTheWait) {
+  FlowQueue::Options options;
+  options.queue_ttl = absl::Seconds(5);
+  Make(0, 1, std::move(options));
+  ASSERT_OK(Enter(1, "a"));
+  ASSERT_OK(Enter(2, "a"));
+  ASSERT_OK(Enter(3, "a", 0, 100, clock_.Now() + absl::Seconds(2)));
+  clock_.Advance(absl::Seconds(2));
+  queue_->Expire();
+  ASSERT_EQ(dropped_.size(), 1u);
+  EXPECT_EQ(dropped_[0].first, 3u);
+  EXPECT_THAT(dropped_[0].second, StatusIs(absl::StatusCode::kDeadlineExceeded));
+  clock_.Advance(absl::Seconds(3));
+  // Met again at dispatch, before the sweeper's Expire: 2 expired.
+  queue_->Done(1);
+  ASSERT_EQ(dropped_.size(), 2u);
+  EXPECT_EQ(dropped_[1].first, 2u);
+  EXPECT_EQ(ShedReasonOf(dropped_[1].second), kShedQueueTtl);
+  EXPECT_THAT(dispatched_, ElementsAre(1));
+  EXPECT_THAT(shed_, ElementsAre("queue_ttl"));
+  EXPECT_EQ(queue_->stats().waiting, 0);
+}
+
+TEST_F(FlowQueueTest, RemovedOrDoneWhileWaitingRunsNoCallback) {
+  Make(0, 1);
+  ASSERT_OK(Enter(1, "a"));
+  ASSERT_OK(Enter(2, "a"));
+  ASSERT_OK(Enter(3, "a"));
+  EXPECT_TRUE(queue_->Remove(2));
+  EXPECT_FALSE(queue_->Remove(2));
+  EXPECT_FALSE(queue_->Remove(1));  // running
+  queue_->Done(3);                  // waiting: just leaves
+  queue_->Done(1);
+  EXPECT_THAT(dispatched_, ElementsAre(1));
+  EXPECT_TRUE(dropped_.empty());
+  EXPECT_EQ(queue_->stats().waiting, 0);
+  EXPECT_EQ(queue_->stats().running, 0);
+}
+
+TEST_F(FlowQueueTest, CallbacksThatFinishAtOnceDoNotRecurse) {
+  Make(0, 1);
+  // Each dispatch finishes at once (Done inside its callback), as a request
+  // whose placement fails does; the depth of nested dispatches stays 1.
+  int depth = 0, max_depth = 0, ran = 0;
+  for (uint64_t k = 1; k <= 200; ++k) {
+    ASSERT_OK(queue_->Enter({.key = k, .dispatch = [&, k] {
+                               max_depth = std::max(max_depth, ++depth);
+                               ++ran;
+                               if (k > 1) queue_->Done(k);
+                               --depth;
+                             }}));
+  }
+  queue_->Done(1);
+  EXPECT_EQ(ran, 200);
+  EXPECT_EQ(max_depth, 1);
+}
+
+TEST_F(FlowQueueTest, TenantStateIsForgottenOnceIdle) {
+  Make(0, 1);
+  for (uint64_t k = 1; k <= 50; ++k) {
+    ASSERT_OK(Enter(k, "tenant-" + std::to_string(k)));
+    queue_->Done(k);
+  }
+  queue_->Expire();
+  EXPECT_LE(queue_->stats().tenants, 1);
+}
+
+TEST(ShedReasonTest, ReadsOnlyKnownReasonsOfResourceExhausted) {
+  EXPECT_EQ(ShedReasonOf(ShedStatus(kShedSlo, "predicted TTFT 90 ms > 50 ms")), kShedSlo);
+  EXPECT_EQ(ShedReasonOf(absl::ResourceExhaustedError("queue_fullness: x")), "");
+  EXPECT_EQ(ShedReasonOf(absl::UnavailableError("queue_full: x")), "");
+  EXPECT_EQ(ShedReasonOf(absl::OkStatus()), "");
+}
+
+}  // namespace
+}  // namespace tandem::router
