@@ -174,7 +174,7 @@ int RunRouter(const RouterFlags& f) {
   const router::WorkerRegistry::Options keepalive;
   absl::StatusOr<ChannelFactory> channels =
       MakeChannelFactory(f.tls, [keepalive](grpc::ChannelArguments* args) {
-        router::AddWorkerKeepalive(keepalive.keepalive_time, keepalive.keepalive_timeout, args);
+        router::AddWorkerChannelArgs(keepalive.keepalive_time, keepalive.keepalive_timeout, args);
       });
   if (!credentials.ok() || !channels.ok()) {
     std::cerr << kTag << (credentials.ok() ? channels.status() : credentials.status()).message() << "\n";

@@ -22,7 +22,7 @@
 #include "tandem/v1/worker.grpc.pb.h"
 #include "transfer/transfer_engine.h"
 #include "worker_common/grpc_server.h"
-#include "worker_common/router_membership.h"
+#include "worker_common/router_set.h"
 
 namespace tandem::cli {
 namespace {
@@ -148,7 +148,11 @@ absl::StatusOr<std::unique_ptr<http::Server>> StartStoreHttp(const StoreFlags& f
 }  // namespace
 
 void RegisterStore(CLI::App* cmd, StoreFlags* f) {
-  cmd->add_option("--router", f->router, "Router's gRPC address (host:port)")->capture_default_str();
+  cmd->add_option("--router", f->router,
+                  "Router replicas' gRPC addresses: host:port, a comma-separated list, or a DNS name "
+                  "standing for all its addresses (re-resolved every 5 s); each gets the registration, "
+                  "heartbeats and KV events")
+      ->capture_default_str();
   cmd->add_option("--host", f->host, "Address to bind and advertise")->capture_default_str();
   cmd->add_option("--port", f->port, "gRPC port (0: any free port)")
       ->capture_default_str()
@@ -188,7 +192,7 @@ void RegisterStore(CLI::App* cmd, StoreFlags* f) {
 int RunStore(const StoreFlags& f) {
   TerminationSignals signals(kTag);
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(f.tls);
-  absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(f.tls);
+  absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(f.tls, worker_common::AddFastReconnect);
   if (!credentials.ok() || !channels.ok()) {
     std::cerr << kTag << (credentials.ok() ? channels.status() : credentials.status()).message() << "\n";
     return 1;
@@ -249,18 +253,26 @@ int RunStore(const StoreFlags& f) {
     return 1;
   }
 
-  // Register (retrying until the router answers), publish events, heartbeat.
-  auto registry = tandem::v1::WorkerRegistry::NewStub((*channels)(f.router));
-  worker_common::RouterMembership membership(
-      {.registration = Registration(f, store_id, server->address, config), .load = load}, registry.get(),
+  // Register with every router replica named (retrying until one answers),
+  // publish events, heartbeat.
+  worker_common::RouterSet routers(
+      {.routers = f.router,
+       .channel_factory = *channels,
+       .membership = {.registration = Registration(f, store_id, server->address, config), .load = load}},
       &kv_events);
-  if (grpc::Status registered = membership.Register(); !registered.ok()) {
+  grpc::Status registered = grpc::Status::OK;
+  if (absl::Status started = routers.Start(); !started.ok()) {
+    registered = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(started.message()));
+  } else {
+    registered = routers.AwaitRegistration(absl::Seconds(30));
+  }
+  if (!registered.ok()) {
     std::cerr << kTag << "cannot register with router " << f.router << ": " << registered.error_message()
               << "\n";
+    routers.Stop();
     server->server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
     return 1;
   }
-  membership.Start();
 
   PrintReadyLine({{"role", "store"},
                   {"pid", getpid()},
@@ -274,7 +286,7 @@ int RunStore(const StoreFlags& f) {
                   {"ssd_blocks_reopened", reopened},
                   {"metrics", http != nullptr ? absl::StrFormat("%s:%d", f.host, http->port()) : ""}});
   signals.WaitForSignal();
-  membership.Stop();
+  routers.Stop();
   server->server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   return 0;
 }

@@ -60,7 +60,7 @@ using ChannelFactory = std::function<std::shared_ptr<grpc::Channel>(const std::s
 // cert_file is set, this process presents it as its client certificate.
 // Reads the files now. `configure`, when set, adds arguments to every channel
 // (the router's keepalive on its channels to workers,
-// router/worker_registry.h AddWorkerKeepalive).
+// router/worker_registry.h AddWorkerChannelArgs).
 absl::StatusOr<ChannelFactory> MakeChannelFactory(
     const TlsFlags& tls, std::function<void(grpc::ChannelArguments*)> configure = nullptr);
 

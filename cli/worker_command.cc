@@ -10,12 +10,17 @@
 #include "cli/config_merge.h"
 #include "cli/process.h"
 #include "worker/worker_process.h"
+#include "worker_common/router_set.h"
 
 namespace tandem::cli {
 namespace {
 
 void AddWorkerFlags(CLI::App* cmd, WorkerFlags* f) {
-  cmd->add_option("--router", f->router, "Router's gRPC address (host:port)")->capture_default_str();
+  cmd->add_option("--router", f->router,
+                  "Router replicas' gRPC addresses: host:port, a comma-separated list, or a DNS name "
+                  "standing for all its addresses (re-resolved every 5 s); each gets the registration, "
+                  "heartbeats and KV events")
+      ->capture_default_str();
   cmd->add_option("--host", f->host, "Address to bind and advertise")->capture_default_str();
   cmd->add_option("--port", f->port, "gRPC port (0: any free port)")->capture_default_str();
   cmd->add_option("--model", f->model, "GGUF path or synthetic:NAME (must match the router's)")
@@ -133,7 +138,7 @@ int RunWorkerCommand(const WorkerFlags& f, const std::string& role) {
   TerminationSignals signals(tag);
   worker::WorkerProcess::Options options = WorkerOptions(f, role);
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(f.tls);
-  absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(f.tls);
+  absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(f.tls, worker_common::AddFastReconnect);
   if (!credentials.ok() || !channels.ok()) {
     std::cerr << tag << (credentials.ok() ? channels.status() : credentials.status()).message() << "\n";
     return 1;

@@ -3,25 +3,38 @@
 // whole state for a router that missed events or restarted.
 //
 //   KvEventLog log;
-//   engine_options.kv_events = &log;            // the engine appends
+//   engine_options.kv_events = &log;               // the engine appends
 //   ...
-//   KvEventLog::Batch batch = log.Drain(256);   // publisher thread
-//   if (!batch.events.empty()) Send(batch);     // seq numbers 1, 2, 3, ...
+//   KvEventLog::Batch batch = log.Drain(256);      // the first router's publisher
+//   KvEventLog::ConsumerId second = log.AddConsumer();
+//   KvEventLog::Batch b2 = log.Drain(second, 256);  // a second router's publisher
 //   KvEventLog::Snapshot snap = log.TakeSnapshot();  // for KvSnapshot RPCs
 //
-// Sequence numbers: each drained batch takes the next number (1, 2, ...). A
-// snapshot carries the number of the last batch drained; the events still
-// pending when it was taken are already in it, and since replaying a suffix of
-// Stored/Removed events onto a state that includes them changes nothing (the
-// last event per hash decides), a receiver can apply every batch numbered
-// after the snapshot's.
+// Sequence numbers number events, not batches: the log's events are 1, 2, 3,
+// ... and a batch carries a contiguous run first_sequence_number ..
+// sequence_number. Each consumer (one per router a worker reports to) has its
+// own cursor into the same events, so any number of routers see the same
+// numbering, and a snapshot is the same for all of them: it carries the number
+// of the last event appended, all of which it includes. A receiver applies a
+// batch whose first number follows the last one it applied; one that starts
+// later is a gap (it asks for a snapshot); after a snapshot numbered N it
+// applies every batch that ends after N, whole — replaying a run of
+// Stored/Removed events onto a state that already includes its start changes
+// nothing, since the last event per hash decides.
 //
-// Thread safety: all methods are thread-safe. The engine thread appends; the
-// publisher thread drains; RPC threads take snapshots.
+// Memory: events are kept until every consumer has drained them, and never
+// more than `max_pending` of them: beyond that the oldest are dropped, and a
+// consumer that had not drained them sees its next batch start later than its
+// cursor (a gap), instead of the log growing without bound while a router is
+// away.
+//
+// Thread safety: all methods are thread-safe. The engine thread appends;
+// publisher threads drain; RPC threads take snapshots.
 #ifndef TANDEM_ENGINE_KV_EVENTS_H_
 #define TANDEM_ENGINE_KV_EVENTS_H_
 
 #include <cstdint>
+#include <deque>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -44,25 +57,36 @@ struct KvEvent {
 class KvEventLog {
  public:
   struct Batch {
-    uint64_t sequence_number = 0;  // 0 when events is empty
+    uint64_t first_sequence_number = 0;  // of events[0]; 0 when events is empty
+    uint64_t sequence_number = 0;        // of events.back(); 0 when events is empty
     std::vector<KvEvent> events;
   };
   struct Snapshot {
-    uint64_t sequence_number = 0;  // of the last drained batch
+    uint64_t sequence_number = 0;  // of the last event appended (all included)
     std::vector<KvEvent> stored;   // every held (hash, tier), kind kStored
   };
+  using ConsumerId = int32_t;
+  // Exists from construction, reading from the first event: the consumer of
+  // a worker with one router (and of tests).
+  static constexpr ConsumerId kFirstConsumer = 0;
 
-  // Default: at most 1,000,000 pending events; beyond that the oldest
-  // pending events are dropped and the next batch skips a sequence number, so
-  // a router notices the gap and asks for a snapshot instead of the log
-  // growing without bound while no router listens.
-  explicit KvEventLog(size_t max_pending = 1'000'000) : max_pending_(max_pending) {}
+  // Default: at most 1,000,000 kept events (24 MB).
+  explicit KvEventLog(size_t max_pending = 1'000'000);
 
   void Stored(BlockHash hash, KvTier tier);
   void Removed(BlockHash hash, KvTier tier);
 
-  // Up to `max_events` pending events as the next batch (empty if none).
-  Batch Drain(size_t max_events);
+  // A new consumer whose first batch starts after the events appended so
+  // far (its router takes a snapshot to learn those).
+  ConsumerId AddConsumer();
+  // Forgets a consumer (its router went away); its undrained events no
+  // longer hold memory. Unknown ids are ignored.
+  void RemoveConsumer(ConsumerId consumer);
+
+  // Up to `max_events` of the consumer's undrained events as its next batch
+  // (empty if none, or if the consumer is unknown).
+  Batch Drain(ConsumerId consumer, size_t max_events);
+  Batch Drain(size_t max_events) { return Drain(kFirstConsumer, max_events); }
   Snapshot TakeSnapshot() const;
 
   // Hashes held right now (any tier); for tests and metrics.
@@ -70,13 +94,17 @@ class KvEventLog {
 
  private:
   void Append(KvEvent event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops the events every consumer has drained.
+  void Trim() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const size_t max_pending_;
   mutable absl::Mutex mu_;
-  std::vector<KvEvent> pending_ ABSL_GUARDED_BY(mu_);
-  size_t pending_begin_ ABSL_GUARDED_BY(mu_) = 0;  // drained prefix of pending_
-  uint64_t last_sequence_ ABSL_GUARDED_BY(mu_) = 0;
-  bool dropped_ ABSL_GUARDED_BY(mu_) = false;  // events were dropped since the last batch
+  // Events first_kept_ .. first_kept_ + kept_.size() - 1, in order.
+  std::deque<KvEvent> kept_ ABSL_GUARDED_BY(mu_);
+  uint64_t first_kept_ ABSL_GUARDED_BY(mu_) = 1;
+  // consumer -> number of the next event it will drain.
+  absl::flat_hash_map<ConsumerId, uint64_t> cursors_ ABSL_GUARDED_BY(mu_);
+  ConsumerId next_consumer_ ABSL_GUARDED_BY(mu_) = kFirstConsumer + 1;
   // hash -> bit mask of tiers (1 << tier) holding it.
   absl::flat_hash_map<BlockHash, uint32_t> held_ ABSL_GUARDED_BY(mu_);
 };

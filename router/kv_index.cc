@@ -4,6 +4,12 @@
 
 namespace tandem::router {
 namespace {
+
+// The number of a batch's first event (a batch without one holds a single
+// number: sequence_number).
+uint64_t FirstSequence(const tandem::v1::KvEventBatch& batch) {
+  return batch.first_sequence_number() != 0 ? batch.first_sequence_number() : batch.sequence_number();
+}
 constexpr int kMaxTier = 3;
 bool ValidTier(int tier) { return tier >= 1 && tier <= kMaxTier; }
 
@@ -191,7 +197,7 @@ KvIndex::Outcome KvIndex::Apply(const tandem::v1::KvEventBatch& batch) {
     w.inflight_only = false;
     --inflight_only_workers_;
   }
-  if (!known && batch.sequence_number() == 1) w.awaiting_snapshot = false;  // a fresh worker
+  if (!known && FirstSequence(batch) == 1) w.awaiting_snapshot = false;  // a fresh worker
   if (w.awaiting_snapshot) {
     w.buffered.push_back(batch);
     if (w.buffered.size() > options_.max_buffered_batches) w.buffered.pop_front();
@@ -199,12 +205,15 @@ KvIndex::Outcome KvIndex::Apply(const tandem::v1::KvEventBatch& batch) {
     return known ? Outcome::kBuffered : Outcome::kNeedSnapshot;
   }
   if (batch.sequence_number() < w.next_sequence) return Outcome::kStale;
-  if (batch.sequence_number() > w.next_sequence) {
+  if (FirstSequence(batch) > w.next_sequence) {
     w.awaiting_snapshot = true;
     w.buffered.push_back(batch);
     ++gaps_;
     return Outcome::kNeedSnapshot;
   }
+  // A batch that starts before next_sequence (after a snapshot) is applied
+  // whole: its earlier events are already in the state and the last event
+  // per hash decides (engine/kv_events.h).
   ApplyEvents(slot, batch);
   w.next_sequence = batch.sequence_number() + 1;
   return Outcome::kApplied;
@@ -233,7 +242,7 @@ void KvIndex::ApplySnapshot(const tandem::v1::KvEventBatch& snapshot) {
   for (const tandem::v1::KvEventBatch& batch : buffered) {
     Worker& cur = workers_[slot];
     if (batch.sequence_number() < cur.next_sequence) continue;
-    if (batch.sequence_number() > cur.next_sequence) {  // still a gap: need a newer snapshot
+    if (FirstSequence(batch) > cur.next_sequence) {  // still a gap: need a newer snapshot
       cur.awaiting_snapshot = true;
       cur.buffered.push_back(batch);
       ++gaps_;

@@ -123,12 +123,13 @@ class KvIndex {
 
   // Applies one batch (events in order: Stored adds the tier, Removed takes
   // it away). A worker's first batch (or one after RemoveWorker) needs a
-  // snapshot unless its sequence number is 1.
+  // snapshot unless it starts at event 1. Batches number events
+  // (first_sequence_number .. sequence_number, engine/kv_events.h).
   Outcome Apply(const tandem::v1::KvEventBatch& batch);
 
   // Replaces everything known about snapshot.worker_id() with the snapshot
   // (its Stored events; others are ignored), then applies buffered batches
-  // numbered after snapshot.sequence_number().
+  // that end after snapshot.sequence_number().
   void ApplySnapshot(const tandem::v1::KvEventBatch& snapshot);
 
   // Forgets a worker and all its blocks.

@@ -282,5 +282,37 @@ TEST(KvIndexTest, AgreesWithANaiveModelUnderRandomEvents) {
   }
 }
 
+// Batches that number their events (first_sequence_number .. sequence_number),
+// as a worker reporting to several routers sends them: the next batch must
+// start right after the last applied event; a snapshot numbered N is followed
+// by any batch ending after N, even one that starts before it.
+TEST(KvIndexTest, EventNumberedBatchesFindGapsAndResumeAfterASnapshot) {
+  auto run = [](uint64_t first, uint64_t last, std::vector<uint64_t> hashes) {
+    KvEventBatch b = Stored("w", last, std::move(hashes));
+    b.set_first_sequence_number(first);
+    return b;
+  };
+  KvIndex index;
+  EXPECT_EQ(index.Apply(run(1, 3, {1, 2, 3})), KvIndex::Outcome::kApplied);
+  EXPECT_EQ(index.Apply(run(4, 5, {4, 5})), KvIndex::Outcome::kApplied);
+  EXPECT_EQ(index.Apply(run(2, 3, {2, 3})), KvIndex::Outcome::kStale);
+  // Events 6 and 7 never arrived.
+  EXPECT_EQ(index.Apply(run(8, 9, {8, 9})), KvIndex::Outcome::kNeedSnapshot);
+  EXPECT_TRUE(index.AwaitingSnapshot("w"));
+  // The snapshot holds events up to 8; the buffered batch 8..9 ends after it.
+  index.ApplySnapshot(Stored("w", 8, {1, 2, 3, 4, 5, 6, 7, 8}));
+  EXPECT_FALSE(index.AwaitingSnapshot("w"));
+  EXPECT_EQ(Prefixes(index, {1, 2, 3, 4, 5, 6, 7, 8, 9}), (std::map<std::string, int32_t>{{"w", 9}}));
+  EXPECT_EQ(index.Apply(run(10, 10, {10})), KvIndex::Outcome::kApplied);
+  // A worker new to this router whose batch does not start at event 1 (it
+  // reported to another router first) needs a snapshot.
+  EXPECT_EQ(index.Apply([] {
+    KvEventBatch b = Stored("late", 12, {7});
+    b.set_first_sequence_number(11);
+    return b;
+  }()),
+            KvIndex::Outcome::kNeedSnapshot);
+}
+
 }  // namespace
 }  // namespace tandem::router

@@ -13,7 +13,8 @@ namespace tandem::router {
 
 using tandem::v1::WorkerRole;
 
-void AddWorkerKeepalive(absl::Duration time, absl::Duration timeout, grpc::ChannelArguments* args) {
+void AddWorkerChannelArgs(absl::Duration time, absl::Duration timeout, grpc::ChannelArguments* args) {
+  args->SetMaxReceiveMessageSize(256 << 20);
   args->SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(absl::ToInt64Milliseconds(time)));
   args->SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(absl::ToInt64Milliseconds(timeout)));
   args->SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
@@ -43,7 +44,7 @@ absl::Status WorkerRegistry::Register(const tandem::v1::RegisterRequest& r) {
     channel = options_.channel_factory(r.address());
   } else {
     grpc::ChannelArguments args;
-    AddWorkerKeepalive(options_.keepalive_time, options_.keepalive_timeout, &args);
+    AddWorkerChannelArgs(options_.keepalive_time, options_.keepalive_timeout, &args);
     channel = grpc::CreateCustomChannel(r.address(), grpc::InsecureChannelCredentials(), args);
   }
   auto stubs = std::make_shared<WorkerStubs>();

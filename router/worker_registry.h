@@ -18,7 +18,7 @@
 // (router_core.h, "Gray failures"), so a worker that froze and came back
 // within one sweep still loses the streams that stalled on it.
 //
-// Every channel to a worker carries gRPC keepalive (AddWorkerKeepalive): a
+// Every channel to a worker carries gRPC keepalive (AddWorkerChannelArgs): a
 // peer that stops answering HTTP/2 pings (frozen, partitioned) breaks the
 // channel and fails its calls with UNAVAILABLE within keepalive_time +
 // keepalive_timeout, whatever the heartbeats say.
@@ -70,11 +70,14 @@ struct WorkerHandle {
   uint64_t rotation_epoch = 0;
 };
 
-// Sets gRPC keepalive on a channel to a worker: an HTTP/2 ping every `time`
-// (also while no call is active and no data flows: a stalled stream sends
-// none), the channel closed when one is not answered within `timeout`.
-// Servers must accept such pings (worker_common/grpc_server.cc does).
-void AddWorkerKeepalive(absl::Duration time, absl::Duration timeout, grpc::ChannelArguments* args);
+// The arguments of every channel to a worker. Keepalive: an HTTP/2 ping
+// every `time` (also while no call is active and no data flows: a stalled
+// stream sends none), the channel closed when one is not answered within
+// `timeout`; servers must accept such pings (worker_common/grpc_server.cc
+// does). Receive size: a KV snapshot carries 8 bytes per held block, so a
+// worker or store holding 1,000,000 blocks answers with 8 MB, past gRPC's
+// 4 MB default; 256 MB (30 million blocks) matches the store's server.
+void AddWorkerChannelArgs(absl::Duration time, absl::Duration timeout, grpc::ChannelArguments* args);
 
 // What placement reads about one healthy worker (valid during the callback).
 struct WorkerView {
@@ -96,14 +99,14 @@ class WorkerRegistry {
     int misses_allowed = 3;
     // The model every worker must serve.
     std::string model_id;
-    // Keepalive on the channels to workers (AddWorkerKeepalive). 1 s pings
+    // Keepalive on the channels to workers (AddWorkerChannelArgs). 1 s pings
     // are cheap (one channel per worker) and, with the 2 s timeout, a
     // worker whose process stops answering loses its calls within 3 s, as
     // the heartbeat deadline takes it out of the rotation. Default: 1 s, 2 s.
     absl::Duration keepalive_time = absl::Seconds(1);
     absl::Duration keepalive_timeout = absl::Seconds(2);
     // Creates the channel to a worker's "host:port" (TLS settings live
-    // here); it should apply AddWorkerKeepalive with the values above.
+    // here); it should apply AddWorkerChannelArgs with the values above.
     // Default (empty): plaintext, with keepalive.
     std::function<std::shared_ptr<grpc::Channel>(const std::string& target)> channel_factory;
     // Time for heartbeat deadlines (borrowed; tests pass a FakeClock).

@@ -433,13 +433,32 @@ void CheckChart(const std::vector<std::string>& values_files, const std::vector<
   }
   EXPECT_GE(containers_checked, 3);
 
-  // The router Service points at the router's gRPC port.
+  // The router Services point at the router's gRPC port.
   for (const json& o : objects) {
     if (o["kind"] != "Service") continue;
     bool found = false;
     for (const json& p : o["spec"]["ports"]) found |= p["targetPort"] == "grpc";
     EXPECT_TRUE(found) << o.dump();
   }
+
+  // Replicated routers: two by default, and every worker and the store dial
+  // a headless Service over the router pods (listing not-ready ones: a
+  // router is ready only once workers joined it), so they report to all.
+  std::string peers;
+  for (const json& o : objects) {
+    const std::string name = o["metadata"]["name"];
+    if (o["kind"] == "Deployment" && absl::EndsWith(name, "-router")) {
+      EXPECT_GE(o["spec"]["replicas"].get<int>(), 2) << "routers are replicated by default";
+    }
+    if (o["kind"] == "Service" && o["spec"].value("clusterIP", "") == "None") {
+      peers = name;
+      EXPECT_TRUE(o["spec"].value("publishNotReadyAddresses", false)) << o.dump();
+      EXPECT_EQ(o["spec"]["selector"]["app.kubernetes.io/component"], "router") << o.dump();
+    }
+  }
+  ASSERT_FALSE(peers.empty()) << "no headless Service over the routers";
+  const std::string worker_router = json::parse(config_json)["worker"]["router"];
+  EXPECT_TRUE(absl::StartsWith(worker_router, peers + ":")) << worker_router;
 }
 
 TEST(HelmChartTest, DefaultValuesRenderAndMatchTheBinary) { CheckChart({}, {}); }

@@ -35,13 +35,13 @@
 #include "transfer/transfer_engine.h"
 #include "worker_common/grpc_server.h"
 #include "worker_common/kv_event_publisher.h"
-#include "worker_common/router_membership.h"
+#include "worker_common/router_set.h"
 #include "worker_common/worker_status.h"
 
 namespace tandem::worker {
 
 using worker_common::KvEventPublisher;
-using worker_common::RouterMembership;
+using worker_common::RouterSet;
 using worker_common::RunningGrpcServer;
 using worker_common::StartGrpcServer;
 using worker_common::ToWorkerLoad;
@@ -185,8 +185,7 @@ std::function<void(const tandem::v1::WorkerLoad&)> LoadGauges(MetricsRegistry& r
 }  // namespace
 
 struct WorkerProcess::RouterLink {
-  std::unique_ptr<tandem::v1::WorkerRegistry::Stub> stub;
-  std::unique_ptr<RouterMembership> membership;
+  std::unique_ptr<RouterSet> routers;
 };
 
 WorkerProcess::WorkerProcess(Options options)
@@ -203,7 +202,9 @@ WorkerProcess::~WorkerProcess() { Shutdown(); }
 absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Create(Options options) {
   if (!options.channel_factory) {
     options.channel_factory = [](const std::string& target) {
-      return grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+      grpc::ChannelArguments args;
+      worker_common::AddFastReconnect(&args);
+      return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
     };
   }
   auto worker = absl::WrapUnique(new WorkerProcess(std::move(options)));
@@ -492,18 +493,23 @@ absl::Status WorkerProcess::JoinRouter() {
   reg.set_model_id(info_.model_id);
   reg.set_block_size(options_.block_size);
   router_link_ = std::make_unique<RouterLink>();
-  router_link_->stub = tandem::v1::WorkerRegistry::NewStub(options_.channel_factory(options_.router));
-  router_link_->membership = std::make_unique<RouterMembership>(
-      RouterMembership::Options{.registration = reg,
-                                .load = [runner = runner_.get()] { return ToWorkerLoad(runner->load()); },
-                                .on_heartbeat = LoadGauges(metrics_)},
-      router_link_->stub.get(), kv_events_.get());
-  // Register retries until the router answers (RouterMembership::Options).
-  if (grpc::Status registered = router_link_->membership->Register(); !registered.ok()) {
+  // Every router replica named (a list, or a DNS name standing for several)
+  // gets the registration, heartbeats and KV events.
+  router_link_->routers = std::make_unique<RouterSet>(
+      RouterSet::Options{
+          .routers = options_.router,
+          .channel_factory = options_.channel_factory,
+          .membership = {.registration = reg,
+                         .load = [runner = runner_.get()] { return ToWorkerLoad(runner->load()); },
+                         .on_heartbeat = LoadGauges(metrics_)}},
+      kv_events_.get());
+  if (absl::Status started = router_link_->routers->Start(); !started.ok()) return started;
+  // Registration retries until some router answers (30 s).
+  if (grpc::Status registered = router_link_->routers->AwaitRegistration(absl::Seconds(30));
+      !registered.ok()) {
     return absl::UnavailableError(
         absl::StrCat("cannot register with router ", options_.router, ": ", registered.error_message()));
   }
-  router_link_->membership->Start();
   return absl::OkStatus();
 }
 
@@ -527,7 +533,7 @@ void WorkerProcess::Shutdown() {
     if (shut_down_) return;
     shut_down_ = true;
   }
-  if (router_link_ != nullptr) router_link_->membership->Stop();
+  if (router_link_ != nullptr) router_link_->routers->Stop();
   if (metrics_server_ != nullptr) metrics_server_->Shutdown(absl::Now() + absl::Seconds(1));
   if (grpc_server_ != nullptr) grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   if (runner_ != nullptr) runner_->Stop();

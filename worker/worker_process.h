@@ -171,8 +171,10 @@ class WorkerProcess {
     // runs several).
     MetricsRegistry* metrics = nullptr;
 
-    // The router's host:port; "": no membership (nothing registers or
-    // heartbeats; a test wires the worker itself). Default: "".
+    // The router replicas: host:port, a comma-separated list, or a DNS name
+    // standing for all its addresses (worker_common/router_set.h); "": no
+    // membership (nothing registers or heartbeats; a test wires the worker
+    // itself). Default: "".
     std::string router;
     // The gRPC server's credentials. Default: null (plaintext).
     std::shared_ptr<grpc::ServerCredentials> server_credentials;

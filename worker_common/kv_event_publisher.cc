@@ -29,6 +29,7 @@ void AddEvent(const engine::KvEvent& e, tandem::v1::KvEventBatch* batch) {
 tandem::v1::KvEventBatch ToProto(const std::string& worker_id, const engine::KvEventLog::Batch& batch) {
   tandem::v1::KvEventBatch out;
   out.set_worker_id(worker_id);
+  out.set_first_sequence_number(batch.first_sequence_number);
   out.set_sequence_number(batch.sequence_number);
   for (const engine::KvEvent& e : batch.events) AddEvent(e, &out);
   return out;
@@ -79,7 +80,7 @@ void KvEventPublisher::Loop() {
         stub_->PublishKvEvents(&ctx, &ack);
     bool broken = false;
     while (!broken && !stop_.WaitForNotificationWithTimeout(options_.interval)) {
-      engine::KvEventLog::Batch batch = log_->Drain(options_.max_batch_events);
+      engine::KvEventLog::Batch batch = log_->Drain(options_.consumer, options_.max_batch_events);
       while (!batch.events.empty()) {
         tandem::v1::KvEventBatch proto = ToProto(options_.worker_id, batch);
         if (load_) *proto.mutable_load() = load_();
@@ -91,7 +92,7 @@ void KvEventPublisher::Loop() {
           absl::MutexLock lock(&mu_);
           ++batches_sent_;
         }
-        batch = log_->Drain(options_.max_batch_events);
+        batch = log_->Drain(options_.consumer, options_.max_batch_events);
       }
     }
     if (!broken) writer->WritesDone();

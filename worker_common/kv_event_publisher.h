@@ -38,6 +38,8 @@ class KvEventPublisher {
  public:
   struct Options {
     std::string worker_id;
+    // Which of the log's consumers this publisher drains (one per router).
+    engine::KvEventLog::ConsumerId consumer = engine::KvEventLog::kFirstConsumer;
     // Longest wait between a block event and its publication. Default: 20 ms.
     absl::Duration interval = absl::Milliseconds(20);
     // Most events in one batch. Default: 4096.

@@ -37,8 +37,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/* The router's in-cluster gRPC address, as workers dial it. */}}
+{{/* What workers and the store dial: the headless Service, whose DNS name
+stands for every router pod (the binary resolves it to all of them and
+again every few seconds, worker_common/router_set.h). */}}
 {{- define "tandem.routerAddress" -}}
-{{ include "tandem.fullname" . }}-router:{{ .Values.router.port }}
+{{ include "tandem.fullname" . }}-router-peers:{{ .Values.router.port }}
 {{- end -}}
 
 {{/* Where the ConfigMap is mounted and the file every container reads. */}}
