@@ -15,6 +15,7 @@
 #include "model/chat_template.h"
 #include "nlohmann/json.hpp"
 #include "router/request_validation.h"
+#include "router/shed_reason.h"
 
 namespace tandem::router {
 namespace {
@@ -28,6 +29,8 @@ struct ApiError {
   std::string type = "invalid_request_error";
   std::optional<std::string> param;
   std::optional<std::string> code;
+  // Why the router refused (shed_reason.h), sent as x-tandem-shed-reason.
+  std::string shed_reason;
 };
 
 std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
@@ -60,6 +63,7 @@ ApiError FromStatus(const absl::Status& s) {
       e.status = 429;
       e.type = "rate_limit_error";
       e.code = "rate_limit_exceeded";
+      e.shed_reason = std::string(ShedReasonOf(s));
       break;
     case absl::StatusCode::kUnavailable:
       e.status = 503;
@@ -88,6 +92,8 @@ http::Response ErrorHttp(const ApiError& e, int retry_after_seconds = 0) {
   http::Response r{.status = e.status, .body = Dump(ErrorJson(e))};
   if (e.status == 429 && retry_after_seconds > 0)
     r.headers.emplace_back("Retry-After", std::to_string(retry_after_seconds));
+  if (e.status == 429 && !e.shed_reason.empty())
+    r.headers.emplace_back("x-tandem-shed-reason", e.shed_reason);
   return r;
 }
 
@@ -313,6 +319,33 @@ std::optional<ApiError> ParseStreaming(const json& body, Parsed* parsed) {
   return std::nullopt;
 }
 
+// Flow control: X-Tandem-Priority (an integer in the core's range) and
+// X-Tandem-Tenant, else the body's OpenAI "user" as the tenant.
+std::optional<ApiError> ParseFlowControl(const json& body, const http::Request& http_request,
+                                         tandem::v1::GenerateRequest* req) {
+  if (std::optional<std::string> p = http_request.Header("X-Tandem-Priority")) {
+    int32_t priority = 0;
+    if (!absl::SimpleAtoi(*p, &priority) || priority < kMinPriority || priority > kMaxPriority) {
+      return BadParam("x-tandem-priority",
+                      absl::StrFormat("header X-Tandem-Priority must be an integer from %d "
+                                      "to %d (higher goes first)",
+                                      kMinPriority, kMaxPriority));
+    }
+    req->set_priority(priority);
+  }
+  std::optional<std::string> tenant = http_request.Header("X-Tandem-Tenant");
+  if (!tenant && body.contains("user") && body["user"].is_string()) tenant = body["user"].get<std::string>();
+  if (tenant) {
+    if (tenant->size() > kMaxTenantBytes) {
+      return BadParam("x-tandem-tenant", absl::StrFormat("the tenant (X-Tandem-Tenant or 'user') must be at "
+                                                         "most %d bytes",
+                                                         kMaxTenantBytes));
+    }
+    req->set_tenant(*tenant);
+  }
+  return std::nullopt;
+}
+
 // Tandem's extras: ignore_eos; slo_ttft_ms / slo_tpot_ms (body, else the
 // X-Tandem-Slo-* headers), checked by the core's own rule (ValidateSlo); the
 // X-Request-Id header.
@@ -336,7 +369,7 @@ std::optional<ApiError> ParseTandemExtras(const json& body, const http::Request&
       id && id->size() <= kMaxRequestIdBytes) {
     req->set_request_id(*id);
   }
-  return std::nullopt;
+  return ParseFlowControl(body, http_request, req);
 }
 
 }  // namespace

@@ -18,21 +18,29 @@
 // max_completion_tokens; unset: see the options' *_default_max_tokens),
 // temperature, top_p,
 // seed, stop (string or array), n (1 only), stream,
-// stream_options.include_usage, user (ignored). Tandem extras in the body:
+// stream_options.include_usage, user (the tenant, below). Tandem extras in the body:
 // top_k, ignore_eos (bool), slo_ttft_ms, slo_tpot_ms (> 0 when given: the
 // core's rule, ValidateSlo in request_validation.h); or as headers
 // X-Tandem-Slo-Ttft-Ms / X-Tandem-Slo-Tpot-Ms; X-Request-Id names the
-// request. Other fields are ignored, as OpenAI-compatible servers do.
+// request; flow control (router_core.h): X-Tandem-Priority (-100 to 100,
+// higher first; default 0) and X-Tandem-Tenant (at most 128 bytes; unset:
+// the body's "user"; neither: the shared tenant ""). Other fields are
+// ignored, as OpenAI-compatible servers do.
 //
 // Responses are OpenAI's shapes (text_completion, chat.completion,
 // chat.completion.chunk with usage.prompt_tokens_details.cached_tokens);
 // streams are SSE `data: {json}\n\n` ending in `data: [DONE]\n\n`. Errors are
 // `{"error":{"message","type","param","code"}}`: 400 invalid request, 401
-// bad API key, 404 unknown model or path, 413 body too large, 429 (with
-// Retry-After) when the router sheds load (RESOURCE_EXHAUSTED), 503
-// UNAVAILABLE, 504 deadline. The HTTP status of a stream is decided by its
-// first event: a request that fails before its first token gets a plain
-// error answer; one that fails later gets an SSE error event.
+// bad API key, 404 unknown model or path, 413 body too large, 429 when the
+// router refuses or sheds the request (RESOURCE_EXHAUSTED: nothing was
+// computed for it; retry after Retry-After seconds), with
+// x-tandem-shed-reason: queue_full (the queue is full of requests of its
+// priority or higher), lower_priority (it waited and a higher-priority
+// request took its place), queue_ttl (it waited the router's queue TTL),
+// slo (predicted to miss its SLO target), decode_full (no decode worker has
+// room); 503 UNAVAILABLE (no worker can serve it); 504 deadline. The HTTP status of a stream is decided by
+// its first event: a request that fails before its first token gets a plain error answer; one that fails
+// later gets an SSE error event.
 //
 // A client that disconnects cancels its generation (GenerationCall::Cancel).
 //

@@ -10,6 +10,7 @@
 #include "http/test_client.h"
 #include "nlohmann/json.hpp"
 #include "router/fake_generator.h"
+#include "router/shed_reason.h"
 
 namespace tandem::router {
 namespace {
@@ -120,6 +121,8 @@ TEST_F(OpenAiFrontTest, CompletionTranslatesRequestAndAnswersInOpenAiShape) {
   EXPECT_DOUBLE_EQ(g.slo().ttft_ms(), 250);
   EXPECT_DOUBLE_EQ(g.slo().tpot_ms(), 40);
   EXPECT_EQ(g.request_id(), "req-1");
+  EXPECT_EQ(g.tenant(), "u");  // OpenAI's "user" when no X-Tandem-Tenant
+  EXPECT_EQ(g.priority(), 0);
   EXPECT_FALSE(g.stop_at_eos());
   EXPECT_GT(generator_.deadlines()[0], absl::Now());
 
@@ -306,6 +309,34 @@ TEST_F(OpenAiFrontTest, GeneratorErrorsMapToHttpStatuses) {
     }
   }
   EXPECT_THAT(registry_.RenderPrometheus(), HasSubstr("tandem_http_rejections_total{reason=\"429\"} 2"));
+}
+
+// Flow control: priority and tenant from headers (the header wins over
+// "user"); a shed request is 429 with Retry-After and its reason.
+TEST_F(OpenAiFrontTest, FlowControlHeadersAndShedReason) {
+  Start();
+  ParsedResponse ok = Post("/v1/completions", {{"prompt", "x"}, {"user", "u"}},
+                           "X-Tandem-Priority: -7\r\nX-Tandem-Tenant: acme\r\n");
+  ASSERT_EQ(ok.status, 200) << ok.body;
+  ASSERT_EQ(generator_.requests().size(), 1u);
+  EXPECT_EQ(generator_.requests()[0].priority(), -7);
+  EXPECT_EQ(generator_.requests()[0].tenant(), "acme");
+  for (const char* bad : {"X-Tandem-Priority: high\r\n", "X-Tandem-Priority: 101\r\n"}) {
+    ExpectError(Post("/v1/completions", {{"prompt", "x"}}, bad), 400, "invalid_request_error",
+                "x-tandem-priority", nullptr);
+  }
+  ExpectError(
+      Post("/v1/completions", {{"prompt", "x"}}, "X-Tandem-Tenant: " + std::string(129, 't') + "\r\n"), 400,
+      "invalid_request_error", "x-tandem-tenant", nullptr);
+  EXPECT_EQ(generator_.requests().size(), 1u);  // none of the bad ones reached the generator
+  FakeScript script;
+  script.texts = {};
+  script.status = ShedStatus(kShedLowerPriority, "shed for a request of priority 5");
+  generator_.set_script(script);
+  ParsedResponse shed = Post("/v1/completions", {{"prompt", "x"}});
+  ExpectError(shed, 429, "rate_limit_error", nullptr, "rate_limit_exceeded");
+  EXPECT_THAT(shed.head, HasSubstr("retry-after: 1"));
+  EXPECT_THAT(shed.head, HasSubstr("x-tandem-shed-reason: lower_priority"));
 }
 
 TEST_F(OpenAiFrontTest, ErrorAfterFirstTokenIsAnSseErrorEvent) {

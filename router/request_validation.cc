@@ -104,6 +104,15 @@ absl::StatusOr<ValidatedRequest> ValidateRequest(const GenerateRequest& req, con
   out.tpot_slo_ms = req.slo().tpot_ms();
   out.stop_at_eos = !req.has_stop_at_eos() || req.stop_at_eos();
   out.request_id = req.request_id();
+  if (req.priority() < kMinPriority || req.priority() > kMaxPriority) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("priority: %d is outside %d to %d", req.priority(), kMinPriority, kMaxPriority));
+  }
+  if (req.tenant().size() > kMaxTenantBytes) {
+    return absl::InvalidArgumentError(absl::StrFormat("tenant: at most %d bytes", kMaxTenantBytes));
+  }
+  out.priority = req.priority();
+  out.tenant = req.tenant();
   return out;
 }
 

@@ -34,6 +34,9 @@ struct ValidationOptions {
 inline constexpr int kMaxStopStrings = 16;
 inline constexpr size_t kMaxStopStringBytes = 256;
 inline constexpr size_t kMaxRequestIdBytes = 128;
+inline constexpr int32_t kMinPriority = -100;
+inline constexpr int32_t kMaxPriority = 100;
+inline constexpr size_t kMaxTenantBytes = 128;
 
 struct ValidatedRequest {
   // The prompt as token ids: the text encoded with BOS, or the ids as given.
@@ -50,6 +53,9 @@ struct ValidatedRequest {
   bool stop_at_eos = true;
   // As given; may be empty (the router names the request then).
   std::string request_id;
+  // Flow control: in [kMinPriority, kMaxPriority]; the tenant as given.
+  int32_t priority = 0;
+  std::string tenant;
 };
 
 // INVALID_ARGUMENT "<field>: <why>" for a malformed field; NOT_FOUND when

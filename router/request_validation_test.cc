@@ -166,6 +166,22 @@ TEST_F(RequestValidationTest, RequestIdIsBounded) {
   EXPECT_THAT(Validate(r).status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("request_id")));
 }
 
+TEST_F(RequestValidationTest, PriorityInRangeAndTenantBounded) {
+  GenerateRequest r = Ids({5});
+  r.set_priority(kMaxPriority);
+  r.set_tenant(std::string(kMaxTenantBytes, 't'));
+  ASSERT_OK_AND_ASSIGN(ValidatedRequest v, Validate(r));
+  EXPECT_EQ(v.priority, kMaxPriority);
+  EXPECT_EQ(v.tenant.size(), kMaxTenantBytes);
+  r.set_priority(kMinPriority - 1);
+  EXPECT_THAT(Validate(r).status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("priority")));
+  r.set_priority(kMaxPriority + 1);
+  EXPECT_THAT(Validate(r).status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("priority")));
+  r.set_priority(0);
+  r.set_tenant(std::string(kMaxTenantBytes + 1, 't'));
+  EXPECT_THAT(Validate(r).status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tenant")));
+}
+
 // One rule for both fronts: a target that is set is a positive, finite number
 // of milliseconds; unset takes the router's default.
 TEST_F(RequestValidationTest, SloTargetsMustBePositiveWhenSet) {

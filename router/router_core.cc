@@ -1,12 +1,15 @@
 #include "router/router_core.h"
 
 #include <algorithm>
+#include <atomic>
 #include <functional>
 #include <optional>
+#include <random>
 #include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/block_hash.h"
 #include "common/logging.h"
@@ -17,12 +20,25 @@
 #include "router/progress_watch.h"
 #include "router/request_validation.h"
 #include "router/router_metrics.h"
+#include "router/shed_reason.h"
 #include "router/stop_filter.h"
 #include "router/worker_stubs.h"
 #include "tandem/v1/worker.grpc.pb.h"
 
 namespace tandem::router {
 namespace {
+
+// The id the router gives workers for one request (its reservation, prefill,
+// decode and release): the client's id plus this process's random tag and a
+// counter. Two router replicas both numbering requests "req-1", or a client
+// retrying its request on another replica while the first replica's
+// reservation still lives on the decode worker, would otherwise collide
+// there (the worker refuses a second reservation under one id).
+std::string WorkerRequestId(const std::string& client_id) {
+  static const uint32_t tag = std::random_device{}();
+  static std::atomic<uint64_t> next{1};
+  return absl::StrFormat("%s@%08x.%d", client_id, tag, next.fetch_add(1));
+}
 
 // How long Stop waits for requests still alive.
 constexpr absl::Duration kStopWaitForCalls = absl::Seconds(5);
@@ -62,9 +78,13 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   void Begin(const GenerateRequest& request);
 
   void Cancel() override {
-    absl::MutexLock lock(&mu_);
-    cancelled_ = true;
-    if (active_ != nullptr) active_->TryCancel();
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      if (active_ != nullptr) active_->TryCancel();
+    }
+    // Waiting at the router: nothing is on a worker; it ends now.
+    if (core_->flow_.Remove(flow_key_)) Finish(absl::CancelledError("client cancelled"));
   }
 
   // For the sweeper ("Gray failures" in router_core.h): the RPC in flight
@@ -104,10 +124,10 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   // retry's Reserve of the same request id never races the Release.
   void Release(std::function<void()> then = nullptr);
   void Finish(absl::Status status);
-  // The request got its first token (or ended): it leaves the bounded
-  // queue (RouterOptions::max_queued_prefills_per_worker). Idempotent.
+  // The request got its first token (or ended): it leaves the flow queue
+  // (its slot frees for the next waiting request). Idempotent.
   void LeaveQueue() {
-    if (queued_.exchange(false)) core_->queued_prefills_.fetch_sub(1);
+    if (queued_.exchange(false)) core_->flow_.Done(flow_key_);
   }
   // Sets the context the next call uses as the cancellable one and watched
   // as `step` by the sweeper; false if the request was cancelled already.
@@ -183,6 +203,7 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   uint64_t serial_ ABSL_GUARDED_BY(mu_) = 0;
   std::optional<Verdict> abort_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> queued_{false};
+  const uint64_t flow_key_ = core_->next_flow_key_.fetch_add(1);
 
   // Set by Begin, read by later steps (one at a time).
   std::vector<int32_t> prompt_;
@@ -194,6 +215,7 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   std::vector<std::string> stops_;
   double ttft_slo_ms_ = 0, tpot_slo_ms_ = 0;
   std::string request_id_;
+  std::string worker_request_id_;  // WorkerRequestId(request_id_)
   tandem::v1::GenerateSummary summary_;
   // What the workers compute from and how many tokens they generate: the
   // prompt and max_tokens_, and after a migration the prompt plus the
@@ -316,16 +338,28 @@ void RouterCore::Call::Begin(const GenerateRequest& request) {
   request_id_ = valid->request_id.empty() ? absl::StrFormat("req-%d", core_->next_request_.fetch_add(1))
                                           : std::move(valid->request_id);
   summary_.set_request_id(request_id_);
+  worker_request_id_ = WorkerRequestId(request_id_);
   summary_.set_model(core_->model_->config.model_id);
   *summary_.mutable_prompt_token_ids() = {prompt_.begin(), prompt_.end()};
   summary_.mutable_usage()->set_prompt_tokens(static_cast<int32_t>(prompt_.size()));
   filter_.emplace(stops_);
-  // Admission into the bounded queue happens once, here: a retry of an
-  // admitted request is never refused for queue room.
-  if (absl::Status admitted = core_->EnterQueue(); !admitted.ok()) return Finish(admitted);
+  // Admission into the flow queue happens once, here: a retry or a
+  // migration of an admitted request never waits or is refused for room.
   queued_ = true;
   core_->Watch(shared_from_this());
-  Attempt();
+  std::shared_ptr<Call> self = shared_from_this();
+  absl::Status admitted =
+      core_->flow_.Enter({.key = flow_key_,
+                          .priority = valid->priority,
+                          .tenant = std::move(valid->tenant),
+                          .cost = static_cast<double>(prompt_.size()),
+                          .deadline = deadline_,
+                          .dispatch = [self] { self->Attempt(); },
+                          .drop = [self](absl::Status why) { self->Finish(std::move(why)); }});
+  if (!admitted.ok()) {
+    queued_ = false;
+    Finish(std::move(admitted));
+  }
 }
 
 void RouterCore::Call::Attempt() {
@@ -360,12 +394,15 @@ void RouterCore::Call::Attempt() {
     if (absl::IsUnavailable(placed.status()) && (attempts_ > 1 || migrations_ > 0)) {
       if (last_error_.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
         // Every decode worker is full: a refusal before any prefill, not a failure.
-        return Finish(absl::ResourceExhaustedError(
-            absl::StrFormat("no decode worker has room for the request: %s", last_error_.error_message())));
+        return Finish(ShedStatus(kShedNoRoom, absl::StrFormat("no decode worker has room for the request: %s",
+                                                              last_error_.error_message())));
       }
       return Finish(absl::UnavailableError(
           absl::StrFormat("no worker could serve the request: %s", last_error_.error_message())));
     }
+    // RESOURCE_EXHAUSTED from placement is its SLO admission.
+    if (absl::IsResourceExhausted(placed.status()))
+      return Finish(ShedStatus(kShedSlo, std::string(placed.status().message())));
     return Finish(placed.status());
   }
   placement_ = std::move(*placed);
@@ -383,7 +420,7 @@ void RouterCore::Call::Attempt() {
   // 1. The decode worker reserves blocks.
   summary_.set_prefill_worker(placement_->prefill->id);
   reserve_req_.Clear();
-  reserve_req_.set_request_id(request_id_);
+  reserve_req_.set_request_id(worker_request_id_);
   *reserve_req_.mutable_prompt_token_ids() = {context_.begin(), context_.end()};
   reserve_req_.set_max_tokens(to_generate_);
   reserve_req_.set_reservation_ttl_ms(
@@ -416,7 +453,7 @@ void RouterCore::Call::OnReserved(const grpc::Status& result) {
   summary_.mutable_timings()->set_queue_ms(Ms(core_->Now() - start_));
   // 2. A prefill worker computes the KV and writes it into the reservation.
   prefill_req_.Clear();
-  prefill_req_.set_request_id(request_id_);
+  prefill_req_.set_request_id(worker_request_id_);
   *prefill_req_.mutable_prompt_token_ids() = {context_.begin(), context_.end()};
   *prefill_req_.mutable_sampling() = sampling_;
   *prefill_req_.mutable_reservation() = reservation_;
@@ -433,7 +470,7 @@ void RouterCore::Call::OnReserved(const grpc::Status& result) {
   core_->registry_->AddInflight(placement_->prefill->id, prefill_inflight_tokens_);
   // The reservation lives as long as the request: renewed while the prefill
   // queues or runs (see RouterOptions::reservation_ttl).
-  kept_reservation_ = core_->KeepReservation(request_id_, placement_->decode.stubs);
+  kept_reservation_ = core_->KeepReservation(worker_request_id_, placement_->decode.stubs);
   prefilled_.Clear();
   placement_->prefill->stubs->prefill->async()->Prefill(
       ctx_.get(), &prefill_req_, &prefilled_,
@@ -504,7 +541,7 @@ void RouterCore::Call::OnPrefilled(const grpc::Status& result) {
 void RouterCore::Call::StartDecode() {
   // 3. Stream the decode worker's tokens to the client.
   tandem::v1::DecodeRequest req;
-  req.set_request_id(request_id_);
+  req.set_request_id(worker_request_id_);
   if (first_token_.has_value()) {
     req.set_kv_ready(true);
     req.set_first_token(*first_token_);
@@ -661,7 +698,7 @@ void RouterCore::Call::Release(std::function<void()> then) {
   };
   auto* p = new Pending;
   p->ctx.set_deadline(absl::ToChronoTime(core_->Now() + absl::Seconds(2)));
-  p->req.set_request_id(request_id_);
+  p->req.set_request_id(worker_request_id_);
   p->stub = placement_->decode.stubs->decode;
   p->then = std::move(then);
   p->stub->async()->Release(&p->ctx, &p->req, &p->resp, [p](grpc::Status) {
@@ -687,6 +724,9 @@ void RouterCore::Call::Finish(absl::Status status) {
   summary_.mutable_timings()->set_total_ms(Ms(now - start_));
   RouterMetrics& m = RouterMetrics::Get();
   m.requests->WithLabels({RequestOutcome(status)})->Increment();
+  if (const std::string_view reason = ShedReasonOf(status); !reason.empty()) {
+    m.shed->WithLabels({std::string(reason)})->Increment();
+  }
   if (status.ok()) {
     const std::string policy = PolicyName(core_->options_.placement.policy);
     m.prompt_tokens->WithLabels({})->Increment(summary_.usage().prompt_tokens());
@@ -716,7 +756,11 @@ RouterCore::RouterCore(RouterOptions options, const model::ModelInfo* model, Wor
     : options_(std::move(options)),
       model_(model),
       registry_(registry),
-      placement_(options_.placement, registry, &index_) {}
+      placement_(options_.placement, registry, &index_),
+      flow_({.queue_ttl = options_.queue_ttl,
+             .tenant_weights = options_.tenant_weights,
+             .limits = [this] { return FlowLimits(); },
+             .clock = options_.clock}) {}
 
 RouterCore::~RouterCore() { Stop(); }
 
@@ -760,12 +804,7 @@ std::shared_ptr<GenerationCall> RouterCore::Start(const GenerateRequest& request
   return call;
 }
 
-absl::Status RouterCore::EnterQueue() {
-  const int per_worker = options_.max_queued_prefills_per_worker;
-  if (per_worker <= 0) {
-    queued_prefills_.fetch_add(1);
-    return absl::OkStatus();
-  }
+FlowQueue::Limits RouterCore::FlowLimits() const {
   int prefill_workers = 0, decode_workers = 0;
   registry_->ForEachHealthy(tandem::v1::WORKER_ROLE_PREFILL, {},
                             [&](const WorkerView&) { ++prefill_workers; });
@@ -773,18 +812,25 @@ absl::Status RouterCore::EnterQueue() {
     registry_->ForEachHealthy(tandem::v1::WORKER_ROLE_DECODE, {},
                               [&](const WorkerView&) { ++decode_workers; });
   }
-  const int workers = std::max(1, prefill_workers > 0 ? prefill_workers : decode_workers);
-  const int64_t limit = int64_t{per_worker} * workers;
-  int64_t queued = queued_prefills_.load();
-  do {
-    if (queued >= limit) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "router queue full: %d requests are waiting for their first token, the bound is %d (%d per %s "
-          "worker, --max-queued-prefills); retry later",
-          queued, limit, per_worker, prefill_workers > 0 ? "prefill" : "decode"));
-    }
-  } while (!queued_prefills_.compare_exchange_weak(queued, queued + 1));
-  return absl::OkStatus();
+  // With no healthy worker one request goes through, to be told so (503).
+  const int64_t workers = std::max(1, prefill_workers > 0 ? prefill_workers : decode_workers);
+  return {.max_admitted = std::max(0, options_.max_queued_prefills_per_worker) * workers,
+          .max_running = std::max(0, options_.max_inflight_prefills_per_worker) * workers};
+}
+
+void RouterCore::PublishQueueGauges() {
+  const FlowQueue::Stats stats = flow_.stats();
+  RouterMetrics& m = RouterMetrics::Get();
+  m.queue_running->Set(static_cast<double>(stats.running));
+  absl::MutexLock lock(&gauge_mu_);
+  for (int32_t priority : depth_priorities_) {
+    if (!stats.waiting_by_priority.contains(priority))
+      m.queue_depth->WithLabels({absl::StrCat(priority)})->Set(0);
+  }
+  for (const auto& [priority, n] : stats.waiting_by_priority) {
+    depth_priorities_.insert(priority);
+    m.queue_depth->WithLabels({absl::StrCat(priority)})->Set(static_cast<double>(n));
+  }
 }
 
 uint64_t RouterCore::KeepReservation(std::string request_id, std::shared_ptr<const WorkerStubs> stubs) {
@@ -1006,6 +1052,10 @@ void RouterCore::SweepLoop() {
   Gauge* const workers[3] = {metrics.workers->WithLabels({"prefill"}),
                              metrics.workers->WithLabels({"decode"}), metrics.workers->WithLabels({"store"})};
   while (!stop_.WaitForNotificationWithTimeout(options_.sweep_interval)) {
+    // Queue TTL and deadlines of waiting requests; room from workers that
+    // joined.
+    flow_.Expire();
+    PublishQueueGauges();
     CheckInFlight();
     for (const std::string& id : registry_->Unhealthy()) {
       if (index_.Known(id)) {

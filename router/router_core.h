@@ -44,6 +44,15 @@
 // absolute deadlines and enforces them in real time, and the background
 // threads pace themselves in real time.
 //
+// Flow control: admitted requests wait at the router (flow_queue.h) until
+// a worker has room (max_inflight_prefills_per_worker), then go highest
+// priority first and fair across tenants; a full queue sheds the lowest
+// priority's newest waiting request for a higher-priority arrival, else
+// refuses the arrival; a request waits at most queue_ttl. Every refusal is
+// RESOURCE_EXHAUSTED with its reason first in the message (shed_reason.h);
+// UNAVAILABLE means no worker can serve. Retries and migrations of an
+// admitted request never wait in or are refused by the queue.
+//
 // Thread safety: all methods are thread-safe.
 #ifndef TANDEM_ROUTER_ROUTER_CORE_H_
 #define TANDEM_ROUTER_ROUTER_CORE_H_
@@ -52,6 +61,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -60,6 +70,7 @@
 #include "absl/synchronization/notification.h"
 #include "common/clock.h"
 #include "model/model_info.h"
+#include "router/flow_queue.h"
 #include "router/generation.h"
 #include "router/kv_index.h"
 #include "router/placement.h"
@@ -97,6 +108,27 @@ struct RouterOptions {
   // waits a bounded time and is never failed late. 0: no bound.
   // Default: 64 (about 2 s of queue for stories260K on one prefill worker).
   int max_queued_prefills_per_worker = 64;
+  // Flow control (flow_queue.h): requests dispatched to workers and not yet
+  // past their first token, per healthy prefill worker (per decode worker
+  // when none prefills). More admitted requests wait at the router and are
+  // dispatched as these finish: highest GenerateRequest.priority first,
+  // fair across tenants within a priority (start-time fair queueing, cost
+  // = prompt tokens). So the order under overload is the router's, not the
+  // workers' FIFO queues'. 0: none held (each admitted request is
+  // dispatched at once and queues on its worker; priority and tenant then
+  // play no part). Default: 4 — a worker computes one prefill while the
+  // next ones reserve decode blocks and the last one's KV is transferred,
+  // so a worker is not left idle between prefills (stories260K's
+  // throughput and TTFT unchanged, docs/PERFORMANCE.md), while a request
+  // that arrives waits behind at most 4 prefills already on the worker.
+  int max_inflight_prefills_per_worker = 4;
+  // Longest a request waits at the router before it is dispatched; then it
+  // is refused (RESOURCE_EXHAUSTED "queue_ttl: ...", HTTP 429). 0: no TTL
+  // (its deadline still bounds the wait). Default: 30 s.
+  absl::Duration queue_ttl = absl::Seconds(30);
+  // Weight of each tenant's fair share within a priority (> 0); tenants
+  // not listed weigh 1. Default: none.
+  absl::flat_hash_map<std::string, double> tenant_weights;
   // Routing policy, cost model, conditional disaggregation and SLO defaults.
   PlacementOptions placement;
   // Deadline of a KvEventSource.Snapshot call. Default: 5 s.
@@ -165,8 +197,13 @@ class RouterCore final : public Generator {
   // Requests started and not yet done.
   int64_t in_flight() const { return in_flight_.load(); }
   // Requests admitted and not yet past their first token (the queue that
-  // max_queued_prefills_per_worker bounds).
-  int64_t queued_prefills() const { return queued_prefills_.load(); }
+  // max_queued_prefills_per_worker bounds): waiting at the router or
+  // dispatched.
+  int64_t queued_prefills() const {
+    const FlowQueue::Stats stats = flow_.stats();
+    return stats.waiting + stats.running;
+  }
+  const FlowQueue& flow_queue() const { return flow_; }
 
   // Sends DecodeWorker.Renew for every reservation whose prefill is still
   // pending, without waiting for the answers. The renewer thread calls it
@@ -183,9 +220,10 @@ class RouterCore final : public Generator {
   friend class Call;
 
   absl::Time Now() const { return options_.clock->Now(); }
-  // Admits a new request into the bounded queue (counts it in
-  // queued_prefills_) or refuses it with RESOURCE_EXHAUSTED.
-  absl::Status EnterQueue();
+  // The flow queue's bounds at the healthy workers of now.
+  FlowQueue::Limits FlowLimits() const;
+  // tandem_router_queue_depth{priority} from the flow queue.
+  void PublishQueueGauges();
   // A reservation to renew until DropReservation(key) (its prefill ended).
   uint64_t KeepReservation(std::string request_id, std::shared_ptr<const WorkerStubs> stubs);
   void DropReservation(uint64_t key);
@@ -215,7 +253,11 @@ class RouterCore final : public Generator {
   Placement placement_;
   std::atomic<uint64_t> next_request_{1};
   std::atomic<int64_t> in_flight_{0};
-  std::atomic<int64_t> queued_prefills_{0};
+  std::atomic<uint64_t> next_flow_key_{1};
+  FlowQueue flow_;
+  // Priorities whose depth gauge was set (set to 0 when they empty).
+  absl::Mutex gauge_mu_;
+  std::set<int32_t> depth_priorities_ ABSL_GUARDED_BY(gauge_mu_);
 
   absl::Notification stop_;
   std::thread snapshot_thread_;

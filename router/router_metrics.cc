@@ -50,6 +50,16 @@ RouterMetrics& RouterMetrics::Get() {
                                 "Streams whose decode worker died or stalled mid-stream, by outcome "
                                 "(moved: resumed on another decode worker; failed: none could take it)",
                                 {"outcome"});
+    out->queue_depth =
+        r.Gauge("tandem_router_queue_depth",
+                "Requests waiting at the router for a worker's room, by priority", {"priority"});
+    out->queue_running = r.Gauge("tandem_router_queue_running",
+                                 "Requests dispatched to workers and not yet past their first token", {})
+                             ->WithLabels({});
+    out->shed = r.Counter("tandem_router_shed_total",
+                          "Requests refused or shed (RESOURCE_EXHAUSTED), by reason (queue_full, "
+                          "lower_priority, queue_ttl, slo, decode_full)",
+                          {"reason"});
     return out;
   }();
   return *m;

@@ -38,6 +38,12 @@ struct RouterMetrics {
   // {tier}: hbm, dram, ssd. (hash, worker) pairs in the KV index: shows the
   // index catching up with the workers' KV events.
   GaugeFamily* kv_index_entries;
+  // Flow control (flow_queue.h): {priority} requests waiting at the router;
+  // requests dispatched and not past their first token; {reason}
+  // (shed_reason.h) refusals and sheds.
+  GaugeFamily* queue_depth;
+  Gauge* queue_running;
+  CounterFamily* shed;
 
   // The process's instance, registered on first use; never destroyed.
   static RouterMetrics& Get();
