@@ -19,7 +19,11 @@
 # tokens into an empty cache) and tg$DECODE at depth 512 (decode after a
 # 512-token context); cpu_generate_bench prefills a 512-token prompt and then
 # decodes $DECODE tokens. Each figure is the best of $REPEATS runs, the two
-# programs alternating so a busy spell on a shared machine hits both.
+# programs alternating so a busy spell on a shared machine hits both. Both
+# warm up first: llama-bench runs an untimed warm-up by default, and
+# cpu_generate_bench runs one untimed prefill + decode before the timed ones
+# (before it did, Tandem's timed prefill paid the first touch of the weights,
+# activations and KV pages: 110m BF16 prefill 772 -> 1,301 tok/s).
 #
 # With BATCHES set, a second table: decode tokens/s of all sequences together
 # at each batch size, Tandem's engine_bench (32-token prompts, 32 timed steps)
@@ -34,6 +38,8 @@ THREADS=${THREADS:-2}
 PROMPT=${PROMPT:-512}
 DECODE=${DECODE:-64}
 REPEATS=${REPEATS:-3}
+# Tandem's KV cache element type (f32, the engine's default; llama-bench's is f16).
+KV_DTYPE=${KV_DTYPE:-f32}
 TANDEM_BENCH=${TANDEM_BENCH:-$ROOT/build/bin/cpu_generate_bench}
 LLAMA_BENCH=$PEER_DIR/build/bin/llama-bench
 
@@ -77,7 +83,7 @@ for shape in $SHAPES; do
     for rep in $(seq "$REPEATS"); do
       echo "# $shape $type run $rep/$REPEATS" >&2
       t=$("$TANDEM_BENCH" --models "$file" --threads "$THREADS" --prompt-tokens "$PROMPT" \
-        --decode-tokens "$DECODE" --repeats 1 2>/dev/null |
+        --decode-tokens "$DECODE" --repeats 1 --kv-dtype "$KV_DTYPE" 2>/dev/null |
         python3 -c "import json,sys; r=json.load(sys.stdin)['results'][0]; print(r['prefill_tokens_per_s'], r['decode_tokens_per_s'])")
       lp=$(llama_tps "$file" -p "$PROMPT" -n 0)
       lg=$(llama_tps "$file" -p 0 -n "$DECODE" -d "$PROMPT")
