@@ -2,14 +2,18 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "loadgen/metrics.h"
 #include "loadgen/runner.h"
 #include "loadgen/trace.h"
@@ -76,6 +80,37 @@ void PrintTable(const BenchFlags& f, const loadgen::RunSummary& s) {
     }
   }
   std::cout << std::flush;
+}
+
+// Each tenant's outcomes and TTFT (--tenant).
+void PrintTenants(const std::map<std::string, loadgen::RunSummary>& tenants) {
+  if (tenants.empty()) return;
+  std::cout << absl::StrFormat("  %-12s%10s%10s%10s%10s%10s%10s%10s\n", "tenant", "completed", "rejected",
+                               "errors", "TTFT p50", "p90", "p99", "mean");
+  for (const auto& [name, s] : tenants) {
+    std::cout << absl::StrFormat("  %-12s%10d%10d%10d", name.empty() ? "(none)" : name, s.completed,
+                                 s.rejected, s.errors)
+              << Cell(s.ttft_ms.p50) << Cell(s.ttft_ms.p90) << Cell(s.ttft_ms.p99) << Cell(s.ttft_ms.mean)
+              << "\n";
+  }
+  std::cout << std::flush;
+}
+
+// --tenant values; InvalidArgument names a bad one.
+absl::StatusOr<std::vector<loadgen::TenantShare>> ParseTenants(const std::vector<std::string>& values) {
+  std::vector<loadgen::TenantShare> out;
+  for (const std::string& v : values) {
+    const std::vector<std::string> parts = absl::StrSplit(v, ':');
+    loadgen::TenantShare t;
+    bool ok = (parts.size() == 2 || parts.size() == 3) && !parts[0].empty() &&
+              absl::SimpleAtod(parts[1], &t.share) && t.share > 0 && std::isfinite(t.share);
+    if (ok && parts.size() == 3) ok = absl::SimpleAtoi(parts[2], &t.priority);
+    if (!ok)
+      return absl::InvalidArgumentError("--tenant '" + v + "': expected NAME:SHARE[:PRIORITY], SHARE > 0");
+    t.name = parts[0];
+    out.push_back(std::move(t));
+  }
+  return out;
 }
 
 }  // namespace
@@ -150,6 +185,10 @@ void RegisterBench(CLI::App* cmd, BenchFlags* f) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--quiet", f->quiet, "No progress lines on stderr");
+  cmd->add_option("--tenant", f->tenants,
+                  "NAME:SHARE[:PRIORITY]: send SHARE parts of the requests as tenant NAME with that priority "
+                  "(repeatable; shares are relative, e.g. --tenant heavy:10 --tenant light:1); the report "
+                  "adds each tenant's outcomes and TTFT");
   AddTlsFlags(cmd, &f->tls);
   cmd->callback([f] {
     const int code = RunBench(*f);
@@ -254,6 +293,7 @@ std::optional<tandem::v1::ClusterInfo> AskCluster(const BenchFlags& f) {
 
 // --json FILE: the summary with per-request samples and the run's settings.
 bool WriteJsonReport(const BenchFlags& f, const loadgen::RunSummary& summary,
+                     const std::map<std::string, loadgen::RunSummary>& by_tenant,
                      const loadgen::Runner::RunResult& run, const std::vector<absl::Duration>& times,
                      int32_t block_tokens, int32_t context_length) {
   nlohmann::ordered_json j = loadgen::SummaryToJson(summary, run.results, /*samples=*/true);
@@ -268,6 +308,10 @@ bool WriteJsonReport(const BenchFlags& f, const loadgen::RunSummary& summary,
   j["block_tokens"] = block_tokens;
   j["context_length"] = context_length;
   j["concurrency_limit"] = f.concurrency_limit;
+  if (!by_tenant.empty()) {
+    nlohmann::ordered_json& tenants = j["tenants"];
+    for (const auto& [name, s] : by_tenant) tenants[name] = loadgen::SummaryToJson(s, {}, /*samples=*/false);
+  }
   std::ofstream out(f.json);
   out << j.dump(2) << "\n";
   out.close();
@@ -331,6 +375,13 @@ int RunBench(const BenchFlags& f) {
     return 2;
   }
   const std::vector<absl::Duration> times = SendTimes(f, *records);
+  absl::StatusOr<std::vector<loadgen::TenantShare>> tenants = ParseTenants(f.tenants);
+  if (!tenants.ok()) {
+    std::cerr << kPrefix << ": " << tenants.status().message() << "\n";
+    return 2;
+  }
+  const std::vector<size_t> tenant_of =
+      loadgen::AssignTenants(static_cast<int64_t>(records->size()), *tenants, f.seed);
   std::vector<loadgen::Runner::Scheduled> schedule;
   schedule.reserve(records->size());
   std::vector<int32_t> prompt_lengths;  // as sent, for the hit-rate bound
@@ -342,6 +393,10 @@ int RunBench(const BenchFlags& f) {
       return 2;
     }
     prompt_lengths.push_back(static_cast<int32_t>(r->prompt.size()));
+    if (!tenants->empty()) {
+      r->tenant = (*tenants)[tenant_of[i]].name;
+      r->priority = (*tenants)[tenant_of[i]].priority;
+    }
     schedule.push_back({.send_at = times[i], .request = *std::move(r)});
   }
 
@@ -359,7 +414,12 @@ int RunBench(const BenchFlags& f) {
   summary.hit_rate_bound =
       loadgen::InfiniteCacheHitRateBound(*records, prompt_lengths, block_tokens).hit_rate;
   PrintTable(f, summary);
-  if (!f.json.empty() && !WriteJsonReport(f, summary, run, times, block_tokens, context_length)) return 1;
+  const std::map<std::string, loadgen::RunSummary> by_tenant =
+      loadgen::SummarizeByTenant(run.results, options->slo, absl::ToDoubleSeconds(run.duration));
+  PrintTenants(by_tenant);
+  if (!f.json.empty() && !WriteJsonReport(f, summary, by_tenant, run, times, block_tokens, context_length)) {
+    return 1;
+  }
   if (summary.requests > 0 && summary.errors == summary.requests) {
     std::cerr << kPrefix << ": every request failed; is a router (tandem up / tandem router) serving at "
               << f.target << "?\n";

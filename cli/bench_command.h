@@ -6,6 +6,8 @@
 //       --max-requests 200 --block-tokens 16 --max-tokens-cap 32 --time-scale 0.1 --slo-ttft 500
 //       --json out.json
 //   tandem bench --target 127.0.0.1:50051 --synthetic --num-requests 100 --rate 5
+//   tandem bench --target 127.0.0.1:50051 --synthetic --num-requests 2200 --rate 110
+//       --tenant heavy:10 --tenant light:1      # two tenants, 100 and 10 requests/s
 //
 // Progress (sent/completed/rejected/errors/in-flight) goes to stderr every
 // second; the final table to stdout; --json FILE writes the report
@@ -17,6 +19,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "cli/tls.h"
@@ -56,6 +59,10 @@ struct BenchFlags {
   int32_t bos_id = 1;
   int32_t timeout_s = 300;
   bool quiet = false;  // no progress lines
+  // --tenant NAME:SHARE[:PRIORITY] (repeatable): requests are split across
+  // tenants by share (seeded), each sent with its tenant and priority, and
+  // the report adds TTFT and outcomes per tenant. Empty: no tenant sent.
+  std::vector<std::string> tenants;
   TlsFlags tls;
 };
 

@@ -1,9 +1,11 @@
 #include "cli/config_merge.h"
 
 #include <algorithm>
+#include <cmath>
 #include <tuple>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -13,6 +15,7 @@
 #include "cli/worker_command.h"
 #include "google/protobuf/util/json_util.h"
 #include "router/placement.h"
+#include "router/request_validation.h"
 
 namespace tandem::cli {
 namespace {
@@ -102,6 +105,12 @@ tandem::v1::ClusterConfig EffectiveConfig(const RouterFlags& f) {
   r->set_stream_stall_steps(f.stream_stall_steps);
   r->set_stalled_worker_hold_ms(f.stalled_worker_hold_ms);
   r->set_max_migrations(f.max_migrations);
+  r->set_max_inflight_prefills(f.max_inflight_prefills);
+  r->set_queue_ttl_ms(f.queue_ttl_ms);
+  if (absl::StatusOr<absl::flat_hash_map<std::string, double>> w = ParseTenantWeights(f.tenant_weights);
+      w.ok()) {
+    for (const auto& [tenant, weight] : *w) (*r->mutable_tenant_weights())[tenant] = weight;
+  }
   *c.mutable_tls() = TlsProto(f.tls);
   return c;
 }
@@ -177,6 +186,29 @@ void AddConfigFlags(CLI::App* cmd, std::string* config, bool* dry_run) {
       "Validate flags and --config, print the effective configuration as JSON, exit without serving");
 }
 
+absl::StatusOr<absl::flat_hash_map<std::string, double>> ParseTenantWeights(
+    const std::vector<std::string>& values) {
+  absl::flat_hash_map<std::string, double> out;
+  for (const std::string& v : values) {
+    const size_t eq = v.rfind('=');
+    double w = 0;
+    if (eq == std::string::npos || eq == 0 || !absl::SimpleAtod(v.substr(eq + 1), &w) || !(w > 0) ||
+        !std::isfinite(w)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("'%s' is not NAME=WEIGHT with a positive weight (e.g. acme=2)", v));
+    }
+    const std::string name = v.substr(0, eq);
+    if (name.size() > router::kMaxTenantBytes) {
+      return absl::InvalidArgumentError(absl::StrFormat("tenant '%s...' is longer than %d bytes",
+                                                        name.substr(0, 16), router::kMaxTenantBytes));
+    }
+    if (!out.emplace(name, w).second) {
+      return absl::InvalidArgumentError(absl::StrFormat("tenant '%s' is weighted twice", name));
+    }
+  }
+  return out;
+}
+
 // Applies --config to `f` (flags given on the command line win) and
 // validates the result.
 absl::Status ResolveRouterFlags(const CLI::App& cmd, RouterFlags* f) {
@@ -205,6 +237,15 @@ absl::Status ResolveRouterFlags(const CLI::App& cmd, RouterFlags* f) {
     m.Set("--stalled-worker-hold-ms", r.has_stalled_worker_hold_ms(), r.stalled_worker_hold_ms(),
           &f->stalled_worker_hold_ms);
     m.Set("--max-migrations", r.has_max_migrations(), r.max_migrations(), &f->max_migrations);
+    m.Set("--max-inflight-prefills", r.has_max_inflight_prefills(), r.max_inflight_prefills(),
+          &f->max_inflight_prefills);
+    m.Set("--queue-ttl-ms", r.has_queue_ttl_ms(), r.queue_ttl_ms(), &f->queue_ttl_ms);
+    if (r.tenant_weights_size() > 0 && cmd.count("--tenant-weight") == 0) {
+      f->tenant_weights.clear();
+      for (const auto& [tenant, weight] : r.tenant_weights()) {
+        f->tenant_weights.push_back(absl::StrCat(tenant, "=", weight));
+      }
+    }
     MergeTls(m, config->tls(), &f->tls);
   }
   const std::string source = Source(f->config);
@@ -221,8 +262,15 @@ absl::Status ResolveRouterFlags(const CLI::App& cmd, RouterFlags* f) {
                    1 << 20),
         CheckRange(source, "router.stalled_worker_hold_ms", "--stalled-worker-hold-ms",
                    f->stalled_worker_hold_ms, 0, 3600000),
-        CheckRange(source, "router.max_migrations", "--max-migrations", f->max_migrations, 0, 1000)}) {
+        CheckRange(source, "router.max_migrations", "--max-migrations", f->max_migrations, 0, 1000),
+        CheckRange(source, "router.max_inflight_prefills", "--max-inflight-prefills",
+                   f->max_inflight_prefills, 0, 1 << 20),
+        CheckRange(source, "router.queue_ttl_ms", "--queue-ttl-ms", f->queue_ttl_ms, 0, 86400000)}) {
     if (!s.ok()) return s;
+  }
+  if (absl::Status s = ParseTenantWeights(f->tenant_weights).status(); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": router.tenant_weights (--tenant-weight): ", s.message()));
   }
   if (!router::ParsePolicy(f->policy).ok()) {
     return absl::InvalidArgumentError(absl::StrFormat(

@@ -14,8 +14,10 @@
 
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "tandem/v1/config.pb.h"
@@ -37,6 +39,10 @@ void AddConfigFlags(CLI::App* cmd, std::string* config, bool* dry_run);
 // Apply --config to the flags (flags given on `cmd`'s command line win) and
 // validate the result; InvalidArgument naming the field and flag.
 absl::Status ResolveRouterFlags(const CLI::App& cmd, RouterFlags* flags);
+// --tenant-weight's "NAME=W" values as a map; InvalidArgument names the bad
+// one (W must be a positive number, NAME at most 128 bytes, no repeats).
+absl::StatusOr<absl::flat_hash_map<std::string, double>> ParseTenantWeights(
+    const std::vector<std::string>& values);
 absl::Status ResolveWorkerFlags(const CLI::App& cmd, WorkerFlags* flags);
 absl::Status ResolveStoreFlags(const CLI::App& cmd, StoreFlags* flags);
 

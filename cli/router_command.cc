@@ -55,6 +55,9 @@ router::RouterOptions MakeRouterOptions(const RouterFlags& f) {
   options.stream_stall_steps = f.stream_stall_steps;
   options.stalled_worker_hold = absl::Milliseconds(f.stalled_worker_hold_ms);
   options.max_migrations = f.max_migrations;
+  options.max_inflight_prefills_per_worker = f.max_inflight_prefills;
+  options.queue_ttl = absl::Milliseconds(f.queue_ttl_ms);
+  options.tenant_weights = *ParseTenantWeights(f.tenant_weights);  // validated by ResolveRouterFlags
   return options;
 }
 
@@ -155,6 +158,19 @@ void RegisterRouter(CLI::App* cmd, RouterFlags* f) {
                   "with UNAVAILABLE")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-inflight-prefills", f->max_inflight_prefills,
+                  "Flow control: requests dispatched to workers and not yet past their first token, per "
+                  "prefill worker; more wait at the router and go highest X-Tandem-Priority first, fair "
+                  "across tenants; 0: off (dispatched at once, queued on the workers)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--queue-ttl-ms", f->queue_ttl_ms,
+                  "Longest a request waits at the router before a worker takes it; then it is refused "
+                  "(RESOURCE_EXHAUSTED queue_ttl, HTTP 429); 0: none")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--tenant-weight", f->tenant_weights,
+                  "NAME=W: tenant NAME's weight in its priority's fair share (repeatable; others weigh 1)");
   AddTlsFlags(cmd, &f->tls);
   AddConfigFlags(cmd, &f->config, &f->dry_run);
   cmd->callback([cmd, f] { RunConfiguredCommand(cmd, f, "router", ResolveRouterFlags, RunRouter); });

@@ -39,6 +39,12 @@ struct RouterFlags {
   int32_t max_migrations = 3;
   // --max-queued-prefills: RouterOptions::max_queued_prefills_per_worker.
   int32_t max_queued_prefills = 64;
+  // Flow control (router/flow_queue.h): --max-inflight-prefills
+  // (RouterOptions::max_inflight_prefills_per_worker; 0: off), --queue-ttl-ms
+  // (0: none), --tenant-weight NAME=W (repeatable).
+  int32_t max_inflight_prefills = 4;
+  int32_t queue_ttl_ms = 30000;
+  std::vector<std::string> tenant_weights;
   int32_t http_port = -1;             // --http-port: OpenAI-compatible HTTP API; 0: any free port; -1: off
   std::vector<std::string> api_keys;  // --api-key (repeatable) plus TANDEM_API_KEYS; empty: no auth
   TlsFlags tls;

@@ -51,6 +51,13 @@ void RegisterUp(CLI::App* cmd, UpFlags* f) {
   cmd->add_option("--max-queued-prefills", f->max_queued_prefills,
                   "Router's bound on requests waiting for their first token, per prefill worker "
                   "(default 64; 0: none; see tandem router --help)");
+  cmd->add_option("--max-inflight-prefills", f->max_inflight_prefills,
+                  "Router's flow control: requests on workers per prefill worker before more wait at the "
+                  "router in priority and fair-share order (default 4; 0: off; see tandem router --help)");
+  cmd->add_option("--queue-ttl-ms", f->queue_ttl_ms,
+                  "Router's queue TTL, ms (default 30000; 0: none; see tandem router --help)");
+  cmd->add_option("--tenant-weight", f->tenant_weights,
+                  "Router's tenant weights, NAME=W (repeatable; see tandem router --help)");
   cmd->add_option("--stream-stall-timeout-ms", f->stream_stall_timeout_ms,
                   "Router's progress deadline for a stream without tokens (default 2000; 0: off; see "
                   "tandem router --help)");
@@ -548,6 +555,12 @@ ChildSpec RouterSpec(const UpFlags& f, const std::string& self, const std::vecto
     router.argv.insert(router.argv.end(), {"--slo-tpot-ms", absl::StrCat(f.slo_tpot_ms)});
   if (f.max_queued_prefills >= 0)
     router.argv.insert(router.argv.end(), {"--max-queued-prefills", absl::StrCat(f.max_queued_prefills)});
+  if (f.max_inflight_prefills >= 0) {
+    router.argv.insert(router.argv.end(), {"--max-inflight-prefills", absl::StrCat(f.max_inflight_prefills)});
+  }
+  if (f.queue_ttl_ms >= 0)
+    router.argv.insert(router.argv.end(), {"--queue-ttl-ms", absl::StrCat(f.queue_ttl_ms)});
+  for (const std::string& w : f.tenant_weights) router.argv.insert(router.argv.end(), {"--tenant-weight", w});
   if (f.stream_stall_timeout_ms >= 0) {
     router.argv.insert(router.argv.end(),
                        {"--stream-stall-timeout-ms", absl::StrCat(f.stream_stall_timeout_ms)});

@@ -65,6 +65,10 @@ struct UpFlags {
   double slo_tpot_ms = -1;
   // --max-queued-prefills for the router when >= 0 (-1: the router's default, 64).
   int32_t max_queued_prefills = -1;
+  // Router flow control (tandem router --help): -1 / empty: the router's default.
+  int32_t max_inflight_prefills = -1;
+  int32_t queue_ttl_ms = -1;
+  std::vector<std::string> tenant_weights;
   // --stream-stall-timeout-ms for the router when >= 0 (-1: its default).
   int32_t stream_stall_timeout_ms = -1;
   int32_t http_port = -1;             // --http-port for the router; 0: any free port; -1: off

@@ -118,6 +118,20 @@ RunSummary Summarize(const std::vector<RequestResult>& results, const Slo& slo, 
   return s;
 }
 
+std::map<std::string, RunSummary> SummarizeByTenant(const std::vector<RequestResult>& results, const Slo& slo,
+                                                    double duration_s) {
+  std::map<std::string, std::vector<RequestResult>> by_tenant;
+  bool any = false;
+  for (const RequestResult& r : results) {
+    any = any || !r.tenant.empty();
+    by_tenant[r.tenant].push_back(r);
+  }
+  std::map<std::string, RunSummary> out;
+  if (!any) return out;
+  for (const auto& [tenant, rs] : by_tenant) out[tenant] = Summarize(rs, slo, duration_s);
+  return out;
+}
+
 nlohmann::ordered_json SummaryToJson(const RunSummary& s, const std::vector<RequestResult>& results,
                                      bool samples) {
   nlohmann::ordered_json j;

@@ -35,6 +35,8 @@ enum class Outcome {
 
 struct RequestResult {
   Outcome outcome = Outcome::kError;
+  // The tenant that sent it (LoadRequest::tenant); "" when none.
+  std::string tenant;
   // For kError: the gRPC code's name (e.g. "UNAVAILABLE") and message.
   std::string error_code;
   std::string error_message;
@@ -116,6 +118,11 @@ struct RunSummary {
 
 // REQUIRES: duration_s > 0 (rates are 0 otherwise).
 RunSummary Summarize(const std::vector<RequestResult>& results, const Slo& slo, double duration_s);
+
+// Summarize over each tenant's requests (RequestResult::tenant), over the
+// same duration; empty when no request names a tenant.
+std::map<std::string, RunSummary> SummarizeByTenant(const std::vector<RequestResult>& results, const Slo& slo,
+                                                    double duration_s);
 
 // {"requests","completed","rejected","prefix_hit_rate","hit_rate_bound","goodput_rps","ttft_ms":{"p50","p90","p99","mean"},
 //  "tpot_ms","itl_ms","e2e_ms", then

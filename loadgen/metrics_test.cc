@@ -169,5 +169,27 @@ TEST(SummarizeTest, TtftPredictionErrorIsMeasuredMinusPredictedOverPredictedRequ
   EXPECT_TRUE(SummaryToJson(Summarize(results, {}, 1.0), results, false)["hit_rate_bound"].is_null());
 }
 
+TEST(SummarizeTest, ByTenantSplitsTheRequests) {
+  std::vector<RequestResult> results(3);
+  for (RequestResult& r : results) {
+    r.outcome = Outcome::kCompleted;
+    r.output_tokens = 1;
+  }
+  results[0].tenant = "a";
+  results[0].ttft_ms = 10;
+  results[1].tenant = "b";
+  results[1].ttft_ms = 30;
+  results[2].tenant = "a";
+  results[2].ttft_ms = 20;
+  results[2].outcome = Outcome::kRejected;
+  const std::map<std::string, RunSummary> by = SummarizeByTenant(results, {}, 1.0);
+  ASSERT_EQ(by.size(), 2u);
+  EXPECT_EQ(by.at("a").completed, 1);
+  EXPECT_EQ(by.at("a").rejected, 1);
+  EXPECT_EQ(by.at("b").ttft_ms.p50, 30);
+  results[0].tenant = results[1].tenant = results[2].tenant = "";
+  EXPECT_TRUE(SummarizeByTenant(results, {}, 1.0).empty());
+}
+
 }  // namespace
 }  // namespace tandem::loadgen

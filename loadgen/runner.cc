@@ -42,6 +42,7 @@ class Runner::Call : public grpc::ClientReadReactor<v1::GenerateResponse> {
  public:
   Call(State* state, size_t index, v1::GenerateRequest request, absl::Duration timeout)
       : state_(state), index_(index), request_(std::move(request)) {
+    result_.tenant = request_.tenant();
     context_.set_deadline(std::chrono::system_clock::now() +
                           std::chrono::microseconds(absl::ToInt64Microseconds(timeout)));
   }
@@ -209,6 +210,8 @@ Runner::RunResult Runner::Run(const std::vector<Scheduled>& schedule) {
     if (options_.slo.tpot_ms.has_value()) request.mutable_slo()->set_tpot_ms(*options_.slo.tpot_ms);
     if (!options_.model.empty()) request.set_model(options_.model);
     request.set_request_id(absl::StrCat(options_.request_id_prefix, i));
+    if (!load.tenant.empty()) request.set_tenant(load.tenant);
+    if (load.priority != 0) request.set_priority(load.priority);
     {
       absl::MutexLock lock(&st.mu);
       ++st.sent;

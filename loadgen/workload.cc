@@ -109,6 +109,29 @@ std::vector<absl::Duration> TraceSchedule(const std::vector<TraceRequest>& reque
   return out;
 }
 
+std::vector<size_t> AssignTenants(int64_t n, const std::vector<TenantShare>& tenants, uint64_t seed) {
+  std::vector<size_t> out(n > 0 ? n : 0, 0);
+  if (tenants.size() < 2) return out;
+  double total = 0;
+  for (const TenantShare& t : tenants) total += t.share;
+  // A stream of its own (seed + a constant), so adding tenants does not
+  // move the send times drawn from `seed`.
+  std::mt19937_64 rng(seed ^ 0x7e4a47d1f1c0ffeeull);
+  for (size_t& pick : out) {
+    const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * total;
+    double acc = 0;
+    pick = tenants.size() - 1;
+    for (size_t j = 0; j < tenants.size(); ++j) {
+      acc += tenants[j].share;
+      if (u < acc) {
+        pick = j;
+        break;
+      }
+    }
+  }
+  return out;
+}
+
 std::vector<absl::Duration> PoissonSchedule(int64_t n, double rate_per_s, uint64_t seed) {
   std::vector<absl::Duration> out;
   out.reserve(n > 0 ? n : 0);

@@ -33,6 +33,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -45,7 +46,25 @@ namespace tandem::loadgen {
 struct LoadRequest {
   std::vector<int32_t> prompt;  // token ids
   int32_t max_tokens = 0;
+  // Sent as GenerateRequest.tenant and .priority (router flow control).
+  std::string tenant;
+  int32_t priority = 0;
 };
+
+// One sender of a multi-tenant run: its name, its share of the requests
+// (any positive number; shares are relative) and the priority it sends.
+struct TenantShare {
+  std::string name;
+  double share = 1;
+  int32_t priority = 0;
+};
+
+// Which tenant sends each of `n` requests: tenant j with probability
+// share_j / sum of shares, drawn independently per request from
+// std::mt19937_64(seed) (a Poisson stream split this way is one Poisson
+// stream per tenant at share_j of the rate). Empty `tenants`: all 0.
+// REQUIRES: every share > 0.
+std::vector<size_t> AssignTenants(int64_t n, const std::vector<TenantShare>& tenants, uint64_t seed);
 
 class PromptSynthesizer {
  public:

@@ -181,5 +181,16 @@ TEST(HitRateBoundTest, UsesThePromptsAsSentAfterScalingAndClamps) {
   EXPECT_EQ(InfiniteCacheHitRateBound({r, r}, {20, 20}, 16).cached_tokens, 16);
 }
 
+TEST(AssignTenantsTest, SplitsByShareDeterministically) {
+  const std::vector<TenantShare> tenants = {{.name = "heavy", .share = 10}, {.name = "light", .share = 1}};
+  const std::vector<size_t> a = AssignTenants(11000, tenants, 7);
+  EXPECT_EQ(a, AssignTenants(11000, tenants, 7));
+  EXPECT_NE(a, AssignTenants(11000, tenants, 8));
+  int64_t light = 0;
+  for (size_t t : a) light += t == 1 ? 1 : 0;
+  EXPECT_NEAR(static_cast<double>(light), 1000, 100);  // binomial sd ~30
+  EXPECT_EQ(AssignTenants(3, {}, 0), std::vector<size_t>(3, 0));
+}
+
 }  // namespace
 }  // namespace tandem::loadgen
