@@ -1,6 +1,8 @@
 #include "router/flow_queue.h"
 
 #include <algorithm>
+#include <optional>
+#include <string>
 
 #include "absl/strings/str_format.h"
 
@@ -24,28 +26,7 @@ absl::Status FlowQueue::Enter(Request request) {
     absl::MutexLock lock(&mu_);
     const int64_t admitted = static_cast<int64_t>(waiting_.size() + running_.size());
     if (limits.max_admitted > 0 && admitted >= limits.max_admitted) {
-      // Full: shed the newest waiting request of the lowest band below this
-      // one, or refuse this one.
-      auto lowest = std::find_if(bands_.rbegin(), bands_.rend(),
-                                 [](const auto& b) { return !b.second.by_seq.empty(); });
-      if (lowest == bands_.rend() || lowest->first >= request.priority) {
-        refused =
-            ShedStatus(kShedQueueFull,
-                       absl::StrFormat(
-                           "router queue full: %d requests admitted (%d waiting at the router), the bound is "
-                           "%d, none waiting of lower priority than %d; retry later",
-                           admitted, waiting_.size(), limits.max_admitted, request.priority));
-      } else {
-        Entry shed = TakeLocked(*lowest->second.by_seq.rbegin(), /*served=*/false);
-        actions.shed.push_back(kShedLowerPriority);
-        actions.drop.emplace_back(
-            std::move(shed.request.drop),
-            ShedStatus(
-                kShedLowerPriority,
-                absl::StrFormat("shed from the router queue (priority %d) for a request of priority %d; "
-                                "retry later",
-                                shed.request.priority, request.priority)));
-      }
+      refused = MakeRoomLocked(request, limits, &actions);
     }
     if (refused.ok()) pumping = InsertLocked(std::move(request), limits, now, &actions);
   }
@@ -55,6 +36,67 @@ absl::Status FlowQueue::Enter(Request request) {
   }
   Run(std::move(actions), pumping);
   return absl::OkStatus();
+}
+
+absl::Status FlowQueue::MakeRoomLocked(const Request& arrival, const Limits& limits, Actions* actions) {
+  std::optional<uint64_t> victim;
+  std::string_view reason;
+  // The newest waiting request of the lowest band below the arrival's...
+  auto lowest =
+      std::find_if(bands_.rbegin(), bands_.rend(), [](const auto& b) { return !b.second.by_seq.empty(); });
+  if (lowest != bands_.rend() && lowest->first < arrival.priority) {
+    victim = *lowest->second.by_seq.rbegin();
+    reason = kShedLowerPriority;
+  } else if ((victim = OverShareLocked(arrival))) {  // ...or of a tenant over its share
+    reason = kShedOverShare;
+  }
+  if (!victim.has_value()) {
+    return ShedStatus(
+        kShedQueueFull,
+        absl::StrFormat("router queue full: %d requests admitted (%d waiting at the router), the "
+                        "bound is %d; none waiting of lower priority than %d or of a tenant over "
+                        "its share; retry later",
+                        waiting_.size() + running_.size(), waiting_.size(), limits.max_admitted,
+                        arrival.priority));
+  }
+  Entry shed = TakeLocked(*victim, /*served=*/false);
+  const std::string detail =
+      reason == kShedLowerPriority
+          ? absl::StrFormat("shed from the full router queue (priority %d) for a request of priority %d",
+                            shed.request.priority, arrival.priority)
+          : absl::StrFormat(
+                "shed from the full router queue: tenant '%s' is over its fair share and tenant "
+                "'%s' below it",
+                shed.request.tenant, arrival.tenant);
+  actions->shed.push_back(reason);
+  actions->drop.emplace_back(std::move(shed.request.drop), ShedStatus(reason, detail + "; retry later"));
+  return absl::OkStatus();
+}
+
+std::optional<uint64_t> FlowQueue::OverShareLocked(const Request& arrival) const {
+  auto band_it = bands_.find(arrival.priority);
+  if (band_it == bands_.end() || band_it->second.by_seq.empty()) return std::nullopt;
+  const Band& band = band_it->second;
+  // The waiting tenant furthest ahead of its share: the largest finish tag.
+  const std::string* ahead = nullptr;
+  double ahead_finish = 0;
+  for (const auto& [tenant, n] : band.waiting) {
+    const double f = band.last_finish.at(tenant);
+    if (ahead == nullptr || f > ahead_finish) {
+      ahead = &tenant;
+      ahead_finish = f;
+    }
+  }
+  if (*ahead == arrival.tenant) return std::nullopt;
+  auto own = band.last_finish.find(arrival.tenant);
+  const double start = std::max(band.virtual_time, own != band.last_finish.end() ? own->second : 0.0);
+  const double finish = start + std::max(1.0, arrival.cost) / Weight(arrival.tenant);
+  // Only a tenant that would be served after the arrival makes room for it.
+  if (ahead_finish <= finish) return std::nullopt;
+  for (auto it = band.by_seq.rbegin(); it != band.by_seq.rend(); ++it) {
+    if (waiting_.at(*it).request.tenant == *ahead) return *it;
+  }
+  return std::nullopt;
 }
 
 bool FlowQueue::InsertLocked(Request request, const Limits& limits, absl::Time now, Actions* actions) {

@@ -18,8 +18,12 @@
 // running (dispatched, its first token not yet back). At most
 // Limits::max_admitted count at once. An arrival beyond it sheds the newest
 // waiting request of the lowest priority band below its own (that request's
-// `drop` gets RESOURCE_EXHAUSTED "lower_priority: ..."); with none lower it
-// is refused itself ("queue_full: ..."). Dispatched requests are never shed.
+// `drop` gets RESOURCE_EXHAUSTED "lower_priority: ..."); with none lower,
+// the newest waiting request of its own band's tenant furthest ahead of its
+// fair share, if that is another tenant which the arrival would be served
+// before ("over_share: ..."; so a heavy tenant's backlog cannot fill the
+// queue and lock a light tenant out); else it is refused itself
+// ("queue_full: ..."). Dispatched requests are never shed.
 //
 // Dispatch. While fewer than Limits::max_running run (0: no limit, every
 // request dispatches at once), the next waiting request is dispatched: the
@@ -59,6 +63,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -183,6 +188,14 @@ class FlowQueue {
   // Takes waiting entry `seq` out; one not `served` (shed, expired,
   // cancelled) gives its share back when it was its tenant's newest.
   Entry TakeLocked(uint64_t seq, bool served) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The queue is full: sheds a waiting request for `arrival` (into
+  // `actions`), or says why not (queue_full).
+  absl::Status MakeRoomLocked(const Request& arrival, const Limits& limits, Actions* actions)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The newest waiting request, in `arrival`'s own band, of the tenant
+  // furthest ahead of its share (largest finish tag), if that is another
+  // tenant and its tag is past the arrival's own finish tag.
+  std::optional<uint64_t> OverShareLocked(const Request& arrival) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Adds an admitted request; then PumpLocked.
   bool InsertLocked(Request request, const Limits& limits, absl::Time now, Actions* actions)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -131,8 +131,8 @@ TEST_F(FlowQueueTest, FullQueueShedsTheNewestOfTheLowestBandOrRefuses) {
   ASSERT_OK(Enter(3, "a", -1));
   ASSERT_OK(Enter(4, "a", 0));
   // Same priority as the lowest waiting would need to be lower: refused.
-  EXPECT_THAT(Enter(5, "b", -1), StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("queue_full:")));
-  EXPECT_EQ(ShedReasonOf(Enter(5, "b", -1)), kShedQueueFull);
+  EXPECT_THAT(Enter(5, "a", -1), StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("queue_full:")));
+  EXPECT_EQ(ShedReasonOf(Enter(5, "a", -1)), kShedQueueFull);
   // Higher: sheds 3 (the newest of band -1), not 2 and not running 1.
   ASSERT_OK(Enter(6, "b", 2));
   ASSERT_EQ(dropped_.size(), 1u);
@@ -146,6 +146,26 @@ TEST_F(FlowQueueTest, FullQueueShedsTheNewestOfTheLowestBandOrRefuses) {
   ASSERT_OK(Enter(8, "c", 2));
   EXPECT_THAT(Enter(9, "c", 1), StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_THAT(dispatched_, ElementsAre(1));
+}
+
+TEST_F(FlowQueueTest, FullQueueMakesRoomForATenantBelowItsShare) {
+  Make(/*max_admitted=*/5, /*max_running=*/1);
+  ASSERT_OK(Enter(999, "x"));  // runs while heavy's backlog builds
+  for (uint64_t k = 1; k <= 4; ++k) ASSERT_OK(Enter(k, "heavy"));
+  queue_->Done(999);  // heavy's 1 runs
+  ASSERT_OK(Enter(5, "heavy"));
+  // The heavy tenant cannot make room for itself...
+  EXPECT_EQ(ShedReasonOf(Enter(6, "heavy")), kShedQueueFull);
+  // ...but the light one takes the place of heavy's newest.
+  ASSERT_OK(Enter(7, "light"));
+  ASSERT_EQ(dropped_.size(), 1u);
+  EXPECT_EQ(dropped_[0].first, 5u);
+  EXPECT_EQ(ShedReasonOf(dropped_[0].second), kShedOverShare);
+  // A light arrival that would be served after heavy's waiting ones (a
+  // prompt 100x as long) is refused rather than shed for.
+  EXPECT_EQ(ShedReasonOf(Enter(8, "light", 0, /*cost=*/10000)), kShedQueueFull);
+  queue_->Done(1);
+  EXPECT_THAT(dispatched_, ElementsAre(999, 1, 7));
 }
 
 TEST_F(FlowQueueTest, QueueTtlAndDeadlinesBoundTheWait) {

@@ -36,7 +36,8 @@
 // computed for it; retry after Retry-After seconds), with
 // x-tandem-shed-reason: queue_full (the queue is full of requests of its
 // priority or higher), lower_priority (it waited and a higher-priority
-// request took its place), queue_ttl (it waited the router's queue TTL),
+// request took its place), over_share (it waited and a tenant below its
+// fair share took its place), queue_ttl (it waited the router's queue TTL),
 // slo (predicted to miss its SLO target), decode_full (no decode worker has
 // room); 503 UNAVAILABLE (no worker can serve it); 504 deadline. The HTTP status of a stream is decided by
 // its first event: a request that fails before its first token gets a plain error answer; one that fails

@@ -21,6 +21,7 @@ namespace tandem::router {
 inline constexpr std::string_view kShedQueueFull = "queue_full";          // no room, nothing lower to shed
 inline constexpr std::string_view kShedLowerPriority = "lower_priority";  // shed for a higher priority
 inline constexpr std::string_view kShedQueueTtl = "queue_ttl";            // waited the queue TTL
+inline constexpr std::string_view kShedOverShare = "over_share";  // shed for a tenant below its fair share
 // The placement's:
 inline constexpr std::string_view kShedSlo = "slo";             // predicted to miss its SLO target
 inline constexpr std::string_view kShedNoRoom = "decode_full";  // no decode worker has room
@@ -37,7 +38,8 @@ inline absl::Status ShedStatus(std::string_view reason, std::string_view detail)
 inline std::string_view ShedReasonOf(const absl::Status& status) {
   if (status.code() != absl::StatusCode::kResourceExhausted) return {};
   const std::string_view message(status.message().data(), status.message().size());
-  for (std::string_view reason : {kShedQueueFull, kShedLowerPriority, kShedQueueTtl, kShedSlo, kShedNoRoom}) {
+  for (std::string_view reason :
+       {kShedQueueFull, kShedLowerPriority, kShedQueueTtl, kShedOverShare, kShedSlo, kShedNoRoom}) {
     if (message.size() > reason.size() && message.substr(0, reason.size()) == reason &&
         message[reason.size()] == ':') {
       return reason;
