@@ -5,7 +5,8 @@ Both Tandem and llama.cpp load the same file (bench/cpu_peer.sh), so the
 weights only need the right shapes and types and harmless values: F16/BF16
 weights of magnitude 2^-9..2^-3 (no subnormals, no NaN), Q8_0 and Q4_0
 blocks with a fixed scale and random int8 / 4-bit values (the same spread:
-about 0.14 standard deviation). The vocabulary is SentencePiece-style
+about 0.14 standard deviation); Q4_K super-blocks with fixed d = 2^-11 and
+dmin = 2^-10 and random 6-bit scales and mins and 4-bit values (|w| < 0.5). The vocabulary is SentencePiece-style
 ("llama"): <unk>, <s>, </s>, the 256 byte tokens, then filler pieces.
 Pure Python (no numpy) so it runs wherever the benchmark does.
 
@@ -24,9 +25,11 @@ SHAPES = {
                      rope_base=500000.0),
 }
 
-GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0, GGML_BF16 = 0, 1, 2, 8, 30
+GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0, GGML_Q4_K, GGML_BF16 = 0, 1, 2, 8, 12, 30
 # general.file_type (llama_ftype) for each weight type.
-FTYPE = {"f16": (GGML_F16, 1), "bf16": (GGML_BF16, 32), "q8_0": (GGML_Q8_0, 7), "q4_0": (GGML_Q4_0, 2)}
+FTYPE = {"f16": (GGML_F16, 1), "bf16": (GGML_BF16, 32), "q8_0": (GGML_Q8_0, 7), "q4_0": (GGML_Q4_0, 2),
+         # Every tensor Q4_K (llama-quantize's Q4_K_M keeps some at Q6_K).
+         "q4_k": (GGML_Q4_K, 15)}
 # Bytes per 32-element block and the fixed F16 scale of each block type.
 BLOCKS = {GGML_Q8_0: (34, 1.0 / 512), GGML_Q4_0: (18, 1.0 / 32)}
 ALIGN = 32
@@ -67,6 +70,14 @@ def random_tensor(ggml_type, n):
     if ggml_type in (GGML_F16, GGML_BF16):
         raw = bytearray(os.urandom(2 * n))
         raw[1::2] = raw[1::2].translate(F16_HIGH if ggml_type == GGML_F16 else BF16_HIGH)
+        return raw
+    if ggml_type == GGML_Q4_K:
+        assert n % 256 == 0
+        blocks = n // 256
+        raw = bytearray(os.urandom(144 * blocks))
+        scales = struct.pack("<ee", 1.0 / 2048, 1.0 / 1024)
+        for i in range(4):
+            raw[i::144] = scales[i:i + 1] * blocks
         return raw
     size, d = BLOCKS[ggml_type]
     assert n % 32 == 0
@@ -129,7 +140,8 @@ def main():
         n = 1
         for d in ne:
             n *= d
-        return {GGML_F32: 4 * n, GGML_F16: 2 * n, GGML_BF16: 2 * n, GGML_Q8_0: n // 32 * 34, GGML_Q4_0: n // 32 * 18}[t]
+        return {GGML_F32: 4 * n, GGML_F16: 2 * n, GGML_BF16: 2 * n, GGML_Q8_0: n // 32 * 34, GGML_Q4_0: n // 32 * 18,
+                GGML_Q4_K: n // 256 * 144}[t]
 
     infos, offset = [], 0
     for name, ne, t in tensors:

@@ -27,21 +27,35 @@ enum class DType : uint8_t {
   // bytes of 4-bit values (18 bytes); byte j holds element j in its low
   // nibble and element j + 16 in its high one; value = scale * (nibble - 8).
   kQ4_0,
+  // GGML's Q4_K: super-blocks of 256 weights in 144 bytes: F16 d, F16 dmin,
+  // 12 bytes of 6-bit scales and mins for the 8 sub-blocks of 32 (packed as
+  // GGML's get_scale_min_k4 reads them), 128 bytes of nibbles (each 32 bytes
+  // hold sub-block 2j in their low nibbles, 2j + 1 in their high ones);
+  // value = d * scale_j * nibble - dmin * min_j.
+  kQ4_K,
 };
 
 inline constexpr int kQ8_0BlockElements = 32;
 inline constexpr int kQ8_0BlockBytes = 34;
 inline constexpr int kQ4_0BlockElements = 32;
 inline constexpr int kQ4_0BlockBytes = 18;
+inline constexpr int kQ4_KBlockElements = 256;
+inline constexpr int kQ4_KBlockBytes = 144;
 
-// Whether `type` stores rows in blocks of 32 elements (Q8_0, Q4_0): such a
-// row's length must be a multiple of 32.
-inline bool IsBlockQuantized(DType type) { return type == DType::kQ8_0 || type == DType::kQ4_0; }
+// Whether `type` stores rows in blocks (Q8_0, Q4_0: 32 elements; Q4_K: 256):
+// such a row's length must be a multiple of BlockElements(type).
+inline bool IsBlockQuantized(DType type) {
+  return type == DType::kQ8_0 || type == DType::kQ4_0 || type == DType::kQ4_K;
+}
+// Elements per block: 32 (Q8_0, Q4_0), 256 (Q4_K), 1 otherwise.
+inline int BlockElements(DType type) {
+  return type == DType::kQ4_K ? kQ4_KBlockElements : IsBlockQuantized(type) ? kQ8_0BlockElements : 1;
+}
 
 std::string_view DTypeName(DType type);
 
-// Bytes taken by `n` elements of `type`. For Q8_0 and Q4_0, REQUIRES:
-// n % 32 == 0.
+// Bytes taken by `n` elements of `type`. For block types, REQUIRES:
+// n % BlockElements(type) == 0.
 inline size_t DTypeBytes(DType type, size_t n) {
   switch (type) {
     case DType::kF32:
@@ -53,6 +67,8 @@ inline size_t DTypeBytes(DType type, size_t n) {
       return n / kQ8_0BlockElements * kQ8_0BlockBytes;
     case DType::kQ4_0:
       return n / kQ4_0BlockElements * kQ4_0BlockBytes;
+    case DType::kQ4_K:
+      return n / kQ4_KBlockElements * kQ4_KBlockBytes;
   }
   return 0;
 }
@@ -135,10 +151,24 @@ inline float Q8_0BlockScale(const uint8_t* block) {
   return HalfToFloat(scale_bits);
 }
 
+// Q4_K sub-block j's (j < 8) 6-bit scale and min from a super-block's 12
+// scale bytes (GGML's get_scale_min_k4).
+inline void Q4_KScaleMin(const uint8_t* scales, int j, uint8_t* sc, uint8_t* m) {
+  if (j < 4) {
+    *sc = scales[j] & 63;
+    *m = scales[j + 4] & 63;
+  } else {
+    *sc = (scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4);
+    *m = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
+  }
+}
+
 // Converts `n` consecutive elements of `type` at `src` (one weight row, any
 // alignment) to F32 in out[0, n): the one dequantisation every backend uses.
 // Exact: every F16/BF16 value, and every Q8_0/Q4_0 scale * q (an 11-bit by
-// 8-bit product), is a float. For Q8_0 and Q4_0, REQUIRES: n % 32 == 0.
+// 8-bit product), is a float. Q4_K computes (d * scale) * q - dmin * min in
+// F32 as GGML's dequantize_row_q4_K (the products exact, the difference
+// rounded once). For block types, REQUIRES: n % BlockElements(type) == 0.
 void DequantizeRow(DType type, const void* src, int64_t n, float* out);
 
 }  // namespace tandem

@@ -123,6 +123,7 @@ HostWeight MakeWeight(const std::vector<float>& values, int64_t rows, int64_t co
           }
           break;
         case DType::kQ4_0:  // not among the types compared here
+        case DType::kQ4_K:
           break;
       }
     }

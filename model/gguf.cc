@@ -39,7 +39,6 @@ static_assert(std::endian::native == std::endian::little,
 constexpr uint32_t kMagic = 0x46554747;  // "GGUF" read as a little-endian u32.
 constexpr uint64_t kDefaultAlignment = 32;
 constexpr uint32_t kMaxDims = 4;
-constexpr uint64_t kQ8_0Block = kQ8_0BlockElements;
 
 // Arrays may nest, but each level costs only 12 bytes of file, so without a
 // limit a crafted file could recurse deep enough to overflow the stack.
@@ -80,6 +79,8 @@ std::optional<DType> DTypeFromGgml(uint32_t id) {
       return DType::kQ4_0;
     case 8:
       return DType::kQ8_0;
+    case 12:
+      return DType::kQ4_K;
     case 30:
       return DType::kBF16;
     default:
@@ -557,12 +558,13 @@ absl::Status GgufFile::Parse() {
           break;
         case DType::kQ8_0:
         case DType::kQ4_0:
-          // Q8_0 and Q4_0 quantise whole blocks of 32 along the innermost dimension.
-          if (info.dims[0] % kQ8_0Block != 0) {
-            return Malformed(
-                absl::StrFormat("tensor %s of type %s has innermost dimension %d, not a multiple of %d "
-                                "(type at byte offset %d)",
-                                Quote(name), Absl(DTypeName(info.type)), info.dims[0], kQ8_0Block, type_at));
+        case DType::kQ4_K:
+          // Q8_0 and Q4_0 quantise whole blocks of 32 along the innermost dimension, Q4_K of 256.
+          if (info.dims[0] % static_cast<uint64_t>(BlockElements(info.type)) != 0) {
+            return Malformed(absl::StrFormat(
+                "tensor %s of type %s has innermost dimension %d, not a multiple of %d "
+                "(type at byte offset %d)",
+                Quote(name), Absl(DTypeName(info.type)), info.dims[0], BlockElements(info.type), type_at));
           }
           info.size_bytes = DTypeBytes(info.type, num_elements);
           break;
@@ -571,7 +573,7 @@ absl::Status GgufFile::Parse() {
       const std::string_view ggml_name = GgmlTypeName(ggml_type);
       unsupported = absl::UnimplementedError(absl::StrFormat(
           "gguf: tensor %s has ggml type %d%s at byte offset %d, which Tandem does not support "
-          "(supported: F32, F16, BF16, Q8_0, Q4_0)",
+          "(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K)",
           Quote(name), ggml_type, ggml_name.empty() ? "" : absl::StrCat(" (", Absl(ggml_name), ")"),
           type_at));
     }

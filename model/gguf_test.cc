@@ -31,6 +31,7 @@ constexpr uint32_t kGgmlF32 = 0;
 constexpr uint32_t kGgmlF16 = 1;
 constexpr uint32_t kGgmlQ8_0 = 8;
 constexpr uint32_t kGgmlQ4_K = 12;
+constexpr uint32_t kGgmlQ6_K = 14;
 constexpr uint32_t kGgmlBF16 = 30;
 
 // ---------------------------------------------------------------------------
@@ -137,6 +138,8 @@ uint64_t TensorBytes(uint32_t ggml_type, uint64_t num_elements) {
       return num_elements * 2;
     case kGgmlQ8_0:
       return num_elements / 32 * 34;
+    case kGgmlQ4_K:
+      return num_elements / 256 * 144;
   }
   return 16;  // Anything, for unsupported types.
 }
@@ -774,10 +777,10 @@ TEST(GgufTest, EachFieldOutOfRange) {
        [](std::string& f, const GgufWriter& w) { PatchU64(f, w.at("dim0:b"), 16); },
        StatusCode::kInvalidArgument,
        {"Q8_0", "'b'", "multiple of 32", "byte offset"}},
-      {"tensor type Q4_K",
-       [](std::string& f, const GgufWriter& w) { PatchU32(f, w.at("ggml_type:a"), kGgmlQ4_K); },
+      {"tensor type Q6_K",
+       [](std::string& f, const GgufWriter& w) { PatchU32(f, w.at("ggml_type:a"), kGgmlQ6_K); },
        StatusCode::kUnimplemented,
-       {"'a'", "12 (Q4_K)", "byte offset"}},
+       {"'a'", "14 (Q6_K)", "byte offset"}},
       {"tensor type unknown",
        [](std::string& f, const GgufWriter& w) { PatchU32(f, w.at("ggml_type:b"), 1000); },
        StatusCode::kUnimplemented,
@@ -879,13 +882,32 @@ TEST(GgufTest, NestingUpToTheLimitIsAccepted) {
 }
 
 TEST(GgufTest, UnsupportedTypeIsReportedAfterStructuralErrors) {
-  // A Q4_K tensor followed by a malformed one: the file is malformed first.
+  // A Q6_K tensor followed by a malformed one: the file is malformed first.
   GgufWriter w;
-  w.AddTensor("q", {256}, kGgmlQ4_K).AddTensor("bad", {4}, kGgmlF32);
+  w.AddTensor("q", {256}, kGgmlQ6_K).AddTensor("bad", {4}, kGgmlF32);
   std::string file = w.Build();
   PatchU32(file, w.at("n_dims:bad"), 9);
   EXPECT_THAT(GgufFile::FromBuffer(file),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("n_dims 9")));
+}
+
+// Q4_K (GGML type 12): 144-byte super-blocks of 256 along the innermost
+// dimension; a row that is not whole super-blocks is malformed.
+TEST(GgufTest, Q4_KTensorsOfWholeSuperBlocks) {
+  GgufWriter w;
+  w.AddTensor("q", {512, 3}, kGgmlQ4_K);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<GgufFile> gguf, GgufFile::FromBuffer(w.Build()));
+  const GgufTensorInfo* t = gguf->FindTensor("q");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->type, DType::kQ4_K);
+  EXPECT_EQ(t->size_bytes, 3u * 2 * 144);
+
+  GgufWriter bad;
+  bad.AddTensor("q", {512, 3}, kGgmlQ4_K);
+  std::string file = bad.Build();
+  PatchU64(file, bad.at("dim0:q"), 32);
+  EXPECT_THAT(GgufFile::FromBuffer(file),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not a multiple of 256")));
 }
 
 TEST(GgufTest, LongNamesAreShortenedInMessages) {

@@ -24,9 +24,10 @@ absl::StatusOr<kernels::Weight> Tensor(const GgufFile& gguf, const std::string& 
                                                       got, cols,
                                                       vector ? "" : absl::StrFormat(", %d", rows)));
   }
-  if (IsBlockQuantized(t->type) && cols % kQ8_0BlockElements != 0) {
-    return absl::InvalidArgumentError(absl::StrFormat("gguf: %s tensor %s rows not a multiple of 32",
-                                                      std::string(DTypeName(t->type)), name));
+  if (cols % BlockElements(t->type) != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("gguf: %s tensor %s rows not a multiple of %d",
+                                                      std::string(DTypeName(t->type)), name,
+                                                      BlockElements(t->type)));
   }
   return kernels::Weight{t->data, t->type, vector ? 1 : rows, cols};
 }
@@ -93,6 +94,7 @@ absl::StatusOr<LlamaWeights> LlamaWeightsFromSafetensors(const SafetensorsCheckp
           break;
         case DType::kQ8_0:
         case DType::kQ4_0:
+        case DType::kQ4_K:
           break;
       }
       bias_storage->push_back(f);

@@ -93,10 +93,10 @@ class CpuBackend final : public Backend {
   void FreePinnedHost(void* ptr) override { std::free(ptr); }
 
   absl::StatusOr<Weight> PrepareWeight(const Weight& host) override {
-    if (IsBlockQuantized(host.dtype) && host.cols % kQ8_0BlockElements != 0) {
+    if (host.cols % BlockElements(host.dtype) != 0) {
       return absl::InvalidArgumentError(
-          absl::StrFormat("cpu backend: %s weight row of %d elements is not a multiple of 32",
-                          std::string(DTypeName(host.dtype)), host.cols));
+          absl::StrFormat("cpu backend: %s weight row of %d elements is not a multiple of %d",
+                          std::string(DTypeName(host.dtype)), host.cols, BlockElements(host.dtype)));
     }
     return host;  // host memory is this backend's memory
   }

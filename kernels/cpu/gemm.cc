@@ -79,6 +79,13 @@ inline float RowDotScalar(const float* x, const Weight& w, int64_t o) {
       return DotQ8_0Scalar(x, row, n);
     case DType::kQ4_0:
       return DotQ4_0Scalar(x, row, n);
+    case DType::kQ4_K: {
+      // Dequantize-then-F32: the reference itself, one row at a time.
+      thread_local std::vector<float> dequantized;
+      dequantized.resize(n);
+      DequantizeRow(DType::kQ4_K, row, n, dequantized.data());
+      return DotF32Scalar(x, dequantized.data(), n);
+    }
   }
   return 0;
 }
@@ -193,6 +200,9 @@ struct QuantizedRows {
   // For Q4_0 on the AVX-512 path: 8 x the sum of each 4 consecutive q (one
   // int32 lane of vpdpbusd), row r's at sum4[r * n / 4 ..].
   const int32_t* sum4 = nullptr;
+  // For Q4_K: each 4 consecutive q's sum times their block's d, as float,
+  // row r's at dsum4[r * n / 4 ..] (what a lane's sub-block min multiplies).
+  const float* dsum4 = nullptr;
 };
 
 // The 32 int8 values of one weight block (after its F16 scale), by format.
@@ -587,6 +597,82 @@ TANDEM_AVX512 void TileQ4_0_512(const QuantizedRows& xq, int64_t t0, const uint8
   }
 }
 
+// Q4_K: per super-block, each row's 8 scales and mins are unpacked once to
+// F32 (d * scale, dmin * min: exact products); then per 64 elements (two
+// 32-element sub-blocks, 32 bytes of nibbles: low = sub-block 2c, high =
+// 2c + 1, which is already the activations' order) the unsigned nibbles
+// go into vpdpbusd against the int8 activations, and each lane adds
+// d_w * d_x * its integer sum, then subtracts min_w * d_x * the sum of its 4
+// activations. Two FMAs per lane per 64 elements, in K order, whatever the
+// tile: the same bits for every batch and thread count.
+struct BlockQ4_K {};
+
+template <int MR, int NR>
+TANDEM_AVX512 void TileQ4_K_512(const QuantizedRows& xq, int64_t t0, const uint8_t* w, int64_t ldw_bytes,
+                                float* out, int64_t ldo) {
+  __m512 acc[MR][NR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 16
+    for (int t = 0; t < NR; ++t) acc[i][t] = _mm512_setzero_ps();
+  }
+  const int64_t n = xq.nb * kQ8_0BlockElements;
+  const __m512i zero = _mm512_setzero_si512();
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  for (int64_t s = 0; s < n / kQ4_KBlockElements; ++s) {
+    float wsc[MR][8], wmn[MR][8];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const uint8_t* blk = w + i * ldw_bytes + s * kQ4_KBlockBytes;
+      for (int p = 0; p < 3; ++p) {
+        _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetchBytes + 64 * p, _MM_HINT_T0);
+      }
+      const float d = Q8_0BlockScale(blk), dmin = Q8_0BlockScale(blk + 2);
+      for (int j = 0; j < 8; ++j) {
+        uint8_t sc, m;
+        Q4_KScaleMin(blk + 4, j, &sc, &m);
+        wsc[i][j] = d * sc;
+        wmn[i][j] = dmin * m;
+      }
+    }
+    for (int c = 0; c < 4; ++c) {
+      __m512i wq[MR];
+      __m512 ws[MR], wm[MR];
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        const uint8_t* qs = w + i * ldw_bytes + s * kQ4_KBlockBytes + 16 + 32 * c;
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs));
+        wq[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(raw, low4)),
+                                   _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), 1);
+        ws[i] =
+            _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(wsc[i][2 * c]), _mm512_set1_ps(wsc[i][2 * c + 1]));
+        wm[i] =
+            _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(wmn[i][2 * c]), _mm512_set1_ps(wmn[i][2 * c + 1]));
+      }
+      const int64_t b = s * 8 + 2 * c;  // the first 32-block of these 64 elements
+#pragma GCC unroll 16
+      for (int t = 0; t < NR; ++t) {
+        const int64_t row = t0 + t;
+        const __m512i xv = _mm512_loadu_si512(xq.q + row * n + b * 32);
+        const __m512 xm = _mm512_loadu_ps(xq.dsum4 + row * (n / 4) + b * 8);
+        const __m512 xd = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(xq.d[row * xq.nb + b]),
+                                               _mm512_set1_ps(xq.d[row * xq.nb + b + 1]));
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+          const __m512i p32 = _mm512_dpbusd_epi32(zero, wq[i], xv);
+          acc[i][t] = _mm512_fmadd_ps(_mm512_mul_ps(ws[i], xd), _mm512_cvtepi32_ps(p32), acc[i][t]);
+          acc[i][t] = _mm512_fnmadd_ps(wm[i], xm, acc[i][t]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 16
+    for (int t = 0; t < NR; ++t) out[t * ldo + i] = Hsum512(acc[i][t]);
+  }
+}
+
 constexpr int k512MR = 4, k512NR = 6;
 constexpr int k512Q8MR = 4, k512Q8NR = 4;
 // Decode (one token): 8 weight rows per tile, so 8 streams are in flight
@@ -623,6 +709,8 @@ template <typename B, int MR, int... NR>
 constexpr std::array<Q8TileFn, sizeof...(NR)> Q8_512Row(std::integer_sequence<int, NR...>) {
   if constexpr (std::is_same_v<B, BlockQ4_0>) {
     return {&TileQ4_0_512<MR, NR + 1>...};
+  } else if constexpr (std::is_same_v<B, BlockQ4_K>) {
+    return {&TileQ4_K_512<MR, NR + 1>...};
   } else {
     return {&TileQ8_0_512<B, MR, NR + 1>...};
   }
@@ -752,7 +840,8 @@ void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const
     ForChunks(pool, work, w.rows, path == GemmPath::kScalar ? 16 : chunk, range);
   };
   const bool wide = path == GemmPath::kAvx512;
-  if (path == GemmPath::kScalar) {
+  // Q4_K has AVX-512 tiles only; the AVX2 path runs the scalar loops.
+  if (path == GemmPath::kScalar || (w.dtype == DType::kQ4_K && !wide)) {
     run([&](int64_t b, int64_t e) { RangeScalar(x, rows, w, out, b, e); });
     return;
   }
@@ -774,7 +863,8 @@ void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const
       });
       return;
     case DType::kQ8_0:
-    case DType::kQ4_0: {
+    case DType::kQ4_0:
+    case DType::kQ4_K: {
       const int64_t nb = w.cols / kQ8_0BlockElements;
       thread_local std::vector<float> scales;
       thread_local std::vector<int8_t> quants;
@@ -784,6 +874,17 @@ void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const
         QuantizeRow(x + r * w.cols, w.cols, scales.data() + r * nb, quants.data() + r * w.cols);
       }
       QuantizedRows xq{scales.data(), quants.data(), nb};
+      if (w.dtype == DType::kQ4_K) {
+        thread_local std::vector<float> dsums;
+        dsums.resize(rows * w.cols / 4);
+        for (int64_t i = 0; i < rows * w.cols / 4; ++i) {
+          const int8_t* q = quants.data() + 4 * i;
+          dsums[i] = scales[i / 8] * static_cast<float>(q[0] + q[1] + q[2] + q[3]);
+        }
+        xq.dsum4 = dsums.data();
+        run([&](int64_t b, int64_t e) { RangeQ8_0_512<BlockQ4_K>(xq, rows, w, out, b, e); });
+        return;
+      }
       if (w.dtype == DType::kQ4_0) {
         thread_local std::vector<int32_t> sums;
         if (wide) {

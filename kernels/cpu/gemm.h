@@ -1,5 +1,6 @@
 // The CPU backend's matrix multiply: out[r][o] = sum_i x[r][i] * w[o][i] for
-// F32, F16, BF16, Q8_0 and Q4_0 weights, in the weights' own row-major layout.
+// F32, F16, BF16, Q8_0, Q4_0 and Q4_K weights, in the weights' own row-major
+// layout.
 //
 //   cpu::MatMul(cpu::DefaultGemmPath(), &pool, x, rows, w, out);
 //
@@ -11,7 +12,12 @@
 //   unpacked to int8 (-8..7) in registers, against the same int8
 //   activations (as llama.cpp's vec_dot_q4_0_q8_0); AVX-512 feeds the
 //   unsigned nibbles to vpdpbusd and subtracts 8 x each lane's activation
-//   sum instead, the same integers, so the same bits.
+//   sum instead, the same integers, so the same bits. Q4_K (256-element
+//   super-blocks) runs AVX-512 tiles only: per 64 elements vpdpbusd on the
+//   unsigned nibbles, then two FMAs per lane (d_w * scale * d_x * sum,
+//   minus dmin * min * d_x * the lane's activation sum); within 1e-4 + the
+//   int8 activations' bound of dequantize-then-F32 (gemm_test). On kAvx2
+//   Q4_K runs the scalar loops.
 // - kAvx2 (AVX2 + FMA + F16C): register-blocked tiles of 4 weight rows x 3
 //   tokens (2 x 4 for Q8_0), so each weight vector loaded and converted serves
 //   several tokens and each token vector several weight rows. Q8_0 quantizes
@@ -54,8 +60,8 @@ const char* GemmPathName(GemmPath path);
 
 // out[r * w.rows + o] = sum_i x[r * w.cols + i] * w[o][i] for r < rows,
 // o < w.rows. Output rows are split over `pool` (nullptr: the calling thread
-// only). REQUIRES: Q8_0 and Q4_0 weights have w.cols % 32 == 0; kAvx2 only where the
-// CPU supports it.
+// only). REQUIRES: w.cols % BlockElements(w.dtype) == 0 (common/dtype.h);
+// kAvx2/kAvx512 only where the CPU supports them.
 void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const Weight& w, float* out);
 
 }  // namespace tandem::kernels::cpu
