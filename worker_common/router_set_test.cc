@@ -9,6 +9,7 @@
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/server_builder.h"
 #include "gtest/gtest.h"
+#include "tests/testing/poll.h"
 
 namespace tandem::worker_common {
 namespace {
@@ -212,8 +213,7 @@ TEST(RouterSetTest, ResolvingAgainJoinsNewRoutersAndLeavesGoneOnes) {
     absl::MutexLock lock(&mu);
     answer = {b.target()};  // a's pod went away
   }
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (routers.targets().size() != 1 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_TRUE(testing::PollUntil([&] { return routers.targets().size() == 1; }, absl::Seconds(10)));
   EXPECT_EQ(routers.targets(), (std::vector<std::string>{b.target()}));
   routers.Stop();
 }

@@ -1,0 +1,217 @@
+// Replicated routers (issue #18 item 3) with real processes on loopback: two
+// `tandem router` replicas, 2 prefill + 2 decode workers each given both
+// (`--router A,B`), and a replay of the Mooncake conversation trace's first
+// requests spread over both replicas. Mid-run router A is killed (-9); a
+// request that fails on A is retried on B, as a client behind a Service
+// would, and every request must succeed. Then A restarts on its port, and
+// the time until its prefix index holds what B's holds (the workers
+// re-register with it and it fetches their snapshots) is printed.
+//
+// Prints one line "REPLICAS | ..." with the figures (docs/RELIABILITY.md).
+#include <signal.h>
+
+#include <atomic>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "gtest/gtest.h"
+#include "http/test_client.h"
+#include "loadgen/trace.h"
+#include "loadgen/workload.h"
+#include "nlohmann/json.hpp"
+#include "tandem/v1/tandem.grpc.pb.h"
+#include "tests/testing/poll.h"
+#include "tests/testing/subprocess.h"
+
+namespace tandem {
+namespace {
+
+using ::tandem::testing::PollUntil;
+using ::tandem::testing::Subprocess;
+
+const std::string kStories = TANDEM_SHARED_DIR "/models/stories260K.gguf";
+const std::string kTrace = TANDEM_SHARED_DIR "/data/traces/mooncake_conversation.jsonl";
+constexpr int kRequests = 120;
+constexpr int kConcurrency = 8;
+
+struct Proc {
+  std::unique_ptr<Subprocess> process;
+  nlohmann::json ready;
+};
+
+Proc Start(const std::vector<std::string>& argv) {
+  Proc p;
+  p.process = std::make_unique<Subprocess>(argv);
+  std::optional<std::string> line = p.process->ReadLine(absl::Now() + absl::Seconds(60));
+  if (!line.has_value()) {
+    ADD_FAILURE() << argv[1] << " not ready";
+    return p;
+  }
+  p.ready = nlohmann::json::parse(*line);
+  return p;
+}
+
+std::vector<std::string> RouterArgv(int port) {
+  return {TANDEM_BINARY,        "router",      "--model", kStories,         "--port",
+          std::to_string(port), "--http-port", "0",       "--heartbeat-ms", "200"};
+}
+
+// A gauge's value summed over its label sets in a router's /metrics; -1 when
+// the router does not answer.
+double Gauge(const Proc& router, const std::string& name) {
+  const std::string http = router.ready.value("http", "");
+  int port = 0;
+  if (http.empty() || !absl::SimpleAtoi(http.substr(http.rfind(':') + 1), &port)) return -1;
+  http::testing::TestClient client(port);
+  if (!client.ok() || !client.Send("GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")) return -1;
+  std::optional<http::testing::ParsedResponse> r = client.ReadResponse(absl::Seconds(10));
+  if (!r.has_value() || r->status != 200) return -1;
+  double sum = 0;
+  for (absl::string_view line : absl::StrSplit(r->body, '\n')) {
+    if (!absl::StartsWith(line, name) || line.size() <= name.size()) continue;
+    if (line[name.size()] != ' ' && line[name.size()] != '{') continue;
+    double v = 0;
+    if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v)) sum += v;
+  }
+  return sum;
+}
+
+int HealthyWorkers(tandem::v1::Tandem::Stub* stub) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  tandem::v1::ClusterInfo info;
+  if (!stub->GetClusterInfo(&ctx, {}, &info).ok()) return -1;
+  return info.prefill_workers() + info.decode_workers();
+}
+
+grpc::Status Generate(tandem::v1::Tandem::Stub* stub, const loadgen::LoadRequest& r) {
+  tandem::v1::GenerateRequest req;
+  *req.mutable_prompt_token_ids()->mutable_ids() = {r.prompt.begin(), r.prompt.end()};
+  req.set_max_tokens(r.max_tokens);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  auto reader = stub->Generate(&ctx, req);
+  tandem::v1::GenerateResponse resp;
+  bool summary = false;
+  while (reader->Read(&resp)) summary |= resp.has_summary();
+  grpc::Status s = reader->Finish();
+  if (s.ok() && !summary) return grpc::Status(grpc::StatusCode::INTERNAL, "stream ended without a summary");
+  return s;
+}
+
+TEST(RouterReplicasTest, KillingOneRouterLosesNoRequestAndTheRestartedOneRebuildsItsIndex) {
+  if (!std::filesystem::exists(kStories) || !std::filesystem::exists(kTrace)) {
+    GTEST_SKIP() << "needs " << kStories << " and " << kTrace << " (../shared)";
+  }
+  absl::StatusOr<std::vector<loadgen::TraceRequest>> trace = loadgen::ReadMooncakeTrace(kTrace, kRequests);
+  ASSERT_TRUE(trace.ok()) << trace.status();
+  auto synth = loadgen::PromptSynthesizer::Create({.vocab_size = 512,
+                                                   .block_tokens = 16,
+                                                   .max_tokens_cap = 8,
+                                                   .max_input_tokens = 256,
+                                                   .context_length = 512});
+  ASSERT_TRUE(synth.ok()) << synth.status();
+  std::vector<loadgen::LoadRequest> requests;
+  for (const loadgen::TraceRequest& t : *trace) {
+    absl::StatusOr<loadgen::LoadRequest> r = (*synth)->Synthesize(t);
+    ASSERT_TRUE(r.ok()) << r.status();
+    requests.push_back(*std::move(r));
+  }
+
+  std::vector<Proc> routers;
+  routers.push_back(Start(RouterArgv(0)));
+  routers.push_back(Start(RouterArgv(0)));
+  const std::string a = routers[0].ready.value("grpc", ""), b = routers[1].ready.value("grpc", "");
+  ASSERT_FALSE(a.empty() || b.empty());
+  std::vector<Proc> workers;
+  for (const char* role : {"prefill", "prefill", "decode", "decode"}) {
+    workers.push_back(Start({TANDEM_BINARY, role, "--router", a + "," + b, "--model", kStories, "--port", "0",
+                             "--threads", "1", "--kv-cache-mb", "16"}));
+    ASSERT_FALSE(workers.back().ready.is_null());
+  }
+  std::vector<std::unique_ptr<tandem::v1::Tandem::Stub>> stubs;
+  for (const std::string& target : {a, b}) {
+    stubs.push_back(
+        tandem::v1::Tandem::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials())));
+  }
+  for (auto& stub : stubs) {
+    ASSERT_TRUE(PollUntil([&] { return HealthyWorkers(stub.get()) == 4; }, absl::Seconds(30)))
+        << "every worker registers with both routers";
+  }
+
+  // Replay: request i goes to router i % 2; one that fails there is retried
+  // on the other replica.
+  std::atomic<int> next{0}, done{0}, retried{0};
+  absl::Mutex mu;
+  std::vector<std::string> failures;
+  auto client = [&] {
+    for (int i = next.fetch_add(1); i < kRequests; i = next.fetch_add(1)) {
+      const int first = i % 2;
+      grpc::Status s = Generate(stubs[first].get(), requests[i]);
+      if (!s.ok()) {
+        retried.fetch_add(1);
+        s = Generate(stubs[1 - first].get(), requests[i]);
+      }
+      if (!s.ok()) {
+        absl::MutexLock lock(&mu);
+        failures.push_back(absl::StrCat("request ", i, ": ", s.error_message()));
+      }
+      done.fetch_add(1);
+    }
+  };
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kConcurrency; ++c) clients.emplace_back(client);
+  ASSERT_TRUE(PollUntil([&] { return done.load() >= kRequests / 3; }, absl::Seconds(120)));
+  const int port_a = std::stoi(a.substr(a.rfind(':') + 1));
+  routers[0].process->Signal(SIGKILL);
+  (void)routers[0].process->Wait(absl::Now() + absl::Seconds(10));
+  const int done_at_kill = done.load();
+  for (std::thread& t : clients) t.join();
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_TRUE(failures.empty()) << failures.size() << " failed, first: " << failures.front();
+  }
+  EXPECT_GT(retried.load(), 0) << "requests sent to the killed router were retried on the other";
+
+  // The restarted replica: workers re-register, it fetches their snapshots.
+  // Full: it holds as many (block, worker) entries as the replica that never
+  // went away (read again each time: the last events may still be arriving).
+  const absl::Time restart = absl::Now();
+  routers[0] = Start(RouterArgv(port_a));
+  double a_entries = -1, b_entries = -1;
+  ASSERT_TRUE(PollUntil(
+      [&] {
+        a_entries = Gauge(routers[0], "tandem_router_kv_index_entries");
+        b_entries = Gauge(routers[1], "tandem_router_kv_index_entries");
+        return a_entries > 0 && a_entries == b_entries;
+      },
+      absl::Seconds(30), absl::Milliseconds(5)))
+      << "restarted router's index: " << a_entries << " entries, the other's " << b_entries;
+  const absl::Duration to_full_index = absl::Now() - restart;
+  EXPECT_TRUE(PollUntil([&] { return HealthyWorkers(stubs[0].get()) == 4; }, absl::Seconds(10)))
+      << "the restarted router has every worker";
+  std::printf(
+      "REPLICAS | 2 routers, 2P+2D, %d trace requests over both, router A kill -9 after %d | failed %zu, "
+      "retried on B %d | A restarted: full index (%.0f entries) %.0f ms after launch\n",
+      kRequests, done_at_kill, failures.size(), retried.load(), b_entries,
+      absl::ToDoubleMilliseconds(to_full_index));
+  // After the restart both replicas serve.
+  for (auto& stub : stubs) EXPECT_TRUE(Generate(stub.get(), requests.front()).ok());
+}
+
+}  // namespace
+}  // namespace tandem
