@@ -748,6 +748,98 @@ TANDEM_AVX512 void RangeQ8_0_512(const QuantizedRows& xq, int64_t rows, const We
   SweepTiles(kTiles, k512Q8MR, k512Q8NR, rows, o_begin, o_end, run);
 }
 
+// BF16 weights on CPUs with AVX512_BF16 (as llama.cpp's ggml_vec_dot_bf16):
+// activations rounded to BF16 once per row (round to nearest even,
+// vcvtne2ps2bf16, zero-padded to a multiple of 32), then vdpbf16ps takes 32
+// products per instruction where widening the weights to F32 gets 16, and
+// nothing converts the weights. Each lane adds its two exact BF16 products
+// to its accumulator in a fixed order; every output owns one accumulator
+// that sees its K in the same order in every tile, so results depend only on
+// the output's own row and weights, as on the other paths. The cost is the
+// activations' rounding: |error| <= 2^-8 sum|x * w| (gemm_test bounds it).
+#define TANDEM_AVX512BF16 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,avx2,fma,f16c")))
+
+// One step of 32 elements of K: a zero-padded x, and `mask` zeroing w past
+// the row's end.
+template <int MR, int NR>
+TANDEM_AVX512BF16 inline void Bf16Step(__m512 (&acc)[MR][NR], const uint16_t* x, int64_t ldx,
+                                       const uint16_t* w, int64_t ldw, int64_t k, __mmask32 mask) {
+  __m512bh wv[MR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + i * ldw + k) + kPrefetchBytes, _MM_HINT_T0);
+    wv[i] = (__m512bh)_mm512_maskz_loadu_epi16(mask, w + i * ldw + k);
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < NR; ++t) {
+    const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + t * ldx + k);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv[i], xv);
+  }
+}
+
+template <int MR, int NR>
+TANDEM_AVX512BF16 void TileBf16Dot(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw, int64_t n,
+                                   float* out, int64_t ldo) {
+  __m512 acc[MR][NR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 16
+    for (int t = 0; t < NR; ++t) acc[i][t] = _mm512_setzero_ps();
+  }
+  int64_t k = 0;
+  for (; k + 32 <= n; k += 32) Bf16Step<MR, NR>(acc, x, ldx, w, ldw, k, ~__mmask32{0});
+  if (k < n) Bf16Step<MR, NR>(acc, x, ldx, w, ldw, k, (__mmask32{1} << (n - k)) - 1);
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 16
+    for (int t = 0; t < NR; ++t) out[t * ldo + i] = Hsum512(acc[i][t]);
+  }
+}
+
+using Bf16TileFn = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t, int64_t, float*, int64_t);
+
+template <int MR, int... NR>
+constexpr std::array<Bf16TileFn, sizeof...(NR)> Bf16Row(std::integer_sequence<int, NR...>) {
+  return {&TileBf16Dot<MR, NR + 1>...};
+}
+
+template <int... MR>
+constexpr std::array<std::array<Bf16TileFn, k512NR>, sizeof...(MR)> Bf16Table(
+    std::integer_sequence<int, MR...>) {
+  return {Bf16Row<MR + 1>(std::make_integer_sequence<int, k512NR>())...};
+}
+
+// Rounds each of `rows` rows of x (n floats) to BF16 at xb + r * ld, ld =
+// n rounded up to 32, the padding zero.
+TANDEM_AVX512BF16 void RoundRowsToBf16(const float* x, int64_t rows, int64_t n, int64_t ld, uint16_t* xb) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* src = x + r * n;
+    for (int64_t k = 0; k < ld; k += 32) {
+      const __mmask16 lo = k + 16 <= n ? 0xFFFF : k >= n ? 0 : (1u << (n - k)) - 1;
+      const __mmask16 hi = k + 32 <= n ? 0xFFFF : k + 16 >= n ? 0 : (1u << (n - k - 16)) - 1;
+      const __m512bh v =
+          _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, src + k + 16), _mm512_maskz_loadu_ps(lo, src + k));
+      _mm512_storeu_si512(xb + r * ld + k, (__m512i)v);
+    }
+  }
+}
+
+TANDEM_AVX512BF16 void RangeBf16Dot(const uint16_t* xb, int64_t ldx, int64_t rows, const Weight& w,
+                                    float* out, int64_t o_begin, int64_t o_end) {
+  static constexpr auto kTiles = Bf16Table(std::make_integer_sequence<int, k512MR>());
+  auto run = [&](auto tile, int64_t o, int64_t t) {
+    tile(xb + t * ldx, ldx, static_cast<const uint16_t*>(w.data) + o * w.cols, w.cols, w.cols,
+         out + t * w.rows + o, w.rows);
+  };
+  if (rows == 1) {
+    SweepDecode(&TileBf16Dot<k512DecodeMR, 1>, kTiles, o_begin, o_end, run);
+    return;
+  }
+  SweepTiles(kTiles, k512MR, k512NR, rows, o_begin, o_end, run);
+}
+
 // Per 32-block: d = max|x| / 127, q = round-to-nearest-even(x * 127 / max|x|)
 // (llama.cpp's quantize_row_q8_0, with d kept in F32). Depends only on the row.
 void QuantizeRow(const float* x, int64_t n, float* d, int8_t* q) {
@@ -766,6 +858,11 @@ void QuantizeRow(const float* x, int64_t n, float* d, int8_t* q) {
 bool CpuHasAvx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+
+bool CpuHasAvx512Bf16() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16");
 }
 
 bool CpuHasAvx512() {
@@ -814,6 +911,16 @@ GemmPath PickGemmPath() {
   return paths.back();
 }
 
+// Whether kAvx512 runs BF16 weights through vdpbf16ps (the CPU has
+// AVX512_BF16, and TANDEM_CPU_BF16_DOT is not 0: for before/after checks).
+static bool Avx512Bf16() {
+  static const bool on = [] {
+    const char* env = std::getenv("TANDEM_CPU_BF16_DOT");
+    return CpuHasAvx512Bf16() && (env == nullptr || std::strcmp(env, "0") != 0);
+  }();
+  return on;
+}
+
 GemmPath DefaultGemmPath() {
   static const GemmPath path = PickGemmPath();
   return path;
@@ -857,6 +964,16 @@ void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const
       });
       return;
     case DType::kBF16:
+      if (wide && Avx512Bf16()) {
+        const int64_t ld = (w.cols + 31) / 32 * 32;
+        thread_local std::vector<uint16_t> xb;
+        xb.resize(rows * ld);
+        RoundRowsToBf16(x, rows, w.cols, ld, xb.data());
+        // By pointer: a worker naming the thread_local would see its own.
+        const uint16_t* rounded = xb.data();
+        run([&](int64_t b, int64_t e) { RangeBf16Dot(rounded, ld, rows, w, out, b, e); });
+        return;
+      }
       run([&](int64_t b, int64_t e) {
         wide ? RangeFloat512<Load512BF16>(x, rows, w, out, b, e)
              : RangeFloat<LoadBF16>(x, rows, w, out, b, e);

@@ -182,6 +182,17 @@ double Int8ActivationBound(const float* x, const float* w, int64_t n) {
   return bound;
 }
 
+// Bound on |dot(x, w) - dot(bf16(x), w)| for BF16 weights on the AVX-512
+// path, which rounds activations to BF16 where the CPU has AVX512_BF16
+// (gemm.h): each is within 2^-9 of itself relatively, so 2^-9 sum|x w|, and
+// twice that for the accumulation's float rounding.
+double Bf16ActivationBound(GemmPath path, DType type, const float* x, const float* w, int64_t n) {
+  if (type != DType::kBF16 || path != GemmPath::kAvx512) return 0;
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += std::abs(double{x[i]} * w[i]);
+  return sum * 0x1p-8;
+}
+
 class GemmTest : public ::testing::TestWithParam<DType> {};
 
 // Both paths within 1e-4 of the double reference on the weights the encoding
@@ -206,6 +217,7 @@ TEST_P(GemmTest, MatchesDoubleReferenceOnEveryPath) {
         if (IsBlockQuantized(type) && path != GemmPath::kScalar) {
           bound += Int8ActivationBound(xr, &p.wr[o * p.in], p.in);
         }
+        bound += Bf16ActivationBound(path, type, xr, &p.wr[o * p.in], p.in);
         EXPECT_NEAR(y[r * p.out + o], ref, bound) << "row " << r << " out " << o;
       }
     }
@@ -230,7 +242,9 @@ TEST_P(GemmTest, VectorPathsAgreeWithScalar) {
       for (int64_t o = 0; o < p.out; ++o) {
         const int64_t i = r * p.out + o;
         const double tol =
-            IsBlockQuantized(type) ? Int8ActivationBound(&p.x[r * p.in], &p.wr[o * p.in], p.in) + 1e-4 : 2e-5;
+            (IsBlockQuantized(type) ? Int8ActivationBound(&p.x[r * p.in], &p.wr[o * p.in], p.in) + 1e-4
+                                    : 2e-5) +
+            Bf16ActivationBound(path, type, &p.x[r * p.in], &p.wr[o * p.in], p.in);
         EXPECT_NEAR(vec[i], scalar[i], tol) << i;
         differ += vec[i] != scalar[i];
       }
