@@ -610,6 +610,75 @@ TEST_F(RequestPathOverloadTest, RequestBeyondTheQueueBoundIsRefusedAtOnce) {
   ASSERT_TRUE(after.status.ok()) << after.status.error_message();
 }
 
+// Flow control (issue 18 item 5) through the real request path: with one
+// prefill in flight per worker, later requests wait at the router; a
+// higher-priority arrival to the full queue sheds the newest waiting
+// request of a lower priority and is dispatched before the older one.
+class RequestPathFlowControlTest : public RequestPathOverloadTest {
+ protected:
+  void SetUp() override {
+    router::RouterOptions options;
+    options.reservation_ttl = kTtl;
+    options.max_queued_prefills_per_worker = 3;
+    options.max_inflight_prefills_per_worker = 1;
+    router_ = std::make_unique<InProcessRouter>(&clock_, options);
+    ASSERT_FALSE(router_->address().empty());
+    stub_ = tandem::v1::Tandem::NewStub(
+        grpc::CreateChannel(router_->address(), grpc::InsecureChannelCredentials()));
+  }
+  bool AwaitQueue(int64_t running, int64_t waiting) {
+    return tandem::testing::PollUntil(
+        [&] {
+          const router::FlowQueue::Stats s = router_->core().flow_queue().stats();
+          return s.running == running && s.waiting == waiting;
+        },
+        kDeadline);
+  }
+};
+
+TEST_F(RequestPathFlowControlTest, HigherPriorityShedsTheNewestLowerAndGoesFirst) {
+  WorkerProcess* prefill = AddWorker(WorkerProcess::Role::kPrefill, "prefill-0");
+  ASSERT_NE(prefill, nullptr);
+  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-0"), nullptr);
+  absl::Notification release;
+  HoldEngine(prefill, &release);
+  absl::Mutex mu;
+  std::vector<std::string> first_tokens;  // request ids in the order their first token came
+  auto run = [&](const std::string& id, int32_t priority, Outcome* out) {
+    tandem::v1::GenerateRequest r = Request(4);
+    r.set_request_id(id);
+    r.set_priority(priority);
+    *out = Generate(r, [&] {
+      absl::MutexLock lock(&mu);
+      first_tokens.push_back(id);
+    });
+  };
+  Outcome a, b, c, d;
+  std::thread ta(run, "a", 0, &a);  // dispatched; its prefill is held
+  bool queued = AwaitQueue(1, 0);
+  std::thread tb(run, "b", 0, &b);  // waits at the router
+  queued = queued && AwaitQueue(1, 1);
+  std::thread tc(run, "c", 0, &c);
+  queued = queued && AwaitQueue(1, 2);  // full: 1 running + 2 waiting = 3
+  std::thread td(run, "d", 5, &d);      // sheds c, the newest of priority 0
+  tc.join();
+  queued = queued && AwaitQueue(1, 2);
+  release.Notify();
+  ta.join();
+  tb.join();
+  td.join();
+  ASSERT_TRUE(queued);
+  EXPECT_EQ(c.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << c.status.error_message();
+  EXPECT_TRUE(absl::StartsWith(c.status.error_message(), "lower_priority: ")) << c.status.error_message();
+  EXPECT_TRUE(c.tokens.empty());
+  for (const Outcome* o : {&a, &b, &d}) {
+    ASSERT_TRUE(o->status.ok()) << o->status.error_message();
+    EXPECT_EQ(o->tokens.size(), 4u);
+  }
+  EXPECT_EQ(first_tokens, (std::vector<std::string>{"a", "d", "b"}));
+  EXPECT_EQ(router_->core().queued_prefills(), 0);
+}
+
 // Gray failures (issue 17): a decode worker that stays alive but makes no
 // progress. Its engine thread is held after the first tokens (a stuck
 // device, or SIGSTOP); the router notices it by its progress deadline or
