@@ -254,7 +254,6 @@ class RouterCore final : public Generator {
   std::atomic<uint64_t> next_request_{1};
   std::atomic<int64_t> in_flight_{0};
   std::atomic<uint64_t> next_flow_key_{1};
-  FlowQueue flow_;
   // Priorities whose depth gauge was set (set to 0 when they empty).
   absl::Mutex gauge_mu_;
   std::set<int32_t> depth_priorities_ ABSL_GUARDED_BY(gauge_mu_);
@@ -284,6 +283,10 @@ class RouterCore final : public Generator {
   absl::Mutex renew_mu_;
   uint64_t next_kept_ ABSL_GUARDED_BY(renew_mu_) = 1;
   std::map<uint64_t, KeptReservation> kept_ ABSL_GUARDED_BY(renew_mu_);
+
+  // Last, so it is destroyed first: a request still waiting in it (none
+  // after Stop) holds its Call, whose destructor locks alive_mu_.
+  FlowQueue flow_;
 };
 
 }  // namespace tandem::router
