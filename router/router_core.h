@@ -118,9 +118,10 @@ struct RouterOptions {
   // dispatched at once and queues on its worker; priority and tenant then
   // play no part). Default: 4 — a worker computes one prefill while the
   // next ones reserve decode blocks and the last one's KV is transferred,
-  // so a worker is not left idle between prefills (stories260K's
-  // throughput and TTFT unchanged, docs/PERFORMANCE.md), while a request
-  // that arrives waits behind at most 4 prefills already on the worker.
+  // so a worker is not left idle between prefills (stories260K on one
+  // prefill worker served as many requests/s as with 0; 1 cost a fifth:
+  // docs/PERFORMANCE.md), and a worker that batches prompts keeps a batch;
+  // a request that arrives waits behind at most 4 prefills on the worker.
   int max_inflight_prefills_per_worker = 4;
   // Longest a request waits at the router before it is dispatched; then it
   // is refused (RESOURCE_EXHAUSTED "queue_ttl: ...", HTTP 429). 0: no TTL
