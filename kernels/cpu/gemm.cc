@@ -620,20 +620,27 @@ TANDEM_AVX512 void TileQ4_K_512(const QuantizedRows& xq, int64_t t0, const uint8
   const __m512i zero = _mm512_setzero_si512();
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   for (int64_t s = 0; s < n / kQ4_KBlockElements; ++s) {
-    float wsc[MR][8], wmn[MR][8];
+    alignas(32) float wsc[MR][8], wmn[MR][8];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const uint8_t* blk = w + i * ldw_bytes + s * kQ4_KBlockBytes;
       for (int p = 0; p < 3; ++p) {
         _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetchBytes + 64 * p, _MM_HINT_T0);
       }
-      const float d = Q8_0BlockScale(blk), dmin = Q8_0BlockScale(blk + 2);
-      for (int j = 0; j < 8; ++j) {
-        uint8_t sc, m;
-        Q4_KScaleMin(blk + 4, j, &sc, &m);
-        wsc[i][j] = d * sc;
-        wmn[i][j] = dmin * m;
-      }
+      // The 12 scale bytes to 8 scales then 8 mins, one byte each (GGML's
+      // kmask shuffle in ggml_vec_dot_q4_K_q8_K; Q4_KScaleMin per value).
+      uint32_t u[4];
+      std::memcpy(u, blk + 4, 12);
+      u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
+      const uint32_t mins_lo = u[1] & 0x3f3f3f3f;
+      u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
+      u[2] = mins_lo;
+      u[0] &= 0x3f3f3f3f;
+      const __m128i sm = _mm_loadu_si128(reinterpret_cast<const __m128i*>(u));
+      _mm256_store_ps(wsc[i], _mm256_mul_ps(_mm256_set1_ps(Q8_0BlockScale(blk)),
+                                            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm))));
+      _mm256_store_ps(wmn[i], _mm256_mul_ps(_mm256_set1_ps(Q8_0BlockScale(blk + 2)),
+                                            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)))));
     }
     for (int c = 0; c < 4; ++c) {
       __m512i wq[MR];

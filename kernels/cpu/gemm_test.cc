@@ -445,7 +445,7 @@ TEST(GemmBench, DISABLED_Throughput) {
 TEST(GemmBench, DISABLED_ModelShapes) {
   ThreadPool pool(ThreadPool::Options{.num_threads = 2});
   const GemmPath path = DefaultGemmPath();
-  for (DType type : {DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
+  for (DType type : {DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
     for (auto [out, in] : {std::pair<int64_t, int64_t>{768, 768}, {2048, 768}, {768, 2048}}) {
       const int64_t rows = 512;
       Problem p = MakeProblem(type, rows, out, in, 3);
@@ -460,6 +460,47 @@ TEST(GemmBench, DISABLED_ModelShapes) {
                   static_cast<long long>(out), static_cast<long long>(in), GemmPathName(path),
                   2.0 * rows * out * in / best / 1e9, best * 1e3);
     }
+  }
+}
+
+// One decode step's matmuls of the 110m model (12 layers of 768 x 768 x 4,
+// 2048 x 768 x 2, 768 x 2048; 170 MB of F16, so from DRAM), one token, as
+// the model issues them: GB/s of weights.
+TEST(GemmBench, DISABLED_DecodeModelShapes) {
+  ThreadPool pool(ThreadPool::Options{.num_threads = 2});
+  const GemmPath path = DefaultGemmPath();
+  for (DType type : {DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
+    std::vector<std::pair<int64_t, int64_t>> shapes;
+    for (int l = 0; l < 12; ++l) {
+      for (auto s : {std::pair<int64_t, int64_t>{768, 768},
+                     {768, 768},
+                     {768, 768},
+                     {768, 768},
+                     {2048, 768},
+                     {2048, 768},
+                     {768, 2048}}) {
+        shapes.push_back(s);
+      }
+    }
+    std::mt19937 rng(4);
+    std::vector<std::vector<uint8_t>> bytes;
+    std::vector<Weight> ws;
+    size_t total = 0;
+    for (auto [out, in] : shapes) {
+      std::vector<float> unused;
+      bytes.push_back(Encode(Random(out * in, rng), out, in, type, &unused));
+      ws.push_back(Weight{bytes.back().data(), type, out, in});
+      total += bytes.back().size();
+    }
+    std::vector<float> x = Random(2048, rng), y(2048);
+    double best = 1e30;
+    for (int rep = 0; rep < 10; ++rep) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (const Weight& w : ws) MatMul(path, &pool, x.data(), 1, w, y.data());
+      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::printf("%-5s decode step %-12s %8.3f ms %8.2f GB/s\n", std::string(DTypeName(type)).c_str(),
+                GemmPathName(path), best * 1e3, total / best / 1e9);
   }
 }
 
