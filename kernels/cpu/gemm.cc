@@ -947,9 +947,11 @@ const char* GemmPathName(GemmPath path) {
 
 void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const Weight& w, float* out) {
   const int64_t work = rows * w.rows * w.cols;
-  // Weight rows per work item: small for decode (balance), larger for
-  // batches (fewer passes over the activations). A multiple of every MR.
-  const int64_t chunk = rows <= 4 ? 16 : 64;
+  // Weight rows per work item, a multiple of every MR. 64 for decode too:
+  // each thread then streams 64 consecutive rows, and one 110m decode step
+  // (84 matmuls, gemm_test DecodeModelShapes) took 20-25% less time than
+  // with 16 (F16 5.7 -> 4.6 ms, Q4_K 3.6-4.7 -> 2.8, Q4_0 3.6 -> 3.0).
+  const int64_t chunk = 64;
   auto run = [&](auto range) {
     ForChunks(pool, work, w.rows, path == GemmPath::kScalar ? 16 : chunk, range);
   };
