@@ -862,6 +862,26 @@ void QuantizeRow(const float* x, int64_t n, float* d, int8_t* q) {
   }
 }
 
+// QuantizeRow with 16-lane vectors, the same values: the max of |x| is
+// exact in any order, d and 1/d the same divisions, and vcvtps2dq rounds to
+// nearest even as nearbyint does in the default rounding mode. Quantizing
+// runs on the calling thread before the tiles, so it is worth the vectors.
+TANDEM_AVX512 void QuantizeRow512(const float* x, int64_t n, float* d, int8_t* q) {
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  for (int64_t b = 0; b < n / kQ8_0BlockElements; ++b) {
+    const float* xb = x + b * kQ8_0BlockElements;
+    const __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+    const float amax =
+        _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1)));
+    d[b] = amax / 127.0f;
+    const __m512 id = _mm512_set1_ps(amax != 0 ? 127.0f / amax : 0.0f);
+    const __m128i q0 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, id)));
+    const __m128i q1 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, id)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQ8_0BlockElements), q0);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQ8_0BlockElements + 16), q1);
+  }
+}
+
 bool CpuHasAvx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
@@ -997,7 +1017,8 @@ void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const
       scales.resize(rows * nb);
       quants.resize(rows * w.cols);
       for (int64_t r = 0; r < rows; ++r) {
-        QuantizeRow(x + r * w.cols, w.cols, scales.data() + r * nb, quants.data() + r * w.cols);
+        (wide ? QuantizeRow512 : QuantizeRow)(x + r * w.cols, w.cols, scales.data() + r * nb,
+                                              quants.data() + r * w.cols);
       }
       QuantizedRows xq{scales.data(), quants.data(), nb};
       if (w.dtype == DType::kQ4_K) {
