@@ -200,9 +200,12 @@ struct QuantizedRows {
   // For Q4_0 on the AVX-512 path: 8 x the sum of each 4 consecutive q (one
   // int32 lane of vpdpbusd), row r's at sum4[r * n / 4 ..].
   const int32_t* sum4 = nullptr;
-  // For Q4_K: each 4 consecutive q's sum times their block's d, as float,
-  // row r's at dsum4[r * n / 4 ..] (what a lane's sub-block min multiplies).
-  const float* dsum4 = nullptr;
+  // For Q4_K: each 32-block's d times the sum of its q, row r's at
+  // dsum[r * nb ..] (what the block's weight min multiplies); and each pair
+  // of blocks' scales as one 16-lane vector (8 x d of block 2p, 8 x d of
+  // 2p + 1), row r's at dpair[r * n / 4 ..].
+  const float* dsum = nullptr;
+  const float* dpair = nullptr;
 };
 
 // The 32 int8 values of one weight block (after its F16 scale), by format.
@@ -598,13 +601,14 @@ TANDEM_AVX512 void TileQ4_0_512(const QuantizedRows& xq, int64_t t0, const uint8
 }
 
 // Q4_K: per super-block, each row's 8 scales and mins are unpacked once to
-// F32 (d * scale, dmin * min: exact products); then per 64 elements (two
-// 32-element sub-blocks, 32 bytes of nibbles: low = sub-block 2c, high =
-// 2c + 1, which is already the activations' order) the unsigned nibbles
-// go into vpdpbusd against the int8 activations, and each lane adds
-// d_w * d_x * its integer sum, then subtracts min_w * d_x * the sum of its 4
-// activations. Two FMAs per lane per 64 elements, in K order, whatever the
-// tile: the same bits for every batch and thread count.
+// F32 (d * scale, dmin * min: exact products) and the mins' share,
+// sum_j dmin * min_j * d_x(j) * sum(q_x in sub-block j), goes into lanes 0-7
+// of the output's accumulator by one FMA; then per 64 elements (two
+// sub-blocks, 32 bytes of nibbles: low = sub-block 2c, high = 2c + 1, which
+// is already the activations' order) the unsigned nibbles go into vpdpbusd
+// against the int8 activations and each lane adds d_w * scale * d_x * its
+// integer sum. A fixed sequence of FMAs per lane whatever the tile: the same
+// bits for every batch and thread count.
 struct BlockQ4_K {};
 
 template <int MR, int NR>
@@ -620,7 +624,7 @@ TANDEM_AVX512 void TileQ4_K_512(const QuantizedRows& xq, int64_t t0, const uint8
   const __m512i zero = _mm512_setzero_si512();
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   for (int64_t s = 0; s < n / kQ4_KBlockElements; ++s) {
-    alignas(32) float wsc[MR][8], wmn[MR][8];
+    __m512 wsc[MR];  // lanes 0-7: d * scale_j
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const uint8_t* blk = w + i * ldw_bytes + s * kQ4_KBlockBytes;
@@ -637,38 +641,41 @@ TANDEM_AVX512 void TileQ4_K_512(const QuantizedRows& xq, int64_t t0, const uint8
       u[2] = mins_lo;
       u[0] &= 0x3f3f3f3f;
       const __m128i sm = _mm_loadu_si128(reinterpret_cast<const __m128i*>(u));
-      _mm256_store_ps(wsc[i], _mm256_mul_ps(_mm256_set1_ps(Q8_0BlockScale(blk)),
-                                            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm))));
-      _mm256_store_ps(wmn[i], _mm256_mul_ps(_mm256_set1_ps(Q8_0BlockScale(blk + 2)),
-                                            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)))));
+      wsc[i] = _mm512_castps256_ps512(_mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(blk[0] | blk[1] << 8)),
+                                                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm))));
+      const __m512 wmn = _mm512_zextps256_ps512(
+          _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(blk[2] | blk[3] << 8)),
+                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)))));
+#pragma GCC unroll 16
+      for (int t = 0; t < NR; ++t) {
+        const __m512 xs = _mm512_zextps256_ps512(_mm256_loadu_ps(xq.dsum + (t0 + t) * xq.nb + s * 8));
+        acc[i][t] = _mm512_fnmadd_ps(wmn, xs, acc[i][t]);
+      }
     }
+#pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) {
+      const __m512i pick =
+          _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(2 * c), _mm512_set1_epi32(2 * c + 1));
       __m512i wq[MR];
-      __m512 ws[MR], wm[MR];
+      __m512 ws[MR];
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
         const uint8_t* qs = w + i * ldw_bytes + s * kQ4_KBlockBytes + 16 + 32 * c;
         const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs));
         wq[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(raw, low4)),
                                    _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), 1);
-        ws[i] =
-            _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(wsc[i][2 * c]), _mm512_set1_ps(wsc[i][2 * c + 1]));
-        wm[i] =
-            _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(wmn[i][2 * c]), _mm512_set1_ps(wmn[i][2 * c + 1]));
+        ws[i] = _mm512_permutexvar_ps(pick, wsc[i]);
       }
       const int64_t b = s * 8 + 2 * c;  // the first 32-block of these 64 elements
 #pragma GCC unroll 16
       for (int t = 0; t < NR; ++t) {
         const int64_t row = t0 + t;
         const __m512i xv = _mm512_loadu_si512(xq.q + row * n + b * 32);
-        const __m512 xm = _mm512_loadu_ps(xq.dsum4 + row * (n / 4) + b * 8);
-        const __m512 xd = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(xq.d[row * xq.nb + b]),
-                                               _mm512_set1_ps(xq.d[row * xq.nb + b + 1]));
+        const __m512 xd = _mm512_loadu_ps(xq.dpair + row * (n / 4) + b * 8);
 #pragma GCC unroll 16
         for (int i = 0; i < MR; ++i) {
           const __m512i p32 = _mm512_dpbusd_epi32(zero, wq[i], xv);
           acc[i][t] = _mm512_fmadd_ps(_mm512_mul_ps(ws[i], xd), _mm512_cvtepi32_ps(p32), acc[i][t]);
-          acc[i][t] = _mm512_fnmadd_ps(wm[i], xm, acc[i][t]);
         }
       }
     }
@@ -1022,13 +1029,17 @@ void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const
       }
       QuantizedRows xq{scales.data(), quants.data(), nb};
       if (w.dtype == DType::kQ4_K) {
-        thread_local std::vector<float> dsums;
-        dsums.resize(rows * w.cols / 4);
-        for (int64_t i = 0; i < rows * w.cols / 4; ++i) {
-          const int8_t* q = quants.data() + 4 * i;
-          dsums[i] = scales[i / 8] * static_cast<float>(q[0] + q[1] + q[2] + q[3]);
+        thread_local std::vector<float> dsums, dpairs;
+        dsums.resize(rows * nb);
+        dpairs.resize(rows * w.cols / 4);
+        for (int64_t b = 0; b < rows * nb; ++b) {
+          int32_t sum = 0;
+          for (int k = 0; k < kQ8_0BlockElements; ++k) sum += quants[b * kQ8_0BlockElements + k];
+          dsums[b] = scales[b] * static_cast<float>(sum);
+          std::fill_n(dpairs.data() + 8 * b, 8, scales[b]);  // blocks 2p, 2p + 1 are adjacent in a row
         }
-        xq.dsum4 = dsums.data();
+        xq.dsum = dsums.data();
+        xq.dpair = dpairs.data();
         run([&](int64_t b, int64_t e) { RangeQ8_0_512<BlockQ4_K>(xq, rows, w, out, b, e); });
         return;
       }
