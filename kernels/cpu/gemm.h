@@ -14,10 +14,14 @@
 //   unsigned nibbles to vpdpbusd and subtracts 8 x each lane's activation
 //   sum instead, the same integers, so the same bits. Q4_K (256-element
 //   super-blocks) runs AVX-512 tiles only: per 64 elements vpdpbusd on the
-//   unsigned nibbles, then two FMAs per lane (d_w * scale * d_x * sum,
-//   minus dmin * min * d_x * the lane's activation sum); within 1e-4 + the
-//   int8 activations' bound of dequantize-then-F32 (gemm_test). On kAvx2
-//   Q4_K runs the scalar loops.
+//   unsigned nibbles and one FMA per lane (d_w * scale * d_x * sum), per
+//   super-block one FMA for the mins (dmin * min_j * d_x(j) * sum q_x);
+//   within 1e-4 + the int8 activations' bound of dequantize-then-F32
+//   (gemm_test). On kAvx2 Q4_K runs the scalar loops. BF16, where the CPU
+//   has AVX512_BF16, runs vdpbf16ps on activations rounded to BF16 once per
+//   row (llama.cpp's scheme; |error| <= 2^-8 sum|x w|; TANDEM_CPU_BF16_DOT=0
+//   widens the weights to F32 instead). One token: F32/F16/BF16 tiles of 8
+//   weight rows, so 8 DRAM streams are in flight.
 // - kAvx2 (AVX2 + FMA + F16C): register-blocked tiles of 4 weight rows x 3
 //   tokens (2 x 4 for Q8_0), so each weight vector loaded and converted serves
 //   several tokens and each token vector several weight rows. Q8_0 quantizes
