@@ -4,7 +4,7 @@
 # alternating runs, best of N, one table with the ratio.
 #
 #   bench/cpu_peer.sh                         # 110m shape, F16 and Q8_0
-#   SHAPES="110m llama-1b" TYPES="f16 bf16 q8_0 q4_0" REPEATS=3 bench/cpu_peer.sh
+#   SHAPES="110m llama-1b" TYPES="f16 bf16 q8_0 q4_0 q4_k" REPEATS=3 bench/cpu_peer.sh
 #   BATCHES=1,4,16,64 SHAPES=110m TYPES=f16 bench/cpu_peer.sh   # + batched decode
 #
 # llama.cpp is built from source outside the tree, in $PEER_DIR (default
