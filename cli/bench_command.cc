@@ -36,6 +36,7 @@ void PrintTable(const BenchFlags& f, const loadgen::RunSummary& s) {
                                s.duration_s);
   std::cout << absl::StrFormat("  completed %d  rejected %d  errors %d", s.completed, s.rejected, s.errors);
   for (const auto& [code, n] : s.errors_by_code) std::cout << absl::StrFormat("  (%s: %d)", code, n);
+  if (s.retried > 0) std::cout << absl::StrFormat("  retried on another router %d", s.retried);
   std::cout << "\n";
   for (const auto& [code, message] : s.first_error_by_code) {
     std::cout << absl::StrFormat("  first %s: %s\n", code, message);
@@ -116,7 +117,11 @@ absl::StatusOr<std::vector<loadgen::TenantShare>> ParseTenants(const std::vector
 }  // namespace
 
 void RegisterBench(CLI::App* cmd, BenchFlags* f) {
-  cmd->add_option("--target", f->target, "Router address host:port")->required();
+  cmd->add_option("--target", f->target,
+                  "Router address host:port, or router replicas of one cluster as a comma-separated list: "
+                  "requests go to each in turn, and one whose router is unreachable or dies is sent again "
+                  "to the next (counted as retried)")
+      ->required();
   auto* trace = cmd->add_option("--trace", f->trace, "Mooncake-format trace (JSON Lines) to replay");
   auto* synthetic = cmd->add_flag("--synthetic", f->synthetic, "Generate a synthetic workload instead");
   trace->excludes(synthetic);
@@ -250,7 +255,12 @@ absl::StatusOr<loadgen::Runner::Options> RunnerOptions(const BenchFlags& f, size
   absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(tls);
   if (!channels.ok()) return channels.status();
   loadgen::Runner::Options options;
-  options.channel = (*channels)(f.target);
+  // --target a,b,...: router replicas of one cluster; requests go to each
+  // in turn, and one whose router is unreachable or dies is sent to the next.
+  const std::vector<std::string> targets = absl::StrSplit(f.target, ',', absl::SkipWhitespace());
+  if (targets.empty()) return absl::InvalidArgumentError("--target: no router address");
+  options.channel = (*channels)(targets.front());
+  for (size_t i = 1; i < targets.size(); ++i) options.replicas.push_back((*channels)(targets[i]));
   options.concurrency_limit = f.concurrency_limit;
   options.request_timeout = absl::Seconds(f.timeout_s);
   options.slo = {.ttft_ms = f.slo_ttft_ms, .tpot_ms = f.slo_tpot_ms};
@@ -275,13 +285,19 @@ std::optional<tandem::v1::ClusterInfo> AskCluster(const BenchFlags& f) {
   tls.enabled = !tls.ca_file.empty() || !tls.cert_file.empty();
   absl::StatusOr<ChannelFactory> channels = MakeChannelFactory(tls);
   if (!channels.ok()) return std::nullopt;
-  std::unique_ptr<tandem::v1::Tandem::Stub> stub = tandem::v1::Tandem::NewStub((*channels)(f.target));
-  grpc::ClientContext ctx;
-  // Not wait_for_ready: with no router there, the run's own error says so
-  // at once rather than after this deadline.
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  // The first replica of --target that answers.
+  grpc::Status s(grpc::StatusCode::INVALID_ARGUMENT, "no router address");
   tandem::v1::ClusterInfo info;
-  const grpc::Status s = stub->GetClusterInfo(&ctx, tandem::v1::ClusterInfoRequest(), &info);
+  for (absl::string_view target : absl::StrSplit(f.target, ',', absl::SkipWhitespace())) {
+    std::unique_ptr<tandem::v1::Tandem::Stub> stub =
+        tandem::v1::Tandem::NewStub((*channels)(std::string(target)));
+    grpc::ClientContext ctx;
+    // Not wait_for_ready: with no router there, the run's own error says so
+    // at once rather than after this deadline.
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    s = stub->GetClusterInfo(&ctx, tandem::v1::ClusterInfoRequest(), &info);
+    if (s.ok()) break;
+  }
   if (!s.ok()) {
     std::cerr << kPrefix << ": warning: could not ask " << f.target
               << " for the model's context length and block size (" << s.error_message()

@@ -71,6 +71,7 @@ RunSummary Summarize(const std::vector<RequestResult>& results, const Slo& slo, 
   std::vector<double> ttft, tpot, itl, e2e, rejected, prediction_error, prediction_abs_error;
   for (const RequestResult& r : results) {
     ++s.requests;
+    if (r.retries > 0) ++s.retried;
     switch (r.outcome) {
       case Outcome::kRejected:
         ++s.rejected;
@@ -159,6 +160,7 @@ nlohmann::ordered_json SummaryToJson(const RunSummary& s, const std::vector<Requ
   j["slo"] = {{"ttft_ms", OrNull(s.slo.ttft_ms)}, {"tpot_ms", OrNull(s.slo.tpot_ms)}};
   j["rejected_ms"] = ToJson(s.rejected_ms);
   j["rejected_max_ms"] = s.rejected_max_ms;
+  j["retried"] = s.retried;
   j["predicted_requests"] = s.predicted;
   j["ttft_prediction_error_ms"] = ToJson(s.ttft_prediction_error_ms);
   j["ttft_prediction_abs_error_ms"] = ToJson(s.ttft_prediction_abs_error_ms);

@@ -54,6 +54,9 @@ struct RequestResult {
   // first_token_ms); unset when the router did not report them.
   std::optional<double> predicted_ttft_ms;
   std::optional<double> router_ttft_ms;
+  // Times it was sent again to another router replica after UNAVAILABLE
+  // (Runner::Options::replicas).
+  int32_t retries = 0;
 };
 
 // Latency targets; unset: not checked.
@@ -109,6 +112,8 @@ struct RunSummary {
   // the cluster says no.
   Percentiles rejected_ms;
   double rejected_max_ms = 0;
+  // Requests sent again to another router replica (RequestResult::retries > 0).
+  int64_t retried = 0;
   // Over completed requests with a prediction (TtftPredictionErrorMs):
   // signed error (measured - predicted) and its absolute value, ms.
   int64_t predicted = 0;

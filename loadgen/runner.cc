@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -25,7 +26,8 @@ double MsBetween(Clock::time_point from, Clock::time_point to) {
 }  // namespace
 
 struct Runner::State {
-  std::unique_ptr<v1::Tandem::Stub> stub;
+  // One per router replica: Options::channel, then Options::replicas.
+  std::vector<std::unique_ptr<v1::Tandem::Stub>> stubs;
   absl::Mutex mu;
   std::vector<RequestResult>* results ABSL_GUARDED_BY(mu) = nullptr;
   int64_t sent ABSL_GUARDED_BY(mu) = 0;
@@ -40,16 +42,29 @@ struct Runner::State {
 // buffers, and deletes itself in OnDone after handing its result to State.
 class Runner::Call : public grpc::ClientReadReactor<v1::GenerateResponse> {
  public:
-  Call(State* state, size_t index, v1::GenerateRequest request, absl::Duration timeout)
-      : state_(state), index_(index), request_(std::move(request)) {
+  // `replica` picks the stub; `attempt` counts sends of this request (0:
+  // the first); a retry keeps the first send's time and deadline.
+  Call(State* state, size_t index, v1::GenerateRequest request, absl::Duration timeout, size_t replica,
+       int32_t attempt = 0, std::optional<Clock::time_point> first_sent = std::nullopt,
+       std::chrono::system_clock::time_point deadline = {})
+      : state_(state),
+        index_(index),
+        request_(std::move(request)),
+        timeout_(timeout),
+        replica_(replica),
+        attempt_(attempt),
+        first_sent_(first_sent) {
     result_.tenant = request_.tenant();
-    context_.set_deadline(std::chrono::system_clock::now() +
-                          std::chrono::microseconds(absl::ToInt64Microseconds(timeout)));
+    result_.retries = attempt;
+    deadline_ = attempt > 0 ? deadline
+                            : std::chrono::system_clock::now() +
+                                  std::chrono::microseconds(absl::ToInt64Microseconds(timeout));
+    context_.set_deadline(deadline_);
   }
 
   void Start() {
-    sent_ = Clock::now();
-    state_->stub->async()->Generate(&context_, &request_, this);
+    sent_ = first_sent_.value_or(Clock::now());
+    state_->stubs[replica_]->async()->Generate(&context_, &request_, this);
     StartRead(&response_);
     StartCall();
   }
@@ -82,6 +97,15 @@ class Runner::Call : public grpc::ClientReadReactor<v1::GenerateResponse> {
   }
 
   void OnDone(const grpc::Status& status) override {
+    // Its router is unreachable or went away: the next replica, whole.
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+        static_cast<size_t>(attempt_) + 1 < state_->stubs.size()) {
+      (new Call(state_, index_, std::move(request_), timeout_, (replica_ + 1) % state_->stubs.size(),
+                attempt_ + 1, sent_, deadline_))
+          ->Start();
+      delete this;  // the new call holds this request's place in `in_flight`
+      return;
+    }
     const Clock::time_point end = Clock::now();
     result_.e2e_ms = MsBetween(sent_, end);
     if (status.ok() && have_summary_) {
@@ -122,6 +146,11 @@ class Runner::Call : public grpc::ClientReadReactor<v1::GenerateResponse> {
   State* const state_;  // borrowed; outlives the call (Run waits for it)
   const size_t index_;
   v1::GenerateRequest request_;
+  const absl::Duration timeout_;
+  const size_t replica_;
+  const int32_t attempt_;
+  const std::optional<Clock::time_point> first_sent_;
+  std::chrono::system_clock::time_point deadline_;
   grpc::ClientContext context_;
   v1::GenerateResponse response_;
   Clock::time_point sent_;
@@ -132,6 +161,9 @@ class Runner::Call : public grpc::ClientReadReactor<v1::GenerateResponse> {
 
 absl::StatusOr<std::unique_ptr<Runner>> Runner::Create(const Options& options) {
   if (options.channel == nullptr) return absl::InvalidArgumentError("runner: channel is required");
+  for (const auto& replica : options.replicas) {
+    if (replica == nullptr) return absl::InvalidArgumentError("runner: a replica channel is null");
+  }
   if (options.concurrency_limit < 0)
     return absl::InvalidArgumentError("runner: concurrency_limit must be >= 0");
   if (options.request_timeout <= absl::ZeroDuration()) {
@@ -144,7 +176,10 @@ absl::StatusOr<std::unique_ptr<Runner>> Runner::Create(const Options& options) {
 }
 
 Runner::Runner(const Options& options) : options_(options), state_(std::make_unique<State>()) {
-  state_->stub = v1::Tandem::NewStub(options_.channel);
+  state_->stubs.push_back(v1::Tandem::NewStub(options_.channel));
+  for (const std::shared_ptr<grpc::Channel>& replica : options_.replicas) {
+    state_->stubs.push_back(v1::Tandem::NewStub(replica));
+  }
 }
 
 Runner::~Runner() = default;
@@ -217,7 +252,7 @@ Runner::RunResult Runner::Run(const std::vector<Scheduled>& schedule) {
       ++st.sent;
       ++st.in_flight;
     }
-    (new Call(&st, i, std::move(request), options_.request_timeout))->Start();
+    (new Call(&st, i, std::move(request), options_.request_timeout, i % st.stubs.size()))->Start();
     maybe_report();
   }
   // Drain: every call has a deadline, so this ends.

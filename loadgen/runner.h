@@ -53,6 +53,13 @@ class Runner {
   struct Options {
     // The router's channel. Required.
     std::shared_ptr<grpc::Channel> channel;
+    // Other router replicas of the same cluster. Requests go to `channel`
+    // and these in turn (request i to the (i mod n)-th), and one that fails
+    // UNAVAILABLE (its router unreachable or gone mid-stream) is sent again,
+    // whole, to the next replica, up to once per replica, as a client behind
+    // a Service retries (RequestResult::retries; its times still count from
+    // the first send). Default: none.
+    std::vector<std::shared_ptr<grpc::Channel>> replicas;
     // Most requests in flight at once; a request that comes due while the
     // limit is reached waits, and is measured from when it is actually sent.
     // 0: no limit. Default: 0.

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,6 +37,7 @@
 #include "tandem/v1/tandem.grpc.pb.h"
 #include "tests/testing/poll.h"
 #include "tests/testing/subprocess.h"
+#include "worker_common/router_set.h"
 
 namespace tandem {
 namespace {
@@ -93,6 +95,9 @@ double Gauge(const Proc& router, const std::string& name) {
 int HealthyWorkers(tandem::v1::Tandem::Stub* stub) {
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  // Waits out a reconnecting channel (a restarted router) within the
+  // deadline: fail-fast calls polled back to back kept one failing for ~8 s.
+  ctx.set_wait_for_ready(true);
   tandem::v1::ClusterInfo info;
   if (!stub->GetClusterInfo(&ctx, {}, &info).ok()) return -1;
   return info.prefill_workers() + info.decode_workers();
@@ -113,10 +118,50 @@ grpc::Status Generate(tandem::v1::Tandem::Stub* stub, const loadgen::LoadRequest
   return s;
 }
 
-TEST(RouterReplicasTest, KillingOneRouterLosesNoRequestAndTheRestartedOneRebuildsItsIndex) {
-  if (!std::filesystem::exists(kStories) || !std::filesystem::exists(kTrace)) {
-    GTEST_SKIP() << "needs " << kStories << " and " << kTrace << " (../shared)";
+// Two routers and 2 prefill + 2 decode workers reporting to both.
+class RouterReplicasTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!std::filesystem::exists(kStories) || !std::filesystem::exists(kTrace)) {
+      GTEST_SKIP() << "needs " << kStories << " and " << kTrace << " (../shared)";
+    }
+    routers.push_back(Start(RouterArgv(0)));
+    routers.push_back(Start(RouterArgv(0)));
+    a = routers[0].ready.value("grpc", "");
+    b = routers[1].ready.value("grpc", "");
+    ASSERT_FALSE(a.empty() || b.empty());
+    for (const char* role : {"prefill", "prefill", "decode", "decode"}) {
+      workers.push_back(Start({TANDEM_BINARY, role, "--router", a + "," + b, "--model", kStories, "--port",
+                               "0", "--threads", "1", "--kv-cache-mb", "16"}));
+      ASSERT_FALSE(workers.back().ready.is_null());
+    }
+    for (const std::string& target : {a, b}) {
+      // Reconnects as the workers do (at most 1 s apart), so a restarted
+      // replica is reached again soon.
+      grpc::ChannelArguments args;
+      worker_common::AddFastReconnect(&args);
+      stubs.push_back(tandem::v1::Tandem::NewStub(
+          grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
+    }
+    for (auto& stub : stubs) {
+      ASSERT_TRUE(PollUntil([&] { return HealthyWorkers(stub.get()) == 4; }, absl::Seconds(30)))
+          << "every worker registers with both routers";
+    }
   }
+
+  // Kills router A (-9) and waits for it to exit.
+  void KillRouterA() {
+    routers[0].process->Signal(SIGKILL);
+    (void)routers[0].process->Wait(absl::Now() + absl::Seconds(10));
+  }
+
+  std::vector<Proc> routers;
+  std::string a, b;  // their gRPC addresses
+  std::vector<Proc> workers;
+  std::vector<std::unique_ptr<tandem::v1::Tandem::Stub>> stubs;
+};
+
+TEST_F(RouterReplicasTest, KillingOneRouterLosesNoRequestAndTheRestartedOneRebuildsItsIndex) {
   absl::StatusOr<std::vector<loadgen::TraceRequest>> trace = loadgen::ReadMooncakeTrace(kTrace, kRequests);
   ASSERT_TRUE(trace.ok()) << trace.status();
   auto synth = loadgen::PromptSynthesizer::Create({.vocab_size = 512,
@@ -130,27 +175,6 @@ TEST(RouterReplicasTest, KillingOneRouterLosesNoRequestAndTheRestartedOneRebuild
     absl::StatusOr<loadgen::LoadRequest> r = (*synth)->Synthesize(t);
     ASSERT_TRUE(r.ok()) << r.status();
     requests.push_back(*std::move(r));
-  }
-
-  std::vector<Proc> routers;
-  routers.push_back(Start(RouterArgv(0)));
-  routers.push_back(Start(RouterArgv(0)));
-  const std::string a = routers[0].ready.value("grpc", ""), b = routers[1].ready.value("grpc", "");
-  ASSERT_FALSE(a.empty() || b.empty());
-  std::vector<Proc> workers;
-  for (const char* role : {"prefill", "prefill", "decode", "decode"}) {
-    workers.push_back(Start({TANDEM_BINARY, role, "--router", a + "," + b, "--model", kStories, "--port", "0",
-                             "--threads", "1", "--kv-cache-mb", "16"}));
-    ASSERT_FALSE(workers.back().ready.is_null());
-  }
-  std::vector<std::unique_ptr<tandem::v1::Tandem::Stub>> stubs;
-  for (const std::string& target : {a, b}) {
-    stubs.push_back(
-        tandem::v1::Tandem::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials())));
-  }
-  for (auto& stub : stubs) {
-    ASSERT_TRUE(PollUntil([&] { return HealthyWorkers(stub.get()) == 4; }, absl::Seconds(30)))
-        << "every worker registers with both routers";
   }
 
   // Replay: request i goes to router i % 2; one that fails there is retried
@@ -177,8 +201,7 @@ TEST(RouterReplicasTest, KillingOneRouterLosesNoRequestAndTheRestartedOneRebuild
   for (int c = 0; c < kConcurrency; ++c) clients.emplace_back(client);
   ASSERT_TRUE(PollUntil([&] { return done.load() >= kRequests / 3; }, absl::Seconds(120)));
   const int port_a = std::stoi(a.substr(a.rfind(':') + 1));
-  routers[0].process->Signal(SIGKILL);
-  (void)routers[0].process->Wait(absl::Now() + absl::Seconds(10));
+  KillRouterA();
   const int done_at_kill = done.load();
   for (std::thread& t : clients) t.join();
   {
@@ -211,6 +234,32 @@ TEST(RouterReplicasTest, KillingOneRouterLosesNoRequestAndTheRestartedOneRebuild
       absl::ToDoubleMilliseconds(to_full_index));
   // After the restart both replicas serve.
   for (auto& stub : stubs) EXPECT_TRUE(Generate(stub.get(), requests.front()).ok());
+}
+
+// The same through `tandem bench --target A,B`: requests alternate between
+// the replicas, and those whose router dies are sent again to the other.
+TEST_F(RouterReplicasTest, BenchSpreadsOverReplicasAndRetriesOnTheOtherWhenOneDies) {
+  const std::string report = ::testing::TempDir() + "/replicas_bench.json";
+  Subprocess bench({TANDEM_BINARY, "bench", "--target", a + "," + b, "--trace", kTrace, "--max-requests",
+                    std::to_string(kRequests), "--time-scale", "0.02", "--block-tokens", "16",
+                    "--max-input-tokens", "256", "--max-tokens-cap", "8", "--json", report, "--quiet"});
+  // Router A dies once it has finished some of the run's requests.
+  ASSERT_TRUE(
+      PollUntil([&] { return Gauge(routers[0], "tandem_router_requests_total") >= 10; }, absl::Seconds(60)));
+  KillRouterA();
+  std::optional<int> exit_code = bench.Wait(absl::Now() + absl::Seconds(120));
+  ASSERT_TRUE(exit_code.has_value()) << "tandem bench did not finish";
+  std::ifstream in(report);
+  ASSERT_TRUE(in.good()) << report;
+  const nlohmann::json j = nlohmann::json::parse(in);
+  EXPECT_EQ(j["requests"], kRequests);
+  EXPECT_EQ(j["errors"], 0) << j["first_error_by_code"].dump();
+  EXPECT_EQ(j["completed"].get<int>() + j["rejected"].get<int>(), kRequests);
+  EXPECT_GT(j["retried"].get<int>(), 0) << "requests sent to the dead router went to the other";
+  std::printf(
+      "REPLICAS | tandem bench --target A,B, %d trace requests, A killed -9 mid-run | completed %d, "
+      "errors %d, retried on B %d\n",
+      kRequests, j["completed"].get<int>(), j["errors"].get<int>(), j["retried"].get<int>());
 }
 
 }  // namespace
