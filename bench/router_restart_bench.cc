@@ -31,8 +31,8 @@
 #include "absl/time/time.h"
 #include "engine/kv_events.h"
 #include "grpcpp/server_builder.h"
-#include "http/test_client.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/metrics_scrape.h"
 #include "tests/testing/subprocess.h"
 #include "worker_common/kv_event_publisher.h"
 #include "worker_common/router_set.h"
@@ -49,22 +49,6 @@ struct FakeWorker {
   std::string address;
   std::unique_ptr<worker_common::RouterSet> routers;
 };
-
-// Sum of a gauge's samples in the router's /metrics; -1 when it does not answer.
-double Gauge(int http_port, const std::string& name) {
-  http::testing::TestClient client(http_port);
-  if (!client.ok() || !client.Send("GET /metrics HTTP/1.1\r\nHost: b\r\n\r\n")) return -1;
-  std::optional<http::testing::ParsedResponse> r = client.ReadResponse(absl::Seconds(10));
-  if (!r.has_value() || r->status != 200) return -1;
-  double sum = 0;
-  for (absl::string_view line : absl::StrSplit(r->body, '\n')) {
-    if (!absl::StartsWith(line, name) || line.size() <= name.size()) continue;
-    if (line[name.size()] != ' ' && line[name.size()] != '{') continue;
-    double v = 0;
-    if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v)) sum += v;
-  }
-  return sum;
-}
 
 int Run(const std::string& tandem, int64_t blocks, int workers, int rounds) {
   std::vector<std::unique_ptr<FakeWorker>> fleet;
@@ -122,7 +106,8 @@ int Run(const std::string& tandem, int64_t blocks, int workers, int rounds) {
     const double want = static_cast<double>(blocks / workers * workers);
     double have = 0;
     const absl::Time deadline = absl::Now() + absl::Seconds(120);
-    while ((have = Gauge(http_port, "tandem_router_kv_index_entries")) < want && absl::Now() < deadline) {
+    while ((have = testing::ScrapeGauge(http_port, "tandem_router_kv_index_entries")) < want &&
+           absl::Now() < deadline) {
       absl::SleepFor(absl::Milliseconds(5));
     }
     const absl::Time full = absl::Now();

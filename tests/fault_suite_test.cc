@@ -49,6 +49,7 @@
 #include "tandem/v1/tandem.grpc.pb.h"
 #include "tandem/v1/worker.grpc.pb.h"
 #include "tests/testing/poll.h"
+#include "tests/testing/ready_process.h"
 #include "tests/testing/story.h"
 #include "tests/testing/subprocess.h"
 
@@ -77,15 +78,12 @@ struct Proc {
 
 // Starts argv and reads its JSON ready line; fails the test without one in 60 s.
 Proc Start(const std::vector<std::string>& argv) {
+  ::tandem::testing::ReadyProcess started = ::tandem::testing::StartReady(argv);
   Proc p;
   p.argv = argv;
-  p.process = std::make_unique<Subprocess>(argv);
-  std::optional<std::string> line = p.process->ReadLine(absl::Now() + absl::Seconds(60));
-  if (!line.has_value()) {
-    ADD_FAILURE() << argv[1] << " not ready";
-    return p;
-  }
-  p.ready = nlohmann::json::parse(*line);
+  p.process = std::move(started.process);
+  p.ready = std::move(started.ready);
+  if (p.ready.is_null()) return p;
   p.address = p.ready.value("grpc", "");
   p.id = p.ready.value("worker_id", "");
   return p;

@@ -30,12 +30,13 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
-#include "http/test_client.h"
 #include "loadgen/trace.h"
 #include "loadgen/workload.h"
 #include "nlohmann/json.hpp"
 #include "tandem/v1/tandem.grpc.pb.h"
+#include "tests/testing/metrics_scrape.h"
 #include "tests/testing/poll.h"
+#include "tests/testing/ready_process.h"
 #include "tests/testing/subprocess.h"
 #include "worker_common/router_set.h"
 
@@ -43,29 +44,14 @@ namespace tandem {
 namespace {
 
 using ::tandem::testing::PollUntil;
+using ::tandem::testing::ReadyProcess;
+using ::tandem::testing::StartReady;
 using ::tandem::testing::Subprocess;
 
 const std::string kStories = TANDEM_SHARED_DIR "/models/stories260K.gguf";
 const std::string kTrace = TANDEM_SHARED_DIR "/data/traces/mooncake_conversation.jsonl";
 constexpr int kRequests = 120;
 constexpr int kConcurrency = 8;
-
-struct Proc {
-  std::unique_ptr<Subprocess> process;
-  nlohmann::json ready;
-};
-
-Proc Start(const std::vector<std::string>& argv) {
-  Proc p;
-  p.process = std::make_unique<Subprocess>(argv);
-  std::optional<std::string> line = p.process->ReadLine(absl::Now() + absl::Seconds(60));
-  if (!line.has_value()) {
-    ADD_FAILURE() << argv[1] << " not ready";
-    return p;
-  }
-  p.ready = nlohmann::json::parse(*line);
-  return p;
-}
 
 std::vector<std::string> RouterArgv(int port) {
   return {TANDEM_BINARY,        "router",      "--model", kStories,         "--port",
@@ -74,22 +60,11 @@ std::vector<std::string> RouterArgv(int port) {
 
 // A gauge's value summed over its label sets in a router's /metrics; -1 when
 // the router does not answer.
-double Gauge(const Proc& router, const std::string& name) {
+double Gauge(const ReadyProcess& router, const std::string& name) {
   const std::string http = router.ready.value("http", "");
   int port = 0;
   if (http.empty() || !absl::SimpleAtoi(http.substr(http.rfind(':') + 1), &port)) return -1;
-  http::testing::TestClient client(port);
-  if (!client.ok() || !client.Send("GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")) return -1;
-  std::optional<http::testing::ParsedResponse> r = client.ReadResponse(absl::Seconds(10));
-  if (!r.has_value() || r->status != 200) return -1;
-  double sum = 0;
-  for (absl::string_view line : absl::StrSplit(r->body, '\n')) {
-    if (!absl::StartsWith(line, name) || line.size() <= name.size()) continue;
-    if (line[name.size()] != ' ' && line[name.size()] != '{') continue;
-    double v = 0;
-    if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v)) sum += v;
-  }
-  return sum;
+  return ::tandem::testing::ScrapeGauge(port, name);
 }
 
 int HealthyWorkers(tandem::v1::Tandem::Stub* stub) {
@@ -125,14 +100,14 @@ class RouterReplicasTest : public ::testing::Test {
     if (!std::filesystem::exists(kStories) || !std::filesystem::exists(kTrace)) {
       GTEST_SKIP() << "needs " << kStories << " and " << kTrace << " (../shared)";
     }
-    routers.push_back(Start(RouterArgv(0)));
-    routers.push_back(Start(RouterArgv(0)));
+    routers.push_back(StartReady(RouterArgv(0)));
+    routers.push_back(StartReady(RouterArgv(0)));
     a = routers[0].ready.value("grpc", "");
     b = routers[1].ready.value("grpc", "");
     ASSERT_FALSE(a.empty() || b.empty());
     for (const char* role : {"prefill", "prefill", "decode", "decode"}) {
-      workers.push_back(Start({TANDEM_BINARY, role, "--router", a + "," + b, "--model", kStories, "--port",
-                               "0", "--threads", "1", "--kv-cache-mb", "16"}));
+      workers.push_back(StartReady({TANDEM_BINARY, role, "--router", a + "," + b, "--model", kStories,
+                                    "--port", "0", "--threads", "1", "--kv-cache-mb", "16"}));
       ASSERT_FALSE(workers.back().ready.is_null());
     }
     for (const std::string& target : {a, b}) {
@@ -155,9 +130,9 @@ class RouterReplicasTest : public ::testing::Test {
     (void)routers[0].process->Wait(absl::Now() + absl::Seconds(10));
   }
 
-  std::vector<Proc> routers;
+  std::vector<ReadyProcess> routers;
   std::string a, b;  // their gRPC addresses
-  std::vector<Proc> workers;
+  std::vector<ReadyProcess> workers;
   std::vector<std::unique_ptr<tandem::v1::Tandem::Stub>> stubs;
 };
 
@@ -214,7 +189,7 @@ TEST_F(RouterReplicasTest, KillingOneRouterLosesNoRequestAndTheRestartedOneRebui
   // Full: it holds as many (block, worker) entries as the replica that never
   // went away (read again each time: the last events may still be arriving).
   const absl::Time restart = absl::Now();
-  routers[0] = Start(RouterArgv(port_a));
+  routers[0] = StartReady(RouterArgv(port_a));
   double a_entries = -1, b_entries = -1;
   ASSERT_TRUE(PollUntil(
       [&] {
