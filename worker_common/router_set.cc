@@ -81,8 +81,10 @@ std::vector<std::string> Lookup(const std::string& host) {
 }  // namespace
 
 void AddFastReconnect(grpc::ChannelArguments* args) {
+  // Not GRPC_ARG_MIN_RECONNECT_BACKOFF_MS: gRPC also takes it as the least
+  // time one connection attempt may last (default 20 s), which a TLS
+  // handshake over a slow link must keep.
   args->SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args->SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args->SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
 }
 
