@@ -19,6 +19,7 @@
 #include "kvstore/store_service.h"
 #include "kvstore/tiered_store.h"
 #include "model/model_info.h"
+#include "proto/grpc_status.h"
 #include "tandem/v1/worker.grpc.pb.h"
 #include "transfer/transfer_engine.h"
 #include "worker_common/grpc_server.h"
@@ -260,15 +261,10 @@ int RunStore(const StoreFlags& f) {
        .channel_factory = *channels,
        .membership = {.registration = Registration(f, store_id, server->address, config), .load = load}},
       &kv_events);
-  grpc::Status registered = grpc::Status::OK;
-  if (absl::Status started = routers.Start(); !started.ok()) {
-    registered = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(started.message()));
-  } else {
-    registered = routers.AwaitRegistration(absl::Seconds(30));
-  }
-  if (!registered.ok()) {
-    std::cerr << kTag << "cannot register with router " << f.router << ": " << registered.error_message()
-              << "\n";
+  absl::Status joined = routers.Start();
+  if (joined.ok()) joined = FromGrpc(routers.AwaitRegistration(absl::Seconds(30)));
+  if (!joined.ok()) {
+    std::cerr << kTag << "cannot register with router " << f.router << ": " << joined.message() << "\n";
     routers.Stop();
     server->server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
     return 1;
