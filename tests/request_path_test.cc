@@ -555,15 +555,20 @@ class RequestPathOverloadTest : public RequestPathTest {
                         absl::Now() + kDeadline)
                     .ok());
   }
+
+  // prefill-0 and decode-0, prefill-0's engine held until `release`.
+  void AddPairHoldingPrefill(absl::Notification* release) {
+    WorkerProcess* prefill = AddWorker(WorkerProcess::Role::kPrefill, "prefill-0");
+    ASSERT_NE(prefill, nullptr);
+    ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-0"), nullptr);
+    HoldEngine(prefill, release);
+  }
 };
 
 TEST_F(RequestPathOverloadTest, ReservationOutlivesItsTtlWhileItsPrefillIsQueued) {
-  WorkerProcess* prefill = AddWorker(WorkerProcess::Role::kPrefill, "prefill-0");
-  ASSERT_NE(prefill, nullptr);
-  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-0"), nullptr);
   const double expired_before = ProcessCounter("tandem_worker_reservations_expired_total");
   absl::Notification release;
-  HoldEngine(prefill, &release);
+  ASSERT_NO_FATAL_FAILURE(AddPairHoldingPrefill(&release));
   Outcome outcome;
   std::thread client([&] { outcome = Generate(Request(8)); });
   // Six renewals come from six ticks of the router's renewer, at least five
@@ -580,11 +585,8 @@ TEST_F(RequestPathOverloadTest, ReservationOutlivesItsTtlWhileItsPrefillIsQueued
 }
 
 TEST_F(RequestPathOverloadTest, RequestBeyondTheQueueBoundIsRefusedAtOnce) {
-  WorkerProcess* prefill = AddWorker(WorkerProcess::Role::kPrefill, "prefill-0");
-  ASSERT_NE(prefill, nullptr);
-  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-0"), nullptr);
   absl::Notification release;
-  HoldEngine(prefill, &release);
+  ASSERT_NO_FATAL_FAILURE(AddPairHoldingPrefill(&release));
   Outcome admitted;
   std::thread client([&] { admitted = Generate(Request(8)); });
   // The first request is admitted and waits for its prefill (its
@@ -637,11 +639,8 @@ class RequestPathFlowControlTest : public RequestPathOverloadTest {
 };
 
 TEST_F(RequestPathFlowControlTest, HigherPriorityShedsTheNewestLowerAndGoesFirst) {
-  WorkerProcess* prefill = AddWorker(WorkerProcess::Role::kPrefill, "prefill-0");
-  ASSERT_NE(prefill, nullptr);
-  ASSERT_NE(AddWorker(WorkerProcess::Role::kDecode, "decode-0"), nullptr);
   absl::Notification release;
-  HoldEngine(prefill, &release);
+  ASSERT_NO_FATAL_FAILURE(AddPairHoldingPrefill(&release));
   absl::Mutex mu;
   std::vector<std::string> first_tokens;  // request ids in the order their first token came
   auto run = [&](const std::string& id, int32_t priority, Outcome* out) {
