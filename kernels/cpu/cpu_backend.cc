@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_format.h"
 #include "common/thread_pool.h"
 #include "kernels/backend.h"
@@ -98,7 +99,13 @@ class CpuBackend final : public Backend {
           absl::StrFormat("cpu backend: %s weight row of %d elements is not a multiple of %d",
                           std::string(DTypeName(host.dtype)), host.cols, BlockElements(host.dtype)));
     }
-    return host;  // host memory is this backend's memory
+    // Host memory is this backend's memory: the result is `host` itself.
+    // Where the path has a packed layout for it (gemm.h PackedWeight), the
+    // packed copy is kept beside it, found by MatMul from the data pointer;
+    // Embed still reads `host`'s own rows.
+    std::unique_ptr<cpu::PackedWeight> packed = cpu::PackWeight(gemm_path_, &pool_, host);
+    if (packed != nullptr) packed_[host.data] = std::move(packed);
+    return host;
   }
 
   void Embed(const Weight& table, absl::Span<const int32_t> ids, float* out) override {
@@ -124,7 +131,16 @@ class CpuBackend final : public Backend {
   // cpu/gemm.h: register-blocked AVX-512/AVX2 kernels (scalar loops on
   // older CPUs), output rows split over the pool.
   void MatMul(const float* x, int64_t rows, const Weight& w, float* out) override {
-    cpu::MatMul(gemm_path_, &pool_, x, rows, w, out);
+    const cpu::PackedWeight* packed = nullptr;
+    if (!packed_.empty()) {
+      auto it = packed_.find(w.data);
+      // The same data seen as another shape (a view of part of it) runs unpacked.
+      if (it != packed_.end() && it->second->source.rows == w.rows && it->second->source.cols == w.cols &&
+          it->second->source.dtype == w.dtype) {
+        packed = it->second.get();
+      }
+    }
+    cpu::MatMul(gemm_path_, &pool_, x, rows, w, out, packed);
   }
 
   void Rope(float* x, int64_t rows, int32_t num_heads, int32_t head_dim, int32_t rope_dims,
@@ -233,6 +249,8 @@ class CpuBackend final : public Backend {
   };
 
   ThreadPool pool_;
+  // PrepareWeight's packed copies by the source's data pointer.
+  absl::flat_hash_map<const void*, std::unique_ptr<cpu::PackedWeight>> packed_;
   RopeCache rope_cache_;  // only the engine thread calls ops
   const cpu::GemmPath gemm_path_ = cpu::DefaultGemmPath();
 };

@@ -45,6 +45,7 @@
 #define TANDEM_KERNELS_CPU_GEMM_H_
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "common/thread_pool.h"
@@ -62,11 +63,40 @@ std::vector<GemmPath> SupportedGemmPaths();
 GemmPath DefaultGemmPath();
 const char* GemmPathName(GemmPath path);
 
+// A weight repacked once (at load: CpuBackend::PrepareWeight) into the
+// layout one path's kernels stream. Today Q4_0 on kAvx512, as llama.cpp
+// repacks Q4_0 at load: panels of 16 weight rows, per 32-block the 16 rows'
+// F16 scales and then four 64-byte vectors whose int32 lane r holds row r's
+// quant bytes 4j..4j+3 (low nibbles: elements 4j.., high: 16 + 4j..); two
+// blocks (576 bytes, 9 cache lines) per step. One vpdpbusd then feeds 16
+// outputs, each int32 lane ends a block holding one output's whole integer
+// sum, and one FMA per block adds d_w * d_x * sum to that output's single
+// float lane: 5 vector ops per output per 64 elements become about 2.
+// Same bytes as the source (18 per 32 weights). Each output's result is a
+// fixed sequence over its blocks whatever the tile, batch or thread count
+// (integer block sums are exact); it differs from the unpacked kernels'
+// bits (one lane per output, no horizontal combine), within the same int8
+// activation bound of dequantize-then-F32 (gemm_test).
+struct PackedWeight {
+  GemmPath path = GemmPath::kScalar;
+  Weight source;  // shape and type; its data is not read by MatMul
+  struct Free {
+    void operator()(uint8_t* p) const;
+  };
+  std::unique_ptr<uint8_t, Free> data;  // 64-byte aligned
+};
+
+// The packed form of `w` for `path`, or nullptr where the path runs `w` in
+// its own layout. Panels are packed in parallel over `pool` (may be null).
+std::unique_ptr<PackedWeight> PackWeight(GemmPath path, ThreadPool* pool, const Weight& w);
+
 // out[r * w.rows + o] = sum_i x[r * w.cols + i] * w[o][i] for r < rows,
 // o < w.rows. Output rows are split over `pool` (nullptr: the calling thread
-// only). REQUIRES: w.cols % BlockElements(w.dtype) == 0 (common/dtype.h);
-// kAvx2/kAvx512 only where the CPU supports them.
-void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const Weight& w, float* out);
+// only). `packed`, when not null, is PackWeight(path, ., w)'s result and is
+// read instead of w.data. REQUIRES: w.cols % BlockElements(w.dtype) == 0
+// (common/dtype.h); kAvx2/kAvx512 only where the CPU supports them.
+void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const Weight& w, float* out,
+            const PackedWeight* packed = nullptr);
 
 }  // namespace tandem::kernels::cpu
 

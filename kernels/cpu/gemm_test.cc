@@ -8,9 +8,13 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "common/dtype.h"
 #include "common/thread_pool.h"
 #include "gtest/gtest.h"
@@ -143,6 +147,22 @@ std::vector<uint8_t> Encode(const std::vector<float>& f, int64_t rows, int64_t c
 
 std::vector<GemmPath> Paths() { return SupportedGemmPaths(); }
 
+// Every path on `w` as it is, and each path that packs `w` (gemm.h
+// PackedWeight) on its packed copy too.
+std::vector<std::pair<GemmPath, std::shared_ptr<PackedWeight>>> Variants(const Weight& w) {
+  std::vector<std::pair<GemmPath, std::shared_ptr<PackedWeight>>> v;
+  for (GemmPath path : Paths()) {
+    v.emplace_back(path, nullptr);
+    std::shared_ptr<PackedWeight> packed = PackWeight(path, nullptr, w);
+    if (packed != nullptr) v.emplace_back(path, std::move(packed));
+  }
+  return v;
+}
+
+std::string Name(GemmPath path, const PackedWeight* packed) {
+  return std::string(GemmPathName(path)) + (packed != nullptr ? " packed" : "");
+}
+
 // A row length for `type`: `blocked` (a multiple of 32) rounded up to Q4_K's
 // 256 for Q4_K, `plain` for unquantized types.
 int64_t Cols(DType type, int64_t blocked, int64_t plain) {
@@ -205,10 +225,10 @@ TEST_P(GemmTest, MatchesDoubleReferenceOnEveryPath) {
   // or the 16/64-row chunks.
   Problem p = MakeProblem(type, 7, 37, Cols(type, 160, 77), 1);
   ThreadPool pool(ThreadPool::Options{.num_threads = 2});
-  for (GemmPath path : Paths()) {
-    SCOPED_TRACE(GemmPathName(path));
+  for (auto [path, packed] : Variants(p.w)) {
+    SCOPED_TRACE(Name(path, packed.get()));
     std::vector<float> y(p.rows * p.out, NAN);
-    MatMul(path, &pool, p.x.data(), p.rows, p.w, y.data());
+    MatMul(path, &pool, p.x.data(), p.rows, p.w, y.data(), packed.get());
     for (int64_t r = 0; r < p.rows; ++r) {
       const float* xr = &p.x[r * p.in];
       for (int64_t o = 0; o < p.out; ++o) {
@@ -266,14 +286,16 @@ TEST_P(GemmTest, BatchAndThreadInvariantOnEveryPath) {
   Problem p = MakeProblem(type, 64, 300, Cols(type, 256, 131), 2);
   ThreadPool one(ThreadPool::Options{.num_threads = 1});
   ThreadPool two(ThreadPool::Options{.num_threads = 2});
-  for (GemmPath path : Paths()) {
-    SCOPED_TRACE(GemmPathName(path));
+  for (auto [path, packed] : Variants(p.w)) {
+    SCOPED_TRACE(Name(path, packed.get()));
     std::vector<std::vector<float>> alone(p.rows, std::vector<float>(p.out));
-    for (int64_t r = 0; r < p.rows; ++r) MatMul(path, &one, &p.x[r * p.in], 1, p.w, alone[r].data());
+    for (int64_t r = 0; r < p.rows; ++r) {
+      MatMul(path, &one, &p.x[r * p.in], 1, p.w, alone[r].data(), packed.get());
+    }
     for (int64_t batch : {2, 3, 5, 13, 64}) {
       std::vector<float> y(batch * p.out);
       for (int64_t start = 0; start + batch <= p.rows; start += batch) {
-        MatMul(path, &two, &p.x[start * p.in], batch, p.w, y.data());
+        MatMul(path, &two, &p.x[start * p.in], batch, p.w, y.data(), packed.get());
         for (int64_t r = 0; r < batch; ++r) {
           ASSERT_EQ(std::memcmp(alone[start + r].data(), &y[r * p.out], p.out * sizeof(float)), 0)
               << "batch " << batch << " row " << start + r;
@@ -289,10 +311,13 @@ TEST_P(GemmTest, BackendMatMulBatchAndThreadInvariant) {
   Problem p = MakeProblem(GetParam(), 64, 200, Cols(GetParam(), 320, 136), 11);
   auto one = CreateCpuBackend({.num_threads = 1});
   auto two = CreateCpuBackend({.num_threads = 2});
+  // Prepared as the model prepares its weights (Q4_0 is packed there).
+  absl::StatusOr<Weight> w1 = one->PrepareWeight(p.w), w2 = two->PrepareWeight(p.w);
+  ASSERT_TRUE(w1.ok() && w2.ok());
   std::vector<float> batched(p.rows * p.out), alone(p.out);
-  two->MatMul(p.x.data(), p.rows, p.w, batched.data());
+  two->MatMul(p.x.data(), p.rows, *w2, batched.data());
   for (int64_t r = 0; r < p.rows; r += 7) {
-    one->MatMul(&p.x[r * p.in], 1, p.w, alone.data());
+    one->MatMul(&p.x[r * p.in], 1, *w1, alone.data());
     EXPECT_EQ(std::memcmp(alone.data(), &batched[r * p.out], p.out * sizeof(float)), 0) << r;
   }
 }
@@ -361,6 +386,29 @@ TEST(GemmQ4Test, BitIdenticalToQ8_0WithTheSameValues) {
       EXPECT_EQ(0, std::memcmp(y4.data(), y8.data(), y4.size() * sizeof(float))) << GemmPathName(path);
     }
   }
+}
+
+// The backend packs Q4_0 where its path has a packed layout and MatMul then
+// runs the packed kernels: a prepared weight gives the packed bits, which
+// are not the unpacked kernels' (one lane per output, no horizontal combine).
+TEST(GemmQ4Test, BackendRunsThePackedCopy) {
+  const GemmPath path = DefaultGemmPath();
+  ThreadPool pool(ThreadPool::Options{.num_threads = 2});
+  Problem p = MakeProblem(DType::kQ4_0, 5, 40, 320, 23);
+  const std::unique_ptr<PackedWeight> packed = PackWeight(path, &pool, p.w);
+  if (packed == nullptr) GTEST_SKIP() << GemmPathName(path) << " does not pack Q4_0";
+  std::vector<float> want(p.rows * p.out), plain(p.rows * p.out), got(p.rows * p.out);
+  MatMul(path, &pool, p.x.data(), p.rows, p.w, want.data(), packed.get());
+  MatMul(path, &pool, p.x.data(), p.rows, p.w, plain.data());
+  EXPECT_NE(0, std::memcmp(want.data(), plain.data(), want.size() * sizeof(float)));
+  auto backend = CreateCpuBackend({.num_threads = 2});
+  absl::StatusOr<Weight> w = backend->PrepareWeight(p.w);
+  ASSERT_TRUE(w.ok()) << w.status();
+  backend->MatMul(p.x.data(), p.rows, *w, got.data());
+  EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)));
+  // A view of the same data as another shape is not the packed weight.
+  backend->MatMul(p.x.data(), p.rows, Weight{p.w.data, DType::kQ4_0, 16, p.in}, got.data());
+  EXPECT_EQ(0, std::memcmp(plain.data(), got.data(), 16 * sizeof(float)));
 }
 
 // Q8_0 weights holding -128 (not produced by GGML's quantizer but legal in a
@@ -449,11 +497,12 @@ TEST(GemmBench, DISABLED_ModelShapes) {
     for (auto [out, in] : {std::pair<int64_t, int64_t>{768, 768}, {2048, 768}, {768, 2048}}) {
       const int64_t rows = 512;
       Problem p = MakeProblem(type, rows, out, in, 3);
+      const std::unique_ptr<PackedWeight> packed = PackWeight(path, &pool, p.w);
       std::vector<float> y(rows * p.out);
       double best = 1e30;
       for (int rep = 0; rep < 5; ++rep) {
         const auto t0 = std::chrono::steady_clock::now();
-        MatMul(path, &pool, p.x.data(), rows, p.w, y.data());
+        MatMul(path, &pool, p.x.data(), rows, p.w, y.data(), packed.get());
         best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       }
       std::printf("%-5s %5lld x %5lld %-12s %8.2f GFLOP/s %8.3f ms\n", std::string(DTypeName(type)).c_str(),
@@ -485,18 +534,21 @@ TEST(GemmBench, DISABLED_DecodeModelShapes) {
     std::mt19937 rng(4);
     std::vector<std::vector<uint8_t>> bytes;
     std::vector<Weight> ws;
+    std::vector<std::unique_ptr<PackedWeight>> packed;
     size_t total = 0;
     for (auto [out, in] : shapes) {
       std::vector<float> unused;
       bytes.push_back(Encode(Random(out * in, rng), out, in, type, &unused));
       ws.push_back(Weight{bytes.back().data(), type, out, in});
+      packed.push_back(PackWeight(path, &pool, ws.back()));
       total += bytes.back().size();
     }
     std::vector<float> x = Random(2048, rng), y(2048);
     double best = 1e30;
     for (int rep = 0; rep < 10; ++rep) {
       const auto t0 = std::chrono::steady_clock::now();
-      for (const Weight& w : ws) MatMul(path, &pool, x.data(), 1, w, y.data());
+      for (size_t i = 0; i < ws.size(); ++i)
+        MatMul(path, &pool, x.data(), 1, ws[i], y.data(), packed[i].get());
       best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     std::printf("%-5s decode step %-12s %8.3f ms %8.2f GB/s\n", std::string(DTypeName(type)).c_str(),
