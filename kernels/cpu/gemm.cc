@@ -762,52 +762,79 @@ TANDEM_AVX512 void RangeQ8_0_512(const QuantizedRows& xq, int64_t rows, const We
   SweepTiles(kTiles, k512Q8MR, k512Q8NR, rows, o_begin, o_end, run);
 }
 
-// Q4_0 packed at load (gemm.h PackedWeight): panels of kPanelRows rows; per
-// pair of 32-blocks kPairBytes: both blocks' 16 F16 scales (32 bytes each),
-// then each block's 4 x 64 bytes of quants, lane r of vector j holding row
-// r's quant bytes 4j..4j+3.
+// Q4_0 and Q8_0 packed at load (gemm.h PackedWeight): panels of kPanelRows
+// rows; per pair of 32-blocks, both blocks' 16 F16 scales (32 bytes each),
+// then each block's quants as F::kVectors 64-byte vectors, lane r of vector
+// j holding row r's quant bytes 4j..4j+3. Unsigned for vpdpbusd: Q4_0's
+// nibbles as they are (q = u - 8), Q8_0's int8 with the sign bit flipped
+// (q = u - 128); the bias times the block's activation sum comes off the
+// integer sum.
 constexpr int kPanelRows = 16;
-constexpr int64_t kPairBytes = 2 * (32 + 4 * 64);
 constexpr int kPackedNR = 8;
 
-int64_t PackedPanelBytes(int64_t cols) { return (cols / kQ4_0BlockElements + 1) / 2 * kPairBytes; }
-
-// One panel x NR tokens. Per block, each token's integer sums: the unsigned
-// nibbles against its int8 activations by 8 vpdpbusd (two chains of 4 to
-// shorten the latency; integer, so exact in any order), minus 8 x the
-// block's activation sum (bsum8), the same integers as (q - 8) . x; then
-// acc = fma(d_w * d_x, float(sum), acc) in every output's own lane. Nothing
-// here depends on NR or the panel's place: every output sees the same ops.
-template <int NR>
-TANDEM_AVX512 void TileQ4_0Packed(const QuantizedRows& xq, const int32_t* bsum8, int64_t t0,
-                                  const uint8_t* panel, float* out, int64_t ldo, __mmask16 keep) {
-  __m512 acc[NR];
-#pragma GCC unroll 16
-  for (int t = 0; t < NR; ++t) acc[t] = _mm512_setzero_ps();
-  const int64_t nb = xq.nb, n = nb * kQ4_0BlockElements;
-  const __m512i low4 = _mm512_set1_epi8(0x0F);
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* pair = panel + (b >> 1) * kPairBytes;
-    const uint8_t* qs = pair + 64 + (b & 1) * 256;
-    _mm_prefetch(reinterpret_cast<const char*>(qs) + kPrefetchBytes, _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(qs) + kPrefetchBytes + 64, _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(qs) + kPrefetchBytes + 128, _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(qs) + kPrefetchBytes + 192, _MM_HINT_T0);
-    const __m512 dw =
-        _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(pair + (b & 1) * 32)));
-    __m512i wq[8];
+struct PackedQ4_0 {
+  static constexpr int kVectors = 4;  // low nibbles: elements 4j.., high: 16 + 4j..
+  static constexpr int32_t kBias = 8;
+  static constexpr int kBlockBytes = kQ4_0BlockBytes;
+  TANDEM_AVX512 static void Unpack(const uint8_t* qs, __m512i (&wq)[8]) {
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
 #pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) {
       const __m512i z = _mm512_load_si512(qs + 64 * j);
       wq[j] = _mm512_and_si512(z, low4);
       wq[j + 4] = _mm512_and_si512(_mm512_srli_epi16(z, 4), low4);
     }
+  }
+  static uint8_t Byte(uint8_t b) { return b; }
+};
+struct PackedQ8_0 {
+  static constexpr int kVectors = 8;
+  static constexpr int32_t kBias = 128;
+  static constexpr int kBlockBytes = kQ8_0BlockBytes;
+  TANDEM_AVX512 static void Unpack(const uint8_t* qs, __m512i (&wq)[8]) {
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) wq[j] = _mm512_load_si512(qs + 64 * j);
+  }
+  static uint8_t Byte(uint8_t b) { return b ^ 0x80; }
+};
+
+template <typename F>
+constexpr int64_t kPackedPairBytes = 2 * (32 + 64 * F::kVectors);
+
+template <typename F>
+int64_t PackedPanelBytes(int64_t cols) {
+  return (cols / kQ8_0BlockElements + 1) / 2 * kPackedPairBytes<F>;
+}
+
+// One panel x NR tokens. Per block, each token's integer sums: the unsigned
+// quants against its int8 activations by 8 vpdpbusd (two chains of 4 to
+// shorten the latency; integer, so exact in any order), minus the bias x
+// the block's activation sum (bsum), the same integers as q . x; then
+// acc = fma(d_w * d_x, float(sum), acc) in every output's own lane. Nothing
+// here depends on NR or the panel's place: every output sees the same ops.
+template <typename F, int NR>
+TANDEM_AVX512 void TilePacked(const QuantizedRows& xq, const int32_t* bsum, int64_t t0, const uint8_t* panel,
+                              float* out, int64_t ldo, __mmask16 keep) {
+  __m512 acc[NR];
+#pragma GCC unroll 16
+  for (int t = 0; t < NR; ++t) acc[t] = _mm512_setzero_ps();
+  const int64_t nb = xq.nb, n = nb * kQ8_0BlockElements;
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* pair = panel + (b >> 1) * kPackedPairBytes<F>;
+    const uint8_t* qs = pair + 64 + (b & 1) * 64 * F::kVectors;
+#pragma GCC unroll 8
+    for (int j = 0; j < F::kVectors; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(qs) + kPrefetchBytes + 64 * j, _MM_HINT_T0);
+    }
+    const __m512 dw =
+        _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(pair + (b & 1) * 32)));
+    __m512i wq[8];
+    F::Unpack(qs, wq);
 #pragma GCC unroll 16
     for (int t = 0; t < NR; ++t) {
       const int64_t row = t0 + t;
-      const int8_t* xp = xq.q + row * n + b * kQ4_0BlockElements;
       int32_t x4[8];
-      std::memcpy(x4, xp, 32);
+      std::memcpy(x4, xq.q + row * n + b * kQ8_0BlockElements, 32);
       __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[0], _mm512_set1_epi32(x4[0]));
       __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[4], _mm512_set1_epi32(x4[4]));
 #pragma GCC unroll 4
@@ -815,7 +842,7 @@ TANDEM_AVX512 void TileQ4_0Packed(const QuantizedRows& xq, const int32_t* bsum8,
         s0 = _mm512_dpbusd_epi32(s0, wq[j], _mm512_set1_epi32(x4[j]));
         s1 = _mm512_dpbusd_epi32(s1, wq[j + 4], _mm512_set1_epi32(x4[j + 4]));
       }
-      const __m512i sum = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(bsum8[row * nb + b]));
+      const __m512i sum = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(bsum[row * nb + b]));
       acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(xq.d[row * nb + b])), _mm512_cvtepi32_ps(sum),
                                acc[t]);
     }
@@ -827,16 +854,17 @@ TANDEM_AVX512 void TileQ4_0Packed(const QuantizedRows& xq, const int32_t* bsum8,
 using PackedTileFn = void (*)(const QuantizedRows&, const int32_t*, int64_t, const uint8_t*, float*, int64_t,
                               __mmask16);
 
-template <int... NR>
+template <typename F, int... NR>
 constexpr std::array<PackedTileFn, sizeof...(NR)> PackedTable(std::integer_sequence<int, NR...>) {
-  return {&TileQ4_0Packed<NR + 1>...};
+  return {&TilePacked<F, NR + 1>...};
 }
 
 // Output rows [o_begin, o_end), o_begin a multiple of kPanelRows.
-TANDEM_AVX512 void RangeQ4_0Packed(const QuantizedRows& xq, const int32_t* bsum8, int64_t rows,
-                                   const PackedWeight& pw, float* out, int64_t o_begin, int64_t o_end) {
-  static constexpr auto kTiles = PackedTable(std::make_integer_sequence<int, kPackedNR>());
-  const int64_t ldo = pw.source.rows, panel_bytes = PackedPanelBytes(pw.source.cols);
+template <typename F>
+TANDEM_AVX512 void RangePacked(const QuantizedRows& xq, const int32_t* bsum, int64_t rows,
+                               const PackedWeight& pw, float* out, int64_t o_begin, int64_t o_end) {
+  static constexpr auto kTiles = PackedTable<F>(std::make_integer_sequence<int, kPackedNR>());
+  const int64_t ldo = pw.source.rows, panel_bytes = PackedPanelBytes<F>(pw.source.cols);
   for (int64_t tb = 0; tb < rows; tb += kTokenBlock) {
     const int64_t te = std::min(rows, tb + kTokenBlock);
     for (int64_t o = o_begin; o < o_end; o += kPanelRows) {
@@ -844,25 +872,51 @@ TANDEM_AVX512 void RangeQ4_0Packed(const QuantizedRows& xq, const int32_t* bsum8
       const int64_t live = std::min<int64_t>(kPanelRows, o_end - o);
       const auto keep = static_cast<__mmask16>((1u << live) - 1);
       for (int64_t t = tb; t < te; t += kPackedNR) {
-        kTiles[std::min<int64_t>(kPackedNR, te - t) - 1](xq, bsum8, t, panel, out + t * ldo + o, ldo, keep);
+        kTiles[std::min<int64_t>(kPackedNR, te - t) - 1](xq, bsum, t, panel, out + t * ldo + o, ldo, keep);
       }
     }
   }
 }
 
-// Panel p of Q4_0 weight w into dst (zeroed; rows past w.rows stay zero).
-void PackQ4_0Panel(const Weight& w, int64_t p, uint8_t* dst) {
-  const int64_t nb = w.cols / kQ4_0BlockElements, ldw = DTypeBytes(w.dtype, w.cols);
+// Panel p of weight w into dst (zeroed; rows past w.rows stay zero).
+template <typename F>
+void PackPanel(const Weight& w, int64_t p, uint8_t* dst) {
+  const int64_t nb = w.cols / kQ8_0BlockElements, ldw = DTypeBytes(w.dtype, w.cols);
   for (int r = 0; r < kPanelRows && p * kPanelRows + r < w.rows; ++r) {
     const uint8_t* src = static_cast<const uint8_t*>(w.data) + (p * kPanelRows + r) * ldw;
     for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* blk = src + b * kQ4_0BlockBytes;
-      uint8_t* pair = dst + (b >> 1) * kPairBytes;
+      const uint8_t* blk = src + b * F::kBlockBytes;
+      uint8_t* pair = dst + (b >> 1) * kPackedPairBytes<F>;
       std::memcpy(pair + (b & 1) * 32 + 2 * r, blk, 2);
-      uint8_t* qs = pair + 64 + (b & 1) * 256;
-      for (int j = 0; j < 4; ++j) std::memcpy(qs + 64 * j + 4 * r, blk + 2 + 4 * j, 4);
+      uint8_t* qs = pair + 64 + (b & 1) * 64 * F::kVectors;
+      for (int j = 0; j < F::kVectors; ++j) {
+        for (int k = 0; k < 4; ++k) qs[64 * j + 4 * r + k] = F::Byte(blk[2 + 4 * j + k]);
+      }
     }
   }
+}
+
+// Packs w (Q4_0 or Q8_0) by format F.
+template <typename F>
+std::unique_ptr<PackedWeight> PackAs(GemmPath path, ThreadPool* pool, const Weight& w) {
+  const int64_t panels = (w.rows + kPanelRows - 1) / kPanelRows;
+  const int64_t panel_bytes = PackedPanelBytes<F>(w.cols);
+  auto packed = std::make_unique<PackedWeight>();
+  packed->path = path;
+  packed->source = w;
+  packed->data.reset(static_cast<uint8_t*>(std::aligned_alloc(64, panels * panel_bytes)));
+  if (packed->data == nullptr) return nullptr;  // the unpacked kernels still run w
+  uint8_t* data = packed->data.get();
+  auto pack = [&](int64_t p) {
+    std::memset(data + p * panel_bytes, 0, panel_bytes);
+    PackPanel<F>(w, p, data + p * panel_bytes);
+  };
+  if (pool == nullptr) {
+    for (int64_t p = 0; p < panels; ++p) pack(p);
+  } else {
+    pool->ParallelFor(panels, pack);
+  }
+  return packed;
 }
 
 // BF16 weights on CPUs with AVX512_BF16 (as llama.cpp's ggml_vec_dot_bf16):
@@ -1078,25 +1132,10 @@ const char* GemmPathName(GemmPath path) {
 void PackedWeight::Free::operator()(uint8_t* p) const { std::free(p); }
 
 std::unique_ptr<PackedWeight> PackWeight(GemmPath path, ThreadPool* pool, const Weight& w) {
-  if (path != GemmPath::kAvx512 || w.dtype != DType::kQ4_0 || w.rows == 0 || w.cols == 0) return nullptr;
-  const int64_t panels = (w.rows + kPanelRows - 1) / kPanelRows;
-  const int64_t panel_bytes = PackedPanelBytes(w.cols);
-  auto packed = std::make_unique<PackedWeight>();
-  packed->path = path;
-  packed->source = w;
-  packed->data.reset(static_cast<uint8_t*>(std::aligned_alloc(64, panels * panel_bytes)));
-  if (packed->data == nullptr) return nullptr;  // the unpacked kernels still run w
-  uint8_t* data = packed->data.get();
-  auto pack = [&](int64_t p) {
-    std::memset(data + p * panel_bytes, 0, panel_bytes);
-    PackQ4_0Panel(w, p, data + p * panel_bytes);
-  };
-  if (pool == nullptr) {
-    for (int64_t p = 0; p < panels; ++p) pack(p);
-  } else {
-    pool->ParallelFor(panels, pack);
-  }
-  return packed;
+  if (path != GemmPath::kAvx512 || w.rows == 0 || w.cols == 0) return nullptr;
+  if (w.dtype == DType::kQ4_0) return PackAs<PackedQ4_0>(path, pool, w);
+  if (w.dtype == DType::kQ8_0) return PackAs<PackedQ8_0>(path, pool, w);
+  return nullptr;
 }
 
 void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const Weight& w, float* out,
@@ -1171,16 +1210,20 @@ void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const
         run([&](int64_t b, int64_t e) { RangeQ8_0_512<BlockQ4_K>(xq, rows, w, out, b, e); });
         return;
       }
-      if (w.dtype == DType::kQ4_0 && packed != nullptr && packed->path == path) {
-        thread_local std::vector<int32_t> bsum8;
-        bsum8.resize(rows * nb);
+      if (packed != nullptr && packed->path == path && w.dtype != DType::kQ4_K) {
+        const bool q4 = w.dtype == DType::kQ4_0;
+        thread_local std::vector<int32_t> bsums;
+        bsums.resize(rows * nb);
         for (int64_t b = 0; b < rows * nb; ++b) {
           int32_t sum = 0;
-          for (int k = 0; k < kQ4_0BlockElements; ++k) sum += quants[b * kQ4_0BlockElements + k];
-          bsum8[b] = 8 * sum;
+          for (int k = 0; k < kQ8_0BlockElements; ++k) sum += quants[b * kQ8_0BlockElements + k];
+          bsums[b] = (q4 ? PackedQ4_0::kBias : PackedQ8_0::kBias) * sum;
         }
-        const int32_t* sums = bsum8.data();
-        run([&](int64_t b, int64_t e) { RangeQ4_0Packed(xq, sums, rows, *packed, out, b, e); });
+        const int32_t* sums = bsums.data();
+        run([&](int64_t b, int64_t e) {
+          q4 ? RangePacked<PackedQ4_0>(xq, sums, rows, *packed, out, b, e)
+             : RangePacked<PackedQ8_0>(xq, sums, rows, *packed, out, b, e);
+        });
         return;
       }
       if (w.dtype == DType::kQ4_0) {

@@ -423,9 +423,10 @@ TEST(GemmQ8Test, WeightOfMinus128) {
   x[0] = -1.0f;
   x[1] = 1.0f;
   float y = 0;
-  for (GemmPath path : Paths()) {
-    MatMul(path, nullptr, x.data(), 1, Weight{w.data(), DType::kQ8_0, 1, 32}, &y);
-    EXPECT_FLOAT_EQ(y, 128.0f + 127.0f) << GemmPathName(path);
+  const Weight weight{w.data(), DType::kQ8_0, 1, 32};
+  for (auto [path, packed] : Variants(weight)) {  // packed: -128 is the unsigned 0
+    MatMul(path, nullptr, x.data(), 1, weight, &y, packed.get());
+    EXPECT_FLOAT_EQ(y, 128.0f + 127.0f) << Name(path, packed.get());
   }
 }
 
