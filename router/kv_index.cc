@@ -13,22 +13,6 @@ uint64_t FirstSequence(const tandem::v1::KvEventBatch& batch) {
 constexpr int kMaxTier = 3;
 bool ValidTier(int tier) { return tier >= 1 && tier <= kMaxTier; }
 
-// The best tier among a holder's tier bits (bit t: tier t); 0 when only bit
-// 0 (in flight) is set.
-// A worker still matching in KvIndex::Match, with its per-tier counts.
-struct Live {
-  uint32_t slot;
-  int32_t tier_blocks[4];
-  int32_t first_lower;  // -1 until a block not in HBM
-  int32_t inflight;
-};
-
-int BestTier(uint8_t tiers) {
-  for (int t = 1; t <= kMaxTier; ++t) {
-    if (tiers & (1u << t)) return t;
-  }
-  return 0;
-}
 }  // namespace
 
 uint32_t KvIndex::SlotFor(const std::string& worker_id) {
@@ -48,6 +32,7 @@ uint32_t KvIndex::SlotFor(const std::string& worker_id) {
   w.live = true;
   w.awaiting_snapshot = true;  // until a batch numbered 1 or a snapshot
   slots_.emplace(w.id, slot);
+  ++slot_epoch_;  // a new (worker, slot) pairing: SlotOf's cached answers are stale
   return slot;
 }
 
@@ -281,120 +266,238 @@ bool KvIndex::AwaitingSnapshot(const std::string& worker_id) const {
 std::vector<KvIndex::PrefixMatch> KvIndex::Match(absl::Span<const BlockHash> hashes) const {
   std::vector<PrefixMatch> out;
   if (hashes.empty()) return out;
+  std::vector<SlotMatch> matches;
   absl::ReaderMutexLock lock(&mu_);
-  // In-flight entries live until a writer sweeps them; past their expiry
-  // they are ignored here. No clock read when nothing is in flight.
-  const bool any_inflight = !inflight_.empty();
-  const absl::Time now =
-      any_inflight ? (options_.clock ? options_.clock() : absl::Now()) : absl::InfinitePast();
-  // The holders and in-flight entries of block `i` (either may be null).
-  auto holders_of = [&](size_t i) ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-    auto it = blocks_.find(hashes[i]);
-    return it == blocks_.end() ? nullptr : &it->second;
-  };
-  auto pendings_of = [&](size_t i) ABSL_SHARED_LOCKS_REQUIRED(mu_) -> const Pendings* {
-    if (!any_inflight) return nullptr;
-    auto it = inflight_.find(hashes[i]);
-    return it == inflight_.end() ? nullptr : &it->second;
-  };
-  const Holders* holders = holders_of(0);
-  const Pendings* pendings = pendings_of(0);
-  if (holders == nullptr && pendings == nullptr) return out;
+  MatchLocked(hashes, &matches);
+  out.reserve(matches.size());
+  for (const SlotMatch& m : matches) {
+    out.emplace_back();
+    static_cast<PrefixStats&>(out.back()) = m;
+    out.back().worker_id = workers_[m.slot].id;
+  }
+  return out;
+}
 
-  // Workers still matching (Live). `mark` (per thread,
-  // indexed by slot) holds the generation at which a slot was last seen
-  // among a block's holders, and with which tiers (bit 0: in flight); every
-  // block of every query takes a new generation, so the array is never
-  // cleared.
-  thread_local std::vector<uint64_t> mark;  // generation << 8 | tiers
-  thread_local uint64_t generation = 0;
-  if (mark.size() < workers_.size()) mark.resize(workers_.size(), 0);
-  // Mark a block's holders, and its unexpired in-flight entries (bit 0), with `gen`.
-  auto mark_holders = [&](const Holders* hs, uint64_t gen) {
-    if (hs == nullptr) return;
-    for (const Holder& h : *hs) mark[h.slot] = (gen << 8) | h.tiers;
+void KvIndex::MatchSlots(absl::Span<const BlockHash> hashes, SlotMatches* out) const {
+  out->matches.clear();
+  absl::ReaderMutexLock lock(&mu_);
+  out->slot_epoch = slot_epoch_;
+  if (!hashes.empty()) MatchLocked(hashes, &out->matches);
+}
+
+uint32_t KvIndex::SlotOf(const std::string& worker_id, uint64_t* slot_epoch) const {
+  absl::ReaderMutexLock lock(&mu_);
+  *slot_epoch = slot_epoch_;
+  auto it = slots_.find(worker_id);
+  return it == slots_.end() ? kNoSlot : it->second;
+}
+
+// One Match walk (KvIndex::MatchLocked), run under the index's shared lock.
+//
+// It keeps the workers still matching (Live). `mark_` (per thread, indexed
+// by slot) holds the generation at which a slot was last seen among a
+// block's holders, and with which tiers (bit 0: in flight); every full step
+// takes a new generation, so the array is never cleared.
+//
+// A run of blocks with the same holders (a system prompt cached on every
+// worker: the same 900 holders block after block) is not stepped through
+// worker by worker: when a block's holders equal those of the last full
+// step, and that step used no in-flight entries (so every live worker was
+// among those holders), each live worker holds the block in the same tier
+// as the last one; the walk only counts the block (`run_`) and adds the run
+// to each live worker once, at the next full step or at the end. A shared
+// prefix of n blocks on w workers costs O(n x w) comparisons of holder
+// lists instead of O(n x w) updates of the live workers' counts; the
+// comparisons read, the updates wrote, and a write to the element about to
+// be copied stalled each on store forwarding.
+class KvIndex::Walker {
+ public:
+  Walker(const KvIndex& index, absl::Span<const BlockHash> hashes, std::vector<SlotMatch>* out)
+      ABSL_SHARED_LOCKS_REQUIRED(index.mu_)
+      : index_(index),
+        hashes_(hashes),
+        out_(*out),
+        // In-flight entries live until a writer sweeps them; past their
+        // expiry they are ignored here. No clock read when nothing is in
+        // flight.
+        any_inflight_(!index.inflight_.empty()),
+        now_(any_inflight_ ? (index.options_.clock ? index.options_.clock() : absl::Now())
+                           : absl::InfinitePast()) {}
+
+  void Run() ABSL_SHARED_LOCKS_REQUIRED(index_.mu_) {
+    const Holders* holders = HoldersOf(0);
+    const Pendings* pendings = PendingsOf(0);
+    if (holders == nullptr && pendings == nullptr) return;
+    if (mark_.size() < index_.workers_.size()) mark_.resize(index_.workers_.size(), 0);
+    Start(holders, pendings);
+    if (live_.empty()) return;
+    out_.reserve(live_.size());
+    // A long prompt's walk is a chain of dependent cache misses in a large
+    // table; asking for the blocks a few steps ahead overlaps them.
+    constexpr size_t kPrefetchAhead = 4;
+    for (size_t i = 1; i <= kPrefetchAhead && i < hashes_.size(); ++i) index_.blocks_.prefetch(hashes_[i]);
+    size_t depth = 0;
+    while (true) {
+      if (depth + kPrefetchAhead < hashes_.size()) index_.blocks_.prefetch(hashes_[depth + kPrefetchAhead]);
+      if (step_holders_ != nullptr && holders != nullptr && pendings == nullptr &&
+          SameHolders(*holders, *step_holders_)) {
+        ++run_;
+      } else {
+        Step(depth, holders, pendings);
+      }
+      ++depth;
+      if (live_.empty() || depth == hashes_.size()) break;
+      holders = HoldersOf(depth);
+      pendings = holders == nullptr ? PendingsOf(depth) : nullptr;
+      if (holders == nullptr && pendings == nullptr) break;
+    }
+    Flush();
+    for (const Live& l : live_) Finish(l, depth);
+  }
+
+ private:
+  // A worker still matching, with its per-tier counts.
+  struct Live {
+    uint32_t slot;
+    int32_t tier_blocks[4];
+    int32_t first_lower;  // -1 until a block not in HBM
+    int32_t inflight;
+    int32_t last_tier;  // the tier of the last block stepped through
   };
-  auto mark_pendings = [&](const Pendings* ps, uint64_t gen) {
+
+  // The best tier among a holder's tier bits (bit t: tier t); 0 when only
+  // bit 0 (in flight) is set.
+  static int BestTier(uint8_t tiers) {
+    for (int t = 1; t <= kMaxTier; ++t) {
+      if (tiers & (1u << t)) return t;
+    }
+    return 0;
+  }
+  static bool SameHolders(const Holders& a, const Holders& b) {
+    return a.size() == b.size() &&
+           std::equal(a.begin(), a.end(), b.begin(), [](const Holder& x, const Holder& y) {
+             return x.slot == y.slot && x.tiers == y.tiers;
+           });
+  }
+
+  // The holders and in-flight entries of block `i` (either may be null).
+  const Holders* HoldersOf(size_t i) const ABSL_SHARED_LOCKS_REQUIRED(index_.mu_) {
+    auto it = index_.blocks_.find(hashes_[i]);
+    return it == index_.blocks_.end() ? nullptr : &it->second;
+  }
+  const Pendings* PendingsOf(size_t i) const ABSL_SHARED_LOCKS_REQUIRED(index_.mu_) {
+    if (!any_inflight_) return nullptr;
+    auto it = index_.inflight_.find(hashes_[i]);
+    return it == index_.inflight_.end() ? nullptr : &it->second;
+  }
+
+  // Marks a block's holders, and its unexpired in-flight entries (bit 0),
+  // with `gen`.
+  void MarkHolders(const Holders* hs, uint64_t gen) {
+    if (hs == nullptr) return;
+    for (const Holder& h : *hs) mark_[h.slot] = (gen << 8) | h.tiers;
+  }
+  void MarkPendings(const Pendings* ps, uint64_t gen) {
     if (ps == nullptr) return;
     for (const Pending& p : *ps) {
-      if (p.expires <= now) continue;
-      mark[p.slot] = (mark[p.slot] >> 8) == gen ? (mark[p.slot] | 1) : ((gen << 8) | 1);
+      if (p.expires <= now_) continue;
+      mark_[p.slot] = (mark_[p.slot] >> 8) == gen ? (mark_[p.slot] | 1) : ((gen << 8) | 1);
     }
-  };
+  }
+
   // The first block's holders, each once, start the walk.
-  std::vector<Live> live;
-  {
-    const uint64_t gen = ++generation;
-    mark_holders(holders, gen);
-    mark_pendings(pendings, gen);
+  void Start(const Holders* holders, const Pendings* pendings) {
+    const uint64_t gen = ++generation_;
+    MarkHolders(holders, gen);
+    MarkPendings(pendings, gen);
     auto start = [&](uint32_t slot) {
-      if ((mark[slot] >> 8) != gen || (mark[slot] & 0xff) == 0) return;
-      live.push_back({slot, {0, 0, 0, 0}, -1, 0});
-      mark[slot] = gen << 8;  // seen: not again
+      if ((mark_[slot] >> 8) != gen || (mark_[slot] & 0xff) == 0) return;
+      live_.push_back({slot, {0, 0, 0, 0}, -1, 0, 0});
+      mark_[slot] = gen << 8;  // seen: not again
     };
     if (holders != nullptr) {
-      live.reserve(holders->size());
+      live_.reserve(holders->size());
       for (const Holder& h : *holders) start(h.slot);
     }
     if (pendings != nullptr) {
       for (const Pending& p : *pendings) start(p.slot);
     }
-    if (live.empty()) return out;
-    out.reserve(live.size());
   }
 
-  // Runs under `lock`; a lambda is analysed on its own, so it says so.
-  auto finish = [&](const Live& l, size_t depth) ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-    PrefixMatch m;
-    m.worker_id = workers_[l.slot].id;
+  // Block `depth`, worker by worker: the live workers holding it (or with
+  // it in flight) go on, the others' prefixes end before it.
+  void Step(size_t depth, const Holders* holders, const Pendings* pendings)
+      ABSL_SHARED_LOCKS_REQUIRED(index_.mu_) {
+    Flush();
+    const uint64_t gen = ++generation_;
+    MarkHolders(holders, gen);
+    MarkPendings(pendings, gen);
+    bool used_pendings = pendings != nullptr;
+    // Past block 0 the in-flight entries are looked up only when a live
+    // worker lacks the block (through a long cached prefix, never).
+    if (pendings == nullptr && depth > 0 && any_inflight_ &&
+        std::any_of(live_.begin(), live_.end(), [&](const Live& l) { return (mark_[l.slot] >> 8) != gen; })) {
+      MarkPendings(PendingsOf(depth), gen);
+      used_pendings = true;
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < live_.size(); ++i) {
+      Live& l = live_[i];
+      const uint64_t m = mark_[l.slot];
+      if ((m >> 8) != gen) {
+        Finish(l, depth);
+        continue;
+      }
+      int tier = BestTier(static_cast<uint8_t>(m & 0xff));
+      if (tier == 0) {  // in flight: in HBM once computed there
+        tier = tandem::v1::KV_TIER_HBM;
+        ++l.inflight;
+      }
+      ++l.tier_blocks[tier];
+      l.last_tier = tier;
+      if (tier != tandem::v1::KV_TIER_HBM && l.first_lower < 0) l.first_lower = static_cast<int32_t>(depth);
+      if (kept != i) live_[kept] = l;
+      ++kept;
+    }
+    live_.resize(kept);
+    step_holders_ = used_pendings ? nullptr : holders;
+  }
+
+  // Adds the blocks counted since the last step to each live worker.
+  void Flush() {
+    if (run_ == 0) return;
+    for (Live& l : live_) l.tier_blocks[l.last_tier] += run_;
+    run_ = 0;
+  }
+
+  void Finish(const Live& l, size_t depth) {
+    SlotMatch& m = out_.emplace_back();
+    m.slot = l.slot;
     m.blocks = static_cast<int32_t>(depth);
     std::copy(l.tier_blocks, l.tier_blocks + 4, m.tier_blocks);
     m.first_lower_block = l.first_lower < 0 ? m.blocks : l.first_lower;
     m.inflight_blocks = l.inflight;
-    out.push_back(std::move(m));
-  };
-
-  // A long prompt's walk is a chain of dependent cache misses in a large
-  // table; asking for the blocks a few steps ahead overlaps them.
-  constexpr size_t kPrefetchAhead = 4;
-  for (size_t i = 1; i <= kPrefetchAhead && i < hashes.size(); ++i) blocks_.prefetch(hashes[i]);
-  size_t depth = 0;
-  while (true) {
-    if (depth + kPrefetchAhead < hashes.size()) blocks_.prefetch(hashes[depth + kPrefetchAhead]);
-    const uint64_t gen = ++generation;
-    mark_holders(holders, gen);
-    mark_pendings(pendings, gen);
-    // Past block 0 the in-flight entries are looked up only when a live
-    // worker lacks the block (through a long cached prefix, never).
-    if (pendings == nullptr && depth > 0 && any_inflight &&
-        std::any_of(live.begin(), live.end(), [&](const Live& l) { return (mark[l.slot] >> 8) != gen; })) {
-      mark_pendings(pendings_of(depth), gen);
-    }
-    size_t kept = 0;
-    for (Live& l : live) {
-      const uint64_t m = mark[l.slot];
-      if ((m >> 8) == gen) {
-        int tier = BestTier(static_cast<uint8_t>(m & 0xff));
-        if (tier == 0) {  // in flight: in HBM once computed there
-          tier = tandem::v1::KV_TIER_HBM;
-          ++l.inflight;
-        }
-        ++l.tier_blocks[tier];
-        if (tier != tandem::v1::KV_TIER_HBM && l.first_lower < 0) l.first_lower = static_cast<int32_t>(depth);
-        live[kept++] = l;
-      } else {
-        finish(l, depth);
-      }
-    }
-    live.resize(kept);
-    ++depth;
-    if (live.empty() || depth == hashes.size()) break;
-    holders = holders_of(depth);
-    pendings = holders == nullptr ? pendings_of(depth) : nullptr;
-    if (holders == nullptr && pendings == nullptr) break;
   }
-  for (const Live& l : live) finish(l, depth);
-  return out;
+
+  const KvIndex& index_;
+  const absl::Span<const BlockHash> hashes_;
+  std::vector<SlotMatch>& out_;
+  const bool any_inflight_;
+  const absl::Time now_;
+  std::vector<Live> live_;
+  int32_t run_ = 0;
+  // The holders of the last full step when it used no in-flight entries
+  // (every live worker is among them), else null.
+  const Holders* step_holders_ = nullptr;
+  static thread_local std::vector<uint64_t> mark_;  // generation << 8 | tiers
+  static thread_local uint64_t generation_;
+};
+
+thread_local std::vector<uint64_t> KvIndex::Walker::mark_;
+thread_local uint64_t KvIndex::Walker::generation_ = 0;
+
+void KvIndex::MatchLocked(absl::Span<const BlockHash> hashes, std::vector<SlotMatch>* matches) const {
+  Walker(*this, hashes, matches).Run();
 }
 
 KvIndex::Stats KvIndex::stats() const {

@@ -13,9 +13,11 @@
 // Blocks are named by chained hashes (common/block_hash.h), so block i of a
 // prompt can only be reused if blocks 0..i-1 are too: a worker's usable
 // prefix is the longest run of leading hashes it holds. Match walks the
-// prompt's hashes once, keeping the workers still matching; its cost is the
-// sum over the prompt's blocks of the number of holders, independent of the
-// index size.
+// prompt's hashes once, keeping the workers still matching; its cost is one
+// table lookup per block plus, per block, a pass over its holders, whose
+// list a run of blocks with the same holders (a system prompt cached
+// everywhere) only compares with the run's first instead of updating every
+// live worker; independent of the index size.
 //
 // Sequence numbers: each worker's batches are numbered 1, 2, ... A batch
 // that skips a number (the worker dropped events, or the stream broke) puts
@@ -87,9 +89,8 @@ class KvIndex {
     kBuffered,      // awaiting a snapshot: kept for after it
   };
 
-  // A worker's reusable prefix for one prompt.
-  struct PrefixMatch {
-    std::string worker_id;
+  // A worker's reusable prefix for one prompt, without naming the worker.
+  struct PrefixStats {
     // Leading blocks held in some tier.
     int32_t blocks = 0;
     // Of those, how many are in each tier at best (a block held in HBM and
@@ -103,6 +104,26 @@ class KvIndex {
     // announced); they are counted in tier_blocks[KV_TIER_HBM].
     int32_t inflight_blocks = 0;
   };
+
+  // A worker's reusable prefix, named by its id (Match).
+  struct PrefixMatch : PrefixStats {
+    std::string worker_id;
+  };
+
+  // A worker's reusable prefix, named by its slot (MatchSlots, SlotOf).
+  struct SlotMatch : PrefixStats {
+    uint32_t slot = 0;
+  };
+
+  // MatchSlots' answer. The slots name the same workers as SlotOf's answers
+  // given with the same slot_epoch.
+  struct SlotMatches {
+    uint64_t slot_epoch = 0;
+    std::vector<SlotMatch> matches;  // order unspecified
+  };
+
+  // SlotOf's answer for a worker the index has no slot for.
+  static constexpr uint32_t kNoSlot = UINT32_MAX;
 
   struct Stats {
     size_t workers = 0;
@@ -159,6 +180,20 @@ class KvIndex {
   // `hashes`, with its matched prefix. Order unspecified.
   std::vector<PrefixMatch> Match(absl::Span<const BlockHash> hashes) const;
 
+  // Match without the ids, for a caller that scores every worker per
+  // request (router/placement.h): each worker is named by a small integer
+  // slot, so the caller can look matches up in an array instead of hashing
+  // 1,000 ids. `out` is overwritten (its capacity is reused).
+  void MatchSlots(absl::Span<const BlockHash> hashes, SlotMatches* out) const;
+
+  // The slot of `worker_id` (kNoSlot when the index has none: it holds and
+  // has in flight nothing) and, in *slot_epoch, the epoch that pairing
+  // holds in. Slots are given to workers when they first appear and taken
+  // back by RemoveWorker; the epoch grows each time a slot is given, so
+  // while it stays the same, a cached (worker, slot) pairing stays right (a
+  // slot taken back and not given again holds nothing).
+  uint32_t SlotOf(const std::string& worker_id, uint64_t* slot_epoch) const;
+
   Stats stats() const;
 
  private:
@@ -193,6 +228,8 @@ class KvIndex {
     std::vector<BlockHash> hashes;
   };
 
+  class Walker;  // Match's walk over a prompt's blocks (kv_index.cc)
+
   uint32_t SlotFor(const std::string& worker_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Drops the in-flight entry of (hash, slot), if any; with `expired_by`,
   // only one that expires by then.
@@ -203,6 +240,8 @@ class KvIndex {
   void ApplyEvents(uint32_t slot, const tandem::v1::KvEventBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SetTier(uint32_t slot, BlockHash hash, int tier, bool present) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ClearWorker(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MatchLocked(absl::Span<const BlockHash> hashes, std::vector<SlotMatch>* out) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   const Options options_;
   mutable absl::Mutex mu_;
@@ -210,6 +249,7 @@ class KvIndex {
   std::vector<Worker> workers_ ABSL_GUARDED_BY(mu_);  // by slot
   absl::flat_hash_map<std::string, uint32_t> slots_ ABSL_GUARDED_BY(mu_);
   std::vector<uint32_t> free_slots_ ABSL_GUARDED_BY(mu_);
+  uint64_t slot_epoch_ ABSL_GUARDED_BY(mu_) = 0;  // SlotOf
   size_t entries_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t gaps_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t snapshots_ ABSL_GUARDED_BY(mu_) = 0;

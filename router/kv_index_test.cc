@@ -282,6 +282,129 @@ TEST(KvIndexTest, AgreesWithANaiveModelUnderRandomEvents) {
   }
 }
 
+// MatchSlots answers what Match does, naming workers by the slots SlotOf
+// gives; the slot epoch grows exactly when a worker is given a slot.
+TEST(KvIndexTest, SlotsNameTheSameWorkersWhileTheEpochHolds) {
+  KvIndex index;
+  ASSERT_EQ(index.Apply(Stored("a", 1, {1, 2, 3})), KvIndex::Outcome::kApplied);
+  ASSERT_EQ(index.Apply(Stored("b", 1, {1, 2})), KvIndex::Outcome::kApplied);
+  uint64_t epoch = 0;
+  const uint32_t a = index.SlotOf("a", &epoch);
+  uint64_t e = 0;
+  const uint32_t b = index.SlotOf("b", &e);
+  EXPECT_EQ(e, epoch);
+  EXPECT_NE(a, b);
+  EXPECT_EQ(index.SlotOf("nobody", &e), KvIndex::kNoSlot);
+  KvIndex::SlotMatches m;
+  index.MatchSlots(std::vector<BlockHash>{1, 2, 3}, &m);
+  EXPECT_EQ(m.slot_epoch, epoch);
+  std::map<uint32_t, int32_t> by_slot;
+  for (const KvIndex::SlotMatch& s : m.matches) by_slot[s.slot] = s.blocks;
+  EXPECT_EQ(by_slot, (std::map<uint32_t, int32_t>{{a, 3}, {b, 2}}));
+  index.MatchSlots(std::vector<BlockHash>{9}, &m);  // reused: overwritten
+  EXPECT_TRUE(m.matches.empty());
+
+  // More events from known workers: same epoch.
+  ASSERT_EQ(index.Apply(Stored("a", 2, {4})), KvIndex::Outcome::kApplied);
+  EXPECT_EQ(index.SlotOf("a", &e), a);
+  EXPECT_EQ(e, epoch);
+  // b leaves: its slot holds nothing, the epoch stays (a cached b -> slot
+  // pairing still answers "no match").
+  index.RemoveWorker("b");
+  index.MatchSlots(std::vector<BlockHash>{1}, &m);
+  EXPECT_EQ(m.slot_epoch, epoch);
+  ASSERT_EQ(m.matches.size(), 1u);
+  EXPECT_EQ(m.matches[0].slot, a);
+  // c takes b's slot: a new pairing, a new epoch.
+  ASSERT_EQ(index.Apply(Stored("c", 1, {1})), KvIndex::Outcome::kApplied);
+  EXPECT_EQ(index.SlotOf("c", &e), b);
+  EXPECT_GT(e, epoch);
+  EXPECT_EQ(index.SlotOf("b", &e), KvIndex::kNoSlot);
+  // In flight to a worker the index did not know: a slot too.
+  const uint64_t before = e;
+  index.AddInflight("d", std::vector<BlockHash>{1});
+  EXPECT_NE(index.SlotOf("d", &e), KvIndex::kNoSlot);
+  EXPECT_GT(e, before);
+}
+
+// A prefix held by many workers block after block (a system prompt), with
+// some holding parts in lower tiers, some leaving it early, and in-flight
+// entries in and past it: the walk that counts runs of identical holder
+// lists once agrees with a block-by-block model.
+TEST(KvIndexTest, SharedPrefixRunsAgreeWithABlockByBlockModel) {
+  std::mt19937_64 rng(11);
+  for (int round = 0; round < 40; ++round) {
+    absl::Time now = absl::FromUnixSeconds(1000);
+    KvIndex index({.clock = [&now] { return now; }});
+    constexpr int kWorkers = 24;
+    const int shared = 1 + static_cast<int>(rng() % 12);
+    // model[w][h]: best tier of block h on worker w (0: none), 4: in flight only.
+    std::vector<std::map<BlockHash, int>> model(kWorkers);
+    for (int w = 0; w < kWorkers; ++w) {
+      const std::string id = "w" + std::to_string(w);
+      // Most hold the whole shared prefix in HBM, in the same order; a few
+      // stop early or hold a stretch in DRAM.
+      const int held = rng() % 5 == 0 ? static_cast<int>(rng() % (shared + 1)) : shared;
+      KvEventBatch b = Batch(id, 1);
+      std::vector<uint64_t> hbm;
+      for (int h = 1; h <= held; ++h) hbm.push_back(static_cast<uint64_t>(h));
+      Add(&b, KvEvent::KIND_STORED, tandem::v1::KV_TIER_HBM, hbm);
+      for (uint64_t h : hbm) model[w][h] = 1;
+      if (rng() % 6 == 0 && held > 0) {
+        const uint64_t h = 1 + rng() % static_cast<uint64_t>(held);
+        Add(&b, KvEvent::KIND_REMOVED, tandem::v1::KV_TIER_HBM, {h});
+        Add(&b, KvEvent::KIND_STORED, tandem::v1::KV_TIER_DRAM, {h});
+        model[w][h] = 2;
+      }
+      // A private continuation on some.
+      if (rng() % 3 == 0) {
+        std::vector<uint64_t> tail;
+        for (int h = shared + 1; h <= shared + 4; ++h) tail.push_back(static_cast<uint64_t>(h));
+        Add(&b, KvEvent::KIND_STORED, tandem::v1::KV_TIER_SSD, tail);
+        for (uint64_t h : tail) model[w][h] = 3;
+      }
+      ASSERT_EQ(index.Apply(b), KvIndex::Outcome::kApplied);
+      // In flight: some of the prefix and past it.
+      if (rng() % 4 == 0) {
+        std::vector<BlockHash> flying;
+        const int from = 1 + static_cast<int>(rng() % static_cast<uint64_t>(shared + 4));
+        for (int h = from; h <= shared + 4; ++h) flying.push_back(static_cast<BlockHash>(h));
+        index.AddInflight(id, flying);
+        for (BlockHash h : flying) {
+          if (!model[w].contains(h)) model[w][h] = 4;
+        }
+      }
+    }
+    std::vector<BlockHash> query;
+    for (int h = 1; h <= shared + 4; ++h) query.push_back(static_cast<BlockHash>(h));
+    std::map<std::string, KvIndex::PrefixMatch> got;
+    for (KvIndex::PrefixMatch& m : index.Match(query)) got[m.worker_id] = m;
+    for (int w = 0; w < kWorkers; ++w) {
+      int32_t blocks = 0, first_lower = -1, inflight = 0;
+      int32_t tiers[4] = {0, 0, 0, 0};
+      for (BlockHash h : query) {
+        auto it = model[w].find(h);
+        if (it == model[w].end()) break;
+        const int tier = it->second == 4 ? 1 : it->second;
+        if (it->second == 4) ++inflight;
+        if (tier != 1 && first_lower < 0) first_lower = blocks;
+        ++tiers[tier];
+        ++blocks;
+      }
+      const std::string id = "w" + std::to_string(w);
+      if (blocks == 0) {
+        EXPECT_FALSE(got.contains(id)) << "round " << round;
+        continue;
+      }
+      ASSERT_TRUE(got.contains(id)) << "round " << round << " worker " << w;
+      EXPECT_EQ(got[id].blocks, blocks) << "round " << round << " worker " << w;
+      for (int t = 1; t <= 3; ++t) EXPECT_EQ(got[id].tier_blocks[t], tiers[t]) << "round " << round;
+      EXPECT_EQ(got[id].first_lower_block, first_lower < 0 ? blocks : first_lower) << "round " << round;
+      EXPECT_EQ(got[id].inflight_blocks, inflight) << "round " << round << " worker " << w;
+    }
+  }
+}
+
 // Batches that number their events (first_sequence_number .. sequence_number),
 // as a worker reporting to several routers sends them: the next batch must
 // start right after the last applied event; a snapshot numbered N is followed

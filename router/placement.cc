@@ -24,38 +24,73 @@ int32_t Running(const WorkerView& w) {
   return std::max(w.load.running() + w.load.waiting(), w.inflight_requests);
 }
 
-// Every worker's cached prefix for one prompt, by worker id.
+using PrefixStats = KvIndex::PrefixStats;
+using SlotTables = Placement::SlotTables;
+
+// Every worker's cached prefix for one prompt, looked up by the registry's
+// worker slot through arrays (SlotTables) kept between requests.
 class PrefixMatches {
  public:
-  PrefixMatches(const KvIndex& index, absl::Span<const BlockHash> hashes) : matches_(index.Match(hashes)) {
-    by_worker_.reserve(matches_.size());
-    for (const KvIndex::PrefixMatch& m : matches_) by_worker_[absl::string_view(m.worker_id)] = &m;
+  PrefixMatches(const KvIndex& index, absl::Span<const BlockHash> hashes, SlotTables* tables)
+      : index_(index), t_(*tables) {
+    for (const KvIndex::SlotMatch& m : t_.matches.matches) t_.position[m.slot] = -1;  // the last request's
+    index.MatchSlots(hashes, &t_.matches);
+    if (t_.matches.slot_epoch != t_.epoch) {
+      // A worker was given an index slot since the pairings were cached
+      // (one appeared, or came back): ask again.
+      std::fill(t_.index_slot.begin(), t_.index_slot.end(), SlotTables::kUnresolved);
+      t_.epoch = t_.matches.slot_epoch;
+    }
+    for (size_t i = 0; i < t_.matches.matches.size(); ++i) {
+      const uint32_t slot = t_.matches.matches[i].slot;
+      if (slot >= t_.position.size()) t_.position.resize(slot + 1, -1);
+      t_.position[slot] = static_cast<int32_t>(i);
+    }
   }
   PrefixMatches(const PrefixMatches&) = delete;
   PrefixMatches& operator=(const PrefixMatches&) = delete;
 
   // Null when the worker holds none of the prompt.
-  const KvIndex::PrefixMatch* Of(absl::string_view worker_id) const {
-    auto it = by_worker_.find(worker_id);
-    return it == by_worker_.end() ? nullptr : it->second;
+  const PrefixStats* Of(const WorkerView& w) const {
+    if (w.slot >= t_.index_slot.size()) t_.index_slot.resize(w.slot + 1, SlotTables::kUnresolved);
+    uint32_t& slot = t_.index_slot[w.slot];
+    if (slot == SlotTables::kUnresolved) {
+      uint64_t epoch = 0;
+      const uint32_t s = index_.SlotOf(w.handle.id, &epoch);
+      // Paired after the match: the match cannot be told apart from another
+      // worker's that held the slot before; count none this once.
+      if (epoch != t_.epoch) return nullptr;
+      slot = s;
+    }
+    if (slot >= t_.position.size() || t_.position[slot] < 0) return nullptr;
+    return &t_.matches.matches[static_cast<size_t>(t_.position[slot])];
   }
 
  private:
-  const std::vector<KvIndex::PrefixMatch> matches_;
-  // Keyed by views of the ids in `matches_` (no copies: this map can hold
-  // every worker when a system prompt is cached everywhere).
-  absl::flat_hash_map<absl::string_view, const KvIndex::PrefixMatch*> by_worker_;
+  const KvIndex& index_;
+  SlotTables& t_;
 };
 
 // The learned per-token prefill costs, read while Placement::mu_ is held.
 struct LearnedCosts {
   const absl::flat_hash_map<std::string, double>& by_worker;
-  double fallback;  // the learned mean, else the default
+  std::vector<double>& by_slot;  // by_worker's answers by registry slot: -1 not looked up, 0 none
+  double fallback;               // the learned mean, else the default
 
   double MsPerToken(const std::string& worker_id) const {
     if (by_worker.empty()) return fallback;  // skips hashing the id before any report
     auto it = by_worker.find(worker_id);
     return it != by_worker.end() && it->second > 0 ? it->second : fallback;
+  }
+  double MsPerToken(const WorkerView& w) const {
+    if (by_worker.empty()) return fallback;
+    if (w.slot >= by_slot.size()) by_slot.resize(w.slot + 1, -1);
+    double& c = by_slot[w.slot];
+    if (c < 0) {
+      auto it = by_worker.find(w.handle.id);
+      c = it != by_worker.end() && it->second > 0 ? it->second : 0;
+    }
+    return c > 0 ? c : fallback;
   }
 };
 
@@ -72,6 +107,7 @@ struct PromptShape {
 
 struct DecodePick {
   WorkerHandle handle;
+  const PrefixStats* match = nullptr;
   double tpot_ms = 0;
   int32_t cached_tokens = 0;
   double ms_per_token = 0;
@@ -93,9 +129,10 @@ std::optional<DecodePick> PickDecode(WorkerRegistry& registry, const PlacementRe
     const WorkerView& w = workers[choose(candidates, shape.needed_blocks, state)];
     pick.emplace();
     pick->handle = w.handle;
+    pick->match = matches.Of(w);
     pick->tpot_ms = PredictTpotMs(w.load.decode_step_ms(), w.load.decode_batch(), Running(w));
-    pick->cached_tokens = CachedTokens(matches.Of(w.handle.id), shape.block_size, req.prompt_tokens);
-    pick->ms_per_token = costs.MsPerToken(w.handle.id);
+    pick->cached_tokens = CachedTokens(pick->match, shape.block_size, req.prompt_tokens);
+    pick->ms_per_token = costs.MsPerToken(w);
     pick->queue_ms = static_cast<double>(QueuedTokens(w)) * pick->ms_per_token;
   });
   return pick;
@@ -103,6 +140,7 @@ std::optional<DecodePick> PickDecode(WorkerRegistry& registry, const PlacementRe
 
 struct PrefillPick {
   WorkerHandle handle;
+  const PrefixStats* match = nullptr;
   PrefillPrediction prediction;
 };
 
@@ -110,7 +148,7 @@ struct PrefillPick {
 // prefill chooser.
 std::optional<PrefillPick> PickPrefill(WorkerRegistry& registry, const PlacementOptions& options,
                                        const PlacementRequest& req, const PromptShape& shape,
-                                       const PrefixMatches& matches, const KvIndex::PrefixMatch* store,
+                                       const PrefixMatches& matches, const PrefixStats* store,
                                        const LearnedCosts& costs, double transfer_ms, PrefillChooser choose,
                                        ChooserState* state) {
   std::optional<PrefillPick> pick;
@@ -118,40 +156,47 @@ std::optional<PrefillPick> PickPrefill(WorkerRegistry& registry, const Placement
     if (workers.empty()) return;
     std::vector<PrefillPrediction> predictions;
     std::vector<PrefillCandidate> candidates;
+    std::vector<const PrefixStats*> own;
     predictions.reserve(workers.size());
     candidates.reserve(workers.size());
+    own.reserve(workers.size());
     for (const WorkerView& w : workers) {
+      const double ms_per_token = costs.MsPerToken(w);
+      own.push_back(matches.Of(w));
       predictions.push_back(PredictPrefill(options, {.prompt_tokens = req.prompt_tokens,
                                                      .block_size = shape.block_size,
-                                                     .own = matches.Of(w.handle.id),
+                                                     .own = own.back(),
                                                      .store = store,
                                                      .queued_tokens = QueuedTokens(w),
-                                                     .ms_per_token = costs.MsPerToken(w.handle.id),
+                                                     .ms_per_token = ms_per_token,
                                                      .transfer_ms = transfer_ms}));
       const PrefillPrediction& p = predictions.back();
-      candidates.push_back(
-          {QueuedTokens(w), p.ttft_ms,
-           options.compute_weight * (req.prompt_tokens - p.cached_tokens) * costs.MsPerToken(w.handle.id)});
+      candidates.push_back({QueuedTokens(w), p.ttft_ms,
+                            options.compute_weight * (req.prompt_tokens - p.cached_tokens) * ms_per_token});
     }
     const size_t i = choose(candidates, state);
-    pick = PrefillPick{workers[i].handle, predictions[i]};
+    pick = PrefillPick{workers[i].handle, own[i], predictions[i]};
   });
   return pick;
 }
 
 // The healthy shared store holding the longest prefix, if any.
-const KvIndex::PrefixMatch* LongestStorePrefix(WorkerRegistry& registry, const PrefixMatches& matches) {
-  const KvIndex::PrefixMatch* best = nullptr;
+struct StorePrefix {
+  const PrefixStats* match = nullptr;
+  std::string id;
+};
+StorePrefix LongestStorePrefix(WorkerRegistry& registry, const PrefixMatches& matches) {
+  StorePrefix best;
   registry.ForEachHealthy(WORKER_ROLE_STORE, {}, [&](const WorkerView& w) {
-    const KvIndex::PrefixMatch* m = matches.Of(w.handle.id);
-    if (m != nullptr && (best == nullptr || m->blocks > best->blocks)) best = m;
+    const PrefixStats* m = matches.Of(w);
+    if (m != nullptr && (best.match == nullptr || m->blocks > best.match->blocks)) best = {m, w.handle.id};
   });
   return best;
 }
 
 // The prefetch hint for the worker that prefills: its lower-tier blocks
 // [first lower, own prefix), then `store_blocks` of the store's past it.
-void SetHint(const KvIndex::PrefixMatch* own, int32_t store_blocks, absl::Span<const BlockHash> hashes,
+void SetHint(const PrefixStats* own, int32_t store_blocks, absl::Span<const BlockHash> hashes,
              PlacementDecision* decision) {
   const int32_t own_blocks = own == nullptr ? 0 : own->blocks;
   const int32_t first = own == nullptr ? 0 : own->first_lower_block;
@@ -175,9 +220,9 @@ Placement::Placement(PlacementOptions options, WorkerRegistry* registry, KvIndex
       prefill_state_(options.seed + 1) {}
 
 double Placement::MsPerTokenLocked(const std::string& worker_id) const {
-  const LearnedCosts costs{ms_per_token_,
-                           mean_ms_per_token_ > 0 ? mean_ms_per_token_ : options_.default_ms_per_token};
-  return costs.MsPerToken(worker_id);
+  auto it = ms_per_token_.find(worker_id);
+  if (it != ms_per_token_.end() && it->second > 0) return it->second;
+  return mean_ms_per_token_ > 0 ? mean_ms_per_token_ : options_.default_ms_per_token;
 }
 
 double Placement::MsPerToken(const std::string& worker_id) const {
@@ -187,6 +232,7 @@ double Placement::MsPerToken(const std::string& worker_id) const {
 
 void Placement::ObservePrefill(const std::string& worker_id, const PrefillObservation& o) {
   const int32_t computed = o.prompt_tokens - o.cached_tokens;
+  const std::optional<uint32_t> slot = registry_->SlotOf(worker_id);
   absl::MutexLock lock(&mu_);
   const double a = options_.learning_rate;
   if (computed > 0 && o.prefill_ms > 0) {
@@ -195,6 +241,7 @@ void Placement::ObservePrefill(const std::string& worker_id, const PrefillObserv
     seen.ms = first ? o.prefill_ms : (1 - a) * seen.ms + a * o.prefill_ms;
     seen.tokens = first ? computed : (1 - a) * seen.tokens + a * computed;
     ms_per_token_[worker_id] = seen.ms / seen.tokens;
+    if (slot.has_value() && *slot < ms_by_slot_.size()) ms_by_slot_[*slot] = seen.ms / seen.tokens;
     double sum = 0;
     int n = 0;
     for (const auto& [id, ms] : ms_per_token_) {
@@ -217,15 +264,16 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
   const PromptShape shape(req);
   // Every worker's cached prefix (also for the baselines: their predictions
   // feed admission and the reported hit rate).
-  const PrefixMatches matches(*index_, req.block_hashes);
-  const KvIndex::PrefixMatch* store = LongestStorePrefix(*registry_, matches);
+  const PrefixMatches matches(*index_, req.block_hashes, &tables_);
+  const StorePrefix store_prefix = LongestStorePrefix(*registry_, matches);
+  const PrefixStats* store = store_prefix.match;
   const PolicyChoosers choose = ChoosersFor(options_.policy);
 
   std::optional<DecodePick> decode;
   std::optional<PrefillPick> prefill;
   {
     absl::MutexLock lock(&mu_);
-    const LearnedCosts costs{ms_per_token_,
+    const LearnedCosts costs{ms_per_token_, ms_by_slot_,
                              mean_ms_per_token_ > 0 ? mean_ms_per_token_ : options_.default_ms_per_token};
     decode = PickDecode(*registry_, req, shape, matches, costs, choose.decode, &decode_state_);
     if (!decode.has_value()) return absl::UnavailableError("no healthy decode worker");
@@ -253,7 +301,7 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
     decision.predicted_cached_tokens = decode->cached_tokens;
     decision.predicted_ttft_ms = aggregated_ttft;
     // The decode worker reads a store too when it runs with --kv-store.
-    const KvIndex::PrefixMatch* own = matches.Of(decision.decode.id);
+    const PrefixStats* own = decode->match;
     const int32_t own_blocks = own == nullptr ? 0 : own->blocks;
     SetHint(own, store != nullptr && store->blocks > own_blocks ? store->blocks - own_blocks : 0,
             req.block_hashes, &decision);
@@ -264,8 +312,8 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
     decision.predicted_ttft_ms = p.ttft_ms;
     decision.blocks_to_load = p.blocks_to_load;
     decision.store_blocks = p.store_blocks;
-    if (p.store_blocks > 0) decision.store_id = store->worker_id;
-    SetHint(matches.Of(decision.prefill->id), p.store_blocks, req.block_hashes, &decision);
+    if (p.store_blocks > 0) decision.store_id = store_prefix.id;
+    SetHint(prefill->match, p.store_blocks, req.block_hashes, &decision);
   }
 
   // Step 4: SLO admission.
@@ -280,7 +328,7 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
   // Step 5: the blocks past its cached prefix are in flight to the worker
   // that prefills.
   const std::string& prefiller = decision.prefill ? decision.prefill->id : decision.decode.id;
-  const KvIndex::PrefixMatch* own = matches.Of(prefiller);
+  const PrefixStats* own = decision.prefill ? prefill->match : decode->match;
   const size_t own_blocks = own == nullptr ? 0 : static_cast<size_t>(own->blocks);
   if (own_blocks < req.block_hashes.size())
     index_->AddInflight(prefiller, req.block_hashes.subspan(own_blocks));

@@ -136,6 +136,23 @@ class Placement {
  private:
   double MsPerTokenLocked(const std::string& worker_id) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
+ public:
+  // Place's per-request lookups by worker, as arrays indexed by the
+  // registry's WorkerView::slot instead of maps keyed by id (with 1,000
+  // workers, hashing each id twice per request was most of a decision).
+  // Internal; public only so placement.cc's helpers can name it.
+  struct SlotTables {
+    // Registry slot -> KvIndex slot (KvIndex::kNoSlot: none; kUnresolved:
+    // not asked yet), valid while the index's slot_epoch is `epoch`.
+    static constexpr uint32_t kUnresolved = UINT32_MAX - 1;
+    std::vector<uint32_t> index_slot;
+    uint64_t epoch = 0;
+    // This request's match, and KvIndex slot -> its position there (-1: none).
+    KvIndex::SlotMatches matches;
+    std::vector<int32_t> position;
+  };
+
+ private:
   const PlacementOptions options_;
   WorkerRegistry* const registry_;
   KvIndex* const index_;
@@ -151,6 +168,9 @@ class Placement {
     double tokens = 0;
   };
   absl::flat_hash_map<std::string, Observed> observed_ ABSL_GUARDED_BY(mu_);
+  // ms_per_token_ by registry slot: -1 not looked up yet, 0 none learned.
+  std::vector<double> ms_by_slot_ ABSL_GUARDED_BY(mu_);
+  SlotTables tables_ ABSL_GUARDED_BY(place_mu_);
   double mean_ms_per_token_ ABSL_GUARDED_BY(mu_) = 0;      // 0 until observed
   double transfer_ms_per_block_ ABSL_GUARDED_BY(mu_) = 0;  // 0 until observed
   ChooserState decode_state_ ABSL_GUARDED_BY(mu_);

@@ -100,7 +100,7 @@ PolicyChoosers ChoosersFor(Policy policy) {
   return {ChooseDecodeKv, ChoosePrefillKv};
 }
 
-int32_t CachedTokens(const KvIndex::PrefixMatch* match, int32_t block_size, int32_t prompt_tokens) {
+int32_t CachedTokens(const KvIndex::PrefixStats* match, int32_t block_size, int32_t prompt_tokens) {
   return match == nullptr ? 0 : std::min(match->blocks * block_size, prompt_tokens - 1);
 }
 

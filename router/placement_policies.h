@@ -153,7 +153,7 @@ PolicyChoosers ChoosersFor(Policy policy);
 // Prompt tokens a worker holding `match` (null: nothing) need not compute:
 // its prefix, but never the prompt's last token (a prefill always computes
 // at least one).
-int32_t CachedTokens(const KvIndex::PrefixMatch* match, int32_t block_size, int32_t prompt_tokens);
+int32_t CachedTokens(const KvIndex::PrefixStats* match, int32_t block_size, int32_t prompt_tokens);
 
 // A decode worker's time per output token once this request joins its batch:
 // the reported mean step time scaled by (running + 1) / batch, never below
@@ -163,8 +163,8 @@ double PredictTpotMs(double decode_step_ms, double decode_batch, int32_t running
 struct PrefillCostInputs {
   int32_t prompt_tokens = 0;
   int32_t block_size = 16;
-  const KvIndex::PrefixMatch* own = nullptr;    // the candidate's cached prefix
-  const KvIndex::PrefixMatch* store = nullptr;  // the longest healthy store's
+  const KvIndex::PrefixStats* own = nullptr;    // the candidate's cached prefix
+  const KvIndex::PrefixStats* store = nullptr;  // the longest healthy store's
   int64_t queued_tokens = 0;
   double ms_per_token = 0;  // learned (or default) prefill cost
   double transfer_ms = 0;   // KV transfer to the chosen decode worker

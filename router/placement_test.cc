@@ -110,6 +110,11 @@ TEST_F(PlacementTest, LearnedCostsChangeThePick) {
   ASSERT_OK_AND_ASSIGN(PlacementDecision after, placement.Place(Request({1, 2, 3, 4}, 64)));
   EXPECT_EQ(after.prefill->id, "fast");  // 64 x 0.1 < 48 x 1.0
   EXPECT_NEAR(after.predicted_ttft_ms, 6.4 + 4 * 0.05, 1e-9);
+  // Learned again after Place looked the costs up by slot: the new cost counts.
+  placement.ObservePrefill("fast", {.prompt_tokens = 100, .cached_tokens = 0, .prefill_ms = 1000});
+  EXPECT_DOUBLE_EQ(placement.MsPerToken("fast"), 2.08);
+  ASSERT_OK_AND_ASSIGN(PlacementDecision again, placement.Place(Request({1, 2, 3, 4}, 64)));
+  EXPECT_EQ(again.prefill->id, "slow");  // 48 x 1.0 < 64 x 2.08
 }
 
 // A response that computed a few tokens after waiting (in the worker's
@@ -363,6 +368,31 @@ TEST_F(PlacementTest, ABurstSharingAPrefixGoesToTheWorkerComputingIt) {
   }
   EXPECT_EQ(chosen.size(), 1u);
   EXPECT_EQ(index.stats().inflight_entries, 40u + 8);
+}
+
+// Place keeps each worker's index slot between requests; a worker that
+// appears in the index later, one that leaves it, and another taking its
+// slot are all seen as they are now.
+TEST_F(PlacementTest, SlotPairingsFollowTheIndex) {
+  AddWorker("d", tandem::v1::WORKER_ROLE_DECODE);
+  AddWorker("p1", tandem::v1::WORKER_ROLE_PREFILL);
+  AddWorker("p2", tandem::v1::WORKER_ROLE_PREFILL);
+  AddWorker("p3", tandem::v1::WORKER_ROLE_PREFILL);
+  Hold("p1", {1});
+  Placement placement({.policy = Policy::kKv}, &registry_, &index_);
+  ASSERT_OK_AND_ASSIGN(PlacementDecision d, placement.Place(Request({1, 2, 3, 4}, 70)));
+  EXPECT_EQ(d.prefill->id, "p1");
+  Hold("p2", {1, 2, 3});  // p2 was cached as holding nothing
+  ASSERT_OK_AND_ASSIGN(d, placement.Place(Request({1, 2, 3, 4}, 70)));
+  EXPECT_EQ(d.prefill->id, "p2");
+  EXPECT_EQ(d.predicted_cached_tokens, 48);
+  index_.RemoveWorker("p2");  // its slot holds nothing now
+  ASSERT_OK_AND_ASSIGN(d, placement.Place(Request({1, 2, 3, 4}, 70)));
+  EXPECT_EQ(d.prefill->id, "p1");
+  Hold("p3", {1, 2});  // takes p2's old slot
+  ASSERT_OK_AND_ASSIGN(d, placement.Place(Request({1, 2, 3, 4}, 70)));
+  EXPECT_EQ(d.prefill->id, "p3");
+  EXPECT_EQ(d.predicted_cached_tokens, 32);
 }
 
 TEST_F(PlacementTest, RejectsWhenThePredictionMissesTheSlo) {

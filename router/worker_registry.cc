@@ -62,11 +62,26 @@ absl::Status WorkerRegistry::Register(const tandem::v1::RegisterRequest& r) {
   auto [it, inserted] = workers_.try_emplace(r.worker_id());
   // Registering again (a restarted worker, or this router forgot it) starts
   // a new epoch: calls made to the previous incarnation are stale.
-  if (!inserted) e.handle.rotation_epoch = it->second.handle.rotation_epoch + 1;
+  if (!inserted) {
+    e.handle.rotation_epoch = it->second.handle.rotation_epoch + 1;
+    e.slot = it->second.slot;
+    if (it->second.handle.role != e.handle.role) {  // back in another role
+      std::vector<Entry*>& old_role = by_role_[static_cast<int>(it->second.handle.role) & 3];
+      old_role.erase(std::find(old_role.begin(), old_role.end(), &it->second));
+      std::vector<Entry*>& new_role = by_role_[static_cast<int>(e.handle.role) & 3];
+      // Registration order within the role, as entries_ has it.
+      new_role.insert(
+          std::find_if(new_role.begin(), new_role.end(), [&](const Entry* x) { return x->slot > e.slot; }),
+          &it->second);
+    }
+  } else {
+    e.slot = static_cast<uint32_t>(entries_.size());
+  }
   it->second = std::move(e);
   if (inserted) {
     order_.push_back(r.worker_id());
     entries_.push_back(&it->second);
+    by_role_[static_cast<int>(it->second.handle.role) & 3].push_back(&it->second);
   }
   return absl::OkStatus();
 }
@@ -140,33 +155,39 @@ bool WorkerRegistry::HasHealthy(WorkerRole role) {
   return false;
 }
 
+void WorkerRegistry::ScanHealthy(WorkerRole role, const std::vector<std::string>& exclude,
+                                 absl::FunctionRef<void(const WorkerView&)> fn) {
+  const absl::Time heard_since = options_.clock->Now() - heartbeat_deadline();
+  for (const Entry* entry : by_role_[static_cast<int>(role) & 3]) {
+    const Entry& e = *entry;
+    if (!HeardSince(e, heard_since)) continue;
+    if (!exclude.empty() && std::find(exclude.begin(), exclude.end(), e.handle.id) != exclude.end()) continue;
+    fn(WorkerView{e.handle, e.load, e.block_size, e.inflight_prefill_tokens, e.inflight_requests, e.slot});
+  }
+}
+
 void WorkerRegistry::ForEachHealthy(WorkerRole role, const std::vector<std::string>& exclude,
                                     absl::FunctionRef<void(const WorkerView&)> fn) {
-  const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
   NoteRunning();
-  for (const Entry* entry : entries_) {
-    const Entry& e = *entry;
-    if (e.handle.role != role || !Healthy(e, now)) continue;
-    if (!exclude.empty() && std::find(exclude.begin(), exclude.end(), e.handle.id) != exclude.end()) continue;
-    fn(WorkerView{e.handle, e.load, e.block_size, e.inflight_prefill_tokens, e.inflight_requests});
-  }
+  ScanHealthy(role, exclude, fn);
 }
 
 void WorkerRegistry::WithHealthy(WorkerRole role, const std::vector<std::string>& exclude,
                                  absl::FunctionRef<void(absl::Span<const WorkerView>)> fn) {
-  const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
   NoteRunning();
   std::vector<WorkerView> views;
-  for (const Entry* entry : entries_) {
-    const Entry& e = *entry;
-    if (e.handle.role != role || !Healthy(e, now)) continue;
-    if (!exclude.empty() && std::find(exclude.begin(), exclude.end(), e.handle.id) != exclude.end()) continue;
-    views.push_back(
-        WorkerView{e.handle, e.load, e.block_size, e.inflight_prefill_tokens, e.inflight_requests});
-  }
+  views.reserve(by_role_[static_cast<int>(role) & 3].size());
+  ScanHealthy(role, exclude, [&](const WorkerView& v) { views.push_back(v); });
   fn(views);
+}
+
+std::optional<uint32_t> WorkerRegistry::SlotOf(const std::string& worker_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(worker_id);
+  if (it == workers_.end()) return std::nullopt;
+  return it->second.slot;
 }
 
 std::optional<WorkerHandle> WorkerRegistry::Get(const std::string& worker_id) {

@@ -31,6 +31,7 @@
 #ifndef TANDEM_ROUTER_WORKER_REGISTRY_H_
 #define TANDEM_ROUTER_WORKER_REGISTRY_H_
 
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -88,6 +89,11 @@ struct WorkerView {
   // and requests, so load between two heartbeats is not underestimated.
   int64_t inflight_prefill_tokens;
   int32_t inflight_requests;
+  // The worker's position in registration order: a small integer that names
+  // it for as long as the registry lives (workers are never forgotten, only
+  // out of the rotation), so placement can keep per-worker facts in arrays
+  // instead of maps keyed by id.
+  uint32_t slot;
 };
 
 class WorkerRegistry {
@@ -153,6 +159,8 @@ class WorkerRegistry {
                    absl::FunctionRef<void(absl::Span<const WorkerView>)> fn);
   // The handle of a registered worker (healthy or not).
   std::optional<WorkerHandle> Get(const std::string& worker_id);
+  // A registered worker's WorkerView::slot.
+  std::optional<uint32_t> SlotOf(const std::string& worker_id);
 
   // Work this router sent to a worker (AddInflight) and its end
   // (RemoveInflight with the same numbers). Unknown ids are ignored.
@@ -206,6 +214,7 @@ class WorkerRegistry {
     int32_t block_size = 0;
     int64_t inflight_prefill_tokens = 0;
     int32_t inflight_requests = 0;
+    uint32_t slot = 0;  // WorkerView::slot
   };
   static Options WithPauseDetection(Options options) {
     if (options.clock != Clock::Real() && options.awake_clock == Clock::Real()) {
@@ -214,6 +223,14 @@ class WorkerRegistry {
     return options;
   }
   bool Healthy(const Entry& e, absl::Time now) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Healthy(e, now) for a scan: `heard_since` is now - heartbeat_deadline(),
+  // computed once for all the workers.
+  bool HeardSince(const Entry& e, absl::Time heard_since) const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return !e.failed && std::max(e.last_heartbeat, awake_since_) >= heard_since;
+  }
+  // Calls fn with a view of each healthy worker of `role` not in `exclude`.
+  void ScanHealthy(tandem::v1::WorkerRole role, const std::vector<std::string>& exclude,
+                   absl::FunctionRef<void(const WorkerView&)> fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // How long `e` has been silent, not counting the router's own pauses.
   absl::Duration Silence(const Entry& e, absl::Time now) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Every judging method calls this first: detects a pause of the router
@@ -228,6 +245,9 @@ class WorkerRegistry {
   // order_'s entries, for scans that must not hash every id (placement over
   // 1,000 workers per request).
   std::vector<Entry*> entries_ ABSL_GUARDED_BY(mu_);
+  // entries_ by role (index: WorkerRole 1..3), so one role's scan does not
+  // walk the others'.
+  std::vector<Entry*> by_role_[4] ABSL_GUARDED_BY(mu_);
   size_t next_[3] ABSL_GUARDED_BY(mu_) = {0, 0, 0};                     // round-robin cursor per role
   absl::Time last_run_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();   // awake_clock
   absl::Time awake_since_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();  // clock

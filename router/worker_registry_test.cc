@@ -152,6 +152,32 @@ TEST(WorkerRegistryTest, WithHealthySeesEveryCandidateAtOnceInRegistrationOrder)
   EXPECT_EQ(calls, 1);
 }
 
+// Each worker keeps the slot it got at registration (its position in
+// registration order), also when it registers again, in another role too;
+// per-role scans keep registration order.
+TEST(WorkerRegistryTest, SlotsAreRegistrationOrderAndStable) {
+  WorkerRegistry reg({.heartbeat_interval = absl::Seconds(10), .model_id = "m"});
+  ASSERT_OK(reg.Register(Worker("d1", WORKER_ROLE_DECODE)));
+  ASSERT_OK(reg.Register(Worker("p1", WORKER_ROLE_PREFILL)));
+  ASSERT_OK(reg.Register(Worker("d2", WORKER_ROLE_DECODE)));
+  EXPECT_EQ(reg.SlotOf("d1"), 0u);
+  EXPECT_EQ(reg.SlotOf("p1"), 1u);
+  EXPECT_EQ(reg.SlotOf("d2"), 2u);
+  EXPECT_EQ(reg.SlotOf("nobody"), std::nullopt);
+  ASSERT_OK(reg.Register(Worker("d1", WORKER_ROLE_PREFILL)));  // back as a prefill worker
+  EXPECT_EQ(reg.SlotOf("d1"), 0u);
+  auto scan = [&](tandem::v1::WorkerRole role) {
+    std::vector<std::pair<std::string, uint32_t>> seen;
+    reg.ForEachHealthy(role, {}, [&](const WorkerView& v) { seen.push_back({v.handle.id, v.slot}); });
+    return seen;
+  };
+  EXPECT_EQ(scan(WORKER_ROLE_PREFILL), (std::vector<std::pair<std::string, uint32_t>>{{"d1", 0}, {"p1", 1}}));
+  EXPECT_EQ(scan(WORKER_ROLE_DECODE), (std::vector<std::pair<std::string, uint32_t>>{{"d2", 2}}));
+  ASSERT_OK(reg.Register(Worker("p3", WORKER_ROLE_PREFILL)));
+  EXPECT_EQ(scan(WORKER_ROLE_PREFILL),
+            (std::vector<std::pair<std::string, uint32_t>>{{"d1", 0}, {"p1", 1}, {"p3", 3}}));
+}
+
 TEST(WorkerRegistryTest, FailedWorkerLeavesRotationUntilNextHeartbeat) {
   WorkerRegistry reg({.heartbeat_interval = absl::Seconds(10), .model_id = "m"});
   ASSERT_OK(reg.Register(Worker("d1", WORKER_ROLE_DECODE)));
