@@ -851,12 +851,96 @@ TANDEM_AVX512 void TilePacked(const QuantizedRows& xq, const int32_t* bsum, int6
   for (int t = 0; t < NR; ++t) _mm512_mask_storeu_ps(out + t * ldo, keep, acc[t]);
 }
 
+// Q4_K packed: per 256-element super-block and panel, the 16 rows' F16 d
+// then F16 dmin (64 bytes), each sub-block j's 16 six-bit scales (bytes
+// [j][r], 128) then mins (128), then per 64 elements c the 16 rows' 32
+// quant bytes as 8 vectors, lane r of vector v holding row r's bytes
+// 4v..4v+3 (low nibbles: sub-block 2c, high: 2c + 1). 2,368 bytes where the
+// source has 2,304.
+struct PackedQ4_K {
+  static constexpr int64_t kSuperBytes = 64 + 256 + 4 * 512;
+};
+
+int64_t PackedQ4_KPanelBytes(int64_t cols) { return cols / kQ4_KBlockElements * PackedQ4_K::kSuperBytes; }
+
+// 16 bytes (64-byte aligned at p) as 16 floats.
+TANDEM_AVX512 inline __m512 Bytes16(const uint8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
+// One panel x NR tokens, per sub-block j of 32 elements: the nibbles against
+// the int8 activations by 8 vpdpbusd (exact), then two FMAs in each output's
+// own lane: acc += (d * scale_j) * d_x * float(sum), acc -= (dmin * min_j) *
+// (d_x * sum of q_x) (xq.dsum). d * scale_j and dmin * min_j are exact
+// products (11 x 6 bits). A fixed sequence per output whatever NR or panel.
+template <int NR>
+TANDEM_AVX512 void TilePackedQ4_K(const QuantizedRows& xq, const int32_t*, int64_t t0, const uint8_t* panel,
+                                  float* out, int64_t ldo, __mmask16 keep) {
+  __m512 acc[NR];
+#pragma GCC unroll 16
+  for (int t = 0; t < NR; ++t) acc[t] = _mm512_setzero_ps();
+  const int64_t nb = xq.nb, n = nb * kQ8_0BlockElements;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  for (int64_t s = 0; s < n / kQ4_KBlockElements; ++s) {
+    const uint8_t* sb = panel + s * PackedQ4_K::kSuperBytes;
+    const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sb)));
+    const __m512 dmin = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sb + 32)));
+    for (int j = 0; j < 8; ++j) {
+      const uint8_t* qs = sb + 320 + (j / 2) * 512;
+#pragma GCC unroll 8
+      for (int v = 0; v < 8; v += 2) {
+        _mm_prefetch(reinterpret_cast<const char*>(qs) + kPrefetchBytes + 64 * v, _MM_HINT_T0);
+      }
+      const __m512 dsc = _mm512_mul_ps(d, Bytes16(sb + 64 + 16 * j));
+      const __m512 dmn = _mm512_mul_ps(dmin, Bytes16(sb + 192 + 16 * j));
+      __m512i wq[8];
+#pragma GCC unroll 8
+      for (int v = 0; v < 8; ++v) {
+        const __m512i z = _mm512_load_si512(qs + 64 * v);
+        wq[v] = _mm512_and_si512(j % 2 == 0 ? z : _mm512_srli_epi16(z, 4), low4);
+      }
+      const int64_t blk = s * 8 + j;
+#pragma GCC unroll 16
+      for (int t = 0; t < NR; ++t) {
+        const int64_t row = t0 + t;
+        int32_t x4[8];
+        std::memcpy(x4, xq.q + row * n + blk * kQ8_0BlockElements, 32);
+        __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[0], _mm512_set1_epi32(x4[0]));
+        __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[4], _mm512_set1_epi32(x4[4]));
+#pragma GCC unroll 4
+        for (int v = 1; v < 4; ++v) {
+          s0 = _mm512_dpbusd_epi32(s0, wq[v], _mm512_set1_epi32(x4[v]));
+          s1 = _mm512_dpbusd_epi32(s1, wq[v + 4], _mm512_set1_epi32(x4[v + 4]));
+        }
+        const __m512 sum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dsc, _mm512_set1_ps(xq.d[row * nb + blk])), sum, acc[t]);
+        acc[t] = _mm512_fnmadd_ps(dmn, _mm512_set1_ps(xq.dsum[row * nb + blk]), acc[t]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < NR; ++t) _mm512_mask_storeu_ps(out + t * ldo, keep, acc[t]);
+}
+
 using PackedTileFn = void (*)(const QuantizedRows&, const int32_t*, int64_t, const uint8_t*, float*, int64_t,
                               __mmask16);
 
 template <typename F, int... NR>
 constexpr std::array<PackedTileFn, sizeof...(NR)> PackedTable(std::integer_sequence<int, NR...>) {
-  return {&TilePacked<F, NR + 1>...};
+  if constexpr (std::is_same_v<F, PackedQ4_K>) {
+    return {&TilePackedQ4_K<NR + 1>...};
+  } else {
+    return {&TilePacked<F, NR + 1>...};
+  }
+}
+
+template <typename F>
+int64_t PanelBytes(int64_t cols) {
+  if constexpr (std::is_same_v<F, PackedQ4_K>) {
+    return PackedQ4_KPanelBytes(cols);
+  } else {
+    return PackedPanelBytes<F>(cols);
+  }
 }
 
 // Output rows [o_begin, o_end), o_begin a multiple of kPanelRows.
@@ -864,7 +948,7 @@ template <typename F>
 TANDEM_AVX512 void RangePacked(const QuantizedRows& xq, const int32_t* bsum, int64_t rows,
                                const PackedWeight& pw, float* out, int64_t o_begin, int64_t o_end) {
   static constexpr auto kTiles = PackedTable<F>(std::make_integer_sequence<int, kPackedNR>());
-  const int64_t ldo = pw.source.rows, panel_bytes = PackedPanelBytes<F>(pw.source.cols);
+  const int64_t ldo = pw.source.rows, panel_bytes = PanelBytes<F>(pw.source.cols);
   for (int64_t tb = 0; tb < rows; tb += kTokenBlock) {
     const int64_t te = std::min(rows, tb + kTokenBlock);
     for (int64_t o = o_begin; o < o_end; o += kPanelRows) {
@@ -896,11 +980,30 @@ void PackPanel(const Weight& w, int64_t p, uint8_t* dst) {
   }
 }
 
-// Packs w (Q4_0 or Q8_0) by format F.
+// Panel p of Q4_K weight w into dst (zeroed; rows past w.rows stay zero).
+void PackPanelQ4_K(const Weight& w, int64_t p, uint8_t* dst) {
+  const int64_t supers = w.cols / kQ4_KBlockElements, ldw = DTypeBytes(w.dtype, w.cols);
+  for (int r = 0; r < kPanelRows && p * kPanelRows + r < w.rows; ++r) {
+    const uint8_t* src = static_cast<const uint8_t*>(w.data) + (p * kPanelRows + r) * ldw;
+    for (int64_t s = 0; s < supers; ++s) {
+      const uint8_t* blk = src + s * kQ4_KBlockBytes;
+      uint8_t* sb = dst + s * PackedQ4_K::kSuperBytes;
+      std::memcpy(sb + 2 * r, blk, 2);
+      std::memcpy(sb + 32 + 2 * r, blk + 2, 2);
+      for (int j = 0; j < 8; ++j) Q4_KScaleMin(blk + 4, j, sb + 64 + 16 * j + r, sb + 192 + 16 * j + r);
+      for (int c = 0; c < 4; ++c) {
+        for (int v = 0; v < 8; ++v)
+          std::memcpy(sb + 320 + 512 * c + 64 * v + 4 * r, blk + 16 + 32 * c + 4 * v, 4);
+      }
+    }
+  }
+}
+
+// Packs w (Q4_0, Q8_0, Q4_K) by format F.
 template <typename F>
 std::unique_ptr<PackedWeight> PackAs(GemmPath path, ThreadPool* pool, const Weight& w) {
   const int64_t panels = (w.rows + kPanelRows - 1) / kPanelRows;
-  const int64_t panel_bytes = PackedPanelBytes<F>(w.cols);
+  const int64_t panel_bytes = PanelBytes<F>(w.cols);
   auto packed = std::make_unique<PackedWeight>();
   packed->path = path;
   packed->source = w;
@@ -909,7 +1012,11 @@ std::unique_ptr<PackedWeight> PackAs(GemmPath path, ThreadPool* pool, const Weig
   uint8_t* data = packed->data.get();
   auto pack = [&](int64_t p) {
     std::memset(data + p * panel_bytes, 0, panel_bytes);
-    PackPanel<F>(w, p, data + p * panel_bytes);
+    if constexpr (std::is_same_v<F, PackedQ4_K>) {
+      PackPanelQ4_K(w, p, data + p * panel_bytes);
+    } else {
+      PackPanel<F>(w, p, data + p * panel_bytes);
+    }
   };
   if (pool == nullptr) {
     for (int64_t p = 0; p < panels; ++p) pack(p);
@@ -1135,6 +1242,7 @@ std::unique_ptr<PackedWeight> PackWeight(GemmPath path, ThreadPool* pool, const 
   if (path != GemmPath::kAvx512 || w.rows == 0 || w.cols == 0) return nullptr;
   if (w.dtype == DType::kQ4_0) return PackAs<PackedQ4_0>(path, pool, w);
   if (w.dtype == DType::kQ8_0) return PackAs<PackedQ8_0>(path, pool, w);
+  if (w.dtype == DType::kQ4_K) return PackAs<PackedQ4_K>(path, pool, w);
   return nullptr;
 }
 
@@ -1207,6 +1315,10 @@ void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const
         }
         xq.dsum = dsums.data();
         xq.dpair = dpairs.data();
+        if (packed != nullptr && packed->path == path) {
+          run([&](int64_t b, int64_t e) { RangePacked<PackedQ4_K>(xq, nullptr, rows, *packed, out, b, e); });
+          return;
+        }
         run([&](int64_t b, int64_t e) { RangeQ8_0_512<BlockQ4_K>(xq, rows, w, out, b, e); });
         return;
       }

@@ -64,16 +64,18 @@ GemmPath DefaultGemmPath();
 const char* GemmPathName(GemmPath path);
 
 // A weight repacked once (at load: CpuBackend::PrepareWeight) into the
-// layout one path's kernels stream. Today Q4_0 and Q8_0 on kAvx512, as
+// layout one path's kernels stream. Today Q4_0, Q8_0, Q4_K on kAvx512, as
 // llama.cpp repacks Q4_0 at load: panels of 16 weight rows, per 32-block
 // the 16 rows' F16 scales and then 64-byte vectors whose int32 lane r holds
 // row r's quant bytes 4j..4j+3 (Q4_0: four, low nibbles elements 4j..,
 // high 16 + 4j..; Q8_0: eight, sign bit flipped so vpdpbusd takes them
-// unsigned, 128 x the activation sum subtracted). One vpdpbusd feeds 16
+// unsigned, 128 x the activation sum subtracted; Q4_K: per 256 the rows'
+// d, dmin, 6-bit scales and mins as bytes, then the nibbles as Q4_0's, two
+// FMAs per 32-element sub-block). One vpdpbusd feeds 16
 // outputs, each int32 lane ends a block holding one output's whole integer
 // sum, and one FMA per block adds d_w * d_x * sum to that output's single
 // float lane: 5 vector ops per output per 64 elements become about 2.
-// Same bytes as the source (18 or 34 per 32 weights). Each output's result is a
+// About the source's bytes (Q4_K: 2,368 per 2,304). Each output's result is a
 // fixed sequence over its blocks whatever the tile, batch or thread count
 // (integer block sums are exact); it differs from the unpacked kernels'
 // bits (one lane per output, no horizontal combine), within the same int8
