@@ -386,13 +386,56 @@ bool Engine::NextBlockBeingComputed(const Sequence& seq, int32_t cached_tokens) 
   return false;
 }
 
+double Engine::TenantStart(const std::string& tenant) const {
+  auto it = tenant_finish_.find(tenant);
+  return it == tenant_finish_.end() ? virtual_time_ : std::max(virtual_time_, it->second);
+}
+
+void Engine::ChargeTenant(const std::string& tenant, int64_t tokens) {
+  const double start = TenantStart(tenant);
+  virtual_time_ = start;
+  tenant_finish_[tenant] = start + static_cast<double>(tokens);
+  // Bounded by the tenants with a finish tag ahead of V: they were admitted
+  // within the last few admissions' worth of tokens.
+  if (tenant_finish_.size() > 64)
+    absl::erase_if(tenant_finish_, [&](const auto& t) { return t.second <= start; });
+}
+
+void Engine::BringNextForward(size_t from) {
+  size_t best = from;
+  const Sequence* best_seq = sequences_.at(waiting_[from]).get();
+  double best_start = TenantStart(best_seq->request.tenant);
+  for (size_t j = from + 1; j < waiting_.size(); ++j) {
+    const Sequence* seq = sequences_.at(waiting_[j]).get();
+    if (seq->request.priority < best_seq->request.priority) continue;
+    const double start = TenantStart(seq->request.tenant);
+    if (seq->request.priority > best_seq->request.priority || start < best_start) {
+      best = j;
+      best_seq = seq;
+      best_start = start;
+    }
+  }
+  // A rotation, not a swap: the requests it passes keep their order.
+  std::rotate(waiting_.begin() + static_cast<ptrdiff_t>(from),
+              waiting_.begin() + static_cast<ptrdiff_t>(best),
+              waiting_.begin() + static_cast<ptrdiff_t>(best) + 1);
+}
+
 absl::Status Engine::AdmitWaiting(StepPlan& plan) {
   // In arrival order, while the running count (loading included), the
   // budget and the pool allow; a request waiting for a block another
   // sequence is computing stays in its place and the next one is tried.
+  // With several priorities or tenants waiting, each next request is chosen
+  // by BringNextForward instead (a scan per admission; only then).
+  const bool ordered = std::any_of(waiting_.begin(), waiting_.end(), [&](int64_t id) {
+    const EngineRequest& r = sequences_.at(id)->request;
+    const EngineRequest& first = sequences_.at(waiting_.front())->request;
+    return r.priority != first.priority || r.tenant != first.tenant;
+  });
   size_t i = 0;
   while (i < waiting_.size() && plan.budget > 0 &&
          static_cast<int32_t>(running_.size() + loading_.size()) < options_.max_running) {
+    if (ordered) BringNextForward(i);
     const int64_t id = waiting_[i];
     Sequence& seq = *sequences_.at(id);
     const KvManager::PrefixMatch match = kv_->MatchPrefix(seq.tokens);
@@ -421,6 +464,7 @@ absl::Status Engine::AdmitWaiting(StepPlan& plan) {
       return s;  // cannot happen after the clamp above: a broken invariant
     }
     waiting_.erase(waiting_.begin() + static_cast<ptrdiff_t>(i));
+    ChargeTenant(seq.request.tenant, static_cast<int64_t>(seq.tokens.size()) - cached);
     if (kv_->IsLoading(id)) {
       // Its prefix is being copied from the tiers: no rows until it is in
       // (CollectTierLoads); the budget stays for the others.

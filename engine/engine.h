@@ -17,7 +17,9 @@
 //      tokens kept, and it goes back to the front of the queue to be
 //      recomputed);
 //   2. running sequences still in prefill get the next chunk of their prompt;
-//   3. waiting requests are admitted in arrival order while the running count
+//   3. waiting requests are admitted in arrival order (with several
+//      priorities or tenants waiting: highest priority first, then fair
+//      across tenants, see EngineRequest) while the running count
 //      (loading sequences included), the token budget and the pool allow; a
 //      prompt's cached prefix (full blocks found by chained hash) is reused
 //      and not recomputed. A request whose next uncached block a running
@@ -55,6 +57,7 @@
 #include <deque>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -132,6 +135,14 @@ struct EngineRequest {
   // them): a listener copies what it sends. The prompt's remaining blocks
   // come with the final update's held_blocks. Default: false.
   bool stream_prompt_blocks = false;
+  // Admission order among waiting requests: a higher priority first; within
+  // a priority, tenants share admissions fairly by prompt tokens (start-time
+  // fair queueing, as the router's FlowQueue: a tenant that has not been
+  // admitted lately goes before a backlogged one); then arrival order.
+  // Requests that all share one priority and tenant (the defaults) are
+  // admitted in arrival order.
+  int32_t priority = 0;
+  std::string tenant;
 };
 
 // Blocks reserved for a prompt whose KV another process will write.
@@ -294,8 +305,21 @@ class Engine {
   // (possibly `id`) until the pool can grow `id` to `total_tokens`; keeps
   // `*index` (id's place in running_) on it.
   Room MakeRoom(int64_t id, int32_t total_tokens, const StepPlan& plan, size_t* index);
-  // Step 3: admits waiting requests in arrival order.
+  // Step 3: admits waiting requests in arrival order (or by priority and
+  // tenant, see EngineRequest).
   absl::Status AdmitWaiting(StepPlan& plan);
+  // Moves the waiting request to admit next among waiting_[from..] to
+  // `from` (the others keep their order): the highest priority, then the
+  // smallest fair-queueing start tag (TenantStart), then the earliest.
+  void BringNextForward(size_t from);
+  // Start-time fair queueing across tenants (Goyal, Vin and Cheng, 1996):
+  // a request of tenant t would start at max(V, F_t), F_t being t's last
+  // admitted request's finish tag (start + prompt tokens) and V the start
+  // tag of the last admission.
+  double TenantStart(const std::string& tenant) const;
+  // Charges an admission of `tokens` to `tenant`; forgets tenants whose
+  // finish tag V has passed (they would start at V anyway).
+  void ChargeTenant(const std::string& tenant, int64_t tokens);
   // Whether a running sequence is computing the full block of `seq` that
   // starts at `cached_tokens` (its first uncached one) and is reusable, with
   // the same tokens before it: `seq` will find it cached once committed.
@@ -331,6 +355,9 @@ class Engine {
   // Reserved for a remote prefill, or finished but held for sending.
   std::vector<int64_t> reserved_;
   std::vector<SequenceUpdate> pending_;  // cancellations to report next Step
+  // Fair admission across tenants (see TenantStart).
+  double virtual_time_ = 0;
+  absl::flat_hash_map<std::string, double> tenant_finish_;
   EngineStats stats_;
 
   // Per-step scratch.

@@ -240,6 +240,58 @@ TEST_F(EngineTest, CancellationFreesBlocksAtOnce) {
   EXPECT_THAT(engine->Cancel(7), StatusIs(absl::StatusCode::kNotFound));
 }
 
+// The order in which requests of 8 tokens each finish when one fits a step
+// (max_tokens 1: a request finishes in the step that computes its prompt).
+std::vector<int64_t> FinishOrder(Engine& engine) {
+  std::vector<int64_t> order;
+  while (engine.HasWork()) {
+    auto updates = engine.Step();
+    EXPECT_OK(updates);
+    if (!updates.ok()) break;
+    for (const SequenceUpdate& u : *updates) {
+      if (u.end != SequenceEnd::kNone) order.push_back(u.id);
+    }
+  }
+  return order;
+}
+
+EngineRequest EightTokens(int64_t id, std::string tenant, int32_t priority = 0) {
+  std::vector<int32_t> tokens;
+  for (int32_t i = 0; i < 8; ++i) tokens.push_back(1 + static_cast<int32_t>(id) * 8 + i);
+  return {
+      .id = id, .prompt_tokens = tokens, .max_tokens = 1, .priority = priority, .tenant = std::move(tenant)};
+}
+
+TEST_F(EngineTest, HigherPriorityFirstThenTenantsShareAdmissions) {
+  Load("synthetic:tiny");
+  auto engine = MakeEngine({.block_size = 4, .max_step_tokens = 8});
+  // A heavy tenant's backlog, a light tenant's request behind it, then one
+  // more heavy request and a priority-1 heavy request.
+  for (int64_t id : {1, 2, 3}) ASSERT_OK(engine->Add(EightTokens(id, "heavy")));
+  ASSERT_OK(engine->Add(EightTokens(4, "light")));
+  ASSERT_OK(engine->Add(EightTokens(5, "heavy")));
+  ASSERT_OK(engine->Add(EightTokens(6, "heavy", /*priority=*/1)));
+  // Priority first; then the light tenant, which has had nothing, before
+  // the heavy tenant's second request; the heavy backlog in arrival order.
+  EXPECT_THAT(FinishOrder(*engine), ::testing::ElementsAre(6, 4, 1, 2, 3, 5));
+}
+
+TEST_F(EngineTest, OneTenantIsAdmittedInArrivalOrder) {
+  Load("synthetic:tiny");
+  auto engine = MakeEngine({.block_size = 4, .max_step_tokens = 8});
+  for (int64_t id : {1, 2, 3, 4}) ASSERT_OK(engine->Add(EightTokens(id, "")));
+  ASSERT_OK(engine->Add(EightTokens(5, "", /*priority=*/2)));
+  EXPECT_THAT(FinishOrder(*engine), ::testing::ElementsAre(5, 1, 2, 3, 4));
+}
+
+TEST_F(EngineTest, TenantsAlternateWhenBothAreBacklogged) {
+  Load("synthetic:tiny");
+  auto engine = MakeEngine({.block_size = 4, .max_step_tokens = 8});
+  for (int64_t id : {1, 2, 3}) ASSERT_OK(engine->Add(EightTokens(id, "a")));
+  for (int64_t id : {4, 5, 6}) ASSERT_OK(engine->Add(EightTokens(id, "b")));
+  EXPECT_THAT(FinishOrder(*engine), ::testing::ElementsAre(1, 4, 2, 5, 3, 6));
+}
+
 TEST_F(EngineTest, BadRequestsAreRejected) {
   Load("synthetic:tiny");
   auto engine = MakeEngine({.block_size = 4, .num_blocks = 8});

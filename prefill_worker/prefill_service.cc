@@ -164,6 +164,8 @@ absl::Status PrefillCall::Start() {
   req.max_tokens = 1;
   req.sampling = worker_common::SamplingFromProto(request_.sampling());
   req.stop_at_eos = request_.stop_at_eos();
+  req.priority = request_.priority();
+  req.tenant = request_.tenant();
   req.hold_blocks_on_finish = true;
   req.stream_prompt_blocks = service_->options_.stream_kv;
   absl::MutexLock lock(&mu_);

@@ -130,7 +130,13 @@ void FlowQueue::Done(uint64_t key) {
       TakeLocked(it->second, /*served=*/false);
       return;
     }
-    if (running_.erase(key) == 0) return;
+    auto running = running_.find(key);
+    if (running == running_.end()) return;
+    if (auto t = running_by_tenant_.find(running->second);
+        t != running_by_tenant_.end() && --t->second <= 0) {
+      running_by_tenant_.erase(t);
+    }
+    running_.erase(running);
     pumping = PumpLocked(limits, now, &actions);
   }
   Run(std::move(actions), pumping);
@@ -232,29 +238,67 @@ bool FlowQueue::ExpiredLocked(const Entry& e, absl::Time now, absl::Status* why)
   return false;
 }
 
+std::optional<uint64_t> FlowQueue::NextLocked(int64_t below_share_of) const {
+  auto band_it =
+      std::find_if(bands_.begin(), bands_.end(), [](const auto& b) { return !b.second.by_start.empty(); });
+  if (band_it == bands_.end()) return std::nullopt;
+  const Band& band = band_it->second;
+  if (below_share_of <= 0) return band.by_start.begin()->second;
+  // A tenant's share of `below_share_of` running slots: its weight over
+  // the weights of the tenants waiting in the band or running.
+  double active_weight = 0;
+  for (const auto& [tenant, n] : band.waiting) {
+    if (n > 0 && !running_by_tenant_.contains(tenant)) active_weight += Weight(tenant);
+  }
+  for (const auto& [tenant, n] : running_by_tenant_) active_weight += Weight(tenant);
+  auto below_share = [&](const std::string& tenant) {
+    auto it = running_by_tenant_.find(tenant);
+    const int64_t running = it == running_by_tenant_.end() ? 0 : it->second;
+    return static_cast<double>(running) <
+           static_cast<double>(below_share_of) * Weight(tenant) / active_weight;
+  };
+  // Scan by start tag only when some waiting tenant of the band is below.
+  if (std::none_of(band.waiting.begin(), band.waiting.end(),
+                   [&](const auto& t) { return t.second > 0 && below_share(t.first); })) {
+    return std::nullopt;
+  }
+  for (const auto& [start, seq] : band.by_start) {
+    if (below_share(waiting_.at(seq).request.tenant)) return seq;
+  }
+  return std::nullopt;
+}
+
+void FlowQueue::DispatchOneLocked(uint64_t seq, absl::Time now, Actions* actions) {
+  Band& band = bands_.at(waiting_.at(seq).request.priority);
+  absl::Status why;
+  const bool expired = ExpiredLocked(waiting_.at(seq), now, &why);
+  Entry e = TakeLocked(seq, /*served=*/!expired);
+  if (expired) {
+    if (absl::IsResourceExhausted(why)) actions->shed.push_back(kShedQueueTtl);
+    actions->drop.emplace_back(std::move(e.request.drop), std::move(why));
+    return;
+  }
+  // The band's virtual time is the start tag in service (SFQ); when the
+  // band has nothing more waiting (its busy period ends), the largest
+  // finish tag served, so a tenant's old tags do not outlive its share.
+  band.virtual_time = std::max(band.virtual_time, e.start);
+  band.max_finish = std::max(band.max_finish, e.finish);
+  if (band.by_start.empty()) band.virtual_time = band.max_finish;
+  ++running_by_tenant_[e.request.tenant];
+  running_.emplace(e.request.key, std::move(e.request.tenant));
+  actions->dispatch.push_back(std::move(e.request.dispatch));
+}
+
 void FlowQueue::DispatchLocked(const Limits& limits, absl::Time now, Actions* actions) {
-  while (!waiting_.empty() &&
-         (limits.max_running <= 0 || static_cast<int64_t>(running_.size()) < limits.max_running)) {
-    auto band_it =
-        std::find_if(bands_.begin(), bands_.end(), [](const auto& b) { return !b.second.by_start.empty(); });
-    Band& band = band_it->second;
-    const uint64_t seq = band.by_start.begin()->second;
-    absl::Status why;
-    const bool expired = ExpiredLocked(waiting_.at(seq), now, &why);
-    Entry e = TakeLocked(seq, /*served=*/!expired);
-    if (expired) {
-      if (absl::IsResourceExhausted(why)) actions->shed.push_back(kShedQueueTtl);
-      actions->drop.emplace_back(std::move(e.request.drop), std::move(why));
-      continue;
-    }
-    // The band's virtual time is the start tag in service (SFQ); when the
-    // band has nothing more waiting (its busy period ends), the largest
-    // finish tag served, so a tenant's old tags do not outlive its share.
-    band.virtual_time = std::max(band.virtual_time, e.start);
-    band.max_finish = std::max(band.max_finish, e.finish);
-    if (band.by_start.empty()) band.virtual_time = band.max_finish;
-    running_.insert(e.request.key);
-    actions->dispatch.push_back(std::move(e.request.dispatch));
+  auto running = [&] { return static_cast<int64_t>(running_.size()); };
+  while (!waiting_.empty() && (limits.max_running <= 0 || running() < limits.max_running)) {
+    DispatchOneLocked(*NextLocked(/*below_share_of=*/0), now, actions);
+  }
+  if (!options_.below_share_skips_limit) return;
+  while (!waiting_.empty() && running() < 2 * limits.max_running) {
+    std::optional<uint64_t> seq = NextLocked(/*below_share_of=*/limits.max_running);
+    if (!seq.has_value()) break;
+    DispatchOneLocked(*seq, now, actions);
   }
 }
 

@@ -42,6 +42,18 @@
 // the prompt's tokens (what a prefill
 // computes); weight is Options::tenant_weights (default 1).
 //
+// With Options::below_share_skips_limit, a tenant below its share of the
+// running slots does not wait for one: when max_running run, the first
+// waiting request (by start tag) of a tenant running fewer than its
+// weighted share of max_running (weight over the weights of the tenants
+// waiting in the band or running), in the highest band with waiting
+// requests, is dispatched anyway, up to twice max_running in all. Without
+// this, a light tenant's request waits for a heavy tenant's running ones to
+// finish, however fair the order here (dispatched requests are not
+// preempted). The workers' engines order their own queues by priority and
+// the same fairness (engine.h EngineRequest), so there the extra request
+// goes next.
+//
 // Waiting is bounded: a request waits at most queue_ttl (then `drop` with
 // RESOURCE_EXHAUSTED "queue_ttl: ...") and never past its own deadline
 // (`drop` with DEADLINE_EXCEEDED), enforced by Expire, which the router's
@@ -71,7 +83,6 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -100,6 +111,9 @@ class FlowQueue {
     absl::flat_hash_map<std::string, double> tenant_weights;
     // Default: 1.
     double default_weight = 1;
+    // Dispatch the waiting requests of a tenant below its share past
+    // max_running (see Dispatch above). Default: false.
+    bool below_share_skips_limit = false;
     // The current limits, asked at every Enter, Done and Expire (the router
     // scales them with its healthy workers). Called without the queue's
     // lock held. Default (unset): no limits.
@@ -199,10 +213,17 @@ class FlowQueue {
   // Adds an admitted request; then PumpLocked.
   bool InsertLocked(Request request, const Limits& limits, absl::Time now, Actions* actions)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Dispatches (into `actions`) while there is room to run; drops expired
-  // ones met on the way.
+  // Dispatches (into `actions`) while there is room to run, then those of
+  // tenants below their share (see Dispatch above); drops
+  // expired ones met on the way.
   void DispatchLocked(const Limits& limits, absl::Time now, Actions* actions)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The waiting request to dispatch next: the highest waiting band's first
+  // by start tag, or with `below_share_of` > 0 its first whose tenant runs
+  // fewer than its weighted share of that many requests.
+  std::optional<uint64_t> NextLocked(int64_t below_share_of) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes `seq` out, dispatching it (or dropping it if expired).
+  void DispatchOneLocked(uint64_t seq, absl::Time now, Actions* actions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether `e` must leave without running at `now`; sets the status.
   bool ExpiredLocked(const Entry& e, absl::Time now, absl::Status* why) const;
   // Dispatches what fits into `actions` unless another call is running
@@ -220,7 +241,9 @@ class FlowQueue {
   std::map<uint64_t, Entry> waiting_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, uint64_t> waiting_key_ ABSL_GUARDED_BY(mu_);  // key -> seq
   std::map<int32_t, Band, std::greater<int32_t>> bands_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_set<uint64_t> running_ ABSL_GUARDED_BY(mu_);  // keys dispatched, not done
+  // Keys dispatched, not done, with their tenant; running requests per tenant.
+  absl::flat_hash_map<uint64_t, std::string> running_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, int64_t> running_by_tenant_ ABSL_GUARDED_BY(mu_);
   bool pumping_ ABSL_GUARDED_BY(mu_) = false;
   bool pump_again_ ABSL_GUARDED_BY(mu_) = false;
 };

@@ -96,6 +96,72 @@ TEST_F(FlowQueueTest, LightTenantSkipsAHeavyTenantsBacklog) {
   EXPECT_THAT(dispatched_, ElementsAre(999, 1, 100, 2));
 }
 
+TEST_F(FlowQueueTest, IdleTenantSkipsTheRunningLimitOncePerTenant) {
+  Make(0, 1, {.below_share_skips_limit = true});
+  ASSERT_OK(Enter(1, "heavy"));  // runs
+  ASSERT_OK(Enter(2, "heavy"));  // waits: at the limit
+  ASSERT_OK(Enter(3, "light"));  // light has none running: goes at once
+  ASSERT_OK(Enter(4, "light"));  // light has one running: waits
+  ASSERT_OK(Enter(5, "other"));  // so does a third tenant's first: 2 = twice the limit
+  EXPECT_THAT(dispatched_, ElementsAre(1, 3));
+  EXPECT_EQ(queue_->stats().running, 2);
+  // Light and other are both idle now; one extra may run: the smaller
+  // start tag, other's (light's second starts after its first's finish).
+  queue_->Done(3);
+  EXPECT_THAT(dispatched_, ElementsAre(1, 3, 5));
+  // Heavy and light are both idle now, with equal start tags: the earlier
+  // goes past the limit, then twice the limit runs again.
+  queue_->Done(1);
+  EXPECT_THAT(dispatched_, ElementsAre(1, 3, 5, 2));
+  EXPECT_EQ(queue_->stats().waiting, 1);
+  queue_->Done(5);
+  EXPECT_THAT(dispatched_, ElementsAre(1, 3, 5, 2, 4));
+}
+
+TEST_F(FlowQueueTest, TenantBelowItsWeightedShareGoesPastTheLimit) {
+  FlowQueue::Options options;
+  options.below_share_skips_limit = true;
+  options.tenant_weights = {{"light", 1}, {"heavy", 1}};
+  Make(0, 4, std::move(options));
+  for (uint64_t k = 1; k <= 6; ++k) ASSERT_OK(Enter(k, "heavy"));  // 4 run, 2 wait
+  EXPECT_EQ(queue_->stats().running, 4);
+  // Light's share of the 4 slots is 2 (equal weights): two go past the
+  // limit, the third waits.
+  for (uint64_t k = 11; k <= 13; ++k) ASSERT_OK(Enter(k, "light"));
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3, 4, 11, 12));
+  EXPECT_EQ(queue_->stats().running, 6);
+  // Heavy, over its share, gets no extra slot as its requests finish until
+  // fewer than 4 run in all.
+  queue_->Done(1);
+  queue_->Done(2);
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3, 4, 11, 12));
+  // 3 run: a slot, in fair order: heavy's fifth (start tag 400) before
+  // light's third (500); then light, at its share, waits.
+  queue_->Done(3);
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3, 4, 11, 12, 5));
+  // A slot again: heavy's sixth and light's third tie at 500, the earlier
+  // arrival goes; then light, below its share again, goes past the limit.
+  queue_->Done(11);
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3, 4, 11, 12, 5, 6, 13));
+}
+
+TEST_F(FlowQueueTest, OneTenantNeverGoesPastTheLimit) {
+  Make(0, 2, {.below_share_skips_limit = true});
+  for (uint64_t k = 1; k <= 4; ++k) ASSERT_OK(Enter(k, ""));
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2));
+  EXPECT_EQ(queue_->stats().waiting, 2);
+}
+
+TEST_F(FlowQueueTest, IdleTenantOfALowerBandWaitsForTheHigherBand) {
+  Make(0, 1, {.below_share_skips_limit = true});
+  ASSERT_OK(Enter(1, "a", /*priority=*/1));
+  ASSERT_OK(Enter(2, "a", /*priority=*/1));  // the highest band waits
+  ASSERT_OK(Enter(3, "b", /*priority=*/0));  // b is idle, but band 1 waits
+  EXPECT_THAT(dispatched_, ElementsAre(1));
+  queue_->Done(1);
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3));  // band 0 is now the highest waiting
+}
+
 TEST_F(FlowQueueTest, BackloggedTenantsShareByWeightAndCost) {
   FlowQueue::Options options;
   options.tenant_weights = {{"gold", 3}};

@@ -223,6 +223,8 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   std::vector<int32_t> context_;
   int32_t to_generate_ = 0;
   int32_t client_skip_draws_ = 0;  // the request's own sampling.skip_draws
+  int32_t priority_ = 0;           // flow control; also sent to the prefill worker
+  std::string tenant_;
 
   // Per attempt.
   int attempts_ = 0;
@@ -335,6 +337,8 @@ void RouterCore::Call::Begin(const GenerateRequest& request) {
   ttft_slo_ms_ = valid->ttft_slo_ms;
   tpot_slo_ms_ = valid->tpot_slo_ms;
   stop_at_eos_ = valid->stop_at_eos;
+  priority_ = valid->priority;
+  tenant_ = std::move(valid->tenant);
   request_id_ = valid->request_id.empty() ? absl::StrFormat("req-%d", core_->next_request_.fetch_add(1))
                                           : std::move(valid->request_id);
   summary_.set_request_id(request_id_);
@@ -350,8 +354,8 @@ void RouterCore::Call::Begin(const GenerateRequest& request) {
   std::shared_ptr<Call> self = shared_from_this();
   absl::Status admitted =
       core_->flow_.Enter({.key = flow_key_,
-                          .priority = valid->priority,
-                          .tenant = std::move(valid->tenant),
+                          .priority = priority_,
+                          .tenant = tenant_,
                           .cost = static_cast<double>(prompt_.size()),
                           .deadline = deadline_,
                           .dispatch = [self] { self->Attempt(); },
@@ -458,6 +462,8 @@ void RouterCore::Call::OnReserved(const grpc::Status& result) {
   *prefill_req_.mutable_sampling() = sampling_;
   *prefill_req_.mutable_reservation() = reservation_;
   prefill_req_.set_stop_at_eos(stop_at_eos_);
+  prefill_req_.set_priority(priority_);
+  prefill_req_.set_tenant(tenant_);
   SetPrefetchHint(*placement_, prefill_req_.mutable_prefetch_hint());
   ctx_ = std::make_unique<grpc::ClientContext>();
   ctx_->set_deadline(absl::ToChronoTime(deadline_));
@@ -759,6 +765,7 @@ RouterCore::RouterCore(RouterOptions options, const model::ModelInfo* model, Wor
       placement_(options_.placement, registry, &index_),
       flow_({.queue_ttl = options_.queue_ttl,
              .tenant_weights = options_.tenant_weights,
+             .below_share_skips_limit = options_.below_share_skips_limit,
              .limits = [this] { return FlowLimits(); },
              .clock = options_.clock}) {}
 

@@ -130,6 +130,13 @@ struct RouterOptions {
   // Weight of each tenant's fair share within a priority (> 0); tenants
   // not listed weigh 1. Default: none.
   absl::flat_hash_map<std::string, double> tenant_weights;
+  // A tenant running fewer than its weighted share of the in-flight limit
+  // gets its waiting requests dispatched past the limit (up to twice the
+  // limit in all; FlowQueue::Options::below_share_skips_limit): the prefill
+  // workers' engines admit them before the other tenants' queued prompts
+  // (PrefillRequest.priority/.tenant), so a light tenant waits for a step,
+  // not for a heavy tenant's in-flight prefills to finish. Default: true.
+  bool below_share_skips_limit = true;
   // Routing policy, cost model, conditional disaggregation and SLO defaults.
   PlacementOptions placement;
   // Deadline of a KvEventSource.Snapshot call. Default: 5 s.

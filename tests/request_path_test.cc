@@ -678,6 +678,36 @@ TEST_F(RequestPathFlowControlTest, HigherPriorityShedsTheNewestLowerAndGoesFirst
   EXPECT_EQ(router_->core().queued_prefills(), 0);
 }
 
+// A tenant below its share of the in-flight limit is not held behind
+// another tenant's running prefills: its request goes to the worker past
+// the limit (the worker's engine admits it before the other tenant's
+// queued prompts: engine_test HigherPriorityFirstThenTenantsShareAdmissions).
+TEST_F(RequestPathFlowControlTest, LightTenantIsDispatchedPastTheLimit) {
+  absl::Notification release;
+  ASSERT_NO_FATAL_FAILURE(AddPairHoldingPrefill(&release));
+  auto run = [&](const std::string& id, const std::string& tenant, Outcome* out) {
+    tandem::v1::GenerateRequest r = Request(4);
+    r.set_request_id(id);
+    r.set_tenant(tenant);
+    *out = Generate(r);
+  };
+  Outcome a, b, light;
+  std::thread ta(run, "a", "heavy", &a);  // dispatched; its prefill is held
+  bool queued = AwaitQueue(1, 0);
+  std::thread tb(run, "b", "heavy", &b);  // heavy is at its limit: waits
+  queued = queued && AwaitQueue(1, 1);
+  std::thread tl(run, "l", "light", &light);  // below its share: dispatched
+  queued = queued && AwaitQueue(2, 1);
+  release.Notify();
+  for (std::thread* t : {&ta, &tb, &tl}) t->join();
+  ASSERT_TRUE(queued);
+  for (const Outcome* o : {&a, &b, &light}) {
+    ASSERT_TRUE(o->status.ok()) << o->status.error_message();
+    EXPECT_EQ(o->tokens.size(), 4u);
+  }
+  EXPECT_EQ(router_->core().queued_prefills(), 0);
+}
+
 // Gray failures (issue 17): a decode worker that stays alive but makes no
 // progress. Its engine thread is held after the first tokens (a stuck
 // device, or SIGSTOP); the router notices it by its progress deadline or
