@@ -150,29 +150,30 @@ std::optional<PrefillPick> PickPrefill(WorkerRegistry& registry, const Placement
                                        const PlacementRequest& req, const PromptShape& shape,
                                        const PrefixMatches& matches, const PrefixStats* store,
                                        const LearnedCosts& costs, double transfer_ms, PrefillChooser choose,
-                                       ChooserState* state) {
+                                       ChooserState* state, SlotTables* scratch) {
   std::optional<PrefillPick> pick;
   registry.WithHealthy(WORKER_ROLE_PREFILL, req.exclude_prefill, [&](absl::Span<const WorkerView> workers) {
     if (workers.empty()) return;
-    std::vector<PrefillPrediction> predictions;
-    std::vector<PrefillCandidate> candidates;
-    std::vector<const PrefixStats*> own;
-    predictions.reserve(workers.size());
-    candidates.reserve(workers.size());
-    own.reserve(workers.size());
+    std::vector<PrefillPrediction>& predictions = scratch->predictions;
+    std::vector<PrefillCandidate>& candidates = scratch->candidates;
+    std::vector<const PrefixStats*>& own = scratch->own;
+    predictions.clear();
+    candidates.clear();
+    own.clear();
     for (const WorkerView& w : workers) {
       const double ms_per_token = costs.MsPerToken(w);
+      const int64_t queued = QueuedTokens(w);
       own.push_back(matches.Of(w));
       predictions.push_back(PredictPrefill(options, {.prompt_tokens = req.prompt_tokens,
                                                      .block_size = shape.block_size,
                                                      .own = own.back(),
                                                      .store = store,
-                                                     .queued_tokens = QueuedTokens(w),
+                                                     .queued_tokens = queued,
                                                      .ms_per_token = ms_per_token,
                                                      .transfer_ms = transfer_ms}));
       const PrefillPrediction& p = predictions.back();
-      candidates.push_back({QueuedTokens(w), p.ttft_ms,
-                            options.compute_weight * (req.prompt_tokens - p.cached_tokens) * ms_per_token});
+      candidates.push_back(
+          {queued, p.ttft_ms, options.compute_weight * (req.prompt_tokens - p.cached_tokens) * ms_per_token});
     }
     const size_t i = choose(candidates, state);
     pick = PrefillPick{workers[i].handle, own[i], predictions[i]};
@@ -282,7 +283,7 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
     const double transfer_ms =
         std::max(0, shape.prompt_blocks - decode->cached_tokens / shape.block_size) * transfer_ms_per_block;
     prefill = PickPrefill(*registry_, options_, req, shape, matches, store, costs, transfer_ms,
-                          choose.prefill, &prefill_state_);
+                          choose.prefill, &prefill_state_, &tables_);
   }
 
   // Step 3: who prefills.

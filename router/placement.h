@@ -150,6 +150,10 @@ class Placement {
     // This request's match, and KvIndex slot -> its position there (-1: none).
     KvIndex::SlotMatches matches;
     std::vector<int32_t> position;
+    // The prefill scan's per-candidate vectors, kept for their capacity.
+    std::vector<PrefillPrediction> predictions;
+    std::vector<PrefillCandidate> candidates;
+    std::vector<const KvIndex::PrefixStats*> own;
   };
 
  private:

@@ -3,18 +3,25 @@
 #include <algorithm>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "absl/strings/str_format.h"
 
 namespace tandem::router {
 namespace {
 
-// The first candidate whose key is smallest (ties: the earlier one).
+// The first candidate whose key is smallest (ties: the earlier one). Each
+// key is computed once.
 template <typename Candidate, typename KeyFn>
 size_t ArgMin(absl::Span<const Candidate> candidates, KeyFn key) {
   size_t best = 0;
+  auto best_key = key(candidates[0]);
   for (size_t i = 1; i < candidates.size(); ++i) {
-    if (key(candidates[i]) < key(candidates[best])) best = i;
+    auto k = key(candidates[i]);
+    if (k < best_key) {
+      best = i;
+      best_key = std::move(k);
+    }
   }
   return best;
 }

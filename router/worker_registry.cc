@@ -155,11 +155,21 @@ bool WorkerRegistry::HasHealthy(WorkerRole role) {
   return false;
 }
 
-void WorkerRegistry::ScanHealthy(WorkerRole role, const std::vector<std::string>& exclude,
-                                 absl::FunctionRef<void(const WorkerView&)> fn) {
+template <typename Fn>
+void WorkerRegistry::ScanHealthy(WorkerRole role, const std::vector<std::string>& exclude, Fn fn) {
   const absl::Time heard_since = options_.clock->Now() - heartbeat_deadline();
-  for (const Entry* entry : by_role_[static_cast<int>(role) & 3]) {
-    const Entry& e = *entry;
+  const std::vector<Entry*>& entries = by_role_[static_cast<int>(role) & 3];
+  // Entries live apart in the map's nodes: ask for the ones a few steps
+  // ahead while this one is judged.
+  constexpr size_t kAhead = 8;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (i + kAhead < entries.size()) {
+      const char* ahead = reinterpret_cast<const char*>(entries[i + kAhead]);
+      __builtin_prefetch(ahead);
+      __builtin_prefetch(ahead + 64);
+      __builtin_prefetch(ahead + 128);
+    }
+    const Entry& e = *entries[i];
     if (!HeardSince(e, heard_since)) continue;
     if (!exclude.empty() && std::find(exclude.begin(), exclude.end(), e.handle.id) != exclude.end()) continue;
     fn(WorkerView{e.handle, e.load, e.block_size, e.inflight_prefill_tokens, e.inflight_requests, e.slot});
@@ -177,10 +187,14 @@ void WorkerRegistry::WithHealthy(WorkerRole role, const std::vector<std::string>
                                  absl::FunctionRef<void(absl::Span<const WorkerView>)> fn) {
   absl::MutexLock lock(&mu_);
   NoteRunning();
-  std::vector<WorkerView> views;
-  views.reserve(by_role_[static_cast<int>(role) & 3].size());
+  // Kept per thread (fn may not call back into the registry, so a thread
+  // is in at most one WithHealthy): 1,000 views per request were a malloc
+  // of 40 KB each time.
+  thread_local std::vector<WorkerView> views;
+  views.clear();
   ScanHealthy(role, exclude, [&](const WorkerView& v) { views.push_back(v); });
   fn(views);
+  views.clear();  // the views die with the lock
 }
 
 std::optional<uint32_t> WorkerRegistry::SlotOf(const std::string& worker_id) {

@@ -205,16 +205,19 @@ class WorkerRegistry {
   absl::Time awake_since();
 
  private:
+  // What a placement scan reads comes first, together (ScanHealthy
+  // prefetches it): with 1,000 workers, one scan per role per request, a
+  // cache miss per field was a visible share of a decision.
   struct Entry {
-    WorkerHandle handle;
-    absl::Time last_heartbeat;
     bool failed = false;
-    absl::Time failed_until = absl::InfinitePast();  // MarkFailed's hold
-    tandem::v1::WorkerLoad load;
     int32_t block_size = 0;
-    int64_t inflight_prefill_tokens = 0;
     int32_t inflight_requests = 0;
     uint32_t slot = 0;  // WorkerView::slot
+    int64_t inflight_prefill_tokens = 0;
+    absl::Time last_heartbeat;
+    tandem::v1::WorkerLoad load;
+    WorkerHandle handle;
+    absl::Time failed_until = absl::InfinitePast();  // MarkFailed's hold
   };
   static Options WithPauseDetection(Options options) {
     if (options.clock != Clock::Real() && options.awake_clock == Clock::Real()) {
@@ -228,9 +231,11 @@ class WorkerRegistry {
   bool HeardSince(const Entry& e, absl::Time heard_since) const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
     return !e.failed && std::max(e.last_heartbeat, awake_since_) >= heard_since;
   }
-  // Calls fn with a view of each healthy worker of `role` not in `exclude`.
-  void ScanHealthy(tandem::v1::WorkerRole role, const std::vector<std::string>& exclude,
-                   absl::FunctionRef<void(const WorkerView&)> fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Calls fn with a view of each healthy worker of `role` not in `exclude`
+  // (a template so that fn inlines: it runs 1,000 times per placement).
+  template <typename Fn>
+  void ScanHealthy(tandem::v1::WorkerRole role, const std::vector<std::string>& exclude, Fn fn)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // How long `e` has been silent, not counting the router's own pauses.
   absl::Duration Silence(const Entry& e, absl::Time now) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Every judging method calls this first: detects a pause of the router
