@@ -199,37 +199,13 @@ absl::StatusOr<Tier> TieredStore::Get(BlockHash hash, absl::Span<const int32_t> 
     return Tier::kDram;
   }
   if (ssd_ != nullptr && !in_dram) {
-    absl::StatusOr<std::string> value;
-    {
-      // Under the SSD events lock so that a corrupt value's Removed event is
-      // ordered with the writer's Stored events.
-      StdMutexLock events(&ssd_events_mu_);
-      bool removed = false;
-      value = ssd_->Get(hash, &removed);
-      if (removed) Emit(TierEvent::Kind::kRemoved, Tier::kSsd, {hash});
-    }
-    if (value.status().code() == absl::StatusCode::kDataLoss) {
-      StdMutexLock s(&stats_mu_);
-      ++stats_.corrupt_blocks;
-      ++stats_.misses;
-      return value.status();
-    }
+    absl::StatusOr<std::string> value = ReadSsd(hash);
+    if (value.status().code() == absl::StatusCode::kDataLoss) return value.status();
     if (value.ok()) {
       TANDEM_ASSIGN_OR_RETURN(BlockView view, DecodeBlock(*value, /*verify_checksum=*/false));
       if (view.TokensEqual(tokens) && view.payload.size() == payload_out.size()) {
         std::memcpy(payload_out.data(), view.payload.data(), payload_out.size());
-        // Promote into DRAM (already on SSD: nothing to write behind).
-        StdMutexLock events(&dram_events_mu_);
-        std::vector<BlockHash> evicted;
-        const bool was_in_dram = dram_->Contains(hash);
-        if (dram_
-                ->Put(hash,
-                      absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value->data()), value->size()),
-                      &evicted)
-                .ok()) {
-          Emit(TierEvent::Kind::kRemoved, Tier::kDram, std::move(evicted));
-          if (!was_in_dram) Emit(TierEvent::Kind::kStored, Tier::kDram, {hash});
-        }
+        PromoteToDram(hash, *value);
         StdMutexLock s(&stats_mu_);
         ++stats_.ssd_hits;
         return Tier::kSsd;
@@ -316,6 +292,38 @@ std::vector<absl::StatusOr<Tier>> TieredStore::PromoteMany(absl::Span<const Bloc
   return out;
 }
 
+absl::StatusOr<std::string> TieredStore::ReadSsd(BlockHash hash) {
+  absl::StatusOr<std::string> value;
+  {
+    // Under the SSD events lock so that a corrupt value's Removed event is
+    // ordered with the writer's Stored events.
+    StdMutexLock events(&ssd_events_mu_);
+    bool removed = false;
+    value = ssd_->Get(hash, &removed);
+    if (removed) Emit(TierEvent::Kind::kRemoved, Tier::kSsd, {hash});
+  }
+  if (value.status().code() == absl::StatusCode::kDataLoss) {
+    StdMutexLock s(&stats_mu_);
+    ++stats_.corrupt_blocks;
+    ++stats_.misses;
+  }
+  return value;
+}
+
+void TieredStore::PromoteToDram(BlockHash hash, std::string_view value) {
+  // Already on SSD: nothing to write behind.
+  StdMutexLock events(&dram_events_mu_);
+  std::vector<BlockHash> evicted;
+  const bool was_in_dram = dram_->Contains(hash);
+  if (dram_
+          ->Put(hash, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value.data()), value.size()),
+                &evicted)
+          .ok()) {
+    Emit(TierEvent::Kind::kRemoved, Tier::kDram, std::move(evicted));
+    if (!was_in_dram) Emit(TierEvent::Kind::kStored, Tier::kDram, {hash});
+  }
+}
+
 absl::StatusOr<std::string> TieredStore::GetEncoded(BlockHash hash) {
   std::string out;
   if (dram_->Get(hash, [&](absl::Span<const uint8_t> value) {
@@ -326,37 +334,14 @@ absl::StatusOr<std::string> TieredStore::GetEncoded(BlockHash hash) {
     return out;
   }
   if (ssd_ != nullptr) {
-    absl::StatusOr<std::string> value;
-    {
-      StdMutexLock events(&ssd_events_mu_);
-      bool removed = false;
-      value = ssd_->Get(hash, &removed);
-      if (removed) Emit(TierEvent::Kind::kRemoved, Tier::kSsd, {hash});
-    }
+    absl::StatusOr<std::string> value = ReadSsd(hash);
     if (value.ok()) {
-      {
-        StdMutexLock events(&dram_events_mu_);
-        std::vector<BlockHash> evicted;
-        const bool was_in_dram = dram_->Contains(hash);
-        if (dram_
-                ->Put(hash,
-                      absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(value->data()), value->size()),
-                      &evicted)
-                .ok()) {
-          Emit(TierEvent::Kind::kRemoved, Tier::kDram, std::move(evicted));
-          if (!was_in_dram) Emit(TierEvent::Kind::kStored, Tier::kDram, {hash});
-        }
-      }
+      PromoteToDram(hash, *value);
       StdMutexLock s(&stats_mu_);
       ++stats_.ssd_hits;
       return value;
     }
-    if (value.status().code() == absl::StatusCode::kDataLoss) {
-      StdMutexLock s(&stats_mu_);
-      ++stats_.corrupt_blocks;
-      ++stats_.misses;
-      return value.status();
-    }
+    if (value.status().code() == absl::StatusCode::kDataLoss) return value.status();
     if (value.status().code() != absl::StatusCode::kNotFound) return value.status();
   }
   StdMutexLock s(&stats_mu_);

@@ -224,7 +224,11 @@ class TieredStore : public engine::KvTiers {
   explicit TieredStore(const Options& options);
   void WriterLoop();
   void Emit(TierEvent::Kind kind, Tier tier, std::vector<BlockHash> hashes);
-  void NoteSsdRemoved(bool removed, BlockHash hash);
+  // The SSD tier's value (a corrupt one is dropped there: Removed event,
+  // counted corrupt and a miss, DATA_LOSS).
+  absl::StatusOr<std::string> ReadSsd(BlockHash hash);
+  // Copies an SSD hit into DRAM, with its Stored and evicted blocks' Removed events.
+  void PromoteToDram(BlockHash hash, std::string_view value);
   // A local miss: ask Options::remote; on a verified hit put the value into
   // DRAM and copy the payload into `payload_out` when it is not empty (a
   // Get; empty: a Promote, counted apart).
