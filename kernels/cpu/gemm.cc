@@ -301,9 +301,9 @@ constexpr std::array<std::array<FloatTileFn<L>, kFloatNR>, sizeof...(MR)> FloatT
 // with the table entry for the tile's actual size.
 template <typename Table, typename Fn>
 inline void SweepTiles(const Table& tiles, int64_t mr_max, int64_t nr_max, int64_t rows, int64_t o_begin,
-                       int64_t o_end, Fn fn) {
-  for (int64_t tb = 0; tb < rows; tb += kTokenBlock) {
-    const int64_t te = std::min(rows, tb + kTokenBlock);
+                       int64_t o_end, Fn fn, int64_t token_block = kTokenBlock) {
+  for (int64_t tb = 0; tb < rows; tb += token_block) {
+    const int64_t te = std::min(rows, tb + token_block);
     for (int64_t o = o_begin; o < o_end; o += mr_max) {
       const int64_t mr = std::min(mr_max, o_end - o);
       for (int64_t t = tb; t < te; t += nr_max) fn(tiles[mr - 1][std::min(nr_max, te - t) - 1], o, t);
@@ -697,6 +697,17 @@ constexpr int k512Q8MR = 4, k512Q8NR = 4;
 // Q8_0 the same, Q4_0 141 -> 117 GFLOP/s).
 constexpr int k512DecodeMR = 8;
 
+// Tokens per pass over a work item's weight rows on the AVX-512 float
+// tiles: as many as keep their activations (x_bytes each per element)
+// within 512 KiB of L2, in whole tile widths, 12..kTokenBlock. 64 tokens of
+// llama-1b's K = 8192 were 2 MiB, streamed from L3 for every tile: its
+// down projection ran at 215-236 GFLOP/s against 320-330 for K = 2048, and
+// at 329-336 with 12 tokens (gemm_test ModelShapes, TANDEM_GEMM_BENCH_SHAPE=1b).
+// Which tokens share a pass changes no output's arithmetic.
+inline int64_t TokenBlock512(int64_t k, int64_t x_bytes) {
+  return std::clamp<int64_t>((int64_t{512} << 10) / (x_bytes * k) / k512NR * k512NR, 2 * k512NR, kTokenBlock);
+}
+
 // One token: `wide` (an MR-row, 1-token tile) over [o_begin, o_end), the
 // table's 1-token tiles for the rest.
 template <typename Tile, typename Table, typename Fn>
@@ -748,7 +759,7 @@ TANDEM_AVX512 void RangeFloat512(const float* x, int64_t rows, const Weight& w, 
     SweepDecode(&TileFloat512<L, k512DecodeMR, 1>, kTiles, o_begin, o_end, run);
     return;
   }
-  SweepTiles(kTiles, k512MR, k512NR, rows, o_begin, o_end, run);
+  SweepTiles(kTiles, k512MR, k512NR, rows, o_begin, o_end, run, TokenBlock512(w.cols, sizeof(float)));
 }
 
 template <typename B>
@@ -1115,7 +1126,7 @@ TANDEM_AVX512BF16 void RangeBf16Dot(const uint16_t* xb, int64_t ldx, int64_t row
     SweepDecode(&TileBf16Dot<k512DecodeMR, 1>, kTiles, o_begin, o_end, run);
     return;
   }
-  SweepTiles(kTiles, k512MR, k512NR, rows, o_begin, o_end, run);
+  SweepTiles(kTiles, k512MR, k512NR, rows, o_begin, o_end, run, TokenBlock512(ldx, sizeof(uint16_t)));
 }
 
 // Per 32-block: d = max|x| / 127, q = round-to-nearest-even(x * 127 / max|x|)

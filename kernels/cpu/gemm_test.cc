@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -305,6 +306,25 @@ TEST_P(GemmTest, BatchAndThreadInvariantOnEveryPath) {
   }
 }
 
+// Long rows (K = 8192): the AVX-512 float tiles then pass over fewer tokens
+// at a time (12 F32, 30 BF16) so their activations stay in L2; a batch of 40
+// spans several passes and must still equal each token alone.
+TEST(GemmLongRowsTest, BatchInvariantAcrossTokenPasses) {
+  for (DType type : {DType::kF16, DType::kBF16, DType::kF32}) {
+    Problem p = MakeProblem(type, 40, 40, 8192, 31);
+    ThreadPool two(ThreadPool::Options{.num_threads = 2});
+    for (GemmPath path : Paths()) {
+      std::vector<float> batched(p.rows * p.out), alone(p.out);
+      MatMul(path, &two, p.x.data(), p.rows, p.w, batched.data());
+      for (int64_t r = 0; r < p.rows; ++r) {
+        MatMul(path, nullptr, &p.x[r * p.in], 1, p.w, alone.data());
+        ASSERT_EQ(0, std::memcmp(alone.data(), &batched[r * p.out], p.out * sizeof(float)))
+            << DTypeName(type) << " " << GemmPathName(path) << " row " << r;
+      }
+    }
+  }
+}
+
 // The same through the CPU backend's MatMul (what the model calls): a token
 // alone on 1 thread equals it inside a batch of 64 on 2 threads, bit for bit.
 TEST_P(GemmTest, BackendMatMulBatchAndThreadInvariant) {
@@ -489,13 +509,48 @@ TEST(GemmBench, DISABLED_Throughput) {
   }
 }
 
+// TANDEM_GEMM_BENCH_SHAPE=1b: the benchmarks below take the llama-1b
+// shape's matrices (bench/make_peer_gguf.py) instead of 110m's.
+// TANDEM_GEMM_BENCH_TYPE=F16 (a DTypeName): only that weight type.
+bool Bench1b() {
+  const char* v = std::getenv("TANDEM_GEMM_BENCH_SHAPE");
+  return v != nullptr && std::string(v) == "1b";
+}
+
+bool BenchSkips(DType type) {
+  const char* v = std::getenv("TANDEM_GEMM_BENCH_TYPE");
+  return v != nullptr && std::string(v) != DTypeName(type);
+}
+
+std::vector<std::pair<int64_t, int64_t>> PrefillShapes() {
+  if (Bench1b()) return {{2048, 2048}, {512, 2048}, {8192, 2048}, {2048, 8192}};
+  return {{768, 768}, {2048, 768}, {768, 2048}};
+}
+
+// One decode step's matmuls, out x in, in the model's order (110m: 12
+// layers of 768 x 768 x 4, 2048 x 768 x 2, 768 x 2048; 1b: 16 layers of
+// q, k, v, o, gate, up, down with 8 KV heads).
+std::vector<std::pair<int64_t, int64_t>> DecodeShapes() {
+  std::vector<std::pair<int64_t, int64_t>> layer = {{768, 768},  {768, 768},  {768, 768}, {768, 768},
+                                                    {2048, 768}, {2048, 768}, {768, 2048}};
+  int layers = 12;
+  if (Bench1b()) {
+    layer = {{2048, 2048}, {512, 2048}, {512, 2048}, {2048, 2048}, {8192, 2048}, {8192, 2048}, {2048, 8192}};
+    layers = 16;
+  }
+  std::vector<std::pair<int64_t, int64_t>> shapes;
+  for (int l = 0; l < layers; ++l) shapes.insert(shapes.end(), layer.begin(), layer.end());
+  return shapes;
+}
+
 // The 110m model's prefill shapes (out x in, 512 tokens): where a prefill's
 // time goes, per weight type, on the fastest path.
 TEST(GemmBench, DISABLED_ModelShapes) {
   ThreadPool pool(ThreadPool::Options{.num_threads = 2});
   const GemmPath path = DefaultGemmPath();
   for (DType type : {DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
-    for (auto [out, in] : {std::pair<int64_t, int64_t>{768, 768}, {2048, 768}, {768, 2048}}) {
+    if (BenchSkips(type)) continue;
+    for (auto [out, in] : PrefillShapes()) {
       const int64_t rows = 512;
       Problem p = MakeProblem(type, rows, out, in, 3);
       const std::unique_ptr<PackedWeight> packed = PackWeight(path, &pool, p.w);
@@ -520,18 +575,8 @@ TEST(GemmBench, DISABLED_DecodeModelShapes) {
   ThreadPool pool(ThreadPool::Options{.num_threads = 2});
   const GemmPath path = DefaultGemmPath();
   for (DType type : {DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
-    std::vector<std::pair<int64_t, int64_t>> shapes;
-    for (int l = 0; l < 12; ++l) {
-      for (auto s : {std::pair<int64_t, int64_t>{768, 768},
-                     {768, 768},
-                     {768, 768},
-                     {768, 768},
-                     {2048, 768},
-                     {2048, 768},
-                     {768, 2048}}) {
-        shapes.push_back(s);
-      }
-    }
+    if (BenchSkips(type)) continue;
+    const std::vector<std::pair<int64_t, int64_t>> shapes = DecodeShapes();
     std::mt19937 rng(4);
     std::vector<std::vector<uint8_t>> bytes;
     std::vector<Weight> ws;
@@ -544,7 +589,7 @@ TEST(GemmBench, DISABLED_DecodeModelShapes) {
       packed.push_back(PackWeight(path, &pool, ws.back()));
       total += bytes.back().size();
     }
-    std::vector<float> x = Random(2048, rng), y(2048);
+    std::vector<float> x = Random(8192, rng), y(8192);
     double best = 1e30;
     for (int rep = 0; rep < 10; ++rep) {
       const auto t0 = std::chrono::steady_clock::now();
