@@ -91,15 +91,39 @@ bool IsDeviceFailure(const rocksdb::Status& s) {
   return s.IsIOError() || s.IsCorruption() || s.IsNoSpace() || s.IsIncomplete();
 }
 
-// `path` + `infix` + the UTC time, with a counter appended while that name
-// exists already (two quarantines within a second).
+// `path` + `infix` + the UTC time to the microsecond (so that name order is
+// age order, which PruneQuarantined relies on), with a counter appended
+// while that name exists already.
 std::string UnusedSibling(const std::string& path, const char* infix) {
   const std::string base =
-      absl::StrCat(path, infix, absl::FormatTime("%Y%m%dT%H%M%SZ", absl::Now(), absl::UTCTimeZone()));
+      absl::StrCat(path, infix, absl::FormatTime("%Y%m%dT%H%M%E6SZ", absl::Now(), absl::UTCTimeZone()));
   std::string candidate = base;
   std::error_code ec;
   for (int i = 1; std::filesystem::exists(candidate, ec) || ec; ++i) candidate = absl::StrCat(base, "-", i);
   return candidate;
+}
+
+// Deletes all but the newest `keep` of `path`'s quarantined siblings (their
+// names end in the UTC time they were moved aside, so name order is age).
+void PruneQuarantined(const std::string& path, int keep) {
+  const std::filesystem::path p(path);
+  const std::string prefix = p.filename().string() + ".quarantined-";
+  std::vector<std::filesystem::path> found;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(p.parent_path(), ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->path().filename().string().rfind(prefix, 0) == 0) found.push_back(it->path());
+  }
+  std::sort(found.begin(), found.end());
+  for (size_t i = 0; i + static_cast<size_t>(std::max(keep, 0)) < found.size(); ++i) {
+    std::error_code removed;
+    std::filesystem::remove_all(found[i], removed);
+    if (removed) {
+      LOG(WARNING) << "could not delete the old quarantined KV SSD tier " << found[i] << ": "
+                   << removed.message();
+    } else {
+      LOG(INFO) << "deleted the old quarantined KV SSD tier " << found[i];
+    }
+  }
 }
 
 }  // namespace
@@ -187,6 +211,8 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Create(const Options& options)
   if (rename_error) {
     quarantined_to.clear();
     path = UnusedSibling(options.path, ".fresh-");
+  } else {
+    PruneQuarantined(options.path, options.keep_quarantined);
   }
   tier = Open(options, path, &locked);
   if (!tier.ok()) {

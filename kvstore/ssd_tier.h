@@ -108,6 +108,12 @@ class SsdTier {
     // Move an unreadable database aside and start empty (see "Degrading,
     // never failing"); false: Create fails instead. Default: true.
     bool quarantine_unreadable = true;
+
+    // Quarantined databases kept beside `path`, newest first: each holds a
+    // whole cache's worth of disk, so a database damaged again and again
+    // must not fill the device. Older ones are deleted when a new one is
+    // moved aside. Default: 1.
+    int keep_quarantined = 1;
   };
 
   // Opens (or creates) the database and rebuilds the index, quarantining an

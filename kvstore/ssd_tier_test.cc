@@ -1,5 +1,6 @@
 #include "kvstore/ssd_tier.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -190,6 +191,33 @@ TEST(SsdTierTest, UnreadableDatabaseIsQuarantinedAndOpensEmpty) {
   EXPECT_FALSE(ssd->quarantined());
   EXPECT_THAT(ssd->Keys(), ElementsAre(9));
   EXPECT_EQ(Siblings(path, ".quarantined-").size(), 1u);
+}
+
+// A database damaged again and again does not fill the disk with
+// quarantined copies: only the newest keep_quarantined stay.
+TEST(SsdTierTest, OnlyTheNewestQuarantinedDatabasesAreKept) {
+  for (int keep : {1, 2}) {
+    TempDir dir;
+    const std::string path = dir.path() + "/kv";
+    SsdTier::Options options = Opts(path);
+    options.keep_quarantined = keep;
+    std::string last;
+    for (int round = 0; round < 3; ++round) {
+      {
+        ASSERT_OK_AND_ASSIGN(auto ssd, SsdTier::Create(options));
+        for (BlockHash h = 1; h <= 8; ++h) ASSERT_OK(ssd->Put(h, Bytes(Value(h)), nullptr));
+        ASSERT_OK(ssd->Flush());
+      }
+      ASSERT_GE(FlipBytesInFiles(path, {".sst", ".blob"}), 2);
+      ASSERT_OK_AND_ASSIGN(auto ssd, SsdTier::Create(options));
+      ASSERT_TRUE(ssd->quarantined());
+      last = ssd->quarantined_to();
+    }
+    std::vector<std::string> kept = Siblings(path, ".quarantined-");
+    std::sort(kept.begin(), kept.end());
+    ASSERT_EQ(kept.size(), static_cast<size_t>(keep)) << "keep " << keep;
+    EXPECT_EQ(kept.back(), last);
+  }
 }
 
 // `tandem up --kv-ssd-dir DIR` with DIR not there yet (issue #17): the
