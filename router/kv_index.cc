@@ -13,6 +13,16 @@ uint64_t FirstSequence(const tandem::v1::KvEventBatch& batch) {
 constexpr int kMaxTier = 3;
 bool ValidTier(int tier) { return tier >= 1 && tier <= kMaxTier; }
 
+// A holder's term in its set's fingerprint (a 64-bit mix of slot and tiers,
+// splitmix64's finaliser): the sum over a set's holders does not depend on
+// their order and changes by one term per changed holder.
+uint64_t HolderPrint(uint32_t slot, uint8_t tiers) {
+  uint64_t x = ((static_cast<uint64_t>(slot) << 8) | tiers) + 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
 }  // namespace
 
 uint32_t KvIndex::SlotFor(const std::string& worker_id) {
@@ -39,38 +49,62 @@ uint32_t KvIndex::SlotFor(const std::string& worker_id) {
 void KvIndex::SetTier(uint32_t slot, BlockHash hash, int tier, bool present) {
   if (!ValidTier(tier)) return;
   const uint8_t bit = static_cast<uint8_t>(1u << tier);
-  Worker& w = workers_[slot];
+  auto it = blocks_.find(hash);
+  const HolderSet* old = it == blocks_.end() ? nullptr : it->second;
+  if (old == nullptr && !present) return;
+  // The slot's place in the set (sorted by slot).
+  const absl::Span<const Holder> held = old == nullptr ? absl::Span<const Holder>() : old->holders;
+  const auto pos = std::lower_bound(held.begin(), held.end(), slot,
+                                    [](const Holder& h, uint32_t s) { return h.slot < s; });
+  const bool found = pos != held.end() && pos->slot == slot;
+  const uint8_t before = found ? pos->tiers : 0;
+  const uint8_t after = present ? static_cast<uint8_t>(before | bit) : static_cast<uint8_t>(before & ~bit);
+  if (after == before) return;
+  // The set this block moves to: the old one with the slot's holder changed.
+  uint64_t fingerprint = old == nullptr ? 0 : old->fingerprint;
+  if (found) fingerprint -= HolderPrint(slot, before);
+  if (after != 0) fingerprint += HolderPrint(slot, after);
+  scratch_.assign(held.begin(), held.end());
+  const auto at = scratch_.begin() + (pos - held.begin());
+  if (found && after != 0) {
+    at->tiers = after;
+  } else if (found) {
+    scratch_.erase(at);
+  } else {
+    scratch_.insert(at, Holder{slot, after});
+  }
   if (present) {
-    Holders& holders = blocks_[hash];
-    for (Holder& h : holders) {
-      if (h.slot == slot) {
-        if ((h.tiers & bit) == 0) ++tier_entries_[tier];
-        h.tiers |= bit;
-        return;
-      }
-    }
-    holders.push_back({slot, bit});
     ++tier_entries_[tier];
+  } else {
+    --tier_entries_[tier];
+  }
+  Worker& w = workers_[slot];
+  if (!found) {
     w.hashes.insert(hash);
     ++entries_;
     if (!inflight_.empty()) ErasePending(slot, hash);  // announced: no longer only in flight
-    return;
+  } else if (after == 0) {
+    w.hashes.erase(hash);
+    --entries_;
   }
-  auto it = blocks_.find(hash);
-  if (it == blocks_.end()) return;
-  Holders& holders = it->second;
-  for (size_t i = 0; i < holders.size(); ++i) {
-    if (holders[i].slot != slot) continue;
-    if ((holders[i].tiers & bit) != 0) --tier_entries_[tier];
-    holders[i].tiers &= static_cast<uint8_t>(~bit);
-    if (holders[i].tiers == 0) {
-      holders.erase(holders.begin() + static_cast<ptrdiff_t>(i));
-      w.hashes.erase(hash);
-      --entries_;
-      if (holders.empty()) blocks_.erase(it);
-    }
-    return;
+  Repoint(hash, old, fingerprint);
+}
+
+void KvIndex::Repoint(BlockHash hash, const HolderSet* old, uint64_t fingerprint) {
+  const HolderSet* next = nullptr;
+  if (!scratch_.empty()) {
+    auto found = sets_.find(HolderSetKey{scratch_, fingerprint});
+    if (found == sets_.end()) found = sets_.insert(HolderSet{scratch_, fingerprint, 0}).first;
+    next = &*found;
+    ++next->refs;
   }
+  if (next != nullptr) {
+    blocks_[hash] = next;
+  } else {
+    blocks_.erase(hash);
+  }
+  if (old != nullptr && --old->refs == 0)
+    sets_.erase(sets_.find(HolderSetKey{old->holders, old->fingerprint}));
 }
 
 void KvIndex::ApplyEvents(uint32_t slot, const tandem::v1::KvEventBatch& batch) {
@@ -86,18 +120,21 @@ void KvIndex::ClearWorker(uint32_t slot) {
   for (BlockHash hash : w.hashes) {
     auto it = blocks_.find(hash);
     if (it == blocks_.end()) continue;
-    Holders& holders = it->second;
-    for (const Holder& h : holders) {
-      if (h.slot != slot) continue;
+    const HolderSet* old = it->second;
+    uint64_t fingerprint = old->fingerprint;
+    scratch_.clear();
+    for (const Holder& h : old->holders) {
+      if (h.slot != slot) {
+        scratch_.push_back(h);
+        continue;
+      }
       for (int t = 1; t <= kMaxTier; ++t) {
         if ((h.tiers & (1u << t)) != 0) --tier_entries_[t];
       }
+      fingerprint -= HolderPrint(h.slot, h.tiers);
     }
-    holders.erase(
-        std::remove_if(holders.begin(), holders.end(), [slot](const Holder& h) { return h.slot == slot; }),
-        holders.end());
     --entries_;
-    if (holders.empty()) blocks_.erase(it);
+    Repoint(hash, old, fingerprint);
   }
   w.hashes.clear();
 }
@@ -301,15 +338,13 @@ uint32_t KvIndex::SlotOf(const std::string& worker_id, uint64_t* slot_epoch) con
 //
 // A run of blocks with the same holders (a system prompt cached on every
 // worker: the same 900 holders block after block) is not stepped through
-// worker by worker: when a block's holders equal those of the last full
-// step, and that step used no in-flight entries (so every live worker was
-// among those holders), each live worker holds the block in the same tier
-// as the last one; the walk only counts the block (`run_`) and adds the run
-// to each live worker once, at the next full step or at the end. A shared
-// prefix of n blocks on w workers costs O(n x w) comparisons of holder
-// lists instead of O(n x w) updates of the live workers' counts; the
-// comparisons read, the updates wrote, and a write to the element about to
-// be copied stalled each on store forwarding.
+// worker by worker: when a block's holder set is the last full step's (one
+// interned HolderSet: a pointer comparison), and that step used no
+// in-flight entries (so every live worker was among those holders), each
+// live worker holds the block in the same tier as the last one; the walk
+// only counts the block (`run_`) and adds the run to each live worker once,
+// at the next full step or at the end. A shared prefix of n blocks on w
+// workers costs O(n + w), not O(n x w).
 class KvIndex::Walker {
  public:
   Walker(const KvIndex& index, absl::Span<const BlockHash> hashes, std::vector<SlotMatch>* out)
@@ -340,7 +375,7 @@ class KvIndex::Walker {
     while (true) {
       if (depth + kPrefetchAhead < hashes_.size()) index_.blocks_.prefetch(hashes_[depth + kPrefetchAhead]);
       if (step_holders_ != nullptr && holders != nullptr && pendings == nullptr &&
-          SameHolders(*holders, *step_holders_)) {
+          holders == step_holders_) {  // the same set: the same holders
         ++run_;
       } else {
         Step(depth, holders, pendings);
@@ -373,17 +408,10 @@ class KvIndex::Walker {
     }
     return 0;
   }
-  static bool SameHolders(const Holders& a, const Holders& b) {
-    return a.size() == b.size() &&
-           std::equal(a.begin(), a.end(), b.begin(), [](const Holder& x, const Holder& y) {
-             return x.slot == y.slot && x.tiers == y.tiers;
-           });
-  }
-
   // The holders and in-flight entries of block `i` (either may be null).
   const Holders* HoldersOf(size_t i) const ABSL_SHARED_LOCKS_REQUIRED(index_.mu_) {
     auto it = index_.blocks_.find(hashes_[i]);
-    return it == index_.blocks_.end() ? nullptr : &it->second;
+    return it == index_.blocks_.end() ? nullptr : &it->second->holders;
   }
   const Pendings* PendingsOf(size_t i) const ABSL_SHARED_LOCKS_REQUIRED(index_.mu_) {
     if (!any_inflight_) return nullptr;
@@ -508,7 +536,8 @@ KvIndex::Stats KvIndex::stats() const {
           .gaps = gaps_,
           .snapshots = snapshots_,
           .tier_entries = {tier_entries_[0], tier_entries_[1], tier_entries_[2], tier_entries_[3]},
-          .inflight_entries = inflight_entries_};
+          .inflight_entries = inflight_entries_,
+          .holder_sets = sets_.size()};
 }
 
 }  // namespace tandem::router

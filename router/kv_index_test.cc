@@ -250,6 +250,15 @@ TEST(KvIndexTest, AgreesWithANaiveModelUnderRandomEvents) {
     const KvIndex::Stats stats = index.stats();
     for (int t = 1; t <= 3; ++t)
       ASSERT_EQ(stats.tier_entries[t], per_tier[t]) << "step " << step << " tier " << t;
+    // Holder sets: one per distinct (worker -> tiers) content, none left over.
+    std::map<uint64_t, std::map<int, int>> content;  // hash -> worker -> tier bits
+    for (int v = 0; v < kWorkers; ++v) {
+      for (const auto& [h, t] : model[v]) content[h][v] |= 1 << t;
+    }
+    std::set<std::map<int, int>> distinct;
+    for (const auto& [h, holders] : content) distinct.insert(holders);
+    ASSERT_EQ(stats.blocks, content.size()) << "step " << step;
+    ASSERT_EQ(stats.holder_sets, distinct.size()) << "step " << step;
     // Query a random chain.
     std::vector<BlockHash> query;
     for (int k = 1 + static_cast<int>(rng() % 8); k > 0; --k) query.push_back(rng() % 40);
@@ -403,6 +412,56 @@ TEST(KvIndexTest, SharedPrefixRunsAgreeWithABlockByBlockModel) {
       EXPECT_EQ(got[id].inflight_blocks, inflight) << "round " << round << " worker " << w;
     }
   }
+}
+
+// Blocks held by the same workers in the same tiers share one holder set,
+// through stores, removals, tier changes, in-flight entries, snapshots and
+// a worker's removal; Match reads the same through the shared sets.
+TEST(KvIndexTest, BlocksWithTheSameHoldersShareOneSet) {
+  KvIndex index;
+  const std::vector<uint64_t> chain = {1, 2, 3, 4, 5, 6, 7, 8};
+  ASSERT_EQ(index.Apply(Stored("a", 1, chain)), KvIndex::Outcome::kApplied);
+  EXPECT_EQ(index.stats().holder_sets, 1u);  // {a}
+  ASSERT_EQ(index.Apply(Stored("b", 1, chain)), KvIndex::Outcome::kApplied);
+  EXPECT_EQ(index.stats().holder_sets, 1u);  // {a, b}; {a} released
+  EXPECT_EQ(index.stats().entries, 16u);
+  // b keeps block 5 only in DRAM: a set of its own.
+  KvEventBatch b2 = Batch("b", 2);
+  Add(&b2, KvEvent::KIND_STORED, tandem::v1::KV_TIER_DRAM, {5});
+  Add(&b2, KvEvent::KIND_REMOVED, tandem::v1::KV_TIER_HBM, {5});
+  ASSERT_EQ(index.Apply(b2), KvIndex::Outcome::kApplied);
+  EXPECT_EQ(index.stats().holder_sets, 2u);
+  // a drops block 7: {b} for it.
+  KvEventBatch a2 = Batch("a", 2);
+  Add(&a2, KvEvent::KIND_REMOVED, tandem::v1::KV_TIER_HBM, {7});
+  ASSERT_EQ(index.Apply(a2), KvIndex::Outcome::kApplied);
+  EXPECT_EQ(index.stats().holder_sets, 3u);
+  std::map<std::string, KvIndex::PrefixMatch> got;
+  for (KvIndex::PrefixMatch& m : index.Match(chain)) got[m.worker_id] = m;
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got["a"].blocks, 6);
+  EXPECT_EQ(got["a"].tier_blocks[tandem::v1::KV_TIER_HBM], 6);
+  EXPECT_EQ(got["b"].blocks, 8);
+  EXPECT_EQ(got["b"].tier_blocks[tandem::v1::KV_TIER_DRAM], 1);
+  EXPECT_EQ(got["b"].first_lower_block, 4);
+  // In flight to c over the shared blocks: counted, no set changes.
+  index.AddInflight("c", std::vector<BlockHash>{1, 2, 3});
+  EXPECT_EQ(index.stats().holder_sets, 3u);
+  EXPECT_EQ(Prefixes(index, chain), (std::map<std::string, int32_t>{{"a", 6}, {"b", 8}, {"c", 3}}));
+  // a's snapshot says it holds 1..4 now: blocks 5..8 lose it.
+  KvEventBatch snap = Stored("a", 10, {1, 2, 3, 4});
+  index.ApplySnapshot(snap);
+  EXPECT_EQ(Prefixes(index, chain), (std::map<std::string, int32_t>{{"a", 4}, {"b", 8}, {"c", 3}}));
+  EXPECT_EQ(index.stats().holder_sets, 3u);  // {a, b} for 1..4, {b} for 6..8, {b DRAM} for 5
+  // b leaves: a alone on 1..4.
+  index.RemoveWorker("b");
+  EXPECT_EQ(index.stats().holder_sets, 1u);
+  EXPECT_EQ(index.stats().blocks, 4u);
+  EXPECT_EQ(Prefixes(index, chain), (std::map<std::string, int32_t>{{"a", 4}, {"c", 3}}));
+  index.RemoveWorker("a");
+  EXPECT_EQ(index.stats().holder_sets, 0u);
+  EXPECT_EQ(index.stats().blocks, 0u);
+  EXPECT_EQ(index.stats().entries, 0u);
 }
 
 // Batches that number their events (first_sequence_number .. sequence_number),
