@@ -18,6 +18,8 @@
 // a 100,000-token prompt) on 1-3 workers; --long-queries decisions on its
 // whole length plus a new 8-block tail, timed separately.
 //
+// A 1,024-token system prompt: --shared-blocks 64 --chain-blocks 128.
+//
 // Memory: the process's resident set before and after filling the index,
 // per indexed block and per (block, worker) entry; and after the timed
 // queries (their in-flight entries).
@@ -224,6 +226,7 @@ int main(int argc, char** argv) {
   out["workers"] = workers;
   out["indexed_blocks"] = stats.blocks;
   out["index_entries"] = stats.entries;
+  out["holder_sets"] = stats.holder_sets;  // distinct (workers, tiers) holder sets the blocks share
   out["queries"] = queries;
   out["mean_matched_blocks"] = static_cast<double>(matched_blocks) / queries;
   out["place_us"] = {{"p50", Percentile(place_us, 0.5)},
