@@ -862,6 +862,54 @@ TANDEM_AVX512 void TilePacked(const QuantizedRows& xq, const int32_t* bsum, int6
   for (int t = 0; t < NR; ++t) _mm512_mask_storeu_ps(out + t * ldo, keep, acc[t]);
 }
 
+// One token over kDecodePanels adjacent panels (panel_bytes apart): each
+// panel's lanes take exactly TilePacked<F, 1>'s ops, but the panels' chains
+// interleave and their weights stream side by side, where one panel per
+// tile left the one-token tiles short of DRAM speed (a llama-1b Q4_0 decode
+// step's matmuls read 35 GB/s where F16's read 52; two panels: Q8_0
+// 25.9-30.0 -> 20.9-23.7 ms, Q4_0 15.3-17.8 -> 15.0-16.0, gemm_test
+// DecodeModelShapes with TANDEM_GEMM_BENCH_SHAPE=1b, alternating).
+constexpr int kDecodePanels = 2;
+
+template <typename F>
+TANDEM_AVX512 void TilePackedDecode(const QuantizedRows& xq, const int32_t* bsum, int64_t row,
+                                    const uint8_t* panel, int64_t panel_bytes, float* out) {
+  __m512 acc[kDecodePanels];
+#pragma GCC unroll 4
+  for (int p = 0; p < kDecodePanels; ++p) acc[p] = _mm512_setzero_ps();
+  const int64_t nb = xq.nb, n = nb * kQ8_0BlockElements;
+  for (int64_t b = 0; b < nb; ++b) {
+    int32_t x4[8];
+    std::memcpy(x4, xq.q + row * n + b * kQ8_0BlockElements, 32);
+    const __m512i bs = _mm512_set1_epi32(bsum[row * nb + b]);
+    const __m512 xd = _mm512_set1_ps(xq.d[row * nb + b]);
+#pragma GCC unroll 4
+    for (int p = 0; p < kDecodePanels; ++p) {
+      const uint8_t* pair = panel + p * panel_bytes + (b >> 1) * kPackedPairBytes<F>;
+      const uint8_t* qs = pair + 64 + (b & 1) * 64 * F::kVectors;
+#pragma GCC unroll 8
+      for (int j = 0; j < F::kVectors; ++j) {
+        _mm_prefetch(reinterpret_cast<const char*>(qs) + kPrefetchBytes + 64 * j, _MM_HINT_T0);
+      }
+      const __m512 dw =
+          _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(pair + (b & 1) * 32)));
+      __m512i wq[8];
+      F::Unpack(qs, wq);
+      __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[0], _mm512_set1_epi32(x4[0]));
+      __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[4], _mm512_set1_epi32(x4[4]));
+#pragma GCC unroll 4
+      for (int j = 1; j < 4; ++j) {
+        s0 = _mm512_dpbusd_epi32(s0, wq[j], _mm512_set1_epi32(x4[j]));
+        s1 = _mm512_dpbusd_epi32(s1, wq[j + 4], _mm512_set1_epi32(x4[j + 4]));
+      }
+      const __m512i sum = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), bs);
+      acc[p] = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd), _mm512_cvtepi32_ps(sum), acc[p]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int p = 0; p < kDecodePanels; ++p) _mm512_storeu_ps(out + p * kPanelRows, acc[p]);
+}
+
 // Q4_K packed: per 256-element super-block and panel, the 16 rows' F16 d
 // then F16 dmin (64 bytes), each sub-block j's 16 six-bit scales (bytes
 // [j][r], 128) then mins (128), then per 64 elements c the 16 rows' 32
@@ -962,7 +1010,16 @@ TANDEM_AVX512 void RangePacked(const QuantizedRows& xq, const int32_t* bsum, int
   const int64_t ldo = pw.source.rows, panel_bytes = PanelBytes<F>(pw.source.cols);
   for (int64_t tb = 0; tb < rows; tb += kTokenBlock) {
     const int64_t te = std::min(rows, tb + kTokenBlock);
-    for (int64_t o = o_begin; o < o_end; o += kPanelRows) {
+    int64_t o = o_begin;
+    if constexpr (!std::is_same_v<F, PackedQ4_K>) {
+      if (rows == 1) {
+        for (; o + kDecodePanels * kPanelRows <= o_end; o += kDecodePanels * kPanelRows) {
+          TilePackedDecode<F>(xq, bsum, 0, pw.data.get() + o / kPanelRows * panel_bytes, panel_bytes,
+                              out + o);
+        }
+      }
+    }
+    for (; o < o_end; o += kPanelRows) {
       const uint8_t* panel = pw.data.get() + o / kPanelRows * panel_bytes;
       const int64_t live = std::min<int64_t>(kPanelRows, o_end - o);
       const auto keep = static_cast<__mmask16>((1u << live) - 1);
