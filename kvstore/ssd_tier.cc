@@ -157,6 +157,7 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Open(const Options& options, c
   values.blob_compression_type = rocksdb::kNoCompression;  // F32 KV barely compresses
   values.compression = rocksdb::kNoCompression;
   rocksdb::ColumnFamilyOptions meta;
+  if (options.memtable_bytes > 0) values.write_buffer_size = meta.write_buffer_size = options.memtable_bytes;
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = {{rocksdb::kDefaultColumnFamilyName, values},
                                                               {kMetaColumnFamily, meta}};
   std::vector<rocksdb::ColumnFamilyHandle*> cfs;
@@ -243,16 +244,46 @@ SsdTier::~SsdTier() {
 }
 
 absl::Status SsdTier::WriteLocked(rocksdb::WriteBatch* batch, const char* what) {
-  if (!writable()) return absl::UnavailableError(absl::StrFormat("SSD tier %s is read-only", path_));
+  const bool was_read_only = !writable();
+  if (!WriteDueLocked()) return absl::UnavailableError(absl::StrFormat("SSD tier %s is read-only", path_));
   rocksdb::WriteOptions wo;
   wo.sync = options_.sync_writes;
   const rocksdb::Status s = db_->Write(wo, batch);
-  if (!s.ok() && IsDeviceFailure(s) && writable_.exchange(false)) {
-    read_only_reason_ = s.ToString();
-    LOG(WARNING) << "KV SSD tier at " << path_ << " stops writing (" << s.ToString()
-                 << "); it keeps serving what it holds";
+  if (s.ok() && was_read_only) {
+    LOG(INFO) << "KV SSD tier at " << path_ << " writes again (it stopped on: " << read_only_reason_ << ")";
+    read_only_reason_.clear();
+    writable_ = true;
+  }
+  if (!s.ok() && IsDeviceFailure(s)) {
+    last_resume_try_ = absl::Now();
+    if (writable_.exchange(false)) {
+      read_only_reason_ = s.ToString();
+      LOG(WARNING) << "KV SSD tier at " << path_ << " stops writing (" << s.ToString()
+                   << "); it keeps serving what it holds";
+    }
+  }
+  // A read-only tier's refused write stays Unavailable.
+  if (!s.ok() && was_read_only) {
+    return absl::UnavailableError(absl::StrFormat("SSD tier %s is read-only (%s)", path_, s.ToString()));
   }
   return FromRocks(s, what);
+}
+
+bool SsdTier::WriteDueLocked() {
+  if (writable()) return true;
+  const absl::Time now = absl::Now();
+  if (now - last_resume_try_ < options_.resume_interval) return false;
+  last_resume_try_ = now;
+  // Busy when RocksDB's own recovery (its SstFileManager polls for free
+  // space) is under way; either may clear the error. The write itself says.
+  (void)db_->Resume();
+  return true;
+}
+
+bool SsdTier::AcceptsWrites() {
+  if (writable()) return true;
+  StdMutexLock lock(&mu_);
+  return WriteDueLocked();
 }
 
 absl::Status SsdTier::EraseKeyLocked(const std::string& key, bool* removed) {

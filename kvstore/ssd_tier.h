@@ -35,9 +35,12 @@
 // WARNING line; quarantined_to() says where it went. A database locked by a
 // live process is never moved (Create fails). Missing directories of `path`
 // are created, parents included. A write that fails on the device (ENOSPC,
-// a file system turned read-only) makes the tier read-only until it is
-// reopened: writable() turns false, Put answers Unavailable at once, Get
-// still serves what is readable.
+// a file system turned read-only) makes the tier read-only: writable()
+// turns false, Put answers Unavailable at once, Get still serves what is
+// readable. Every Options::resume_interval one write is tried again (Put,
+// or a caller that asked AcceptsWrites) after asking RocksDB to resume
+// (DB::Resume; RocksDB also recovers by itself once it sees free space):
+// once the device has room again it succeeds and the tier writes again.
 //
 // Integrity. Get verifies the checksum and that the header names this key's
 // model and block; a value that fails is deleted, reported as Removed by the
@@ -70,6 +73,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/block_hash.h"
 #include "common/mutex.h"
@@ -114,6 +118,15 @@ class SsdTier {
     // must not fill the device. Older ones are deleted when a new one is
     // moved aside. Default: 1.
     int keep_quarantined = 1;
+
+    // How often a read-only tier tries to write again (see above).
+    // Default: 10 s.
+    absl::Duration resume_interval = absl::Seconds(10);
+
+    // RocksDB's memtable size per column family (write_buffer_size); 0:
+    // RocksDB's default (64 MiB). RocksDB recovers from a full device only
+    // once about this much is free again. Default: 0. Fixed.
+    size_t memtable_bytes = 0;
   };
 
   // Opens (or creates) the database and rebuilds the index, quarantining an
@@ -158,9 +171,14 @@ class SsdTier {
   const std::string& quarantined_to() const { return quarantined_to_; }
   const std::string& quarantine_reason() const { return quarantine_reason_; }
   bool quarantined() const { return !quarantine_reason_.empty(); }
-  // False once a write failed on the device (see above); never true again
-  // in this process.
+  // False once a write failed on the device, until a resume succeeds (see
+  // above).
   bool writable() const { return writable_.load(std::memory_order_relaxed); }
+  // writable(), or read-only with resume_interval passed since the last
+  // try: whether a Put now may find the device writable again. For a caller
+  // about to write behind (a read-only tier is otherwise never asked to
+  // write again).
+  bool AcceptsWrites();
   // The device error that made the tier read-only ("" while writable).
   std::string read_only_reason() const;
   size_t num_blocks() const;
@@ -188,6 +206,10 @@ class SsdTier {
                                                        bool* locked);
   // A write to RocksDB; a device failure turns the tier read-only.
   absl::Status WriteLocked(rocksdb::WriteBatch* batch, const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether to try a write now: writable, or read-only with
+  // resume_interval passed since the last try (then it also asks RocksDB to
+  // resume). A write that then succeeds makes the tier writable again.
+  bool WriteDueLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status EraseKeyLocked(const std::string& key, bool* removed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;
@@ -205,6 +227,7 @@ class SsdTier {
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   size_t used_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   std::string read_only_reason_ ABSL_GUARDED_BY(mu_);
+  absl::Time last_resume_try_ ABSL_GUARDED_BY(mu_);  // or when it turned read-only
 };
 
 }  // namespace tandem::kvstore

@@ -11,6 +11,7 @@
 #include "kvstore/block_format.h"
 #include "kvstore/test_util.h"
 #include "rocksdb/db.h"
+#include "tests/testing/poll.h"
 #include "tests/testing/status_matchers.h"
 
 namespace tandem::kvstore {
@@ -308,6 +309,57 @@ TEST(SsdTierTest, FullDeviceMakesTheTierReadOnlyAndItKeepsServing) {
     ASSERT_OK_AND_ASSIGN(std::string v, ssd->Get(h));
     EXPECT_EQ(v, Value(h)) << h;
   }
+}
+
+// A device that fills and then has room again: the tier stops writing,
+// and writes again once RocksDB resumes (here every Put may try).
+TEST(SsdTierTest, ReadOnlyTierWritesAgainOnceTheDeviceHasRoom) {
+  TempDir dir;
+  const std::string mount_point = dir.path() + "/small";
+  SmallFileSystem fs(mount_point, size_t{4} << 20);
+  if (!fs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (needs CAP_SYS_ADMIN)";
+  // Room taken by someone else, freed later: more than the tier filled, so
+  // that RocksDB can flush what its log holds when it recovers.
+  const std::string ballast = mount_point + "/ballast";
+  {
+    std::ofstream out(ballast, std::ios::binary);
+    out << std::string(size_t{3} << 20, 'x');
+    ASSERT_TRUE(out.good());
+  }
+  SsdTier::Options options = Opts(mount_point + "/kv");
+  options.resume_interval = absl::ZeroDuration();
+  options.memtable_bytes = size_t{256} << 10;
+  ASSERT_OK_AND_ASSIGN(auto ssd, SsdTier::Create(options));
+  absl::Status put;
+  BlockHash filled = 0;
+  while (filled < 1000 && put.ok()) {
+    ++filled;
+    put = ssd->Put(filled, Bytes(Value(filled)), nullptr);
+  }
+  ASSERT_FALSE(put.ok()) << "4 MiB never filled";
+  ASSERT_FALSE(ssd->writable());
+  // Still full: the write tried again fails and the tier stays read-only.
+  EXPECT_THAT(ssd->Put(5000, Bytes(Value(5000)), nullptr), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_FALSE(ssd->writable());
+
+  std::filesystem::remove(ballast);
+  // RocksDB's recovery notices the room within its own polling period.
+  ASSERT_TRUE(::tandem::testing::PollUntil([&] { return ssd->Put(5000, Bytes(Value(5000)), nullptr).ok(); },
+                                           absl::Seconds(60)));
+  EXPECT_TRUE(ssd->writable());
+  EXPECT_EQ(ssd->read_only_reason(), "");
+  EXPECT_TRUE(ssd->AcceptsWrites());
+  ASSERT_OK_AND_ASSIGN(std::string v, ssd->Get(5000));
+  EXPECT_EQ(v, Value(5000));
+  for (BlockHash h = 1; h < filled; ++h) {
+    ASSERT_OK_AND_ASSIGN(std::string old, ssd->Get(h));
+    EXPECT_EQ(old, Value(h)) << h;
+  }
+  // And what it wrote after resuming survives a reopen.
+  ssd.reset();
+  ASSERT_OK_AND_ASSIGN(ssd, SsdTier::Create(options));
+  ASSERT_OK_AND_ASSIGN(v, ssd->Get(5000));
+  EXPECT_EQ(v, Value(5000));
 }
 
 // A damaged directory that cannot be moved (here: it is a mount point,

@@ -75,7 +75,7 @@ absl::Status TieredStore::Put(BlockHash hash, absl::Span<const int32_t> tokens,
   }
   // A read-only SSD tier (a full or failed device) is not written to; DRAM
   // and the remote tier still take the block.
-  const bool write_behind = ssd_ != nullptr && ssd_->writable() && !ssd_->Contains(hash);
+  const bool write_behind = ssd_ != nullptr && ssd_->AcceptsWrites() && !ssd_->Contains(hash);
   if (write_behind) {
     // Reserve room in the write queue first, so that a rejected Put stores nothing.
     StdMutexLock lock(&queue_mu_);
