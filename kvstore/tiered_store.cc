@@ -200,7 +200,7 @@ absl::StatusOr<Tier> TieredStore::Get(BlockHash hash, absl::Span<const int32_t> 
   }
   if (ssd_ != nullptr && !in_dram) {
     absl::StatusOr<std::string> value = ReadSsd(hash);
-    if (value.status().code() == absl::StatusCode::kDataLoss) return value.status();
+    if (value.status().code() == absl::StatusCode::kDataLoss) return CountMiss(value.status());
     if (value.ok()) {
       TANDEM_ASSIGN_OR_RETURN(BlockView view, DecodeBlock(*value, /*verify_checksum=*/false));
       if (view.TokensEqual(tokens) && view.payload.size() == payload_out.size()) {
@@ -305,9 +305,14 @@ absl::StatusOr<std::string> TieredStore::ReadSsd(BlockHash hash) {
   if (value.status().code() == absl::StatusCode::kDataLoss) {
     StdMutexLock s(&stats_mu_);
     ++stats_.corrupt_blocks;
-    ++stats_.misses;
   }
   return value;
+}
+
+absl::Status TieredStore::CountMiss(absl::Status status) {
+  StdMutexLock s(&stats_mu_);
+  ++stats_.misses;
+  return status;
 }
 
 void TieredStore::PromoteToDram(BlockHash hash, std::string_view value) {
@@ -341,7 +346,7 @@ absl::StatusOr<std::string> TieredStore::GetEncoded(BlockHash hash) {
       ++stats_.ssd_hits;
       return value;
     }
-    if (value.status().code() == absl::StatusCode::kDataLoss) return value.status();
+    if (value.status().code() == absl::StatusCode::kDataLoss) return CountMiss(value.status());
     if (value.status().code() != absl::StatusCode::kNotFound) return value.status();
   }
   StdMutexLock s(&stats_mu_);
@@ -381,18 +386,8 @@ absl::StatusOr<Tier> TieredStore::Promote(BlockHash hash, absl::Span<const int32
     }
     return absl::NotFoundError(absl::StrFormat("block %016x not in the KV store", hash));
   }
-  absl::StatusOr<std::string> value;
-  {
-    StdMutexLock events(&ssd_events_mu_);
-    bool removed = false;
-    value = ssd_->Get(hash, &removed);
-    if (removed) Emit(TierEvent::Kind::kRemoved, Tier::kSsd, {hash});
-  }
-  if (value.status().code() == absl::StatusCode::kDataLoss) {
-    StdMutexLock s(&stats_mu_);
-    ++stats_.corrupt_blocks;
-    return value.status();
-  }
+  absl::StatusOr<std::string> value = ReadSsd(hash);
+  if (value.status().code() == absl::StatusCode::kDataLoss) return value.status();
   if (!value.ok()) return value.status();
   TANDEM_ASSIGN_OR_RETURN(BlockView view, DecodeBlock(*value, /*verify_checksum=*/false));
   if (!view.TokensEqual(tokens)) {

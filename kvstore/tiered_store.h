@@ -225,8 +225,10 @@ class TieredStore : public engine::KvTiers {
   void WriterLoop();
   void Emit(TierEvent::Kind kind, Tier tier, std::vector<BlockHash> hashes);
   // The SSD tier's value (a corrupt one is dropped there: Removed event,
-  // counted corrupt and a miss, DATA_LOSS).
+  // counted corrupt, DATA_LOSS).
   absl::StatusOr<std::string> ReadSsd(BlockHash hash);
+  // Counts a miss; returns `status`.
+  absl::Status CountMiss(absl::Status status);
   // Copies an SSD hit into DRAM, with its Stored and evicted blocks' Removed events.
   void PromoteToDram(BlockHash hash, std::string_view value);
   // A local miss: ask Options::remote; on a verified hit put the value into
