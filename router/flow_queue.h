@@ -222,6 +222,9 @@ class FlowQueue {
   // by start tag, or with `below_share_of` > 0 its first whose tenant runs
   // fewer than its weighted share of that many requests.
   std::optional<uint64_t> NextLocked(int64_t below_share_of) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether `tenant` runs fewer than its weighted share of `slots`.
+  bool BelowShareLocked(const std::string& tenant, int64_t slots, double active_weight) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Takes `seq` out, dispatching it (or dropping it if expired).
   void DispatchOneLocked(uint64_t seq, absl::Time now, Actions* actions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether `e` must leave without running at `now`; sets the status.

@@ -359,7 +359,10 @@ class KvIndex::Walker {
         now_(any_inflight_ ? (index.options_.clock ? index.options_.clock() : absl::Now())
                            : absl::InfinitePast()) {}
 
-  void Run() ABSL_SHARED_LOCKS_REQUIRED(index_.mu_) {
+  // The caller holds index_.mu_ (the constructor requires it); the analysis
+  // cannot name a member's mutex through a temporary, so Run asserts it.
+  void Run() {
+    index_.mu_.AssertReaderHeld();
     const Holders* holders = HoldersOf(0);
     const Pendings* pendings = PendingsOf(0);
     if (holders == nullptr && pendings == nullptr) return;
