@@ -325,7 +325,7 @@ absl::Status ResolveWorkerFlags(const CLI::App& cmd, WorkerFlags* f) {
         CheckRange(source, "worker.block_size", "--block-size", f->block_size, 1, 1 << 16),
         CheckRange(source, "worker.kv_cache_mb", "--kv-cache-mb", f->kv_cache_mb, 1, 1 << 30),
         CheckRange(source, "worker.max_running", "--max-running", f->max_running, 1, 1 << 20),
-        CheckRange(source, "worker.max_step_tokens", "--max-step-tokens", f->max_step_tokens, 1, 1 << 24),
+        CheckRange(source, "worker.max_step_tokens", "--max-step-tokens", f->max_step_tokens, 0, 1 << 24),
         CheckRange(source, "worker.kv_dram_bytes", "--kv-dram-bytes", f->kv_tiers.dram_bytes, 0,
                    int64_t{1} << 50),
         CheckRange(source, "worker.kv_ssd_bytes", "--kv-ssd-bytes", f->kv_tiers.ssd_bytes, 1,

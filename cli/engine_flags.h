@@ -29,9 +29,10 @@ inline void AddEngineFlags(CLI::App* cmd, int32_t* block_size, int32_t* kv_cache
   cmd->add_option("--max-running", *max_running, "Most sequences in the running batch")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--max-step-tokens", *max_step_tokens, "Most tokens in one forward pass")
+  cmd->add_option("--max-step-tokens", *max_step_tokens,
+                  "Most tokens in one forward pass; 0: per backend (256 on CPU, 512 on a GPU)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::NonNegativeNumber);
 }
 
 // Which kernel backend runs the model (kernels/backend_factory.h).

@@ -121,7 +121,7 @@ int RunPromptsFile(const GenerateFlags& f, model::LoadedModel& m, kernels::Backe
   options.block_size = f.block_size;
   options.kv_cache_bytes = static_cast<size_t>(f.kv_cache_mb) << 20;
   options.max_running = f.max_running;
-  options.max_step_tokens = f.max_step_tokens;
+  options.max_step_tokens = f.max_step_tokens > 0 ? f.max_step_tokens : engine::DefaultMaxStepTokens(backend);
   auto kv_dtype = kernels::ResolveKvDType(f.device.kv_dtype, backend);
   if (!kv_dtype.ok()) {
     std::cerr << "tandem generate: " << kv_dtype.status().message() << "\n";

@@ -29,8 +29,8 @@ struct GenerateFlags {
   int32_t block_size = 16;
   int32_t kv_cache_mb = 256;
   int32_t max_running = 64;
-  int32_t max_step_tokens = 512;
-  KvTierFlags kv_tiers;  // --kv-dram-bytes, --kv-ssd-path, --kv-ssd-bytes (--prompts-file)
+  int32_t max_step_tokens = 0;  // 0: per backend (engine::DefaultMaxStepTokens)
+  KvTierFlags kv_tiers;         // --kv-dram-bytes, --kv-ssd-path, --kv-ssd-bytes (--prompts-file)
   // Remote mode (cli/remote_generate.h): the router's host:port; empty = run
   // the model locally.
   std::string remote;

@@ -33,11 +33,11 @@ struct WorkerFlags {
   int32_t kv_staging_mb = 64;
   bool kv_stream_chunks = true;  // --kv-stream-chunks  // --kv-staging-mb: pinned staging for a device pool
   int32_t max_running = 64;
-  int32_t max_step_tokens = 512;
-  std::string worker_id;    // default: role-host-pid
-  KvTierFlags kv_tiers;     // --kv-dram-bytes, --kv-ssd-path, --kv-ssd-bytes (cli/engine_flags.h)
-  bool kv_prefetch = true;  // --kv-prefetch: SSD -> DRAM ahead of admission (with an SSD tier)
-  std::string kv_store;     // --kv-store: the shared KV store's address; empty: none
+  int32_t max_step_tokens = 0;  // 0: per backend (engine::DefaultMaxStepTokens)
+  std::string worker_id;        // default: role-host-pid
+  KvTierFlags kv_tiers;         // --kv-dram-bytes, --kv-ssd-path, --kv-ssd-bytes (cli/engine_flags.h)
+  bool kv_prefetch = true;      // --kv-prefetch: SSD -> DRAM ahead of admission (with an SSD tier)
+  std::string kv_store;         // --kv-store: the shared KV store's address; empty: none
   std::string kv_store_transport = "ucx";  // --kv-store-transport: ucx | grpc
   int32_t metrics_port = -1;  // --metrics-port: /metrics and /health over HTTP; 0: any free port; -1: off
   TlsFlags tls;

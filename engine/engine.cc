@@ -8,6 +8,8 @@
 
 namespace tandem::engine {
 
+int32_t DefaultMaxStepTokens(const kernels::Backend& backend) { return backend.name() == "cuda" ? 512 : 256; }
+
 const char* SequenceEndName(SequenceEnd end) {
   switch (end) {
     case SequenceEnd::kNone:

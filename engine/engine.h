@@ -91,7 +91,7 @@ struct EngineOptions {
   // Most sequences in the running batch. Default: 64.
   int32_t max_running = 64;
   // Most token rows in one forward pass (decode rows plus prefill chunks).
-  // Default: 512.
+  // Default: 512 (DefaultMaxStepTokens picks one per backend).
   int32_t max_step_tokens = 512;
   // Most prompt tokens of one sequence per step (chunked prefill); 0 means
   // max_step_tokens. Default: 0.
@@ -114,6 +114,13 @@ struct EngineOptions {
   // job id is the request id). Default: empty.
   TierLoader::Hook tier_load_hook;
 };
+
+// The step size for `backend` when the user gives none: 512 rows on a GPU,
+// which needs large steps to fill its batch; 256 on the CPU backends, whose
+// cost per row is flat above a few dozen rows, so a shorter step costs no
+// throughput and halves the wait of a prompt that arrives mid-step (the
+// light tenant's TTFT beside a heavy one, docs/PERFORMANCE.md).
+int32_t DefaultMaxStepTokens(const kernels::Backend& backend);
 
 struct EngineRequest {
   int64_t id = 0;  // unique among live requests

@@ -238,7 +238,7 @@ bool FlowQueue::ExpiredLocked(const Entry& e, absl::Time now, absl::Status* why)
   return false;
 }
 
-std::optional<uint64_t> FlowQueue::NextLocked(int64_t below_share_of) const {
+std::optional<uint64_t> FlowQueue::NextLocked(int64_t below_share_of, int64_t share_cap) const {
   auto band_it =
       std::find_if(bands_.begin(), bands_.end(), [](const auto& b) { return !b.second.by_start.empty(); });
   if (band_it == bands_.end()) return std::nullopt;
@@ -253,9 +253,10 @@ std::optional<uint64_t> FlowQueue::NextLocked(int64_t below_share_of) const {
   for (const auto& [tenant, n] : running_by_tenant_) active_weight += Weight(tenant);
   // The work is in a member: the thread-safety analysis cannot see that
   // this lambda only runs under mu_.
-  auto below_share =
-      [this, below_share_of, active_weight](const std::string& tenant)
-          ABSL_NO_THREAD_SAFETY_ANALYSIS { return BelowShareLocked(tenant, below_share_of, active_weight); };
+  auto below_share = [this, below_share_of, share_cap, active_weight](const std::string& tenant)
+                         ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                           return BelowShareLocked(tenant, below_share_of, share_cap, active_weight);
+                         };
   // Scan by start tag only when some waiting tenant of the band is below.
   if (std::none_of(band.waiting.begin(), band.waiting.end(),
                    [&](const auto& t) { return t.second > 0 && below_share(t.first); })) {
@@ -267,9 +268,11 @@ std::optional<uint64_t> FlowQueue::NextLocked(int64_t below_share_of) const {
   return std::nullopt;
 }
 
-bool FlowQueue::BelowShareLocked(const std::string& tenant, int64_t slots, double active_weight) const {
+bool FlowQueue::BelowShareLocked(const std::string& tenant, int64_t slots, int64_t cap,
+                                 double active_weight) const {
   auto it = running_by_tenant_.find(tenant);
   const int64_t running = it == running_by_tenant_.end() ? 0 : it->second;
+  if (running >= cap) return false;
   return static_cast<double>(running) < static_cast<double>(slots) * Weight(tenant) / active_weight;
 }
 
@@ -297,11 +300,15 @@ void FlowQueue::DispatchOneLocked(uint64_t seq, absl::Time now, Actions* actions
 void FlowQueue::DispatchLocked(const Limits& limits, absl::Time now, Actions* actions) {
   while (!waiting_.empty() &&
          (limits.max_running <= 0 || static_cast<int64_t>(running_.size()) < limits.max_running)) {
-    DispatchOneLocked(*NextLocked(/*below_share_of=*/0), now, actions);
+    DispatchOneLocked(*NextLocked(/*below_share_of=*/0, /*share_cap=*/0), now, actions);
   }
   if (!options_.below_share_skips_limit) return;
   while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < 2 * limits.max_running) {
-    std::optional<uint64_t> seq = NextLocked(/*below_share_of=*/limits.max_running);
+    // A tenant's share of twice the limit (what all may run), capped at
+    // the limit (what it may run alone): two equal tenants each get what
+    // one gets alone, so a light tenant's burst waits no longer beside a
+    // heavy one than without it; one tenant never passes the limit.
+    std::optional<uint64_t> seq = NextLocked(/*below_share_of=*/2 * limits.max_running, limits.max_running);
     if (!seq.has_value()) break;
     DispatchOneLocked(*seq, now, actions);
   }

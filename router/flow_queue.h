@@ -45,9 +45,10 @@
 // With Options::below_share_skips_limit, a tenant below its share of the
 // running slots does not wait for one: when max_running run, the first
 // waiting request (by start tag) of a tenant running fewer than its
-// weighted share of max_running (weight over the weights of the tenants
-// waiting in the band or running), in the highest band with waiting
-// requests, is dispatched anyway, up to twice max_running in all. Without
+// weighted share of twice max_running (weight over the weights of the
+// tenants waiting in the band or running) and fewer than max_running (what
+// it may run alone), in the highest band with waiting requests, is
+// dispatched anyway, up to twice max_running in all. Without
 // this, a light tenant's request waits for a heavy tenant's running ones to
 // finish, however fair the order here (dispatched requests are not
 // preempted). The workers' engines order their own queues by priority and
@@ -220,10 +221,13 @@ class FlowQueue {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The waiting request to dispatch next: the highest waiting band's first
   // by start tag, or with `below_share_of` > 0 its first whose tenant runs
-  // fewer than its weighted share of that many requests.
-  std::optional<uint64_t> NextLocked(int64_t below_share_of) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Whether `tenant` runs fewer than its weighted share of `slots`.
-  bool BelowShareLocked(const std::string& tenant, int64_t slots, double active_weight) const
+  // fewer than its weighted share of that many requests and than
+  // `share_cap`.
+  std::optional<uint64_t> NextLocked(int64_t below_share_of, int64_t share_cap) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether `tenant` runs fewer than `cap` and than its weighted share of
+  // `slots`.
+  bool BelowShareLocked(const std::string& tenant, int64_t slots, int64_t cap, double active_weight) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Takes `seq` out, dispatching it (or dropping it if expired).
   void DispatchOneLocked(uint64_t seq, absl::Time now, Actions* actions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

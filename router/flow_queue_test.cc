@@ -121,28 +121,32 @@ TEST_F(FlowQueueTest, IdleTenantSkipsTheRunningLimitOncePerTenant) {
 TEST_F(FlowQueueTest, TenantBelowItsWeightedShareGoesPastTheLimit) {
   FlowQueue::Options options;
   options.below_share_skips_limit = true;
-  options.tenant_weights = {{"light", 1}, {"heavy", 1}};
+  options.tenant_weights = {{"light", 3}, {"heavy", 1}};
   Make(0, 4, std::move(options));
   for (uint64_t k = 1; k <= 6; ++k) ASSERT_OK(Enter(k, "heavy"));  // 4 run, 2 wait
   EXPECT_EQ(queue_->stats().running, 4);
-  // Light's share of the 4 slots is 2 (equal weights): two go past the
-  // limit, the third waits.
-  for (uint64_t k = 11; k <= 13; ++k) ASSERT_OK(Enter(k, "light"));
-  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3, 4, 11, 12));
-  EXPECT_EQ(queue_->stats().running, 6);
-  // Heavy, over its share, gets no extra slot as its requests finish until
-  // fewer than 4 run in all.
+  // Light's share of twice the limit is 6 (weight 3 of 4), capped at the
+  // 4 it may run alone: four go past the limit, the fifth waits.
+  for (uint64_t k = 11; k <= 15; ++k) ASSERT_OK(Enter(k, "light"));
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3, 4, 11, 12, 13, 14));
+  EXPECT_EQ(queue_->stats().running, 8);
+  // Heavy's share is 2: with 2 of its own running it gets no slot, though
+  // fewer than twice the limit run in all.
   queue_->Done(1);
   queue_->Done(2);
-  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3, 4, 11, 12));
-  // 3 run: a slot, in fair order: heavy's fifth (start tag 400) before
-  // light's third (500); then light, at its share, waits.
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3, 4, 11, 12, 13, 14));
+  EXPECT_EQ(queue_->stats().running, 6);
+  // With 1 running, heavy is below its share: its fifth goes past the limit.
   queue_->Done(3);
-  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3, 4, 11, 12, 5));
-  // A slot again: heavy's sixth and light's third tie at 500, the earlier
-  // arrival goes; then light, below its share again, goes past the limit.
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3, 4, 11, 12, 13, 14, 5));
+  // Light below its cap again: its fifth goes, not heavy's sixth.
   queue_->Done(11);
-  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3, 4, 11, 12, 5, 6, 13));
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3, 4, 11, 12, 13, 14, 5, 15));
+  // Under the limit, plain order: heavy's sixth.
+  queue_->Done(12);
+  queue_->Done(13);
+  queue_->Done(14);
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3, 4, 11, 12, 13, 14, 5, 15, 6));
 }
 
 TEST_F(FlowQueueTest, OneTenantNeverGoesPastTheLimit) {

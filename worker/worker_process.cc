@@ -313,15 +313,17 @@ absl::Status WorkerProcess::StartPrefetcher() {
 }
 
 absl::Status WorkerProcess::StartEngine() {
-  TANDEM_ASSIGN_OR_RETURN(engine_,
-                          engine::Engine::Create({.block_size = options_.block_size,
-                                                  .kv_cache_bytes = options_.kv_cache_bytes,
-                                                  .kv_dtype = kv_dtype_,
-                                                  .max_running = options_.max_running,
-                                                  .max_step_tokens = options_.max_step_tokens,
-                                                  .kv_events = kv_events_.get(),
-                                                  .tiers = tiers_.get()},
-                                                 llama_.get(), backend_.get(), model_->tokenizer.get()));
+  TANDEM_ASSIGN_OR_RETURN(
+      engine_, engine::Engine::Create(
+                   {.block_size = options_.block_size,
+                    .kv_cache_bytes = options_.kv_cache_bytes,
+                    .kv_dtype = kv_dtype_,
+                    .max_running = options_.max_running,
+                    .max_step_tokens = options_.max_step_tokens > 0 ? options_.max_step_tokens
+                                                                    : engine::DefaultMaxStepTokens(*backend_),
+                    .kv_events = kv_events_.get(),
+                    .tiers = tiers_.get()},
+                   llama_.get(), backend_.get(), model_->tokenizer.get()));
   info_.kv_blocks = engine_->kv_view().num_blocks;
   engine::EngineRunner::Options runner_options;
   runner_options.on_tick =

@@ -134,8 +134,9 @@ class WorkerProcess {
     size_t kv_cache_bytes = size_t{256} << 20;
     // Most sequences in the running batch. Default: 64.
     int32_t max_running = 64;
-    // Most tokens in one forward pass. Default: 512.
-    int32_t max_step_tokens = 512;
+    // Most tokens in one forward pass; 0: engine::DefaultMaxStepTokens for
+    // the backend (256 on CPU, 512 on a GPU). Default: 0.
+    int32_t max_step_tokens = 0;
 
     // Host-memory KV tier below the pool; 0: no tiers. Default: 0.
     int64_t kv_dram_bytes = 0;
