@@ -130,9 +130,9 @@ struct RouterOptions {
   // Weight of each tenant's fair share within a priority (> 0); tenants
   // not listed weigh 1. Default: none.
   absl::flat_hash_map<std::string, double> tenant_weights;
-  // A tenant running fewer than its weighted share of the in-flight limit
-  // gets its waiting requests dispatched past the limit (up to twice the
-  // limit in all; FlowQueue::Options::below_share_skips_limit): the prefill
+  // A tenant running fewer than its weighted share of twice the in-flight
+  // limit, and fewer than the limit, gets its waiting requests dispatched
+  // past the limit (up to twice the limit in all; FlowQueue::Options::below_share_skips_limit): the prefill
   // workers' engines admit them before the other tenants' queued prompts
   // (PrefillRequest.priority/.tenant), so a light tenant waits for a step,
   // not for a heavy tenant's in-flight prefills to finish. Default: true.

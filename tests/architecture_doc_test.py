@@ -25,7 +25,8 @@ def defines(text, name):
         return False
     return re.search(rf"\b(class|struct|enum( class)?|using)\s+{re.escape(last)}\b", text) is not None or \
         re.search(rf"\b{re.escape(last)}\s*\(", text) is not None or \
-        re.search(rf"#define\s+{re.escape(last)}\b", text) is not None
+        re.search(rf"#define\s+{re.escape(last)}\b", text) is not None or \
+        re.search(rf"^\s*[\w:<>,*& ]+[\w>*&]\s+{re.escape(last)}\s*(=|;|{{)", text, re.M) is not None  # a data member
 
 
 def defined_in_tree(root, name):

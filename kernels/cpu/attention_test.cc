@@ -1,5 +1,6 @@
 #include "kernels/cpu/attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -90,6 +91,34 @@ TEST_P(AttentionTest, VectorPathMatchesScalarReference) {
     EXPECT_LE(max_err, 1e-5) << GemmPathName(path);
     EXPECT_NE(got, std::vector<float>(q.size(), 0.0f));
   }
+}
+
+// The AVX-512 tiles hold two 8-lane accumulators per vector and combine
+// them in Hsum's tree, so they give the AVX2 path's bits exactly (prefill
+// rows of odd and even counts, a ragged key tile, decode).
+TEST_P(AttentionTest, Avx512GivesTheAvx2Bits) {
+  const std::vector<GemmPath> paths = SupportedGemmPaths();
+  if (std::find(paths.begin(), paths.end(), GemmPath::kAvx512) == paths.end()) GTEST_SKIP() << "no AVX-512";
+  const Shape sh = GetParam();
+  Fixture f(sh.dtype, sh.num_kv_heads, sh.head_dim, 24, 3);
+  const auto tables = Tables(3, 8);
+  const AttentionSequence seqs[] = {{0, 37, 90, tables[0]}, {37, 1, 128, tables[1]}, {38, 6, 23, tables[2]}};
+  const int64_t width = int64_t{sh.num_heads} * sh.head_dim;
+  const std::vector<float> q = f.Queries(44 * width);
+  std::vector<float> avx2(q.size()), avx512(q.size());
+  ThreadPool pool(ThreadPool::Options{.num_threads = 2});
+  const float scale = 1 / std::sqrt(static_cast<float>(sh.head_dim));
+  PagedAttention(GemmPath::kAvx2, &pool, q.data(), f.kv, 1, sh.num_heads, seqs, scale, avx2.data());
+  PagedAttention(GemmPath::kAvx512, &pool, q.data(), f.kv, 1, sh.num_heads, seqs, scale, avx512.data());
+  EXPECT_EQ(0, std::memcmp(avx2.data(), avx512.data(), q.size() * sizeof(float)));
+  for (size_t i = 0; i < q.size(); ++i) {
+    if (avx2[i] != avx512[i]) {
+      ADD_FAILURE() << "first difference at row " << i / width << " col " << i % width << ": " << avx2[i] << " "
+                    << avx512[i];
+      break;
+    }
+  }
+  EXPECT_NE(avx2, std::vector<float>(q.size(), 0.0f));
 }
 
 // Every query computes bit-identically whether it runs alone on one thread,

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -41,6 +42,11 @@ void WriteKvAs(const KvCacheView& kv, int32_t layer, const float* k, const float
     const int32_t t = slots[r] % l.block_size;
     Stored* dk = block + l.Offset(layer, 0, t);
     Stored* dv = block + l.Offset(layer, 1, t);
+    if constexpr (std::is_same_v<Stored, float>) {  // a copy (the loop below did not vectorise)
+      std::memcpy(dk, k + r * stride, stride * sizeof(float));
+      std::memcpy(dv, v + r * stride, stride * sizeof(float));
+      continue;
+    }
     for (int64_t i = 0; i < stride; ++i) {
       dk[i] = Convert(k[r * stride + i]);
       dv[i] = Convert(v[r * stride + i]);

@@ -80,7 +80,24 @@ TANDEM_AVX2 double ExpShiftSumAvx2(float* x, int64_t n, float shift) {
   return sum;
 }
 
+TANDEM_AVX2 void ExpShiftAvx2(float* x, int64_t n, float shift) {
+  const __m256 s = _mm256_set1_ps(shift);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, ExpF(_mm256_sub_ps(_mm256_loadu_ps(x + i), s)));
+  if (i < n) {  // the same vector code on a padded copy, as ExpShiftSumAvx2
+    alignas(32) float t[8] = {};
+    std::copy(x + i, x + n, t);
+    _mm256_store_ps(t, ExpF(_mm256_sub_ps(_mm256_load_ps(t), s)));
+    std::copy(t, t + (n - i), x + i);
+  }
+}
+
 }  // namespace
+
+void ExpShift(GemmPath path, float* x, int64_t n, float shift) {
+  if (path != GemmPath::kScalar) return ExpShiftAvx2(x, n, shift);
+  for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i] - shift);
+}
 
 double ExpShiftSum(GemmPath path, float* x, int64_t n, float shift) {
   if (path != GemmPath::kScalar) return ExpShiftSumAvx2(x, n, shift);

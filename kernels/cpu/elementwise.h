@@ -23,6 +23,12 @@ void SwiGlu(GemmPath path, const float* gate, const float* up, int64_t n, float*
 // in double). Same exp as SwiGlu per path.
 double ExpShiftSum(GemmPath path, float* x, int64_t n, float shift);
 
+// ExpShiftSum's exponentials without the sum (the same x[i] bits), for
+// callers that add several rows' sums side by side: each row's sum is a
+// chain of dependent double additions, so one row at a time waits on
+// their latency.
+void ExpShift(GemmPath path, float* x, int64_t n, float shift);
+
 }  // namespace tandem::kernels::cpu
 
 #endif  // TANDEM_KERNELS_CPU_ELEMENTWISE_H_
