@@ -688,6 +688,17 @@ TANDEM_AVX512 void TileQ4_K_512(const QuantizedRows& xq, int64_t t0, const uint8
 }
 
 constexpr int k512MR = 4, k512NR = 6;
+// The float tiles for K <= kTallMaxK: 6 weight rows x 4 tokens. A tile's
+// 6-row panel (24 KiB of F16 at K = 2048) stays in L1 while the token
+// groups stream from L2, and 4 x 64 bytes of activations per 24 FMAs
+// instead of 6 x 64 halve the L2 traffic that bounds the 4 x 6 tiles (F32
+// weights, twice the bytes, ran slower than F16 at 240 GFLOP/s; gemm_test
+// ModelShapes F16, alternating: 110m 768 x 2048 321-327 -> 373, llama-1b's
+// K = 2048 matrices 326-337 -> 342-362). At K = 8192 the panel no longer
+// fits L1 and 6 x 4 ran at 300 against 334-340: 4 x 6 there. The shape
+// changes no output's arithmetic.
+constexpr int k512TallMR = 6, k512TallNR = 4;
+constexpr int64_t kTallMaxK = 4096;
 constexpr int k512Q8MR = 4, k512Q8NR = 4;
 // Decode (one token): 8 weight rows per tile, so 8 streams are in flight
 // from DRAM instead of 4 (gemm_test's Throughput, 8192 x 4096, 1 token:
@@ -704,8 +715,8 @@ constexpr int k512DecodeMR = 8;
 // down projection ran at 215-236 GFLOP/s against 320-330 for K = 2048, and
 // at 329-336 with 12 tokens (gemm_test ModelShapes, TANDEM_GEMM_BENCH_SHAPE=1b).
 // Which tokens share a pass changes no output's arithmetic.
-inline int64_t TokenBlock512(int64_t k, int64_t x_bytes) {
-  return std::clamp<int64_t>((int64_t{512} << 10) / (x_bytes * k) / k512NR * k512NR, 2 * k512NR, kTokenBlock);
+inline int64_t TokenBlock512(int64_t k, int64_t x_bytes, int64_t nr = k512NR) {
+  return std::clamp<int64_t>((int64_t{512} << 10) / (x_bytes * k) / nr * nr, 2 * nr, kTokenBlock);
 }
 
 // One token: `wide` (an MR-row, 1-token tile) over [o_begin, o_end), the
@@ -723,10 +734,10 @@ constexpr std::array<FloatTileFn<L>, sizeof...(NR)> Float512Row(std::integer_seq
   return {&TileFloat512<L, MR, NR + 1>...};
 }
 
-template <typename L, int... MR>
-constexpr std::array<std::array<FloatTileFn<L>, k512NR>, sizeof...(MR)> Float512Table(
+template <typename L, int NRMax, int... MR>
+constexpr std::array<std::array<FloatTileFn<L>, NRMax>, sizeof...(MR)> Float512Table(
     std::integer_sequence<int, MR...>) {
-  return {Float512Row<L, MR + 1>(std::make_integer_sequence<int, k512NR>())...};
+  return {Float512Row<L, MR + 1>(std::make_integer_sequence<int, NRMax>())...};
 }
 
 // B = BlockQ4_0 selects TileQ4_0_512.
@@ -750,13 +761,20 @@ constexpr std::array<std::array<Q8TileFn, k512Q8NR>, sizeof...(MR)> Q8_512Table(
 template <typename L>
 TANDEM_AVX512 void RangeFloat512(const float* x, int64_t rows, const Weight& w, float* out, int64_t o_begin,
                                  int64_t o_end) {
-  static constexpr auto kTiles = Float512Table<L>(std::make_integer_sequence<int, k512MR>());
+  static constexpr auto kTiles = Float512Table<L, k512NR>(std::make_integer_sequence<int, k512MR>());
+  static constexpr auto kTallTiles =
+      Float512Table<L, k512TallNR>(std::make_integer_sequence<int, k512TallMR>());
   auto run = [&](auto tile, int64_t o, int64_t t) {
     tile(x + t * w.cols, w.cols, static_cast<const typename L::T*>(w.data) + o * w.cols, w.cols, w.cols,
          out + t * w.rows + o, w.rows);
   };
   if (rows == 1) {
     SweepDecode(&TileFloat512<L, k512DecodeMR, 1>, kTiles, o_begin, o_end, run);
+    return;
+  }
+  if (w.cols <= kTallMaxK) {
+    SweepTiles(kTallTiles, k512TallMR, k512TallNR, rows, o_begin, o_end, run,
+               TokenBlock512(w.cols, sizeof(float), k512TallNR));
     return;
   }
   SweepTiles(kTiles, k512MR, k512NR, rows, o_begin, o_end, run, TokenBlock512(w.cols, sizeof(float)));

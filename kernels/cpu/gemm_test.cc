@@ -548,7 +548,7 @@ std::vector<std::pair<int64_t, int64_t>> DecodeShapes() {
 TEST(GemmBench, DISABLED_ModelShapes) {
   ThreadPool pool(ThreadPool::Options{.num_threads = 2});
   const GemmPath path = DefaultGemmPath();
-  for (DType type : {DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
+  for (DType type : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
     if (BenchSkips(type)) continue;
     for (auto [out, in] : PrefillShapes()) {
       const int64_t rows = 512;
