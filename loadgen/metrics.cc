@@ -178,6 +178,10 @@ nlohmann::ordered_json SummaryToJson(const RunSummary& s, const std::vector<Requ
       one["met_slo"] = MeetsSlo(r, s.slo);
       one["predicted_ttft_ms"] = OrNull(r.predicted_ttft_ms);
       one["router_ttft_ms"] = OrNull(r.router_ttft_ms);
+      one["queue_ms"] = OrNull(r.queue_ms);
+      one["prefill_ms"] = OrNull(r.prefill_ms);
+      one["transfer_ms"] = OrNull(r.transfer_ms);
+      if (!r.tenant.empty()) one["tenant"] = r.tenant;
       list.push_back(std::move(one));
     }
     j["samples"] = std::move(list);

@@ -54,6 +54,10 @@ struct RequestResult {
   // first_token_ms); unset when the router did not report them.
   std::optional<double> predicted_ttft_ms;
   std::optional<double> router_ttft_ms;
+  // Where the router's TTFT went (Timings.queue_ms, prefill_ms,
+  // transfer_ms): waiting for a worker, computing the prompt, writing its
+  // KV to the decode worker; unset when the router did not report them.
+  std::optional<double> queue_ms, prefill_ms, transfer_ms;
   // Times it was sent again to another router replica after UNAVAILABLE
   // (Runner::Options::replicas).
   int32_t retries = 0;
@@ -137,7 +141,8 @@ std::map<std::string, RunSummary> SummarizeByTenant(const std::vector<RequestRes
 //  "ttft_prediction_error_ms":{...},"ttft_prediction_abs_error_ms":{...}}.
 // Missing values are null. With `samples`, also "samples": one object per
 // completed request in send order: {"ttft_ms","tpot_ms","e2e_ms","prompt_tokens",
-// "cached_tokens","output_tokens","met_slo","predicted_ttft_ms","router_ttft_ms"}.
+// "cached_tokens","output_tokens","met_slo","predicted_ttft_ms","router_ttft_ms",
+// "queue_ms","prefill_ms","transfer_ms"}, and "tenant" when it has one.
 nlohmann::ordered_json SummaryToJson(const RunSummary& summary, const std::vector<RequestResult>& results,
                                      bool samples);
 

@@ -138,6 +138,10 @@ TEST(SummarizeTest, TtftPredictionErrorIsMeasuredMinusPredictedOverPredictedRequ
     RequestResult r = Completed(measured[i] + 2, 500, 4);
     r.predicted_ttft_ms = predicted[i];
     r.router_ttft_ms = measured[i];
+    r.queue_ms = 1.5 * i;
+    r.prefill_ms = 20;
+    r.transfer_ms = 3;
+    r.tenant = i == 0 ? "light" : "";
     results.push_back(r);
   }
   results.push_back(Completed(10, 20, 2));  // an old router: no prediction
@@ -165,6 +169,13 @@ TEST(SummarizeTest, TtftPredictionErrorIsMeasuredMinusPredictedOverPredictedRequ
   EXPECT_DOUBLE_EQ(j["hit_rate_bound"].get<double>(), 0.5);
   EXPECT_DOUBLE_EQ(j["samples"][1]["predicted_ttft_ms"].get<double>(), 100);
   EXPECT_TRUE(j["samples"][4]["predicted_ttft_ms"].is_null());
+  // Where each request's TTFT went, and its tenant when it has one.
+  EXPECT_DOUBLE_EQ(j["samples"][2]["queue_ms"].get<double>(), 3);
+  EXPECT_DOUBLE_EQ(j["samples"][2]["prefill_ms"].get<double>(), 20);
+  EXPECT_DOUBLE_EQ(j["samples"][2]["transfer_ms"].get<double>(), 3);
+  EXPECT_TRUE(j["samples"][4]["queue_ms"].is_null());
+  EXPECT_EQ(j["samples"][0]["tenant"], "light");
+  EXPECT_FALSE(j["samples"][1].contains("tenant"));
   // Without a bound computed, the key is null.
   EXPECT_TRUE(SummaryToJson(Summarize(results, {}, 1.0), results, false)["hit_rate_bound"].is_null());
 }

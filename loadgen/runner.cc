@@ -92,6 +92,11 @@ class Runner::Call : public grpc::ClientReadReactor<v1::GenerateResponse> {
       const v1::Timings& timings = response_.summary().timings();
       if (timings.has_predicted_ttft_ms()) result_.predicted_ttft_ms = timings.predicted_ttft_ms();
       if (timings.first_token_ms() > 0) result_.router_ttft_ms = timings.first_token_ms();
+      if (response_.summary().has_timings()) {
+        result_.queue_ms = timings.queue_ms();
+        result_.prefill_ms = timings.prefill_ms();
+        result_.transfer_ms = timings.transfer_ms();
+      }
     }
     StartRead(&response_);
   }
