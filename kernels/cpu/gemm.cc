@@ -1346,7 +1346,12 @@ void MatMul(GemmPath path, ThreadPool* pool, const float* x, int64_t rows, const
   // each thread then streams 64 consecutive rows, and one 110m decode step
   // (84 matmuls, gemm_test DecodeModelShapes) took 20-25% less time than
   // with 16 (F16 5.7 -> 4.6 ms, Q4_K 3.6-4.7 -> 2.8, Q4_0 3.6 -> 3.0).
-  const int64_t chunk = 64;
+  // The float tiles of 6 rows (k512TallMR) take 48 when there are several
+  // tokens: 64 left a 4-row tile per item, 6% of a batch-16 decode's tile
+  // samples for 1/16 of the rows.
+  const bool float_tall = path == GemmPath::kAvx512 && rows > 1 && w.cols <= kTallMaxK &&
+                          (w.dtype == DType::kF32 || w.dtype == DType::kF16 || w.dtype == DType::kBF16);
+  const int64_t chunk = float_tall ? 48 : 64;
   auto run = [&](auto range) {
     ForChunks(pool, work, w.rows, path == GemmPath::kScalar ? 16 : chunk, range);
   };
