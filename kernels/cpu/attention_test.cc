@@ -113,8 +113,8 @@ TEST_P(AttentionTest, Avx512GivesTheAvx2Bits) {
   EXPECT_EQ(0, std::memcmp(avx2.data(), avx512.data(), q.size() * sizeof(float)));
   for (size_t i = 0; i < q.size(); ++i) {
     if (avx2[i] != avx512[i]) {
-      ADD_FAILURE() << "first difference at row " << i / width << " col " << i % width << ": " << avx2[i] << " "
-                    << avx512[i];
+      ADD_FAILURE() << "first difference at row " << i / width << " col " << i % width << ": " << avx2[i]
+                    << " " << avx512[i];
       break;
     }
   }
