@@ -4,8 +4,11 @@
 // Every reduction uses a fixed order that depends only on the reduced vector's
 // length (8 interleaved partial sums combined pairwise, then the tail), so a
 // row's result never depends on batch composition or thread count.
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -54,6 +57,21 @@ void WriteKvAs(const KvCacheView& kv, int32_t layer, const float* k, const float
   }
 }
 
+// Large allocations (weights, the KV pool: fresh zero mappings from calloc,
+// not yet touched) ask for transparent huge pages where the kernel offers
+// them on request (THP "madvise" mode). With 4 KiB pages a batch-16 decode
+// of the 110m model spent 5% of its samples in page faults and 6% in the
+// memcpy of WriteKv that took them (each token's K and V row of a layer
+// lands in its own page of the pool), and attention walks one page per key.
+// Advice only: where it is refused nothing changes.
+void AskForHugePages(void* p, size_t bytes) {
+  constexpr size_t kMin = size_t{4} << 20, kPage = 4096;
+  if (bytes < kMin) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kPage - 1) & ~(kPage - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kPage - 1);
+  madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+}
+
 // Backend memory is host memory: a copy is a memcpy, done when queued.
 class HostCopyStream final : public CopyStream {
  public:
@@ -75,6 +93,7 @@ class CpuBackend final : public Backend {
     if (p == nullptr) {
       return absl::ResourceExhaustedError(absl::StrFormat("cpu backend: cannot allocate %d bytes", bytes));
     }
+    AskForHugePages(p, bytes);
     return p;
   }
   void Free(void* ptr) override { std::free(ptr); }
