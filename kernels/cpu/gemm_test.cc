@@ -517,6 +517,12 @@ bool Bench1b() {
   return v != nullptr && std::string(v) == "1b";
 }
 
+// TANDEM_GEMM_BENCH_TOKENS=16: DecodeModelShapes decodes a batch of 16.
+int64_t BenchTokens() {
+  const char* v = std::getenv("TANDEM_GEMM_BENCH_TOKENS");
+  return v == nullptr ? 1 : std::max<int64_t>(1, std::atoll(v));
+}
+
 bool BenchSkips(DType type) {
   const char* v = std::getenv("TANDEM_GEMM_BENCH_TYPE");
   return v != nullptr && std::string(v) != DTypeName(type);
@@ -589,12 +595,13 @@ TEST(GemmBench, DISABLED_DecodeModelShapes) {
       packed.push_back(PackWeight(path, &pool, ws.back()));
       total += bytes.back().size();
     }
-    std::vector<float> x = Random(8192, rng), y(8192);
+    const int64_t tokens = BenchTokens();
+    std::vector<float> x = Random(8192 * tokens, rng), y(8192 * tokens);
     double best = 1e30;
     for (int rep = 0; rep < 10; ++rep) {
       const auto t0 = std::chrono::steady_clock::now();
       for (size_t i = 0; i < ws.size(); ++i)
-        MatMul(path, &pool, x.data(), 1, ws[i], y.data(), packed[i].get());
+        MatMul(path, &pool, x.data(), tokens, ws[i], y.data(), packed[i].get());
       best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     std::printf("%-5s decode step %-12s %8.3f ms %8.2f GB/s\n", std::string(DTypeName(type)).c_str(),
