@@ -63,10 +63,15 @@ void WriteKvAs(const KvCacheView& kv, int32_t layer, const float* k, const float
 // of the 110m model spent 5% of its samples in page faults and 6% in the
 // memcpy of WriteKv that took them (each token's K and V row of a layer
 // lands in its own page of the pool), and attention walks one page per key.
-// Advice only: where it is refused nothing changes.
+// Advice only: where it is refused nothing changes. TANDEM_CPU_HUGE_PAGES=0
+// leaves the kernel's default, for before/after measurements in one build.
 void AskForHugePages(void* p, size_t bytes) {
   constexpr size_t kMin = size_t{4} << 20, kPage = 4096;
-  if (bytes < kMin) return;
+  static const bool off = [] {
+    const char* env = std::getenv("TANDEM_CPU_HUGE_PAGES");
+    return env != nullptr && std::strcmp(env, "0") == 0;
+  }();
+  if (bytes < kMin || off) return;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kPage - 1) & ~(kPage - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kPage - 1);
   madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
