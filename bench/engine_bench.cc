@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
   int repeats = 3;
   std::string batches = "1,2,4,8,16,32,64";
   int ttft_prompt = 480;
+  std::string kv_dtype = "f32";
   app.add_option("--models", models, "Comma-separated model specs")->capture_default_str();
   app.add_option("--threads", threads, "CPU threads (0 = all)")->capture_default_str();
   app.add_option("--decode-steps", decode_steps, "Timed decode steps per batch size")->capture_default_str();
@@ -59,7 +60,14 @@ int main(int argc, char** argv) {
   app.add_option("--batches", batches, "Comma-separated batch sizes")->capture_default_str();
   app.add_option("--ttft-prompt-tokens", ttft_prompt, "Prompt length for the TTFT runs (90% shared)")
       ->capture_default_str();
+  app.add_option("--kv-dtype", kv_dtype,
+                 "KV cache element type: f32 (the engine's CPU default), f16 (llama.cpp's) or bf16")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "f16", "bf16"}));
   CLI11_PARSE(app, argc, argv);
+  const tandem::DType kv_type = kv_dtype == "f16"    ? tandem::DType::kF16
+                                : kv_dtype == "bf16" ? tandem::DType::kBF16
+                                                     : tandem::DType::kF32;
 
   nlohmann::json out;
   out["results"] = nlohmann::json::array();
@@ -73,7 +81,7 @@ int main(int argc, char** argv) {
     auto llama = tandem::model::LlamaModel::Create((*m)->config, (*m)->weights, backend.get());
     if (!llama.ok()) return 1;
     const int32_t vocab = (*m)->config.vocab_size;
-    nlohmann::json result = {{"model", spec}};
+    nlohmann::json result = {{"model", spec}, {"kv_dtype", kv_dtype}};
     nlohmann::json decode = nlohmann::json::array();
     double batch1_tps = 0;
     for (const std::string& b : std::vector<std::string>(absl::StrSplit(batches, ',', absl::SkipEmpty()))) {
@@ -83,8 +91,8 @@ int main(int argc, char** argv) {
       // llama-bench's): the first pass pays first-touch page faults of the
       // weights, the activations and the KV pool, which the timed rounds
       // then reuse.
-      auto engine = *Engine::Create({.max_running = 64, .max_step_tokens = 4096}, llama->get(), backend.get(),
-                                    (*m)->tokenizer.get());
+      auto engine = *Engine::Create({.kv_dtype = kv_type, .max_running = 64, .max_step_tokens = 4096},
+                                    llama->get(), backend.get(), (*m)->tokenizer.get());
       for (int rep = 0; rep <= repeats; ++rep) {
         for (int i = 0; i < batch; ++i) {
           if (!Check(engine->Add({.id = rep * 1000 + i,
@@ -116,7 +124,8 @@ int main(int argc, char** argv) {
     auto ttft = [&](bool warm) -> double {
       double best = 1e30;
       for (int rep = 0; rep < repeats; ++rep) {
-        auto engine = *Engine::Create({}, llama->get(), backend.get(), (*m)->tokenizer.get());
+        auto engine =
+            *Engine::Create({.kv_dtype = kv_type}, llama->get(), backend.get(), (*m)->tokenizer.get());
         std::vector<int32_t> target = Prompt(len, vocab, 1);
         if (warm) {
           std::vector<int32_t> earlier(target.begin(), target.begin() + shared);

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/dtype.h"
+
 namespace tandem::kernels::cpu {
 namespace {
 
@@ -92,7 +94,58 @@ TANDEM_AVX2 void ExpShiftAvx2(float* x, int64_t n, float shift) {
   }
 }
 
+// Whether any of v's 8 floats is a NaN (the one case F16C's rounding and
+// FloatToHalf's differ: F16C keeps the payload's top bits).
+TANDEM_AVX2 inline bool AnyNan(__m256 v) {
+  return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0;
+}
+
+TANDEM_AVX2 void FloatsToHalfAvx2(const float* x, int64_t n, uint16_t* out) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    if (AnyNan(v)) {
+      for (int l = 0; l < 8; ++l) out[i + l] = FloatToHalf(x[i + l]);
+      continue;
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  for (; i < n; ++i) out[i] = FloatToHalf(x[i]);
+}
+
+// FloatToBF16's integer rounding, 8 at a time: (x + 0x7fff + bit 16 of x) >> 16.
+TANDEM_AVX2 void FloatsToBf16Avx2(const float* x, int64_t n, uint16_t* out) {
+  const __m256i bias = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    if (AnyNan(v)) {
+      for (int l = 0; l < 8; ++l) out[i + l] = FloatToBF16(x[i + l]);
+      continue;
+    }
+    const __m256i b = _mm256_castps_si256(v);
+    const __m256i r = _mm256_srli_epi32(
+        _mm256_add_epi32(b, _mm256_add_epi32(bias, _mm256_and_si256(_mm256_srli_epi32(b, 16), one))), 16);
+    // 32 -> 16 bits (values < 2^16, so the saturation never clips); packus
+    // works per 128-bit half, the permute puts the halves' results together.
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm256_castsi256_si128(packed));
+  }
+  for (; i < n; ++i) out[i] = FloatToBF16(x[i]);
+}
+
 }  // namespace
+
+void FloatsToHalf(GemmPath path, const float* x, int64_t n, uint16_t* out) {
+  if (path != GemmPath::kScalar) return FloatsToHalfAvx2(x, n, out);
+  for (int64_t i = 0; i < n; ++i) out[i] = FloatToHalf(x[i]);
+}
+
+void FloatsToBf16(GemmPath path, const float* x, int64_t n, uint16_t* out) {
+  if (path != GemmPath::kScalar) return FloatsToBf16Avx2(x, n, out);
+  for (int64_t i = 0; i < n; ++i) out[i] = FloatToBF16(x[i]);
+}
 
 void ExpShift(GemmPath path, float* x, int64_t n, float shift) {
   if (path != GemmPath::kScalar) return ExpShiftAvx2(x, n, shift);

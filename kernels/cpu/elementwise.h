@@ -29,6 +29,13 @@ double ExpShiftSum(GemmPath path, float* x, int64_t n, float shift);
 // their latency.
 void ExpShift(GemmPath path, float* x, int64_t n, float shift);
 
+// out[i] = FloatToHalf(x[i]) / FloatToBF16(x[i]) (common/dtype.h) for
+// i < n: the same bits for every input, NaN included, on every path (the
+// vector paths round with F16C / integer adds to nearest even, and fall back
+// to the scalar rounding for a vector holding a NaN). The KV cache's writes.
+void FloatsToHalf(GemmPath path, const float* x, int64_t n, uint16_t* out);
+void FloatsToBf16(GemmPath path, const float* x, int64_t n, uint16_t* out);
+
 }  // namespace tandem::kernels::cpu
 
 #endif  // TANDEM_KERNELS_CPU_ELEMENTWISE_H_

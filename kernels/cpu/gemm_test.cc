@@ -483,6 +483,40 @@ TEST(ElementwiseTest, SwiGluVectorPathMatchesScalarAndIgnoresPosition) {
   }
 }
 
+// The KV cache's conversions: every path gives FloatToHalf's and
+// FloatToBF16's bits, for a sweep of all 2^32 bit patterns (stride 97:
+// normals, subnormals, ties, overflow, infinities, NaNs) and every length
+// (the scalar tail).
+TEST(ElementwiseTest, FloatsToHalfAndBf16MatchScalarRounding) {
+  std::vector<float> x;
+  for (uint64_t b = 0; b < (uint64_t{1} << 32); b += 97) {
+    const uint32_t bits = static_cast<uint32_t>(b);
+    float f;
+    std::memcpy(&f, &bits, 4);
+    x.push_back(f);
+  }
+  for (uint32_t bits : {0x477ff000u, 0x477fefffu, 0x33000000u, 0x33000001u, 0x38800000u, 0x387fffffu,
+                        0x3f808000u, 0x3f818000u, 0x7f800001u, 0xffc00000u, 0x7f7fffffu}) {
+    float f;
+    std::memcpy(&f, &bits, 4);
+    x.push_back(f);  // ties, the boundaries FloatToHalf names, NaNs
+  }
+  const int64_t n = static_cast<int64_t>(x.size());
+  std::vector<uint16_t> half(n), bf16(n);
+  for (GemmPath path : Paths()) {
+    FloatsToHalf(path, x.data(), n, half.data());
+    FloatsToBf16(path, x.data(), n, bf16.data());
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_EQ(half[i], FloatToHalf(x[i])) << GemmPathName(path) << " " << x[i];
+      ASSERT_EQ(bf16[i], FloatToBF16(x[i])) << GemmPathName(path) << " " << x[i];
+    }
+    for (int64_t len = 1; len <= 17; ++len) {
+      FloatsToHalf(path, x.data() + 3, len, half.data());
+      for (int64_t i = 0; i < len; ++i) ASSERT_EQ(half[i], FloatToHalf(x[3 + i])) << len;
+    }
+  }
+}
+
 // Not a check: GFLOP/s of each path on a Llama-110M-shaped projection, for
 // tuning (--gtest_also_run_disabled_tests --gtest_filter=*Throughput*).
 TEST(GemmBench, DISABLED_Throughput) {
