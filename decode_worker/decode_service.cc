@@ -334,7 +334,14 @@ grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* co
   const int64_t id = NextEngineId();
   // `r` and `response` stay valid until Finish.
   const absl::Status queued = runner_->Post(
-      [this, id, r, response](engine::Engine& e) { return ReserveOnEngine(e, id, *r, response); },
+      [this, id, r, response, context](engine::Engine& e) {
+        // A Reserve its router has given up on (it timed out or was cancelled
+        // while this worker was stopped or its engine busy) reserves nothing:
+        // no router would take or release that reservation before its TTL,
+        // and its blocks would be lost to every request until then.
+        if (context->IsCancelled()) return absl::CancelledError("the router abandoned this Reserve");
+        return ReserveOnEngine(e, id, *r, response);
+      },
       Earliest(absl::FromChrono(context->deadline()), absl::Now() + kEngineCallTimeout),
       [reactor](const absl::Status& s) { reactor->Finish(ToGrpc(s)); });
   if (!queued.ok()) reactor->Finish(ToGrpc(queued));

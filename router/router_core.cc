@@ -112,6 +112,18 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   void StartDecode();
   // From the decode stream; false stops reading.
   bool OnDecodeResponse(const GenerateResponse& in);
+  // Sends `ids` to the client, their text rendered here when resumed_text_
+  // is set, else the worker's `worker_text`; false once a stop string
+  // matched (finish_ is then STOP).
+  bool SendTokens(absl::Span<const int32_t> ids, const std::string& worker_text);
+  // The prefill worker's first token goes to the client as soon as the
+  // prefill answers, not after the decode worker has opened its stream,
+  // landed the KV and reached the request between two of its steps (a step
+  // of its whole batch, so under load the larger part of a short prompt's
+  // TTFT). The decode worker still sends it first; that echo is dropped
+  // (echo_pending_). Needs the tokenizer (the text is rendered here); false
+  // when a stop string matched in it.
+  bool SendFirstTokenEarly();
   void OnDecodeDone(const grpc::Status& s);
   // The stream ended well (or everything was sent): flush and finish OK.
   void Complete();
@@ -257,6 +269,9 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   // (model/text_stream.h), which the router's own stream, fed every id
   // sent, still holds.
   std::optional<model::TextStream> resumed_text_;
+  // Token ids the current decode stream will send that reached the client
+  // already (SendFirstTokenEarly): dropped from its first chunks.
+  int32_t echo_pending_ = 0;
   absl::Time first_token_time_ = absl::InfinitePast();
   // The current decode stream's last chunk (the decode worker's progress).
   absl::Time last_token_ = absl::InfinitePast();
@@ -541,7 +556,21 @@ void RouterCore::Call::OnPrefilled(const grpc::Status& result) {
   inflight_recorded_ = false;  // computed: the worker's Stored events take over
   LeaveQueue();
   core_->registry_->RemoveInflight(decode_id, 0);  // StartDecode counts it again
+  if (!SendFirstTokenEarly()) {                    // a stop string in the first token: nothing to decode
+    Release();
+    return Complete();
+  }
   StartDecode();
+}
+
+bool RouterCore::Call::SendFirstTokenEarly() {
+  if (core_->model_->tokenizer == nullptr) return true;  // the decode worker's stream sends it
+  if (!resumed_text_.has_value()) {
+    resumed_text_.emplace(core_->model_->tokenizer.get());
+    for (int32_t id : sent_ids_) resumed_text_->Push(id);
+  }
+  echo_pending_ = 1;
+  return SendTokens({&*first_token_, 1}, std::string());
 }
 
 void RouterCore::Call::StartDecode() {
@@ -586,24 +615,41 @@ bool RouterCore::Call::OnDecodeResponse(const GenerateResponse& in) {
     return true;
   }
   const tandem::v1::TokenChunk& chunk = in.chunk();
-  tandem::v1::TokenChunk out;
-  *out.mutable_token_ids() = chunk.token_ids();
-  sent_tokens_ += chunk.token_ids_size();
-  sent_ids_.insert(sent_ids_.end(), chunk.token_ids().begin(), chunk.token_ids().end());
   if (chunk.token_ids_size() > 0) {
     last_token_ = core_->Now();
     absl::MutexLock lock(&mu_);
     if (watch_.has_value()) watch_->last_token = last_token_;
   }
+  absl::Span<const int32_t> ids(chunk.token_ids().data(), chunk.token_ids_size());
+  const size_t echoed = std::min<size_t>(echo_pending_, ids.size());
+  if (echoed > 0) {
+    // The ids are the sampler's (seeded, batch-invariant kernels): the echo
+    // equals the token sent; a difference would mean a broken invariant.
+    if (first_token_.has_value() && ids[0] != *first_token_) {
+      LOG(WARNING) << "request " << request_id_ << ": the decode worker's first token " << ids[0]
+                   << " differs from the prefill worker's " << *first_token_;
+    }
+    echo_pending_ -= static_cast<int32_t>(echoed);
+    ids.remove_prefix(echoed);
+    if (ids.empty()) return true;  // its text is rendered here (resumed_text_)
+  }
+  return SendTokens(ids, chunk.text());
+}
+
+bool RouterCore::Call::SendTokens(absl::Span<const int32_t> ids, const std::string& worker_text) {
+  tandem::v1::TokenChunk out;
+  *out.mutable_token_ids() = {ids.begin(), ids.end()};
+  sent_tokens_ += static_cast<int32_t>(ids.size());
+  sent_ids_.insert(sent_ids_.end(), ids.begin(), ids.end());
   if (resumed_text_.has_value()) {
     std::string text;
-    for (int32_t id : chunk.token_ids()) text += resumed_text_->Push(id);
+    for (int32_t id : ids) text += resumed_text_->Push(id);
     out.set_text(filter_->Push(text));
   } else {
-    out.set_text(filter_->Push(chunk.text()));
+    out.set_text(filter_->Push(worker_text));
   }
-  if (chunk.token_ids_size() > 0) inflight_recorded_ = false;  // an aggregated prefill is done
-  if (first_token_time_ == absl::InfinitePast() && chunk.token_ids_size() > 0) {
+  if (!ids.empty()) inflight_recorded_ = false;  // an aggregated prefill is done
+  if (first_token_time_ == absl::InfinitePast() && !ids.empty()) {
     first_token_time_ = core_->Now();
     LeaveQueue();
     summary_.mutable_timings()->set_first_token_ms(Ms(first_token_time_ - start_));
@@ -672,6 +718,7 @@ void RouterCore::Call::Migrate(const std::string& from, const grpc::Status& why)
   }
   ++migrations_;
   migrating_ = true;
+  echo_pending_ = 0;  // the next stream continues after the sent tokens
   context_ = prompt_;
   context_.insert(context_.end(), sent_ids_.begin(), sent_ids_.end());
   to_generate_ = remaining;

@@ -211,6 +211,7 @@ class InProcessRouter {
 struct Outcome {
   grpc::Status status;
   std::vector<int32_t> tokens;
+  std::string text;
   tandem::v1::GenerateSummary summary;
 };
 
@@ -271,6 +272,7 @@ class RequestPathTest : public ::testing::Test {
         const bool first = outcome.tokens.empty() && response.chunk().token_ids_size() > 0;
         outcome.tokens.insert(outcome.tokens.end(), response.chunk().token_ids().begin(),
                               response.chunk().token_ids().end());
+        outcome.text += response.chunk().text();
         if (first && on_first_chunk) on_first_chunk();
       } else if (response.has_summary()) {
         outcome.summary = response.summary();
@@ -884,6 +886,7 @@ class RequestPathGrayFailureTest : public RequestPathTest {
         absl::MutexLock lock(&mu_);
         outcome_.tokens.insert(outcome_.tokens.end(), response.chunk().token_ids().begin(),
                                response.chunk().token_ids().end());
+        outcome_.text += response.chunk().text();
         if (response.has_summary()) outcome_.summary = response.summary();
       }
       grpc::Status status = reader->Finish();
@@ -928,7 +931,10 @@ class RequestPathGrayFailureTest : public RequestPathTest {
     // counter spans its life).
     const int64_t before = DecodeTokensComputed(decode);
     *stream = std::make_unique<LiveStream>(stub_.get(), request);
-    EXPECT_TRUE((*stream)->AwaitTokens(1));
+    // The second token, not the first: the router sends the first as the
+    // prefill worker returns it, before it opens (and watches) the decode
+    // worker's stream; the second comes from that stream.
+    EXPECT_TRUE((*stream)->AwaitTokens(2));
     EXPECT_TRUE(Hold(decode, hold));
     EXPECT_TRUE(hold->held.WaitForNotificationWithTimeout(kDeadline));
     const size_t produced = 1 + static_cast<size_t>(std::max<int64_t>(0, hold->decode_tokens - before));
@@ -1020,6 +1026,48 @@ TEST_F(RequestPathGrayFailureTest, StalledDecodeWorkersStreamMovesToAnotherAndMa
   // cancel reached it).
   hold->release.Notify();
   EXPECT_TRUE(testing::PollUntil([&] { return decode->engine_runner().load().used_blocks == 0; }, kDeadline));
+}
+
+// The router sends the prefill worker's first token as the Prefill answers,
+// without waiting for the decode worker: with the decode worker's engine
+// thread held (a long step of a full batch) the client has its first token,
+// and only it; released, the stream goes on with the decode worker's tokens,
+// the first one (which the decode worker sends again) not repeated, and ends
+// as an undisturbed run does, text included.
+TEST_F(RequestPathGrayFailureTest, FirstTokenReachesTheClientWhileTheDecodeWorkerIsBusy) {
+  StartRouter(router::RouterOptions{});
+  WorkerProcess* prefill = AddWorker(WorkerProcess::Role::kPrefill, "prefill-0");
+  ASSERT_NE(prefill, nullptr);
+  WorkerProcess* decode = AddWorker(WorkerProcess::Role::kDecode, "decode-0");
+  ASSERT_NE(decode, nullptr);
+  tandem::v1::GenerateRequest request = Request(24);
+  request.mutable_sampling()->set_temperature(0.8f);
+  request.mutable_sampling()->set_seed(5);
+  const Outcome undisturbed = Generate(request);
+  ASSERT_TRUE(undisturbed.status.ok()) << undisturbed.status.error_message();
+  ASSERT_EQ(undisturbed.tokens.size(), 24u);
+  // Hold the prefill worker so the decode worker can be held after its
+  // Reserve and before the Prefill answers.
+  auto prefill_hold = std::make_shared<EngineHold>();
+  ReleaseOnExit release_prefill{prefill_hold};
+  ASSERT_TRUE(Hold(prefill, prefill_hold));
+  ASSERT_TRUE(prefill_hold->held.WaitForNotificationWithTimeout(kDeadline));
+  LiveStream stream(stub_.get(), request);
+  ASSERT_TRUE(testing::PollUntil([&] { return decode->engine_runner().load().reserved == 1; }, kDeadline));
+  auto decode_hold = std::make_shared<EngineHold>();
+  ReleaseOnExit release_decode{decode_hold};
+  ASSERT_TRUE(Hold(decode, decode_hold));
+  ASSERT_TRUE(decode_hold->held.WaitForNotificationWithTimeout(kDeadline));
+  prefill_hold->release.Notify();
+  ASSERT_TRUE(stream.AwaitTokens(1)) << "the first token waited for the decode worker";
+  EXPECT_EQ(stream.outcome().tokens, std::vector<int32_t>{undisturbed.tokens[0]});
+  decode_hold->release.Notify();
+  ASSERT_TRUE(stream.AwaitEnd().has_value());
+  const Outcome outcome = stream.outcome();
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+  EXPECT_EQ(outcome.tokens, undisturbed.tokens);
+  EXPECT_EQ(outcome.text, undisturbed.text);
+  EXPECT_EQ(outcome.summary.usage().completion_tokens(), 24);
 }
 
 // A prefill worker whose device hangs (its engine thread held) heartbeats on

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Two tenants, one sending 10x the other's load (issue 18, flow control): on
+# one fresh 1 prefill + 1 decode cluster, the light tenant alone, then the
+# heavy and light tenants together; prints the light tenant's TTFT p50/p90 in
+# both, their ratio, and where its time went (router queue, prefill, transfer:
+# the router's timings, from the per-request samples).
+#
+#   bench/tenant_fairness.sh OUT_DIR [extra `tandem up` flags...]
+#
+# Environment (defaults in brackets): MODEL [../shared/models/stories260K.gguf],
+# THREADS [1] (per worker), INPUT_LEN [256], OUTPUT_LEN [32], LIGHT_RATE [30]
+# and LIGHT_N [300] (the light tenant, requests/s and count, alone),
+# HEAVY_FACTOR [10] (the heavy tenant sends this many times the light one's
+# rate beside it), TANDEM_BIN [build/bin/tandem].
+# PREFILL_CPUS, DECODE_CPUS, OTHER_CPUS [unset: all cores]: CPU lists for
+# taskset: the prefill worker, the decode worker, and the rest (router, this
+# load generator). DECODE_NICE [0]: the decode worker's nice value. On a
+# 2-core machine these stand in for a deployment where the roles own separate
+# devices and the router its own host; unset, all processes share all cores.
+# Writes OUT_DIR/solo.json and OUT_DIR/mix.json (`tandem bench --json`) and
+# OUT_DIR/summary.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:?usage: tenant_fairness.sh OUT_DIR [extra tandem up flags...]}"
+shift
+model="${MODEL:-../shared/models/stories260K.gguf}"
+threads="${THREADS:-1}"
+input_len="${INPUT_LEN:-256}"
+output_len="${OUTPUT_LEN:-32}"
+light_rate="${LIGHT_RATE:-30}"
+light_n="${LIGHT_N:-300}"
+heavy_factor="${HEAVY_FACTOR:-10}"
+bin="${TANDEM_BIN:-build/bin/tandem}"
+mkdir -p "$out"
+
+pin_other=()
+if [ -n "${OTHER_CPUS:-}" ]; then pin_other=(taskset -c "$OTHER_CPUS"); fi
+
+"${pin_other[@]}" "$bin" up --model "$model" --prefill 1 --decode 1 --port 0 --threads "$threads" "$@" \
+  >"$out/up.out" 2>"$out/up.log" &
+up_pid=$!
+trap 'kill "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true' EXIT
+router=""
+for _ in $(seq 1 600); do
+  router=$(grep -o '"router":"[^"]*"' "$out/up.out" 2>/dev/null | head -1 | cut -d'"' -f4 || true)
+  [ -n "$router" ] && break
+  kill -0 "$up_pid" 2>/dev/null || { echo "tandem up exited; see $out/up.log" >&2; exit 1; }
+  sleep 0.1
+done
+[ -n "$router" ] || { echo "cluster not ready; see $out/up.log" >&2; exit 1; }
+role_pid() { grep "\"role\":\"$1\"" "$out/up.out" | grep -o '"pid":[0-9]*' | head -1 | cut -d: -f2; }
+# -a: every thread the worker has now; threads it starts later inherit it.
+[ -z "${PREFILL_CPUS:-}" ] || taskset -a -c -p "$PREFILL_CPUS" "$(role_pid prefill)" >/dev/null
+[ -z "${DECODE_CPUS:-}" ] || taskset -a -c -p "$DECODE_CPUS" "$(role_pid decode)" >/dev/null
+if [ "${DECODE_NICE:-0}" != 0 ]; then
+  # nice is per thread on Linux: every thread now; later ones inherit it.
+  for task in /proc/"$(role_pid decode)"/task/*; do renice -n "$DECODE_NICE" -p "${task##*/}" >/dev/null; done
+fi
+echo "== router at $router (cpus: prefill ${PREFILL_CPUS:-all}, decode ${DECODE_CPUS:-all}," \
+  "others ${OTHER_CPUS:-all}; decode nice ${DECODE_NICE:-0})" >&2
+
+bench=("${pin_other[@]}" "$bin" bench --target "$router" --synthetic --input-len "$input_len"
+  --output-len "$output_len" --prefix-fraction 0 --quiet)
+heavy_rate=$((light_rate * heavy_factor))
+"${bench[@]}" --seed 1 --num-requests "$light_n" --rate "$light_rate" --tenant light:1 \
+  --json "$out/solo.json" --label solo >/dev/null
+"${bench[@]}" --seed 2 --num-requests $((light_n * (heavy_factor + 1))) --rate $((heavy_rate + light_rate)) \
+  --tenant "heavy:$heavy_factor" --tenant light:1 --json "$out/mix.json" --label mix >/dev/null
+
+python3 - "$out" <<'EOF'
+import json, sys
+out = sys.argv[1]
+
+def pct(xs, p):
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return float("nan")
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+def light(run):
+    j = json.load(open(f"{out}/{run}.json"))
+    t = j.get("tenants", {}).get("light", j)
+    s = [x for x in j["samples"] if x.get("tenant", "light") == "light"]
+    parts = {k: [pct([x.get(k) for x in s], 50), pct([x.get(k) for x in s], 90)]
+             for k in ("queue_ms", "prefill_ms", "transfer_ms")}
+    return {"ttft_p50_ms": t["ttft_ms"]["p50"], "ttft_p90_ms": t["ttft_ms"]["p90"],
+            "completed": t["completed"], "rejected": t["rejected"], "errors": t["errors"],
+            "p50_p90_ms": parts, "served_rps": j["throughput_rps"]}
+
+solo, mix = light("solo"), light("mix")
+heavy = json.load(open(f"{out}/mix.json")).get("tenants", {}).get("heavy", {})
+summary = {"solo": solo, "mix": mix,
+           "heavy": {k: heavy.get(k) for k in ("completed", "rejected", "errors")},
+           "light_p90_ratio": mix["ttft_p90_ms"] / solo["ttft_p90_ms"]}
+json.dump(summary, open(f"{out}/summary.json", "w"), indent=1)
+for name, r in (("light alone", solo), ("light beside heavy", mix)):
+    p = r["p50_p90_ms"]
+    print(f"{name}: TTFT p50/p90 {r['ttft_p50_ms']:.1f}/{r['ttft_p90_ms']:.1f} ms, "
+          f"completed {r['completed']} refused {r['rejected']} errors {r['errors']}; "
+          f"queue {p['queue_ms'][0]:.1f}/{p['queue_ms'][1]:.1f}, prefill {p['prefill_ms'][0]:.1f}/"
+          f"{p['prefill_ms'][1]:.1f}, transfer {p['transfer_ms'][0]:.1f}/{p['transfer_ms'][1]:.1f} ms; "
+          f"served {r['served_rps']:.1f} req/s")
+print(f"heavy: {summary['heavy']}")
+print(f"light TTFT p90 ratio: {summary['light_p90_ratio']:.2f}")
+EOF
