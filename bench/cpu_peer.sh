@@ -26,8 +26,9 @@
 # activations and KV pages: 110m BF16 prefill 772 -> 1,301 tok/s).
 #
 # With BATCHES set, a second table: decode tokens/s of all sequences together
-# at each batch size, Tandem's engine_bench (32-token prompts, 32 timed steps)
-# against llama-batched-bench's S_TG (npp 32, ntg 32), same file.
+# at each batch size, Tandem's engine_bench (32-token prompts, 32 timed steps,
+# the first of KV_DTYPES) against llama-batched-bench's S_TG (npp 32, ntg 32),
+# same file.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,8 +39,13 @@ THREADS=${THREADS:-2}
 PROMPT=${PROMPT:-512}
 DECODE=${DECODE:-64}
 REPEATS=${REPEATS:-3}
-# Tandem's KV cache element type (f32, the engine's default; llama-bench's is f16).
-KV_DTYPE=${KV_DTYPE:-f32}
+# Tandem's KV cache element types: the first is the table's (f16, as
+# llama-bench's and llama-batched-bench's default KV cache, so both read the
+# same bytes per position), each further one (f32: the engine's CPU default)
+# is run in the same alternation and printed beside it. Until 2026-12-04
+# the default was f32.
+KV_DTYPES=${KV_DTYPES:-${KV_DTYPE:-f16 f32}}
+KV_MAIN=${KV_DTYPES%% *}
 TANDEM_BENCH=${TANDEM_BENCH:-$ROOT/build/bin/cpu_generate_bench}
 LLAMA_BENCH=$PEER_DIR/build/bin/llama-bench
 
@@ -82,12 +88,15 @@ for shape in $SHAPES; do
     [[ -f $file ]] || python3 "$ROOT/bench/make_peer_gguf.py" --shape "$shape" --type "$type" --out "$file" >&2
     for rep in $(seq "$REPEATS"); do
       echo "# $shape $type run $rep/$REPEATS" >&2
-      t=$("$TANDEM_BENCH" --models "$file" --threads "$THREADS" --prompt-tokens "$PROMPT" \
-        --decode-tokens "$DECODE" --repeats 1 --kv-dtype "$KV_DTYPE" 2>/dev/null |
-        python3 -c "import json,sys; r=json.load(sys.stdin)['results'][0]; print(r['prefill_tokens_per_s'], r['decode_tokens_per_s'])")
+      for kv in $KV_DTYPES; do
+        t=$("$TANDEM_BENCH" --models "$file" --threads "$THREADS" --prompt-tokens "$PROMPT" \
+          --decode-tokens "$DECODE" --repeats 1 --kv-dtype "$kv" 2>/dev/null |
+          python3 -c "import json,sys; r=json.load(sys.stdin)['results'][0]; print(r['prefill_tokens_per_s'], r['decode_tokens_per_s'])")
+        echo "$shape $type tandem-$kv $t" >>"$RESULTS"
+      done
       lp=$(llama_tps "$file" -p "$PROMPT" -n 0)
       lg=$(llama_tps "$file" -p 0 -n "$DECODE" -d "$PROMPT")
-      echo "$shape $type $t $lp $lg" >>"$RESULTS"
+      echo "$shape $type llama $lp $lg" >>"$RESULTS"
     done
   done
 done
@@ -100,7 +109,7 @@ if [[ -n ${BATCHES:-} ]]; then
       for rep in $(seq "$REPEATS"); do
         echo "# batched $shape $type run $rep/$REPEATS" >&2
         "$ENGINE_BENCH" --models "$file" --threads "$THREADS" --batches "$BATCHES" --decode-steps 32 \
-          --repeats 1 2>/dev/null | python3 -c "
+          --repeats 1 --kv-dtype "$KV_MAIN" 2>/dev/null | python3 -c "
 import json, sys
 for d in json.load(sys.stdin)['results'][0]['decode']:
     print('$shape', '$type', 'tandem', d['batch'], d['decode_tokens_per_s'])" >>"$BATCHED"
@@ -116,23 +125,25 @@ for line in sys.stdin:
   done
 fi
 
-python3 - "$RESULTS" "$LLAMA_COMMIT" "$LLAMA_TAG" "$THREADS" "$PROMPT" "$DECODE" "$REPEATS" <<'EOF'
+python3 - "$RESULTS" "$LLAMA_COMMIT" "$LLAMA_TAG" "$THREADS" "$PROMPT" "$DECODE" "$REPEATS" $KV_DTYPES <<'EOF'
 import sys
-path, commit, tag, threads, prompt, decode, repeats = sys.argv[1:]
+path, commit, tag, threads, prompt, decode, repeats, *kvs = sys.argv[1:]
 best = {}
 for line in open(path):
-    shape, typ, tp, td, lp, ld = line.split()
-    key = (shape, typ)
-    b = best.setdefault(key, [0.0, 0.0, 0.0, 0.0])
-    for i, v in enumerate((tp, td, lp, ld)):
-        b[i] = max(b[i], float(v))
-print(f"llama.cpp {tag} ({commit}), {threads} threads, best of {repeats} alternating runs")
+    shape, typ, who, p, d = line.split()
+    b = best.setdefault((shape, typ), {}).setdefault(who, [0.0, 0.0])
+    b[0], b[1] = max(b[0], float(p)), max(b[1], float(d))
+print(f"llama.cpp {tag} ({commit}), {threads} threads, best of {repeats} alternating runs, "
+      f"Tandem's KV cache {kvs[0].upper()}" + "".join(f" ({k.upper()} beside it)" for k in kvs[1:]))
 print()
-print("| shape, weights | phase | Tandem tok/s | llama.cpp tok/s | Tandem / llama.cpp |")
-print("|---|---|---:|---:|---:|")
-for (shape, typ), (tp, td, lp, ld) in best.items():
-    print(f"| {shape}, {typ.upper()} | prefill {prompt} | {tp:,.1f} | {lp:,.1f} | {tp / lp:.2f} |")
-    print(f"| {shape}, {typ.upper()} | decode {decode} after {prompt} | {td:,.1f} | {ld:,.1f} | {td / ld:.2f} |")
+extra = "".join(f" Tandem, KV {k.upper()} | ratio |" for k in kvs[1:])
+print(f"| shape, weights | phase | Tandem tok/s | llama.cpp tok/s | Tandem / llama.cpp |{extra}")
+print("|---|---|---:|---:|---:|" + "---:|---:|" * (len(kvs) - 1))
+for (shape, typ), b in best.items():
+    for i, phase in enumerate((f"prefill {prompt}", f"decode {decode} after {prompt}")):
+        t, l = b["tandem-" + kvs[0]][i], b["llama"][i]
+        more = "".join(f" {b['tandem-' + k][i]:,.1f} | {b['tandem-' + k][i] / l:.2f} |" for k in kvs[1:])
+        print(f"| {shape}, {typ.upper()} | {phase} | {t:,.1f} | {l:,.1f} | {t / l:.2f} |{more}")
 EOF
 
 if [[ -s $BATCHED ]]; then
