@@ -20,6 +20,7 @@
 # others rebuild.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 out="${1:?usage: routing_compare.sh OUT_DIR [policies...]}"
 shift
 policies=("$@")
@@ -46,14 +47,7 @@ for policy in "${policies[@]}"; do
   "$bin" up --model "$model" --prefill "$prefill" --decode "$decode" --port 0 --policy "$policy" \
     --kv-cache-mb "$kv_mb" --block-size "$block_tokens" --threads "$threads" >"$out/up-$policy.out" 2>"$log" &
   up_pid=$!
-  router=""
-  for _ in $(seq 1 600); do
-    router=$(grep -o '"router":"[^"]*"' "$out/up-$policy.out" 2>/dev/null | head -1 | cut -d'"' -f4 || true)
-    [ -n "$router" ] && break
-    kill -0 "$up_pid" 2>/dev/null || { echo "tandem up exited; see $log" >&2; exit 1; }
-    sleep 0.1
-  done
-  [ -n "$router" ] || { echo "cluster not ready; see $log" >&2; kill "$up_pid"; exit 1; }
+  router=$(await_router "$out/up-$policy.out" "$log" "$up_pid")
   echo "== $policy: router at $router" >&2
   slo_flags=()
   # SLO_TTFT=0 sends no targets: no admission rejections, every request runs

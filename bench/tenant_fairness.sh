@@ -21,6 +21,7 @@
 # OUT_DIR/summary.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 out="${1:?usage: tenant_fairness.sh OUT_DIR [extra tandem up flags...]}"
 shift
 model="${MODEL:-../shared/models/stories260K.gguf}"
@@ -40,14 +41,7 @@ if [ -n "${OTHER_CPUS:-}" ]; then pin_other=(taskset -c "$OTHER_CPUS"); fi
   >"$out/up.out" 2>"$out/up.log" &
 up_pid=$!
 trap 'kill "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true' EXIT
-router=""
-for _ in $(seq 1 600); do
-  router=$(grep -o '"router":"[^"]*"' "$out/up.out" 2>/dev/null | head -1 | cut -d'"' -f4 || true)
-  [ -n "$router" ] && break
-  kill -0 "$up_pid" 2>/dev/null || { echo "tandem up exited; see $out/up.log" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$router" ] || { echo "cluster not ready; see $out/up.log" >&2; exit 1; }
+router=$(await_router "$out/up.out" "$out/up.log" "$up_pid")
 role_pid() { grep "\"role\":\"$1\"" "$out/up.out" | grep -o '"pid":[0-9]*' | head -1 | cut -d: -f2; }
 # -a: every thread the worker has now; threads it starts later inherit it.
 [ -z "${PREFILL_CPUS:-}" ] || taskset -a -c -p "$PREFILL_CPUS" "$(role_pid prefill)" >/dev/null
