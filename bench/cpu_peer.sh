@@ -27,8 +27,8 @@
 #
 # With BATCHES set, a second table: decode tokens/s of all sequences together
 # at each batch size, Tandem's engine_bench (32-token prompts, 32 timed steps,
-# the first of KV_DTYPES) against llama-batched-bench's S_TG (npp 32, ntg 32),
-# same file.
+# each of KV_DTYPES, its TTFT part cut to 16 tokens) against
+# llama-batched-bench's S_TG (npp 32, ntg 32), same file.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -108,11 +108,13 @@ if [[ -n ${BATCHES:-} ]]; then
       file=$PEER_DIR/models/$shape-$type.gguf
       for rep in $(seq "$REPEATS"); do
         echo "# batched $shape $type run $rep/$REPEATS" >&2
-        "$ENGINE_BENCH" --models "$file" --threads "$THREADS" --batches "$BATCHES" --decode-steps 32 \
-          --repeats 1 --kv-dtype "$KV_MAIN" 2>/dev/null | python3 -c "
+        for kv in $KV_DTYPES; do
+          "$ENGINE_BENCH" --models "$file" --threads "$THREADS" --batches "$BATCHES" --decode-steps 32 \
+            --repeats 1 --ttft-prompt-tokens 16 --kv-dtype "$kv" 2>/dev/null | python3 -c "
 import json, sys
 for d in json.load(sys.stdin)['results'][0]['decode']:
-    print('$shape', '$type', 'tandem', d['batch'], d['decode_tokens_per_s'])" >>"$BATCHED"
+    print('$shape', '$type', 'tandem-$kv', d['batch'], d['decode_tokens_per_s'])" >>"$BATCHED"
+        done
         "$PEER_DIR/build/bin/llama-batched-bench" -m "$file" -c 4096 -b 2048 -ub 512 -npp 32 -ntg 32 \
           -npl "$BATCHES" -t "$THREADS" --output-format jsonl 2>/dev/null | python3 -c "
 import json, sys
@@ -147,18 +149,24 @@ for (shape, typ), b in best.items():
 EOF
 
 if [[ -s $BATCHED ]]; then
-  python3 - "$BATCHED" <<'EOF'
+  python3 - "$BATCHED" $KV_DTYPES <<'EOF'
 import sys
+path, *kvs = sys.argv[1:]
 best = {}
-for line in open(sys.argv[1]):
+for line in open(path):
     shape, typ, who, batch, tps = line.split()
-    b = best.setdefault((shape, typ, int(batch)), {"tandem": 0.0, "llama": 0.0})
-    b[who] = max(b[who], float(tps))
+    b = best.setdefault((shape, typ, int(batch)), {})
+    b[who] = max(b.get(who, 0.0), float(tps))
 print()
-print("| shape, weights | batch | Tandem decode tok/s | llama.cpp S_TG tok/s | Tandem / llama.cpp |")
-print("|---|---:|---:|---:|---:|")
+extra = "".join(f" Tandem, KV {k.upper()} | ratio |" for k in kvs[1:])
+print(f"| shape, weights | batch | Tandem decode tok/s (KV {kvs[0].upper()}) | llama.cpp S_TG tok/s | Tandem / llama.cpp |{extra}")
+print("|---|---:|---:|---:|---:|" + "---:|---:|" * (len(kvs) - 1))
 for (shape, typ, batch), b in sorted(best.items()):
-    ratio = b["tandem"] / b["llama"] if b["llama"] else float("nan")
-    print(f"| {shape}, {typ.upper()} | {batch} | {b['tandem']:,.1f} | {b['llama']:,.1f} | {ratio:.2f} |")
+    l = b.get("llama", 0.0)
+    cells = []
+    for k in kvs:
+        t = b.get("tandem-" + k, 0.0)
+        cells.append(f" {t:,.1f} |" + (f" {l:,.1f} |" if k == kvs[0] else "") + f" {t / l if l else float('nan'):.2f} |")
+    print(f"| {shape}, {typ.upper()} | {batch} |" + "".join(cells))
 EOF
 fi
