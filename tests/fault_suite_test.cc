@@ -509,7 +509,10 @@ class FaultSuiteTest : public ::testing::Test {
 
     // Afterwards the cluster serves every prompt again, identically.
     EXPECT_EQ(RunUndisturbed(name + ", after"), baseline_);
-    ExpectIdlePools(fault == Fault::kKill && HasRotation(role) ? &target : nullptr);
+    // After a stop, a reservation whose Release could not reach the stopped
+    // worker ends at the router's reservation TTL (30 s): wait past it.
+    ExpectIdlePools(fault == Fault::kKill && HasRotation(role) ? &target : nullptr,
+                    fault == Fault::kStopThenContinue ? absl::Seconds(30 + 10) : absl::Seconds(15));
   }
 
   // Migrations of one kind of fault: streams moved, and the token each was
