@@ -5,6 +5,10 @@
 #include <numeric>
 #include <random>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "absl/strings/str_format.h"
 
 namespace tandem::engine {
@@ -38,12 +42,60 @@ absl::Status SamplingParams::Validate() const {
   return absl::OkStatus();
 }
 
-int32_t Argmax(absl::Span<const float> values) {
+int32_t ArgmaxScalar(absl::Span<const float> values) {
   int32_t best = 0;
   for (size_t i = 1; i < values.size(); ++i) {
     if (values[i] > values[best]) best = static_cast<int32_t>(i);
   }
   return best;
+}
+
+#if defined(__x86_64__)
+namespace {
+
+// ArgmaxScalar's answer in two vector passes: the largest value, then the
+// first index holding it. The scalar loop's compare chains through the
+// current best (a load and compare per element on one dependency chain);
+// greedy decode at batch 64 spent 4% of a step there (110m, 32,000-entry
+// vocabulary, `perf`). Same index for every input: a NaN at 0 wins (nothing
+// compares greater), any other NaN never does; maxps(v, m) returns m when v
+// is NaN, so pass 1 skips NaNs exactly like the scalar compare; max is exact
+// and order-free, so lanes change nothing; pass 2 finds the first element
+// equal to it, and the scalar loop keeps the first of equal values (+0 and
+// -0 compare equal in both).
+__attribute__((target("avx2"))) int32_t ArgmaxAvx2(const float* v, int64_t n) {
+  if (n < 16 || std::isnan(v[0])) return ArgmaxScalar(absl::MakeConstSpan(v, n));
+  __m256 m0 = _mm256_set1_ps(v[0]), m1 = m0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    m0 = _mm256_max_ps(_mm256_loadu_ps(v + i), m0);
+    m1 = _mm256_max_ps(_mm256_loadu_ps(v + i + 8), m1);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_max_ps(m0, m1));
+  float m = lanes[0];
+  for (int l = 1; l < 8; ++l) m = lanes[l] > m ? lanes[l] : m;
+  for (; i < n; ++i) m = v[i] > m ? v[i] : m;
+  const __m256 target = _mm256_set1_ps(m);
+  for (i = 0; i + 8 <= n; i += 8) {
+    const int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v + i), target, _CMP_EQ_OQ));
+    if (mask != 0) return static_cast<int32_t>(i + __builtin_ctz(static_cast<unsigned>(mask)));
+  }
+  for (; i < n; ++i) {
+    if (v[i] == m) return static_cast<int32_t>(i);
+  }
+  return 0;  // unreachable: m is one of the values
+}
+
+}  // namespace
+#endif
+
+int32_t Argmax(absl::Span<const float> values) {
+#if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2) return ArgmaxAvx2(values.data(), static_cast<int64_t>(values.size()));
+#endif
+  return ArgmaxScalar(values);
 }
 
 Sampler::Sampler(const SamplingParams& params) : params_(params) {

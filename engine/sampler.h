@@ -61,8 +61,12 @@ class Sampler {
   std::vector<double> probs_;   // scratch
 };
 
-// Index of the largest value; the lowest index wins ties.
+// Index of the largest value; the lowest index wins ties; NaNs never win,
+// except at index 0 (nothing compares greater). 0 for an empty span.
+// Vectorized where the CPU allows; always ArgmaxScalar's answer.
 int32_t Argmax(absl::Span<const float> values);
+// The reference loop Argmax must agree with (tests).
+int32_t ArgmaxScalar(absl::Span<const float> values);
 
 }  // namespace tandem::engine
 

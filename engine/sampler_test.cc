@@ -1,6 +1,8 @@
 #include "engine/sampler.h"
 
+#include <limits>
 #include <map>
+#include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -12,6 +14,44 @@ TEST(SamplerTest, GreedyTakesArgmaxLowestIdOnTies) {
   Sampler s(SamplingParams{});
   EXPECT_EQ(s.Sample(std::vector<float>{1, 5, 3, 5}), 1);
   EXPECT_EQ(Argmax(std::vector<float>{-1, -1}), 0);
+}
+
+// The vector Argmax returns the scalar loop's index for every input: ties
+// (lowest index), +0/-0, infinities, NaNs anywhere (index 0 included), every
+// length around the vector widths, and a vocabulary-sized row.
+TEST(SamplerTest, ArgmaxMatchesTheScalarLoop) {
+  std::mt19937 rng(7);
+  const float specials[] = {0.0f, -0.0f, std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN(),
+                            3.0f, -3.0f};
+  std::uniform_int_distribution<int> coarse(-4, 4);  // few distinct values: many ties
+  std::uniform_real_distribution<float> fine(-10.0f, 10.0f);
+  std::uniform_int_distribution<int> pick(0, 99);
+  int checked = 0;
+  for (int n : {0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 47, 64, 100, 32000}) {
+    for (int trial = 0; trial < 200; ++trial) {
+      std::vector<float> v(n);
+      for (float& x : v) {
+        const int r = pick(rng);
+        x = r < 10 ? specials[r % 7] : r < 55 ? static_cast<float>(coarse(rng)) : fine(rng);
+      }
+      ASSERT_EQ(Argmax(v), ArgmaxScalar(v)) << "n=" << n << " trial=" << trial;
+      if (n > 0) {
+        v[0] = std::numeric_limits<float>::quiet_NaN();
+        ASSERT_EQ(Argmax(v), 0) << "n=" << n << " trial=" << trial;
+      }
+      ++checked;
+    }
+  }
+  // The largest value only in the scalar tail and only in the last vector.
+  std::vector<float> v(35, 1.0f);
+  v[34] = 2.0f;
+  EXPECT_EQ(Argmax(v), 34);
+  v[34] = 1.0f;
+  v[20] = 2.0f;
+  v[30] = 2.0f;
+  EXPECT_EQ(Argmax(v), 20);
+  EXPECT_EQ(checked, 14 * 200);
 }
 
 TEST(SamplerTest, SeedMakesDrawsReproducible) {
