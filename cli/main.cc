@@ -3,11 +3,13 @@
 //   router, prefill, decode, up   the disaggregated cluster
 //   bench                        replay a load trace against a cluster
 //   store                        the shared KV store server
+#include <cstdlib>
 #include <iostream>
 
 #include "CLI/CLI.hpp"
 #include "absl/debugging/failure_signal_handler.h"
 #include "absl/debugging/symbolize.h"
+#include "absl/synchronization/mutex.h"
 #include "cli/bench_command.h"
 #include "cli/generate_command.h"
 #include "cli/pull_command.h"
@@ -21,6 +23,15 @@ int main(int argc, char** argv) {
   absl::InitializeSymbolizer(argv[0]);
   absl::InstallFailureSignalHandler(absl::FailureSignalHandlerOptions{});
   tandem::InitLogging(argv[0]);  // libraries LOG to stderr; no log files
+  // Debian's Abseil is built without NDEBUG, so absl::Mutex runs its
+  // lock-order (deadlock) detection on every acquisition: a global graph
+  // under one spinlock, 4.3% of the router's CPU under load (`perf`, 1
+  // prefill + 1 decode at ~110 req/s served) and a point of contention
+  // between its threads. The tests keep it (their binaries do not run this);
+  // TANDEM_MUTEX_DEADLOCK_DETECTION=1 keeps it for a debugging run.
+  if (const char* keep = std::getenv("TANDEM_MUTEX_DEADLOCK_DETECTION"); keep == nullptr || keep[0] != '1') {
+    absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  }
 
   CLI::App app{"Tandem: LLM serving with disaggregated prefill and decode"};
   app.require_subcommand(1);
