@@ -462,6 +462,15 @@ void RouterCore::Call::OnReserved(const grpc::Status& result) {
   const std::string& decode_id = placement_->decode.id;
   if (!s.ok()) {
     core_->registry_->RemoveInflight(decode_id, 0);
+    // A Reserve the worker refused made nothing; one whose answer was lost
+    // or abandoned (deadline, cancel, a worker that stopped or went away)
+    // may have made a reservation: release it once this call is gone.
+    if (s.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED &&
+        s.error_code() != grpc::StatusCode::INVALID_ARGUMENT &&
+        s.error_code() != grpc::StatusCode::FAILED_PRECONDITION) {
+      core_->SendRelease(decode_id, worker_request_id_, placement_->decode.stubs, weak_from_this(),
+                         RouterCore::kReleaseFailed);
+    }
     if (cancelled()) return Finish(absl::CancelledError("client cancelled"));
     if (Gone(s)) core_->registry_->MarkFailed(decode_id);
     if (!Gone(s) && s.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) return Finish(FromGrpc(s));
@@ -740,24 +749,81 @@ void RouterCore::Call::Release(std::function<void()> then) {
     return;
   }
   reserved_ = false;
-  // Fire and forget: if the decode worker is alive it frees the blocks now
-  // rather than at the reservation's TTL.
+  // If the decode worker is alive it frees the blocks now rather than at the
+  // reservation's TTL; if this Release does not reach it, the sweeper sends
+  // it again once this call is gone (RouterCore::RetryReleases).
+  core_->SendRelease(placement_->decode.id, worker_request_id_, placement_->decode.stubs, weak_from_this(),
+                     RouterCore::kReleaseInFlight, std::move(then));
+}
+
+void RouterCore::SendRelease(std::string worker_id, std::string request_id,
+                             std::shared_ptr<const WorkerStubs> stubs, std::weak_ptr<const void> call,
+                             ReleaseState start, std::function<void()> then) {
+  if (stubs == nullptr || stubs->decode == nullptr) {
+    if (then) then();
+    return;
+  }
+  auto state = std::make_shared<std::atomic<int>>(start);
+  {
+    absl::MutexLock lock(&release_mu_);
+    releases_.push_back({std::move(worker_id), request_id, stubs, std::move(call),
+                         absl::Now() + options_.reservation_ttl + absl::Seconds(1), state});
+  }
+  if (start != kReleaseInFlight) {
+    if (then) then();
+    return;
+  }
+  // The callback owns what it needs (not the core, which it may outlive).
   struct Pending {
     grpc::ClientContext ctx;
     tandem::v1::ReleaseRequest req;
     tandem::v1::ReleaseResponse resp;
     std::shared_ptr<tandem::v1::DecodeWorker::Stub> stub;
+    std::shared_ptr<std::atomic<int>> state;
     std::function<void()> then;
   };
   auto* p = new Pending;
-  p->ctx.set_deadline(absl::ToChronoTime(core_->Now() + absl::Seconds(2)));
-  p->req.set_request_id(worker_request_id_);
-  p->stub = placement_->decode.stubs->decode;
+  p->ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  p->req.set_request_id(std::move(request_id));
+  p->stub = stubs->decode;
+  p->state = std::move(state);
   p->then = std::move(then);
-  p->stub->async()->Release(&p->ctx, &p->req, &p->resp, [p](grpc::Status) {
+  p->stub->async()->Release(&p->ctx, &p->req, &p->resp, [p](grpc::Status s) {
     std::unique_ptr<Pending> owned(p);
+    // NOT_FOUND: the worker holds no reservation of that id (it ended, or
+    // the Reserve never created one) — as good as released.
+    const bool answered = s.ok() || s.error_code() == grpc::StatusCode::NOT_FOUND;
+    owned->state->store(answered ? kReleaseDone : kReleaseFailed);
     if (owned->then) owned->then();
   });
+}
+
+void RouterCore::RetryReleases() {
+  {
+    absl::MutexLock lock(&release_mu_);
+    if (releases_.empty()) return;
+  }
+  std::vector<std::string> unhealthy = registry_->Unhealthy();
+  std::vector<PendingRelease> resend;
+  const absl::Time now = absl::Now();
+  {
+    absl::MutexLock lock(&release_mu_);
+    std::erase_if(releases_, [&](PendingRelease& r) {
+      const int state = r.state->load();
+      if (state == kReleaseDone || now >= r.expires) return true;
+      if (state == kReleaseInFlight || !r.call.expired()) return false;
+      if (std::find(unhealthy.begin(), unhealthy.end(), r.worker_id) != unhealthy.end()) return false;
+      resend.push_back(std::move(r));
+      return true;
+    });
+  }
+  for (PendingRelease& r : resend) {
+    // A worker that registered again (a restart) has new stubs.
+    std::optional<WorkerHandle> handle = registry_->Get(r.worker_id);
+    if (!handle.has_value()) continue;  // gone from the registry: nothing to free
+    RouterMetrics::Get().releases_resent->Increment();
+    SendRelease(std::move(r.worker_id), std::move(r.request_id), handle->stubs, {}, kReleaseInFlight);
+  }
 }
 
 void RouterCore::Call::Finish(absl::Status status) {
@@ -1111,6 +1177,7 @@ void RouterCore::SweepLoop() {
     flow_.Expire();
     PublishQueueGauges();
     CheckInFlight();
+    RetryReleases();
     for (const std::string& id : registry_->Unhealthy()) {
       if (index_.Known(id)) {
         index_.RemoveWorker(id);

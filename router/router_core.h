@@ -59,6 +59,7 @@
 
 #include <atomic>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -219,6 +220,12 @@ class RouterCore final : public Generator {
   // reservations in real time); tests may call it directly.
   void RenewReservations();
 
+  // Sends DecodeWorker.Release again for reservations a Release (or a
+  // Reserve's answer) did not get through for, once their call is gone and
+  // the worker is back in the rotation (see releases_). The sweeper calls it
+  // every sweep_interval; tests may call it directly.
+  void RetryReleases();
+
   // The model, its context length, the decode workers' block size and the
   // healthy workers per role (tandem.v1.Tandem/GetClusterInfo).
   tandem::v1::ClusterInfo GetClusterInfo() const;
@@ -254,6 +261,32 @@ class RouterCore final : public Generator {
   // stalled; holds stalled workers out of the rotation.
   void CheckInFlight();
 
+  // Releases that may not have reached their decode worker: a Release that
+  // failed or timed out (its worker was stopped or unreachable), or a
+  // Reserve whose answer never came (the worker may hold the reservation).
+  // The sweeper re-sends them (RetryReleases) once the call that made them
+  // is gone — so no later Reserve of the same request id can be hit — and
+  // the worker is in the rotation, until one is answered or the
+  // reservation's TTL has freed it on the worker's side. A reservation
+  // orphaned while its worker was SIGSTOPped is so freed when the worker
+  // runs again instead of 30 s later. Unanswered states: kReleaseInFlight,
+  // kReleaseFailed; kReleaseDone ends the entry.
+  enum ReleaseState : int { kReleaseInFlight, kReleaseFailed, kReleaseDone };
+  struct PendingRelease {
+    std::string worker_id;
+    std::string request_id;
+    std::shared_ptr<const WorkerStubs> stubs;
+    std::weak_ptr<const void> call;
+    absl::Time expires;  // real time: the worker's reservation TTL has passed
+    std::shared_ptr<std::atomic<int>> state;
+  };
+  // Sends DecodeWorker.Release for `request_id` (2 s deadline), runs
+  // `then` once it is answered or failed, and tracks it until answered.
+  // `start` kReleaseFailed: tracks it without sending now (runs `then` at
+  // once).
+  void SendRelease(std::string worker_id, std::string request_id, std::shared_ptr<const WorkerStubs> stubs,
+                   std::weak_ptr<const void> call, ReleaseState start, std::function<void()> then = nullptr);
+
   const RouterOptions options_;
   const model::ModelInfo* const model_;
   WorkerRegistry* const registry_;
@@ -272,6 +305,9 @@ class RouterCore final : public Generator {
   std::thread renew_thread_;
   absl::Mutex snapshot_mu_;
   std::deque<std::string> snapshot_queue_ ABSL_GUARDED_BY(snapshot_mu_);
+
+  absl::Mutex release_mu_;
+  std::vector<PendingRelease> releases_ ABSL_GUARDED_BY(release_mu_);
 
   // Call objects alive (constructed, not destroyed): Stop waits for none.
   absl::Mutex alive_mu_;

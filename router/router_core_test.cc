@@ -1,14 +1,23 @@
 // RouterCore in one process, without workers: the checks a request meets
-// before any RPC (validation, deadline, placement), on a FakeClock.
+// before any RPC (validation, deadline, placement), on a FakeClock; and,
+// against a fake decode worker's gRPC server, the Releases it sends again.
 #include "router/router_core.h"
 
 #include <memory>
 #include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
 #include "gmock/gmock.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
 #include "gtest/gtest.h"
+#include "tandem/v1/worker.grpc.pb.h"
+#include "tests/testing/poll.h"
 #include "tests/testing/status_matchers.h"
 
 namespace tandem::router {
@@ -104,6 +113,122 @@ TEST_F(RouterCoreTest, AWorkerPastItsHeartbeatDeadlineIsNotPlaced) {
   clock_.Advance(absl::Seconds(2) + absl::Milliseconds(1));  // interval 1 s x 2 misses
   EXPECT_THAT(Run(Request(), clock_.Now() + absl::Minutes(1)),
               StatusIs(absl::StatusCode::kUnavailable, HasSubstr("no healthy decode worker")));
+}
+
+// A decode worker that answers every Reserve with `reserve_status` and
+// records the request ids of the Reserves and Releases it receives.
+class FakeDecodeWorker final : public tandem::v1::DecodeWorker::Service {
+ public:
+  explicit FakeDecodeWorker(grpc::Status reserve_status) : reserve_status_(std::move(reserve_status)) {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(this);
+    server_ = builder.BuildAndStart();
+  }
+  ~FakeDecodeWorker() override { server_->Shutdown(); }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+  grpc::Status Reserve(grpc::ServerContext*, const tandem::v1::ReserveRequest* r,
+                       tandem::v1::KvReservation*) override {
+    absl::MutexLock lock(&mu_);
+    reserves_.push_back(r->request_id());
+    return reserve_status_;
+  }
+  grpc::Status Release(grpc::ServerContext*, const tandem::v1::ReleaseRequest* r,
+                       tandem::v1::ReleaseResponse*) override {
+    absl::MutexLock lock(&mu_);
+    releases_.push_back(r->request_id());
+    return grpc::Status::OK;
+  }
+  std::vector<std::string> reserves() {
+    absl::MutexLock lock(&mu_);
+    return reserves_;
+  }
+  std::vector<std::string> releases() {
+    absl::MutexLock lock(&mu_);
+    return releases_;
+  }
+
+ private:
+  const grpc::Status reserve_status_;
+  int port_ = 0;
+  std::unique_ptr<grpc::Server> server_;
+  absl::Mutex mu_;
+  std::vector<std::string> reserves_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> releases_ ABSL_GUARDED_BY(mu_);
+};
+
+class ReleaseRetryTest : public RouterCoreTest {
+ protected:
+  // Registers `decode` (and a prefill worker never dialled: the Reserve
+  // fails first) and runs one request until it ends.
+  absl::Status RunAgainst(FakeDecodeWorker& decode) {
+    for (auto [id, role, address] :
+         {std::tuple{"d1", tandem::v1::WORKER_ROLE_DECODE, decode.address()},
+          std::tuple{"p1", tandem::v1::WORKER_ROLE_PREFILL, std::string("127.0.0.1:1")}}) {
+      tandem::v1::RegisterRequest r;
+      r.set_worker_id(id);
+      r.set_role(role);
+      r.set_address(address);
+      r.set_model_id("m");
+      r.set_block_size(16);
+      EXPECT_OK(registry_.Register(r));
+    }
+    // Longer than aggregate_max_uncached_tokens: disaggregated, so Reserve.
+    tandem::v1::GenerateRequest request = Request();
+    for (int i = 0; i < 39; ++i) request.mutable_prompt_token_ids()->add_ids(6 + i);
+    auto recorder = std::make_shared<Recorder>();
+    core_->Start(request, clock_.Now() + absl::Minutes(1), recorder);
+    EXPECT_TRUE(::tandem::testing::PollUntil([&] { return recorder->status().has_value(); }, absl::Seconds(20)));
+    // The call object is gone once nothing holds it (its last callback ran).
+    EXPECT_TRUE(::tandem::testing::PollUntil([&] { return core_->in_flight() == 0; }, absl::Seconds(20)));
+    return recorder->status().value_or(absl::UnknownError("not done"));
+  }
+  void Heartbeat(const std::string& id) {
+    tandem::v1::HeartbeatRequest h;
+    h.set_worker_id(id);
+    EXPECT_TRUE(registry_.Heartbeat(h));
+  }
+};
+
+// A Reserve whose worker did not answer (UNAVAILABLE: stopped, unreachable)
+// may have left a reservation there: once the call is over and the worker
+// heartbeats again, the router releases that request id on it, once.
+TEST_F(ReleaseRetryTest, AReserveWithoutAnAnswerIsReleasedWhenTheWorkerIsBack) {
+  FakeDecodeWorker decode(grpc::Status(grpc::StatusCode::UNAVAILABLE, "stopped"));
+  EXPECT_THAT(RunAgainst(decode), StatusIs(absl::StatusCode::kUnavailable));
+  ASSERT_EQ(decode.reserves().size(), 1u);
+  // Out of the rotation (the Reserve failed as a gone worker's): nothing sent.
+  for (int i = 0; i < 5; ++i) core_->RetryReleases();
+  EXPECT_TRUE(decode.releases().empty());
+  Heartbeat("d1");
+  ASSERT_TRUE(::tandem::testing::PollUntil(
+      [&] {
+        core_->RetryReleases();
+        return !decode.releases().empty();
+      },
+      absl::Seconds(20), absl::Milliseconds(10)));
+  EXPECT_EQ(decode.releases(), decode.reserves());
+  // Answered: never sent again.
+  for (int i = 0; i < 20; ++i) {
+    core_->RetryReleases();
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(decode.releases().size(), 1u);
+}
+
+// A Reserve the worker refused (RESOURCE_EXHAUSTED: no room) made nothing to
+// release.
+TEST_F(ReleaseRetryTest, ARefusedReserveIsNotReleased) {
+  FakeDecodeWorker decode(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "decode_full: no blocks"));
+  EXPECT_FALSE(RunAgainst(decode).ok());
+  ASSERT_EQ(decode.reserves().size(), 1u);
+  Heartbeat("d1");
+  for (int i = 0; i < 20; ++i) {
+    core_->RetryReleases();
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_TRUE(decode.releases().empty());
 }
 
 }  // namespace

@@ -46,6 +46,12 @@ RouterMetrics& RouterMetrics::Get() {
                 "(block, worker) pairs the router's KV index holds, by tier (hbm, dram, ssd)", {"tier"});
     out->retries = r.Counter("tandem_router_retries_total", "Placements retried after a worker failed", {})
                        ->WithLabels({});
+    out->releases_resent =
+        r.Counter("tandem_router_reservation_releases_resent_total",
+                  "Decode reservations released again after the first Release did not reach the worker "
+                  "(it was stopped or unreachable), once it was back in the rotation",
+                  {})
+            ->WithLabels({});
     out->migrations = r.Counter("tandem_router_stream_migrations_total",
                                 "Streams whose decode worker died or stalled mid-stream, by outcome "
                                 "(moved: resumed on another decode worker; failed: none could take it)",

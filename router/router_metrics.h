@@ -31,6 +31,9 @@ struct RouterMetrics {
   CounterFamily* kv_bytes;       // {}
   Gauge* in_flight;
   Counter* retries;
+  // Releases re-sent to a decode worker that did not answer the first one
+  // (RouterCore::RetryReleases).
+  Counter* releases_resent;
   // {outcome}: "moved" (a stream continued on another decode worker after
   // its own died or stalled mid-stream) or "failed" (no worker could take it).
   CounterFamily* migrations;
