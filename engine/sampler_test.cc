@@ -21,9 +21,13 @@ TEST(SamplerTest, GreedyTakesArgmaxLowestIdOnTies) {
 // length around the vector widths, and a vocabulary-sized row.
 TEST(SamplerTest, ArgmaxMatchesTheScalarLoop) {
   std::mt19937 rng(7);
-  const float specials[] = {0.0f, -0.0f, std::numeric_limits<float>::infinity(),
-                            -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN(),
-                            3.0f, -3.0f};
+  const float specials[] = {0.0f,
+                            -0.0f,
+                            std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(),
+                            std::numeric_limits<float>::quiet_NaN(),
+                            3.0f,
+                            -3.0f};
   std::uniform_int_distribution<int> coarse(-4, 4);  // few distinct values: many ties
   std::uniform_real_distribution<float> fine(-10.0f, 10.0f);
   std::uniform_int_distribution<int> pick(0, 99);

@@ -179,7 +179,8 @@ class ReleaseRetryTest : public RouterCoreTest {
     for (int i = 0; i < 39; ++i) request.mutable_prompt_token_ids()->add_ids(6 + i);
     auto recorder = std::make_shared<Recorder>();
     core_->Start(request, clock_.Now() + absl::Minutes(1), recorder);
-    EXPECT_TRUE(::tandem::testing::PollUntil([&] { return recorder->status().has_value(); }, absl::Seconds(20)));
+    EXPECT_TRUE(
+        ::tandem::testing::PollUntil([&] { return recorder->status().has_value(); }, absl::Seconds(20)));
     // The call object is gone once nothing holds it (its last callback ran).
     EXPECT_TRUE(::tandem::testing::PollUntil([&] { return core_->in_flight() == 0; }, absl::Seconds(20)));
     return recorder->status().value_or(absl::UnknownError("not done"));
