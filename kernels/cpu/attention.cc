@@ -359,6 +359,10 @@ template <>
 struct Wide<LoadF32> {
   TANDEM_AVX512 static __m512 Half(const float* p) { return _mm512_broadcast_f32x8(_mm256_loadu_ps(p)); }
   TANDEM_AVX512 static __m512 Full(const float* p) { return _mm512_loadu_ps(p); }
+  // a's 8 elements in lanes 0-7, b's in lanes 8-15.
+  TANDEM_AVX512 static __m512 Pair(const float* a, const float* b) {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(a)), _mm256_loadu_ps(b), 1);
+  }
 };
 template <>
 struct Wide<LoadF16> {
@@ -367,6 +371,10 @@ struct Wide<LoadF16> {
   }
   TANDEM_AVX512 static __m512 Full(const uint16_t* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  TANDEM_AVX512 static __m512 Pair(const uint16_t* a, const uint16_t* b) {
+    return _mm512_cvtph_ps(_mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)),
+                                            _mm_loadu_si128(reinterpret_cast<const __m128i*>(a))));
   }
 };
 template <>
@@ -377,6 +385,11 @@ struct Wide<LoadBF16> {
   }
   TANDEM_AVX512 static __m512 Full(const uint16_t* p) {
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  TANDEM_AVX512 static __m512 Pair(const uint16_t* a, const uint16_t* b) {
+    const __m256i h = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)),
+                                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(a)));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   }
 };
@@ -452,9 +465,37 @@ TANDEM_AVX512 void ScoreTile512(const float* const* pq, float* const* w, const t
   }
 }
 
+// Scores of a lone query (a pair slot whose second query is missing: every
+// decode row without grouped heads) against keys k[0..16): the query in
+// both halves of its vector, keys 2m and 2m + 1 in the two halves of
+// accumulator m. Each (query, key) accumulator gets the same 8 lanes of
+// FMAs, in the same order, as in ScoreTile512 (which paired the query with
+// zeros), and Reduce8 reduces each half by itself in the same tree: the same
+// bits, with half the FMAs and key conversions. Keys past n_keys are not
+// written.
+template <typename L>
+TANDEM_AVX512 void ScoreTileLone512(const float* pq, float* w, const typename L::T* const* k, int32_t p0,
+                                    int32_t n_keys, int32_t head_dim, float scale) {
+  __m512 acc[8];
+#pragma GCC unroll 8
+  for (int m = 0; m < 8; ++m) acc[m] = _mm512_setzero_ps();
+  for (int32_t d = 0, c = 0; d < head_dim; d += 8, ++c) {
+    const __m512 pair = _mm512_loadu_ps(pq + 16 * c);
+    const __m512 qv = _mm512_shuffle_f32x4(pair, pair, 0x44);  // lanes 0-7 in both halves
+#pragma GCC unroll 8
+    for (int m = 0; m < 8; ++m)
+      acc[m] = _mm512_fmadd_ps(qv, Wide<L>::Pair(k[2 * m] + d, k[2 * m + 1] + d), acc[m]);
+  }
+  alignas(64) float r[16];
+  _mm512_store_ps(r, _mm512_mul_ps(Reduce8(acc), _mm512_set1_ps(scale)));
+  const int nk = std::min(16, n_keys - p0);
+  for (int j = 0; j < nk; ++j) w[p0 + j] = r[ReducedLane(j / 2, j % 2)];
+}
+
 // Scores of query pairs [0, np) against keys [0, n_keys): tiles of 2 pairs
-// x 4 keys (1 x 8 for a last odd pair); a ragged last tile repeats key 0
-// and drops those results.
+// x 4 keys (1 x 8 for a last odd pair, 16 keys of ScoreTileLone512 when that
+// pair holds one query); a ragged last tile repeats key 0 and drops those
+// results.
 template <typename L>
 TANDEM_AVX512 void Scores512(const float* const* pq, float* const* w, int32_t np,
                              const typename L::T* const* keys, int32_t n_keys, int32_t head_dim,
@@ -482,7 +523,18 @@ TANDEM_AVX512 void Scores512(const float* const* pq, float* const* w, int32_t np
       ScoreTile512<L, 2, 4>(pq + i, w + 2 * i, buf, p, n_keys, head_dim, scale);
     }
   }
-  if (i < np) {
+  if (i < np && w[2 * i + 1] == nullptr) {
+    int32_t p = 0;
+    for (; p + 16 <= n_keys; p += 16) {
+      prefetch(p, 16);
+      ScoreTileLone512<L>(pq[i], w[2 * i], keys + p, p, n_keys, head_dim, scale);
+    }
+    if (p < n_keys) {
+      const T* buf[16];
+      tail(16, p, buf);
+      ScoreTileLone512<L>(pq[i], w[2 * i], buf, p, n_keys, head_dim, scale);
+    }
+  } else if (i < np) {
     int32_t p = 0;
     for (; p + 8 <= n_keys; p += 8) {
       prefetch(p, 8);
