@@ -758,7 +758,7 @@ void RouterCore::Call::Release(std::function<void()> then) {
 
 void RouterCore::SendRelease(std::string worker_id, std::string request_id,
                              std::shared_ptr<const WorkerStubs> stubs, std::weak_ptr<const void> call,
-                             ReleaseState start, std::function<void()> then) {
+                             ReleaseState start, std::function<void()> then, absl::Time expires) {
   if (stubs == nullptr || stubs->decode == nullptr) {
     if (then) then();
     return;
@@ -766,8 +766,13 @@ void RouterCore::SendRelease(std::string worker_id, std::string request_id,
   auto state = std::make_shared<std::atomic<int>>(start);
   {
     absl::MutexLock lock(&release_mu_);
-    releases_.push_back({std::move(worker_id), request_id, stubs, std::move(call),
-                         absl::Now() + options_.reservation_ttl + absl::Seconds(1), state});
+    // Past the reservation's TTL on the worker's clock (plus a margin), it
+    // has freed the blocks itself; a re-sent Release keeps the first one's
+    // expiry, so a worker that never answers is not retried forever.
+    if (expires == absl::InfiniteFuture())
+      expires = absl::Now() + options_.reservation_ttl + absl::Seconds(1);
+    releases_.push_back({std::move(worker_id), request_id, stubs, std::move(call), expires,
+                         absl::Now() + absl::Seconds(1), state});
   }
   if (start != kReleaseInFlight) {
     if (then) then();
@@ -811,7 +816,7 @@ void RouterCore::RetryReleases() {
     std::erase_if(releases_, [&](PendingRelease& r) {
       const int state = r.state->load();
       if (state == kReleaseDone || now >= r.expires) return true;
-      if (state == kReleaseInFlight || !r.call.expired()) return false;
+      if (state == kReleaseInFlight || now < r.not_before || !r.call.expired()) return false;
       if (std::find(unhealthy.begin(), unhealthy.end(), r.worker_id) != unhealthy.end()) return false;
       resend.push_back(std::move(r));
       return true;
@@ -822,7 +827,8 @@ void RouterCore::RetryReleases() {
     std::optional<WorkerHandle> handle = registry_->Get(r.worker_id);
     if (!handle.has_value()) continue;  // gone from the registry: nothing to free
     RouterMetrics::Get().releases_resent->Increment();
-    SendRelease(std::move(r.worker_id), std::move(r.request_id), handle->stubs, {}, kReleaseInFlight);
+    SendRelease(std::move(r.worker_id), std::move(r.request_id), handle->stubs, {}, kReleaseInFlight, nullptr,
+                r.expires);
   }
 }
 

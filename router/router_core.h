@@ -277,15 +277,18 @@ class RouterCore final : public Generator {
     std::string request_id;
     std::shared_ptr<const WorkerStubs> stubs;
     std::weak_ptr<const void> call;
-    absl::Time expires;  // real time: the worker's reservation TTL has passed
+    absl::Time expires;     // real time: the worker's reservation TTL has passed
+    absl::Time not_before;  // real time: re-sent at most once a second
     std::shared_ptr<std::atomic<int>> state;
   };
-  // Sends DecodeWorker.Release for `request_id` (2 s deadline), runs
-  // `then` once it is answered or failed, and tracks it until answered.
+  // Sends DecodeWorker.Release for `request_id` (2 s deadline, real time
+  // like Renew), runs `then` once it is answered or failed, and tracks it
+  // until answered or `expires` (default: reservation_ttl + 1 s from now).
   // `start` kReleaseFailed: tracks it without sending now (runs `then` at
   // once).
   void SendRelease(std::string worker_id, std::string request_id, std::shared_ptr<const WorkerStubs> stubs,
-                   std::weak_ptr<const void> call, ReleaseState start, std::function<void()> then = nullptr);
+                   std::weak_ptr<const void> call, ReleaseState start, std::function<void()> then = nullptr,
+                   absl::Time expires = absl::InfiniteFuture());
 
   const RouterOptions options_;
   const model::ModelInfo* const model_;

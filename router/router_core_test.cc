@@ -116,10 +116,12 @@ TEST_F(RouterCoreTest, AWorkerPastItsHeartbeatDeadlineIsNotPlaced) {
 }
 
 // A decode worker that answers every Reserve with `reserve_status` and
-// records the request ids of the Reserves and Releases it receives.
+// every Release with `release_status`, and records the request ids of the
+// Reserves and Releases it receives.
 class FakeDecodeWorker final : public tandem::v1::DecodeWorker::Service {
  public:
-  explicit FakeDecodeWorker(grpc::Status reserve_status) : reserve_status_(std::move(reserve_status)) {
+  explicit FakeDecodeWorker(grpc::Status reserve_status, grpc::Status release_status = grpc::Status::OK)
+      : reserve_status_(std::move(reserve_status)), release_status_(std::move(release_status)) {
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(this);
@@ -138,7 +140,7 @@ class FakeDecodeWorker final : public tandem::v1::DecodeWorker::Service {
                        tandem::v1::ReleaseResponse*) override {
     absl::MutexLock lock(&mu_);
     releases_.push_back(r->request_id());
-    return grpc::Status::OK;
+    return release_status_;
   }
   std::vector<std::string> reserves() {
     absl::MutexLock lock(&mu_);
@@ -151,6 +153,7 @@ class FakeDecodeWorker final : public tandem::v1::DecodeWorker::Service {
 
  private:
   const grpc::Status reserve_status_;
+  const grpc::Status release_status_;
   int port_ = 0;
   std::unique_ptr<grpc::Server> server_;
   absl::Mutex mu_;
@@ -216,6 +219,31 @@ TEST_F(ReleaseRetryTest, AReserveWithoutAnAnswerIsReleasedWhenTheWorkerIsBack) {
     absl::SleepFor(absl::Milliseconds(5));
   }
   EXPECT_EQ(decode.releases().size(), 1u);
+}
+
+// A worker back in the rotation that keeps failing the Release is asked
+// again at most once a second, and no more once the reservation's TTL (on
+// its side) has freed it.
+TEST_F(ReleaseRetryTest, AFailingReleaseIsRetriedAtMostOnceASecondUntilTheTtl) {
+  RouterOptions options;
+  options.clock = &clock_;
+  options.reservation_ttl = absl::Seconds(1);  // tracked for 2 s
+  core_ = std::make_unique<RouterCore>(options, &model_, &registry_);
+  FakeDecodeWorker decode(grpc::Status(grpc::StatusCode::UNAVAILABLE, "stopped"),
+                          grpc::Status(grpc::StatusCode::UNAVAILABLE, "still stopped"));
+  const absl::Time start = absl::Now();
+  EXPECT_THAT(RunAgainst(decode), StatusIs(absl::StatusCode::kUnavailable));
+  Heartbeat("d1");
+  size_t at_expiry = 0;
+  while (absl::Now() < start + absl::Seconds(4)) {
+    core_->RetryReleases();
+    if (absl::Now() < start + absl::Seconds(2)) at_expiry = decode.releases().size();
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  const size_t sent = decode.releases().size();
+  EXPECT_GE(sent, 1u);             // tried once the call was gone and the worker back
+  EXPECT_LE(sent, 2u);             // within the 2 s it was tracked: at most once a second
+  EXPECT_LE(sent, at_expiry + 1);  // none later than the one in flight at expiry
 }
 
 // A Reserve the worker refused (RESOURCE_EXHAUSTED: no room) made nothing to
