@@ -31,7 +31,6 @@ TEST(SamplerTest, ArgmaxMatchesTheScalarLoop) {
   std::uniform_int_distribution<int> coarse(-4, 4);  // few distinct values: many ties
   std::uniform_real_distribution<float> fine(-10.0f, 10.0f);
   std::uniform_int_distribution<int> pick(0, 99);
-  int checked = 0;
   for (int n : {0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 47, 64, 100, 32000}) {
     for (int trial = 0; trial < 200; ++trial) {
       std::vector<float> v(n);
@@ -44,7 +43,6 @@ TEST(SamplerTest, ArgmaxMatchesTheScalarLoop) {
         v[0] = std::numeric_limits<float>::quiet_NaN();
         ASSERT_EQ(Argmax(v), 0) << "n=" << n << " trial=" << trial;
       }
-      ++checked;
     }
   }
   // The largest value only in the scalar tail and only in the last vector.
@@ -55,7 +53,6 @@ TEST(SamplerTest, ArgmaxMatchesTheScalarLoop) {
   v[20] = 2.0f;
   v[30] = 2.0f;
   EXPECT_EQ(Argmax(v), 20);
-  EXPECT_EQ(checked, 14 * 200);
 }
 
 TEST(SamplerTest, SeedMakesDrawsReproducible) {

@@ -771,8 +771,8 @@ void RouterCore::SendRelease(std::string worker_id, std::string request_id,
     // expiry, so a worker that never answers is not retried forever.
     if (expires == absl::InfiniteFuture())
       expires = absl::Now() + options_.reservation_ttl + absl::Seconds(1);
-    releases_.push_back({std::move(worker_id), request_id, stubs, std::move(call), expires,
-                         absl::Now() + absl::Seconds(1), state});
+    releases_.push_back(
+        {std::move(worker_id), request_id, std::move(call), expires, absl::Now() + absl::Seconds(1), state});
   }
   if (start != kReleaseInFlight) {
     if (then) then();

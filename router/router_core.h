@@ -274,8 +274,7 @@ class RouterCore final : public Generator {
   enum ReleaseState : int { kReleaseInFlight, kReleaseFailed, kReleaseDone };
   struct PendingRelease {
     std::string worker_id;
-    std::string request_id;
-    std::shared_ptr<const WorkerStubs> stubs;
+    std::string request_id;  // re-sent through the worker's current stubs (a restart has new ones)
     std::weak_ptr<const void> call;
     absl::Time expires;     // real time: the worker's reservation TTL has passed
     absl::Time not_before;  // real time: re-sent at most once a second

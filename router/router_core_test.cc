@@ -188,6 +188,15 @@ class ReleaseRetryTest : public RouterCoreTest {
     EXPECT_TRUE(::tandem::testing::PollUntil([&] { return core_->in_flight() == 0; }, absl::Seconds(20)));
     return recorder->status().value_or(absl::UnknownError("not done"));
   }
+  // Calls RetryReleases every 10 ms for `d`: longer than the 1 s a
+  // release waits between tries, so a Release that should not go would.
+  void RetryFor(absl::Duration d) {
+    const absl::Time end = absl::Now() + d;
+    while (absl::Now() < end) {
+      core_->RetryReleases();
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+  }
   void Heartbeat(const std::string& id) {
     tandem::v1::HeartbeatRequest h;
     h.set_worker_id(id);
@@ -203,7 +212,7 @@ TEST_F(ReleaseRetryTest, AReserveWithoutAnAnswerIsReleasedWhenTheWorkerIsBack) {
   EXPECT_THAT(RunAgainst(decode), StatusIs(absl::StatusCode::kUnavailable));
   ASSERT_EQ(decode.reserves().size(), 1u);
   // Out of the rotation (the Reserve failed as a gone worker's): nothing sent.
-  for (int i = 0; i < 5; ++i) core_->RetryReleases();
+  RetryFor(absl::Milliseconds(1500));
   EXPECT_TRUE(decode.releases().empty());
   Heartbeat("d1");
   ASSERT_TRUE(::tandem::testing::PollUntil(
@@ -214,10 +223,7 @@ TEST_F(ReleaseRetryTest, AReserveWithoutAnAnswerIsReleasedWhenTheWorkerIsBack) {
       absl::Seconds(20), absl::Milliseconds(10)));
   EXPECT_EQ(decode.releases(), decode.reserves());
   // Answered: never sent again.
-  for (int i = 0; i < 20; ++i) {
-    core_->RetryReleases();
-    absl::SleepFor(absl::Milliseconds(5));
-  }
+  RetryFor(absl::Milliseconds(1500));
   EXPECT_EQ(decode.releases().size(), 1u);
 }
 
@@ -253,10 +259,7 @@ TEST_F(ReleaseRetryTest, ARefusedReserveIsNotReleased) {
   EXPECT_FALSE(RunAgainst(decode).ok());
   ASSERT_EQ(decode.reserves().size(), 1u);
   Heartbeat("d1");
-  for (int i = 0; i < 20; ++i) {
-    core_->RetryReleases();
-    absl::SleepFor(absl::Milliseconds(5));
-  }
+  RetryFor(absl::Milliseconds(1500));
   EXPECT_TRUE(decode.releases().empty());
 }
 

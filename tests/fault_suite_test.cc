@@ -512,7 +512,7 @@ class FaultSuiteTest : public ::testing::Test {
     // After a stop, a reservation whose Release could not reach the stopped
     // worker is released again by the router once the worker is back in the
     // rotation (RouterCore::RetryReleases), well before its 30 s TTL.
-    ExpectIdlePools(fault == Fault::kKill && HasRotation(role) ? &target : nullptr, absl::Seconds(15));
+    ExpectIdlePools(fault == Fault::kKill && HasRotation(role) ? &target : nullptr);
   }
 
   // Migrations of one kind of fault: streams moved, and the token each was
@@ -738,7 +738,7 @@ TEST_F(FaultSuiteTest, MigrationTrials) {
   // Release could not reach it, or the Reserve's answer never came) is
   // released again once the worker is back (RouterCore::RetryReleases), not
   // left to the reservation's 30 s TTL.
-  ExpectIdlePools(nullptr, absl::Seconds(15));
+  ExpectIdlePools(nullptr);
 }
 
 TEST_F(FaultSuiteTest, RouterKilledAndRestarted) {
