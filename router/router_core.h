@@ -99,8 +99,13 @@ struct RouterOptions {
   // prefill is queued or running the router renews its reservation every
   // reservation_ttl / 4 (DecodeWorker.Renew), so the reservation lives as
   // long as the request; only a router that stopped renewing (it died)
-  // leaves blocks held, for one TTL. Default: 30 s.
-  absl::Duration reservation_ttl = absl::Seconds(30);
+  // leaves blocks held, for one TTL. Default: 10 s — short because renewal
+  // keeps every live request's reservation, so the TTL only decides how
+  // long a killed router's reservations hold decode blocks (a renewal
+  // every 2.5 s per request waiting for its prefill, at most the in-flight
+  // prefill limit per prefill worker, is cheap). Was 30 s until 2026-12-04;
+  // the fault suite's router kill -9 then left one for 30 s.
+  absl::Duration reservation_ttl = absl::Seconds(10);
   // Bound on the router's queue: requests admitted and still waiting for
   // their first token (Reserve, the prefill worker's queue, the prefill),
   // per healthy prefill worker (per decode worker when none prefills). A

@@ -511,7 +511,9 @@ class FaultSuiteTest : public ::testing::Test {
     EXPECT_EQ(RunUndisturbed(name + ", after"), baseline_);
     // After a stop, a reservation whose Release could not reach the stopped
     // worker is released again by the router once the worker is back in the
-    // rotation (RouterCore::RetryReleases), well before its 30 s TTL.
+    // rotation (RouterCore::RetryReleases). After a router kill -9, a
+    // reservation whose prefill was running is released by nobody: it lapses
+    // unrenewed after the router's reservation TTL (10 s), inside the 15 s.
     ExpectIdlePools(fault == Fault::kKill && HasRotation(role) ? &target : nullptr);
   }
 
