@@ -5,12 +5,15 @@
 #include <fstream>
 #include <numbers>
 #include <numeric>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "model/loader.h"
+#include "model/synthetic.h"
 #include "tests/testing/status_matchers.h"
 
 namespace tandem::model {
@@ -110,6 +113,64 @@ TEST_F(LlamaTest, BatchedSequencesMatchEachAlone) {
   EXPECT_EQ(std::memcmp(logits.data(), la.data(), la.size() * 4), 0);
   EXPECT_EQ(std::memcmp(logits.data() + la.size(), lb.data(), lb.size() * 4), 0);
 }
+
+// The same invariances with the tiny model's shape in F16 and BF16 weights,
+// which the CPU backend runs through their own kernels (F16 packed for
+// outer products, BF16 dot products on activations rounded once: gemm.h).
+class LlamaWeightTypeTest : public LlamaTest, public ::testing::WithParamInterface<DType> {
+ protected:
+  void SetUp() override {
+    LlamaTest::SetUp();
+    ASSERT_OK_AND_ASSIGN(typed_, CreateSyntheticModelFromConfig(model_->config, GetParam()));
+    ASSERT_EQ(typed_->weights.layers.at(0).wq.dtype, GetParam());
+    auto l = LlamaModel::Create(model_->config, typed_->weights, backend_.get());
+    ASSERT_OK(l);
+    f32_llama_ = std::exchange(llama_, std::move(*l));
+  }
+  std::unique_ptr<SyntheticModel> typed_;
+  std::unique_ptr<LlamaModel> f32_llama_;
+};
+
+TEST_P(LlamaWeightTypeTest, ChunkedPrefillAndBatchesAreBitIdentical) {
+  std::vector<int32_t> a = model_->tokenizer->Encode("the little dog saw a big red ball", true);
+  std::vector<int32_t> b = model_->tokenizer->Encode("the cat", true);
+  const std::vector<float> whole = Run(a, 1000, 0);
+  EXPECT_EQ(std::memcmp(whole.data(), Run(a, 3, 20).data(), whole.size() * 4), 0);
+  EXPECT_EQ(std::memcmp(whole.data(), Run(a, 1, 40).data(), whole.size() * 4), 0);
+  const std::vector<float> lb = Run(b, 1000, 0);
+  std::vector<int32_t> ta(16), tb(16);
+  std::iota(ta.begin(), ta.end(), 20);
+  std::iota(tb.begin(), tb.end(), 40);
+  std::vector<int32_t> tokens, pos, slots;
+  for (size_t i = 0; i < a.size(); ++i) {
+    tokens.push_back(a[i]);
+    pos.push_back(i);
+    slots.push_back(ta[i / 4] * 4 + i % 4);
+  }
+  for (size_t i = 0; i < b.size(); ++i) {
+    tokens.push_back(b[i]);
+    pos.push_back(i);
+    slots.push_back(tb[i / 4] * 4 + i % 4);
+  }
+  const int32_t na = a.size(), nb = b.size();
+  kernels::AttentionSequence seqs[2] = {{0, na, na, ta}, {na, nb, nb, tb}};
+  const int32_t rows[2] = {na - 1, na + nb - 1};
+  std::vector<float> logits(2 * model_->config.vocab_size);
+  ASSERT_OK(llama_->Forward({tokens, pos, slots, seqs, rows}, kv_, logits.data()));
+  EXPECT_EQ(std::memcmp(logits.data(), whole.data(), whole.size() * 4), 0);
+  EXPECT_EQ(std::memcmp(logits.data() + whole.size(), lb.data(), lb.size() * 4), 0);
+  // Guards against the typed weights not reaching the model: the F32
+  // model's logits differ.
+  std::swap(llama_, f32_llama_);
+  const std::vector<float> f32 = Run(a, 1000, 0);
+  std::swap(llama_, f32_llama_);
+  EXPECT_NE(std::memcmp(whole.data(), f32.data(), whole.size() * 4), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(WeightTypes, LlamaWeightTypeTest, ::testing::Values(DType::kF16, DType::kBF16),
+                         [](const ::testing::TestParamInfo<DType>& info) {
+                           return std::string(DTypeName(info.param));
+                         });
 
 TEST_F(LlamaTest, MalformedBatchesAreRejected) {
   std::vector<int32_t> table = {0};

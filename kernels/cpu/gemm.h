@@ -33,7 +33,8 @@
 // one 8-lane accumulator that takes its K elements in the same order, one FMA
 // per 8 elements (per 32-block for Q8_0; a zero-padded final vector for a
 // ragged tail), and the same horizontal combine at the end, whatever tile,
-// batch size, thread count or position in the batch computed it. Integer
+// batch size, thread count or position in the batch computed it (packed
+// weights: one float lane per output, see PackedWeight). Integer
 // block sums are exact, so their internal order cannot matter. Results
 // therefore depend only on the element's own inputs on a given machine and
 // path; the two paths differ from each other by float rounding (FMA vs
@@ -64,7 +65,14 @@ GemmPath DefaultGemmPath();
 const char* GemmPathName(GemmPath path);
 
 // A weight repacked once (at load: CpuBackend::PrepareWeight) into the
-// layout one path's kernels stream. Today Q4_0, Q8_0, Q4_K on kAvx512, as
+// layout one path's kernels stream. F16 on kAvx512: panels of 32 weight
+// rows stored k-major (element (k, r) at k * 32 + r), multiplied as outer
+// products — per k the panel's two 16-row vectors converted once and each
+// of up to 12 tokens' x[k] broadcast, so every output is one float lane
+// taking its K products in index order, in every tile, batch and thread
+// count (bits differ from the unpacked tiles', which split K over 16
+// lanes); the same bytes as the source; TANDEM_CPU_F16_PACK=0 keeps the
+// unpacked tiles. Q4_0, Q8_0, Q4_K on kAvx512, as
 // llama.cpp repacks Q4_0 at load: panels of 16 weight rows, per 32-block
 // the 16 rows' F16 scales and then 64-byte vectors whose int32 lane r holds
 // row r's quant bytes 4j..4j+3 (Q4_0: four, low nibbles elements 4j..,

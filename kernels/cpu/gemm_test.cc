@@ -313,13 +313,13 @@ TEST(GemmLongRowsTest, BatchInvariantAcrossTokenPasses) {
   for (DType type : {DType::kF16, DType::kBF16, DType::kF32}) {
     Problem p = MakeProblem(type, 40, 40, 8192, 31);
     ThreadPool two(ThreadPool::Options{.num_threads = 2});
-    for (GemmPath path : Paths()) {
+    for (auto [path, packed] : Variants(p.w)) {
       std::vector<float> batched(p.rows * p.out), alone(p.out);
-      MatMul(path, &two, p.x.data(), p.rows, p.w, batched.data());
+      MatMul(path, &two, p.x.data(), p.rows, p.w, batched.data(), packed.get());
       for (int64_t r = 0; r < p.rows; ++r) {
-        MatMul(path, nullptr, &p.x[r * p.in], 1, p.w, alone.data());
+        MatMul(path, nullptr, &p.x[r * p.in], 1, p.w, alone.data(), packed.get());
         ASSERT_EQ(0, std::memcmp(alone.data(), &batched[r * p.out], p.out * sizeof(float)))
-            << DTypeName(type) << " " << GemmPathName(path) << " row " << r;
+            << DTypeName(type) << " " << Name(path, packed.get()) << " row " << r;
       }
     }
   }
