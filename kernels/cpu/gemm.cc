@@ -1091,6 +1091,14 @@ constexpr int kF16PackedNR = 12;
 // One token: 4 panels (128 rows, 8 accumulators) per tile, so 4 streams of
 // 64 bytes per k are in flight from DRAM.
 constexpr int kF16DecodePanels = 4;
+// Several tokens: each k's panel line is prefetched 4 KiB (64 k) ahead.
+// Without it a few-token step (batched decode) starved on one panel
+// stream per tile: llama-1b's decode matmuls at 4 tokens (gemm_test
+// DecodeModelShapes, TANDEM_GEMM_BENCH_TOKENS=4) 74-78 ms against the
+// row-major tiles' 55; with it 46-53 ms (1 KiB ahead: 57-59, 8 KiB: 52),
+// at 16 tokens 137-147 -> 89-101 ms (row-major: 128-158); 512-token
+// prefill unchanged within the VM's spread.
+constexpr int64_t kF16PrefetchBytes = 4096;
 
 // NP adjacent panels (panel_elems apart) x NR tokens (x rows ldx apart);
 // `live` of the tile's 32 x NP output rows exist (the rest are padding).
@@ -1114,6 +1122,8 @@ TANDEM_AVX512 void TilePackedF16(const float* x, int64_t ldx, const uint16_t* pa
         _mm_prefetch(reinterpret_cast<const char*>(panel + p * panel_elems) +
                          DecodePrefetchAt(k * kF16PanelRows * 2, panel_bytes, NP),
                      _MM_HINT_T0);
+      } else {
+        _mm_prefetch(reinterpret_cast<const char*>(wp) + kF16PrefetchBytes, _MM_HINT_T0);
       }
       wv[2 * p] = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(wp)));
       wv[2 * p + 1] = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(wp + 16)));
