@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <numbers>
 #include <numeric>
@@ -15,6 +16,7 @@
 #include "model/loader.h"
 #include "model/synthetic.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/weight_encoding.h"
 
 namespace tandem::model {
 namespace {
@@ -114,20 +116,44 @@ TEST_F(LlamaTest, BatchedSequencesMatchEachAlone) {
   EXPECT_EQ(std::memcmp(logits.data() + la.size(), lb.data(), lb.size() * 4), 0);
 }
 
-// The same invariances with the tiny model's shape in F16 and BF16 weights,
-// which the CPU backend runs through their own kernels (F16 packed for
-// outer products, BF16 dot products on activations rounded once: gemm.h).
+// The same invariances with the tiny model's shape in F16, BF16, Q8_0 and
+// Q4_0 weights, which the CPU backend runs through their own kernels (F16
+// packed for outer products, BF16 dot products on activations rounded once,
+// Q8_0/Q4_0 packed integer panels on int8 activations: gemm.h). Q4_K needs
+// rows of 256 and the tiny model's are 128.
 class LlamaWeightTypeTest : public LlamaTest, public ::testing::WithParamInterface<DType> {
  protected:
   void SetUp() override {
     LlamaTest::SetUp();
-    ASSERT_OK_AND_ASSIGN(typed_, CreateSyntheticModelFromConfig(model_->config, GetParam()));
-    ASSERT_EQ(typed_->weights.layers.at(0).wq.dtype, GetParam());
-    auto l = LlamaModel::Create(model_->config, typed_->weights, backend_.get());
+    LlamaWeights weights = model_->weights;
+    if (GetParam() == DType::kF16 || GetParam() == DType::kBF16) {
+      ASSERT_OK_AND_ASSIGN(typed_, CreateSyntheticModelFromConfig(model_->config, GetParam()));
+      weights = typed_->weights;
+    } else {  // the F32 model's matmul weights, quantized
+      for (LayerWeights& l : weights.layers) {
+        for (kernels::Weight* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) Quantize(*w);
+      }
+      Quantize(weights.output);
+    }
+    ASSERT_EQ(weights.layers.at(0).wq.dtype, GetParam());
+    ASSERT_EQ(weights.output.dtype, GetParam());
+    auto l = LlamaModel::Create(model_->config, weights, backend_.get());
     ASSERT_OK(l);
     f32_llama_ = std::exchange(llama_, std::move(*l));
   }
+
+  // `w` (F32) re-encoded as GetParam(), in storage this test owns.
+  void Quantize(kernels::Weight& w) {
+    ASSERT_EQ(w.dtype, DType::kF32);
+    const auto* f = static_cast<const float*>(w.data);
+    std::vector<float> held;
+    quantized_.push_back(::tandem::testing::Encode(std::vector<float>(f, f + w.rows * w.cols), w.rows, w.cols,
+                                                   GetParam(), &held));
+    w = kernels::Weight{quantized_.back().data(), GetParam(), w.rows, w.cols};
+  }
+
   std::unique_ptr<SyntheticModel> typed_;
+  std::deque<std::vector<uint8_t>> quantized_;
   std::unique_ptr<LlamaModel> f32_llama_;
 };
 
@@ -167,7 +193,8 @@ TEST_P(LlamaWeightTypeTest, ChunkedPrefillAndBatchesAreBitIdentical) {
   EXPECT_NE(std::memcmp(whole.data(), f32.data(), whole.size() * 4), 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(WeightTypes, LlamaWeightTypeTest, ::testing::Values(DType::kF16, DType::kBF16),
+INSTANTIATE_TEST_SUITE_P(WeightTypes, LlamaWeightTypeTest,
+                         ::testing::Values(DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0),
                          [](const ::testing::TestParamInfo<DType>& info) {
                            return std::string(DTypeName(info.param));
                          });
