@@ -63,6 +63,29 @@ class LlamaTest : public ::testing::Test {
     return logits;
   }
 
+  // `a` and `b` as two sequences of one step, in blocks from `first_a` and
+  // `first_b`; returns the logits after each one's last token, a's first.
+  std::vector<float> RunTogether(const std::vector<int32_t>& a, const std::vector<int32_t>& b,
+                                 int32_t first_a, int32_t first_b) {
+    std::vector<int32_t> ta(16), tb(16);
+    std::iota(ta.begin(), ta.end(), first_a);
+    std::iota(tb.begin(), tb.end(), first_b);
+    std::vector<int32_t> tokens, pos, slots;
+    for (const auto& [seq, table] : {std::pair{&a, &ta}, std::pair{&b, &tb}}) {
+      for (size_t i = 0; i < seq->size(); ++i) {
+        tokens.push_back((*seq)[i]);
+        pos.push_back(i);
+        slots.push_back((*table)[i / 4] * 4 + i % 4);
+      }
+    }
+    const int32_t na = a.size(), nb = b.size();
+    kernels::AttentionSequence seqs[2] = {{0, na, na, ta}, {na, nb, nb, tb}};
+    const int32_t rows[2] = {na - 1, na + nb - 1};
+    std::vector<float> logits(2 * model_->config.vocab_size);
+    EXPECT_OK(llama_->Forward({tokens, pos, slots, seqs, rows}, kv_, logits.data()));
+    return logits;
+  }
+
   std::unique_ptr<LoadedModel> model_;
   std::unique_ptr<kernels::Backend> backend_;
   std::unique_ptr<LlamaModel> llama_;
@@ -93,25 +116,7 @@ TEST_F(LlamaTest, BatchedSequencesMatchEachAlone) {
   const std::vector<float> la = Run(a, 1000, 0);
   const std::vector<float> lb = Run(b, 1000, 20);
   // Both prompts in one step, in other blocks.
-  std::vector<int32_t> ta(16), tb(16);
-  std::iota(ta.begin(), ta.end(), 32);
-  std::iota(tb.begin(), tb.end(), 48);
-  std::vector<int32_t> tokens, pos, slots;
-  for (size_t i = 0; i < a.size(); ++i) {
-    tokens.push_back(a[i]);
-    pos.push_back(i);
-    slots.push_back(ta[i / 4] * 4 + i % 4);
-  }
-  for (size_t i = 0; i < b.size(); ++i) {
-    tokens.push_back(b[i]);
-    pos.push_back(i);
-    slots.push_back(tb[i / 4] * 4 + i % 4);
-  }
-  const int32_t na = a.size(), nb = b.size();
-  kernels::AttentionSequence seqs[2] = {{0, na, na, ta}, {na, nb, nb, tb}};
-  const int32_t rows[2] = {na - 1, na + nb - 1};
-  std::vector<float> logits(2 * model_->config.vocab_size);
-  ASSERT_OK(llama_->Forward({tokens, pos, slots, seqs, rows}, kv_, logits.data()));
+  const std::vector<float> logits = RunTogether(a, b, 32, 48);
   EXPECT_EQ(std::memcmp(logits.data(), la.data(), la.size() * 4), 0);
   EXPECT_EQ(std::memcmp(logits.data() + la.size(), lb.data(), lb.size() * 4), 0);
 }
@@ -164,25 +169,7 @@ TEST_P(LlamaWeightTypeTest, ChunkedPrefillAndBatchesAreBitIdentical) {
   EXPECT_EQ(std::memcmp(whole.data(), Run(a, 3, 20).data(), whole.size() * 4), 0);
   EXPECT_EQ(std::memcmp(whole.data(), Run(a, 1, 40).data(), whole.size() * 4), 0);
   const std::vector<float> lb = Run(b, 1000, 0);
-  std::vector<int32_t> ta(16), tb(16);
-  std::iota(ta.begin(), ta.end(), 20);
-  std::iota(tb.begin(), tb.end(), 40);
-  std::vector<int32_t> tokens, pos, slots;
-  for (size_t i = 0; i < a.size(); ++i) {
-    tokens.push_back(a[i]);
-    pos.push_back(i);
-    slots.push_back(ta[i / 4] * 4 + i % 4);
-  }
-  for (size_t i = 0; i < b.size(); ++i) {
-    tokens.push_back(b[i]);
-    pos.push_back(i);
-    slots.push_back(tb[i / 4] * 4 + i % 4);
-  }
-  const int32_t na = a.size(), nb = b.size();
-  kernels::AttentionSequence seqs[2] = {{0, na, na, ta}, {na, nb, nb, tb}};
-  const int32_t rows[2] = {na - 1, na + nb - 1};
-  std::vector<float> logits(2 * model_->config.vocab_size);
-  ASSERT_OK(llama_->Forward({tokens, pos, slots, seqs, rows}, kv_, logits.data()));
+  const std::vector<float> logits = RunTogether(a, b, 20, 40);
   EXPECT_EQ(std::memcmp(logits.data(), whole.data(), whole.size() * 4), 0);
   EXPECT_EQ(std::memcmp(logits.data() + whole.size(), lb.data(), lb.size() * 4), 0);
   // Guards against the typed weights not reaching the model: the F32
