@@ -181,6 +181,8 @@ nlohmann::ordered_json SummaryToJson(const RunSummary& s, const std::vector<Requ
       one["queue_ms"] = OrNull(r.queue_ms);
       one["prefill_ms"] = OrNull(r.prefill_ms);
       one["transfer_ms"] = OrNull(r.transfer_ms);
+      one["admission_ms"] = OrNull(r.admission_ms);
+      one["reserve_ms"] = OrNull(r.reserve_ms);
       if (!r.tenant.empty()) one["tenant"] = r.tenant;
       list.push_back(std::move(one));
     }

@@ -58,6 +58,9 @@ struct RequestResult {
   // transfer_ms): waiting for a worker, computing the prompt, writing its
   // KV to the decode worker; unset when the router did not report them.
   std::optional<double> queue_ms, prefill_ms, transfer_ms;
+  // Parts of queue_ms (Timings.admission_ms, reserve_ms): the router's flow
+  // queue and the decode worker's Reserve; unset when not reported.
+  std::optional<double> admission_ms, reserve_ms;
   // Times it was sent again to another router replica after UNAVAILABLE
   // (Runner::Options::replicas).
   int32_t retries = 0;
@@ -142,7 +145,8 @@ std::map<std::string, RunSummary> SummarizeByTenant(const std::vector<RequestRes
 // Missing values are null. With `samples`, also "samples": one object per
 // completed request in send order: {"ttft_ms","tpot_ms","e2e_ms","prompt_tokens",
 // "cached_tokens","output_tokens","met_slo","predicted_ttft_ms","router_ttft_ms",
-// "queue_ms","prefill_ms","transfer_ms"}, and "tenant" when it has one.
+// "queue_ms","prefill_ms","transfer_ms","admission_ms",
+// "reserve_ms"}, and "tenant" when it has one.
 nlohmann::ordered_json SummaryToJson(const RunSummary& summary, const std::vector<RequestResult>& results,
                                      bool samples);
 

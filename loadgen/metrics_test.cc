@@ -141,6 +141,8 @@ TEST(SummarizeTest, TtftPredictionErrorIsMeasuredMinusPredictedOverPredictedRequ
     r.queue_ms = 1.5 * i;
     r.prefill_ms = 20;
     r.transfer_ms = 3;
+    r.admission_ms = 0.5 * i;
+    r.reserve_ms = 0.25 * i;
     r.tenant = i == 0 ? "light" : "";
     results.push_back(r);
   }
@@ -173,7 +175,10 @@ TEST(SummarizeTest, TtftPredictionErrorIsMeasuredMinusPredictedOverPredictedRequ
   EXPECT_DOUBLE_EQ(j["samples"][2]["queue_ms"].get<double>(), 3);
   EXPECT_DOUBLE_EQ(j["samples"][2]["prefill_ms"].get<double>(), 20);
   EXPECT_DOUBLE_EQ(j["samples"][2]["transfer_ms"].get<double>(), 3);
+  EXPECT_DOUBLE_EQ(j["samples"][2]["admission_ms"].get<double>(), 1);
+  EXPECT_DOUBLE_EQ(j["samples"][2]["reserve_ms"].get<double>(), 0.5);
   EXPECT_TRUE(j["samples"][4]["queue_ms"].is_null());
+  EXPECT_TRUE(j["samples"][4]["reserve_ms"].is_null());
   EXPECT_EQ(j["samples"][0]["tenant"], "light");
   EXPECT_FALSE(j["samples"][1].contains("tenant"));
   // Without a bound computed, the key is null.

@@ -96,6 +96,8 @@ class Runner::Call : public grpc::ClientReadReactor<v1::GenerateResponse> {
         result_.queue_ms = timings.queue_ms();
         result_.prefill_ms = timings.prefill_ms();
         result_.transfer_ms = timings.transfer_ms();
+        if (timings.has_admission_ms()) result_.admission_ms = timings.admission_ms();
+        if (timings.has_reserve_ms()) result_.reserve_ms = timings.reserve_ms();
       }
     }
     StartRead(&response_);

@@ -247,6 +247,7 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   tandem::v1::ReserveRequest reserve_req_;
   tandem::v1::KvReservation reservation_;
   bool reserved_ = false;
+  absl::Time reserve_sent_;         // the last Reserve's, for Timings.reserve_ms
   bool inflight_recorded_ = false;  // see ForgetInflight
   // RouterCore::KeepReservation's key while the prefill is pending; 0: none.
   uint64_t kept_reservation_ = 0;
@@ -383,6 +384,8 @@ void RouterCore::Call::Begin(const GenerateRequest& request) {
 
 void RouterCore::Call::Attempt() {
   if (cancelled()) return Finish(absl::CancelledError("client cancelled"));
+  if (attempts_ == 0 && migrations_ == 0)
+    summary_.mutable_timings()->set_admission_ms(Ms(core_->Now() - start_));
   if (core_->Now() >= deadline_) return Finish(absl::DeadlineExceededError("request deadline passed"));
   if (attempts_++ >= core_->options_.max_attempts) {
     return Finish(
@@ -451,6 +454,7 @@ void RouterCore::Call::Attempt() {
   if (!Activate(ctx_.get(), InFlightCall::Step::kReserve))
     return Finish(absl::CancelledError("client cancelled"));
   reservation_.Clear();
+  reserve_sent_ = core_->Now();
   core_->registry_->AddInflight(placement_->decode.id, 0);
   placement_->decode.stubs->decode->async()->Reserve(
       ctx_.get(), &reserve_req_, &reservation_,
@@ -479,6 +483,7 @@ void RouterCore::Call::OnReserved(const grpc::Status& result) {
   }
   reserved_ = true;
   summary_.mutable_timings()->set_queue_ms(Ms(core_->Now() - start_));
+  if (sent_tokens_ == 0) summary_.mutable_timings()->set_reserve_ms(Ms(core_->Now() - reserve_sent_));
   // 2. A prefill worker computes the KV and writes it into the reservation.
   prefill_req_.Clear();
   prefill_req_.set_request_id(worker_request_id_);

@@ -344,6 +344,11 @@ TEST_F(RequestPathTest, DisaggregatedRequestMatchesAggregatedDecode) {
   EXPECT_EQ(split.summary.prefill_worker(), "prefill-0");
   EXPECT_EQ(split.summary.decode_worker(), "decode-0");
   ASSERT_EQ(split.tokens.size(), 12u);
+  // Where the wait went: the flow queue and the Reserve are parts of queue_ms.
+  const tandem::v1::Timings& t = split.summary.timings();
+  ASSERT_TRUE(t.has_admission_ms());
+  ASSERT_TRUE(t.has_reserve_ms());
+  EXPECT_LE(t.admission_ms() + t.reserve_ms(), t.queue_ms());
   // Again, now that both workers hold the prompt's blocks in their prefix
   // caches: the same tokens (batch-invariant kernels, cached KV bit-exact).
   Outcome again = Generate(request);
