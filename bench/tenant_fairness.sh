@@ -50,6 +50,12 @@ if [ "${DECODE_NICE:-0}" != 0 ]; then
   # nice is per thread on Linux: every thread now; later ones inherit it.
   for task in /proc/"$(role_pid decode)"/task/*; do renice -n "$DECODE_NICE" -p "${task##*/}" >/dev/null; done
 fi
+# DECODE_ENGINE_NICE: the decode worker's engine (compute) thread only.
+if [ "${DECODE_ENGINE_NICE:-0}" != 0 ]; then
+  for task in /proc/"$(role_pid decode)"/task/*; do
+    if [ "$(cat "$task/comm")" = engine ]; then renice -n "$DECODE_ENGINE_NICE" -p "${task##*/}" >/dev/null; fi
+  done
+fi
 echo "== router at $router (cpus: prefill ${PREFILL_CPUS:-all}, decode ${DECODE_CPUS:-all}," \
   "others ${OTHER_CPUS:-all}; decode nice ${DECODE_NICE:-0})" >&2
 
@@ -76,7 +82,7 @@ def light(run):
     t = j.get("tenants", {}).get("light", j)
     s = [x for x in j["samples"] if x.get("tenant", "light") == "light"]
     parts = {k: [pct([x.get(k) for x in s], 50), pct([x.get(k) for x in s], 90)]
-             for k in ("queue_ms", "prefill_ms", "transfer_ms")}
+             for k in ("queue_ms", "admission_ms", "reserve_ms", "prefill_ms", "transfer_ms")}
     return {"ttft_p50_ms": t["ttft_ms"]["p50"], "ttft_p90_ms": t["ttft_ms"]["p90"],
             "completed": t["completed"], "rejected": t["rejected"], "errors": t["errors"],
             "p50_p90_ms": parts, "served_rps": j["throughput_rps"]}
@@ -91,7 +97,8 @@ for name, r in (("light alone", solo), ("light beside heavy", mix)):
     p = r["p50_p90_ms"]
     print(f"{name}: TTFT p50/p90 {r['ttft_p50_ms']:.1f}/{r['ttft_p90_ms']:.1f} ms, "
           f"completed {r['completed']} refused {r['rejected']} errors {r['errors']}; "
-          f"queue {p['queue_ms'][0]:.1f}/{p['queue_ms'][1]:.1f}, prefill {p['prefill_ms'][0]:.1f}/"
+          f"queue {p['queue_ms'][0]:.1f}/{p['queue_ms'][1]:.1f} (router {p['admission_ms'][0]:.1f}/"
+          f"{p['admission_ms'][1]:.1f}, reserve {p['reserve_ms'][0]:.1f}/{p['reserve_ms'][1]:.1f}), prefill {p['prefill_ms'][0]:.1f}/"
           f"{p['prefill_ms'][1]:.1f}, transfer {p['transfer_ms'][0]:.1f}/{p['transfer_ms'][1]:.1f} ms; "
           f"served {r['served_rps']:.1f} req/s")
 print(f"heavy: {summary['heavy']}")

@@ -320,7 +320,8 @@ int64_t DecodeService::NextEngineId() {
 }
 
 void DecodeService::ReleaseReservedAsync(int64_t id) {
-  (void)runner_->Post([id](engine::Engine& e) { return e.ReleaseReserved(id); }, absl::InfiniteFuture());
+  (void)runner_->PostBesideStep([id](engine::Engine& e) { return e.ReleaseReserved(id); },
+                                absl::InfiniteFuture());
 }
 
 grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* context,
@@ -332,8 +333,10 @@ grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* co
     return reactor;
   }
   const int64_t id = NextEngineId();
-  // `r` and `response` stay valid until Finish.
-  const absl::Status queued = runner_->Post(
+  // `r` and `response` stay valid until Finish. Beside the step: with
+  // EngineRunner::Options::reserve_beside_step the reservation does not
+  // wait for the decode step in progress (it is on the request's TTFT).
+  const absl::Status queued = runner_->PostBesideStep(
       [this, id, r, response, context](engine::Engine& e) {
         // A Reserve its router has given up on (it timed out or was cancelled
         // while this worker was stopped or its engine busy) reserves nothing:
@@ -352,7 +355,8 @@ absl::Status DecodeService::ReserveOnEngine(engine::Engine& e, int64_t id,
                                             const tandem::v1::ReserveRequest& r,
                                             tandem::v1::KvReservation* response) {
   {
-    // Checked here, on the one thread that adds reservations, so two
+    // Checked here, on the one thread that adds reservations (the engine
+    // thread, or the runner's reservation thread), so two
     // Reserves of one request id cannot both pass.
     absl::MutexLock lock(&mu_);
     if (reservations_.contains(r.request_id()))
@@ -404,9 +408,9 @@ grpc::ServerUnaryReactor* DecodeService::Release(grpc::CallbackServerContext* co
     return reactor;
   }
   const int64_t id = reserved->engine_id;
-  const absl::Status queued = runner_->Post([id](engine::Engine& e) { return e.ReleaseReserved(id); },
-                                            absl::Now() + kEngineCallTimeout,
-                                            [reactor](const absl::Status& s) { reactor->Finish(ToGrpc(s)); });
+  const absl::Status queued = runner_->PostBesideStep(
+      [id](engine::Engine& e) { return e.ReleaseReserved(id); }, absl::Now() + kEngineCallTimeout,
+      [reactor](const absl::Status& s) { reactor->Finish(ToGrpc(s)); });
   if (!queued.ok()) reactor->Finish(ToGrpc(queued));
   return reactor;
 }

@@ -29,7 +29,11 @@
 //
 // Handlers are gRPC callback reactors and never wait: each RPC queues its
 // work on the engine thread (EngineRunner::Post / SubmitAsync /
-// ListenAndRunAsync) and is finished from the engine thread's callbacks. A
+// ListenAndRunAsync) and is finished from the engine thread's callbacks;
+// Reserve and Release go through EngineRunner::PostBesideStep, so with
+// Options::reserve_beside_step they run on the runner's reservation thread
+// while a decode step computes, and a reservation (on the request's TTFT)
+// does not wait for the step in progress. A
 // Decode stream is a ServerWriteReactor with one write in flight; the
 // engine's token updates are queued (coalesced while a write is in flight)
 // and its final update writes the summary and finishes the RPC. A client that
@@ -168,7 +172,7 @@ class DecodeService final : public tandem::v1::DecodeWorker::CallbackService {
   // them (when the request carries CRC32Cs; DataLoss when one differs), then
   // copies them from their landing slots into the pool (with a landing area).
   absl::Status LandTransferredBlocks(const tandem::v1::DecodeRequest& request, const Reservation& reserved);
-  // Gives reservation `id`'s blocks back on the engine thread, not waiting.
+  // Gives reservation `id`'s blocks back (EngineRunner::PostBesideStep), not waiting.
   void ReleaseReservedAsync(int64_t id);
 
   const DecodeServiceOptions options_;

@@ -280,27 +280,50 @@ bool Engine::StepPlan::Contains(int64_t id) const {
 }
 
 absl::StatusOr<std::vector<SequenceUpdate>> Engine::Step() {
-  std::vector<SequenceUpdate> out = std::move(pending_);
+  TANDEM_ASSIGN_OR_RETURN(const bool compute, BeginStep());
+  if (compute) TANDEM_RETURN_IF_ERROR(ComputeStep());
+  return EndStep();
+}
+
+absl::StatusOr<bool> Engine::BeginStep() {
+  step_out_ = std::move(pending_);
   pending_.clear();
-  TANDEM_ASSIGN_OR_RETURN(const StepPlan plan, Plan(/*has_updates=*/!out.empty()));
-  if (plan.rows.empty()) return out;
-  const std::vector<int64_t> sampled_ids = BuildBatch(plan);
+  step_plan_.reset();
+  step_sampled_ids_.clear();
+  TANDEM_ASSIGN_OR_RETURN(StepPlan plan, Plan(/*has_updates=*/!step_out_.empty()));
+  if (plan.rows.empty()) return false;
+  step_sampled_ids_ = BuildBatch(plan);
+  step_plan_ = std::move(plan);
+  return true;
+}
+
+absl::Status Engine::ComputeStep() {
   const int32_t vocab = llama_->config().vocab_size;
   logits_.resize(static_cast<size_t>(vocab) * std::max<size_t>(1, step_logit_rows_.size()));
   model::ForwardBatch batch{step_tokens_, step_positions_, step_slots_, step_seqs_, step_logit_rows_};
-  TANDEM_RETURN_IF_ERROR(llama_->Forward(batch, kv_view_, logits_.data()));
+  absl::Status forward = llama_->Forward(batch, kv_view_, logits_.data());
   // A device fault anywhere in the step (the backend's sticky error) fails
   // the step, and with it every request in it, before a token is sampled
   // from logits it produced.
-  if (absl::Status device = backend_->status(); !device.ok()) {
-    return absl::Status(device.code(),
-                        absl::StrCat("backend ", std::string(backend_->name()), ": ", device.message()));
+  if (absl::Status device = backend_->status(); forward.ok() && !device.ok()) {
+    forward = absl::Status(device.code(),
+                           absl::StrCat("backend ", std::string(backend_->name()), ": ", device.message()));
   }
+  if (!forward.ok()) step_plan_.reset();  // EndStep reports nothing of a failed pass
+  return forward;
+}
+
+std::vector<SequenceUpdate> Engine::EndStep() {
+  std::vector<SequenceUpdate> out = std::move(step_out_);
+  step_out_.clear();
+  if (!step_plan_.has_value()) return out;
+  const StepPlan plan = *std::move(step_plan_);
+  step_plan_.reset();
   ++stats_.steps;
   if (!loading_.empty()) ++stats_.steps_with_tier_loads;
   CommitComputed(plan);
   ReportComputedBlocks(plan, &out);
-  SampleAndFinish(sampled_ids, &out);
+  SampleAndFinish(step_sampled_ids_, &out);
   return out;
 }
 
@@ -495,6 +518,12 @@ std::vector<int64_t> Engine::BuildBatch(const StepPlan& plan) {
   step_slots_.clear();
   step_logit_rows_.clear();
   step_seqs_.clear();
+  // The step's block tables are copied, so that the forward pass reads
+  // nothing the KvManager may move while Reserve runs beside it.
+  size_t table_entries = 0;
+  for (const Planned& p : plan.rows) table_entries += kv_->BlockTable(p.id).size();
+  step_tables_.clear();
+  step_tables_.reserve(table_entries);  // no reallocation below: the spans stay valid
   std::vector<int64_t> sampled_ids;
   for (const Planned& p : plan.rows) {
     Sequence& seq = *sequences_.at(p.id);
@@ -505,7 +534,11 @@ std::vector<int64_t> Engine::BuildBatch(const StepPlan& plan) {
       step_positions_.push_back(pos);
       step_slots_.push_back(kv_->Slot(p.id, pos));
     }
-    step_seqs_.push_back({start, p.rows, seq.num_computed + p.rows, kv_->BlockTable(p.id)});
+    const absl::Span<const int32_t> table = kv_->BlockTable(p.id);
+    const size_t table_start = step_tables_.size();
+    step_tables_.insert(step_tables_.end(), table.begin(), table.end());
+    step_seqs_.push_back({start, p.rows, seq.num_computed + p.rows,
+                          absl::MakeConstSpan(step_tables_).subspan(table_start, table.size())});
     if (seq.num_computed + p.rows == static_cast<int32_t>(seq.tokens.size())) {
       step_logit_rows_.push_back(start + p.rows - 1);
       sampled_ids.push_back(p.id);

@@ -49,7 +49,8 @@
 // batch, with or without its prefix cached, and after preemption.
 //
 // Thread safety: none; one thread (the engine thread) owns the engine, its
-// backend and model.
+// backend and model, except that Reserve and ReleaseReserved may run on
+// another thread while ComputeStep runs (see BeginStep).
 #ifndef TANDEM_ENGINE_ENGINE_H_
 #define TANDEM_ENGINE_ENGINE_H_
 
@@ -248,6 +249,26 @@ class Engine {
   // back as kError updates.
   absl::StatusOr<std::vector<SequenceUpdate>> Step();
 
+  // Step in three calls, for a runner that answers reservations while the
+  // forward pass computes (EngineRunner::Options::reserve_beside_step):
+  //   TANDEM_ASSIGN_OR_RETURN(bool compute, engine->BeginStep());  // plan, build the batch
+  //   if (compute) TANDEM_RETURN_IF_ERROR(engine->ComputeStep());  // the forward pass
+  //   updates = engine->EndStep();                                  // commit, sample, finish
+  // BeginStep returns false when there is nothing to compute (EndStep still
+  // reports pending updates); errors as Step's. Between BeginStep and
+  // EndStep only ComputeStep may run and, on another thread but never two
+  // at once, Reserve and ReleaseReserved: they touch no block and no block
+  // table of the step's sequences (Reserve takes free blocks, evicting only
+  // cached blocks nobody holds; a reservation is in no step; BuildBatch
+  // copied the step's tables), nor anything ComputeStep reads (the step's
+  // scratch, the model, logits). With tiers, Reserve may copy tier blocks
+  // into its new pool blocks through the engine's copier: only for a
+  // backend whose copies any thread may make (Backend::host_accessible).
+  // ComputeStep touches nothing else of the engine.
+  absl::StatusOr<bool> BeginStep();
+  absl::Status ComputeStep();
+  std::vector<SequenceUpdate> EndStep();
+
   const EngineStats& stats() const { return stats_; }
   const KvManager& kv_manager() const { return *kv_; }
   int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
@@ -367,8 +388,14 @@ class Engine {
   absl::flat_hash_map<std::string, double> tenant_finish_;
   EngineStats stats_;
 
-  // Per-step scratch.
-  std::vector<int32_t> step_tokens_, step_positions_, step_slots_, step_logit_rows_;
+  // The step between BeginStep and EndStep: its plan (unset when nothing
+  // is computed, or the forward pass failed), the ids sampled from its
+  // logits, and the updates it reports.
+  std::optional<StepPlan> step_plan_;
+  std::vector<int64_t> step_sampled_ids_;
+  std::vector<SequenceUpdate> step_out_;
+  // Per-step scratch; step_seqs_' block tables point into step_tables_.
+  std::vector<int32_t> step_tokens_, step_positions_, step_slots_, step_logit_rows_, step_tables_;
   std::vector<kernels::AttentionSequence> step_seqs_;
   std::vector<float> logits_;
 };

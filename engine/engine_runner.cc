@@ -1,5 +1,7 @@
 #include "engine/engine_runner.h"
 
+#include <pthread.h>
+
 #include <utility>
 
 namespace tandem::engine {
@@ -16,7 +18,18 @@ SequenceUpdate ErrorUpdate(int64_t id, absl::Status status) {
 }  // namespace
 
 EngineRunner::EngineRunner(Engine* engine, Options options) : engine_(engine), options_(std::move(options)) {
-  thread_ = std::thread([this] { Loop(); });
+  // Named, so that `top -H`, perf and a deployment's CPU policy (e.g. a
+  // lower priority for the compute thread) can tell them apart.
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "engine");
+    Loop();
+  });
+  if (options_.reserve_beside_step) {
+    beside_thread_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "engine-reserve");
+      BesideLoop();
+    });
+  }
 }
 
 EngineRunner::~EngineRunner() { Stop(); }
@@ -27,6 +40,7 @@ void EngineRunner::Stop() {
     stopping_ = true;
   }
   if (thread_.joinable()) thread_.join();
+  if (beside_thread_.joinable()) beside_thread_.join();
 }
 
 absl::Status EngineRunner::Run(std::function<absl::Status(Engine&)> fn, absl::Time deadline) {
@@ -52,6 +66,59 @@ absl::Status EngineRunner::Post(std::function<absl::Status(Engine&)> fn, absl::T
   if (stopping_) return absl::UnavailableError("engine is stopping");
   commands_.push_back(std::move(cmd));
   return absl::OkStatus();
+}
+
+absl::Status EngineRunner::PostBesideStep(std::function<absl::Status(Engine&)> fn, absl::Time deadline,
+                                          Done done) {
+  if (!options_.reserve_beside_step) return Post(std::move(fn), deadline, std::move(done));
+  auto cmd = std::make_shared<Command>();
+  cmd->fn = std::move(fn);
+  cmd->deadline = deadline;
+  cmd->on_done = std::move(done);
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("engine is stopping");
+  beside_commands_.push_back(std::move(cmd));
+  return absl::OkStatus();
+}
+
+void EngineRunner::BesideLoop() {
+  for (;;) {
+    std::deque<std::shared_ptr<Command>> batch;
+    {
+      absl::MutexLock lock(&mu_);
+      // A wait with a deadline like every other: re-checked each tick.
+      mu_.AwaitWithDeadline(absl::Condition(
+                                +[](EngineRunner* r) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                                  return r->stopping_ || !r->beside_commands_.empty();
+                                },
+                                this),
+                            absl::Now() + options_.tick);
+      if (stopping_) break;
+      batch.swap(beside_commands_);
+    }
+    for (const std::shared_ptr<Command>& cmd : batch) {
+      absl::Status result;
+      {
+        absl::MutexLock engine_lock(&engine_mu_);
+        result = absl::Now() > *cmd->deadline
+                     ? absl::DeadlineExceededError("engine did not reach the work in time")
+                     : cmd->fn(*engine_);
+      }
+      if (cmd->on_done) cmd->on_done(result);
+    }
+    if (!batch.empty()) {
+      absl::MutexLock lock(&mu_);
+      beside_ran_ = true;
+    }
+  }
+  std::deque<std::shared_ptr<Command>> left;
+  {
+    absl::MutexLock lock(&mu_);
+    left.swap(beside_commands_);
+  }
+  for (const std::shared_ptr<Command>& cmd : left) {
+    if (cmd->on_done) cmd->on_done(absl::UnavailableError("engine stopped"));
+  }
 }
 
 absl::Status EngineRunner::Submit(EngineRequest request, Listener listener, absl::Time deadline) {
@@ -188,10 +255,27 @@ void EngineRunner::RunCommands(const std::deque<std::shared_ptr<Command>>& batch
 }
 
 void EngineRunner::StepOnce(bool* stalled) {
-  const int64_t steps_before = engine_->stats().steps;
   const int64_t decoded_before = engine_->stats().decode_tokens_computed;
   const absl::Time step_start = absl::Now();
-  absl::StatusOr<std::vector<SequenceUpdate>> updates = engine_->Step();
+  absl::StatusOr<bool> compute = engine_->BeginStep();
+  if (!compute.ok()) {
+    FailAll(compute.status());
+    return;
+  }
+  if (*compute) {
+    // The forward pass runs unlocked: the reservation thread's work
+    // (PostBesideStep) may run beside it (Engine::BeginStep says what).
+    engine_mu_.Unlock();
+    if (options_.before_compute) options_.before_compute();
+    const absl::Status computed = engine_->ComputeStep();
+    engine_mu_.Lock();
+    if (!computed.ok()) {
+      (void)engine_->EndStep();  // drops the failed step
+      FailAll(computed);
+      return;
+    }
+  }
+  const std::vector<SequenceUpdate> updates = engine_->EndStep();
   const int64_t decoded = engine_->stats().decode_tokens_computed - decoded_before;
   if (decoded > 0) {
     // Weight 0.1: follows a load change within ~20 steps, smooths jitter.
@@ -202,13 +286,9 @@ void EngineRunner::StepOnce(bool* stalled) {
                         ? static_cast<double>(decoded)
                         : (1 - kWeight) * decode_batch_ + kWeight * static_cast<double>(decoded);
   }
-  if (!updates.ok()) {
-    FailAll(updates.status());
-    return;
-  }
   // Loading sequences are not a stall: the next Step waits on the loader.
-  *stalled = updates->empty() && engine_->stats().steps == steps_before && engine_->num_loading() == 0;
-  Dispatch(*updates);
+  *stalled = !*compute && updates.empty() && engine_->num_loading() == 0;
+  Dispatch(updates);
 }
 
 void EngineRunner::PublishLoad() {
@@ -230,33 +310,38 @@ void EngineRunner::PublishLoad() {
 void EngineRunner::Loop() {
   absl::Time next_tick = absl::Now() + options_.tick;
   // True when the last Step could schedule nothing (e.g. every block is held
-  // by reservations): wait for a command or the tick instead of spinning.
-  bool stalled = false;
+  // by reservations) or there is no work: wait for a command, the
+  // reservation thread's work, or the tick instead of spinning. Decided
+  // under engine_mu_; the reservation thread's work never adds a step's
+  // work (a reservation is neither waiting nor running).
+  bool idle = false;
   for (;;) {
     std::deque<std::shared_ptr<Command>> batch;
     {
       absl::MutexLock lock(&mu_);
-      if (!engine_->HasWork() || stalled) {
-        // Idle: sleep until a command, a stop, or the next tick.
+      if (idle) {
         mu_.AwaitWithDeadline(absl::Condition(
                                   +[](EngineRunner* r) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-                                    return r->stopping_ || !r->commands_.empty();
+                                    return r->stopping_ || !r->commands_.empty() || r->beside_ran_;
                                   },
                                   this),
                               next_tick);
       }
       if (stopping_) break;
       batch.swap(commands_);
+      beside_ran_ = false;
     }
+    absl::MutexLock engine_lock(&engine_mu_);
     RunCommands(batch);
     if (const absl::Time now = absl::Now(); now >= next_tick) {
       if (options_.on_tick) options_.on_tick(*engine_);
       ExpireDeadlines(now);
       next_tick = absl::Now() + options_.tick;
     }
-    stalled = false;
+    bool stalled = false;
     if (engine_->HasWork()) StepOnce(&stalled);
     PublishLoad();
+    idle = !engine_->HasWork() || stalled;
   }
   FailAll(absl::UnavailableError("engine stopped"));
   std::deque<std::shared_ptr<Command>> left;

@@ -13,8 +13,9 @@
 //   ...
 //   runner.Stop();   // also done by the destructor
 //
-// Listeners and `done` callbacks run on the engine thread (or, for work
-// still queued when the runner stops, on the thread calling Stop): they
+// Listeners and `done` callbacks run on the engine thread (PostBesideStep's
+// on the reservation thread; for work still queued when the runner stops,
+// on the thread calling Stop): they
 // must be quick and never block (push to a queue, start a gRPC write); they
 // may call Post and the other *Async methods, never the blocking Run,
 // Submit or ListenAndRun. Every wait on the engine thread has a deadline.
@@ -91,7 +92,8 @@ class EngineRunner {
  public:
   // A request's updates, in order, on the engine thread.
   using Listener = std::function<void(const SequenceUpdate&)>;
-  // The result of work queued with Post, on the engine thread.
+  // The result of work queued with Post, on the engine thread (PostBesideStep:
+  // on the reservation thread).
   using Done = std::function<void(const absl::Status&)>;
 
   struct Options {
@@ -100,6 +102,17 @@ class EngineRunner {
     std::function<void(Engine&)> on_tick;
     // Default: 100 ms.
     absl::Duration tick = absl::Milliseconds(100);
+    // Run PostBesideStep work on the runner's reservation thread, also while
+    // a step's forward pass computes (Engine::BeginStep), instead of queueing
+    // it behind the step: a decode worker answers Reserve in the time the
+    // reservation takes, not a decode step's. Only for a backend whose pool
+    // copies any thread may make (Backend::host_accessible; a reservation
+    // may copy tier blocks into the pool). Default: false (PostBesideStep is
+    // Post).
+    bool reserve_beside_step = false;
+    // Test hook: called on the engine thread before each forward pass,
+    // while the engine is unlocked (PostBesideStep work may run). Default: none.
+    std::function<void()> before_compute;
   };
 
   // `engine` is borrowed and must outlive the runner. Starts the thread.
@@ -134,6 +147,14 @@ class EngineRunner {
   // when the engine thread reaches it after `deadline`; or Unavailable when
   // the runner stops first.
   absl::Status Post(std::function<absl::Status(Engine&)> fn, absl::Time deadline, Done done = nullptr);
+
+  // Post for work that only calls Engine::Reserve, ReleaseReserved and
+  // const accessors (see Engine::BeginStep): with
+  // Options::reserve_beside_step it runs on the reservation thread (never
+  // two at once, not during the engine thread's own work on the engine, but
+  // during a forward pass) and `done` is called there; otherwise as Post.
+  absl::Status PostBesideStep(std::function<absl::Status(Engine&)> fn, absl::Time deadline,
+                              Done done = nullptr);
 
   // Adds `request` on the engine thread and routes its updates to
   // `listener`. `request_deadline` bounds the request's whole life: not
@@ -177,8 +198,12 @@ class EngineRunner {
   };
 
   void Loop();
+  // The reservation thread's loop (Options::reserve_beside_step).
+  void BesideLoop();
   void RunCommands(const std::deque<std::shared_ptr<Command>>& batch);
-  void StepOnce(bool* stalled);
+  // One step: plans under engine_mu_, computes without it, then commits and
+  // dispatches under it again. REQUIRES: engine_mu_ held; held on return.
+  void StepOnce(bool* stalled) ABSL_EXCLUSIVE_LOCKS_REQUIRED(engine_mu_);
   void PublishLoad();
   void Dispatch(const std::vector<SequenceUpdate>& updates);
   // Cancels requests whose deadline passed; their listeners get kError.
@@ -190,14 +215,25 @@ class EngineRunner {
   // Listeners are touched only on the engine thread.
   absl::flat_hash_map<int64_t, ListenerEntry> listeners_;
 
+  // Held by the engine thread while it works on the engine (everything
+  // but the forward pass and the idle wait) and by the reservation thread
+  // while it runs a PostBesideStep command. Taken before mu_.
+  absl::Mutex engine_mu_;
+
   mutable absl::Mutex mu_;
   std::deque<std::shared_ptr<Command>> commands_ ABSL_GUARDED_BY(mu_);
+  // PostBesideStep work for the reservation thread.
+  std::deque<std::shared_ptr<Command>> beside_commands_ ABSL_GUARDED_BY(mu_);
+  // Set when the reservation thread ran work (a release may unstall the
+  // engine): wakes the engine thread's idle wait.
+  bool beside_ran_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   EngineLoad load_ ABSL_GUARDED_BY(mu_);
   // Touched by the engine thread only.
   double decode_step_ms_ = 0;
   double decode_batch_ = 0;
   std::thread thread_;
+  std::thread beside_thread_;  // with Options::reserve_beside_step
 };
 
 }  // namespace tandem::engine

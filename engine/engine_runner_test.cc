@@ -205,6 +205,90 @@ TEST_F(EngineRunnerTest, RequestWaitsForReservedBlocksThenRuns) {
   EXPECT_EQ(tokens, 3);
 }
 
+// With reserve_beside_step a reservation is made and answered while a
+// step's forward pass computes (the pass is held open by the test hook until
+// the reservation's answer came, or 10 s), and the decoding request beside
+// it gets the tokens it gets with no reservation at all. Without the option
+// the reservation waits behind the step, which this test sees as a failure.
+TEST_F(EngineRunnerTest, ReservationIsAnsweredWhileAStepComputes) {
+  const EngineRequest decoding{
+      .id = 1, .prompt_tokens = {1, 6, 7, 8, 9}, .max_tokens = 40, .stop_at_eos = false};
+  auto run = [&](bool reserve) -> std::vector<int32_t> {
+    auto engine = *Engine::Create({.block_size = 4, .num_blocks = 64}, llama_.get(), backend_.get(),
+                                  model_->tokenizer.get());
+    // The sixth forward pass (the prompt's and five decode steps in) is held
+    // open until the reservation is answered.
+    int passes = 0;
+    absl::Notification in_compute, answered, hook_done;
+    bool answered_during_compute = false;
+    EngineRunner::Options options{.reserve_beside_step = true, .before_compute = [&] {
+                                    if (!reserve || ++passes != 6) return;
+                                    in_compute.Notify();
+                                    answered_during_compute =
+                                        answered.WaitForNotificationWithTimeout(absl::Seconds(10));
+                                    hook_done.Notify();
+                                  }};
+    EngineRunner runner(engine.get(), options);
+    auto queue = std::make_shared<UpdateQueue>();
+    EXPECT_OK(runner.Submit(
+        decoding, [queue](const SequenceUpdate& u) { queue->Push(u); }, absl::Now() + absl::Seconds(30)));
+    std::vector<int32_t> tokens;
+    auto next = [&]() -> std::optional<SequenceUpdate> {
+      std::optional<SequenceUpdate> u = queue->Pop(absl::Now() + absl::Seconds(10));
+      if (u.has_value()) tokens.insert(tokens.end(), u->new_tokens.begin(), u->new_tokens.end());
+      return u;
+    };
+    if (reserve) {
+      EXPECT_TRUE(in_compute.WaitForNotificationWithTimeout(absl::Seconds(10)));
+      std::vector<int32_t> prompt(20, 5);
+      prompt[0] = 1;
+      absl::Status reserved = absl::UnknownError("no answer");
+      EXPECT_OK(runner.PostBesideStep(
+          [&](Engine& e) {
+            return e.Reserve({.id = 100, .prompt_tokens = prompt, .max_tokens = 4}).status();
+          },
+          absl::Now() + absl::Seconds(10),
+          [&](const absl::Status& s) {
+            reserved = s;
+            answered.Notify();
+          }));
+      EXPECT_TRUE(hook_done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+      EXPECT_TRUE(answered_during_compute) << "the reservation waited for the step";
+      EXPECT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(10)));
+      EXPECT_OK(reserved);
+      // Released beside the steps too; the engine's invariants hold.
+      absl::Notification released;
+      EXPECT_OK(runner.PostBesideStep([](Engine& e) { return e.ReleaseReserved(100); },
+                                      absl::Now() + absl::Seconds(10),
+                                      [&](const absl::Status& s) {
+                                        EXPECT_OK(s);
+                                        released.Notify();
+                                      }));
+      EXPECT_TRUE(released.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    }
+    for (;;) {
+      std::optional<SequenceUpdate> u = next();
+      if (!u.has_value()) {
+        ADD_FAILURE() << "the decoding request hung";
+        break;
+      }
+      if (u->end != SequenceEnd::kNone) break;
+    }
+    int32_t reservations = -1;
+    EXPECT_OK(runner.Run(
+        [&](Engine& e) {
+          reservations = e.num_reserved();
+          return e.CheckInvariants();
+        },
+        absl::Now() + absl::Seconds(10)));
+    EXPECT_EQ(reservations, 0);
+    return tokens;
+  };
+  const std::vector<int32_t> alone = run(/*reserve=*/false);
+  EXPECT_EQ(alone.size(), 40u);
+  EXPECT_EQ(run(/*reserve=*/true), alone);
+}
+
 }  // namespace
 }  // namespace tandem::engine
 

@@ -224,6 +224,72 @@ TEST_F(EngineTest, PreemptionLeavesOutputsUnchanged) {
   for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(tight[i].tokens, roomy[i].tokens) << i;
 }
 
+// What a runner with reserve_beside_step does (EngineRunner): Reserve and
+// ReleaseReserved between BeginStep and EndStep, on prompts that share the
+// running sequences' cached prefixes, in a pool tight enough that
+// reservations evict cached blocks and fail for room. The running
+// sequences get the tokens they get with no reservation, and the engine's
+// invariants hold after every step.
+TEST_F(EngineTest, ReservationsBesideAStepChangeNothingInIt) {
+  Load("synthetic:tiny");
+  const std::vector<std::string> prompts =
+      PromptVariations({"once upon a time there was", "the little dog and the cat"}, 6);
+  auto run = [&](bool reserve, int* reserved, int* refused) {
+    auto engine = MakeEngine({.block_size = 4, .num_blocks = 36});
+    std::vector<std::vector<int32_t>> encoded;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      encoded.push_back(model_->tokenizer->Encode(prompts[i], true));
+      EXPECT_OK(engine->Add({.id = static_cast<int64_t>(i),
+                             .prompt_tokens = encoded.back(),
+                             .max_tokens = 24,
+                             .stop_at_eos = false}));
+    }
+    std::map<int64_t, std::vector<int32_t>> tokens;
+    std::vector<int64_t> held;
+    for (int step = 0; engine->HasWork(); ++step) {
+      absl::StatusOr<bool> compute = engine->BeginStep();
+      EXPECT_OK(compute);
+      if (!compute.ok()) break;
+      if (reserve && step % 2 == 0) {
+        // A prompt sharing a running one's prefix, one token longer.
+        std::vector<int32_t> prompt = encoded[step % encoded.size()];
+        prompt.push_back(5);
+        const int64_t id = 1000 + step;
+        absl::StatusOr<KvReservation> r =
+            engine->Reserve({.id = id, .prompt_tokens = prompt, .max_tokens = 4});
+        if (r.ok()) {
+          held.push_back(id);
+          ++*reserved;
+        } else {
+          EXPECT_TRUE(absl::IsResourceExhausted(r.status())) << r.status();
+          ++*refused;
+        }
+      }
+      if (reserve && step % 3 == 2 && !held.empty()) {
+        EXPECT_OK(engine->ReleaseReserved(held.front()));
+        held.erase(held.begin());
+      }
+      if (*compute) EXPECT_OK(engine->ComputeStep());
+      for (const SequenceUpdate& u : engine->EndStep()) {
+        tokens[u.id].insert(tokens[u.id].end(), u.new_tokens.begin(), u.new_tokens.end());
+      }
+      EXPECT_OK(engine->CheckInvariants());
+    }
+    for (int64_t id : held) EXPECT_OK(engine->ReleaseReserved(id));
+    EXPECT_EQ(engine->num_reserved(), 0);
+    return tokens;
+  };
+  int reserved = 0, refused = 0;
+  const auto plain = run(false, &reserved, &refused);
+  const auto beside = run(true, &reserved, &refused);
+  EXPECT_GT(reserved, 0);
+  EXPECT_GT(refused, 0);  // the pool was full at times
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(plain.at(static_cast<int64_t>(i)).size(), 24u);
+    EXPECT_EQ(beside.at(static_cast<int64_t>(i)), plain.at(static_cast<int64_t>(i))) << i;
+  }
+}
+
 TEST_F(EngineTest, CancellationFreesBlocksAtOnce) {
   Load("synthetic:tiny");
   auto engine = MakeEngine({.block_size = 4, .num_blocks = 64});

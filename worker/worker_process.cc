@@ -326,6 +326,11 @@ absl::Status WorkerProcess::StartEngine() {
                    llama_.get(), backend_.get(), model_->tokenizer.get()));
   info_.kv_blocks = engine_->kv_view().num_blocks;
   engine::EngineRunner::Options runner_options;
+  // A decode worker answers Reserve beside the decode step in progress where
+  // the pool is host memory (its copies need no device context); on a GPU
+  // the reservation waits for the step, as before, until that is measured
+  // on a device.
+  runner_options.reserve_beside_step = backend_->host_accessible();
   runner_options.on_tick =
       [this, gauges = EngineTickGauges(metrics_, tiers_.get(), store_client_.get())](engine::Engine& e) {
         gauges(e);
