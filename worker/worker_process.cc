@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -326,11 +328,16 @@ absl::Status WorkerProcess::StartEngine() {
                    llama_.get(), backend_.get(), model_->tokenizer.get()));
   info_.kv_blocks = engine_->kv_view().num_blocks;
   engine::EngineRunner::Options runner_options;
-  // A decode worker answers Reserve beside the decode step in progress where
-  // the pool is host memory (its copies need no device context); on a GPU
-  // the reservation waits for the step, as before, until that is measured
-  // on a device.
-  runner_options.reserve_beside_step = backend_->host_accessible();
+  // TANDEM_RESERVE_BESIDE_STEP=1: a decode worker answers Reserve beside the
+  // decode step in progress (host-memory pools only: its copies need no
+  // device context). Off by default: a Reserve that waits for the step is,
+  // today, the decode worker's only backpressure on the prefills sent to it.
+  // Answered at once, prefills outrun an overloaded decode worker and its
+  // batch grows until TPOT is many times worse (docs/PERFORMANCE.md, "Sixth
+  // pass"); decode-aware admission at the router has to come first.
+  const char* beside = std::getenv("TANDEM_RESERVE_BESIDE_STEP");
+  runner_options.reserve_beside_step =
+      backend_->host_accessible() && beside != nullptr && std::string_view(beside) == "1";
   runner_options.on_tick =
       [this, gauges = EngineTickGauges(metrics_, tiers_.get(), store_client_.get())](engine::Engine& e) {
         gauges(e);
