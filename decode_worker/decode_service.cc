@@ -333,9 +333,9 @@ grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* co
     return reactor;
   }
   const int64_t id = NextEngineId();
-  // `r` and `response` stay valid until Finish. Beside the step: with
-  // EngineRunner::Options::reserve_beside_step the reservation does not
-  // wait for the decode step in progress (it is on the request's TTFT).
+  // `r` and `response` stay valid until Finish. With
+  // EngineRunner::Options::reserve_beside_step (opt-in) the reservation does
+  // not wait for the decode step in progress (it is on the request's TTFT).
   const absl::Status queued = runner_->PostBesideStep(
       [this, id, r, response, context](engine::Engine& e) {
         // A Reserve its router has given up on (it timed out or was cancelled

@@ -31,9 +31,9 @@
 // work on the engine thread (EngineRunner::Post / SubmitAsync /
 // ListenAndRunAsync) and is finished from the engine thread's callbacks;
 // Reserve and Release go through EngineRunner::PostBesideStep, so with
-// Options::reserve_beside_step they run on the runner's reservation thread
-// while a decode step computes, and a reservation (on the request's TTFT)
-// does not wait for the step in progress. A
+// Options::reserve_beside_step (opt-in, worker_process.cc) they run on the
+// runner's reservation thread while a decode step computes, and a
+// reservation (on the request's TTFT) does not wait for the step. A
 // Decode stream is a ServerWriteReactor with one write in flight; the
 // engine's token updates are queued (coalesced while a write is in flight)
 // and its final update writes the summary and finishes the RPC. A client that
