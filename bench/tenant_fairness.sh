@@ -14,7 +14,8 @@
 # rate beside it), TANDEM_BIN [build/bin/tandem].
 # PREFILL_CPUS, DECODE_CPUS, OTHER_CPUS [unset: all cores]: CPU lists for
 # taskset: the prefill worker, the decode worker, and the rest (router, this
-# load generator). DECODE_NICE [0]: the decode worker's nice value. On a
+# load generator). DECODE_NICE [0]: the decode worker's nice value (every
+# thread); DECODE_ENGINE_NICE [0]: its engine (compute) thread's only. On a
 # 2-core machine these stand in for a deployment where the roles own separate
 # devices and the router its own host; unset, all processes share all cores.
 # Writes OUT_DIR/solo.json and OUT_DIR/mix.json (`tandem bench --json`) and
