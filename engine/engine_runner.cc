@@ -58,26 +58,23 @@ absl::Status EngineRunner::Run(std::function<absl::Status(Engine&)> fn, absl::Ti
 }
 
 absl::Status EngineRunner::Post(std::function<absl::Status(Engine&)> fn, absl::Time deadline, Done done) {
-  auto cmd = std::make_shared<Command>();
-  cmd->fn = std::move(fn);
-  cmd->deadline = deadline;
-  cmd->on_done = std::move(done);
-  absl::MutexLock lock(&mu_);
-  if (stopping_) return absl::UnavailableError("engine is stopping");
-  commands_.push_back(std::move(cmd));
-  return absl::OkStatus();
+  return Enqueue(/*beside_step=*/false, std::move(fn), deadline, std::move(done));
 }
 
 absl::Status EngineRunner::PostBesideStep(std::function<absl::Status(Engine&)> fn, absl::Time deadline,
                                           Done done) {
-  if (!options_.reserve_beside_step) return Post(std::move(fn), deadline, std::move(done));
+  return Enqueue(options_.reserve_beside_step, std::move(fn), deadline, std::move(done));
+}
+
+absl::Status EngineRunner::Enqueue(bool beside_step, std::function<absl::Status(Engine&)> fn,
+                                   absl::Time deadline, Done done) {
   auto cmd = std::make_shared<Command>();
   cmd->fn = std::move(fn);
   cmd->deadline = deadline;
   cmd->on_done = std::move(done);
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("engine is stopping");
-  beside_commands_.push_back(std::move(cmd));
+  (beside_step ? beside_commands_ : commands_).push_back(std::move(cmd));
   return absl::OkStatus();
 }
 

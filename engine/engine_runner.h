@@ -197,6 +197,10 @@ class EngineRunner {
     absl::Time deadline = absl::InfiniteFuture();
   };
 
+  // Post's and PostBesideStep's queueing: onto the reservation thread's
+  // queue when `beside_step`, else the engine thread's.
+  absl::Status Enqueue(bool beside_step, std::function<absl::Status(Engine&)> fn, absl::Time deadline,
+                       Done done);
   void Loop();
   // The reservation thread's loop (Options::reserve_beside_step).
   void BesideLoop();
