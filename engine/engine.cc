@@ -335,8 +335,14 @@ absl::StatusOr<Engine::StepPlan> Engine::Plan(bool has_updates) {
   // outstanding, wait for one to end and plan again.
   for (int attempt = 0;; ++attempt) {
     CollectTierLoads();
-    TANDEM_RETURN_IF_ERROR(PlanRunning(plan));
-    TANDEM_RETURN_IF_ERROR(AdmitWaiting(plan));
+    TANDEM_RETURN_IF_ERROR(PlanDecodes(plan));
+    // With several priorities or tenants, a waiting prompt that goes before
+    // the running prompts' next chunks is admitted first (see
+    // PromptClassOrder); with one, none does and this is a no-op.
+    const std::optional<PromptClassOrder> order = OrderPromptClasses();
+    if (order.has_value()) TANDEM_RETURN_IF_ERROR(AdmitWaiting(plan, &*order));
+    TANDEM_RETURN_IF_ERROR(PlanPrefillChunks(plan, order.has_value() ? &*order : nullptr));
+    TANDEM_RETURN_IF_ERROR(AdmitWaiting(plan, nullptr));
     if (!plan.rows.empty() || loading_.empty() || attempt > 0 || has_updates) break;
     // Nothing to run but loads in flight: wait for one (a condition with a
     // deadline, not a sleep), then plan again with what arrived.
@@ -346,33 +352,107 @@ absl::StatusOr<Engine::StepPlan> Engine::Plan(bool has_updates) {
   return plan;
 }
 
-absl::Status Engine::PlanRunning(StepPlan& plan) {
-  // Phase 0: decodes (one pending token); phase 1: prefill chunks.
-  for (int phase = 0; phase < 2 && plan.budget > 0; ++phase) {
-    for (size_t i = 0; i < running_.size() && plan.budget > 0;) {
-      const int64_t id = running_[i];
-      Sequence& seq = *sequences_.at(id);
-      const int32_t pending = static_cast<int32_t>(seq.tokens.size()) - seq.num_computed;
-      if ((phase == 0) != (pending == 1) || plan.Contains(id)) {
-        ++i;
-        continue;
-      }
-      const int32_t n = std::min({pending, plan.budget, plan.chunk_limit});
-      const Room room = MakeRoom(id, seq.num_computed + n, plan, &i);
-      if (room == Room::kPreemptedSelf) continue;  // running_[i] is now the next sequence
-      if (room == Room::kNone) {
-        ++i;
-        continue;
-      }
-      if (absl::Status s = kv_->EnsureCapacity(id, seq.num_computed + n); !s.ok()) {
-        return s;  // cannot happen after MakeRoom: a broken invariant
-      }
-      plan.rows.push_back({id, n});
-      plan.budget -= n;
+absl::Status Engine::PlanDecodes(StepPlan& plan) {
+  for (size_t i = 0; i < running_.size() && plan.budget > 0;) {
+    const int64_t id = running_[i];
+    Sequence& seq = *sequences_.at(id);
+    const int32_t pending = static_cast<int32_t>(seq.tokens.size()) - seq.num_computed;
+    if (pending != 1 || plan.Contains(id)) {
       ++i;
+      continue;
     }
+    const Room room = MakeRoom(id, seq.num_computed + 1, plan, &i);
+    if (room == Room::kPreemptedSelf) continue;  // running_[i] is now the next sequence
+    if (room == Room::kNone) {
+      ++i;
+      continue;
+    }
+    if (absl::Status s = kv_->EnsureCapacity(id, seq.num_computed + 1); !s.ok()) {
+      return s;  // cannot happen after MakeRoom: a broken invariant
+    }
+    plan.rows.push_back({id, 1});
+    plan.budget -= 1;
+    ++i;
   }
   return absl::OkStatus();
+}
+
+std::optional<Engine::PromptClassOrder> Engine::OrderPromptClasses() const {
+  if (waiting_.empty() && running_.empty()) return std::nullopt;
+  auto prompt_left = [this](int64_t id) {
+    const Sequence& seq = *sequences_.at(id);
+    return static_cast<int64_t>(seq.tokens.size()) - seq.num_computed;
+  };
+  PromptClassOrder order;
+  bool several = false;
+  const EngineRequest* first = nullptr;
+  auto count = [&](const EngineRequest& r, int64_t tokens) {
+    if (first == nullptr) first = &r;
+    several = several || r.priority != first->priority || r.tenant != first->tenant;
+    order.tokens_left[r.tenant] += tokens;
+  };
+  for (int64_t id : running_) {
+    const int64_t left = prompt_left(id);
+    if (left > 1) count(sequences_.at(id)->request, left);
+  }
+  for (int64_t id : waiting_) count(sequences_.at(id)->request, prompt_left(id));
+  if (!several) return std::nullopt;
+  return order;
+}
+
+bool Engine::PromptClassOrder::Before(const EngineRequest& a, const EngineRequest& b) const {
+  if (a.priority != b.priority) return a.priority > b.priority;
+  if (a.tenant == b.tenant) return false;
+  auto left = [this](const std::string& tenant) {
+    auto it = tokens_left.find(tenant);
+    return it == tokens_left.end() ? int64_t{0} : it->second;
+  };
+  return left(a.tenant) < left(b.tenant);
+}
+
+absl::Status Engine::PlanPrefillChunks(StepPlan& plan, const PromptClassOrder* order) {
+  std::vector<int64_t> prefilling;
+  for (int64_t id : running_) {
+    const Sequence& seq = *sequences_.at(id);
+    if (static_cast<int32_t>(seq.tokens.size()) - seq.num_computed != 1 && !plan.Contains(id))
+      prefilling.push_back(id);
+  }
+  if (order != nullptr) {
+    // Stable: within a class, admission order (the running_ order).
+    std::stable_sort(prefilling.begin(), prefilling.end(), [&](int64_t a, int64_t b) {
+      return order->Before(sequences_.at(a)->request, sequences_.at(b)->request);
+    });
+  }
+  for (int64_t id : prefilling) {
+    if (plan.budget <= 0) break;
+    // An earlier chunk's MakeRoom may have preempted this one.
+    auto it = std::find(running_.begin(), running_.end(), id);
+    if (it == running_.end()) continue;
+    size_t i = static_cast<size_t>(it - running_.begin());
+    Sequence& seq = *sequences_.at(id);
+    const int32_t pending = static_cast<int32_t>(seq.tokens.size()) - seq.num_computed;
+    const int32_t n = std::min({pending, plan.budget, plan.chunk_limit});
+    const Room room = MakeRoom(id, seq.num_computed + n, plan, &i);
+    if (room != Room::kMade) continue;
+    if (absl::Status s = kv_->EnsureCapacity(id, seq.num_computed + n); !s.ok()) {
+      return s;  // cannot happen after MakeRoom: a broken invariant
+    }
+    plan.rows.push_back({id, n});
+    plan.budget -= n;
+  }
+  return absl::OkStatus();
+}
+
+bool Engine::GoesBeforeRunningPrompts(const EngineRequest& request, const PromptClassOrder& order,
+                                      const StepPlan& plan) const {
+  bool any = false;
+  for (int64_t id : running_) {
+    const Sequence& seq = *sequences_.at(id);
+    if (static_cast<int32_t>(seq.tokens.size()) - seq.num_computed == 1 || plan.Contains(id)) continue;
+    if (!order.Before(request, seq.request)) return false;
+    any = true;
+  }
+  return any;
 }
 
 Engine::Room Engine::MakeRoom(int64_t id, int32_t total_tokens, const StepPlan& plan, size_t* index) {
@@ -446,7 +526,7 @@ void Engine::BringNextForward(size_t from) {
               waiting_.begin() + static_cast<ptrdiff_t>(best) + 1);
 }
 
-absl::Status Engine::AdmitWaiting(StepPlan& plan) {
+absl::Status Engine::AdmitWaiting(StepPlan& plan, const PromptClassOrder* ahead_of_running) {
   // In arrival order, while the running count (loading included), the
   // budget and the pool allow; a request waiting for a block another
   // sequence is computing stays in its place and the next one is tried.
@@ -463,6 +543,7 @@ absl::Status Engine::AdmitWaiting(StepPlan& plan) {
     if (ordered) BringNextForward(i);
     const int64_t id = waiting_[i];
     Sequence& seq = *sequences_.at(id);
+    if (ahead_of_running != nullptr && !GoesBeforeRunningPrompts(seq.request, *ahead_of_running, plan)) break;
     const KvManager::PrefixMatch match = kv_->MatchPrefix(seq.tokens);
     if (NextBlockBeingComputed(seq, match.cached_tokens)) {
       ++stats_.prefix_waits;
@@ -477,7 +558,7 @@ absl::Status Engine::AdmitWaiting(StepPlan& plan) {
     TANDEM_ASSIGN_OR_RETURN(const int32_t cached, kv_->StartSequence(id, seq.tokens));
     // Blocks for this step's rows. With a remote tier StartSequence may
     // take more tier blocks than MatchPrefix foresaw (KvTiers::MayHold),
-    // so grow only as far as the pool allows; PlanRunning grows the rest later.
+    // so grow only as far as the pool allows; PlanPrefillChunks grows the rest later.
     const int32_t table_tokens = static_cast<int32_t>(kv_->BlockTable(id).size()) * options_.block_size;
     const int32_t rows =
         std::clamp(std::min(cached + std::min(n, static_cast<int32_t>(seq.tokens.size()) - cached),
@@ -505,7 +586,7 @@ absl::Status Engine::AdmitWaiting(StepPlan& plan) {
     }
     seq.num_computed = cached;
     running_.push_back(id);
-    if (rows == 0) continue;  // no room this step; PlanRunning schedules it later
+    if (rows == 0) continue;  // no room this step; PlanPrefillChunks schedules it later
     plan.rows.push_back({id, rows});
     plan.budget -= rows;
   }

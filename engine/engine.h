@@ -16,7 +16,13 @@
 //      recently admitted running sequence is preempted (its blocks freed, its
 //      tokens kept, and it goes back to the front of the queue to be
 //      recomputed);
-//   2. running sequences still in prefill get the next chunk of their prompt;
+//   2. running sequences still in prefill get the next chunk of their prompt
+//      (oldest first). With several priorities or tenants computing prompts,
+//      a higher priority's, then the tenant with fewer prompt tokens left's,
+//      go first, and a waiting request of such a class is admitted before
+//      the running prompts' chunks (PromptClassOrder): a light tenant's
+//      prompt waits for the step in progress, not for a heavy tenant's long
+//      prompt to finish;
 //   3. waiting requests are admitted in arrival order (with several
 //      priorities or tenants waiting: highest priority first, then fair
 //      across tenants, see EngineRequest) while the running count
@@ -323,19 +329,44 @@ class Engine {
 
   // Step's phases, in order (steps 1-3 of the header comment, then the
   // forward pass and its bookkeeping).
-  // Collects finished tier loads, then PlanRunning and AdmitWaiting; when
-  // that plans nothing, reports nothing (`has_updates` false) and loads are
-  // in flight, waits for one (kTierLoadWait) and plans once more.
+  // Collects finished tier loads, then PlanDecodes, AdmitWaiting (the
+  // prompts that go before running ones' chunks), PlanPrefillChunks and
+  // AdmitWaiting (the rest); when that plans nothing, reports nothing
+  // (`has_updates` false) and loads are in flight, waits for one
+  // (kTierLoadWait) and plans once more.
   absl::StatusOr<StepPlan> Plan(bool has_updates);
-  // Steps 1 and 2: decode rows, then prefill chunks, of running sequences.
-  absl::Status PlanRunning(StepPlan& plan);
+  // Step 1: a decode row for each running sequence with one pending token.
+  absl::Status PlanDecodes(StepPlan& plan);
+  // Which prompt's rows go first when several priorities or tenants have
+  // prompt tokens to compute (running prompts' remaining chunks and waiting
+  // prompts): a higher priority, then the tenant with fewer prompt tokens
+  // left to compute in this engine. A light tenant's prompt so goes before
+  // the rest of a heavy tenant's running prompt and backlog (it waits for
+  // the step in progress, not for the heavy prompt to finish); two tenants
+  // alike take turns. Within a tenant, admission (then arrival) order.
+  struct PromptClassOrder {
+    absl::flat_hash_map<std::string, int64_t> tokens_left;  // per tenant
+    // Whether `a`'s prompt rows go before `b`'s (false within one class).
+    bool Before(const EngineRequest& a, const EngineRequest& b) const;
+  };
+  // The order for this step; nullopt when every prompt to compute shares
+  // one priority and tenant (then admission order, and nothing overtakes).
+  std::optional<PromptClassOrder> OrderPromptClasses() const;
+  // Step 2: the next chunk of each running prompt, in `order` (null:
+  // admission order).
+  absl::Status PlanPrefillChunks(StepPlan& plan, const PromptClassOrder* order);
+  // Whether `request` goes before every running prompt not yet in `plan`
+  // (false when there is none).
+  bool GoesBeforeRunningPrompts(const EngineRequest& request, const PromptClassOrder& order,
+                                const StepPlan& plan) const;
   // Preempts the most recently admitted running sequences not in `plan`
   // (possibly `id`) until the pool can grow `id` to `total_tokens`; keeps
   // `*index` (id's place in running_) on it.
   Room MakeRoom(int64_t id, int32_t total_tokens, const StepPlan& plan, size_t* index);
   // Step 3: admits waiting requests in arrival order (or by priority and
-  // tenant, see EngineRequest).
-  absl::Status AdmitWaiting(StepPlan& plan);
+  // tenant, see EngineRequest). With `ahead_of_running`, only while the
+  // next one goes before every running prompt (GoesBeforeRunningPrompts).
+  absl::Status AdmitWaiting(StepPlan& plan, const PromptClassOrder* ahead_of_running);
   // Moves the waiting request to admit next among waiting_[from..] to
   // `from` (the others keep their order): the highest priority, then the
   // smallest fair-queueing start tag (TenantStart), then the earliest.

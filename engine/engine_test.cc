@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "engine/generate.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -358,6 +359,55 @@ TEST_F(EngineTest, TenantsAlternateWhenBothAreBacklogged) {
   EXPECT_THAT(FinishOrder(*engine), ::testing::ElementsAre(1, 4, 2, 5, 3, 6));
 }
 
+EngineRequest Tokens(int64_t id, int32_t n, std::string tenant, int32_t priority = 0) {
+  std::vector<int32_t> tokens;
+  for (int32_t i = 0; i < n; ++i) tokens.push_back(1 + static_cast<int32_t>(id) * 40 + i);
+  return {
+      .id = id, .prompt_tokens = tokens, .max_tokens = 1, .priority = priority, .tenant = std::move(tenant)};
+}
+
+TEST_F(EngineTest, LightTenantsPromptGoesBeforeTheRestOfARunningHeavyPrompt) {
+  Load("synthetic:tiny");
+  auto engine = MakeEngine({.block_size = 4, .max_step_tokens = 8});
+  // Two 32-token heavy prompts (4 steps each); the first computes one chunk,
+  // then a light 8-token prompt arrives.
+  ASSERT_OK(engine->Add(Tokens(1, 32, "heavy")));
+  ASSERT_OK(engine->Add(Tokens(2, 32, "heavy")));
+  ASSERT_OK(engine->Step().status());
+  ASSERT_OK(engine->Add(Tokens(3, 8, "light")));
+  // It takes the next step whole: done before the heavy prompt's 3 chunks.
+  ASSERT_OK_AND_ASSIGN(auto updates, engine->Step());
+  ASSERT_EQ(updates.size(), 1u);
+  EXPECT_EQ(updates[0].id, 3);
+  EXPECT_NE(updates[0].end, SequenceEnd::kNone);
+  EXPECT_OK(engine->CheckInvariants());
+  EXPECT_THAT(FinishOrder(*engine), ::testing::ElementsAre(1, 2));
+}
+
+TEST_F(EngineTest, ALightPromptLongerThanAStepKeepsGoingFirst) {
+  Load("synthetic:tiny");
+  auto engine = MakeEngine({.block_size = 4, .max_step_tokens = 8});
+  ASSERT_OK(engine->Add(Tokens(1, 32, "heavy")));
+  ASSERT_OK(engine->Add(Tokens(2, 32, "heavy")));
+  ASSERT_OK(engine->Step().status());
+  // 16 tokens: two steps, both before the heavy prompt's next chunk (the
+  // light tenant has 16 then 8 tokens left, the heavy one 56 then 56).
+  ASSERT_OK(engine->Add(Tokens(3, 16, "light")));
+  EXPECT_THAT(FinishOrder(*engine), ::testing::ElementsAre(3, 1, 2));
+  EXPECT_OK(engine->CheckInvariants());
+}
+
+TEST_F(EngineTest, OneTenantsLaterPromptDoesNotOvertakeARunningOne) {
+  Load("synthetic:tiny");
+  auto engine = MakeEngine({.block_size = 4, .max_step_tokens = 8});
+  ASSERT_OK(engine->Add(Tokens(1, 32, "a")));
+  ASSERT_OK(engine->Step().status());
+  ASSERT_OK(engine->Add(Tokens(2, 8, "a")));
+  // A higher priority overtakes the running prompt; the same class does not.
+  ASSERT_OK(engine->Add(Tokens(3, 8, "a", /*priority=*/1)));
+  EXPECT_THAT(FinishOrder(*engine), ::testing::ElementsAre(3, 1, 2));
+}
+
 TEST_F(EngineTest, BadRequestsAreRejected) {
   Load("synthetic:tiny");
   auto engine = MakeEngine({.block_size = 4, .num_blocks = 8});
@@ -378,7 +428,12 @@ TEST_F(EngineTest, BadRequestsAreRejected) {
 // ≥ 10,000 arrivals, with cancellations and completions interleaved, on a
 // pool small enough that eviction and preemption happen; invariants after
 // every step, and every block back at the end.
-TEST_F(EngineTest, RandomizedArrivalsCancellationsCompletions) {
+// Once with one tenant, once with three tenants and two priorities (prompts
+// overtaking running ones, PromptClassOrder).
+class EngineRandomizedTest : public EngineTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(EngineRandomizedTest, ArrivalsCancellationsCompletions) {
+  const bool tenants = GetParam();
   Load("synthetic:tiny");
   const uint64_t seed = 20261123;
   SCOPED_TRACE("seed " + std::to_string(seed));
@@ -401,10 +456,15 @@ TEST_F(EngineTest, RandomizedArrivalsCancellationsCompletions) {
       prompt.resize(1 + rng() % prompt.size());
       for (int extra = rng() % 4; extra > 0; --extra) prompt.push_back(3 + rng() % 300);
       const int64_t id = arrived++;
-      ASSERT_OK(engine->Add({.id = id,
-                             .prompt_tokens = prompt,
-                             .max_tokens = static_cast<int32_t>(1 + rng() % 3),
-                             .stop_at_eos = false}));
+      EngineRequest request{.id = id,
+                            .prompt_tokens = prompt,
+                            .max_tokens = static_cast<int32_t>(1 + rng() % 3),
+                            .stop_at_eos = false};
+      if (tenants) {
+        request.priority = static_cast<int32_t>(rng() % 5 == 0);
+        request.tenant = absl::StrCat("t", rng() % 3);
+      }
+      ASSERT_OK(engine->Add(std::move(request)));
       live.push_back(id);
     }
     if (!live.empty() && rng() % 5 == 0) {
@@ -434,6 +494,8 @@ TEST_F(EngineTest, RandomizedArrivalsCancellationsCompletions) {
   EXPECT_EQ(engine->kv_manager().pool().num_free_blocks(), 40);
   EXPECT_EQ(engine->kv_manager().num_sequences(), 0);
 }
+
+INSTANTIATE_TEST_SUITE_P(OneOrSeveralTenants, EngineRandomizedTest, ::testing::Bool());
 
 }  // namespace
 }  // namespace tandem::engine
