@@ -107,6 +107,7 @@ tandem::v1::ClusterConfig EffectiveConfig(const RouterFlags& f) {
   r->set_max_migrations(f.max_migrations);
   r->set_max_inflight_prefills(f.max_inflight_prefills);
   r->set_queue_ttl_ms(f.queue_ttl_ms);
+  r->set_decode_tpot_limit_ms(f.decode_tpot_limit_ms);
   if (absl::StatusOr<absl::flat_hash_map<std::string, double>> w = ParseTenantWeights(f.tenant_weights);
       w.ok()) {
     for (const auto& [tenant, weight] : *w) (*r->mutable_tenant_weights())[tenant] = weight;
@@ -240,6 +241,8 @@ absl::Status ResolveRouterFlags(const CLI::App& cmd, RouterFlags* f) {
     m.Set("--max-inflight-prefills", r.has_max_inflight_prefills(), r.max_inflight_prefills(),
           &f->max_inflight_prefills);
     m.Set("--queue-ttl-ms", r.has_queue_ttl_ms(), r.queue_ttl_ms(), &f->queue_ttl_ms);
+    m.Set("--decode-tpot-limit-ms", r.has_decode_tpot_limit_ms(), r.decode_tpot_limit_ms(),
+          &f->decode_tpot_limit_ms);
     if (r.tenant_weights_size() > 0 && cmd.count("--tenant-weight") == 0) {
       f->tenant_weights.clear();
       for (const auto& [tenant, weight] : r.tenant_weights()) {
@@ -277,9 +280,11 @@ absl::Status ResolveRouterFlags(const CLI::App& cmd, RouterFlags* f) {
         "%s: router.policy (--policy) is '%s'; must be one of: kv, round_robin, least_loaded, random", source,
         f->policy));
   }
-  if (!(f->slo_ttft_ms >= 0) || !(f->slo_tpot_ms >= 0) || !(f->aggregate_when_queue_ms >= 0)) {
+  if (!(f->slo_ttft_ms >= 0) || !(f->slo_tpot_ms >= 0) || !(f->aggregate_when_queue_ms >= 0) ||
+      !(f->decode_tpot_limit_ms >= 0)) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "%s: router.slo_ttft_ms, slo_tpot_ms and aggregate_when_queue_ms must be >= 0", source));
+        "%s: router.slo_ttft_ms, slo_tpot_ms, aggregate_when_queue_ms and decode_tpot_limit_ms must be >= 0",
+        source));
   }
   if (f->aggregate_max_uncached_tokens < -1) {
     return absl::InvalidArgumentError(absl::StrFormat(

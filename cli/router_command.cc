@@ -57,6 +57,7 @@ router::RouterOptions MakeRouterOptions(const RouterFlags& f) {
   options.max_migrations = f.max_migrations;
   options.max_inflight_prefills_per_worker = f.max_inflight_prefills;
   options.queue_ttl = absl::Milliseconds(f.queue_ttl_ms);
+  options.decode_tpot_limit_ms = f.decode_tpot_limit_ms;
   options.tenant_weights = *ParseTenantWeights(f.tenant_weights);  // validated by ResolveRouterFlags
   return options;
 }
@@ -162,6 +163,12 @@ void RegisterRouter(CLI::App* cmd, RouterFlags* f) {
                   "Flow control: requests dispatched to workers and not yet past their first token, per "
                   "prefill worker; more wait at the router and go highest X-Tandem-Priority first, fair "
                   "across tenants; 0: off (dispatched at once, queued on the workers)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--decode-tpot-limit-ms", f->decode_tpot_limit_ms,
+                  "Decode admission: dispatch a request only while a decode worker would decode it at a "
+                  "predicted TPOT (its reported step time and batch) within this many ms; the rest wait at "
+                  "the router in priority and fair-share order (0: off)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--queue-ttl-ms", f->queue_ttl_ms,

@@ -44,6 +44,8 @@ struct RouterFlags {
   // (0: none), --tenant-weight NAME=W (repeatable).
   int32_t max_inflight_prefills = 4;
   int32_t queue_ttl_ms = 30000;
+  // --decode-tpot-limit-ms: RouterOptions::decode_tpot_limit_ms (0: off).
+  double decode_tpot_limit_ms = 20;
   std::vector<std::string> tenant_weights;
   int32_t http_port = -1;             // --http-port: OpenAI-compatible HTTP API; 0: any free port; -1: off
   std::vector<std::string> api_keys;  // --api-key (repeatable) plus TANDEM_API_KEYS; empty: no auth

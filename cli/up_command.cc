@@ -54,6 +54,9 @@ void RegisterUp(CLI::App* cmd, UpFlags* f) {
   cmd->add_option("--max-inflight-prefills", f->max_inflight_prefills,
                   "Router's flow control: requests on workers per prefill worker before more wait at the "
                   "router in priority and fair-share order (default 4; 0: off; see tandem router --help)");
+  cmd->add_option(
+      "--decode-tpot-limit-ms", f->decode_tpot_limit_ms,
+      "Router's decode admission: predicted TPOT limit, ms (default 20; 0: off; see tandem router --help)");
   cmd->add_option("--queue-ttl-ms", f->queue_ttl_ms,
                   "Router's queue TTL, ms (default 30000; 0: none; see tandem router --help)");
   cmd->add_option("--tenant-weight", f->tenant_weights,
@@ -560,6 +563,9 @@ ChildSpec RouterSpec(const UpFlags& f, const std::string& self, const std::vecto
   }
   if (f.queue_ttl_ms >= 0)
     router.argv.insert(router.argv.end(), {"--queue-ttl-ms", absl::StrCat(f.queue_ttl_ms)});
+  if (f.decode_tpot_limit_ms >= 0) {
+    router.argv.insert(router.argv.end(), {"--decode-tpot-limit-ms", absl::StrCat(f.decode_tpot_limit_ms)});
+  }
   for (const std::string& w : f.tenant_weights) router.argv.insert(router.argv.end(), {"--tenant-weight", w});
   if (f.stream_stall_timeout_ms >= 0) {
     router.argv.insert(router.argv.end(),

@@ -68,6 +68,7 @@ struct UpFlags {
   // Router flow control (tandem router --help): -1 / empty: the router's default.
   int32_t max_inflight_prefills = -1;
   int32_t queue_ttl_ms = -1;
+  double decode_tpot_limit_ms = -1;
   std::vector<std::string> tenant_weights;
   // --stream-stall-timeout-ms for the router when >= 0 (-1: its default).
   int32_t stream_stall_timeout_ms = -1;

@@ -192,6 +192,29 @@ void FlowQueue::Expire() {
   Run(std::move(actions), pumping);
 }
 
+void FlowQueue::Pump() {
+  const Limits limits = CurrentLimits();
+  const absl::Time now = options_.clock->Now();
+  Actions actions;
+  bool pumping = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (waiting_.empty()) return;
+    pumping = PumpLocked(limits, now, &actions);
+  }
+  Run(std::move(actions), pumping);
+}
+
+void FlowQueue::Ended(uint64_t key) {
+  absl::MutexLock lock(&mu_);
+  auto it = active_.find(key);
+  if (it == active_.end()) return;
+  if (auto t = active_by_tenant_.find(it->second); t != active_by_tenant_.end() && --t->second <= 0) {
+    active_by_tenant_.erase(t);
+  }
+  active_.erase(it);
+}
+
 FlowQueue::Stats FlowQueue::stats() const {
   absl::MutexLock lock(&mu_);
   Stats s;
@@ -268,6 +291,26 @@ std::optional<uint64_t> FlowQueue::NextLocked(int64_t below_share_of, int64_t sh
   return std::nullopt;
 }
 
+std::optional<uint64_t> FlowQueue::NextBelowActiveShareLocked() const {
+  auto band_it =
+      std::find_if(bands_.begin(), bands_.end(), [](const auto& b) { return !b.second.by_start.empty(); });
+  if (band_it == bands_.end() || active_.empty()) return std::nullopt;
+  const Band& band = band_it->second;
+  double active_weight = 0;
+  for (const auto& [tenant, n] : band.waiting) {
+    if (n > 0 && !active_by_tenant_.contains(tenant)) active_weight += Weight(tenant);
+  }
+  for (const auto& [tenant, n] : active_by_tenant_) active_weight += Weight(tenant);
+  const double total = static_cast<double>(active_.size());
+  for (const auto& [start, seq] : band.by_start) {
+    const std::string& tenant = waiting_.at(seq).request.tenant;
+    auto it = active_by_tenant_.find(tenant);
+    const double active = it == active_by_tenant_.end() ? 0 : static_cast<double>(it->second);
+    if (active < total * Weight(tenant) / active_weight) return seq;
+  }
+  return std::nullopt;
+}
+
 bool FlowQueue::BelowShareLocked(const std::string& tenant, int64_t slots, int64_t cap,
                                  double active_weight) const {
   auto it = running_by_tenant_.find(tenant);
@@ -293,22 +336,35 @@ void FlowQueue::DispatchOneLocked(uint64_t seq, absl::Time now, Actions* actions
   band.max_finish = std::max(band.max_finish, e.finish);
   if (band.by_start.empty()) band.virtual_time = band.max_finish;
   ++running_by_tenant_[e.request.tenant];
+  if (active_.emplace(e.request.key, e.request.tenant).second) ++active_by_tenant_[e.request.tenant];
   running_.emplace(e.request.key, std::move(e.request.tenant));
   actions->dispatch.push_back(std::move(e.request.dispatch));
 }
 
 void FlowQueue::DispatchLocked(const Limits& limits, absl::Time now, Actions* actions) {
-  while (!waiting_.empty() &&
+  int64_t room = limits.dispatch_room;
+  while (!waiting_.empty() && room != 0 &&
          (limits.max_running <= 0 || static_cast<int64_t>(running_.size()) < limits.max_running)) {
     DispatchOneLocked(*NextLocked(/*below_share_of=*/0, /*share_cap=*/0), now, actions);
+    if (room > 0) --room;
   }
   if (!options_.below_share_skips_limit) return;
-  while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < 2 * limits.max_running) {
+  while (!waiting_.empty() && room != 0 && static_cast<int64_t>(running_.size()) < 2 * limits.max_running) {
     // A tenant's share of twice the limit (what all may run), capped at
     // the limit (what it may run alone): two equal tenants each get what
     // one gets alone, so a light tenant's burst waits no longer beside a
     // heavy one than without it; one tenant never passes the limit.
     std::optional<uint64_t> seq = NextLocked(/*below_share_of=*/2 * limits.max_running, limits.max_running);
+    if (!seq.has_value()) break;
+    DispatchOneLocked(*seq, now, actions);
+    if (room > 0) --room;
+  }
+  if (room != 0) return;
+  // The decode side is full: only tenants below their share of it, and no
+  // more running (prefilling) than the pass above allows.
+  while (!waiting_.empty() &&
+         (limits.max_running <= 0 || static_cast<int64_t>(running_.size()) < 2 * limits.max_running)) {
+    std::optional<uint64_t> seq = NextBelowActiveShareLocked();
     if (!seq.has_value()) break;
     DispatchOneLocked(*seq, now, actions);
   }

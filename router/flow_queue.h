@@ -55,6 +55,19 @@
 // the same fairness (engine.h EngineRequest), so there the extra request
 // goes next.
 //
+// Limits::dispatch_room bounds the first pass besides max_running: the
+// router's decode admission (RouterOptions::decode_tpot_limit_ms) sets it to
+// the requests its decode workers take before their predicted TPOT passes
+// the limit, so under overload requests wait here, in this order, instead
+// of swelling the decode batches. When the room is spent, the below-share
+// pass dispatches only the waiting requests of a tenant with fewer
+// dispatched, not yet Ended requests than its weighted share of all of
+// them (weight over the weights of the tenants with such requests or
+// waiting in the band), without using room: a light tenant's request more
+// in a decode batch costs its TPOT little, and its TTFT would otherwise
+// wait for a heavy tenant's request to end; a lone tenant, or tenants at
+// their shares, wait.
+//
 // Waiting is bounded: a request waits at most queue_ttl (then `drop` with
 // RESOURCE_EXHAUSTED "queue_ttl: ...") and never past its own deadline
 // (`drop` with DEADLINE_EXCEEDED), enforced by Expire, which the router's
@@ -100,6 +113,12 @@ class FlowQueue {
     // Requests running (dispatched, first token not back) at once; 0: no
     // bound (flow control off: nothing waits).
     int64_t max_running = 0;
+    // More requests the decode side takes now (the router's decode
+    // admission: room under each decode worker's TPOT limit); each
+    // dispatch but those of the below-share pass uses one, and nothing more
+    // is dispatched once it is spent until the limits are asked again
+    // (Pump, Done, Enter, Expire). -1: no bound.
+    int64_t dispatch_room = -1;
   };
 
   struct Options {
@@ -174,6 +193,16 @@ class FlowQueue {
   // dispatches what the current limits let run.
   void Expire();
 
+  // Dispatches what the current limits let run (the decode side freed
+  // room: a request ended, a worker reported).
+  void Pump();
+
+  // A dispatched request ended (finished, failed or cancelled): it no longer
+  // counts toward its tenant's share of the decode side (see dispatch_room
+  // above). Callers call it once per request that ends, dispatched or not
+  // (unknown keys are ignored).
+  void Ended(uint64_t key);
+
   Stats stats() const;
 
  private:
@@ -225,6 +254,10 @@ class FlowQueue {
   // `share_cap`.
   std::optional<uint64_t> NextLocked(int64_t below_share_of, int64_t share_cap) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // With the decode room spent: the highest waiting band's first request
+  // (by start tag) whose tenant has fewer active requests than its weighted
+  // share of all active ones (see dispatch_room above).
+  std::optional<uint64_t> NextBelowActiveShareLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether `tenant` runs fewer than `cap` and than its weighted share of
   // `slots`.
   bool BelowShareLocked(const std::string& tenant, int64_t slots, int64_t cap, double active_weight) const
@@ -251,6 +284,9 @@ class FlowQueue {
   // Keys dispatched, not done, with their tenant; running requests per tenant.
   absl::flat_hash_map<uint64_t, std::string> running_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, int64_t> running_by_tenant_ ABSL_GUARDED_BY(mu_);
+  // Dispatched and not Ended (the decode side's share, see dispatch_room).
+  absl::flat_hash_map<uint64_t, std::string> active_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, int64_t> active_by_tenant_ ABSL_GUARDED_BY(mu_);
   bool pumping_ ABSL_GUARDED_BY(mu_) = false;
   bool pump_again_ ABSL_GUARDED_BY(mu_) = false;
 };

@@ -96,6 +96,43 @@ TEST_F(FlowQueueTest, LightTenantSkipsAHeavyTenantsBacklog) {
   EXPECT_THAT(dispatched_, ElementsAre(999, 1, 100, 2));
 }
 
+TEST_F(FlowQueueTest, DecodeRoomBoundsDispatchesUntilPumped) {
+  Make(/*max_admitted=*/0, /*max_running=*/4);
+  limits_.dispatch_room = 0;  // the decode side is full
+  ASSERT_OK(Enter(1, "a"));
+  ASSERT_OK(Enter(2, "a"));
+  EXPECT_TRUE(dispatched_.empty());
+  EXPECT_EQ(queue_->stats().waiting, 2);
+  limits_.dispatch_room = 1;  // one request ended on a decode worker
+  queue_->Pump();
+  EXPECT_THAT(dispatched_, ElementsAre(1));
+  queue_->Pump();  // asked again: the router's room would now count request 1
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2));
+  limits_.dispatch_room = -1;
+  ASSERT_OK(Enter(3, "a"));
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3));
+}
+
+TEST_F(FlowQueueTest, WithTheDecodeRoomSpentOnlyATenantBelowItsShareOfActiveRequestsGoes) {
+  Make(/*max_admitted=*/0, /*max_running=*/4, {.below_share_skips_limit = true});
+  for (uint64_t k = 1; k <= 4; ++k) ASSERT_OK(Enter(k, "heavy"));
+  for (uint64_t k = 1; k <= 4; ++k) queue_->Done(k);  // first tokens back; still decoding
+  limits_.dispatch_room = 0;
+  ASSERT_OK(Enter(5, "heavy"));  // alone at its share (4 of 4 active): waits
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3, 4));
+  // The light tenant (none active) is below half of the active requests:
+  // its requests go without room, until it reaches its share.
+  ASSERT_OK(Enter(6, "light"));
+  ASSERT_OK(Enter(7, "light"));
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3, 4, 6, 7));
+  queue_->Ended(1);
+  queue_->Pump();  // heavy: 3 of 5 active, above half
+  EXPECT_EQ(queue_->stats().waiting, 1);
+  limits_.dispatch_room = 1;
+  queue_->Pump();
+  EXPECT_THAT(dispatched_, ElementsAre(1, 2, 3, 4, 6, 7, 5));
+}
+
 TEST_F(FlowQueueTest, IdleTenantSkipsTheRunningLimitOncePerTenant) {
   Make(0, 1, {.below_share_skips_limit = true});
   ASSERT_OK(Enter(1, "heavy"));  // runs

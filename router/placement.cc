@@ -336,4 +336,8 @@ absl::StatusOr<PlacementDecision> Placement::Place(const PlacementRequest& req) 
   return decision;
 }
 
+int64_t DecodeRoomOf(const WorkerView& w, double tpot_limit_ms) {
+  return DecodeRoom(w.load.decode_step_ms(), w.load.decode_batch(), Running(w), tpot_limit_ms);
+}
+
 }  // namespace tandem::router

@@ -107,6 +107,11 @@ struct PlacementDecision {
 // The decision's prefetch hint as sent to the worker that prefills.
 void SetPrefetchHint(const PlacementDecision& decision, tandem::v1::PrefetchHint* hint);
 
+// DecodeRoom (placement_policies.h) for decode worker `w`: its reported step
+// time and batch, and the larger of its reported running count and this
+// router's requests on it.
+int64_t DecodeRoomOf(const WorkerView& w, double tpot_limit_ms);
+
 struct PrefillObservation {
   int32_t prompt_tokens = 0;
   int32_t cached_tokens = 0;

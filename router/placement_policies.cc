@@ -1,6 +1,7 @@
 #include "router/placement_policies.h"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -116,6 +117,22 @@ double PredictTpotMs(double decode_step_ms, double decode_batch, int32_t running
   // A decode step's time grows with its batch; scale the recent mean by the
   // batch this request would join.
   return decode_step_ms * std::max(1.0, (running + 1) / std::max(1.0, decode_batch));
+}
+
+int64_t DecodeRoom(double decode_step_ms, double decode_batch, int32_t running, double tpot_limit_ms) {
+  if (decode_step_ms <= 0) return -1;
+  // A model whose steps pass the limit at any batch (a large model, a slow
+  // device) would otherwise decode one request at a time: that costs its
+  // throughput and buys no TPOT worth having.
+  constexpr int32_t kAlwaysRunning = 8;
+  // PredictTpotMs(running + k) <= limit for the k-th request more while
+  // running + k + 1 <= limit x batch / step (and the limit is past the
+  // step itself).
+  const double most = tpot_limit_ms >= decode_step_ms
+                          ? std::floor(tpot_limit_ms * std::max(1.0, decode_batch) / decode_step_ms)
+                          : 0;
+  return std::max<int64_t>(
+      0, std::max<int64_t>(static_cast<int64_t>(most), kAlwaysRunning) - std::max(0, running));
 }
 
 PrefillPrediction PredictPrefill(const PlacementOptions& options, const PrefillCostInputs& in) {

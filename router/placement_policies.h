@@ -160,6 +160,13 @@ int32_t CachedTokens(const KvIndex::PrefixStats* match, int32_t block_size, int3
 // the mean itself. 0 when the worker has reported no step time.
 double PredictTpotMs(double decode_step_ms, double decode_batch, int32_t running);
 
+// The router's decode admission (RouterOptions::decode_tpot_limit_ms): how
+// many more requests a decode worker running `running` takes before
+// PredictTpotMs for the next one passes `tpot_limit_ms` (>= 0). -1 (no
+// bound) when it has reported no step time; up to 8 running it always
+// takes more, however slow its steps.
+int64_t DecodeRoom(double decode_step_ms, double decode_batch, int32_t running, double tpot_limit_ms);
+
 struct PrefillCostInputs {
   int32_t prompt_tokens = 0;
   int32_t block_size = 16;

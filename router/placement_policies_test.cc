@@ -127,6 +127,20 @@ TEST(PlacementPoliciesTest, TpotScalesWithTheBatchTheRequestJoins) {
   EXPECT_DOUBLE_EQ(PredictTpotMs(10, 0, 1), 20);  // no batch reported: counts as 1
 }
 
+TEST(DecodeRoomTest, RequestsUntilThePredictedTpotPassesTheLimit) {
+  EXPECT_EQ(DecodeRoom(0, 4, 3, 50), -1);  // no step time reported: no bound
+  // 10 ms steps of 4: up to 20 running keep the prediction <= 50 ms.
+  EXPECT_EQ(DecodeRoom(10, 4, 3, 50), 17);
+  EXPECT_DOUBLE_EQ(PredictTpotMs(10, 4, 3 + 16), 50);
+  EXPECT_GT(PredictTpotMs(10, 4, 3 + 17), 50);
+  EXPECT_EQ(DecodeRoom(10, 4, 20, 50), 0);
+  EXPECT_EQ(DecodeRoom(10, 4, 25, 50), 0);  // over: none, never negative
+  // Steps slower than the limit: still up to 8 running.
+  EXPECT_EQ(DecodeRoom(80, 1, 0, 50), 8);
+  EXPECT_EQ(DecodeRoom(80, 1, 5, 50), 3);
+  EXPECT_EQ(DecodeRoom(80, 1, 8, 50), 0);
+}
+
 TEST(PlacementPoliciesTest, PrefillCostModelAddsQueueComputeLoadsAndTransfer) {
   PlacementOptions o{.dram_load_ms_per_block = 2, .ssd_load_ms_per_block = 5};
   KvIndex::PrefixMatch own;

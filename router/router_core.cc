@@ -848,6 +848,9 @@ void RouterCore::Call::Finish(absl::Status status) {
   if (!status.ok()) ForgetInflight();
   core_->Unwatch(this, placement_.has_value() ? placement_->decode.id : std::string(), last_token_);
   LeaveQueue();
+  core_->flow_.Ended(flow_key_);
+  // Its decode slot is free: what waited for decode room may go now.
+  if (core_->options_.decode_tpot_limit_ms > 0) core_->flow_.Pump();
   summary_.set_migrations(migrations_);
   if (migrating_ && !status.ok()) RouterMetrics::Get().migrations->WithLabels({"failed"})->Increment();
   const absl::Time now = core_->Now();
@@ -945,8 +948,22 @@ FlowQueue::Limits RouterCore::FlowLimits() const {
   }
   // With no healthy worker one request goes through, to be told so (503).
   const int64_t workers = std::max(1, prefill_workers > 0 ? prefill_workers : decode_workers);
-  return {.max_admitted = std::max(0, options_.max_queued_prefills_per_worker) * workers,
-          .max_running = std::max(0, options_.max_inflight_prefills_per_worker) * workers};
+  FlowQueue::Limits limits{.max_admitted = std::max(0, options_.max_queued_prefills_per_worker) * workers,
+                           .max_running = std::max(0, options_.max_inflight_prefills_per_worker) * workers};
+  if (options_.decode_tpot_limit_ms > 0) {
+    // Room summed over the healthy decode workers (-1: one has reported no
+    // step yet, no bound); with none healthy, no bound either, so the
+    // request is dispatched and told so (503).
+    int64_t room = 0;
+    bool any = false;
+    registry_->ForEachHealthy(tandem::v1::WORKER_ROLE_DECODE, {}, [&](const WorkerView& w) {
+      any = true;
+      const int64_t r = DecodeRoomOf(w, options_.decode_tpot_limit_ms);
+      room = (room < 0 || r < 0) ? -1 : room + r;
+    });
+    limits.dispatch_room = any ? room : -1;
+  }
+  return limits;
 }
 
 void RouterCore::PublishQueueGauges() {

@@ -143,6 +143,22 @@ struct RouterOptions {
   // (PrefillRequest.priority/.tenant), so a light tenant waits for a step,
   // not for a heavy tenant's in-flight prefills to finish. Default: true.
   bool below_share_skips_limit = true;
+  // Decode admission: the flow queue dispatches a request only while some
+  // decode worker would decode it at a predicted TPOT (PredictTpotMs: its
+  // reported step time and batch, scaled to the batch it would join) within
+  // this many ms; the rest wait at the router in priority and fair-share
+  // order (FlowQueue::Limits::dispatch_room), so under overload the queue
+  // forms here instead of in the decode batches or in a Reserve waiting
+  // for a decode step. It is what paces prefills to what the decode workers
+  // decode now that a decode worker answers Reserve beside its step
+  // (worker_process.cc). 0: off. Default: 20 — on stories260K (1 + 1
+  // workers, 2 cores, 3x overload) it kept TPOT p50 at 0.3-0.6 ms where
+  // without it the decode batch ran away (TPOT p50 13-58 ms in 3 of 6
+  // runs), and with the decode worker on a contended core it halved TPOT
+  // (43-51 -> 25 ms) and served 17% more than Reserve waiting for the step
+  // (docs/PERFORMANCE.md, "Seventh pass"); 50 served less there (a bigger
+  // batch on a contended core). Set it to the deployment's TPOT target.
+  double decode_tpot_limit_ms = 20;
   // Routing policy, cost model, conditional disaggregation and SLO defaults.
   PlacementOptions placement;
   // Deadline of a KvEventSource.Snapshot call. Default: 5 s.

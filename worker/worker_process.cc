@@ -328,16 +328,17 @@ absl::Status WorkerProcess::StartEngine() {
                    llama_.get(), backend_.get(), model_->tokenizer.get()));
   info_.kv_blocks = engine_->kv_view().num_blocks;
   engine::EngineRunner::Options runner_options;
-  // TANDEM_RESERVE_BESIDE_STEP=1: a decode worker answers Reserve beside the
-  // decode step in progress (host-memory pools only: its copies need no
-  // device context). Off by default: a Reserve that waits for the step is,
-  // today, the decode worker's only backpressure on the prefills sent to it.
-  // Answered at once, prefills outrun an overloaded decode worker and its
-  // batch grows until TPOT is many times worse (docs/PERFORMANCE.md, "Sixth
-  // pass"); decode-aware admission at the router has to come first.
+  // A decode worker answers Reserve beside the decode step in progress
+  // (host-memory pools only: its copies need no device context), so a
+  // request's TTFT does not wait for a step of the whole batch. What paces
+  // prefills to what the decode worker decodes is then the router's decode
+  // admission (--decode-tpot-limit-ms, on by default): without it, prefills
+  // outrun an overloaded decode worker and its batch grows until TPOT is
+  // many times worse (docs/PERFORMANCE.md, "Sixth pass").
+  // TANDEM_RESERVE_BESIDE_STEP=0 turns it off (Reserve waits for the step).
   const char* beside = std::getenv("TANDEM_RESERVE_BESIDE_STEP");
   runner_options.reserve_beside_step =
-      backend_->host_accessible() && beside != nullptr && std::string_view(beside) == "1";
+      backend_->host_accessible() && !(beside != nullptr && std::string_view(beside) == "0");
   runner_options.on_tick =
       [this, gauges = EngineTickGauges(metrics_, tiers_.get(), store_client_.get())](engine::Engine& e) {
         gauges(e);
