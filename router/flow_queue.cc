@@ -193,13 +193,18 @@ void FlowQueue::Expire() {
 }
 
 void FlowQueue::Pump() {
+  {
+    // Most calls find nothing waiting: skip asking the limits (a walk of
+    // the router's workers). One that arrives meanwhile pumps itself.
+    absl::MutexLock lock(&mu_);
+    if (waiting_.empty()) return;
+  }
   const Limits limits = CurrentLimits();
   const absl::Time now = options_.clock->Now();
   Actions actions;
   bool pumping = false;
   {
     absl::MutexLock lock(&mu_);
-    if (waiting_.empty()) return;
     pumping = PumpLocked(limits, now, &actions);
   }
   Run(std::move(actions), pumping);

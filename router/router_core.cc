@@ -966,6 +966,10 @@ FlowQueue::Limits RouterCore::FlowLimits() const {
   return limits;
 }
 
+void RouterCore::OnWorkerLoad() {
+  if (options_.decode_tpot_limit_ms > 0) flow_.Pump();
+}
+
 void RouterCore::PublishQueueGauges() {
   const FlowQueue::Stats stats = flow_.stats();
   RouterMetrics& m = RouterMetrics::Get();

@@ -235,6 +235,11 @@ class RouterCore final : public Generator {
   }
   const FlowQueue& flow_queue() const { return flow_; }
 
+  // A worker reported its load (a heartbeat): with decode admission on,
+  // requests waiting for decode room are dispatched as soon as a report
+  // shows it, not at the next sweep.
+  void OnWorkerLoad();
+
   // Sends DecodeWorker.Renew for every reservation whose prefill is still
   // pending, without waiting for the answers. The renewer thread calls it
   // every reservation_ttl / 4, in real time (the decode worker expires

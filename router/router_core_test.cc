@@ -252,6 +252,55 @@ TEST_F(ReleaseRetryTest, AFailingReleaseIsRetriedAtMostOnceASecondUntilTheTtl) {
   EXPECT_LE(sent, at_expiry + 1);  // none later than the one in flight at expiry
 }
 
+// Decode admission: while the decode worker's reported load leaves no room
+// under the TPOT limit, a request waits at the router (no Reserve reaches
+// the worker); a report with room dispatches it at once.
+TEST_F(ReleaseRetryTest, ARequestWaitsForDecodeRoomAndGoesWhenALoadReportShowsIt) {
+  RouterOptions options;
+  options.clock = &clock_;
+  options.decode_tpot_limit_ms = 20;
+  core_ = std::make_unique<RouterCore>(options, &model_, &registry_);
+  FakeDecodeWorker decode(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "decode_full: no blocks"));
+  for (auto [id, role, address] :
+       {std::tuple{"d1", tandem::v1::WORKER_ROLE_DECODE, decode.address()},
+        std::tuple{"p1", tandem::v1::WORKER_ROLE_PREFILL, std::string("127.0.0.1:1")}}) {
+    tandem::v1::RegisterRequest r;
+    r.set_worker_id(id);
+    r.set_role(role);
+    r.set_address(address);
+    r.set_model_id("m");
+    r.set_block_size(16);
+    ASSERT_OK(registry_.Register(r));
+  }
+  // 10 ms steps of 1 at 12 running: the next request's predicted TPOT is
+  // 130 ms, past 20, and 12 is past the 8 always taken: no room.
+  auto report = [&](int32_t running) {
+    tandem::v1::HeartbeatRequest h;
+    h.set_worker_id("d1");
+    h.mutable_load()->set_running(running);
+    h.mutable_load()->set_decode_step_ms(10);
+    h.mutable_load()->set_decode_batch(1);
+    ASSERT_TRUE(registry_.Heartbeat(h));
+    core_->OnWorkerLoad();
+  };
+  report(12);
+  tandem::v1::GenerateRequest request = Request();
+  for (int i = 0; i < 39; ++i) request.mutable_prompt_token_ids()->add_ids(6 + i);
+  auto recorder = std::make_shared<Recorder>();
+  core_->Start(request, clock_.Now() + absl::Minutes(1), recorder);
+  EXPECT_EQ(core_->flow_queue().stats().waiting, 1);
+  report(12);  // still none
+  EXPECT_EQ(core_->flow_queue().stats().waiting, 1);
+  EXPECT_TRUE(decode.reserves().empty());
+  EXPECT_FALSE(recorder->status().has_value());
+  report(0);  // room: dispatched, its Reserve reaches the worker
+  EXPECT_EQ(core_->flow_queue().stats().waiting, 0);
+  ASSERT_TRUE(
+      ::tandem::testing::PollUntil([&] { return recorder->status().has_value(); }, absl::Seconds(20)));
+  EXPECT_EQ(decode.reserves().size(), 1u);
+  EXPECT_TRUE(::tandem::testing::PollUntil([&] { return core_->in_flight() == 0; }, absl::Seconds(20)));
+}
+
 // A Reserve the worker refused (RESOURCE_EXHAUSTED: no room) made nothing to
 // release.
 TEST_F(ReleaseRetryTest, ARefusedReserveIsNotReleased) {
