@@ -974,6 +974,7 @@ void RouterCore::PublishQueueGauges() {
   const FlowQueue::Stats stats = flow_.stats();
   RouterMetrics& m = RouterMetrics::Get();
   m.queue_running->Set(static_cast<double>(stats.running));
+  m.decode_room->Set(static_cast<double>(FlowLimits().dispatch_room));
   absl::MutexLock lock(&gauge_mu_);
   for (int32_t priority : depth_priorities_) {
     if (!stats.waiting_by_priority.contains(priority))

@@ -62,6 +62,11 @@ RouterMetrics& RouterMetrics::Get() {
     out->queue_running = r.Gauge("tandem_router_queue_running",
                                  "Requests dispatched to workers and not yet past their first token", {})
                              ->WithLabels({});
+    out->decode_room = r.Gauge("tandem_router_decode_room",
+                               "Requests the decode workers take before their predicted TPOT passes "
+                               "--decode-tpot-limit-ms (-1: no bound); at 0, requests wait at the router",
+                               {})
+                           ->WithLabels({});
     out->shed = r.Counter("tandem_router_shed_total",
                           "Requests refused or shed (RESOURCE_EXHAUSTED), by reason (queue_full, "
                           "lower_priority, queue_ttl, slo, decode_full)",

@@ -46,6 +46,11 @@ struct RouterMetrics {
   // (shed_reason.h) refusals and sheds.
   GaugeFamily* queue_depth;
   Gauge* queue_running;
+  // Decode admission (RouterOptions::decode_tpot_limit_ms): requests the
+  // healthy decode workers take before their predicted TPOT passes the
+  // limit (-1: no bound — off, or a worker has reported no step yet); at 0
+  // requests wait at the router for decode room.
+  Gauge* decode_room;
   CounterFamily* shed;
 
   // The process's instance, registered on first use; never destroyed.

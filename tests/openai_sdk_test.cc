@@ -35,6 +35,7 @@
 #include "nlohmann/json.hpp"
 #include "router/fake_generator.h"
 #include "router/openai_front.h"
+#include "tests/testing/poll.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/subprocess.h"
 
@@ -448,6 +449,20 @@ TEST_F(OpenAiClusterTest, MetricsOnTheRouterAndOnAWorker) {
   EXPECT_THAT(m.body, HasSubstr("tandem_router_ttft_seconds_count"));
   EXPECT_THAT(m.body, HasSubstr("tandem_http_requests_total{"));
   EXPECT_THAT(m.body, HasSubstr(R"(tandem_http_requests_total{endpoint="/v1/completions",code="200"})"));
+  // Decode admission is on by default: once the decode worker has reported
+  // its steps (a heartbeat) and the router's sweeper has published, the
+  // idle cluster shows room for more requests.
+  double room = 0;
+  EXPECT_TRUE(tandem::testing::PollUntil(
+      [&] {
+        const ParsedResponse page = Get("/metrics");
+        const std::string key = "\ntandem_router_decode_room ";
+        const size_t at = page.body.find(key);
+        room = at == std::string::npos ? 0 : std::atof(page.body.c_str() + at + key.size());
+        return room > 0;
+      },
+      absl::Seconds(10), absl::Milliseconds(50)))
+      << "tandem_router_decode_room " << room;
   EXPECT_EQ(Get("/ready").status, 200);
 
   // A worker with --metrics-port 0 prints where it serves /metrics.
