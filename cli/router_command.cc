@@ -170,7 +170,7 @@ void RegisterRouter(CLI::App* cmd, RouterFlags* f) {
                   "predicted TPOT (its reported step time and batch) within this many ms; the rest wait at "
                   "the router in priority and fair-share order (0: off)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0.0, 3600000.0));
   cmd->add_option("--queue-ttl-ms", f->queue_ttl_ms,
                   "Longest a request waits at the router before a worker takes it; then it is refused "
                   "(RESOURCE_EXHAUSTED queue_ttl, HTTP 429); 0: none")
