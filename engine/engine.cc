@@ -352,37 +352,37 @@ absl::StatusOr<Engine::StepPlan> Engine::Plan(bool has_updates) {
   return plan;
 }
 
+int32_t Engine::Pending(const Sequence& seq) {
+  return static_cast<int32_t>(seq.tokens.size()) - seq.num_computed;
+}
+
+absl::StatusOr<Engine::Room> Engine::PlanRows(int64_t id, int32_t n, StepPlan& plan, size_t* index) {
+  const int32_t total = sequences_.at(id)->num_computed + n;
+  const Room room = MakeRoom(id, total, plan, index);
+  if (room != Room::kMade) return room;
+  if (absl::Status s = kv_->EnsureCapacity(id, total); !s.ok()) {
+    return s;  // cannot happen after MakeRoom: a broken invariant
+  }
+  plan.rows.push_back({id, n});
+  plan.budget -= n;
+  return room;
+}
+
 absl::Status Engine::PlanDecodes(StepPlan& plan) {
   for (size_t i = 0; i < running_.size() && plan.budget > 0;) {
     const int64_t id = running_[i];
-    Sequence& seq = *sequences_.at(id);
-    const int32_t pending = static_cast<int32_t>(seq.tokens.size()) - seq.num_computed;
-    if (pending != 1 || plan.Contains(id)) {
+    if (Pending(*sequences_.at(id)) != 1 || plan.Contains(id)) {
       ++i;
       continue;
     }
-    const Room room = MakeRoom(id, seq.num_computed + 1, plan, &i);
-    if (room == Room::kPreemptedSelf) continue;  // running_[i] is now the next sequence
-    if (room == Room::kNone) {
-      ++i;
-      continue;
-    }
-    if (absl::Status s = kv_->EnsureCapacity(id, seq.num_computed + 1); !s.ok()) {
-      return s;  // cannot happen after MakeRoom: a broken invariant
-    }
-    plan.rows.push_back({id, 1});
-    plan.budget -= 1;
-    ++i;
+    TANDEM_ASSIGN_OR_RETURN(const Room room, PlanRows(id, 1, plan, &i));
+    if (room != Room::kPreemptedSelf) ++i;  // else running_[i] is now the next sequence
   }
   return absl::OkStatus();
 }
 
 std::optional<Engine::PromptClassOrder> Engine::OrderPromptClasses() const {
   if (waiting_.empty() && running_.empty()) return std::nullopt;
-  auto prompt_left = [this](int64_t id) {
-    const Sequence& seq = *sequences_.at(id);
-    return static_cast<int64_t>(seq.tokens.size()) - seq.num_computed;
-  };
   PromptClassOrder order;
   bool several = false;
   const EngineRequest* first = nullptr;
@@ -392,10 +392,10 @@ std::optional<Engine::PromptClassOrder> Engine::OrderPromptClasses() const {
     order.tokens_left[r.tenant] += tokens;
   };
   for (int64_t id : running_) {
-    const int64_t left = prompt_left(id);
-    if (left > 1) count(sequences_.at(id)->request, left);
+    const Sequence& seq = *sequences_.at(id);
+    if (Pending(seq) > 1) count(seq.request, Pending(seq));
   }
-  for (int64_t id : waiting_) count(sequences_.at(id)->request, prompt_left(id));
+  for (int64_t id : waiting_) count(sequences_.at(id)->request, Pending(*sequences_.at(id)));
   if (!several) return std::nullopt;
   return order;
 }
@@ -413,9 +413,7 @@ bool Engine::PromptClassOrder::Before(const EngineRequest& a, const EngineReques
 absl::Status Engine::PlanPrefillChunks(StepPlan& plan, const PromptClassOrder* order) {
   std::vector<int64_t> prefilling;
   for (int64_t id : running_) {
-    const Sequence& seq = *sequences_.at(id);
-    if (static_cast<int32_t>(seq.tokens.size()) - seq.num_computed != 1 && !plan.Contains(id))
-      prefilling.push_back(id);
+    if (Pending(*sequences_.at(id)) != 1 && !plan.Contains(id)) prefilling.push_back(id);
   }
   if (order != nullptr) {
     // Stable: within a class, admission order (the running_ order).
@@ -429,16 +427,8 @@ absl::Status Engine::PlanPrefillChunks(StepPlan& plan, const PromptClassOrder* o
     auto it = std::find(running_.begin(), running_.end(), id);
     if (it == running_.end()) continue;
     size_t i = static_cast<size_t>(it - running_.begin());
-    Sequence& seq = *sequences_.at(id);
-    const int32_t pending = static_cast<int32_t>(seq.tokens.size()) - seq.num_computed;
-    const int32_t n = std::min({pending, plan.budget, plan.chunk_limit});
-    const Room room = MakeRoom(id, seq.num_computed + n, plan, &i);
-    if (room != Room::kMade) continue;
-    if (absl::Status s = kv_->EnsureCapacity(id, seq.num_computed + n); !s.ok()) {
-      return s;  // cannot happen after MakeRoom: a broken invariant
-    }
-    plan.rows.push_back({id, n});
-    plan.budget -= n;
+    const int32_t n = std::min({Pending(*sequences_.at(id)), plan.budget, plan.chunk_limit});
+    TANDEM_RETURN_IF_ERROR(PlanRows(id, n, plan, &i).status());
   }
   return absl::OkStatus();
 }
@@ -448,7 +438,7 @@ bool Engine::GoesBeforeRunningPrompts(const EngineRequest& request, const Prompt
   bool any = false;
   for (int64_t id : running_) {
     const Sequence& seq = *sequences_.at(id);
-    if (static_cast<int32_t>(seq.tokens.size()) - seq.num_computed == 1 || plan.Contains(id)) continue;
+    if (Pending(seq) == 1 || plan.Contains(id)) continue;
     if (!order.Before(request, seq.request)) return false;
     any = true;
   }

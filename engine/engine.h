@@ -335,6 +335,11 @@ class Engine {
   // (`has_updates` false) and loads are in flight, waits for one
   // (kTierLoadWait) and plans once more.
   absl::StatusOr<StepPlan> Plan(bool has_updates);
+  // Tokens of `seq` whose KV is not computed yet (1: it decodes).
+  static int32_t Pending(const Sequence& seq);
+  // Makes room for `n` more rows of `id` (MakeRoom, keeping `*index` on
+  // it) and, when made, adds them to `plan`.
+  absl::StatusOr<Room> PlanRows(int64_t id, int32_t n, StepPlan& plan, size_t* index);
   // Step 1: a decode row for each running sequence with one pending token.
   absl::Status PlanDecodes(StepPlan& plan);
   // Which prompt's rows go first when several priorities or tenants have

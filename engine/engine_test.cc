@@ -45,6 +45,16 @@ class EngineTest : public ::testing::Test {
     return e.ok() ? std::move(*e) : nullptr;
   }
 
+  // An engine of 8-token steps that has computed one step of `first`, with
+  // `second` added before it.
+  std::unique_ptr<Engine> OneChunkIn(EngineRequest first, EngineRequest second) {
+    auto engine = MakeEngine({.block_size = 4, .max_step_tokens = 8});
+    EXPECT_OK(engine->Add(std::move(first)));
+    EXPECT_OK(engine->Add(std::move(second)));
+    EXPECT_OK(engine->Step().status());
+    return engine;
+  }
+
   // Steps until idle, checking invariants after every step.
   std::map<int64_t, Outcome> RunAll(Engine& engine) {
     std::map<int64_t, Outcome> out;
@@ -322,11 +332,17 @@ std::vector<int64_t> FinishOrder(Engine& engine) {
   return order;
 }
 
-EngineRequest EightTokens(int64_t id, std::string tenant, int32_t priority = 0) {
+// A prompt of `n` tokens distinct from every other id's (n <= 40), one token
+// to generate.
+EngineRequest Tokens(int64_t id, int32_t n, std::string tenant, int32_t priority = 0) {
   std::vector<int32_t> tokens;
-  for (int32_t i = 0; i < 8; ++i) tokens.push_back(1 + static_cast<int32_t>(id) * 8 + i);
+  for (int32_t i = 0; i < n; ++i) tokens.push_back(1 + static_cast<int32_t>(id) * 40 + i);
   return {
       .id = id, .prompt_tokens = tokens, .max_tokens = 1, .priority = priority, .tenant = std::move(tenant)};
+}
+
+EngineRequest EightTokens(int64_t id, std::string tenant, int32_t priority = 0) {
+  return Tokens(id, 8, std::move(tenant), priority);
 }
 
 TEST_F(EngineTest, HigherPriorityFirstThenTenantsShareAdmissions) {
@@ -359,21 +375,11 @@ TEST_F(EngineTest, TenantsAlternateWhenBothAreBacklogged) {
   EXPECT_THAT(FinishOrder(*engine), ::testing::ElementsAre(1, 4, 2, 5, 3, 6));
 }
 
-EngineRequest Tokens(int64_t id, int32_t n, std::string tenant, int32_t priority = 0) {
-  std::vector<int32_t> tokens;
-  for (int32_t i = 0; i < n; ++i) tokens.push_back(1 + static_cast<int32_t>(id) * 40 + i);
-  return {
-      .id = id, .prompt_tokens = tokens, .max_tokens = 1, .priority = priority, .tenant = std::move(tenant)};
-}
-
 TEST_F(EngineTest, LightTenantsPromptGoesBeforeTheRestOfARunningHeavyPrompt) {
   Load("synthetic:tiny");
-  auto engine = MakeEngine({.block_size = 4, .max_step_tokens = 8});
-  // Two 32-token heavy prompts (4 steps each); the first computes one chunk,
+  // Two 32-token heavy prompts (4 steps each), the first one chunk in,
   // then a light 8-token prompt arrives.
-  ASSERT_OK(engine->Add(Tokens(1, 32, "heavy")));
-  ASSERT_OK(engine->Add(Tokens(2, 32, "heavy")));
-  ASSERT_OK(engine->Step().status());
+  auto engine = OneChunkIn(Tokens(1, 32, "heavy"), Tokens(2, 32, "heavy"));
   ASSERT_OK(engine->Add(Tokens(3, 8, "light")));
   // It takes the next step whole: done before the heavy prompt's 3 chunks.
   ASSERT_OK_AND_ASSIGN(auto updates, engine->Step());
@@ -386,10 +392,7 @@ TEST_F(EngineTest, LightTenantsPromptGoesBeforeTheRestOfARunningHeavyPrompt) {
 
 TEST_F(EngineTest, ALightPromptLongerThanAStepKeepsGoingFirst) {
   Load("synthetic:tiny");
-  auto engine = MakeEngine({.block_size = 4, .max_step_tokens = 8});
-  ASSERT_OK(engine->Add(Tokens(1, 32, "heavy")));
-  ASSERT_OK(engine->Add(Tokens(2, 32, "heavy")));
-  ASSERT_OK(engine->Step().status());
+  auto engine = OneChunkIn(Tokens(1, 32, "heavy"), Tokens(2, 32, "heavy"));
   // 16 tokens: two steps, both before the heavy prompt's next chunk (the
   // light tenant has 16 then 8 tokens left, the heavy one 56 then 56).
   ASSERT_OK(engine->Add(Tokens(3, 16, "light")));

@@ -266,19 +266,30 @@ bool FlowQueue::ExpiredLocked(const Entry& e, absl::Time now, absl::Status* why)
   return false;
 }
 
-std::optional<uint64_t> FlowQueue::NextLocked(int64_t below_share_of, int64_t share_cap) const {
-  auto band_it =
+const FlowQueue::Band* FlowQueue::FirstWaitingBandLocked() const {
+  auto it =
       std::find_if(bands_.begin(), bands_.end(), [](const auto& b) { return !b.second.by_start.empty(); });
-  if (band_it == bands_.end()) return std::nullopt;
-  const Band& band = band_it->second;
+  return it == bands_.end() ? nullptr : &it->second;
+}
+
+double FlowQueue::ActiveWeightLocked(const Band& band,
+                                     const absl::flat_hash_map<std::string, int64_t>& counted) const {
+  double weight = 0;
+  for (const auto& [tenant, n] : band.waiting) {
+    if (n > 0 && !counted.contains(tenant)) weight += Weight(tenant);
+  }
+  for (const auto& [tenant, n] : counted) weight += Weight(tenant);
+  return weight;
+}
+
+std::optional<uint64_t> FlowQueue::NextLocked(int64_t below_share_of, int64_t share_cap) const {
+  const Band* first = FirstWaitingBandLocked();
+  if (first == nullptr) return std::nullopt;
+  const Band& band = *first;
   if (below_share_of <= 0) return band.by_start.begin()->second;
   // A tenant's share of `below_share_of` running slots: its weight over
   // the weights of the tenants waiting in the band or running.
-  double active_weight = 0;
-  for (const auto& [tenant, n] : band.waiting) {
-    if (n > 0 && !running_by_tenant_.contains(tenant)) active_weight += Weight(tenant);
-  }
-  for (const auto& [tenant, n] : running_by_tenant_) active_weight += Weight(tenant);
+  const double active_weight = ActiveWeightLocked(band, running_by_tenant_);
   // The work is in a member: the thread-safety analysis cannot see that
   // this lambda only runs under mu_.
   auto below_share = [this, below_share_of, share_cap, active_weight](const std::string& tenant)
@@ -297,15 +308,10 @@ std::optional<uint64_t> FlowQueue::NextLocked(int64_t below_share_of, int64_t sh
 }
 
 std::optional<uint64_t> FlowQueue::NextBelowActiveShareLocked() const {
-  auto band_it =
-      std::find_if(bands_.begin(), bands_.end(), [](const auto& b) { return !b.second.by_start.empty(); });
-  if (band_it == bands_.end() || active_.empty()) return std::nullopt;
-  const Band& band = band_it->second;
-  double active_weight = 0;
-  for (const auto& [tenant, n] : band.waiting) {
-    if (n > 0 && !active_by_tenant_.contains(tenant)) active_weight += Weight(tenant);
-  }
-  for (const auto& [tenant, n] : active_by_tenant_) active_weight += Weight(tenant);
+  const Band* first = FirstWaitingBandLocked();
+  if (first == nullptr || active_.empty()) return std::nullopt;
+  const Band& band = *first;
+  const double active_weight = ActiveWeightLocked(band, active_by_tenant_);
   const double total = static_cast<double>(active_.size());
   for (const auto& [start, seq] : band.by_start) {
     const std::string& tenant = waiting_.at(seq).request.tenant;

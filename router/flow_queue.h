@@ -254,6 +254,12 @@ class FlowQueue {
   // `share_cap`.
   std::optional<uint64_t> NextLocked(int64_t below_share_of, int64_t share_cap) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The highest priority band with a waiting request; null when none waits.
+  const Band* FirstWaitingBandLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The weights of the tenants in `counted` (running, or active) plus those
+  // waiting in `band` and not counted: the whole a tenant's share is of.
+  double ActiveWeightLocked(const Band& band, const absl::flat_hash_map<std::string, int64_t>& counted) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // With the decode room spent: the highest waiting band's first request
   // (by start tag) whose tenant has fewer active requests than its weighted
   // share of all active ones (see dispatch_room above).

@@ -850,7 +850,7 @@ void RouterCore::Call::Finish(absl::Status status) {
   LeaveQueue();
   core_->flow_.Ended(flow_key_);
   // Its decode slot is free: what waited for decode room may go now.
-  if (core_->options_.decode_tpot_limit_ms > 0) core_->flow_.Pump();
+  core_->OnDecodeRoomChanged();
   summary_.set_migrations(migrations_);
   if (migrating_ && !status.ok()) RouterMetrics::Get().migrations->WithLabels({"failed"})->Increment();
   const absl::Time now = core_->Now();
@@ -966,7 +966,7 @@ FlowQueue::Limits RouterCore::FlowLimits() const {
   return limits;
 }
 
-void RouterCore::OnWorkerLoad() {
+void RouterCore::OnDecodeRoomChanged() {
   if (options_.decode_tpot_limit_ms > 0) flow_.Pump();
 }
 

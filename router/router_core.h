@@ -235,10 +235,10 @@ class RouterCore final : public Generator {
   }
   const FlowQueue& flow_queue() const { return flow_; }
 
-  // A worker reported its load (a heartbeat): with decode admission on,
-  // requests waiting for decode room are dispatched as soon as a report
-  // shows it, not at the next sweep.
-  void OnWorkerLoad();
+  // A worker reported its load (a heartbeat) or a request ended: with
+  // decode admission on, requests waiting for decode room are dispatched as
+  // soon as there is some, not at the next sweep.
+  void OnDecodeRoomChanged();
 
   // Sends DecodeWorker.Renew for every reservation whose prefill is still
   // pending, without waiting for the answers. The renewer thread calls it

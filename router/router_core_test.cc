@@ -163,9 +163,9 @@ class FakeDecodeWorker final : public tandem::v1::DecodeWorker::Service {
 
 class ReleaseRetryTest : public RouterCoreTest {
  protected:
-  // Registers `decode` (and a prefill worker never dialled: the Reserve
-  // fails first) and runs one request until it ends.
-  absl::Status RunAgainst(FakeDecodeWorker& decode) {
+  // Registers `decode` as "d1" and a prefill worker "p1" never dialled
+  // (the Reserve fails first).
+  void RegisterPair(FakeDecodeWorker& decode) {
     for (auto [id, role, address] :
          {std::tuple{"d1", tandem::v1::WORKER_ROLE_DECODE, decode.address()},
           std::tuple{"p1", tandem::v1::WORKER_ROLE_PREFILL, std::string("127.0.0.1:1")}}) {
@@ -175,13 +175,20 @@ class ReleaseRetryTest : public RouterCoreTest {
       r.set_address(address);
       r.set_model_id("m");
       r.set_block_size(16);
-      EXPECT_OK(registry_.Register(r));
+      ASSERT_OK(registry_.Register(r));
     }
-    // Longer than aggregate_max_uncached_tokens: disaggregated, so Reserve.
+  }
+  // Longer than aggregate_max_uncached_tokens: disaggregated, so Reserve.
+  static tandem::v1::GenerateRequest DisaggregatedRequest() {
     tandem::v1::GenerateRequest request = Request();
     for (int i = 0; i < 39; ++i) request.mutable_prompt_token_ids()->add_ids(6 + i);
+    return request;
+  }
+  // RegisterPair, then runs one request until it ends.
+  absl::Status RunAgainst(FakeDecodeWorker& decode) {
+    RegisterPair(decode);
     auto recorder = std::make_shared<Recorder>();
-    core_->Start(request, clock_.Now() + absl::Minutes(1), recorder);
+    core_->Start(DisaggregatedRequest(), clock_.Now() + absl::Minutes(1), recorder);
     EXPECT_TRUE(
         ::tandem::testing::PollUntil([&] { return recorder->status().has_value(); }, absl::Seconds(20)));
     // The call object is gone once nothing holds it (its last callback ran).
@@ -261,17 +268,7 @@ TEST_F(ReleaseRetryTest, ARequestWaitsForDecodeRoomAndGoesWhenALoadReportShowsIt
   options.decode_tpot_limit_ms = 20;
   core_ = std::make_unique<RouterCore>(options, &model_, &registry_);
   FakeDecodeWorker decode(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "decode_full: no blocks"));
-  for (auto [id, role, address] :
-       {std::tuple{"d1", tandem::v1::WORKER_ROLE_DECODE, decode.address()},
-        std::tuple{"p1", tandem::v1::WORKER_ROLE_PREFILL, std::string("127.0.0.1:1")}}) {
-    tandem::v1::RegisterRequest r;
-    r.set_worker_id(id);
-    r.set_role(role);
-    r.set_address(address);
-    r.set_model_id("m");
-    r.set_block_size(16);
-    ASSERT_OK(registry_.Register(r));
-  }
+  ASSERT_NO_FATAL_FAILURE(RegisterPair(decode));
   // 10 ms steps of 1 at 12 running: the next request's predicted TPOT is
   // 130 ms, past 20, and 12 is past the 8 always taken: no room.
   auto report = [&](int32_t running) {
@@ -281,13 +278,11 @@ TEST_F(ReleaseRetryTest, ARequestWaitsForDecodeRoomAndGoesWhenALoadReportShowsIt
     h.mutable_load()->set_decode_step_ms(10);
     h.mutable_load()->set_decode_batch(1);
     ASSERT_TRUE(registry_.Heartbeat(h));
-    core_->OnWorkerLoad();
+    core_->OnDecodeRoomChanged();
   };
   report(12);
-  tandem::v1::GenerateRequest request = Request();
-  for (int i = 0; i < 39; ++i) request.mutable_prompt_token_ids()->add_ids(6 + i);
   auto recorder = std::make_shared<Recorder>();
-  core_->Start(request, clock_.Now() + absl::Minutes(1), recorder);
+  core_->Start(DisaggregatedRequest(), clock_.Now() + absl::Minutes(1), recorder);
   EXPECT_EQ(core_->flow_queue().stats().waiting, 1);
   report(12);  // still none
   EXPECT_EQ(core_->flow_queue().stats().waiting, 1);

@@ -139,7 +139,7 @@ grpc::Status RegistryService::Register(grpc::ServerContext*, const tandem::v1::R
 grpc::Status RegistryService::Heartbeat(grpc::ServerContext*, const tandem::v1::HeartbeatRequest* r,
                                         tandem::v1::HeartbeatResponse* response) {
   response->set_known(registry_->Heartbeat(*r));
-  if (core_ != nullptr && response->known()) core_->OnWorkerLoad();
+  if (core_ != nullptr && response->known()) core_->OnDecodeRoomChanged();
   return grpc::Status::OK;
 }
 
