@@ -382,21 +382,25 @@ absl::Status Engine::PlanDecodes(StepPlan& plan) {
 }
 
 std::optional<Engine::PromptClassOrder> Engine::OrderPromptClasses() const {
-  if (waiting_.empty() && running_.empty()) return std::nullopt;
-  PromptClassOrder order;
-  bool several = false;
-  const EngineRequest* first = nullptr;
-  auto count = [&](const EngineRequest& r, int64_t tokens) {
-    if (first == nullptr) first = &r;
-    several = several || r.priority != first->priority || r.tenant != first->tenant;
-    order.tokens_left[r.tenant] += tokens;
+  // The prompts to compute: running ones past their first token's row, and
+  // waiting ones. Tallied only when they are of several classes (the common
+  // single-tenant step builds no map).
+  auto for_each_prompt = [this](auto&& fn) {
+    for (int64_t id : running_) {
+      const Sequence& seq = *sequences_.at(id);
+      if (Pending(seq) > 1) fn(seq);
+    }
+    for (int64_t id : waiting_) fn(*sequences_.at(id));
   };
-  for (int64_t id : running_) {
-    const Sequence& seq = *sequences_.at(id);
-    if (Pending(seq) > 1) count(seq.request, Pending(seq));
-  }
-  for (int64_t id : waiting_) count(sequences_.at(id)->request, Pending(*sequences_.at(id)));
+  const EngineRequest* first = nullptr;
+  bool several = false;
+  for_each_prompt([&](const Sequence& seq) {
+    if (first == nullptr) first = &seq.request;
+    several = several || seq.request.priority != first->priority || seq.request.tenant != first->tenant;
+  });
   if (!several) return std::nullopt;
+  PromptClassOrder order;
+  for_each_prompt([&](const Sequence& seq) { order.tokens_left[seq.request.tenant] += Pending(seq); });
   return order;
 }
 
