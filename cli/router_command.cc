@@ -58,6 +58,11 @@ router::RouterOptions MakeRouterOptions(const RouterFlags& f) {
   options.max_inflight_prefills_per_worker = f.max_inflight_prefills;
   options.queue_ttl = absl::Milliseconds(f.queue_ttl_ms);
   options.decode_tpot_limit_ms = f.decode_tpot_limit_ms;
+  // Reserve while the prompt computes (RouterOptions::reserve_during_prefill);
+  // only for comparing against the old order, hence no flag.
+  if (const char* before = std::getenv("TANDEM_RESERVE_BEFORE_PREFILL"); before != nullptr) {
+    options.reserve_during_prefill = std::string_view(before) != "1";
+  }
   options.tenant_weights = *ParseTenantWeights(f.tenant_weights);  // validated by ResolveRouterFlags
   return options;
 }

@@ -26,6 +26,22 @@ int64_t PromptBlocks(const tandem::v1::PrefillRequest& r, int32_t block_size) {
   return (r.prompt_token_ids_size() + block_size - 1) / block_size;
 }
 
+std::string AwaitKey(const std::string& request_id, int32_t attempt) {
+  return absl::StrCat(request_id, "#", attempt);
+}
+
+// Time finished prompts waited for a reservation that follows the request
+// (PrefillRequest.reservation_follows): what the overlap of Reserve and
+// prefill did not hide.
+void RecordReservationWait(absl::Duration time) {
+  static Counter* const seconds_total =
+      DefaultMetricsRegistry()
+          .Counter("tandem_worker_prefill_reservation_wait_seconds_total",
+                   "Time computed prompts waited for their decode reservation before the KV send")
+          ->WithLabels({});
+  seconds_total->Increment(absl::ToDoubleSeconds(time));
+}
+
 // GB/s = rate(bytes_total) / rate(seconds_total); the gauge keeps the last
 // request's figure for a glance.
 void RecordTransfer(uint64_t bytes, absl::Duration time) {
@@ -65,6 +81,9 @@ void RecordStreamed(uint64_t bytes, absl::Duration time) {
   seconds_total->Increment(absl::ToDoubleSeconds(time));
 }
 
+// Reservations kept for a Prefill not yet arrived, at most.
+constexpr size_t kMaxEarlyReservations = 4096;
+
 }  // namespace
 
 // One Prefill call. gRPC owns the reactor until OnDone, which deletes it.
@@ -93,12 +112,50 @@ class PrefillCall final : public grpc::ServerUnaryReactor {
     // While it computes, the engine ends it (kCancelled finishes the call).
     // Later, its blocks are held for the send: SendBlocks sees cancelled_.
     if (phase_ == Phase::kComputing && submitted_) (void)service_->runner_->CancelAsync(id_);
+    // A send waiting for its reservation stops waiting.
+    OpenGateLocked(nullptr, absl::CancelledError("cancelled while waiting for the decode reservation"));
   }
 
   void OnDone() override { delete this; }
 
+  // The reservation that followed the request (ProvideReservation), or
+  // why none will: the waiting sends go on. Returns the reservation's check
+  // (INVALID_ARGUMENT: the call fails with it too). Called under the
+  // service's awaiting_mu_, so the call is alive.
+  absl::Status Provide(const tandem::v1::KvReservation& reservation) {
+    absl::Status valid = service_->CheckReservation(request_.prompt_token_ids_size(), reservation);
+    absl::MutexLock lock(&mu_);
+    if (gate_open_) return absl::OkStatus();  // a second copy, or the call stopped waiting
+    if (valid.ok()) provided_ = reservation;
+    OpenGateLocked(valid.ok() ? &provided_ : nullptr, valid);
+    return valid;
+  }
+  // ExpireReservationWaits: past reservation_wait, the wait ends.
+  void ExpireWait(absl::Time now) {
+    absl::MutexLock lock(&mu_);
+    if (gate_open_ || now < wait_deadline_) return;
+    OpenGateLocked(nullptr, absl::DeadlineExceededError(
+                                absl::StrFormat("no decode reservation arrived within %s of the request",
+                                                absl::FormatDuration(service_->options_.reservation_wait))));
+  }
+
  private:
   enum class Phase { kComputing, kSending, kDone };
+
+  // Opens the gate the KV sends wait behind (see Post): with the
+  // reservation, or with `error` when none will come.
+  void OpenGateLocked(const tandem::v1::KvReservation* reservation, absl::Status error)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (gate_open_) return;
+    gate_open_ = true;
+    gate_opened_ = absl::Now();
+    reservation_ = reservation;
+    gate_error_ = std::move(error);
+    if (!jobs_.empty() && !draining_) {
+      draining_ = true;
+      service_->senders_.Push([this] { Drain(); });
+    }
+  }
 
   absl::Status Start();
   // Engine thread: the prompt's updates; the final one moves the call on.
@@ -122,8 +179,16 @@ class PrefillCall final : public grpc::ServerUnaryReactor {
   // The call's strand: jobs run one at a time, in order, on SendQueue
   // threads, so streamed chunks, the final send and End never overlap and
   // the checksums stay in block order. `last` ends the call (nothing of the
-  // call is touched after it runs).
-  void Post(std::function<void()> job, bool last);
+  // call is touched after it runs). A job that `needs_reservation` waits
+  // until the gate opens (OpenGateLocked), and the jobs after it with it; a
+  // last job that does not need it (the call failed) drops the waiting
+  // sends and runs at once.
+  struct Job {
+    std::function<void()> run;
+    bool last = false;
+    bool needs_reservation = false;
+  };
+  void Post(std::function<void()> job, bool last, bool needs_reservation = false);
   void Drain();
 
   PrefillService* const service_;
@@ -135,12 +200,26 @@ class PrefillCall final : public grpc::ServerUnaryReactor {
   bool eos_ = false;
   absl::Time computed_;
 
+  // With reservation_follows, AwaitKey of the request: registered with the
+  // service until End. Empty otherwise.
+  std::string await_key_;
+  absl::Time wait_deadline_ = absl::InfiniteFuture();
+
   absl::Mutex mu_;
   Phase phase_ ABSL_GUARDED_BY(mu_) = Phase::kComputing;
   bool submitted_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  std::deque<std::pair<std::function<void()>, bool>> jobs_ ABSL_GUARDED_BY(mu_);
+  std::deque<Job> jobs_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  // The gate: open once the reservation is known (at once when the request
+  // carries it). reservation_ (null when it opened with gate_error_) and
+  // gate_error_ are written once, under mu_, as it opens, and read by
+  // strand jobs that need the reservation, which run only after.
+  bool gate_open_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time gate_opened_;
+  const tandem::v1::KvReservation* reservation_ = nullptr;
+  absl::Status gate_error_;
+  tandem::v1::KvReservation provided_;  // ProvideReservation's copy
 
   // Strand-only (see Post): prompt blocks sent ahead of the final update
   // end at streamed_upto_ (0: none), their bytes and write time, and the
@@ -152,7 +231,23 @@ class PrefillCall final : public grpc::ServerUnaryReactor {
 };
 
 absl::Status PrefillCall::Start() {
-  if (absl::Status valid = service_->CheckReservation(request_); !valid.ok()) return valid;
+  if (request_.prompt_token_ids_size() == 0) return absl::InvalidArgumentError("prompt_token_ids: empty");
+  if (request_.reservation_follows()) {
+    if (request_.has_reservation()) {
+      return absl::InvalidArgumentError("reservation: set, and reservation_follows says it follows");
+    }
+    wait_deadline_ = std::min(deadline_, start_ + service_->options_.reservation_wait);
+    await_key_ = AwaitKey(request_.request_id(), request_.attempt());
+    // Opens the gate at once when the reservation came first.
+    service_->AwaitReservation(await_key_, this);
+    absl::MutexLock lock(&mu_);
+    if (!gate_error_.ok()) return gate_error_;  // it came first and does not fit
+  } else {
+    TANDEM_RETURN_IF_ERROR(
+        service_->CheckReservation(request_.prompt_token_ids_size(), request_.reservation()));
+    absl::MutexLock lock(&mu_);
+    OpenGateLocked(&request_.reservation(), absl::OkStatus());
+  }
   id_ = service_->next_engine_id_.fetch_add(1);
   engine::EngineRequest req;
   req.id = id_;
@@ -199,38 +294,50 @@ void PrefillCall::OnUpdate(const engine::SequenceUpdate& u) {
     absl::MutexLock lock(&mu_);
     phase_ = Phase::kSending;
   }
-  Post([this, held = u.held_blocks]() mutable { SendBlocks(std::move(held)); }, /*last=*/true);
+  // Even a first token that ends the generation (nothing to send) answers
+  // only once the reservation is known: the router handles a Prefill's
+  // answer after its Reserve's.
+  Post([this, held = u.held_blocks]() mutable { SendBlocks(std::move(held)); }, /*last=*/true,
+       /*needs_reservation=*/true);
 }
 
-void PrefillCall::Post(std::function<void()> job, bool last) {
+void PrefillCall::Post(std::function<void()> job, bool last, bool needs_reservation) {
   absl::MutexLock lock(&mu_);
-  jobs_.emplace_back(std::move(job), last);
-  if (draining_) return;
+  if (last && !needs_reservation && !gate_open_) {
+    // The call failed before its reservation came: its sends are moot.
+    std::erase_if(jobs_, [](const Job& j) { return j.needs_reservation; });
+  }
+  jobs_.push_back({std::move(job), last, needs_reservation});
+  if (draining_ || (jobs_.front().needs_reservation && !gate_open_)) return;
   draining_ = true;
   service_->senders_.Push([this] { Drain(); });
 }
 
 void PrefillCall::Drain() {
   for (;;) {
-    std::pair<std::function<void()>, bool> job;
+    Job job;
     {
       absl::MutexLock lock(&mu_);
-      if (jobs_.empty()) {
-        draining_ = false;
+      if (jobs_.empty() || (jobs_.front().needs_reservation && !gate_open_)) {
+        draining_ = false;  // OpenGateLocked or Post starts draining again
         return;
       }
       job = std::move(jobs_.front());
       jobs_.pop_front();
     }
-    const bool last = job.second;
-    job.first();
+    const bool last = job.last;
+    job.run();
     if (last) return;  // the call may be gone
   }
 }
 
 void PrefillCall::StreamChunk(const engine::SequenceUpdate& u) {
   const PrefillServiceOptions& options = service_->options_;
-  const int64_t first = std::max<int64_t>(u.first_computed_block, request_.reservation().cached_blocks());
+  // Blocks the decode worker holds are not copied, when that is known yet
+  // (a reservation that follows the request is read on the strand only;
+  // WriteChunk skips them then).
+  const int64_t cached = request_.reservation_follows() ? 0 : request_.reservation().cached_blocks();
+  const int64_t first = std::max<int64_t>(u.first_computed_block, cached);
   const int64_t end =
       std::min<int64_t>(u.first_computed_block + static_cast<int64_t>(u.computed_blocks.size()),
                         PromptBlocks(request_, options.block_size));
@@ -259,20 +366,27 @@ void PrefillCall::StreamChunk(const engine::SequenceUpdate& u) {
     Post([this, copied] { stream_error_.Update(copied); }, /*last=*/false);
     return;
   }
-  Post([this, first, bytes = std::move(bytes)] { WriteChunk(first, bytes); }, /*last=*/false);
+  Post([this, first, bytes = std::move(bytes)] { WriteChunk(first, bytes); }, /*last=*/false,
+       /*needs_reservation=*/true);
 }
 
 void PrefillCall::WriteChunk(int64_t first, const std::vector<uint8_t>& bytes) {
-  if (!stream_error_.ok()) return;
+  if (!stream_error_.ok() || !gate_error_.ok()) return;  // SendBlocks reports either
   const PrefillServiceOptions& options = service_->options_;
-  const tandem::v1::KvReservation& res = request_.reservation();
+  const tandem::v1::KvReservation& res = *reservation_;
   const int64_t n = static_cast<int64_t>(bytes.size() / options.block_bytes);
+  // The decode worker's cached blocks (known now) are not written.
+  const int64_t skip = std::clamp<int64_t>(res.cached_blocks() - first, 0, n);
   std::vector<transfer::WriteRequest> writes;
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = skip; i < n; ++i) {
     const uint8_t* block = bytes.data() + i * options.block_bytes;
     response_->add_kv_block_crc32c(kvstore::Crc32c(absl::MakeConstSpan(block, options.block_bytes)));
     writes.push_back(
         {block, static_cast<uint64_t>(res.block_ids(first + i)) * res.block_bytes(), options.block_bytes});
+  }
+  if (writes.empty()) {
+    streamed_upto_ = first + n;
+    return;
   }
   const absl::Time start = absl::Now();
   const absl::Status sent = service_->transfer_->Write(
@@ -284,7 +398,7 @@ void PrefillCall::WriteChunk(int64_t first, const std::vector<uint8_t>& bytes) {
     return;
   }
   streamed_upto_ = first + n;
-  streamed_bytes_ += bytes.size();
+  streamed_bytes_ += (n - skip) * options.block_bytes;
   streamed_time_ += absl::Now() - start;
 }
 
@@ -316,12 +430,20 @@ void PrefillCall::SendBlocks(std::vector<int32_t> held_blocks) {
     absl::MutexLock lock(&mu_);
     cancelled = cancelled_;
   }
-  absl::Status sent = cancelled ? absl::CancelledError("cancelled before the KV transfer")
-                      : eos_    ? absl::OkStatus()
-                                : WriteBlocks(held_blocks);
-  const absl::Duration transfer_time = absl::Now() - computed_;
+  // The send starts when both the prompt and its reservation are there.
+  const absl::Duration reservation_wait = std::max(absl::ZeroDuration(), gate_opened_ - computed_);
+  const absl::Time send_start = computed_ + reservation_wait;
+  absl::Status sent = cancelled           ? absl::CancelledError("cancelled before the KV transfer")
+                      : !gate_error_.ok() ? gate_error_
+                      : eos_              ? absl::OkStatus()
+                                          : WriteBlocks(held_blocks);
+  const absl::Duration transfer_time = absl::Now() - send_start;
   service_->ReleaseHeldAsync(id_);
   if (sent.ok()) {
+    if (request_.reservation_follows()) {
+      response_->set_reservation_wait_ms(absl::ToDoubleMilliseconds(reservation_wait));
+      RecordReservationWait(reservation_wait);
+    }
     // transfer_ms is what the prompt waited for after its last chunk; the
     // streamed chunks were written while later chunks computed.
     response_->set_transfer_ms(absl::ToDoubleMilliseconds(transfer_time));
@@ -354,7 +476,7 @@ absl::Status PrefillCall::WriteBlocks(absl::Span<const int32_t> held_blocks) {
   // The held blocks are not touched by the engine until released: full ones
   // are immutable cache entries, the partial last one belongs to this request.
   const PrefillServiceOptions& options = service_->options_;
-  const tandem::v1::KvReservation& res = request_.reservation();
+  const tandem::v1::KvReservation& res = *reservation_;
   TANDEM_RETURN_IF_ERROR(stream_error_);
   // Blocks streamed ahead while later chunks computed are already there.
   const int64_t first = std::max<int64_t>(res.cached_blocks(), streamed_upto_);
@@ -410,12 +532,12 @@ void PrefillCall::End(const absl::Status& status) {
     absl::MutexLock lock(&mu_);
     phase_ = Phase::kDone;
   }
+  if (!await_key_.empty()) service_->StopAwaiting(await_key_, this);
   Finish(ToGrpc(status));
 }
 
-absl::Status PrefillService::CheckReservation(const tandem::v1::PrefillRequest& r) const {
-  const tandem::v1::KvReservation& res = r.reservation();
-  if (r.prompt_token_ids_size() == 0) return absl::InvalidArgumentError("prompt_token_ids: empty");
+absl::Status PrefillService::CheckReservation(int64_t prompt_tokens,
+                                              const tandem::v1::KvReservation& res) const {
   if (res.block_size() != options_.block_size || res.block_bytes() != options_.block_bytes ||
       res.model_id() != options_.model_id) {
     return absl::InvalidArgumentError(
@@ -424,7 +546,7 @@ absl::Status PrefillService::CheckReservation(const tandem::v1::PrefillRequest& 
                         res.model_id(), res.block_size(), res.block_bytes(), options_.model_id,
                         options_.block_size, options_.block_bytes));
   }
-  const int64_t blocks = PromptBlocks(r, options_.block_size);
+  const int64_t blocks = (prompt_tokens + options_.block_size - 1) / options_.block_size;
   if (res.block_ids_size() < blocks || res.cached_blocks() < 0 || res.cached_blocks() > blocks) {
     return absl::InvalidArgumentError("reservation: block_ids do not cover the prompt");
   }
@@ -473,6 +595,66 @@ grpc::ServerUnaryReactor* PrefillService::Prefill(grpc::CallbackServerContext* c
                                                   const tandem::v1::PrefillRequest* request,
                                                   tandem::v1::PrefillResponse* response) {
   return new PrefillCall(this, context, request, response);
+}
+
+void PrefillService::AwaitReservation(const std::string& key, PrefillCall* call) {
+  absl::MutexLock lock(&awaiting_mu_);
+  auto early = early_.find(key);
+  if (early != early_.end()) {
+    (void)call->Provide(early->second.reservation);  // a bad one fails the call
+    early_.erase(early);
+    return;
+  }
+  awaiting_[key] = call;
+}
+
+void PrefillService::StopAwaiting(const std::string& key, PrefillCall* call) {
+  absl::MutexLock lock(&awaiting_mu_);
+  auto it = awaiting_.find(key);
+  if (it != awaiting_.end() && it->second == call) awaiting_.erase(it);
+}
+
+void PrefillService::ExpireReservationWaits(absl::Time now) {
+  absl::MutexLock lock(&awaiting_mu_);
+  for (auto& [key, call] : awaiting_) call->ExpireWait(now);
+  absl::erase_if(early_,
+                 [&](const auto& entry) { return now - entry.second.arrived >= options_.reservation_wait; });
+}
+
+int PrefillService::AwaitingReservations() {
+  absl::MutexLock lock(&awaiting_mu_);
+  return static_cast<int>(awaiting_.size());
+}
+
+int PrefillService::EarlyReservations() {
+  absl::MutexLock lock(&awaiting_mu_);
+  return static_cast<int>(early_.size());
+}
+
+grpc::ServerUnaryReactor* PrefillService::ProvideReservation(
+    grpc::CallbackServerContext* context, const tandem::v1::ProvideReservationRequest* request,
+    tandem::v1::ProvideReservationResponse*) {
+  absl::Status result;
+  {
+    const std::string key = AwaitKey(request->request_id(), request->attempt());
+    absl::MutexLock lock(&awaiting_mu_);
+    auto it = awaiting_.find(key);
+    if (it != awaiting_.end()) {
+      result = it->second->Provide(request->reservation());
+      awaiting_.erase(it);  // answered: it waits no more
+    } else if (early_.size() >= kMaxEarlyReservations) {
+      // Bounded: a flood of reservations for calls that never come.
+      result = absl::ResourceExhaustedError(
+          absl::StrFormat("%d reservations already wait for their Prefill", early_.size()));
+    } else {
+      // Before its Prefill (the two RPCs race), or after the call ended: kept
+      // for reservation_wait either way.
+      early_[key] = {request->reservation(), absl::Now()};
+    }
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpc(result));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* PrefillService::Status(grpc::CallbackServerContext* context,

@@ -21,6 +21,13 @@
 // computed cancels it on the engine; one that cancels later skips a send
 // not yet started.
 //
+// The reservation may follow the request (PrefillRequest.reservation_follows):
+// the router reserves decode blocks while the prompt computes and sends them
+// with ProvideReservation. The call's KV sends wait for it (its streamed
+// chunks are copied and queued meanwhile; no thread waits), at most
+// reservation_wait; a reservation that arrives before its Prefill is kept
+// for it as long. A cancelled call stops waiting.
+//
 // Failure answers: a transfer that fails or outlives its deadline (the decode
 // worker vanished) is ABORTED, so the router takes that decode worker out of
 // rotation and retries; the prefill's blocks are released either way.
@@ -37,6 +44,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
@@ -85,6 +93,12 @@ struct PrefillServiceOptions {
   // Threads sending KV blocks (each blocks in one TransferEngine::Write at a
   // time). Default: 4.
   int send_threads = 4;
+  // Longest a call sent with reservation_follows waits for its reservation
+  // (from its arrival; then DEADLINE_EXCEEDED, its blocks released), and
+  // longest a reservation that arrived before its call is kept. The router
+  // provides it within its Reserve's deadline (10 s) or cancels the call.
+  // Enforced by ExpireReservationWaits. Default: 30 s.
+  absl::Duration reservation_wait = absl::Seconds(30);
   // Called with a valid request's prompt and the router's prefetch hint
   // (PrefillRequest.prefetch_hint; nullptr when the request carries none)
   // before it is queued in the engine (the worker starts its KV prefetch
@@ -105,16 +119,33 @@ class PrefillService final : public tandem::v1::PrefillWorker::CallbackService {
   grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext* context,
                                     const tandem::v1::PrefillRequest* request,
                                     tandem::v1::PrefillResponse* response) override;
+  grpc::ServerUnaryReactor* ProvideReservation(grpc::CallbackServerContext* context,
+                                               const tandem::v1::ProvideReservationRequest* request,
+                                               tandem::v1::ProvideReservationResponse* response) override;
   grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* context,
                                    const tandem::v1::WorkerStatusRequest* request,
                                    tandem::v1::WorkerStatus* response) override;
+
+  // Ends the waits for a reservation that passed reservation_wait
+  // (DEADLINE_EXCEEDED) and drops reservations no call took in that time.
+  // The worker calls it from its engine thread's tick; never blocks.
+  void ExpireReservationWaits(absl::Time now);
+  // Calls waiting for their reservation and reservations waiting for their
+  // call (for tests and the worker's status).
+  int AwaitingReservations();
+  int EarlyReservations();
 
  private:
   friend class PrefillCall;
 
   // INVALID_ARGUMENT unless the reservation matches this worker's layout and
-  // covers the prompt inside its region.
-  absl::Status CheckReservation(const tandem::v1::PrefillRequest& request) const;
+  // covers a prompt of `prompt_tokens` tokens inside its region.
+  absl::Status CheckReservation(int64_t prompt_tokens, const tandem::v1::KvReservation& res) const;
+  // A call sent with reservation_follows: registers it for its
+  // ProvideReservation, or hands it the reservation that came first.
+  void AwaitReservation(const std::string& key, PrefillCall* call);
+  // Before its call ends (and is deleted): no reservation reaches it after.
+  void StopAwaiting(const std::string& key, PrefillCall* call);
   // Gives the held blocks of request `id` back on the engine thread, not
   // waiting. (The engine keeps a finished request's held blocks in the same
   // list as a decode worker's reservations, so this is its ReleaseReserved:
@@ -135,6 +166,15 @@ class PrefillService final : public tandem::v1::PrefillWorker::CallbackService {
   absl::Mutex copiers_mu_;
   std::vector<std::unique_ptr<engine::PoolCopier>> idle_copiers_ ABSL_GUARDED_BY(copiers_mu_);
   std::unique_ptr<engine::PoolCopier> stream_copier_;  // engine thread only
+  // Keyed by AwaitKey(request_id, attempt). Lock order: awaiting_mu_, then
+  // a call's own mutex.
+  struct EarlyReservation {
+    tandem::v1::KvReservation reservation;
+    absl::Time arrived;
+  };
+  absl::Mutex awaiting_mu_;
+  absl::flat_hash_map<std::string, PrefillCall*> awaiting_ ABSL_GUARDED_BY(awaiting_mu_);
+  absl::flat_hash_map<std::string, EarlyReservation> early_ ABSL_GUARDED_BY(awaiting_mu_);
   // Last member: destroyed (its threads joined) first.
   SendQueue senders_;
 };

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/notification.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
@@ -17,6 +18,7 @@
 #include "kernels/backend.h"
 #include "kvstore/block_format.h"
 #include "model/loader.h"
+#include "tests/testing/poll.h"
 #include "tests/testing/status_matchers.h"
 #include "transfer/ucx_region_proto.h"
 #include "worker_common/grpc_server.h"
@@ -33,8 +35,9 @@ class PrefillServiceTest : public ::testing::Test {
     model_ = *model::LoadModel("synthetic:tiny");
     backend_ = kernels::CreateCpuBackend({.num_threads = 1});
     llama_ = *model::LlamaModel::Create(model_->config, model_->weights, backend_.get());
-    engine_ = *engine::Engine::Create({.block_size = kBlockSize, .num_blocks = kBlocks}, llama_.get(),
-                                      backend_.get(), model_->tokenizer.get());
+    engine_ = *engine::Engine::Create(
+        {.block_size = kBlockSize, .num_blocks = kBlocks, .max_prefill_chunk = prefill_chunk_}, llama_.get(),
+        backend_.get(), model_->tokenizer.get());
     runner_ = std::make_unique<engine::EngineRunner>(engine_.get(), engine::EngineRunner::Options{});
     const kernels::KvCacheView& kv = engine_->kv_view();
     block_bytes_ = kv.layout.BlockBytes();
@@ -92,6 +95,71 @@ class PrefillServiceTest : public ::testing::Test {
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
     return stub_->Prefill(&ctx, r, response);
   }
+
+  // A Prefill in flight (the reservation follows it), and its answer.
+  struct PendingPrefill {
+    grpc::ClientContext ctx;
+    tandem::v1::PrefillRequest request;
+    tandem::v1::PrefillResponse response;
+    absl::Notification done;
+    grpc::Status status;
+  };
+  // Sends `r` without its reservation (reservation_follows, attempt 1) and
+  // returns at once; the reservation it carried is `*reservation`.
+  std::unique_ptr<PendingPrefill> PrefillWithout(tandem::v1::PrefillRequest r,
+                                                 tandem::v1::KvReservation* reservation) {
+    auto p = std::make_unique<PendingPrefill>();
+    *reservation = r.reservation();
+    r.clear_reservation();
+    r.set_reservation_follows(true);
+    r.set_attempt(1);
+    p->request = std::move(r);
+    p->ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    stub_->async()->Prefill(&p->ctx, &p->request, &p->response, [raw = p.get()](grpc::Status s) {
+      raw->status = std::move(s);
+      raw->done.Notify();
+    });
+    return p;
+  }
+  grpc::Status Provide(const std::string& request_id, const tandem::v1::KvReservation& reservation) {
+    tandem::v1::ProvideReservationRequest r;
+    r.set_request_id(request_id);
+    r.set_attempt(1);
+    *r.mutable_reservation() = reservation;
+    tandem::v1::ProvideReservationResponse response;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    return stub_->ProvideReservation(&ctx, r, &response);
+  }
+  // The prompt computed: its blocks are held for the send.
+  bool Computed() {
+    return ::tandem::testing::PollUntil(
+        [&] {
+          return runner_
+              ->Run(
+                  [](engine::Engine& e) {
+                    return e.num_reserved() == 1 ? absl::OkStatus() : absl::NotFoundError("");
+                  },
+                  absl::Now() + absl::Seconds(10))
+              .ok();
+        },
+        absl::Seconds(20));
+  }
+  // The decode pool's blocks `ids` hold the bytes whose CRC32Cs are `crcs`.
+  void ExpectLanded(absl::Span<const int32_t> ids, const tandem::v1::PrefillResponse& response) {
+    ASSERT_EQ(response.kv_block_crc32c_size(), static_cast<int>(ids.size()));
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const uint8_t* landed = decode_pool_.data() + static_cast<size_t>(ids[i]) * block_bytes_;
+      EXPECT_EQ(kvstore::Crc32c(absl::MakeConstSpan(landed, block_bytes_)), response.kv_block_crc32c(i))
+          << "block " << ids[i];
+    }
+  }
+  bool Untouched(int32_t id) {
+    const uint8_t* block = decode_pool_.data() + static_cast<size_t>(id) * block_bytes_;
+    return std::count(block, block + block_bytes_, 0) == static_cast<int64_t>(block_bytes_);
+  }
+
+  int32_t prefill_chunk_ = 0;  // EngineOptions::max_prefill_chunk
 
   // Held blocks are released on the engine thread before the reply is sent,
   // so a command queued after the reply runs after the release.
@@ -152,6 +220,102 @@ TEST_F(PrefillServiceTest, AReservationOfAnotherLayoutIsRefused) {
   tandem::v1::PrefillResponse response;
   EXPECT_EQ(Prefill(r, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   r = Request({1, 2, 3, 4, 5}, {0}, 0);  // two blocks, one reserved
+  EXPECT_EQ(Prefill(r, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// The engine computes the prompt a block per step, so its blocks are
+// streamed (copied and queued per chunk) before the reservation is known.
+class ChunkedPrefillServiceTest : public PrefillServiceTest {
+ protected:
+  void SetUp() override {
+    prefill_chunk_ = kBlockSize;
+    PrefillServiceTest::SetUp();
+  }
+};
+
+// The reservation follows the request: the prompt computes at once, its
+// streamed chunks and final send wait for the reservation, then write the
+// blocks the decode side lacks (the cached one, known only now, skipped).
+TEST_F(ChunkedPrefillServiceTest, AReservationThatFollowsIsWaitedForThenWritten) {
+  tandem::v1::KvReservation reservation;
+  std::unique_ptr<PendingPrefill> p =
+      PrefillWithout(Request({1, 21, 22, 23, 24, 25, 26, 27, 28, 29}, {5, 9, 2}, 1), &reservation);
+  ASSERT_TRUE(Computed());
+  EXPECT_FALSE(p->done.HasBeenNotified());  // waits for its reservation
+  EXPECT_EQ(service_->AwaitingReservations(), 1);
+  EXPECT_TRUE(Untouched(9) && Untouched(2));
+  ASSERT_TRUE(Provide("p-1", reservation).ok());
+  ASSERT_TRUE(p->done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  ASSERT_TRUE(p->status.ok()) << p->status.error_message();
+  EXPECT_EQ(p->response.transferred_bytes(), 2 * block_bytes_);
+  ExpectLanded({9, 2}, p->response);
+  EXPECT_TRUE(Untouched(5));
+  EXPECT_GT(p->response.reservation_wait_ms(), 0);
+  EXPECT_EQ(service_->AwaitingReservations(), 0);
+  EXPECT_OK(NothingHeld());
+}
+
+// ProvideReservation may overtake its Prefill (two RPCs): kept for it.
+TEST_F(PrefillServiceTest, AReservationThatArrivesBeforeItsPrefillIsKeptForIt) {
+  tandem::v1::PrefillRequest r = Request({1, 41, 42, 43, 44, 45}, {3, 4}, 0);
+  ASSERT_TRUE(Provide("p-1", r.reservation()).ok());
+  EXPECT_EQ(service_->EarlyReservations(), 1);
+  tandem::v1::KvReservation reservation;
+  std::unique_ptr<PendingPrefill> p = PrefillWithout(r, &reservation);
+  ASSERT_TRUE(p->done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  ASSERT_TRUE(p->status.ok()) << p->status.error_message();
+  ExpectLanded({3, 4}, p->response);
+  EXPECT_EQ(service_->EarlyReservations(), 0);
+  // Another attempt's reservation is not this call's: kept until it expires.
+  ASSERT_TRUE(Provide("p-2", r.reservation()).ok());
+  service_->ExpireReservationWaits(absl::Now() + absl::Seconds(31));
+  EXPECT_EQ(service_->EarlyReservations(), 0);
+  EXPECT_OK(NothingHeld());
+}
+
+// Every wait ends: a cancelled call, one past reservation_wait, and one
+// handed a reservation that does not fit release their blocks.
+TEST_F(ChunkedPrefillServiceTest, AWaitEndsWhenCancelledTimedOutOrGivenABadReservation) {
+  tandem::v1::KvReservation reservation;
+  std::unique_ptr<PendingPrefill> cancelled =
+      PrefillWithout(Request({1, 51, 52, 53, 54, 55}, {0, 1}, 0), &reservation);
+  ASSERT_TRUE(Computed());
+  cancelled->ctx.TryCancel();
+  ASSERT_TRUE(cancelled->done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(cancelled->status.error_code(), grpc::StatusCode::CANCELLED);
+  // The client learns of its cancel at once; the worker releases after.
+  EXPECT_TRUE(::tandem::testing::PollUntil([&] { return NothingHeld().ok(); }, absl::Seconds(20)));
+  EXPECT_EQ(service_->AwaitingReservations(), 0);
+
+  tandem::v1::PrefillRequest r = Request({1, 61, 62, 63, 64, 65}, {0, 1}, 0);
+  r.set_request_id("p-2");
+  std::unique_ptr<PendingPrefill> expired = PrefillWithout(r, &reservation);
+  ASSERT_TRUE(Computed());
+  service_->ExpireReservationWaits(absl::Now() + absl::Seconds(1));  // not yet
+  EXPECT_FALSE(expired->done.HasBeenNotified());
+  service_->ExpireReservationWaits(absl::Now() + absl::Seconds(31));
+  ASSERT_TRUE(expired->done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(expired->status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_OK(NothingHeld());
+  EXPECT_TRUE(Untouched(0) && Untouched(1));
+
+  r.set_request_id("p-3");
+  std::unique_ptr<PendingPrefill> bad = PrefillWithout(r, &reservation);
+  reservation.mutable_block_ids()->RemoveLast();  // two blocks, one reserved
+  ASSERT_TRUE(
+      ::tandem::testing::PollUntil([&] { return service_->AwaitingReservations() == 1; }, absl::Seconds(20)));
+  EXPECT_EQ(Provide("p-3", reservation).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  ASSERT_TRUE(bad->done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(bad->status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_OK(NothingHeld());
+  EXPECT_EQ(service_->AwaitingReservations(), 0);
+}
+
+// A request that says its reservation follows must not carry one.
+TEST_F(PrefillServiceTest, AReservationBothCarriedAndFollowingIsRefused) {
+  tandem::v1::PrefillRequest r = Request({1, 2, 3}, {0}, 0);
+  r.set_reservation_follows(true);
+  tandem::v1::PrefillResponse response;
   EXPECT_EQ(Prefill(r, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 

@@ -82,6 +82,7 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
       absl::MutexLock lock(&mu_);
       cancelled_ = true;
       if (active_ != nullptr) active_->TryCancel();
+      if (reserving_ != nullptr) reserving_->TryCancel();
     }
     // Waiting at the router: nothing is on a worker; it ends now.
     if (core_->flow_.Remove(flow_key_)) Finish(absl::CancelledError("client cancelled"));
@@ -107,7 +108,24 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   class DecodeStream;
 
   void Attempt();
-  void OnReserved(const grpc::Status& s);
+  // Reserve and Prefill: with RouterOptions::reserve_during_prefill both
+  // go at once (the Prefill with reservation_follows) and OnReserveDone
+  // sends the reservation on (SendReservationToPrefill); otherwise
+  // OnReserveDone sends the Prefill with the reservation. Each RPC's end
+  // calls Arrive; the last one runs AfterReserveAndPrefill, which alone
+  // moves the call on.
+  void OnReserveDone(const grpc::Status& s);
+  // Sends the Prefill (with the reservation, or saying it follows); false
+  // when the request was cancelled already (nothing sent).
+  bool SendPrefill(bool reservation_follows);
+  void SendReservationToPrefill();
+  // ProvideReservation of the Prefill numbered `serial` failed: that
+  // Prefill would wait for nothing, so it is cancelled, failing with `s`.
+  void OnProvideFailed(uint64_t serial, const grpc::Status& s);
+  void OnPrefillDone(const grpc::Status& s);
+  void Arrive();
+  void AfterReserveAndPrefill();
+  void OnReserveFailed(const grpc::Status& s);
   void OnPrefilled(const grpc::Status& s);
   void StartDecode();
   // From the decode stream; false stops reading.
@@ -207,6 +225,15 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
 
   absl::Mutex mu_;
   grpc::ClientContext* active_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // A Reserve in flight beside the Prefill (cancelled with the request).
+  grpc::ClientContext* reserving_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // Reserve and Prefill: RPCs not yet ended, their results, and why a
+  // ProvideReservation failed (see Arrive).
+  int pending_ ABSL_GUARDED_BY(mu_) = 0;
+  grpc::Status reserve_status_ ABSL_GUARDED_BY(mu_);
+  grpc::Status prefill_status_ ABSL_GUARDED_BY(mu_);
+  grpc::Status provide_status_ ABSL_GUARDED_BY(mu_);
+  bool reserve_cut_ ABSL_GUARDED_BY(mu_) = false;  // cancelled because the Prefill failed
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   // The active RPC as the sweeper sees it, its number, and the sweeper's
@@ -244,6 +271,8 @@ class RouterCore::Call final : public GenerationCall, public std::enable_shared_
   std::vector<std::string> exclude_decode_, exclude_prefill_;
   std::optional<PlacementDecision> placement_;
   std::unique_ptr<grpc::ClientContext> ctx_;
+  std::unique_ptr<grpc::ClientContext> reserve_ctx_;
+  bool prefill_sent_ = false;  // this attempt's Prefill went out
   tandem::v1::ReserveRequest reserve_req_;
   tandem::v1::KvReservation reservation_;
   bool reserved_ = false;
@@ -449,74 +478,205 @@ void RouterCore::Call::Attempt() {
       static_cast<int32_t>(absl::ToInt64Milliseconds(core_->options_.reservation_ttl)));
   *reserve_req_.mutable_sampling() = sampling_;
   reserve_req_.set_stop_at_eos(stop_at_eos_);
-  ctx_ = std::make_unique<grpc::ClientContext>();
-  ctx_->set_deadline(absl::ToChronoTime(std::min(deadline_, core_->Now() + absl::Seconds(10))));
-  if (!Activate(ctx_.get(), InFlightCall::Step::kReserve))
-    return Finish(absl::CancelledError("client cancelled"));
+  reserve_ctx_ = std::make_unique<grpc::ClientContext>();
+  reserve_ctx_->set_deadline(absl::ToChronoTime(std::min(deadline_, core_->Now() + absl::Seconds(10))));
+  const bool overlap = core_->options_.reserve_during_prefill;
+  {
+    absl::MutexLock lock(&mu_);
+    pending_ = 1;
+    reserve_status_ = prefill_status_ = provide_status_ = grpc::Status::OK;
+    reserve_cut_ = false;
+  }
+  prefill_sent_ = false;
   reservation_.Clear();
+  // 2. (With reserve_during_prefill, at once) a prefill worker computes the
+  // prompt; see SendPrefill.
+  if (overlap) {
+    summary_.mutable_timings()->set_queue_ms(Ms(core_->Now() - start_));
+    if (!SendPrefill(/*reservation_follows=*/true)) return Finish(absl::CancelledError("client cancelled"));
+  }
+  if (!overlap && !Activate(reserve_ctx_.get(), InFlightCall::Step::kReserve))
+    return Finish(absl::CancelledError("client cancelled"));
+  if (overlap) {
+    absl::MutexLock lock(&mu_);
+    reserving_ = reserve_ctx_.get();
+    if (cancelled_) reserving_->TryCancel();  // Cancel ran before there was one
+  }
   reserve_sent_ = core_->Now();
   core_->registry_->AddInflight(placement_->decode.id, 0);
   placement_->decode.stubs->decode->async()->Reserve(
-      ctx_.get(), &reserve_req_, &reservation_,
-      [self = shared_from_this()](grpc::Status s) { self->OnReserved(s); });
+      reserve_ctx_.get(), &reserve_req_, &reservation_,
+      [self = shared_from_this()](grpc::Status s) { self->OnReserveDone(s); });
 }
 
-void RouterCore::Call::OnReserved(const grpc::Status& result) {
-  const grpc::Status s = Settle(result);
-  const std::string& decode_id = placement_->decode.id;
-  if (!s.ok()) {
-    core_->registry_->RemoveInflight(decode_id, 0);
-    // A Reserve the worker refused made nothing; one whose answer was lost
-    // or abandoned (deadline, cancel, a worker that stopped or went away)
-    // may have made a reservation: release it once this call is gone.
-    if (s.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED &&
-        s.error_code() != grpc::StatusCode::INVALID_ARGUMENT &&
-        s.error_code() != grpc::StatusCode::FAILED_PRECONDITION) {
-      core_->SendRelease(decode_id, worker_request_id_, placement_->decode.stubs, weak_from_this(),
-                         RouterCore::kReleaseFailed);
-    }
-    if (cancelled()) return Finish(absl::CancelledError("client cancelled"));
-    if (Gone(s)) core_->registry_->MarkFailed(decode_id);
-    if (!Gone(s) && s.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) return Finish(FromGrpc(s));
-    exclude_decode_.push_back(decode_id);
-    return Retry(s);
-  }
-  reserved_ = true;
-  summary_.mutable_timings()->set_queue_ms(Ms(core_->Now() - start_));
-  if (sent_tokens_ == 0) summary_.mutable_timings()->set_reserve_ms(Ms(core_->Now() - reserve_sent_));
-  // 2. A prefill worker computes the KV and writes it into the reservation.
+bool RouterCore::Call::SendPrefill(bool reservation_follows) {
   prefill_req_.Clear();
   prefill_req_.set_request_id(worker_request_id_);
   *prefill_req_.mutable_prompt_token_ids() = {context_.begin(), context_.end()};
   *prefill_req_.mutable_sampling() = sampling_;
-  *prefill_req_.mutable_reservation() = reservation_;
+  if (reservation_follows) {
+    prefill_req_.set_reservation_follows(true);
+    prefill_req_.set_attempt(attempts_);
+  } else {
+    *prefill_req_.mutable_reservation() = reservation_;
+  }
   prefill_req_.set_stop_at_eos(stop_at_eos_);
   prefill_req_.set_priority(priority_);
   prefill_req_.set_tenant(tenant_);
   SetPrefetchHint(*placement_, prefill_req_.mutable_prefetch_hint());
   ctx_ = std::make_unique<grpc::ClientContext>();
   ctx_->set_deadline(absl::ToChronoTime(deadline_));
-  if (!Activate(ctx_.get(), InFlightCall::Step::kPrefill)) {
-    core_->registry_->RemoveInflight(decode_id, 0);
-    Release();
-    return Finish(absl::CancelledError("client cancelled"));
+  if (!Activate(ctx_.get(), InFlightCall::Step::kPrefill)) return false;
+  {
+    absl::MutexLock lock(&mu_);
+    ++pending_;
   }
+  prefill_sent_ = true;
   prefill_inflight_tokens_ = static_cast<int64_t>(context_.size()) - placement_->predicted_cached_tokens;
   core_->registry_->AddInflight(placement_->prefill->id, prefill_inflight_tokens_);
-  // The reservation lives as long as the request: renewed while the prefill
-  // queues or runs (see RouterOptions::reservation_ttl).
-  kept_reservation_ = core_->KeepReservation(worker_request_id_, placement_->decode.stubs);
   prefilled_.Clear();
   placement_->prefill->stubs->prefill->async()->Prefill(
       ctx_.get(), &prefill_req_, &prefilled_,
-      [self = shared_from_this()](grpc::Status s) { self->OnPrefilled(s); });
+      [self = shared_from_this()](grpc::Status s) { self->OnPrefillDone(s); });
+  return true;
 }
 
-void RouterCore::Call::OnPrefilled(const grpc::Status& result) {
+void RouterCore::Call::OnReserveDone(const grpc::Status& result) {
+  const bool overlap = core_->options_.reserve_during_prefill;
+  const grpc::Status s = overlap ? result : Settle(result);
+  if (s.ok()) {
+    reserved_ = true;
+    if (sent_tokens_ == 0) summary_.mutable_timings()->set_reserve_ms(Ms(core_->Now() - reserve_sent_));
+    // The reservation lives as long as the request: renewed while the
+    // prefill queues or runs (see RouterOptions::reservation_ttl).
+    kept_reservation_ = core_->KeepReservation(worker_request_id_, placement_->decode.stubs);
+    if (overlap) {
+      SendReservationToPrefill();
+    } else {
+      summary_.mutable_timings()->set_queue_ms(Ms(core_->Now() - start_));
+      (void)SendPrefill(/*reservation_follows=*/false);  // not sent: cancelled, which the join sees
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    reserving_ = nullptr;
+    reserve_status_ = s;
+    // The Prefill would wait for a reservation that will not come.
+    if (!s.ok() && prefill_sent_ && active_ != nullptr) active_->TryCancel();
+  }
+  Arrive();
+}
+
+void RouterCore::Call::SendReservationToPrefill() {
+  // The call outlives this RPC's callback through `call`.
+  struct Pending {
+    grpc::ClientContext ctx;
+    tandem::v1::ProvideReservationRequest req;
+    tandem::v1::ProvideReservationResponse resp;
+    std::shared_ptr<Call> call;
+    uint64_t serial = 0;
+  };
+  auto* p = new Pending;
+  p->ctx.set_deadline(absl::ToChronoTime(std::min(deadline_, core_->Now() + absl::Seconds(10))));
+  p->req.set_request_id(worker_request_id_);
+  p->req.set_attempt(prefill_req_.attempt());
+  *p->req.mutable_reservation() = reservation_;
+  p->call = shared_from_this();
+  {
+    absl::MutexLock lock(&mu_);
+    p->serial = serial_;
+  }
+  placement_->prefill->stubs->prefill->async()->ProvideReservation(
+      &p->ctx, &p->req, &p->resp, [p](grpc::Status s) {
+        std::unique_ptr<Pending> owned(p);
+        if (!s.ok()) owned->call->OnProvideFailed(owned->serial, s);
+      });
+}
+
+void RouterCore::Call::OnProvideFailed(uint64_t serial, const grpc::Status& s) {
+  absl::MutexLock lock(&mu_);
+  if (serial != serial_ || active_ == nullptr) return;  // that Prefill has ended
+  provide_status_ = s;
+  active_->TryCancel();
+}
+
+void RouterCore::Call::OnPrefillDone(const grpc::Status& result) {
   const grpc::Status s = Settle(result, grpc::StatusCode::ABORTED);
+  {
+    absl::MutexLock lock(&mu_);
+    prefill_status_ = s;
+    // No use waiting for a reservation (a hung decode worker's, up to the
+    // Reserve's deadline) for a prefill that failed.
+    if (!s.ok() && reserving_ != nullptr) {
+      reserve_cut_ = true;
+      reserving_->TryCancel();
+    }
+  }
+  Arrive();
+}
+
+void RouterCore::Call::Arrive() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (--pending_ > 0) return;
+  }
+  AfterReserveAndPrefill();
+}
+
+void RouterCore::Call::AfterReserveAndPrefill() {
+  grpc::Status reserve, prefill, provide;
+  bool reserve_cut;
+  {
+    absl::MutexLock lock(&mu_);
+    reserve = reserve_status_;
+    prefill = prefill_status_;
+    provide = provide_status_;
+    reserve_cut = reserve_cut_;
+  }
+  if (prefill_sent_) core_->registry_->RemoveInflight(placement_->prefill->id, prefill_inflight_tokens_);
+  if (!reserve.ok() && reserve_cut) {
+    // The Prefill failed first and the Reserve was cancelled for it. It may
+    // have made a reservation: released as if it had (NOT_FOUND is as good),
+    // before a retry reserves under the same id. The Prefill's failure
+    // decides.
+    reserved_ = true;
+    return OnPrefilled(prefill);
+  }
+  // A failed Reserve decides: the Prefill was cancelled for it (or never sent).
+  if (!reserve.ok()) return OnReserveFailed(reserve);
+  if (!prefill_sent_) {  // cancelled between the two
+    core_->registry_->RemoveInflight(placement_->decode.id, 0);
+    core_->DropReservation(std::exchange(kept_reservation_, 0));
+    Release();
+    return Finish(absl::CancelledError("client cancelled"));
+  }
+  // A Prefill cancelled because its reservation could not be handed over
+  // failed the way the handover did (a prefill worker that is gone).
+  OnPrefilled(!prefill.ok() && !provide.ok() ? provide : prefill);
+}
+
+void RouterCore::Call::OnReserveFailed(const grpc::Status& s) {
+  const std::string& decode_id = placement_->decode.id;
+  core_->registry_->RemoveInflight(decode_id, 0);
+  // A Reserve the worker refused made nothing; one whose answer was lost
+  // or abandoned (deadline, cancel, a worker that stopped or went away)
+  // may have made a reservation: release it once this call is gone.
+  if (s.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED &&
+      s.error_code() != grpc::StatusCode::INVALID_ARGUMENT &&
+      s.error_code() != grpc::StatusCode::FAILED_PRECONDITION) {
+    core_->SendRelease(decode_id, worker_request_id_, placement_->decode.stubs, weak_from_this(),
+                       RouterCore::kReleaseFailed);
+  }
+  if (cancelled()) return Finish(absl::CancelledError("client cancelled"));
+  if (Gone(s)) core_->registry_->MarkFailed(decode_id);
+  if (!Gone(s) && s.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) return Finish(FromGrpc(s));
+  exclude_decode_.push_back(decode_id);
+  return Retry(s);
+}
+
+void RouterCore::Call::OnPrefilled(const grpc::Status& s) {
   const std::string prefill_id = placement_->prefill->id;
   const std::string decode_id = placement_->decode.id;
-  core_->registry_->RemoveInflight(prefill_id, prefill_inflight_tokens_);
   core_->DropReservation(std::exchange(kept_reservation_, 0));
   if (s.ok()) core_->NoteProgress(prefill_id, core_->Now());  // the worker is not stuck
   if (!s.ok()) {

@@ -159,6 +159,16 @@ struct RouterOptions {
   // (docs/PERFORMANCE.md, "Seventh pass"); 50 served less there (a bigger
   // batch on a contended core). Set it to the deployment's TPOT target.
   double decode_tpot_limit_ms = 20;
+  // The decode worker reserves blocks while the prefill worker computes the
+  // prompt (Reserve and Prefill sent together; the reservation follows the
+  // Prefill in PrefillWorker.ProvideReservation and only the KV send waits
+  // for it), instead of the Prefill starting once the Reserve answered: a
+  // Reserve's round trip, a few ms on a busy decode worker, leaves the time
+  // to first token. When the Reserve fails the Prefill is cancelled (its
+  // computed blocks stay in the prefill worker's prefix cache for the
+  // retry). `tandem router` turns it off with TANDEM_RESERVE_BEFORE_PREFILL=1
+  // (for comparison). Default: true.
+  bool reserve_during_prefill = true;
   // Routing policy, cost model, conditional disaggregation and SLO defaults.
   PlacementOptions placement;
   // Deadline of a KvEventSource.Snapshot call. Default: 5 s.

@@ -3,12 +3,15 @@
 // against a fake decode worker's gRPC server, the Releases it sends again.
 #include "router/router_core.h"
 
+#include <atomic>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
 #include "gmock/gmock.h"
@@ -132,10 +135,14 @@ class FakeDecodeWorker final : public tandem::v1::DecodeWorker::Service {
 
   grpc::Status Reserve(grpc::ServerContext*, const tandem::v1::ReserveRequest* r,
                        tandem::v1::KvReservation*) override {
+    if (before_reserve) before_reserve();
     absl::MutexLock lock(&mu_);
     reserves_.push_back(r->request_id());
     return reserve_status_;
   }
+  // Runs (on a server thread) before each Reserve is answered. Set before
+  // any request.
+  std::function<void()> before_reserve;
   grpc::Status Release(grpc::ServerContext*, const tandem::v1::ReleaseRequest* r,
                        tandem::v1::ReleaseResponse*) override {
     absl::MutexLock lock(&mu_);
@@ -161,14 +168,92 @@ class FakeDecodeWorker final : public tandem::v1::DecodeWorker::Service {
   std::vector<std::string> releases_ ABSL_GUARDED_BY(mu_);
 };
 
+// A prefill worker whose Prefill calls wait until their reservation is
+// provided (ProvideReservation), then answer with an end-of-generation
+// first token (nothing to decode), or until they are cancelled. Records
+// what it was sent.
+class FakePrefillWorker final : public tandem::v1::PrefillWorker::CallbackService {
+ public:
+  FakePrefillWorker() {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(this);
+    server_ = builder.BuildAndStart();
+  }
+  ~FakePrefillWorker() override { server_->Shutdown(); }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+  grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext*, const tandem::v1::PrefillRequest* r,
+                                    tandem::v1::PrefillResponse* response) override {
+    auto* call = new Waiting(this, response);
+    absl::MutexLock lock(&mu_);
+    prefills_.push_back(*r);
+    waiting_[Key(r->request_id(), r->attempt())] = call;
+    return call;
+  }
+  grpc::ServerUnaryReactor* ProvideReservation(grpc::CallbackServerContext* context,
+                                               const tandem::v1::ProvideReservationRequest* r,
+                                               tandem::v1::ProvideReservationResponse*) override {
+    {
+      absl::MutexLock lock(&mu_);
+      ++provided_;
+      auto it = waiting_.find(Key(r->request_id(), r->attempt()));
+      if (it != waiting_.end()) {
+        it->second->response->set_first_token_is_eos(true);
+        it->second->Finish(grpc::Status::OK);
+        waiting_.erase(it);
+      }
+    }
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  std::vector<tandem::v1::PrefillRequest> prefills() {
+    absl::MutexLock lock(&mu_);
+    return prefills_;
+  }
+  int provided() {
+    absl::MutexLock lock(&mu_);
+    return provided_;
+  }
+  int cancelled() {
+    absl::MutexLock lock(&mu_);
+    return cancelled_;
+  }
+
+ private:
+  struct Waiting final : grpc::ServerUnaryReactor {
+    Waiting(FakePrefillWorker* w, tandem::v1::PrefillResponse* r) : worker(w), response(r) {}
+    void OnCancel() override {
+      absl::MutexLock lock(&worker->mu_);
+      // Whoever takes it out of waiting_ finishes it.
+      if (!absl::erase_if(worker->waiting_, [&](const auto& e) { return e.second == this; })) return;
+      ++worker->cancelled_;
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+    }
+    void OnDone() override { delete this; }
+    FakePrefillWorker* const worker;
+    tandem::v1::PrefillResponse* const response;
+  };
+  static std::string Key(const std::string& id, int32_t attempt) {
+    return id + "#" + std::to_string(attempt);
+  }
+
+  int port_ = 0;
+  std::unique_ptr<grpc::Server> server_;
+  absl::Mutex mu_;
+  std::vector<tandem::v1::PrefillRequest> prefills_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, Waiting*> waiting_ ABSL_GUARDED_BY(mu_);
+  int provided_ ABSL_GUARDED_BY(mu_) = 0;
+  int cancelled_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 class ReleaseRetryTest : public RouterCoreTest {
  protected:
-  // Registers `decode` as "d1" and a prefill worker "p1" never dialled
-  // (the Reserve fails first).
+  // Registers `decode` as "d1" and prefill_ as "p1".
   void RegisterPair(FakeDecodeWorker& decode) {
-    for (auto [id, role, address] :
-         {std::tuple{"d1", tandem::v1::WORKER_ROLE_DECODE, decode.address()},
-          std::tuple{"p1", tandem::v1::WORKER_ROLE_PREFILL, std::string("127.0.0.1:1")}}) {
+    for (auto [id, role, address] : {std::tuple{"d1", tandem::v1::WORKER_ROLE_DECODE, decode.address()},
+                                     std::tuple{"p1", tandem::v1::WORKER_ROLE_PREFILL, prefill_.address()}}) {
       tandem::v1::RegisterRequest r;
       r.set_worker_id(id);
       r.set_role(role);
@@ -209,6 +294,8 @@ class ReleaseRetryTest : public RouterCoreTest {
     h.set_worker_id(id);
     EXPECT_TRUE(registry_.Heartbeat(h));
   }
+
+  FakePrefillWorker prefill_;
 };
 
 // A Reserve whose worker did not answer (UNAVAILABLE: stopped, unreachable)
@@ -305,6 +392,52 @@ TEST_F(ReleaseRetryTest, ARefusedReserveIsNotReleased) {
   Heartbeat("d1");
   RetryFor(absl::Milliseconds(1500));
   EXPECT_TRUE(decode.releases().empty());
+  // The prefill that went with the Reserve was cancelled for it; no
+  // reservation was handed over.
+  ASSERT_EQ(prefill_.prefills().size(), 1u);
+  EXPECT_TRUE(prefill_.prefills()[0].reservation_follows());
+  EXPECT_EQ(prefill_.cancelled(), 1);
+  EXPECT_EQ(prefill_.provided(), 0);
+}
+
+// The decode worker reserves while the prefill worker computes: the Prefill
+// (saying its reservation follows) reaches the prefill worker before the
+// Reserve is answered, and the reservation then follows it. The old order
+// (TANDEM_RESERVE_BEFORE_PREFILL=1) sends the Prefill only after the answer,
+// so this Reserve would wait its 5 s for nothing.
+TEST_F(ReleaseRetryTest, ThePrefillIsSentBeforeTheReserveIsAnsweredAndTheReservationFollows) {
+  FakeDecodeWorker decode(grpc::Status::OK);
+  std::atomic<bool> prefill_first{false};
+  decode.before_reserve = [&] {
+    prefill_first =
+        ::tandem::testing::PollUntil([&] { return !prefill_.prefills().empty(); }, absl::Seconds(5));
+  };
+  EXPECT_OK(RunAgainst(decode));
+  EXPECT_TRUE(prefill_first);
+  ASSERT_EQ(prefill_.prefills().size(), 1u);
+  const tandem::v1::PrefillRequest& sent = prefill_.prefills()[0];
+  EXPECT_TRUE(sent.reservation_follows());
+  EXPECT_FALSE(sent.has_reservation());
+  EXPECT_EQ(sent.attempt(), 1);
+  EXPECT_EQ(prefill_.provided(), 1);
+  EXPECT_EQ(prefill_.cancelled(), 0);
+  // An end-of-generation first token: nothing to decode, the reservation
+  // is given back.
+  EXPECT_TRUE(::tandem::testing::PollUntil([&] { return decode.releases().size() == 1u; }, absl::Seconds(5)));
+  EXPECT_EQ(decode.releases(), decode.reserves());
+}
+
+// With reserve_during_prefill off, the Prefill carries the reservation and
+// goes once the Reserve answered.
+TEST_F(ReleaseRetryTest, WithoutTheOverlapThePrefillCarriesTheReservation) {
+  RouterOptions options;
+  options.clock = &clock_;
+  options.reserve_during_prefill = false;
+  core_ = std::make_unique<RouterCore>(options, &model_, &registry_);
+  FakeDecodeWorker decode(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "decode_full: no blocks"));
+  EXPECT_FALSE(RunAgainst(decode).ok());
+  EXPECT_EQ(decode.reserves().size(), 1u);
+  EXPECT_TRUE(prefill_.prefills().empty());  // never sent: the Reserve failed first
 }
 
 }  // namespace

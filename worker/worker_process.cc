@@ -343,6 +343,8 @@ absl::Status WorkerProcess::StartEngine() {
       [this, gauges = EngineTickGauges(metrics_, tiers_.get(), store_client_.get())](engine::Engine& e) {
         gauges(e);
         if (decode_on_engine_thread_ != nullptr) decode_on_engine_thread_->ExpireReservations(e);
+        if (prefill_on_engine_thread_ != nullptr)
+          prefill_on_engine_thread_->ExpireReservationWaits(absl::Now());
         CheckDevice();
       };
   runner_ = std::make_unique<engine::EngineRunner>(engine_.get(), runner_options);
@@ -428,11 +430,13 @@ absl::StatusOr<grpc::Service*> WorkerProcess::MakeService() {
 
 absl::Status WorkerProcess::StartServices() {
   TANDEM_ASSIGN_OR_RETURN(grpc::Service * service, MakeService());
-  // The engine thread's tick expires the decode service's reservations from
-  // now on (the pointer is only touched on that thread).
+  // The engine thread's tick expires the decode service's reservations and
+  // the prefill service's waits for one from now on (the pointers are only
+  // touched on that thread).
   TANDEM_RETURN_IF_ERROR(runner_->Run(
       [this](engine::Engine&) {
         decode_on_engine_thread_ = decode_service_.get();
+        prefill_on_engine_thread_ = prefill_service_.get();
         return absl::OkStatus();
       },
       absl::Now() + absl::Seconds(10)));

@@ -272,6 +272,7 @@ class WorkerProcess {
   // The decode service as the engine thread's tick sees it (reservations
   // expire there); read and written only on the engine thread.
   decode_worker::DecodeService* decode_on_engine_thread_ = nullptr;
+  prefill_worker::PrefillService* prefill_on_engine_thread_ = nullptr;  // likewise
   std::unique_ptr<decode_worker::DecodeService> decode_service_;
   std::unique_ptr<prefill_worker::PrefillService> prefill_service_;
   std::unique_ptr<KvSnapshotService> snapshot_service_;
