@@ -45,25 +45,34 @@ void RegisterUp(CLI::App* cmd, UpFlags* f) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--policy", f->policy, "Router policy: kv, round_robin, least_loaded, random (default: kv)")
       ->check(CLI::IsMember({"kv", "round_robin", "least_loaded", "random"}));
+  // The router pass-through flags are refused here as `tandem router` would
+  // refuse them (their structs' -1 means "not given", never a value).
   cmd->add_option("--slo-ttft-ms", f->slo_ttft_ms,
-                  "Router's default TTFT target, ms (see tandem router --help)");
-  cmd->add_option("--slo-tpot-ms", f->slo_tpot_ms, "Router's default TPOT target, ms");
+                  "Router's default TTFT target, ms (see tandem router --help)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--slo-tpot-ms", f->slo_tpot_ms, "Router's default TPOT target, ms")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-queued-prefills", f->max_queued_prefills,
                   "Router's bound on requests waiting for their first token, per prefill worker "
-                  "(default 64; 0: none; see tandem router --help)");
+                  "(default 64; 0: none; see tandem router --help)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-inflight-prefills", f->max_inflight_prefills,
                   "Router's flow control: requests on workers per prefill worker before more wait at the "
-                  "router in priority and fair-share order (default 4; 0: off; see tandem router --help)");
+                  "router in priority and fair-share order (default 4; 0: off; see tandem router --help)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option(
-      "--decode-tpot-limit-ms", f->decode_tpot_limit_ms,
-      "Router's decode admission: predicted TPOT limit, ms (default 20; 0: off; see tandem router --help)");
+         "--decode-tpot-limit-ms", f->decode_tpot_limit_ms,
+         "Router's decode admission: predicted TPOT limit, ms (default 20; 0: off; see tandem router --help)")
+      ->check(CLI::Range(0.0, 3600000.0));
   cmd->add_option("--queue-ttl-ms", f->queue_ttl_ms,
-                  "Router's queue TTL, ms (default 30000; 0: none; see tandem router --help)");
+                  "Router's queue TTL, ms (default 30000; 0: none; see tandem router --help)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--tenant-weight", f->tenant_weights,
                   "Router's tenant weights, NAME=W (repeatable; see tandem router --help)");
   cmd->add_option("--stream-stall-timeout-ms", f->stream_stall_timeout_ms,
                   "Router's progress deadline for a stream without tokens (default 2000; 0: off; see "
-                  "tandem router --help)");
+                  "tandem router --help)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option(
          "--http-port", f->http_port,
          "Router's OpenAI-compatible HTTP port; 0: any free port (the ready event's \"http\"); -1: off")

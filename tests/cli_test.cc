@@ -78,6 +78,15 @@ TEST(CliTest, BadInputGivesClearErrors) {
   EXPECT_NE(RunTandem("generate --top-p 2").exit_code, 0);
   EXPECT_NE(RunTandem("generate --no-such-flag").exit_code, 0);
   EXPECT_NE(RunTandem("store --no-such-flag").exit_code, 0);
+  // `tandem up` refuses a router flag out of range itself, before starting
+  // anything (it used to drop a negative value and run with the default).
+  for (const char* flag : {"--decode-tpot-limit-ms -1", "--slo-ttft-ms -5", "--queue-ttl-ms -1",
+                           "--max-inflight-prefills -2", "--stream-stall-timeout-ms -1"}) {
+    r = RunTandem(std::string("up --port 0 ") + flag, true);
+    EXPECT_NE(r.exit_code, 0) << flag;
+    EXPECT_NE(r.out.find(std::string(flag).substr(0, std::string(flag).find(' '))), std::string::npos)
+        << flag << ": " << r.out;
+  }
 }
 
 TEST(CliTest, Stories260KGreedyText) {

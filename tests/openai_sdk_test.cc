@@ -211,7 +211,9 @@ void ExpectErrorShape(const ParsedResponse& r, int status, const char* param = n
   EXPECT_TRUE(e["message"].is_string() && !e["message"].get<std::string>().empty()) << r.body;
   EXPECT_TRUE(e["type"].is_string()) << r.body;
   EXPECT_TRUE(e.contains("param") && e.contains("code")) << r.body;
-  if (param != nullptr) EXPECT_EQ(e["param"], param) << r.body;
+  if (param != nullptr) {
+    EXPECT_EQ(e["param"], param) << r.body;
+  }
 }
 
 class OpenAiClusterTest : public ::testing::Test {
@@ -296,8 +298,12 @@ void ExpectFinish(const json& result, int max_tokens) {
   EXPECT_THAT(finish, ::testing::AnyOf("stop", "length")) << result;
   ASSERT_TRUE(result["usage"].is_object()) << result;
   const int completion = result["usage"]["completion_tokens"];
-  if (finish == "length") EXPECT_EQ(completion, max_tokens) << result;
-  if (completion < max_tokens) EXPECT_EQ(finish, "stop") << result;
+  if (finish == "length") {
+    EXPECT_EQ(completion, max_tokens) << result;
+  }
+  if (completion < max_tokens) {
+    EXPECT_EQ(finish, "stop") << result;
+  }
 }
 
 TEST_F(OpenAiClusterTest, OfficialOpenAiSdkWorksUnmodified) {
@@ -346,7 +352,9 @@ TEST_F(OpenAiClusterTest, OfficialOpenAiSdkWorksUnmodified) {
   ExpectFinish(cd, 16);
   // Greedy: the same path as the 12-token completion, continued.
   EXPECT_TRUE(absl::StartsWith(cd["text"].get<std::string>(), c["text"].get<std::string>())) << cd;
-  if (c["finish_reason"] == "length") EXPECT_GE(cd["usage"]["completion_tokens"].get<int>(), kMaxTokens);
+  if (c["finish_reason"] == "length") {
+    EXPECT_GE(cd["usage"]["completion_tokens"].get<int>(), kMaxTokens);
+  }
   EXPECT_EQ(cd["usage"]["prompt_tokens"], c["usage"]["prompt_tokens"]);
 
   const json& chat = out["chat"];

@@ -308,7 +308,9 @@ class RequestPathTest : public ::testing::Test {
                           },
                           absl::Now() + kDeadline)
                       .ok());
-      if (!replacement.empty()) EXPECT_NE(AddWorker(WorkerProcess::Role::kDecode, replacement), nullptr);
+      if (!replacement.empty()) {
+        EXPECT_NE(AddWorker(WorkerProcess::Role::kDecode, replacement), nullptr);
+      }
       shutdown = std::thread([this] { workers_.erase("decode-0"); });
     });
     release_engine.Notify();
