@@ -150,7 +150,7 @@ bool FlowQueue::Remove(uint64_t key) {
   return true;
 }
 
-void FlowQueue::Expire() {
+FlowQueue::Limits FlowQueue::Expire() {
   const Limits limits = CurrentLimits();
   const absl::Time now = options_.clock->Now();
   Actions actions;
@@ -190,6 +190,7 @@ void FlowQueue::Expire() {
     pumping = PumpLocked(limits, now, &actions);
   }
   Run(std::move(actions), pumping);
+  return limits;
 }
 
 void FlowQueue::Pump() {

@@ -190,8 +190,9 @@ class FlowQueue {
   bool Remove(uint64_t key);
 
   // Drops the requests that waited queue_ttl or whose deadline passed, and
-  // dispatches what the current limits let run.
-  void Expire();
+  // dispatches what the current limits let run. Returns those limits (the
+  // router's sweeper publishes them without asking again).
+  Limits Expire();
 
   // Dispatches what the current limits let run (the decode side freed
   // room: a request ended, a worker reported).

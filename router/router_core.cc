@@ -1130,11 +1130,11 @@ void RouterCore::OnDecodeRoomChanged() {
   if (options_.decode_tpot_limit_ms > 0) flow_.Pump();
 }
 
-void RouterCore::PublishQueueGauges() {
+void RouterCore::PublishQueueGauges(const FlowQueue::Limits& limits) {
   const FlowQueue::Stats stats = flow_.stats();
   RouterMetrics& m = RouterMetrics::Get();
   m.queue_running->Set(static_cast<double>(stats.running));
-  m.decode_room->Set(static_cast<double>(FlowLimits().dispatch_room));
+  m.decode_room->Set(static_cast<double>(limits.dispatch_room));
   absl::MutexLock lock(&gauge_mu_);
   for (int32_t priority : depth_priorities_) {
     if (!stats.waiting_by_priority.contains(priority))
@@ -1367,8 +1367,7 @@ void RouterCore::SweepLoop() {
   while (!stop_.WaitForNotificationWithTimeout(options_.sweep_interval)) {
     // Queue TTL and deadlines of waiting requests; room from workers that
     // joined.
-    flow_.Expire();
-    PublishQueueGauges();
+    PublishQueueGauges(flow_.Expire());
     CheckInFlight();
     RetryReleases();
     for (const std::string& id : registry_->Unhealthy()) {

@@ -273,8 +273,9 @@ class RouterCore final : public Generator {
   absl::Time Now() const { return options_.clock->Now(); }
   // The flow queue's bounds at the healthy workers of now.
   FlowQueue::Limits FlowLimits() const;
-  // tandem_router_queue_depth{priority} from the flow queue.
-  void PublishQueueGauges();
+  // tandem_router_queue_depth{priority} and queue_running from the flow
+  // queue; decode_room from `limits` (those its Expire just used).
+  void PublishQueueGauges(const FlowQueue::Limits& limits);
   // A reservation to renew until DropReservation(key) (its prefill ended).
   uint64_t KeepReservation(std::string request_id, std::shared_ptr<const WorkerStubs> stubs);
   void DropReservation(uint64_t key);
