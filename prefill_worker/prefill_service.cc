@@ -22,8 +22,11 @@
 namespace tandem::prefill_worker {
 namespace {
 
+int64_t PromptBlocks(int64_t prompt_tokens, int32_t block_size) {
+  return (prompt_tokens + block_size - 1) / block_size;
+}
 int64_t PromptBlocks(const tandem::v1::PrefillRequest& r, int32_t block_size) {
-  return (r.prompt_token_ids_size() + block_size - 1) / block_size;
+  return PromptBlocks(r.prompt_token_ids_size(), block_size);
 }
 
 std::string AwaitKey(const std::string& request_id, int32_t attempt) {
@@ -546,7 +549,7 @@ absl::Status PrefillService::CheckReservation(int64_t prompt_tokens,
                         res.model_id(), res.block_size(), res.block_bytes(), options_.model_id,
                         options_.block_size, options_.block_bytes));
   }
-  const int64_t blocks = (prompt_tokens + options_.block_size - 1) / options_.block_size;
+  const int64_t blocks = PromptBlocks(prompt_tokens, options_.block_size);
   if (res.block_ids_size() < blocks || res.cached_blocks() < 0 || res.cached_blocks() > blocks) {
     return absl::InvalidArgumentError("reservation: block_ids do not cover the prompt");
   }

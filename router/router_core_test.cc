@@ -15,13 +15,12 @@
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
 #include "gmock/gmock.h"
-#include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
-#include "grpcpp/server_builder.h"
 #include "gtest/gtest.h"
 #include "tandem/v1/worker.grpc.pb.h"
 #include "tests/testing/poll.h"
 #include "tests/testing/status_matchers.h"
+#include "worker_common/grpc_server.h"
 
 namespace tandem::router {
 namespace {
@@ -118,20 +117,31 @@ TEST_F(RouterCoreTest, AWorkerPastItsHeartbeatDeadlineIsNotPlaced) {
               StatusIs(absl::StatusCode::kUnavailable, HasSubstr("no healthy decode worker")));
 }
 
+// A fake worker's service served as a worker serves it
+// (worker_common::StartGrpcServer: 127.0.0.1, a free port, the router's
+// keepalive pings accepted — a bare server answers them with GOAWAY "too
+// many pings" after a few seconds, ending a long call for its own reason).
+// Its owner declares it last, so it shuts down (and no handler runs)
+// before the rest of the owner goes.
+class LocalServer {
+ public:
+  explicit LocalServer(grpc::Service* service)
+      : running_(*worker_common::StartGrpcServer({.host = "127.0.0.1", .port = 0}, {service})) {}
+  ~LocalServer() { running_.server->Shutdown(); }
+  const std::string& address() const { return running_.address; }
+
+ private:
+  worker_common::RunningGrpcServer running_;
+};
+
 // A decode worker that answers every Reserve with `reserve_status` and
 // every Release with `release_status`, and records the request ids of the
 // Reserves and Releases it receives.
 class FakeDecodeWorker final : public tandem::v1::DecodeWorker::Service {
  public:
   explicit FakeDecodeWorker(grpc::Status reserve_status, grpc::Status release_status = grpc::Status::OK)
-      : reserve_status_(std::move(reserve_status)), release_status_(std::move(release_status)) {
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
-    builder.RegisterService(this);
-    server_ = builder.BuildAndStart();
-  }
-  ~FakeDecodeWorker() override { server_->Shutdown(); }
-  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+      : reserve_status_(std::move(reserve_status)), release_status_(std::move(release_status)) {}
+  std::string address() const { return server_.address(); }
 
   grpc::Status Reserve(grpc::ServerContext*, const tandem::v1::ReserveRequest* r,
                        tandem::v1::KvReservation*) override {
@@ -161,11 +171,10 @@ class FakeDecodeWorker final : public tandem::v1::DecodeWorker::Service {
  private:
   const grpc::Status reserve_status_;
   const grpc::Status release_status_;
-  int port_ = 0;
-  std::unique_ptr<grpc::Server> server_;
   absl::Mutex mu_;
   std::vector<std::string> reserves_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> releases_ ABSL_GUARDED_BY(mu_);
+  LocalServer server_{this};  // last: stops first
 };
 
 // A prefill worker whose Prefill calls wait until their reservation is
@@ -174,14 +183,11 @@ class FakeDecodeWorker final : public tandem::v1::DecodeWorker::Service {
 // what it was sent.
 class FakePrefillWorker final : public tandem::v1::PrefillWorker::CallbackService {
  public:
-  FakePrefillWorker() {
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
-    builder.RegisterService(this);
-    server_ = builder.BuildAndStart();
-  }
-  ~FakePrefillWorker() override { server_->Shutdown(); }
-  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  // `provide_status`: how every ProvideReservation is answered (an error
+  // leaves the Prefill waiting).
+  explicit FakePrefillWorker(grpc::Status provide_status = grpc::Status::OK)
+      : provide_status_(std::move(provide_status)) {}
+  std::string address() const { return server_.address(); }
 
   grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext*, const tandem::v1::PrefillRequest* r,
                                     tandem::v1::PrefillResponse* response) override {
@@ -198,14 +204,14 @@ class FakePrefillWorker final : public tandem::v1::PrefillWorker::CallbackServic
       absl::MutexLock lock(&mu_);
       ++provided_;
       auto it = waiting_.find(Key(r->request_id(), r->attempt()));
-      if (it != waiting_.end()) {
+      if (it != waiting_.end() && provide_status_.ok()) {
         it->second->response->set_first_token_is_eos(true);
         it->second->Finish(grpc::Status::OK);
         waiting_.erase(it);
       }
     }
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    reactor->Finish(grpc::Status::OK);
+    reactor->Finish(provide_status_);
     return reactor;
   }
   std::vector<tandem::v1::PrefillRequest> prefills() {
@@ -239,21 +245,22 @@ class FakePrefillWorker final : public tandem::v1::PrefillWorker::CallbackServic
     return id + "#" + std::to_string(attempt);
   }
 
-  int port_ = 0;
-  std::unique_ptr<grpc::Server> server_;
+  const grpc::Status provide_status_;
   absl::Mutex mu_;
   std::vector<tandem::v1::PrefillRequest> prefills_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Waiting*> waiting_ ABSL_GUARDED_BY(mu_);
   int provided_ ABSL_GUARDED_BY(mu_) = 0;
   int cancelled_ ABSL_GUARDED_BY(mu_) = 0;
+  LocalServer server_{this};  // last: stops first
 };
 
 class ReleaseRetryTest : public RouterCoreTest {
  protected:
   // Registers `decode` as "d1" and prefill_ as "p1".
   void RegisterPair(FakeDecodeWorker& decode) {
-    for (auto [id, role, address] : {std::tuple{"d1", tandem::v1::WORKER_ROLE_DECODE, decode.address()},
-                                     std::tuple{"p1", tandem::v1::WORKER_ROLE_PREFILL, prefill_.address()}}) {
+    for (auto [id, role, address] :
+         {std::tuple{"d1", tandem::v1::WORKER_ROLE_DECODE, decode.address()},
+          std::tuple{"p1", tandem::v1::WORKER_ROLE_PREFILL, prefill_->address()}}) {
       tandem::v1::RegisterRequest r;
       r.set_worker_id(id);
       r.set_role(role);
@@ -295,7 +302,8 @@ class ReleaseRetryTest : public RouterCoreTest {
     EXPECT_TRUE(registry_.Heartbeat(h));
   }
 
-  FakePrefillWorker prefill_;
+  // Replaced by a test that wants another one, before RegisterPair.
+  std::unique_ptr<FakePrefillWorker> prefill_ = std::make_unique<FakePrefillWorker>();
 };
 
 // A Reserve whose worker did not answer (UNAVAILABLE: stopped, unreachable)
@@ -394,10 +402,10 @@ TEST_F(ReleaseRetryTest, ARefusedReserveIsNotReleased) {
   EXPECT_TRUE(decode.releases().empty());
   // The prefill that went with the Reserve was cancelled for it; no
   // reservation was handed over.
-  ASSERT_EQ(prefill_.prefills().size(), 1u);
-  EXPECT_TRUE(prefill_.prefills()[0].reservation_follows());
-  EXPECT_EQ(prefill_.cancelled(), 1);
-  EXPECT_EQ(prefill_.provided(), 0);
+  ASSERT_EQ(prefill_->prefills().size(), 1u);
+  EXPECT_TRUE(prefill_->prefills()[0].reservation_follows());
+  EXPECT_EQ(prefill_->cancelled(), 1);
+  EXPECT_EQ(prefill_->provided(), 0);
 }
 
 // The decode worker reserves while the prefill worker computes: the Prefill
@@ -410,19 +418,36 @@ TEST_F(ReleaseRetryTest, ThePrefillIsSentBeforeTheReserveIsAnsweredAndTheReserva
   std::atomic<bool> prefill_first{false};
   decode.before_reserve = [&] {
     prefill_first =
-        ::tandem::testing::PollUntil([&] { return !prefill_.prefills().empty(); }, absl::Seconds(5));
+        ::tandem::testing::PollUntil([&] { return !prefill_->prefills().empty(); }, absl::Seconds(5));
   };
   EXPECT_OK(RunAgainst(decode));
   EXPECT_TRUE(prefill_first);
-  ASSERT_EQ(prefill_.prefills().size(), 1u);
-  const tandem::v1::PrefillRequest& sent = prefill_.prefills()[0];
+  ASSERT_EQ(prefill_->prefills().size(), 1u);
+  const tandem::v1::PrefillRequest& sent = prefill_->prefills()[0];
   EXPECT_TRUE(sent.reservation_follows());
   EXPECT_FALSE(sent.has_reservation());
   EXPECT_EQ(sent.attempt(), 1);
-  EXPECT_EQ(prefill_.provided(), 1);
-  EXPECT_EQ(prefill_.cancelled(), 0);
+  EXPECT_EQ(prefill_->provided(), 1);
+  EXPECT_EQ(prefill_->cancelled(), 0);
   // An end-of-generation first token: nothing to decode, the reservation
   // is given back.
+  EXPECT_TRUE(::tandem::testing::PollUntil([&] { return decode.releases().size() == 1u; }, absl::Seconds(5)));
+  EXPECT_EQ(decode.releases(), decode.reserves());
+}
+
+// A reservation the router could not hand over leaves the Prefill waiting
+// for nothing: the router cancels it, releases the reservation, takes that
+// prefill worker out of the rotation as gone (the handover failed
+// UNAVAILABLE) and retries without it — here on the decode worker alone
+// (aggregated), which this fake cannot do, so the request ends UNAVAILABLE.
+TEST_F(ReleaseRetryTest, AFailedHandoverCancelsThePrefillAndReleasesTheReservation) {
+  prefill_ = std::make_unique<FakePrefillWorker>(grpc::Status(grpc::StatusCode::UNAVAILABLE, "going away"));
+  FakeDecodeWorker decode(grpc::Status::OK);
+  EXPECT_THAT(RunAgainst(decode), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(prefill_->provided(), 1);
+  EXPECT_EQ(prefill_->cancelled(), 1);
+  EXPECT_EQ(prefill_->prefills().size(), 1u);  // the retry did not go back to it
+  ASSERT_EQ(decode.reserves().size(), 1u);
   EXPECT_TRUE(::tandem::testing::PollUntil([&] { return decode.releases().size() == 1u; }, absl::Seconds(5)));
   EXPECT_EQ(decode.releases(), decode.reserves());
 }
@@ -437,7 +462,7 @@ TEST_F(ReleaseRetryTest, WithoutTheOverlapThePrefillCarriesTheReservation) {
   FakeDecodeWorker decode(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "decode_full: no blocks"));
   EXPECT_FALSE(RunAgainst(decode).ok());
   EXPECT_EQ(decode.reserves().size(), 1u);
-  EXPECT_TRUE(prefill_.prefills().empty());  // never sent: the Reserve failed first
+  EXPECT_TRUE(prefill_->prefills().empty());  // never sent: the Reserve failed first
 }
 
 }  // namespace
