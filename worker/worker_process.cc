@@ -101,12 +101,14 @@ std::function<void(const kvstore::Prefetcher::Stats&)> PrefetchGauges(MetricsReg
   };
 }
 
-// Prefix reuse by tier, computed prompt tokens and the bytes moved to and
-// from the shared store, as gauges of the engine's, tiers' and store
-// client's running totals (the KV tiers' figures, docs/PERFORMANCE.md);
-// refreshed on the engine thread's tick.
+// Prefix reuse by tier, computed prompt tokens, the bytes moved to and from
+// the shared store and the KV bytes written to peers over UCX, as gauges of
+// the engine's, tiers', store client's and transfer engine's running totals
+// (the KV tiers' figures, docs/PERFORMANCE.md); refreshed on the engine
+// thread's tick.
 std::function<void(engine::Engine&)> EngineTickGauges(MetricsRegistry& r, kvstore::TieredStore* tiers,
-                                                      kvstore::StoreClient* store) {
+                                                      kvstore::StoreClient* store,
+                                                      transfer::TransferEngine* transfer) {
   GaugeFamily* hit_blocks = r.Gauge("tandem_worker_kv_hit_blocks",
                                     "Prompt blocks reused, by the tier they were found in", {"tier"});
   Gauge* const hits[4] = {hit_blocks->WithLabels({"hbm"}), hit_blocks->WithLabels({"dram"}),
@@ -116,6 +118,13 @@ std::function<void(engine::Engine&)> EngineTickGauges(MetricsRegistry& r, kvstor
   GaugeFamily* store_bytes =
       r.Gauge("tandem_worker_kv_store_bytes", "Block bytes fetched from and offered to the shared KV store",
               {"direction", "transport"});
+  // How this worker's UCX writes (a prefill worker's KV sends) moved their
+  // bytes: "put" (into a peer's UCX-allocated shared segment, or over RDMA:
+  // no work of the peer's CPU) or "active_message" (the peer's progress
+  // thread places them). transfer/transfer_engine.h, WriteOp::kAuto.
+  GaugeFamily* sent =
+      r.Gauge("tandem_worker_kv_sent_bytes", "KV bytes this worker wrote to peers over UCX, by how", {"op"});
+  Gauge* const sent_gauges[2] = {sent->WithLabels({"put"}), sent->WithLabels({"active_message"})};
   Gauge* const store_gauges[4] = {
       store_bytes->WithLabels({"fetch", "ucx"}), store_bytes->WithLabels({"put", "ucx"}),
       store_bytes->WithLabels({"fetch", "grpc"}), store_bytes->WithLabels({"put", "grpc"})};
@@ -134,7 +143,13 @@ std::function<void(engine::Engine&)> EngineTickGauges(MetricsRegistry& r, kvstor
     ssd_writable->Set(1);
     ssd_corrupt->Set(0);
   }
-  return [hits, computed, store_gauges, tiers, store, ssd_writable, ssd_corrupt](engine::Engine& e) {
+  return [hits, computed, store_gauges, sent_gauges, tiers, store, transfer, ssd_writable,
+          ssd_corrupt](engine::Engine& e) {
+    if (transfer != nullptr) {
+      const transfer::TransferStats t = transfer->stats();
+      sent_gauges[0]->Set(static_cast<double>(t.bytes_put));
+      sent_gauges[1]->Set(static_cast<double>(t.bytes_active_message));
+    }
     if (ssd_writable != nullptr) {
       ssd_writable->Set(tiers->ssd()->writable() ? 1 : 0);
       ssd_corrupt->Set(static_cast<double>(tiers->stats().corrupt_blocks));
@@ -339,14 +354,13 @@ absl::Status WorkerProcess::StartEngine() {
   const char* beside = std::getenv("TANDEM_RESERVE_BESIDE_STEP");
   runner_options.reserve_beside_step =
       backend_->host_accessible() && !(beside != nullptr && std::string_view(beside) == "0");
-  runner_options.on_tick =
-      [this, gauges = EngineTickGauges(metrics_, tiers_.get(), store_client_.get())](engine::Engine& e) {
-        gauges(e);
-        if (decode_on_engine_thread_ != nullptr) decode_on_engine_thread_->ExpireReservations(e);
-        if (prefill_on_engine_thread_ != nullptr)
-          prefill_on_engine_thread_->ExpireReservationWaits(absl::Now());
-        CheckDevice();
-      };
+  runner_options.on_tick = [this, gauges = EngineTickGauges(metrics_, tiers_.get(), store_client_.get(),
+                                                            transfer_.get())](engine::Engine& e) {
+    gauges(e);
+    if (decode_on_engine_thread_ != nullptr) decode_on_engine_thread_->ExpireReservations(e);
+    if (prefill_on_engine_thread_ != nullptr) prefill_on_engine_thread_->ExpireReservationWaits(absl::Now());
+    CheckDevice();
+  };
   runner_ = std::make_unique<engine::EngineRunner>(engine_.get(), runner_options);
   return absl::OkStatus();
 }

@@ -10,6 +10,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/metrics.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -124,6 +127,19 @@ TEST(WorkerProcessTest, PrefillThenDecodeMatchesTheDecodeWorkerPrefillingAlone) 
   absl::StatusOr<std::vector<int32_t>> got = DecodeTokens(*decode_stub, split);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(*got, *expected);
+
+  // The prefill worker's gauge says how the KV went: the decode worker's
+  // pool is ordinary registered memory, so as active messages (refreshed on
+  // the prefill engine's tick: polled, with a deadline).
+  const std::string am_line = absl::StrCat("tandem_worker_kv_sent_bytes{op=\"active_message\"} ",
+                                           prefilled.transferred_bytes(), "\n");
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (prefill_metrics.RenderPrometheus().find(am_line) == std::string::npos && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  const std::string rendered = prefill_metrics.RenderPrometheus();
+  EXPECT_NE(rendered.find(am_line), std::string::npos) << rendered;
+  EXPECT_NE(rendered.find("tandem_worker_kv_sent_bytes{op=\"put\"} 0\n"), std::string::npos);
 
   // Each worker's gauges went to its own registry.
   EXPECT_NE(decode_metrics.RenderPrometheus().find("tandem_worker_prompt_tokens_computed"),
