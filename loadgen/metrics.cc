@@ -169,6 +169,7 @@ nlohmann::ordered_json SummaryToJson(const RunSummary& s, const std::vector<Requ
     for (const RequestResult& r : results) {
       if (r.outcome != Outcome::kCompleted) continue;
       nlohmann::ordered_json one;
+      one["sent_ms"] = r.sent_ms;
       one["ttft_ms"] = OrNull(r.ttft_ms);
       one["tpot_ms"] = OrNull(TpotMs(r));
       one["e2e_ms"] = r.e2e_ms;

@@ -40,6 +40,10 @@ struct RequestResult {
   // For kError: the gRPC code's name (e.g. "UNAVAILABLE") and message.
   std::string error_code;
   std::string error_message;
+  // When it was first sent, in milliseconds from the run's start (a
+  // benchmark that changes the load mid-run, or discards a warm-up, selects
+  // samples by it).
+  double sent_ms = 0;
   // Milliseconds after the send. ttft_ms is unset when no token came.
   std::optional<double> ttft_ms;
   double e2e_ms = 0;

@@ -61,6 +61,7 @@ TEST(SummarizeTest, CountsRatesAndHitRate) {
       Completed(100, 500, 5, {100, 100, 100, 100}, /*prompt=*/40, /*cached=*/16),
       Completed(300, 1300, 3, {400, 600}, /*prompt=*/60, /*cached=*/0),
   };
+  results[1].sent_ms = 250;
   RequestResult rejected;
   rejected.outcome = Outcome::kRejected;
   results.push_back(rejected);
@@ -99,6 +100,7 @@ TEST(SummarizeTest, CountsRatesAndHitRate) {
   EXPECT_TRUE(j["slo"]["tpot_ms"].is_null());
   ASSERT_EQ(j["samples"].size(), 2u);  // completed requests only
   EXPECT_DOUBLE_EQ(j["samples"][1]["tpot_ms"].get<double>(), 500);
+  EXPECT_DOUBLE_EQ(j["samples"][1]["sent_ms"].get<double>(), 250);
   EXPECT_EQ(j["samples"][0]["met_slo"], true);
   EXPECT_EQ(j["samples"][1]["met_slo"], false);
   EXPECT_FALSE(SummaryToJson(s, results, /*samples=*/false).contains("samples"));

@@ -36,6 +36,7 @@ struct Runner::State {
   int64_t errors ABSL_GUARDED_BY(mu) = 0;
   int64_t in_flight ABSL_GUARDED_BY(mu) = 0;
   Clock::time_point last_end ABSL_GUARDED_BY(mu);
+  Clock::time_point start ABSL_GUARDED_BY(mu);  // of the run (RequestResult::sent_ms)
 };
 
 // One request: a reactor that owns its context, request and response
@@ -142,11 +143,18 @@ class Runner::Call : public grpc::ClientReadReactor<v1::GenerateResponse> {
           ++state_->errors;
           break;
       }
+      result_.sent_ms = MsBetween(state_->start, sent_);
       (*state_->results)[index_] = std::move(result_);
       state_->last_end = std::max(state_->last_end, end);
-      --state_->in_flight;  // after this, Run may return: touch state_ no more
     }
+    // The call (its gRPC context and buffers) is destroyed before Run may
+    // return: destroyed after the count below, it raced the caller's
+    // teardown of the stubs and the process's exit (a `tandem bench` aborted
+    // with "corrupted size vs. prev_size" after writing its report).
+    State* const state = state_;
     delete this;
+    absl::MutexLock lock(&state->mu);
+    --state->in_flight;  // after this, Run may return
   }
 
  private:
@@ -202,6 +210,7 @@ Runner::RunResult Runner::Run(const std::vector<Scheduled>& schedule) {
     st.results = &out.results;
     st.sent = st.completed = st.rejected = st.errors = st.in_flight = 0;
     st.last_end = start_steady;
+    st.start = start_steady;
   }
   absl::Time next_progress = start + options_.progress_interval;
   auto report = [&] {

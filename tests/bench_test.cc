@@ -73,6 +73,12 @@ void ExpectConsistentReport(const nlohmann::json& j, int64_t requests) {
   EXPECT_GT(completed + rejected, 0) << j.dump();
   ASSERT_TRUE(j["samples"].is_array());
   EXPECT_EQ(static_cast<int64_t>(j["samples"].size()), completed);
+  // Each sample says when it was sent; it ended within the run.
+  const double duration_ms = j["duration_s"].get<double>() * 1000;
+  for (const nlohmann::json& s : j["samples"]) {
+    EXPECT_GE(s["sent_ms"].get<double>(), 0.0) << s.dump();
+    EXPECT_LE(s["sent_ms"].get<double>() + s["e2e_ms"].get<double>(), duration_ms + 1e-3) << s.dump();
+  }
   const double hit = j["prefix_hit_rate"];
   EXPECT_GE(hit, 0.0);
   EXPECT_LE(hit, 1.0);
