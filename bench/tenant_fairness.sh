@@ -12,12 +12,14 @@
 #
 # Environment (defaults in brackets): MODEL [../shared/models/stories260K.gguf],
 # THREADS [1] (per worker), INPUT_LEN [256], OUTPUT_LEN [32], LIGHT_RATE [30]
-# and LIGHT_N [300] (the light tenant, requests/s and count, in each phase,
-# split over the rounds), HEAVY_FACTOR [10] (the heavy tenant sends this many
+# and LIGHT_N [300] (the light tenant, requests/s and count, in each phase of
+# each round: 10 s), HEAVY_FACTOR [10] (the heavy tenant sends this many
 # times the light one's rate beside it), ROUNDS [3] (1: the light tenant
-# alone, then both, as before), WARMUP_MS [300] (light requests sent in the
-# first WARMUP_MS of every run are not counted: beside the heavy tenant its
-# backlog is still building then), TANDEM_BIN [build/bin/tandem].
+# alone, then both, once, as before), WARMUP_MS [1000] (light requests sent
+# in the first WARMUP_MS of every run are not counted: beside the heavy
+# tenant its backlog is still building then; the together phase takes some
+# seconds to reach its steady state, so shorter phases than 10 s flatter it),
+# TANDEM_BIN [build/bin/tandem].
 # PREFILL_CPUS, DECODE_CPUS, OTHER_CPUS [unset: all cores]: CPU lists for
 # taskset: the prefill worker, the decode worker, and the rest (router, this
 # load generator). DECODE_NICE [0]: the decode worker's nice value (every
@@ -39,7 +41,7 @@ light_rate="${LIGHT_RATE:-30}"
 light_n="${LIGHT_N:-300}"
 heavy_factor="${HEAVY_FACTOR:-10}"
 rounds="${ROUNDS:-3}"
-warmup_ms="${WARMUP_MS:-300}"
+warmup_ms="${WARMUP_MS:-1000}"
 bin="${TANDEM_BIN:-build/bin/tandem}"
 mkdir -p "$out"
 
@@ -71,11 +73,11 @@ echo "== router at $router (cpus: prefill ${PREFILL_CPUS:-all}, decode ${DECODE_
 bench=("${pin_other[@]}" "$bin" bench --target "$router" --synthetic --input-len "$input_len"
   --output-len "$output_len" --prefix-fraction 0 --quiet)
 heavy_rate=$((light_rate * heavy_factor))
-per_round=$(((light_n + rounds - 1) / rounds))
+
 for round in $(seq 1 "$rounds"); do
-  "${bench[@]}" --seed $((2 * round - 1)) --num-requests "$per_round" --rate "$light_rate" --tenant light:1 \
+  "${bench[@]}" --seed $((2 * round - 1)) --num-requests "$light_n" --rate "$light_rate" --tenant light:1 \
     --json "$out/solo-$round.json" --label "solo-$round" >/dev/null
-  "${bench[@]}" --seed $((2 * round)) --num-requests $((per_round * (heavy_factor + 1))) \
+  "${bench[@]}" --seed $((2 * round)) --num-requests $((light_n * (heavy_factor + 1))) \
     --rate $((heavy_rate + light_rate)) --tenant "heavy:$heavy_factor" --tenant light:1 \
     --json "$out/mix-$round.json" --label "mix-$round" >/dev/null
 done
