@@ -11,13 +11,13 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/metrics.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "tandem/v1/worker.grpc.pb.h"
+#include "tests/testing/poll.h"
 
 namespace tandem::worker {
 namespace {
@@ -133,12 +133,11 @@ TEST(WorkerProcessTest, PrefillThenDecodeMatchesTheDecodeWorkerPrefillingAlone) 
   // the prefill engine's tick: polled, with a deadline).
   const std::string am_line = absl::StrCat("tandem_worker_kv_sent_bytes{op=\"active_message\"} ",
                                            prefilled.transferred_bytes(), "\n");
-  const absl::Time until = absl::Now() + absl::Seconds(10);
-  while (prefill_metrics.RenderPrometheus().find(am_line) == std::string::npos && absl::Now() < until) {
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  EXPECT_TRUE(::tandem::testing::PollUntil(
+      [&] { return prefill_metrics.RenderPrometheus().find(am_line) != std::string::npos; },
+      absl::Seconds(10)))
+      << prefill_metrics.RenderPrometheus();
   const std::string rendered = prefill_metrics.RenderPrometheus();
-  EXPECT_NE(rendered.find(am_line), std::string::npos) << rendered;
   EXPECT_NE(rendered.find("tandem_worker_kv_sent_bytes{op=\"put\"} 0\n"), std::string::npos);
 
   // Each worker's gauges went to its own registry.
