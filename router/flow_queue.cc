@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 
@@ -157,14 +159,12 @@ FlowQueue::Limits FlowQueue::Expire() {
   bool pumping = false;
   {
     absl::MutexLock lock(&mu_);
-    std::vector<uint64_t> expired;
+    std::vector<std::pair<uint64_t, absl::Status>> expired;  // with why
     for (const auto& [seq, e] : waiting_) {
       absl::Status why;
-      if (ExpiredLocked(e, now, &why)) expired.push_back(seq);
+      if (ExpiredLocked(e, now, &why)) expired.emplace_back(seq, std::move(why));
     }
-    for (uint64_t seq : expired) {
-      absl::Status why;
-      ExpiredLocked(waiting_.at(seq), now, &why);
+    for (auto& [seq, why] : expired) {
       Entry e = TakeLocked(seq, /*served=*/false);
       if (absl::IsResourceExhausted(why)) actions.shed.push_back(kShedQueueTtl);
       actions.drop.emplace_back(std::move(e.request.drop), std::move(why));
