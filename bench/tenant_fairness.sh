@@ -99,24 +99,26 @@ def tenant_counts(js, name):
     ts = [j.get("tenants", {}).get(name, j) for j in js]
     return {k: sum(t.get(k, 0) for t in ts) for k in ("completed", "rejected", "errors")}
 
-def light(phase):
-    js = runs(phase)
-    # Light samples of every round, past each run's warm-up.
-    s = [x for j in js for x in j["samples"]
-         if x.get("tenant", "light") == "light" and x.get("sent_ms", 0) >= warmup_ms]
+def counted(j):
+    # A run's light samples past its warm-up.
+    return [x for x in j["samples"]
+            if x.get("tenant", "light") == "light" and x.get("sent_ms", 0) >= warmup_ms]
+
+def light(js):
+    s = [x for j in js for x in counted(j)]  # every round's, pooled
     ttft = [x.get("ttft_ms") for x in s]
     parts = {k: [pct([x.get(k) for x in s], 50), pct([x.get(k) for x in s], 90)]
              for k in ("queue_ms", "admission_ms", "reserve_ms", "prefill_ms", "transfer_ms")}
     r = {"ttft_p50_ms": pct(ttft, 50), "ttft_p90_ms": pct(ttft, 90), "counted": len(s),
          "p50_p90_ms": parts, "served_rps": sum(j["throughput_rps"] for j in js) / len(js),
-         "rounds_ttft_p90_ms": [pct([x.get("ttft_ms") for x in j["samples"]
-                                     if x.get("tenant", "light") == "light"], 90) for j in js]}
+         "rounds_ttft_p90_ms": [pct([x.get("ttft_ms") for x in counted(j)], 90) for j in js]}
     r.update(tenant_counts(js, "light"))
     return r
 
-solo, mix = light("solo"), light("mix")
+solo_runs, mix_runs = runs("solo"), runs("mix")
+solo, mix = light(solo_runs), light(mix_runs)
 summary = {"rounds": rounds, "warmup_ms": warmup_ms, "solo": solo, "mix": mix,
-           "heavy": tenant_counts(runs("mix"), "heavy"),
+           "heavy": tenant_counts(mix_runs, "heavy"),
            "light_p90_ratio": mix["ttft_p90_ms"] / solo["ttft_p90_ms"]}
 json.dump(summary, open(f"{out}/summary.json", "w"), indent=1)
 for name, r in (("light alone", solo), ("light beside heavy", mix)):

@@ -118,10 +118,11 @@ std::function<void(engine::Engine&)> EngineTickGauges(MetricsRegistry& r, kvstor
   GaugeFamily* store_bytes =
       r.Gauge("tandem_worker_kv_store_bytes", "Block bytes fetched from and offered to the shared KV store",
               {"direction", "transport"});
-  // How this worker's UCX writes (a prefill worker's KV sends) moved their
-  // bytes: "put" (into a peer's UCX-allocated shared segment, or over RDMA:
-  // no work of the peer's CPU) or "active_message" (the peer's progress
-  // thread places them). transfer/transfer_engine.h, WriteOp::kAuto.
+  // How this worker's UCX writes (a prefill worker's KV sends to decode
+  // workers; blocks offered to the shared store over UCX) moved their bytes:
+  // "put" (into a peer's UCX-allocated shared segment, or over RDMA: no work
+  // of the peer's CPU) or "active_message" (the peer's progress thread
+  // places them). transfer/transfer_engine.h, WriteOp::kAuto.
   GaugeFamily* sent =
       r.Gauge("tandem_worker_kv_sent_bytes", "KV bytes this worker wrote to peers over UCX, by how", {"op"});
   Gauge* const sent_gauges[2] = {sent->WithLabels({"put"}), sent->WithLabels({"active_message"})};
