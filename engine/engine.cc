@@ -297,11 +297,26 @@ absl::StatusOr<bool> Engine::BeginStep() {
   return true;
 }
 
-absl::Status Engine::ComputeStep() {
+absl::Status Engine::ComputeStep(const std::function<bool()>& stop) {
   const int32_t vocab = llama_->config().vocab_size;
   logits_.resize(static_cast<size_t>(vocab) * std::max<size_t>(1, step_logit_rows_.size()));
   model::ForwardBatch batch{step_tokens_, step_positions_, step_slots_, step_seqs_, step_logit_rows_};
+  bool stopped = false;
+  if (stop) {
+    const int32_t layers = llama_->config().num_layers;
+    batch.stop_before_layer = [&stop, layers, &stopped](int32_t layer) {
+      stopped = 2 * layer <= layers && stop();
+      return stopped;
+    };
+  }
   absl::Status forward = llama_->Forward(batch, kv_view_, logits_.data());
+  if (stopped && absl::IsAborted(forward)) {
+    // Nothing of the step counts: its rows' KV is past their sequences'
+    // num_computed, so nobody reads it before a later pass overwrites it.
+    step_plan_.reset();
+    ++stats_.steps_stopped;
+    return absl::OkStatus();
+  }
   // A device fault anywhere in the step (the backend's sticky error) fails
   // the step, and with it every request in it, before a token is sampled
   // from logits it produced.
@@ -381,27 +396,64 @@ absl::Status Engine::PlanDecodes(StepPlan& plan) {
   return absl::OkStatus();
 }
 
+void Engine::ForEachPrompt(const std::function<void(const Sequence&)>& fn) const {
+  for (int64_t id : running_) {
+    const Sequence& seq = *sequences_.at(id);
+    if (Pending(seq) > 1) fn(seq);
+  }
+  for (int64_t id : waiting_) fn(*sequences_.at(id));
+}
+
+absl::flat_hash_map<std::string, int64_t> Engine::PromptTokensLeft() const {
+  absl::flat_hash_map<std::string, int64_t> left;
+  ForEachPrompt([&](const Sequence& seq) { left[seq.request.tenant] += Pending(seq); });
+  return left;
+}
+
 std::optional<Engine::PromptClassOrder> Engine::OrderPromptClasses() const {
-  // The prompts to compute: running ones past their first token's row, and
-  // waiting ones. Tallied only when they are of several classes (the common
-  // single-tenant step builds no map).
-  auto for_each_prompt = [this](auto&& fn) {
-    for (int64_t id : running_) {
-      const Sequence& seq = *sequences_.at(id);
-      if (Pending(seq) > 1) fn(seq);
-    }
-    for (int64_t id : waiting_) fn(*sequences_.at(id));
-  };
+  // Tallied only when the prompts to compute are of several classes (the
+  // common single-tenant step builds no map).
   const EngineRequest* first = nullptr;
   bool several = false;
-  for_each_prompt([&](const Sequence& seq) {
+  ForEachPrompt([&](const Sequence& seq) {
     if (first == nullptr) first = &seq.request;
     several = several || seq.request.priority != first->priority || seq.request.tenant != first->tenant;
   });
   if (!several) return std::nullopt;
-  PromptClassOrder order;
-  for_each_prompt([&](const Sequence& seq) { order.tokens_left[seq.request.tenant] += Pending(seq); });
-  return order;
+  return PromptClassOrder{.tokens_left = PromptTokensLeft()};
+}
+
+Engine::StepPromptClasses Engine::StepClasses() const {
+  StepPromptClasses out;
+  if (!step_plan_.has_value()) return out;
+  for (const Planned& p : step_plan_->rows) {
+    const EngineRequest& r = sequences_.at(p.id)->request;
+    if (Pending(*sequences_.at(p.id)) == 1) return {};  // a decode row: never stopped
+    const bool known = std::any_of(out.classes.begin(), out.classes.end(), [&](const auto& c) {
+      return c.priority == r.priority && c.tenant == r.tenant;
+    });
+    if (!known) out.classes.push_back({r.priority, r.tenant});
+  }
+  out.tokens_left = PromptTokensLeft();
+  return out;
+}
+
+bool Engine::StepPromptClasses::GoesBefore(int32_t priority, const std::string& tenant,
+                                           int64_t prompt_tokens) const {
+  auto left = [this](const std::string& t) {
+    auto it = tokens_left.find(t);
+    return it == tokens_left.end() ? int64_t{0} : it->second;
+  };
+  // PromptClassOrder::Before against each class, the arrival's prompt
+  // counted in its tenant's tally as it will be once it waits.
+  for (const Class& c : classes) {
+    if (priority != c.priority) {
+      if (priority < c.priority) return false;
+      continue;
+    }
+    if (tenant == c.tenant || left(tenant) + prompt_tokens >= left(c.tenant)) return false;
+  }
+  return !classes.empty();
 }
 
 bool Engine::PromptClassOrder::Before(const EngineRequest& a, const EngineRequest& b) const {
@@ -485,39 +537,49 @@ bool Engine::NextBlockBeingComputed(const Sequence& seq, int32_t cached_tokens) 
   return false;
 }
 
+double Engine::TenantCredit() const {
+  return static_cast<double>(kIdleTenantCreditSteps) * options_.max_step_tokens;
+}
+
 double Engine::TenantStart(const std::string& tenant) const {
+  const double floor = virtual_time_ - TenantCredit();
   auto it = tenant_finish_.find(tenant);
-  return it == tenant_finish_.end() ? virtual_time_ : std::max(virtual_time_, it->second);
+  return it == tenant_finish_.end() ? floor : std::max(floor, it->second);
 }
 
 void Engine::ChargeTenant(const std::string& tenant, int64_t tokens) {
   const double start = TenantStart(tenant);
-  virtual_time_ = start;
+  virtual_time_ = std::max(virtual_time_, start);
   tenant_finish_[tenant] = start + static_cast<double>(tokens);
-  // Bounded by the tenants with a finish tag ahead of V: they were admitted
-  // within the last few admissions' worth of tokens.
+  // Bounded by the tenants with a finish tag ahead of V less the credit:
+  // they were admitted within the last few admissions' worth of tokens.
+  const double floor = virtual_time_ - TenantCredit();
   if (tenant_finish_.size() > 64)
-    absl::erase_if(tenant_finish_, [&](const auto& t) { return t.second <= start; });
+    absl::erase_if(tenant_finish_, [&](const auto& t) { return t.second <= floor; });
 }
 
-void Engine::BringNextForward(size_t from) {
-  size_t best = from;
-  const Sequence* best_seq = sequences_.at(waiting_[from]).get();
-  double best_start = TenantStart(best_seq->request.tenant);
-  for (size_t j = from + 1; j < waiting_.size(); ++j) {
+bool Engine::BringNextForward(size_t from, const std::function<bool(const EngineRequest&)>& eligible) {
+  size_t best = waiting_.size();
+  const Sequence* best_seq = nullptr;
+  double best_start = 0;
+  for (size_t j = from; j < waiting_.size(); ++j) {
     const Sequence* seq = sequences_.at(waiting_[j]).get();
-    if (seq->request.priority < best_seq->request.priority) continue;
+    if (best_seq != nullptr && seq->request.priority < best_seq->request.priority) continue;
     const double start = TenantStart(seq->request.tenant);
-    if (seq->request.priority > best_seq->request.priority || start < best_start) {
-      best = j;
-      best_seq = seq;
-      best_start = start;
+    if (best_seq != nullptr && seq->request.priority == best_seq->request.priority && start >= best_start) {
+      continue;
     }
+    if (!eligible(seq->request)) continue;
+    best = j;
+    best_seq = seq;
+    best_start = start;
   }
+  if (best_seq == nullptr) return false;
   // A rotation, not a swap: the requests it passes keep their order.
   std::rotate(waiting_.begin() + static_cast<ptrdiff_t>(from),
               waiting_.begin() + static_cast<ptrdiff_t>(best),
               waiting_.begin() + static_cast<ptrdiff_t>(best) + 1);
+  return true;
 }
 
 absl::Status Engine::AdmitWaiting(StepPlan& plan, const PromptClassOrder* ahead_of_running) {
@@ -534,10 +596,15 @@ absl::Status Engine::AdmitWaiting(StepPlan& plan, const PromptClassOrder* ahead_
   size_t i = 0;
   while (i < waiting_.size() && plan.budget > 0 &&
          static_cast<int32_t>(running_.size() + loading_.size()) < options_.max_running) {
-    if (ordered) BringNextForward(i);
+    // Ahead of the running prompts, only requests that go before all of
+    // them are candidates (a backlogged tenant's next request, first by
+    // fair queueing, does not stop a light tenant's from going ahead).
+    auto goes_ahead = [&](const EngineRequest& r) {
+      return ahead_of_running == nullptr || GoesBeforeRunningPrompts(r, *ahead_of_running, plan);
+    };
+    if (ordered ? !BringNextForward(i, goes_ahead) : !goes_ahead(sequences_.at(waiting_[i])->request)) break;
     const int64_t id = waiting_[i];
     Sequence& seq = *sequences_.at(id);
-    if (ahead_of_running != nullptr && !GoesBeforeRunningPrompts(seq.request, *ahead_of_running, plan)) break;
     const KvManager::PrefixMatch match = kv_->MatchPrefix(seq.tokens);
     if (NextBlockBeingComputed(seq, match.cached_tokens)) {
       ++stats_.prefix_waits;

@@ -22,10 +22,13 @@
 //      go first, and a waiting request of such a class is admitted before
 //      the running prompts' chunks (PromptClassOrder): a light tenant's
 //      prompt waits for the step in progress, not for a heavy tenant's long
-//      prompt to finish;
+//      prompt to finish (and with EngineRunner::Options::
+//      preempt_prompt_steps for at most half of a prompt step in progress,
+//      see ComputeStep);
 //   3. waiting requests are admitted in arrival order (with several
 //      priorities or tenants waiting: highest priority first, then fair
-//      across tenants, see EngineRequest) while the running count
+//      across tenants with a few steps' credit for a tenant returning from
+//      idle, see EngineRequest and TenantStart) while the running count
 //      (loading sequences included), the token budget and the pool allow; a
 //      prompt's cached prefix (full blocks found by chained hash) is reused
 //      and not recomputed. A request whose next uncached block a running
@@ -62,6 +65,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -202,6 +206,9 @@ struct EngineStats {
   int64_t tier_load_failures = 0;
   int64_t steps_with_tier_loads = 0;
   int64_t tier_load_waits = 0;
+  // Forward passes stopped early for a request that goes before every
+  // prompt in them (ComputeStep's `stop`); their rows computed again later.
+  int64_t steps_stopped = 0;
 };
 
 class Engine {
@@ -271,9 +278,39 @@ class Engine {
   // into its new pool blocks through the engine's copier: only for a
   // backend whose copies any thread may make (Backend::host_accessible).
   // ComputeStep touches nothing else of the engine.
+  //
+  // With `stop`, ComputeStep asks it before each layer of the pass's first
+  // half and, once it says true, stops the pass there: the step then computes
+  // nothing (EndStep commits and samples nothing of it; its sequences keep
+  // their state, admitted ones stay admitted, and are planned again, their
+  // partly written KV overwritten), and stats().steps_stopped counts it.
+  // Only the first half: a pass stopped later wastes more compute than the
+  // wait it saves the request that asked (EngineRunner::Options::
+  // preempt_prompt_steps: `stop` reads a flag any thread may set).
   absl::StatusOr<bool> BeginStep();
-  absl::Status ComputeStep();
+  absl::Status ComputeStep(const std::function<bool()>& stop = nullptr);
   std::vector<SequenceUpdate> EndStep();
+
+  // The prompt classes (priority, tenant) of the step between BeginStep and
+  // EndStep, for a runner that stops a prompt step early when a request
+  // that would go before all of them arrives meanwhile (PromptClassOrder's
+  // rule: a light tenant's prompt should not wait for a heavy tenant's step
+  // in progress). No classes when the step decodes any row (a decode step
+  // is never stopped: every sequence in it would wait) or none is planned.
+  struct StepPromptClasses {
+    struct Class {
+      int32_t priority = 0;
+      std::string tenant;
+    };
+    std::vector<Class> classes;
+    // Prompt tokens left per tenant when the step was planned (running
+    // prompts' remaining chunks and waiting prompts).
+    absl::flat_hash_map<std::string, int64_t> tokens_left;
+    // Whether a request of `priority` and `tenant` with `prompt_tokens`,
+    // arriving now, goes before every class of the step.
+    bool GoesBefore(int32_t priority, const std::string& tenant, int64_t prompt_tokens) const;
+  };
+  StepPromptClasses StepClasses() const;
 
   const EngineStats& stats() const { return stats_; }
   const KvManager& kv_manager() const { return *kv_; }
@@ -357,6 +394,11 @@ class Engine {
   // The order for this step; nullopt when every prompt to compute shares
   // one priority and tenant (then admission order, and nothing overtakes).
   std::optional<PromptClassOrder> OrderPromptClasses() const;
+  // Calls `fn(seq)` for every prompt to compute: running sequences past
+  // their first token's row, then waiting ones.
+  void ForEachPrompt(const std::function<void(const Sequence&)>& fn) const;
+  // Prompt tokens left to compute per tenant (PromptClassOrder::tokens_left).
+  absl::flat_hash_map<std::string, int64_t> PromptTokensLeft() const;
   // Step 2: the next chunk of each running prompt, in `order` (null:
   // admission order).
   absl::Status PlanPrefillChunks(StepPlan& plan, const PromptClassOrder* order);
@@ -372,17 +414,29 @@ class Engine {
   // tenant, see EngineRequest). With `ahead_of_running`, only while the
   // next one goes before every running prompt (GoesBeforeRunningPrompts).
   absl::Status AdmitWaiting(StepPlan& plan, const PromptClassOrder* ahead_of_running);
-  // Moves the waiting request to admit next among waiting_[from..] to
-  // `from` (the others keep their order): the highest priority, then the
-  // smallest fair-queueing start tag (TenantStart), then the earliest.
-  void BringNextForward(size_t from);
-  // Start-time fair queueing across tenants (Goyal, Vin and Cheng, 1996):
-  // a request of tenant t would start at max(V, F_t), F_t being t's last
-  // admitted request's finish tag (start + prompt tokens) and V the start
-  // tag of the last admission.
+  // Moves the waiting request to admit next among the `eligible` ones of
+  // waiting_[from..] to `from` (the others keep their order): the highest
+  // priority, then the smallest fair-queueing start tag (TenantStart), then
+  // the earliest. False (nothing moved) when none is eligible.
+  bool BringNextForward(size_t from, const std::function<bool(const EngineRequest&)>& eligible);
+  // Start-time fair queueing across tenants (Goyal, Vin and Cheng, 1996),
+  // with a bounded credit for tenants below their share: a request of
+  // tenant t would start at max(V - C, F_t), F_t being t's last admitted
+  // request's finish tag (start + prompt tokens), V the largest start tag
+  // admitted and C = TenantCredit(). Plain SFQ (C = 0) starts a tenant
+  // returning from idle at V, level with a backlogged tenant's next
+  // request, so a burst of its prompts (a light tenant's Poisson arrivals
+  // bunch) alternates with the backlogged tenant's and its third prompt
+  // waits five steps instead of three. With the credit the returning
+  // tenant's next C tokens go first; a backlogged tenant loses at most C
+  // tokens of turns per return, and two backlogged tenants alternate as
+  // before.
   double TenantStart(const std::string& tenant) const;
+  // C: kIdleTenantCreditSteps steps of max_step_tokens.
+  double TenantCredit() const;
+  static constexpr int32_t kIdleTenantCreditSteps = 4;
   // Charges an admission of `tokens` to `tenant`; forgets tenants whose
-  // finish tag V has passed (they would start at V anyway).
+  // finish tag V - C has passed (they would start at V - C anyway).
   void ChargeTenant(const std::string& tenant, int64_t tokens);
   // Whether a running sequence is computing the full block of `seq` that
   // starts at `cached_tokens` (its first uncached one) and is reusable, with

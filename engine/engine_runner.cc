@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <utility>
 
 namespace tandem::engine {
@@ -67,7 +68,7 @@ absl::Status EngineRunner::PostBesideStep(std::function<absl::Status(Engine&)> f
 }
 
 absl::Status EngineRunner::Enqueue(bool beside_step, std::function<absl::Status(Engine&)> fn,
-                                   absl::Time deadline, Done done) {
+                                   absl::Time deadline, Done done, std::optional<Arrival> arrival) {
   auto cmd = std::make_shared<Command>();
   cmd->fn = std::move(fn);
   cmd->deadline = deadline;
@@ -75,7 +76,25 @@ absl::Status EngineRunner::Enqueue(bool beside_step, std::function<absl::Status(
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("engine is stopping");
   (beside_step ? beside_commands_ : commands_).push_back(std::move(cmd));
+  if (arrival.has_value()) NoteArrivalLocked(*std::move(arrival));
   return absl::OkStatus();
+}
+
+void EngineRunner::NoteArrivalLocked(Arrival arrival) {
+  if (!options_.preempt_prompt_steps) return;
+  if (computing_.has_value() &&
+      computing_->GoesBefore(arrival.priority, arrival.tenant, arrival.prompt_tokens)) {
+    stop_step_.store(true, std::memory_order_relaxed);
+  }
+  unplanned_.push_back(std::move(arrival));
+}
+
+void EngineRunner::WatchStepLocked(Engine::StepPromptClasses classes) {
+  const bool stop = std::any_of(unplanned_.begin(), unplanned_.end(), [&](const Arrival& a) {
+    return classes.GoesBefore(a.priority, a.tenant, a.prompt_tokens);
+  });
+  stop_step_.store(stop, std::memory_order_relaxed);
+  computing_ = std::move(classes);
 }
 
 void EngineRunner::BesideLoop() {
@@ -120,6 +139,12 @@ void EngineRunner::BesideLoop() {
 
 absl::Status EngineRunner::Submit(EngineRequest request, Listener listener, absl::Time deadline) {
   const int64_t id = request.id;
+  if (options_.preempt_prompt_steps) {
+    // Noted before Run queues the Add (Run waits): if the engine thread
+    // takes its commands in between, the Add only misses stopping a step.
+    absl::MutexLock lock(&mu_);
+    NoteArrivalLocked(ArrivalOf(request));
+  }
   return Run(
       [this, id, request = std::move(request), listener = std::move(listener)](Engine& e) mutable {
         absl::Status s = e.Add(std::move(request));
@@ -147,7 +172,9 @@ absl::Status EngineRunner::SubmitAsync(EngineRequest request, Listener listener,
   // Shared by the command (which moves it into listeners_ on success) and
   // its `done` (which ends it on failure): exactly one of them uses it.
   auto shared = std::make_shared<Listener>(std::move(listener));
-  return Post(
+  Arrival arrival = ArrivalOf(request);
+  return Enqueue(
+      /*beside_step=*/false,
       [this, id, request = std::move(request), shared, request_deadline](Engine& e) mutable {
         absl::Status s = e.Add(std::move(request));
         if (s.ok()) listeners_[id] = {std::move(*shared), request_deadline};
@@ -156,7 +183,8 @@ absl::Status EngineRunner::SubmitAsync(EngineRequest request, Listener listener,
       request_deadline,
       [id, shared](const absl::Status& s) {
         if (!s.ok()) (*shared)(ErrorUpdate(id, s));
-      });
+      },
+      std::move(arrival));
 }
 
 absl::Status EngineRunner::ListenAndRunAsync(int64_t id, Listener listener,
@@ -260,12 +288,23 @@ void EngineRunner::StepOnce(bool* stalled) {
     return;
   }
   if (*compute) {
+    if (options_.preempt_prompt_steps) {
+      Engine::StepPromptClasses classes = engine_->StepClasses();
+      absl::MutexLock lock(&mu_);
+      WatchStepLocked(std::move(classes));
+    }
     // The forward pass runs unlocked: the reservation thread's work
     // (PostBesideStep) may run beside it (Engine::BeginStep says what).
     engine_mu_.Unlock();
     if (options_.before_compute) options_.before_compute();
-    const absl::Status computed = engine_->ComputeStep();
+    std::function<bool()> stop;
+    if (options_.preempt_prompt_steps) stop = [this] { return stop_step_.load(std::memory_order_relaxed); };
+    const absl::Status computed = engine_->ComputeStep(stop);
     engine_mu_.Lock();
+    if (options_.preempt_prompt_steps) {
+      absl::MutexLock lock(&mu_);
+      computing_.reset();
+    }
     if (!computed.ok()) {
       (void)engine_->EndStep();  // drops the failed step
       FailAll(computed);
@@ -327,6 +366,7 @@ void EngineRunner::Loop() {
       if (stopping_) break;
       batch.swap(commands_);
       beside_ran_ = false;
+      unplanned_.clear();  // their Adds run now, before the next step is planned
     }
     absl::MutexLock engine_lock(&engine_mu_);
     RunCommands(batch);

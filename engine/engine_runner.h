@@ -31,11 +31,14 @@
 #ifndef TANDEM_ENGINE_ENGINE_RUNNER_H_
 #define TANDEM_ENGINE_ENGINE_RUNNER_H_
 
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -110,6 +113,14 @@ class EngineRunner {
     // may copy tier blocks into the pool). Default: false (PostBesideStep is
     // Post).
     bool reserve_beside_step = false;
+    // Stop a prompt step's forward pass early (Engine::ComputeStep's `stop`)
+    // when a request arrives (Submit, SubmitAsync) that goes before every
+    // prompt the step computes (Engine::StepPromptClasses: a higher
+    // priority, or a tenant with fewer prompt tokens left): its rows are
+    // computed again after the arrival's, so a light tenant's prompt on a
+    // prefill worker waits at most half a heavy tenant's step, not all of
+    // it. Steps that decode any row are never stopped. Default: false.
+    bool preempt_prompt_steps = false;
     // Test hook: called on the engine thread before each forward pass,
     // while the engine is unlocked (PostBesideStep work may run). Default: none.
     std::function<void()> before_compute;
@@ -197,10 +208,29 @@ class EngineRunner {
     absl::Time deadline = absl::InfiniteFuture();
   };
 
+  // A request submitted and not yet added (its Add queued behind the step
+  // in progress): what Options::preempt_prompt_steps compares with the step.
+  struct Arrival {
+    int32_t priority = 0;
+    std::string tenant;
+    int64_t prompt_tokens = 0;
+  };
+  static Arrival ArrivalOf(const EngineRequest& request) {
+    return {request.priority, request.tenant, static_cast<int64_t>(request.prompt_tokens.size())};
+  }
   // Post's and PostBesideStep's queueing: onto the reservation thread's
-  // queue when `beside_step`, else the engine thread's.
+  // queue when `beside_step`, else the engine thread's. With `arrival`
+  // (the request `fn` adds) and Options::preempt_prompt_steps, notes it
+  // (NoteArrivalLocked).
   absl::Status Enqueue(bool beside_step, std::function<absl::Status(Engine&)> fn, absl::Time deadline,
-                       Done done);
+                       Done done, std::optional<Arrival> arrival = std::nullopt);
+  // Keeps `arrival` until the engine thread takes the queued commands, and
+  // asks the step in progress to stop if `arrival` goes before it.
+  void NoteArrivalLocked(Arrival arrival) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Options::preempt_prompt_steps, after BeginStep planned a step: records
+  // its classes and sets stop_step_ when a request that arrived since the
+  // commands were taken goes before them.
+  void WatchStepLocked(Engine::StepPromptClasses classes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Loop();
   // The reservation thread's loop (Options::reserve_beside_step).
   void BesideLoop();
@@ -233,6 +263,13 @@ class EngineRunner {
   bool beside_ran_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   EngineLoad load_ ABSL_GUARDED_BY(mu_);
+  // Options::preempt_prompt_steps: requests submitted since the engine
+  // thread last took its commands (their Adds are not in the step in
+  // progress), the classes of the step computing now (none between steps),
+  // and the flag its forward pass reads between layers.
+  std::vector<Arrival> unplanned_ ABSL_GUARDED_BY(mu_);
+  std::optional<Engine::StepPromptClasses> computing_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> stop_step_{false};
   // Touched by the engine thread only.
   double decode_step_ms_ = 0;
   double decode_batch_ = 0;

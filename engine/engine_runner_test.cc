@@ -1,11 +1,13 @@
 #include "engine/engine_runner.h"
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <thread>
 #include <vector>
 
 #include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "model/loader.h"
@@ -449,6 +451,82 @@ TEST_F(EngineRunnerTest, ListenAndRunAsyncPastItsDeadlineStrandsNothing) {
                                                              : absl::InternalError("request 7 stranded");
       },
       absl::Now() + absl::Seconds(5)));
+}
+
+// Options::preempt_prompt_steps: a prompt step in progress stops when a
+// request arrives that goes before every prompt in it (a light tenant's
+// 8-token prompt beside a heavy tenant's 16): the light prompt's token
+// comes before the heavy prompt's first, and the heavy request's tokens are
+// those of a run without the stop. Without the option the step in progress
+// finishes first.
+TEST_F(EngineRunnerTest, APromptStepStopsForARequestThatGoesBeforeIt) {
+  std::vector<int32_t> heavy_prompt = {1};
+  for (int32_t t = 10; t < 25; ++t) heavy_prompt.push_back(t);
+  const std::vector<int32_t> light_prompt = {1, 30, 31, 32, 33, 34, 35, 36};
+  struct Outcome {
+    std::vector<int64_t> first_token_order;
+    std::vector<int32_t> heavy_tokens;
+    int64_t steps_stopped = -1;
+  };
+  auto run = [&](bool preempt) {
+    auto engine = *Engine::Create({.block_size = 4, .num_blocks = 64, .max_step_tokens = 16}, llama_.get(),
+                                  backend_.get(), model_->tokenizer.get());
+    // The first forward pass (the heavy prompt's, all of it) is held until
+    // the light request is submitted.
+    absl::Notification in_compute, light_submitted;
+    int passes = 0;
+    EngineRunner::Options options{
+        .preempt_prompt_steps = preempt, .before_compute = [&] {
+          if (++passes != 1) return;
+          in_compute.Notify();
+          EXPECT_TRUE(light_submitted.WaitForNotificationWithTimeout(absl::Seconds(10)));
+        }};
+    EngineRunner runner(engine.get(), options);
+    auto queue = std::make_shared<UpdateQueue>();
+    auto listener = [queue](const SequenceUpdate& u) { queue->Push(u); };
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    EXPECT_OK(runner.SubmitAsync(
+        {.id = 1, .prompt_tokens = heavy_prompt, .max_tokens = 4, .stop_at_eos = false, .tenant = "heavy"},
+        listener, deadline));
+    EXPECT_TRUE(in_compute.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    EXPECT_OK(runner.SubmitAsync(
+        {.id = 2, .prompt_tokens = light_prompt, .max_tokens = 1, .stop_at_eos = false, .tenant = "light"},
+        listener, deadline));
+    light_submitted.Notify();
+    Outcome out;
+    for (int ended = 0; ended < 2;) {
+      std::optional<SequenceUpdate> u = queue->Pop(absl::Now() + absl::Seconds(10));
+      if (!u.has_value()) {
+        ADD_FAILURE() << "a request hung";
+        break;
+      }
+      if (!u->new_tokens.empty() && std::find(out.first_token_order.begin(), out.first_token_order.end(),
+                                              u->id) == out.first_token_order.end()) {
+        out.first_token_order.push_back(u->id);
+      }
+      if (u->id == 1)
+        out.heavy_tokens.insert(out.heavy_tokens.end(), u->new_tokens.begin(), u->new_tokens.end());
+      if (u->end != SequenceEnd::kNone) {
+        EXPECT_NE(u->end, SequenceEnd::kError) << u->error;
+        ++ended;
+      }
+    }
+    EXPECT_OK(runner.Run(
+        [&](Engine& e) {
+          out.steps_stopped = e.stats().steps_stopped;
+          return e.CheckInvariants();
+        },
+        absl::Now() + absl::Seconds(10)));
+    return out;
+  };
+  const Outcome with = run(true);
+  const Outcome without = run(false);
+  EXPECT_EQ(with.steps_stopped, 1);
+  EXPECT_THAT(with.first_token_order, ::testing::ElementsAre(2, 1));
+  EXPECT_EQ(without.steps_stopped, 0);
+  EXPECT_THAT(without.first_token_order, ::testing::ElementsAre(1, 2));
+  EXPECT_EQ(without.heavy_tokens.size(), 4u);
+  EXPECT_EQ(with.heavy_tokens, without.heavy_tokens);
 }
 
 TEST_F(EngineRunnerTest, PostRunsOnTheEngineThreadAndStopEndsEverything) {

@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
 #include <string>
@@ -301,6 +302,59 @@ TEST_F(EngineTest, ReservationsBesideAStepChangeNothingInIt) {
   }
 }
 
+// A forward pass stopped before a layer of its first half (ComputeStep's
+// `stop`, as EngineRunner::Options::preempt_prompt_steps asks when a request
+// that goes first arrives) computes nothing: the rows are planned and
+// computed again, over KV the stopped pass partly wrote, and every token
+// equals an undisturbed run's. A stop asked only in the second half is not
+// taken.
+TEST_F(EngineTest, StoppedStepsChangeNothingInTheOutput) {
+  Load("synthetic:tiny");  // 4 layers: a pass may stop before layer 0, 1 or 2
+  const std::vector<std::string> prompts =
+      PromptVariations({"once upon a time there was", "the little dog and the cat"}, 6);
+  // `stop_before(step)`: the layer before which that step's pass is asked to
+  // stop, -1 for none.
+  auto run = [&](const std::function<int(int)>& stop_before, int64_t* stopped) {
+    auto engine = MakeEngine({.block_size = 4, .max_step_tokens = 8});  // prompts in chunks
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_OK(engine->Add({.id = static_cast<int64_t>(i),
+                             .prompt_tokens = model_->tokenizer->Encode(prompts[i], true),
+                             .max_tokens = 12,
+                             .stop_at_eos = false}));
+    }
+    std::map<int64_t, std::vector<int32_t>> tokens;
+    for (int step = 0; engine->HasWork() && step < 2000; ++step) {
+      absl::StatusOr<bool> compute = engine->BeginStep();
+      EXPECT_OK(compute);
+      if (!compute.ok()) break;
+      int asked = 0;
+      const int layer = stop_before(step);
+      if (*compute) EXPECT_OK(engine->ComputeStep([&] { return asked++ == layer; }));
+      for (const SequenceUpdate& u : engine->EndStep()) {
+        tokens[u.id].insert(tokens[u.id].end(), u.new_tokens.begin(), u.new_tokens.end());
+      }
+      EXPECT_OK(engine->CheckInvariants());
+    }
+    EXPECT_FALSE(engine->HasWork());
+    *stopped = engine->stats().steps_stopped;
+    return tokens;
+  };
+  int64_t none = 0, early = 0, late = 0;
+  const auto plain = run([](int) { return -1; }, &none);
+  // Every third pass stops, before layer 0, 1 or 2 in turn.
+  const auto stopped = run([](int step) { return step % 3 == 0 ? (step / 3) % 3 : -1; }, &early);
+  const auto second_half = run([](int) { return 3; }, &late);
+  EXPECT_EQ(none, 0);
+  EXPECT_GE(early, 5);
+  EXPECT_EQ(late, 0) << "a pass past its first half is finished, not stopped";
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const int64_t id = static_cast<int64_t>(i);
+    EXPECT_EQ(plain.at(id).size(), 12u);
+    EXPECT_EQ(stopped.at(id), plain.at(id)) << i;
+    EXPECT_EQ(second_half.at(id), plain.at(id)) << i;
+  }
+}
+
 TEST_F(EngineTest, CancellationFreesBlocksAtOnce) {
   Load("synthetic:tiny");
   auto engine = MakeEngine({.block_size = 4, .num_blocks = 64});
@@ -373,6 +427,46 @@ TEST_F(EngineTest, TenantsAlternateWhenBothAreBacklogged) {
   for (int64_t id : {1, 2, 3}) ASSERT_OK(engine->Add(EightTokens(id, "a")));
   for (int64_t id : {4, 5, 6}) ASSERT_OK(engine->Add(EightTokens(id, "b")));
   EXPECT_THAT(FinishOrder(*engine), ::testing::ElementsAre(1, 4, 2, 5, 3, 6));
+}
+
+TEST_F(EngineTest, ATenantReturningFromIdleGoesFirstForAFewSteps) {
+  Load("synthetic:tiny");
+  auto engine = MakeEngine({.block_size = 4, .max_step_tokens = 8});
+  // A backlogged heavy tenant, six of its prompts admitted (one per step).
+  // Prompts of 8 distinct tokens (ids up to 28 within the vocabulary).
+  auto eight = [](int64_t id, std::string tenant) {
+    EngineRequest r = EightTokens(id, std::move(tenant));
+    for (int32_t i = 0; i < 8; ++i) r.prompt_tokens[i] = 1 + static_cast<int32_t>(id) * 8 + i;
+    return r;
+  };
+  for (int64_t id = 1; id <= 12; ++id) ASSERT_OK(engine->Add(eight(id, "heavy")));
+  for (int step = 0; step < 6; ++step) ASSERT_OK(engine->Step().status());
+  // A burst of eight from a light tenant that was idle: its credit (four
+  // steps' worth, kIdleTenantCreditSteps) puts its first five before the
+  // heavy tenant's next; then the two alternate. Plain start-time fair
+  // queueing alternates from the light tenant's second prompt.
+  for (int64_t id = 21; id <= 28; ++id) ASSERT_OK(engine->Add(eight(id, "light")));
+  EXPECT_THAT(FinishOrder(*engine),
+              ::testing::ElementsAre(21, 22, 23, 24, 25, 7, 26, 8, 27, 9, 28, 10, 11, 12));
+}
+
+TEST_F(EngineTest, APromptThatGoesBeforeTheRunningOnesIsNotHeldBackByTheQueueOrder) {
+  Load("synthetic:tiny");
+  auto engine = MakeEngine({.block_size = 4, .max_step_tokens = 8});
+  // The light tenant spends its fair-queueing credit alone...
+  for (int64_t id = 1; id <= 6; ++id) ASSERT_OK(engine->Add(EightTokens(id, "light")));
+  EXPECT_THAT(FinishOrder(*engine), ::testing::ElementsAre(1, 2, 3, 4, 5, 6));
+  // ...so the heavy tenant's waiting prompt (8) is next by fair queueing,
+  // its running one (7) one chunk in, when a light prompt arrives. With 8
+  // tokens left against the heavy tenant's 56, the light prompt still goes
+  // before the running prompt's chunks: the heavy tenant's turn in the queue
+  // does not hold it back.
+  ASSERT_OK(engine->Add(Tokens(7, 32, "heavy")));
+  ASSERT_OK(engine->Add(Tokens(8, 32, "heavy")));
+  ASSERT_OK(engine->Step().status());
+  ASSERT_OK(engine->Add(Tokens(9, 8, "light")));
+  EXPECT_THAT(FinishOrder(*engine), ::testing::ElementsAre(9, 7, 8));
+  EXPECT_OK(engine->CheckInvariants());
 }
 
 TEST_F(EngineTest, LightTenantsPromptGoesBeforeTheRestOfARunningHeavyPrompt) {

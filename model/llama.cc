@@ -163,6 +163,9 @@ absl::Status LlamaModel::Forward(const ForwardBatch& b, const kernels::KvCacheVi
 
   be.Embed(weights_.token_embd, b.tokens, x_);
   for (int32_t layer = 0; layer < c.num_layers; ++layer) {
+    if (b.stop_before_layer && b.stop_before_layer(layer)) {
+      return absl::AbortedError(absl::StrFormat("llama: forward pass stopped before layer %d", layer));
+    }
     const LayerWeights& l = weights_.layers[layer];
     // Attention block.
     be.RmsNorm(x_, rows, l.attn_norm, c.rms_eps, xb_);

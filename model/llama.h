@@ -13,6 +13,7 @@
 #define TANDEM_MODEL_LLAMA_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -31,6 +32,12 @@ struct ForwardBatch {
   absl::Span<const kernels::AttentionSequence> sequences;
   // Rows whose next-token logits are wanted (usually each sequence's last row).
   absl::Span<const int32_t> logit_rows;
+  // Optional: asked before each layer (its index); true stops the pass there
+  // and Forward returns Aborted, having written only part of the rows' KV
+  // (positions the caller has not counted as computed, so a later pass over
+  // the same rows overwrites them). The engine uses it to preempt a prompt
+  // step for a request that goes before it (Engine::ComputeStep).
+  std::function<bool(int32_t layer)> stop_before_layer;
 };
 
 class LlamaModel {
@@ -47,7 +54,8 @@ class LlamaModel {
 
   // Runs the batch and writes logits_rows.size() x vocab_size floats to
   // `host_logits` (host memory). InvalidArgument on malformed batches (token
-  // ids or positions out of range, inconsistent lengths).
+  // ids or positions out of range, inconsistent lengths); Aborted when
+  // batch.stop_before_layer stopped the pass (no logits written).
   absl::Status Forward(const ForwardBatch& batch, const kernels::KvCacheView& kv, float* host_logits);
 
  private:

@@ -115,6 +115,12 @@ std::function<void(engine::Engine&)> EngineTickGauges(MetricsRegistry& r, kvstor
                           hit_blocks->WithLabels({"ssd"}), hit_blocks->WithLabels({"store"})};
   Gauge* const computed =
       r.Gauge("tandem_worker_prompt_tokens_computed", "Prompt tokens computed (not reused)")->WithLabels({});
+  // engine/engine_runner.h Options::preempt_prompt_steps: each costs the
+  // stopped pass's computed layers (at most half a step).
+  Gauge* const stopped = r.Gauge("tandem_worker_steps_stopped",
+                                 "Prompt steps stopped early for a request that goes before their prompts "
+                                 "(their rows computed again)")
+                             ->WithLabels({});
   GaugeFamily* store_bytes =
       r.Gauge("tandem_worker_kv_store_bytes", "Block bytes fetched from and offered to the shared KV store",
               {"direction", "transport"});
@@ -144,7 +150,7 @@ std::function<void(engine::Engine&)> EngineTickGauges(MetricsRegistry& r, kvstor
     ssd_writable->Set(1);
     ssd_corrupt->Set(0);
   }
-  return [hits, computed, store_gauges, sent_gauges, tiers, store, transfer, ssd_writable,
+  return [hits, computed, stopped, store_gauges, sent_gauges, tiers, store, transfer, ssd_writable,
           ssd_corrupt](engine::Engine& e) {
     if (transfer != nullptr) {
       const transfer::TransferStats t = transfer->stats();
@@ -172,6 +178,7 @@ std::function<void(engine::Engine&)> EngineTickGauges(MetricsRegistry& r, kvstor
     hits[2]->Set(static_cast<double>(kv_stats.ssd_hit_blocks - store_hits));
     hits[3]->Set(static_cast<double>(store_hits));
     computed->Set(static_cast<double>(e.stats().prompt_tokens_computed));
+    stopped->Set(static_cast<double>(e.stats().steps_stopped));
   };
 }
 
@@ -355,6 +362,13 @@ absl::Status WorkerProcess::StartEngine() {
   const char* beside = std::getenv("TANDEM_RESERVE_BESIDE_STEP");
   runner_options.reserve_beside_step =
       backend_->host_accessible() && !(beside != nullptr && std::string_view(beside) == "0");
+  // A prompt step stops early for a request that goes before every prompt
+  // in it (a light tenant's beside a heavy one's): its prefill waits for at
+  // most half the step in progress (EngineRunner::Options::
+  // preempt_prompt_steps; docs/PERFORMANCE.md, "Tenth pass").
+  // TANDEM_PREEMPT_PROMPT_STEPS=0 turns it off.
+  const char* preempt = std::getenv("TANDEM_PREEMPT_PROMPT_STEPS");
+  runner_options.preempt_prompt_steps = !(preempt != nullptr && std::string_view(preempt) == "0");
   runner_options.on_tick = [this, gauges = EngineTickGauges(metrics_, tiers_.get(), store_client_.get(),
                                                             transfer_.get())](engine::Engine& e) {
     gauges(e);

@@ -139,6 +139,8 @@ TEST(WorkerProcessTest, PrefillThenDecodeMatchesTheDecodeWorkerPrefillingAlone) 
       << prefill_metrics.RenderPrometheus();
   const std::string rendered = prefill_metrics.RenderPrometheus();
   EXPECT_NE(rendered.find("tandem_worker_kv_sent_bytes{op=\"put\"} 0\n"), std::string::npos);
+  // One tenant: no prompt step had a request that goes before it.
+  EXPECT_NE(rendered.find("tandem_worker_steps_stopped 0\n"), std::string::npos);
 
   // Each worker's gauges went to its own registry.
   EXPECT_NE(decode_metrics.RenderPrometheus().find("tandem_worker_prompt_tokens_computed"),
