@@ -435,6 +435,16 @@ Engine::StepPromptClasses Engine::StepClasses() const {
     if (!known) out.classes.push_back({r.priority, r.tenant});
   }
   out.tokens_left = PromptTokensLeft();
+  out.virtual_time = virtual_time_;
+  out.credit = TenantCredit();
+  out.tenant_finish = tenant_finish_;
+  for (int64_t id : waiting_) {
+    const EngineRequest& r = sequences_.at(id)->request;
+    const bool known = std::any_of(out.waiting.begin(), out.waiting.end(), [&](const auto& w) {
+      return w.priority == r.priority && w.tenant == r.tenant;
+    });
+    if (!known) out.waiting.push_back({r.priority, r.tenant, TenantStart(r.tenant)});
+  }
   return out;
 }
 
@@ -453,7 +463,18 @@ bool Engine::StepPromptClasses::GoesBefore(int32_t priority, const std::string& 
     }
     if (tenant == c.tenant || left(tenant) + prompt_tokens >= left(c.tenant)) return false;
   }
-  return !classes.empty();
+  if (classes.empty()) return false;
+  // Next in fair order: no other tenant's waiting request of a higher
+  // priority, or of its priority with a start tag at or below its own (a
+  // tie goes to the earlier arrival). TenantStart's rule, on the snapshot.
+  auto finish = tenant_finish.find(tenant);
+  const double floor = virtual_time - credit;
+  const double start = finish == tenant_finish.end() ? floor : std::max(floor, finish->second);
+  for (const Waiting& w : waiting) {
+    if (w.tenant == tenant) continue;  // its own tenant's go first, and go before the step too
+    if (w.priority > priority || (w.priority == priority && w.start <= start)) return false;
+  }
+  return true;
 }
 
 bool Engine::PromptClassOrder::Before(const EngineRequest& a, const EngineRequest& b) const {
@@ -558,28 +579,24 @@ void Engine::ChargeTenant(const std::string& tenant, int64_t tokens) {
     absl::erase_if(tenant_finish_, [&](const auto& t) { return t.second <= floor; });
 }
 
-bool Engine::BringNextForward(size_t from, const std::function<bool(const EngineRequest&)>& eligible) {
-  size_t best = waiting_.size();
-  const Sequence* best_seq = nullptr;
-  double best_start = 0;
-  for (size_t j = from; j < waiting_.size(); ++j) {
+void Engine::BringNextForward(size_t from) {
+  size_t best = from;
+  const Sequence* best_seq = sequences_.at(waiting_[from]).get();
+  double best_start = TenantStart(best_seq->request.tenant);
+  for (size_t j = from + 1; j < waiting_.size(); ++j) {
     const Sequence* seq = sequences_.at(waiting_[j]).get();
-    if (best_seq != nullptr && seq->request.priority < best_seq->request.priority) continue;
+    if (seq->request.priority < best_seq->request.priority) continue;
     const double start = TenantStart(seq->request.tenant);
-    if (best_seq != nullptr && seq->request.priority == best_seq->request.priority && start >= best_start) {
-      continue;
+    if (seq->request.priority > best_seq->request.priority || start < best_start) {
+      best = j;
+      best_seq = seq;
+      best_start = start;
     }
-    if (!eligible(seq->request)) continue;
-    best = j;
-    best_seq = seq;
-    best_start = start;
   }
-  if (best_seq == nullptr) return false;
   // A rotation, not a swap: the requests it passes keep their order.
   std::rotate(waiting_.begin() + static_cast<ptrdiff_t>(from),
               waiting_.begin() + static_cast<ptrdiff_t>(best),
               waiting_.begin() + static_cast<ptrdiff_t>(best) + 1);
-  return true;
 }
 
 absl::Status Engine::AdmitWaiting(StepPlan& plan, const PromptClassOrder* ahead_of_running) {
@@ -596,15 +613,14 @@ absl::Status Engine::AdmitWaiting(StepPlan& plan, const PromptClassOrder* ahead_
   size_t i = 0;
   while (i < waiting_.size() && plan.budget > 0 &&
          static_cast<int32_t>(running_.size() + loading_.size()) < options_.max_running) {
-    // Ahead of the running prompts, only requests that go before all of
-    // them are candidates (a backlogged tenant's next request, first by
-    // fair queueing, does not stop a light tenant's from going ahead).
-    auto goes_ahead = [&](const EngineRequest& r) {
-      return ahead_of_running == nullptr || GoesBeforeRunningPrompts(r, *ahead_of_running, plan);
-    };
-    if (ordered ? !BringNextForward(i, goes_ahead) : !goes_ahead(sequences_.at(waiting_[i])->request)) break;
+    if (ordered) BringNextForward(i);
     const int64_t id = waiting_[i];
     Sequence& seq = *sequences_.at(id);
+    // Ahead of the running prompts only while the next one in fair order
+    // goes before them: a tenant past its fair share (and credit) does not
+    // overtake a backlogged tenant's next request by having fewer tokens
+    // left (the running prompts' tokens were charged at their admission).
+    if (ahead_of_running != nullptr && !GoesBeforeRunningPrompts(seq.request, *ahead_of_running, plan)) break;
     const KvManager::PrefixMatch match = kv_->MatchPrefix(seq.tokens);
     if (NextBlockBeingComputed(seq, match.cached_tokens)) {
       ++stats_.prefix_waits;

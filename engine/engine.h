@@ -306,8 +306,22 @@ class Engine {
     // Prompt tokens left per tenant when the step was planned (running
     // prompts' remaining chunks and waiting prompts).
     absl::flat_hash_map<std::string, int64_t> tokens_left;
+    // The fair-queueing state then (TenantStart's inputs), and the classes
+    // waiting with their start tags: the next plan admits a request ahead
+    // of the running prompts only if it is also next in fair order.
+    double virtual_time = 0;
+    double credit = 0;
+    absl::flat_hash_map<std::string, double> tenant_finish;
+    struct Waiting {
+      int32_t priority = 0;
+      std::string tenant;
+      double start = 0;
+    };
+    std::vector<Waiting> waiting;
     // Whether a request of `priority` and `tenant` with `prompt_tokens`,
-    // arriving now, goes before every class of the step.
+    // arriving now, goes before every class of the step (PromptClassOrder)
+    // and is next in fair order among the waiting requests of other
+    // tenants (BringNextForward): the next plan would admit it ahead.
     bool GoesBefore(int32_t priority, const std::string& tenant, int64_t prompt_tokens) const;
   };
   StepPromptClasses StepClasses() const;
@@ -414,11 +428,10 @@ class Engine {
   // tenant, see EngineRequest). With `ahead_of_running`, only while the
   // next one goes before every running prompt (GoesBeforeRunningPrompts).
   absl::Status AdmitWaiting(StepPlan& plan, const PromptClassOrder* ahead_of_running);
-  // Moves the waiting request to admit next among the `eligible` ones of
-  // waiting_[from..] to `from` (the others keep their order): the highest
-  // priority, then the smallest fair-queueing start tag (TenantStart), then
-  // the earliest. False (nothing moved) when none is eligible.
-  bool BringNextForward(size_t from, const std::function<bool(const EngineRequest&)>& eligible);
+  // Moves the waiting request to admit next among waiting_[from..] to
+  // `from` (the others keep their order): the highest priority, then the
+  // smallest fair-queueing start tag (TenantStart), then the earliest.
+  void BringNextForward(size_t from);
   // Start-time fair queueing across tenants (Goyal, Vin and Cheng, 1996),
   // with a bounded credit for tenants below their share: a request of
   // tenant t would start at max(V - C, F_t), F_t being t's last admitted

@@ -450,23 +450,49 @@ TEST_F(EngineTest, ATenantReturningFromIdleGoesFirstForAFewSteps) {
               ::testing::ElementsAre(21, 22, 23, 24, 25, 7, 26, 8, 27, 9, 28, 10, 11, 12));
 }
 
-TEST_F(EngineTest, APromptThatGoesBeforeTheRunningOnesIsNotHeldBackByTheQueueOrder) {
+// A tenant past its fair share (and credit) does not overtake a running
+// prompt by having fewer tokens left while another tenant's request is next
+// in fair order: it waits for that one's admission, then goes before its
+// chunks. StepPromptClasses (what a runner asks before stopping a step)
+// agrees with the plans that follow.
+TEST_F(EngineTest, APromptGoesAheadOfRunningOnesOnlyWhenNextInFairOrder) {
   Load("synthetic:tiny");
   auto engine = MakeEngine({.block_size = 4, .max_step_tokens = 8});
-  // The light tenant spends its fair-queueing credit alone...
-  for (int64_t id = 1; id <= 6; ++id) ASSERT_OK(engine->Add(EightTokens(id, "light")));
-  EXPECT_THAT(FinishOrder(*engine), ::testing::ElementsAre(1, 2, 3, 4, 5, 6));
-  // ...so the heavy tenant's waiting prompt (8) is next by fair queueing,
-  // its running one (7) one chunk in, when a light prompt arrives. With 8
-  // tokens left against the heavy tenant's 56, the light prompt still goes
-  // before the running prompt's chunks: the heavy tenant's turn in the queue
-  // does not hold it back.
+  // Two 32-token heavy prompts: the step computes the first's first chunk.
   ASSERT_OK(engine->Add(Tokens(7, 32, "heavy")));
   ASSERT_OK(engine->Add(Tokens(8, 32, "heavy")));
-  ASSERT_OK(engine->Step().status());
-  ASSERT_OK(engine->Add(Tokens(9, 8, "light")));
-  EXPECT_THAT(FinishOrder(*engine), ::testing::ElementsAre(9, 7, 8));
-  EXPECT_OK(engine->CheckInvariants());
+  ASSERT_OK_AND_ASSIGN(bool compute, engine->BeginStep());
+  ASSERT_TRUE(compute);
+  Engine::StepPromptClasses fresh = engine->StepClasses();
+  // A light tenant new to the engine would go ahead; the heavy tenant's own,
+  // or a light prompt with more tokens left than the heavy tenant's 64, not;
+  // a higher priority always.
+  EXPECT_TRUE(fresh.GoesBefore(0, "light", 8));
+  EXPECT_FALSE(fresh.GoesBefore(0, "heavy", 8));
+  EXPECT_FALSE(fresh.GoesBefore(0, "light", 64));
+  EXPECT_TRUE(fresh.GoesBefore(1, "heavy", 8));
+  ASSERT_OK(engine->ComputeStep());
+  engine->EndStep();
+  EXPECT_THAT(FinishOrder(*engine), ::testing::ElementsAre(7, 8));
+
+  // The light tenant spends its credit alone (six 8-token prompts), then
+  // the same two heavy prompts, the first one chunk in; the second waits
+  // with a start tag below the light tenant's.
+  auto spent = MakeEngine({.block_size = 4, .max_step_tokens = 8});
+  for (int64_t id = 1; id <= 6; ++id) ASSERT_OK(spent->Add(EightTokens(id, "light")));
+  EXPECT_THAT(FinishOrder(*spent), ::testing::ElementsAre(1, 2, 3, 4, 5, 6));
+  ASSERT_OK(spent->Add(Tokens(7, 32, "heavy")));
+  ASSERT_OK(spent->Add(Tokens(8, 32, "heavy")));
+  ASSERT_OK_AND_ASSIGN(compute, spent->BeginStep());
+  ASSERT_TRUE(compute);
+  EXPECT_FALSE(spent->StepClasses().GoesBefore(0, "light", 8)) << "a stop here would be wasted";
+  ASSERT_OK(spent->ComputeStep());
+  spent->EndStep();
+  // A light prompt now waits for the heavy prompt in progress and for the
+  // waiting one's admission, then goes before its chunks.
+  ASSERT_OK(spent->Add(Tokens(9, 8, "light")));
+  EXPECT_THAT(FinishOrder(*spent), ::testing::ElementsAre(7, 9, 8));
+  EXPECT_OK(spent->CheckInvariants());
 }
 
 TEST_F(EngineTest, LightTenantsPromptGoesBeforeTheRestOfARunningHeavyPrompt) {
