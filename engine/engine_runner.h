@@ -114,12 +114,13 @@ class EngineRunner {
     // Post).
     bool reserve_beside_step = false;
     // Stop a prompt step's forward pass early (Engine::ComputeStep's `stop`)
-    // when a request arrives (Submit, SubmitAsync) that goes before every
-    // prompt the step computes (Engine::StepPromptClasses: a higher
-    // priority, or a tenant with fewer prompt tokens left): its rows are
-    // computed again after the arrival's, so a light tenant's prompt on a
-    // prefill worker waits at most half a heavy tenant's step, not all of
-    // it. Steps that decode any row are never stopped. Default: false.
+    // when a request arrives (Submit, SubmitAsync) that the next plan would
+    // admit ahead of every prompt the step computes (Engine::
+    // StepPromptClasses: a higher priority, or a tenant with fewer prompt
+    // tokens left that is also next in fair order): its rows are computed
+    // again after the arrival's, so a light tenant's prompt on a prefill
+    // worker waits at most half a heavy tenant's step, not all of it. Steps
+    // that decode any row are never stopped. Default: false.
     bool preempt_prompt_steps = false;
     // Test hook: called on the engine thread before each forward pass,
     // while the engine is unlocked (PostBesideStep work may run). Default: none.
