@@ -120,7 +120,10 @@ class EngineRunner {
     // tokens left that is also next in fair order): its rows are computed
     // again after the arrival's, so a light tenant's prompt on a prefill
     // worker waits at most half a heavy tenant's step, not all of it. Steps
-    // that decode any row are never stopped. Default: false.
+    // that decode any row are never stopped. The check runs on the host
+    // between layers, so on a device backend that queues layers faster than
+    // they run it only catches an arrival while the first half is being
+    // queued (not yet measured on a GPU). Default: false.
     bool preempt_prompt_steps = false;
     // Test hook: called on the engine thread before each forward pass,
     // while the engine is unlocked (PostBesideStep work may run). Default: none.
