@@ -7,6 +7,33 @@
 #include "common/status_macros.h"
 
 namespace tandem::engine {
+namespace {
+
+// PromptClassOrder's rule: whether prompts of class (`priority`, `tenant`),
+// its tenant's tally raised by `extra_tokens`, go before those of class
+// (`other_priority`, `other_tenant`): a higher priority, then the tenant
+// with fewer prompt tokens left.
+bool ClassGoesBefore(const absl::flat_hash_map<std::string, int64_t>& tokens_left, int32_t priority,
+                     const std::string& tenant, int64_t extra_tokens, int32_t other_priority,
+                     const std::string& other_tenant) {
+  if (priority != other_priority) return priority > other_priority;
+  if (tenant == other_tenant) return false;
+  auto left = [&](const std::string& t) {
+    auto it = tokens_left.find(t);
+    return it == tokens_left.end() ? int64_t{0} : it->second;
+  };
+  return left(tenant) + extra_tokens < left(other_tenant);
+}
+
+// TenantStart's rule on the fair-queueing state it is given.
+double StartTag(const absl::flat_hash_map<std::string, double>& tenant_finish, double virtual_time,
+                double credit, const std::string& tenant) {
+  const double floor = virtual_time - credit;
+  auto it = tenant_finish.find(tenant);
+  return it == tenant_finish.end() ? floor : std::max(floor, it->second);
+}
+
+}  // namespace
 
 int32_t DefaultMaxStepTokens(const kernels::Backend& backend) { return backend.name() == "cuda" ? 512 : 256; }
 
@@ -450,26 +477,16 @@ Engine::StepPromptClasses Engine::StepClasses() const {
 
 bool Engine::StepPromptClasses::GoesBefore(int32_t priority, const std::string& tenant,
                                            int64_t prompt_tokens) const {
-  auto left = [this](const std::string& t) {
-    auto it = tokens_left.find(t);
-    return it == tokens_left.end() ? int64_t{0} : it->second;
-  };
   // PromptClassOrder::Before against each class, the arrival's prompt
   // counted in its tenant's tally as it will be once it waits.
-  for (const Class& c : classes) {
-    if (priority != c.priority) {
-      if (priority < c.priority) return false;
-      continue;
-    }
-    if (tenant == c.tenant || left(tenant) + prompt_tokens >= left(c.tenant)) return false;
-  }
   if (classes.empty()) return false;
+  for (const Class& c : classes) {
+    if (!ClassGoesBefore(tokens_left, priority, tenant, prompt_tokens, c.priority, c.tenant)) return false;
+  }
   // Next in fair order: no other tenant's waiting request of a higher
   // priority, or of its priority with a start tag at or below its own (a
-  // tie goes to the earlier arrival). TenantStart's rule, on the snapshot.
-  auto finish = tenant_finish.find(tenant);
-  const double floor = virtual_time - credit;
-  const double start = finish == tenant_finish.end() ? floor : std::max(floor, finish->second);
+  // tie goes to the earlier arrival).
+  const double start = StartTag(tenant_finish, virtual_time, credit, tenant);
   for (const Waiting& w : waiting) {
     if (w.tenant == tenant) continue;  // its own tenant's go first, and go before the step too
     if (w.priority > priority || (w.priority == priority && w.start <= start)) return false;
@@ -478,13 +495,7 @@ bool Engine::StepPromptClasses::GoesBefore(int32_t priority, const std::string& 
 }
 
 bool Engine::PromptClassOrder::Before(const EngineRequest& a, const EngineRequest& b) const {
-  if (a.priority != b.priority) return a.priority > b.priority;
-  if (a.tenant == b.tenant) return false;
-  auto left = [this](const std::string& tenant) {
-    auto it = tokens_left.find(tenant);
-    return it == tokens_left.end() ? int64_t{0} : it->second;
-  };
-  return left(a.tenant) < left(b.tenant);
+  return ClassGoesBefore(tokens_left, a.priority, a.tenant, 0, b.priority, b.tenant);
 }
 
 absl::Status Engine::PlanPrefillChunks(StepPlan& plan, const PromptClassOrder* order) {
@@ -563,9 +574,7 @@ double Engine::TenantCredit() const {
 }
 
 double Engine::TenantStart(const std::string& tenant) const {
-  const double floor = virtual_time_ - TenantCredit();
-  auto it = tenant_finish_.find(tenant);
-  return it == tenant_finish_.end() ? floor : std::max(floor, it->second);
+  return StartTag(tenant_finish_, virtual_time_, TenantCredit(), tenant);
 }
 
 void Engine::ChargeTenant(const std::string& tenant, int64_t tokens) {

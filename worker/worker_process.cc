@@ -50,6 +50,13 @@ using worker_common::ToWorkerLoad;
 
 namespace {
 
+// An engine behaviour that is on by default and off with NAME=0 in the
+// environment (kept for A/B measurements, docs/PERFORMANCE.md).
+bool TurnedOffByEnv(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr && std::string_view(value) == "0";
+}
+
 // `status` with its message prefixed by `what` (the part that failed).
 absl::Status Prefixed(const absl::Status& status, const std::string& what) {
   return absl::Status(status.code(), what + std::string(status.message()));
@@ -359,16 +366,14 @@ absl::Status WorkerProcess::StartEngine() {
   // outrun an overloaded decode worker and its batch grows until TPOT is
   // many times worse (docs/PERFORMANCE.md, "Sixth pass").
   // TANDEM_RESERVE_BESIDE_STEP=0 turns it off (Reserve waits for the step).
-  const char* beside = std::getenv("TANDEM_RESERVE_BESIDE_STEP");
   runner_options.reserve_beside_step =
-      backend_->host_accessible() && !(beside != nullptr && std::string_view(beside) == "0");
+      backend_->host_accessible() && !TurnedOffByEnv("TANDEM_RESERVE_BESIDE_STEP");
   // A prompt step stops early for a request that goes before every prompt
   // in it (a light tenant's beside a heavy one's): its prefill waits for at
   // most half the step in progress (EngineRunner::Options::
   // preempt_prompt_steps; docs/PERFORMANCE.md, "Tenth pass").
   // TANDEM_PREEMPT_PROMPT_STEPS=0 turns it off.
-  const char* preempt = std::getenv("TANDEM_PREEMPT_PROMPT_STEPS");
-  runner_options.preempt_prompt_steps = !(preempt != nullptr && std::string_view(preempt) == "0");
+  runner_options.preempt_prompt_steps = !TurnedOffByEnv("TANDEM_PREEMPT_PROMPT_STEPS");
   runner_options.on_tick = [this, gauges = EngineTickGauges(metrics_, tiers_.get(), store_client_.get(),
                                                             transfer_.get())](engine::Engine& e) {
     gauges(e);
